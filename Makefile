@@ -1,0 +1,41 @@
+# The two commands: `make demo` (main job) and `make test` (whole suite). Both set up .venv first.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Every process that touches ROS stays on this machine, in its own domain, logging locally.
+export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+export ROS_DOMAIN_ID ?= 42
+export ROS_LOG_DIR ?= $(CURDIR)/outputs/ros_log
+export MUJOCO_GL := egl
+export PYTHONUNBUFFERED := 1
+
+ROS_PKGS := $(wildcard ros2_ws/src/*/setup.py)
+
+.PHONY: venv demo test bench lint clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml $(ROS_PKGS)
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade "pip>=24" "setuptools>=69,<80" wheel
+	$(BIN)/python -m pip install -q -c constraints.txt -r requirements.txt -e . \
+		$(foreach p,$(ROS_PKGS),-e $(dir $(p)))
+	touch $@
+
+demo: venv
+	$(BIN)/python -m demo.loop
+
+test: venv
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+bench: venv
+	$(BIN)/python -m bench
+
+lint: venv
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) outputs demo_output

@@ -1,0 +1,41 @@
+"""Suite-wide environment: private ROS domain per xdist worker, loopback-only DDS, EGL rendering."""
+
+from __future__ import annotations
+
+import glob
+import os
+import random
+import tempfile
+
+import pytest
+
+_SHM_BEFORE: set[str] = set()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Runs in the controller before xdist workers spawn, so workers inherit these.
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="roboloop_roslog_"))
+    if "ROBOLOOP_TEST_DOMAIN_BASE" not in os.environ:
+        # A random even base in [10, 90) keeps two concurrent suite runs apart.
+        os.environ["ROBOLOOP_TEST_DOMAIN_BASE"] = str(random.randrange(10, 90, 4))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker.startswith("gw") else 0
+    os.environ["ROS_DOMAIN_ID"] = str(int(os.environ["ROBOLOOP_TEST_DOMAIN_BASE"]) + index)
+    _SHM_BEFORE.update(glob.glob("/dev/shm/fastdds_*") + glob.glob("/dev/shm/fast_datasharing*"))
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+
+
+@pytest.fixture(scope="session")
+def ros_env() -> dict[str, str]:
+    """Environment for child processes that touch ROS (inherits the worker's private domain)."""
+    env = dict(os.environ)
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
