@@ -1,0 +1,3 @@
+from episode_dataset.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""Atomic-file helpers: where shards live, fsync, replace, single-writer lock."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from episode_dataset.schema import SHARD_DIR_SUFFIX, SHARD_SUFFIX, DatasetError
+
+
+def shard_dir_for(path: Path) -> Path:
+    return path.with_name(path.name + SHARD_DIR_SUFFIX)
+
+
+def shard_link_name(path: Path, name: str) -> str:
+    """ExternalLink file name of a shard, relative to the index file's directory."""
+    return f"{path.name}{SHARD_DIR_SUFFIX}/{name}{SHARD_SUFFIX}"
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit_file(tmp: Path, final: Path, *, fsync: bool) -> None:
+    """Make a closed temp file visible under its final name; after a crash either name holds."""
+    if fsync:
+        fsync_file(tmp)
+    os.replace(tmp, final)
+    if fsync:
+        fsync_dir(final.parent)
+
+
+class WriterLock:
+    """Exclusive flock so two writers never interleave commits. The OS drops it on SIGKILL."""
+
+    def __init__(self, lock_path: Path, dataset: Path) -> None:
+        self._fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise DatasetError(f"{dataset}: already open for writing by another writer") from None
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = -1

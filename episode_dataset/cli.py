@@ -1,0 +1,110 @@
+"""`python -m episode_dataset {info,validate,pack}` (console script `episode-dataset`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from episode_dataset.pack import pack
+from episode_dataset.reader import EpisodeReader
+from episode_dataset.schema import ACTIONS, OBS, DatasetError, KeySpec
+from episode_dataset.validate import validate_file
+
+
+def _short(dtype: np.dtype | str) -> str:
+    d = np.dtype(dtype)
+    return {"f": "f", "u": "u", "i": "i", "b": "bool"}[d.kind] + (
+        "" if d.kind == "b" else str(8 * d.itemsize)
+    )
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return str(tuple(shape))
+
+
+def info(path: Path, max_episodes: int, console: Console) -> None:
+    with EpisodeReader(path) as r:
+        console.print(f"[bold]{path}[/bold]")
+        layout = "packed (self-contained)" if r.packed else f"linked ({path.name}.episodes/)"
+        console.print(f"layout:   {layout}")
+        console.print(f"env_args: {json.dumps(r.env_args)}")
+        console.print(f"episodes: {len(r)}   steps: {r.total_steps}")
+        filters = ", ".join(f"{n} ({len(r.filter(n))})" for n in r.filters) or "-"
+        console.print(f"filters:  {filters}")
+
+        keys = Table(title="keys")
+        for col in ("key", "shape", "dtype", "units", "encoding", "source topic"):
+            keys.add_column(col)
+        specs: dict[str, KeySpec] = {f"{OBS}/{k}": s for k, s in r.obs_specs.items()}
+        specs[ACTIONS] = r.action_spec
+        for name, s in specs.items():
+            keys.add_row(
+                name, _shape(s.shape), s.dtype, s.units or "-", s.encoding or "-",
+                s.source_topic or "-",
+            )  # fmt: skip
+        console.print(keys)
+
+        eps = Table(title="episodes")
+        for col, justify in (("episode", "left"), ("steps", "right"), ("return", "right")):
+            eps.add_column(col, justify=justify)
+        eps.add_column("arrays (dtype[T, ...])")
+        eps.add_column("meta")
+        shown = r.episodes[:max_episodes]
+        for ep in shown:
+            group = r.episode_group(ep)
+            arrays = [
+                f"{k}:{_short(ds.dtype)}[{', '.join(map(str, ds.shape))}]"
+                for k, ds in [(k, group[OBS][k]) for k in r.obs_specs] + [("act", group[ACTIONS])]
+            ]
+            eps.add_row(
+                ep,
+                str(r.num_steps(ep)),
+                f"{r.episode_return(ep):.3f}",
+                " ".join(arrays),
+                json.dumps(r.episode_metadata(ep)),
+            )
+        console.print(eps)
+        if len(r) > len(shown):
+            console.print(f"... {len(r) - len(shown)} more episodes (--max-episodes)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="episode-dataset", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("info", help="print header, key specs and per-episode summary")
+    p.add_argument("file", type=Path)
+    p.add_argument("--max-episodes", type=int, default=50)
+    p = sub.add_parser("validate", help="check structure and values; exit 1 on the first problem")
+    p.add_argument("file", type=Path)
+    p.add_argument(
+        "--structure-only",
+        action="store_true",
+        help="skip reading the arrays (checksums, NaN/Inf)",
+    )
+    p = sub.add_parser("pack", help="write one self-contained file (no external links)")
+    p.add_argument("src", type=Path)
+    p.add_argument("dst", type=Path)
+    p.add_argument("--compression", choices=["gzip", "lzf"], default=None)
+    p.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+
+    console = Console(width=160)
+    try:
+        if args.cmd == "info":
+            info(args.file, args.max_episodes, console)
+        elif args.cmd == "validate":
+            print(validate_file(args.file, check_data=not args.structure_only))
+        elif args.cmd == "pack":
+            summary = pack(args.src, args.dst, compression=args.compression,
+                           overwrite=args.overwrite)  # fmt: skip
+            print(f"packed {args.src} -> {args.dst}: {summary}")
+    except DatasetError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
+    return 0

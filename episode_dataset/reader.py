@@ -1,0 +1,367 @@
+"""Lazy, pickle-safe reader for linked (index + shards) and packed episode datasets."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from episode_dataset.schema import (
+    ACTION_SPEC,
+    ACTIONS,
+    DATA,
+    DONES,
+    ENV_ARGS,
+    EPISODE_INDEX,
+    MASK,
+    META,
+    NUM_SAMPLES,
+    OBS,
+    OBS_SPECS,
+    REWARDS,
+    TOTAL,
+    DatasetError,
+    KeySpec,
+    attr_str,
+    sort_demos,
+    specs_from_json,
+)
+
+
+@dataclass
+class IndexInfo:
+    """Everything small about a dataset, read from the index file without touching shards."""
+
+    path: Path
+    episodes: list[str]
+    num_samples: dict[str, int]
+    total: int
+    env_args: dict[str, Any]
+    obs_specs: dict[str, KeySpec]
+    action_spec: KeySpec
+    filters: dict[str, list[str]]
+    # episode -> (shard file name relative to the index dir, object path); None = stored inline.
+    links: dict[str, tuple[str, str] | None] = field(default_factory=dict)
+
+    @property
+    def packed(self) -> bool:
+        return all(v is None for v in self.links.values())
+
+
+def open_h5(path: Path, what: str = "") -> h5py.File:
+    """Open read-only with a one-line DatasetError for missing or non-HDF5 files."""
+    label = f"{what}: " if what else ""
+    if not path.exists():
+        raise DatasetError(f"{label}{path}: file not found")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise DatasetError(f"{label}{path}: not a readable HDF5 file ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _json_attr(attrs: h5py.AttributeManager, name: str, where: str) -> Any:
+    if name not in attrs:
+        raise DatasetError(f"{where}: missing attribute {name!r}")
+    try:
+        return json.loads(attr_str(attrs[name]))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise DatasetError(f"{where}: attribute {name!r} is not valid JSON ({e})") from None
+
+
+def read_index(f: h5py.File, path: Path) -> IndexInfo:
+    """Parse the small part of an open dataset file (index or packed)."""
+    if DATA not in f:
+        raise DatasetError(f"{path}: missing 'data' group")
+    data = f[DATA]
+    where = f"{path}: data"
+    env_args = _json_attr(data.attrs, ENV_ARGS, where)
+    try:
+        obs_specs = specs_from_json(attr_str(data.attrs[OBS_SPECS]))
+        action_spec = KeySpec.from_dict(_json_attr(data.attrs, ACTION_SPEC, where))
+    except KeyError as e:
+        raise DatasetError(f"{where}: missing attribute or spec field {e}") from None
+    except (json.JSONDecodeError, TypeError) as e:
+        raise DatasetError(f"{where}: bad obs_specs/action_spec JSON ({e})") from None
+    if TOTAL not in data.attrs:
+        raise DatasetError(f"{where}: missing attribute 'total'")
+    try:
+        episodes = sort_demos(list(data.keys()))
+    except DatasetError as e:
+        raise DatasetError(f"{where}: {e}") from None
+    links: dict[str, tuple[str, str] | None] = {}
+    for ep in episodes:
+        link = data.get(ep, getlink=True)
+        links[ep] = (link.filename, link.path) if isinstance(link, h5py.ExternalLink) else None
+    num_samples = _read_lengths(f, path, episodes)
+    filters = {}
+    if MASK in f:
+        for name, ds in f[MASK].items():
+            filters[name] = [attr_str(x) for x in ds[()]]
+    return IndexInfo(
+        path=path,
+        episodes=episodes,
+        num_samples=num_samples,
+        total=int(data.attrs[TOTAL]),
+        env_args=env_args,
+        obs_specs=obs_specs,
+        action_spec=action_spec,
+        filters=filters,
+        links=links,
+    )
+
+
+def _read_lengths(f: h5py.File, path: Path, episodes: list[str]) -> dict[str, int]:
+    if EPISODE_INDEX in f:
+        idx = f[EPISODE_INDEX]
+        names = [attr_str(x) for x in idx["demos"][()]]
+        lengths = [int(n) for n in idx[NUM_SAMPLES][()]]
+        if sorted(names) != sorted(episodes) or len(lengths) != len(names):
+            raise DatasetError(f"{path}: episode_index does not list the episodes in data/")
+        by_name = dict(zip(names, lengths, strict=True))
+        return {ep: by_name[ep] for ep in episodes}
+    # Plain robomimic file: lengths live on each demo group.
+    out = {}
+    for ep in episodes:
+        try:
+            out[ep] = int(f[DATA][ep].attrs[NUM_SAMPLES])
+        except KeyError:
+            raise DatasetError(f"{path}: {ep}: missing attribute 'num_samples'") from None
+    return out
+
+
+class EpisodeReader:
+    """Read episodes lazily: metadata at construction, arrays per key and window on demand.
+
+    h5py handles are opened on first use in each process and dropped when pickled or forked, so
+    one reader can be handed to DataLoader workers. At most `max_open_shards` shard files stay
+    open (LRU) to respect the fd limit on datasets with many episodes.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, max_open_shards: int = 64) -> None:
+        self.path = Path(path)
+        self.max_open_shards = max_open_shards
+        self._pid = os.getpid()
+        self._index_file: h5py.File | None = None
+        self._shards: OrderedDict[str, h5py.File] = OrderedDict()
+        # Resolved h5py.Dataset objects per episode: path lookups cost ~50 us each, a cached
+        # slice read a few us. Bounded like the shards and dropped with them.
+        self._datasets: OrderedDict[str, dict[str, h5py.Dataset]] = OrderedDict()
+        self._info = read_index(self._index(), self.path)
+        self._shard_episode = {
+            link[0]: ep for ep, link in self._info.links.items() if link is not None
+        }
+
+    # -- metadata --------------------------------------------------------------------------
+    @property
+    def info(self) -> IndexInfo:
+        return self._info
+
+    @property
+    def episodes(self) -> list[str]:
+        return list(self._info.episodes)
+
+    def __len__(self) -> int:
+        return len(self._info.episodes)
+
+    @property
+    def total_steps(self) -> int:
+        return sum(self._info.num_samples.values())
+
+    @property
+    def obs_specs(self) -> dict[str, KeySpec]:
+        return dict(self._info.obs_specs)
+
+    @property
+    def action_spec(self) -> KeySpec:
+        return self._info.action_spec
+
+    @property
+    def env_args(self) -> dict[str, Any]:
+        return self._info.env_args
+
+    @property
+    def filters(self) -> list[str]:
+        return sorted(self._info.filters)
+
+    @property
+    def packed(self) -> bool:
+        return self._info.packed
+
+    def num_steps(self, ep: str) -> int:
+        self._check_ep(ep)
+        return self._info.num_samples[ep]
+
+    def filter(self, name: str) -> list[str]:
+        if name not in self._info.filters:
+            raise DatasetError(f"{self.path}: no filter {name!r} (have {self.filters})")
+        return list(self._info.filters[name])
+
+    def episode_metadata(self, ep: str) -> dict[str, Any]:
+        attrs = self.episode_group(ep).attrs
+        if META not in attrs:
+            return {}
+        return _json_attr(attrs, META, f"{self.path}: {ep}")
+
+    # -- arrays ----------------------------------------------------------------------------
+    def read_obs(self, ep: str, key: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Obs `key` of steps [start, stop): (stop - start, *spec.shape). Reads only that slice."""
+        if key not in self._info.obs_specs:
+            raise DatasetError(
+                f"{self.path}: {ep}: unknown obs key {key!r} (have {sorted(self._info.obs_specs)})"
+            )
+        return self._read(ep, f"{OBS}/{key}", start, stop)
+
+    def read_actions(self, ep: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return self._read(ep, ACTIONS, start, stop)
+
+    def read_rewards(self, ep: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return self._read(ep, REWARDS, start, stop)
+
+    def read_dones(self, ep: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return self._read(ep, DONES, start, stop)
+
+    def read_window(
+        self, ep: str, start: int = 0, stop: int | None = None, keys: list[str] | None = None
+    ) -> dict[str, Any]:
+        """{"obs": {key: (n, *shape)}, "actions", "rewards", "dones"} for steps [start, stop)."""
+        keys = list(self._info.obs_specs) if keys is None else keys
+        return {
+            OBS: {k: self.read_obs(ep, k, start, stop) for k in keys},
+            ACTIONS: self.read_actions(ep, start, stop),
+            REWARDS: self.read_rewards(ep, start, stop),
+            DONES: self.read_dones(ep, start, stop),
+        }
+
+    def read_episode(self, ep: str) -> dict[str, Any]:
+        return self.read_window(ep)
+
+    def episode_return(self, ep: str) -> float:
+        return float(np.sum(self.read_rewards(ep), dtype=np.float64))
+
+    def episode_group(self, ep: str) -> h5py.Group:
+        """The h5py group of one episode (shard handle cached; do not close it)."""
+        self._check_ep(ep)
+        link = self._info.links[ep]
+        if link is None:
+            return self._index()[DATA][ep]
+        filename, obj = link
+        shard = self._shard(filename, ep)
+        if obj not in shard:
+            raise DatasetError(f"{self.path}: {ep}: shard {filename} has no object {obj}")
+        return shard[obj]
+
+    # -- handles ---------------------------------------------------------------------------
+    def dataset(self, ep: str, name: str) -> h5py.Dataset:
+        """The h5py dataset `name` ("obs/state", "actions", ...) of one episode (cached)."""
+        self._check_pid()
+        cache = self._datasets.get(ep)
+        if cache is not None:
+            self._datasets.move_to_end(ep)
+            ds = cache.get(name)
+            if ds is not None:
+                return ds
+        group = self.episode_group(ep)  # may evict shards (and their cache entries)
+        obj = group.get(name)
+        if not isinstance(obj, h5py.Dataset):
+            raise DatasetError(f"{self.path}: {ep}/{name}: missing")
+        cache = self._datasets.setdefault(ep, {})
+        self._datasets.move_to_end(ep)
+        cache[name] = obj
+        while len(self._datasets) > self.max_open_shards:
+            self._datasets.popitem(last=False)
+        return obj
+
+    def _read(self, ep: str, name: str, start: int, stop: int | None) -> np.ndarray:
+        n = self.num_steps(ep)
+        stop = n if stop is None else stop
+        if not 0 <= start <= stop <= n:
+            raise DatasetError(
+                f"{self.path}: {ep}/{name}: window [{start}, {stop}) outside [0, {n}]"
+            )
+        ds = self.dataset(ep, name)
+        try:
+            return ds[start:stop]
+        except OSError as e:  # damaged chunk: name the place instead of a bare HDF5 trace
+            raise DatasetError(
+                f"{self.path}: {ep}/{name}: unreadable ({_first_line(e)})"
+            ) from None
+
+    def _check_ep(self, ep: str) -> None:
+        if ep not in self._info.num_samples:
+            raise DatasetError(f"{self.path}: unknown episode {ep!r}")
+
+    def _check_pid(self) -> None:
+        # A forked child must not share the parent's HDF5 handles: forget them and reopen.
+        if os.getpid() != self._pid:
+            self._pid = os.getpid()
+            self._index_file = None
+            self._shards = OrderedDict()
+            self._datasets = OrderedDict()
+
+    def _index(self) -> h5py.File:
+        self._check_pid()
+        if self._index_file is None:
+            self._index_file = open_h5(self.path)
+        return self._index_file
+
+    def _shard(self, filename: str, ep: str) -> h5py.File:
+        self._check_pid()
+        f = self._shards.get(filename)
+        if f is not None:
+            self._shards.move_to_end(filename)
+            return f
+        shard_path = self.path.parent / filename
+        if not shard_path.exists():
+            raise DatasetError(
+                f"{self.path}: {ep}: broken external link, shard {filename} is missing"
+            )
+        f = open_h5(shard_path, f"{self.path}: {ep}")
+        self._shards[filename] = f
+        while len(self._shards) > self.max_open_shards:
+            old_name, old = self._shards.popitem(last=False)
+            self._datasets.pop(self._shard_episode.get(old_name, ""), None)
+            old.close()
+        return f
+
+    def close(self) -> None:
+        if os.getpid() == self._pid:
+            for f in self._shards.values():
+                f.close()
+            if self._index_file is not None:
+                self._index_file.close()
+        self._shards = OrderedDict()
+        self._datasets = OrderedDict()
+        self._index_file = None
+
+    def __enter__(self) -> EpisodeReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_index_file"] = None
+        state["_shards"] = OrderedDict()
+        state["_datasets"] = OrderedDict()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._pid = os.getpid()
+
+    def __repr__(self) -> str:
+        return (
+            f"EpisodeReader({str(self.path)!r}, episodes={len(self)}, steps={self.total_steps}, "
+            f"obs={sorted(self._info.obs_specs)})"
+        )

@@ -1,0 +1,166 @@
+"""Names, key specs and errors of the episode dataset format (see docs/dataset_format.md).
+
+Layout (robomimic-compatible)::
+
+    data/                      attrs: total, env_args (JSON), obs_specs (JSON), action_spec (JSON)
+      demo_<i>/                attrs: num_samples, meta (JSON)
+        obs/<key>              (T, *shape)  attrs: dtype, shape, units, encoding, source_topic
+        actions                (T, A)
+        rewards                (T,) float32
+        dones                  (T,) bool
+    mask/<filter>              (N,) bytes demo names
+    episode_index/demos, num_samples   (roboloop extra: lengths without opening shards)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Batch / group keys, shared with the learning DataModules.
+DATA = "data"
+MASK = "mask"
+OBS = "obs"
+ACTIONS = "actions"
+REWARDS = "rewards"
+DONES = "dones"
+EPISODE_INDEX = "episode_index"
+
+# Attribute names.
+NUM_SAMPLES = "num_samples"
+TOTAL = "total"
+ENV_ARGS = "env_args"
+OBS_SPECS = "obs_specs"
+ACTION_SPEC = "action_spec"
+META = "meta"
+FORMAT_VERSION_ATTR = "roboloop_format_version"
+FORMAT_VERSION = 1
+
+# Shards of a linked dataset live next to the index file: `<FILE>.episodes/demo_<i>.h5`.
+SHARD_DIR_SUFFIX = ".episodes"
+SHARD_SUFFIX = ".h5"
+
+REWARD_DTYPE = np.dtype("float32")
+DONE_DTYPE = np.dtype("bool")
+
+_DEMO_RE = re.compile(r"^demo_(\d+)$")
+
+
+class DatasetError(ValueError):
+    """Malformed dataset or bad input. The message is one line naming file/episode/key."""
+
+
+def demo_name(index: int) -> str:
+    return f"demo_{index}"
+
+
+def demo_index(name: str) -> int:
+    """`demo_12` -> 12; raises DatasetError for any other name."""
+    m = _DEMO_RE.match(name)
+    if m is None:
+        raise DatasetError(f"bad episode name {name!r} (expected demo_<int>)")
+    return int(m.group(1))
+
+
+def sort_demos(names: list[str]) -> list[str]:
+    return sorted(names, key=demo_index)
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """Per-step layout of one key: an episode stores an array of shape (T, *shape).
+
+    `dtype` is normalized to numpy's name ("float32", "uint8", "bool"). `encoding` names the image
+    encoding (e.g. "rgb8") for image keys; `source_topic` is the ROS topic it was recorded from.
+    """
+
+    dtype: str
+    shape: tuple[int, ...] = field(default=())
+    units: str | None = None
+    encoding: str | None = None
+    source_topic: str | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            dtype = np.dtype(self.dtype)
+        except TypeError as e:
+            raise DatasetError(f"KeySpec: bad dtype {self.dtype!r}: {e}") from None
+        if dtype.kind not in "biuf":
+            raise DatasetError(f"KeySpec: dtype {dtype.name} not supported (bool/int/uint/float)")
+        shape = tuple(int(s) for s in self.shape)
+        if any(s <= 0 for s in shape):
+            raise DatasetError(f"KeySpec: shape {shape} must be positive")
+        object.__setattr__(self, "dtype", dtype.name)
+        object.__setattr__(self, "shape", shape)
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
+    @property
+    def is_image(self) -> bool:
+        return self.encoding is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> KeySpec:
+        return cls(
+            dtype=d["dtype"],
+            shape=tuple(d.get("shape", ())),
+            units=d.get("units"),
+            encoding=d.get("encoding"),
+            source_topic=d.get("source_topic"),
+        )
+
+    def to_attrs(self) -> dict[str, Any]:
+        """Attributes stored on the HDF5 dataset (None fields are left out: HDF5 has no null)."""
+        attrs: dict[str, Any] = {"dtype": self.dtype, "shape": np.asarray(self.shape, np.int64)}
+        for name in ("units", "encoding", "source_topic"):
+            value = getattr(self, name)
+            if value is not None:
+                attrs[name] = value
+        return attrs
+
+    def coerce(self, value: Any, where: str, *, leading: int | None = None) -> np.ndarray:
+        """Return `value` as this spec's dtype with shape (*leading, *shape).
+
+        leading=None means one step (shape exactly `shape`); an int means T steps. Casts only
+        within a kind family (float64 -> float32 ok, float -> uint8 is an error).
+        """
+        arr = np.asarray(value)
+        want = self.shape if leading is None else (leading, *self.shape)
+        if arr.shape != want:
+            raise DatasetError(f"{where}: shape {arr.shape} != expected {want}")
+        if arr.dtype != self.np_dtype:
+            if not np.can_cast(arr.dtype, self.np_dtype, casting="same_kind"):
+                raise DatasetError(f"{where}: dtype {arr.dtype} cannot be stored as {self.dtype}")
+            if arr.dtype.kind in "iu" and self.np_dtype.kind in "iu" and arr.size:
+                # same_kind allows int64 -> uint8, which would wrap 300 to 44.
+                lim = np.iinfo(self.np_dtype)
+                if arr.min() < lim.min or arr.max() > lim.max:
+                    raise DatasetError(
+                        f"{where}: values [{arr.min()}, {arr.max()}] outside {self.dtype} range"
+                    )
+            arr = arr.astype(self.np_dtype)
+        return arr
+
+
+def specs_to_json(specs: dict[str, KeySpec]) -> str:
+    return json.dumps({k: s.to_dict() for k, s in specs.items()}, sort_keys=True)
+
+
+def specs_from_json(text: str) -> dict[str, KeySpec]:
+    return {k: KeySpec.from_dict(v) for k, v in json.loads(text).items()}
+
+
+def attr_str(value: Any) -> str:
+    """h5py returns str attrs as str, but bytes when written by other tools."""
+    return value.decode() if isinstance(value, bytes) else str(value)

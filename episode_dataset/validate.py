@@ -1,0 +1,172 @@
+"""Full structural + value check of a dataset file; the first problem is one DatasetError line."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from episode_dataset.reader import IndexInfo, open_h5, read_index
+from episode_dataset.schema import (
+    ACTIONS,
+    DATA,
+    DONES,
+    META,
+    NUM_SAMPLES,
+    OBS,
+    REWARDS,
+    DatasetError,
+    KeySpec,
+    attr_str,
+)
+
+# Rows per read when scanning float data for NaN/Inf: bounds memory on image-sized rows.
+_SCAN_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    path: Path
+    num_episodes: int
+    total_steps: int
+    packed: bool
+
+    def __str__(self) -> str:
+        return f"OK: {self.num_episodes} episodes, {self.total_steps} steps"
+
+
+def validate_file(path: str | os.PathLike[str], *, check_data: bool = True) -> DatasetSummary:
+    """Raise DatasetError("FILE: demo_3/obs/state: ...") on the first problem found.
+
+    Checks: HDF5 readable, `data` group and its attrs, every episode reachable (external links
+    resolve to readable shards), declared keys present with length num_samples and the declared
+    dtype/shape, no undeclared obs keys, total == sum(num_samples), masks name existing episodes,
+    and (check_data) every array reads back (HDF5 fletcher32 chunk checksums are verified on
+    read) with no NaN/Inf in float data. check_data=False checks structure only.
+    """
+    path = Path(path)
+    with open_h5(path) as f:
+        info = read_index(f, path)
+        for ep in info.episodes:
+            with _episode_group(f, info, ep) as group:
+                try:
+                    _check_episode(path, ep, group, info, check_data)
+                except (OSError, KeyError, RuntimeError) as e:
+                    raise DatasetError(f"{path}: {ep}: unreadable ({_first_line(e)})") from None
+    steps = sum(info.num_samples.values())
+    if info.total != steps:
+        raise DatasetError(
+            f"{path}: data: attribute total={info.total} != sum of num_samples {steps}"
+        )
+    for name, eps in info.filters.items():
+        unknown = [e for e in eps if e not in info.num_samples]
+        if unknown:
+            raise DatasetError(f"{path}: mask/{name}: unknown episodes {unknown}")
+    return DatasetSummary(path, len(info.episodes), steps, info.packed)
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+@contextmanager
+def _episode_group(f: h5py.File, info: IndexInfo, ep: str) -> Iterator[h5py.Group]:
+    path = info.path
+    link = info.links[ep]
+    if link is None:
+        obj = f[DATA][ep]
+        if not isinstance(obj, h5py.Group):
+            raise DatasetError(f"{path}: {ep}: not a group")
+        yield obj
+        return
+    filename, objpath = link
+    shard_path = path.parent / filename
+    if not shard_path.exists():
+        raise DatasetError(f"{path}: {ep}: broken external link, shard {filename} is missing")
+    with open_h5(shard_path, f"{path}: {ep}") as shard:
+        if objpath not in shard:
+            raise DatasetError(f"{path}: {ep}: shard {filename} has no object {objpath}")
+        yield shard[objpath]
+
+
+def _check_episode(
+    path: Path, ep: str, group: h5py.Group, info: IndexInfo, check_data: bool
+) -> None:
+    where = f"{path}: {ep}"
+    if NUM_SAMPLES not in group.attrs:
+        raise DatasetError(f"{where}: missing attribute 'num_samples'")
+    n = int(group.attrs[NUM_SAMPLES])
+    if n != info.num_samples[ep]:
+        raise DatasetError(
+            f"{where}: num_samples {n} != {info.num_samples[ep]} listed in episode_index"
+        )
+    if META in group.attrs:
+        try:
+            json.loads(attr_str(group.attrs[META]))
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{where}: attribute 'meta' is not valid JSON ({e})") from None
+    if OBS not in group:
+        raise DatasetError(f"{where}/obs: missing group")
+    extra = sorted(set(group[OBS]) - set(info.obs_specs))
+    if extra:
+        raise DatasetError(f"{where}/obs: keys {extra} not declared in data.attrs['obs_specs']")
+    for key, spec in info.obs_specs.items():
+        _check_dataset(f"{where}/obs/{key}", group, f"{OBS}/{key}", n, spec, check_data)
+    _check_dataset(f"{where}/actions", group, ACTIONS, n, info.action_spec, check_data)
+    _check_dataset(f"{where}/rewards", group, REWARDS, n, None, check_data, kinds="f")
+    _check_dataset(f"{where}/dones", group, DONES, n, None, check_data, kinds="biu")
+
+
+def _check_dataset(
+    where: str,
+    group: h5py.Group,
+    name: str,
+    n: int,
+    spec: KeySpec | None,
+    check_data: bool,
+    kinds: str = "",
+) -> None:
+    if name not in group:
+        raise DatasetError(f"{where}: missing")
+    ds = group[name]
+    if not isinstance(ds, h5py.Dataset):
+        raise DatasetError(f"{where}: not a dataset")
+    if ds.ndim == 0 or ds.shape[0] != n:
+        raise DatasetError(f"{where}: length {ds.shape[:1]} != num_samples {n}")
+    if spec is not None:
+        if ds.shape[1:] != spec.shape:
+            raise DatasetError(f"{where}: shape {ds.shape[1:]} per step != declared {spec.shape}")
+        if ds.dtype != spec.np_dtype:
+            raise DatasetError(f"{where}: dtype {ds.dtype} != declared {spec.dtype}")
+        if "dtype" in ds.attrs and attr_str(ds.attrs["dtype"]) != spec.dtype:
+            raise DatasetError(
+                f"{where}: attribute dtype {attr_str(ds.attrs['dtype'])} != declared {spec.dtype}"
+            )
+    else:
+        if ds.ndim != 1:
+            raise DatasetError(f"{where}: shape {ds.shape} != ({n},)")
+        if ds.dtype.kind not in kinds:
+            raise DatasetError(f"{where}: dtype {ds.dtype} not allowed")
+    if not check_data:
+        return
+    row_bytes = max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64)))
+    block = max(1, _SCAN_BYTES // row_bytes)
+    for start in range(0, n, block):
+        try:
+            rows = ds[start : start + block]
+        except OSError as e:  # checksum mismatch, truncated file
+            raise DatasetError(
+                f"{where}: unreadable at steps [{start}, {min(n, start + block)}) "
+                f"({_first_line(e)})"
+            ) from None
+        if ds.dtype.kind == "f":
+            bad = ~np.isfinite(rows.reshape(len(rows), -1)).all(axis=1)
+            if bad.any():
+                step = start + int(np.argmax(bad))
+                raise DatasetError(f"{where}: NaN/Inf at step {step}")

@@ -1,0 +1,542 @@
+"""episode_dataset: real HDF5 files in tmp_path; roundtrip, windows, streaming, append, filters,
+validation of every corruption kind, CLI, pack, and pickling for DataLoader-style workers."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from episode_dataset import (
+    ACTIONS,
+    DONES,
+    OBS,
+    REWARDS,
+    DatasetError,
+    EpisodeReader,
+    EpisodeWriter,
+    KeySpec,
+    pack,
+    validate_file,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+H, W = 16, 20
+OBS_SPECS = {
+    "state": KeySpec("float32", (5,), units="rad"),
+    "image": KeySpec("uint8", (H, W, 3), encoding="rgb8", source_topic="/camera/image"),
+}
+ACTION_SPEC = KeySpec("float32", (2,), units="N")
+ENV_ARGS = {"env_name": "Reacher-v5", "type": 4, "env_kwargs": {"frame_skip": 2}}
+
+
+def make_episode(seed: int, steps: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        "obs": {
+            "state": rng.normal(size=(steps, 5)).astype(np.float32),
+            "image": rng.integers(0, 256, size=(steps, H, W, 3), dtype=np.uint8),
+        },
+        "actions": rng.uniform(-1, 1, size=(steps, 2)).astype(np.float32),
+        "rewards": rng.normal(size=steps).astype(np.float32),
+        "dones": np.arange(steps) == steps - 1,
+    }
+
+
+def write_dataset(path: Path, lengths: tuple[int, ...] = (7, 12, 9)) -> list[dict]:
+    episodes = [make_episode(i, n) for i, n in enumerate(lengths)]
+    with EpisodeWriter(path, OBS_SPECS, ACTION_SPEC, env_args=ENV_ARGS) as w:
+        for i, ep in enumerate(episodes):
+            name = w.write_episode(**ep, metadata={"seed": np.int64(i), "dropped": 0})
+            assert name == f"demo_{i}"
+    return episodes
+
+
+def assert_episode_equal(r: EpisodeReader, name: str, ep: dict) -> None:
+    for key, arr in ep["obs"].items():
+        got = r.read_obs(name, key)
+        assert got.dtype == arr.dtype and np.array_equal(got, arr), f"{name}/{key}"
+    np.testing.assert_array_equal(r.read_actions(name), ep["actions"])
+    np.testing.assert_array_equal(r.read_rewards(name), ep["rewards"])
+    np.testing.assert_array_equal(r.read_dones(name), ep["dones"])
+
+
+def test_roundtrip_image_and_metadata(tmp_path: Path) -> None:
+    path = tmp_path / "x.hdf5"
+    episodes = write_dataset(path)
+    with EpisodeReader(path) as r:
+        assert r.episodes == ["demo_0", "demo_1", "demo_2"]
+        assert [r.num_steps(e) for e in r.episodes] == [7, 12, 9]
+        assert r.total_steps == 28
+        assert r.obs_specs == OBS_SPECS and r.action_spec == ACTION_SPEC
+        assert r.env_args == ENV_ARGS
+        assert r.episode_metadata("demo_1") == {"seed": 1, "dropped": 0}
+        for i, ep in enumerate(episodes):
+            assert_episode_equal(r, f"demo_{i}", ep)
+        assert r.episode_return("demo_2") == pytest.approx(float(episodes[2]["rewards"].sum()))
+        assert r.read_dones("demo_0").dtype == np.bool_
+        assert not r.packed
+    # Plain h5py (what robomimic does) follows the relative ExternalLinks transparently.
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["data/demo_0/obs/state"][:], episodes[0]["obs"]["state"])
+        link = f["data"].get("demo_1", getlink=True)
+        assert isinstance(link, h5py.ExternalLink)
+        assert link.filename == "x.hdf5.episodes/demo_1.h5" and not os.path.isabs(link.filename)
+        assert f["data/demo_1"].attrs["num_samples"] == 12
+        assert f["data"].attrs["total"] == 28
+        assert json.loads(f["data"].attrs["env_args"]) == ENV_ARGS
+        specs = json.loads(f["data"].attrs["obs_specs"])
+        assert specs["image"]["encoding"] == "rgb8"
+        assert specs["image"]["source_topic"] == "/camera/image"
+        img = f["data/demo_0/obs/image"]
+        assert img.attrs["encoding"] == "rgb8" and img.attrs["dtype"] == "uint8"
+        assert tuple(img.attrs["shape"]) == (H, W, 3)
+        assert f["data/demo_0/obs/state"].attrs["units"] == "rad"
+        assert json.loads(f["data/demo_0"].attrs["meta"]) == {"seed": 0, "dropped": 0}
+    # Moving the index together with its shard directory keeps it readable.
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    os.rename(path, moved / "x.hdf5")
+    os.rename(tmp_path / "x.hdf5.episodes", moved / "x.hdf5.episodes")
+    with EpisodeReader(moved / "x.hdf5") as r:
+        assert_episode_equal(r, "demo_1", episodes[1])
+
+
+def test_window_reads(tmp_path: Path) -> None:
+    path = tmp_path / "x.hdf5"
+    episodes = write_dataset(path)
+    with EpisodeReader(path) as r:
+        np.testing.assert_array_equal(
+            r.read_obs("demo_1", "image", 3, 8), episodes[1]["obs"]["image"][3:8]
+        )
+        np.testing.assert_array_equal(
+            r.read_actions("demo_1", 10, 12), episodes[1]["actions"][10:]
+        )
+        win = r.read_window("demo_2", 2, 4, keys=["state"])
+        assert set(win[OBS]) == {"state"} and win[ACTIONS].shape == (2, 2)
+        assert win[REWARDS].shape == (2,) and win[DONES].shape == (2,)
+        assert r.read_obs("demo_0", "state", 7, 7).shape == (0, 5)
+        # Image datasets are chunked by whole frames, a few per chunk, so a window touches
+        # only the chunks it needs.
+        ds = r.episode_group("demo_1")["obs/image"]
+        assert ds.chunks[1:] == (H, W, 3) and ds.chunks[0] * H * W * 3 <= 64 * 1024
+        with pytest.raises(DatasetError, match=r"demo_1/obs/state: window \[5, 13\) outside"):
+            r.read_obs("demo_1", "state", 5, 13)
+        with pytest.raises(DatasetError, match="demo_0: unknown obs key 'depth'"):
+            r.read_obs("demo_0", "depth")
+        with pytest.raises(DatasetError, match="unknown episode 'demo_9'"):
+            r.read_actions("demo_9")
+
+
+def test_streaming_api(tmp_path: Path) -> None:
+    path = tmp_path / "s.hdf5"
+    ep = make_episode(5, 40)  # small chunk_bytes: image rows are flushed every 2 steps
+    with EpisodeWriter(path, OBS_SPECS, ACTION_SPEC, env_args=ENV_ARGS, chunk_bytes=2048) as w:
+        assert w.begin_episode({"seed": 5}) == "demo_0"
+        for t in range(40):
+            step_obs = {k: v[t] for k, v in ep["obs"].items()}
+            w.append_step(
+                step_obs, ep["actions"][t], float(ep["rewards"][t]), bool(ep["dones"][t])
+            )
+        assert w.in_episode and w.current_steps == 40
+        assert w.end_episode(metadata_update={"dropped": 3, "stale": 1}) == "demo_0"
+        # A discarded episode leaves nothing behind and does not consume a number.
+        w.begin_episode()
+        w.append_step({k: v[0] for k, v in ep["obs"].items()}, ep["actions"][0], 0.0, False)
+        w.discard_episode()
+        assert not w.in_episode
+        assert list(w.shard_dir.glob("*.partial")) == []
+        w.begin_episode()
+        with pytest.raises(DatasetError, match=r"s.hdf5: demo_1 step 0/obs/image: shape \(4,"):
+            w.append_step(
+                {"state": ep["obs"]["state"][0], "image": np.zeros((4, 4, 3))}, [0, 0], 0, 0
+            )
+        with pytest.raises(DatasetError, match="demo_1 step 0/obs/image: dtype float64 cannot"):
+            w.append_step(
+                {"state": ep["obs"]["state"][0], "image": np.zeros((H, W, 3))}, [0, 0], 0, 0
+            )
+        with pytest.raises(DatasetError, match=r"demo_1 step 0/obs: missing keys \['image'\]"):
+            w.append_step({"state": ep["obs"]["state"][0]}, [0, 0], 0, 0)
+        with pytest.raises(DatasetError, match="demo_1: episode already open"):
+            w.begin_episode()
+        with pytest.raises(DatasetError, match="demo_1: empty episode"):
+            w.end_episode()
+        w.discard_episode()
+        with pytest.raises(DatasetError, match="no open episode"):
+            w.end_episode()
+    with EpisodeReader(path) as r:
+        assert r.episodes == ["demo_0"]
+        assert_episode_equal(r, "demo_0", ep)
+        assert r.episode_metadata("demo_0") == {"seed": 5, "dropped": 3, "stale": 1}
+
+
+def test_streaming_roundtrip_and_close_with_open_episode(tmp_path: Path) -> None:
+    path = tmp_path / "s.hdf5"
+    ep = make_episode(5, 40)
+    w = EpisodeWriter(path, OBS_SPECS, ACTION_SPEC, chunk_bytes=2048)
+    w.begin_episode({"seed": 5})
+    for t in range(40):
+        w.append_step({k: v[t] for k, v in ep["obs"].items()}, ep["actions"][t],
+                      ep["rewards"][t], int(ep["dones"][t]))  # fmt: skip
+    w.end_episode({"dropped": 3})
+    w.begin_episode()
+    w.append_step({k: v[0] for k, v in ep["obs"].items()}, ep["actions"][0], 0.0, False)
+    with pytest.raises(DatasetError, match="demo_1: closed with the episode still open"):
+        w.close()
+    assert list(w.shard_dir.glob("*.partial")) == []
+    validate_file(path)
+    with EpisodeReader(path) as r:
+        assert r.episodes == ["demo_0"]
+        assert_episode_equal(r, "demo_0", ep)
+        assert r.episode_metadata("demo_0") == {"seed": 5, "dropped": 3}
+    with EpisodeWriter(path) as w, pytest.raises(DatasetError, match=r"outside uint8 range"):
+        bad = make_episode(1, 3)
+        bad["obs"]["image"] = bad["obs"]["image"].astype(np.uint16) + 200
+        w.write_episode(**bad)
+    # Integer 0/1 dones are accepted (robomimic style); other integers are not.
+    with EpisodeWriter(path) as w, pytest.raises(DatasetError, match="demo_1/dones: dtype int64"):
+        w.write_episode(**{**make_episode(1, 3), "dones": np.array([0, 2, 1])})
+
+
+def test_append_continues_numbering_and_checks_specs(tmp_path: Path) -> None:
+    path = tmp_path / "a.hdf5"
+    episodes = write_dataset(path, (4, 5))
+    reader_before = EpisodeReader(path)
+    extra = make_episode(10, 6)
+    with EpisodeWriter(path, OBS_SPECS, ACTION_SPEC, env_args=ENV_ARGS) as w:
+        assert w.episodes == ["demo_0", "demo_1"]
+        assert w.write_episode(**extra) == "demo_2"
+        # A second writer on the same dataset is refused while this one is open.
+        with pytest.raises(DatasetError, match="already open for writing"):
+            EpisodeWriter(path)
+    with EpisodeWriter(path) as w:  # specs omitted: the stored ones are used
+        assert w.write_episode(**make_episode(11, 3)) == "demo_3"
+    bad_specs = {**OBS_SPECS, "state": KeySpec("float32", (6,), units="rad")}
+    with pytest.raises(DatasetError, match="a.hdf5: appending: obs_specs differ"):
+        EpisodeWriter(path, bad_specs, ACTION_SPEC)
+    with pytest.raises(DatasetError, match="appending: action_spec differs"):
+        EpisodeWriter(path, OBS_SPECS, KeySpec("float32", (2,)))  # units differ
+    with pytest.raises(DatasetError, match="appending: env_args differ"):
+        EpisodeWriter(path, OBS_SPECS, ACTION_SPEC, env_args={"env_name": "Pendulum-v1"})
+    # The refused writers released their lock.
+    with EpisodeWriter(path) as w:
+        assert w.total_steps == 18
+    validate_file(path)
+    with EpisodeReader(path) as r:
+        assert r.episodes == ["demo_0", "demo_1", "demo_2", "demo_3"]
+        assert_episode_equal(r, "demo_0", episodes[0])
+        assert_episode_equal(r, "demo_2", extra)
+    # A reader opened earlier keeps its consistent snapshot (the index is replaced, not edited).
+    assert reader_before.episodes == ["demo_0", "demo_1"]
+    assert_episode_equal(reader_before, "demo_1", episodes[1])
+    reader_before.close()
+    # An index deleted by hand must not let a new writer overwrite the old shards.
+    shutil.copy(path, tmp_path / "a.bak")
+    path.unlink()
+    with pytest.raises(DatasetError, match="a.hdf5: missing, but a.hdf5.episodes/ holds"):
+        EpisodeWriter(path, OBS_SPECS, ACTION_SPEC)
+    shutil.copy(tmp_path / "a.bak", path)
+    # Packed files are read-only archives.
+    pack(path, tmp_path / "p.hdf5")
+    with pytest.raises(DatasetError, match="p.hdf5: appending: file is packed"):
+        EpisodeWriter(tmp_path / "p.hdf5")
+
+
+def test_filters(tmp_path: Path) -> None:
+    path = tmp_path / "f.hdf5"
+    write_dataset(path)
+    with EpisodeWriter(path) as w:
+        w.add_filter("train", ["demo_0", "demo_2"])
+        w.add_filter("valid", ["demo_1"])
+        w.add_filter("valid", ["demo_1", "demo_2"])  # replaces
+        with pytest.raises(DatasetError, match=r"mask/test: unknown episodes \['demo_7'\]"):
+            w.add_filter("test", ["demo_7"])
+    with h5py.File(path, "r") as f:  # robomimic reads masks as byte strings
+        assert [x.decode() for x in f["mask/train"][:]] == ["demo_0", "demo_2"]
+    with EpisodeReader(path) as r:
+        assert r.filters == ["train", "valid"]
+        assert r.filter("valid") == ["demo_1", "demo_2"]
+        with pytest.raises(DatasetError, match="no filter 'test'"):
+            r.filter("test")
+    # Filters survive appends.
+    with EpisodeWriter(path) as w:
+        w.write_episode(**make_episode(9, 3))
+    assert EpisodeReader(path).filter("train") == ["demo_0", "demo_2"]
+
+
+# -- validation: each corruption -> one line naming file, episode, key --------------------------
+
+
+def _shard(path: Path, ep: str = "demo_1") -> Path:
+    return path.with_name(path.name + ".episodes") / f"{ep}.h5"
+
+
+def _edit_shard(path: Path, fn: Callable[[h5py.Group], None], ep: str = "demo_1") -> None:
+    with h5py.File(_shard(path, ep), "r+") as f:
+        fn(f[ep])
+
+
+def _replace(group: h5py.Group, name: str, data: np.ndarray) -> None:
+    del group[name]
+    group[name] = data
+
+
+def _garbage(p: Path) -> None:
+    p.write_bytes(b"this is not hdf5 at all\n" * 100)
+
+
+def _flip_data_bytes(path: Path) -> None:
+    """Damage stored image bytes of demo_1 without touching any HDF5 metadata."""
+    shard = _shard(path)
+    with h5py.File(shard, "r") as f:
+        offset = f["demo_1/obs/image"].id.get_chunk_info(0).byte_offset + 100
+    with open(shard, "r+b") as fh:
+        fh.seek(offset)
+        data = fh.read(8)
+        fh.seek(offset)
+        fh.write(bytes(b ^ 0xFF for b in data))
+
+
+def _edit_index(path: Path, fn: Callable[[h5py.File], None]) -> None:
+    with h5py.File(path, "r+") as f:
+        fn(f)
+
+
+CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
+    "not_hdf5": (_garbage, r"x.hdf5: not a readable HDF5 file"),
+    "no_data_group": (
+        lambda p: h5py.File(p, "w").close(),
+        r"x.hdf5: missing 'data' group",
+    ),
+    "missing_key": (
+        lambda p: _edit_shard(p, lambda g: g.__delitem__("obs/state")),
+        r"x.hdf5: demo_1/obs/state: missing",
+    ),
+    "missing_actions": (
+        lambda p: _edit_shard(p, lambda g: g.__delitem__("actions")),
+        r"x.hdf5: demo_1/actions: missing",
+    ),
+    "length_mismatch": (
+        lambda p: _edit_shard(p, lambda g: _replace(g, "actions", np.zeros((11, 2), np.float32))),
+        r"x.hdf5: demo_1/actions: length \(11,\) != num_samples 12",
+    ),
+    "num_samples_mismatch": (
+        lambda p: _edit_shard(p, lambda g: g.attrs.__setitem__("num_samples", 13)),
+        r"x.hdf5: demo_1: num_samples 13 != 12 listed in episode_index",
+    ),
+    "total_mismatch": (
+        lambda p: _edit_index(p, lambda f: f["data"].attrs.__setitem__("total", 99)),
+        r"x.hdf5: data: attribute total=99 != sum of num_samples 28",
+    ),
+    "dtype_mismatch": (
+        lambda p: _edit_shard(p, lambda g: _replace(g, "obs/state", np.zeros((12, 5)))),
+        r"x.hdf5: demo_1/obs/state: dtype float64 != declared float32",
+    ),
+    "shape_mismatch": (
+        lambda p: _edit_shard(
+            p, lambda g: _replace(g, "obs/image", np.zeros((12, H, W, 4), np.uint8))
+        ),
+        r"x.hdf5: demo_1/obs/image: shape \(16, 20, 4\) per step != declared \(16, 20, 3\)",
+    ),
+    "nan": (
+        lambda p: _edit_shard(p, lambda g: g["obs/state"].__setitem__((3, 1), np.nan)),
+        r"x.hdf5: demo_1/obs/state: NaN/Inf at step 3",
+    ),
+    "inf_reward": (
+        lambda p: _edit_shard(p, lambda g: g["rewards"].__setitem__(10, np.inf)),
+        r"x.hdf5: demo_1/rewards: NaN/Inf at step 10",
+    ),
+    "undeclared_key": (
+        lambda p: _edit_shard(p, lambda g: g.create_dataset("obs/depth", data=np.zeros(12))),
+        r"x.hdf5: demo_1/obs: keys \['depth'\] not declared",
+    ),
+    "broken_link": (
+        lambda p: _shard(p).unlink(),
+        r"x.hdf5: demo_1: broken external link, shard x.hdf5.episodes/demo_1.h5 is missing",
+    ),
+    "corrupt_shard": (
+        lambda p: _garbage(_shard(p)),
+        r"x.hdf5: demo_1: .*demo_1.h5: not a readable HDF5 file",
+    ),
+    "flipped_data_bytes": (
+        _flip_data_bytes,
+        r"x.hdf5: demo_1/obs/image: unreadable at steps \[0, 12\) \(.*",
+    ),
+    "bad_mask": (
+        lambda p: _edit_index(p, lambda f: f.create_dataset("mask/bad", data=[b"demo_9"])),
+        r"x.hdf5: mask/bad: unknown episodes \['demo_9'\]",
+    ),
+    "bad_meta": (
+        lambda p: _edit_shard(p, lambda g: g.attrs.__setitem__("meta", "{not json")),
+        r"x.hdf5: demo_1: attribute 'meta' is not valid JSON",
+    ),
+    "bad_episode_name": (
+        lambda p: _edit_index(p, lambda f: f["data"].create_group("episode_x")),
+        r"x.hdf5: data: bad episode name 'episode_x'",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
+def test_validation_errors(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "x.hdf5"
+    write_dataset(path)
+    validate_file(path)
+    corrupt, pattern = CORRUPTIONS[kind]
+    corrupt(path)
+    with pytest.raises(DatasetError) as info:
+        validate_file(path)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(str(path)), msg
+    assert isinstance(info.value, ValueError)
+    assert re.search(pattern, msg), msg
+    if kind == "flipped_data_bytes":  # the reader reports it too instead of returning garbage
+        with EpisodeReader(path) as r, pytest.raises(DatasetError, match="demo_1/obs/image: unr"):
+            r.read_obs("demo_1", "image")
+
+
+def test_validation_of_packed_file_and_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "x.hdf5"
+    write_dataset(path)
+    packed = tmp_path / "p.hdf5"
+    pack(path, packed)
+    with h5py.File(packed, "r+") as f:
+        f["data/demo_2/actions"][4, 0] = np.nan
+    with pytest.raises(DatasetError, match=r"p.hdf5: demo_2/actions: NaN/Inf at step 4"):
+        validate_file(packed)
+    validate_file(packed, check_data=False)
+    with pytest.raises(DatasetError, match="nope.hdf5: file not found"):
+        validate_file(tmp_path / "nope.hdf5")
+
+
+# -- pack --------------------------------------------------------------------------------------
+
+
+def _external_links(f: h5py.File) -> list[str]:
+    found = []
+
+    def visit(name: str, link: h5py.Link) -> None:
+        if isinstance(link, h5py.ExternalLink):
+            found.append(name)
+
+    f.visititems_links(visit)
+    return found
+
+
+@pytest.mark.parametrize("compression", [None, "gzip"])
+def test_pack_is_self_contained_and_equivalent(tmp_path: Path, compression: str | None) -> None:
+    path = tmp_path / "x.hdf5"
+    episodes = write_dataset(path)
+    with EpisodeWriter(path) as w:
+        w.add_filter("train", ["demo_0", "demo_1"])
+    out_dir = tmp_path / "share"
+    out_dir.mkdir()
+    summary = pack(path, out_dir / "p.hdf5", compression=compression)
+    assert (summary.num_episodes, summary.total_steps, summary.packed) == (3, 28, True)
+    with pytest.raises(DatasetError, match="p.hdf5: exists"):
+        pack(path, out_dir / "p.hdf5")
+    # Remove the source entirely: the packed file must stand alone.
+    linked = EpisodeReader(path)
+    expected_meta = {e: linked.episode_metadata(e) for e in linked.episodes}
+    linked.close()
+    os.rename(path.with_name("x.hdf5.episodes"), tmp_path / "gone")
+    with h5py.File(out_dir / "p.hdf5", "r") as f:
+        assert _external_links(f) == []
+        np.testing.assert_array_equal(f["data/demo_0/obs/state"][:], episodes[0]["obs"]["state"])
+        assert f["data/demo_0"].attrs["num_samples"] == 7
+        if compression:
+            assert f["data/demo_1/obs/image"].compression == "gzip"
+    with EpisodeReader(out_dir / "p.hdf5") as r:
+        assert r.packed and r.env_args == ENV_ARGS and r.obs_specs == OBS_SPECS
+        assert r.filter("train") == ["demo_0", "demo_1"]
+        for i, ep in enumerate(episodes):
+            assert_episode_equal(r, f"demo_{i}", ep)
+            assert r.episode_metadata(f"demo_{i}") == expected_meta[f"demo_{i}"]
+    # pack refuses an invalid source instead of copying damage.
+    with pytest.raises(DatasetError, match="demo_0: broken external link"):
+        pack(path, tmp_path / "q.hdf5")
+    assert not (tmp_path / "q.hdf5").exists()
+
+
+# -- workers -----------------------------------------------------------------------------------
+
+
+def _worker_read(args: tuple[EpisodeReader, str]) -> tuple[int, np.ndarray, np.ndarray]:
+    reader, ep = args
+    return os.getpid(), reader.read_obs(ep, "image", 2, 5), reader.read_actions(ep)
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_reader_in_worker_processes(tmp_path: Path, method: str) -> None:
+    path = tmp_path / "x.hdf5"
+    episodes = write_dataset(path)
+    reader = EpisodeReader(path, max_open_shards=2)
+    for ep in reader.episodes:  # open handles in the parent before handing the reader over
+        reader.read_obs(ep, "state", 0, 1)
+    assert len(reader._shards) == 2  # LRU bound respected
+    clone = pickle.loads(pickle.dumps(reader))
+    assert_episode_equal(clone, "demo_1", episodes[1])
+    with mp.get_context(method).Pool(2) as pool:
+        results = pool.map(_worker_read, [(reader, ep) for ep in reader.episodes])
+    assert all(pid != os.getpid() for pid, _, _ in results)
+    for (_, img, act), ep in zip(results, episodes, strict=True):
+        np.testing.assert_array_equal(img, ep["obs"]["image"][2:5])
+        np.testing.assert_array_equal(act, ep["actions"])
+    # The parent's handles still work after the children used theirs.
+    assert_episode_equal(reader, "demo_2", episodes[2])
+    reader.close()
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "episode_dataset", *args],
+        capture_output=True, text=True, env=env, timeout=60, cwd=REPO,
+    )  # fmt: skip
+
+
+def test_cli_info_validate_pack(tmp_path: Path) -> None:
+    path = tmp_path / "x.hdf5"
+    write_dataset(path)
+    with EpisodeWriter(path) as w:
+        w.add_filter("train", ["demo_0", "demo_2"])
+    res = _cli("info", str(path))
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "Reacher-v5" in out and "episodes: 3   steps: 28" in out and "train (2)" in out
+    assert "obs/image" in out and "rgb8" in out and "/camera/image" in out and "rad" in out
+    assert "image:u8[12, 16, 20, 3]" in out and '{"dropped": 0, "seed": 1}' in out
+
+    res = _cli("validate", str(path))
+    assert res.returncode == 0 and res.stdout.strip() == "OK: 3 episodes, 28 steps"
+
+    res = _cli("pack", str(path), str(tmp_path / "p.hdf5"))
+    assert res.returncode == 0, res.stderr
+    assert _cli("validate", str(tmp_path / "p.hdf5")).stdout.strip() == "OK: 3 episodes, 28 steps"
+
+    _edit_shard(path, lambda g: g["obs/state"].__setitem__((0, 0), np.inf), ep="demo_2")
+    res = _cli("validate", str(path))
+    assert res.returncode == 1
+    assert res.stderr.strip() == f"ERROR: {path}: demo_2/obs/state: NaN/Inf at step 0"
+
+
+def test_never_imports_torch() -> None:
+    code = "import sys, episode_dataset.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
