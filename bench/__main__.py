@@ -1,0 +1,44 @@
+"""Run every benchmark: `python -m bench [--quick] [NAME ...]`.
+
+A benchmark is a module bench/<name>.py with `run(quick: bool) -> None` that reports through
+bench.report.report (table on stdout + bench/results/<name>.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short runs (smoke-level numbers)")
+    parser.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
+    args = parser.parse_args()
+    here = Path(__file__).resolve().parent
+    found = sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name not in ("report",))
+    names = args.names or found
+    failed = []
+    for name in names:
+        module = importlib.import_module(f"bench.{name}")
+        if not hasattr(module, "run"):
+            continue
+        print(f"\n=== bench.{name} ===", flush=True)
+        start = time.perf_counter()
+        try:
+            module.run(quick=args.quick)
+        except Exception as err:  # one broken benchmark must not hide the others' numbers
+            failed.append(name)
+            print(f"bench.{name} failed: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"(bench.{name}: {time.perf_counter() - start:.1f} s)")
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

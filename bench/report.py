@@ -1,0 +1,44 @@
+"""Benchmark output: a rich table on stdout and the same rows as JSON in bench/results/."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def report(name: str, rows: list[dict[str, Any]], note: str | None = None) -> Path:
+    """Print `rows` as a table titled `name` and write bench/results/<name>.json."""
+    table = Table(title=name, caption=note)
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(_fmt(row.get(c, "")) for c in columns))
+    Console(width=max(120, Console().width)).print(table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    payload = {
+        "name": name,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "note": note,
+        "rows": rows,
+    }
+    path.write_text(json.dumps(payload, indent=2, default=str))
+    return path
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

@@ -1,0 +1,85 @@
+"""Observation wrappers: flat Gymnasium observations -> dict observations (+ rendered camera)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+
+class DictObservation(gym.Wrapper):
+    """{"state": float32 (D,)} observations, plus `info["is_success"]` when the task defines it."""
+
+    def __init__(self, env: gym.Env, success: Callable[[gym.Env], bool] | None = None) -> None:
+        super().__init__(env)
+        box = env.observation_space
+        self.observation_space = gym.spaces.Dict(
+            {"state": gym.spaces.Box(box.low.astype(np.float32), box.high.astype(np.float32))}
+        )
+        self._success = success
+
+    def _wrap(self, obs: np.ndarray, info: dict[str, Any]) -> tuple[dict, dict]:
+        if self._success is not None:
+            info["is_success"] = bool(self._success(self.env))
+        return {"state": np.asarray(obs, dtype=np.float32)}, info
+
+    def reset(self, **kwargs: Any) -> tuple[dict, dict]:
+        obs, info = self.env.reset(**kwargs)
+        return self._wrap(obs, info)
+
+    def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        obs, info = self._wrap(obs, info)
+        return obs, float(reward), terminated, truncated, info
+
+
+class CameraObservation(gym.Wrapper):
+    """Adds `image`: uint8 (height, width, 3) rgb rendered offscreen, shadows/reflections off.
+
+    `camera` holds mjvCamera settings: lookat/distance/elevation/azimuth for a free camera, or
+    trackbody (body id) for a tracking one. Turning shadows and reflections off makes small
+    renders several times faster and they carry no information for learning.
+    """
+
+    def __init__(self, env: gym.Env, width: int, height: int, camera: dict[str, Any]) -> None:
+        super().__init__(env)
+        base = env.unwrapped
+        if not hasattr(base, "model") or not hasattr(base, "data"):
+            raise ValueError(f"{base}: camera observation needs a MuJoCo env (model/data)")
+        self._model, self._data = base.model, base.data
+        self._renderer = mujoco.Renderer(self._model, height=height, width=width)
+        self._camera = mujoco.MjvCamera()
+        mujoco.mjv_defaultFreeCamera(self._model, self._camera)
+        if "trackbody" in camera:
+            self._camera.type = mujoco.mjtCamera.mjCAMERA_TRACKING
+            self._camera.trackbodyid = int(camera["trackbody"])
+        if "lookat" in camera:
+            self._camera.lookat[:] = camera["lookat"]
+        for key in ("distance", "elevation", "azimuth"):
+            if key in camera:
+                setattr(self._camera, key, float(camera[key]))
+        spaces = dict(env.observation_space.spaces)
+        spaces["image"] = gym.spaces.Box(0, 255, (height, width, 3), np.uint8)
+        self.observation_space = gym.spaces.Dict(spaces)
+
+    def render_image(self) -> np.ndarray:
+        self._renderer.update_scene(self._data, self._camera)
+        flags = self._renderer.scene.flags
+        flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+        flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        return self._renderer.render().copy()
+
+    def reset(self, **kwargs: Any) -> tuple[dict, dict]:
+        obs, info = self.env.reset(**kwargs)
+        return {**obs, "image": self.render_image()}, info
+
+    def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return {**obs, "image": self.render_image()}, reward, terminated, truncated, info
+
+    def close(self) -> None:
+        self._renderer.close()
+        super().close()

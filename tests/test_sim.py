@@ -1,0 +1,151 @@
+"""The sim layer: registration, dict/camera observations, experts, collection, evaluation."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import sim
+from episode_dataset import EpisodeReader, validate_file
+from sim.collect import collect
+from sim.evaluate import RandomPolicy, evaluate_policy, normalized_score
+from sim.experts import make_expert_policy
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.mark.parametrize("env_id", sorted(sim.TASKS))
+def test_check_env_passes_on_every_registered_task(env_id: str) -> None:
+    check_env(sim.make(env_id).unwrapped, skip_render_check=True)
+    check_env(sim.make(env_id), skip_render_check=True)
+    if sim.task_spec(env_id).mujoco:
+        check_env(sim.make(env_id, camera=(40, 24)), skip_render_check=True)
+
+
+def test_prefixed_and_plain_ids_are_the_same_task() -> None:
+    a, b = sim.make("Reacher-v5"), sim.make("roboloop/Reacher-v5")
+    oa, _ = a.reset(seed=3)
+    ob, _ = b.reset(seed=3)
+    np.testing.assert_array_equal(oa["state"], ob["state"])
+    assert a.spec.max_episode_steps == 50
+    with pytest.raises(ValueError, match="unknown task 'Nope-v0'"):
+        sim.make("Nope-v0")
+
+
+def test_camera_image_has_the_asked_size_and_follows_the_arm() -> None:
+    env = sim.make("Reacher-v5", camera=(48, 32))
+    obs, _ = env.reset(seed=0)
+    assert obs["image"].shape == (32, 48, 3) and obs["image"].dtype == np.uint8
+    first = obs["image"].astype(int)
+    for _ in range(10):
+        obs, *_ = env.step(np.ones(2, np.float32))
+    changed = np.abs(obs["image"].astype(int) - first).sum(axis=-1) > 30
+    assert changed.mean() > 0.005, "the rendered arm did not move"
+    with pytest.raises(ValueError, match="no MuJoCo model"):
+        sim.make("Pendulum-v1", camera=32)
+
+
+def test_reacher_expert_reaches_targets_far_better_than_random() -> None:
+    expert = evaluate_policy("Reacher-v5", make_expert_policy("Reacher-v5"), 10, seed=100)
+    random = evaluate_policy("Reacher-v5", RandomPolicy([-1, -1], [1, 1], 0), 10, seed=100)
+    assert expert.success_rate >= 0.9
+    assert expert.mean_return > -7.0 and random.mean_return < -25.0
+    assert normalized_score(expert.mean_return, random.mean_return, expert.mean_return) == 1.0
+
+
+def test_pendulum_expert_swings_up() -> None:
+    expert = evaluate_policy("Pendulum-v1", make_expert_policy("Pendulum-v1"), 3, seed=0)
+    random = evaluate_policy("Pendulum-v1", RandomPolicy([-2], [2], 0), 3, seed=0)
+    assert expert.mean_return > -400 > random.mean_return
+    with pytest.raises(ValueError, match="no scripted expert"):
+        make_expert_policy("HalfCheetah-v5")
+
+
+def test_normalized_score_maps_random_to_zero_and_expert_to_one() -> None:
+    assert normalized_score(-43.0, -43.0, -4.0) == 0.0
+    assert normalized_score(-23.5, -43.0, -4.0) == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        normalized_score(1.0, 2.0, 2.0)
+
+
+def test_vectorized_collection_is_deterministic_and_valid(tmp_path) -> None:
+    files = []
+    for run in range(2):
+        out = tmp_path / f"run{run}.hdf5"
+        names = collect(
+            "Reacher-v5", "random", 5, seed=7, out=out, num_envs=2, camera=16, progress=False
+        )
+        assert len(names) == 5
+        validate_file(out)
+        files.append(EpisodeReader(out))
+    a, b = files
+    assert [a.episode_metadata(e)["seed"] for e in a.episodes] == [7, 8, 9, 10, 11]
+    assert a.env_args["control_rate_hz"] == pytest.approx(50.0)
+    for ep in a.episodes:
+        np.testing.assert_array_equal(a.read_obs(ep, "image"), b.read_obs(ep, "image"))
+        np.testing.assert_array_equal(a.read_actions(ep), b.read_actions(ep))
+        assert a.num_steps(ep) == 50 and a.read_dones(ep)[-1] and not a.read_dones(ep)[:-1].any()
+
+
+def test_collected_episode_replays_to_the_same_rewards(tmp_path) -> None:
+    out = tmp_path / "expert.hdf5"
+    collect("Reacher-v5", "expert", 2, seed=3, out=out, num_envs=2, progress=False)
+    reader = EpisodeReader(out)
+    ep = reader.episodes[1]
+    env = sim.make("Reacher-v5")
+    obs, _ = env.reset(seed=reader.episode_metadata(ep)["seed"])
+    np.testing.assert_array_equal(obs["state"], reader.read_obs(ep, "state", 0, 1)[0])
+    rewards = [env.step(a)[1] for a in reader.read_actions(ep)]
+    np.testing.assert_allclose(rewards, reader.read_rewards(ep), rtol=1e-5)
+
+
+def test_collect_cli_writes_a_dataset_and_reports(tmp_path) -> None:
+    out = tmp_path / "cli.hdf5"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sim.collect",
+            "--env",
+            "Reacher-v5",
+            "--policy",
+            "expert",
+            "--episodes",
+            "3",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+            "--num-envs",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["episodes"] == 3 and summary["mean_return"] > -8
+    assert len(EpisodeReader(out).episodes) == 3
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sim.collect",
+            "--env",
+            "Reacher-v5",
+            "--policy",
+            "nope.onnx",
+            "--out",
+            str(tmp_path / "x.hdf5"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode != 0 and "nope.onnx: no such ONNX file" in bad.stderr
