@@ -1,0 +1,257 @@
+"""policy_node obs->action latency over ROS vs the same policy's in-process runner latency.
+
+    python -m bench.ros_policy_latency [--quick] [--model PATH.onnx]
+
+A publisher in this process stamps observations (header.stamp = now) at 0.9x the control rate;
+policy_node runs as its own process on a timer at that rate; latency is the time
+from an observation's stamp to the arrival here of the first action carrying that stamp. A
+timer-driven node waits for its next tick, so about half a control period of the latency is
+that wait (`tick_wait_ms`). The in-process number is `OnnxPolicy.predict_action_chunk` at
+batch 1 on 1 thread, the node's inference also runs on 1 thread.
+
+Models: the reference linear policy with a 10-d state and a 64x64 rgb8 camera (the sim
+bridge's default topics: decoding and transport dominate) and, unless --model is given, a
+Reacher-sized flow-BC policy with random weights (obs_steps 2, horizon 8, 10 Euler steps;
+built as in bench.policy_latency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+NAME = "ros_policy_latency"
+REPO = Path(__file__).resolve().parents[1]
+PARAMS_FILE = REPO / "ros2_ws/src/roboloop_policy/config/policy.yaml"
+TOPIC_PREFIX = "/bench_policy"
+PUBLISH_RATIO = 0.9
+NOTE = (
+    "ros = observation stamp -> action arrival across processes; the node acts on a timer, so "
+    "tick_wait (half a period on average) is part of it; node_* = the node's own diagnostics"
+)
+
+
+def _ros_environment() -> None:
+    """Loopback discovery, a private domain and a local log dir for this process + children."""
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randrange(91, 100)))
+    os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="bench_ros_log_"))
+
+
+def _observations(metadata: Any, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {
+        key: rng.integers(0, 256, spec.shape, dtype=np.uint8)
+        if spec.dtype == "uint8"
+        else rng.standard_normal(spec.shape).astype(spec.dtype)
+        for key, spec in metadata.observations.items()
+    }
+
+
+def in_process_latency(model_path: Path, iters: int) -> dict[str, float]:
+    """predict_action_chunk at batch 1 (obs history built like the node does), ms."""
+    from learning.onnx_runner import OnnxPolicy
+
+    policy = OnnxPolicy(model_path, device="cpu", threads=1)
+    m = policy.metadata
+    obs = _observations(m, np.random.default_rng(0))
+    batch = {k: np.stack([v] * m.obs_steps)[None] for k, v in obs.items()}
+    for _ in range(10):
+        policy.predict_action_chunk(batch)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        policy.predict_action_chunk(batch)
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99))}
+
+
+def ros_latency(model_path: Path, rate_hz: float, seconds: float, log_dir: Path) -> dict[str, Any]:
+    """Run policy_node on `model_path` at `rate_hz`, publish observations, time the actions."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, qos_profile_sensor_data
+    from sensor_msgs.msg import Image, JointState
+
+    from demo.ros_processes import start_node
+    from learning.onnx_runner import OnnxModel
+    from learning.policy_interface import PolicyMetadata
+
+    meta = PolicyMetadata.from_dict(OnnxModel(model_path, device="cpu").metadata)
+    keys = list(meta.observations)
+    topics = [f"{TOPIC_PREFIX}/{key}" for key in keys]
+    proc = start_node(
+        "policy_node",
+        params_file=PARAMS_FILE,
+        params={
+            "model_path": str(model_path),
+            "device": "cpu",
+            "inference_threads": 1,
+            "observation_topics": topics,
+            "observation_keys": keys,
+            "action_topic": f"{TOPIC_PREFIX}/action",
+            "control_rate_hz": float(rate_hz),
+            "stale_periods": 20.0,  # measure latency, not the watchdog
+            "diagnostics_period_s": 0.5,
+        },
+        log_path=log_dir / f"{model_path.stem}_{rate_hz:g}hz.log",
+    )
+    context = rclpy.Context()
+    rclpy.init(context=context, signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
+    node = rclpy.create_node("ros_policy_latency_bench", context=context)
+    lock = threading.Lock()
+    sent: set[int] = set()
+    latency_ms: dict[int, float] = {}  # stamp -> first arrival
+    diagnostics: dict[str, str] = {}
+    publishing = threading.Event()
+    obs = _observations(meta, np.random.default_rng(1))
+    pubs = []
+    for key, topic in zip(keys, topics, strict=True):
+        msg_type = Image if meta.observations[key].dtype == "uint8" else JointState
+        pubs.append((key, node.create_publisher(msg_type, topic, qos_profile_sensor_data)))
+
+    def publish() -> None:
+        if not publishing.is_set():
+            return
+        stamp = node.get_clock().now().to_msg()
+        for key, pub in pubs:
+            value = obs[key]
+            if value.dtype == np.uint8:
+                h, w, _ = value.shape
+                msg = Image(height=h, width=w, encoding="rgb8", step=w * 3)
+                msg.data = value.tobytes()  # bytes: assigning the array is ~1000x slower
+            else:
+                msg = JointState(position=value.tolist())
+            msg.header.stamp = stamp
+            pub.publish(msg)
+        with lock:
+            sent.add(stamp.sec * 1_000_000_000 + stamp.nanosec)
+
+    def on_action(msg: JointState) -> None:
+        now = node.get_clock().now().nanoseconds
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        with lock:
+            if stamp in sent and stamp not in latency_ms:
+                latency_ms[stamp] = (now - stamp) * 1e-6
+
+    def on_diagnostics(msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name == "/policy_node: policy":
+                diagnostics.update({kv.key: kv.value for kv in status.values})
+
+    node.create_subscription(JointState, f"{TOPIC_PREFIX}/action", on_action, QoSProfile(depth=50))
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+    # 0.9x the control rate: the phase between publishing and the node's ticks drifts through
+    # a whole period, so the tick wait averages period/2 instead of one arbitrary fixed phase.
+    node.create_timer(1.0 / (PUBLISH_RATIO * rate_hz), publish)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (
+            all(pub.get_subscription_count() for _, pub in pubs)
+            and node.count_publishers(f"{TOPIC_PREFIX}/action")
+        ):
+            if time.monotonic() > deadline or not proc.alive():
+                raise RuntimeError(f"policy_node did not come up:\n{proc.log_text()[-2000:]}")
+            time.sleep(0.02)
+        publishing.set()
+        time.sleep(1.0)  # warm-up: first inferences, discovery of the reverse path
+        with lock:
+            latency_ms.clear()
+        time.sleep(seconds)
+        publishing.clear()
+        time.sleep(0.5)  # let the last actions and a diagnostics message arrive
+        with lock:
+            values = np.array(list(latency_ms.values()))
+            n_sent = len(sent)
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+        spinner.join(5)
+        proc.stop()
+    if values.size == 0:
+        raise RuntimeError(f"no actions received from policy_node:\n{proc.log_text()[-2000:]}")
+    return {
+        "p50": float(np.percentile(values, 50)),
+        "p99": float(np.percentile(values, 99)),
+        "samples": int(values.size),
+        "sent": n_sent,
+        "node_inference_p50": diagnostics.get("inference_latency_p50_ms", "n/a"),
+        "node_inference_p99": diagnostics.get("inference_latency_p99_ms", "n/a"),
+        "node_obs_to_action_p50": diagnostics.get("obs_to_action_latency_p50_ms", "n/a"),
+        "provider": diagnostics.get("execution_provider", "n/a"),
+    }
+
+
+def _flow_bc_model(directory: Path) -> Path:
+    from bench.policy_latency import _toy_checkpoint
+    from learning.export import export_checkpoint
+
+    onnx_path = directory / "flow_bc_reacher.onnx"
+    export_checkpoint(_toy_checkpoint(directory / "toy.ckpt"), onnx_path)
+    return onnx_path
+
+
+def run(quick: bool, model: str | None = None) -> list[dict]:
+    _ros_environment()
+    from roboloop_policy.reference_model import make_reference_policy
+
+    seconds, iters = (3.0, 100) if quick else (10.0, 500)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_ros_policy_") as tmp:
+        tmp_path = Path(tmp)
+        reference = tmp_path / "reference_state10_image64.onnx"
+        make_reference_policy(reference, state_dim=10, action_dim=2, image_hw=(64, 64))
+        second = Path(model) if model else _flow_bc_model(tmp_path)
+        cases = [(reference, 20.0), (second, 20.0), (second, 100.0)]
+        for path, rate in cases:
+            inproc = in_process_latency(path, iters)
+            ros = ros_latency(path, rate, seconds, tmp_path)
+            rows.append(
+                {
+                    "model": path.stem,
+                    "rate_hz": rate,
+                    "in_process_p50_ms": round(inproc["p50"], 3),
+                    "in_process_p99_ms": round(inproc["p99"], 3),
+                    "ros_obs_to_action_p50_ms": round(ros["p50"], 3),
+                    "ros_obs_to_action_p99_ms": round(ros["p99"], 3),
+                    "ros/in_process_p50": round(ros["p50"] / inproc["p50"], 1),
+                    "tick_wait_ms": round(500.0 / rate, 1),  # mean wait for the next tick
+                    "ros_minus_tick_wait_p50_ms": round(ros["p50"] - 500.0 / rate, 3),
+                    "node_inference_p50_ms": ros["node_inference_p50"],
+                    "node_inference_p99_ms": ros["node_inference_p99"],
+                    # stamp -> publish inside the node (tick wait + inference, no transport back)
+                    "node_obs_to_action_p50_ms": ros["node_obs_to_action_p50"],
+                    "provider": ros["provider"],
+                    "samples": ros["samples"],
+                    "observations_sent": ros["sent"],
+                }
+            )
+    from bench.report import report
+
+    report(NAME, rows, note=NOTE)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--model", default=None, help="an exported policy instead of flow-BC")
+    args = parser.parse_args()
+    run(args.quick, args.model)
+
+
+if __name__ == "__main__":
+    main()

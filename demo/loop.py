@@ -1,0 +1,302 @@
+"""The main job: the whole robot-learning loop over ROS 2, on an embedded default (Reacher-v5).
+
+    python -m demo.loop [--episodes 30] [--eval-episodes 10] [--max-epochs 60] [--out DIR]
+
+1. record   sim_bridge (scripted expert) + recorder, started from launch/sim.launch.py and
+            launch/record.launch.py, write N expert episodes over DDS -> expert.hdf5
+2. inspect  the dataset `info` table
+3. train    flow-matching BC (`python -m learning.train --config-name=train_fbc`)
+4. export   ONNX with the sampler unrolled + metadata (`python -m learning.export`)
+5. serve    launch/loop.launch.py: policy_node drives sim_bridge, the recorder saves the rollouts
+6. report   expert / random / policy return on the same seeds, normalized score, success rate,
+            obs->action latency p50/p99 from the policy node's diagnostics, drop/stale counts.
+
+`launch` is not on PyPI, so the nodes each launch file declares are started as processes with the
+same executables and parameter files (demo/ros_processes.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+EVAL_SEED = 1000  # policy/expert/random evaluation seeds (held out from the demos' 0..N-1)
+
+
+def _ros_environment() -> None:
+    """Loopback-only discovery, a private domain and a local log dir, before rclpy loads."""
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    os.environ.setdefault("ROS_DOMAIN_ID", "42")
+    os.environ.setdefault("ROS_LOG_DIR", str(REPO / "outputs" / "ros_log"))
+    os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+def stage(title: str) -> None:
+    from rich.console import Console
+
+    Console().rule(f"[bold]{title}")
+
+
+class DiagnosticsMonitor:
+    """Keeps the latest /diagnostics values of every node, from a background rclpy thread."""
+
+    def __init__(self) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.latest: dict[str, dict[str, str]] = {}
+        self._context = rclpy.Context()
+        rclpy.init(context=self._context)
+        self._node = rclpy.create_node("demo_monitor", context=self._context)
+        self._node.create_subscription(DiagnosticArray, "/diagnostics", self._on_msg, 50)
+        self._executor = SingleThreadedExecutor(context=self._context)
+        self._executor.add_node(self._node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        from rclpy.executors import ExternalShutdownException
+
+        try:
+            while self._context.ok():
+                self._executor.spin_once(timeout_sec=0.1)
+        except ExternalShutdownException:
+            pass  # close() shut the context down
+
+    def _on_msg(self, msg: Any) -> None:
+        for status in msg.status:
+            self.latest[status.name] = {kv.key: kv.value for kv in status.values}
+
+    def find(self, name_part: str) -> dict[str, str]:
+        for name, values in self.latest.items():
+            if name_part in name:
+                return values
+        return {}
+
+    def close(self) -> None:
+        import rclpy
+
+        self._context.try_shutdown()
+        self._thread.join(timeout=2)
+        self._executor.shutdown()
+        self._node.destroy_node()
+        del rclpy
+
+
+def run_nodes_until(
+    launch_files: list[tuple[str, dict[str, str]]],
+    dataset: Path,
+    episodes: int,
+    log_dir: Path,
+    timeout_s: float,
+    label: str,
+) -> None:
+    """Start every node of the launch files, wait until `dataset` holds `episodes`, stop all."""
+    from tqdm import tqdm
+
+    from demo.ros_processes import load_launch_file
+    from episode_dataset import DatasetError, EpisodeReader
+
+    env = dict(os.environ)
+    procs = []
+    try:
+        for launch_name, args in launch_files:
+            info = load_launch_file(REPO / "launch" / launch_name, args)
+            for i, node in enumerate(info.nodes):
+                if node.executable == "sim_bridge":
+                    # Start the first episode only once the recorder listens on every topic.
+                    node.params["wait_for_subscribers"] = 1
+                procs.append(info.start(i, log_path=log_dir / f"{node.executable}.log", env=env))
+        done = 0
+        deadline = time.monotonic() + timeout_s
+        with tqdm(total=episodes, desc=label, unit="episode") as bar:
+            while done < episodes:
+                for p in procs:
+                    if not p.alive():
+                        raise RuntimeError(
+                            f"node {p.name} exited ({p.popen.returncode}); log: {p.log_path}\n"
+                            + p.log_text()[-2000:]
+                        )
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{label}: {done}/{episodes} episodes after {timeout_s} s")
+                time.sleep(0.25)
+                if dataset.exists():
+                    try:
+                        now = len(EpisodeReader(dataset).episodes)
+                    except DatasetError:
+                        continue  # the index is replaced atomically; retry on the next poll
+                    bar.update(now - done)
+                    done = now
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--episodes", type=int, default=30, help="expert episodes to record")
+    parser.add_argument("--eval-episodes", type=int, default=10, help="policy episodes over ROS")
+    parser.add_argument("--max-epochs", type=int, default=None, help="override train_fbc epochs")
+    parser.add_argument("--out", type=Path, default=None, help="output folder")
+    args = parser.parse_args(argv)
+    _ros_environment()
+
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    import sim
+    from episode_dataset import EpisodeReader
+    from episode_dataset.cli import main as dataset_cli
+    from learning.export import export_checkpoint
+    from learning.train import compose_config, run
+    from sim.evaluate import evaluate_policy, make_expert_policy, normalized_score, random_policy
+
+    started = time.perf_counter()
+    out = (args.out or REPO / "demo_output" / time.strftime("%Y%m%d_%H%M%S")).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    expert_data, policy_data = out / "expert.hdf5", out / "policy_rollouts.hdf5"
+    console = Console()
+    console.print(f"roboloop demo -> {out}  (ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']})")
+
+    stage(f"1/5 record {args.episodes} expert episodes over ROS (sim_bridge + recorder)")
+    t0 = time.perf_counter()
+    run_nodes_until(
+        [
+            ("sim.launch.py", {"action_source": "expert", "seed": "0"}),
+            ("record.launch.py", {"output_path": str(expert_data)}),
+        ],
+        expert_data,
+        args.episodes,
+        out / "logs" / "record",
+        timeout_s=60 + 10 * args.episodes,
+        label="recording",
+    )
+    record_s = time.perf_counter() - t0
+    dataset_cli(["info", str(expert_data), "--max-episodes", "5"])
+
+    stage("2/5 train flow-matching BC (learning.train --config-name=train_fbc)")
+    overrides = [f"dataset={expert_data}", f"output_root={out / 'outputs'}"]
+    if args.max_epochs is not None:
+        overrides.append(f"max_epochs={args.max_epochs}")
+    t0 = time.perf_counter()
+    result = run(compose_config("train_fbc", overrides))
+    train_s = time.perf_counter() - t0
+    ckpt = Path(result["best_ckpt"] or result["last_ckpt"])
+
+    stage("3/5 export ONNX (sampler unrolled, noise input, roboloop metadata)")
+    onnx_path = out / "policy.onnx"
+    export_info = export_checkpoint(ckpt, onnx_path)
+    console.print(f"exported {onnx_path} ({onnx_path.stat().st_size / 1e6:.2f} MB) {export_info}")
+
+    stage(f"4/5 policy_node drives sim_bridge for {args.eval_episodes} episodes over ROS")
+    monitor = DiagnosticsMonitor()
+    t0 = time.perf_counter()
+    try:
+        run_nodes_until(
+            [
+                # The nodes loop.launch.py includes, started from the same launch files.
+                ("sim.launch.py", {"action_source": "topic", "seed": str(EVAL_SEED)}),
+                ("policy.launch.py", {"model_path": str(onnx_path)}),
+                ("record.launch.py", {"output_path": str(policy_data)}),
+            ],
+            policy_data,
+            args.eval_episodes,
+            out / "logs" / "serve",
+            timeout_s=60 + 10 * args.eval_episodes,
+            label="policy episodes",
+        )
+        policy_diag = monitor.find("policy")
+    finally:
+        monitor.close()
+    serve_s = time.perf_counter() - t0
+
+    stage("5/5 results")
+    rollouts = EpisodeReader(policy_data)
+    episodes = rollouts.episodes[: args.eval_episodes]
+    policy_returns = [rollouts.episode_return(e) for e in episodes]
+    steps = [rollouts.num_steps(e) for e in episodes]
+    dropped = sum(int(rollouts.episode_metadata(e).get("dropped", 0)) for e in episodes)
+    stale = sum(int(rollouts.episode_metadata(e).get("stale", 0)) for e in episodes)
+    env_id = EpisodeReader(expert_data).env_args.get("env_name", "Reacher-v5")
+    n = len(episodes)
+    expert = evaluate_policy(env_id, make_expert_policy(env_id), n, EVAL_SEED)
+    random = evaluate_policy(env_id, random_policy(sim.make(env_id), seed=0), n, EVAL_SEED)
+    policy_mean = float(np.mean(policy_returns))
+    score = normalized_score(policy_mean, random.mean_return, expert.mean_return)
+    success = _success_rate(rollouts, episodes, env_id)
+
+    total_s = time.perf_counter() - started
+    table = Table(title=f"roboloop demo: {env_id}, {n} evaluation episodes (seeds {EVAL_SEED}+i)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("expert return (in-process)", f"{expert.mean_return:.2f}"),
+        ("random return (in-process)", f"{random.mean_return:.2f}"),
+        ("policy return (over ROS)", f"{policy_mean:.2f} ± {np.std(policy_returns):.2f}"),
+        ("normalized score", f"{score:.3f}"),
+        ("policy success rate", f"{success:.2f}  (expert {expert.success_rate:.2f})"),
+        ("steps per policy episode", f"{min(steps)}..{max(steps)}"),
+        (
+            "obs->action latency p50 / p99 [ms]",
+            f"{policy_diag.get('obs_to_action_latency_p50_ms', '?')} / "
+            f"{policy_diag.get('obs_to_action_latency_p99_ms', '?')}",
+        ),
+        (
+            "inference latency p50 / p99 [ms]",
+            f"{policy_diag.get('inference_latency_p50_ms', '?')} / "
+            f"{policy_diag.get('inference_latency_p99_ms', '?')}",
+        ),
+        ("execution provider", policy_diag.get("execution_provider", "?")),
+        ("recorder dropped / stale (policy run)", f"{dropped} / {stale}"),
+        (
+            "time: record / train / serve / total [s]",
+            f"{record_s:.0f} / {train_s:.0f} / {serve_s:.0f} / {total_s:.0f}",
+        ),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    files = [expert_data, ckpt, onnx_path, policy_data]
+    for f in files:
+        console.print(f"  wrote {f}")
+    summary = {
+        "env": env_id,
+        "expert_return": expert.mean_return,
+        "random_return": random.mean_return,
+        "policy_return": policy_mean,
+        "policy_returns": policy_returns,
+        "normalized_score": score,
+        "success_rate": success,
+        "policy_diagnostics": policy_diag,
+        "dropped": dropped,
+        "stale": stale,
+        "seconds": {"record": record_s, "train": train_s, "serve": serve_s},
+        "files": [str(f) for f in files],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def _success_rate(reader: Any, episodes: list[str], env_id: str) -> float:
+    """Reacher success: fingertip within 0.02 m of the target at the last recorded step."""
+    import numpy as np
+
+    if not env_id.startswith("Reacher"):
+        return float("nan")
+    last = [reader.read_obs(e, "state", reader.num_steps(e) - 1)[0] for e in episodes]
+    return float(np.mean([np.hypot(s[8], s[9]) < 0.02 for s in last]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Close the loop: sim bridge <- policy node, with the recorder saving the rollouts.
+
+    ros2 launch roboloop_bringup loop.launch.py model_path:=/abs/path/policy.onnx
+    ros2 launch roboloop_bringup loop.launch.py model_path:=/abs/policy.onnx record:=false
+    ros2 launch roboloop_bringup loop.launch.py model_path:=/abs/image_policy.onnx \
+        policy_params_file:=<share of roboloop_policy>/config/policy_image.yaml
+
+Includes sim.launch.py (action_source:=topic, so the bridge applies /sim/action),
+policy.launch.py and, unless record:=false, record.launch.py. The sim and recorder params files
+come from roboloop_sim_bridge and roboloop_recorder; their defaults (Reacher-v5, 64x64 camera,
+20 Hz) match each other. The policy's observation keys must match the model's metadata.
+"""
+
+from __future__ import annotations
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, SetEnvironmentVariable
+from launch.conditions import IfCondition
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.substitutions import FindPackageShare
+
+
+def _include(name: str, arguments: dict[str, object], **kwargs) -> IncludeLaunchDescription:
+    """Include one of roboloop_bringup's launch files with these arguments."""
+    source = PathJoinSubstitution([FindPackageShare("roboloop_bringup"), "launch", name])
+    return IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(source), launch_arguments=arguments.items(), **kwargs
+    )
+
+
+def generate_launch_description() -> LaunchDescription:
+    arg = LaunchConfiguration
+    share = FindPackageShare
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument(
+                "model_path",
+                description="ONNX policy written by `python -m learning.export` (required).",
+            ),
+            DeclareLaunchArgument(
+                "policy_params_file",
+                default_value=PathJoinSubstitution(
+                    [share("roboloop_policy"), "config", "policy.yaml"]
+                ),
+                description="policy_node parameters; policy_image.yaml for state+camera models.",
+            ),
+            DeclareLaunchArgument(
+                "sim_params_file",
+                default_value=PathJoinSubstitution(
+                    [share("roboloop_sim_bridge"), "config", "sim_bridge.yaml"]
+                ),
+                description="sim_bridge parameters (environment, camera, control rate).",
+            ),
+            DeclareLaunchArgument(
+                "recorder_params_file",
+                default_value=PathJoinSubstitution(
+                    [share("roboloop_recorder"), "config", "recorder.yaml"]
+                ),
+                description="recorder parameters (topics, dataset keys, shapes).",
+            ),
+            DeclareLaunchArgument(
+                "record",
+                default_value="true",
+                description="Record the policy's rollouts with the recorder (true/false).",
+            ),
+            DeclareLaunchArgument(
+                "output_path",
+                default_value="data/policy_rollouts.hdf5",
+                description="Dataset file the recorder writes (appended to when it exists).",
+            ),
+            DeclareLaunchArgument(
+                "device",
+                default_value="auto",
+                description="onnxruntime device of the policy: auto, cpu or cuda.",
+            ),
+            DeclareLaunchArgument(
+                "seed", default_value="0", description="Sim episode i is reset with seed + i."
+            ),
+            DeclareLaunchArgument(
+                "log_level", default_value="info", description="Logging level of all nodes."
+            ),
+            # Discovery stays on this machine (ROS_LOCALHOST_ONLY is ignored by Kilted).
+            SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST"),
+            _include(
+                "sim.launch.py",
+                {
+                    "params_file": arg("sim_params_file"),
+                    "action_source": "topic",
+                    "seed": arg("seed"),
+                    "log_level": arg("log_level"),
+                },
+            ),
+            _include(
+                "policy.launch.py",
+                {
+                    "model_path": arg("model_path"),
+                    "params_file": arg("policy_params_file"),
+                    "device": arg("device"),
+                    "log_level": arg("log_level"),
+                },
+            ),
+            _include(
+                "record.launch.py",
+                {
+                    "params_file": arg("recorder_params_file"),
+                    "output_path": arg("output_path"),
+                    "log_level": arg("log_level"),
+                },
+                condition=IfCondition(arg("record")),
+            ),
+        ]
+    )

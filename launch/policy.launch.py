@@ -1,0 +1,62 @@
+"""Start the policy node: an exported ONNX policy acting on observation topics.
+
+    ros2 launch roboloop_bringup policy.launch.py model_path:=/abs/path/policy.onnx
+    ros2 launch roboloop_bringup policy.launch.py model_path:=/abs/policy.onnx \
+        params_file:=/path/to/my_policy.yaml device:=cuda
+
+The node configures and activates itself (autostart); the topic -> model key mapping, control
+rate and watchdog live in the params file. Topics, parameters, diagnostics:
+docs/ros_policy_node.md.
+"""
+
+from __future__ import annotations
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+
+
+def generate_launch_description() -> LaunchDescription:
+    default_params = PathJoinSubstitution(
+        [FindPackageShare("roboloop_policy"), "config", "policy.yaml"]
+    )
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument(
+                "model_path",
+                description="ONNX policy written by `python -m learning.export` (required).",
+            ),
+            DeclareLaunchArgument(
+                "params_file",
+                default_value=default_params,
+                description="ROS parameters file of the policy_node (observation topics/keys, "
+                "action topic, control rate, watchdog). policy_image.yaml adds the camera.",
+            ),
+            DeclareLaunchArgument(
+                "device",
+                default_value="auto",
+                description="onnxruntime device: auto, cpu or cuda (what runs: /diagnostics).",
+            ),
+            DeclareLaunchArgument(
+                "log_level", default_value="info", description="Logging level of the node."
+            ),
+            # Discovery stays on this machine (ROS_LOCALHOST_ONLY is ignored by Kilted).
+            SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST"),
+            Node(
+                package="roboloop_policy",
+                executable="policy_node",
+                name="policy_node",
+                output="screen",
+                parameters=[
+                    LaunchConfiguration("params_file"),
+                    {
+                        "model_path": LaunchConfiguration("model_path"),
+                        "device": LaunchConfiguration("device"),
+                    },
+                ],
+                ros_arguments=["--log-level", LaunchConfiguration("log_level")],
+            ),
+        ]
+    )

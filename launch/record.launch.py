@@ -1,0 +1,60 @@
+"""Start the recorder: topics aligned on the control-rate timeline -> an episode_dataset file.
+
+    ros2 launch roboloop_bringup record.launch.py output_path:=/data/reacher.hdf5
+    ros2 launch roboloop_bringup record.launch.py params_file:=/path/to/my_recorder.yaml
+
+Episodes start on activation and after each done; services /recorder/start_episode and
+/recorder/stop_episode (std_srvs/Trigger). Parameters: docs/ros_bridge_recorder.md.
+"""
+
+from __future__ import annotations
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+
+
+def generate_launch_description() -> LaunchDescription:
+    default_params = PathJoinSubstitution(
+        [FindPackageShare("roboloop_recorder"), "config", "recorder.yaml"]
+    )
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument(
+                "params_file",
+                default_value=default_params,
+                description="ROS parameters file of the recorder node (topics, keys, shapes).",
+            ),
+            DeclareLaunchArgument(
+                "output_path",
+                default_value="data/recording.hdf5",
+                description="Dataset file to write (appended to when it exists).",
+            ),
+            DeclareLaunchArgument(
+                "max_episodes",
+                default_value="0",
+                description="Stop recording after this many episodes (0 = unlimited).",
+            ),
+            DeclareLaunchArgument(
+                "log_level", default_value="info", description="Logging level of the node."
+            ),
+            # Discovery stays on this machine (ROS_LOCALHOST_ONLY is ignored by Kilted).
+            SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST"),
+            Node(
+                package="roboloop_recorder",
+                executable="recorder",
+                name="recorder",
+                output="screen",
+                parameters=[
+                    LaunchConfiguration("params_file"),
+                    {
+                        "output_path": LaunchConfiguration("output_path"),
+                        "max_episodes": LaunchConfiguration("max_episodes"),
+                    },
+                ],
+                ros_arguments=["--log-level", LaunchConfiguration("log_level")],
+            ),
+        ]
+    )

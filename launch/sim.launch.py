@@ -1,0 +1,57 @@
+"""Start the sim bridge: a sim environment stepped at the control rate, exposed as ROS topics.
+
+    ros2 launch roboloop_bringup sim.launch.py action_source:=expert
+    ros2 launch roboloop_bringup sim.launch.py params_file:=/path/to/my_sim_bridge.yaml
+
+Topics, services and parameters: docs/ros_bridge_recorder.md.
+"""
+
+from __future__ import annotations
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+
+
+def generate_launch_description() -> LaunchDescription:
+    default_params = PathJoinSubstitution(
+        [FindPackageShare("roboloop_sim_bridge"), "config", "sim_bridge.yaml"]
+    )
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument(
+                "params_file",
+                default_value=default_params,
+                description="ROS parameters file of the sim_bridge node.",
+            ),
+            DeclareLaunchArgument(
+                "action_source",
+                default_value="expert",
+                description="Where actions come from: topic (a policy node), expert or random.",
+            ),
+            DeclareLaunchArgument(
+                "seed", default_value="0", description="Episode i is reset with seed + i."
+            ),
+            DeclareLaunchArgument(
+                "log_level", default_value="info", description="Logging level of the node."
+            ),
+            # Discovery stays on this machine (ROS_LOCALHOST_ONLY is ignored by Kilted).
+            SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST"),
+            Node(
+                package="roboloop_sim_bridge",
+                executable="sim_bridge",
+                name="sim_bridge",
+                output="screen",
+                parameters=[
+                    LaunchConfiguration("params_file"),
+                    {
+                        "action_source": LaunchConfiguration("action_source"),
+                        "seed": LaunchConfiguration("seed"),
+                    },
+                ],
+                ros_arguments=["--log-level", LaunchConfiguration("log_level")],
+            ),
+        ]
+    )

@@ -1,0 +1,1 @@
+"""Launch files of roboloop (installed to share/roboloop_bringup/launch)."""

@@ -1,0 +1,229 @@
+"""The policy control loop without ROS: latest observations in, one action per tick out.
+
+Subscription callbacks only store the newest decoded observation per key (`observe`); the
+control timer calls `step` once per period. `step` samples the newest observations (zero-order
+hold at the control rate, the way the recorder samples them into datasets), keeps an
+observation history of `obs_steps` frames, and executes chunked policies from an action queue:
+when the queue is empty it runs `predict_action_chunk` and queues the first `n_action_steps`
+actions. Each action carries the stamp of the newest observation the chunk was computed from.
+
+Watchdog: if any observation is older than `stale_periods` control periods, by its header stamp
+against the node clock or by the time it arrived, `step` returns the safe action (zeros, or the
+last policy action held) instead. When every observation is fresh again, history and queue are
+reset so the policy restarts from current data, never from a half-stale window.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from learning.policy_interface import Policy
+
+WAITING = "waiting_for_observations"  # some key never received: nothing is published
+RUNNING = "running"
+STALE = "stale"  # safe action published
+SAFE_ACTIONS = ("zeros", "hold")
+
+
+class LatencyWindow:
+    """Seconds of the last `size` events; percentiles for diagnostics."""
+
+    def __init__(self, size: int = 500) -> None:
+        self._values: collections.deque[float] = collections.deque(maxlen=size)
+        self.count = 0
+
+    def add(self, seconds: float) -> None:
+        self._values.append(seconds)
+        self.count += 1
+
+    def percentile_ms(self, q: float) -> float | None:
+        values = list(self._values)  # copy: the control thread keeps appending
+        return float(np.percentile(values, q) * 1e3) if values else None
+
+
+@dataclass(frozen=True)
+class Command:
+    """One control tick's output."""
+
+    action: np.ndarray  # (A,) float32
+    stamp_ns: int  # newest observation stamp the action is based on
+    safe: bool  # True: watchdog safe action, not the policy's
+    stale_keys: tuple[str, ...] = ()
+
+
+@dataclass
+class _Latest:
+    value: np.ndarray
+    stamp_ns: int  # header.stamp
+    arrival_ns: int  # monotonic clock at receipt
+
+
+class PolicyLoop:
+    """Observation buffer + history + action queue + watchdog around one `Policy`."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        period_s: float,
+        stale_periods: float = 3.0,
+        safe_action: str = "zeros",
+        latency_window: int = 500,
+    ) -> None:
+        if period_s <= 0:
+            raise ValueError(f"control period must be > 0 s, got {period_s}")
+        if stale_periods <= 0:
+            raise ValueError(f"stale_periods must be > 0, got {stale_periods}")
+        if safe_action not in SAFE_ACTIONS:
+            raise ValueError(f"safe_action {safe_action!r} is not one of {SAFE_ACTIONS}")
+        self.policy = policy
+        self.meta = policy.metadata
+        self.keys = tuple(self.meta.observations)
+        self.period_s = period_s
+        self.max_age_ns = int(stale_periods * period_s * 1e9)
+        self.safe_action = safe_action
+        self._lock = threading.Lock()
+        self._latest: dict[str, _Latest] = {}
+        # Arrival times per key, to report the rate observations really come in at.
+        self._arrivals = {key: collections.deque(maxlen=50) for key in self.keys}
+        self._history: dict[str, collections.deque[np.ndarray]] = {}
+        self._queue: collections.deque[tuple[np.ndarray, int]] = collections.deque()
+        self._zeros = np.zeros(self.meta.action_dim, np.float32)
+        self._last_action = self._zeros
+        self.state = WAITING
+        self.inference_latency = LatencyWindow(latency_window)
+        self.obs_to_action_latency = LatencyWindow(latency_window)
+        self.actions_published = 0
+        self.safe_actions_published = 0
+        self.stale_events = 0
+        self.last_stale_keys: tuple[str, ...] = ()
+
+    def warm_up(self) -> float:
+        """One inference on zeros so the first real one is not slow; returns its seconds."""
+        m = self.meta
+        batch = {
+            key: np.zeros((1, m.obs_steps, *spec.shape), spec.dtype)
+            for key, spec in m.observations.items()
+        }
+        start = time.perf_counter()
+        self.policy.predict_action_chunk(batch)
+        self.policy.reset()
+        return time.perf_counter() - start
+
+    def observe(self, key: str, value: np.ndarray, stamp_ns: int, arrival_ns: int) -> None:
+        """Store the newest observation of `key` (called from subscription callbacks)."""
+        if key not in self.meta.observations:
+            raise KeyError(f"{key!r} is not an observation of this policy")
+        with self._lock:
+            self._latest[key] = _Latest(value, stamp_ns, arrival_ns)
+            self._arrivals[key].append(arrival_ns)
+
+    def observation_rate_hz(self, key: str) -> float | None:
+        """Mean arrival rate of `key` over its last 50 messages (None before two)."""
+        with self._lock:
+            times = list(self._arrivals[key])
+        if len(times) < 2 or times[-1] == times[0]:
+            return None
+        return (len(times) - 1) / ((times[-1] - times[0]) * 1e-9)
+
+    def reset(self, forget_observations: bool = False) -> None:
+        """Drop history and queued actions (and optionally the buffered observations)."""
+        self._history.clear()
+        self._queue.clear()
+        self.policy.reset()
+        if forget_observations:
+            with self._lock:
+                self._latest.clear()
+            self.state = WAITING
+
+    def _stale_keys(
+        self, latest: dict[str, _Latest], now_ns: int, now_mono_ns: int
+    ) -> tuple[str, ...]:
+        """Keys whose newest observation is too old by header stamp or by arrival."""
+        return tuple(
+            key
+            for key, obs in latest.items()
+            if now_ns - obs.stamp_ns > self.max_age_ns
+            or now_mono_ns - obs.arrival_ns > self.max_age_ns
+        )
+
+    def step(self, now_ns: int, now_mono_ns: int) -> Command | None:
+        """One control tick. None while some observation has never arrived."""
+        with self._lock:
+            latest = dict(self._latest)
+        if len(latest) < len(self.keys):
+            self.state = WAITING
+            return None
+        newest_stamp = max(obs.stamp_ns for obs in latest.values())
+        stale = self._stale_keys(latest, now_ns, now_mono_ns)
+        if stale:
+            if self.state != STALE:
+                self.stale_events += 1
+            self.state = STALE
+            self.last_stale_keys = stale
+            action = self._last_action if self.safe_action == "hold" else self._zeros
+            return Command(action.copy(), newest_stamp, safe=True, stale_keys=stale)
+        if self.state == STALE:
+            self.reset()  # fresh data again: restart from a clean window, not a stale one
+        self.state = RUNNING
+        self._append_frame(latest)
+        if not self._queue:
+            self._infer(newest_stamp)
+        action, stamp = self._queue.popleft()
+        self._last_action = action
+        return Command(action, stamp, safe=False)
+
+    def published(self, command: Command, now_ns: int) -> None:
+        """Count a published command; policy actions feed the obs->action latency window."""
+        if command.safe:
+            self.safe_actions_published += 1
+        else:
+            self.actions_published += 1
+            self.obs_to_action_latency.add((now_ns - command.stamp_ns) * 1e-9)
+
+    def _append_frame(self, latest: dict[str, _Latest]) -> None:
+        for key in self.keys:
+            frame = latest[key].value
+            hist = self._history.get(key)
+            if hist is None:
+                # Window start: pad by repeating the first frame, as training windows do.
+                self._history[key] = collections.deque(
+                    [frame] * self.meta.obs_steps, maxlen=self.meta.obs_steps
+                )
+            else:
+                hist.append(frame)
+
+    def _infer(self, stamp_ns: int) -> None:
+        batch = {key: np.stack(hist)[None] for key, hist in self._history.items()}
+        start = time.perf_counter()
+        chunk = self.policy.predict_action_chunk(batch)[0]  # (horizon, A)
+        self.inference_latency.add(time.perf_counter() - start)
+        actions = np.asarray(chunk[: self.meta.n_action_steps], dtype=np.float32)
+        self._queue.extend((a, stamp_ns) for a in actions)
+
+    def diagnostics(self) -> dict[str, str]:
+        """Counters and latency percentiles as diagnostic key/values (ms, 3 decimals)."""
+
+        def num(value: float | None, fmt: str = ".3f") -> str:
+            return "n/a" if value is None else format(value, fmt)
+
+        inf, o2a = self.inference_latency, self.obs_to_action_latency
+        values = {
+            "control_state": self.state,
+            "inference_latency_p50_ms": num(inf.percentile_ms(50)),
+            "inference_latency_p99_ms": num(inf.percentile_ms(99)),
+            "inference_count": str(inf.count),
+            "obs_to_action_latency_p50_ms": num(o2a.percentile_ms(50)),
+            "obs_to_action_latency_p99_ms": num(o2a.percentile_ms(99)),
+            "actions_published": str(self.actions_published),
+            "safe_actions_published": str(self.safe_actions_published),
+            "stale_events": str(self.stale_events),
+            "last_stale_keys": ",".join(self.last_stale_keys),
+        }
+        for key in self.keys:
+            values[f"observation_rate_hz:{key}"] = num(self.observation_rate_hz(key), ".1f")
+        return values

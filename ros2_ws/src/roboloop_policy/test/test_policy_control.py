@@ -1,0 +1,170 @@
+"""The ROS-free control loop: history, chunk queue, stamps, watchdog, recovery (real ORT)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from roboloop_policy.control import RUNNING, STALE, WAITING, LatencyWindow, PolicyLoop
+from roboloop_policy.reference_model import ReferencePolicy, make_reference_policy
+
+from learning.onnx_runner import OnnxPolicy
+
+PERIOD = 0.05
+PERIOD_NS = int(PERIOD * 1e9)
+T0 = 1_000_000_000_000  # node clock (ns) at the first tick
+
+
+@pytest.fixture(scope="module")
+def chunked(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ReferencePolicy]:
+    path = tmp_path_factory.mktemp("models") / "chunked.onnx"
+    ref = make_reference_policy(
+        path,
+        state_dim=3,
+        action_dim=2,
+        image_hw=(4, 4),
+        obs_steps=2,
+        horizon=4,
+        n_action_steps=2,
+        control_rate_hz=20.0,
+    )
+    return path, ref
+
+
+def make_loop(path: Path, safe_action: str = "zeros") -> PolicyLoop:
+    policy = OnnxPolicy(path, device="cpu", threads=1)
+    return PolicyLoop(policy, PERIOD, stale_periods=2, safe_action=safe_action)
+
+
+def frame(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {
+        "state": rng.normal(size=3).astype(np.float32),
+        "image": rng.integers(0, 256, (4, 4, 3), dtype=np.uint8),
+    }
+
+
+def feed(loop: PolicyLoop, obs: dict[str, np.ndarray], stamp_ns: int, arrival_ns: int) -> None:
+    for key, value in obs.items():
+        loop.observe(key, value, stamp_ns, arrival_ns)
+
+
+def expected(ref: ReferencePolicy, frames: list[dict[str, np.ndarray]]) -> np.ndarray:
+    """Chunk (horizon, A) for a window of `obs_steps` frames."""
+    hist = {k: np.stack([f[k] for f in frames])[None] for k in frames[0]}
+    return ref.actions(hist, np.zeros((1, ref.horizon, 2), np.float32))[0]
+
+
+def test_chunked_execution_history_and_stamps(chunked) -> None:
+    path, ref = chunked
+    loop = make_loop(path)
+    rng = np.random.default_rng(0)
+    assert loop.step(T0, T0) is None and loop.state == WAITING
+    frames = [frame(rng) for _ in range(5)]
+    commands = []
+    for i, obs in enumerate(frames):
+        now = T0 + i * PERIOD_NS
+        feed(loop, obs, stamp_ns=now - 1000, arrival_ns=now - 1000)
+        commands.append(loop.step(now, now))
+    assert loop.state == RUNNING and loop.inference_latency.count == 3  # ticks 0, 2, 4
+    # Tick 0: the window is padded with the first frame; ticks 0,1 execute chunk 0.
+    chunk0 = expected(ref, [frames[0], frames[0]])
+    chunk2 = expected(ref, [frames[1], frames[2]])
+    chunk4 = expected(ref, [frames[3], frames[4]])
+    want = [chunk0[0], chunk0[1], chunk2[0], chunk2[1], chunk4[0]]
+    for got, action in zip(commands, want, strict=True):
+        assert not got.safe
+        np.testing.assert_allclose(got.action, action, rtol=1e-5, atol=1e-5)
+    # Queued actions carry the stamp of the observation their chunk was computed from.
+    stamps = [c.stamp_ns for c in commands]
+    assert stamps == [
+        T0 - 1000,
+        T0 - 1000,
+        T0 + 2 * PERIOD_NS - 1000,
+        T0 + 2 * PERIOD_NS - 1000,
+        T0 + 4 * PERIOD_NS - 1000,
+    ]
+
+
+@pytest.mark.parametrize("by", ["stamp", "arrival"])
+def test_watchdog_safe_action_then_recovery_resets_window(chunked, by: str) -> None:
+    path, ref = chunked
+    loop = make_loop(path)
+    rng = np.random.default_rng(1)
+    first = frame(rng)
+    late = T0 + int(2.5 * PERIOD_NS)  # the limit is 2 periods
+    # Each case is stale by one clock only: an old stamp that just arrived (re-sent data), or
+    # a stamp that looks fresh (sender clock ahead) on data that arrived long ago.
+    feed(loop, first, stamp_ns=late if by == "arrival" else T0, arrival_ns=T0)
+    assert not loop.step(T0, T0).safe
+    if by == "stamp":
+        feed(loop, first, stamp_ns=T0, arrival_ns=late)
+    cmd = loop.step(late, late)
+    assert cmd.safe and loop.state == STALE and set(cmd.stale_keys) == {"state", "image"}
+    np.testing.assert_array_equal(cmd.action, np.zeros(2, np.float32))
+    assert loop.step(late + PERIOD_NS, late + PERIOD_NS).safe
+    assert loop.stale_events == 1
+    # Fresh data: the policy restarts from a window padded with the new frame only.
+    fresh = frame(rng)
+    now = late + 2 * PERIOD_NS
+    feed(loop, fresh, now, now)
+    cmd = loop.step(now, now)
+    assert not cmd.safe and loop.state == RUNNING and cmd.stamp_ns == now
+    np.testing.assert_allclose(cmd.action, expected(ref, [fresh, fresh])[0], atol=1e-5)
+
+
+def test_hold_repeats_last_policy_action_and_one_stale_key_is_enough(chunked) -> None:
+    path, _ = chunked
+    loop = make_loop(path, safe_action="hold")
+    obs = frame(np.random.default_rng(2))
+    feed(loop, obs, T0, T0)
+    last = loop.step(T0, T0).action
+    now = T0 + 3 * PERIOD_NS
+    loop.observe("state", obs["state"], now, now)  # only the image goes stale
+    cmd = loop.step(now, now)
+    assert cmd.safe and cmd.stale_keys == ("image",)
+    np.testing.assert_array_equal(cmd.action, last)
+
+
+def test_counters_latency_and_diagnostics(chunked) -> None:
+    path, _ = chunked
+    loop = make_loop(path)
+    assert loop.warm_up() > 0 and loop.inference_latency.count == 0  # not a control inference
+    feed(loop, frame(np.random.default_rng(3)), T0, T0)
+    cmd = loop.step(T0, T0)
+    loop.published(cmd, T0 + 2_000_000)  # published 2 ms after the observation stamp
+    diag = loop.diagnostics()
+    assert diag["obs_to_action_latency_p50_ms"] == "2.000"
+    assert float(diag["inference_latency_p99_ms"]) > 0
+    assert diag["actions_published"] == "1" and diag["control_state"] == RUNNING
+    assert diag["observation_rate_hz:state"] == "n/a"  # one message: no rate yet
+    for i in range(1, 11):  # 10 more messages, 25 ms apart
+        loop.observe("state", np.zeros(3, np.float32), T0, T0 + i * 25_000_000)
+    assert loop.diagnostics()["observation_rate_hz:state"] == "40.0"
+    window = LatencyWindow(size=100)
+    assert window.percentile_ms(50) is None
+    for ms in range(1, 101):
+        window.add(ms / 1000)
+    assert window.percentile_ms(50) == pytest.approx(50.5)
+    assert window.percentile_ms(99) == pytest.approx(99.01)
+
+
+def test_rejects_bad_settings(chunked) -> None:
+    policy = OnnxPolicy(chunked[0], device="cpu", threads=1)
+    with pytest.raises(ValueError, match="safe_action 'brake'"):
+        PolicyLoop(policy, PERIOD, safe_action="brake")
+    with pytest.raises(ValueError, match="stale_periods must be > 0"):
+        PolicyLoop(policy, PERIOD, stale_periods=0)
+
+
+def test_logic_modules_import_neither_rclpy_nor_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, roboloop_policy.control, roboloop_policy.observations, "
+        "roboloop_policy.reference_model; "
+        "print(sorted(m for m in ('rclpy', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

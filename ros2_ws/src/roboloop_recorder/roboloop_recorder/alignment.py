@@ -1,0 +1,204 @@
+"""Align per-topic samples onto a fixed control-rate timeline by stamp (no rclpy).
+
+Timeline: ticks `t_j = t_0 + j * period`. `t_0` is phase-locked half a period after the first
+reference sample (an observation topic with a header), so the reference stamps fall in the middle
+of tick intervals rather than on their edges where jitter would flip them between ticks.
+
+At tick `t_j` the reference key takes its newest sample with `stamp <= t_j`; it must be new (not
+used by the previous step) and at most one period old, otherwise the tick is not a step (publisher
+late or paused) and the timeline re-locks its phase on the next reference sample (`relocks`).
+Every other key takes, among its samples with `stamp <= t_j`, the one nearest to the reference
+stamp, which must be within `max_age` of it (`|ref_stamp - stamp| <= max_age`); a key without one
+makes the step stale (skipped, counted). A 500 Hz joint state thus contributes the sample taken
+with the camera frame, an action stamped with its observation's stamp matches exactly. With
+`max_age` < period / 2 no sample can serve two steps.
+
+A tick is only evaluated once `now >= t_j + lag` and `now >= arrival + lag` of its reference
+sample, so that messages belonging to that step (e.g. the applied action, published up to one
+period after the observation it was applied to) have arrived, even when a publisher stamps
+its samples well before it sends them.
+Samples of headerless topics are stamped on arrival by the caller.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class AlignedStep:
+    stamp: float  # stamp of the reference sample
+    tick: float
+    values: dict[str, Any]
+    stamps: dict[str, float]  # stamp of the sample each key took
+
+
+@dataclass
+class AlignStats:
+    steps: int = 0
+    stale_steps: int = 0
+    stale_by_key: dict[str, int] = field(default_factory=dict)
+    relocks: int = 0
+    late_samples: int = 0  # arrived after their tick had been evaluated
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "stale_steps": self.stale_steps,
+            "stale_by_key": dict(self.stale_by_key),
+            "relocks": self.relocks,
+            "late_samples": self.late_samples,
+        }
+
+
+class _Buffer:
+    """Stamp-sorted samples of one key (out-of-order arrivals are inserted in place)."""
+
+    def __init__(self, horizon: float) -> None:
+        self.stamps: deque[float] = deque()
+        self.values: deque[Any] = deque()
+        self.horizon = horizon
+
+    def add(self, stamp: float, value: Any) -> None:
+        if not self.stamps or stamp >= self.stamps[-1]:
+            self.stamps.append(stamp)
+            self.values.append(value)
+        else:
+            i = bisect.bisect_right(self.stamps, stamp)
+            self.stamps.insert(i, stamp)
+            self.values.insert(i, value)
+        while self.stamps and self.stamps[-1] - self.stamps[0] > self.horizon:
+            self.stamps.popleft()
+            self.values.popleft()
+
+    def newest_at_or_before(self, t: float) -> tuple[float, Any] | None:
+        i = bisect.bisect_right(self.stamps, t)
+        return None if i == 0 else (self.stamps[i - 1], self.values[i - 1])
+
+    def nearest(self, t: float, upto: float) -> tuple[float, Any] | None:
+        """Sample with stamp nearest to `t` among those with stamp <= `upto` (t <= upto)."""
+        i = bisect.bisect_left(self.stamps, t)
+        best = None
+        for j in (i - 1, i):
+            if 0 <= j < len(self.stamps) and self.stamps[j] <= upto:
+                if best is None or abs(self.stamps[j] - t) < abs(self.stamps[best] - t):
+                    best = j
+        return None if best is None else (self.stamps[best], self.values[best])
+
+    def first_after(self, t: float) -> float | None:
+        i = bisect.bisect_right(self.stamps, t)
+        return None if i == len(self.stamps) else self.stamps[i]
+
+    def clear(self) -> None:
+        self.stamps.clear()
+        self.values.clear()
+
+
+class Aligner:
+    """Fixed-rate, stamp-based alignment of several keys; `reference` drives the timeline."""
+
+    def __init__(
+        self,
+        keys: list[str],
+        reference: str,
+        period: float,
+        max_age: float,
+        lag: float | None = None,
+        horizon: float | None = None,
+    ) -> None:
+        if reference not in keys:
+            raise ValueError(f"reference key {reference!r} not among {keys}")
+        if period <= 0 or not 0 < max_age < period / 2:
+            raise ValueError(
+                f"need 0 < max_age < period / 2, got period {period}, max_age {max_age}"
+            )
+        self.keys = list(keys)
+        self.reference = reference
+        self.period = period
+        self.max_age = max_age
+        self.lag = period + max_age if lag is None else lag
+        horizon = horizon if horizon is not None else max(2.0, 4 * (self.lag + max_age))
+        self._buffers = {k: _Buffer(horizon) for k in keys}
+        self._next_tick: float | None = None
+        self._last_ref_stamp: float | None = None
+        self._evaluated_until = float("-inf")
+        self._ref_arrivals: dict[float, float] = {}  # reference stamp -> arrival time
+        self.stats = AlignStats()
+
+    @property
+    def evaluated_until(self) -> float:
+        """Latest tick evaluated (samples before it minus period + max_age are no longer used)."""
+        return self._evaluated_until
+
+    def add(self, key: str, stamp: float, value: Any, arrival: float | None = None) -> None:
+        """Buffer a sample; `arrival` (default: stamp) matters for the reference key."""
+        if stamp < self._evaluated_until - self.period - self.max_age:
+            self.stats.late_samples += 1  # too old to matter for any tick still ahead
+            return
+        self._buffers[key].add(stamp, value)
+        if key == self.reference:
+            self._ref_arrivals[stamp] = stamp if arrival is None else arrival
+            if len(self._ref_arrivals) > 4 * len(self._buffers[key].stamps) + 64:
+                kept = set(self._buffers[key].stamps)
+                self._ref_arrivals = {s: a for s, a in self._ref_arrivals.items() if s in kept}
+        if key == self.reference and self._next_tick is None:
+            if self._last_ref_stamp is not None and stamp <= self._last_ref_stamp:
+                return
+            self._next_tick = stamp + self.period / 2
+            if self._last_ref_stamp is not None:
+                self.stats.relocks += 1
+
+    def reset(self) -> None:
+        """Forget buffered samples and the phase (a new episode re-locks on its first sample)."""
+        for b in self._buffers.values():
+            b.clear()
+        self._next_tick = None
+        self._last_ref_stamp = None
+        self._ref_arrivals.clear()
+
+    def poll(self, now: float) -> list[AlignedStep]:
+        """Evaluate every tick with `tick + lag <= now`; return the complete, fresh steps."""
+        steps: list[AlignedStep] = []
+        while self._next_tick is not None and self._next_tick + self.lag <= now:
+            tick = self._next_tick
+            ref = self._buffers[self.reference].newest_at_or_before(tick)
+            if ref is not None and self._ref_arrivals.get(ref[0], ref[0]) + self.lag > now:
+                break  # its step's other messages may still be on their way
+            self._next_tick = tick + self.period
+            self._evaluated_until = max(self._evaluated_until, tick)
+            step = self._evaluate(tick)
+            if step is not None:
+                steps.append(step)
+        return steps
+
+    def _evaluate(self, tick: float) -> AlignedStep | None:
+        ref_buf = self._buffers[self.reference]
+        ref = ref_buf.newest_at_or_before(tick)
+        if ref is None or ref[0] == self._last_ref_stamp or tick - ref[0] > self.period:
+            # No new reference sample for this tick: publisher late or paused. Re-lock on the
+            # next one if it already exists so that one late tick does not shift every step.
+            nxt = ref_buf.first_after(tick)
+            self._next_tick = None if nxt is None else nxt + self.period / 2
+            if nxt is not None:
+                self.stats.relocks += 1
+            return None
+        values: dict[str, Any] = {}
+        stamps: dict[str, float] = {}
+        stale = []
+        for key, buf in self._buffers.items():
+            sample = ref if key == self.reference else buf.nearest(ref[0], tick)
+            if sample is None or abs(ref[0] - sample[0]) > self.max_age:
+                stale.append(key)
+            else:
+                stamps[key], values[key] = sample
+        self._last_ref_stamp = ref[0]
+        if stale:
+            self.stats.stale_steps += 1
+            for key in stale:
+                self.stats.stale_by_key[key] = self.stats.stale_by_key.get(key, 0) + 1
+            return None
+        self.stats.steps += 1
+        return AlignedStep(stamp=ref[0], tick=tick, values=values, stamps=stamps)

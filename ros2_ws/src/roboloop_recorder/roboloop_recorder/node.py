@@ -1,0 +1,394 @@
+"""Recorder lifecycle node: thin ROS adapter over `RecordingSession` (docs/ros_bridge_recorder.md).
+
+configure: read parameters, open the dataset (writer thread), create services and diagnostics.
+activate: subscribe to each topic once a publisher exists, with a QoS matching what publishers
+offer; start the alignment timer; start recording if `record_on_activate`.
+deactivate: stop timers and subscriptions; the open episode is discarded (or ended, with
+`keep_partial_on_deactivate`). cleanup/shutdown: drain the writer queue and close the dataset.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor, ParameterType
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import (
+    DurabilityPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_system_default,
+)
+from std_srvs.srv import Trigger
+
+from roboloop_recorder.qos_choice import (
+    BEST_EFFORT,
+    RELIABLE,
+    TRANSIENT_LOCAL,
+    VOLATILE,
+    QosChoice,
+    choose_qos,
+    needs_resubscribe,
+)
+from roboloop_recorder.session import RecordingSession, SessionConfig
+from roboloop_recorder.topics import dataset_specs, parse_topics
+from roboloop_recorder.writer_thread import EpisodeWriterThread
+
+_STR_ARRAY = ParameterType.PARAMETER_STRING_ARRAY
+
+# name -> (default, description). Declared once in __init__, read once in on_configure.
+PARAMETERS: dict[str, tuple[Any, str]] = {
+    "topics": (
+        ["/sim/state", "/sim/applied_action", "/sim/reward", "/sim/done"],
+        "Topics to record (parallel to types/keys/shapes/fields).",
+    ),
+    "types": (
+        [
+            "sensor_msgs/msg/JointState",
+            "sensor_msgs/msg/JointState",
+            "std_msgs/msg/Float32",
+            "std_msgs/msg/Bool",
+        ],
+        "ROS type of each topic (Image, JointState, Float32MultiArray, Float32, Bool).",
+    ),
+    "keys": (
+        ["obs/state", "actions", "rewards", "dones"],
+        "Dataset key of each topic: obs/<name>, actions, rewards or dones.",
+    ),
+    "shapes": (
+        ["10", "2", "", ""],
+        "Per-step shape of each key, comma separated ('64,64,3'); '' for scalars.",
+    ),
+    "fields": (
+        ["position", "effort", "", ""],
+        "JointState field of each topic (position|velocity|effort); '' = default "
+        "(effort for actions, else position).",
+    ),
+    "output_path": ("recording.hdf5", "Dataset file (episode_dataset); appended to if it exists."),
+    "env_args_json": ("{}", "JSON stored as the dataset's env_args (env_name, env_kwargs...)."),
+    "control_rate_hz": (20.0, "Rate of the recorded timeline (steps per second)."),
+    "max_age_s": (
+        0.02,
+        "A key's sample may be this much older than the step's observation, else the step is "
+        "stale (skipped). Must be below half a control period.",
+    ),
+    "headerless_anchor_key": (
+        "actions",
+        "Headerless messages (Float32, Bool) take the header stamp of this key's message that "
+        "arrived nearest to them; '' = stamp them on arrival (see headerless_offset_periods).",
+    ),
+    "headerless_anchor_tolerance_s": (
+        0.02,
+        "Largest arrival-time gap between a headerless message and its anchor message.",
+    ),
+    "headerless_offset_periods": (
+        -1.0,
+        "Without an anchor: headerless messages are stamped on arrival plus this many periods.",
+    ),
+    "reference_key": ("", "Key whose stamps drive the timeline; '' = first stamped obs key."),
+    "record_on_activate": (True, "Start an episode when the node activates."),
+    "restart_after_done": (True, "Start the next episode right after a done step."),
+    "keep_partial_on_deactivate": (False, "End (keep) instead of discard an open episode."),
+    "max_episodes": (0, "Stop recording after this many episodes (0 = unlimited)."),
+    "queue_size": (256, "Writer queue length in steps; a full queue drops steps (counted)."),
+    "fsync": (True, "fsync each committed episode (crash safety)."),
+    "subscription_depth": (10, "History depth of every subscription."),
+    "discovery_period_s": (0.2, "How often to look for (new) publishers to match their QoS."),
+    "diagnostics_period_s": (1.0, "Period of /diagnostics publishing."),
+    "autostart": (True, "Configure and activate at startup (no lifecycle manager needed)."),
+}
+
+_RELIABILITY = {
+    ReliabilityPolicy.RELIABLE: RELIABLE,
+    ReliabilityPolicy.BEST_EFFORT: BEST_EFFORT,
+}
+_DURABILITY = {
+    DurabilityPolicy.TRANSIENT_LOCAL: TRANSIENT_LOCAL,
+    DurabilityPolicy.VOLATILE: VOLATILE,
+}
+
+
+def message_class(type_name: str) -> type:
+    """ "sensor_msgs/msg/Image" -> sensor_msgs.msg.Image."""
+    pkg, kind, name = type_name.split("/")
+    return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
+
+
+def to_profile(choice: QosChoice) -> QoSProfile:
+    return QoSProfile(
+        depth=choice.depth,
+        reliability=(
+            ReliabilityPolicy.RELIABLE
+            if choice.reliability == RELIABLE
+            else ReliabilityPolicy.BEST_EFFORT
+        ),
+        durability=(
+            DurabilityPolicy.TRANSIENT_LOCAL
+            if choice.durability == TRANSIENT_LOCAL
+            else DurabilityPolicy.VOLATILE
+        ),
+    )
+
+
+class RecorderNode(LifecycleNode):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("recorder", **kwargs)
+        for name, (default, description) in PARAMETERS.items():
+            desc = ParameterDescriptor(description=description)
+            if isinstance(default, list):
+                desc.type = _STR_ARRAY
+            self.declare_parameter(name, default, desc)
+        self._session: RecordingSession | None = None
+        self._writer: EpisodeWriterThread | None = None
+        self._subs: dict[str, tuple[Any, QosChoice]] = {}
+        self._active_timers: list[Any] = []
+        self._episode_services: list[Any] = []
+        self._diag_pub = None
+
+    def p(self, name: str) -> Any:
+        return self.get_parameter(name).value
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            specs = parse_topics(
+                list(self.p("topics")),
+                list(self.p("types")),
+                list(self.p("keys")),
+                list(self.p("shapes")),
+                list(self.p("fields")),
+            )
+            env_args = json.loads(self.p("env_args_json"))
+            if not isinstance(env_args, dict):
+                raise ValueError(f"env_args_json must be a JSON object, got {env_args!r}")
+            # Training reads the control rate from env_args when its config leaves it null.
+            env_args.setdefault("control_rate_hz", self.p("control_rate_hz"))
+            obs_specs, action_spec = dataset_specs(specs)
+            self._msg_classes = {s.topic: message_class(s.type) for s in specs}
+            self._writer = EpisodeWriterThread(
+                self.p("output_path"),
+                obs_specs,
+                action_spec,
+                env_args,
+                queue_size=self.p("queue_size"),
+                fsync=self.p("fsync"),
+                on_episode_written=self._on_written,
+            )
+            self._session = RecordingSession(
+                specs,
+                SessionConfig(
+                    control_rate_hz=self.p("control_rate_hz"),
+                    max_age_s=self.p("max_age_s"),
+                    headerless_anchor_key=self.p("headerless_anchor_key"),
+                    headerless_anchor_tolerance_s=self.p("headerless_anchor_tolerance_s"),
+                    headerless_offset_periods=self.p("headerless_offset_periods"),
+                    reference_key=self.p("reference_key"),
+                    restart_after_done=self.p("restart_after_done"),
+                    max_episodes=self.p("max_episodes"),
+                ),
+                self._writer,
+                log_invalid=self._log_invalid,
+            )
+        except Exception as e:  # one line naming what is wrong, then stay unconfigured
+            self.get_logger().error(f"configure failed: {e}")
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            return TransitionCallbackReturn.FAILURE
+        self._diag_pub = self.create_publisher(
+            DiagnosticArray, "/diagnostics", qos_profile_system_default
+        )
+        self._episode_services = [
+            self.create_service(Trigger, "~/start_episode", self._srv_start),
+            self.create_service(Trigger, "~/stop_episode", self._srv_stop),
+        ]
+        self.get_logger().info(f"configured: recording {len(specs)} topics to {self._writer.path}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        assert self._session is not None
+        period = 1.0 / self.p("control_rate_hz")
+        self._active_timers = [
+            self.create_timer(period / 2, self._on_tick),
+            self.create_timer(self.p("discovery_period_s"), self._discover),
+            self.create_timer(self.p("diagnostics_period_s"), self._publish_diagnostics),
+        ]
+        self._discover()
+        if self.p("record_on_activate"):
+            self._session.start_episode()
+        self.get_logger().info("active")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_io()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._close()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_io()
+        self._close()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_io(self) -> None:
+        for t in self._active_timers:
+            self.destroy_timer(t)
+        self._active_timers = []
+        for sub, _ in self._subs.values():
+            self.destroy_subscription(sub)
+        self._subs = {}
+        if self._session is not None and self._session.recording:
+            if self.p("keep_partial_on_deactivate"):
+                self._session.stop_episode("deactivate")
+            else:
+                self._session.discard_episode()
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        for srv in self._episode_services:
+            self.destroy_service(srv)
+        self._episode_services = []
+        if self._diag_pub is not None:
+            self.destroy_publisher(self._diag_pub)
+            self._diag_pub = None
+        self._session = None
+
+    # -- subscriptions with matching QoS -----------------------------------------------------
+    def _discover(self) -> None:
+        depth = self.p("subscription_depth")
+        for topic, cls in self._msg_classes.items():
+            offered = [
+                (
+                    _RELIABILITY.get(i.qos_profile.reliability, BEST_EFFORT),
+                    _DURABILITY.get(i.qos_profile.durability, VOLATILE),
+                )
+                for i in self.get_publishers_info_by_topic(topic)
+            ]
+            current = self._subs.get(topic)
+            if current is not None and not needs_resubscribe(current[1], offered):
+                continue
+            choice = choose_qos(offered, depth)
+            if choice is None:
+                continue
+            if current is not None:
+                self.get_logger().warning(
+                    f"{topic}: a publisher offers QoS {offered} that the {current[1]} "
+                    "subscription cannot match; resubscribing"
+                )
+                self.destroy_subscription(current[0])
+            sub = self.create_subscription(
+                cls, topic, lambda msg, t=topic: self._on_message(t, msg), to_profile(choice)
+            )
+            self._subs[topic] = (sub, choice)
+            self.get_logger().info(
+                f"subscribed {topic} ({choice.reliability}, {choice.durability})"
+            )
+
+    # -- callbacks: cheap only ---------------------------------------------------------------
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_message(self, topic: str, msg: Any) -> None:
+        if self._session is not None:
+            self._session.on_message(topic, msg, self._now())
+
+    def _on_tick(self) -> None:
+        if self._session is not None:
+            self._session.tick(self._now())
+
+    def _log_invalid(self, text: str) -> None:
+        self.get_logger().warning(text, throttle_duration_sec=2.0)
+
+    def _on_written(self, name: str, steps: int) -> None:
+        # Runs on the writer thread; rclpy logging is thread-safe.
+        self.get_logger().info(f"episode {name} written ({steps} steps)")
+
+    def _srv_start(self, request: Trigger.Request, response: Trigger.Response) -> Any:
+        if self._session is None or not self._active_timers:
+            response.success, response.message = False, "recorder is not active"
+        else:
+            response.success, response.message = self._session.start_episode()
+        return response
+
+    def _srv_stop(self, request: Trigger.Request, response: Trigger.Response) -> Any:
+        if self._session is None:
+            response.success, response.message = False, "recorder is not configured"
+        else:
+            response.success, response.message = self._session.stop_episode()
+        return response
+
+    def _publish_diagnostics(self) -> None:
+        if self._session is None or self._diag_pub is None:
+            return
+        c = self._session.counters()
+        status = DiagnosticStatus()
+        status.name = f"{self.get_name()}: recorder"
+        status.hardware_id = self.get_fully_qualified_name()
+        problems = c["invalid_total"] + c["stale_steps"] + c["dropped_steps"]
+        status.level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
+        status.message = (
+            f"recording={self._session.recording} episodes={self._session.episodes_ended} "
+            f"invalid={c['invalid_total']} stale={c['stale_steps']} dropped={c['dropped_steps']}"
+        )
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in flatten(c).items()]
+        status.values.append(KeyValue(key="recording", value=str(self._session.recording)))
+        status.values.append(
+            KeyValue(
+                key="queue_depth", value=str(self._writer.queue_depth() if self._writer else 0)
+            )
+        )
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.status = [status]
+        self._diag_pub.publish(msg)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "/"))
+        else:
+            out[key] = v
+    return out
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = RecorderNode()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    code = 0
+    try:
+        if node.p("autostart"):
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                raise SystemExit(1)
+            node.trigger_activate()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except SystemExit as e:
+        code = int(e.code or 0)
+    finally:
+        # Flush: discard the open episode, drain the writer, release the dataset lock.
+        node._stop_io()
+        node._close()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

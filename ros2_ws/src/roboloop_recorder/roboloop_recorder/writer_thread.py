@@ -1,0 +1,149 @@
+"""Episode writing off the ROS callback thread: a bounded queue feeding one writer thread.
+
+The node only enqueues (`begin`, `step`, `end`, `discard`); the thread owns the
+`episode_dataset.EpisodeWriter` (streaming API), so HDF5 writes and fsyncs never block an
+executor callback. A full queue drops the step (counted), never blocks the caller; control
+commands (begin/end/discard) wait for room because losing one would corrupt episode bounds.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from episode_dataset import EpisodeWriter, KeySpec
+
+log = logging.getLogger(__name__)
+
+_CLOSE = ("close",)
+
+
+@dataclass
+class WriterStats:
+    enqueued_steps: int = 0
+    dropped_steps: int = 0  # queue full
+    written_steps: int = 0
+    episodes_written: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    bytes_written: int = 0
+
+
+class EpisodeWriterThread:
+    """Own an EpisodeWriter on a daemon thread; methods are safe to call from any one thread."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        obs_specs: dict[str, KeySpec],
+        action_spec: KeySpec,
+        env_args: dict[str, Any],
+        *,
+        queue_size: int = 256,
+        fsync: bool = True,
+        on_episode_written: Callable[[str, int], None] | None = None,
+    ) -> None:
+        # Opened here (caller's thread) so that a bad path/spec fails at configure time.
+        self._writer = EpisodeWriter(path, obs_specs, action_spec, env_args, fsync=fsync)
+        self._queue: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=queue_size)
+        self._on_written = on_episode_written
+        self.stats = WriterStats()
+        self._lock = threading.Lock()
+        self._episode_dropped = 0
+        self._thread = threading.Thread(target=self._run, name="episode-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def path(self) -> Path:
+        return self._writer.path
+
+    def begin(self, metadata: dict[str, Any]) -> None:
+        self._queue.put(("begin", metadata))
+
+    def step(self, obs: dict[str, np.ndarray], action: Any, reward: Any, done: Any) -> bool:
+        """Queue one step; False (and counted) if the queue is full."""
+        try:
+            self._queue.put_nowait(("step", obs, action, reward, done))
+        except queue.Full:
+            with self._lock:
+                self.stats.dropped_steps += 1
+                self._episode_dropped += 1
+            return False
+        with self._lock:
+            self.stats.enqueued_steps += 1
+        return True
+
+    def end(self, metadata_update: dict[str, Any]) -> None:
+        self._queue.put(("end", metadata_update))
+
+    def discard(self) -> None:
+        self._queue.put(("discard",))
+
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Drain the queue, discard an episode still open, release the dataset lock."""
+        if self._thread.is_alive():
+            self._queue.put(_CLOSE)
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise RuntimeError(f"{self.path}: writer thread did not finish in {timeout} s")
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            kind = item[0]
+            try:
+                if kind == "close":
+                    self._writer.discard_episode()
+                    self._writer.close()
+                    return
+                self._handle(item)
+            except Exception as e:  # a bad step must not kill the thread; report it
+                msg = f"{self.path}: writer {kind}: {e}"
+                log.error(msg)
+                with self._lock:
+                    self.stats.errors.append(msg)
+                if kind in ("begin", "step"):
+                    self._writer.discard_episode()
+
+    def _handle(self, item: tuple[Any, ...]) -> None:
+        kind = item[0]
+        w = self._writer
+        if kind == "begin":
+            w.discard_episode()  # a previous episode that never ended is not committed
+            with self._lock:
+                self._episode_dropped = 0
+            w.begin_episode(metadata=item[1])
+        elif kind == "step":
+            if not w.in_episode:
+                return  # episode was discarded after an error: ignore its remaining steps
+            _, obs, action, reward, done = item
+            w.append_step(obs=obs, action=action, reward=reward, done=done)
+            with self._lock:
+                self.stats.written_steps += 1
+                self.stats.bytes_written += sum(np.asarray(v).nbytes for v in obs.values())
+        elif kind == "end":
+            if not w.in_episode:
+                return
+            update = dict(item[1])
+            with self._lock:
+                update.setdefault("recorder_dropped_steps", self._episode_dropped)
+            if w.current_steps == 0:
+                w.discard_episode()
+                return
+            steps = w.current_steps
+            name = w.end_episode(metadata_update=update)
+            with self._lock:
+                self.stats.episodes_written.append(name)
+            if self._on_written is not None:
+                self._on_written(name, steps)
+        elif kind == "discard":
+            w.discard_episode()

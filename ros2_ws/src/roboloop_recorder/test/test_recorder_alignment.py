@@ -1,0 +1,122 @@
+"""Stamp-based alignment on a fixed timeline (ROS-free)."""
+
+from __future__ import annotations
+
+import pytest
+from roboloop_recorder.alignment import Aligner
+
+P = 0.05  # 20 Hz
+
+
+def feed_bridge_like(al: Aligner, n: int, t0: float = 100.0, jitter: list[float] | None = None):
+    """Observation k stamped S_k; its action (stamp S_k) and arrival-stamped reward arrive
+    one period later, like the sim bridge publishes them."""
+    stamps = []
+    s = t0
+    for k in range(n):
+        s = t0 + k * P + (jitter[k] if jitter else 0.0)
+        stamps.append(s)
+        al.add("obs", s, ("obs", k))
+        al.add("act", s, ("act", k))  # header stamp = stamp of the obs it was applied to
+        # reward of step k arrives at ~S_{k+1} + 2 ms; caller stamps arrival - one period
+        al.add("rew", s + P + 0.002 - P, ("rew", k))
+    return stamps
+
+
+def test_steps_pair_obs_action_reward_of_the_same_step():
+    al = Aligner(["obs", "act", "rew"], "obs", P, max_age=0.4 * P)
+    feed_bridge_like(al, 10)
+    steps = al.poll(now=1e9)
+    assert [s.values["obs"][1] for s in steps] == list(range(10))
+    for s in steps:
+        k = s.values["obs"][1]
+        assert s.values["act"] == ("act", k)
+        assert s.values["rew"] == ("rew", k)
+    assert al.stats.stale_steps == 0
+
+
+def test_jitter_below_half_period_keeps_alignment():
+    al = Aligner(["obs", "act", "rew"], "obs", P, max_age=0.4 * P)
+    jitter = [0.0, 0.012, -0.01, 0.02, 0.0, -0.015, 0.018, 0.0]
+    feed_bridge_like(al, len(jitter), jitter=jitter)
+    steps = al.poll(now=1e9)
+    assert [s.values["obs"][1] for s in steps] == list(range(len(jitter)))
+    assert all(s.values["rew"][1] == s.values["obs"][1] for s in steps)
+
+
+def test_ticks_wait_for_lag_before_evaluating():
+    al = Aligner(["obs", "act"], "obs", P, max_age=0.4 * P)
+    al.add("obs", 10.0, "o0")
+    assert al.poll(now=10.0 + P / 2 + P) == []  # tick 10.025 needs now >= 10.025 + 0.1
+    al.add("act", 10.0, "a0")  # the action came late but before the lag ran out
+    steps = al.poll(now=10.0 + P / 2 + 2 * P)
+    assert len(steps) == 1 and steps[0].values == {"obs": "o0", "act": "a0"}
+
+
+def test_missing_key_makes_step_stale_not_misaligned():
+    al = Aligner(["obs", "act"], "obs", P, max_age=0.4 * P)
+    for k in range(5):
+        al.add("obs", 1.0 + k * P, k)
+        if k != 2:
+            al.add("act", 1.0 + k * P, k)
+    steps = al.poll(now=100.0)
+    # step 2's action is missing: the action of step 1 is 1.5 periods old at that tick -> stale
+    assert [s.values["obs"] for s in steps] == [0, 1, 3, 4]
+    assert all(s.values["act"] == s.values["obs"] for s in steps)
+    assert al.stats.stale_steps == 1 and al.stats.stale_by_key == {"act": 1}
+
+
+def test_reference_sample_used_once_and_relock_after_pause():
+    al = Aligner(["obs"], "obs", P, max_age=0.4 * P)
+    al.add("obs", 1.0, 0)
+    assert len(al.poll(now=2.0)) == 1
+    # a long pause (ticks without data), then the stream resumes with another phase
+    al.add("obs", 5.013, 1)
+    al.add("obs", 5.063, 2)
+    steps = al.poll(now=10.0)
+    assert [s.values["obs"] for s in steps] == [1, 2]
+    assert steps[0].tick == pytest.approx(5.013 + P / 2)
+    assert al.stats.relocks >= 1 and al.stats.stale_steps == 0
+
+
+def test_out_of_order_arrival_is_sorted_and_late_samples_counted():
+    al = Aligner(["obs", "x"], "obs", P, max_age=0.4 * P)
+    for k in (0, 2, 1):
+        al.add("obs", 1.0 + k * P, k)
+        al.add("x", 1.0 + k * P, k)
+    assert [s.values["x"] for s in al.poll(now=5.0)] == [0, 1, 2]
+    al.add("x", 1.0, "ancient")
+    assert al.stats.late_samples == 1
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="reference"):
+        Aligner(["a"], "b", P, P)
+    with pytest.raises(ValueError, match="max_age < period / 2"):
+        Aligner(["a"], "a", 0.0, P)
+    with pytest.raises(ValueError, match="max_age < period / 2"):
+        Aligner(["a"], "a", P, 0.6 * P)  # one sample could serve two steps
+
+
+def test_high_rate_key_contributes_the_sample_nearest_the_frame():
+    al = Aligner(["cam", "joints"], "cam", P, max_age=0.4 * P)
+    for k in range(4):
+        al.add("cam", 2.0 + k * P, k)
+    for i in range(int(4 * P / 0.002) + 10):  # 500 Hz, offset 0.3 ms from the frames
+        t = 2.0 + 0.0003 + i * 0.002
+        al.add("joints", t, round(t, 4))
+    steps = al.poll(now=10.0)
+    assert len(steps) == 4
+    for s in steps:
+        assert abs(s.stamps["joints"] - s.stamp) < 0.001
+
+
+def test_tick_waits_for_the_steps_messages_when_stamps_lag_arrival():
+    """A publisher running behind stamps its grid slot, 1.5 periods before it sends."""
+    al = Aligner(["obs", "act"], "obs", P, max_age=0.4 * P)
+    s0, arrival = 20.0, 20.0 + 1.5 * P
+    al.add("obs", s0, "o0", arrival=arrival)
+    assert al.poll(now=arrival + 0.001) == []  # by stamp it would be due already
+    al.add("act", s0, "a0", arrival=arrival + 0.005)
+    steps = al.poll(now=arrival + al.lag)
+    assert len(steps) == 1 and steps[0].values == {"obs": "o0", "act": "a0"}

@@ -1,0 +1,131 @@
+"""Parameter parsing, message validation/conversion and QoS choice (ROS-free, duck-typed)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace as NS
+
+import numpy as np
+import pytest
+from roboloop_recorder.convert import InvalidMessage, convert
+from roboloop_recorder.qos_choice import (
+    BEST_EFFORT,
+    RELIABLE,
+    TRANSIENT_LOCAL,
+    VOLATILE,
+    choose_qos,
+    needs_resubscribe,
+)
+from roboloop_recorder.topics import RecorderConfigError, dataset_specs, parse_topics
+
+TOPICS = ["/s", "/img", "/a", "/r", "/d"]
+TYPES = [
+    "sensor_msgs/msg/JointState",
+    "sensor_msgs/msg/Image",
+    "sensor_msgs/msg/JointState",
+    "std_msgs/msg/Float32",
+    "std_msgs/msg/Bool",
+]
+KEYS = ["obs/state", "obs/image", "actions", "rewards", "dones"]
+SHAPES = ["3", "4,5,3", "2", "", ""]
+
+
+def specs():
+    return {s.topic: s for s in parse_topics(TOPICS, TYPES, KEYS, SHAPES)}
+
+
+def header(t=12.5):
+    return NS(stamp=NS(sec=int(t), nanosec=int(round((t % 1) * 1e9))))
+
+
+def image(encoding="rgb8", h=4, w=5, step=15, nbytes=60):
+    return NS(
+        header=header(), encoding=encoding, height=h, width=w, step=step, data=bytes(range(nbytes))
+    )
+
+
+def test_parse_topics_defaults_and_dataset_specs():
+    s = specs()
+    assert s["/s"].field == "position" and s["/a"].field == "effort"
+    assert s["/img"].encoding == "rgb8" and s["/img"].dtype == "uint8"
+    obs, action = dataset_specs(list(s.values()))
+    assert set(obs) == {"state", "image"}
+    assert obs["image"].shape == (4, 5, 3) and obs["image"].source_topic == "/img"
+    assert action.shape == (2,)
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda a: a["types"].__setitem__(0, "std_msgs/msg/String"), "type"),
+        (lambda a: a["keys"].__setitem__(2, "act"), "key"),
+        (lambda a: a["shapes"].__setitem__(1, "4,5"), "H,W,3"),
+        (lambda a: a["shapes"].__setitem__(0, "x,y"), "bad shape"),
+        (lambda a: a["topics"].pop(), "differ in length"),
+        (lambda a: a["keys"].__setitem__(2, "obs/other"), "actions"),
+        (lambda a: a["topics"].__setitem__(1, "/s"), "listed twice"),
+        (lambda a: a["shapes"].__setitem__(3, "2"), "scalar"),
+    ],
+)
+def test_parse_topics_rejects_bad_parameters(mutate, match):
+    args = {
+        "topics": list(TOPICS),
+        "types": list(TYPES),
+        "keys": list(KEYS),
+        "shapes": list(SHAPES),
+    }
+    mutate(args)
+    with pytest.raises(RecorderConfigError, match=match):
+        parse_topics(**args)
+
+
+def test_image_conversion_is_zero_copy_and_stamped():
+    stamp, arr = convert(image(), specs()["/img"])
+    assert stamp == pytest.approx(12.5)
+    assert arr.shape == (4, 5, 3) and arr.dtype == np.uint8 and arr[0, 0, 1] == 1
+
+
+@pytest.mark.parametrize(
+    "msg, reason",
+    [
+        (image(encoding="bgr8"), "encoding"),
+        (image(h=5, nbytes=75), "shape"),
+        (image(nbytes=59), "size"),
+        (image(step=16, nbytes=64), "size"),
+    ],
+)
+def test_malformed_images_rejected(msg, reason):
+    with pytest.raises(InvalidMessage) as e:
+        convert(msg, specs()["/img"])
+    assert e.value.reason == reason
+
+
+def test_joint_state_field_size_and_nan():
+    s = specs()
+    js = NS(header=header(), position=[1.0, 2.0, 3.0], effort=[0.5, -0.5], velocity=[])
+    assert convert(js, s["/s"])[1].tolist() == [1.0, 2.0, 3.0]
+    assert convert(js, s["/a"])[1].dtype == np.float32
+    with pytest.raises(InvalidMessage, match="size"):
+        convert(NS(header=header(), position=[1.0, 2.0], effort=[]), s["/s"])
+    with pytest.raises(InvalidMessage, match="nan"):
+        convert(NS(header=header(), position=[1.0, float("nan"), 3.0], effort=[]), s["/s"])
+
+
+def test_headerless_scalars():
+    s = specs()
+    assert convert(NS(data=0.25), s["/r"]) == (None, pytest.approx(0.25))
+    assert convert(NS(data=True), s["/d"])[1] == np.True_
+    with pytest.raises(InvalidMessage, match="nan"):
+        convert(NS(data=float("inf")), s["/r"])
+
+
+def test_qos_follows_publishers():
+    assert choose_qos([], 10) is None
+    q = choose_qos([(RELIABLE, VOLATILE), (RELIABLE, TRANSIENT_LOCAL)], 10)
+    assert (q.reliability, q.durability) == (RELIABLE, VOLATILE)
+    q = choose_qos([(RELIABLE, VOLATILE), (BEST_EFFORT, VOLATILE)], 5)
+    assert q.reliability == BEST_EFFORT and q.depth == 5
+    latched = choose_qos([(RELIABLE, TRANSIENT_LOCAL)], 1)
+    assert latched.durability == TRANSIENT_LOCAL
+    reliable = choose_qos([(RELIABLE, VOLATILE)], 10)
+    assert needs_resubscribe(reliable, [(RELIABLE, VOLATILE), (BEST_EFFORT, VOLATILE)])
+    assert not needs_resubscribe(q, [(RELIABLE, VOLATILE)])

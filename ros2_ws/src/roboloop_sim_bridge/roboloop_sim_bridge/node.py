@@ -1,0 +1,403 @@
+"""Sim bridge lifecycle node: thin ROS adapter over `SimRunner` (docs/ros_bridge_recorder.md).
+
+configure: build the env (`sim.make`) and the action source, publishers, services.
+activate: reset the first episode (once `wait_for_subscribers` readers are matched on every
+output topic) and step at `control_rate_hz` on a timer. deactivate: stop the timer.
+cleanup/shutdown: close the env.
+
+Each tick applies an action to the newest observation and publishes, in this order,
+`applied_action` (header.stamp = stamp of that observation), `reward`, `done`, then the next
+observation (`state`, `image`). Observations are stamped with the scheduled time of the timer
+tick that produced them (a regular grid, even when a loaded machine runs the callback late), so
+consumers that align by stamp see exactly one observation per control period.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import (
+    QoSDurabilityPolicy,
+    QoSProfile,
+    QoSReliabilityPolicy,
+    qos_profile_sensor_data,
+    qos_profile_system_default,
+)
+from rclpy.time import Time
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, Float32
+from std_srvs.srv import Trigger
+
+from roboloop_sim_bridge.runner import BadAction, SimRunner, TickResult
+
+# Named QoS decisions. Sensor streams: latest sample matters, loss tolerated (the recorder
+# adapts to best effort). Per-step events (reward/done/applied action): reliable, a few deep.
+# Commands: reliable, depth 1 (only the newest action is ever applied).
+SENSOR_QOS = {"sensor_data": qos_profile_sensor_data, "reliable": qos_profile_system_default}
+EVENT_QOS = QoSProfile(
+    depth=10,
+    reliability=QoSReliabilityPolicy.RELIABLE,
+    durability=QoSDurabilityPolicy.VOLATILE,
+)
+COMMAND_QOS = QoSProfile(
+    depth=1,
+    reliability=QoSReliabilityPolicy.RELIABLE,
+    durability=QoSDurabilityPolicy.VOLATILE,
+)
+
+PARAMETERS: dict[str, tuple[Any, str]] = {
+    "env_id": ("Reacher-v5", "Environment id registered by sim (sim.make)."),
+    "env_kwargs_json": ("{}", "JSON dict of extra keyword arguments for sim.make."),
+    "camera": (0, "Camera image size in pixels (square); 0 = no camera topic."),
+    "control_rate_hz": (20.0, "Steps per second (timer)."),
+    "seed": (0, "Episode i is reset with seed + i."),
+    "action_source": ("expert", "topic | expert | random: where each step's action comes from."),
+    "action_timeout_s": (0.5, "action_source=topic: older commands are ignored (zero action)."),
+    "auto_restart": (True, "Reset and continue after done (else pause until ~/start_episode)."),
+    "max_episodes": (0, "Pause for good after this many episodes (0 = unlimited)."),
+    "run_on_activate": (True, "Start the first episode when activated."),
+    "wait_for_subscribers": (0, "Start the first episode once every output topic has this many."),
+    "wait_for_action_publisher": (
+        True,
+        "action_source=topic: start the first episode only once the action topic has a "
+        "publisher, so no episode begins with zero actions while the policy is loading.",
+    ),
+    "start_delay_s": (
+        0.5,
+        "After wait_for_subscribers is met, wait this long: a best-effort reader drops samples "
+        "from a writer it has not matched yet, although the writer already matched it.",
+    ),
+    "sensor_qos": ("sensor_data", "QoS of state/image: sensor_data (best effort) | reliable."),
+    "frame_id": ("sim", "header.frame_id of published messages."),
+    "state_topic": ("/sim/state", "sensor_msgs/JointState: position = obs['state']."),
+    "image_topic": ("/sim/camera/image_raw", "sensor_msgs/Image rgb8 (when camera > 0)."),
+    "reward_topic": ("/sim/reward", "std_msgs/Float32 reward of each step."),
+    "done_topic": ("/sim/done", "std_msgs/Bool: episode ended at this step."),
+    "action_topic": ("/sim/action", "sensor_msgs/JointState command: effort = action."),
+    "applied_action_topic": ("/sim/applied_action", "sensor_msgs/JointState: effort applied."),
+    "diagnostics_period_s": (1.0, "Period of /diagnostics publishing."),
+    "autostart": (True, "Configure and activate at startup (no lifecycle manager needed)."),
+}
+
+
+class SimBridgeNode(LifecycleNode):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("sim_bridge", **kwargs)
+        for name, (default, description) in PARAMETERS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(description=description))
+        self._runner: SimRunner | None = None
+        self._pubs: dict[str, Any] = {}
+        self._active_timers: list[Any] = []
+        self._entities: list[Any] = []
+        self._action: tuple[np.ndarray, float] | None = None  # (action, arrival time)
+        self._obs_stamps: dict[int, Any] = {}
+        self._counts = {
+            "invalid_actions": 0,
+            "action_timeouts": 0,
+            "overruns": 0,
+        }
+        self._latency: list[float] = []
+        self._tick_time: list[float] = []
+        self._started = False
+        self._ready_since: float | None = None
+        self._step_timer: Any = None
+        self._last_stamp_ns = 0
+
+    def p(self, name: str) -> Any:
+        return self.get_parameter(name).value
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._runner = SimRunner(
+                self.p("env_id"),
+                seed=self.p("seed"),
+                action_source=self.p("action_source"),
+                camera=self.p("camera"),
+                auto_restart=self.p("auto_restart"),
+                max_episodes=self.p("max_episodes"),
+                env_kwargs=json.loads(self.p("env_kwargs_json")),
+            )
+            sensor_qos = SENSOR_QOS[self.p("sensor_qos")]
+        except Exception as e:  # one line, stay unconfigured
+            self.get_logger().error(f"configure failed: {type(e).__name__}: {e}")
+            return TransitionCallbackReturn.FAILURE
+        self._pubs = {
+            "state": self.create_publisher(JointState, self.p("state_topic"), sensor_qos),
+            "applied_action": self.create_publisher(
+                JointState, self.p("applied_action_topic"), EVENT_QOS
+            ),
+            "reward": self.create_publisher(Float32, self.p("reward_topic"), EVENT_QOS),
+            "done": self.create_publisher(Bool, self.p("done_topic"), EVENT_QOS),
+        }
+        if self.p("camera") > 0:
+            self._pubs["image"] = self.create_publisher(Image, self.p("image_topic"), sensor_qos)
+        self._diag = self.create_publisher(
+            DiagnosticArray, "/diagnostics", qos_profile_system_default
+        )
+        self._entities = [
+            self.create_subscription(
+                JointState, self.p("action_topic"), self._on_action, COMMAND_QOS
+            ),
+            self.create_service(Trigger, "~/reset", self._srv_reset),
+            self.create_service(Trigger, "~/start_episode", self._srv_start),
+        ]
+        self._names = [f"state_{i}" for i in range(self._state_dim())]
+        self._action_names = [f"action_{i}" for i in range(self._runner.action_dim)]
+        self.get_logger().info(
+            f"configured {self.p('env_id')} action_source={self.p('action_source')} "
+            f"camera={self.p('camera')} at {self.p('control_rate_hz')} Hz"
+        )
+        return TransitionCallbackReturn.SUCCESS
+
+    def _state_dim(self) -> int:
+        space = self._runner.env.observation_space
+        return int(np.prod(space["state"].shape))
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._step_timer = self.create_timer(1.0 / self.p("control_rate_hz"), self._on_tick)
+        self._active_timers = [
+            self._step_timer,
+            self.create_timer(self.p("diagnostics_period_s"), self._publish_diagnostics),
+        ]
+        self.get_logger().info("active")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_timers()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._close()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_timers()
+        self._close()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_timers(self) -> None:
+        for t in self._active_timers:
+            self.destroy_timer(t)
+        self._active_timers = []
+
+    def _close(self) -> None:
+        for e in self._entities:
+            if hasattr(e, "srv_type"):
+                self.destroy_service(e)
+            else:
+                self.destroy_subscription(e)
+        self._entities = []
+        for pub in self._pubs.values():
+            self.destroy_publisher(pub)
+        self._pubs = {}
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
+
+    # -- stepping --------------------------------------------------------------------------
+    def _ready_to_start(self) -> bool:
+        need = self.p("wait_for_subscribers")
+        if not all(pub.get_subscription_count() >= need for pub in self._pubs.values()):
+            return False
+        runner = self._runner
+        if (
+            runner is not None
+            and runner.uses_external_actions
+            and self.p("wait_for_action_publisher")
+        ):
+            return self.count_publishers(self.p("action_topic")) >= 1
+        return True
+
+    def _on_tick(self) -> None:
+        runner = self._runner
+        if runner is None:
+            return
+        t0 = time.perf_counter()
+        if not self._started:
+            if not (self.p("run_on_activate") and self._ready_to_start()):
+                return
+            if self._ready_since is None:
+                self._ready_since = time.monotonic()
+            if time.monotonic() - self._ready_since < self.p("start_delay_s"):
+                return
+            self._started = True
+            self._publish_obs(*runner.reset())
+            return
+        result = runner.tick(self._fresh_action())
+        if result is None:
+            return
+        # Step outputs go out first: the reset below (and its render) must not delay them.
+        self._publish_step(result)
+        if runner.restart_pending:
+            self._publish_obs(*runner.reset())
+        dt = time.perf_counter() - t0
+        self._tick_time.append(dt)
+        if dt > 1.0 / self.p("control_rate_hz"):
+            self._counts["overruns"] += 1
+
+    def _fresh_action(self) -> np.ndarray | None:
+        if self._action is None:
+            if self._runner is not None and self._runner.uses_external_actions:
+                self._counts["action_timeouts"] += 1
+            return None
+        action, arrival = self._action
+        if time.monotonic() - arrival > self.p("action_timeout_s"):
+            self._counts["action_timeouts"] += 1
+            return None
+        return action
+
+    def _publish_step(self, r: TickResult) -> None:
+        stamp = self._obs_stamps.pop(r.applied_to, None)
+        msg = JointState()
+        msg.header.frame_id = self.p("frame_id")
+        if stamp is not None:
+            msg.header.stamp = stamp
+        msg.name = self._action_names
+        msg.effort = r.applied_action.astype(float).tolist()
+        self._pubs["applied_action"].publish(msg)
+        self._pubs["reward"].publish(Float32(data=r.reward))
+        self._pubs["done"].publish(Bool(data=r.done))
+        if r.done:
+            self.get_logger().info(
+                f"episode {r.episode} done after {r.episode_steps} steps (seed "
+                f"{self.p('seed') + r.episode})"
+            )
+        if r.obs is not None and r.obs_id is not None:
+            self._publish_obs(r.obs, r.obs_id)
+
+    def _stamp(self, in_tick: bool) -> Any:
+        """Scheduled time of the running timer tick (now, outside a tick); strictly increasing."""
+        now_ns = self.get_clock().now().nanoseconds
+        stamp_ns = now_ns
+        until = self._step_timer.time_until_next_call() if self._step_timer else None
+        period_ns = int(1e9 / self.p("control_rate_hz"))
+        if in_tick and until is not None and until <= period_ns:
+            # `until` < 0 when the executor runs behind: ticks then fire back to back, each
+            # still stamped with its own slot of the grid.
+            stamp_ns = now_ns + until - period_ns
+        stamp_ns = max(stamp_ns, self._last_stamp_ns + 1)
+        self._last_stamp_ns = stamp_ns
+        return Time(nanoseconds=stamp_ns).to_msg()
+
+    def _publish_obs(self, obs: dict[str, np.ndarray], obs_id: int, in_tick: bool = True) -> None:
+        stamp = self._stamp(in_tick)
+        self._obs_stamps = {obs_id: stamp}  # only the newest observation can get an action
+        state = JointState()
+        state.header.stamp = stamp
+        state.header.frame_id = self.p("frame_id")
+        state.name = self._names
+        state.position = np.asarray(obs["state"], dtype=float).ravel().tolist()
+        self._pubs["state"].publish(state)
+        if "image" in self._pubs:
+            img = np.ascontiguousarray(obs["image"], dtype=np.uint8)
+            msg = Image()
+            msg.header = state.header
+            msg.height, msg.width = int(img.shape[0]), int(img.shape[1])
+            msg.encoding = "rgb8"
+            msg.is_bigendian = 0
+            msg.step = msg.width * 3
+            msg.data = img.tobytes()  # bytes, never a numpy array (ms vs us)
+            self._pubs["image"].publish(msg)
+
+    # -- subscriptions / services ------------------------------------------------------------
+    def _on_action(self, msg: JointState) -> None:
+        if self._runner is None:
+            return
+        try:
+            action = self._runner.check_action(msg.effort)
+        except BadAction as e:
+            self._counts["invalid_actions"] += 1
+            self.get_logger().warning(
+                f"{self.p('action_topic')}: rejected: {e}", throttle_duration_sec=2.0
+            )
+            return
+        self._action = (action, time.monotonic())
+        stamp = Time.from_msg(msg.header.stamp).nanoseconds
+        if stamp > 0:
+            self._latency.append(self.get_clock().now().nanoseconds * 1e-9 - stamp * 1e-9)
+
+    def _srv_reset(self, request: Trigger.Request, response: Trigger.Response) -> Any:
+        if self._runner is None or not self._active_timers:
+            response.success, response.message = False, "sim_bridge is not active"
+            return response
+        self._started = True
+        self._action = None
+        self._publish_obs(*self._runner.reset(), in_tick=False)
+        response.success = True
+        response.message = (
+            f"episode {self._runner.episode} (seed {self._runner.seed + self._runner.episode})"
+        )
+        return response
+
+    def _srv_start(self, request: Trigger.Request, response: Trigger.Response) -> Any:
+        if self._runner is not None and self._runner.running:
+            response.success, response.message = False, "an episode is already running"
+            return response
+        return self._srv_reset(request, response)
+
+    def _publish_diagnostics(self) -> None:
+        runner = self._runner
+        if runner is None:
+            return
+        values = {
+            "episode": runner.episode,
+            "running": runner.running,
+            "total_steps": runner.total_steps,
+            **self._counts,
+        }
+        if self._tick_time:
+            values["tick_ms_mean"] = round(1e3 * float(np.mean(self._tick_time)), 3)
+            self._tick_time = []
+        if self._latency:
+            values["obs_to_action_latency_ms_mean"] = round(1e3 * float(np.mean(self._latency)), 3)
+            self._latency = []
+        status = DiagnosticStatus()
+        status.name = f"{self.get_name()}: sim_bridge"
+        status.hardware_id = self.p("env_id")
+        problems = self._counts["invalid_actions"] + self._counts["overruns"]
+        status.level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
+        status.message = f"episode={runner.episode} steps={runner.total_steps}"
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.status = [status]
+        self._diag.publish(msg)
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = SimBridgeNode()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    code = 0
+    try:
+        if node.p("autostart"):
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                raise SystemExit(1)
+            node.trigger_activate()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except SystemExit as e:
+        code = int(e.code or 0)
+    finally:
+        node._stop_timers()
+        node._close()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

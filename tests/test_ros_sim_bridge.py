@@ -1,0 +1,134 @@
+"""Sim bridge node across processes: topics, actions from another process, services."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from demo.ros_processes import start_node
+
+pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
+
+REPO = Path(__file__).resolve().parents[1]
+BRIDGE_YAML = REPO / "ros2_ws/src/roboloop_sim_bridge/config/sim_bridge.yaml"
+
+
+def test_bridge_publishes_and_applies_actions_from_another_process(tmp_path, ros_env):
+    from rclpy.qos import qos_profile_sensor_data
+    from roboloop_recorder.probe import RosProbe
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import Bool, Float32
+    from std_srvs.srv import Trigger
+
+    bridge = start_node(
+        "sim_bridge",
+        params_file=BRIDGE_YAML,
+        params={
+            "action_source": "topic",
+            "camera": 32,
+            "control_rate_hz": 20.0,
+            "wait_for_subscribers": 1,
+            "action_timeout_s": 1.0,
+        },
+        log_path=tmp_path / "sim_bridge.log",
+        env=ros_env,
+    )
+    got: dict[str, list] = {"state": [], "image": [], "applied": [], "reward": [], "done": []}
+
+    def alive() -> bool:
+        assert bridge.alive(), bridge.log_text()[-3000:]
+        return True
+
+    try:
+        with RosProbe(name="policy_stand_in") as probe:
+            node = probe.node
+            sensor = qos_profile_sensor_data
+            node.create_subscription(JointState, "/sim/state", got["state"].append, sensor)
+            node.create_subscription(Image, "/sim/camera/image_raw", got["image"].append, sensor)
+            node.create_subscription(JointState, "/sim/applied_action", got["applied"].append, 10)
+            node.create_subscription(Float32, "/sim/reward", got["reward"].append, 10)
+            node.create_subscription(Bool, "/sim/done", got["done"].append, 10)
+            action_pub = node.create_publisher(JointState, "/sim/action", 1)
+            probe.wait_for(lambda: alive() and len(got["state"]) > 0, 60, "first observation")
+            probe.wait_for(lambda: action_pub.get_subscription_count() > 0, 30, "action match")
+
+            # Answer each new observation with an out-of-range action stamped with its stamp.
+            answered = set()
+            target = 8
+            while len(answered) < target:
+                probe.wait_for(alive, 1, "")
+                obs = got["state"][-1]
+                key = (obs.header.stamp.sec, obs.header.stamp.nanosec)
+                if key not in answered:
+                    cmd = JointState(effort=[5.0, -0.25])
+                    cmd.header.stamp = obs.header.stamp
+                    action_pub.publish(cmd)
+                    answered.add(key)
+                probe.executor.spin_once(timeout_sec=0.01)
+            probe.wait_for(
+                lambda: min(len(got["applied"]), len(got["reward"]), len(got["done"])) >= target,
+                10,
+                "applied actions, rewards, dones",
+            )
+
+            stamps = {(m.header.stamp.sec, m.header.stamp.nanosec) for m in got["state"]}
+            applied = got["applied"][-target // 2 :]
+            for m in applied:
+                # clipped to Reacher's [-1, 1]; stamped with the observation it was applied to
+                np.testing.assert_allclose(m.effort, [1.0, -0.25])
+                assert (m.header.stamp.sec, m.header.stamp.nanosec) in stamps
+            img = got["image"][-1]
+            assert (img.height, img.width, img.encoding, img.step) == (32, 32, "rgb8", 96)
+            assert len(img.data) == 32 * 32 * 3
+            assert img.header.stamp == got["state"][-1].header.stamp or len(got["image"]) > 1
+            assert len(got["state"][-1].position) == 10
+            assert got["state"][-1].name[0] == "state_0"
+            assert not any(d.data for d in got["done"])
+
+            before = len(got["state"])
+            resp = probe.call(Trigger, "/sim_bridge/reset")
+            assert resp.success and "episode 1" in resp.message, resp.message
+            resp = probe.call(Trigger, "/sim_bridge/start_episode")
+            assert not resp.success and "already running" in resp.message
+            probe.wait_for(lambda: len(got["state"]) > before, 10, "observation after reset")
+    finally:
+        assert bridge.stop() == 0, bridge.log_text()[-2000:]
+
+
+def test_bridge_expert_pauses_after_max_episodes(tmp_path, ros_env):
+    from rclpy.qos import qos_profile_sensor_data as sensor
+    from roboloop_recorder.probe import RosProbe
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Bool, Float32
+
+    bridge = start_node(
+        "sim_bridge",
+        params_file=BRIDGE_YAML,
+        params={
+            "action_source": "expert",
+            "camera": 0,
+            "control_rate_hz": 50.0,
+            "wait_for_subscribers": 1,
+            "max_episodes": 1,
+            "seed": 11,
+        },
+        log_path=tmp_path / "sim_bridge.log",
+        env=ros_env,
+    )
+    dones: list[bool] = []
+    try:
+        with RosProbe(name="done_listener") as probe:
+            node = probe.node
+            node.create_subscription(Bool, "/sim/done", lambda m: dones.append(m.data), 10)
+            # wait_for_subscribers counts readers on every output topic
+            node.create_subscription(JointState, "/sim/state", lambda m: None, sensor)
+            node.create_subscription(JointState, "/sim/applied_action", lambda m: None, 10)
+            node.create_subscription(Float32, "/sim/reward", lambda m: None, 10)
+            probe.wait_for(lambda: bridge.alive() and True in dones, 60, "done")
+            probe.spin_for(0.3)  # a paused bridge publishes nothing more
+            assert dones == [False] * 49 + [True]
+        assert "episode 0 done after 50 steps (seed 11)" in bridge.log_text()
+    finally:
+        assert bridge.stop() == 0
