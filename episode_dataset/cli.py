@@ -67,11 +67,17 @@ def info(path: Path, max_episodes: int, console: Console) -> None:
                 str(r.num_steps(ep)),
                 f"{r.episode_return(ep):.3f}",
                 " ".join(arrays),
-                json.dumps(r.episode_metadata(ep)),
+                _brief(r.episode_metadata(ep)),
             )
         console.print(eps)
         if len(r) > len(shown):
             console.print(f"... {len(r) - len(shown)} more episodes (--max-episodes)")
+
+
+def _brief(meta: dict, limit: int = 60) -> str:
+    """Top-level scalar metadata only (nested counters stay in the file), shortened."""
+    text = json.dumps({k: v for k, v in meta.items() if not isinstance(v, (dict, list))})
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def main(argv: list[str] | None = None) -> int:
