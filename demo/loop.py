@@ -226,8 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     episodes = rollouts.episodes[: args.eval_episodes]
     policy_returns = [rollouts.episode_return(e) for e in episodes]
     steps = [rollouts.num_steps(e) for e in episodes]
-    dropped = sum(int(rollouts.episode_metadata(e).get("dropped", 0)) for e in episodes)
-    stale = sum(int(rollouts.episode_metadata(e).get("stale", 0)) for e in episodes)
+    counts = [rollouts.episode_metadata(e).get("recorder_counts", {}) for e in episodes]
+    dropped = sum(int(c.get("dropped_steps", 0)) for c in counts)
+    stale = sum(int(c.get("stale_steps", 0)) for c in counts)
+    invalid = sum(int(c.get("invalid_total", 0)) for c in counts)
     env_id = EpisodeReader(expert_data).env_args.get("env_name", "Reacher-v5")
     n = len(episodes)
     expert = evaluate_policy(env_id, make_expert_policy(env_id), n, EVAL_SEED)
@@ -258,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{policy_diag.get('inference_latency_p99_ms', '?')}",
         ),
         ("execution provider", policy_diag.get("execution_provider", "?")),
-        ("recorder dropped / stale (policy run)", f"{dropped} / {stale}"),
+        ("recorder dropped / stale / invalid steps", f"{dropped} / {stale} / {invalid}"),
         (
             "time: record / train / serve / total [s]",
             f"{record_s:.0f} / {train_s:.0f} / {serve_s:.0f} / {total_s:.0f}",
@@ -281,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         "policy_diagnostics": policy_diag,
         "dropped": dropped,
         "stale": stale,
+        "invalid": invalid,
         "seconds": {"record": record_s, "train": train_s, "serve": serve_s},
         "files": [str(f) for f in files],
     }

@@ -1,0 +1,1 @@
+"""LightningModules that own networks, losses and samplers (one module per algorithm)."""

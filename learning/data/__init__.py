@@ -1,0 +1,1 @@
+"""LightningDataModules over the episode dataset format (`episode_dataset`)."""

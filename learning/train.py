@@ -1,0 +1,114 @@
+"""Training entry: `python -m learning.train --config-name=NAME key=value ...`.
+
+Pure orchestration (every algorithm runs through it): compose -> seed -> instantiate
+`cfg.data` (LightningDataModule) and `cfg.model` (LightningModule; its network is a `_target_`
+injected into it) -> callbacks/loggers from `cfg.trainer` -> fit(ckpt_path=cfg.ckpt_path) ->
+test when the datamodule has a test split.
+
+Two optional duck-typed hooks on the datamodule:
+  `model_kwargs() -> dict`   data-derived model arguments (shapes, normalization stats)
+  `has_test_split -> bool`   run `trainer.test` after fitting
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from learning.checkpoint import RecordConfig
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+# Runtime choices in the trainer configs: `${cuda_or:16-mixed,32-true}`, `${gpu_devices:0}`.
+OmegaConf.register_new_resolver(
+    "cuda_or",
+    lambda on_cuda, on_cpu: on_cuda if torch.cuda.is_available() else on_cpu,
+    replace=True,
+)
+OmegaConf.register_new_resolver(
+    "gpu_devices",
+    lambda gpu_id: [int(gpu_id)] if torch.cuda.is_available() else 1,
+    replace=True,
+)
+
+
+def compose_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """The config `python -m learning.train --config-name=NAME *overrides` would run."""
+    with hydra.initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return hydra.compose(config_name=name, overrides=list(overrides))
+
+
+def _prepare_run_dir(cfg: DictConfig) -> Path:
+    """Fix the run dir once (Hydra's when launched by @hydra.main) and save the config there."""
+    if HydraConfig.initialized():
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+    else:
+        default = f"outputs/{cfg.name}/{datetime.now():%Y-%m-%d_%H-%M-%S-%f}"
+        run_dir = Path(str(cfg.get("run_dir") or default))
+        base, n = run_dir, 0
+        while (run_dir / ".hydra").exists():  # two runs within one second: keep both
+            n += 1
+            run_dir = base.with_name(f"{base.name}_{n}")
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)
+    OmegaConf.resolve(cfg)
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    if not (run_dir / ".hydra" / "config.yaml").exists():  # @hydra.main already wrote it
+        OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    return run_dir
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train as configured; returns {"run_dir", "best_ckpt", "last_ckpt", "metrics"}."""
+    cfg = copy.deepcopy(cfg)  # run dir and resolution must not leak into the caller's cfg
+    run_dir = _prepare_run_dir(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    model_kwargs = datamodule.model_kwargs() if hasattr(datamodule, "model_kwargs") else {}
+    model: L.LightningModule = instantiate(cfg.model, _convert_="all", **model_kwargs)
+
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    callbacks = [instantiate(c) for c in (trainer_cfg.pop("callbacks", None) or {}).values()]
+    callbacks.append(RecordConfig(OmegaConf.to_container(cfg, resolve=True), model_kwargs))
+    loggers = [instantiate(c) for c in (trainer_cfg.pop("logger", None) or {}).values()]
+    trainer: L.Trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    ckpt_cb = trainer.checkpoint_callback
+    best = getattr(ckpt_cb, "best_model_path", "") or None
+    if getattr(datamodule, "has_test_split", False):
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    last = run_dir / "checkpoints" / "last.ckpt"
+    result = {
+        "run_dir": str(run_dir),
+        "best_ckpt": best,
+        "last_ckpt": str(last) if last.exists() else None,
+        "metrics": metrics,
+    }
+    log.info("run finished: %s", result)
+    return result
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="train_fbc", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""learning.onnx_runner without torch: load errors, input checks, providers, action queue."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from learning.onnx_runner import ModelInputError, ModelLoadError, OnnxModel, OnnxPolicy
+from learning.policy_interface import Policy
+
+OBS_STEPS, STATE_DIM, HORIZON, ACT_DIM = 2, 3, 4, 2
+
+
+def _policy_meta(n_action_steps: int = 3) -> dict:
+    return {
+        "format_version": 1,
+        "model_type": "policy",
+        "inputs": {
+            "obs.state": {"shape": [-1, OBS_STEPS, STATE_DIM], "dtype": "float32"},
+            "noise": {"shape": [-1, HORIZON, ACT_DIM], "dtype": "float32"},
+        },
+        "outputs": {"actions": {"shape": [-1, HORIZON, ACT_DIM], "dtype": "float32"}},
+        "observations": {"state": {"shape": [STATE_DIM], "dtype": "float32"}},
+        "obs_steps": OBS_STEPS,
+        "action_dim": ACT_DIM,
+        "horizon": HORIZON,
+        "n_action_steps": n_action_steps,
+        "control_rate_hz": 50.0,
+        "normalization": {"baked": True, "stats": {}},
+        "sampler": {"type": "euler", "steps": 10},
+        "training_config": {},
+        "code_version": "unknown",
+    }
+
+
+def write_toy_policy(path: Path, meta: dict | None = None, with_meta: bool = True) -> Path:
+    """actions[b, h, a] = noise[b, h, a] + mean(obs.state[b, -1, :]): easy to predict."""
+    f32 = TensorProto.FLOAT
+    obs = helper.make_tensor_value_info("obs.state", f32, ["B", OBS_STEPS, STATE_DIM])
+    noise = helper.make_tensor_value_info("noise", TensorProto.FLOAT, ["B", HORIZON, ACT_DIM])
+    out = helper.make_tensor_value_info("actions", TensorProto.FLOAT, ["B", HORIZON, ACT_DIM])
+    nodes = [
+        helper.make_node("Constant", [], ["idx"], value=helper.make_tensor("i", 7, [1], [-1])),
+        helper.make_node("Gather", ["obs.state", "idx"], ["last"], axis=1),  # (B, 1, D)
+        helper.make_node("ReduceMean", ["last"], ["m"], axes=[2], keepdims=1),  # (B, 1, 1)
+        helper.make_node("Add", ["noise", "m"], ["actions"]),
+    ]
+    graph = helper.make_graph(nodes, "toy", [obs, noise], [out])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    if with_meta:
+        helper.set_model_props(model, {"roboloop": json.dumps(meta or _policy_meta())})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture
+def toy(tmp_path: Path) -> Path:
+    return write_toy_policy(tmp_path / "toy.onnx")
+
+
+def test_run_and_metadata(toy: Path) -> None:
+    model = OnnxModel(toy, device="cpu", threads=1)
+    assert model.metadata["horizon"] == HORIZON
+    assert model.provider == "CPUExecutionProvider" and model.fallback_reason is None
+    for b in (1, 7):
+        obs = np.random.default_rng(b).normal(size=(b, OBS_STEPS, STATE_DIM)).astype(np.float32)
+        noise = np.zeros((b, HORIZON, ACT_DIM), np.float32)
+        out = model.run({"obs.state": obs, "noise": noise})["actions"]
+        assert out.shape == (b, HORIZON, ACT_DIM)
+        np.testing.assert_allclose(out[:, 0, 0], obs[:, -1].mean(-1), atol=1e-6)
+
+
+def test_load_errors(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="no such model file"):
+        OnnxModel(tmp_path / "missing.onnx")
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07this is not a protobuf\xff\xfe" * 10)
+    with pytest.raises(ModelLoadError, match="corrupt.onnx: cannot load ONNX model"):
+        OnnxModel(corrupt)
+    with pytest.raises(ModelLoadError, match="no 'roboloop' metadata"):
+        OnnxModel(write_toy_policy(tmp_path / "nometa.onnx", with_meta=False))
+    bad = _policy_meta()
+    bad["format_version"] = 99
+    with pytest.raises(ModelLoadError, match="format_version 99"):
+        OnnxModel(write_toy_policy(tmp_path / "v99.onnx", meta=bad))
+    q = _policy_meta()
+    q["model_type"] = "q_function"
+    OnnxModel(write_toy_policy(tmp_path / "q.onnx", meta=q))  # a generic model loads...
+    with pytest.raises(ModelLoadError, match="is not a policy"):
+        OnnxPolicy(tmp_path / "q.onnx")  # ...but is not a policy
+
+
+def test_input_errors(toy: Path) -> None:
+    model = OnnxModel(toy, device="cpu")
+    obs = np.zeros((2, OBS_STEPS, STATE_DIM), np.float32)
+    noise = np.zeros((2, HORIZON, ACT_DIM), np.float32)
+    with pytest.raises(ModelInputError, match="missing input 'noise'"):
+        model.run({"obs.state": obs})
+    with pytest.raises(ModelInputError, match="unexpected input 'obs.image'"):
+        model.run({"obs.state": obs, "noise": noise, "obs.image": obs})
+    with pytest.raises(ModelInputError, match=r"input 'obs.state': shape \(2, 2, 4\)"):
+        model.run({"obs.state": np.zeros((2, OBS_STEPS, 4), np.float32), "noise": noise})
+    with pytest.raises(ModelInputError, match="input 'obs.state': dtype float64"):
+        model.run({"obs.state": obs.astype(np.float64), "noise": noise})
+    with pytest.raises(ModelInputError, match="input 'noise': batch 3 != batch 2"):
+        model.run({"obs.state": obs, "noise": np.zeros((3, HORIZON, ACT_DIM), np.float32)})
+    policy = OnnxPolicy(toy, device="cpu")
+    with pytest.raises(ModelInputError, match="observation 'state' missing"):
+        policy.select_action({"image": np.zeros(3)})
+    with pytest.raises(ModelInputError, match=r"observation 'state': shape \(4,\)"):
+        policy.select_action({"state": np.zeros(4, np.float32)})
+
+
+def test_cuda_request_is_reported_never_silent(toy: Path) -> None:
+    import onnxruntime
+
+    model = OnnxModel(toy, device="cuda")
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        # Either it runs on CUDA, or the fallback is explained.
+        assert model.provider == "CUDAExecutionProvider" or model.fallback_reason
+    else:
+        assert model.provider == "CPUExecutionProvider"
+        assert "CUDAExecutionProvider not available" in model.fallback_reason
+    auto = OnnxModel(toy, device="auto")
+    assert auto.provider in auto.session.get_providers()
+
+
+def test_policy_action_queue(toy: Path) -> None:
+    policy = OnnxPolicy(toy, device="cpu", seed=0)
+    assert isinstance(policy, Policy) and "OnnxPolicy(" in repr(policy)
+    calls: list[dict] = []
+    inner = policy._predict
+
+    def spy(obs_history: dict, noise: np.ndarray) -> np.ndarray:
+        calls.append({k: v.copy() for k, v in obs_history.items()})
+        return inner(obs_history, noise)
+
+    policy._predict = spy  # type: ignore[method-assign]
+    frames = [np.full(STATE_DIM, float(i), np.float32) for i in range(7)]
+    actions = [policy.select_action({"state": f}) for f in frames]
+    assert all(a.shape == (ACT_DIM,) and a.dtype == np.float32 for a in actions)
+    # n_action_steps=3: a new chunk at steps 0, 3, 6.
+    assert len(calls) == 3
+    # Episode start pads with the first frame; later histories are the last obs_steps frames.
+    np.testing.assert_array_equal(calls[0]["state"][0, :, 0], [0.0, 0.0])
+    np.testing.assert_array_equal(calls[1]["state"][0, :, 0], [2.0, 3.0])
+    np.testing.assert_array_equal(calls[2]["state"][0, :, 0], [5.0, 6.0])
+    # Queued actions come from one chunk: offset by the mean of the frame at query time.
+    policy.reset(seed=0)
+    calls.clear()
+    again = [policy.select_action({"state": f}) for f in frames]
+    np.testing.assert_array_equal(np.stack(actions), np.stack(again))  # seeded noise
+    rng = np.random.default_rng(0)
+    chunk0 = rng.standard_normal((1, HORIZON, ACT_DIM), dtype=np.float32)[0] + 0.0
+    np.testing.assert_allclose(np.stack(actions[:3]), chunk0[:3], atol=1e-6)
+    # reset() drops the queue and history: the next call predicts again, padded anew.
+    policy.select_action({"state": frames[1]})
+    policy.reset()
+    policy.select_action({"state": frames[4]})
+    np.testing.assert_array_equal(calls[-1]["state"][0, :, 0], [4.0, 4.0])
+    # predict_action_chunk is batched.
+    chunk = policy.predict_action_chunk({"state": np.zeros((5, OBS_STEPS, STATE_DIM))})
+    assert chunk.shape == (5, HORIZON, ACT_DIM)
+
+
+def test_runner_is_torch_free() -> None:
+    code = (
+        "import sys, learning, learning.onnx_runner, learning.policy_interface; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
