@@ -4,6 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 # Every process that touches ROS stays on this machine, in its own domain, logging locally.
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
@@ -28,7 +29,13 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml $(ROS_PKGS)
 demo: venv
 	$(BIN)/python -m demo.loop
 
-test: venv
+# Tests also cover the optional adapter to Meta's flow_matching (CC BY-NC 4.0, non-commercial):
+# installed for the test run only, never needed by the workspace itself.
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt flow_matching==1.0.10
+	touch $@
+
+test: venv $(TEST_STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 bench: venv

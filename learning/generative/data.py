@@ -1,0 +1,114 @@
+"""Goal-mask data: NAMO `.npz` samples -> {"context": (5, S, S), "target": (1, S, S)} in [0, 1].
+
+All files under `data_dir` (recursive) are read once at setup and resized to `image_size` (area
+average, see `masks.resize_area`). The split is by episode when names follow the NAMO pattern
+`episode_<e>_goal_<g>_proposal_<p>.npz` (proposals of one episode never straddle train/val),
+else by file; seeded.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from learning.generative.masks import load_sample
+
+CONTEXT = "context"
+TARGET = "target"
+_EPISODE = re.compile(r"(episode_\d+)_")
+
+
+class GoalMaskDataset(Dataset):
+    """In-memory dataset of resized masks from a list of npz files."""
+
+    def __init__(self, files: list[Path], image_size: int):
+        if not files:
+            raise ValueError("GoalMaskDataset: no files")
+        pairs = [load_sample(f, image_size) for f in files]
+        self.files = files
+        # float16 halves the memory; binary masks stay exact, area fractions keep 3 digits.
+        self.context = torch.from_numpy(np.stack([c for c, _ in pairs]).astype(np.float16))
+        self.target = torch.from_numpy(np.stack([t for _, t in pairs]).astype(np.float16))[:, None]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {CONTEXT: self.context[i].float(), TARGET: self.target[i].float()}
+
+
+def split_files(
+    files: list[Path], val_fraction: float, seed: int
+) -> tuple[list[Path], list[Path]]:
+    """Seeded split by episode group (by file when names carry no episode)."""
+    groups: dict[str, list[Path]] = {}
+    for f in files:
+        m = _EPISODE.match(f.name)
+        groups.setdefault(f"{f.parent}/{m.group(1)}" if m else str(f), []).append(f)
+    keys = sorted(groups)
+    random.Random(seed).shuffle(keys)
+    n_val = max(1, round(val_fraction * len(keys))) if len(keys) > 1 else 0
+    val = [f for k in keys[:n_val] for f in groups[k]]
+    train = [f for k in keys[n_val:] for f in groups[k]]
+    return train, val
+
+
+class GoalMaskDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        data_dir: str,
+        image_size: int = 64,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        val_fraction: float = 0.1,
+        seed: int = 42,
+        max_files: int | None = None,
+    ):
+        super().__init__()
+        self.data_dir = Path(data_dir)
+        self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
+        self.val_fraction, self.seed, self.max_files = val_fraction, seed, max_files
+        self.train_dataset: GoalMaskDataset | None = None
+        self.val_dataset: GoalMaskDataset | None = None
+
+    def files(self) -> list[Path]:
+        if not self.data_dir.is_dir():
+            raise FileNotFoundError(
+                f"data.data_dir {os.fspath(self.data_dir)!r}: no such directory"
+            )
+        files = sorted(self.data_dir.rglob("*.npz"))
+        if not files:
+            raise FileNotFoundError(f"data.data_dir {os.fspath(self.data_dir)!r}: no .npz files")
+        return files[: self.max_files] if self.max_files else files
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        train, val = split_files(self.files(), self.val_fraction, self.seed)
+        if not val:
+            raise ValueError(f"data.data_dir {os.fspath(self.data_dir)!r}: too few files to split")
+        self.train_dataset = GoalMaskDataset(train, self.image_size)
+        self.val_dataset = GoalMaskDataset(val, self.image_size)
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, shuffle=False)

@@ -1,0 +1,1 @@
+"""ROS 2 goal generator: NAMO scene masks in, K goal-mask proposals out (docs/generative.md)."""

@@ -1,0 +1,259 @@
+"""goal_generator: lifecycle node, a thin adapter over `generator.GoalGenerator`.
+
+Subscribes a scene (sensor_msgs/Image 32FC5), publishes K goal proposals (Image 32FC<K>, same
+header). The subscription only stores the newest scene; a worker thread runs inference, so a
+scene arriving during inference replaces any older pending one (no backlog).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
+from sensor_msgs.msg import Image
+
+from learning.onnx_runner import ModelLoadError
+from roboloop_goal_generator.generator import (
+    GoalGenerator,
+    SceneError,
+    decode_float_image,
+    encode_float_image,
+)
+
+NODE_NAME = "goal_generator"
+DIAGNOSTICS_QOS = QoSProfile(depth=10)  # the /diagnostics convention: reliable, volatile
+DIAGNOSTICS_TOPIC = "/diagnostics"
+# Scenes are requests: reliable, only the newest matters.
+REQUEST_QOS = QoSProfile(
+    history=QoSHistoryPolicy.KEEP_LAST,
+    depth=1,
+    reliability=QoSReliabilityPolicy.RELIABLE,
+    durability=QoSDurabilityPolicy.VOLATILE,
+)
+PARAMETERS: dict[str, tuple[Any, str]] = {
+    "model_path": ("", "ONNX file exported with model_type goal_generator"),
+    "device": ("auto", "auto | cpu | cuda (the provider that runs is logged)"),
+    "inference_threads": (1, "onnxruntime intra-op threads (0: onnxruntime default)"),
+    "num_proposals": (8, "K goal proposals per scene"),
+    "seed": (0, "seed of the noise generator"),
+    "scene_topic": ("/namo/scene_masks", "sensor_msgs/Image 32FC5 scene masks"),
+    "proposals_topic": ("/namo/goal_proposals", "sensor_msgs/Image 32FC<K> proposals"),
+    "diagnostics_period_s": (1.0, "period of the /diagnostics status"),
+    "autostart": (True, "configure and activate at startup (no lifecycle manager needed)"),
+}
+
+
+@dataclass(frozen=True)
+class GeneratorParams:
+    model_path: str
+    device: str
+    inference_threads: int
+    num_proposals: int
+    seed: int
+    scene_topic: str
+    proposals_topic: str
+    diagnostics_period_s: float
+    autostart: bool
+
+
+class GoalGeneratorNode(LifecycleNode):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        for name, (default, description) in PARAMETERS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(description=description))
+        self.params = GeneratorParams(
+            **{name: self.get_parameter(name).value for name in PARAMETERS}
+        )
+        self._generator: GoalGenerator | None = None
+        self._pub: Any = None
+        self._sub: Any = None
+        self._pending: Image | None = None
+        self._wake = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self._running = False
+        self._lifecycle = "unconfigured"
+        self._processed = self._dropped = 0
+        self._last_ms = float("nan")
+        self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, DIAGNOSTICS_QOS)
+        self._diag_timer = self.create_timer(
+            self.params.diagnostics_period_s, self._publish_diagnostics
+        )
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        p = self.params
+        try:
+            self._generator = GoalGenerator(
+                p.model_path,
+                num_proposals=p.num_proposals,
+                seed=p.seed,
+                device=p.device,
+                threads=p.inference_threads or None,
+            )
+        except (ModelLoadError, ValueError) as err:
+            self.get_logger().error(f"configure failed: {err}")
+            return TransitionCallbackReturn.FAILURE
+        self._pub = self.create_lifecycle_publisher(Image, p.proposals_topic, REQUEST_QOS)
+        model = self._generator.model
+        self.get_logger().info(
+            f"configured: {p.model_path} on {model.provider}"
+            + (f" (fallback: {model.fallback_reason})" if model.fallback_reason else "")
+            + f", K={p.num_proposals}, {self._generator.image_size}px"
+        )
+        self._lifecycle = "inactive"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        result = super().on_activate(state)  # activates the lifecycle publisher first
+        self._running = True
+        self._worker = threading.Thread(target=self._work, name="goal_generator", daemon=True)
+        self._worker.start()
+        self._sub = self.create_subscription(
+            Image, self.params.scene_topic, self._on_scene, REQUEST_QOS
+        )
+        self.get_logger().info(
+            f"active: {self.params.scene_topic} -> {self.params.proposals_topic}"
+        )
+        self._lifecycle = "active"
+        return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_worker()
+        self._lifecycle = "inactive"
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self._lifecycle = "unconfigured"
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_worker()
+        self._release()
+        self._lifecycle = "finalized"
+        return super().on_shutdown(state)
+
+    def _stop_worker(self) -> None:
+        if self._sub is not None:
+            self.destroy_subscription(self._sub)
+            self._sub = None
+        with self._wake:
+            self._running = False
+            self._pending = None
+            self._wake.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout=10.0)
+            self._worker = None
+
+    def _release(self) -> None:
+        if self._pub is not None:
+            self.destroy_lifecycle_publisher(self._pub)
+            self._pub = None
+        self._generator = None
+
+    # ---- data path ------------------------------------------------------------------------
+    def _on_scene(self, msg: Image) -> None:
+        """Store only; the worker thread generates."""
+        with self._wake:
+            self._pending = msg
+            self._wake.notify()
+
+    def _work(self) -> None:
+        while True:
+            with self._wake:
+                while self._running and self._pending is None:
+                    self._wake.wait()
+                if not self._running:
+                    return
+                msg, self._pending = self._pending, None
+            self._generate(msg)
+
+    def _generate(self, msg: Image) -> None:
+        generator, pub = self._generator, self._pub
+        if generator is None or pub is None:
+            return
+        start = time.perf_counter()
+        try:
+            scene = decode_float_image(
+                msg.height, msg.width, msg.encoding, msg.step, bytes(msg.data), msg.is_bigendian
+            )
+            proposals = generator.propose(scene)
+        except SceneError as err:
+            self._dropped += 1
+            self.get_logger().error(f"{self.params.scene_topic}: dropped scene: {err}")
+            return
+        self._processed += 1
+        self._last_ms = 1e3 * (time.perf_counter() - start)
+        out = Image()
+        out.header = msg.header
+        out.height = out.width = generator.image_size
+        out.encoding, out.step, out.data = encode_float_image(proposals)
+        out.is_bigendian = 0
+        pub.publish(out)
+
+    # ---- diagnostics ----------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        p, generator = self.params, self._generator
+        status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: goal generator")
+        status.level, status.message = DiagnosticStatus.OK, self._lifecycle
+        values = {
+            "lifecycle_state": self._lifecycle,
+            "model_path": p.model_path,
+            "requested_device": p.device,
+            "scene_topic": p.scene_topic,
+            "proposals_topic": p.proposals_topic,
+            "num_proposals": str(p.num_proposals),
+            "scenes_processed": str(self._processed),
+            "scenes_dropped": str(self._dropped),
+            "last_inference_ms": f"{self._last_ms:.2f}",
+        }
+        if generator is not None:
+            status.hardware_id = p.model_path
+            model = generator.model
+            values.update(
+                execution_provider=model.provider,
+                provider_fallback_reason=model.fallback_reason or "",
+                image_size=str(generator.image_size),
+            )
+            if model.fallback_reason:
+                status.level = DiagnosticStatus.WARN
+                status.message = f"running on {model.provider}"
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(array)
+
+    def bring_up(self) -> None:
+        """autostart: configure, then activate if configuring worked."""
+        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            self.trigger_activate()
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node = GoalGeneratorNode()
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
+    try:
+        if node.params.autostart:
+            node.bring_up()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node._stop_worker()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""goal_generator node in its own process: scene Image 32FC5 in, K proposals 32FC<K> out."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from demo.ros_processes import start_node
+from learning.export import export_model
+from learning.generative.synthetic import synthetic_sample
+from learning.train import compose_config
+
+pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros_goal_generator")]
+
+K, SIZE = 4, 32
+
+
+@pytest.fixture(scope="module")
+def goal_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight DiT flow-matching goal generator (euler, 2 steps) exported to ONNX."""
+    cfg = compose_config(
+        "train_fb_flow_matching",
+        [
+            "network=dit_tiny",
+            f"image_size={SIZE}",
+            "model.sampler.method=euler",
+            "sampling_steps=2",
+        ],
+    )
+    torch.manual_seed(0)
+    model = instantiate(cfg.model, _convert_="all").eval()
+    for p in model.network.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    out = tmp_path_factory.mktemp("goal_generator") / "goal_generator.onnx"
+    export_model(model, out, training_config={"name": "test"})
+    return out
+
+
+def _scene(size: int = 48) -> np.ndarray:
+    from learning.generative.masks import CONTEXT_KEYS
+
+    sample = synthetic_sample(np.random.default_rng(5), size=size)
+    return np.stack([sample[k] for k in CONTEXT_KEYS], axis=-1)  # (H, W, 5)
+
+
+def _wait(condition, timeout: float, spin) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        spin()
+    return condition()
+
+
+def test_goal_generator_node_across_processes(goal_model: Path, tmp_path: Path, ros_env) -> None:
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.executors import SingleThreadedExecutor
+    from roboloop_goal_generator.generator import (
+        GoalGenerator,
+        decode_float_image,
+        encode_float_image,
+    )
+    from roboloop_goal_generator.node import DIAGNOSTICS_QOS, REQUEST_QOS
+    from sensor_msgs.msg import Image
+
+    scene_topic, out_topic = "/test_goal_generator/scene", "/test_goal_generator/proposals"
+    proc = start_node(
+        "goal_generator",
+        params={
+            "model_path": str(goal_model),
+            "device": "cpu",
+            "num_proposals": K,
+            "seed": 7,
+            "scene_topic": scene_topic,
+            "proposals_topic": out_topic,
+        },
+        log_path=tmp_path / "goal_generator.log",
+        env=ros_env,
+    )
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("goal_generator_test", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    received: list[Image] = []
+    diagnostics: list[dict[str, str]] = []
+
+    def on_diagnostics(msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if "goal_generator" in status.name:
+                diagnostics.append({kv.key: kv.value for kv in status.values})
+
+    try:
+        pub = node.create_publisher(Image, scene_topic, REQUEST_QOS)
+        node.create_subscription(Image, out_topic, received.append, REQUEST_QOS)
+        node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, DIAGNOSTICS_QOS)
+
+        def spin() -> None:
+            executor.spin_once(timeout_sec=0.05)
+
+        assert proc.wait_for_log("active:", timeout=60), proc.log_text()
+        assert _wait(
+            lambda: pub.get_subscription_count() > 0 and node.count_publishers(out_topic) > 0,
+            30,
+            spin,
+        ), proc.log_text()
+
+        # A malformed scene is dropped with a one-line error naming the topic; node survives.
+        bad = Image(height=2, width=2, encoding="32FC3", step=24, data=bytes(48))
+        pub.publish(bad)
+        assert proc.wait_for_log(f"{scene_topic}: dropped scene", timeout=20), proc.log_text()
+
+        scene = _scene()
+        msg = Image(height=48, width=48, is_bigendian=0)
+        msg.header.frame_id = "namo_map"
+        msg.header.stamp.sec = 12
+        msg.encoding, msg.step, msg.data = encode_float_image(scene.transpose(2, 0, 1))
+        pub.publish(msg)
+        assert _wait(lambda: len(received) > 0, 30, spin), proc.log_text()
+        # Diagnostics report what runs and what was processed/dropped.
+        assert _wait(
+            lambda: any(d.get("scenes_processed") == "1" for d in diagnostics), 10, spin
+        ), diagnostics[-1:]
+        last = diagnostics[-1]
+        assert last["execution_provider"] == "CPUExecutionProvider"
+        assert (last["scenes_dropped"], last["lifecycle_state"]) == ("1", "active")
+        assert proc.alive()
+    finally:
+        proc.stop()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+    out = received[0]
+    assert (out.encoding, out.height, out.width) == (f"32FC{K}", SIZE, SIZE)
+    assert (out.header.frame_id, out.header.stamp.sec) == ("namo_map", 12)
+    proposals = decode_float_image(out.height, out.width, out.encoding, out.step, bytes(out.data))
+    assert proposals.min() >= 0.0 and proposals.max() <= 1.0
+    assert np.abs(proposals[..., 0] - proposals[..., 1]).max() > 1e-3  # K distinct draws
+    # Same model, same seed, same scene without ROS: identical proposals.
+    expected = GoalGenerator(goal_model, num_proposals=K, seed=7).propose(scene)
+    np.testing.assert_allclose(proposals.transpose(2, 0, 1), expected, atol=1e-5)
