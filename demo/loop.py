@@ -186,7 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     dataset_cli(["info", str(expert_data), "--max-episodes", "5"])
 
     stage("2/5 train flow-matching BC (learning.train --config-name=train_fbc)")
-    overrides = [f"dataset={expert_data}", f"output_root={out / 'outputs'}"]
+    # State-only policy, matching policy_node's default observation topics (config/policy.yaml);
+    # the recorded camera images stay in the dataset for image policies.
+    overrides = [
+        f"dataset={expert_data}",
+        "data.obs_keys=[state]",
+        f"output_root={out / 'outputs'}",
+    ]
     if args.max_epochs is not None:
         overrides.append(f"max_epochs={args.max_epochs}")
     t0 = time.perf_counter()
@@ -250,7 +256,12 @@ def main(argv: list[str] | None = None) -> int:
         ("policy success rate", f"{success:.2f}  (expert {expert.success_rate:.2f})"),
         ("steps per policy episode", f"{min(steps)}..{max(steps)}"),
         (
-            "obs->action latency p50 / p99 [ms]",
+            "obs->first action of a chunk p50 / p99 [ms]",
+            f"{policy_diag.get('obs_to_first_action_latency_p50_ms', '?')} / "
+            f"{policy_diag.get('obs_to_first_action_latency_p99_ms', '?')}",
+        ),
+        (
+            "obs->action latency incl. queued chunk p50 / p99 [ms]",
             f"{policy_diag.get('obs_to_action_latency_p50_ms', '?')} / "
             f"{policy_diag.get('obs_to_action_latency_p99_ms', '?')}",
         ),

@@ -97,6 +97,10 @@ class PolicyLoop:
         self.state = WAITING
         self.inference_latency = LatencyWindow(latency_window)
         self.obs_to_action_latency = LatencyWindow(latency_window)
+        # Only the first action of each chunk: the reaction time to a new observation, without
+        # the open-loop age of later queued actions (which the window above includes).
+        self.obs_to_first_action_latency = LatencyWindow(latency_window)
+        self._last_chunk_stamp: int | None = None
         self.actions_published = 0
         self.safe_actions_published = 0
         self.stale_events = 0
@@ -183,7 +187,11 @@ class PolicyLoop:
             self.safe_actions_published += 1
         else:
             self.actions_published += 1
-            self.obs_to_action_latency.add((now_ns - command.stamp_ns) * 1e-9)
+            latency = (now_ns - command.stamp_ns) * 1e-9
+            self.obs_to_action_latency.add(latency)
+            if command.stamp_ns != self._last_chunk_stamp:
+                self._last_chunk_stamp = command.stamp_ns
+                self.obs_to_first_action_latency.add(latency)
 
     def _append_frame(self, latest: dict[str, _Latest]) -> None:
         for key in self.keys:
@@ -212,6 +220,7 @@ class PolicyLoop:
             return "n/a" if value is None else format(value, fmt)
 
         inf, o2a = self.inference_latency, self.obs_to_action_latency
+        first = self.obs_to_first_action_latency
         values = {
             "control_state": self.state,
             "inference_latency_p50_ms": num(inf.percentile_ms(50)),
@@ -219,6 +228,8 @@ class PolicyLoop:
             "inference_count": str(inf.count),
             "obs_to_action_latency_p50_ms": num(o2a.percentile_ms(50)),
             "obs_to_action_latency_p99_ms": num(o2a.percentile_ms(99)),
+            "obs_to_first_action_latency_p50_ms": num(first.percentile_ms(50)),
+            "obs_to_first_action_latency_p99_ms": num(first.percentile_ms(99)),
             "actions_published": str(self.actions_published),
             "safe_actions_published": str(self.safe_actions_published),
             "stale_events": str(self.stale_events),
