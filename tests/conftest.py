@@ -18,8 +18,8 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="roboloop_roslog_"))
     if "ROBOLOOP_TEST_DOMAIN_BASE" not in os.environ:
-        # A random even base in [10, 90) keeps two concurrent suite runs apart.
-        os.environ["ROBOLOOP_TEST_DOMAIN_BASE"] = str(random.randrange(10, 90, 4))
+        # A random even base in [2, 100) (Linux-safe domain ids) keeps concurrent runs apart.
+        os.environ["ROBOLOOP_TEST_DOMAIN_BASE"] = str(random.randrange(2, 100, 2))
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     index = int(worker[2:]) if worker.startswith("gw") else 0
     os.environ["ROS_DOMAIN_ID"] = str(int(os.environ["ROBOLOOP_TEST_DOMAIN_BASE"]) + index)

@@ -53,7 +53,7 @@ def test_policy_drives_the_sim_bridge(tmp_path: Path, ros_env: dict[str, str]) -
     states: dict[int, np.ndarray] = {}
     images: dict[int, np.ndarray] = {}
     actions: list[tuple[int, np.ndarray]] = []
-    applied: list[np.ndarray] = []
+    applied: list[tuple[int, np.ndarray]] = []
 
     def logs() -> str:
         return "\n".join(f"--- {p.name}\n{p.log_text()[-2000:]}" for p in procs)
@@ -84,13 +84,13 @@ def test_policy_drives_the_sim_bridge(tmp_path: Path, ros_env: dict[str, str]) -
             node.create_subscription(
                 JointState,
                 "/sim/applied_action",
-                lambda m: applied.append(np.array(m.effort)),
+                lambda m: applied.append((_stamp(m), np.array(m.effort))),
                 QoSProfile(depth=50),
             )
 
             def running() -> bool:
                 assert all(p.alive() for p in procs), logs()
-                return sum(a.any() for a in applied) >= 20 and len(actions) >= 20
+                return sum(a.any() for _, a in applied) >= 20 and len(actions) >= 20
 
             try:
                 probe.wait_for(running, 90, "20 policy actions applied by the sim bridge")
@@ -101,9 +101,11 @@ def test_policy_drives_the_sim_bridge(tmp_path: Path, ros_env: dict[str, str]) -
             p.stop()
 
     # The bridge applies the policy's commands (clipped to the action space), nothing else.
+    # Only commands for observations after the probe's subscription matched can be compared.
     published = np.array([np.clip(a, -1.0, 1.0) for _, a in actions])
-    for a in applied:
-        if a.any():
+    first_seen = min(s for s, _ in actions)
+    for stamp, a in applied:
+        if a.any() and stamp > first_seen:
             assert np.abs(published - a).max(axis=1).min() < 1e-6, f"unknown action {a}"
     # Each action is the model's output for the observation it is stamped with (or, when the
     # policy ticked between the bridge's state and image messages, the previous one of either).
