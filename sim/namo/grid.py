@@ -1,0 +1,165 @@
+"""Occupancy grids over the NAMO world: rasterizing footprints and geodesic distances.
+
+Convention (shared by the planning grid and the mask images): row 0 is the TOP of the world
+(largest y), column 0 is the left (x = 0). Cell (i, j) has its centre at
+``x = (j + 0.5) * res_x``, ``y = height - (i + 0.5) * res_y``. A shape covers a cell when the
+cell's centre lies inside it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import dijkstra
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A rows x cols raster of a width x height (metres) world."""
+
+    width: float
+    height: float
+    rows: int
+    cols: int
+
+    @classmethod
+    def with_resolution(cls, width: float, height: float, resolution: float) -> Grid:
+        return cls(width, height, round(height / resolution), round(width / resolution))
+
+    @classmethod
+    def image(cls, width: float, height: float, size: int) -> Grid:
+        return cls(width, height, size, size)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.rows, self.cols)
+
+    @property
+    def res_x(self) -> float:
+        return self.width / self.cols
+
+    @property
+    def res_y(self) -> float:
+        return self.height / self.rows
+
+    @property
+    def sampling(self) -> tuple[float, float]:
+        """Metres per cell along (rows, cols), for scipy's distance transforms."""
+        return (self.res_y, self.res_x)
+
+    def xs(self) -> np.ndarray:
+        return (np.arange(self.cols) + 0.5) * self.res_x
+
+    def ys(self) -> np.ndarray:
+        return self.height - (np.arange(self.rows) + 0.5) * self.res_y
+
+    def cell(self, x: float, y: float) -> tuple[int, int]:
+        """Cell containing world point (x, y), clipped to the grid."""
+        i = int(math.floor((self.height - y) / self.res_y))
+        j = int(math.floor(x / self.res_x))
+        return (min(max(i, 0), self.rows - 1), min(max(j, 0), self.cols - 1))
+
+    def center(self, i: int, j: int) -> tuple[float, float]:
+        return ((j + 0.5) * self.res_x, self.height - (i + 0.5) * self.res_y)
+
+
+def rect_corners(x: float, y: float, theta: float, half_x: float, half_y: float) -> np.ndarray:
+    """(4, 2) corners of a rectangle centred at (x, y) rotated by theta (rad)."""
+    c, s = math.cos(theta), math.sin(theta)
+    local = np.array([[half_x, half_y], [-half_x, half_y], [-half_x, -half_y], [half_x, -half_y]])
+    rot = np.array([[c, -s], [s, c]])
+    return local @ rot.T + np.array([x, y])
+
+
+def _window(grid: Grid, xmin: float, xmax: float, ymin: float, ymax: float):
+    j0 = max(int(math.floor(xmin / grid.res_x)), 0)
+    j1 = min(int(math.ceil(xmax / grid.res_x)) + 1, grid.cols)
+    i0 = max(int(math.floor((grid.height - ymax) / grid.res_y)), 0)
+    i1 = min(int(math.ceil((grid.height - ymin) / grid.res_y)) + 1, grid.rows)
+    return i0, i1, j0, j1
+
+
+def rasterize_rect(
+    grid: Grid, x: float, y: float, theta: float, half_x: float, half_y: float
+) -> np.ndarray:
+    """Boolean (rows, cols) mask of cells whose centre lies inside the rotated rectangle."""
+    out = np.zeros(grid.shape, dtype=bool)
+    corners = rect_corners(x, y, theta, half_x, half_y)
+    i0, i1, j0, j1 = _window(
+        grid, corners[:, 0].min(), corners[:, 0].max(), corners[:, 1].min(), corners[:, 1].max()
+    )
+    if i0 >= i1 or j0 >= j1:
+        return out
+    px = grid.xs()[j0:j1][None, :] - x
+    py = grid.ys()[i0:i1][:, None] - y
+    c, s = math.cos(theta), math.sin(theta)
+    u = px * c + py * s
+    v = -px * s + py * c
+    eps = 1e-9
+    out[i0:i1, j0:j1] = (np.abs(u) <= half_x + eps) & (np.abs(v) <= half_y + eps)
+    return out
+
+
+def rasterize_disc(grid: Grid, x: float, y: float, radius: float) -> np.ndarray:
+    """Boolean (rows, cols) mask of cells whose centre lies within radius of (x, y)."""
+    out = np.zeros(grid.shape, dtype=bool)
+    i0, i1, j0, j1 = _window(grid, x - radius, x + radius, y - radius, y + radius)
+    if i0 >= i1 or j0 >= j1:
+        return out
+    px = grid.xs()[j0:j1][None, :] - x
+    py = grid.ys()[i0:i1][:, None] - y
+    out[i0:i1, j0:j1] = px * px + py * py <= radius * radius + 1e-12
+    return out
+
+
+def distance_to(grid: Grid, mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance (m) from each cell centre to the nearest cell centre of ``mask``."""
+    if not mask.any():
+        return np.full(grid.shape, np.inf)
+    return ndimage.distance_transform_edt(~mask, sampling=grid.sampling)
+
+
+def geodesic_distance(grid: Grid, free: np.ndarray, sources: list[tuple[int, int]]) -> np.ndarray:
+    """Shortest-path length (m) over ``free`` cells from the nearest source, 8-connected.
+
+    Diagonal steps are only allowed when both orthogonal neighbours are free (no corner
+    cutting). Cells that are not free or not connected to a source get ``inf``.
+    """
+    rows, cols = free.shape
+    dist = np.full(free.shape, np.inf)
+    srcs = [(i, j) for i, j in sources if free[i, j]]
+    if not srcs:
+        return dist
+    # Only the connected component(s) of the sources matter: shrink the graph to them.
+    labels, _ = ndimage.label(free, structure=np.ones((3, 3), dtype=bool))
+    keep = np.isin(labels, [labels[i, j] for i, j in srcs])
+    index = np.full(free.shape, -1, dtype=np.int64)
+    n = int(keep.sum())
+    index[keep] = np.arange(n)
+    ry, rx = grid.res_y, grid.res_x
+    heads, tails, weights = [], [], []
+    diag = math.hypot(rx, ry)
+    for di, dj, w in ((0, 1, rx), (1, 0, ry), (1, 1, diag), (1, -1, diag)):
+        # Cell pairs (i, j) -> (i + di, j + dj) as two aligned slices.
+        rows_a, rows_b = slice(0, rows - di), slice(di, rows)
+        cols_a = slice(max(0, -dj), cols - max(0, dj))
+        cols_b = slice(max(0, -dj) + dj, cols - max(0, dj) + dj)
+        ok = keep[rows_a, cols_a] & keep[rows_b, cols_b]
+        if di and dj:
+            # Corner cutting guard: the two orthogonal neighbours must be free as well.
+            ok &= keep[rows_a, cols_b] & keep[rows_b, cols_a]
+        heads.append(index[rows_a, cols_a][ok])
+        tails.append(index[rows_b, cols_b][ok])
+        weights.append(np.full(int(ok.sum()), w))
+    h = np.concatenate(heads)
+    t = np.concatenate(tails)
+    wts = np.concatenate(weights)
+    graph = coo_matrix((wts, (h, t)), shape=(n, n)).tocsr()
+    src_idx = [int(index[i, j]) for i, j in srcs]
+    d = dijkstra(graph, directed=False, indices=src_idx, min_only=True)
+    dist[keep] = d
+    return dist

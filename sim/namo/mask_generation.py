@@ -1,0 +1,105 @@
+"""Render MCTS episodes into Q-function / goal-generator training masks.
+
+    python -m sim.namo.mask_generation batch --input-dir EPISODES --output-dir OUT \
+        [--image-size 224] [--workers N]
+
+For every ``episode_<e>.json`` under ``--input-dir`` (recursive), every decision g and every
+root proposal p, writes ``OUT/episode_<e>_goal_<g>_proposal_<p>.npz`` (np.savez_compressed)
+with ``sim.namo.masks.sample_arrays``: the seed-000 keys (11 state channels, target_object,
+target_goal, goal_q_value, object_id, goal_coordinates) and the seed-001 keys (robot_image,
+goal_image, movable_objects_image, static_objects_image, target_object, target_goal).
+Extra keys: ``visits`` (MCTS visits of the proposal), ``chosen`` (1 if MCTS executed it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from functools import partial
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from rich.progress import Progress
+
+from sim.namo.episodes import decision_items, episode_model, read_episode
+from sim.namo.masks import DEFAULT_SIZE, sample_arrays
+
+
+def episode_files(input_dir: str | Path) -> list[Path]:
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: --input-dir is not a directory")
+    files = sorted(root.rglob("episode_*.json"))
+    if not files:
+        raise FileNotFoundError(f"{root}: no episode_*.json files")
+    return files
+
+
+def render_episode(path: str | Path, output_dir: str | Path, size: int = DEFAULT_SIZE) -> int:
+    """Write every (decision, proposal) mask file of one episode; returns the number written."""
+    episode = read_episode(path)
+    model = episode_model(episode)
+    e = int(episode["episode"])
+    out = Path(output_dir)
+    written = 0
+    for g, decision in enumerate(episode["decisions"]):
+        state, proposals, q_values = decision_items(decision)
+        visits = decision.get("visits", [1] * len(proposals))
+        for p, (proposal, q) in enumerate(zip(proposals, q_values, strict=True)):
+            arrays = sample_arrays(model, state, proposal, q, size)
+            arrays["visits"] = np.int64(visits[p])
+            arrays["chosen"] = np.int64(p == decision.get("chosen", -1))
+            np.savez_compressed(out / f"episode_{e}_goal_{g}_proposal_{p}.npz", **arrays)
+            written += 1
+    return written
+
+
+def batch(
+    input_dir: str | Path,
+    output_dir: str | Path,
+    size: int = DEFAULT_SIZE,
+    workers: int | None = None,
+    progress: bool = True,
+) -> int:
+    """Render all episodes under input_dir; returns the number of mask files written."""
+    files = episode_files(input_dir)
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(files)))
+    job = partial(render_episode, output_dir=str(output_dir), size=size)
+    total = 0
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task("episodes -> masks", total=len(files))
+        if workers == 1:
+            results = map(job, files)
+        else:
+            pool = get_context("spawn").Pool(workers)
+            results = pool.imap_unordered(job, files)
+        try:
+            for n in results:
+                total += n
+                bar.advance(task)
+        finally:
+            if workers > 1:
+                pool.close()
+                pool.join()
+    return total
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m sim.namo.mask_generation")
+    sub = ap.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("batch", help="render every episode under --input-dir")
+    b.add_argument("--input-dir", required=True)
+    b.add_argument("--output-dir", required=True)
+    b.add_argument("--image-size", type=int, default=DEFAULT_SIZE)
+    b.add_argument("--workers", type=int, default=None, help="default: all cores")
+    args = ap.parse_args(argv)
+    start = time.perf_counter()
+    n = batch(args.input_dir, args.output_dir, args.image_size, args.workers)
+    print(f"{n} mask files -> {args.output_dir} in {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

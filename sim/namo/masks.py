@@ -1,0 +1,217 @@
+"""Image masks of NAMO states and moves: the seed-000 Q-function channels and seed-001 aliases.
+
+All masks are float32 (S, S) over the whole world (``Grid.image``: row 0 = top, S = 224 by
+default). Binary masks hold 0/1; a shape covers a pixel when the pixel centre lies inside it.
+
+State channels (``STATE_KEYS`` order; the first 8 describe the state, the last 3 the move):
+
+- ``robot``: robot disc; ``goal``: robot-radius disc at the robot goal;
+- ``movable``: union of object footprints; ``static``: walls;
+- ``reachable``: the robot centre's free configuration space reachable from where it stands
+  (8-connected flood fill of cells farther than ``robot_radius + 0.75 cell`` from anything), the
+  transition model's own notion of reachability;
+- ``robot_distance``: geodesic metres from the robot over that free space;
+- ``goal_distance``: geodesic metres from the goal over the space free of WALLS only (objects
+  can be moved, so they do not cut paths);
+- ``combined_distance``: ``robot_distance + goal_distance`` (length of the best path
+  robot -> cell -> goal; smallest where the robot should push from);
+- ``post_action_robot``: robot disc where the robot ends up after the move (its reach position);
+- ``post_action_movable``: objects with the moved one at its proposed pose;
+- ``post_action_robot_distance``: ``robot_distance`` of the post-move state.
+
+Action channels: ``target_object`` (moved object's footprint now), ``target_goal`` (its
+footprint at the proposed pose).
+
+Distances are normalized by ``DISTANCE_SCALE x (width + height)`` (combined: twice that) and
+clipped to [0, 1]: 0 at the source, **1.0 where the source is unreachable** (walls, objects and
+cut-off free space). The fields and ``reachable`` are computed on the transition model's
+planning grid and sampled at pixel centres (nearest cell), so they agree with the planner.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sim.namo.grid import Grid, rasterize_disc, rasterize_rect
+from sim.namo.transition import NamoState, Proposal, TransitionModel
+
+STATE_KEYS: tuple[str, ...] = (
+    "robot",
+    "goal",
+    "movable",
+    "static",
+    "reachable",
+    "robot_distance",
+    "goal_distance",
+    "combined_distance",
+    "post_action_robot",
+    "post_action_movable",
+    "post_action_robot_distance",
+)
+SHARED_KEYS: tuple[str, ...] = STATE_KEYS[:8]
+POST_ACTION_KEYS: tuple[str, ...] = STATE_KEYS[8:]
+ACTION_KEYS: tuple[str, ...] = ("target_object", "target_goal")
+# Seed-001 (generative) names of the same masks.
+SEED001_ALIASES: dict[str, str] = {
+    "robot_image": "robot",
+    "goal_image": "goal",
+    "movable_objects_image": "movable",
+    "static_objects_image": "static",
+}
+DEFAULT_SIZE = 224
+DISTANCE_SCALE = 1.0  # x (width + height) metres maps to 1.0
+
+_CACHE_LIMIT = 64
+
+
+def _f32(mask: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(mask, dtype=np.float32)
+
+
+class _Sampler:
+    """Pixel centres of an S x S image -> the planning-grid cell that contains each."""
+
+    def __init__(self, model: TransitionModel, size: int):
+        self.image = Grid.image(model.scene.width, model.scene.height, size)
+        g = model.grid
+        rows = np.floor((g.height - self.image.ys()) / g.res_y).astype(int)
+        cols = np.floor(self.image.xs() / g.res_x).astype(int)
+        self.rows = np.clip(rows, 0, g.rows - 1)[:, None]
+        self.cols = np.clip(cols, 0, g.cols - 1)[None, :]
+
+    def __call__(self, field: np.ndarray) -> np.ndarray:
+        return field[self.rows, self.cols]
+
+
+def _cache(model: TransitionModel) -> dict:
+    # Per-model cache (the model already caches per-state analysis the same way).
+    return model.__dict__.setdefault("_mask_cache", {})
+
+
+def _sampler(model: TransitionModel, size: int) -> _Sampler:
+    cache = _cache(model)
+    key = ("sampler", size)
+    if key not in cache:
+        cache[key] = _Sampler(model, size)
+    return cache[key]
+
+
+def normalize_distance(dist: np.ndarray, scale: float) -> np.ndarray:
+    """Metres -> [0, 1]: dist / scale clipped; inf (unreachable) -> 1.0."""
+    out = np.where(np.isfinite(dist), dist / scale, 1.0)
+    return _f32(np.clip(out, 0.0, 1.0))
+
+
+def _scale(model: TransitionModel) -> float:
+    return DISTANCE_SCALE * (model.scene.width + model.scene.height)
+
+
+def _robot_distance(model: TransitionModel, state: NamoState, size: int) -> np.ndarray:
+    return normalize_distance(
+        _sampler(model, size)(model.info(state).robot_distance), _scale(model)
+    )
+
+
+def state_masks(
+    model: TransitionModel, state: NamoState, size: int = DEFAULT_SIZE
+) -> dict[str, np.ndarray]:
+    """The 8 pre-action channels (``SHARED_KEYS``) of ``state``; cached per (state, size)."""
+    cache = _cache(model)
+    key = ("state", state, size)
+    got = cache.get(key)
+    if got is not None:
+        return got
+    if len(cache) > _CACHE_LIMIT:
+        cache.clear()
+    scene, sample = model.scene, _sampler(model, size)
+    g = sample.image
+    static = np.zeros(g.shape, bool)
+    for w in scene.walls:
+        static |= rasterize_rect(g, w.x, w.y, 0.0, w.half_x, w.half_y)
+    info = model.info(state)
+    robot_m = info.robot_distance
+    goal_m = model.goal_distance_static()
+    scale = _scale(model)
+    got = {
+        "robot": _f32(rasterize_disc(g, *state.robot, scene.robot_radius)),
+        "goal": _f32(rasterize_disc(g, *scene.goal, scene.robot_radius)),
+        "movable": _f32(_movable(model, g, state.poses)),
+        "static": _f32(static),
+        "reachable": _f32(sample(info.reachable)),
+        "robot_distance": normalize_distance(sample(robot_m), scale),
+        "goal_distance": normalize_distance(sample(goal_m), scale),
+        "combined_distance": normalize_distance(sample(robot_m + goal_m), 2 * scale),
+    }
+    cache[("sampler", size)] = sample
+    cache[key] = got
+    return got
+
+
+def _movable(model: TransitionModel, g: Grid, poses) -> np.ndarray:  # noqa: ANN001
+    out = np.zeros(g.shape, bool)
+    for o, pose in zip(model.scene.objects, poses, strict=True):
+        out |= rasterize_rect(g, *pose, o.half_x, o.half_y)
+    return out
+
+
+def action_masks(
+    model: TransitionModel, state: NamoState, proposal: Proposal, size: int = DEFAULT_SIZE
+) -> dict[str, np.ndarray]:
+    """The 3 post-action channels and the 2 action channels of one (valid) move.
+
+    Raises ValueError naming the reason when the transition model rejects the move.
+    """
+    scene, sample = model.scene, _sampler(model, size)
+    g = sample.image
+    k = scene.object_index(proposal.object_id)
+    o = scene.objects[k]
+    after = model.step(state, proposal).state
+    return {
+        "post_action_robot": _f32(rasterize_disc(g, *after.robot, scene.robot_radius)),
+        "post_action_movable": _f32(_movable(model, g, after.poses)),
+        "post_action_robot_distance": _robot_distance(model, after, size),
+        "target_object": _f32(rasterize_rect(g, *state.poses[k], o.half_x, o.half_y)),
+        "target_goal": _f32(rasterize_rect(g, *proposal.pose, o.half_x, o.half_y)),
+    }
+
+
+def proposal_masks(
+    model: TransitionModel, state: NamoState, proposal: Proposal, size: int = DEFAULT_SIZE
+) -> dict[str, np.ndarray]:
+    """All 13 Q-function channels (``STATE_KEYS`` + ``ACTION_KEYS``) of one move, (S, S) each.
+
+    The mask builder of the ``learned_q`` and ``dit_q`` planners
+    (``"sim.namo.masks:proposal_masks"``).
+    """
+    return {**state_masks(model, state, size), **action_masks(model, state, proposal, size)}
+
+
+class SizedMasks:
+    """``proposal_masks`` at a size set after construction (the planners learn it from the
+    model they load): ``fn = SizedMasks(); fn.size = 64; fn(model, state, proposal)``."""
+
+    def __init__(self, size: int = DEFAULT_SIZE):
+        self.size = size
+
+    def __call__(self, model: Any, state: Any, proposal: Any) -> dict[str, np.ndarray]:
+        return proposal_masks(model, state, proposal, self.size)
+
+
+def sample_arrays(
+    model: TransitionModel,
+    state: NamoState,
+    proposal: Proposal,
+    q_value: float,
+    size: int = DEFAULT_SIZE,
+) -> dict[str, np.ndarray]:
+    """Everything one mask file holds: seed-000 keys (13 channels, ``goal_q_value`` float32,
+    ``object_id`` str, ``goal_coordinates`` float32 [x, y, theta]) + seed-001 aliases."""
+    masks = proposal_masks(model, state, proposal, size)
+    out: dict[str, np.ndarray] = dict(masks)
+    out.update({alias: masks[key] for alias, key in SEED001_ALIASES.items()})
+    out["goal_q_value"] = np.float32(q_value)
+    out["object_id"] = np.str_(proposal.object_id)
+    out["goal_coordinates"] = np.array(proposal.pose, np.float32)
+    return out

@@ -1,0 +1,338 @@
+"""Kinematic NAMO transition model on an occupancy grid (the planner's world).
+
+- Occupancy: static walls + movable footprints rasterized on a grid (default 0.05 m cells).
+- Configuration space: a cell is free for the robot's centre when it is farther than
+  ``inflation = robot_radius + inflation_cells * cell`` (1 cell) from every occupied cell centre
+  (the extra cell covers rasterization error: an axis-aligned wall reaches less than one cell
+  past its covered centres, so the robot at a free cell centre does not touch it; the 0.75
+  used before let the robot dig ~4 mm into walls in MuJoCo).
+- Reachable region: flood fill (8-connected) of free C-space from the robot's cell.
+- A move ``Proposal(object_id, x, y, theta)`` is valid when (see ``check``):
+  1. the object is reachable: some reachable cell lies within ``reach_distance`` of its
+     footprint (``inflation + reach_margin``); the robot grasps it from the reachable cell of that
+     band closest (geodesically) to where it stands: the *reach position*;
+  2. the new footprint is inside the world, ``clearance_cells`` cells (cell centre to cell
+     centre) clear of walls and of the other objects on the grid, AND its rectangle grown by
+     ``clearance`` (0.01 m) overlaps no wall or object rectangle (exact polygon test: grid
+     footprints alone let boxes sink ~1 cm into walls, which ``sim.namo.mujoco_model`` caught);
+  3. the new footprint leaves the robot's disc at the reach position and the goal disc free;
+  4. the new footprint is within ``reach_distance`` of the region the robot could reach with the
+     object lifted out (the robot could have carried it there).
+- After a move the robot STAYS AT ITS REACH POSITION (pick-and-place abstraction: carrying is not
+  simulated; the robot returns to where it grasped). The goal is reached when the goal's cell is
+  in the reachable region.
+- Step cost (used by the MCTS reward): ``move_cost`` per move + ``object_distance_cost`` x
+  displacement of the object centre (m) + ``robot_distance_cost`` x geodesic length the robot
+  drove to the reach position (m); reaching the goal adds ``robot_distance_cost`` x final path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from sim.namo.grid import (
+    Grid,
+    distance_to,
+    geodesic_distance,
+    rasterize_disc,
+    rasterize_rect,
+    rect_corners,
+)
+from sim.namo.scene import Scene, grow_rect, rects_overlap
+
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class NamoState:
+    """Robot centre and every movable object's pose (x, y, yaw), in ``scene.objects`` order."""
+
+    robot: tuple[float, float]
+    poses: tuple[tuple[float, float, float], ...]
+
+    def to_dict(self) -> dict:
+        return {"robot": list(self.robot), "poses": [list(p) for p in self.poses]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NamoState:
+        return cls(tuple(map(float, d["robot"])), tuple(tuple(map(float, p)) for p in d["poses"]))
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """Move object ``object_id`` to pose (x, y, theta)."""
+
+    object_id: str
+    x: float
+    y: float
+    theta: float
+
+    @property
+    def pose(self) -> tuple[float, float, float]:
+        return (self.x, self.y, self.theta)
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    move_cost: float = 0.1
+    object_distance_cost: float = 0.02
+    robot_distance_cost: float = 0.01
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    resolution: float = 0.05
+    reach_margin: float = 0.15
+    proposal_radius: float = 1.5  # candidate target centres lie within this of the object
+    inflation_cells: float = 1.0  # robot C-space margin beyond its radius, in cells
+    clearance_cells: float = 2.0  # min centre-to-centre cells between a placed object and others
+    clearance: float = 0.01  # exact (polygon) gap in metres between a placed object and others
+    costs: CostConfig = field(default_factory=CostConfig)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    state: NamoState
+    cost: float
+    object_displacement: float
+    robot_path: float
+    reach_position: tuple[float, float]
+
+
+@dataclass
+class StateInfo:
+    """Everything the model derives from one state (cached per state)."""
+
+    footprints: list[np.ndarray]
+    occupied: np.ndarray
+    free: np.ndarray  # free C-space for the robot centre
+    reachable: np.ndarray
+    robot_distance: np.ndarray  # geodesic metres from the robot over free C-space
+    goal_reached: bool
+    goal_path: float  # geodesic metres robot -> goal (inf if unreachable)
+    reach: list[tuple[int, int] | None]  # reach cell per object (None: not reachable)
+    lifted: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
+class TransitionModel:
+    """Planning model for one scene; states are ``NamoState``; caches per-state analysis."""
+
+    def __init__(self, scene: Scene, config: ModelConfig | None = None, grid: Grid | None = None):
+        self.scene = scene
+        self.config = config or ModelConfig()
+        self.grid = grid or Grid.with_resolution(scene.width, scene.height, self.config.resolution)
+        g = self.grid
+        self.cell = max(g.res_x, g.res_y)
+        self.inflation = scene.robot_radius + self.config.inflation_cells * self.cell
+        self.reach_distance = self.inflation + self.config.reach_margin
+        self.static = np.zeros(g.shape, dtype=bool)
+        for w in scene.walls:
+            self.static |= rasterize_rect(g, w.x, w.y, 0.0, w.half_x, w.half_y)
+        # The world border counts as occupied, so nothing leaves the world.
+        self.static[0, :] = self.static[-1, :] = self.static[:, 0] = self.static[:, -1] = True
+        self.goal_cell = g.cell(*scene.goal)
+        self._info: dict[NamoState, StateInfo] = {}
+        self._footprints: dict[tuple[int, tuple[float, float, float]], np.ndarray] = {}
+        self._goal_static: np.ndarray | None = None
+        self._wall_corners = [rect_corners(w.x, w.y, 0.0, w.half_x, w.half_y) for w in scene.walls]
+
+    # -- geometry ------------------------------------------------------------------------------
+    def initial_state(self) -> NamoState:
+        return NamoState(
+            tuple(map(float, self.scene.robot_start)),
+            tuple(tuple(map(float, o.pose)) for o in self.scene.objects),
+        )
+
+    def footprint(self, k: int, pose: tuple[float, float, float]) -> np.ndarray:
+        key = (k, tuple(pose))
+        fp = self._footprints.get(key)
+        if fp is None:
+            o = self.scene.objects[k]
+            fp = rasterize_rect(self.grid, pose[0], pose[1], pose[2], o.half_x, o.half_y)
+            if len(self._footprints) > 20000:
+                self._footprints.clear()
+            self._footprints[key] = fp
+        return fp
+
+    def free_space(self, occupied: np.ndarray) -> np.ndarray:
+        return distance_to(self.grid, occupied) > self.inflation
+
+    def info(self, state: NamoState) -> StateInfo:
+        got = self._info.get(state)
+        if got is not None:
+            return got
+        if len(self._info) > 5000:
+            self._info.clear()
+        g = self.grid
+        fps = [self.footprint(k, p) for k, p in enumerate(state.poses)]
+        occupied = self.static.copy()
+        for fp in fps:
+            occupied |= fp
+        free = self.free_space(occupied)
+        rcell = g.cell(*state.robot)
+        dist = geodesic_distance(g, free, [rcell])
+        reachable = np.isfinite(dist)
+        goal_path = float(dist[self.goal_cell])
+        reach: list[tuple[int, int] | None] = []
+        for fp in fps:
+            band = reachable & (distance_to(g, fp) <= self.reach_distance)
+            if not band.any():
+                reach.append(None)
+                continue
+            d = np.where(band, dist, np.inf)
+            reach.append(tuple(int(v) for v in np.unravel_index(np.argmin(d), d.shape)))
+        info = StateInfo(
+            footprints=fps,
+            occupied=occupied,
+            free=free,
+            reachable=reachable,
+            robot_distance=dist,
+            goal_reached=bool(np.isfinite(goal_path)),
+            goal_path=goal_path,
+            reach=reach,
+        )
+        self._info[state] = info
+        return info
+
+    def goal_reached(self, state: NamoState) -> bool:
+        return self.info(state).goal_reached
+
+    def reachable_objects(self, state: NamoState) -> list[int]:
+        return [k for k, r in enumerate(self.info(state).reach) if r is not None]
+
+    def _lifted(self, state: NamoState, k: int):
+        """(occupied without object k, region reachable with k lifted out, dist to that region)."""
+        info = self.info(state)
+        got = info.lifted.get(k)
+        if got is None:
+            occ = self.static.copy()
+            for j, fp in enumerate(info.footprints):
+                if j != k:
+                    occ |= fp
+            free = self.free_space(occ)
+            labels, _ = ndimage.label(free, structure=_EIGHT)
+            i, j = info.reach[k]
+            region = labels == labels[i, j]
+            got = (distance_to(self.grid, occ), region, distance_to(self.grid, region))
+            info.lifted[k] = got
+        return got
+
+    # -- moves ---------------------------------------------------------------------------------
+    def check(self, state: NamoState, proposal: Proposal) -> str | None:
+        """None if the move is valid, else a one-line reason."""
+        try:
+            k = self.scene.object_index(proposal.object_id)
+        except KeyError as err:
+            return str(err.args[0])
+        info = self.info(state)
+        if info.reach[k] is None:
+            return f"{proposal.object_id} is not reachable"
+        o = self.scene.objects[k]
+        g = self.grid
+        fp = self.footprint(k, proposal.pose)
+        if not fp.any():
+            return f"{proposal.object_id} target pose is outside the world"
+        corners = rect_corners(*proposal.pose, o.half_x, o.half_y)
+        if corners.min() < 0 or corners[:, 0].max() > g.width or corners[:, 1].max() > g.height:
+            return f"{proposal.object_id} target pose leaves the world"
+        occ_dist, region, region_dist = self._lifted(state, k)
+        # Clearance to walls/other objects: the grid under-approximates footprints, so the grid
+        # test is backed by an exact polygon test of the grown target rectangle.
+        if (occ_dist[fp] < self.cell * self.config.clearance_cells).any():
+            return f"{proposal.object_id} target pose collides with a wall or another object"
+        grown = grow_rect(corners, self.config.clearance)
+        others = self._wall_corners + [
+            rect_corners(*pose, obj.half_x, obj.half_y)
+            for j, (obj, pose) in enumerate(zip(self.scene.objects, state.poses, strict=True))
+            if j != k
+        ]
+        if any(rects_overlap(grown, other) for other in others):
+            return f"{proposal.object_id} target pose collides with a wall or another object"
+        fp_dist = distance_to(g, fp)
+        if fp_dist[info.reach[k]] <= self.inflation:
+            return f"{proposal.object_id} target pose overlaps the robot"
+        if fp_dist[self.goal_cell] <= self.inflation:
+            return f"{proposal.object_id} target pose blocks the robot goal"
+        if not (region_dist[fp] <= self.reach_distance).any():
+            return f"{proposal.object_id} target pose is out of the robot's reach"
+        return None
+
+    def step(self, state: NamoState, proposal: Proposal) -> StepResult:
+        """Apply a valid move (raises ValueError naming the reason if it is not)."""
+        reason = self.check(state, proposal)
+        if reason is not None:
+            raise ValueError(f"invalid move: {reason}")
+        k = self.scene.object_index(proposal.object_id)
+        info = self.info(state)
+        i, j = info.reach[k]
+        robot = self.grid.center(i, j)
+        poses = list(state.poses)
+        old = poses[k]
+        poses[k] = (float(proposal.x), float(proposal.y), float(proposal.theta))
+        moved = math.hypot(proposal.x - old[0], proposal.y - old[1])
+        path = float(info.robot_distance[i, j])
+        c = self.config.costs
+        cost = c.move_cost + c.object_distance_cost * moved + c.robot_distance_cost * path
+        return StepResult(NamoState(robot, tuple(poses)), cost, moved, path, robot)
+
+    def final_cost(self, state: NamoState) -> float:
+        """Cost of driving to the goal from a goal-reached state."""
+        return self.config.costs.robot_distance_cost * self.info(state).goal_path
+
+    def proposals(
+        self,
+        state: NamoState,
+        per_object: int,
+        rng: np.random.Generator,
+        objects: list[int] | None = None,
+        max_tries: int = 12,
+    ) -> list[Proposal]:
+        """Up to ``per_object`` valid random target poses per reachable object (seeded by rng).
+
+        Candidate centres are cells of the region the robot reaches with the object lifted out,
+        within ``proposal_radius`` of the object; yaw is uniform in [-pi/2, pi/2).
+        """
+        info = self.info(state)
+        out: list[Proposal] = []
+        xs, ys = self.grid.xs(), self.grid.ys()
+        for k in objects if objects is not None else range(len(state.poses)):
+            if info.reach[k] is None:
+                continue
+            _, region, _ = self._lifted(state, k)
+            x0, y0, _ = state.poses[k]
+            near = region & (
+                (xs[None, :] - x0) ** 2 + (ys[:, None] - y0) ** 2 <= self.config.proposal_radius**2
+            )
+            cells = np.argwhere(near)
+            if len(cells) == 0:
+                continue
+            oid = self.scene.objects[k].object_id
+            found = 0
+            for _ in range(per_object * max_tries):
+                if found == per_object:
+                    break
+                i, j = cells[rng.integers(len(cells))]
+                x = float(xs[j] + rng.uniform(-0.5, 0.5) * self.grid.res_x)
+                y = float(ys[i] + rng.uniform(-0.5, 0.5) * self.grid.res_y)
+                yaw = round(float(rng.uniform(-1, 1)) * math.pi / 2, 4)
+                p = Proposal(oid, round(x, 4), round(y, 4), yaw)
+                if self.check(state, p) is None:
+                    out.append(p)
+                    found += 1
+        return out
+
+    def goal_distance_static(self) -> np.ndarray:
+        """Geodesic metres from the goal over C-space free of WALLS only (movable objects can be
+        moved, so they do not count); inf where walls cut a cell off. Cached per model."""
+        if self._goal_static is None:
+            self._goal_static = geodesic_distance(
+                self.grid, self.free_space(self.static), [self.goal_cell]
+            )
+        return self._goal_static
+
+    def robot_disc(self, xy: tuple[float, float]) -> np.ndarray:
+        return rasterize_disc(self.grid, xy[0], xy[1], self.scene.robot_radius)

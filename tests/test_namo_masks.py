@@ -1,0 +1,131 @@
+"""sim.namo.masks: channel semantics, ranges and determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from sim.namo.grid import Grid, rasterize_disc, rasterize_rect
+from sim.namo.masks import (
+    ACTION_KEYS,
+    SEED001_ALIASES,
+    STATE_KEYS,
+    proposal_masks,
+    sample_arrays,
+)
+from sim.namo.scene import doorway_scene, generate_scene
+from sim.namo.transition import TransitionModel
+
+BINARY = ("robot", "goal", "movable", "static", "reachable", "post_action_robot")
+BINARY += ("post_action_movable", "target_object", "target_goal")
+DISTANCES = ("robot_distance", "goal_distance", "combined_distance", "post_action_robot_distance")
+
+
+@pytest.fixture(scope="module")
+def pixel_model() -> TransitionModel:
+    """Planning grid == 100 x 100 image grid, so masks are the model's own arrays."""
+    scene = generate_scene(4)
+    return TransitionModel(scene, grid=Grid.image(scene.width, scene.height, 100))
+
+
+def _move(model: TransitionModel, seed: int = 0):
+    state = model.initial_state()
+    proposals = model.proposals(state, 2, np.random.default_rng(seed))
+    assert proposals
+    return state, proposals
+
+
+def test_keys_dtypes_ranges_and_determinism() -> None:
+    model = TransitionModel(generate_scene(3))
+    state, proposals = _move(model)
+    masks = proposal_masks(model, state, proposals[0], size=48)
+    assert set(masks) == set(STATE_KEYS) | set(ACTION_KEYS)
+    for key, m in masks.items():
+        assert m.shape == (48, 48) and m.dtype == np.float32, key
+        assert 0.0 <= m.min() and m.max() <= 1.0, key
+    for key in BINARY:
+        assert set(np.unique(masks[key])) <= {0.0, 1.0}, key
+        assert masks[key].any(), key
+    # A fresh model (no caches) gives identical arrays.
+    again = proposal_masks(TransitionModel(generate_scene(3)), state, proposals[0], size=48)
+    for key in masks:
+        np.testing.assert_array_equal(masks[key], again[key], err_msg=key)
+    arrays = sample_arrays(model, state, proposals[0], 0.5, size=48)
+    for alias, key in SEED001_ALIASES.items():
+        np.testing.assert_array_equal(arrays[alias], masks[key])
+    assert arrays["goal_q_value"].dtype == np.float32 and arrays["object_id"].dtype.kind == "U"
+    np.testing.assert_allclose(arrays["goal_coordinates"], proposals[0].pose, atol=1e-6)
+
+
+def test_reachable_is_flood_fill_of_free_space_from_robot(pixel_model: TransitionModel) -> None:
+    model = pixel_model
+    state, proposals = _move(model)
+    masks = proposal_masks(model, state, proposals[0], size=100)
+    g, scene = model.grid, model.scene
+    occupied = np.zeros(g.shape, bool)
+    for w in scene.walls:
+        occupied |= rasterize_rect(g, w.x, w.y, 0.0, w.half_x, w.half_y)
+    for o, pose in zip(scene.objects, state.poses, strict=True):
+        occupied |= rasterize_rect(g, *pose, o.half_x, o.half_y)
+    occupied[0, :] = occupied[-1, :] = occupied[:, 0] = occupied[:, -1] = True
+    free = ndimage.distance_transform_edt(~occupied, sampling=g.sampling) > model.inflation
+    labels, _ = ndimage.label(free, structure=np.ones((3, 3), bool))
+    expected = labels == labels[g.cell(*state.robot)]
+    np.testing.assert_array_equal(masks["reachable"] > 0.5, expected)
+    assert masks["reachable"][g.cell(*scene.goal)] == 0.0  # scene 4 starts blocked
+
+
+def test_distance_fields_zero_at_source_one_where_unreachable(pixel_model) -> None:  # noqa: ANN001
+    model = pixel_model
+    state, proposals = _move(model)
+    masks = proposal_masks(model, state, proposals[0], size=100)
+    g = model.grid
+    rc, gc = g.cell(*state.robot), g.cell(*model.scene.goal)
+    assert masks["robot_distance"][rc] == 0.0 and masks["goal_distance"][gc] == 0.0
+    assert masks["combined_distance"][rc] == pytest.approx(masks["goal_distance"][rc] / 2)
+    after = model.step(state, proposals[0]).state
+    assert masks["post_action_robot_distance"][g.cell(*after.robot)] == 0.0
+    reach = masks["reachable"] > 0.5
+    assert (masks["robot_distance"][~reach] == 1.0).all()
+    assert (masks["robot_distance"][reach] < 1.0).all()
+    assert (masks["static"] > 0.5)[masks["goal_distance"] < 1.0].sum() == 0  # walls never < 1
+    # Geodesic: one step between 4-neighbours in the reachable region changes it by <= 1 cell.
+    d = masks["robot_distance"]
+    step = g.res_x / (g.width + g.height) + 1e-6
+    both = reach[:, 1:] & reach[:, :-1]
+    assert (np.abs(d[:, 1:] - d[:, :-1])[both] <= step).all()
+
+
+def test_post_action_masks_change_exactly_where_the_object_moved() -> None:
+    model = TransitionModel(generate_scene(4))
+    state, proposals = _move(model, seed=1)
+    for p in proposals[:4]:
+        m = proposal_masks(model, state, p, size=96)
+        moved = (m["target_object"] > 0.5) ^ (m["target_goal"] > 0.5)
+        diff = m["movable"] != m["post_action_movable"]
+        np.testing.assert_array_equal(diff, moved)
+        after = model.step(state, p).state
+        g = Grid.image(model.scene.width, model.scene.height, 96)
+        disc = rasterize_disc(g, *after.robot, model.scene.robot_radius)
+        np.testing.assert_array_equal(m["post_action_robot"] > 0.5, disc)
+        # The 8 pre-action channels do not depend on the proposal.
+        first = proposal_masks(model, state, proposals[0], size=96)
+        for key in STATE_KEYS[:8]:
+            np.testing.assert_array_equal(m[key], first[key])
+
+
+def test_invalid_move_is_refused_with_reason() -> None:
+    model = TransitionModel(doorway_scene())
+    state = model.initial_state()
+    from sim.namo.transition import Proposal
+
+    with pytest.raises(ValueError, match="collides with a wall"):
+        proposal_masks(model, state, Proposal("door", 2.0, 0.4, 0.0), size=32)
+
+
+def test_channel_order_matches_the_q_function_consumer() -> None:
+    from learning.namo.keys import ACTION_KEYS as Q_ACTION
+    from learning.namo.keys import STATE_KEYS as Q_STATE
+
+    assert (STATE_KEYS, ACTION_KEYS) == (Q_STATE, Q_ACTION)

@@ -1,0 +1,155 @@
+"""sim.namo.planners registry + evaluation harness, MuJoCo plan check, decision rendering."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sim.namo.evaluate_planners import DEFAULT_FIRST_SEED, evaluate_planners, summarize
+from sim.namo.mcts import MCTS, MCTSConfig
+from sim.namo.mujoco_model import NamoPhysics, check_plan
+from sim.namo.planners import PLANNERS, make_planner, register_planner
+from sim.namo.render import colormap, render_decision, save_png
+from sim.namo.scene import doorway_scene, generate_scene
+from sim.namo.transition import NamoState, TransitionModel
+
+SEEDS = [DEFAULT_FIRST_SEED + k for k in range(4)]
+
+
+def test_registry_names_and_errors() -> None:
+    assert {"mcts", "random", "learned_q", "dit_q"} <= set(PLANNERS)
+    with pytest.raises(KeyError, match="unknown NAMO planner 'nope'"):
+        make_planner("nope")
+    planner = make_planner("random")
+    with pytest.raises(RuntimeError, match="call reset"):
+        planner.choose(TransitionModel(doorway_scene()).initial_state())
+    register_planner("random_again", lambda **kw: make_planner("random", **kw))
+    assert make_planner("random_again").name == "random"
+    del PLANNERS["random_again"]
+
+
+def test_evaluate_mcts_and_random_on_held_out_scenes() -> None:
+    planners = [make_planner("mcts", budget=20), make_planner("random")]
+    rows = evaluate_planners(planners, SEEDS, max_moves=4)
+    assert len(rows) == 2 * len(SEEDS) and {r["seed"] for r in rows} == set(SEEDS)
+    mcts = [r for r in rows if r["planner"] == "mcts"]
+    assert all(r["success"] for r in mcts)
+    assert all(r["seconds_per_decision"] > 0 for r in mcts if r["decisions"])
+    summary = {s["planner"]: s for s in summarize(rows)}
+    assert summary["mcts"]["success_rate"] == 1.0
+    assert summary["mcts"]["moves_per_solve"] <= summary["random"]["moves_per_solve"] or (
+        summary["random"]["success_rate"] < 1.0
+    )
+    # Same planner, same seeds -> same rows (timings aside).
+    again = evaluate_planners([make_planner("mcts", budget=20)], SEEDS, max_moves=4)
+    strip = [{k: v for k, v in r.items() if "seconds" not in k} for r in again]
+    assert strip == [{k: v for k, v in r.items() if "seconds" not in k} for r in mcts]
+
+
+@pytest.fixture(scope="module")
+def q_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch = pytest.importorskip("torch")
+    from learning.namo.export import export_q_function
+    from learning.namo.model import QFunctionNet
+
+    torch.manual_seed(0)
+    net = QFunctionNet(hidden_dim=16, image_size=16, encoder_channels=[4, 4, 4, 4])
+    return export_q_function(net, tmp_path_factory.mktemp("namo_q") / "q.onnx", 40, 40)
+
+
+def test_learned_q_from_the_registry_runs_on_an_onnx_q_function(q_onnx: Path) -> None:
+    planner = make_planner("learned_q", model_path=str(q_onnx), proposals_per_object=2)
+    assert planner.name == "learned_q" and planner.mask_size == 40  # read from the ONNX input
+    rows = evaluate_planners([planner], SEEDS, max_moves=2)
+    assert sum(r["decisions"] for r in rows) >= 1
+    assert all(r["decisions"] == 0 or r["network_seconds_per_decision"] > 0 for r in rows)
+    decision = planner.last_decision
+    assert len(decision.q_values) == len(decision.proposals) >= 1
+    assert decision.proposal is decision.proposals[int(np.argmax(decision.q_values))]
+
+
+def test_dit_q_from_the_registry_runs_with_onnx_generator_and_q(
+    q_onnx: Path, tmp_path: Path
+) -> None:
+    torch = pytest.importorskip("torch")
+    from hydra.utils import instantiate
+
+    from learning.export import export_model
+    from learning.train import compose_config
+
+    cfg = compose_config(
+        "train_fb_flow_matching",
+        ["network=dit_tiny", "image_size=32", "model.sampler.method=euler", "sampling_steps=1"],
+    )
+    torch.manual_seed(0)
+    export_model(instantiate(cfg.model, _convert_="all").eval(), tmp_path / "g.onnx", {})
+    planner = make_planner(
+        "dit_q",
+        generator_path=str(tmp_path / "g.onnx"),
+        q_model_path=str(q_onnx),
+        proposals_per_object=2,
+    )
+    assert planner.name == "dit_q" and planner.mask_size == 40
+    rows = evaluate_planners([planner], SEEDS[1:3], max_moves=1)
+    assert sum(r["decisions"] for r in rows) >= 1
+    d = planner.last_decision
+    assert d.generated >= 2 and (d.fallback or d.valid == len(d.proposals))
+
+
+def test_evaluate_cli_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sim.namo.evaluate_planners", "--planners", "mcts", "random",
+         "--seeds", *map(str, SEEDS[:2]), "--mcts-budget", "10", "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    payload = json.loads(out.read_text())
+    assert [s["planner"] for s in payload["summary"]] == ["mcts", "random"]
+    assert len(payload["rows"]) == 4 and "success_rate" in proc.stdout
+
+
+def test_mujoco_check_accepts_the_mcts_plan_and_rejects_a_box_in_a_wall() -> None:
+    model = TransitionModel(doorway_scene(distractor=True))
+    state = model.initial_state()
+    best = MCTS(model, MCTSConfig(budget=30, seed=0)).search(state).best
+    check = check_plan(model, [best])
+    assert check.ok, check.failures()
+    assert len(check.states) == 2
+    # A pose the transition model would refuse: the door box pushed into the wall below.
+    bad = NamoState(state.robot, ((2.0, 0.4, 0.0), state.poses[1]))
+    result = NamoPhysics(model.scene).check_state(bad)
+    assert result.max_penetration > 0.05
+    assert any("door" in (a, b) for a, b, _ in result.penetrations)
+    assert result.max_drift > 0.005  # the contact solver pushes it out: it does not stay put
+
+
+def test_mujoco_check_accepts_random_moves_on_generated_scenes() -> None:
+    for seed in (1, 4):
+        model = TransitionModel(generate_scene(seed))
+        state, rng, plan = model.initial_state(), np.random.default_rng(seed), []
+        for _ in range(3):
+            moves = model.proposals(state, 2, rng)
+            plan.append(moves[int(rng.integers(len(moves)))])
+            state = model.step(state, plan[-1]).state
+        check = check_plan(model, plan, settle_steps=30)
+        assert check.ok, (seed, check.failures())
+
+
+def test_render_decision_png_colours_proposals_by_q(tmp_path: Path) -> None:
+    model = TransitionModel(doorway_scene(distractor=True))
+    state = model.initial_state()
+    result = MCTS(model, MCTSConfig(budget=20, seed=0)).search(state)
+    img = render_decision(model, state, result.proposals, result.q_values, size=256, mask_size=64)
+    path = save_png(img, tmp_path / "decision.png")
+    loaded = np.asarray(Image.open(path).convert("RGB"))
+    assert loaded.shape[1] == 512 and loaded.shape[0] >= 256
+    best_colour = np.array(colormap(float(result.q_values.max())))
+    left = loaded[:, :256].reshape(-1, 3)
+    assert (np.abs(left - best_colour).sum(1) <= 3).any()  # best proposal outline drawn
