@@ -24,7 +24,7 @@ def report(name: str, rows: list[dict[str, Any]], note: str | None = None) -> Pa
         table.add_column(col)
     for row in rows:
         table.add_row(*(_fmt(row.get(c, "")) for c in columns))
-    Console(width=max(120, Console().width)).print(table)
+    Console(width=max(200, Console().width)).print(table)  # wide enough for a log file
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     payload = {
