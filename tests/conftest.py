@@ -1,4 +1,4 @@
-"""Suite-wide environment: private ROS domain per xdist worker, loopback-only DDS, EGL rendering."""
+"""Suite-wide environment: a private ROS domain per xdist worker, loopback-only DDS, EGL."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ import tempfile
 import pytest
 
 _SHM_BEFORE: set[str] = set()
+_SHM_PATTERNS = ("/dev/shm/fastdds_*", "/dev/shm/fast_datasharing*", "/dev/shm/sem.fastdds_*")
+
+
+def _shm_files() -> set[str]:
+    return {f for pattern in _SHM_PATTERNS for f in glob.glob(pattern)}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -23,13 +28,30 @@ def pytest_configure(config: pytest.Config) -> None:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     index = int(worker[2:]) if worker.startswith("gw") else 0
     os.environ["ROS_DOMAIN_ID"] = str(int(os.environ["ROBOLOOP_TEST_DOMAIN_BASE"]) + index)
-    _SHM_BEFORE.update(glob.glob("/dev/shm/fastdds_*") + glob.glob("/dev/shm/fast_datasharing*"))
+    _SHM_BEFORE.update(_shm_files())
     try:
         import torch
 
         torch.set_num_threads(1)
     except ImportError:
         pass
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The suite must leave no Fast DDS shared-memory files behind (checked once, by the
+    controller, after every worker and node process has exited)."""
+    if hasattr(session.config, "workerinput") or session.config.getoption("collectonly"):
+        return
+    leftovers = sorted(_shm_files() - _SHM_BEFORE)
+    if leftovers:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"ERROR: the suite left {len(leftovers)} files in /dev/shm: "
+                f"{', '.join(leftovers[:10])}",
+                red=True,
+            )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

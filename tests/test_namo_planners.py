@@ -13,7 +13,7 @@ from PIL import Image
 
 from sim.namo.evaluate_planners import DEFAULT_FIRST_SEED, evaluate_planners, summarize
 from sim.namo.mcts import MCTS, MCTSConfig
-from sim.namo.mujoco_model import NamoPhysics, check_plan
+from sim.namo.mujoco_model import NamoPhysics, check_plan, grid_path
 from sim.namo.planners import PLANNERS, make_planner, register_planner
 from sim.namo.render import colormap, render_decision, save_png
 from sim.namo.scene import doorway_scene, generate_scene
@@ -128,6 +128,24 @@ def test_mujoco_check_accepts_the_mcts_plan_and_rejects_a_box_in_a_wall() -> Non
     assert result.max_penetration > 0.05
     assert any("door" in (a, b) for a, b, _ in result.penetrations)
     assert result.max_drift > 0.005  # the contact solver pushes it out: it does not stay put
+
+
+def test_mujoco_robot_drives_to_the_goal_only_once_the_door_box_is_moved() -> None:
+    model = TransitionModel(doorway_scene())
+    start = model.initial_state()
+    with pytest.raises(ValueError, match="goal not reachable"):
+        grid_path(model, start)
+    best = MCTS(model, MCTSConfig(budget=20, seed=0)).search(start).best
+    check = check_plan(model, [best], drive_to_goal=True)
+    assert check.ok, check.failures()
+    assert check.drive.goal_error < 0.02 and check.drive.max_object_drift < 1e-3
+    assert len(check.drive.path) > 10
+    solved = model.step(start, best).state
+    # Same path, but physically the box still sits in the doorway: the robot cannot get through
+    # without shoving it, and the check says so.
+    blocked = NamoPhysics(model.scene).drive(model, solved, physical_state=start)
+    problems = blocked.failures(0.05, 1e-3, 5e-3)
+    assert problems and blocked.max_object_drift + blocked.goal_error > 0.05
 
 
 def test_mujoco_check_accepts_random_moves_on_generated_scenes() -> None:

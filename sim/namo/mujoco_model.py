@@ -7,7 +7,11 @@ above the floor (no floor contact, so gravity and friction do not move it).
 ``check_state`` puts a ``NamoState`` into the model, reports every penetrating contact that
 does not involve the floor, then steps the physics and reports how far objects and robot
 drift (they should stay where the plan put them). ``check_plan`` does that for every state of
-a plan executed by the transition model.
+a plan executed by the transition model and, with ``drive_to_goal=True``, then ``drive``s the
+robot to its goal: position actuators on the slide joints track a carrot moving at constant
+speed along the grid path (steepest descent of the goal's geodesic distance over free C-space);
+it reports the final distance to the goal, the deepest robot contact and how far any object
+was pushed.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field
 import mujoco
 import numpy as np
 
+from sim.namo.grid import geodesic_distance
 from sim.namo.scene import Scene
 from sim.namo.transition import NamoState, Proposal, TransitionModel
 
@@ -61,6 +66,10 @@ def scene_xml(scene: Scene) -> str:
         f'size="{scene.robot_radius} {ROBOT_HALF_HEIGHT}"/>',
         "    </body>",
         "  </worldbody>",
+        "  <actuator>",
+        '    <position name="robot_x" joint="robot_x" kp="2000" kv="400"/>',
+        '    <position name="robot_y" joint="robot_y" kp="2000" kv="400"/>',
+        "  </actuator>",
         "</mujoco>",
     ]
     return "\n".join(parts)
@@ -82,17 +91,35 @@ class StateCheck:
 
 
 @dataclass
+class DriveCheck:
+    path: np.ndarray  # (W, 2) waypoints (m), robot cell -> goal
+    goal_error: float  # metres between robot and goal at the end
+    max_penetration: float  # deepest robot contact (floor excluded) during the drive
+    max_object_drift: float  # largest object xy displacement caused by the drive
+    steps: int
+
+    def failures(self, goal_tol: float, penetration_tol: float, drift_tol: float) -> list[str]:
+        out = []
+        if self.goal_error > goal_tol:
+            out.append(f"drive: robot stopped {self.goal_error * 1000:.0f} mm from the goal")
+        if self.max_penetration > penetration_tol:
+            out.append(f"drive: robot penetrated by {self.max_penetration * 1000:.1f} mm")
+        if self.max_object_drift > drift_tol:
+            out.append(f"drive: robot pushed an object {self.max_object_drift * 1000:.1f} mm")
+        return out
+
+
+@dataclass
 class PlanCheck:
     states: list[StateCheck]
     penetration_tol: float
     drift_tol: float
+    drive: DriveCheck | None = None
+    goal_tol: float = 0.05
 
     @property
     def ok(self) -> bool:
-        return all(
-            s.max_penetration <= self.penetration_tol and s.max_drift <= self.drift_tol
-            for s in self.states
-        )
+        return not self.failures()
 
     def failures(self) -> list[str]:
         out = []
@@ -102,6 +129,8 @@ class PlanCheck:
                     out.append(f"state {k}: {a} penetrates {b} by {d * 1000:.1f} mm")
             if s.max_drift > self.drift_tol:
                 out.append(f"state {k}: {s.drift_body} drifted {s.max_drift * 1000:.1f} mm")
+        if self.drive is not None:
+            out += self.drive.failures(self.goal_tol, self.penetration_tol, self.drift_tol)
         return out
 
 
@@ -122,6 +151,7 @@ class NamoPhysics:
             m.jnt_qposadr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, n)]
             for n in ("robot_x", "robot_y")
         ]
+        self.robot_geom = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, "robot")
 
     def set_state(self, state: NamoState) -> None:
         d = self.data
@@ -137,6 +167,7 @@ class NamoPhysics:
                 math.sin(yaw / 2),
             ]
         d.qpos[self.robot_qpos[0]], d.qpos[self.robot_qpos[1]] = state.robot
+        d.ctrl[:] = state.robot  # actuators hold the robot where it is
         mujoco.mj_forward(self.model, d)
 
     def _xy(self) -> np.ndarray:
@@ -162,6 +193,68 @@ class NamoPhysics:
         out.max_drift, out.drift_body = float(drift[k]), names[k]
         return out
 
+    def _robot_penetration(self) -> float:
+        d = self.data
+        depth = 0.0
+        for c in d.contact[: d.ncon]:
+            if self.robot_geom in (c.geom1, c.geom2) and self.floor not in (c.geom1, c.geom2):
+                depth = max(depth, -float(c.dist))
+        return depth
+
+    def drive(
+        self,
+        model: TransitionModel,
+        state: NamoState,
+        speed: float = 0.3,
+        physical_state: NamoState | None = None,
+    ) -> DriveCheck:
+        """Drive the robot from ``state`` to the scene goal along the planning grid's path.
+
+        ``physical_state``: where the bodies really are, if not where the plan believes (tests
+        use it to show that a drive through a box that was never moved fails)."""
+        path = grid_path(model, state)
+        self.set_state(physical_state or state)
+        m, d = self.model, self.data
+        objects0 = self._xy()[:-1]
+        seg = np.linalg.norm(np.diff(path, axis=0), axis=1)
+        along = np.concatenate([[0.0], np.cumsum(seg)])
+        substeps = 10
+        advance = speed * m.opt.timestep * substeps
+        s_car, steps, max_pen = 0.0, 0, 0.0
+        settle = int(1.0 / (m.opt.timestep * substeps))
+        n_control = int(math.ceil(along[-1] / advance)) + settle
+        for _ in range(n_control):
+            s_car = min(s_car + advance, along[-1])
+            d.ctrl[0] = np.interp(s_car, along, path[:, 0])
+            d.ctrl[1] = np.interp(s_car, along, path[:, 1])
+            for _ in range(substeps):
+                mujoco.mj_step(m, d)
+                steps += 1
+            max_pen = max(max_pen, self._robot_penetration())
+        xy = self._xy()
+        goal_error = float(np.linalg.norm(xy[-1] - np.asarray(self.scene.goal)))
+        drift = float(np.linalg.norm(xy[:-1] - objects0, axis=1).max(initial=0.0))
+        return DriveCheck(path, goal_error, max_pen, drift, steps)
+
+
+def grid_path(model: TransitionModel, state: NamoState) -> np.ndarray:
+    """(W, 2) waypoints from the robot to the goal over the planning grid's free C-space
+    (steepest descent of the goal's geodesic distance; ends exactly at the goal)."""
+    info = model.info(state)
+    if not info.goal_reached:
+        raise ValueError(f"scene {model.scene.seed}: goal not reachable from {state.robot}")
+    g = model.grid
+    dist = geodesic_distance(g, info.free, [model.goal_cell])
+    i, j = g.cell(*state.robot)
+    cells = [(i, j)]
+    while (i, j) != model.goal_cell:
+        window = dist[max(i - 1, 0) : i + 2, max(j - 1, 0) : j + 2]
+        di, dj = np.unravel_index(np.argmin(window), window.shape)
+        i, j = max(i - 1, 0) + int(di), max(j - 1, 0) + int(dj)
+        cells.append((i, j))
+    pts = [state.robot] + [g.center(a, b) for a, b in cells[1:-1]] + [model.scene.goal]
+    return np.asarray(pts, dtype=float)
+
 
 def check_plan(
     model: TransitionModel,
@@ -170,13 +263,16 @@ def check_plan(
     penetration_tol: float = 1e-3,
     drift_tol: float = 5e-3,
     settle_steps: int = 100,
+    drive_to_goal: bool = False,
+    goal_tol: float = 0.05,
 ) -> PlanCheck:
     """Execute ``proposals`` with the transition model from ``state`` (default: the start) and
-    check the start and every resulting state physically."""
+    check the start and every resulting state physically; optionally drive to the goal."""
     physics = NamoPhysics(model.scene)
     state = state or model.initial_state()
     checks = [physics.check_state(state, settle_steps)]
     for p in proposals:
         state = model.step(state, p).state
         checks.append(physics.check_state(state, settle_steps))
-    return PlanCheck(checks, penetration_tol, drift_tol)
+    drive = physics.drive(model, state) if drive_to_goal else None
+    return PlanCheck(checks, penetration_tol, drift_tol, drive, goal_tol)
