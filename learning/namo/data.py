@@ -1,0 +1,263 @@
+"""QFunctionDataModule: NAMO mask files -> (state_masks, action_masks, target_q) batches.
+
+One file `episode_<e>_goal_<g>_proposal_<p>.npz` is one (state, proposal) pair scored by MCTS.
+Splits are by EPISODE (one scene never lands in two splits, so validation measures transfer to
+unseen scenes). Files are opened lazily per item; `setup` only reads each zip's key directory.
+
+Batch keys (shapes for batch size B, image side S = image_size or the file's H/W):
+    state_masks  (B, 11, S, S) float32   STATE_KEYS order
+    action_masks (B, 2, S, S)  float32   ACTION_KEYS order
+    target_q     (B, 1)        float32   goal_q_value
+    episode, goal, proposal (B,) int64   group ids: one state = (episode, goal)
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from learning.namo.keys import ACTION_KEYS, FILE_GLOB, FILE_RE, STATE_KEYS, TARGET_KEY
+
+REQUIRED_KEYS = (*STATE_KEYS, *ACTION_KEYS, TARGET_KEY)
+
+
+class MaskFileError(ValueError):
+    """A mask file is missing, unreadable, or lacks/misshapes a required key (names both)."""
+
+
+@dataclass(frozen=True)
+class MaskFile:
+    path: Path
+    episode: int
+    goal: int
+    proposal: int
+
+
+def find_mask_files(data_dir: str | Path) -> list[MaskFile]:
+    """All `episode_*_goal_*_proposal_*.npz` under `data_dir` (non-recursive), sorted by ids."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise MaskFileError(f"{root}: data_dir is not a directory")
+    files = []
+    for path in root.glob(FILE_GLOB):
+        match = FILE_RE.match(path.name)
+        if match is None:  # e.g. episode_x_goal_1_proposal_2.npz: the glob is looser than ids
+            raise MaskFileError(
+                f"{path}: name does not match episode_<int>_goal_<int>_proposal_<int>.npz"
+            )
+        files.append(MaskFile(path, *(int(g) for g in match.groups())))
+    if not files:
+        raise MaskFileError(f"{root}: no {FILE_GLOB} files")
+    return sorted(files, key=lambda f: (f.episode, f.goal, f.proposal))
+
+
+def check_keys(path: Path) -> None:
+    """Raise MaskFileError naming the file and the first missing key (reads only the zip index)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            present = {name.removesuffix(".npy") for name in zf.namelist()}
+    except (OSError, zipfile.BadZipFile) as err:
+        raise MaskFileError(f"{path}: cannot read npz: {err}") from None
+    for key in REQUIRED_KEYS:
+        if key not in present:
+            raise MaskFileError(f"{path}: missing key {key!r}")
+
+
+def split_episodes(
+    episodes: list[int], fractions: tuple[float, float, float], seed: int
+) -> tuple[list[int], list[int], list[int]]:
+    """Shuffle episode ids (seeded) and cut them into train/val/test by the given fractions.
+
+    With >= 3 episodes and non-zero fractions, val and test get at least one episode each.
+    """
+    total = sum(fractions)
+    if total <= 0 or any(f < 0 for f in fractions):
+        raise ValueError(f"split fractions must be >= 0 with a positive sum, got {fractions}")
+    ids = sorted(set(episodes))
+    np.random.default_rng(seed).shuffle(ids)
+    n = len(ids)
+    n_val = round(n * fractions[1] / total)
+    n_test = round(n * fractions[2] / total)
+    if n >= 3:
+        n_val = max(n_val, 1) if fractions[1] > 0 else 0
+        n_test = max(n_test, 1) if fractions[2] > 0 else 0
+    n_train = n - n_val - n_test
+    return ids[:n_train], ids[n_train : n_train + n_val], ids[n_train + n_val :]
+
+
+def load_item(path: Path, image_size: int | None = None) -> dict[str, torch.Tensor]:
+    """Read one mask file into unbatched tensors (see the module docstring for keys)."""
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise MaskFileError(f"{path}: cannot read npz: {err}") from None
+    with npz:
+        state = np.stack([_mask(npz, path, k) for k in STATE_KEYS])
+        action = np.stack([_mask(npz, path, k) for k in ACTION_KEYS])
+        if TARGET_KEY not in npz.files:
+            raise MaskFileError(f"{path}: missing key {TARGET_KEY!r}")
+        q = np.asarray(npz[TARGET_KEY], dtype=np.float32)
+    if q.size != 1:
+        raise MaskFileError(f"{path}: key {TARGET_KEY!r} has shape {q.shape}, expected a scalar")
+    state_t, action_t = torch.from_numpy(state), torch.from_numpy(action)
+    if image_size is not None:
+        state_t, action_t = resize_masks(state_t, image_size), resize_masks(action_t, image_size)
+    return {
+        "state_masks": state_t,
+        "action_masks": action_t,
+        "target_q": torch.from_numpy(q.reshape(1)),
+    }
+
+
+def _mask(npz: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray:
+    if key not in npz.files:
+        raise MaskFileError(f"{path}: missing key {key!r}")
+    arr = npz[key]
+    if arr.ndim != 2:
+        raise MaskFileError(f"{path}: key {key!r} has shape {arr.shape}, expected (H, W)")
+    return arr.astype(np.float32, copy=False)
+
+
+def resize_masks(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Area-average (C, H, W) or (B, C, H, W) masks to size x size; identity when already there.
+
+    The network applies the same pooling to its inputs, so downsizing here (to save memory
+    and time) or inside the network gives identical numbers.
+    """
+    if x.shape[-2:] == (size, size):
+        return x
+    if x.ndim == 3:
+        return F.adaptive_avg_pool2d(x.unsqueeze(0), size).squeeze(0)
+    return F.adaptive_avg_pool2d(x, size)
+
+
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Element k in 0..7 of the square's symmetry group on the last two axes (k=0: identity).
+
+    A NAMO scene seen in a mirror or rotated by 90 degrees is the same problem with the same
+    MCTS value (the masks and geodesic fields transform together), so training on all 8 views
+    is free data. Needs square masks.
+    """
+    if k >= 4:
+        x = x.flip(-1)
+    return torch.rot90(x, k % 4, dims=(-2, -1))
+
+
+class QFunctionDataset(Dataset):
+    """Lazy dataset over mask files; every item is read from disk when asked for.
+
+    augment: apply one random symmetry of the square (same for state and action masks).
+    """
+
+    def __init__(
+        self, files: list[MaskFile], image_size: int | None = None, augment: bool = False
+    ) -> None:
+        self.files = files
+        self.image_size = image_size
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        f = self.files[index]
+        item = load_item(f.path, self.image_size)
+        if self.augment:
+            k = int(torch.randint(8, ()))
+            item["state_masks"] = dihedral(item["state_masks"], k).contiguous()
+            item["action_masks"] = dihedral(item["action_masks"], k).contiguous()
+        item["episode"] = torch.tensor(f.episode)
+        item["goal"] = torch.tensor(f.goal)
+        item["proposal"] = torch.tensor(f.proposal)
+        return item
+
+
+class QFunctionDataModule(pl.LightningDataModule):
+    """Episode-split NAMO mask data for Q(s, a) regression (seed 000 names and defaults)."""
+
+    def __init__(
+        self,
+        data_dir: str,
+        batch_size: int = 32,
+        num_workers: int = 4,
+        train_split: float = 0.8,
+        val_split: float = 0.1,
+        test_split: float = 0.1,
+        image_size: int | None = None,
+        split_seed: int = 0,
+        augment: bool = False,
+    ) -> None:
+        super().__init__()
+        self.data_dir = data_dir
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.fractions = (train_split, val_split, test_split)
+        self.image_size = image_size
+        self.split_seed = split_seed
+        self.augment = augment
+        self.splits: dict[str, QFunctionDataset] = {}
+        self.split_episodes: dict[str, list[int]] = {}
+
+    def prepare_data(self) -> None:
+        # Fail before training starts: every file is listed and its key directory checked.
+        for f in find_mask_files(self.data_dir):
+            check_keys(f.path)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        files = find_mask_files(self.data_dir)
+        names = ("train", "val", "test")
+        episode_splits = split_episodes(
+            [f.episode for f in files], self.fractions, self.split_seed
+        )
+        for name, episodes in zip(names, episode_splits, strict=True):
+            keep = set(episodes)
+            self.split_episodes[name] = sorted(keep)
+            self.splits[name] = QFunctionDataset(
+                [f for f in files if f.episode in keep],
+                self.image_size,
+                augment=self.augment and name == "train",  # val/test see the data as stored
+            )
+
+    def model_kwargs(self) -> dict[str, list[int]]:
+        """Data-derived model argument for learning.train: the stored mask size (H, W)."""
+        first = find_mask_files(self.data_dir)[0]
+        with np.load(first.path) as npz:
+            return {"input_shape": [int(d) for d in _mask(npz, first.path, STATE_KEYS[0]).shape]}
+
+    @property
+    def has_test_split(self) -> bool:
+        """learning.train runs `trainer.test` after fitting when this is true."""
+        return len(self.splits.get("test", ())) > 0
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.splits[split]
+        if len(dataset) == 0:
+            raise MaskFileError(
+                f"{self.data_dir}: split {split!r} is empty "
+                f"({len(self.split_episodes['train'])} train episodes; need more episodes)"
+            )
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

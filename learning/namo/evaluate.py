@@ -1,0 +1,57 @@
+"""Score a Q-function checkpoint on a folder of mask files (all of it held out).
+
+    python -m learning.namo.evaluate ckpt=PATH.ckpt data_dir=DIR [batch_size=64]
+
+Prints and returns MSE, mean per-state Spearman, top-1 agreement and the number of rankable
+states (`learning.namo.metrics`), e.g. on MCTS episodes collected from seeds no training run saw.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import torch
+
+from learning.namo.data import QFunctionDataModule
+from learning.namo.metrics import group_ids, ranking_metrics
+from learning.namo.model import QFunctionNet
+
+
+def evaluate(ckpt: str, data_dir: str, batch_size: int = 64) -> dict[str, float]:
+    model = QFunctionNet.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    dm = QFunctionDataModule(
+        data_dir,
+        batch_size,
+        num_workers=0,
+        train_split=0.0,
+        val_split=0.0,
+        test_split=1.0,
+        image_size=model.image_size,
+    )
+    dm.prepare_data()
+    dm.setup("test")
+    cols: dict[str, list[np.ndarray]] = {"pred": [], "target": [], "episode": [], "goal": []}
+    with torch.inference_mode():
+        for b in dm.test_dataloader():
+            cols["pred"].append(model(b["state_masks"], b["action_masks"]).reshape(-1).numpy())
+            cols["target"].append(b["target_q"].reshape(-1).numpy())
+            cols["episode"].append(b["episode"].numpy())
+            cols["goal"].append(b["goal"].numpy())
+    cat = {k: np.concatenate(v) for k, v in cols.items()}
+    out = {"mse": float(np.mean((cat["pred"] - cat["target"]) ** 2)), "samples": len(cat["pred"])}
+    out.update(ranking_metrics(cat["pred"], cat["target"], group_ids(cat["episode"], cat["goal"])))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    items = sys.argv[1:] if argv is None else argv
+    args = dict(a.split("=", 1) for a in items if "=" in a)
+    if len(args) != len(items) or not {"ckpt", "data_dir"} <= set(args):
+        sys.exit("usage: python -m learning.namo.evaluate ckpt=PATH data_dir=DIR [batch_size=64]")
+    print(json.dumps(evaluate(args["ckpt"], args["data_dir"], int(args.get("batch_size", 64)))))
+
+
+if __name__ == "__main__":
+    main()

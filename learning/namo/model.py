@@ -1,0 +1,216 @@
+"""QFunctionNet: Q(s, a) from 11 state masks + 2 action masks (seed 000).
+
+    model = QFunctionNet.load_from_checkpoint("last.ckpt")
+    q = model(state_masks, action_masks)   # (B, 11, H, W), (B, 2, H, W) -> (B, 1)
+
+The network is a plain `CNNEncoder` (strided convs over the 13 concatenated channels, then a
+small fixed spatial grid flattened so "where" survives) and an MLP head. Inputs larger than
+`image_size` are area-averaged down to it first, so checkpoints take full-size 224x224 masks
+(`input_shape`, the stored mask size, only fixes the ONNX export's H, W; pick `image_size`
+dividing it so both exporters produce a plain AveragePool).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from learning.namo.data import resize_masks
+from learning.namo.keys import ACTION_CHANNELS, ACTION_KEYS, STATE_CHANNELS, STATE_KEYS
+from learning.namo.metrics import group_ids, ranking_metrics
+
+STATE_INPUT, ACTION_INPUT, Q_OUTPUT = "state_masks", "action_masks", "q_values"  # ONNX names
+
+
+class CNNEncoder(nn.Module):
+    """(B, C, S, S) -> (B, features): strided 3x3 convs, the final map flattened.
+
+    The final map is average-pooled to `grid` x `grid` only when it is larger than that (or when
+    `input_size` is None: any input size), so small inputs keep every cell and exporters never
+    meet a non-dividing adaptive pool.
+    """
+
+    def __init__(
+        self,
+        input_channels: int = 13,
+        channels: Sequence[int] = (32, 64, 128, 128),
+        input_size: int | None = 56,
+        grid: int = 4,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev, side = input_channels, input_size
+        for width in channels:
+            layers += [
+                nn.Conv2d(prev, width, 3, stride=2, padding=1),
+                nn.GroupNorm(8 if width % 8 == 0 else 1, width),
+                nn.SiLU(),
+            ]
+            prev = width
+            side = None if side is None else (side + 1) // 2
+        if side is None or side > grid:
+            layers.append(nn.AdaptiveAvgPool2d(grid))
+            side = grid
+        layers.append(nn.Flatten())
+        self.net = nn.Sequential(*layers)
+        self.out_dim = prev * side * side
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class MaskedPooling(nn.Module):
+    """Mean of every channel under each "where" mask: (B, C, H, W) -> (B, C * M).
+
+    E.g. post_action_robot_distance averaged over the goal disc says whether the move opens the
+    way to the goal; a conv stack has to learn that lookup, this reads it directly.
+    """
+
+    def __init__(self, mask_channels: Sequence[int]) -> None:
+        super().__init__()
+        self.mask_channels = list(mask_channels)
+        self.out_per_channel = len(self.mask_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        masks = x[:, self.mask_channels].flatten(2)  # (B, M, HW)
+        sums = torch.matmul(x.flatten(2), masks.transpose(1, 2))  # (B, C, M)
+        # +1 pixel keeps empty masks (and arbitrary test inputs) away from a division by ~0.
+        area = masks.sum(-1).clamp_min(0.0).unsqueeze(1) + 1.0  # (B, 1, M)
+        return (sums / area).flatten(1)
+
+
+# Channels of the 13-channel input used as masks: robot, goal, post_action_robot, target_object,
+# target_goal.
+POOL_MASKS = (0, 1, 8, 11, 12)
+
+
+class MLP(nn.Module):
+    """features -> hidden -> hidden -> output_dim."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int = 1) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(input_dim, hidden_dim),
+            nn.SiLU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.SiLU(),
+            nn.Linear(hidden_dim, output_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class QFunctionNet(pl.LightningModule):
+    """Regress the MCTS Q-value of (state, proposal) with MSE; log per-state ranking metrics."""
+
+    def __init__(
+        self,
+        input_channels: int = STATE_CHANNELS + ACTION_CHANNELS,
+        hidden_dim: int = 512,
+        learning_rate: float = 1e-3,
+        image_size: int | None = 56,
+        encoder_channels: Sequence[int] = (32, 64, 128, 128),
+        weight_decay: float = 0.0,
+        input_shape: Sequence[int] = (224, 224),
+        pooled_features: bool = False,
+    ) -> None:
+        super().__init__()
+        if input_channels != STATE_CHANNELS + ACTION_CHANNELS:
+            raise ValueError(
+                f"input_channels={input_channels}: the Q-function reads {STATE_CHANNELS} state + "
+                f"{ACTION_CHANNELS} action masks = {STATE_CHANNELS + ACTION_CHANNELS}"
+            )
+        self.save_hyperparameters()
+        self.encoder = CNNEncoder(input_channels, tuple(encoder_channels), image_size)
+        self.pool = MaskedPooling(POOL_MASKS) if pooled_features else None
+        extra = input_channels * len(POOL_MASKS) if pooled_features else 0
+        self.decoder = MLP(self.encoder.out_dim + extra, hidden_dim, 1)
+        self.lr = learning_rate
+        self.image_size = image_size
+        self._outputs: dict[str, list[dict[str, torch.Tensor]]] = {"val": [], "test": []}
+
+    # ---- export hooks (learning.export) -------------------------------------------------------
+    def export_graph(self) -> tuple[nn.Module, dict[str, torch.Tensor], list[str]]:
+        """(module, example inputs by ONNX name, output names) at the stored mask size."""
+        h, w = (int(d) for d in self.hparams.input_shape)
+        example = {
+            STATE_INPUT: torch.rand(2, STATE_CHANNELS, h, w),
+            ACTION_INPUT: torch.rand(2, ACTION_CHANNELS, h, w),
+        }
+        return self, example, [Q_OUTPUT]
+
+    def export_metadata(self) -> dict[str, Any]:
+        """Contract fields beyond inputs/outputs (docs/q_function.md)."""
+        return {
+            "model_type": "q_function",
+            "state_keys": list(STATE_KEYS),
+            "action_keys": list(ACTION_KEYS),
+            "image_size": self.image_size,
+            "normalization": {"baked": True, "stats": {}},  # masks are already in [0, 1]
+        }
+
+    def forward(self, state_masks: torch.Tensor, action_masks: torch.Tensor) -> torch.Tensor:
+        """state_masks (B, 11, H, W), action_masks (B, 2, H, W) -> Q (B, 1)."""
+        x = torch.cat([state_masks, action_masks], dim=1)  # (B, 13, H, W)
+        if self.image_size is not None:
+            x = resize_masks(x, self.image_size)
+        features = self.encoder(x)
+        if self.pool is not None:
+            features = torch.cat([features, self.pool(x)], dim=1)
+        return self.decoder(features)
+
+    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        pred = self(batch["state_masks"], batch["action_masks"])
+        loss = F.mse_loss(pred, batch["target_q"])
+        batch_size = pred.shape[0]
+        self.log(f"{stage}_loss", loss, prog_bar=stage != "test", batch_size=batch_size)
+        if stage in self._outputs:
+            self._outputs[stage].append(
+                {
+                    "pred": pred.detach().reshape(-1).cpu(),
+                    "target": batch["target_q"].reshape(-1).cpu(),
+                    "episode": batch["episode"].cpu(),
+                    "goal": batch["goal"].cpu(),
+                }
+            )
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "test")
+
+    def _log_ranking(self, stage: str) -> None:
+        outs = self._outputs[stage]
+        if not outs:
+            return
+        cat = {k: torch.cat([o[k] for o in outs]).numpy() for k in outs[0]}
+        self._outputs[stage] = []
+        m = ranking_metrics(cat["pred"], cat["target"], group_ids(cat["episode"], cat["goal"]))
+        # NaN (no rankable state) would poison checkpoint monitors; log only defined values.
+        for key in ("spearman", "top1"):
+            if not np.isnan(m[key]):
+                self.log(f"{stage}_{key}", m[key], prog_bar=stage == "val")
+        self.log(f"{stage}_states", m["states"])
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_ranking("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_ranking("test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(
+            self.parameters(), lr=self.lr, weight_decay=self.hparams.weight_decay
+        )

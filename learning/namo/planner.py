@@ -1,0 +1,94 @@
+"""Q-greedy NAMO planner (`learned_q`): score all proposals of a state in one batch, take the best.
+
+Per decision: the sim's proposal generator (`TransitionModel.proposals`) samples candidate
+moves, the sim's mask builder renders each (state, proposal) into the 13 seed channels, the
+Q-function scores all K in one batch (ONNX or torch, `learning.namo.scoring`), and the
+argmax proposal is executed. No search: the decision costs one network call plus the masks.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from learning.namo.keys import ACTION_KEYS, STATE_KEYS
+from learning.namo.scoring import make_scorer
+
+# (transition model, state, proposal) -> {key: (H, W) float32} with at least the 13 seed keys.
+# A "module:function" string is resolved and called with size=<the model's mask side>.
+MaskFn = Callable[[Any, Any, Any], dict[str, np.ndarray]]
+DEFAULT_MASK_FN = "sim.namo.masks:proposal_masks"
+
+
+def resolve(path: str) -> Callable[..., Any]:
+    """'module:attr' -> the attribute (one-line error naming both when it does not exist)."""
+    module, _, attr = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise ImportError(f"learned_q: cannot resolve mask builder {path!r}: {err}") from None
+
+
+@dataclass
+class Decision:
+    proposal: Any | None  # sim.namo.transition.Proposal, None when nothing is proposable
+    q_values: np.ndarray
+    proposals: list[Any]
+    seconds: float  # wall time of the whole decision (proposals + masks + network)
+    network_seconds: float
+
+
+@dataclass
+class LearnedQPlanner:
+    """Q-greedy planner. `model_path`: .onnx (torch-free) or .ckpt (torch)."""
+
+    model_path: str
+    device: str = "cpu"
+    proposals_per_object: int = 4  # the MCTS root branching
+    seed: int = 0
+    threads: int | None = None
+    mask_fn: str | MaskFn = DEFAULT_MASK_FN
+    name: str = "learned_q"
+    _rng: np.random.Generator = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.scorer = make_scorer(self.model_path, self.device, self.threads)
+        if isinstance(self.mask_fn, str):
+            # The sim's builder renders at any size: use the mask size the model was trained on.
+            self._masks: MaskFn = functools.partial(
+                resolve(self.mask_fn), size=int(self.scorer.input_hw[0])
+            )
+        else:
+            self._masks = self.mask_fn
+        self._rng = np.random.default_rng(self.seed)
+
+    def reset(self, seed: int | None = None) -> None:
+        self._rng = np.random.default_rng(self.seed if seed is None else seed)
+
+    def decide(self, model: Any, state: Any) -> Decision:
+        """One decision in `state` of transition model `model`."""
+        start = time.perf_counter()
+        proposals = model.proposals(state, self.proposals_per_object, self._rng)
+        if not proposals:
+            return Decision(None, np.zeros(0, np.float32), [], time.perf_counter() - start, 0.0)
+        masks = [self._masks(model, state, p) for p in proposals]
+        state_masks = np.stack([np.stack([m[k] for k in STATE_KEYS]) for m in masks])
+        action_masks = np.stack([np.stack([m[k] for k in ACTION_KEYS]) for m in masks])
+        result = self.scorer.score(state_masks.astype(np.float32), action_masks.astype(np.float32))
+        return Decision(
+            proposals[result.best_index],
+            result.q_values,
+            proposals,
+            time.perf_counter() - start,
+            result.latency_s,
+        )
+
+    def __call__(self, model: Any, state: Any) -> Any | None:
+        """The proposal to execute (None: no valid proposal)."""
+        return self.decide(model, state).proposal

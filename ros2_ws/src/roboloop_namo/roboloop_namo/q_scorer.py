@@ -1,0 +1,276 @@
+"""`q_scorer`: lifecycle node scoring K candidate proposals of one NAMO state with a Q-function.
+
+    q_scorer --ros-args --params-file config/q_scorer.yaml -p model_path:=q_function.onnx
+
+Request: sensor_msgs/Image `32FC<8+5K>` on `~/request` (8 shared state masks + 5 per proposal).
+Response: std_msgs/Float32MultiArray on `~/q_values`, shape (1, K), dim[0].label carries the
+request key (header stamp + frame_id) and the best proposal index. Layout: learning.namo.layout.
+
+configure: load the ONNX Q-function (model_type q_function). activate: subscribe; requests are
+queued by the subscription and scored in a separate callback group (never inside the
+subscription callback). deactivate: unsubscribe, drop pending. Diagnostics: latency, provider.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+from std_msgs.msg import Float32MultiArray, MultiArrayDimension
+
+from learning.namo.scoring import OnnxQScorer
+from learning.onnx_runner import ModelLoadError
+from roboloop_namo.core import PendingRequests, RequestError, ScoringStats, score_request
+
+NODE_NAME = "q_scorer"
+# Requests and responses are commands/results: reliable, shallow (requests are large images).
+REQUEST_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=2,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+RESPONSE_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=10,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+DIAGNOSTICS_QOS = QoSProfile(depth=10)
+DIAGNOSTICS_TOPIC = "/diagnostics"
+
+PARAMETERS: dict[str, tuple[Any, str]] = {
+    "model_path": ("", "ONNX Q-function from learning.namo.export (model_type q_function)"),
+    "device": ("auto", "onnxruntime device: auto | cpu | cuda (fallbacks are reported)"),
+    "inference_threads": (1, "onnxruntime intra-op threads (0: onnxruntime default)"),
+    "request_topic": ("~/request", "sensor_msgs/Image 32FC<8+5K>: shared state + K proposals"),
+    "response_topic": ("~/q_values", "std_msgs/Float32MultiArray (1, K) Q-values + key"),
+    "max_pending": (2, "queued requests; when full the oldest is dropped and counted"),
+    "diagnostics_period_s": (1.0, "period of /diagnostics messages"),
+    "autostart": (True, "configure and activate at startup (no lifecycle manager needed)"),
+}
+
+
+@dataclass(frozen=True)
+class ScorerParams:
+    model_path: str
+    device: str
+    inference_threads: int
+    request_topic: str
+    response_topic: str
+    max_pending: int
+    diagnostics_period_s: float
+    autostart: bool
+
+
+class QScorerNode(LifecycleNode):
+    """Thin lifecycle adapter around learning.namo.scoring + roboloop_namo.core."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        for name, (default, description) in PARAMETERS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(description=description))
+        params = self.read_params()
+        self.autostart = params.autostart
+        self._lock = threading.Lock()  # scoring vs lifecycle transitions
+        self._receive_group = MutuallyExclusiveCallbackGroup()
+        self._score_group = MutuallyExclusiveCallbackGroup()
+        self._lifecycle = "unconfigured"
+        self._last_error = ""
+        self._params: ScorerParams | None = None
+        self._scorer: OnnxQScorer | None = None
+        self._pending = PendingRequests(max(params.max_pending, 1))
+        self._stats = ScoringStats()
+        self._request_sub: Any = None
+        self._response_pub: Any = None
+        self._wake = self.create_guard_condition(self._score_pending, self._score_group)
+        self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, DIAGNOSTICS_QOS)
+        self._diag_timer = self.create_timer(
+            params.diagnostics_period_s, self._publish_diagnostics
+        )
+
+    def read_params(self) -> ScorerParams:
+        return ScorerParams(**{name: self.get_parameter(name).value for name in PARAMETERS})
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        params = self.read_params()
+        try:
+            if not params.model_path:
+                raise ValueError("parameter model_path is empty")
+            scorer = OnnxQScorer(
+                params.model_path, params.device, params.inference_threads or None
+            )
+            pending = PendingRequests(params.max_pending)
+        except (ModelLoadError, ValueError) as err:
+            self._last_error = str(err)
+            self.get_logger().error(f"configure failed: {err}")
+            return TransitionCallbackReturn.FAILURE
+        self._params, self._scorer, self._pending = params, scorer, pending
+        self._last_error = ""
+        self._response_pub = self.create_lifecycle_publisher(
+            Float32MultiArray, params.response_topic, RESPONSE_QOS
+        )
+        h, w = scorer.input_hw
+        self.get_logger().info(
+            f"configured {params.model_path} on {scorer.provider}: requests {h}x{w} "
+            f"32FC<8+5K> on {self.resolve_topic_name(params.request_topic)}"
+        )
+        self._lifecycle = "inactive"
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        assert self._params is not None
+        self._request_sub = self.create_subscription(
+            Image,
+            self._params.request_topic,
+            self._on_request,
+            REQUEST_QOS,
+            callback_group=self._receive_group,
+        )
+        self._lifecycle = "active"
+        self.get_logger().info(
+            f"active: scoring {self._request_sub.topic_name} -> {self._response_pub.topic_name}"
+        )
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        with self._lock:
+            if self._request_sub is not None:
+                self.destroy_subscription(self._request_sub)
+                self._request_sub = None
+            self._pending.clear()
+        self._lifecycle = "inactive"
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self._lifecycle = "unconfigured"
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self._lifecycle = "finalized"
+        return super().on_shutdown(state)
+
+    def _release(self) -> None:
+        with self._lock:
+            if self._request_sub is not None:
+                self.destroy_subscription(self._request_sub)
+                self._request_sub = None
+            if self._response_pub is not None:
+                self.destroy_lifecycle_publisher(self._response_pub)
+                self._response_pub = None
+            self._pending.clear()
+            self._scorer = None
+
+    # ---- data path ------------------------------------------------------------------------
+    def _on_request(self, msg: Image) -> None:
+        """Queue only; scoring runs in the scoring callback group."""
+        self._stats.requests += 1
+        self._pending.put(msg)
+        self._wake.trigger()
+
+    def _score_pending(self) -> None:
+        while True:
+            msg = self._pending.pop()
+            if msg is None:
+                return
+            with self._lock:
+                if self._scorer is None or self._response_pub is None:
+                    return
+                self._score_one(msg)
+
+    def _score_one(self, msg: Image) -> None:
+        topic = self._request_sub.topic_name if self._request_sub else "request"
+        try:
+            scored = score_request(
+                self._scorer,
+                msg.data,
+                msg.height,
+                msg.width,
+                msg.encoding,
+                msg.step,
+                bool(msg.is_bigendian),
+                msg.header.stamp.sec,
+                msg.header.stamp.nanosec,
+                msg.header.frame_id,
+            )
+        except RequestError as err:
+            self._stats.bad_requests += 1
+            self._last_error = f"{topic}: bad request (frame_id={msg.header.frame_id!r}): {err}"
+            self.get_logger().error(self._last_error, throttle_duration_sec=5.0)
+            return
+        out = Float32MultiArray()
+        out.layout.dim = [
+            MultiArrayDimension(label=label, size=size, stride=stride)
+            for label, size, stride in scored.dims
+        ]
+        out.layout.data_offset = 0
+        out.data = scored.q_values.tolist()
+        self._response_pub.publish(out)
+        self._stats.record(scored)
+
+    # ---- diagnostics ----------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        status = DiagnosticStatus()
+        status.name = f"{self.get_fully_qualified_name()}: q_scorer"
+        values = {"lifecycle_state": self._lifecycle}
+        level, message = DiagnosticStatus.OK, self._lifecycle
+        scorer, params = self._scorer, self._params
+        if scorer is not None and params is not None:
+            status.hardware_id = params.model_path
+            values.update(
+                model_path=params.model_path,
+                requested_device=params.device,
+                execution_provider=scorer.provider,
+                provider_fallback_reason=scorer.fallback_reason or "",
+            )
+            if scorer.fallback_reason:
+                level, message = DiagnosticStatus.WARN, f"running on {scorer.provider}"
+        values.update(self._stats.values())
+        values["dropped_requests"] = str(self._pending.dropped)
+        values["last_error"] = self._last_error
+        if self._last_error:
+            level, message = DiagnosticStatus.ERROR, self._last_error
+        status.level, status.message = level, message
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status = [status]
+        self._diag_pub.publish(array)
+
+    def bring_up(self) -> None:
+        """autostart: configure, then activate if configuring worked."""
+        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            self.trigger_activate()
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node = QScorerNode()
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    try:
+        if node.autostart:
+            node.bring_up()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

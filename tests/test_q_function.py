@@ -1,0 +1,242 @@
+"""QFunctionDataModule, QFunctionNet, ranking metrics, training entry and ONNX export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from learning.namo.data import (
+    MaskFileError,
+    QFunctionDataModule,
+    QFunctionDataset,
+    dihedral,
+    load_item,
+    split_episodes,
+)
+from learning.namo.keys import STATE_KEYS
+from learning.namo.metrics import group_ids, ranking_metrics, spearman
+from learning.namo.model import QFunctionNet
+from learning.namo.synthetic import write_synthetic
+
+NAMO_TINY = Path(__file__).parent / "data" / "namo_tiny"
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic(tmp_path_factory.mktemp("namo_masks"), episodes=12)
+
+
+@pytest.fixture(scope="module")
+def synthetic_larger(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic(tmp_path_factory.mktemp("namo_masks_40"), episodes=40, seed=1)
+
+
+def test_split_by_episode_keeps_scenes_apart(synthetic: Path) -> None:
+    dm = QFunctionDataModule(str(synthetic), batch_size=8, num_workers=0)
+    dm.prepare_data()
+    dm.setup("fit")
+    eps = {name: {f.episode for f in ds.files} for name, ds in dm.splits.items()}
+    assert eps["train"] and eps["val"] and eps["test"]
+    assert not (
+        eps["train"] & eps["val"] or eps["train"] & eps["test"] or eps["val"] & eps["test"]
+    )
+    assert eps["train"] | eps["val"] | eps["test"] == set(range(12))
+    assert sum(len(ds) for ds in dm.splits.values()) == 12 * 2 * 4
+    assert dm.has_test_split
+    # deterministic for a seed, different for another
+    assert split_episodes(list(range(12)), (0.8, 0.1, 0.1), 0) == split_episodes(
+        list(range(12)), (0.8, 0.1, 0.1), 0
+    )
+
+
+def test_batch_shapes_channel_order_and_resize(synthetic: Path) -> None:
+    dm = QFunctionDataModule(str(synthetic), batch_size=8, num_workers=0, image_size=16)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["state_masks"].shape == (8, 11, 16, 16)
+    assert batch["action_masks"].shape == (8, 2, 16, 16)
+    assert batch["target_q"].shape == (8, 1)
+    f = dm.splits["train"].files[0]
+    raw = np.load(f.path)
+    item = load_item(f.path)
+    for c, key in enumerate(STATE_KEYS):
+        np.testing.assert_array_equal(item["state_masks"][c].numpy(), raw[key])
+    np.testing.assert_array_equal(item["action_masks"][1].numpy(), raw["target_goal"])
+    assert item["target_q"].item() == pytest.approx(float(raw["goal_q_value"]))
+
+    # augmentation (train split only): one symmetry of the square, the same for all 13 channels
+    torch.manual_seed(3)
+    ds = QFunctionDataset([f], augment=True)
+    views = [ds[0] for _ in range(12)]
+    ks = set()
+    for view in views:
+        both = torch.cat([view["state_masks"], view["action_masks"]])
+        raw_both = torch.cat([item["state_masks"], item["action_masks"]])
+        match = [k for k in range(8) if torch.equal(both, dihedral(raw_both, k))]
+        assert match, "augmented item is not a symmetry of the stored one"
+        ks.add(match[0])
+    assert len(ks) > 1
+    dm_aug = QFunctionDataModule(str(synthetic), num_workers=0, augment=True)
+    dm_aug.setup("fit")
+    assert dm_aug.splits["train"].augment and not dm_aug.splits["val"].augment
+
+
+def test_missing_key_names_file_and_key(tmp_path: Path, synthetic: Path) -> None:
+    src = np.load(synthetic / "episode_0_goal_0_proposal_0.npz")
+    arrays = {k: src[k] for k in src.files if k != "post_action_movable"}
+    bad = tmp_path / "episode_3_goal_0_proposal_0.npz"
+    np.savez(bad, **arrays)
+    with pytest.raises(
+        MaskFileError, match=r"episode_3_goal_0_proposal_0\.npz.*post_action_movable"
+    ):
+        QFunctionDataModule(str(tmp_path), num_workers=0).prepare_data()
+    with pytest.raises(
+        MaskFileError, match=r"episode_3_goal_0_proposal_0\.npz.*post_action_movable"
+    ):
+        load_item(bad)
+    with pytest.raises(MaskFileError, match="not a directory"):
+        QFunctionDataModule(str(tmp_path / "does_not_exist"), num_workers=0).prepare_data()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MaskFileError, match="no episode_"):
+        QFunctionDataModule(str(tmp_path / "empty"), num_workers=0).prepare_data()
+
+
+def test_ranking_metrics_on_known_inputs() -> None:
+    groups = group_ids(np.array([0, 0, 0, 1, 1, 1, 2]), np.array([0, 0, 0, 0, 0, 0, 0]))
+    target = np.array([0.1, 0.5, 0.9, 0.3, 0.2, 0.1, 0.7])
+    # state 0: same order (rho 1, top-1 hit); state 1: reversed (rho -1, miss); state 2: 1 item
+    pred = np.array([1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 0.0])
+    m = ranking_metrics(pred, target, groups)
+    assert m == {"spearman": pytest.approx(0.0), "top1": pytest.approx(0.5), "states": 2.0}
+    assert spearman(np.array([3.0, 1.0, 2.0]), np.array([30.0, 10.0, 20.0])) == pytest.approx(1.0)
+    assert spearman(
+        np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 3.0, 2.0, 4.0])
+    ) == pytest.approx(0.8)
+    # a constant-target state is unrankable; ties in the target all count as the best
+    assert ranking_metrics(np.ones(3), np.ones(3), np.zeros(3))["states"] == 0.0
+    assert ranking_metrics(np.array([0.0, 1.0, 0.5]), np.array([1.0, 1.0, 0.0]), np.zeros(3))[
+        "top1"
+    ] == pytest.approx(1.0)
+
+
+def _val_mse(model: QFunctionNet, dm: QFunctionDataModule) -> float:
+    model.eval()
+    errs = []
+    with torch.no_grad():
+        for b in dm.val_dataloader():
+            errs.append((model(b["state_masks"], b["action_masks"]) - b["target_q"]).pow(2))
+    return float(torch.cat(errs).mean())
+
+
+def test_train_entry_lowers_val_mse_and_checkpoint_loads(
+    synthetic_larger: Path, tmp_path: Path
+) -> None:
+    synthetic = synthetic_larger
+    from learning.train import compose_config, run
+
+    cfg = compose_config(
+        "train_q_function",
+        [
+            f"data_dir={synthetic}",
+            "batch_size=16",
+            "max_epochs=12",
+            "num_workers=0",
+            "image_size=32",
+            "base_lr=2e-3",
+            "model.hidden_dim=64",
+            "model.encoder_channels=[16,32,32,32]",
+            f"run_dir={tmp_path / 'run'}",
+            "~trainer.callbacks.progress_bar",
+            "gpu_id=0",
+        ],
+    )
+    assert cfg.data.train_split == 0.8 and cfg.model.input_channels == 13
+    torch.manual_seed(0)
+    untrained = QFunctionNet(hidden_dim=64, image_size=32, encoder_channels=[16, 32, 32, 32])
+    result = run(cfg)
+    for key in ("val_loss", "val_spearman", "val_top1", "test_loss", "test_spearman", "test_top1"):
+        assert key in result["metrics"], key
+
+    model = QFunctionNet.load_from_checkpoint(result["best_ckpt"], map_location="cpu")
+    dm = QFunctionDataModule(str(synthetic), batch_size=16, num_workers=0, split_seed=cfg.seed)
+    dm.setup("fit")
+    trained_mse, untrained_mse = _val_mse(model, dm), _val_mse(untrained, dm)
+    targets = torch.cat([b["target_q"] for b in dm.val_dataloader()])
+    assert trained_mse < 0.5 * untrained_mse
+    assert trained_mse < float(targets.var())  # better than predicting the mean
+    # seed usage: model(state_masks, action_masks) -> (B, 1) on full-size masks
+    q = model(torch.rand(3, 11, 64, 64), torch.rand(3, 2, 64, 64))
+    assert q.shape == (3, 1)
+    assert list(model.hparams.input_shape) == [32, 32]  # from the datamodule's model_kwargs
+
+    # the generic `python -m learning.export` path (export hooks on QFunctionNet)
+    from learning.export import export_checkpoint, parity
+
+    meta = export_checkpoint(result["best_ckpt"], tmp_path / "q_generic.onnx")
+    assert meta["model_type"] == "q_function"
+    assert meta["inputs"]["state_masks"]["shape"] == [-1, 11, 32, 32]
+    assert parity(model, tmp_path / "q_generic.onnx") <= 1e-4
+
+
+def test_onnx_export_parity_and_metadata(tmp_path: Path) -> None:
+    from learning.namo.export import export_q_function
+    from learning.onnx_runner import OnnxModel
+
+    torch.manual_seed(0)
+    model = QFunctionNet(hidden_dim=32, image_size=32, encoder_channels=[8, 8, 8, 8]).eval()
+    path = export_q_function(model, tmp_path / "q.onnx", height=64, width=64)
+    onnx_model = OnnxModel(path, device="cpu")
+    meta = onnx_model.metadata
+    assert meta["model_type"] == "q_function"
+    assert meta["inputs"]["state_masks"] == {"shape": [-1, 11, 64, 64], "dtype": "float32"}
+    assert meta["inputs"]["action_masks"] == {"shape": [-1, 2, 64, 64], "dtype": "float32"}
+    assert meta["outputs"]["q_values"]["shape"] == [-1, 1]
+    assert json.loads(json.dumps(meta["training_config"]))["image_size"] == 32
+    rng = np.random.default_rng(0)
+    for batch in (1, 7):
+        s = rng.random((batch, 11, 64, 64), dtype=np.float32)
+        a = rng.random((batch, 2, 64, 64), dtype=np.float32)
+        out = onnx_model.run({"state_masks": s, "action_masks": a})["q_values"]
+        with torch.no_grad():
+            ref = model(torch.from_numpy(s), torch.from_numpy(a)).numpy()
+        assert out.shape == (batch, 1)
+        np.testing.assert_allclose(out, ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.skipif(not NAMO_TINY.is_dir(), reason="tests/data/namo_tiny not generated")
+def test_namo_tiny_real_masks_train_and_split(tmp_path: Path) -> None:
+    """The sim's shipped MCTS mask files: episode split, keys, and val MSE falls in training."""
+    from learning.train import compose_config, run
+
+    dm = QFunctionDataModule(str(NAMO_TINY), batch_size=16, num_workers=0, split_seed=42)
+    dm.prepare_data()
+    dm.setup("fit")
+    eps = [{f.episode for f in ds.files} for ds in dm.splits.values()]
+    assert all(eps) and not (eps[0] & eps[1] or eps[0] & eps[2] or eps[1] & eps[2])
+    h, w = dm.model_kwargs()["input_shape"]
+    cfg = compose_config(
+        "train_q_function",
+        [
+            f"data_dir={NAMO_TINY}",
+            "batch_size=16",
+            "max_epochs=8",
+            "num_workers=0",
+            f"image_size={h // 2}",
+            "model.hidden_dim=64",
+            "model.encoder_channels=[16,32,32,32]",
+            f"run_dir={tmp_path / 'run'}",
+            "~trainer.callbacks.progress_bar",
+        ],
+    )
+    torch.manual_seed(0)
+    untrained = QFunctionNet(
+        hidden_dim=64, image_size=h // 2, encoder_channels=[16, 32, 32, 32], input_shape=(h, w)
+    )
+    result = run(cfg)
+    model = QFunctionNet.load_from_checkpoint(result["best_ckpt"], map_location="cpu")
+    assert _val_mse(model, dm) < 0.5 * _val_mse(untrained, dm)
+    assert "val_spearman" in result["metrics"] and "test_top1" in result["metrics"]
