@@ -76,6 +76,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     cfg = copy.deepcopy(cfg)  # run dir and resolution must not leak into the caller's cfg
     run_dir = _prepare_run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("torch_threads"):
+        # Small models gain nothing from intra-op threads, and on a busy 2-core machine two
+        # spinning threads made FBC training ~30x slower than one.
+        torch.set_num_threads(int(cfg.torch_threads))
 
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     model_kwargs = datamodule.model_kwargs() if hasattr(datamodule, "model_kwargs") else {}
