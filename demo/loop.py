@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     import sim
     from episode_dataset import EpisodeReader
     from episode_dataset.cli import main as dataset_cli
-    from learning.export import export_checkpoint
+    from learning.export import main as export_cli
     from learning.train import compose_config, run
     from sim.evaluate import evaluate_policy, make_expert_policy, normalized_score, random_policy
 
@@ -202,8 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
     stage("3/5 export ONNX (sampler unrolled, noise input, roboloop metadata)")
     onnx_path = out / "policy.onnx"
-    export_info = export_checkpoint(ckpt, onnx_path)
-    console.print(f"exported {onnx_path} ({onnx_path.stat().st_size / 1e6:.2f} MB) {export_info}")
+    export_cli([f"ckpt={ckpt}", f"out={onnx_path}"])  # also checks onnxruntime vs torch parity
 
     stage(f"4/5 policy_node drives sim_bridge for {args.eval_episodes} episodes over ROS")
     monitor = DiagnosticsMonitor()
@@ -256,24 +255,24 @@ def main(argv: list[str] | None = None) -> int:
         ("policy success rate", f"{success:.2f}  (expert {expert.success_rate:.2f})"),
         ("steps per policy episode", f"{min(steps)}..{max(steps)}"),
         (
-            "obs->first action of a chunk p50 / p99 [ms]",
+            "obs->first action of a chunk p50 / p99 (ms)",
             f"{policy_diag.get('obs_to_first_action_latency_p50_ms', '?')} / "
             f"{policy_diag.get('obs_to_first_action_latency_p99_ms', '?')}",
         ),
         (
-            "obs->action latency incl. queued chunk p50 / p99 [ms]",
+            "obs->action latency incl. queued chunk p50 / p99 (ms)",
             f"{policy_diag.get('obs_to_action_latency_p50_ms', '?')} / "
             f"{policy_diag.get('obs_to_action_latency_p99_ms', '?')}",
         ),
         (
-            "inference latency p50 / p99 [ms]",
+            "inference latency p50 / p99 (ms)",
             f"{policy_diag.get('inference_latency_p50_ms', '?')} / "
             f"{policy_diag.get('inference_latency_p99_ms', '?')}",
         ),
         ("execution provider", policy_diag.get("execution_provider", "?")),
         ("recorder dropped / stale / invalid steps", f"{dropped} / {stale} / {invalid}"),
         (
-            "time: record / train / serve / total [s]",
+            "time: record / train / serve / total (s)",
             f"{record_s:.0f} / {train_s:.0f} / {serve_s:.0f} / {total_s:.0f}",
         ),
     ]
