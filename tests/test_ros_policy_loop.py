@@ -108,7 +108,8 @@ def test_policy_drives_the_sim_bridge(tmp_path: Path, ros_env: dict[str, str]) -
         if a.any() and stamp > first_seen:
             assert np.abs(published - a).max(axis=1).min() < 1e-6, f"unknown action {a}"
     # Each action is the model's output for the observation it is stamped with (or, when the
-    # policy ticked between the bridge's state and image messages, the previous one of either).
+    # policy ticked between the bridge's state and image messages or a best-effort image was
+    # lost under load, a recent earlier one of either).
     model = OnnxModel(model_path, device="cpu")
     stamps = sorted(states)
     exact = 0
@@ -116,8 +117,9 @@ def test_policy_drives_the_sim_bridge(tmp_path: Path, ros_env: dict[str, str]) -
     assert len(checked) >= 10
     for stamp, action in checked:
         assert stamp in states, "action stamped with a stamp the bridge never published"
-        prev = stamps[max(stamps.index(stamp) - 1, 0)]
-        combos = [(stamp, stamp), (prev, stamp), (stamp, prev)]
+        i = stamps.index(stamp)
+        recent = [stamps[max(i - back, 0)] for back in (1, 2, 3)]
+        combos = [(stamp, stamp)] + [(p, stamp) for p in recent] + [(stamp, p) for p in recent]
         outputs = [
             model.run(
                 {
