@@ -1,0 +1,158 @@
+"""NAMO over ROS, chained: goal_generator proposes goal masks for a scene, a client turns them
+into moves and masks, q_scorer scores them; three processes over DDS (the dit_q planner's path)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from demo.ros_processes import start_node
+from learning.export import export_model
+from learning.train import compose_config
+
+pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
+
+SIZE, K = 32, 6
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from learning.namo.export import export_q_function
+    from learning.namo.model import QFunctionNet
+
+    out = tmp_path_factory.mktemp("namo_chain")
+    cfg = compose_config(
+        "train_fb_flow_matching",
+        [
+            "network=dit_tiny",
+            f"image_size={SIZE}",
+            "model.sampler.method=euler",
+            "sampling_steps=2",
+        ],
+    )
+    torch.manual_seed(0)
+    generator = instantiate(cfg.model, _convert_="all").eval()
+    export_model(generator, out / "generator.onnx", training_config={"name": "test"})
+    q = QFunctionNet(hidden_dim=32, image_size=SIZE, encoder_channels=[8, 8, 8, 8])
+    return out / "generator.onnx", export_q_function(q, out / "q.onnx", SIZE, SIZE)
+
+
+def test_generator_to_scorer_chain_across_processes(models, tmp_path: Path, ros_env) -> None:
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from roboloop_goal_generator.generator import decode_float_image, encode_float_image
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Float32MultiArray
+
+    from learning.generative.planner import mask_to_pose, scene_masks
+    from learning.namo.keys import ACTION_KEYS, STATE_KEYS
+    from learning.namo.layout import decode_response, encode_request
+    from learning.namo.scoring import OnnxQScorer
+    from sim.namo.masks import proposal_masks
+    from sim.namo.scene import doorway_scene
+    from sim.namo.transition import Proposal, TransitionModel
+
+    generator_path, q_path = models
+    procs = [
+        start_node(
+            "goal_generator",
+            params={"model_path": str(generator_path), "device": "cpu", "num_proposals": K,
+                    "seed": 3, "scene_topic": "/chain/scene", "proposals_topic": "/chain/goals"},
+            log_path=tmp_path / "goal_generator.log", env=ros_env,
+        ),
+        start_node(
+            "q_scorer",
+            params={"model_path": str(q_path), "device": "cpu",
+                    "request_topic": "/chain/request", "response_topic": "/chain/q_values"},
+            log_path=tmp_path / "q_scorer.log", env=ros_env,
+        ),
+    ]  # fmt: skip
+    logs = lambda: "\n".join(p.log_text()[-1500:] for p in procs)  # noqa: E731
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("namo_chain_client", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    goals: list[Image] = []
+    answers: list[Float32MultiArray] = []
+
+    def wait(condition, timeout: float) -> bool:  # noqa: ANN001
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not condition():
+            executor.spin_once(timeout_sec=0.05)
+        return condition()
+
+    try:
+        scene_pub = node.create_publisher(Image, "/chain/scene", reliable)
+        request_pub = node.create_publisher(Image, "/chain/request", reliable)
+        node.create_subscription(Image, "/chain/goals", goals.append, reliable)
+        node.create_subscription(Float32MultiArray, "/chain/q_values", answers.append, reliable)
+        assert all(p.wait_for_log("active", 60) for p in procs), logs()
+        assert wait(
+            lambda: (
+                scene_pub.get_subscription_count() > 0 and request_pub.get_subscription_count() > 0
+            ),
+            30,
+        ), logs()
+
+        # 1. the scene of the object that blocks the doorway -> generator node
+        model = TransitionModel(doorway_scene())
+        state = model.initial_state()
+        k = model.reachable_objects(state)[0]
+        obj = model.scene.objects[k]
+        msg = Image(height=SIZE, width=SIZE, is_bigendian=0)
+        msg.header.frame_id = "chain"
+        msg.encoding, msg.step, msg.data = encode_float_image(
+            scene_masks(model, state, k, SIZE).transpose(2, 0, 1)
+        )
+        scene_pub.publish(msg)
+        assert wait(lambda: len(goals) > 0, 30), logs()
+        out = goals[0]
+        hwk = decode_float_image(out.height, out.width, out.encoding, out.step, bytes(out.data))
+        masks = hwk.transpose(2, 0, 1)
+        assert masks.shape == (K, SIZE, SIZE) and out.header.frame_id == "chain"
+
+        # 2. goal masks -> moves (as the dit_q planner does); invalid ones fall back to uniform
+        proposals = []
+        for mask in masks:
+            pose = mask_to_pose(mask > 0.5, model.scene.width, model.scene.height,
+                                obj.half_x, obj.half_y)  # fmt: skip
+            if pose is not None:
+                p = Proposal(obj.object_id, *(round(v, 4) for v in pose))
+                if model.check(state, p) is None:
+                    proposals.append(p)
+        generated = len(proposals)
+        if not proposals:
+            proposals = model.proposals(state, 4, np.random.default_rng(0))
+        built = [proposal_masks(model, state, p, SIZE) for p in proposals]
+        state_masks = np.stack([np.stack([m[c] for c in STATE_KEYS]) for m in built])
+        action_masks = np.stack([np.stack([m[c] for c in ACTION_KEYS]) for m in built])
+
+        # 3. masks -> scorer node -> Q-values and the best move
+        data, h, w, encoding, step = encode_request(state_masks, action_masks)
+        request = Image(height=h, width=w, encoding=encoding, step=step, is_bigendian=0)
+        request.header.frame_id, request.header.stamp.sec, request.data = "chain", 5, data
+        request_pub.publish(request)
+        assert wait(lambda: len(answers) > 0, 30), logs()
+    finally:
+        for p in procs:
+            p.stop()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+    reply = decode_response([(d.label, d.size, d.stride) for d in answers[0].layout.dim],
+                            answers[0].data)  # fmt: skip
+    expected = OnnxQScorer(q_path, device="cpu").score(
+        state_masks.astype(np.float32), action_masks.astype(np.float32)
+    )
+    np.testing.assert_allclose(reply.q_values, expected.q_values, atol=1e-5)
+    assert reply.best_index == int(np.argmax(expected.q_values))
+    assert 0 <= generated <= K
