@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import random
@@ -15,6 +16,18 @@ _SHM_PATTERNS = ("/dev/shm/fastdds_*", "/dev/shm/fast_datasharing*", "/dev/shm/s
 
 def _shm_files() -> set[str]:
     return {f for pattern in _SHM_PATTERNS for f in glob.glob(pattern)}
+
+
+def _mapped_shm_files() -> set[str]:
+    """/dev/shm files mapped by any live process (from /proc/<pid>/maps)."""
+    mapped: set[str] = set()
+    for maps in glob.glob("/proc/[0-9]*/maps"):
+        try:
+            with open(maps) as f:
+                mapped.update(line.split()[-1] for line in f if "/dev/shm/" in line)
+        except OSError:
+            continue  # the process ended while we looked
+    return mapped
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -42,6 +55,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     controller, after every worker and node process has exited)."""
     if hasattr(session.config, "workerinput") or session.config.getoption("collectonly"):
         return
+    new = _shm_files() - _SHM_BEFORE
+    # Processes the suite SIGKILLs on purpose (crash tests) cannot release Fast DDS's named port
+    # mutexes; once no live process maps one, it is stale and the suite removes it. Anything
+    # else (shared-memory segments, mutexes still mapped) is a leak and fails the run.
+    mapped = _mapped_shm_files()
+    for path in sorted(new):
+        if "sem.fastdds_port" in path and path not in mapped:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
     leftovers = sorted(_shm_files() - _SHM_BEFORE)
     if leftovers:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
