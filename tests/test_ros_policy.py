@@ -272,8 +272,10 @@ def test_actions_match_onnxruntime_across_processes(nodes, robot, models) -> Non
     model = OnnxModel(models["good"], device="cpu", threads=1)
     for content in range(3):
         robot.set("fresh", content)
+        # Policy actions only: on a loaded machine the watchdog may also publish a zero safe
+        # action stamped with these observations (safe actions are tested below).
         wait_until(
-            lambda c=content: len(robot.matched_actions().get(c, [])) >= 3,
+            lambda c=content: len(_policy_actions(robot.matched_actions().get(c, []))) >= 3,
             15,
             f"3 actions computed from observation set {content}",
             nodes["policy"],
@@ -282,8 +284,12 @@ def test_actions_match_onnxruntime_across_processes(nodes, robot, models) -> Non
     for content in range(3):
         want = expected_action(model, robot.contents[content])
         assert np.abs(want).min() > 0.1  # distinguishable from the zero safe action
-        for got in matched[content]:
+        for got in _policy_actions(matched[content]):
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def _policy_actions(actions: list[np.ndarray]) -> list[np.ndarray]:
+    return [a for a in actions if np.asarray(a).any()]
 
 
 def _first_safe_after(robot: Robot, t: float) -> float:
