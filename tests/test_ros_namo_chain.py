@@ -95,9 +95,13 @@ def test_generator_to_scorer_chain_across_processes(models, tmp_path: Path, ros_
         node.create_subscription(Image, "/chain/goals", goals.append, reliable)
         node.create_subscription(Float32MultiArray, "/chain/q_values", answers.append, reliable)
         assert all(p.wait_for_log("active", 60) for p in procs), logs()
+        # Both directions matched, or a reliable-volatile reply could go to no reader.
         assert wait(
             lambda: (
-                scene_pub.get_subscription_count() > 0 and request_pub.get_subscription_count() > 0
+                scene_pub.get_subscription_count() > 0
+                and request_pub.get_subscription_count() > 0
+                and node.count_publishers("/chain/goals") > 0
+                and node.count_publishers("/chain/q_values") > 0
             ),
             30,
         ), logs()
