@@ -36,9 +36,11 @@ $(TEST_STAMP): $(STAMP)
 	touch $@
 
 # ROS tests assert real-time behaviour (a safe action within 2 control periods, message rates),
-# so they run after the parallel part, alone on the machine.
+# so they run after the parallel part, alone on the machine, once the disk has written back
+# what the venv install left dirty (writeback stalls made node timers miss their periods).
 test: venv $(TEST_STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not ros"
+	sync
 	$(BIN)/python -m pytest -p no:xdist -m ros
 
 bench: venv
