@@ -30,7 +30,6 @@ def ros_env(
     """Environment for a process that touches ROS: LOCALHOST discovery, domain, log dir."""
     env = dict(os.environ if base is None else base)
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    env.pop("ROS_LOCALHOST_ONLY", None)  # ignored by Kilted; keep one source of truth
     if domain_id is not None:
         env["ROS_DOMAIN_ID"] = str(domain_id)
     if "ROS_DOMAIN_ID" not in env:

@@ -4,6 +4,5 @@ set -e
 source "/opt/ros/${ROS_DISTRO:-kilted}/setup.bash"
 source /ws/install/setup.bash
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
-unset ROS_LOCALHOST_ONLY
 mkdir -p "${ROS_LOG_DIR:-/tmp/ros_log}"
 exec "$@"

@@ -80,7 +80,7 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument(
                 "log_level", default_value="info", description="Logging level of all nodes."
             ),
-            # Discovery stays on this machine (ROS_LOCALHOST_ONLY is ignored by Kilted).
+            # Discovery stays on this machine (Kilted ignores the older localhost-only switch).
             SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST"),
             _include(
                 "sim.launch.py",

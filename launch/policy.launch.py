@@ -42,7 +42,7 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument(
                 "log_level", default_value="info", description="Logging level of the node."
             ),
-            # Discovery stays on this machine (ROS_LOCALHOST_ONLY is ignored by Kilted).
+            # Discovery stays on this machine (Kilted ignores the older localhost-only switch).
             SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST"),
             Node(
                 package="roboloop_policy",
