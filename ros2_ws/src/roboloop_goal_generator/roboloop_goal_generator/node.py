@@ -15,7 +15,7 @@ from typing import Any
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
 from sensor_msgs.msg import Image
@@ -240,7 +240,7 @@ class GoalGeneratorNode(LifecycleNode):
 def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args)
     node = GoalGeneratorNode()
-    executor = MultiThreadedExecutor(num_threads=2)
+    executor = SingleThreadedExecutor()  # rclpy 9's multi-threaded one busy-loops
     executor.add_node(node)
     try:
         if node.params.autostart:

@@ -7,8 +7,9 @@ Response: std_msgs/Float32MultiArray on `~/q_values`, shape (1, K), dim[0].label
 request key (header stamp + frame_id) and the best proposal index. Layout: learning.namo.layout.
 
 configure: load the ONNX Q-function (model_type q_function). activate: subscribe; requests are
-queued by the subscription and scored in a separate callback group (never inside the
-subscription callback). deactivate: unsubscribe, drop pending. Diagnostics: latency, provider.
+queued by the subscription and scored from a guard condition (never inside the subscription
+callback), so a burst keeps only the newest `max_pending`. deactivate: unsubscribe, drop
+pending. Diagnostics: latency, provider.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from typing import Any
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
@@ -82,8 +82,6 @@ class QScorerNode(LifecycleNode):
         params = self.read_params()
         self.autostart = params.autostart
         self._lock = threading.Lock()  # scoring vs lifecycle transitions
-        self._receive_group = MutuallyExclusiveCallbackGroup()
-        self._score_group = MutuallyExclusiveCallbackGroup()
         self._lifecycle = "unconfigured"
         self._last_error = ""
         self._params: ScorerParams | None = None
@@ -92,7 +90,7 @@ class QScorerNode(LifecycleNode):
         self._stats = ScoringStats()
         self._request_sub: Any = None
         self._response_pub: Any = None
-        self._wake = self.create_guard_condition(self._score_pending, self._score_group)
+        self._wake = self.create_guard_condition(self._score_pending)
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, DIAGNOSTICS_QOS)
         self._diag_timer = self.create_timer(
             params.diagnostics_period_s, self._publish_diagnostics
@@ -135,7 +133,6 @@ class QScorerNode(LifecycleNode):
             self._params.request_topic,
             self._on_request,
             REQUEST_QOS,
-            callback_group=self._receive_group,
         )
         self._lifecycle = "active"
         self.get_logger().info(
@@ -175,7 +172,7 @@ class QScorerNode(LifecycleNode):
 
     # ---- data path ------------------------------------------------------------------------
     def _on_request(self, msg: Image) -> None:
-        """Queue only; scoring runs in the scoring callback group."""
+        """Queue only; scoring runs from the guard condition."""
         self._stats.requests += 1
         self._pending.put(msg)
         self._wake.trigger()
@@ -258,7 +255,7 @@ class QScorerNode(LifecycleNode):
 def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args)
     node = QScorerNode()
-    executor = MultiThreadedExecutor(num_threads=3)
+    executor = SingleThreadedExecutor()  # rclpy 9's multi-threaded one busy-loops
     executor.add_node(node)
     try:
         if node.autostart:

@@ -21,9 +21,8 @@ from typing import Any
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
     DurabilityPolicy,
@@ -104,10 +103,6 @@ class PolicyNode(LifecycleNode):
             self.declare_parameter(name, default, ParameterDescriptor(description=description))
         params = self.read_params()
         self.autostart = params.autostart
-        # Subscriptions and the control timer get their own groups so a slow inference never
-        # blocks receiving, and diagnostics/lifecycle services stay responsive during both.
-        self._observation_group = MutuallyExclusiveCallbackGroup()
-        self._control_group = MutuallyExclusiveCallbackGroup()
         self._control_lock = threading.Lock()  # control tick vs lifecycle transitions
         self._lifecycle = "unconfigured"
         self._last_error = ""
@@ -158,7 +153,6 @@ class PolicyNode(LifecycleNode):
                     binding.topic,
                     lambda msg, b=binding: self._on_observation(b, msg),
                     OBSERVATION_QOS,
-                    callback_group=self._observation_group,
                 )
             )
         meta = loop.meta
@@ -207,9 +201,7 @@ class PolicyNode(LifecycleNode):
         assert self._loop is not None
         with self._control_lock:
             self._loop.reset()
-            self._control_timer = self.create_timer(
-                self._loop.period_s, self._on_control_tick, callback_group=self._control_group
-            )
+            self._control_timer = self.create_timer(self._loop.period_s, self._on_control_tick)
         self._lifecycle = "active"
         self.get_logger().info(f"active: publishing actions on {self._action_pub.topic_name}")
         return super().on_activate(state)
@@ -351,7 +343,9 @@ def main(args: list[str] | None = None) -> int:
         rclpy.logging.get_logger(NODE_NAME).fatal(f"bad parameter: {err}")
         rclpy.try_shutdown()
         return 2
-    executor = MultiThreadedExecutor(num_threads=3)
+    # Single-threaded on purpose: rclpy 9's MultiThreadedExecutor falls into a busy loop after a
+    # few seconds of 50 Hz traffic and then serves a few callbacks per second (bench/ros_executor).
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
         if node.autostart:
