@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -139,6 +140,31 @@ def test_sigkill_mid_episode_keeps_completed_episodes(tmp_path, ros_env):
         assert r.episodes == ["demo_0"]
         assert r.num_steps("demo_0") == 50
         assert r.read_dones("demo_0")[-1]
+
+
+def test_double_sigint_mid_episode_closes_cleanly(tmp_path, ros_env):
+    """Ctrl-C under `ros2 launch`: each node gets the terminal's SIGINT and then launch's."""
+    out = tmp_path / "rec.hdf5"
+    rec = start_recorder(tmp_path, ros_env, out)
+    bridge = start_bridge(tmp_path, ros_env, action_source="expert", seed=5)
+    procs = [rec, bridge]
+    try:
+        wait_until(lambda: "episode demo_0 written" in rec.log_text(), 60, "demo_0", procs)
+        partial = out.with_name(out.name + ".episodes") / "demo_1.h5.partial"
+        wait_until(partial.exists, 20, "demo_1 staging file", procs)
+        for _ in range(2):
+            for p in procs:
+                p.popen.send_signal(signal.SIGINT)
+            time.sleep(0.05)
+        codes = [p.popen.wait(20) for p in procs]
+    finally:
+        for p in procs:
+            p.stop()
+    for p, code in zip(procs, codes, strict=True):
+        assert code == 0 and "Traceback" not in p.log_text(), p.log_text()[-3000:]
+    validate_file(out)
+    with EpisodeReader(out) as r:
+        assert r.episodes == ["demo_0"] and r.num_steps("demo_0") == 50  # the open one discarded
 
 
 def alive(proc: RosProcess) -> bool:

@@ -7,6 +7,7 @@ scene arriving during inference replaces any older pending one (no backlog).
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -249,6 +250,8 @@ def main(args: list[str] | None = None) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Ctrl-C under `ros2 launch` reaches a node twice (terminal + launch): let it close.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         node._stop_worker()
         executor.shutdown()
         node.destroy_node()

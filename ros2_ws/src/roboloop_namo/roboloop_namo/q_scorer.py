@@ -14,6 +14,7 @@ pending. Diagnostics: latency, provider.
 
 from __future__ import annotations
 
+import signal
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -264,6 +265,8 @@ def main(args: list[str] | None = None) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Ctrl-C under `ros2 launch` reaches a node twice (terminal + launch): let it close.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()

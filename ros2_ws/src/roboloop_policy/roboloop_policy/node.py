@@ -11,6 +11,7 @@ ROS-free modules: `observations` (decoding, binding) and `control` (history, que
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -354,6 +355,8 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Ctrl-C under `ros2 launch` reaches a node twice (terminal + launch): let it close.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()

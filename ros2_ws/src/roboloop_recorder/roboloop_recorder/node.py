@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import signal
 import sys
 from typing import Any
 
@@ -381,6 +382,8 @@ def main(args: list[str] | None = None) -> int:
     except SystemExit as e:
         code = int(e.code or 0)
     finally:
+        # Ctrl-C under `ros2 launch` reaches a node twice (terminal + launch): let it close.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         # Flush: discard the open episode, drain the writer, release the dataset lock.
         node._stop_io()
         node._close()

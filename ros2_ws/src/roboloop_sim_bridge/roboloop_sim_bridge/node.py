@@ -15,6 +15,7 @@ consumers that align by stamp see exactly one observation per control period.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from typing import Any
@@ -391,6 +392,8 @@ def main(args: list[str] | None = None) -> int:
     except SystemExit as e:
         code = int(e.code or 0)
     finally:
+        # Ctrl-C under `ros2 launch` reaches a node twice (terminal + launch): let it close.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         node._stop_timers()
         node._close()
         executor.shutdown()
