@@ -6,7 +6,6 @@ Layout of requests/responses: learning.namo.layout (documented in docs/q_functio
 from __future__ import annotations
 
 import collections
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,33 +49,6 @@ def score_request(
         raise RequestError(str(err)) from None
     dims, best = response_dims(result.q_values, stamp_sec, stamp_nanosec, frame_id)
     return ScoredRequest(dims, result.q_values, best, result.latency_s)
-
-
-class PendingRequests:
-    """Bounded FIFO between the subscription and the scoring callback; drops the oldest."""
-
-    def __init__(self, max_pending: int) -> None:
-        if max_pending < 1:
-            raise ValueError(f"max_pending={max_pending} must be >= 1")
-        self._items: collections.deque[Any] = collections.deque()
-        self._max = max_pending
-        self._lock = threading.Lock()
-        self.dropped = 0
-
-    def put(self, item: Any) -> None:
-        with self._lock:
-            if len(self._items) >= self._max:
-                self._items.popleft()
-                self.dropped += 1
-            self._items.append(item)
-
-    def pop(self) -> Any | None:
-        with self._lock:
-            return self._items.popleft() if self._items else None
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
 
 
 class ScoringStats:

@@ -6,10 +6,10 @@ Request: sensor_msgs/Image `32FC<8+5K>` on `~/request` (8 shared state masks + 5
 Response: std_msgs/Float32MultiArray on `~/q_values`, shape (1, K), dim[0].label carries the
 request key (header stamp + frame_id) and the best proposal index. Layout: learning.namo.layout.
 
-configure: load the ONNX Q-function (model_type q_function). activate: subscribe; requests are
-queued by the subscription and scored from a guard condition (never inside the subscription
-callback), so a burst keeps only the newest `max_pending`. deactivate: unsubscribe, drop
-pending. Diagnostics: latency, provider.
+configure: load the ONNX Q-function (model_type q_function). activate: subscribe; each request
+is scored in its subscription callback, and while one is scored the subscription keeps the newest
+`max_pending` (KEEP_LAST depth; DDS drops older ones). deactivate: unsubscribe. Diagnostics:
+latency, provider.
 """
 
 from __future__ import annotations
@@ -30,16 +30,11 @@ from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 
 from learning.namo.scoring import OnnxQScorer
 from learning.onnx_runner import ModelLoadError
-from roboloop_namo.core import PendingRequests, RequestError, ScoringStats, score_request
+from roboloop_namo.core import RequestError, ScoringStats, score_request
 
 NODE_NAME = "q_scorer"
-# Requests and responses are commands/results: reliable, shallow (requests are large images).
-REQUEST_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST,
-    depth=2,
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.VOLATILE,
-)
+# Requests and responses are commands/results: reliable; requests are large images, so the
+# request depth is small (parameter max_pending).
 RESPONSE_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
     depth=10,
@@ -55,7 +50,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "inference_threads": (1, "onnxruntime intra-op threads (0: onnxruntime default)"),
     "request_topic": ("~/request", "sensor_msgs/Image 32FC<8+5K>: shared state + K proposals"),
     "response_topic": ("~/q_values", "std_msgs/Float32MultiArray (1, K) Q-values + key"),
-    "max_pending": (2, "queued requests; when full the oldest is dropped and counted"),
+    "max_pending": (2, "requests kept while one is scored (subscription depth); older dropped"),
     "diagnostics_period_s": (1.0, "period of /diagnostics messages"),
     "autostart": (True, "configure and activate at startup (no lifecycle manager needed)"),
 }
@@ -87,11 +82,9 @@ class QScorerNode(LifecycleNode):
         self._last_error = ""
         self._params: ScorerParams | None = None
         self._scorer: OnnxQScorer | None = None
-        self._pending = PendingRequests(max(params.max_pending, 1))
         self._stats = ScoringStats()
         self._request_sub: Any = None
         self._response_pub: Any = None
-        self._wake = self.create_guard_condition(self._score_pending)
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, DIAGNOSTICS_QOS)
         self._diag_timer = self.create_timer(
             params.diagnostics_period_s, self._publish_diagnostics
@@ -109,12 +102,13 @@ class QScorerNode(LifecycleNode):
             scorer = OnnxQScorer(
                 params.model_path, params.device, params.inference_threads or None
             )
-            pending = PendingRequests(params.max_pending)
+            if params.max_pending < 1:
+                raise ValueError(f"max_pending={params.max_pending} must be >= 1")
         except (ModelLoadError, ValueError) as err:
             self._last_error = str(err)
             self.get_logger().error(f"configure failed: {err}")
             return TransitionCallbackReturn.FAILURE
-        self._params, self._scorer, self._pending = params, scorer, pending
+        self._params, self._scorer = params, scorer
         self._last_error = ""
         self._response_pub = self.create_lifecycle_publisher(
             Float32MultiArray, params.response_topic, RESPONSE_QOS
@@ -133,7 +127,12 @@ class QScorerNode(LifecycleNode):
             Image,
             self._params.request_topic,
             self._on_request,
-            REQUEST_QOS,
+            QoSProfile(
+                history=HistoryPolicy.KEEP_LAST,
+                depth=self._params.max_pending,
+                reliability=ReliabilityPolicy.RELIABLE,
+                durability=DurabilityPolicy.VOLATILE,
+            ),
         )
         self._lifecycle = "active"
         self.get_logger().info(
@@ -146,7 +145,6 @@ class QScorerNode(LifecycleNode):
             if self._request_sub is not None:
                 self.destroy_subscription(self._request_sub)
                 self._request_sub = None
-            self._pending.clear()
         self._lifecycle = "inactive"
         return super().on_deactivate(state)
 
@@ -168,24 +166,13 @@ class QScorerNode(LifecycleNode):
             if self._response_pub is not None:
                 self.destroy_lifecycle_publisher(self._response_pub)
                 self._response_pub = None
-            self._pending.clear()
             self._scorer = None
 
     # ---- data path ------------------------------------------------------------------------
     def _on_request(self, msg: Image) -> None:
-        """Queue only; scoring runs from the guard condition."""
         self._stats.requests += 1
-        self._pending.put(msg)
-        self._wake.trigger()
-
-    def _score_pending(self) -> None:
-        while True:
-            msg = self._pending.pop()
-            if msg is None:
-                return
-            with self._lock:
-                if self._scorer is None or self._response_pub is None:
-                    return
+        with self._lock:
+            if self._scorer is not None and self._response_pub is not None:
                 self._score_one(msg)
 
     def _score_one(self, msg: Image) -> None:
@@ -236,7 +223,6 @@ class QScorerNode(LifecycleNode):
             if scorer.fallback_reason:
                 level, message = DiagnosticStatus.WARN, f"running on {scorer.provider}"
         values.update(self._stats.values())
-        values["dropped_requests"] = str(self._pending.dropped)
         values["last_error"] = self._last_error
         if self._last_error:
             level, message = DiagnosticStatus.ERROR, self._last_error
