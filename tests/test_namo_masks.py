@@ -6,14 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from learning.namo.keys import ACTION_KEYS, STATE_KEYS
 from sim.namo.grid import Grid, rasterize_disc, rasterize_rect
-from sim.namo.masks import (
-    ACTION_KEYS,
-    SEED001_ALIASES,
-    STATE_KEYS,
-    proposal_masks,
-    sample_arrays,
-)
+from sim.namo.masks import SEED001_ALIASES, proposal_masks, sample_arrays
 from sim.namo.scene import doorway_scene, generate_scene
 from sim.namo.transition import TransitionModel
 
@@ -122,10 +117,3 @@ def test_invalid_move_is_refused_with_reason() -> None:
 
     with pytest.raises(ValueError, match="collides with a wall"):
         proposal_masks(model, state, Proposal("door", 2.0, 0.4, 0.0), size=32)
-
-
-def test_channel_order_matches_the_q_function_consumer() -> None:
-    from learning.namo.keys import ACTION_KEYS as Q_ACTION
-    from learning.namo.keys import STATE_KEYS as Q_STATE
-
-    assert (STATE_KEYS, ACTION_KEYS) == (Q_STATE, Q_ACTION)

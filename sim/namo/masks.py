@@ -3,7 +3,8 @@
 All masks are float32 (S, S) over the whole world (``Grid.image``: row 0 = top, S = 224 by
 default). Binary masks hold 0/1; a shape covers a pixel when the pixel centre lies inside it.
 
-State channels (``STATE_KEYS`` order; the first 8 describe the state, the last 3 the move):
+State channels (``learning.namo.keys.STATE_KEYS`` order, the one definition of the file format;
+the first 8 describe the state, the last 3 the move):
 
 - ``robot``: robot disc; ``goal``: robot-radius disc at the robot goal;
 - ``movable``: union of object footprints; ``static``: walls;
@@ -37,22 +38,6 @@ import numpy as np
 from sim.namo.grid import Grid, rasterize_disc, rasterize_rect
 from sim.namo.transition import NamoState, Proposal, TransitionModel
 
-STATE_KEYS: tuple[str, ...] = (
-    "robot",
-    "goal",
-    "movable",
-    "static",
-    "reachable",
-    "robot_distance",
-    "goal_distance",
-    "combined_distance",
-    "post_action_robot",
-    "post_action_movable",
-    "post_action_robot_distance",
-)
-SHARED_KEYS: tuple[str, ...] = STATE_KEYS[:8]
-POST_ACTION_KEYS: tuple[str, ...] = STATE_KEYS[8:]
-ACTION_KEYS: tuple[str, ...] = ("target_object", "target_goal")
 # Seed-001 (generative) names of the same masks.
 SEED001_ALIASES: dict[str, str] = {
     "robot_image": "robot",
@@ -117,7 +102,7 @@ def _robot_distance(model: TransitionModel, state: NamoState, size: int) -> np.n
 def state_masks(
     model: TransitionModel, state: NamoState, size: int = DEFAULT_SIZE
 ) -> dict[str, np.ndarray]:
-    """The 8 pre-action channels (``SHARED_KEYS``) of ``state``; cached per (state, size)."""
+    """The 8 pre-action channels (``SHARED_STATE_KEYS``) of ``state``; cached per (state, size)."""
     cache = _cache(model)
     key = ("state", state, size)
     got = cache.get(key)

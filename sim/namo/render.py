@@ -130,7 +130,8 @@ def render_decision(
 ) -> Image.Image:
     """Scene with the proposals coloured by Q (reachable region tinted) left, and the 13 mask
     channels of the best proposal (highest Q, else the first) right."""
-    from sim.namo.masks import ACTION_KEYS, STATE_KEYS, proposal_masks
+    from learning.namo.keys import ACTION_KEYS, STATE_KEYS
+    from sim.namo.masks import proposal_masks
 
     left = render_scene(
         model.scene, state, proposals, q_values, size, reachable=model.info(state).reachable
