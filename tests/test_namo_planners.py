@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -106,13 +107,25 @@ def test_evaluate_cli_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     proc = subprocess.run(
         [sys.executable, "-m", "sim.namo.evaluate_planners", "--planners", "mcts", "random",
-         "--seeds", *map(str, SEEDS[:2]), "--mcts-budget", "10", "--out", str(out)],
+         "--seeds", *map(str, SEEDS[:2]), "--mcts-budget", "10", "--proposals-per-object", "2",
+         "--out", str(out)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     payload = json.loads(out.read_text())
     assert [s["planner"] for s in payload["summary"]] == ["mcts", "random"]
     assert len(payload["rows"]) == 4 and "success_rate" in proc.stdout
+    assert payload["planners"]["mcts"] == {"proposals_per_object": 2, "budget": 10, "max_depth": 3}
+
+
+def test_proposals_per_object_reaches_every_planner() -> None:
+    from sim.namo.evaluate_planners import _planner_kwargs
+
+    args = argparse.Namespace(proposals_per_object=2, mcts_budget=10, max_depth=3)
+    assert make_planner("mcts", **_planner_kwargs("mcts", args)).config.proposals_per_object == 2
+    assert make_planner("random", **_planner_kwargs("random", args)).proposals_per_object == 2
+    default = argparse.Namespace(proposals_per_object=None, mcts_budget=10, max_depth=3)
+    assert make_planner("random", **_planner_kwargs("random", default)).proposals_per_object == 4
 
 
 def test_mujoco_check_accepts_the_mcts_plan_and_rejects_a_box_in_a_wall() -> None:

@@ -119,16 +119,24 @@ def print_table(summary: list[dict[str, Any]]) -> None:
 
 
 def _planner_kwargs(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    # Every planner draws or generates `proposals_per_object` candidates per reachable object
+    # (MCTS at its root); unset, each keeps its own default (4; dit_q samples 8 masks).
+    kwargs: dict[str, Any] = {}
+    if args.proposals_per_object is not None:
+        kwargs["proposals_per_object"] = args.proposals_per_object
     if name == "mcts":
-        return {"budget": args.mcts_budget, "max_depth": args.max_depth}
-    if name == "learned_q":
-        return {"model_path": _need(args.q_model, "--q-model", name)}
-    if name == "dit_q":
-        return {
-            "generator_path": _need(args.generator, "--generator", name),
-            "q_model_path": _need(args.q_model, "--q-model", name),
-        }
-    return {}
+        kwargs |= {"budget": args.mcts_budget, "max_depth": args.max_depth}
+    elif name == "learned_q":
+        kwargs["model_path"] = _need(args.q_model, "--q-model", name)
+    elif name == "dit_q":
+        kwargs["generator_path"] = _need(args.generator, "--generator", name)
+        kwargs["q_model_path"] = _need(args.q_model, "--q-model", name)
+    return kwargs
+
+
+def _describe(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The settings a planner ran with, for the JSON record."""
+    return {k: v for k, v in _planner_kwargs(name, args).items() if not k.endswith("path")}
 
 
 def _need(value: str | None, flag: str, name: str) -> str:
@@ -146,6 +154,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-moves", type=int, default=5)
     ap.add_argument("--mcts-budget", type=int, default=100)
     ap.add_argument("--max-depth", type=int, default=3)
+    ap.add_argument(
+        "--proposals-per-object",
+        type=int,
+        default=None,
+        help="candidates per reachable object for every planner (default: each planner's own)",
+    )
     ap.add_argument("--q-model", default=None, help="Q-function .onnx/.ckpt (learned_q, dit_q)")
     ap.add_argument("--generator", default=None, help="goal_generator .onnx (dit_q)")
     ap.add_argument("--out", default=None, help="JSON file for rows + summary")
@@ -157,7 +171,13 @@ def main(argv: list[str] | None = None) -> None:
     print_table(summary)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        payload = {"seeds": seeds, "max_moves": args.max_moves, "summary": summary, "rows": rows}
+        payload = {
+            "seeds": seeds,
+            "max_moves": args.max_moves,
+            "planners": {n: _describe(n, args) for n in args.planners},
+            "summary": summary,
+            "rows": rows,
+        }
         Path(args.out).write_text(json.dumps(payload, indent=2))
         print(f"wrote {args.out}")
 
