@@ -258,7 +258,7 @@ def test_malformed_messages_rejected_counted_and_not_written(tmp_path, ros_env):
             def diag_invalid() -> int:
                 for msg in reversed(diags):
                     values = {kv.key: kv.value for kv in msg.status[0].values}
-                    if msg.status[0].name.startswith("recorder") and "invalid_total" in values:
+                    if msg.status[0].name == "/recorder: recorder" and "invalid_total" in values:
                         return int(values["invalid_total"])
                 return -1
 

@@ -7,18 +7,23 @@ scene arriving during inference replaces any older pending one (no backlog).
 
 from __future__ import annotations
 
-import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
+from roboloop_node_common.runtime import (
+    DIAGNOSTICS_QOS,
+    DIAGNOSTICS_TOPIC,
+    declare_parameters,
+    publish_status,
+    read_parameters,
+    run_node,
+)
 from sensor_msgs.msg import Image
 
 from learning.onnx_runner import ModelLoadError
@@ -30,8 +35,6 @@ from roboloop_goal_generator.generator import (
 )
 
 NODE_NAME = "goal_generator"
-DIAGNOSTICS_QOS = QoSProfile(depth=10)  # the /diagnostics convention: reliable, volatile
-DIAGNOSTICS_TOPIC = "/diagnostics"
 # Scenes are requests: reliable, only the newest matters.
 REQUEST_QOS = QoSProfile(
     history=QoSHistoryPolicy.KEEP_LAST,
@@ -68,11 +71,9 @@ class GeneratorParams:
 class GoalGeneratorNode(LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        for name, (default, description) in PARAMETERS.items():
-            self.declare_parameter(name, default, ParameterDescriptor(description=description))
-        self.params = GeneratorParams(
-            **{name: self.get_parameter(name).value for name in PARAMETERS}
-        )
+        declare_parameters(self, PARAMETERS)
+        self.params = read_parameters(self, PARAMETERS, GeneratorParams)
+        self.autostart = self.params.autostart
         self._generator: GoalGenerator | None = None
         self._pub: Any = None
         self._sub: Any = None
@@ -203,8 +204,7 @@ class GoalGeneratorNode(LifecycleNode):
     # ---- diagnostics ----------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
         p, generator = self.params, self._generator
-        status = DiagnosticStatus(name=f"{self.get_fully_qualified_name()}: goal generator")
-        status.level, status.message = DiagnosticStatus.OK, self._lifecycle
+        level, message = DiagnosticStatus.OK, self._lifecycle
         values = {
             "lifecycle_state": self._lifecycle,
             "model_path": p.model_path,
@@ -217,7 +217,6 @@ class GoalGeneratorNode(LifecycleNode):
             "last_inference_ms": f"{self._last_ms:.2f}",
         }
         if generator is not None:
-            status.hardware_id = p.model_path
             model = generator.model
             values.update(
                 execution_provider=model.provider,
@@ -225,12 +224,9 @@ class GoalGeneratorNode(LifecycleNode):
                 image_size=str(generator.image_size),
             )
             if model.fallback_reason:
-                status.level = DiagnosticStatus.WARN
-                status.message = f"running on {model.provider}"
-        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
-        self._diag_pub.publish(array)
+                level, message = DiagnosticStatus.WARN, f"running on {model.provider}"
+        hardware_id = p.model_path if generator is not None else ""
+        publish_status(self, self._diag_pub, "goal generator", level, message, values, hardware_id)
 
     def bring_up(self) -> None:
         """autostart: configure, then activate if configuring worked."""
@@ -238,25 +234,9 @@ class GoalGeneratorNode(LifecycleNode):
             self.trigger_activate()
 
 
-def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = GoalGeneratorNode()
-    executor = SingleThreadedExecutor()  # rclpy 9's multi-threaded one busy-loops
-    executor.add_node(node)
-    try:
-        if node.params.autostart:
-            node.bring_up()
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        # Ctrl-C under `ros2 launch` reaches a node twice (terminal + launch): let it close.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        node._stop_worker()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
+def main(args: list[str] | None = None) -> int:
+    return run_node(GoalGeneratorNode, args, on_exit=lambda node: node._stop_worker())
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,17 +14,22 @@ latency, provider.
 
 from __future__ import annotations
 
-import signal
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any
 
-import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from roboloop_node_common.runtime import (
+    DIAGNOSTICS_QOS,
+    DIAGNOSTICS_TOPIC,
+    declare_parameters,
+    publish_status,
+    read_parameters,
+    run_node,
+)
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 
@@ -41,8 +46,6 @@ RESPONSE_QOS = QoSProfile(
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.VOLATILE,
 )
-DIAGNOSTICS_QOS = QoSProfile(depth=10)
-DIAGNOSTICS_TOPIC = "/diagnostics"
 
 PARAMETERS: dict[str, tuple[Any, str]] = {
     "model_path": ("", "ONNX Q-function from learning.namo.export (model_type q_function)"),
@@ -73,8 +76,7 @@ class QScorerNode(LifecycleNode):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        for name, (default, description) in PARAMETERS.items():
-            self.declare_parameter(name, default, ParameterDescriptor(description=description))
+        declare_parameters(self, PARAMETERS)
         params = self.read_params()
         self.autostart = params.autostart
         self._lock = threading.Lock()  # scoring vs lifecycle transitions
@@ -91,7 +93,7 @@ class QScorerNode(LifecycleNode):
         )
 
     def read_params(self) -> ScorerParams:
-        return ScorerParams(**{name: self.get_parameter(name).value for name in PARAMETERS})
+        return read_parameters(self, PARAMETERS, ScorerParams)
 
     # ---- lifecycle ------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -207,13 +209,10 @@ class QScorerNode(LifecycleNode):
 
     # ---- diagnostics ----------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
-        status = DiagnosticStatus()
-        status.name = f"{self.get_fully_qualified_name()}: q_scorer"
         values = {"lifecycle_state": self._lifecycle}
         level, message = DiagnosticStatus.OK, self._lifecycle
         scorer, params = self._scorer, self._params
         if scorer is not None and params is not None:
-            status.hardware_id = params.model_path
             values.update(
                 model_path=params.model_path,
                 requested_device=params.device,
@@ -226,12 +225,8 @@ class QScorerNode(LifecycleNode):
         values["last_error"] = self._last_error
         if self._last_error:
             level, message = DiagnosticStatus.ERROR, self._last_error
-        status.level, status.message = level, message
-        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-        array = DiagnosticArray()
-        array.header.stamp = self.get_clock().now().to_msg()
-        array.status = [status]
-        self._diag_pub.publish(array)
+        hardware_id = params.model_path if params is not None else ""
+        publish_status(self, self._diag_pub, "q_scorer", level, message, values, hardware_id)
 
     def bring_up(self) -> None:
         """autostart: configure, then activate if configuring worked."""
@@ -239,24 +234,9 @@ class QScorerNode(LifecycleNode):
             self.trigger_activate()
 
 
-def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    node = QScorerNode()
-    executor = SingleThreadedExecutor()  # rclpy 9's multi-threaded one busy-loops
-    executor.add_node(node)
-    try:
-        if node.autostart:
-            node.bring_up()
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        # Ctrl-C under `ros2 launch` reaches a node twice (terminal + launch): let it close.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
+def main(args: list[str] | None = None) -> int:
+    return run_node(QScorerNode, args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

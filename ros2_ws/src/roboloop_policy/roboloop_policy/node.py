@@ -11,7 +11,6 @@ ROS-free modules: `observations` (decoding, binding) and `control` (history, que
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 import time
@@ -19,11 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
     DurabilityPolicy,
@@ -31,6 +26,14 @@ from rclpy.qos import (
     QoSProfile,
     ReliabilityPolicy,
     qos_profile_sensor_data,
+)
+from roboloop_node_common.runtime import (
+    DIAGNOSTICS_QOS,
+    DIAGNOSTICS_TOPIC,
+    declare_parameters,
+    publish_status,
+    read_parameters,
+    run_node,
 )
 from sensor_msgs.msg import Image, JointState
 
@@ -57,8 +60,6 @@ COMMAND_QOS = QoSProfile(
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.VOLATILE,
 )
-DIAGNOSTICS_QOS = QoSProfile(depth=10)  # the /diagnostics convention: reliable, volatile
-DIAGNOSTICS_TOPIC = "/diagnostics"
 
 # name -> (default, description); declared once in __init__, read once per configure.
 PARAMETERS: dict[str, tuple[Any, str]] = {
@@ -100,8 +101,7 @@ class PolicyNode(LifecycleNode):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        for name, (default, description) in PARAMETERS.items():
-            self.declare_parameter(name, default, ParameterDescriptor(description=description))
+        declare_parameters(self, PARAMETERS)
         params = self.read_params()
         self.autostart = params.autostart
         self._control_lock = threading.Lock()  # control tick vs lifecycle transitions
@@ -123,7 +123,7 @@ class PolicyNode(LifecycleNode):
         )
 
     def read_params(self) -> PolicyParams:
-        return PolicyParams(**{name: self.get_parameter(name).value for name in PARAMETERS})
+        return read_parameters(self, PARAMETERS, PolicyParams)
 
     # ---- lifecycle ------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -290,13 +290,10 @@ class PolicyNode(LifecycleNode):
 
     # ---- diagnostics ----------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
-        status = DiagnosticStatus()
-        status.name = f"{self.get_fully_qualified_name()}: policy"
         values: dict[str, str] = {"lifecycle_state": self._lifecycle}
         loop, policy, params = self._loop, self._policy, self._params
         level, message = DiagnosticStatus.OK, self._lifecycle
         if policy is not None and loop is not None and params is not None:
-            status.hardware_id = params.model_path
             meta = loop.meta
             values.update(
                 model_path=params.model_path,
@@ -323,12 +320,8 @@ class PolicyNode(LifecycleNode):
         values["last_error"] = self._last_error
         if self._last_error:
             level, message = DiagnosticStatus.ERROR, self._last_error
-        status.level, status.message = level, message
-        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-        array = DiagnosticArray()
-        array.header.stamp = self.get_clock().now().to_msg()
-        array.status = [status]
-        self._diag_pub.publish(array)
+        hardware_id = params.model_path if params is not None else ""
+        publish_status(self, self._diag_pub, "policy", level, message, values, hardware_id)
 
     def bring_up(self) -> None:
         """autostart: configure, then activate if configuring worked."""
@@ -337,30 +330,7 @@ class PolicyNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args)
-    try:
-        node = PolicyNode()
-    except ParameterException as err:  # e.g. `control_rate_hz: 20` where a double is declared
-        rclpy.logging.get_logger(NODE_NAME).fatal(f"bad parameter: {err}")
-        rclpy.try_shutdown()
-        return 2
-    # Single-threaded on purpose: rclpy 9's MultiThreadedExecutor falls into a busy loop after a
-    # few seconds of 50 Hz traffic and then serves a few callbacks per second (bench/ros_executor).
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        if node.autostart:
-            node.bring_up()
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        # Ctrl-C under `ros2 launch` reaches a node twice (terminal + launch): let it close.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(PolicyNode, args)
 
 
 if __name__ == "__main__":

@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import importlib
 import json
-import signal
 import sys
 from typing import Any
 
-import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor, ParameterType
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
     DurabilityPolicy,
     QoSProfile,
     ReliabilityPolicy,
-    qos_profile_system_default,
+)
+from roboloop_node_common.runtime import (
+    DIAGNOSTICS_QOS,
+    DIAGNOSTICS_TOPIC,
+    declare_parameters,
+    publish_status,
+    run_node,
 )
 from std_srvs.srv import Trigger
 
@@ -40,8 +42,6 @@ from roboloop_recorder.qos_choice import (
 from roboloop_recorder.session import RecordingSession, SessionConfig
 from roboloop_recorder.topics import dataset_specs, parse_topics
 from roboloop_recorder.writer_thread import EpisodeWriterThread
-
-_STR_ARRAY = ParameterType.PARAMETER_STRING_ARRAY
 
 # name -> (default, description). Declared once in __init__, read once in on_configure.
 PARAMETERS: dict[str, tuple[Any, str]] = {
@@ -140,11 +140,8 @@ def to_profile(choice: QosChoice) -> QoSProfile:
 class RecorderNode(LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("recorder", **kwargs)
-        for name, (default, description) in PARAMETERS.items():
-            desc = ParameterDescriptor(description=description)
-            if isinstance(default, list):
-                desc.type = _STR_ARRAY
-            self.declare_parameter(name, default, desc)
+        declare_parameters(self, PARAMETERS)
+        self.autostart = bool(self.p("autostart"))
         self._session: RecordingSession | None = None
         self._writer: EpisodeWriterThread | None = None
         self._subs: dict[str, tuple[Any, QosChoice]] = {}
@@ -202,9 +199,7 @@ class RecorderNode(LifecycleNode):
                 self._writer.close()
                 self._writer = None
             return TransitionCallbackReturn.FAILURE
-        self._diag_pub = self.create_publisher(
-            DiagnosticArray, "/diagnostics", qos_profile_system_default
-        )
+        self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, DIAGNOSTICS_QOS)
         self._episode_services = [
             self.create_service(Trigger, "~/start_episode", self._srv_start),
             self.create_service(Trigger, "~/stop_episode", self._srv_stop),
@@ -332,26 +327,29 @@ class RecorderNode(LifecycleNode):
         if self._session is None or self._diag_pub is None:
             return
         c = self._session.counters()
-        status = DiagnosticStatus()
-        status.name = f"{self.get_name()}: recorder"
-        status.hardware_id = self.get_fully_qualified_name()
         problems = c["invalid_total"] + c["stale_steps"] + c["dropped_steps"]
-        status.level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
-        status.message = (
+        level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
+        message = (
             f"recording={self._session.recording} episodes={self._session.episodes_ended} "
             f"invalid={c['invalid_total']} stale={c['stale_steps']} dropped={c['dropped_steps']}"
         )
-        status.values = [KeyValue(key=k, value=str(v)) for k, v in flatten(c).items()]
-        status.values.append(KeyValue(key="recording", value=str(self._session.recording)))
-        status.values.append(
-            KeyValue(
-                key="queue_depth", value=str(self._writer.queue_depth() if self._writer else 0)
-            )
-        )
-        msg = DiagnosticArray()
-        msg.header.stamp = self.get_clock().now().to_msg()
-        msg.status = [status]
-        self._diag_pub.publish(msg)
+        values = flatten(c) | {
+            "recording": self._session.recording,
+            "queue_depth": self._writer.queue_depth() if self._writer else 0,
+        }
+        output = str(self.p("output_path"))
+        publish_status(self, self._diag_pub, "recorder", level, message, values, output)
+
+    def bring_up(self) -> None:
+        """autostart: configure (a failure ends the process with 1), then activate."""
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            raise SystemExit(1)
+        self.trigger_activate()
+
+    def close(self) -> None:
+        """Process exit: discard the open episode, drain the writer, release the dataset."""
+        self._stop_io()
+        self._close()
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -366,31 +364,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = RecorderNode()
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    code = 0
-    try:
-        if node.p("autostart"):
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                raise SystemExit(1)
-            node.trigger_activate()
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        # Ctrl-C under `ros2 launch` reaches a node twice (terminal + launch): let it close.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        # Flush: discard the open episode, drain the writer, release the dataset lock.
-        node._stop_io()
-        node._close()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return code
+    return run_node(RecorderNode, args, on_exit=RecorderNode.close)
 
 
 if __name__ == "__main__":

@@ -15,16 +15,12 @@ consumers that align by stamp see exactly one observation per control period.
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import time
 from typing import Any
 
 import numpy as np
-import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
     QoSDurabilityPolicy,
@@ -34,6 +30,13 @@ from rclpy.qos import (
     qos_profile_system_default,
 )
 from rclpy.time import Time
+from roboloop_node_common.runtime import (
+    DIAGNOSTICS_QOS,
+    DIAGNOSTICS_TOPIC,
+    declare_parameters,
+    publish_status,
+    run_node,
+)
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float32
 from std_srvs.srv import Trigger
@@ -93,8 +96,8 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
 class SimBridgeNode(LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("sim_bridge", **kwargs)
-        for name, (default, description) in PARAMETERS.items():
-            self.declare_parameter(name, default, ParameterDescriptor(description=description))
+        declare_parameters(self, PARAMETERS)
+        self.autostart = bool(self.p("autostart"))
         self._runner: SimRunner | None = None
         self._pubs: dict[str, Any] = {}
         self._active_timers: list[Any] = []
@@ -142,9 +145,7 @@ class SimBridgeNode(LifecycleNode):
         }
         if self.p("camera") > 0:
             self._pubs["image"] = self.create_publisher(Image, self.p("image_topic"), sensor_qos)
-        self._diag = self.create_publisher(
-            DiagnosticArray, "/diagnostics", qos_profile_system_default
-        )
+        self._diag = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, DIAGNOSTICS_QOS)
         self._entities = [
             self.create_subscription(
                 JointState, self.p("action_topic"), self._on_action, COMMAND_QOS
@@ -362,44 +363,25 @@ class SimBridgeNode(LifecycleNode):
         if self._latency:
             values["obs_to_action_latency_ms_mean"] = round(1e3 * float(np.mean(self._latency)), 3)
             self._latency = []
-        status = DiagnosticStatus()
-        status.name = f"{self.get_name()}: sim_bridge"
-        status.hardware_id = self.p("env_id")
         problems = self._counts["invalid_actions"] + self._counts["overruns"]
-        status.level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
-        status.message = f"episode={runner.episode} steps={runner.total_steps}"
-        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
-        msg = DiagnosticArray()
-        msg.header.stamp = self.get_clock().now().to_msg()
-        msg.status = [status]
-        self._diag.publish(msg)
+        level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
+        message = f"episode={runner.episode} steps={runner.total_steps}"
+        publish_status(self, self._diag, "sim_bridge", level, message, values, self.p("env_id"))
+
+    def bring_up(self) -> None:
+        """autostart: configure (a failure ends the process with 1), then activate."""
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            raise SystemExit(1)
+        self.trigger_activate()
+
+    def close(self) -> None:
+        """Process exit: stop stepping, close the env."""
+        self._stop_timers()
+        self._close()
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=args if args is not None else sys.argv)
-    node = SimBridgeNode()
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    code = 0
-    try:
-        if node.p("autostart"):
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                raise SystemExit(1)
-            node.trigger_activate()
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        # Ctrl-C under `ros2 launch` reaches a node twice (terminal + launch): let it close.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        node._stop_timers()
-        node._close()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return code
+    return run_node(SimBridgeNode, args, on_exit=SimBridgeNode.close)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Shared by every roboloop node: parameters, the lifecycle main, /diagnostics."""

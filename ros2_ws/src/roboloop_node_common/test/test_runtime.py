@@ -1,0 +1,118 @@
+"""roboloop_node_common.runtime with real rclpy: parameters, /diagnostics status, process exit."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from roboloop_node_common.runtime import (  # noqa: E402
+    DIAGNOSTICS_QOS,
+    EXIT_BAD_PARAMETER,
+    declare_parameters,
+    publish_status,
+    read_parameters,
+)
+
+TABLE = {
+    "model_path": ("", "a file"),
+    "rate_hz": (20.0, "a double"),
+    "topics": (["/x"], "a string array"),
+    "keys": (["state"], "a string array"),
+}
+
+
+@dataclass(frozen=True)
+class Params:
+    model_path: str
+    rate_hz: float
+    topics: list[str]
+    keys: list[str]
+
+
+@pytest.fixture()
+def ros(tmp_path, monkeypatch):
+    """A private domain on loopback and an rclpy context of this test's own."""
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    monkeypatch.setenv("ROS_LOG_DIR", str(tmp_path / "ros_log"))
+    if "ROS_DOMAIN_ID" not in os.environ:
+        monkeypatch.setenv("ROS_DOMAIN_ID", str(random.randrange(120, 160)))
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    yield context
+    rclpy.shutdown(context=context)
+
+
+def test_parameters_declare_with_descriptions_and_read_into_a_dataclass(ros) -> None:
+    overrides = [Parameter("topics", value=["/a", "/b"]), Parameter("rate_hz", value=5.0)]
+    node = rclpy.create_node("params_probe", context=ros, parameter_overrides=overrides)
+    try:
+        declare_parameters(node, TABLE)
+        params = read_parameters(node, TABLE, Params)
+        assert params == Params("", 5.0, ["/a", "/b"], ["state"])
+        descriptor = node.describe_parameter("topics")
+        assert descriptor.description == TABLE["topics"][1]
+        assert descriptor.type == Parameter.Type.STRING_ARRAY.value
+        with pytest.raises(ValueError, match="'empty': give a non-empty string list default"):
+            declare_parameters(node, {"empty": ([], "rclpy would type this as bytes")})
+    finally:
+        node.destroy_node()
+
+
+def test_publish_status_names_the_node_and_stringifies_values(ros) -> None:
+    node = rclpy.create_node("status_probe", namespace="/robot", context=ros)
+    received: list[DiagnosticArray] = []
+    executor = SingleThreadedExecutor(context=ros)
+    executor.add_node(node)
+    try:
+        pub = node.create_publisher(DiagnosticArray, "/t_runtime/diagnostics", DIAGNOSTICS_QOS)
+        node.create_subscription(
+            DiagnosticArray, "/t_runtime/diagnostics", received.append, DIAGNOSTICS_QOS
+        )
+        deadline = time.monotonic() + 10
+        while not received and time.monotonic() < deadline:
+            publish_status(
+                node, pub, "thing", DiagnosticStatus.WARN, "hot", {"n": 3, "ok": True}, "dev0"
+            )
+            executor.spin_once(timeout_sec=0.1)
+        assert received, "no DiagnosticArray came back"
+        (status,) = received[0].status
+        assert status.name == "/robot/status_probe: thing"
+        assert (status.level, status.message, status.hardware_id) == (
+            DiagnosticStatus.WARN,
+            "hot",
+            "dev0",
+        )
+        assert {kv.key: kv.value for kv in status.values} == {"n": "3", "ok": "True"}
+        assert received[0].header.stamp.sec > 0
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+
+
+def test_a_parameter_of_the_wrong_type_exits_2_with_one_line(ros, tmp_path) -> None:
+    exe = Path(sys.executable).parent / "q_scorer"
+    if not exe.exists() and shutil.which("q_scorer") is None:
+        pytest.skip("q_scorer is not installed in this environment")
+    proc = subprocess.run(
+        [str(exe) if exe.exists() else "q_scorer", "--ros-args", "-p", "max_pending:=2.5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ),
+    )
+    assert proc.returncode == EXIT_BAD_PARAMETER, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if "bad parameter" in line]
+    assert len(lines) == 1 and "max_pending" in lines[0], proc.stderr[-2000:]
