@@ -84,6 +84,7 @@ def check(
     returns = {k: float(v.mean_return) for k, v in ev.items()}
     return {
         "returns": returns,
+        "success": {k: float(v.success_rate) for k, v in ev.items()},
         "normalized": float(
             normalized_score(returns["policy"], returns["random"], returns["expert"])
         ),
@@ -105,13 +106,14 @@ def print_table(res: dict[str, Any]) -> None:
         title=f"{ENV_ID}: exported FBC policy (onnxruntime) on "
         f"{res['eval_episodes']} eval episodes"
     )
-    for col in ("policy", "mean return"):
+    for col in ("policy", "mean return", "success"):
         table.add_column(col)
     for name in ("expert", "random", "policy"):
-        table.add_row(name, f"{res['returns'][name]:.2f}")
-    table.add_row("normalized", f"{res['normalized']:.3f}")
+        table.add_row(name, f"{res['returns'][name]:.2f}", f"{res['success'][name]:.2f}")
+    table.add_row("normalized", f"{res['normalized']:.3f}", "")
     Console().print(table)
-    print(json.dumps({k: v for k, v in res.items() if k != "returns"}, default=float))
+    summary = {k: v for k, v in res.items() if k not in ("returns", "success")}
+    print(json.dumps(summary | {"policy_success": res["success"]["policy"]}, default=float))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -130,7 +130,7 @@ class EpisodeDataModule(L.LightningDataModule):
             episode_filter,
         )
         self.normalization_modes = dict(normalization or {"low_dim": "mean_std"})
-        self.normalization_modes.setdefault("actions", "min_max")
+        self.normalization_modes.setdefault("actions", "mean_std")
         self.control_rate_override = control_rate_hz
         self._prepared = False
 
