@@ -32,13 +32,25 @@ class RecordConfig(L.Callback):
         checkpoint[MODEL_KWARGS_KEY] = self.model_kwargs
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or not written by `learning.train`."""
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if CONFIG_KEY not in ckpt:
-        raise KeyError(f"{path}: checkpoint has no {CONFIG_KEY!r} (not written by learning.train)")
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises whatever its unpickler meets in a corrupt file
+        first = (str(err).splitlines() or [""])[0]
+        raise CheckpointError(
+            f"{path}: not a readable torch checkpoint ({type(err).__name__}: {first})"
+        ) from None
+    if not isinstance(ckpt, dict) or CONFIG_KEY not in ckpt:
+        raise CheckpointError(
+            f"{path}: checkpoint has no {CONFIG_KEY!r} (not written by learning.train)"
+        )
     return ckpt
 
 

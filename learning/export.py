@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 import torch
 
-from learning.checkpoint import load_model
+from learning.checkpoint import CheckpointError, load_model
 from learning.onnx_runner import METADATA_KEY, OnnxModel
 from learning.policy_interface import FORMAT_VERSION
 
@@ -145,7 +145,10 @@ def _parse(argv: Sequence[str]) -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse(sys.argv[1:] if argv is None else argv)
-    model, cfg = load_model(args["ckpt"])
+    try:
+        model, cfg = load_model(args["ckpt"])
+    except CheckpointError as err:
+        raise SystemExit(f"learning.export: {err}") from None
     meta = export_model(model, args["out"], cfg, opset=int(args.get("opset", OPSET)))
     print(f"wrote {args['out']}: inputs {meta['inputs']} outputs {meta['outputs']}")
     if args.get("parity", "true").lower() == "true":

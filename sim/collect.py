@@ -175,16 +175,19 @@ def main(argv: list[str] | None = None) -> None:
         help="AsyncVectorEnv (subprocesses); slower than sync on 2 cores",
     )
     args = parser.parse_args(argv)
-    names = collect(
-        args.env,
-        args.policy,
-        args.episodes,
-        args.seed,
-        args.out,
-        args.num_envs,
-        args.camera,
-        args.asynchronous,
-    )
+    try:
+        names = collect(
+            args.env,
+            args.policy,
+            args.episodes,
+            args.seed,
+            args.out,
+            args.num_envs,
+            args.camera,
+            args.asynchronous,
+        )
+    except (ValueError, RuntimeError, OSError) as err:  # unknown task, bad model or dataset
+        parser.exit(2, f"sim.collect: error: {err}\n")
     from episode_dataset import EpisodeReader
 
     reader = EpisodeReader(args.out)

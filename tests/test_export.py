@@ -7,6 +7,7 @@ import json
 import numpy as np
 import onnx
 import pytest
+import torch
 from test_learning_data import IMG, STATE_DIM, write_toy_dataset
 
 from learning import export
@@ -101,5 +102,13 @@ def test_export_cli_rejects_bad_args(trained: dict) -> None:
         export.main([f"ckpt={trained['ckpt']}"])
     with pytest.raises(SystemExit, match="bad argument 'foo'"):
         export.main(["foo"])
-    with pytest.raises(FileNotFoundError, match="nope.ckpt: no such checkpoint"):
+    with pytest.raises(SystemExit, match="nope.ckpt: no such checkpoint"):
         export.main([f"ckpt={trained['tmp'] / 'nope.ckpt'}", "out=x.onnx"])
+    garbage = trained["tmp"] / "garbage.ckpt"
+    garbage.write_text("not a checkpoint\n")
+    with pytest.raises(SystemExit, match="garbage.ckpt: not a readable torch checkpoint"):
+        export.main([f"ckpt={garbage}", "out=x.onnx"])
+    foreign = trained["tmp"] / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(SystemExit, match="foreign.ckpt: checkpoint has no 'roboloop_config'"):
+        export.main([f"ckpt={foreign}", "out=x.onnx"])

@@ -240,3 +240,24 @@ def test_namo_tiny_real_masks_train_and_split(tmp_path: Path) -> None:
     model = QFunctionNet.load_from_checkpoint(result["best_ckpt"], map_location="cpu")
     assert _val_mse(model, dm) < 0.5 * _val_mse(untrained, dm)
     assert "val_spearman" in result["metrics"] and "test_top1" in result["metrics"]
+
+
+@pytest.mark.parametrize(
+    ("module", "message"),
+    [
+        ("learning.namo.export", "not a QFunctionNet checkpoint (UnpicklingError"),
+        ("learning.generative.export", "not a readable torch checkpoint (UnpicklingError"),
+        ("learning.export", "not a readable torch checkpoint (UnpicklingError"),
+    ],
+)
+def test_export_clis_reject_a_corrupt_checkpoint_in_one_line(
+    tmp_path: Path, module: str, message: str
+) -> None:
+    import importlib
+
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"\x80\x04not a pickle at all")
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(module).main([f"ckpt={garbage}", f"out={tmp_path / 'x.onnx'}"])
+    text = str(exit_.value.code)
+    assert "garbage.ckpt" in text and message in text and "\n" not in text

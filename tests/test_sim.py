@@ -149,3 +149,12 @@ def test_collect_cli_writes_a_dataset_and_reports(tmp_path) -> None:
         timeout=60,
     )
     assert bad.returncode != 0 and "nope.onnx: no such ONNX file" in bad.stderr
+    assert "Traceback" not in bad.stderr  # one line, not a stack
+    unknown = subprocess.run(
+        [sys.executable, "-m", "sim.collect", "--env", "Nope-v0", "--out", str(tmp_path / "y.h5")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert unknown.returncode == 2 and "unknown task 'Nope-v0'" in unknown.stderr
+    assert "Traceback" not in unknown.stderr

@@ -52,7 +52,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     overrides = {
         k.removeprefix("sampler."): yaml.safe_load(v) for k, v in args.items() if "." in k
     }
-    meta, err = export_goal_generator(args["ckpt"], args["out"], overrides)
+    try:
+        meta, err = export_goal_generator(args["ckpt"], args["out"], overrides)
+    except ValueError as error:  # learning.checkpoint.CheckpointError: missing or unreadable
+        raise SystemExit(f"learning.generative.export: {error}") from None
     print(f"wrote {args['out']}: sampler {meta['sampler']}, parity max abs error {err:.2e}")
     if err > 1e-4:
         raise SystemExit(f"{args['out']}: parity check failed ({err:.2e} > 1e-4)")

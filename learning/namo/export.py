@@ -92,7 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     ckpt = Path(args["ckpt"])
     if not ckpt.is_file():
         sys.exit(f"{ckpt}: no such checkpoint")
-    model = QFunctionNet.load_from_checkpoint(ckpt, map_location="cpu")
+    try:
+        model = QFunctionNet.load_from_checkpoint(ckpt, map_location="cpu")
+    except Exception as err:  # torch/Lightning raise whatever a corrupt or foreign file causes
+        first = (str(err).splitlines() or [""])[0]
+        sys.exit(f"{ckpt}: not a QFunctionNet checkpoint ({type(err).__name__}: {first})")
     path = export_q_function(
         model,
         args["out"],
