@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO / "ros2_ws/src/roboloop_policy/config/policy.yaml"
 RATE_HZ, STALE_PERIODS = 10.0, 3.0  # 100 ms periods leave room for a busy 2-core machine
 PERIOD = 1.0 / RATE_HZ
-SLACK_S = 1.0  # across processes, the watchdog's safe action within 10 periods
+SAFE_WITHIN_S = 2 * PERIOD  # issue 3: a safe action within 2 control periods of stale data
 PUBLISH_HZ = 50.0
 STATE_DIM, IMAGE_HW, ACTION_DIM = 4, (8, 8), 2
 T_STATE, T_IMAGE, T_ACTION = "/t_policy/state", "/t_policy/image", "/t_policy/action"
@@ -332,10 +332,10 @@ def test_stale_observations_give_safe_action_then_recover(nodes, robot) -> None:
             return any(s in old for _, s, a in robot.actions if not a.any())
 
     wait_until(safe_on_old_stamps, 5, "a safe action stamped with an old observation", proc)
-    # Tick-exact timing is unit-tested with a fake clock (test_policy_control.py); across
-    # processes only a gross delay fails, so that a busy CI machine does not.
+    # Measured here, so it includes DDS delivery both ways (the tick logic alone is unit-tested
+    # with a fake clock in test_policy_control.py).
     late_ms = (t_safe - t_first_old) * 1e3
-    assert late_ms < SLACK_S * 1e3, f"safe action {late_ms:.0f} ms after stale data"
+    assert late_ms <= SAFE_WITHIN_S * 1e3, f"safe action {late_ms:.0f} ms after stale data"
     t = robot.set("fresh")
     _wait_recovered(robot, t, proc)
 
@@ -346,7 +346,7 @@ def test_stale_observations_give_safe_action_then_recover(nodes, robot) -> None:
     stale_at = t_last + STALE_PERIODS * PERIOD
     t_safe = _first_safe_after(robot, t_last)
     assert t_safe > stale_at - 0.01, "safe action before the data was stale"
-    assert t_safe - stale_at < SLACK_S, f"safe {(t_safe - stale_at) * 1e3:.0f} ms late"
+    assert t_safe - stale_at <= SAFE_WITHIN_S, f"safe {(t_safe - stale_at) * 1e3:.0f} ms late"
     # Nothing but safe actions while silent.
     time.sleep(2 * PERIOD)
     assert not any(a[2].any() for a in robot.actions_after(t_safe))
