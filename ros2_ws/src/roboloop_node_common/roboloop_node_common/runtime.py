@@ -16,6 +16,7 @@ busy loop under steady traffic and then serve a few callbacks per second
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -26,10 +27,12 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
+from rclpy.signals import SignalHandlerOptions
 
 DIAGNOSTICS_TOPIC = "/diagnostics"
 DIAGNOSTICS_QOS = QoSProfile(depth=10)  # the /diagnostics convention: reliable, volatile
 EXIT_BAD_PARAMETER = 2
+SIGNAL_POLL_S = 0.2  # the main thread's wake-ups while it waits for a stop signal
 
 # name -> (default, description)
 ParameterTable = Mapping[str, tuple[Any, str]]
@@ -89,36 +92,65 @@ def run_node(
     args: list[str] | None = None,
     on_exit: Callable[[Any], None] | None = None,
 ) -> int:
-    """The process main of a node: init, build, autostart, spin until Ctrl-C, close.
+    """The process main of a node: init, build, autostart, spin until SIGINT/SIGTERM, close.
 
     A parameter of the wrong type (e.g. `rate: 20` where a double is declared) exits 2 with a
     one-line error; `bring_up` may raise SystemExit to end the process with its code. `on_exit`
-    runs before the node is destroyed (flush files, stop threads).
+    runs on the node's thread once callbacks have stopped, before the node is destroyed (flush
+    files, stop threads, free a renderer).
+
+    The node comes up and spins on a worker thread; SIGINT/SIGTERM only set a flag the main
+    thread waits on. A KeyboardInterrupt raised inside a callback (mid-render it surfaces from
+    ctypes as an ArgumentError), or rclpy invalidating the context under a running callback,
+    would end the process with a traceback. `ros2 launch` sends SIGINT twice on Ctrl-C.
     """
-    rclpy.init(args=args)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda _signum, _frame: stop.set())
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = make_node()
     except ParameterException as err:
         rclpy.logging.get_logger("roboloop").fatal(f"bad parameter: {err}")
-        rclpy.try_shutdown()
+        rclpy.try_shutdown(uninstall_handlers=False)
         return EXIT_BAD_PARAMETER
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    code = 0
-    try:
-        if node.autostart:
-            node.bring_up()
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+    exit_code: list[int] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        # Everything the node does happens on this one thread (an EGL context, e.g. the sim
+        # bridge's renderer, works only on the thread that made it current).
+        try:
+            if node.autostart and not stop.is_set():
+                node.bring_up()
+            executor.spin()
+        except ExternalShutdownException:
+            pass
+        except SystemExit as exit_:
+            exit_code.append(int(exit_.code or 0))
+        except BaseException as err:  # a callback raised: end the process, report it
+            failure.append(err)
+        finally:
+            stop.set()
+            if on_exit is not None:
+                on_exit(node)
+
+    worker = threading.Thread(target=run, name="node", daemon=True)
+    worker.start()
+    while not stop.wait(SIGNAL_POLL_S):
         pass
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    finally:
-        # Ctrl-C under `ros2 launch` reaches a node twice (terminal + launch): let it close.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if on_exit is not None:
-            on_exit(node)
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return code
+    executor.shutdown()  # lets a running callback finish, then spin() returns
+    worker.join()
+    node.destroy_node()
+    rclpy.try_shutdown(uninstall_handlers=False)
+    # Done: interpreter teardown resets Python-installed handlers to SIG_DFL, so a late second
+    # Ctrl-C would kill the finished process with -2. Ignored signals stay ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    if failure:
+        err = failure[0]
+        rclpy.logging.get_logger("roboloop").fatal(f"callback failed: {type(err).__name__}: {err}")
+        return 1
+    return exit_code[0] if exit_code else 0

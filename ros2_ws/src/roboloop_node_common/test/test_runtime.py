@@ -116,3 +116,37 @@ def test_a_parameter_of_the_wrong_type_exits_2_with_one_line(ros, tmp_path) -> N
     assert proc.returncode == EXIT_BAD_PARAMETER, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if "bad parameter" in line]
     assert len(lines) == 1 and "max_pending" in lines[0], proc.stderr[-2000:]
+
+
+FAILING_NODE = """
+import sys
+from rclpy.node import Node
+from roboloop_node_common.runtime import run_node
+
+class Failing(Node):
+    autostart = True
+
+    def __init__(self):
+        super().__init__("failing_probe")
+
+    def bring_up(self):
+        self.create_timer(0.05, self.tick)
+
+    def tick(self):
+        raise RuntimeError("sensor exploded")
+
+sys.exit(run_node(Failing, on_exit=lambda node: print("on_exit ran", flush=True)))
+"""
+
+
+def test_a_failing_callback_ends_the_process_with_1_after_on_exit(ros) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", FAILING_NODE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ),
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "on_exit ran" in proc.stdout
+    assert "callback failed: RuntimeError: sensor exploded" in proc.stderr
