@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 import time
 from pathlib import Path
+
+# Before any benchmark imports mujoco: it picks its GL backend once, at import (headless: EGL).
+os.environ.setdefault("MUJOCO_GL", "egl")
 
 
 def main() -> int:
