@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from learning.checkpoint import load_lightning
 from learning.namo.export import export_q_function
 from learning.namo.model import QFunctionNet
 from learning.namo.scoring import OnnxQScorer, QScorer, TorchQScorer
@@ -40,7 +41,7 @@ def measure(quick: bool = False, ckpt: str | None = None) -> list[dict]:
     """One row per (mask size, backend): median/p95 ms for a batch of 32 proposals."""
     repeats = 5 if quick else 30
     if ckpt:
-        model = QFunctionNet.load_from_checkpoint(ckpt, map_location="cpu").eval()
+        model = load_lightning(QFunctionNet, ckpt)
     else:
         torch.manual_seed(0)
         model = QFunctionNet().eval()  # the config's default architecture, untrained weights

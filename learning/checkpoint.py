@@ -1,22 +1,39 @@
-"""Checkpoints that can rebuild their model without the training script.
+"""Checkpoints that can rebuild their model without the training script, and carry no code.
 
 `train.py` adds `RecordConfig` to the callbacks, so every Lightning checkpoint carries the
 resolved training config and the data-derived model arguments (`model_kwargs`: shapes,
 normalization stats). `load_model` re-instantiates `cfg.model` from them and loads the weights:
 one generic path for every algorithm, used by export and `TorchPolicy`.
+
+A checkpoint is data, never code (docs/security.md):
+- it is unpickled with `torch.load(weights_only=True)`: tensors and builtin containers only, so
+  a pickle that names a callable (`__reduce__` -> `os.system`) is refused before anything runs;
+- every `_target_` in the stored model config (and in the kwargs merged into it) must resolve
+  to a class defined under `TRUSTED_TARGETS`, checked before Hydra imports or calls anything.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.errors import InstantiationException
+from hydra.utils import get_object, instantiate
 
 CONFIG_KEY = "roboloop_config"
 MODEL_KWARGS_KEY = "roboloop_model_kwargs"
+
+# Module prefixes a stored `_target_` may name: the workspace's own code, and torch's optimizers
+# and LR schedulers (the training-only `_partial_` factories of every model config).
+TRUSTED_TARGETS = ("learning.", "torch.optim.")
+
+# torch names the callable a refused pickle asked for: "... unsupported GLOBAL posix.system ...".
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
 class RecordConfig(L.Callback):
@@ -33,31 +50,124 @@ class RecordConfig(L.Callback):
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable or not written by `learning.train`."""
+    """A checkpoint that is missing, unreadable, refused, or not written by `learning.train`."""
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def load_error(path: str, err: BaseException) -> CheckpointError:
+    """One line for what torch or Lightning raised while loading `path`."""
+    text = str(err)
+    needed = _GLOBAL.search(text)
+    if needed:
+        return CheckpointError(
+            f"{path}: refused: its pickle calls {needed.group(1)}; a checkpoint may hold only "
+            "tensors and plain data (torch.load weights_only=True)"
+        )
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # torch wraps the unpickler's own message between a long preamble and a docs link.
+    detail = lines[-2] if text.startswith("Weights only load failed") and len(lines) > 2 else ""
+    detail = detail or (lines[0] if lines else "")
+    return CheckpointError(
+        f"{path}: not a readable torch checkpoint ({type(err).__name__}: {detail})"
+    )
+
+
+def torch_load(path: str | os.PathLike) -> Any:
+    """`torch.load(path, weights_only=True)` on CPU; any failure is one CheckpointError line."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not for users
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises whatever its unpickler meets in a corrupt file
-        first = (str(err).splitlines() or [""])[0]
-        raise CheckpointError(
-            f"{path}: not a readable torch checkpoint ({type(err).__name__}: {first})"
-        ) from None
+        raise load_error(path, err) from None
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    ckpt = torch_load(path)
     if not isinstance(ckpt, dict) or CONFIG_KEY not in ckpt:
         raise CheckpointError(
-            f"{path}: checkpoint has no {CONFIG_KEY!r} (not written by learning.train)"
+            f"{os.fspath(path)}: checkpoint has no {CONFIG_KEY!r} (not written by learning.train)"
         )
     return ckpt
+
+
+def load_lightning(cls: type[L.LightningModule], path: str | os.PathLike) -> L.LightningModule:
+    """`cls.load_from_checkpoint` (hparams are kwargs of the fixed class) with weights_only=True;
+    eval mode on CPU, failures as one CheckpointError line."""
+    torch_load(path)  # missing, refused or corrupt: the same lines as every other loader
+    try:
+        model = cls.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # Lightning raises whatever a foreign checkpoint causes
+        first = (str(err).splitlines() or [""])[0]
+        raise CheckpointError(
+            f"{os.fspath(path)}: not a {cls.__name__} checkpoint ({type(err).__name__}: {first})"
+        ) from None
+    return model.eval()
+
+
+def _is_trusted_class(target: str) -> bool:
+    if not target.startswith(TRUSTED_TARGETS):
+        return False  # checked before resolving: nothing outside the prefixes gets imported
+    try:
+        obj = get_object(target)
+    except Exception:  # not importable: refused like any other foreign target
+        return False
+    # The object itself, not only the dotted path, must live there: `learning.export.subprocess
+    # .run` starts with "learning." but is subprocess.run. Classes only (constructors), no
+    # functions such as `learning.export.main`.
+    module = getattr(obj, "__module__", None) or ""
+    return isinstance(obj, type) and module.startswith(TRUSTED_TARGETS)
+
+
+def check_config(node: Any, where: str, at: str) -> None:
+    """Raise CheckpointError unless every `_target_` under `node` is a trusted class and no
+    string is an OmegaConf interpolation (resolvers are code too). `at` names `node`."""
+    if isinstance(node, Mapping):
+        target = node.get("_target_")
+        if target is not None and not (isinstance(target, str) and _is_trusted_class(target)):
+            allowed = ", ".join(f"{p}*" for p in TRUSTED_TARGETS)
+            raise CheckpointError(
+                f"{where}: refused: {at}._target_ {target!r} is not a workspace class "
+                f"(allowed: classes in {allowed})"
+            )
+        for key, value in node.items():
+            check_config(value, where, f"{at}.{key}")
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            check_config(value, where, f"{at}[{i}]")
+    elif isinstance(node, str) and "${" in node:
+        raise CheckpointError(f"{where}: refused: {at} holds an interpolation {node!r}")
+
+
+def instantiate_trusted(config: Mapping[str, Any], where: str, at: str, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate(config, **kwargs)` for a config read from a file: `check_config`
+    first over the config and the kwargs merged into it."""
+    check_config(config, where, at)
+    check_config(kwargs, where, at)
+    return instantiate(config, **kwargs)
 
 
 def load_model(path: str | os.PathLike) -> tuple[L.LightningModule, dict[str, Any]]:
     """(model in eval mode on CPU, training config) from a `learning.train` checkpoint."""
     ckpt = read_checkpoint(path)
-    cfg = ckpt[CONFIG_KEY]
-    model = instantiate(cfg["model"], _convert_="all", **ckpt[MODEL_KWARGS_KEY])
-    model.load_state_dict(ckpt["state_dict"])
+    cfg, where = ckpt[CONFIG_KEY], os.fspath(path)
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
+        raise CheckpointError(f"{where}: {CONFIG_KEY!r} has no model config")
+    kwargs = ckpt.get(MODEL_KWARGS_KEY) or {}
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"{where}: {MODEL_KWARGS_KEY!r} is not a mapping")
+    try:
+        model = instantiate_trusted(cfg["model"], where, "model", _convert_="all", **kwargs)
+    except InstantiationException as err:  # a trusted class rejected the stored arguments
+        first = (str(err).splitlines() or [""])[0]
+        raise CheckpointError(f"{where}: model config does not build ({first})") from None
+    if not isinstance(model, L.LightningModule):
+        raise CheckpointError(f"{where}: model config builds {type(model).__name__}, not a model")
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, RuntimeError) as err:
+        first = (str(err).splitlines() or [""])[0]
+        raise CheckpointError(f"{where}: weights do not fit the model ({first})") from None
     return model.eval(), cfg

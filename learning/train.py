@@ -26,7 +26,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from learning.checkpoint import RecordConfig
+from episode_dataset import DatasetError
+from learning.checkpoint import CheckpointError, RecordConfig, torch_load
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         # spinning threads made FBC training ~30x slower than one.
         torch.set_num_threads(int(cfg.torch_threads))
 
+    if cfg.get("ckpt_path"):
+        torch_load(cfg.ckpt_path)  # refuse a missing or hostile resume file before any work
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     model_kwargs = datamodule.model_kwargs() if hasattr(datamodule, "model_kwargs") else {}
     model: L.LightningModule = instantiate(cfg.model, _convert_="all", **model_kwargs)
@@ -91,12 +94,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     loggers = [instantiate(c) for c in (trainer_cfg.pop("logger", None) or {}).values()]
     trainer: L.Trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # Resume reads the checkpoint as plain data too (docs/security.md).
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     ckpt_cb = trainer.checkpoint_callback
     best = getattr(ckpt_cb, "best_model_path", "") or None
     if getattr(datamodule, "has_test_split", False):
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     last = run_dir / "checkpoints" / "last.ckpt"
     result = {
@@ -111,7 +115,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train_fbc", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    try:
+        run(cfg)
+    except (CheckpointError, DatasetError) as err:  # bad input file: one line, exit 1
+        raise SystemExit(f"learning.train: {err}") from None
 
 
 if __name__ == "__main__":

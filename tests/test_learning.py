@@ -71,8 +71,8 @@ def test_train_writes_run_dir_and_resumes(toy: Path, tmp_path: Path) -> None:
             "train_fbc", [*overrides, "max_epochs=3", f"ckpt_path={first['last_ckpt']}"]
         )
     )
-    ckpt = torch.load(resumed["last_ckpt"], map_location="cpu", weights_only=False)
-    before = torch.load(first["last_ckpt"], map_location="cpu", weights_only=False)
+    ckpt = torch.load(resumed["last_ckpt"], map_location="cpu", weights_only=True)
+    before = torch.load(first["last_ckpt"], map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["global_step"] == before["global_step"] * 3 // 2
     assert resumed["run_dir"] != first["run_dir"]
 

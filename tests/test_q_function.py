@@ -245,7 +245,7 @@ def test_namo_tiny_real_masks_train_and_split(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("module", "message"),
     [
-        ("learning.namo.export", "not a QFunctionNet checkpoint (UnpicklingError"),
+        ("learning.namo.export", "not a readable torch checkpoint (UnpicklingError"),
         ("learning.generative.export", "not a readable torch checkpoint (UnpicklingError"),
         ("learning.export", "not a readable torch checkpoint (UnpicklingError"),
     ],

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from hydra.utils import instantiate
 
 USAGE = (
     "usage: python -m learning.generative.export ckpt=PATH out=FILE.onnx [sampler.<arg>=VALUE ...]"
@@ -28,14 +27,17 @@ def export_goal_generator(
     ckpt: str | Path, out: str | Path, sampler_overrides: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], float]:
     """-> (metadata, max |onnxruntime - torch|)."""
-    from learning.checkpoint import load_model
+    from learning.checkpoint import CheckpointError, instantiate_trusted, load_model
     from learning.export import export_model, parity
 
     model, cfg = load_model(ckpt)
     cfg = copy.deepcopy(cfg)
     if sampler_overrides:
-        cfg["model"]["sampler"].update(sampler_overrides)
-        model.sampler = instantiate(cfg["model"]["sampler"])
+        sampler = cfg["model"].get("sampler")
+        if not isinstance(sampler, dict):
+            raise CheckpointError(f"{ckpt}: model config has no sampler to override")
+        sampler.update(sampler_overrides)
+        model.sampler = instantiate_trusted(sampler, str(ckpt), "model.sampler")
     meta = export_model(model, out, training_config=cfg)
     return meta, parity(model, out)
 

@@ -124,11 +124,11 @@ def _train(
     return run(cfg)["last_ckpt"]
 
 
-def _val_batches(module_cfg: dict, data_dir: str, files: int, batch: int) -> list[dict]:
-    from hydra.utils import instantiate
+def _val_batches(module_cfg: dict, data_dir: str, files: int, batch: int, ckpt: str) -> list[dict]:
+    from learning.checkpoint import instantiate_trusted
 
     data = dict(module_cfg["data"], data_dir=data_dir, max_files=files, batch_size=batch)
-    dm = instantiate(data)
+    dm = instantiate_trusted(data, ckpt, "data")  # the data config comes from the checkpoint
     dm.setup("validate")
     return list(dm.val_dataloader())
 
@@ -176,7 +176,7 @@ def run_quality(
     batches = None
     for name, ckpt, samplers in plans:
         module, cfg = load_model(ckpt)
-        batches = batches or _val_batches(cfg, data_dir, files, 64)
+        batches = batches or _val_batches(cfg, data_dir, files, 64, str(ckpt))
         for sampler in samplers:
             row = {"model": name, "sampler": sampler.describe()["type"]}
             row["steps"] = sampler.steps if sampler.nfe is not None else "adaptive"

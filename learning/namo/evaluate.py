@@ -14,13 +14,14 @@ import sys
 import numpy as np
 import torch
 
+from learning.checkpoint import CheckpointError, load_lightning
 from learning.namo.data import QFunctionDataModule
 from learning.namo.metrics import group_ids, ranking_metrics
 from learning.namo.model import QFunctionNet
 
 
 def evaluate(ckpt: str, data_dir: str, batch_size: int = 64) -> dict[str, float]:
-    model = QFunctionNet.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    model = load_lightning(QFunctionNet, ckpt)
     dm = QFunctionDataModule(
         data_dir,
         batch_size,
@@ -50,7 +51,11 @@ def main(argv: list[str] | None = None) -> None:
     args = dict(a.split("=", 1) for a in items if "=" in a)
     if len(args) != len(items) or not {"ckpt", "data_dir"} <= set(args):
         sys.exit("usage: python -m learning.namo.evaluate ckpt=PATH data_dir=DIR [batch_size=64]")
-    print(json.dumps(evaluate(args["ckpt"], args["data_dir"], int(args.get("batch_size", 64)))))
+    try:
+        metrics = evaluate(args["ckpt"], args["data_dir"], int(args.get("batch_size", 64)))
+    except CheckpointError as err:
+        sys.exit(f"learning.namo.evaluate: {err}")
+    print(json.dumps(metrics))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from typing import Any
 import onnx
 import torch
 
+from learning.checkpoint import CheckpointError, load_lightning
 from learning.export import code_version
 from learning.namo.keys import ACTION_CHANNELS, STATE_CHANNELS
 from learning.namo.model import ACTION_INPUT, Q_OUTPUT, STATE_INPUT, QFunctionNet
@@ -89,14 +90,10 @@ def main(argv: list[str] | None = None) -> None:
     args = dict(a.split("=", 1) for a in items if "=" in a)
     if len(args) != len(items) or not {"ckpt", "out"} <= set(args):
         sys.exit(USAGE)
-    ckpt = Path(args["ckpt"])
-    if not ckpt.is_file():
-        sys.exit(f"{ckpt}: no such checkpoint")
     try:
-        model = QFunctionNet.load_from_checkpoint(ckpt, map_location="cpu")
-    except Exception as err:  # torch/Lightning raise whatever a corrupt or foreign file causes
-        first = (str(err).splitlines() or [""])[0]
-        sys.exit(f"{ckpt}: not a QFunctionNet checkpoint ({type(err).__name__}: {first})")
+        model = load_lightning(QFunctionNet, args["ckpt"])
+    except CheckpointError as err:
+        sys.exit(f"learning.namo.export: {err}")
     path = export_q_function(
         model,
         args["out"],
