@@ -6,8 +6,12 @@ Its actions are a known function of the observations, so a test can check the no
               + image_coef * mean(image[b, -1]) / 255 + h * ramp + noise_scale * noise[b, h]
 
 Built with `onnx.helper` (no torch), with the same input/output names, shapes and `roboloop`
-metadata JSON that `learning.export` writes. `python -m roboloop_policy.reference_model OUT.onnx`
-writes one for bringing a node up without a trained model.
+metadata JSON that `learning.export` writes (action bounds, normalization stats of an identity
+map: state mean 0, std 1). `python -m roboloop_policy.reference_model OUT.onnx` writes one for
+bringing a node up without a trained model.
+
+`fault=` builds the broken models the safety tests serve (see `FAULTS`); `action_bounds=None`
+leaves the bounds out, as exports from before they were part of the contract did.
 """
 
 from __future__ import annotations
@@ -20,6 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 
 INT64_MAX = np.iinfo(np.int64).max
+# fault -> what the model does wrong (the metadata still describes a healthy model)
+FAULTS = {
+    "nan_when_negative": "actions are NaN whenever the newest state[0] is negative",
+    "constant": "every action value is `fault_value` (e.g. 1e6)",
+    "extra_action": "actions have action_dim + 1 values (the metadata says action_dim)",
+}
 
 
 @dataclass(frozen=True)
@@ -61,10 +71,16 @@ def make_reference_policy(
     control_rate_hz: float = 20.0,
     noise_scale: float = 0.0,
     seed: int = 0,
+    action_bounds: tuple[float, float] | None = (-1000.0, 1000.0),
+    fault: str | None = None,
+    fault_value: float = 1e6,
 ) -> ReferencePolicy:
-    """Write the ONNX file at `path` and return its weights."""
+    """Write the ONNX file at `path` and return its weights (of the healthy model)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
+
+    if fault is not None and fault not in FAULTS:
+        raise ValueError(f"fault {fault!r} is not one of {sorted(FAULTS)}")
 
     rng = np.random.default_rng(seed)
     ref = ReferencePolicy(
@@ -113,6 +129,10 @@ def make_reference_policy(
     ]
     y = "y_bias"
     observations = {"state": {"shape": [state_dim], "dtype": "float32"}}
+    # The graph feeds raw observations: its normalization is the identity map.
+    stats: dict = {
+        "state": {"mode": "mean_std", "mean": [0.0] * state_dim, "std": [1.0] * state_dim}
+    }
     io = {"obs.state": {"shape": [-1, obs_steps, state_dim], "dtype": "float32"}}
     if image_hw is not None:
         h, w = image_hw
@@ -137,18 +157,39 @@ def make_reference_policy(
         ]
         y = "y_all"
         observations["image"] = {"shape": [h, w, 3], "dtype": "uint8"}
+        stats["image"] = {"mode": "image"}
         io["obs.image"] = {"shape": [-1, obs_steps, h, w, 3], "dtype": "uint8"}
     inputs.append(
         helper.make_tensor_value_info("noise", TensorProto.FLOAT, [batch, horizon, action_dim])
     )
     io["noise"] = {"shape": [-1, horizon, action_dim], "dtype": "float32"}
+    healthy = "actions" if fault is None else "healthy_actions"
     nodes += [
         helper.make_node("Add", [y, "ramp"], ["chunk"]),  # (B, horizon, A)
         helper.make_node("Mul", ["noise", "noise_scale"], ["scaled_noise"]),
-        helper.make_node("Add", ["chunk", "scaled_noise"], ["actions"]),
+        helper.make_node("Add", ["chunk", "scaled_noise"], [healthy]),
     ]
+    out_dim = action_dim
+    if fault == "nan_when_negative":  # + 0 * sqrt(state[-1][0]): NaN for a negative value
+        inits += [const("zero", np.float32(0.0)), const("axis2", np.array([2], np.int64))]
+        nodes += [
+            helper.make_node("Slice", ["s_last", "first_start", "first_end", "axis2"], ["s00"]),
+            helper.make_node("Sqrt", ["s00"], ["root"]),  # (B, 1, 1)
+            helper.make_node("Mul", ["root", "zero"], ["nan_or_zero"]),
+            helper.make_node("Add", [healthy, "nan_or_zero"], ["actions"]),
+        ]
+    elif fault == "constant":
+        inits += [const("zero", np.float32(0.0)), const("fault_value", np.float32(fault_value))]
+        nodes += [
+            helper.make_node("Mul", [healthy, "zero"], ["zeros"]),
+            helper.make_node("Add", ["zeros", "fault_value"], ["actions"]),
+        ]
+    elif fault == "extra_action":
+        inits.append(const("pads", np.array([0, 0, 0, 0, 0, 1], np.int64)))
+        nodes.append(helper.make_node("Pad", [healthy, "pads"], ["actions"]))
+        out_dim = action_dim + 1
     outputs = [
-        helper.make_tensor_value_info("actions", TensorProto.FLOAT, [batch, horizon, action_dim])
+        helper.make_tensor_value_info("actions", TensorProto.FLOAT, [batch, horizon, out_dim])
     ]
     graph = helper.make_graph(nodes, "reference_policy", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -164,11 +205,18 @@ def make_reference_policy(
         "horizon": horizon,
         "n_action_steps": n_action_steps,
         "control_rate_hz": control_rate_hz,
-        "normalization": {"baked": True, "stats": {}},
+        "normalization": {"baked": True, "stats": stats},
         "sampler": {"type": "euler", "steps": 1},
         "training_config": {"reference_policy": True, "seed": seed},
         "code_version": "reference",
     }
+    if action_bounds is not None:
+        low, high = action_bounds
+        metadata["action_bounds"] = {
+            "low": [float(low)] * action_dim,
+            "high": [float(high)] * action_dim,
+            "source": "env",
+        }
     helper.set_model_props(model, {"roboloop": json.dumps(metadata)})
     onnx.checker.check_model(model)
     onnx.save(model, os.fspath(path))
@@ -182,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--action-dim", type=int, default=2)
     parser.add_argument("--image", type=int, default=0, help="square rgb8 image size (0: none)")
     parser.add_argument("--rate", type=float, default=20.0, help="control_rate_hz metadata")
+    parser.add_argument("--fault", choices=sorted(FAULTS), help="a broken model (safety tests)")
     args = parser.parse_args(argv)
     make_reference_policy(
         args.out,
@@ -189,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         action_dim=args.action_dim,
         image_hw=(args.image, args.image) if args.image else None,
         control_rate_hz=args.rate,
+        fault=args.fault,
     )
     print(args.out)
 
