@@ -5,7 +5,9 @@ Generic over algorithms: the LightningModule provides
   `export_metadata() -> dict`  (model_type, observations, shapes, normalization, sampler, ...)
 and this module adds the contract fields (format_version, inputs/outputs, training_config,
 code_version), marks axis 0 of every input/output dynamic, and checks onnxruntime against
-torch on random inputs (docs/export_contract.md).
+torch on random inputs (docs/export_contract.md). A model whose outputs are not finite is
+refused: nothing is written when torch gives NaN/Inf, and the CLI removes a file that fails the
+parity check (a NaN anywhere fails it).
 """
 
 from __future__ import annotations
@@ -48,8 +50,32 @@ def code_version() -> str:
         return "unknown"
 
 
+class ExportError(ValueError):
+    """The model cannot be exported as it is (non-finite outputs, parity failure)."""
+
+
 def _spec(t: torch.Tensor) -> dict[str, Any]:
     return {"shape": [-1, *t.shape[1:]], "dtype": str(t.dtype).removeprefix("torch.")}
+
+
+def _outputs(module: torch.nn.Module, feeds: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    with torch.no_grad():
+        out = module(*feeds)
+    return (out,) if isinstance(out, torch.Tensor) else tuple(out)
+
+
+def check_finite(where: str, name: str, values: np.ndarray | torch.Tensor, side: str) -> None:
+    """ExportError unless every value of output `name` is finite (`side`: who computed it)."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().float().cpu().numpy()
+    if values.dtype.kind != "f":
+        return
+    bad = int((~np.isfinite(values)).sum())
+    if bad:
+        raise ExportError(
+            f"{where}: output {name!r} is not finite ({bad} of {values.size} values NaN/Inf "
+            f"from {side})"
+        )
 
 
 def export_model(
@@ -61,9 +87,13 @@ def export_model(
             raise TypeError(f"{type(model).__name__} has no {hook}(): it cannot be exported")
     module, example, output_names = model.export_graph()
     module.eval()
-    with torch.no_grad():
-        outputs = module(*example.values())
-    outputs = (outputs,) if isinstance(outputs, torch.Tensor) else tuple(outputs)
+    inputs = {name: _spec(t) for name, t in example.items()}
+    outputs = _outputs(module, list(example.values()))
+    feeds = random_feeds({"inputs": inputs}, batch=2)
+    sampled = _outputs(module, [torch.from_numpy(v) for v in feeds.values()])
+    for name, on_example, on_random in zip(output_names, outputs, sampled, strict=True):
+        check_finite(f"{out}", name, on_example, "torch on the example inputs; nothing written")
+        check_finite(f"{out}", name, on_random, "torch on random inputs; nothing written")
     names = [*example, *output_names]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -80,7 +110,7 @@ def export_model(
     metadata = {
         "format_version": FORMAT_VERSION,
         **model.export_metadata(),
-        "inputs": {name: _spec(t) for name, t in example.items()},
+        "inputs": inputs,
         "outputs": {n: _spec(t) for n, t in zip(output_names, outputs, strict=True)},
         "training_config": training_config,
         "code_version": code_version(),
@@ -108,17 +138,21 @@ def random_feeds(metadata: dict[str, Any], batch: int, seed: int = 0) -> dict[st
 def parity(
     model: torch.nn.Module, onnx_path: str | Path, batch_sizes: Sequence[int] = (1, 7)
 ) -> float:
-    """Max |onnxruntime - torch| over all outputs on random inputs at each batch size."""
+    """Max |onnxruntime - torch| over all outputs on random inputs at each batch size.
+
+    ExportError when either side gives a NaN/Inf (`max` alone would skip a NaN difference).
+    """
     runner = OnnxModel(onnx_path, device="cpu")
     module, _, output_names = model.export_graph()
+    module.eval()
     worst = 0.0
     for b in batch_sizes:
         feeds = random_feeds(runner.metadata, b, seed=b)
         got = runner.run(feeds)
-        with torch.no_grad():
-            ref = module(*(torch.from_numpy(v) for v in feeds.values()))
-        ref = (ref,) if isinstance(ref, torch.Tensor) else tuple(ref)
+        ref = _outputs(module, [torch.from_numpy(v) for v in feeds.values()])
         for name, r in zip(output_names, ref, strict=True):
+            check_finite(f"{onnx_path}", name, got[name], f"onnxruntime at batch {b}")
+            check_finite(f"{onnx_path}", name, r.numpy(), f"torch at batch {b}")
             worst = max(worst, float(np.abs(got[name] - r.numpy()).max()))
     return worst
 
@@ -149,13 +183,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         model, cfg = load_model(args["ckpt"])
     except CheckpointError as err:
         raise SystemExit(f"learning.export: {err}") from None
-    meta = export_model(model, args["out"], cfg, opset=int(args.get("opset", OPSET)))
+    try:
+        meta = export_model(model, args["out"], cfg, opset=int(args.get("opset", OPSET)))
+    except ExportError as err:
+        raise SystemExit(f"learning.export: {err}") from None
     print(f"wrote {args['out']}: inputs {meta['inputs']} outputs {meta['outputs']}")
     if args.get("parity", "true").lower() == "true":
-        err = parity(model, args["out"])
-        print(f"parity onnxruntime vs torch at batch 1 and 7: max abs error {err:.2e}")
-        if err > 1e-4:
-            raise SystemExit(f"{args['out']}: parity check failed ({err:.2e} > 1e-4)")
+        try:
+            err = parity(model, args["out"])
+            print(f"parity onnxruntime vs torch at batch 1 and 7: max abs error {err:.2e}")
+            if err > 1e-4:
+                raise ExportError(f"{args['out']}: parity check failed ({err:.2e} > 1e-4)")
+        except ExportError as error:  # a model that fails its check must not look deployable
+            Path(args["out"]).unlink(missing_ok=True)
+            raise SystemExit(f"learning.export: {error}; removed it") from None
 
 
 if __name__ == "__main__":

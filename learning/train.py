@@ -5,6 +5,10 @@ Pure orchestration (every algorithm runs through it): compose -> seed -> instant
 injected into it) -> callbacks/loggers from `cfg.trainer` -> fit(ckpt_path=cfg.ckpt_path) ->
 test when the datamodule has a test split.
 
+Every run adds two callbacks: `RecordConfig` (config and model kwargs in each checkpoint) and
+`FiniteGuard` (stop at the first non-finite loss). A bad input file (dataset, resume checkpoint)
+or a non-finite loss ends `python -m learning.train` with one line and exit status 1.
+
 Two optional duck-typed hooks on the datamodule:
   `model_kwargs() -> dict`   data-derived model arguments (shapes, normalization stats)
   `has_test_split -> bool`   run `trainer.test` after fitting
@@ -28,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from episode_dataset import DatasetError
 from learning.checkpoint import CheckpointError, RecordConfig, torch_load
+from learning.finite import FiniteGuard, NonFiniteError
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +96,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     callbacks = [instantiate(c) for c in (trainer_cfg.pop("callbacks", None) or {}).values()]
     callbacks.append(RecordConfig(OmegaConf.to_container(cfg, resolve=True), model_kwargs))
+    callbacks.append(FiniteGuard())
     loggers = [instantiate(c) for c in (trainer_cfg.pop("logger", None) or {}).values()]
     trainer: L.Trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
 
@@ -117,7 +123,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
-    except (CheckpointError, DatasetError) as err:  # bad input file: one line, exit 1
+    except (CheckpointError, DatasetError, NonFiniteError) as err:  # one line, exit 1
         raise SystemExit(f"learning.train: {err}") from None
 
 

@@ -11,6 +11,9 @@ For the step t of an episode of length T, a sample is
 into train/val(/test) with a seeded permutation. Normalization statistics are computed once,
 from the train split, and handed to the model through `model_kwargs()`.
 Images are read window by window through the reader; only low-dim keys are cached.
+Non-finite data is refused with a DatasetError naming file, episode, key and step: cached arrays
+(low-dim obs, actions) when they are cached, before training starts; float images as their
+windows are read.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from episode_dataset import EpisodeReader, KeySpec
+from episode_dataset import DatasetError, EpisodeReader, KeySpec
 from learning.normalization import compute_stats
 
 log = logging.getLogger(__name__)
@@ -92,6 +95,10 @@ class EpisodeWindowDataset(Dataset):
             else:  # image: read only the window's frames
                 lo = int(obs_idx[0])
                 frames = self.reader.read_obs(ep, key, lo, t + 1)
+                if frames.dtype.kind == "f" and not np.isfinite(frames).all():
+                    raise DatasetError(
+                        f"{self.reader.path}: {ep}/{OBS}/{key}: NaN/Inf in steps [{lo}, {t + 1})"
+                    )
                 obs[key] = torch.from_numpy(frames[obs_idx - lo])
         return {OBS: obs, ACTIONS: torch.from_numpy(self.cache[ep][ACTIONS][act_idx])}
 
@@ -156,8 +163,8 @@ class EpisodeDataModule(L.LightningDataModule):
         low_dim = [k for k in keys if not is_image(specs[k])]
         self.cache = {
             ep: {
-                **{k: reader.read_obs(ep, k).astype(np.float32) for k in low_dim},
-                ACTIONS: reader.read_actions(ep).astype(np.float32),
+                **{k: self._finite(ep, f"{OBS}/{k}", reader.read_obs(ep, k)) for k in low_dim},
+                ACTIONS: self._finite(ep, ACTIONS, reader.read_actions(ep)),
             }
             for ep in episodes
         }
@@ -179,6 +186,16 @@ class EpisodeDataModule(L.LightningDataModule):
             len(episodes),
             {k: len(v) for k, v in self.splits.items()},
         )
+
+    def _finite(self, ep: str, name: str, data: np.ndarray) -> np.ndarray:
+        """data as float32, or a DatasetError naming file, episode, key and step if any value
+        is NaN/Inf: one NaN would make the stats, the loss and the policy NaN."""
+        data = data.astype(np.float32)
+        finite = np.isfinite(data.reshape(len(data), -1)).all(axis=1)
+        if not finite.all():
+            step = int(np.argmin(finite))
+            raise DatasetError(f"{self.path}: {ep}/{name}: NaN/Inf at step {step}")
+        return data
 
     @property
     def control_rate_hz(self) -> float | None:

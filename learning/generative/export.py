@@ -28,7 +28,7 @@ def export_goal_generator(
 ) -> tuple[dict[str, Any], float]:
     """-> (metadata, max |onnxruntime - torch|)."""
     from learning.checkpoint import CheckpointError, instantiate_trusted, load_model
-    from learning.export import export_model, parity
+    from learning.export import ExportError, export_model, parity
 
     model, cfg = load_model(ckpt)
     cfg = copy.deepcopy(cfg)
@@ -39,7 +39,11 @@ def export_goal_generator(
         sampler.update(sampler_overrides)
         model.sampler = instantiate_trusted(sampler, str(ckpt), "model.sampler")
     meta = export_model(model, out, training_config=cfg)
-    return meta, parity(model, out)
+    try:
+        return meta, parity(model, out)
+    except ExportError:  # NaN/Inf on either side: the file must not look deployable
+        Path(out).unlink(missing_ok=True)
+        raise
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -56,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     try:
         meta, err = export_goal_generator(args["ckpt"], args["out"], overrides)
-    except ValueError as error:  # learning.checkpoint.CheckpointError: missing or unreadable
+    except ValueError as error:  # CheckpointError (missing, refused), ExportError (NaN/Inf)
         raise SystemExit(f"learning.generative.export: {error}") from None
     print(f"wrote {args['out']}: sampler {meta['sampler']}, parity max abs error {err:.2e}")
     if err > 1e-4:
