@@ -62,7 +62,8 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument(
                 "record",
                 default_value="true",
-                description="Record the policy's rollouts with the recorder (true/false).",
+                description="Record the policy's rollouts with the recorder.",
+                choices=["true", "false"],
             ),
             DeclareLaunchArgument(
                 "output_path",
@@ -72,13 +73,17 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument(
                 "device",
                 default_value="auto",
-                description="onnxruntime device of the policy: auto, cpu or cuda.",
+                description="onnxruntime device of the policy.",
+                choices=["auto", "cpu", "cuda"],
             ),
             DeclareLaunchArgument(
                 "seed", default_value="0", description="Sim episode i is reset with seed + i."
             ),
             DeclareLaunchArgument(
-                "log_level", default_value="info", description="Logging level of all nodes."
+                "log_level",
+                default_value="info",
+                description="Logging level of all nodes.",
+                choices=["debug", "info", "warn", "error", "fatal"],
             ),
             # Discovery stays on this machine (Kilted ignores the older localhost-only switch).
             SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST"),

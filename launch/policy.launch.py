@@ -37,10 +37,14 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument(
                 "device",
                 default_value="auto",
-                description="onnxruntime device: auto, cpu or cuda (what runs: /diagnostics).",
+                description="onnxruntime device (what actually runs: /diagnostics).",
+                choices=["auto", "cpu", "cuda"],
             ),
             DeclareLaunchArgument(
-                "log_level", default_value="info", description="Logging level of the node."
+                "log_level",
+                default_value="info",
+                description="Logging level of the node.",
+                choices=["debug", "info", "warn", "error", "fatal"],
             ),
             # Discovery stays on this machine (Kilted ignores the older localhost-only switch).
             SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST"),

@@ -38,7 +38,10 @@ def generate_launch_description() -> LaunchDescription:
                 description="Stop recording after this many episodes (0 = unlimited).",
             ),
             DeclareLaunchArgument(
-                "log_level", default_value="info", description="Logging level of the node."
+                "log_level",
+                default_value="info",
+                description="Logging level of the node.",
+                choices=["debug", "info", "warn", "error", "fatal"],
             ),
             # Discovery stays on this machine (Kilted ignores the older localhost-only switch).
             SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST"),

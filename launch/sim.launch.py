@@ -30,12 +30,16 @@ def generate_launch_description() -> LaunchDescription:
                 "action_source",
                 default_value="expert",
                 description="Where actions come from: topic (a policy node), expert or random.",
+                choices=["topic", "expert", "random"],
             ),
             DeclareLaunchArgument(
                 "seed", default_value="0", description="Episode i is reset with seed + i."
             ),
             DeclareLaunchArgument(
-                "log_level", default_value="info", description="Logging level of the node."
+                "log_level",
+                default_value="info",
+                description="Logging level of the node.",
+                choices=["debug", "info", "warn", "error", "fatal"],
             ),
             # Discovery stays on this machine (Kilted ignores the older localhost-only switch).
             SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST"),

@@ -152,3 +152,90 @@ def test_ament_python_package_layout(package, monkeypatch):
     assert f"share/{package}/package.xml" in share
     for cfg_file in (root / "config").glob("*.yaml") if (root / "config").is_dir() else []:
         assert f"share/{package}/config/{cfg_file.name}" in share
+
+
+# -- arguments with a fixed vocabulary (issue 8: `record:=maybe` left two nodes orphaned) ------
+def _vocabularies() -> dict[str, set[str]]:
+    """The values each node (or launch's IfCondition) accepts, read from the code that decides."""
+    from rclpy.logging import LoggingSeverity
+    from roboloop_sim_bridge.runner import ACTION_SOURCES
+
+    return {
+        "record": {"true", "false"},  # IfCondition also takes 1/0; the launch files say true/false
+        "device": {"auto", "cpu", "cuda"},  # learning.onnx_runner.OnnxModel (checked below)
+        "log_level": {s.name.lower() for s in LoggingSeverity if s is not LoggingSeverity.UNSET},
+        "action_source": set(ACTION_SOURCES),
+    }
+
+
+def _vocabulary_arguments() -> list[tuple[str, str]]:
+    """(launch file, argument) for every argument named like one with a fixed vocabulary."""
+    found = []
+    for path in LAUNCH_FILES:
+        for n in ast.walk(ast.parse(path.read_text())):
+            if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "DeclareLaunchArgument":
+                if n.args[0].value in VOCABULARY_ARGUMENTS:
+                    found.append((path.name, n.args[0].value))
+    return found
+
+
+VOCABULARY_ARGUMENTS = ("record", "device", "log_level", "action_source")
+
+
+def _required(name: str) -> dict[str, str]:
+    needs_model = name in ("policy.launch.py", "loop.launch.py")
+    return {"model_path": "/models/policy.onnx"} if needs_model else {}
+
+
+@pytest.mark.parametrize(("name", "argument"), _vocabulary_arguments())
+def test_fixed_vocabulary_argument_declares_its_choices(name, argument):
+    info = load_launch_file(REPO / "launch" / name, _required(name))
+    declared = info.arguments[argument]
+    assert declared.choices is not None, f"{name}: {argument} declares no choices"
+    assert set(declared.choices) == _vocabularies()[argument], (name, argument)
+    assert f"Valid choices are: {declared.choices}" in declared.description
+
+
+@pytest.mark.parametrize(("name", "argument"), _vocabulary_arguments())
+def test_bad_value_is_refused_before_any_node_starts(name, argument):
+    from demo.ros_processes import LaunchError
+
+    args = {**_required(name), argument: "maybe"}
+    with pytest.raises(LaunchError) as refused:
+        load_launch_file(REPO / "launch" / name, args)
+    assert f'Argument "{argument}" provided value "maybe" is not valid' in str(refused.value)
+    assert refused.value.started == [], f"{name}: started {refused.value.started} first"
+
+
+def test_device_choices_are_what_the_runner_accepts(tmp_path):
+    from learning.onnx_runner import OnnxModel
+
+    for device in _vocabularies()["device"]:
+        with pytest.raises(Exception) as err:  # a missing file, after the device was accepted
+            OnnxModel(tmp_path / "missing.onnx", device=device)
+        assert "device must be" not in str(err.value)
+    with pytest.raises(ValueError, match="device must be"):
+        OnnxModel(tmp_path / "missing.onnx", device="maybe")
+
+
+@pytest.mark.parametrize(
+    ("declaration", "message"),
+    [
+        ('"a", default_value="c", choices=[]', "Provided choices arg is empty"),
+        ('"a", default_value="c", choices=["b"]', 'Provided default_value "c" is not in'),
+        ('"a", choices=["b"]', "Included launch description missing required argument 'a'"),
+    ],
+)
+def test_stand_in_checks_choices_with_launchs_messages(tmp_path, declaration, message):
+    """launch 3.4.3 (launch/actions/declare_launch_argument.py) raises these, in these words."""
+    from demo.ros_processes import LaunchError
+
+    path = tmp_path / "bad.launch.py"
+    path.write_text(
+        "from launch import LaunchDescription\n"
+        "from launch.actions import DeclareLaunchArgument\n"
+        "def generate_launch_description():\n"
+        f"    return LaunchDescription([DeclareLaunchArgument({declaration})])\n"
+    )
+    with pytest.raises(LaunchError, match=message):
+        load_launch_file(path)
