@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from learning.onnx_runner import ModelInputError, ModelLoadError, OnnxModel, OnnxPolicy
-from learning.policy_interface import Policy
+from learning.policy_interface import Policy, PolicyMetadata
 
 OBS_STEPS, STATE_DIM, HORIZON, ACT_DIM = 2, 3, 4, 2
 
@@ -33,7 +33,14 @@ def _policy_meta(n_action_steps: int = 3) -> dict:
         "horizon": HORIZON,
         "n_action_steps": n_action_steps,
         "control_rate_hz": 50.0,
-        "normalization": {"baked": True, "stats": {}},
+        "action_bounds": {"low": [-1.0, -2.0], "high": [1.0, 2.0], "source": "env"},
+        "normalization": {
+            "baked": True,
+            "stats": {
+                "state": {"mode": "mean_std", "mean": [0.0, 1.0, 2.0], "std": [1.0, 0.0, 4.0]},
+                "actions": {"mode": "min_max", "min": [-1.0, -2.0], "max": [1.0, 2.0]},
+            },
+        },
         "sampler": {"type": "euler", "steps": 10},
         "training_config": {},
         "code_version": "unknown",
@@ -97,6 +104,58 @@ def test_load_errors(tmp_path: Path) -> None:
     OnnxModel(write_toy_policy(tmp_path / "q.onnx", meta=q))  # a generic model loads...
     with pytest.raises(ModelLoadError, match="is not a policy"):
         OnnxPolicy(tmp_path / "q.onnx")  # ...but is not a policy
+
+
+def test_metadata_bounds_and_stats_are_parsed_and_checked(tmp_path: Path) -> None:
+    meta = OnnxPolicy(write_toy_policy(tmp_path / "toy.onnx"), device="cpu").metadata
+    assert meta.action_bounds.low == (-1.0, -2.0) and meta.action_bounds.source == "env"
+    center, scale = meta.observation_affine("state")
+    np.testing.assert_array_equal(center, [0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(scale, [1.0, 1.0, 4.0])  # a zero spread is a constant: 1
+    assert PolicyMetadata.from_dict(meta.to_dict()) == meta
+    cases = {
+        "control_rate_hz 1e+06 Hz is outside (0, 1000] Hz": ("control_rate_hz", 1e6),
+        "control_rate_hz -5 Hz": ("control_rate_hz", -5.0),
+        "action_dim=0 must be >= 1": ("action_dim", 0),
+        "horizon=0 must be >= 1": ("horizon", 0),
+        "action_bounds have 3 values, action_dim=2": (
+            "action_bounds",
+            {"low": [0, 0, 0], "high": [1, 1, 1], "source": "env"},
+        ),
+        "action_bounds.high has 1 values, expected 2": (
+            "action_bounds",
+            {"low": [0, 0], "high": [1], "source": "env"},
+        ),
+        "action_bounds low[1]=3 > high[1]=2": (
+            "action_bounds",
+            {"low": [0, 3], "high": [1, 2], "source": "env"},
+        ),
+        "action_bounds.high holds non-finite values": (
+            "action_bounds",
+            {"low": [0, 0], "high": [1, float("nan")], "source": "data"},
+        ),
+        "action_bounds.source 'guess'": (
+            "action_bounds",
+            {"low": [0, 0], "high": [1, 1], "source": "guess"},
+        ),
+        "stats of 'state': mean_std center holds non-finite values": (
+            "normalization",
+            {
+                "stats": {
+                    "state": {"mode": "mean_std", "mean": [0, float("inf"), 0], "std": [1] * 3}
+                }
+            },
+        ),
+        "stats of 'actions': min_max stats need min and max": (
+            "normalization",
+            {"stats": {"actions": {"mode": "min_max", "min": [0, 0]}}},
+        ),
+    }
+    for i, (message, (key, value)) in enumerate(cases.items()):
+        bad = {**_policy_meta(), key: value}
+        with pytest.raises(ModelLoadError) as err:
+            OnnxPolicy(write_toy_policy(tmp_path / f"bad{i}.onnx", meta=bad), device="cpu")
+        assert message in str(err.value) and f"bad{i}.onnx" in str(err.value)
 
 
 def test_input_errors(toy: Path) -> None:

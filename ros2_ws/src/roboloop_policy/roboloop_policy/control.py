@@ -11,6 +11,17 @@ Watchdog: if any observation is older than `stale_periods` control periods, by i
 against the node clock or by the time it arrived, `step` returns the safe action (zeros, or the
 last policy action held) instead. When every observation is fresh again, history and queue are
 reset so the policy restarts from current data, never from a half-stale window.
+
+Every chunk passes `safety.ActionGuard` before it is queued: a chunk of the wrong shape, with a
+NaN/Inf, or an inference that raised, gives the safe action for that tick (the command carries
+the `ActionError`); finite actions outside the bounds are clipped (the command says so). The
+safe action itself is zeros clipped into the bounds, or the last (checked) policy action.
+
+Rate check: once every key has `RATE_SAMPLES` arrivals after `activate`, `check_rates` compares
+the slowest observation rate with the control rate. Observations slower than the control rate
+(by more than `RATE_TOLERANCE`) mean repeated frames in the history and stale events: that is a
+mismatch, reported once per activation. Faster observations are sampled down, as the recorder
+samples datasets, and are fine.
 """
 
 from __future__ import annotations
@@ -23,11 +34,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from learning.policy_interface import Policy
+from roboloop_policy.safety import ActionError, ActionGuard
 
 WAITING = "waiting_for_observations"  # some key never received: nothing is published
 RUNNING = "running"
 STALE = "stale"  # safe action published
+BAD_OUTPUT = "bad_model_output"  # the last chunk was rejected: safe action published
 SAFE_ACTIONS = ("zeros", "hold")
+RATE_SAMPLES = 20  # arrivals per key after activation before the rates are compared
+RATE_TOLERANCE = 0.2  # observations slower than (1 - this) x the control rate: a mismatch
 
 
 class LatencyWindow:
@@ -50,10 +65,12 @@ class LatencyWindow:
 class Command:
     """One control tick's output."""
 
-    action: np.ndarray  # (A,) float32
+    action: np.ndarray  # (A,) float32, within the action bounds
     stamp_ns: int  # newest observation stamp the action is based on
-    safe: bool  # True: watchdog safe action, not the policy's
+    safe: bool  # True: safe action (stale observations or a rejected model output)
     stale_keys: tuple[str, ...] = ()
+    clipped: bool = False  # the policy's action was outside the bounds and clipped
+    fault: ActionError | None = None  # why the model's output was rejected
 
 
 @dataclass
@@ -82,6 +99,7 @@ class PolicyLoop:
             raise ValueError(f"safe_action {safe_action!r} is not one of {SAFE_ACTIONS}")
         self.policy = policy
         self.meta = policy.metadata
+        self.guard = ActionGuard(self.meta.action_bounds, self.meta.horizon, self.meta.action_dim)
         self.keys = tuple(self.meta.observations)
         self.period_s = period_s
         self.max_age_ns = int(stale_periods * period_s * 1e9)
@@ -91,8 +109,9 @@ class PolicyLoop:
         # Arrival times per key, to report the rate observations really come in at.
         self._arrivals = {key: collections.deque(maxlen=50) for key in self.keys}
         self._history: dict[str, collections.deque[np.ndarray]] = {}
-        self._queue: collections.deque[tuple[np.ndarray, int]] = collections.deque()
-        self._zeros = np.zeros(self.meta.action_dim, np.float32)
+        self._queue: collections.deque[tuple[np.ndarray, int, bool]] = collections.deque()
+        # Zeros as the safe action, moved into the bounds if they exclude zero.
+        self._zeros = self.guard.clip(np.zeros(self.meta.action_dim, np.float32))
         self._last_action = self._zeros
         self.state = WAITING
         self.inference_latency = LatencyWindow(latency_window)
@@ -105,18 +124,35 @@ class PolicyLoop:
         self.safe_actions_published = 0
         self.stale_events = 0
         self.last_stale_keys: tuple[str, ...] = ()
+        self.rate_mismatch = ""  # set by check_rates
+        self._rates_checked = False
 
     def warm_up(self) -> float:
-        """One inference on zeros so the first real one is not slow; returns its seconds."""
+        """One inference on zeros so the first real one is not slow; returns its seconds.
+
+        Also the configure-time check of the graph against its metadata: an output of another
+        shape than (1, horizon, action_dim), or a non-finite one, raises ActionError.
+        """
         m = self.meta
         batch = {
             key: np.zeros((1, m.obs_steps, *spec.shape), spec.dtype)
             for key, spec in m.observations.items()
         }
         start = time.perf_counter()
-        self.policy.predict_action_chunk(batch)
+        chunk = self.policy.predict_action_chunk(batch)
+        elapsed = time.perf_counter() - start
         self.policy.reset()
-        return time.perf_counter() - start
+        self.guard.check_chunk(chunk)
+        return elapsed
+
+    def activate(self) -> None:
+        """Start of an active period: clean window and queue, rates measured afresh."""
+        self.reset()
+        with self._lock:
+            for arrivals in self._arrivals.values():
+                arrivals.clear()
+        self.rate_mismatch = ""
+        self._rates_checked = False
 
     def observe(self, key: str, value: np.ndarray, stamp_ns: int, arrival_ns: int) -> None:
         """Store the newest observation of `key` (called from subscription callbacks)."""
@@ -169,17 +205,45 @@ class PolicyLoop:
                 self.stale_events += 1
             self.state = STALE
             self.last_stale_keys = stale
-            action = self._last_action if self.safe_action == "hold" else self._zeros
-            return Command(action.copy(), newest_stamp, safe=True, stale_keys=stale)
+            return Command(self._safe_action(), newest_stamp, safe=True, stale_keys=stale)
         if self.state == STALE:
             self.reset()  # fresh data again: restart from a clean window, not a stale one
         self.state = RUNNING
         self._append_frame(latest)
         if not self._queue:
-            self._infer(newest_stamp)
-        action, stamp = self._queue.popleft()
+            try:
+                self._infer(newest_stamp)
+            except ActionError as err:
+                self.state = BAD_OUTPUT
+                return Command(self._safe_action(), newest_stamp, safe=True, fault=err)
+        action, stamp, clipped = self._queue.popleft()
         self._last_action = action
-        return Command(action, stamp, safe=False)
+        return Command(action, stamp, safe=False, clipped=clipped)
+
+    def _safe_action(self) -> np.ndarray:
+        return (self._last_action if self.safe_action == "hold" else self._zeros).copy()
+
+    def check_rates(self) -> str | None:
+        """Once per activation, when measured: a mismatch message (also kept in rate_mismatch)."""
+        if self._rates_checked:
+            return None
+        with self._lock:
+            if any(len(arrivals) < RATE_SAMPLES for arrivals in self._arrivals.values()):
+                return None
+        self._rates_checked = True
+        rates = {key: self.observation_rate_hz(key) for key in self.keys}
+        key, rate = min(rates.items(), key=lambda kv: kv[1] or 0.0)
+        control = 1.0 / self.period_s
+        if rate is None or rate >= (1.0 - RATE_TOLERANCE) * control:
+            return None
+        trained = self.meta.control_rate_hz
+        self.rate_mismatch = (
+            f"observation rate mismatch: {key!r} arrives at {rate:.1f} Hz but the policy runs "
+            f"at {control:g} Hz"
+            + (f" (model trained at {trained:g} Hz)" if trained else "")
+            + ": the policy sees repeated frames and stale observations"
+        )
+        return self.rate_mismatch
 
     def published(self, command: Command, now_ns: int) -> None:
         """Count a published command; policy actions feed the obs->action latency window."""
@@ -206,12 +270,17 @@ class PolicyLoop:
                 hist.append(frame)
 
     def _infer(self, stamp_ns: int) -> None:
+        """Queue the first n_action_steps checked actions of a new chunk (or ActionError)."""
         batch = {key: np.stack(hist)[None] for key, hist in self._history.items()}
         start = time.perf_counter()
-        chunk = self.policy.predict_action_chunk(batch)[0]  # (horizon, A)
+        try:
+            chunk = self.policy.predict_action_chunk(batch)  # (1, horizon, A)
+        except Exception as err:  # onnxruntime raises its own types; the robot gets safe
+            raise ActionError("inference_failed", f"{type(err).__name__}: {err}") from err
         self.inference_latency.add(time.perf_counter() - start)
-        actions = np.asarray(chunk[: self.meta.n_action_steps], dtype=np.float32)
-        self._queue.extend((a, stamp_ns) for a in actions)
+        actions, clipped = self.guard.check_chunk(chunk)
+        n = self.meta.n_action_steps
+        self._queue.extend(zip(actions[:n], [stamp_ns] * n, clipped[:n].tolist(), strict=True))
 
     def diagnostics(self) -> dict[str, str]:
         """Counters and latency percentiles as diagnostic key/values (ms, 3 decimals)."""
@@ -234,6 +303,8 @@ class PolicyLoop:
             "safe_actions_published": str(self.safe_actions_published),
             "stale_events": str(self.stale_events),
             "last_stale_keys": ",".join(self.last_stale_keys),
+            "action_bounds_source": self.guard.source,
+            "observation_rate_mismatch": self.rate_mismatch,
         }
         for key in self.keys:
             values[f"observation_rate_hz:{key}"] = num(self.observation_rate_hz(key), ".1f")

@@ -6,7 +6,8 @@ configure: load the model + metadata, bind observation topics to model keys, sub
 activate: start the control timer (inference runs there, never in subscription callbacks) and
 publish actions. deactivate: stop the timer. cleanup: drop subscriptions and the model.
 A failed configure logs one line and leaves the node alive and unconfigured. The logic lives in
-ROS-free modules: `observations` (decoding, binding) and `control` (history, queue, watchdog).
+ROS-free modules: `observations` (decoding, binding), `control` (history, queue, watchdog) and
+`safety` (action and observation checks). Faults are counted in a FaultLog (/diagnostics).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,8 @@ from rclpy.qos import (
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
+from roboloop_node_common.codecs import IMAGE, MessageError, ns_to_stamp, stamp_to_ns
+from roboloop_node_common.faults import ERROR, WARN, FaultLog
 from roboloop_node_common.runtime import (
     DIAGNOSTICS_QOS,
     DIAGNOSTICS_TOPIC,
@@ -38,17 +40,15 @@ from roboloop_node_common.runtime import (
 from sensor_msgs.msg import Image, JointState
 
 from learning.onnx_runner import ModelLoadError, OnnxPolicy
+from learning.policy_interface import check_control_rate
 from roboloop_policy.control import STALE, PolicyLoop
 from roboloop_policy.observations import (
-    IMAGE,
     BindingError,
     ObservationBinding,
-    ObservationError,
     bind_observations,
     decode,
-    ns_to_stamp_fields,
-    stamp_to_ns,
 )
+from roboloop_policy.safety import DEFAULT_MAX_NORMALIZED, ObservationRange
 
 NODE_NAME = "policy_node"
 # Observations are sensor streams: best effort, shallow; the newest sample is all we use.
@@ -74,6 +74,10 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "control_rate_hz": (0.0, "control timer rate; 0 = control_rate_hz from model metadata"),
     "stale_periods": (3.0, "an observation older than this many control periods is stale"),
     "safe_action": ("zeros", "action published while stale: zeros | hold (last action)"),
+    "max_normalized_observation": (
+        DEFAULT_MAX_NORMALIZED,
+        "reject observations farther than this many std (half-ranges) from the training data",
+    ),
     "diagnostics_period_s": (1.0, "period of /diagnostics messages"),
     "autostart": (True, "configure and activate at startup (no lifecycle manager needed)"),
 }
@@ -92,6 +96,7 @@ class PolicyParams:
     control_rate_hz: float
     stale_periods: float
     safe_action: str
+    max_normalized_observation: float
     diagnostics_period_s: float
     autostart: bool
 
@@ -106,7 +111,8 @@ class PolicyNode(LifecycleNode):
         self.autostart = params.autostart
         self._control_lock = threading.Lock()  # control tick vs lifecycle transitions
         self._lifecycle = "unconfigured"
-        self._last_error = ""
+        self._configure_error = ""  # a condition, ERROR for as long as it holds
+        self._faults = FaultLog()  # events: counted, ERROR/WARN while recent
         self._params: PolicyParams | None = None
         self._policy: OnnxPolicy | None = None
         self._loop: PolicyLoop | None = None
@@ -115,8 +121,6 @@ class PolicyNode(LifecycleNode):
         self._action_pub: Any = None
         self._control_timer: Any = None
         self._action_names: list[str] = []
-        self._malformed: Counter[str] = Counter()
-        self._tick_errors = 0
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, DIAGNOSTICS_QOS)
         self._diag_timer = self.create_timer(
             params.diagnostics_period_s, self._publish_diagnostics
@@ -131,17 +135,12 @@ class PolicyNode(LifecycleNode):
         try:
             loop, bindings = self._load(params)
         except (ModelLoadError, BindingError, ValueError) as err:
-            self._last_error = str(err)
-            self.get_logger().error(f"configure failed: {err}")
-            return TransitionCallbackReturn.FAILURE
+            return self._configure_failed(str(err))
         except Exception as err:  # anything else a broken model file can raise
-            self._last_error = f"{params.model_path}: {type(err).__name__}: {err}"
-            self.get_logger().error(f"configure failed: {self._last_error}")
-            return TransitionCallbackReturn.FAILURE
+            return self._configure_failed(f"{params.model_path}: {type(err).__name__}: {err}")
         self._params, self._loop, self._bindings = params, loop, bindings
         self._policy = loop.policy  # type: ignore[assignment]
-        self._last_error = ""
-        self._malformed.clear()
+        self._configure_error = ""
         self._action_names = [f"action_{i}" for i in range(loop.meta.action_dim)]
         self._action_pub = self.create_lifecycle_publisher(
             JointState, params.action_topic, COMMAND_QOS
@@ -157,14 +156,22 @@ class PolicyNode(LifecycleNode):
                 )
             )
         meta = loop.meta
+        bounds = loop.guard
         self.get_logger().info(
             f"configured {params.model_path} on {self._policy.provider}: "
             + ", ".join(f"{b.topic} -> {b.key} {list(b.spec.shape)}" for b in bindings)
             + f"; obs_steps={meta.obs_steps} horizon={meta.horizon} "
-            f"n_action_steps={meta.n_action_steps} rate={1.0 / loop.period_s:g} Hz"
+            f"n_action_steps={meta.n_action_steps} rate={1.0 / loop.period_s:g} Hz; "
+            f"action bounds ({bounds.source}) {bounds.low.tolist()} .. {bounds.high.tolist()}"
         )
         self._lifecycle = "inactive"
         return super().on_configure(state)
+
+    def _configure_failed(self, error: str) -> TransitionCallbackReturn:
+        self._configure_error = error
+        self._faults.record("configure_failures", error, ERROR)
+        self.get_logger().error(f"configure failed: {error}")
+        return TransitionCallbackReturn.FAILURE
 
     def _load(self, params: PolicyParams) -> tuple[PolicyLoop, list[ObservationBinding]]:
         if not params.model_path:
@@ -175,33 +182,47 @@ class PolicyNode(LifecycleNode):
             seed=params.seed,
             threads=params.inference_threads or None,
         )
+        meta = policy.metadata
+        limits = {}
+        for key in meta.observations:
+            affine = meta.observation_affine(key)
+            if affine is not None:
+                limits[key] = ObservationRange(*affine, params.max_normalized_observation)
         bindings = bind_observations(
             params.observation_topics,
             params.observation_keys,
-            policy.metadata.observations,
+            meta.observations,
             params.joint_state_field,
             model=params.model_path,
+            limits=limits,
         )
-        rate = params.control_rate_hz or policy.metadata.control_rate_hz
-        if not rate or rate <= 0:
+        if params.control_rate_hz:
+            check_control_rate(params.control_rate_hz, "parameter control_rate_hz")
+        rate = params.control_rate_hz or meta.control_rate_hz
+        if not rate:
             raise ValueError(
                 f"{params.model_path}: metadata has no control_rate_hz; set parameter "
                 "control_rate_hz"
             )
-        trained = policy.metadata.control_rate_hz
+        trained = meta.control_rate_hz
         if params.control_rate_hz and trained and abs(params.control_rate_hz - trained) > 1e-6:
             self.get_logger().warning(
                 f"control_rate_hz {params.control_rate_hz:g} overrides the rate the model was "
                 f"trained at ({trained:g} Hz)"
             )
-        loop = PolicyLoop(policy, 1.0 / rate, params.stale_periods, params.safe_action)
-        loop.warm_up()  # a model that cannot run fails here, not on the first control tick
+        try:
+            loop = PolicyLoop(policy, 1.0 / rate, params.stale_periods, params.safe_action)
+            # Runs the graph once: a model that cannot run, or whose output disagrees with
+            # its metadata, fails here, not on the first control tick.
+            loop.warm_up()
+        except ValueError as err:  # ActionError is a ValueError too
+            raise ValueError(f"{params.model_path}: {err}") from None
         return loop, bindings
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         assert self._loop is not None
         with self._control_lock:
-            self._loop.reset()
+            self._loop.activate()
             self._control_timer = self.create_timer(self._loop.period_s, self._on_control_tick)
         self._lifecycle = "active"
         self.get_logger().info(f"active: publishing actions on {self._action_pub.topic_name}")
@@ -251,13 +272,15 @@ class PolicyNode(LifecycleNode):
             return
         try:
             value = decode(binding, msg)
-        except ObservationError as err:
-            self._malformed[binding.topic] += 1
+            stamp_ns = stamp_to_ns(msg.header.stamp)
+        except MessageError as err:
+            text = f"{binding.topic}: {err}"
+            self._faults.record(f"malformed:{binding.topic}:{err.reason}", text, WARN)
             self.get_logger().warning(
-                f"dropped malformed observation: {err}", throttle_duration_sec=5.0
+                f"dropped malformed observation: {text}", throttle_duration_sec=5.0
             )
             return
-        loop.observe(binding.key, value, stamp_to_ns(msg.header.stamp), arrival_ns)
+        loop.observe(binding.key, value, stamp_ns, arrival_ns)
 
     def _on_control_tick(self) -> None:
         with self._control_lock:
@@ -268,18 +291,33 @@ class PolicyNode(LifecycleNode):
             try:
                 command = loop.step(self.get_clock().now().nanoseconds, time.monotonic_ns())
             except Exception as err:  # keep the node up; diagnostics turn ERROR
-                self._tick_errors += 1
-                self._last_error = f"control tick failed: {err}"
-                self.get_logger().error(self._last_error, throttle_duration_sec=5.0)
+                text = f"control tick failed: {type(err).__name__}: {err}"
+                self._faults.record("control_tick_errors", text, ERROR)
+                self.get_logger().error(text, throttle_duration_sec=5.0)
                 return
             if command is None:
                 return
             msg = JointState()
-            msg.header.stamp.sec, msg.header.stamp.nanosec = ns_to_stamp_fields(command.stamp_ns)
+            msg.header.stamp.sec, msg.header.stamp.nanosec = ns_to_stamp(command.stamp_ns)
             msg.name = self._action_names
             msg.effort = command.action.tolist()
             self._action_pub.publish(msg)
             loop.published(command, self.get_clock().now().nanoseconds)
+        self._report(loop, command, before)
+
+    def _report(self, loop: PolicyLoop, command: Any, before: str) -> None:
+        """Log and count what a tick did that someone should know about."""
+        if command.fault is not None:
+            text = f"model output rejected, safe action published: {command.fault}"
+            self._faults.record(f"bad_model_output:{command.fault.reason}", text, ERROR)
+            self.get_logger().error(text, throttle_duration_sec=5.0)
+        if command.clipped:
+            text = f"policy action outside the action bounds, clipped to {command.action.tolist()}"
+            self._faults.record("actions_clipped", text, WARN)
+            self.get_logger().warning(text, throttle_duration_sec=5.0)
+        mismatch = loop.check_rates()
+        if mismatch is not None:
+            self.get_logger().warning(mismatch)
         if loop.state == STALE and before != STALE:
             topics = [b.topic for b in self._bindings if b.key in command.stale_keys]
             self.get_logger().warning(
@@ -311,15 +349,17 @@ class PolicyNode(LifecycleNode):
                 level, message = DiagnosticStatus.WARN, loop.state
             elif policy.fallback_reason:
                 level, message = DiagnosticStatus.WARN, f"running on {policy.provider}"
+            elif self._lifecycle == "active" and loop.rate_mismatch:
+                level, message = DiagnosticStatus.WARN, loop.rate_mismatch
             elif self._lifecycle == "active":
                 message = loop.state
-        values["malformed_observations"] = str(sum(self._malformed.values()))
-        for topic, count in sorted(self._malformed.items()):
-            values[f"malformed:{topic}"] = str(count)
-        values["control_tick_errors"] = str(self._tick_errors)
-        values["last_error"] = self._last_error
-        if self._last_error:
-            level, message = DiagnosticStatus.ERROR, self._last_error
+        values["malformed_observations"] = str(self._faults.total("malformed:"))
+        values.update(self._faults.values())
+        recent, text = self._faults.level()
+        if self._configure_error:
+            level, message = DiagnosticStatus.ERROR, self._configure_error
+        elif recent == ERROR or (recent == WARN and level == DiagnosticStatus.OK):
+            level, message = bytes([recent]), text
         hardware_id = params.model_path if params is not None else ""
         publish_status(self, self._diag_pub, "policy", level, message, values, hardware_id)
 

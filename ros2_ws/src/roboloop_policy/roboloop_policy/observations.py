@@ -7,28 +7,29 @@ metadata, the only bridge from training to the robot:
     float32 (D,)      -> sensor_msgs/msg/JointState, D values in one field (default `position`)
 
 `bind_observations` checks the node's topic -> key parameters against the metadata at configure
-time; `decode` turns one received message into the array for its key or raises
-`ObservationError` (the node counts and drops such messages, it never feeds them to the model).
+time; `decode` turns one received message into the array for its key with the shared decoders
+(roboloop_node_common.codecs) and rejects values absurdly far from the training data's
+normalization stats, or raises `MessageError` (whose `reason` the node counts per topic; such a
+message is dropped, never fed to the model).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from roboloop_node_common.codecs import (
+    IMAGE,
+    JOINT_STATE,
+    JOINT_STATE_FIELDS,
+    decode_image,
+    decode_joint_state,
+)
 
 from learning.policy_interface import ObsSpec
-
-IMAGE = "sensor_msgs/msg/Image"
-JOINT_STATE = "sensor_msgs/msg/JointState"
-JOINT_STATE_FIELDS = ("position", "velocity", "effort")
-
-
-class ObservationError(ValueError):
-    """A received message cannot be used as the observation it is bound to (names the topic)."""
+from roboloop_policy.safety import ObservationRange
 
 
 class BindingError(ValueError):
@@ -44,6 +45,7 @@ class ObservationBinding:
     spec: ObsSpec
     msg_type: str  # IMAGE or JOINT_STATE
     field: str = "position"  # JointState field holding the vector (unused for images)
+    limit: ObservationRange | None = None  # None: no normalization stats (or an image)
 
 
 def message_type_for(key: str, spec: ObsSpec) -> str:
@@ -64,8 +66,12 @@ def bind_observations(
     observations: dict[str, ObsSpec],
     joint_state_field: str = "position",
     model: str = "model",
+    limits: Mapping[str, ObservationRange] | None = None,
 ) -> list[ObservationBinding]:
-    """Pair `observation_topics[i]` with `observation_keys[i]`; every model key exactly once."""
+    """Pair `observation_topics[i]` with `observation_keys[i]`; every model key exactly once.
+
+    `limits[key]` is the range check of a low-dimensional key (from its normalization stats).
+    """
     if len(topics) != len(keys):
         raise BindingError(
             f"observation_topics has {len(topics)} entries but observation_keys has {len(keys)}"
@@ -88,9 +94,9 @@ def bind_observations(
             raise BindingError(f"observation_topics: {topic} is listed twice")
         seen_topics.add(topic)
         spec = observations[key]
-        bindings[key] = ObservationBinding(
-            topic, key, spec, message_type_for(key, spec), joint_state_field
-        )
+        msg_type = message_type_for(key, spec)
+        limit = (limits or {}).get(key) if msg_type == JOINT_STATE else None
+        bindings[key] = ObservationBinding(topic, key, spec, msg_type, joint_state_field, limit)
     missing = sorted(set(observations) - set(bindings))
     if missing:
         raise BindingError(
@@ -101,55 +107,14 @@ def bind_observations(
 
 
 def decode(binding: ObservationBinding, msg: Any) -> np.ndarray:
-    """Message -> array of `binding.spec` (no batch/time axes), or raise ObservationError."""
+    """Message -> array of `binding.spec` (no batch/time axes), or raise MessageError."""
+    spec = binding.spec
     if binding.msg_type == IMAGE:
-        return decode_image(msg, binding.spec, binding.topic)
-    return decode_joint_state(msg, binding.spec, binding.topic, binding.field)
-
-
-def decode_image(msg: Any, spec: ObsSpec, topic: str) -> np.ndarray:
-    """sensor_msgs/Image rgb8 -> uint8 (H, W, 3), a zero-copy view when rows are unpadded."""
-    height, width = spec.shape[0], spec.shape[1]
-    if msg.encoding != "rgb8":
-        raise ObservationError(f"{topic}: image encoding {msg.encoding!r}, expected 'rgb8'")
-    if (msg.height, msg.width) != (height, width):
-        raise ObservationError(
-            f"{topic}: image is {msg.height}x{msg.width} (HxW), model expects {height}x{width}"
+        value = decode_image(msg, encoding="rgb8", shape=spec.shape)
+    else:
+        value = decode_joint_state(msg, binding.field, spec.shape[0]).astype(
+            spec.dtype, copy=False
         )
-    row = width * 3
-    if msg.step < row:
-        raise ObservationError(f"{topic}: image step {msg.step} < width*3 = {row}")
-    data = np.frombuffer(msg.data, dtype=np.uint8)
-    if data.size != msg.step * height:
-        raise ObservationError(
-            f"{topic}: image data has {data.size} bytes, expected step*height = "
-            f"{msg.step * height}"
-        )
-    # Rows may be padded to `step` bytes; drop the padding.
-    return data.reshape(height, msg.step)[:, :row].reshape(height, width, 3)
-
-
-def decode_joint_state(msg: Any, spec: ObsSpec, topic: str, field: str = "position") -> np.ndarray:
-    """sensor_msgs/JointState `field` -> float (D,); wrong length or non-finite is an error."""
-    values = getattr(msg, field)
-    (dim,) = spec.shape
-    if len(values) != dim:
-        raise ObservationError(
-            f"{topic}: JointState.{field} has {len(values)} values, expected {dim}"
-        )
-    arr = np.asarray(values, dtype=spec.dtype)
-    if not np.isfinite(arr).all():
-        bad = int(np.flatnonzero(~np.isfinite(arr))[0])
-        raise ObservationError(f"{topic}: JointState.{field}[{bad}] is {arr[bad]} (not finite)")
-    return arr
-
-
-def stamp_to_ns(stamp: Any) -> int:
-    """builtin_interfaces/Time -> integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
-def ns_to_stamp_fields(ns: int) -> tuple[int, int]:
-    """Integer nanoseconds -> (sec, nanosec) for builtin_interfaces/Time."""
-    sec = math.floor(ns / 1_000_000_000)
-    return sec, ns - sec * 1_000_000_000
+    if binding.limit is not None:
+        binding.limit.check(value, binding.key)
+    return value

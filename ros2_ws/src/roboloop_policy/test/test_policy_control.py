@@ -6,7 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from roboloop_policy.control import RUNNING, STALE, WAITING, LatencyWindow, PolicyLoop
+from roboloop_policy.control import (
+    RATE_SAMPLES,
+    RUNNING,
+    STALE,
+    WAITING,
+    LatencyWindow,
+    PolicyLoop,
+)
 from roboloop_policy.reference_model import ReferencePolicy, make_reference_policy
 
 from learning.onnx_runner import OnnxPolicy
@@ -163,8 +170,87 @@ def test_logic_modules_import_neither_rclpy_nor_torch() -> None:
 
     code = (
         "import sys, roboloop_policy.control, roboloop_policy.observations, "
-        "roboloop_policy.reference_model; "
+        "roboloop_policy.safety, roboloop_policy.reference_model; "
         "print(sorted(m for m in ('rclpy', 'torch') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("faulty")
+    paths = {}
+    for fault in ("nan_when_negative", "constant", "extra_action"):
+        paths[fault] = root / f"{fault}.onnx"
+        make_reference_policy(
+            paths[fault], state_dim=3, action_dim=2, action_bounds=(0.5, 2.0), fault=fault
+        )
+    return paths
+
+
+def state_loop(path: Path, safe_action: str = "zeros") -> PolicyLoop:
+    return PolicyLoop(OnnxPolicy(path, device="cpu", threads=1), PERIOD, 2, safe_action)
+
+
+def test_every_chunk_is_checked_before_it_is_published(faulty) -> None:
+    # NaN: the safe action (zeros moved into the bounds [0.5, 2]), the error on the command.
+    loop = state_loop(faulty["nan_when_negative"], safe_action="hold")
+    loop.observe("state", np.array([1.0, 0.0, 0.0], np.float32), T0, T0)
+    good = loop.step(T0, T0)
+    assert not good.safe and good.fault is None and np.isfinite(good.action).all()
+    now = T0 + PERIOD_NS
+    loop.observe("state", np.array([-1.0, 0.0, 0.0], np.float32), now, now)
+    bad = loop.step(now, now)
+    assert bad.safe and bad.fault.reason == "nonfinite" and loop.state == "bad_model_output"
+    np.testing.assert_array_equal(bad.action, good.action)  # hold: the last checked action
+    loop.observe("state", np.array([1.0, 0.0, 0.0], np.float32), now, now)
+    assert not loop.step(now, now).safe and loop.state == RUNNING  # recovers on good output
+
+    # Wrong shape per tick (warm_up refuses it at configure, see below).
+    loop = state_loop(faulty["extra_action"])
+    loop.observe("state", np.zeros(3, np.float32), T0, T0)
+    cmd = loop.step(T0, T0)
+    assert cmd.safe and cmd.fault.reason == "shape" and "(1, 1, 3)" in str(cmd.fault)
+    np.testing.assert_array_equal(cmd.action, [0.5, 0.5])
+
+    # 1e6: clipped to the bounds, flagged.
+    loop = state_loop(faulty["constant"])
+    loop.observe("state", np.zeros(3, np.float32), T0, T0)
+    cmd = loop.step(T0, T0)
+    assert not cmd.safe and cmd.clipped and cmd.action.tolist() == [2.0, 2.0]
+
+
+def test_warm_up_checks_the_graph_against_its_metadata(faulty, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"shape \(1, 1, 3\), the metadata says \(1, 1, 2\)"):
+        state_loop(faulty["extra_action"]).warm_up()
+    assert state_loop(faulty["nan_when_negative"]).warm_up() > 0  # finite on zeros
+    make_reference_policy(tmp_path / "old.onnx", state_dim=3, action_bounds=None)
+    with pytest.raises(ValueError, match="no action_bounds: re-export it with"):
+        state_loop(tmp_path / "old.onnx")
+
+
+def test_rate_mismatch_once_measured_after_activation(chunked) -> None:
+    loop = make_loop(chunked[0])  # control at 20 Hz
+    for i in range(30):  # before activation: not counted
+        loop.observe("state", np.zeros(3, np.float32), T0, T0 + i * PERIOD_NS)
+    loop.activate()
+    assert loop.check_rates() is None
+    period = int(1e9 / 8)  # 8 Hz state, 40 Hz image
+    for i in range(RATE_SAMPLES):
+        loop.observe("state", np.zeros(3, np.float32), T0, T0 + i * period)
+        assert loop.check_rates() is None  # the image has no arrivals yet
+    for i in range(RATE_SAMPLES):
+        loop.observe("image", np.zeros((4, 4, 3), np.uint8), T0, T0 + i * period // 5)
+    message = loop.check_rates()
+    assert message is not None and "'state' arrives at 8.0 Hz" in message
+    assert "runs at 20 Hz (model trained at 20 Hz)" in message
+    assert (
+        loop.check_rates() is None and loop.diagnostics()["observation_rate_mismatch"] == message
+    )
+    # Faster observations (or ones within the tolerance) are fine.
+    loop.activate()
+    for i in range(RATE_SAMPLES):
+        loop.observe("state", np.zeros(3, np.float32), T0, T0 + i * int(1e9 / 17))
+        loop.observe("image", np.zeros((4, 4, 3), np.uint8), T0, T0 + i * int(1e9 / 100))
+    assert loop.check_rates() is None and loop.rate_mismatch == ""

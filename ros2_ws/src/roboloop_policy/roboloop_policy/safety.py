@@ -1,0 +1,87 @@
+"""What the policy node checks before it trusts a model's output or an observation (ROS-free).
+
+    guard = ActionGuard(meta.action_bounds, meta.horizon, meta.action_dim)
+    actions, clipped = guard.check_chunk(raw)   # (horizon, A) in bounds, (horizon,) bool
+                                                # ActionError("shape" | "nonfinite") otherwise
+    limit = ObservationRange(center, scale, 1e3)
+    limit.check(value, "state")                 # MessageError("out_of_range") when absurd
+
+A chunk of the wrong shape or with a NaN/Inf is never published: the node publishes its safe
+action instead and reports an ERROR. A finite action outside the bounds is clipped to them and
+counted. An observation more than `limit` normalized units (std, or half-ranges for min_max
+stats) from the training data's center is rejected like a malformed message; the default 1e3
+keeps every plausible out-of-distribution value and drops the absurd (±1e38).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from roboloop_node_common.codecs import MessageError
+
+from learning.policy_interface import ActionBounds
+
+DEFAULT_MAX_NORMALIZED = 1e3
+RE_EXPORT = "re-export it with `python -m learning.export` (the export writes them)"
+
+
+class ActionError(ValueError):
+    """A model output that must not be published; `reason` is the counter name."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class ActionGuard:
+    """Shape, finiteness and bounds of every action chunk, before any of it is queued."""
+
+    def __init__(self, bounds: ActionBounds | None, horizon: int, action_dim: int) -> None:
+        if bounds is None:
+            raise ValueError(f"the model metadata has no action_bounds: {RE_EXPORT}")
+        self.low = np.asarray(bounds.low, np.float32)
+        self.high = np.asarray(bounds.high, np.float32)
+        self.source = bounds.source
+        self.shape = (1, horizon, action_dim)  # predict_action_chunk of one observation window
+
+    def clip(self, action: np.ndarray) -> np.ndarray:
+        return np.clip(action, self.low, self.high).astype(np.float32)
+
+    def check_chunk(self, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(1, horizon, A) model output -> actions (horizon, A) within bounds, clipped rows."""
+        arr = np.asarray(chunk)
+        if arr.shape != self.shape:
+            raise ActionError(
+                "shape",
+                f"model output 'actions' has shape {arr.shape}, the metadata says {self.shape} "
+                "(batch, horizon, action_dim)",
+            )
+        finite = np.isfinite(arr)
+        if not finite.all():
+            bad = arr[~finite]
+            raise ActionError(
+                "nonfinite", f"model output holds {bad.size} values that are not finite ({bad[0]})"
+            )
+        actions = arr[0].astype(np.float32)
+        clipped = self.clip(actions)
+        return clipped, (clipped != actions).any(axis=1)
+
+
+class ObservationRange:
+    """Rejects observations absurdly far from the training data (in normalized units)."""
+
+    def __init__(self, center: np.ndarray, scale: np.ndarray, limit: float) -> None:
+        if not limit > 0:
+            raise ValueError(f"max_normalized_observation must be > 0, got {limit}")
+        self.center = np.asarray(center, np.float64)
+        self.scale = np.asarray(scale, np.float64)
+        self.limit = float(limit)
+
+    def check(self, value: np.ndarray, key: str) -> None:
+        distance = np.abs(np.asarray(value, np.float64) - self.center) / self.scale
+        if distance.max(initial=0.0) > self.limit:
+            i = int(np.argmax(distance))
+            raise MessageError(
+                "out_of_range",
+                f"{key}[{i}] = {np.ravel(value)[i]:g} is {distance.flat[i]:.3g} normalized units "
+                f"from the training data (limit {self.limit:g})",
+            )
