@@ -18,7 +18,7 @@ from typing import Any
 
 from episode_dataset import ACTIONS, DONES, REWARDS
 from roboloop_recorder.alignment import Aligner
-from roboloop_recorder.convert import InvalidMessage, convert
+from roboloop_recorder.convert import MessageError, convert
 from roboloop_recorder.topics import TopicSpec
 from roboloop_recorder.writer_thread import EpisodeWriterThread
 
@@ -102,7 +102,7 @@ class RecordingSession:
         c.received += 1
         try:
             stamp, value = convert(msg, spec)
-        except InvalidMessage as e:
+        except MessageError as e:
             c.invalid[e.reason] = c.invalid.get(e.reason, 0) + 1
             self._log_invalid(f"{topic}: rejected {spec.type}: {e}")
             return False

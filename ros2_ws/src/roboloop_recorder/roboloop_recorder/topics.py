@@ -14,19 +14,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from roboloop_node_common.codecs import (
+    BOOL,
+    FLOAT32,
+    FLOAT32_MULTI_ARRAY,
+    IMAGE,
+    JOINT_STATE,
+    JOINT_STATE_FIELDS,
+)
+
 from episode_dataset import ACTIONS, DONES, OBS, REWARDS, KeySpec
 
-IMAGE_TYPE = "sensor_msgs/msg/Image"
-JOINT_STATE_TYPE = "sensor_msgs/msg/JointState"
-SUPPORTED_TYPES = (
-    IMAGE_TYPE,
-    JOINT_STATE_TYPE,
-    "std_msgs/msg/Float32MultiArray",
-    "std_msgs/msg/Float32",
-    "std_msgs/msg/Bool",
-)
-JOINT_STATE_FIELDS = ("position", "velocity", "effort")
-SCALAR_TYPES = {"std_msgs/msg/Float32": "float32", "std_msgs/msg/Bool": "bool"}
+SUPPORTED_TYPES = (IMAGE, JOINT_STATE, FLOAT32_MULTI_ARRAY, FLOAT32, BOOL)
+SCALAR_TYPES = {FLOAT32: "float32", BOOL: "bool"}
 
 
 class RecorderConfigError(ValueError):
@@ -91,11 +91,14 @@ def parse_topics(
         where = f"topic {topic}"
         if typ not in SUPPORTED_TYPES:
             raise RecorderConfigError(f"{where}: type {typ!r} not one of {SUPPORTED_TYPES}")
-        if not (key in (ACTIONS, REWARDS, DONES) or (key.startswith(OBS + "/") and key[4:])):
-            raise RecorderConfigError(f"{where}: key {key!r} not obs/<name|actions|rewards|dones")
+        obs_name = key[len(OBS) + 1 :] if key.startswith(OBS + "/") else None
+        if not (key in (ACTIONS, REWARDS, DONES) or (obs_name and "/" not in obs_name)):
+            raise RecorderConfigError(
+                f"{where}: key {key!r} not obs/<name>|actions|rewards|dones (no '/' in name)"
+            )
         shape = parse_shape(shape_text, where)
         encoding = None
-        if typ == IMAGE_TYPE:
+        if typ == IMAGE:
             if len(shape) != 3 or shape[2] != 3:
                 raise RecorderConfigError(f"{where}: rgb8 image shape must be H,W,3, got {shape}")
             dtype, encoding = "uint8", "rgb8"
@@ -107,7 +110,7 @@ def parse_topics(
             if len(shape) != 1:
                 raise RecorderConfigError(f"{where}: vector shape must be one dimension: {shape}")
             dtype = "float32"
-        if typ == JOINT_STATE_TYPE:
+        if typ == JOINT_STATE:
             fld = fld or ("effort" if key == ACTIONS else "position")
             if fld not in JOINT_STATE_FIELDS:
                 raise RecorderConfigError(f"{where}: field {fld!r} not in {JOINT_STATE_FIELDS}")

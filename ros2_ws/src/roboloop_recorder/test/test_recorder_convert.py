@@ -1,4 +1,8 @@
-"""Parameter parsing, message validation/conversion and QoS choice (ROS-free, duck-typed)."""
+"""Parameter parsing, message validation/conversion and QoS choice (ROS-free, duck-typed).
+
+The decoding rules themselves are tested with roboloop_node_common.codecs; these tests pin down
+what the recorder asks of them.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from types import SimpleNamespace as NS
 
 import numpy as np
 import pytest
-from roboloop_recorder.convert import InvalidMessage, convert
+from roboloop_recorder.convert import MessageError, convert
 from roboloop_recorder.qos_choice import (
     BEST_EFFORT,
     RELIABLE,
@@ -39,7 +43,12 @@ def header(t=12.5):
 
 def image(encoding="rgb8", h=4, w=5, step=15, nbytes=60):
     return NS(
-        header=header(), encoding=encoding, height=h, width=w, step=step, data=bytes(range(nbytes))
+        header=header(),
+        encoding=encoding,
+        height=h,
+        width=w,
+        step=step,
+        data=bytes(i % 256 for i in range(nbytes)),
     )
 
 
@@ -64,6 +73,7 @@ def test_parse_topics_defaults_and_dataset_specs():
         (lambda a: a["keys"].__setitem__(2, "obs/other"), "actions"),
         (lambda a: a["topics"].__setitem__(1, "/s"), "listed twice"),
         (lambda a: a["shapes"].__setitem__(3, "2"), "scalar"),
+        (lambda a: a["keys"].__setitem__(0, "obs/a/b"), "no '/' in name"),
     ],
 )
 def test_parse_topics_rejects_bad_parameters(mutate, match):
@@ -84,37 +94,54 @@ def test_image_conversion_is_zero_copy_and_stamped():
     assert arr.shape == (4, 5, 3) and arr.dtype == np.uint8 and arr[0, 0, 1] == 1
 
 
+def test_row_padded_image_is_accepted_without_its_padding():
+    rows = np.concatenate(
+        [np.arange(60, dtype=np.uint8).reshape(4, 15), np.full((4, 9), 255, np.uint8)], axis=1
+    )
+    msg = image(step=24, nbytes=0)
+    msg.data = rows.tobytes()
+    arr = convert(msg, specs()["/img"])[1]
+    assert arr.shape == (4, 5, 3) and 255 not in arr
+    np.testing.assert_array_equal(arr.reshape(4, 15), rows[:, :15])
+
+
 @pytest.mark.parametrize(
     "msg, reason",
     [
         (image(encoding="bgr8"), "encoding"),
         (image(h=5, nbytes=75), "shape"),
         (image(nbytes=59), "size"),
-        (image(step=16, nbytes=64), "size"),
+        (image(step=14, nbytes=56), "size"),  # rows shorter than width * 3
+        (image(step=15 * 2 + 65, nbytes=4 * 95), "too_large"),  # padding beyond the bound
     ],
 )
 def test_malformed_images_rejected(msg, reason):
-    with pytest.raises(InvalidMessage) as e:
+    with pytest.raises(MessageError) as e:
         convert(msg, specs()["/img"])
     assert e.value.reason == reason
 
 
-def test_joint_state_field_size_and_nan():
+def test_joint_state_field_size_names_and_nonfinite():
     s = specs()
-    js = NS(header=header(), position=[1.0, 2.0, 3.0], effort=[0.5, -0.5], velocity=[])
+    js = NS(header=header(), name=[], position=[1.0, 2.0, 3.0], effort=[0.5, -0.5], velocity=[])
     assert convert(js, s["/s"])[1].tolist() == [1.0, 2.0, 3.0]
     assert convert(js, s["/a"])[1].dtype == np.float32
-    with pytest.raises(InvalidMessage, match="size"):
-        convert(NS(header=header(), position=[1.0, 2.0], effort=[]), s["/s"])
-    with pytest.raises(InvalidMessage, match="nan"):
-        convert(NS(header=header(), position=[1.0, float("nan"), 3.0], effort=[]), s["/s"])
+    for msg, reason in [
+        (NS(header=header(), name=[], position=[1.0, 2.0], effort=[]), "size"),
+        (NS(header=header(), name=[], position=[1.0, float("nan"), 3.0]), "nonfinite"),
+        (NS(header=header(), name=["a", "b"], position=[1.0, 2.0, 3.0]), "names"),
+        (NS(header=NS(stamp=NS(sec=1, nanosec=2 * 10**9)), name=[], position=[0, 0, 0]), "stamp"),
+    ]:
+        with pytest.raises(MessageError) as e:
+            convert(msg, s["/s"])
+        assert e.value.reason == reason
 
 
 def test_headerless_scalars():
     s = specs()
     assert convert(NS(data=0.25), s["/r"]) == (None, pytest.approx(0.25))
     assert convert(NS(data=True), s["/d"])[1] == np.True_
-    with pytest.raises(InvalidMessage, match="nan"):
+    with pytest.raises(MessageError, match="nonfinite"):
         convert(NS(data=float("inf")), s["/r"])
 
 

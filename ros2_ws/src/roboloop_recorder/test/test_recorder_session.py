@@ -46,7 +46,7 @@ def publish_episode(session, t0, n, k0=0, nan_at=None, bad_image_at=None):
     for k in range(n):
         s = t0 + k * P
         pos = [float(k0 + k), 0.0, float("nan") if k == nan_at else 1.0]
-        session.on_message("/s", NS(header=hdr(s), position=pos), s)
+        session.on_message("/s", NS(header=hdr(s), name=[], position=pos), s)
         enc = "bgr8" if k == bad_image_at else "rgb8"
         img = NS(
             header=hdr(s),
@@ -57,7 +57,7 @@ def publish_episode(session, t0, n, k0=0, nan_at=None, bad_image_at=None):
             data=bytes([(k0 + k) % 256]) * 60,
         )
         session.on_message("/img", img, s)
-        session.on_message("/a", NS(header=hdr(s), effort=[k0 + k, -1.0]), s + P)
+        session.on_message("/a", NS(header=hdr(s), name=[], effort=[k0 + k, -1.0]), s + P)
         session.on_message("/r", NS(data=float(k0 + k)), s + P + 0.002)
         session.on_message("/d", NS(data=k == n - 1), s + P + 0.002)
     return t0 + n * P
@@ -94,7 +94,7 @@ def test_invalid_messages_counted_and_never_written(tmp_path):
     t = publish_episode(session, 5.0, 8, nan_at=2, bad_image_at=5)
     session.tick(t + 1.0)
     c = session.counters()
-    assert c["topics"]["/s"]["invalid"] == {"nan": 1}
+    assert c["topics"]["/s"]["invalid"] == {"nonfinite": 1}
     assert c["topics"]["/img"]["invalid"] == {"encoding": 1}
     assert len(logs) == 2 and "/img" in logs[1] and "encoding" in logs[1]
     writer.close()
@@ -104,7 +104,7 @@ def test_invalid_messages_counted_and_never_written(tmp_path):
     # steps 2 and 5 lost a key -> stale, skipped; the others are aligned
     assert st[:, 0].tolist() == [0, 1, 3, 4, 6, 7]
     meta = r.episode_metadata("demo_0")["recorder_counts"]
-    assert meta["topics"]["/s"]["invalid"] == {"nan": 1}
+    assert meta["topics"]["/s"]["invalid"] == {"nonfinite": 1}
     assert meta["topics"]["/img"]["invalid"] == {"encoding": 1}
     # step 5 lost its image (stale step); step 2 lost the reference (timeline re-locked)
     assert meta["stale_steps"] == 1 and meta["stale_by_key"] == {"obs/image": 1}
@@ -168,11 +168,13 @@ def late_callbacks_stream(session, t0, n, late):
     its observation) and the headerless reward/done go out together in the late callback."""
     for k in range(n):
         s = t0 + k * P
-        session.on_message("/s", NS(header=hdr(s), position=[float(k), 0.0, 1.0]), s + late[k])
+        session.on_message(
+            "/s", NS(header=hdr(s), name=[], position=[float(k), 0.0, 1.0]), s + late[k]
+        )
         img = NS(header=hdr(s), encoding="rgb8", height=4, width=5, step=15, data=bytes(60))
         session.on_message("/img", img, s + late[k])
         arrival = s + P + late[k + 1]
-        session.on_message("/a", NS(header=hdr(s), effort=[k, 0.0]), arrival)
+        session.on_message("/a", NS(header=hdr(s), name=[], effort=[k, 0.0]), arrival)
         session.on_message("/r", NS(data=float(k)), arrival + 0.0005)
         session.on_message("/d", NS(data=k == n - 1), arrival + 0.0007)
     return t0 + n * P
