@@ -22,11 +22,19 @@ from learning.policy_interface import (
     NOISE_INPUT,
     OBS_INPUT_PREFIX,
     ModelInputError,
+    ModelOutputError,
     PolicyMetadata,
     QueuedChunkPolicy,
 )
 
-__all__ = ["METADATA_KEY", "ModelInputError", "ModelLoadError", "OnnxModel", "OnnxPolicy"]
+__all__ = [
+    "METADATA_KEY",
+    "ModelInputError",
+    "ModelLoadError",
+    "ModelOutputError",
+    "OnnxModel",
+    "OnnxPolicy",
+]
 
 log = logging.getLogger(__name__)
 

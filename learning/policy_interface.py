@@ -34,6 +34,30 @@ class ModelInputError(ValueError):
     """An observation/feed does not match the model's declared inputs (names the input)."""
 
 
+class ModelOutputError(ValueError):
+    """A model output that must not be used (wrong shape, NaN/Inf); `reason` is its counter."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def check_output(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """`value` as an array if it has `shape` and only finite values, else ModelOutputError."""
+    arr = np.asarray(value)
+    if arr.shape != shape:
+        raise ModelOutputError(
+            "shape", f"model output {name!r} has shape {arr.shape}, expected {shape}"
+        )
+    finite = np.isfinite(arr)
+    if not finite.all():
+        bad = arr[~finite]
+        raise ModelOutputError(
+            "nonfinite", f"model output {name!r} holds {bad.size} non-finite values ({bad[0]})"
+        )
+    return arr
+
+
 @dataclass(frozen=True)
 class ObsSpec:
     """Shape and dtype of one observation key for a single step (no batch, no time axis)."""

@@ -1,13 +1,17 @@
 """Wire layout of q_scorer requests/responses as plain numpy (torch-free, rclpy-free).
 
+Bytes <-> arrays is the shared Image decoder's job (roboloop_node_common.codecs: padded rows,
+byte order, size limit, finiteness); this module splits the decoded (H, W, C) request into
+state and action masks, and builds one from them.
+
 The 8 pre-action state masks are the same for every proposal of a state; the 3 post-action
 masks and the 2 action masks differ per proposal. A request therefore sends the shared part
 once and 5 channels per proposal.
 
 Request: ONE sensor_msgs/Image
-    encoding  "32FC<C>" with C = 8 + 5K (K proposals, K >= 1), is_bigendian 0
-    height H, width W, step W * 4 * C, data row-major H x W x C float32 (channels interleaved,
-    the usual ROS multi-channel layout)
+    encoding  "32FC<C>" with C = 8 + 5K (K proposals, K >= 1), either byte order
+    height H, width W, step >= W * 4 * C, data row-major H x W x C float32 (channels
+    interleaved, the usual ROS multi-channel layout), every value finite
     channels 0..7:        robot, goal, movable, static, reachable, robot_distance,
                           goal_distance, combined_distance                (shared)
     channels 8+5k..12+5k: proposal k's post_action_robot, post_action_movable,
@@ -36,7 +40,6 @@ from learning.namo.keys import (
     STATE_CHANNELS,
 )
 
-ENCODING_RE = re.compile(r"^32FC(\d+)$")
 PROPOSALS_LABEL = "proposals"
 _KEY_RE = re.compile(r"^stamp=(\d+)\.(\d{9}) best=(-?\d+) frame_id=(.*)$", re.DOTALL)
 
@@ -70,10 +73,19 @@ def check_batch(
     return s, a
 
 
-def encode_request(
-    state_masks: np.ndarray, action_masks: np.ndarray
-) -> tuple[bytes, int, int, str, int]:
-    """(11|K x 11, H, W) + (K, 2, H, W) -> (data, height, width, encoding, step)."""
+def proposals_in(channels: int) -> int:
+    """K of a request with `channels` = 8 + 5K channels (LayoutError otherwise)."""
+    k, rem = divmod(channels - SHARED_CHANNELS, PER_PROPOSAL_CHANNELS)
+    if k < 1 or rem:
+        raise LayoutError(f"{channels} channels is not 8 + 5K with K >= 1")
+    return k
+
+
+def join_request(state_masks: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
+    """(11|K x 11, H, W) + (K, 2, H, W) -> the request image (H, W, 8 + 5K) float32.
+
+    Send it with roboloop_node_common.codecs.encode_image (an Image 32FC<8+5K>).
+    """
     s, a = check_batch(state_masks, action_masks)
     k, _, h, w = a.shape
     shared = s[0, :SHARED_CHANNELS]
@@ -83,44 +95,24 @@ def encode_request(
         raise LayoutError("the 8 pre-action state masks differ between proposals (not one state)")
     per = np.concatenate([s[:, SHARED_CHANNELS:], a], axis=1)  # (K, 5, H, W)
     chw = np.concatenate([shared, per.reshape(k * PER_PROPOSAL_CHANNELS, h, w)])
-    channels = chw.shape[0]
-    hwc = np.ascontiguousarray(chw.transpose(1, 2, 0))
-    return hwc.tobytes(), h, w, f"32FC{channels}", w * 4 * channels
+    return np.ascontiguousarray(chw.transpose(1, 2, 0))
 
 
-def decode_request(
-    data: bytes | memoryview | np.ndarray,
-    height: int,
-    width: int,
-    encoding: str,
-    step: int,
-    is_bigendian: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of encode_request -> state_masks (K, 11, H, W), action_masks (K, 2, H, W)."""
-    match = ENCODING_RE.match(encoding)
-    if match is None:
-        raise LayoutError(f"encoding {encoding!r}, expected 32FC<8+5K>")
-    channels = int(match.group(1))
-    k, rem = divmod(channels - SHARED_CHANNELS, PER_PROPOSAL_CHANNELS)
-    if k < 1 or rem:
-        raise LayoutError(f"encoding {encoding!r}: {channels} channels is not 8 + 5K with K >= 1")
-    if is_bigendian:
-        raise LayoutError("is_bigendian=1 is not supported (send little-endian float32)")
-    if step != width * 4 * channels:
-        raise LayoutError(f"step {step} != width*4*channels = {width * 4 * channels}")
-    flat = np.frombuffer(data, np.float32)  # zero-copy view
-    if flat.size != height * width * channels:
-        raise LayoutError(
-            f"data holds {flat.size} floats, expected H*W*C = {height}*{width}*{channels}"
-        )
-    chw = flat.reshape(height, width, channels).transpose(2, 0, 1)
+def split_request(hwc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of join_request: an already decoded (H, W, 8 + 5K) image ->
+    state_masks (K, 11, H, W), action_masks (K, 2, H, W) float32."""
+    if hwc.ndim != 3:
+        raise LayoutError(f"request image has shape {hwc.shape}, expected (H, W, 8 + 5K)")
+    height, width, channels = hwc.shape
+    k = proposals_in(channels)
+    chw = hwc.transpose(2, 0, 1)
     shared = chw[:SHARED_CHANNELS]
     per = chw[SHARED_CHANNELS:].reshape(k, PER_PROPOSAL_CHANNELS, height, width)
     n_post = PER_PROPOSAL_CHANNELS - ACTION_CHANNELS
     state = np.empty((k, STATE_CHANNELS, height, width), np.float32)
     state[:, :SHARED_CHANNELS] = shared
     state[:, SHARED_CHANNELS:] = per[:, :n_post]
-    return state, np.ascontiguousarray(per[:, n_post:])
+    return state, np.ascontiguousarray(per[:, n_post:], dtype=np.float32)
 
 
 @dataclass(frozen=True)

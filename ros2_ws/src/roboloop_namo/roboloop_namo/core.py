@@ -1,6 +1,12 @@
-"""rclpy-free logic of q_scorer: decode a request, score it, build the response, keep stats.
+"""rclpy-free logic of q_scorer: check and decode a request, score it, check the Q-values.
 
-Layout of requests/responses: learning.namo.layout (documented in docs/q_function.md).
+    limits = RequestLimits(max_proposals=256, max_request_bytes=32 << 20, input_hw=(56, 56))
+    scored = score_request(scorer, msg, limits)   # msg: a sensor_msgs/Image (duck-typed)
+
+A request is refused before any work when its header asks for more than the limits (K from the
+encoding, bytes from step * height), and when its values are not finite. Q-values that are not
+K finite numbers are never published. Both raise `MessageError` / `ModelOutputError`, whose
+`reason` the node counts. Layout of requests/responses: learning.namo.layout.
 """
 
 from __future__ import annotations
@@ -10,9 +16,27 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from roboloop_node_common.codecs import MessageError, decode_image, image_encoding
 
-from learning.namo.layout import LayoutError, decode_request, response_dims
+from learning.namo.layout import LayoutError, proposals_in, response_dims, split_request
 from learning.namo.scoring import QScorer
+from learning.policy_interface import ModelOutputError, check_output
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request may ask for (node parameters) and the model's mask size."""
+
+    max_proposals: int
+    max_request_bytes: int
+    input_hw: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        if self.max_proposals < 1 or self.max_request_bytes < 1:
+            raise ValueError(
+                f"max_proposals={self.max_proposals} and max_request_bytes="
+                f"{self.max_request_bytes} must be >= 1"
+            )
 
 
 @dataclass(frozen=True)
@@ -20,35 +44,40 @@ class ScoredRequest:
     """What the node publishes for one request."""
 
     dims: list[tuple[str, int, int]]  # (label, size, stride) for layout.dim
-    q_values: np.ndarray  # (K,)
+    q_values: np.ndarray  # (K,) finite
     best_index: int
     latency_s: float
 
 
-class RequestError(ValueError):
-    """A request that cannot be scored (bad layout or shape for the model)."""
-
-
-def score_request(
-    scorer: QScorer,
-    data: Any,
-    height: int,
-    width: int,
-    encoding: str,
-    step: int,
-    is_bigendian: bool,
-    stamp_sec: int,
-    stamp_nanosec: int,
-    frame_id: str,
-) -> ScoredRequest:
-    """Decode the Image fields, score all K proposals in one batch, build the response."""
+def request_proposals(msg: Any, limits: RequestLimits) -> int:
+    """K from the request's encoding, within the limit (header only: no data touched)."""
+    _, channels = image_encoding(msg.encoding)
     try:
-        state, actions = decode_request(data, height, width, encoding, step, is_bigendian)
+        k = proposals_in(channels)
+    except LayoutError as err:
+        raise MessageError("encoding", f"encoding {msg.encoding!r}: {err}") from None
+    if k > limits.max_proposals:
+        raise MessageError(
+            "too_many_proposals", f"{k} proposals exceed max_proposals={limits.max_proposals}"
+        )
+    return k
+
+
+def score_request(scorer: QScorer, msg: Any, limits: RequestLimits) -> ScoredRequest:
+    """Check the header, decode, score all K proposals in one batch, check the Q-values."""
+    k = request_proposals(msg, limits)
+    hwc = decode_image(
+        msg, dtype="float32", shape=(*limits.input_hw, None), max_bytes=limits.max_request_bytes
+    )
+    state, actions = split_request(hwc)
+    try:
         result = scorer.score(state, actions)
-    except (LayoutError, ValueError) as err:  # ModelInputError is a ValueError too
-        raise RequestError(str(err)) from None
-    dims, best = response_dims(result.q_values, stamp_sec, stamp_nanosec, frame_id)
-    return ScoredRequest(dims, result.q_values, best, result.latency_s)
+    except Exception as err:  # onnxruntime raises its own types
+        raise ModelOutputError("inference_failed", f"{type(err).__name__}: {err}") from err
+    q = check_output("q_values", result.q_values, (k,))
+    stamp = msg.header.stamp
+    dims, best = response_dims(q, stamp.sec, stamp.nanosec, msg.header.frame_id)
+    return ScoredRequest(dims, q, best, result.latency_s)
 
 
 class ScoringStats:
@@ -58,7 +87,6 @@ class ScoringStats:
         self.latencies_s: collections.deque[float] = collections.deque(maxlen=window)
         self.requests = 0
         self.responses = 0
-        self.bad_requests = 0
         self.last_proposals = 0
 
     def record(self, scored: ScoredRequest) -> None:
@@ -71,7 +99,6 @@ class ScoringStats:
         out = {
             "requests": str(self.requests),
             "responses": str(self.responses),
-            "bad_requests": str(self.bad_requests),
             "last_proposals": str(self.last_proposals),
         }
         if lat.size:

@@ -8,8 +8,10 @@ request key (header stamp + frame_id) and the best proposal index. Layout: learn
 
 configure: load the ONNX Q-function (model_type q_function). activate: subscribe; each request
 is scored in its subscription callback, and while one is scored the subscription keeps the newest
-`max_pending` (KEEP_LAST depth; DDS drops older ones). deactivate: unsubscribe. Diagnostics:
-latency, provider.
+`max_pending` (KEEP_LAST depth; DDS drops older ones, counted from gaps in the publisher's
+sequence numbers). A request beyond `max_proposals` / `max_request_bytes`, malformed, or with
+non-finite values is refused before any work; Q-values that are not finite are never published.
+Both are counted per reason. deactivate: unsubscribe. Diagnostics: counts, latency, provider.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from roboloop_node_common.codecs import MessageError
+from roboloop_node_common.faults import FaultLog, SequenceGaps
 from roboloop_node_common.runtime import (
     DIAGNOSTICS_QOS,
     DIAGNOSTICS_TOPIC,
@@ -34,8 +38,8 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 
 from learning.namo.scoring import OnnxQScorer
-from learning.onnx_runner import ModelLoadError
-from roboloop_namo.core import RequestError, ScoringStats, score_request
+from learning.onnx_runner import ModelLoadError, ModelOutputError
+from roboloop_namo.core import RequestLimits, ScoringStats, score_request
 
 NODE_NAME = "q_scorer"
 # Requests and responses are commands/results: reliable; requests are large images, so the
@@ -54,6 +58,9 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "request_topic": ("~/request", "sensor_msgs/Image 32FC<8+5K>: shared state + K proposals"),
     "response_topic": ("~/q_values", "std_msgs/Float32MultiArray (1, K) Q-values + key"),
     "max_pending": (2, "requests kept while one is scored (subscription depth); older dropped"),
+    "max_proposals": (256, "largest K of a request; larger requests are refused unread"),
+    "max_request_bytes": (32 << 20, "largest request data (step * height); larger refused"),
+    "error_hold_s": (10.0, "diagnostics stay ERROR this long after the last error"),
     "diagnostics_period_s": (1.0, "period of /diagnostics messages"),
     "autostart": (True, "configure and activate at startup (no lifecycle manager needed)"),
 }
@@ -67,6 +74,9 @@ class ScorerParams:
     request_topic: str
     response_topic: str
     max_pending: int
+    max_proposals: int
+    max_request_bytes: int
+    error_hold_s: float
     diagnostics_period_s: float
     autostart: bool
 
@@ -81,9 +91,12 @@ class QScorerNode(LifecycleNode):
         self.autostart = params.autostart
         self._lock = threading.Lock()  # scoring vs lifecycle transitions
         self._lifecycle = "unconfigured"
-        self._last_error = ""
+        self._configure_error = ""  # a condition: ERROR for as long as it holds
+        self._faults = FaultLog(params.error_hold_s)  # events: ERROR while recent
+        self._gaps = SequenceGaps()
         self._params: ScorerParams | None = None
         self._scorer: OnnxQScorer | None = None
+        self._limits: RequestLimits | None = None
         self._stats = ScoringStats()
         self._request_sub: Any = None
         self._response_pub: Any = None
@@ -106,25 +119,32 @@ class QScorerNode(LifecycleNode):
             )
             if params.max_pending < 1:
                 raise ValueError(f"max_pending={params.max_pending} must be >= 1")
+            limits = RequestLimits(
+                params.max_proposals, params.max_request_bytes, tuple(scorer.input_hw)
+            )
         except (ModelLoadError, ValueError) as err:
-            self._last_error = str(err)
+            self._configure_error = str(err)
+            self._faults.record("configure_failures", str(err))
             self.get_logger().error(f"configure failed: {err}")
             return TransitionCallbackReturn.FAILURE
-        self._params, self._scorer = params, scorer
-        self._last_error = ""
+        self._params, self._scorer, self._limits = params, scorer, limits
+        self._faults.hold_s = params.error_hold_s
+        self._configure_error = ""
         self._response_pub = self.create_lifecycle_publisher(
             Float32MultiArray, params.response_topic, RESPONSE_QOS
         )
         h, w = scorer.input_hw
         self.get_logger().info(
             f"configured {params.model_path} on {scorer.provider}: requests {h}x{w} "
-            f"32FC<8+5K> on {self.resolve_topic_name(params.request_topic)}"
+            f"32FC<8+5K> on {self.resolve_topic_name(params.request_topic)} "
+            f"(K <= {limits.max_proposals}, <= {limits.max_request_bytes} bytes)"
         )
         self._lifecycle = "inactive"
         return super().on_configure(state)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         assert self._params is not None
+        self._gaps.reset()  # sequence numbers restart with the new subscription
         self._request_sub = self.create_subscription(
             Image,
             self._params.request_topic,
@@ -171,31 +191,25 @@ class QScorerNode(LifecycleNode):
             self._scorer = None
 
     # ---- data path ------------------------------------------------------------------------
-    def _on_request(self, msg: Image) -> None:
+    def _on_request(self, msg: Image, info: dict) -> None:
         self._stats.requests += 1
+        missed = self._gaps.take(info)  # requests DDS replaced while one was scored
+        if missed:
+            self._faults.count("dropped_requests", missed)
         with self._lock:
             if self._scorer is not None and self._response_pub is not None:
                 self._score_one(msg)
 
     def _score_one(self, msg: Image) -> None:
         topic = self._request_sub.topic_name if self._request_sub else "request"
+        key = f"(frame_id={msg.header.frame_id!r})"
         try:
-            scored = score_request(
-                self._scorer,
-                msg.data,
-                msg.height,
-                msg.width,
-                msg.encoding,
-                msg.step,
-                bool(msg.is_bigendian),
-                msg.header.stamp.sec,
-                msg.header.stamp.nanosec,
-                msg.header.frame_id,
-            )
-        except RequestError as err:
-            self._stats.bad_requests += 1
-            self._last_error = f"{topic}: bad request (frame_id={msg.header.frame_id!r}): {err}"
-            self.get_logger().error(self._last_error, throttle_duration_sec=5.0)
+            scored = score_request(self._scorer, msg, self._limits)
+        except MessageError as err:
+            self._error(f"bad_requests:{err.reason}", f"{topic}: bad request {key}: {err}")
+            return
+        except ModelOutputError as err:
+            self._error(f"bad_outputs:{err.reason}", f"{topic}: not published {key}: {err}")
             return
         out = Float32MultiArray()
         out.layout.dim = [
@@ -206,6 +220,10 @@ class QScorerNode(LifecycleNode):
         out.data = scored.q_values.tolist()
         self._response_pub.publish(out)
         self._stats.record(scored)
+
+    def _error(self, counter: str, text: str) -> None:
+        self._faults.record(counter, text)
+        self.get_logger().error(text, throttle_duration_sec=5.0)
 
     # ---- diagnostics ----------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
@@ -222,9 +240,16 @@ class QScorerNode(LifecycleNode):
             if scorer.fallback_reason:
                 level, message = DiagnosticStatus.WARN, f"running on {scorer.provider}"
         values.update(self._stats.values())
-        values["last_error"] = self._last_error
-        if self._last_error:
-            level, message = DiagnosticStatus.ERROR, self._last_error
+        values["bad_requests"] = str(self._faults.total("bad_requests:"))
+        values["bad_outputs"] = str(self._faults.total("bad_outputs:"))
+        values["dropped_requests"] = str(self._faults.total("dropped_requests"))
+        values["dropped_requests_counted"] = str(self._gaps.supported).lower()
+        values.update(self._faults.values())
+        recent, text = self._faults.level()
+        if self._configure_error:
+            level, message = DiagnosticStatus.ERROR, self._configure_error
+        elif recent > level[0]:
+            level, message = bytes([recent]), text
         hardware_id = params.model_path if params is not None else ""
         publish_status(self, self._diag_pub, "q_scorer", level, message, values, hardware_id)
 

@@ -14,7 +14,7 @@ reset so the policy restarts from current data, never from a half-stale window.
 
 Every chunk passes `safety.ActionGuard` before it is queued: a chunk of the wrong shape, with a
 NaN/Inf, or an inference that raised, gives the safe action for that tick (the command carries
-the `ActionError`); finite actions outside the bounds are clipped (the command says so). The
+the `ModelOutputError`); finite actions outside the bounds are clipped (the command says so). The
 safe action itself is zeros clipped into the bounds, or the last (checked) policy action.
 
 Rate check: once every key has `RATE_SAMPLES` arrivals after `activate`, `check_rates` compares
@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from learning.policy_interface import Policy
-from roboloop_policy.safety import ActionError, ActionGuard
+from learning.policy_interface import ModelOutputError, Policy
+from roboloop_policy.safety import ActionGuard
 
 WAITING = "waiting_for_observations"  # some key never received: nothing is published
 RUNNING = "running"
@@ -70,7 +70,7 @@ class Command:
     safe: bool  # True: safe action (stale observations or a rejected model output)
     stale_keys: tuple[str, ...] = ()
     clipped: bool = False  # the policy's action was outside the bounds and clipped
-    fault: ActionError | None = None  # why the model's output was rejected
+    fault: ModelOutputError | None = None  # why the model's output was rejected
 
 
 @dataclass
@@ -131,7 +131,7 @@ class PolicyLoop:
         """One inference on zeros so the first real one is not slow; returns its seconds.
 
         Also the configure-time check of the graph against its metadata: an output of another
-        shape than (1, horizon, action_dim), or a non-finite one, raises ActionError.
+        shape than (1, horizon, action_dim), or a non-finite one, raises ModelOutputError.
         """
         m = self.meta
         batch = {
@@ -213,7 +213,7 @@ class PolicyLoop:
         if not self._queue:
             try:
                 self._infer(newest_stamp)
-            except ActionError as err:
+            except ModelOutputError as err:
                 self.state = BAD_OUTPUT
                 return Command(self._safe_action(), newest_stamp, safe=True, fault=err)
         action, stamp, clipped = self._queue.popleft()
@@ -270,13 +270,13 @@ class PolicyLoop:
                 hist.append(frame)
 
     def _infer(self, stamp_ns: int) -> None:
-        """Queue the first n_action_steps checked actions of a new chunk (or ActionError)."""
+        """Queue the first n_action_steps checked actions of a new chunk (or ModelOutputError)."""
         batch = {key: np.stack(hist)[None] for key, hist in self._history.items()}
         start = time.perf_counter()
         try:
             chunk = self.policy.predict_action_chunk(batch)  # (1, horizon, A)
         except Exception as err:  # onnxruntime raises its own types; the robot gets safe
-            raise ActionError("inference_failed", f"{type(err).__name__}: {err}") from err
+            raise ModelOutputError("inference_failed", f"{type(err).__name__}: {err}") from err
         self.inference_latency.add(time.perf_counter() - start)
         actions, clipped = self.guard.check_chunk(chunk)
         n = self.meta.n_action_steps

@@ -215,7 +215,7 @@ class PolicyNode(LifecycleNode):
             # Runs the graph once: a model that cannot run, or whose output disagrees with
             # its metadata, fails here, not on the first control tick.
             loop.warm_up()
-        except ValueError as err:  # ActionError is a ValueError too
+        except ValueError as err:  # ModelOutputError is a ValueError too
             raise ValueError(f"{params.model_path}: {err}") from None
         return loop, bindings
 

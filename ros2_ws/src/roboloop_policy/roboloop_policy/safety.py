@@ -2,7 +2,7 @@
 
     guard = ActionGuard(meta.action_bounds, meta.horizon, meta.action_dim)
     actions, clipped = guard.check_chunk(raw)   # (horizon, A) in bounds, (horizon,) bool
-                                                # ActionError("shape" | "nonfinite") otherwise
+                                                # ModelOutputError("shape" | "nonfinite")
     limit = ObservationRange(center, scale, 1e3)
     limit.check(value, "state")                 # MessageError("out_of_range") when absurd
 
@@ -18,18 +18,10 @@ from __future__ import annotations
 import numpy as np
 from roboloop_node_common.codecs import MessageError
 
-from learning.policy_interface import ActionBounds
+from learning.policy_interface import ACTIONS_OUTPUT, ActionBounds, check_output
 
 DEFAULT_MAX_NORMALIZED = 1e3
 RE_EXPORT = "re-export it with `python -m learning.export` (the export writes them)"
-
-
-class ActionError(ValueError):
-    """A model output that must not be published; `reason` is the counter name."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
 
 
 class ActionGuard:
@@ -41,27 +33,15 @@ class ActionGuard:
         self.low = np.asarray(bounds.low, np.float32)
         self.high = np.asarray(bounds.high, np.float32)
         self.source = bounds.source
-        self.shape = (1, horizon, action_dim)  # predict_action_chunk of one observation window
+        # predict_action_chunk of one observation window: (batch, horizon, action_dim)
+        self.shape = (1, horizon, action_dim)
 
     def clip(self, action: np.ndarray) -> np.ndarray:
         return np.clip(action, self.low, self.high).astype(np.float32)
 
     def check_chunk(self, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(1, horizon, A) model output -> actions (horizon, A) within bounds, clipped rows."""
-        arr = np.asarray(chunk)
-        if arr.shape != self.shape:
-            raise ActionError(
-                "shape",
-                f"model output 'actions' has shape {arr.shape}, the metadata says {self.shape} "
-                "(batch, horizon, action_dim)",
-            )
-        finite = np.isfinite(arr)
-        if not finite.all():
-            bad = arr[~finite]
-            raise ActionError(
-                "nonfinite", f"model output holds {bad.size} values that are not finite ({bad[0]})"
-            )
-        actions = arr[0].astype(np.float32)
+        actions = check_output(ACTIONS_OUTPUT, chunk, self.shape)[0].astype(np.float32)
         clipped = self.clip(actions)
         return clipped, (clipped != actions).any(axis=1)
 

@@ -222,7 +222,7 @@ def test_every_chunk_is_checked_before_it_is_published(faulty) -> None:
 
 
 def test_warm_up_checks_the_graph_against_its_metadata(faulty, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"shape \(1, 1, 3\), the metadata says \(1, 1, 2\)"):
+    with pytest.raises(ValueError, match=r"shape \(1, 1, 3\), expected \(1, 1, 2\)"):
         state_loop(faulty["extra_action"]).warm_up()
     assert state_loop(faulty["nan_when_negative"]).warm_up() > 0  # finite on zeros
     make_reference_policy(tmp_path / "old.onnx", state_dim=3, action_bounds=None)
