@@ -162,7 +162,7 @@ def test_policy_launch_starts_the_installed_node_with_known_parameters(fake_laun
     (node,) = of_kind(calls, "Node")
     setup_kwargs = package_setup(node.kwargs["package"])
     scripts = console_scripts(setup_kwargs)
-    assert scripts[node.kwargs["executable"]] == "roboloop_policy.node:main"
+    assert scripts[node.kwargs["executable"]] == "roboloop_policy.main:policy_node"
     overrides = [p for p in node.kwargs["parameters"] if isinstance(p, dict)]
     assert set().union(*overrides) <= set(PARAMETERS)
     required = [

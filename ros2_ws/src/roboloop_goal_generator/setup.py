@@ -23,5 +23,5 @@ setup(
     maintainer_email="roboloop@example.com",
     description="Lifecycle node proposing NAMO goal masks with an exported generative model",
     license="Apache-2.0",
-    entry_points={"console_scripts": [f"goal_generator = {PACKAGE}.node:main"]},
+    entry_points={"console_scripts": [f"goal_generator = {PACKAGE}.main:goal_generator"]},
 )

@@ -23,5 +23,5 @@ setup(
     maintainer_email="roboloop@example.com",
     description="NAMO nodes: q_scorer scores candidate proposals with an exported Q-function",
     license="Apache-2.0",
-    entry_points={"console_scripts": [f"q_scorer = {PACKAGE}.q_scorer:main"]},
+    entry_points={"console_scripts": [f"q_scorer = {PACKAGE}.main:q_scorer"]},
 )

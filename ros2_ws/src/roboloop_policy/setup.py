@@ -27,5 +27,5 @@ setup(
     maintainer_email="roboloop@example.com",
     description="Lifecycle node running an exported roboloop ONNX policy on ROS 2 topics",
     license="Apache-2.0",
-    entry_points={"console_scripts": [f"policy_node = {PACKAGE}.node:main"]},
+    entry_points={"console_scripts": [f"policy_node = {PACKAGE}.main:policy_node"]},
 )

@@ -21,5 +21,5 @@ setup(
     maintainer_email="roboloop@example.com",
     description="Record ROS 2 topics into episode_dataset files (aligned by header stamp).",
     license="Apache-2.0",
-    entry_points={"console_scripts": [f"recorder = {PACKAGE}.node:main"]},
+    entry_points={"console_scripts": [f"recorder = {PACKAGE}.main:recorder"]},
 )

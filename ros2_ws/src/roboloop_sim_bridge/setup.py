@@ -21,5 +21,5 @@ setup(
     maintainer_email="roboloop@example.com",
     description="Step a sim environment and publish it as ROS 2 topics.",
     license="Apache-2.0",
-    entry_points={"console_scripts": [f"sim_bridge = {PACKAGE}.node:main"]},
+    entry_points={"console_scripts": [f"sim_bridge = {PACKAGE}.main:sim_bridge"]},
 )

@@ -15,7 +15,9 @@ busy loop under steady traffic and then serve a few callbacks per second
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
@@ -25,9 +27,12 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from rclpy.signals import SignalHandlerOptions
+
+from roboloop_node_common.entry import STOP_SIGNALS, catch_stop_signals
 
 DIAGNOSTICS_TOPIC = "/diagnostics"
 DIAGNOSTICS_QOS = QoSProfile(depth=10)  # the /diagnostics convention: reliable, volatile
@@ -94,20 +99,25 @@ def run_node(
 ) -> int:
     """The process main of a node: init, build, autostart, spin until SIGINT/SIGTERM, close.
 
-    A parameter of the wrong type (e.g. `rate: 20` where a double is declared) exits 2 with a
-    one-line error; `bring_up` may raise SystemExit to end the process with its code. `on_exit`
+    Bad ROS arguments (e.g. `--log-level loud`) or a parameter of the wrong type (e.g. `rate: 20`
+    where a double is declared) exit 2 with a one-line error; `bring_up` may raise SystemExit to
+    end the process with its code. `on_exit`
     runs on the node's thread once callbacks have stopped, before the node is destroyed (flush
     files, stop threads, free a renderer).
 
     The node comes up and spins on a worker thread; SIGINT/SIGTERM only set a flag the main
     thread waits on. A KeyboardInterrupt raised inside a callback (mid-render it surfaces from
     ctypes as an ArgumentError), or rclpy invalidating the context under a running callback,
-    would end the process with a traceback. `ros2 launch` sends SIGINT twice on Ctrl-C.
+    would end the process with a traceback. `ros2 launch` sends SIGINT twice on Ctrl-C. The
+    console scripts catch these signals before their imports (`roboloop_node_common.entry`).
     """
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda _signum, _frame: stop.set())
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = catch_stop_signals()
+    try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except _rclpy.RCLError as err:  # rcl's message, without its C source locations
+        reason = str(err).split(", at /")[0]
+        rclpy.logging.get_logger(os.path.basename(sys.argv[0])).fatal(f"bad arguments: {reason}")
+        return EXIT_BAD_PARAMETER
     try:
         node = make_node()
     except ParameterException as err:
@@ -147,7 +157,7 @@ def run_node(
     rclpy.try_shutdown(uninstall_handlers=False)
     # Done: interpreter teardown resets Python-installed handlers to SIG_DFL, so a late second
     # Ctrl-C would kill the finished process with -2. Ignored signals stay ignored.
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     if failure:
         err = failure[0]

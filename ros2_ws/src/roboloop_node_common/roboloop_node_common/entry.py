@@ -1,0 +1,52 @@
+"""Console scripts of the nodes: stop signals are caught before anything heavy is imported.
+
+Importing rclpy, onnxruntime or mujoco takes 0.2-2.5 s. A Ctrl-C in that time (twice under
+`ros2 launch`) used to end the process with KeyboardInterrupt tracebacks, and a SIGTERM (docker
+stop, launch's escalation) killed it mid-import. Each package's console script is therefore
+
+    def main() -> int:
+        return run_console_script("roboloop_policy.node")
+
+which catches SIGINT/SIGTERM first, into STOP (the flag `runtime.run_node` waits on), then
+imports the node module: a stop that came meanwhile ends the process with 0 and one line, as a
+stop at any later moment does. Only the standard library is imported here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping
+from types import FrameType
+
+STOP = threading.Event()  # set by the first SIGINT/SIGTERM, from the first moment of the process
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_received: list[int] = []
+
+
+def catch_stop_signals() -> threading.Event:
+    """SIGINT and SIGTERM only set STOP, so a signal never lands inside an import or callback."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _on_stop_signal)
+    return STOP
+
+
+def _on_stop_signal(signum: int, _frame: FrameType | None) -> None:
+    _received.append(signum)
+    STOP.set()
+
+
+def run_console_script(module: str, environment: Mapping[str, str] | None = None) -> int:
+    """Catch stop signals, set `environment` defaults, import `module`, return its `main()`."""
+    catch_stop_signals()
+    for name, value in (environment or {}).items():
+        os.environ.setdefault(name, value)
+    main = importlib.import_module(module).main
+    if STOP.is_set():
+        name = signal.Signals(_received[0]).name
+        print(f"{os.path.basename(sys.argv[0])}: {name} while starting, exiting", file=sys.stderr)
+        return 0
+    return main()

@@ -1,0 +1,105 @@
+"""How node processes start and stop, and how the launch files react (issue 8, defect 9).
+
+Real console scripts and launch files (through demo.ros_processes' launch stand-in): a stop
+signal at any moment of start-up, bad ROS arguments, a recorder that cannot record in
+loop.launch.py, the default output path from a directory without data/, SIGTERM.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from demo.ros_processes import RosProcess, start_node
+
+pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
+
+REPO = Path(__file__).resolve().parents[1]
+NODES = ["sim_bridge", "recorder", "policy_node", "q_scorer", "goal_generator"]
+
+
+def _no_traceback(proc: RosProcess) -> None:
+    text = proc.log_text()
+    for bad in ("Traceback", "KeyboardInterrupt", "GLFW"):
+        assert bad not in text, f"{proc.name}:\n{text[-3000:]}"
+
+
+def _wait(cond, timeout: float, what: str, procs: list[RosProcess]) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {p.name}\n{p.log_text()[-2000:]}" for p in procs)
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}\n{logs}")
+        time.sleep(0.05)
+
+
+def _mapped(proc: RosProcess, library: str) -> bool:
+    """True once the process has loaded `library` (its imports are under way)."""
+    try:
+        return library in Path(f"/proc/{proc.pid}/maps").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True  # it already exited: signal it anyway, the exit code tells
+
+
+UP = (": active", "configure failed")  # what each node logs once it has come up
+
+# When each node gets the signal: once rclpy's C library is loaded (mid-import, before the
+# original run_node installed its handlers), after a fixed delay, or once the node is up.
+MOMENTS = {
+    "sigint-importing-rclpy": (signal.SIGINT, lambda p, age: _mapped(p, "librcl.so")),
+    "sigterm-importing-rclpy": (signal.SIGTERM, lambda p, age: _mapped(p, "librcl.so")),
+    "sigint-at-0.3s": (signal.SIGINT, lambda p, age: age > 0.3),
+    "sigint-up": (signal.SIGINT, lambda p, age: any(u in p.log_text() for u in UP)),
+}
+
+
+@pytest.mark.parametrize("moment", list(MOMENTS))
+def test_stop_signal_at_any_moment_of_start_up_exits_cleanly(
+    tmp_path, ros_env, monkeypatch, moment
+):
+    """Every node, started together, gets one stop signal at `moment`: exit 0, no traceback, at
+    most one line while importing. MUJOCO_GL is unset: the sim bridge must choose EGL itself
+    before mujoco loads (it renders a camera here)."""
+    signum, ready = MOMENTS[moment]
+    monkeypatch.chdir(tmp_path)  # the recorder writes its default output path here
+    env = {k: v for k, v in ros_env.items() if k != "MUJOCO_GL"}
+    procs, started = [], {}
+    for name in NODES:
+        params = {"camera": 32} if name == "sim_bridge" else None
+        procs.append(start_node(name, params=params, log_path=tmp_path / f"{name}.log", env=env))
+        started[procs[-1].pid] = time.monotonic()
+    try:
+        waiting = list(procs)
+        deadline = time.monotonic() + 60
+        while waiting:
+            assert time.monotonic() < deadline, [p.log_text()[-1000:] for p in waiting]
+            for p in [p for p in waiting if ready(p, time.monotonic() - started[p.pid])]:
+                p.popen.send_signal(signum)
+                waiting.remove(p)
+            time.sleep(0.002)
+        codes = [p.popen.wait(30) for p in procs]
+    finally:
+        for p in procs:
+            p.stop()
+    for p, code in zip(procs, codes, strict=True):
+        _no_traceback(p)
+        assert code == 0, f"{p.name} exited {code}:\n{p.log_text()[-2000:]}"
+        if "importing" in moment:
+            assert len(p.log_text().splitlines()) <= 1, p.log_text()
+
+
+def test_bad_ros_arguments_are_one_line_and_exit_2(tmp_path, ros_env):
+    args = ["--log-level", "loud"]
+    procs = [
+        start_node(name, log_path=tmp_path / f"{name}.log", env=ros_env, extra_args=args)
+        for name in NODES
+    ]
+    codes = [p.popen.wait(60) for p in procs]
+    for p, code in zip(procs, codes, strict=True):
+        _no_traceback(p)
+        assert code == 2, f"{p.name} exited {code}:\n{p.log_text()}"
+        errors = [line for line in p.log_text().splitlines() if "loud" in line]
+        assert len(errors) == 1 and "log level" in errors[0], p.log_text()
