@@ -106,25 +106,27 @@ def run_nodes_until(
     from episode_dataset import DatasetError, EpisodeReader
 
     env = dict(os.environ)
-    procs = []
+    launched = []
     try:
         for launch_name, args in launch_files:
             info = load_launch_file(REPO / "launch" / launch_name, args)
-            for i, node in enumerate(info.nodes):
+            for node in info.nodes:
                 if node.executable == "sim_bridge":
                     # Start the first episode only once the recorder listens on every topic.
                     node.params["wait_for_subscribers"] = 1
-                procs.append(info.start(i, log_path=log_dir / f"{node.executable}.log", env=env))
+            launched.append(info.launch(log_dir, env))
         done = 0
         deadline = time.monotonic() + timeout_s
         with tqdm(total=episodes, desc=label, unit="episode") as bar:
             while done < episodes:
-                for p in procs:
-                    if not p.alive():
-                        raise RuntimeError(
-                            f"node {p.name} exited ({p.popen.returncode}); log: {p.log_path}\n"
-                            + p.log_text()[-2000:]
-                        )
+                for group in launched:
+                    group.poll()  # a node's on_exit (the recorder's) may end the launch
+                    for p in group.procs:
+                        if not p.alive():
+                            raise RuntimeError(
+                                f"node {p.name} exited ({p.popen.returncode}); log: {p.log_path}"
+                                f"\n{p.log_text()[-2000:]}\n{group.reason}"
+                            )
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{label}: {done}/{episodes} episodes after {timeout_s} s")
                 time.sleep(0.25)
@@ -136,8 +138,8 @@ def run_nodes_until(
                     bar.update(now - done)
                     done = now
     finally:
-        for p in reversed(procs):
-            p.stop()
+        for group in reversed(launched):
+            group.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,10 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_nodes_until(
             [
-                # The nodes loop.launch.py includes, started from the same launch files.
-                ("sim.launch.py", {"action_source": "topic", "seed": str(EVAL_SEED)}),
-                ("policy.launch.py", {"model_path": str(onnx_path)}),
-                ("record.launch.py", {"output_path": str(policy_data)}),
+                (
+                    "loop.launch.py",
+                    {
+                        "model_path": str(onnx_path),
+                        "output_path": str(policy_data),
+                        "seed": str(EVAL_SEED),
+                    },
+                )
             ],
             policy_data,
             args.eval_episodes,

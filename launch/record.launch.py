@@ -5,15 +5,27 @@
 
 Episodes start on activation and after each done; services /recorder/start_episode and
 /recorder/stop_episode (std_srvs/Trigger). Parameters: docs/ros_bridge_recorder.md.
+
+The default output_path is relative to the directory `ros2 launch` runs in; the recorder creates
+missing directories. The recorder is required: when it exits, the launch shuts down with every
+node it started (loop.launch.py included), and exits 1 if the recorder failed, so a loop never
+runs unrecorded.
 """
 
 from __future__ import annotations
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable, Shutdown
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
+
+
+def _recorder_exited(event, context) -> list[Shutdown]:
+    """on_exit: stop everything with the recorder; raising makes `ros2 launch` exit 1."""
+    if event.returncode != 0:
+        raise RuntimeError(f"recorder exited with code {event.returncode}: stopping the launch")
+    return [Shutdown(reason="the recorder exited")]
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -58,6 +70,7 @@ def generate_launch_description() -> LaunchDescription:
                     },
                 ],
                 ros_arguments=["--log-level", LaunchConfiguration("log_level")],
+                on_exit=_recorder_exited,
             ),
         ]
     )

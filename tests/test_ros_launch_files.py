@@ -65,7 +65,8 @@ def test_launch_file_shape(name):
     path = REPO / "launch" / name
     tree = ast.parse(path.read_text())
     funcs = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
-    assert funcs == ["generate_launch_description"]
+    assert funcs[-1] == "generate_launch_description"
+    assert all(f.startswith("_") for f in funcs[:-1]), funcs  # private helpers only
     declared, used = set(), set()
     docstrings = {
         id(n.body[0].value)

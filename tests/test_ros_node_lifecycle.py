@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from demo.ros_processes import RosProcess, start_node
+from demo.ros_processes import RosProcess, load_launch_file, start_node
+from episode_dataset import EpisodeReader, validate_file
 
 pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
 
@@ -103,3 +104,62 @@ def test_bad_ros_arguments_are_one_line_and_exit_2(tmp_path, ros_env):
         assert code == 2, f"{p.name} exited {code}:\n{p.log_text()}"
         errors = [line for line in p.log_text().splitlines() if "loud" in line]
         assert len(errors) == 1 and "log level" in errors[0], p.log_text()
+
+
+@pytest.fixture
+def reacher_model(tmp_path: Path) -> Path:
+    from roboloop_policy.reference_model import make_reference_policy
+
+    path = tmp_path / "reacher_reference.onnx"
+    make_reference_policy(path, state_dim=10, action_dim=2)  # Reacher-v5 state, policy.yaml
+    return path
+
+
+def test_loop_stops_when_the_recorder_cannot_record(tmp_path, ros_env, reacher_model):
+    """A recorder that fails to configure ends the launch with an error (exit 1): the loop
+    never runs unrecorded."""
+    blocker = tmp_path / "not_a_directory"
+    blocker.write_text("")
+    info = load_launch_file(
+        REPO / "launch/loop.launch.py",
+        {"model_path": str(reacher_model), "output_path": str(blocker / "rollouts.hdf5")},
+    )
+    launched = info.launch(tmp_path, ros_env)
+    try:
+        _wait(lambda: launched.poll() is not None, 60, "launch to shut down", launched.procs)
+        codes = [p.popen.wait(30) for p in launched.procs]
+    finally:
+        launched.shutdown()
+    assert launched.returncode == 1 and "recorder exited with code 1" in launched.reason
+    assert [n.executable for n in info.nodes] == ["sim_bridge", "policy_node", "recorder"]
+    assert codes == [0, 0, 1], [p.log_text()[-1500:] for p in launched.procs]
+    for p in launched.procs:
+        _no_traceback(p)
+
+
+def test_default_output_path_from_any_directory_and_sigterm(tmp_path, ros_env, monkeypatch):
+    """record.launch.py's default output path, from a directory without data/; SIGTERM (docker
+    stop, launch's escalation) closes the nodes like SIGINT and keeps every episode valid."""
+    monkeypatch.chdir(tmp_path)
+    sim = load_launch_file(REPO / "launch/sim.launch.py")
+    record = load_launch_file(REPO / "launch/record.launch.py", {"max_episodes": "1"})
+    sim.nodes[0].params["wait_for_subscribers"] = 1
+    record.nodes[0].params["fsync"] = False
+    procs = [
+        record.start(0, log_path=tmp_path / "recorder.log", env=ros_env),
+        sim.start(0, log_path=tmp_path / "sim.log", env=ros_env),
+    ]
+    try:
+        _wait(lambda: "episode demo_0 written" in procs[0].log_text(), 60, "demo_0", procs)
+        for p in procs:
+            p.popen.send_signal(signal.SIGTERM)
+        codes = [p.popen.wait(30) for p in procs]
+    finally:
+        for p in procs:
+            p.stop()
+    assert codes == [0, 0], [p.log_text()[-2000:] for p in procs]
+    out = Path(record.nodes[0].params["output_path"])
+    assert not out.is_absolute()  # relative to where launch runs
+    validate_file(tmp_path / out)
+    with EpisodeReader(tmp_path / out) as r:
+        assert r.episodes[0] == "demo_0" and r.num_steps("demo_0") > 0

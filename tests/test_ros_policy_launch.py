@@ -31,6 +31,7 @@ LAUNCH_API = {
         "DeclareLaunchArgument",
         "IncludeLaunchDescription",
         "SetEnvironmentVariable",
+        "Shutdown",
         "GroupAction",
         "LogInfo",
         "OpaqueFunction",
