@@ -107,6 +107,25 @@ def test_compose_services_share_data_and_stay_on_host():
             assert c["services"][name]["ipc"] == "service:sim"
 
 
+def _seconds(duration: str) -> float:
+    """A compose duration ("20s", "1m30s") in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+@pytest.mark.parametrize("service", ROS_SERVICES)
+def test_compose_stops_ros_services_with_sigint_and_time_to_close(service):
+    """`ros2 launch` stops its nodes cleanly on SIGINT only (on SIGTERM it exits and orphans
+    them, the open episode lost); it escalates to SIGTERM and SIGKILL after 5 s each. An init
+    process forwards the signal to launch and reaps what is left."""
+    svc = compose()["services"][service]
+    assert svc.get("stop_signal") == "SIGINT", service
+    assert _seconds(svc.get("stop_grace_period", "10s")) >= 15, service
+    assert svc.get("init") is True, service
+
+
 @pytest.mark.parametrize("service", ROS_SERVICES)
 def test_compose_launch_commands_are_real(service):
     path, args = launch_of(compose()["services"][service])
