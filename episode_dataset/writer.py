@@ -10,6 +10,7 @@ the index is ignored by readers and overwritten by the next writer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -168,6 +169,23 @@ class _OpenEpisode:
             self.file.close()
 
 
+def close_discarding(f: h5py.File) -> None:
+    """Close a file whose content is being thrown away, even when its writes fail.
+
+    After a failed write (a full disk, a file-size limit) HDF5 cannot flush the file, and a
+    close that fails part-way leaves objects whose later release crashes the process. Pointing
+    the file's descriptor at /dev/null lets the close finish; the caller deletes the file.
+    """
+    if not f.id.valid:
+        return
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        os.dup2(null, f.id.get_vfd_handle())
+    finally:
+        os.close(null)
+    f.close()
+
+
 class EpisodeWriter:
     """Write episodes to `path` (index) + `path.episodes/` (one shard per episode).
 
@@ -193,12 +211,17 @@ class EpisodeWriter:
         self._open: _OpenEpisode | None = None
         if not self.path.parent.is_dir():
             raise DatasetError(f"{self.path}: parent directory does not exist")
+        created = not self.shard_dir.exists()
         self.shard_dir.mkdir(exist_ok=True)
         self._lock = WriterLock(self.shard_dir / ".lock", self.path)
         try:
             self._init_state(obs_specs, action_spec, env_args)
         except BaseException:
             self._lock.release()
+            if created:  # a dataset that never came to be leaves nothing behind
+                (self.shard_dir / ".lock").unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    self.shard_dir.rmdir()
             raise
         self._remove_stale_temp_files()
 
@@ -393,12 +416,14 @@ class EpisodeWriter:
         return ep.name
 
     def discard_episode(self) -> None:
-        """Drop the open episode (no-op when none is open)."""
-        if self._open is None:
+        """Drop the open episode (no-op when none is open), also after a failed write."""
+        ep, self._open = self._open, None
+        if ep is None:
             return
-        self._open.close()
-        self._open.staging.unlink(missing_ok=True)
-        self._open = None
+        try:
+            close_discarding(ep.file)
+        finally:
+            ep.staging.unlink(missing_ok=True)
 
     def _require_open(self) -> _OpenEpisode:
         if self._open is None:
@@ -427,7 +452,8 @@ class EpisodeWriter:
 
     def _write_index(self) -> None:
         tmp = self._index_tmp()
-        with h5py.File(tmp, "w") as f:
+        f = h5py.File(tmp, "w")
+        try:
             write_index_attrs(f, self.env_args, self.obs_specs, self.action_spec, self._lengths)
             # Low-level link creation: ~5 us per link instead of ~25 us through Group.__setitem__;
             # the index is rewritten on every commit, so this bounds commit cost on big datasets.
@@ -437,6 +463,12 @@ class EpisodeWriter:
                     ep.encode(), shard_link_name(self.path, ep).encode(), f"/{ep}".encode()
                 )
             write_filters(f, self._filters)
+            f.flush()  # a failed write surfaces here, not in close (see close_discarding)
+        except BaseException:
+            close_discarding(f)
+            tmp.unlink(missing_ok=True)
+            raise
+        f.close()
         commit_file(tmp, self.path, fsync=self.fsync)
 
     # -- lifecycle -------------------------------------------------------------------------
