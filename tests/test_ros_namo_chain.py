@@ -46,13 +46,13 @@ def test_generator_to_scorer_chain_across_processes(models, tmp_path: Path, ros_
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from roboloop_goal_generator.generator import decode_float_image, encode_float_image
+    from roboloop_node_common.codecs import decode_image, encode_image
     from sensor_msgs.msg import Image
     from std_msgs.msg import Float32MultiArray
 
     from learning.generative.planner import mask_to_pose, scene_masks
     from learning.namo.keys import ACTION_KEYS, STATE_KEYS
-    from learning.namo.layout import decode_response, encode_request
+    from learning.namo.layout import decode_response, join_request
     from learning.namo.scoring import OnnxQScorer
     from sim.namo.masks import proposal_masks
     from sim.namo.scene import doorway_scene
@@ -111,16 +111,15 @@ def test_generator_to_scorer_chain_across_processes(models, tmp_path: Path, ros_
         state = model.initial_state()
         k = model.reachable_objects(state)[0]
         obj = model.scene.objects[k]
-        msg = Image(height=SIZE, width=SIZE, is_bigendian=0)
+        msg = Image(is_bigendian=0)
         msg.header.frame_id = "chain"
-        msg.encoding, msg.step, msg.data = encode_float_image(
-            scene_masks(model, state, k, SIZE).transpose(2, 0, 1)
+        msg.height, msg.width, msg.encoding, msg.step, msg.data = encode_image(
+            scene_masks(model, state, k, SIZE)
         )
         scene_pub.publish(msg)
         assert wait(lambda: len(goals) > 0, 30), logs()
         out = goals[0]
-        hwk = decode_float_image(out.height, out.width, out.encoding, out.step, bytes(out.data))
-        masks = hwk.transpose(2, 0, 1)
+        masks = decode_image(out, dtype="float32").transpose(2, 0, 1)
         assert masks.shape == (K, SIZE, SIZE) and out.header.frame_id == "chain"
 
         # 2. goal masks -> moves (as the dit_q planner does); invalid ones fall back to uniform
@@ -140,7 +139,7 @@ def test_generator_to_scorer_chain_across_processes(models, tmp_path: Path, ros_
         action_masks = np.stack([np.stack([m[c] for c in ACTION_KEYS]) for m in built])
 
         # 3. masks -> scorer node -> Q-values and the best move
-        data, h, w, encoding, step = encode_request(state_masks, action_masks)
+        h, w, encoding, step, data = encode_image(join_request(state_masks, action_masks))
         request = Image(height=h, width=w, encoding=encoding, step=step, is_bigendian=0)
         request.header.frame_id, request.header.stamp.sec, request.data = "chain", 5, data
         request_pub.publish(request)

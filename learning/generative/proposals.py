@@ -12,6 +12,7 @@ import numpy as np
 
 from learning.generative.masks import CONTEXT_KEYS, resize_area
 from learning.onnx_runner import ModelLoadError, OnnxModel
+from learning.policy_interface import check_output
 
 GOAL_MASKS_OUTPUT = "goal_masks"
 
@@ -49,12 +50,18 @@ class GoalGenerator:
         self.rng = np.random.default_rng(seed)
 
     def propose(self, scene: np.ndarray) -> np.ndarray:
-        """scene (H, W, 5) in [0, 1] -> proposals (K, S, S) float32 in [0, 1]."""
+        """scene (H, W, 5) in [0, 1] -> proposals (K, S, S) float32 (in [0, 1] for exports).
+
+        SceneError for a scene of the wrong shape or with non-finite values; ModelOutputError
+        when the model's output is not K finite S x S masks (it is never returned).
+        """
         if scene.ndim != 3 or scene.shape[-1] != len(CONTEXT_KEYS):
             raise SceneError(
                 f"scene has shape {scene.shape}, expected (H, W, {len(CONTEXT_KEYS)}) "
                 f"channels {list(CONTEXT_KEYS)}"
             )
+        if 0 in scene.shape[:2]:
+            raise SceneError(f"scene is empty ({scene.shape[0]}x{scene.shape[1]})")
         if not np.isfinite(scene).all():
             raise SceneError("scene has non-finite values")
         size, k = self.image_size, self.num_proposals
@@ -64,4 +71,5 @@ class GoalGenerator:
             for i, key in enumerate(CONTEXT_KEYS)
         }
         feeds["noise"] = self.rng.standard_normal((k, 1, size, size), dtype=np.float32)
-        return self.model.run(feeds)[GOAL_MASKS_OUTPUT][:, 0]
+        out = self.model.run(feeds)[GOAL_MASKS_OUTPUT]
+        return check_output(GOAL_MASKS_OUTPUT, out, (k, 1, size, size))[:, 0]

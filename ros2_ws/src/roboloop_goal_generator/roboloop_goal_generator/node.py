@@ -2,7 +2,10 @@
 
 Subscribes a scene (sensor_msgs/Image 32FC5), publishes K goal proposals (Image 32FC<K>, same
 header). The subscription only stores the newest scene; a worker thread runs inference, so a
-scene arriving during inference replaces any older pending one (no backlog).
+scene arriving during inference replaces any older pending one (no backlog). Replaced scenes and
+scenes DDS dropped (gaps in the publisher's sequence numbers) are counted as dropped; scenes that
+cannot be used (malformed, empty, non-finite, beyond `max_request_bytes`) and model outputs that
+are not finite are counted per reason and reported (ERROR while recent), never published.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from typing import Any
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
+from roboloop_node_common.codecs import MessageError, encode_image
+from roboloop_node_common.faults import WARN, FaultLog, SequenceGaps
 from roboloop_node_common.runtime import (
     DIAGNOSTICS_QOS,
     DIAGNOSTICS_TOPIC,
@@ -26,13 +31,8 @@ from roboloop_node_common.runtime import (
 )
 from sensor_msgs.msg import Image
 
-from learning.onnx_runner import ModelLoadError
-from roboloop_goal_generator.generator import (
-    GoalGenerator,
-    SceneError,
-    decode_float_image,
-    encode_float_image,
-)
+from learning.onnx_runner import ModelLoadError, ModelOutputError
+from roboloop_goal_generator.generator import GoalGenerator, SceneError, generate
 
 NODE_NAME = "goal_generator"
 # Scenes are requests: reliable, only the newest matters.
@@ -50,6 +50,8 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "seed": (0, "seed of the noise generator"),
     "scene_topic": ("/namo/scene_masks", "sensor_msgs/Image 32FC5 scene masks"),
     "proposals_topic": ("/namo/goal_proposals", "sensor_msgs/Image 32FC<K> proposals"),
+    "max_request_bytes": (16 << 20, "largest scene data (step * height); larger is refused"),
+    "error_hold_s": (10.0, "diagnostics stay ERROR this long after the last error"),
     "diagnostics_period_s": (1.0, "period of the /diagnostics status"),
     "autostart": (True, "configure and activate at startup (no lifecycle manager needed)"),
 }
@@ -64,6 +66,8 @@ class GeneratorParams:
     seed: int
     scene_topic: str
     proposals_topic: str
+    max_request_bytes: int
+    error_hold_s: float
     diagnostics_period_s: float
     autostart: bool
 
@@ -82,7 +86,10 @@ class GoalGeneratorNode(LifecycleNode):
         self._worker: threading.Thread | None = None
         self._running = False
         self._lifecycle = "unconfigured"
-        self._processed = self._dropped = 0
+        self._configure_error = ""  # a condition: ERROR for as long as it holds
+        self._faults = FaultLog(self.params.error_hold_s)  # events: ERROR while recent
+        self._gaps = SequenceGaps()
+        self._processed = 0
         self._last_ms = float("nan")
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, DIAGNOSTICS_QOS)
         self._diag_timer = self.create_timer(
@@ -93,6 +100,8 @@ class GoalGeneratorNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         p = self.params
         try:
+            if p.max_request_bytes < 1:
+                raise ValueError(f"max_request_bytes={p.max_request_bytes} must be >= 1")
             self._generator = GoalGenerator(
                 p.model_path,
                 num_proposals=p.num_proposals,
@@ -101,8 +110,11 @@ class GoalGeneratorNode(LifecycleNode):
                 threads=p.inference_threads or None,
             )
         except (ModelLoadError, ValueError) as err:
+            self._configure_error = str(err)
+            self._faults.record("configure_failures", str(err))
             self.get_logger().error(f"configure failed: {err}")
             return TransitionCallbackReturn.FAILURE
+        self._configure_error = ""
         self._pub = self.create_lifecycle_publisher(Image, p.proposals_topic, REQUEST_QOS)
         model = self._generator.model
         self.get_logger().info(
@@ -116,6 +128,7 @@ class GoalGeneratorNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         result = super().on_activate(state)  # activates the lifecycle publisher first
         self._running = True
+        self._gaps.reset()  # sequence numbers restart with the new subscription
         self._worker = threading.Thread(target=self._work, name="goal_generator", daemon=True)
         self._worker.start()
         self._sub = self.create_subscription(
@@ -162,11 +175,15 @@ class GoalGeneratorNode(LifecycleNode):
         self._generator = None
 
     # ---- data path ------------------------------------------------------------------------
-    def _on_scene(self, msg: Image) -> None:
-        """Store only; the worker thread generates."""
+    def _on_scene(self, msg: Image, info: dict) -> None:
+        """Store only; the worker thread generates. Replaced and lost scenes are dropped."""
+        dropped = self._gaps.take(info)
         with self._wake:
+            dropped += self._pending is not None
             self._pending = msg
             self._wake.notify()
+        if dropped:
+            self._faults.count("dropped_scenes", dropped)
 
     def _work(self) -> None:
         while True:
@@ -183,23 +200,30 @@ class GoalGeneratorNode(LifecycleNode):
         if generator is None or pub is None:
             return
         start = time.perf_counter()
+        topic = self.params.scene_topic
         try:
-            scene = decode_float_image(
-                msg.height, msg.width, msg.encoding, msg.step, bytes(msg.data), msg.is_bigendian
-            )
-            proposals = generator.propose(scene)
+            proposals = generate(generator, msg, self.params.max_request_bytes)
+        except MessageError as err:
+            return self._error(f"bad_scenes:{err.reason}", f"{topic}: bad scene: {err}")
         except SceneError as err:
-            self._dropped += 1
-            self.get_logger().error(f"{self.params.scene_topic}: dropped scene: {err}")
-            return
+            return self._error("bad_scenes:scene", f"{topic}: bad scene: {err}")
+        except ModelOutputError as err:
+            return self._error(f"bad_outputs:{err.reason}", f"{topic}: not published: {err}")
+        if proposals.clipped:
+            text = f"{topic}: {proposals.clipped} proposal values outside [0, 1] clipped"
+            self._faults.record("scenes_clipped", text, WARN)
+            self.get_logger().warning(text, throttle_duration_sec=5.0)
         self._processed += 1
         self._last_ms = 1e3 * (time.perf_counter() - start)
         out = Image()
         out.header = msg.header
-        out.height = out.width = generator.image_size
-        out.encoding, out.step, out.data = encode_float_image(proposals)
+        out.height, out.width, out.encoding, out.step, out.data = encode_image(proposals.hwk)
         out.is_bigendian = 0
         pub.publish(out)
+
+    def _error(self, counter: str, text: str) -> None:
+        self._faults.record(counter, text)
+        self.get_logger().error(text, throttle_duration_sec=5.0)
 
     # ---- diagnostics ----------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
@@ -213,7 +237,10 @@ class GoalGeneratorNode(LifecycleNode):
             "proposals_topic": p.proposals_topic,
             "num_proposals": str(p.num_proposals),
             "scenes_processed": str(self._processed),
-            "scenes_dropped": str(self._dropped),
+            "bad_scenes": str(self._faults.total("bad_scenes:")),
+            "bad_outputs": str(self._faults.total("bad_outputs:")),
+            "dropped_scenes": str(self._faults.total("dropped_scenes")),
+            "dropped_scenes_counted": str(self._gaps.supported).lower(),
             "last_inference_ms": f"{self._last_ms:.2f}",
         }
         if generator is not None:
@@ -225,6 +252,9 @@ class GoalGeneratorNode(LifecycleNode):
             )
             if model.fallback_reason:
                 level, message = DiagnosticStatus.WARN, f"running on {model.provider}"
+        values.update(self._faults.values())
+        worst, message = self._faults.status(level[0], message, self._configure_error)
+        level = bytes([worst])
         hardware_id = p.model_path if generator is not None else ""
         publish_status(self, self._diag_pub, "goal generator", level, message, values, hardware_id)
 

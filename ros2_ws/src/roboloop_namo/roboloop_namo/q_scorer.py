@@ -245,11 +245,8 @@ class QScorerNode(LifecycleNode):
         values["dropped_requests"] = str(self._faults.total("dropped_requests"))
         values["dropped_requests_counted"] = str(self._gaps.supported).lower()
         values.update(self._faults.values())
-        recent, text = self._faults.level()
-        if self._configure_error:
-            level, message = DiagnosticStatus.ERROR, self._configure_error
-        elif recent > level[0]:
-            level, message = bytes([recent]), text
+        worst, message = self._faults.status(level[0], message, self._configure_error)
+        level = bytes([worst])
         hardware_id = params.model_path if params is not None else ""
         publish_status(self, self._diag_pub, "q_scorer", level, message, values, hardware_id)
 

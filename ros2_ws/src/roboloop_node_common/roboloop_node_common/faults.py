@@ -5,6 +5,7 @@
     faults.values()   # {"rejected:/q_scorer/request:too_large": "1", "last_error": "...",
                       #  "last_error_age_s": "0.4", "last_warning": "", ...}
     faults.level()    # (ERROR, message) while the last error is younger than hold_s
+    faults.status(OK, "active", condition="")   # the node's level combined with the faults'
 
 Counters are exact and never reset. The last error stays readable with its age, but the level
 is ERROR only while errors are recent: a node that failed once and then served requests again
@@ -63,6 +64,14 @@ class FaultLog:
                 if last is not None and now - last[1] < self.hold_s:
                     return level, last[0]
         return OK, ""
+
+    def status(self, level: int, message: str, condition: str = "") -> tuple[int, str]:
+        """A node's (level, message) for /diagnostics: ERROR for a standing `condition` (a
+        failed configure), else the more severe of its own and the recent faults'."""
+        if condition:
+            return ERROR, condition
+        recent, text = self.level()
+        return (recent, text) if recent > level else (level, message)
 
     def values(self) -> dict[str, str]:
         """Every counter, and last_error / last_warning with their age (empty if none)."""

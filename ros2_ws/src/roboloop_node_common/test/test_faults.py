@@ -32,8 +32,13 @@ def test_level_is_error_only_while_the_last_error_is_recent() -> None:
     assert values["bad_output:nonfinite"] == "2" and values["rejected:/a:shape"] == "1"
     assert values["last_error"] == "model output holds NaN again"
     assert values["last_error_age_s"] == "5.5" and values["last_warning_age_s"] == "6.5"
+    assert faults.status(WARN, "stale") == (WARN, "stale")  # the node's own state again
+    assert faults.status(OK, "active", "configure failed: x") == (ERROR, "configure failed: x")
+    faults.record("rejected:/a:shape", "/a: image is 0x0", WARN)
+    assert faults.status(OK, "active") == (WARN, "/a: image is 0x0")
+    assert faults.status(WARN, "stale") == (WARN, "stale")
     faults.count("dropped:/a", 3)
-    assert faults.total("dropped:") == 3 and faults.total("rejected:") == 1
+    assert faults.total("dropped:") == 3 and faults.total("rejected:") == 2
 
 
 def test_sequence_gaps_count_per_publisher_after_the_first_sample() -> None:

@@ -355,11 +355,8 @@ class PolicyNode(LifecycleNode):
                 message = loop.state
         values["malformed_observations"] = str(self._faults.total("malformed:"))
         values.update(self._faults.values())
-        recent, text = self._faults.level()
-        if self._configure_error:
-            level, message = DiagnosticStatus.ERROR, self._configure_error
-        elif recent == ERROR or (recent == WARN and level == DiagnosticStatus.OK):
-            level, message = bytes([recent]), text
+        worst, message = self._faults.status(level[0], message, self._configure_error)
+        level = bytes([worst])
         hardware_id = params.model_path if params is not None else ""
         publish_status(self, self._diag_pub, "policy", level, message, values, hardware_id)
 
