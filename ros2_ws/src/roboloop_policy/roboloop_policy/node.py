@@ -78,6 +78,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
         DEFAULT_MAX_NORMALIZED,
         "reject observations farther than this many std (half-ranges) from the training data",
     ),
+    "error_hold_s": (10.0, "diagnostics stay ERROR (WARN) this long after the last error"),
     "diagnostics_period_s": (1.0, "period of /diagnostics messages"),
     "autostart": (True, "configure and activate at startup (no lifecycle manager needed)"),
 }
@@ -97,6 +98,7 @@ class PolicyParams:
     stale_periods: float
     safe_action: str
     max_normalized_observation: float
+    error_hold_s: float
     diagnostics_period_s: float
     autostart: bool
 
@@ -112,7 +114,7 @@ class PolicyNode(LifecycleNode):
         self._control_lock = threading.Lock()  # control tick vs lifecycle transitions
         self._lifecycle = "unconfigured"
         self._configure_error = ""  # a condition, ERROR for as long as it holds
-        self._faults = FaultLog()  # events: counted, ERROR/WARN while recent
+        self._faults = FaultLog(params.error_hold_s)  # events: ERROR/WARN while recent
         self._params: PolicyParams | None = None
         self._policy: OnnxPolicy | None = None
         self._loop: PolicyLoop | None = None
@@ -141,6 +143,7 @@ class PolicyNode(LifecycleNode):
         self._params, self._loop, self._bindings = params, loop, bindings
         self._policy = loop.policy  # type: ignore[assignment]
         self._configure_error = ""
+        self._faults.hold_s = params.error_hold_s
         self._action_names = [f"action_{i}" for i in range(loop.meta.action_dim)]
         self._action_pub = self.create_lifecycle_publisher(
             JointState, params.action_topic, COMMAND_QOS
