@@ -175,8 +175,8 @@ def _received(diags: list[Any]) -> dict[str, int]:
     for msg in reversed(diags):
         for status in msg.status:
             values = {kv.key: kv.value for kv in status.values}
-            got = {
-                k[len("topics/") : -len("/received")]: int(v)
+            got = {  # "topics/bench/joints/received" -> "/bench/joints"
+                "/" + k[len("topics/") : -len("/received")]: int(v)
                 for k, v in values.items()
                 if k.startswith("topics/") and k.endswith("/received")
             }

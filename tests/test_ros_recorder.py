@@ -9,6 +9,8 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
+import resource
 import signal
 import time
 from pathlib import Path
@@ -152,6 +154,7 @@ def test_double_sigint_mid_episode_closes_cleanly(tmp_path, ros_env):
         wait_until(lambda: "episode demo_0 written" in rec.log_text(), 60, "demo_0", procs)
         partial = out.with_name(out.name + ".episodes") / "demo_1.h5.partial"
         wait_until(partial.exists, 20, "demo_1 staging file", procs)
+        time.sleep(0.5)  # a few steps into demo_1 (50 steps at 10 Hz)
         for _ in range(2):
             for p in procs:
                 p.popen.send_signal(signal.SIGINT)
@@ -164,7 +167,10 @@ def test_double_sigint_mid_episode_closes_cleanly(tmp_path, ros_env):
         assert code == 0 and "Traceback" not in p.log_text(), p.log_text()[-3000:]
     validate_file(out)
     with EpisodeReader(out) as r:
-        assert r.episodes == ["demo_0"] and r.num_steps("demo_0") == 50  # the open one discarded
+        assert r.episodes == ["demo_0", "demo_1"] and r.num_steps("demo_0") == 50
+        # the open episode is kept up to the signal, marked so that training can leave it out
+        assert r.episode_metadata("demo_1")["end_reason"] == "shutdown"
+        assert 0 < r.num_steps("demo_1") < 50 and not r.read_dones("demo_1").any()
 
 
 def alive(proc: RosProcess) -> bool:
@@ -180,107 +186,303 @@ def _held_by_live(path: str) -> bool:
     return False
 
 
-def test_malformed_messages_rejected_counted_and_not_written(tmp_path, ros_env):
-    from diagnostic_msgs.msg import DiagnosticArray
+def probe_params(tmp_path: Path, **overrides) -> Path:
+    """Parameters for a recorder of /t/state, /t/image (8x8 rgb8) and /t/action at 20 Hz."""
+    params = {
+        "topics": ["/t/state", "/t/image", "/t/action"],
+        "types": [
+            "sensor_msgs/msg/JointState",
+            "sensor_msgs/msg/Image",
+            "sensor_msgs/msg/JointState",
+        ],
+        "keys": ["obs/state", "obs/image", "actions"],
+        "shapes": ["3", "8,8,3", "2"],
+        "fields": ["position", "", "effort"],
+        "control_rate_hz": PROBE_RATE,
+        "max_age_s": 0.4 / PROBE_RATE,
+        "fsync": False,
+        "diagnostics_period_s": 0.2,
+        **overrides,
+    }
+    path = tmp_path / "rec.yaml"
+    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
+    return path
+
+
+PROBE_RATE = 20.0
+
+
+class StepPublisher:
+    """Publishes step k as a driver would: state, image and action with one stamp (now)."""
+
+    def __init__(self, probe, shape: tuple[int, int, int] = (8, 8, 3)) -> None:
+        from sensor_msgs.msg import Image, JointState
+
+        self.probe, self.shape = probe, shape
+        node = probe.node
+        self.pubs = {
+            "state": node.create_publisher(JointState, "/t/state", 10),
+            "image": node.create_publisher(Image, "/t/image", 10),
+            "action": node.create_publisher(JointState, "/t/action", 10),
+        }
+
+    def stamp(self, offset_s: float = 0.0):
+        from builtin_interfaces.msg import Time
+
+        ns = self.probe.node.get_clock().now().nanoseconds + int(offset_s * 1e9)
+        return Time(sec=ns // 10**9, nanosec=ns % 10**9)
+
+    def state(self, k: int):
+        from sensor_msgs.msg import JointState
+
+        return JointState(position=[float(k), 1.0, 2.0])
+
+    def image(self, k: int, pad: int = 0):
+        from sensor_msgs.msg import Image
+
+        h, w, c = self.shape
+        rows = np.concatenate(
+            [np.full((h, w * c), k % 256, np.uint8), np.full((h, pad), 255, np.uint8)], axis=1
+        )
+        return Image(height=h, width=w, encoding="rgb8", step=w * c + pad, data=rows.tobytes())
+
+    def publish(self, k: int, offset_s: float = 0.0, **replace) -> None:
+        """Step k (a message replaced by `replace[name]`, or left out when it is None)."""
+        from sensor_msgs.msg import JointState
+
+        stamp = self.stamp(offset_s)
+        msgs = {
+            "state": self.state(k),
+            "image": self.image(k),
+            "action": JointState(effort=[0.1 * k, -0.1]),
+        }
+        msgs.update(replace)
+        for name, msg in msgs.items():
+            if msg is not None:
+                msg.header.stamp = stamp
+                self.pubs[name].publish(msg)
+
+    def send(self, name: str, msg, offset_s: float) -> None:
+        """One extra message on `name`, stamped `offset_s` from now."""
+        msg.header.stamp = self.stamp(offset_s)
+        self.pubs[name].publish(msg)
+
+    def matched(self) -> bool:
+        return all(p.get_subscription_count() > 0 for p in self.pubs.values())
+
+
+class Diagnostics:
+    """The recorder's latest /diagnostics status, as seen by a probe."""
+
+    def __init__(self, probe) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self.latest = None
+        probe.node.create_subscription(DiagnosticArray, "/diagnostics", self._on, 10)
+
+    def _on(self, msg) -> None:
+        for status in msg.status:
+            if status.name == "/recorder: recorder":
+                self.latest = status
+
+    @property
+    def values(self) -> dict[str, str]:
+        return {} if self.latest is None else {kv.key: kv.value for kv in self.latest.values}
+
+    def wait_for(self, probe, expected: dict[str, object], timeout: float = 10.0) -> None:
+        """Until the latest status has these values (AssertionError showing what it has)."""
+
+        def shows() -> bool:
+            values = self.values
+            return all(values.get(k) == str(v) for k, v in expected.items())
+
+        try:
+            probe.wait_for(shows, timeout, f"diagnostics {expected}")
+        except TimeoutError as e:
+            wrong = {
+                k: self.values.get(k) for k, v in expected.items() if self.values.get(k) != str(v)
+            }
+            raise AssertionError(f"{e}; differing: {wrong}; all: {self.values}") from None
+
+
+def test_bad_stamps_and_messages_never_wedge_the_recorder_and_are_counted(tmp_path, ros_env):
+    """Defects 3 and 8 and item 7 in one recorder process: far-future, far-past and
+    backwards-jumping stamps, malformed and row-padded images, JointStates whose names disagree,
+    a publisher of the wrong type; every rejection counted per topic and reason and logged per
+    (topic, reason); SIGTERM keeps the open episode."""
     from roboloop_recorder.probe import RosProbe
     from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import String
     from std_srvs.srv import Trigger
 
-    params = tmp_path / "rec.yaml"
-    params.write_text(
-        yaml.safe_dump(
-            {
-                "/**": {
-                    "ros__parameters": {
-                        "topics": ["/t/state", "/t/image", "/t/action"],
-                        "types": [
-                            "sensor_msgs/msg/JointState",
-                            "sensor_msgs/msg/Image",
-                            "sensor_msgs/msg/JointState",
-                        ],
-                        "keys": ["obs/state", "obs/image", "actions"],
-                        "shapes": ["3", "8,8,3", "2"],
-                        "fields": ["position", "", "effort"],
-                        "output_path": str(tmp_path / "bad.hdf5"),
-                        "control_rate_hz": RATE,
-                        "max_age_s": 0.4 / RATE,
-                        "fsync": False,
-                        "diagnostics_period_s": 0.2,
-                    }
-                }
-            }
-        )
-    )
+    out = tmp_path / "missing" / "dirs" / "rec.hdf5"  # the recorder creates the parents
     rec = start_node(
-        "recorder", params_file=params, log_path=tmp_path / "recorder.log", env=ros_env
+        "recorder",
+        params_file=probe_params(tmp_path, output_path=str(out)),
+        log_path=tmp_path / "recorder.log",
+        env=ros_env,
     )
-    diags: list = []
+    period = 1.0 / PROBE_RATE
     try:
-        with RosProbe(name="bad_publisher") as probe:
-            node = probe.node
-            pubs = {
-                "state": node.create_publisher(JointState, "/t/state", 10),
-                "image": node.create_publisher(Image, "/t/image", 10),
-                "action": node.create_publisher(JointState, "/t/action", 10),
+        with RosProbe(name="driver") as probe, RosProbe(name="wrong_type") as other:
+            steps = StepPublisher(probe)
+            diag = Diagnostics(probe)
+            other.node.create_publisher(String, "/t/image", 10)  # a String on an Image topic
+            probe.wait_for(lambda: alive(rec) and steps.matched(), 30, "recorder subscriptions")
+
+            def run(ks, offset_s=0.0, attacks=None):
+                for k in ks:
+                    steps.publish(k, offset_s, **(attacks or {}).get(k, {}))
+                    for name, msg, off in extra.get(k, []):
+                        steps.send(name, msg, off)
+                    probe.spin_for(period)
+
+            bad_image = steps.image(0)
+            bad_image.encoding = "bgr8"
+            short_image = steps.image(0)
+            short_image.data = bytes(190)
+            tall_image = Image(height=4, width=8, encoding="rgb8", step=24, data=bytes(96))
+            extra = {  # sent after step k's own messages
+                6: [("state", steps.state(6), 1e6)],  # one message 11 days ahead
+                7: [("image", steps.image(7), 1e6)],
+                8: [("state", steps.state(8), -1e6)],  # one far in the past
+                14: [("state", steps.state(14), 5.0)],  # beyond the 1 s future tolerance
             }
-            node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
-            probe.wait_for(
-                lambda: alive(rec) and all(p.get_subscription_count() > 0 for p in pubs.values()),
-                30,
-                "recorder subscriptions",
-            )
-            bad = {5: "encoding", 8: "size", 11: "nan", 14: "shape"}
-            for k in range(20):
-                stamp = node.get_clock().now().to_msg()
-                state = JointState(position=[float(k), 1.0, 2.0])
-                image = Image(height=8, width=8, encoding="rgb8", step=24)
-                data = bytes([k]) * 192
-                if bad.get(k) == "encoding":
-                    image.encoding, data = "bgr8", bytes([255]) * 192
-                elif bad.get(k) == "size":
-                    data = bytes([255]) * 190
-                elif bad.get(k) == "shape":
-                    image.height, data = 4, bytes([255]) * 96
-                elif bad.get(k) == "nan":
-                    state.position = [float("nan"), 1.0, 2.0]
-                image.data = data
-                action = JointState(effort=[0.1 * k, -0.1])
-                for m in (state, image, action):
-                    m.header.stamp = stamp
-                pubs["state"].publish(state)
-                pubs["image"].publish(image)
-                pubs["action"].publish(action)
-                probe.spin_for(1.0 / RATE)
-            probe.spin_for(0.3)  # let the recorder's lagged timeline reach the last step
+            attacks = {
+                9: {"image": steps.image(9, pad=8)},  # valid: rows padded to 32 bytes
+                10: {"state": JointState(name=["a", "b"], position=[10.0, 1.0, 2.0])},
+                11: {"image": bad_image},
+                12: {"state": JointState(position=[float("nan"), 1.0, 2.0])},
+                13: {"image": short_image},
+                15: {"image": tall_image},
+            }
+            run(range(22), attacks=attacks)
+            expected = {
+                "topics/t/state/invalid/future_stamp": 2,
+                "topics/t/state/invalid/late": 1,
+                "topics/t/state/invalid/names": 1,
+                "topics/t/state/invalid/nonfinite": 1,
+                "topics/t/image/invalid/future_stamp": 1,
+                "topics/t/image/invalid/encoding": 1,
+                "topics/t/image/invalid/size": 1,
+                "topics/t/image/invalid/shape": 1,
+                "topics/t/image/wrong_type_publishers": 1,
+                "topics/t/state/received": 25,
+                "topics/t/state/valid": 20,
+                "topics/t/image/received": 23,
+                "topics/t/image/valid": 19,
+                "topics/t/action/received": 22,
+                "topics/t/action/valid": 22,
+                "invalid_total": 9,
+            }
+            diag.wait_for(probe, expected)
+            assert diag.latest.level == b"\x01"  # WARN
+
+            # The publisher's clock jumps back 100 s, then forward again: recording follows.
+            extra = {}
+            run(range(30, 40), offset_s=-100.0)
+            run(range(40, 45))
+            probe.spin_for(0.3)  # the lagged timeline reaches the last step
+            diag.wait_for(probe, {"time_jumps": 1})
             resp = probe.call(Trigger, "/recorder/stop_episode")
-            assert resp.success, resp.message
-
-            def diag_invalid() -> int:
-                for msg in reversed(diags):
-                    values = {kv.key: kv.value for kv in msg.status[0].values}
-                    if msg.status[0].name == "/recorder: recorder" and "invalid_total" in values:
-                        return int(values["invalid_total"])
-                return -1
-
-            probe.wait_for(lambda: diag_invalid() == 4, 10, "diagnostics with 4 invalid")
-        wait_until(lambda: "episode demo_0 written" in rec.log_text(), 20, "demo_0", [rec])
+            assert resp.success and "demo_0 written" in resp.message, resp.message
+            assert probe.call(Trigger, "/recorder/start_episode").success
+            run(range(50, 55))
+            probe.spin_for(0.2)
+        rec.popen.send_signal(signal.SIGTERM)  # finishes the open episode
+        assert rec.popen.wait(20) == 0, rec.log_text()[-3000:]
     finally:
-        assert rec.stop() == 0
+        rec.stop()
     log = rec.log_text()
-    assert "/t/image: rejected" in log and "encoding" in log
-    validate_file(tmp_path / "bad.hdf5")
-    with EpisodeReader(tmp_path / "bad.hdf5") as r:
+    assert "Traceback" not in log, log[-3000:]
+    # every (topic, reason) gets its own log line, however close together they came
+    for key in expected:
+        if "/invalid/" in key:
+            topic, reason = key.removeprefix("topics").split("/invalid/")
+            pattern = rf"{re.escape(topic)}: rejected [^\n]*: {reason}:"
+            assert re.search(pattern, log), f"no log line for {topic} {reason}"
+    assert re.search(r"/t/image: .*std_msgs/msg/String", log), "wrong-type publisher not logged"
+    validate_file(out)
+    with EpisodeReader(out) as r:
+        assert r.episodes == ["demo_0", "demo_1"]
         state = r.read_obs("demo_0", "state")
         images = r.read_obs("demo_0", "image")
-        assert np.isfinite(state).all()
-        assert 255 not in images  # no byte of a malformed image was written
-        written = set(state[:, 0].astype(int).tolist())
-        assert written.isdisjoint(bad) and len(written) >= 10
-        np.testing.assert_allclose(r.read_actions("demo_0")[:, 0], 0.1 * state[:, 0], atol=1e-6)
+        k = state[:, 0].astype(int).tolist()
+        assert f"({len(k)} steps)" in resp.message
+        assert np.isfinite(state).all() and 255 not in images  # nothing bad, no padding
+        np.testing.assert_array_equal(images[:, 0, 0, 0], np.array(k) % 256)
+        np.testing.assert_allclose(r.read_actions("demo_0")[:, 0], 0.1 * state[:, 0], atol=1e-5)
+        # the steps around the attacks, the padded image (9), and after the clock jumps
+        assert set(range(22)) - {10, 11, 12, 13, 15} <= set(k), k
+        assert len(set(range(30, 40)) & set(k)) >= 6 and set(range(40, 45)) <= set(k), k
         counts = r.episode_metadata("demo_0")["recorder_counts"]
-    assert counts["topics"]["/t/image"]["invalid"] == {"encoding": 1, "size": 1, "shape": 1}
-    assert counts["topics"]["/t/state"]["invalid"] == {"nan": 1}
-    assert counts["invalid_total"] == 4
+        assert counts["topics"]["/t/image"]["invalid"]["encoding"] == 1
+        meta = r.episode_metadata("demo_1")
+        assert meta["end_reason"] == "shutdown"
+        assert r.read_obs("demo_1", "state")[:, 0].tolist() == [50, 51, 52, 53, 54]
+
+
+def test_failed_write_stops_the_episode_reports_it_and_keeps_committed_ones(tmp_path, ros_env):
+    """Defect 4 and item 4: a file-size limit (standing in for a full disk) fails a write; a
+    configure that fails leaves nothing behind."""
+    from roboloop_recorder.probe import RosProbe
+    from std_srvs.srv import Trigger
+
+    out = tmp_path / "rec.hdf5"
+    bad = start_node(
+        "recorder",
+        params_file=probe_params(tmp_path, output_path=str(out), reference_key="obs/nope"),
+        log_path=tmp_path / "bad.log",
+        env=ros_env,
+    )
+    assert bad.popen.wait(30) == 1 and "reference_key" in bad.log_text(), bad.log_text()
+    assert not out.exists() and not out.with_name(out.name + ".episodes").exists()
+
+    limit = 600_000  # bytes per file: demo_0 (5 steps of 48 KB) fits, demo_1 (25) does not
+    rec = start_node(
+        "recorder",
+        params_file=probe_params(tmp_path, output_path=str(out), shapes=["3", "128,128,3", "2"]),
+        log_path=tmp_path / "recorder.log",
+        env=ros_env,
+    )
+    period = 1.0 / PROBE_RATE
+    try:
+        with RosProbe(name="driver") as probe:
+            steps = StepPublisher(probe, shape=(128, 128, 3))
+            diag = Diagnostics(probe)
+            probe.wait_for(lambda: alive(rec) and steps.matched(), 30, "recorder subscriptions")
+            resource.prlimit(rec.pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+            for k in range(5):
+                steps.publish(k)
+                probe.spin_for(period)
+            probe.spin_for(0.3)
+            resp = probe.call(Trigger, "/recorder/stop_episode")
+            assert resp.success and "demo_0 written (5 steps)" in resp.message, resp.message
+            assert probe.call(Trigger, "/recorder/start_episode").success
+            for k in range(10, 35):
+                steps.publish(k)
+                probe.spin_for(period)
+            probe.spin_for(0.3)
+            resp = probe.call(Trigger, "/recorder/stop_episode")
+            assert not resp.success, resp.message
+            assert str(out) in resp.message and "File too large" in resp.message, resp.message
+            probe.wait_for(
+                lambda: diag.latest is not None and diag.latest.level == b"\x02", 10, "ERROR"
+            )
+            assert "File too large" in diag.latest.message and str(out) in diag.latest.message
+            assert diag.values["recording"] == "False"
+        rec.popen.send_signal(signal.SIGINT)
+        code = rec.popen.wait(20)
+    finally:
+        rec.stop()
+    log = rec.log_text()
+    assert code == 0 and "Traceback" not in log and "Segmentation" not in log, log[-3000:]
+    assert log.count("File too large") >= 1
+    validate_file(out)
+    with EpisodeReader(out) as r:
+        assert r.episodes == ["demo_0"] and r.num_steps("demo_0") == 5
+        assert r.read_obs("demo_0", "image")[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 4]
+    assert not list(out.with_name(out.name + ".episodes").glob("*.partial"))
 
 
 def test_lifecycle_transitions_driven_by_change_state(tmp_path, ros_env):

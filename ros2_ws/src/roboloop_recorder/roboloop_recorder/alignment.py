@@ -18,11 +18,21 @@ sample, so that messages belonging to that step (e.g. the applied action, publis
 period after the observation it was applied to) have arrived, even when a publisher stamps
 its samples well before it sends them.
 Samples of headerless topics are stamped on arrival by the caller.
+
+Bad stamps cannot wedge the timeline. `add` rejects (returns a reason, buffers nothing):
+- "future_stamp": a stamp more than `future_tolerance` ahead of its arrival (the node clock); a
+  sample 11 days ahead would otherwise become a buffer's newest and push every real one out;
+- "late": a stamp older than every tick still ahead (one far in the past, or out of order).
+Time going backwards resets the timeline (buffers, phase, `evaluated_until`; `time_jumps`):
+- the node clock (`poll(now)`) stepped back by more than a period (a sim clock that restarts);
+- `REF_JUMP_SAMPLES` reference samples in a row were late: the reference publisher's stamps went
+  back, and the timeline follows them (a single stray old sample is just late).
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +52,7 @@ class AlignStats:
     stale_steps: int = 0
     stale_by_key: dict[str, int] = field(default_factory=dict)
     relocks: int = 0
-    late_samples: int = 0  # arrived after their tick had been evaluated
+    time_jumps: int = 0  # timeline resets because time went backwards
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -50,8 +60,13 @@ class AlignStats:
             "stale_steps": self.stale_steps,
             "stale_by_key": dict(self.stale_by_key),
             "relocks": self.relocks,
-            "late_samples": self.late_samples,
+            "time_jumps": self.time_jumps,
         }
+
+
+FUTURE_STAMP = "future_stamp"
+LATE = "late"
+REF_JUMP_SAMPLES = 3
 
 
 class _Buffer:
@@ -108,6 +123,7 @@ class Aligner:
         max_age: float,
         lag: float | None = None,
         horizon: float | None = None,
+        future_tolerance: float = 1.0,
     ) -> None:
         if reference not in keys:
             raise ValueError(f"reference key {reference!r} not among {keys}")
@@ -115,17 +131,23 @@ class Aligner:
             raise ValueError(
                 f"need 0 < max_age < period / 2, got period {period}, max_age {max_age}"
             )
+        if not future_tolerance >= 0:
+            raise ValueError(f"need future_tolerance >= 0, got {future_tolerance}")
         self.keys = list(keys)
         self.reference = reference
         self.period = period
         self.max_age = max_age
         self.lag = period + max_age if lag is None else lag
+        self.future_tolerance = future_tolerance
         horizon = horizon if horizon is not None else max(2.0, 4 * (self.lag + max_age))
         self._buffers = {k: _Buffer(horizon) for k in keys}
         self._next_tick: float | None = None
         self._last_ref_stamp: float | None = None
-        self._evaluated_until = float("-inf")
+        self._evaluated_until = -math.inf
         self._ref_arrivals: dict[float, float] = {}  # reference stamp -> arrival time
+        self._late_refs = 0  # reference samples in a row that were late
+        self._clock = -math.inf  # latest `now` seen by poll
+        self.epoch = 0  # bumped by every reset, so that callers can drop what they derived
         self.stats = AlignStats()
 
     @property
@@ -133,11 +155,29 @@ class Aligner:
         """Latest tick evaluated (samples before it minus period + max_age are no longer used)."""
         return self._evaluated_until
 
-    def add(self, key: str, stamp: float, value: Any, arrival: float | None = None) -> None:
-        """Buffer a sample; `arrival` (default: stamp) matters for the reference key."""
-        if stamp < self._evaluated_until - self.period - self.max_age:
-            self.stats.late_samples += 1  # too old to matter for any tick still ahead
-            return
+    @property
+    def oldest_usable(self) -> float:
+        """Stamps below this are "late": no tick still ahead can use them."""
+        return self._evaluated_until - self.period - self.max_age
+
+    def add(self, key: str, stamp: float, value: Any, arrival: float | None = None) -> str | None:
+        """Buffer a sample, or return why not (FUTURE_STAMP, LATE).
+
+        `arrival` (the node clock when it came; default: its stamp) bounds how far ahead the
+        stamp may be and delays the reference key's ticks.
+        """
+        if arrival is not None and stamp > arrival + self.future_tolerance:
+            return FUTURE_STAMP
+        if stamp < self.oldest_usable:
+            if key != self.reference:
+                return LATE
+            self._late_refs += 1
+            if self._late_refs < REF_JUMP_SAMPLES:
+                return LATE
+            self.reset()  # the reference publisher's stamps went back: follow them
+            self.stats.time_jumps += 1
+        if key == self.reference:
+            self._late_refs = 0
         self._buffers[key].add(stamp, value)
         if key == self.reference:
             self._ref_arrivals[stamp] = stamp if arrival is None else arrival
@@ -150,17 +190,34 @@ class Aligner:
             self._next_tick = stamp + self.period / 2
             if self._last_ref_stamp is not None:
                 self.stats.relocks += 1
+        return None
 
     def reset(self) -> None:
-        """Forget buffered samples and the phase (a new episode re-locks on its first sample)."""
+        """Forget buffered samples, the phase and the evaluated ticks (re-lock on the next
+        reference sample): a new episode, or time that went backwards."""
         for b in self._buffers.values():
             b.clear()
         self._next_tick = None
         self._last_ref_stamp = None
+        self._evaluated_until = -math.inf
         self._ref_arrivals.clear()
+        self._late_refs = 0
+        self.epoch += 1
 
     def poll(self, now: float) -> list[AlignedStep]:
         """Evaluate every tick with `tick + lag <= now`; return the complete, fresh steps."""
+        if now < self._clock - self.period:  # the node clock went back (e.g. a sim clock)
+            self.reset()
+            self.stats.time_jumps += 1
+        self._clock = now
+        return self._run_ticks(now)
+
+    def drain(self) -> list[AlignedStep]:
+        """Evaluate every tick that has its reference sample, without waiting for the lag (the
+        end of a recording: what has not arrived by now never will)."""
+        return self._run_ticks(math.inf)
+
+    def _run_ticks(self, now: float) -> list[AlignedStep]:
         steps: list[AlignedStep] = []
         while self._next_tick is not None and self._next_tick + self.lag <= now:
             tick = self._next_tick

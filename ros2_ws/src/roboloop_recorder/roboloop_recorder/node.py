@@ -1,17 +1,22 @@
 """Recorder lifecycle node: thin ROS adapter over `RecordingSession` (docs/ros_bridge_recorder.md).
 
-configure: read parameters, open the dataset (writer thread), create services and diagnostics.
-activate: subscribe to each topic once a publisher exists, with a QoS matching what publishers
-offer; start the alignment timer; start recording if `record_on_activate`.
+configure: read parameters, validate them, then open the dataset (its parent directories are
+created; a configure that fails before leaves no file), create services and diagnostics.
+activate: subscribe to each topic once a publisher of its type exists, with a QoS matching what
+publishers offer (publishers of another type are counted and logged); start the alignment timer;
+start recording if `record_on_activate`.
 deactivate: stop timers and subscriptions; the open episode is discarded (or ended, with
-`keep_partial_on_deactivate`). cleanup/shutdown: drain the writer queue and close the dataset.
+`keep_partial_on_deactivate`). cleanup: drain the writer queue and close the dataset.
+shutdown and process exit (SIGINT, SIGTERM): the open episode is kept, `end_reason` "shutdown".
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -71,7 +76,10 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
         "JointState field of each topic (position|velocity|effort); '' = default "
         "(effort for actions, else position).",
     ),
-    "output_path": ("recording.hdf5", "Dataset file (episode_dataset); appended to if it exists."),
+    "output_path": (
+        "recording.hdf5",
+        "Dataset file (episode_dataset); appended to if it exists; missing parents are created.",
+    ),
     "env_args_json": ("{}", "JSON stored as the dataset's env_args (env_name, env_kwargs...)."),
     "control_rate_hz": (20.0, "Rate of the recorded timeline (steps per second)."),
     "max_age_s": (
@@ -93,6 +101,11 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
         "Without an anchor: headerless messages are stamped on arrival plus this many periods.",
     ),
     "reference_key": ("", "Key whose stamps drive the timeline; '' = first stamped obs key."),
+    "future_tolerance_s": (
+        1.0,
+        "Messages stamped more than this ahead of the node clock at arrival are rejected "
+        "(counted as future_stamp).",
+    ),
     "record_on_activate": (True, "Start an episode when the node activates."),
     "restart_after_done": (True, "Start the next episode right after a done step."),
     "keep_partial_on_deactivate": (False, "End (keep) instead of discard an open episode."),
@@ -113,6 +126,16 @@ _DURABILITY = {
     DurabilityPolicy.TRANSIENT_LOCAL: TRANSIENT_LOCAL,
     DurabilityPolicy.VOLATILE: VOLATILE,
 }
+STOP_WAIT_S = 10.0  # ~/stop_episode waits this long for the commit before it answers
+# Counters that make /diagnostics WARN once above zero (a failed write makes it ERROR).
+WARN_COUNTERS = (
+    "invalid_total",
+    "stale_steps",
+    "dropped_steps",
+    "wrong_type_publishers",
+    "time_jumps",
+    "write_errors",
+)
 
 
 def message_class(type_name: str) -> type:
@@ -148,6 +171,7 @@ class RecorderNode(LifecycleNode):
         self._active_timers: list[Any] = []
         self._episode_services: list[Any] = []
         self._diag_pub = None
+        self._wrong_type_seen: set[tuple[str, tuple[int, ...]]] = set()
 
     def p(self, name: str) -> Any:
         return self.get_parameter(name).value
@@ -169,15 +193,6 @@ class RecorderNode(LifecycleNode):
             env_args.setdefault("control_rate_hz", self.p("control_rate_hz"))
             obs_specs, action_spec = dataset_specs(specs)
             self._msg_classes = {s.topic: message_class(s.type) for s in specs}
-            self._writer = EpisodeWriterThread(
-                self.p("output_path"),
-                obs_specs,
-                action_spec,
-                env_args,
-                queue_size=self.p("queue_size"),
-                fsync=self.p("fsync"),
-                on_episode_written=self._on_written,
-            )
             self._session = RecordingSession(
                 specs,
                 SessionConfig(
@@ -189,15 +204,27 @@ class RecorderNode(LifecycleNode):
                     reference_key=self.p("reference_key"),
                     restart_after_done=self.p("restart_after_done"),
                     max_episodes=self.p("max_episodes"),
+                    future_tolerance_s=self.p("future_tolerance_s"),
                 ),
-                self._writer,
-                log_invalid=self._log_invalid,
+                log=self._log_warning,
             )
+            # Everything is valid: only now touch the disk.
+            output = Path(self.p("output_path"))
+            output.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = EpisodeWriterThread(
+                output,
+                obs_specs,
+                action_spec,
+                env_args,
+                queue_size=self.p("queue_size"),
+                fsync=self.p("fsync"),
+                on_episode_written=self._on_written,
+                on_error=self._on_write_error,
+            )
+            self._session.attach(self._writer)
         except Exception as e:  # one line naming what is wrong, then stay unconfigured
             self.get_logger().error(f"configure failed: {e}")
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
+            self._session = None
             return TransitionCallbackReturn.FAILURE
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, DIAGNOSTICS_QOS)
         self._episode_services = [
@@ -230,11 +257,11 @@ class RecorderNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_io()
+        self._stop_io(finish=True)
         self._close()
         return TransitionCallbackReturn.SUCCESS
 
-    def _stop_io(self) -> None:
+    def _stop_io(self, finish: bool = False) -> None:
         for t in self._active_timers:
             self.destroy_timer(t)
         self._active_timers = []
@@ -242,7 +269,9 @@ class RecorderNode(LifecycleNode):
             self.destroy_subscription(sub)
         self._subs = {}
         if self._session is not None and self._session.recording:
-            if self.p("keep_partial_on_deactivate"):
+            if finish:
+                self._session.finish(self._now())
+            elif self.p("keep_partial_on_deactivate"):
                 self._session.stop_episode("deactivate")
             else:
                 self._session.discard_episode()
@@ -258,18 +287,23 @@ class RecorderNode(LifecycleNode):
             self.destroy_publisher(self._diag_pub)
             self._diag_pub = None
         self._session = None
+        self._wrong_type_seen.clear()
 
     # -- subscriptions with matching QoS -----------------------------------------------------
     def _discover(self) -> None:
         depth = self.p("subscription_depth")
         for topic, cls in self._msg_classes.items():
-            offered = [
-                (
-                    _RELIABILITY.get(i.qos_profile.reliability, BEST_EFFORT),
-                    _DURABILITY.get(i.qos_profile.durability, VOLATILE),
+            offered = []
+            for info in self.get_publishers_info_by_topic(topic):
+                if info.topic_type != self._session.specs[topic].type:
+                    self._wrong_type(topic, info)  # DDS never delivers its messages to us
+                    continue
+                offered.append(
+                    (
+                        _RELIABILITY.get(info.qos_profile.reliability, BEST_EFFORT),
+                        _DURABILITY.get(info.qos_profile.durability, VOLATILE),
+                    )
                 )
-                for i in self.get_publishers_info_by_topic(topic)
-            ]
             current = self._subs.get(topic)
             if current is not None and not needs_resubscribe(current[1], offered):
                 continue
@@ -290,6 +324,19 @@ class RecorderNode(LifecycleNode):
                 f"subscribed {topic} ({choice.reliability}, {choice.durability})"
             )
 
+    def _wrong_type(self, topic: str, info: Any) -> None:
+        """Count a publisher of another type on a recorded topic once, and say so once."""
+        seen = (topic, tuple(info.endpoint_gid))
+        if seen in self._wrong_type_seen:
+            return
+        self._wrong_type_seen.add(seen)
+        self._session.count_wrong_type_publisher(topic)
+        node = f"{info.node_namespace.rstrip('/')}/{info.node_name}"
+        self.get_logger().warning(
+            f"{topic}: publisher {node} sends {info.topic_type}, but the topic is recorded as "
+            f"{self._session.specs[topic].type}: its messages are not recorded"
+        )
+
     # -- callbacks: cheap only ---------------------------------------------------------------
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -302,12 +349,16 @@ class RecorderNode(LifecycleNode):
         if self._session is not None:
             self._session.tick(self._now())
 
-    def _log_invalid(self, text: str) -> None:
-        self.get_logger().warning(text, throttle_duration_sec=2.0)
+    def _log_warning(self, text: str) -> None:
+        # Not throttled here: the session throttles rejections per (topic, reason).
+        self.get_logger().warning(text)
 
+    # Both run on the writer thread; rclpy logging is thread-safe.
     def _on_written(self, name: str, steps: int) -> None:
-        # Runs on the writer thread; rclpy logging is thread-safe.
         self.get_logger().info(f"episode {name} written ({steps} steps)")
+
+    def _on_write_error(self, text: str) -> None:
+        self.get_logger().error(f"{text}; recording stopped (start_episode retries)")
 
     def _srv_start(self, request: Trigger.Request, response: Trigger.Response) -> Any:
         if self._session is None or not self._active_timers:
@@ -320,19 +371,24 @@ class RecorderNode(LifecycleNode):
         if self._session is None:
             response.success, response.message = False, "recorder is not configured"
         else:
-            response.success, response.message = self._session.stop_episode()
+            response.success, response.message = self._session.stop_episode(wait_s=STOP_WAIT_S)
         return response
 
     def _publish_diagnostics(self) -> None:
         if self._session is None or self._diag_pub is None:
             return
         c = self._session.counters()
-        problems = c["invalid_total"] + c["stale_steps"] + c["dropped_steps"]
+        problems = sum(c[k] for k in WARN_COUNTERS)
         level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
         message = (
             f"recording={self._session.recording} episodes={self._session.episodes_ended} "
-            f"invalid={c['invalid_total']} stale={c['stale_steps']} dropped={c['dropped_steps']}"
+            f"invalid={c['invalid_total']} stale={c['stale_steps']} dropped={c['dropped_steps']} "
+            f"wrong_type={c['wrong_type_publishers']} time_jumps={c['time_jumps']} "
+            f"write_errors={c['write_errors']}"
         )
+        if self._session.write_error:
+            level = DiagnosticStatus.ERROR
+            message = f"recording stopped, write failed: {self._session.write_error}"
         values = flatten(c) | {
             "recording": self._session.recording,
             "queue_depth": self._writer.queue_depth() if self._writer else 0,
@@ -347,15 +403,17 @@ class RecorderNode(LifecycleNode):
         self.trigger_activate()
 
     def close(self) -> None:
-        """Process exit: discard the open episode, drain the writer, release the dataset."""
-        self._stop_io()
+        """Process exit: keep the open episode ("shutdown"), drain the writer, release the
+        dataset."""
+        self._stop_io(finish=True)
         self._close()
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"topics": {"/sim/state": {"valid": 3}}} -> {"topics/sim/state/valid": 3}."""
     out: dict[str, Any] = {}
     for k, v in d.items():
-        key = f"{prefix}{k}"
+        key = f"{prefix}{k.lstrip('/')}"
         if isinstance(v, dict):
             out.update(flatten(v, key + "/"))
         else:
@@ -364,6 +422,10 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def main(args: list[str] | None = None) -> int:
+    # A write past the file-size limit must fail with EFBIG (reported, the episode dropped, the
+    # committed ones kept) instead of killing the process with the open episode and no word:
+    # SIGXFSZ's default action. Python ignores it already; say so here rather than rely on it.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     return run_node(RecorderNode, args, on_exit=RecorderNode.close)
 
 

@@ -3,8 +3,17 @@
 `RecordingSession.on_message` validates and buffers a message (cheap; called from subscription
 callbacks). `tick(now)` aligns what is complete and queues the steps on the writer thread; an
 aligned step whose done is true ends the episode (and starts the next one if `restart_after_done`).
-All counters (received / invalid by reason / stale / dropped) are kept per topic, published as
-diagnostics by the node and stored in each episode's metadata (counts during that episode).
+
+Every message is counted per topic: `received` = `valid` (buffered for alignment) + `invalid`
+by reason (a decoder's reason such as `encoding` or `nonfinite`, or the aligner's `future_stamp`
+and `late`), plus headerless messages still waiting for their anchor. Rejections are logged at
+most once per (topic, reason) every `log_period_s`, with the number held back since the last
+line, so a frequent reason never hides a rare one. Counters are published as diagnostics by the
+node and stored in each episode's metadata (counts during that episode).
+
+A failed write (see writer_thread) stops recording: the episode is lost (committed ones stay),
+`write_error` holds the one-line reason until an explicit `start_episode` tries again, and no
+episode restarts by itself.
 """
 
 from __future__ import annotations
@@ -13,14 +22,16 @@ import copy
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
 from episode_dataset import ACTIONS, DONES, REWARDS
-from roboloop_recorder.alignment import Aligner
-from roboloop_recorder.convert import MessageError, convert
+from roboloop_recorder.alignment import FUTURE_STAMP, AlignedStep, Aligner
+from roboloop_recorder.convert import CONVERTERS, MessageError, convert
 from roboloop_recorder.topics import TopicSpec
-from roboloop_recorder.writer_thread import EpisodeWriterThread
+from roboloop_recorder.writer_thread import EpisodeWriterThread, WriteError
 
 
 @dataclass
@@ -28,6 +39,7 @@ class TopicCounts:
     received: int = 0
     valid: int = 0
     invalid: dict[str, int] = field(default_factory=dict)  # reason -> count
+    wrong_type_publishers: int = 0  # publishers of another type seen on the topic
 
 
 @dataclass
@@ -46,7 +58,30 @@ class SessionConfig:
     reference_key: str = ""  # "" = first obs key whose type has a header
     restart_after_done: bool = True
     max_episodes: int = 0  # 0 = unlimited
+    future_tolerance_s: float = 1.0  # stamps further ahead of the node clock are rejected
+    log_period_s: float = 2.0  # rejection log lines per (topic, reason)
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class RejectionLog:
+    """At most one line per (topic, reason) every `period_s`; the next line says how many were
+    held back in between."""
+
+    def __init__(self, emit: Callable[[str], None], period_s: float) -> None:
+        self._emit = emit
+        self._period = period_s
+        self._last: dict[tuple[str, str], float] = {}
+        self._held: dict[tuple[str, str], int] = {}
+
+    def __call__(self, topic: str, reason: str, text: str, now: float) -> None:
+        key = (topic, reason)
+        last = self._last.get(key)
+        if last is not None and 0 <= now - last < self._period:
+            self._held[key] = self._held.get(key, 0) + 1
+            return
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        self._emit(text + (f" (+{held} more since the last such line)" if held else ""))
 
 
 class RecordingSession:
@@ -54,15 +89,14 @@ class RecordingSession:
         self,
         specs: list[TopicSpec],
         config: SessionConfig,
-        writer: EpisodeWriterThread,
-        log_invalid: Callable[[str], None] | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
-        from roboloop_recorder.convert import CONVERTERS
-
+        """Validate the configuration (no file is touched); `attach` the writer before use."""
         self.specs = {s.topic: s for s in specs}
         self.config = config
-        self.writer = writer
-        self._log_invalid = log_invalid or (lambda _msg: None)
+        self.writer: EpisodeWriterThread | None = None
+        self._log = log or (lambda _msg: None)
+        self._log_rejection = RejectionLog(self._log, config.log_period_s)
         self.period = 1.0 / config.control_rate_hz
         ref = config.reference_key or next(
             (s.key for s in specs if s.obs_name and CONVERTERS[s.type].has_header), ""
@@ -72,9 +106,17 @@ class RecordingSession:
         if ref not in {s.key for s in specs}:
             raise ValueError(f"reference_key {ref!r} is not one of the recorded keys")
         self.reference_key = ref
-        self._has_header = {s.topic: CONVERTERS[s.type].has_header for s in specs}
-        self.aligner = Aligner([s.key for s in specs], ref, self.period, config.max_age_s)
+        self.aligner = Aligner(
+            [s.key for s in specs],
+            ref,
+            self.period,
+            config.max_age_s,
+            future_tolerance=config.future_tolerance_s,
+        )
+        self._epoch = self.aligner.epoch
+        self._time_jumps = 0
         self.counts = {s.topic: TopicCounts() for s in specs}
+        self._topic_of = {s.key: s.topic for s in specs}
         self.recording = False
         self.episodes_started = 0
         self.episodes_ended = 0
@@ -93,36 +135,82 @@ class RecordingSession:
                 f"headerless_anchor_key {config.headerless_anchor_key!r} not recorded"
             )
         self._last_done_stamp: float | None = None
+        self.write_error: str | None = None
+        self._failures_seen = 0
+
+    def attach(self, writer: EpisodeWriterThread) -> None:
+        self.writer = writer
+        self._failures_seen = writer.failures
 
     # -- inputs ----------------------------------------------------------------------------
     def on_message(self, topic: str, msg: Any, arrival: float) -> bool:
-        """Validate + buffer one message; False if rejected (counted, logged by the caller)."""
+        """Validate + buffer one message; False if rejected (counted and logged)."""
         spec = self.specs[topic]
-        c = self.counts[topic]
-        c.received += 1
+        self.counts[topic].received += 1
         try:
             stamp, value = convert(msg, spec)
         except MessageError as e:
-            c.invalid[e.reason] = c.invalid.get(e.reason, 0) + 1
-            self._log_invalid(f"{topic}: rejected {spec.type}: {e}")
+            self._reject(topic, e.reason, str(e), arrival)
             return False
-        c.valid += 1
         if stamp is None:
             if self.config.headerless_anchor_key:
                 self._unanchored.append((spec.key, arrival, value))
                 self._resolve_headerless(arrival)
                 return True
             stamp = arrival + self.config.headerless_offset_periods * self.period
-        self._add(spec.key, stamp, value, arrival)
+        if not self._add(spec.key, stamp, value, arrival):
+            return False
         if spec.key == self.config.headerless_anchor_key:
             self._anchors.append((arrival, stamp))
             self._resolve_headerless(arrival)
         return True
 
-    def _add(self, key: str, stamp: float, value: Any, arrival: float | None = None) -> None:
-        self.aligner.add(key, stamp, value, arrival)
+    def count_wrong_type_publisher(self, topic: str) -> None:
+        self.counts[topic].wrong_type_publishers += 1
+
+    def _reject(self, topic: str, reason: str, text: str, now: float) -> None:
+        invalid = self.counts[topic].invalid
+        invalid[reason] = invalid.get(reason, 0) + 1
+        self._log_rejection(
+            topic, reason, f"{topic}: rejected {self.specs[topic].type}: {text}", now
+        )
+
+    def _add(self, key: str, stamp: float, value: Any, arrival: float) -> bool:
+        reason = self.aligner.add(key, stamp, value, arrival)
+        self._sync_timeline()
+        topic = self._topic_of[key]
+        if reason is not None:
+            if reason == FUTURE_STAMP:
+                why = (
+                    f"stamp {stamp:.3f} is {stamp - arrival:.3f} s ahead of the node clock "
+                    f"(future_tolerance_s {self.config.future_tolerance_s})"
+                )
+            else:
+                why = (
+                    f"stamp {stamp:.3f} is older than every step still to align "
+                    f"({self.aligner.oldest_usable:.3f})"
+                )
+            self._reject(topic, reason, f"{reason}: {why}", arrival)
+            return False
+        self.counts[topic].valid += 1
         if key == DONES and bool(value):
             self._pending_dones.append(stamp)
+        return True
+
+    def _sync_timeline(self) -> None:
+        """After the aligner reset its timeline, forget what was derived from the old one."""
+        if self.aligner.epoch == self._epoch:
+            return
+        self._epoch = self.aligner.epoch
+        self._pending_dones.clear()
+        self._last_done_stamp = None
+        jumps = self.aligner.stats.time_jumps
+        if jumps != self._time_jumps:
+            self._time_jumps = jumps
+            self._log(
+                f"time went backwards (node clock or {self.reference_key} stamps): alignment "
+                f"restarts from the next {self.reference_key} sample (time_jumps={jumps})"
+            )
 
     def _resolve_headerless(self, now: float) -> None:
         """Give waiting headerless samples the stamp of the anchor nearest in arrival time."""
@@ -131,22 +219,32 @@ class RecordingSession:
         for key, arrival, value in self._unanchored:
             near = [(abs(a - arrival), s) for a, s in self._anchors if abs(a - arrival) <= tol]
             if near:
-                self._add(key, min(near)[1], value)
+                self._add(key, min(near)[1], value, arrival)
             elif now - arrival > tol:  # no anchor came in time: fall back to the arrival rule
                 self.unanchored += 1
-                self._add(
-                    key, arrival + self.config.headerless_offset_periods * self.period, value
-                )
+                stamp = arrival + self.config.headerless_offset_periods * self.period
+                self._add(key, stamp, value, arrival)
             else:
                 waiting.append((key, arrival, value))
         self._unanchored = waiting
 
     # -- episode control -------------------------------------------------------------------
     def start_episode(self) -> tuple[bool, str]:
+        """Begin an episode on request: the timeline restarts clean, and after a failed write
+        this is the explicit retry."""
+        self._check_writer()
         if self.recording:
             return False, "already recording an episode"
         if self._quota_reached():
             return False, f"max_episodes={self.config.max_episodes} reached"
+        retry, self.write_error = self.write_error, None
+        self.aligner.reset()
+        self._sync_timeline()
+        self._begin()
+        return True, "recording" + (f" (the last write failed: {retry})" if retry else "")
+
+    def _begin(self) -> None:
+        assert self.writer is not None, "attach a writer first"
         self.recording = True
         self.current_steps = 0
         self.episodes_started += 1
@@ -164,24 +262,47 @@ class RecordingSession:
             }
         )
         self.writer.begin(meta)
-        return True, "recording"
 
-    def stop_episode(self, reason: str = "service") -> tuple[bool, str]:
-        """End the open episode (written if it has steps); no restart."""
+    def stop_episode(self, reason: str = "service", wait_s: float = 0.0) -> tuple[bool, str]:
+        """End the open episode (written if it has steps); no restart. With `wait_s`, wait that
+        long for the commit and answer what happened to it."""
+        self._check_writer()
         if not self.recording:
+            if self.write_error:
+                return False, f"not recording: {self.write_error}"
             return False, "not recording"
         steps = self.current_steps
-        self._end(reason)
-        return True, f"episode ended ({steps} steps)"
+        committed = self._end(reason)
+        if wait_s <= 0:
+            return True, f"episode ended ({steps} steps)"
+        try:
+            result = committed.result(timeout=wait_s)
+        except WriteError as e:
+            self._check_writer()
+            return False, str(e)
+        except FutureTimeout:
+            return True, f"episode ended ({steps} steps), still being written"
+        if result is None:
+            return True, "episode ended with no steps: nothing written"
+        name, written = result
+        return True, f"episode {name} written ({written} steps)"
 
     def discard_episode(self) -> None:
         if self.recording:
             self.recording = False
             self.writer.discard()
 
-    def _end(self, reason: str) -> None:
+    def finish(self, now: float) -> None:
+        """Process exit: align what has arrived and keep the open episode (`end_reason`
+        "shutdown": cut short, not ended by the task)."""
+        if self.recording:
+            self.tick(now, drain=True)
+        if self.recording:
+            self._end("shutdown")
+
+    def _end(self, reason: str) -> Future[tuple[str, int] | None]:
         now = self.counters()
-        self.writer.end(
+        committed = self.writer.end(
             {
                 "end_reason": reason,
                 "wall_time_end": time.time(),
@@ -190,41 +311,57 @@ class RecordingSession:
         )
         self.recording = False
         self.episodes_ended += 1
+        return committed
 
     def _quota_reached(self) -> bool:
         return 0 < self.config.max_episodes <= self.episodes_started
 
+    def _check_writer(self) -> None:
+        """A write failed since the last look: stop recording (the open episode is lost)."""
+        failures = self.writer.failures if self.writer is not None else 0
+        if failures == self._failures_seen:
+            return
+        self._failures_seen = failures
+        self.write_error = self.writer.last_error
+        if self.recording:
+            self.discard_episode()
+
     # -- timeline --------------------------------------------------------------------------
-    def tick(self, now: float) -> int:
-        """Align everything complete up to `now`; queue steps; returns steps queued."""
+    def tick(self, now: float, drain: bool = False) -> int:
+        """Align everything complete up to `now` (`drain`: everything that has arrived); queue
+        the steps; returns steps queued."""
+        self._check_writer()
         if self._unanchored:
             self._resolve_headerless(now)
-        queued = 0
-        for step in self.aligner.poll(now):
-            # a done sample this much older than the step's observation belongs to an earlier one
-            self._flush_lost_dones(step.stamp - self.config.max_age_s)
-            if DONES in step.stamps and step.stamps[DONES] in self._pending_dones:
-                self._pending_dones.remove(step.stamps[DONES])
-            if not self.recording:
-                continue
-            v = step.values
-            obs = {s.obs_name: v[s.key] for s in self.specs.values() if s.obs_name}
-            reward = v[REWARDS] if REWARDS in self._keys else 0.0
-            done = False
-            if DONES in self._keys:
-                # a done sample ends one step only, even if max_age lets a later tick see it
-                done = bool(v[DONES]) and step.stamps[DONES] != self._last_done_stamp
-                if done:
-                    self._last_done_stamp = step.stamps[DONES]
-            self.writer.step(obs, v[ACTIONS], reward, done)
-            self.current_steps += 1
-            queued += 1
-            if done:
-                self._end("done")
-                if self.config.restart_after_done and not self._quota_reached():
-                    self.start_episode()
+        steps = self.aligner.drain() if drain else self.aligner.poll(now)
+        self._sync_timeline()
+        queued = sum(self._queue_step(step) for step in steps)
         self._flush_lost_dones(self.aligner.evaluated_until - self.period - self.config.max_age_s)
         return queued
+
+    def _queue_step(self, step: AlignedStep) -> bool:
+        # a done sample this much older than the step's observation belongs to an earlier one
+        self._flush_lost_dones(step.stamp - self.config.max_age_s)
+        if DONES in step.stamps and step.stamps[DONES] in self._pending_dones:
+            self._pending_dones.remove(step.stamps[DONES])
+        if not self.recording:
+            return False
+        v = step.values
+        obs = {s.obs_name: v[s.key] for s in self.specs.values() if s.obs_name}
+        reward = v[REWARDS] if REWARDS in self._keys else 0.0
+        done = False
+        if DONES in self._keys:
+            # a done sample ends one step only, even if max_age lets a later tick see it
+            done = bool(v[DONES]) and step.stamps[DONES] != self._last_done_stamp
+            if done:
+                self._last_done_stamp = step.stamps[DONES]
+        self.writer.step(obs, v[ACTIONS], reward, done)
+        self.current_steps += 1
+        if done:
+            self._end("done")
+            if self.config.restart_after_done and not self._quota_reached():
+                self._begin()
+        return True
 
     def _flush_lost_dones(self, horizon: float) -> None:
         """End the episode for done samples at or before `horizon` that no step carried."""
@@ -236,7 +373,7 @@ class RecordingSession:
         if self.recording:
             self._end("done (its step was stale)")
             if self.config.restart_after_done and not self._quota_reached():
-                self.start_episode()
+                self._begin()
 
     # -- counters --------------------------------------------------------------------------
     def counters(self) -> dict[str, Any]:
@@ -244,16 +381,23 @@ class RecordingSession:
         stats = self.aligner.stats.as_dict()
         return {
             "topics": {
-                t: {"received": c.received, "valid": c.valid, "invalid": dict(c.invalid)}
+                t: {
+                    "received": c.received,
+                    "valid": c.valid,
+                    "invalid": dict(c.invalid),
+                    "wrong_type_publishers": c.wrong_type_publishers,
+                }
                 for t, c in self.counts.items()
             },
             "invalid_total": sum(sum(c.invalid.values()) for c in self.counts.values()),
+            "wrong_type_publishers": sum(c.wrong_type_publishers for c in self.counts.values()),
             "aligned_steps": stats["steps"],
             "stale_steps": stats["stale_steps"],
             "stale_by_key": stats["stale_by_key"],
             "relocks": stats["relocks"],
-            "late_samples": stats["late_samples"],
-            "dropped_steps": self.writer.stats.dropped_steps,
+            "time_jumps": stats["time_jumps"],
+            "dropped_steps": self.writer.stats.dropped_steps if self.writer else 0,
+            "write_errors": self.writer.failures if self.writer else 0,
             "lost_dones": self.lost_dones,
             "unanchored": self.unanchored,
         }

@@ -4,14 +4,19 @@ The node only enqueues (`begin`, `step`, `end`, `discard`); the thread owns the
 `episode_dataset.EpisodeWriter` (streaming API), so HDF5 writes and fsyncs never block an
 executor callback. A full queue drops the step (counted), never blocks the caller; control
 commands (begin/end/discard) wait for room because losing one would corrupt episode bounds.
+
+A failed write (a full disk, a file-size limit) loses the open episode, never the committed
+ones: the writer discards it, counts the failure (`failures`, `last_error`: one line naming the
+dataset and the error), calls `on_error`, and fails that episode's `end` future with
+`WriteError`. Later steps of the lost episode are ignored; the next `begin` starts afresh.
 """
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +25,11 @@ import numpy as np
 
 from episode_dataset import EpisodeWriter, KeySpec
 
-log = logging.getLogger(__name__)
-
 _CLOSE = ("close",)
+
+
+class WriteError(RuntimeError):
+    """Writing the dataset failed; the episode being written is lost."""
 
 
 @dataclass
@@ -48,20 +55,34 @@ class EpisodeWriterThread:
         queue_size: int = 256,
         fsync: bool = True,
         on_episode_written: Callable[[str, int], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         # Opened here (caller's thread) so that a bad path/spec fails at configure time.
         self._writer = EpisodeWriter(path, obs_specs, action_spec, env_args, fsync=fsync)
         self._queue: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=queue_size)
         self._on_written = on_episode_written
+        self._on_error = on_error
         self.stats = WriterStats()
         self._lock = threading.Lock()
         self._episode_dropped = 0
+        self._episode = ""  # name of the open episode
+        self._lost: str | None = None  # why the episode begun last was lost
         self._thread = threading.Thread(target=self._run, name="episode-writer", daemon=True)
         self._thread.start()
 
     @property
     def path(self) -> Path:
         return self._writer.path
+
+    @property
+    def failures(self) -> int:
+        with self._lock:
+            return len(self.stats.errors)
+
+    @property
+    def last_error(self) -> str | None:
+        with self._lock:
+            return self.stats.errors[-1] if self.stats.errors else None
 
     def begin(self, metadata: dict[str, Any]) -> None:
         self._queue.put(("begin", metadata))
@@ -79,8 +100,12 @@ class EpisodeWriterThread:
             self.stats.enqueued_steps += 1
         return True
 
-    def end(self, metadata_update: dict[str, Any]) -> None:
-        self._queue.put(("end", metadata_update))
+    def end(self, metadata_update: dict[str, Any]) -> Future[tuple[str, int] | None]:
+        """Queue the commit; the future gives (name, steps), None (no steps: nothing written)
+        or raises WriteError."""
+        done: Future[tuple[str, int] | None] = Future()
+        self._queue.put(("end", metadata_update, done))
+        return done
 
     def discard(self) -> None:
         self._queue.put(("discard",))
@@ -99,20 +124,30 @@ class EpisodeWriterThread:
     def _run(self) -> None:
         while True:
             item = self._queue.get()
-            kind = item[0]
             try:
-                if kind == "close":
+                if item is _CLOSE:
                     self._writer.discard_episode()
                     self._writer.close()
                     return
                 self._handle(item)
-            except Exception as e:  # a bad step must not kill the thread; report it
-                msg = f"{self.path}: writer {kind}: {e}"
-                log.error(msg)
-                with self._lock:
-                    self.stats.errors.append(msg)
-                if kind in ("begin", "step"):
-                    self._writer.discard_episode()
+            except Exception as e:  # the thread lives on; the episode is lost and reported
+                self._fail(item, e)
+                if item is _CLOSE:
+                    return
+
+    def _fail(self, item: tuple[Any, ...], error: Exception) -> None:
+        detail = " ".join(str(error).split())  # h5py's messages span lines
+        where = f"{self._episode} " if self._episode else ""
+        msg = f"{self.path}: writing {where}failed: {type(error).__name__}: {detail}"
+        self._episode = ""
+        self._writer.discard_episode()
+        with self._lock:
+            self.stats.errors.append(msg)
+        self._lost = msg
+        if item[0] == "end":
+            item[2].set_exception(WriteError(msg))
+        if self._on_error is not None:
+            self._on_error(msg)
 
     def _handle(self, item: tuple[Any, ...]) -> None:
         kind = item[0]
@@ -121,29 +156,40 @@ class EpisodeWriterThread:
             w.discard_episode()  # a previous episode that never ended is not committed
             with self._lock:
                 self._episode_dropped = 0
-            w.begin_episode(metadata=item[1])
+            self._lost = None
+            self._episode = w.begin_episode(metadata=item[1])
         elif kind == "step":
             if not w.in_episode:
-                return  # episode was discarded after an error: ignore its remaining steps
+                return  # the episode was lost to an error: ignore its remaining steps
             _, obs, action, reward, done = item
             w.append_step(obs=obs, action=action, reward=reward, done=done)
             with self._lock:
                 self.stats.written_steps += 1
                 self.stats.bytes_written += sum(np.asarray(v).nbytes for v in obs.values())
         elif kind == "end":
+            future = item[2]
             if not w.in_episode:
+                if self._lost is not None:
+                    future.set_exception(WriteError(self._lost))
+                else:
+                    future.set_result(None)
                 return
             update = dict(item[1])
             with self._lock:
                 update.setdefault("recorder_dropped_steps", self._episode_dropped)
-            if w.current_steps == 0:
-                w.discard_episode()
-                return
             steps = w.current_steps
+            if steps == 0:
+                w.discard_episode()
+                self._episode = ""
+                future.set_result(None)
+                return
             name = w.end_episode(metadata_update=update)
+            self._episode = ""
             with self._lock:
                 self.stats.episodes_written.append(name)
+            future.set_result((name, steps))
             if self._on_written is not None:
                 self._on_written(name, steps)
         elif kind == "discard":
             w.discard_episode()
+            self._episode = ""

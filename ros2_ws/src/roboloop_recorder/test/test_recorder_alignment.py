@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from roboloop_recorder.alignment import Aligner
+from roboloop_recorder.alignment import FUTURE_STAMP, LATE, REF_JUMP_SAMPLES, Aligner
 
 P = 0.05  # 20 Hz
 
@@ -79,14 +79,81 @@ def test_reference_sample_used_once_and_relock_after_pause():
     assert al.stats.relocks >= 1 and al.stats.stale_steps == 0
 
 
-def test_out_of_order_arrival_is_sorted_and_late_samples_counted():
+def test_out_of_order_arrival_is_sorted_and_late_samples_rejected():
     al = Aligner(["obs", "x"], "obs", P, max_age=0.4 * P)
     for k in (0, 2, 1):
         al.add("obs", 1.0 + k * P, k)
         al.add("x", 1.0 + k * P, k)
     assert [s.values["x"] for s in al.poll(now=5.0)] == [0, 1, 2]
-    al.add("x", 1.0, "ancient")
-    assert al.stats.late_samples == 1
+    assert al.add("x", 1.0, "ancient") == LATE
+
+
+def live(al: Aligner, ks, t0: float, clock_offset: float = 0.0, extra=None) -> list[int]:
+    """Real time: step k's obs and act (one stamp) arrive at t0 + kP + clock_offset, and the
+    node polls then. `extra[k]` = [(key, stamp offset)] more samples sent after step k's.
+    Returns the obs values of the steps aligned, checking each pairs obs and act of one k."""
+    out = []
+    for k in ks:
+        stamp = t0 + k * P
+        now = stamp + clock_offset
+        al.add("obs", stamp, k, arrival=now)
+        al.add("act", stamp, k, arrival=now)
+        for key, offset in (extra or {}).get(k, []):
+            al.add(key, stamp + offset, "bad", arrival=now)
+        for step in al.poll(now):
+            assert step.values == {"obs": step.values["obs"], "act": step.values["obs"]}
+            out.append(step.values["obs"])
+    return out
+
+
+@pytest.mark.parametrize("key", ["obs", "act"])
+def test_a_far_future_sample_is_rejected_and_cannot_wedge_a_key(key):
+    al = Aligner(["obs", "act"], "obs", P, max_age=0.4 * P, future_tolerance=1.0)
+    assert al.add(key, 1e6, "bad", arrival=10.0) == FUTURE_STAMP
+    assert al.add(key, 11.0, "ok", arrival=10.0) is None  # within the tolerance
+    al.reset()
+    got = live(al, range(40), 10.0, extra={5: [(key, 1e6)], 6: [(key, 5.0)]})
+    assert got == list(range(38))  # the last two wait for their lag
+    assert al.stats.stale_steps == 0 and al.stats.time_jumps == 0
+
+
+@pytest.mark.parametrize("key", ["obs", "act"])
+def test_a_far_past_sample_is_late_and_changes_nothing(key):
+    al = Aligner(["obs", "act"], "obs", P, max_age=0.4 * P)
+    got = live(al, range(20), 50.0, extra={5: [(key, -1e6)], 6: [(key, -3 * P)]})
+    assert got == list(range(18)) and al.stats.stale_steps == 0
+    assert al.add(key, 1.0, "old", arrival=60.0) == LATE
+    assert al.stats.time_jumps == 0
+
+
+def test_reference_stamps_jumping_back_reset_the_timeline():
+    al = Aligner(["obs", "act"], "obs", P, max_age=0.4 * P)
+    got = live(al, range(10), 200.0)
+    # the publisher's clock goes back 100 s; its samples keep arriving in real time
+    got += live(al, range(10, 30), 100.0, clock_offset=100.0)
+    assert al.stats.time_jumps == 1
+    # the first REF_JUMP_SAMPLES - 1 samples of the new time base are late, then followed
+    assert got == list(range(10)) + list(range(10 + REF_JUMP_SAMPLES - 1, 28))
+    assert live(al, range(100, 120), 200.0) == list(range(100, 118))  # and forward again
+    assert al.stats.time_jumps == 1
+
+
+def test_node_clock_going_back_resets_the_timeline():
+    al = Aligner(["obs", "act"], "obs", P, max_age=0.4 * P)
+    assert live(al, range(10), 1000.0) == list(range(8))
+    # a sim clock restarts at 0: step 10 arrives before the poll that notices
+    assert live(al, range(10, 30), 0.0) == list(range(11, 28))
+    assert al.stats.time_jumps == 1
+    assert live(al, range(30, 35), 0.0) == [28, 29, 30, 31, 32]
+
+
+def test_reset_forgets_the_timeline():
+    al = Aligner(["obs", "act"], "obs", P, max_age=0.4 * P)
+    live(al, range(10), 30.0)
+    epoch = al.epoch
+    al.reset()
+    assert al.epoch == epoch + 1
+    assert al.add("obs", 1.0, "earlier") is None  # nothing is late after a reset
 
 
 def test_bad_arguments():

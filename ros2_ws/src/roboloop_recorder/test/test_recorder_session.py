@@ -5,11 +5,12 @@ from __future__ import annotations
 from types import SimpleNamespace as NS
 
 import numpy as np
+import pytest
 from roboloop_recorder.session import RecordingSession, SessionConfig
 from roboloop_recorder.topics import dataset_specs, parse_topics
 from roboloop_recorder.writer_thread import EpisodeWriterThread
 
-from episode_dataset import EpisodeReader, validate_file
+from episode_dataset import DatasetError, EpisodeReader, validate_file
 
 P = 0.05
 SPECS = parse_topics(
@@ -37,11 +38,12 @@ def make(tmp_path, **cfg):
         tmp_path / "rec.hdf5", obs, act, {"env_name": "fake"}, fsync=False
     )
     logs = []
-    session = RecordingSession(SPECS, SessionConfig(1 / P, 0.4 * P, **cfg), writer, logs.append)
+    session = RecordingSession(SPECS, SessionConfig(1 / P, 0.4 * P, **cfg), logs.append)
+    session.attach(writer)
     return session, writer, logs
 
 
-def publish_episode(session, t0, n, k0=0, nan_at=None, bad_image_at=None):
+def publish_episode(session, t0, n, k0=0, nan_at=None, bad_image_at=None, done_last=True):
     """Bridge-like stream: obs k at t0 + kP; action/reward/done of step k one period later."""
     for k in range(n):
         s = t0 + k * P
@@ -59,7 +61,7 @@ def publish_episode(session, t0, n, k0=0, nan_at=None, bad_image_at=None):
         session.on_message("/img", img, s)
         session.on_message("/a", NS(header=hdr(s), name=[], effort=[k0 + k, -1.0]), s + P)
         session.on_message("/r", NS(data=float(k0 + k)), s + P + 0.002)
-        session.on_message("/d", NS(data=k == n - 1), s + P + 0.002)
+        session.on_message("/d", NS(data=done_last and k == n - 1), s + P + 0.002)
     return t0 + n * P
 
 
@@ -207,3 +209,136 @@ def test_headerless_without_anchor_nearby_falls_back_and_is_counted(tmp_path):
     session.tick(3.5)
     assert session.unanchored == 1
     writer.close()
+
+
+def test_rejections_counted_per_topic_and_reason_and_logged_per_pair(tmp_path):
+    session, writer, logs = make(tmp_path, restart_after_done=False, log_period_s=2.0)
+    session.start_episode()
+    t = publish_episode(session, 20.0, 4, done_last=False)
+    session.tick(t)
+    future = NS(header=hdr(t + 1e6), name=[], position=[0.0, 0.0, 1.0])
+    img = NS(header=hdr(t + 1e6), encoding="rgb8", height=4, width=5, step=15, data=bytes(60))
+    old_img = NS(header=hdr(1.0), encoding="rgb8", height=4, width=5, step=15, data=bytes(60))
+    for k in range(3):  # three of each kind within one log period
+        session.on_message("/s", future, t + 0.01 * k)
+        session.on_message("/img", img, t + 0.01 * k)
+        session.on_message("/img", old_img, t + 0.01 * k)
+    session.on_message("/s", NS(header=hdr(1.0), name=[], position=[0.0, 0.0, 1.0]), t)
+    t = publish_episode(session, t, 4, k0=4)
+    session.tick(t + 1.0)
+    c = session.counters()["topics"]
+    assert c["/s"]["invalid"] == {"future_stamp": 3, "late": 1}
+    assert c["/img"]["invalid"] == {"future_stamp": 3, "late": 3}
+    assert c["/s"]["received"] == c["/s"]["valid"] + 4
+    assert c["/img"]["received"] == c["/img"]["valid"] + 6
+    # one line per (topic, reason), none hiding another
+    assert [line.split(": ")[0] + " " + line.split(": ")[2] for line in logs] == [
+        "/s future_stamp",
+        "/img future_stamp",
+        "/img late",
+        "/s late",
+    ]
+    session.on_message("/s", future, t + 3.0)  # a period later: the count held back is told
+    assert logs[-1].startswith("/s: rejected") and logs[-1].endswith(
+        "(+2 more since the last such line)"
+    )
+    writer.close()
+    with EpisodeReader(tmp_path / "rec.hdf5") as r:
+        assert r.read_obs("demo_0", "state")[:, 0].tolist() == list(range(8))  # nothing lost
+
+
+def test_shutdown_keeps_the_open_episode_with_what_has_arrived(tmp_path):
+    session, writer, _ = make(tmp_path)
+    session.start_episode()
+    t = publish_episode(session, 30.0, 6, done_last=False)
+    session.tick(t)  # the last steps still wait for their lag
+    assert session.recording and session.current_steps < 6
+    session.finish(t)
+    writer.close()
+    with EpisodeReader(tmp_path / "rec.hdf5") as r:
+        assert r.episodes == ["demo_0"] and r.num_steps("demo_0") == 6
+        assert r.episode_metadata("demo_0")["end_reason"] == "shutdown"
+
+
+def test_writer_that_fails_to_open_a_new_dataset_leaves_nothing(tmp_path):
+    obs, act = dataset_specs(SPECS)
+    bad = {**obs, "a/b": obs["state"]}
+    with pytest.raises(DatasetError, match="bad obs key"):
+        EpisodeWriterThread(tmp_path / "new.hdf5", bad, act, {}, fsync=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+# Runs in a process of its own under a file-size limit (standing in for a full disk).
+FAILING_WRITES = """
+import json, resource, sys, time
+from pathlib import Path
+sys.path[:0] = {paths!r}
+import test_recorder_session as t
+
+def limit(n):
+    resource.setrlimit(resource.RLIMIT_FSIZE, (n, resource.RLIM_INFINITY))
+
+def wait(cond):
+    deadline = time.monotonic() + 10
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+session, writer, logs = t.make(Path({tmp!r}))
+out = {{}}
+session.start_episode()
+end = t.publish_episode(session, 10.0, 3)
+session.tick(end + 1.0)  # demo_0 ends on done and is committed; the next episode starts
+wait(lambda: writer.stats.episodes_written == ["demo_0"])
+limit({limit})
+end = t.publish_episode(session, end + 1.0, 3, k0=10)
+session.tick(end + 1.0)  # its commit fails on the writer thread; the next one has started
+wait(lambda: writer.failures == 1)
+end = t.publish_episode(session, end + 1.0, 2, k0=20, done_last=False)
+session.tick(end + 1.0)
+out["recording_after_failure"] = session.recording
+out["stop_after_failure"] = session.stop_episode(wait_s=5.0)
+out["retry"] = session.start_episode()
+limit(resource.RLIM_INFINITY)
+end = t.publish_episode(session, end + 1.0, 2, k0=30, done_last=False)
+session.tick(end + 1.0)
+out["stop_retry"] = session.stop_episode(wait_s=5.0)
+limit({limit})
+session.start_episode()
+end = t.publish_episode(session, end + 1.0, 2, k0=40, done_last=False)
+session.tick(end + 1.0)
+out["stop_failing_commit"] = session.stop_episode(wait_s=5.0)
+out["write_errors"] = session.counters()["write_errors"]
+writer.close()
+print(json.dumps(out))
+"""
+
+
+def test_failed_writes_stop_recording_and_are_answered(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    paths = [str(Path(__file__).parent), *sys.path]
+    script = FAILING_WRITES.format(paths=paths, tmp=str(tmp_path), limit=40_000)
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr[-3000:]  # no crash, no segfault at exit
+    out = json.loads(run.stdout.splitlines()[-1])
+    # demo_1 failed at its commit while the next episode recorded: recording stopped
+    assert out["recording_after_failure"] is False
+    ok, message = out["stop_after_failure"]
+    assert not ok and "rec.hdf5: writing demo_1 failed" in message, message
+    assert "File too large" in message
+    assert out["retry"][0] and "the last write failed" in out["retry"][1]
+    assert out["stop_retry"] == [True, "episode demo_1 written (2 steps)"]
+    ok, message = out["stop_failing_commit"]  # a failure in the commit the service waits for
+    assert not ok and "writing demo_2 failed" in message and "File too large" in message
+    assert out["write_errors"] == 2
+    validate_file(tmp_path / "rec.hdf5")
+    with EpisodeReader(tmp_path / "rec.hdf5") as r:
+        assert r.episodes == ["demo_0", "demo_1"]
+        assert r.read_obs("demo_0", "state")[:, 0].tolist() == [0, 1, 2]
+        assert r.read_obs("demo_1", "state")[:, 0].tolist() == [30, 31]  # the retry
+    assert not list((tmp_path / "rec.hdf5.episodes").glob("*.partial"))
