@@ -22,11 +22,14 @@ Samples of headerless topics are stamped on arrival by the caller.
 Bad stamps cannot wedge the timeline. `add` rejects (returns a reason, buffers nothing):
 - "future_stamp": a stamp more than `future_tolerance` ahead of its arrival (the node clock); a
   sample 11 days ahead would otherwise become a buffer's newest and push every real one out;
-- "late": a stamp older than every tick still ahead (one far in the past, or out of order).
+- "late": a stamp older than every tick still ahead (one far in the past, or out of order);
+- "duplicate_stamp": a reference sample whose stamp an earlier one had (it cannot make a new
+  step; a publisher that leaves its stamps at zero shows up here instead of stalling silently).
 Time going backwards resets the timeline (buffers, phase, `evaluated_until`; `time_jumps`):
 - the node clock (`poll(now)`) stepped back by more than a period (a sim clock that restarts);
-- `REF_JUMP_SAMPLES` reference samples in a row were late: the reference publisher's stamps went
-  back, and the timeline follows them (a single stray old sample is just late).
+- `REF_JUMP_SAMPLES` reference samples in a row were late, with increasing stamps: the reference
+  publisher's clock went back, and the timeline follows it (a single stray old sample, or stamps
+  stuck at one value, are just late).
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class AlignStats:
 
 FUTURE_STAMP = "future_stamp"
 LATE = "late"
+DUPLICATE_STAMP = "duplicate_stamp"
 REF_JUMP_SAMPLES = 3
 
 
@@ -145,7 +149,7 @@ class Aligner:
         self._last_ref_stamp: float | None = None
         self._evaluated_until = -math.inf
         self._ref_arrivals: dict[float, float] = {}  # reference stamp -> arrival time
-        self._late_refs = 0  # reference samples in a row that were late
+        self._late_refs: list[float] = []  # stamps of the last reference samples, all late
         self._clock = -math.inf  # latest `now` seen by poll
         self.epoch = 0  # bumped by every reset, so that callers can drop what they derived
         self.stats = AlignStats()
@@ -161,7 +165,7 @@ class Aligner:
         return self._evaluated_until - self.period - self.max_age
 
     def add(self, key: str, stamp: float, value: Any, arrival: float | None = None) -> str | None:
-        """Buffer a sample, or return why not (FUTURE_STAMP, LATE).
+        """Buffer a sample, or return why not (FUTURE_STAMP, LATE, DUPLICATE_STAMP).
 
         `arrival` (the node clock when it came; default: its stamp) bounds how far ahead the
         stamp may be and delays the reference key's ticks.
@@ -171,13 +175,17 @@ class Aligner:
         if stamp < self.oldest_usable:
             if key != self.reference:
                 return LATE
-            self._late_refs += 1
-            if self._late_refs < REF_JUMP_SAMPLES:
+            if self._late_refs and stamp <= self._late_refs[-1]:
+                self._late_refs.clear()  # not a clock that went on from an earlier time
+            self._late_refs.append(stamp)
+            if len(self._late_refs) < REF_JUMP_SAMPLES:
                 return LATE
             self.reset()  # the reference publisher's stamps went back: follow them
             self.stats.time_jumps += 1
         if key == self.reference:
-            self._late_refs = 0
+            self._late_refs.clear()
+            if stamp == self._last_ref_stamp or stamp in self._ref_arrivals:
+                return DUPLICATE_STAMP
         self._buffers[key].add(stamp, value)
         if key == self.reference:
             self._ref_arrivals[stamp] = stamp if arrival is None else arrival
@@ -186,7 +194,7 @@ class Aligner:
                 self._ref_arrivals = {s: a for s, a in self._ref_arrivals.items() if s in kept}
         if key == self.reference and self._next_tick is None:
             if self._last_ref_stamp is not None and stamp <= self._last_ref_stamp:
-                return
+                return None
             self._next_tick = stamp + self.period / 2
             if self._last_ref_stamp is not None:
                 self.stats.relocks += 1
@@ -201,7 +209,7 @@ class Aligner:
         self._last_ref_stamp = None
         self._evaluated_until = -math.inf
         self._ref_arrivals.clear()
-        self._late_refs = 0
+        self._late_refs.clear()
         self.epoch += 1
 
     def poll(self, now: float) -> list[AlignedStep]:

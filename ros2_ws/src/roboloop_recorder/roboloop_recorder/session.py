@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from episode_dataset import ACTIONS, DONES, REWARDS
-from roboloop_recorder.alignment import FUTURE_STAMP, AlignedStep, Aligner
+from roboloop_recorder.alignment import FUTURE_STAMP, LATE, AlignedStep, Aligner
 from roboloop_recorder.convert import CONVERTERS, MessageError, convert
 from roboloop_recorder.topics import TopicSpec
 from roboloop_recorder.writer_thread import EpisodeWriterThread, WriteError
@@ -185,11 +185,13 @@ class RecordingSession:
                     f"stamp {stamp:.3f} is {stamp - arrival:.3f} s ahead of the node clock "
                     f"(future_tolerance_s {self.config.future_tolerance_s})"
                 )
-            else:
+            elif reason == LATE:
                 why = (
                     f"stamp {stamp:.3f} is older than every step still to align "
                     f"({self.aligner.oldest_usable:.3f})"
                 )
+            else:
+                why = f"stamp {stamp:.3f} repeats an earlier {key} stamp"
             self._reject(topic, reason, f"{reason}: {why}", arrival)
             return False
         self.counts[topic].valid += 1

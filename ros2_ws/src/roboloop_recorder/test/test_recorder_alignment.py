@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from roboloop_recorder.alignment import FUTURE_STAMP, LATE, REF_JUMP_SAMPLES, Aligner
+from roboloop_recorder.alignment import (
+    DUPLICATE_STAMP,
+    FUTURE_STAMP,
+    LATE,
+    REF_JUMP_SAMPLES,
+    Aligner,
+)
 
 P = 0.05  # 20 Hz
 
@@ -145,6 +151,19 @@ def test_node_clock_going_back_resets_the_timeline():
     assert live(al, range(10, 30), 0.0) == list(range(11, 28))
     assert al.stats.time_jumps == 1
     assert live(al, range(30, 35), 0.0) == [28, 29, 30, 31, 32]
+
+
+def test_repeated_reference_stamps_are_rejected_not_a_silent_stall():
+    al = Aligner(["obs", "act"], "obs", P, max_age=0.4 * P)
+    reasons = []
+    for k in range(8):  # a publisher that never sets its stamps
+        reasons.append(al.add("obs", 0.0, k, arrival=100.0))
+        al.add("act", 0.0, k, arrival=100.0)
+        al.poll(100.0 + k * P)
+    # a repeat while its tick is ahead, then too old as well; never taken for a time jump
+    assert reasons[:2] == [None, DUPLICATE_STAMP] and reasons[-1] == LATE
+    assert set(reasons[1:]) == {DUPLICATE_STAMP, LATE}
+    assert al.stats.steps == 1 and al.stats.time_jumps == 0
 
 
 def test_reset_forgets_the_timeline():
