@@ -23,8 +23,13 @@ from rclpy.node import Node
 
 class RosProbe:
     def __init__(self, domain_id: int | None = None, name: str = "probe") -> None:
-        if os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") != "LOCALHOST":
-            raise RuntimeError("RosProbe: set ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST first")
+        local = os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") == "LOCALHOST"
+        profile = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", "")
+        if not (local or os.path.isfile(profile)):
+            raise RuntimeError(
+                "RosProbe: keep DDS on this machine first: set FASTDDS_DEFAULT_PROFILES_FILE to "
+                "the workspace's loopback profile, or ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST"
+            )
         domain = int(os.environ["ROS_DOMAIN_ID"]) if domain_id is None else domain_id
         self.context = Context()
         rclpy.init(context=self.context, domain_id=domain)
