@@ -23,21 +23,12 @@ from roboloop_recorder.topics import TopicSpec
 
 __all__ = ["CONVERTERS", "Converter", "MessageError", "convert"]
 
-# Rows may be padded (ROS allows step > width * pixel bytes); this bounds what a padded image
-# may hold, since a buffered view keeps the whole message alive until it is written.
-IMAGE_ROW_SLACK = 64
-
 
 def _image(msg: Any, spec: TopicSpec) -> np.ndarray:
-    h, w, c = spec.shape
-    row = w * c * np.dtype(spec.dtype).itemsize
-    return codecs.decode_image(
-        msg,
-        encoding=spec.encoding,
-        dtype=spec.dtype,
-        shape=spec.shape,
-        max_bytes=h * (2 * row + IMAGE_ROW_SLACK),
-    )
+    image = codecs.decode_image(msg, encoding=spec.encoding, dtype=spec.dtype, shape=spec.shape)
+    # Unpadded, the array is a zero-copy view of the message. Padded rows (any amount, as the
+    # policy node accepts them) are copied out, so that a buffered sample never holds padding.
+    return image if image.flags.c_contiguous else np.ascontiguousarray(image)
 
 
 def _joint_state(msg: Any, spec: TopicSpec) -> np.ndarray:
