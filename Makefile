@@ -6,8 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-# Every process that touches ROS stays on this machine, in its own domain, logging locally.
-export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+# Every process that touches ROS stays on this machine, in its own domain, logging locally:
+# Fast DDS binds 127.0.0.1 and shared memory only (the profile says why SYSTEM_DEFAULT).
+export ROS_AUTOMATIC_DISCOVERY_RANGE := SYSTEM_DEFAULT
+export FASTDDS_DEFAULT_PROFILES_FILE := $(CURDIR)/ros2_ws/src/roboloop_node_common/config/fastdds_loopback.xml
 export ROS_DOMAIN_ID ?= 42
 export ROS_LOG_DIR ?= $(CURDIR)/outputs/ros_log
 export MUJOCO_GL := egl

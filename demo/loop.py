@@ -31,8 +31,10 @@ EVAL_SEED = 1000  # policy/expert/random evaluation seeds (held out from the dem
 
 
 def _ros_environment() -> None:
-    """Loopback-only discovery, a private domain and a local log dir, before rclpy loads."""
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    """DDS on loopback only, a private domain and a local log dir, before rclpy loads."""
+    from demo.ros_processes import LOOPBACK_DDS
+
+    os.environ.update(LOOPBACK_DDS)
     os.environ.setdefault("ROS_DOMAIN_ID", "42")
     os.environ.setdefault("ROS_LOG_DIR", str(REPO / "outputs" / "ros_log"))
     os.environ.setdefault("MUJOCO_GL", "egl")

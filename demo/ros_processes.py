@@ -1,9 +1,9 @@
 """Start and stop ROS 2 node processes (console scripts) without importing rclpy.
 
-Every child gets loopback-only discovery, a private ROS_DOMAIN_ID and its own ROS_LOG_DIR (see
-/work/shared/ROS2_FROM_PYPI.md). Stopping goes SIGINT -> SIGTERM -> SIGKILL because only SIGINT
-and SIGTERM let Fast DDS remove its shared-memory files; after a SIGKILL, `remove_shm_of` cleans
-the files the dead process had mapped.
+Every child gets DDS on loopback only (LOOPBACK_DDS), a private ROS_DOMAIN_ID and its own
+ROS_LOG_DIR (see /work/shared/ROS2_FROM_PYPI.md). Stopping goes SIGINT -> SIGTERM -> SIGKILL
+because only SIGINT and SIGTERM let Fast DDS remove its shared-memory files; after a SIGKILL,
+`remove_shm_of` cleans the files the dead process had mapped.
 """
 
 from __future__ import annotations
@@ -19,6 +19,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+# Fast DDS on 127.0.0.1 and shared memory only; the profile's comment says why it goes with
+# SYSTEM_DEFAULT (rmw_fastrtps' LOCALHOST adds a transport bound to every interface).
+DDS_PROFILE = REPO / "ros2_ws/src/roboloop_node_common/config/fastdds_loopback.xml"
+LOOPBACK_DDS = {
+    "ROS_AUTOMATIC_DISCOVERY_RANGE": "SYSTEM_DEFAULT",
+    "FASTDDS_DEFAULT_PROFILES_FILE": str(DDS_PROFILE),
+}
 SHM_DIR = Path("/dev/shm")
 _SHM_PREFIXES = ("fastdds_", "fast_datasharing", "sem.fastdds_")
 
@@ -28,9 +36,11 @@ def ros_env(
     log_dir: str | os.PathLike[str] | None = None,
     base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Environment for a process that touches ROS: LOCALHOST discovery, domain, log dir."""
+    """Environment for a process that touches ROS: DDS on loopback, domain, log dir."""
+    if not DDS_PROFILE.is_file():  # without it Fast DDS would fall back to network multicast
+        raise FileNotFoundError(f"ros_env: Fast DDS profile {DDS_PROFILE} is missing")
     env = dict(os.environ if base is None else base)
-    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    env.update(LOOPBACK_DDS)
     if domain_id is not None:
         env["ROS_DOMAIN_ID"] = str(domain_id)
     if "ROS_DOMAIN_ID" not in env:
@@ -641,7 +651,7 @@ def load_launch_file(
 
 
 def _source_share(package: str) -> Path:
-    root = Path(__file__).resolve().parents[1] / "ros2_ws" / "src" / package
+    root = REPO / "ros2_ws" / "src" / package
     if not (root / "package.xml").is_file():
         raise FileNotFoundError(f"package {package!r} not found under {root.parent}")
     return root

@@ -85,8 +85,14 @@ def generate_launch_description() -> LaunchDescription:
                 description="Logging level of all nodes.",
                 choices=["debug", "info", "warn", "error", "fatal"],
             ),
-            # Discovery stays on this machine (Kilted ignores the older localhost-only switch).
-            SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST"),
+            # DDS on 127.0.0.1 and shared memory only (the profile says why SYSTEM_DEFAULT).
+            SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", "SYSTEM_DEFAULT"),
+            SetEnvironmentVariable(
+                "FASTDDS_DEFAULT_PROFILES_FILE",
+                PathJoinSubstitution(
+                    [FindPackageShare("roboloop_node_common"), "config", "fastdds_loopback.xml"]
+                ),
+            ),
             _include(
                 "sim.launch.py",
                 {

@@ -41,8 +41,14 @@ def generate_launch_description() -> LaunchDescription:
                 description="Logging level of the node.",
                 choices=["debug", "info", "warn", "error", "fatal"],
             ),
-            # Discovery stays on this machine (Kilted ignores the older localhost-only switch).
-            SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST"),
+            # DDS on 127.0.0.1 and shared memory only (the profile says why SYSTEM_DEFAULT).
+            SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", "SYSTEM_DEFAULT"),
+            SetEnvironmentVariable(
+                "FASTDDS_DEFAULT_PROFILES_FILE",
+                PathJoinSubstitution(
+                    [FindPackageShare("roboloop_node_common"), "config", "fastdds_loopback.xml"]
+                ),
+            ),
             Node(
                 package="roboloop_sim_bridge",
                 executable="sim_bridge",

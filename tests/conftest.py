@@ -1,4 +1,4 @@
-"""Suite-wide environment: a private ROS domain per xdist worker, loopback-only DDS, EGL."""
+"""Suite-wide environment: a private ROS domain per xdist worker, DDS on loopback only, EGL."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import random
 import tempfile
 
 import pytest
+
+from demo.ros_processes import LOOPBACK_DDS
+from demo.ros_processes import ros_env as _ros_env
 
 _SHM_BEFORE: set[str] = set()
 _SHM_PATTERNS = ("/dev/shm/fastdds_*", "/dev/shm/fast_datasharing*", "/dev/shm/sem.fastdds_*")
@@ -32,7 +35,7 @@ def _mapped_shm_files() -> set[str]:
 
 def pytest_configure(config: pytest.Config) -> None:
     # Runs in the controller before xdist workers spawn, so workers inherit these.
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    os.environ.update(LOOPBACK_DDS)  # the shipped Fast DDS profile: 127.0.0.1 + shared memory
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="roboloop_roslog_"))
     if "ROBOLOOP_TEST_DOMAIN_BASE" not in os.environ:
@@ -79,7 +82,4 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 @pytest.fixture(scope="session")
 def ros_env() -> dict[str, str]:
     """Environment for child processes that touch ROS (inherits the worker's private domain)."""
-    env = dict(os.environ)
-    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return _ros_env()

@@ -84,6 +84,8 @@ def test_bringup_build_resolves_every_package_and_executable_its_launch_files_na
         args = {"model_path": "/models/policy.onnx"} if path.name in MODEL_LAUNCH else {}
         info = load_launch_file(path, args, package_share=installed_share)
         assert info.nodes, path.name
+        profile = Path(info.env["FASTDDS_DEFAULT_PROFILES_FILE"])  # the installed DDS profile
+        assert profile.is_relative_to(install) and profile.is_file(), profile
         for node in info.nodes:
             exe = install / node.package / "lib" / node.package / node.executable
             assert os.access(exe, os.X_OK), f"{path.name}: {node.package}/{node.executable}"

@@ -23,6 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
 SRC = REPO / "ros2_ws" / "src"
 ROS_SERVICES = ["sim", "recorder", "policy"]
+# Where colcon (--install-base /ws/install) puts the Fast DDS profile of roboloop_node_common.
+INSTALLED_PROFILE = (
+    "/ws/install/roboloop_node_common/share/roboloop_node_common/config/fastdds_loopback.xml"
+)
 
 
 def compose() -> dict:
@@ -72,7 +76,8 @@ def test_dockerfile_references_exist(name):
                 assert (REPO / s).exists(), f"{name}: COPY source {s} missing"
     text = (DOCKER / name).read_text()
     assert "colcon build --base-paths ros2_ws/src" in text and (SRC).is_dir()
-    assert "ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST" in text
+    assert "ROS_AUTOMATIC_DISCOVERY_RANGE=SYSTEM_DEFAULT" in text
+    assert f"FASTDDS_DEFAULT_PROFILES_FILE={INSTALLED_PROFILE}" in text
     assert "torch==2.13.0" in text
     if name == "Dockerfile":
         assert "download.pytorch.org/whl/cpu" in text
@@ -83,6 +88,7 @@ def test_dockerfile_references_exist(name):
     entry = DOCKER / "entrypoint.sh"
     assert os.access(entry, os.X_OK)
     assert "/ws/install/setup.bash" in entry.read_text()
+    assert f"FASTDDS_DEFAULT_PROFILES_FILE={INSTALLED_PROFILE}" in entry.read_text()
     assert (DOCKER / f"{name}.dockerignore").is_file()
 
 
@@ -100,7 +106,8 @@ def test_compose_services_share_data_and_stay_on_host():
     assert images == built  # every image used is built by some service
     for name in ROS_SERVICES:
         env = c["services"][name]["environment"]
-        assert env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
+        assert env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SYSTEM_DEFAULT"
+        assert env["FASTDDS_DEFAULT_PROFILES_FILE"] == INSTALLED_PROFILE
         assert env["ROS_LOG_DIR"].startswith("/data")
         if name != "sim":
             assert c["services"][name]["network_mode"] == "service:sim"

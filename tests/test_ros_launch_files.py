@@ -17,13 +17,18 @@ import pytest
 import setuptools
 import yaml
 
-from demo.ros_processes import load_launch_file
+from demo.ros_processes import LOOPBACK_DDS, load_launch_file
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "ros2_ws" / "src"
 LAUNCH_FILES = sorted((REPO / "launch").glob("*.launch.py"))
 MY_LAUNCH = ["sim.launch.py", "record.launch.py"]
-MY_PACKAGES = ["roboloop_sim_bridge", "roboloop_recorder", "roboloop_bringup"]
+MY_PACKAGES = [
+    "roboloop_sim_bridge",
+    "roboloop_recorder",
+    "roboloop_bringup",
+    "roboloop_node_common",
+]
 
 
 def setup_kwargs(package: str, monkeypatch: pytest.MonkeyPatch) -> dict:
@@ -101,7 +106,7 @@ def test_launch_file_shape(name):
 @pytest.mark.parametrize("name", MY_LAUNCH)
 def test_launch_nodes_match_packages(name, monkeypatch):
     info = load_launch_file(REPO / "launch" / name)
-    assert info.env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
+    assert info.env == LOOPBACK_DDS  # every node gets the shipped loopback Fast DDS profile
     assert all(a.description for a in info.arguments.values())
     assert info.nodes, f"{name} starts no node"
     for node in info.nodes:
@@ -151,7 +156,8 @@ def test_ament_python_package_layout(package, monkeypatch):
     share = installed_share(package, monkeypatch)
     assert f"share/ament_index/resource_index/packages/{package}" in share
     assert f"share/{package}/package.xml" in share
-    for cfg_file in (root / "config").glob("*.yaml") if (root / "config").is_dir() else []:
+    configs = (root / "config").glob("*.[yx]ml") if (root / "config").is_dir() else []
+    for cfg_file in configs:
         assert f"share/{package}/config/{cfg_file.name}" in share
 
 

@@ -153,7 +153,9 @@ def test_arguments_described_and_used_consistently(name: str, fake_launch) -> No
     assert used <= set(declared), f"{name}: undeclared {sorted(used - set(declared))}"
     assert set(declared) <= used, f"{name}: declared but unused {sorted(set(declared) - used)}"
     env = {c.args[0]: c.args[1] for c in of_kind(calls, "SetEnvironmentVariable")}
-    assert env.get("ROS_AUTOMATIC_DISCOVERY_RANGE") == "LOCALHOST"
+    assert env.get("ROS_AUTOMATIC_DISCOVERY_RANGE") == "SYSTEM_DEFAULT"  # with the profile:
+    profile = share_path(env["FASTDDS_DEFAULT_PROFILES_FILE"])
+    assert profile == ("roboloop_node_common", "config", "fastdds_loopback.xml")
 
 
 def test_policy_launch_starts_the_installed_node_with_known_parameters(fake_launch) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from glob import glob
+
 from setuptools import find_packages, setup
 
 PACKAGE = "roboloop_node_common"
@@ -13,6 +15,8 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
+        # the Fast DDS profile the launch files and docker point FASTDDS_DEFAULT_PROFILES_FILE at
+        (f"share/{PACKAGE}/config", sorted(glob("config/*.xml"))),
     ],
     install_requires=["setuptools"],
     zip_safe=True,
