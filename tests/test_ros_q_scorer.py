@@ -172,7 +172,9 @@ def write_toy_q_function(path: Path) -> Path:
     """Q = mean of each proposal's action masks; NaN when the robot mask (channel 0) is empty.
 
     A real q_function graph in the export contract (onnx.helper, no torch): finite for
-    ordinary requests, NaN for one kind of finite request, to test the output check.
+    ordinary requests, NaN for one kind of finite request, to test the output check. A
+    (K, 2048) x (2048, 1024) product whose result is multiplied by 0 makes scoring take a few
+    ms per proposal batch, slower than a client can publish, as a real network is.
     """
     import json
 
@@ -191,6 +193,8 @@ def write_toy_q_function(path: Path) -> Path:
         numpy_helper.from_array(np.float32(0.5), "half"),
         numpy_helper.from_array(np.float32(0.0), "zero"),
         numpy_helper.from_array(np.array([-1, 1], np.int64), "shape"),
+        numpy_helper.from_array(np.array([-1, 2 * SIZE * SIZE], np.int64), "flat"),
+        numpy_helper.from_array(np.zeros((2 * SIZE * SIZE, 1024), np.float32), "work_w"),
     ]
     nodes = [
         helper.make_node("ReduceMean", ["action_masks"], ["q4"], axes=[1, 2, 3], keepdims=1),
@@ -201,7 +205,12 @@ def write_toy_q_function(path: Path) -> Path:
         helper.make_node("Sub", ["r", "half"], ["r_half"]),
         helper.make_node("Sqrt", ["r_half"], ["root"]),  # NaN below half
         helper.make_node("Mul", ["root", "zero"], ["nan_or_zero"]),
-        helper.make_node("Add", ["q", "nan_or_zero"], ["q_values"]),
+        helper.make_node("Add", ["q", "nan_or_zero"], ["q_nan"]),
+        helper.make_node("Reshape", ["action_masks", "flat"], ["a_flat"]),
+        helper.make_node("MatMul", ["a_flat", "work_w"], ["work"]),  # the slow part
+        helper.make_node("ReduceMean", ["work"], ["work_sum"], axes=[1], keepdims=1),
+        helper.make_node("Mul", ["work_sum", "zero"], ["no_work"]),
+        helper.make_node("Add", ["q_nan", "no_work"], ["q_values"]),
     ]
     model = helper.make_model(
         helper.make_graph(nodes, "toy_q", inputs, [output], inits),
