@@ -41,7 +41,7 @@ from sensor_msgs.msg import Image, JointState
 
 from learning.onnx_runner import ModelLoadError, OnnxPolicy
 from learning.policy_interface import check_control_rate
-from roboloop_policy.control import STALE, PolicyLoop
+from roboloop_policy.control import STALE, Command, PolicyLoop
 from roboloop_policy.observations import (
     BindingError,
     ObservationBinding,
@@ -308,7 +308,7 @@ class PolicyNode(LifecycleNode):
             loop.published(command, self.get_clock().now().nanoseconds)
         self._report(loop, command, before)
 
-    def _report(self, loop: PolicyLoop, command: Any, before: str) -> None:
+    def _report(self, loop: PolicyLoop, command: Command, before: str) -> None:
         """Log and count what a tick did that someone should know about."""
         if command.fault is not None:
             text = f"model output rejected, safe action published: {command.fault}"
