@@ -1,24 +1,27 @@
 """DDS bound to loopback (issue 8, defect 10): the sockets of running nodes.
 
 The sim bridge and the recorder run as `ros2 launch` would start them (record.launch.py,
-sim.launch.py through the launch stand-in, with the environment those files set) and record an
-episode, so messages flow. Then every socket each process owns is read from /proc: its socket
-inodes (/proc/<pid>/fd -> socket:[inode]) looked up in /proc/<pid>/net/{udp,udp6,tcp,tcp6},
-which list every socket of the network namespace. Every one must be bound to 127.0.0.1; with
+sim.launch.py through the launch stand-in, with the environment those files set) from a
+directory without data/ (the default output path, defect 9) and record an episode, so messages
+flow. Then every socket each process owns is read from /proc: its socket inodes
+(/proc/<pid>/fd -> socket:[inode]) looked up in /proc/<pid>/net/{udp,udp6,tcp,tcp6}, which list
+every socket of the network namespace. Every one must be bound to 127.0.0.1; with
 ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST alone, Fast DDS bound 0.0.0.0 and the external address.
+Last, SIGTERM (docker stop, launch's escalation) closes both nodes like SIGINT.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import time
 from pathlib import Path
 
 import pytest
 
 from demo.ros_processes import load_launch_file
-from episode_dataset import EpisodeReader
+from episode_dataset import EpisodeReader, validate_file
 
 pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
 
@@ -52,11 +55,12 @@ def _address(hex_address: str) -> str:
     return str(ipaddress.ip_address(words))
 
 
-def test_nodes_bind_loopback_only_and_still_talk(tmp_path, ros_env):
+def test_nodes_bind_loopback_only_talk_record_by_default_and_stop_on_sigterm(
+    tmp_path, ros_env, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # launch runs here; no data/ yet
     sim = load_launch_file(REPO / "launch/sim.launch.py")
-    record = load_launch_file(
-        REPO / "launch/record.launch.py", {"output_path": str(tmp_path / "rec.hdf5")}
-    )
+    record = load_launch_file(REPO / "launch/record.launch.py")
     sim.nodes[0].params["wait_for_subscribers"] = 1
     record.nodes[0].params["fsync"] = False
     procs = [
@@ -70,12 +74,19 @@ def test_nodes_bind_loopback_only_and_still_talk(tmp_path, ros_env):
             assert time.monotonic() < deadline, procs[0].log_text()[-2000:]
             time.sleep(0.05)
         sockets = {p.name: owned_inet_sockets(p.pid) for p in procs}
+        for p in procs:
+            p.popen.send_signal(signal.SIGTERM)
+        codes = [p.popen.wait(30) for p in procs]
     finally:
-        codes = [p.stop() for p in procs]
+        for p in procs:
+            p.stop()
     assert codes == [0, 0], [p.log_text()[-2000:] for p in procs]
-    with EpisodeReader(tmp_path / "rec.hdf5") as r:  # messages flowed over DDS
-        assert r.num_steps("demo_0") > 0
     for name, owned in sockets.items():
         assert owned, f"{name} holds no socket: is /proc readable?"
         elsewhere = [s for s in owned if s[1] != "127.0.0.1"]
         assert not elsewhere, f"{name} binds beyond loopback: {elsewhere}"
+    out = Path(record.nodes[0].params["output_path"])
+    assert not out.is_absolute()  # the default, relative to where launch runs
+    validate_file(tmp_path / out)
+    with EpisodeReader(tmp_path / out) as r:  # messages flowed over DDS
+        assert r.episodes[0] == "demo_0" and r.num_steps("demo_0") > 0

@@ -2,7 +2,7 @@
 
 Real console scripts and launch files (through demo.ros_processes' launch stand-in): a stop
 signal at any moment of start-up, bad ROS arguments, a recorder that cannot record in
-loop.launch.py, the default output path from a directory without data/, SIGTERM.
+loop.launch.py. The default output path and SIGTERM while recording: test_ros_dds_loopback.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from demo.ros_processes import RosProcess, load_launch_file, start_node
-from episode_dataset import EpisodeReader, validate_file
 
 pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
 
@@ -135,31 +134,3 @@ def test_loop_stops_when_the_recorder_cannot_record(tmp_path, ros_env, reacher_m
     assert codes == [0, 0, 1], [p.log_text()[-1500:] for p in launched.procs]
     for p in launched.procs:
         _no_traceback(p)
-
-
-def test_default_output_path_from_any_directory_and_sigterm(tmp_path, ros_env, monkeypatch):
-    """record.launch.py's default output path, from a directory without data/; SIGTERM (docker
-    stop, launch's escalation) closes the nodes like SIGINT and keeps every episode valid."""
-    monkeypatch.chdir(tmp_path)
-    sim = load_launch_file(REPO / "launch/sim.launch.py")
-    record = load_launch_file(REPO / "launch/record.launch.py", {"max_episodes": "1"})
-    sim.nodes[0].params["wait_for_subscribers"] = 1
-    record.nodes[0].params["fsync"] = False
-    procs = [
-        record.start(0, log_path=tmp_path / "recorder.log", env=ros_env),
-        sim.start(0, log_path=tmp_path / "sim.log", env=ros_env),
-    ]
-    try:
-        _wait(lambda: "episode demo_0 written" in procs[0].log_text(), 60, "demo_0", procs)
-        for p in procs:
-            p.popen.send_signal(signal.SIGTERM)
-        codes = [p.popen.wait(30) for p in procs]
-    finally:
-        for p in procs:
-            p.stop()
-    assert codes == [0, 0], [p.log_text()[-2000:] for p in procs]
-    out = Path(record.nodes[0].params["output_path"])
-    assert not out.is_absolute()  # relative to where launch runs
-    validate_file(tmp_path / out)
-    with EpisodeReader(tmp_path / out) as r:
-        assert r.episodes[0] == "demo_0" and r.num_steps("demo_0") > 0
