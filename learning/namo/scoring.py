@@ -70,14 +70,15 @@ class TorchQScorer:
     def __init__(self, model: Any, device: str = "cpu") -> None:
         import torch
 
+        from learning.checkpoint import load_lightning
         from learning.namo.model import QFunctionNet
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("TorchQScorer: device='cuda' requested but CUDA is not available")
-        if isinstance(model, (str, os.PathLike)):
-            model = QFunctionNet.load_from_checkpoint(model, map_location="cpu")
+        if isinstance(model, (str, os.PathLike)):  # weights only, the workspace's class
+            model = load_lightning(QFunctionNet, model)
         self.torch = torch
         self.device = torch.device(device)
         self.net = model.to(self.device).eval()
