@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from episode_dataset.pack import pack
-from episode_dataset.reader import EpisodeReader
+from episode_dataset.reader import EpisodeReader, h5_errors
 from episode_dataset.schema import ACTIONS, OBS, DatasetError, KeySpec
 from episode_dataset.validate import validate_file
 
@@ -57,11 +57,12 @@ def info(path: Path, max_episodes: int, console: Console) -> None:
         eps.add_column("meta")
         shown = r.episodes[:max_episodes]
         for ep in shown:
-            group = r.episode_group(ep)
-            arrays = [
-                f"{k}:{_short(ds.dtype)}[{', '.join(map(str, ds.shape))}]"
-                for k, ds in [(k, group[OBS][k]) for k in r.obs_specs] + [("act", group[ACTIONS])]
-            ]
+            names = {k: f"{OBS}/{k}" for k in r.obs_specs} | {"act": ACTIONS}
+            arrays = []
+            for label, name in names.items():
+                ds = r.dataset(ep, name)  # a missing or damaged key is one DatasetError line
+                with h5_errors(f"{path}: {ep}/{name}"):
+                    arrays.append(f"{label}:{_short(ds.dtype)}[{', '.join(map(str, ds.shape))}]")
             eps.add_row(
                 ep,
                 str(r.num_steps(ep)),

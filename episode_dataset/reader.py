@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +33,6 @@ from episode_dataset.schema import (
     KeySpec,
     attr_str,
     sort_demos,
-    specs_from_json,
 )
 
 
@@ -54,6 +56,25 @@ class IndexInfo:
         return all(v is None for v in self.links.values())
 
 
+# What h5py raises on damaged bytes, depending on where they hit: OSError (read errors, bad
+# checksums, truncation), KeyError (an object header it cannot open), ValueError / TypeError /
+# RuntimeError (a datatype, dataspace or link it cannot map). DatasetError is a ValueError and
+# passes through unchanged.
+H5_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError)
+
+
+@contextmanager
+def h5_errors(where: str, at: str = "") -> Iterator[None]:
+    """Turn what h5py raises on a damaged file into one DatasetError line naming `where` (the
+    file and the object being read) and `at` (e.g. " at steps [0, 12)")."""
+    try:
+        yield
+    except DatasetError:
+        raise
+    except H5_ERRORS as e:
+        raise DatasetError(f"{where}: unreadable{at} ({_first_line(e)})") from None
+
+
 def open_h5(path: Path, what: str = "") -> h5py.File:
     """Open read-only with a one-line DatasetError for missing or non-HDF5 files."""
     label = f"{what}: " if what else ""
@@ -69,49 +90,86 @@ def _first_line(e: BaseException) -> str:
     return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
-def _json_attr(attrs: h5py.AttributeManager, name: str, where: str) -> Any:
-    if name not in attrs:
-        raise DatasetError(f"{where}: missing attribute {name!r}")
+def json_attr(attrs: h5py.AttributeManager, name: str, where: str) -> Any:
+    """The JSON attribute `name`, or one DatasetError line (missing, unreadable, not JSON)."""
+    with h5_errors(f"{where}: attribute {name!r}"):
+        if name not in attrs:
+            raise DatasetError(f"{where}: missing attribute {name!r}")
+        text = attr_str(attrs[name])
     try:
-        return json.loads(attr_str(attrs[name]))
-    except (json.JSONDecodeError, TypeError) as e:
+        text.encode()  # h5py hands undecodable bytes over as lone surrogates
+        return json.loads(text)
+    except (json.JSONDecodeError, TypeError, UnicodeError) as e:
         raise DatasetError(f"{where}: attribute {name!r} is not valid JSON ({e})") from None
+
+
+def check_chunks(ds: h5py.Dataset, where: str) -> None:
+    """DatasetError unless every chunk the data covers is stored: HDF5 reads a chunk that its
+    (damaged) chunk index cannot find as the fill value, without an error."""
+    with h5_errors(where):
+        if ds.chunks is None or ds.size == 0:
+            return
+        grid = [range(0, size, step) for size, step in zip(ds.shape, ds.chunks, strict=True)]
+        stored: set[tuple[int, ...]] = set()
+        ds.id.chunk_iter(lambda chunk: stored.add(tuple(chunk.chunk_offset)))
+    missing = len(set(itertools.product(*grid)) - stored)
+    if missing:
+        raise DatasetError(f"{where}: {missing} chunks missing from the chunk index (damaged)")
+
+
+def require_group(parent: h5py.Group, name: str, where: str) -> h5py.Group:
+    """The group `name` of `parent` (`where` names the parent: file and object)."""
+    with h5_errors(f"{where}: {name!r}"):
+        obj = parent.get(name)
+    if not isinstance(obj, h5py.Group):
+        state = "missing" if obj is None else "not a"
+        raise DatasetError(f"{where}: {state} {name!r} group")
+    return obj
 
 
 def read_index(f: h5py.File, path: Path) -> IndexInfo:
     """Parse the small part of an open dataset file (index or packed)."""
-    if DATA not in f:
-        raise DatasetError(f"{path}: missing 'data' group")
-    data = f[DATA]
+    data = require_group(f, DATA, f"{path}")
     where = f"{path}: data"
-    env_args = _json_attr(data.attrs, ENV_ARGS, where)
+    env_args = json_attr(data.attrs, ENV_ARGS, where)
+    specs = json_attr(data.attrs, OBS_SPECS, where)
+    action = json_attr(data.attrs, ACTION_SPEC, where)
     try:
-        obs_specs = specs_from_json(attr_str(data.attrs[OBS_SPECS]))
-        action_spec = KeySpec.from_dict(_json_attr(data.attrs, ACTION_SPEC, where))
+        obs_specs = {k: KeySpec.from_dict(v) for k, v in specs.items()}
+        action_spec = KeySpec.from_dict(action)
+    except DatasetError:
+        raise
     except KeyError as e:
-        raise DatasetError(f"{where}: missing attribute or spec field {e}") from None
-    except (json.JSONDecodeError, TypeError) as e:
-        raise DatasetError(f"{where}: bad obs_specs/action_spec JSON ({e})") from None
-    if TOTAL not in data.attrs:
-        raise DatasetError(f"{where}: missing attribute 'total'")
+        raise DatasetError(f"{where}: missing spec field {e}") from None
+    except (AttributeError, TypeError, ValueError) as e:  # valid JSON of the wrong shape
+        raise DatasetError(f"{where}: bad obs_specs/action_spec ({_first_line(e)})") from None
+    with h5_errors(f"{where}: attribute 'total'"):
+        if TOTAL not in data.attrs:
+            raise DatasetError(f"{where}: missing attribute 'total'")
+        total = int(data.attrs[TOTAL])
+    with h5_errors(f"{where}: episode list"):
+        names = list(data.keys())
     try:
-        episodes = sort_demos(list(data.keys()))
+        episodes = sort_demos(names)
     except DatasetError as e:
         raise DatasetError(f"{where}: {e}") from None
     links: dict[str, tuple[str, str] | None] = {}
     for ep in episodes:
-        link = data.get(ep, getlink=True)
-        links[ep] = (link.filename, link.path) if isinstance(link, h5py.ExternalLink) else None
+        with h5_errors(f"{where}/{ep}: link"):
+            link = data.get(ep, getlink=True)
+            links[ep] = (link.filename, link.path) if isinstance(link, h5py.ExternalLink) else None
     num_samples = _read_lengths(f, path, episodes)
     filters = {}
-    if MASK in f:
-        for name, ds in f[MASK].items():
+    with h5_errors(f"{path}: {MASK}"):
+        masks = list(require_group(f, MASK, f"{path}").items()) if MASK in f else []
+    for name, ds in masks:
+        with h5_errors(f"{path}: {MASK}/{name}"):
             filters[name] = [attr_str(x) for x in ds[()]]
     return IndexInfo(
         path=path,
         episodes=episodes,
         num_samples=num_samples,
-        total=int(data.attrs[TOTAL]),
+        total=total,
         env_args=env_args,
         obs_specs=obs_specs,
         action_spec=action_spec,
@@ -121,21 +179,27 @@ def read_index(f: h5py.File, path: Path) -> IndexInfo:
 
 
 def _read_lengths(f: h5py.File, path: Path, episodes: list[str]) -> dict[str, int]:
-    if EPISODE_INDEX in f:
-        idx = f[EPISODE_INDEX]
-        names = [attr_str(x) for x in idx["demos"][()]]
-        lengths = [int(n) for n in idx[NUM_SAMPLES][()]]
+    with h5_errors(f"{path}: {EPISODE_INDEX}"):
+        indexed = EPISODE_INDEX in f
+    if indexed:
+        idx = require_group(f, EPISODE_INDEX, f"{path}")
+        with h5_errors(f"{path}: {EPISODE_INDEX}"):
+            names = [attr_str(x) for x in idx["demos"][()]]
+            lengths = [int(n) for n in idx[NUM_SAMPLES][()]]
         if sorted(names) != sorted(episodes) or len(lengths) != len(names):
             raise DatasetError(f"{path}: episode_index does not list the episodes in data/")
+        if any(n < 0 for n in lengths):
+            raise DatasetError(f"{path}: episode_index has a negative length")
         by_name = dict(zip(names, lengths, strict=True))
         return {ep: by_name[ep] for ep in episodes}
     # Plain robomimic file: lengths live on each demo group.
     out = {}
     for ep in episodes:
-        try:
-            out[ep] = int(f[DATA][ep].attrs[NUM_SAMPLES])
-        except KeyError:
-            raise DatasetError(f"{path}: {ep}: missing attribute 'num_samples'") from None
+        with h5_errors(f"{path}: {ep}: attribute 'num_samples'"):
+            attrs = f[DATA][ep].attrs
+            if NUM_SAMPLES not in attrs:
+                raise DatasetError(f"{path}: {ep}: missing attribute 'num_samples'")
+            out[ep] = int(attrs[NUM_SAMPLES])
     return out
 
 
@@ -208,9 +272,10 @@ class EpisodeReader:
 
     def episode_metadata(self, ep: str) -> dict[str, Any]:
         attrs = self.episode_group(ep).attrs
-        if META not in attrs:
-            return {}
-        return _json_attr(attrs, META, f"{self.path}: {ep}")
+        with h5_errors(f"{self.path}: {ep}: attribute {META!r}"):
+            if META not in attrs:
+                return {}
+        return json_attr(attrs, META, f"{self.path}: {ep}")
 
     # -- arrays ----------------------------------------------------------------------------
     def read_obs(self, ep: str, key: str, start: int = 0, stop: int | None = None) -> np.ndarray:
@@ -253,12 +318,15 @@ class EpisodeReader:
         self._check_ep(ep)
         link = self._info.links[ep]
         if link is None:
-            return self._index()[DATA][ep]
+            data = require_group(self._index(), DATA, f"{self.path}")
+            return require_group(data, ep, f"{self.path}: {DATA}")
         filename, obj = link
         shard = self._shard(filename, ep)
-        if obj not in shard:
+        with h5_errors(f"{self.path}: {ep}: shard {filename}"):
+            present = obj in shard
+        if not present:
             raise DatasetError(f"{self.path}: {ep}: shard {filename} has no object {obj}")
-        return shard[obj]
+        return require_group(shard, obj, f"{self.path}: {ep}: shard {filename}")
 
     # -- handles ---------------------------------------------------------------------------
     def dataset(self, ep: str, name: str) -> h5py.Dataset:
@@ -271,9 +339,16 @@ class EpisodeReader:
             if ds is not None:
                 return ds
         group = self.episode_group(ep)  # may evict shards (and their cache entries)
-        obj = group.get(name)
+        where = f"{self.path}: {ep}/{name}"
+        with h5_errors(where):
+            obj = group.get(name)
         if not isinstance(obj, h5py.Dataset):
-            raise DatasetError(f"{self.path}: {ep}/{name}: missing")
+            raise DatasetError(f"{where}: " + ("missing" if obj is None else "not a dataset"))
+        with h5_errors(where):
+            length = obj.shape[0] if obj.ndim else None
+        if length != self._info.num_samples[ep]:  # damaged dataspace, or a foreign file
+            raise DatasetError(f"{where}: length {length} != num_samples {self.num_steps(ep)}")
+        check_chunks(obj, where)
         cache = self._datasets.setdefault(ep, {})
         self._datasets.move_to_end(ep)
         cache[name] = obj
@@ -289,12 +364,8 @@ class EpisodeReader:
                 f"{self.path}: {ep}/{name}: window [{start}, {stop}) outside [0, {n}]"
             )
         ds = self.dataset(ep, name)
-        try:
+        with h5_errors(f"{self.path}: {ep}/{name}"):  # damaged chunk, checksum, datatype
             return ds[start:stop]
-        except OSError as e:  # damaged chunk: name the place instead of a bare HDF5 trace
-            raise DatasetError(
-                f"{self.path}: {ep}/{name}: unreadable ({_first_line(e)})"
-            ) from None
 
     def _check_ep(self, ep: str) -> None:
         if ep not in self._info.num_samples:

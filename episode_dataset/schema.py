@@ -157,10 +157,6 @@ def specs_to_json(specs: dict[str, KeySpec]) -> str:
     return json.dumps({k: s.to_dict() for k, s in specs.items()}, sort_keys=True)
 
 
-def specs_from_json(text: str) -> dict[str, KeySpec]:
-    return {k: KeySpec.from_dict(v) for k, v in json.loads(text).items()}
-
-
 def attr_str(value: Any) -> str:
     """h5py returns str attrs as str, but bytes when written by other tools."""
     return value.decode() if isinstance(value, bytes) else str(value)

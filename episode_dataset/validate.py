@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,7 +11,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from episode_dataset.reader import IndexInfo, open_h5, read_index
+from episode_dataset.reader import (
+    IndexInfo,
+    check_chunks,
+    h5_errors,
+    json_attr,
+    open_h5,
+    read_index,
+    require_group,
+)
 from episode_dataset.schema import (
     ACTIONS,
     DATA,
@@ -54,11 +61,8 @@ def validate_file(path: str | os.PathLike[str], *, check_data: bool = True) -> D
     with open_h5(path) as f:
         info = read_index(f, path)
         for ep in info.episodes:
-            with _episode_group(f, info, ep) as group:
-                try:
-                    _check_episode(path, ep, group, info, check_data)
-                except (OSError, KeyError, RuntimeError) as e:
-                    raise DatasetError(f"{path}: {ep}: unreadable ({_first_line(e)})") from None
+            with _episode_group(f, info, ep) as group, h5_errors(f"{path}: {ep}"):
+                _check_episode(path, ep, group, info, check_data)
     steps = sum(info.num_samples.values())
     if info.total != steps:
         raise DatasetError(
@@ -71,28 +75,24 @@ def validate_file(path: str | os.PathLike[str], *, check_data: bool = True) -> D
     return DatasetSummary(path, len(info.episodes), steps, info.packed)
 
 
-def _first_line(e: BaseException) -> str:
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
-
-
 @contextmanager
 def _episode_group(f: h5py.File, info: IndexInfo, ep: str) -> Iterator[h5py.Group]:
     path = info.path
     link = info.links[ep]
     if link is None:
-        obj = f[DATA][ep]
-        if not isinstance(obj, h5py.Group):
-            raise DatasetError(f"{path}: {ep}: not a group")
-        yield obj
+        yield require_group(require_group(f, DATA, f"{path}"), ep, f"{path}: {DATA}")
         return
     filename, objpath = link
     shard_path = path.parent / filename
     if not shard_path.exists():
         raise DatasetError(f"{path}: {ep}: broken external link, shard {filename} is missing")
+    where = f"{path}: {ep}: shard {filename}"
     with open_h5(shard_path, f"{path}: {ep}") as shard:
-        if objpath not in shard:
-            raise DatasetError(f"{path}: {ep}: shard {filename} has no object {objpath}")
-        yield shard[objpath]
+        with h5_errors(where):
+            present = objpath in shard
+        if not present:
+            raise DatasetError(f"{where} has no object {objpath}")
+        yield require_group(shard, objpath, where)
 
 
 def _check_episode(
@@ -107,10 +107,7 @@ def _check_episode(
             f"{where}: num_samples {n} != {info.num_samples[ep]} listed in episode_index"
         )
     if META in group.attrs:
-        try:
-            json.loads(attr_str(group.attrs[META]))
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{where}: attribute 'meta' is not valid JSON ({e})") from None
+        json_attr(group.attrs, META, where)
     if OBS not in group:
         raise DatasetError(f"{where}/obs: missing group")
     extra = sorted(set(group[OBS]) - set(info.obs_specs))
@@ -132,11 +129,31 @@ def _check_dataset(
     check_data: bool,
     kinds: str = "",
 ) -> None:
-    if name not in group:
+    with h5_errors(where):
+        ds = group.get(name)
+    if ds is None:
         raise DatasetError(f"{where}: missing")
-    ds = group[name]
     if not isinstance(ds, h5py.Dataset):
         raise DatasetError(f"{where}: not a dataset")
+    with h5_errors(where):
+        _check_layout(where, ds, n, spec, kinds)
+    if not check_data:
+        return
+    check_chunks(ds, where)
+    row_bytes = max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64)))
+    block = max(1, _SCAN_BYTES // row_bytes)
+    for start in range(0, n, block):
+        # checksum mismatch, truncated file, damaged datatype
+        with h5_errors(where, at=f" at steps [{start}, {min(n, start + block)})"):
+            rows = ds[start : start + block]
+        if ds.dtype.kind == "f":
+            bad = ~np.isfinite(rows.reshape(len(rows), -1)).all(axis=1)
+            if bad.any():
+                step = start + int(np.argmax(bad))
+                raise DatasetError(f"{where}: NaN/Inf at step {step}")
+
+
+def _check_layout(where: str, ds: h5py.Dataset, n: int, spec: KeySpec | None, kinds: str) -> None:
     if ds.ndim == 0 or ds.shape[0] != n:
         raise DatasetError(f"{where}: length {ds.shape[:1]} != num_samples {n}")
     if spec is not None:
@@ -153,20 +170,3 @@ def _check_dataset(
             raise DatasetError(f"{where}: shape {ds.shape} != ({n},)")
         if ds.dtype.kind not in kinds:
             raise DatasetError(f"{where}: dtype {ds.dtype} not allowed")
-    if not check_data:
-        return
-    row_bytes = max(1, ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64)))
-    block = max(1, _SCAN_BYTES // row_bytes)
-    for start in range(0, n, block):
-        try:
-            rows = ds[start : start + block]
-        except OSError as e:  # checksum mismatch, truncated file
-            raise DatasetError(
-                f"{where}: unreadable at steps [{start}, {min(n, start + block)}) "
-                f"({_first_line(e)})"
-            ) from None
-        if ds.dtype.kind == "f":
-            bad = ~np.isfinite(rows.reshape(len(rows), -1)).all(axis=1)
-            if bad.any():
-                step = start + int(np.argmax(bad))
-                raise DatasetError(f"{where}: NaN/Inf at step {step}")
