@@ -49,6 +49,14 @@ def control_rate_hz(env: gym.Env | None) -> float | None:
     return None if dt is None else round(1.0 / float(dt), 6)
 
 
+def action_space_args(space: gym.Space) -> dict[str, list[float]] | None:
+    """env_args["action_space"] = {"low", "high"} of a bounded Box, else None: training reads it
+    as the bounds an exported policy's actions are clipped to (`action_bounds`, source "env")."""
+    if not isinstance(space, gym.spaces.Box) or not space.is_bounded("both"):
+        return None
+    return {"low": space.low.astype(float).tolist(), "high": space.high.astype(float).tolist()}
+
+
 def observation_specs(space: gym.spaces.Dict) -> dict:
     specs = {}
     for key, box in space.spaces.items():
@@ -76,6 +84,7 @@ def collect(
     envs = vector_cls(fns, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
     make_policy = policy_factory(policy, envs, env_id, seed)
     policies = [make_policy(i) for i in range(num_envs)]
+    bounds = action_space_args(envs.single_action_space)
     writer = EpisodeWriter(
         out,
         obs_specs=observation_specs(envs.single_observation_space),
@@ -85,6 +94,7 @@ def collect(
             "type": "roboloop",
             "env_kwargs": {"camera": camera},
             "control_rate_hz": control_rate_hz(envs.envs[0] if hasattr(envs, "envs") else None),
+            **({"action_space": bounds} if bounds else {}),
         },
     )
     names: list[str] = []

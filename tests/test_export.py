@@ -10,6 +10,7 @@ import pytest
 import torch
 from test_learning_data import IMG, STATE_DIM, write_toy_dataset
 
+from episode_dataset import EpisodeReader
 from learning import export
 from learning.checkpoint import load_model
 from learning.onnx_runner import OnnxModel, OnnxPolicy
@@ -58,6 +59,14 @@ def test_metadata_follows_contract(trained: dict) -> None:
     assert (meta["obs_steps"], meta["horizon"], meta["n_action_steps"]) == (2, 4, 3)
     assert meta["action_dim"] == 2 and meta["control_rate_hz"] == 20.0
     assert meta["sampler"] == {"type": "euler", "steps": 10}
+    # No action space in the toy env_args: the range of the dataset's actions.
+    with EpisodeReader(trained["tmp"] / "img.hdf5") as data:
+        actions = np.concatenate([data.read_actions(ep) for ep in data.episodes])
+    assert meta["action_bounds"] == {
+        "low": actions.min(0).tolist(),
+        "high": actions.max(0).tolist(),
+        "source": "data",
+    }
     assert meta["normalization"]["baked"] is True
     assert set(meta["normalization"]["stats"]) == {"state", "image", "actions"}
     assert meta["training_config"]["model"]["_target_"].endswith("FlowBC")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from episode_dataset import EpisodeWriter, KeySpec
+from episode_dataset import DatasetError, EpisodeWriter, KeySpec
 from learning.data.episode_datamodule import ACTIONS, OBS, EpisodeDataModule
 from learning.normalization import Normalizer
 
@@ -21,19 +21,22 @@ def write_toy_dataset(
     image: bool = False,
     seed: int = 0,
     counting: bool = False,
+    action_space: dict | None = None,
 ) -> Path:
     """A learnable toy task: a point circles at a per-episode speed and phase,
     state = (cos, sin, speed, 1), action = the next (cos, sin): the whole chunk is a
     function of the observation. Optional image key.
 
     counting=True stores obs state[t] = 1000*episode + t and action[t] = (t, -t) instead, so
-    windows can be checked exactly.
+    windows can be checked exactly. `action_space` goes into env_args as the env's bounds.
     """
     rng = np.random.default_rng(seed)
     specs = {"state": KeySpec("float32", (STATE_DIM,))}
     if image:
         specs["image"] = KeySpec("uint8", IMG, encoding="rgb8")
     env_args = {"env_name": "toy", "control_rate_hz": 20.0}
+    if action_space is not None:
+        env_args["action_space"] = action_space
     with EpisodeWriter(path, specs, KeySpec("float32", (ACT_DIM,)), env_args, fsync=False) as w:
         for e in range(episodes):
             n = 12 + e % 5
@@ -144,3 +147,37 @@ def test_dataloader_workers_read_image_windows(tmp_path: Path) -> None:
     # Frame values equal the step index: history frames are consecutive or padded.
     steps = batch[OBS]["image"][:, :, 0, 0, 0].long()
     assert ((steps[:, 1:] - steps[:, :-1]) >= 0).all() and (steps[:, 2] - steps[:, 0] <= 2).all()
+
+
+def test_action_bounds_from_the_env_or_from_all_episodes(tmp_path: Path) -> None:
+    path = write_toy_dataset(tmp_path / "b.hdf5", episodes=10, counting=True)
+    dm = _dm(path)
+    every = np.concatenate([dm.reader.read_actions(ep) for ep in dm.reader.episodes])
+    bounds = dm.model_kwargs()["action_bounds"]
+    assert bounds == {
+        "low": every.min(0).tolist(),
+        "high": every.max(0).tolist(),
+        "source": "data",
+    }
+    # Every split counts, not only train: the longest episode may sit in val.
+    train = np.concatenate([dm.reader.read_actions(ep) for ep in dm.splits["train"]])
+    assert bounds["high"][0] >= train.max(0)[0] and bounds["low"][1] <= train.min(0)[1]
+
+    space = {"low": [-2.0, -3.0], "high": [2.0, 3.0]}
+    env = _dm(write_toy_dataset(tmp_path / "e.hdf5", episodes=3, action_space=space))
+    assert env.model_kwargs()["action_bounds"] == {**space, "source": "env"}
+
+
+@pytest.mark.parametrize(
+    "space",
+    [
+        {"low": [-1.0], "high": [1.0]},  # 1 value for 2 actions
+        {"low": [-1.0, -1.0], "high": [1.0, float("inf")]},
+        {"low": [1.0, -1.0], "high": [-1.0, 1.0]},
+        {"low": [-1.0, -1.0]},
+    ],
+)
+def test_bad_env_action_space_names_file_and_key(tmp_path: Path, space: dict) -> None:
+    path = write_toy_dataset(tmp_path / "bad.hdf5", episodes=3, action_space=space)
+    with pytest.raises(DatasetError, match=f"^{path}: env_args.action_space: "):
+        _dm(path)

@@ -86,6 +86,7 @@ def test_vectorized_collection_is_deterministic_and_valid(tmp_path) -> None:
     a, b = files
     assert [a.episode_metadata(e)["seed"] for e in a.episodes] == [7, 8, 9, 10, 11]
     assert a.env_args["control_rate_hz"] == pytest.approx(50.0)
+    assert a.env_args["action_space"] == {"low": [-1.0, -1.0], "high": [1.0, 1.0]}
     for ep in a.episodes:
         np.testing.assert_array_equal(a.read_obs(ep, "image"), b.read_obs(ep, "image"))
         np.testing.assert_array_equal(a.read_actions(ep), b.read_actions(ep))

@@ -46,7 +46,7 @@ def euler_sample(
 
 class FlowBC(L.LightningModule):
     """Flow-matching BC. Data-derived args (obs_specs, action_dim, normalization,
-    control_rate_hz) come from the DataModule's `model_kwargs()`."""
+    control_rate_hz, action_bounds) come from the DataModule's `model_kwargs()`."""
 
     def __init__(
         self,
@@ -62,6 +62,7 @@ class FlowBC(L.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         sampler_steps: int = 10,
         control_rate_hz: float | None = None,
+        action_bounds: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         # Plain data in hparams (checkpoint, metadata); factories are rebuilt from the config.
@@ -140,6 +141,9 @@ class FlowBC(L.LightningModule):
             "horizon": hp.horizon,
             "n_action_steps": hp.n_action_steps,
             "control_rate_hz": hp.control_rate_hz,
+            # {"low", "high", "source"}: where the served policy clips; absent in checkpoints
+            # older than the field (the ROS policy node refuses such a model).
+            **({"action_bounds": dict(hp.action_bounds)} if hp.action_bounds else {}),
             "normalization": {"baked": True, "stats": self.normalizer.stats},
             "sampler": {"type": "euler", "steps": hp.sampler_steps},
         }

@@ -179,6 +179,7 @@ class EpisodeDataModule(L.LightningDataModule):
                 self.stats[key] = compute_stats(data, mode)
         actions = np.concatenate([self.cache[ep][ACTIONS] for ep in train])
         self.stats[ACTIONS] = compute_stats(actions, self.normalization_modes["actions"])
+        self.action_bounds = self._action_bounds(episodes)
         self._prepared = True
         log.info(
             "%s: %d episodes -> %s",
@@ -196,6 +197,30 @@ class EpisodeDataModule(L.LightningDataModule):
             step = int(np.argmin(finite))
             raise DatasetError(f"{self.path}: {ep}/{name}: NaN/Inf at step {step}")
         return data
+
+    def _action_bounds(self, episodes: list[str]) -> dict[str, Any]:
+        """The bounds a served policy's actions are clipped to (export metadata
+        `action_bounds`): the env's action space when env_args carry it, else the range of the
+        actions of every episode read (all splits, not only train)."""
+        dim = int(self.reader.action_spec.shape[0])
+        space = self.reader.env_args.get("action_space")
+        if space is None:
+            actions = np.concatenate([self.cache[ep][ACTIONS] for ep in episodes])
+            low, high = actions.min(0), actions.max(0)
+            return {"low": low.tolist(), "high": high.tolist(), "source": "data"}
+        where = f"{self.path}: env_args.action_space"
+        try:
+            low = np.asarray(space["low"], dtype=np.float64)
+            high = np.asarray(space["high"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as err:
+            raise DatasetError(f"{where}: not {{low: [...], high: [...]}} ({err})") from None
+        if low.shape != (dim,) or high.shape != (dim,):
+            raise DatasetError(f"{where}: low/high of {dim} values expected for action_dim {dim}")
+        if not (np.isfinite(low).all() and np.isfinite(high).all() and (low <= high).all()):
+            raise DatasetError(
+                f"{where}: need finite low <= high, got {low.tolist()} .. {high.tolist()}"
+            )
+        return {"low": low.tolist(), "high": high.tolist(), "source": "env"}
 
     @property
     def control_rate_hz(self) -> float | None:
@@ -219,6 +244,7 @@ class EpisodeDataModule(L.LightningDataModule):
             "action_dim": int(self.reader.action_spec.shape[0]),
             "normalization": self.stats,
             "control_rate_hz": self.control_rate_hz,
+            "action_bounds": self.action_bounds,
         }
 
     # ---- Lightning hooks ---------------------------------------------------------------
