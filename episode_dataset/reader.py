@@ -158,6 +158,13 @@ def read_index(f: h5py.File, path: Path) -> IndexInfo:
         with h5_errors(f"{where}/{ep}: link"):
             link = data.get(ep, getlink=True)
             links[ep] = (link.filename, link.path) if isinstance(link, h5py.ExternalLink) else None
+        shard = Path(links[ep][0]) if links[ep] else None
+        if shard is not None and (shard.is_absolute() or ".." in shard.parts):
+            # The writer links `<file>.episodes/demo_<i>.h5`; a file may not make readers open
+            # any other path on the machine.
+            raise DatasetError(
+                f"{where}/{ep}: external link to {str(shard)!r} outside the dataset directory"
+            )
     num_samples = _read_lengths(f, path, episodes)
     filters = {}
     with h5_errors(f"{path}: {MASK}"):

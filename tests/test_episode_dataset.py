@@ -313,6 +313,16 @@ def _edit_index(path: Path, fn: Callable[[h5py.File], None]) -> None:
         fn(f)
 
 
+def _relink(path: Path, target: str) -> None:
+    """Point data/demo_1 of the index at `target` (an existing copy of the same shard)."""
+
+    def relink(f: h5py.File) -> None:
+        del f["data/demo_1"]
+        f["data/demo_1"] = h5py.ExternalLink(target, "/demo_1")
+
+    _edit_index(path, relink)
+
+
 CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
     "not_hdf5": (_garbage, r"x.hdf5: not a readable HDF5 file"),
     "no_data_group": (
@@ -380,6 +390,15 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
     "bad_meta": (
         lambda p: _edit_shard(p, lambda g: g.attrs.__setitem__("meta", "{not json")),
         r"x.hdf5: demo_1: attribute 'meta' is not valid JSON",
+    ),
+    # Shards are data under the dataset's own directory: a link elsewhere is refused unread.
+    "link_absolute": (
+        lambda p: _relink(p, str(_shard(p).resolve())),
+        r"x.hdf5: data/demo_1: external link to '/.*demo_1.h5' outside the dataset directory",
+    ),
+    "link_parent": (
+        lambda p: _relink(p, f"../{p.parent.name}/{_shard(p).relative_to(p.parent)}"),
+        r"x.hdf5: data/demo_1: external link to '\.\./.*' outside the dataset directory",
     ),
     "bad_episode_name": (
         lambda p: _edit_index(p, lambda f: f["data"].create_group("episode_x")),

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from test_learning_data import write_toy_dataset
@@ -237,3 +238,27 @@ def test_pickle_payload_does_not_run_on_resume(pickle_attack: tuple, tmp_path: P
     assert line.startswith("learning.train: ") and str(ckpt) in line and "posix.system" in line
     assert "Traceback" not in proc.stderr
     assert not marker.exists() and not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("loader", ["goal_mask", "q_function"])
+def test_npz_with_a_pickled_array_is_refused(tmp_path: Path, loader: str) -> None:
+    """Mask files (.npz) are arrays only: an object array (a pickle) is refused, never run."""
+    from learning.generative.masks import MaskFileError as GoalMaskError
+    from learning.generative.masks import load_sample
+    from learning.namo.data import MaskFileError, load_item
+
+    marker = tmp_path / "pwned"
+    source = sorted((REPO / "tests/data/namo_tiny").glob("*.npz"))[0]
+    with np.load(source) as npz:
+        arrays = dict(npz)
+    arrays["target_object"] = np.array([RunsShell(f"touch {marker}")], dtype=object)
+    path = tmp_path / source.name
+    np.savez(path, **arrays)
+    load, error = (
+        (load_sample, GoalMaskError) if loader == "goal_mask" else (load_item, MaskFileError)
+    )
+    with pytest.raises(error) as err:
+        load(path)
+    text = str(err.value)
+    assert str(path) in text and "'target_object'" in text and "\n" not in text, text
+    assert not marker.exists()

@@ -11,6 +11,7 @@ Legacy files name the first four `robot`, `goal`, `movable`, `static`. Masks are
 from __future__ import annotations
 
 import os
+import zipfile
 
 import numpy as np
 
@@ -37,12 +38,16 @@ class MaskFileError(ValueError):
 
 def _read_key(data: np.lib.npyio.NpzFile, key: str, path: str) -> np.ndarray:
     if key in data.files:
-        arr = data[key]
+        name = key
     elif key in LEGACY_KEYS and LEGACY_KEYS[key] in data.files:
-        arr = data[LEGACY_KEYS[key]]
+        name = LEGACY_KEYS[key]
     else:
         legacy = f" (or legacy {LEGACY_KEYS[key]!r})" if key in LEGACY_KEYS else ""
         raise MaskFileError(f"{path}: missing key {key!r}{legacy}; has {sorted(data.files)}")
+    try:
+        arr = data[name]  # allow_pickle=False: an object array (a pickle) raises, never runs
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise MaskFileError(f"{path}: key {name!r} unreadable ({err})") from None
     arr = np.asarray(arr, dtype=np.float32)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
@@ -57,7 +62,7 @@ def load_sample(path: str | os.PathLike, size: int | None = None) -> tuple[np.nd
     """Read one sample -> (context (5, S, S), target (S, S)) float32, resized to `size`."""
     path = os.fspath(path)
     try:
-        data = np.load(path)
+        data = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise MaskFileError(f"{path}: cannot read npz: {err}") from None
     with data:

@@ -101,9 +101,7 @@ def load_item(path: Path, image_size: int | None = None) -> dict[str, torch.Tens
     with npz:
         state = np.stack([_mask(npz, path, k) for k in STATE_KEYS])
         action = np.stack([_mask(npz, path, k) for k in ACTION_KEYS])
-        if TARGET_KEY not in npz.files:
-            raise MaskFileError(f"{path}: missing key {TARGET_KEY!r}")
-        q = np.asarray(npz[TARGET_KEY], dtype=np.float32)
+        q = np.asarray(_array(npz, path, TARGET_KEY), dtype=np.float32)
     if q.size != 1:
         raise MaskFileError(f"{path}: key {TARGET_KEY!r} has shape {q.shape}, expected a scalar")
     state_t, action_t = torch.from_numpy(state), torch.from_numpy(action)
@@ -116,10 +114,17 @@ def load_item(path: Path, image_size: int | None = None) -> dict[str, torch.Tens
     }
 
 
-def _mask(npz: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray:
+def _array(npz: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray:
     if key not in npz.files:
         raise MaskFileError(f"{path}: missing key {key!r}")
-    arr = npz[key]
+    try:
+        return npz[key]  # allow_pickle=False: an object array (a pickle) raises, never runs
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise MaskFileError(f"{path}: key {key!r} unreadable ({err})") from None
+
+
+def _mask(npz: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray:
+    arr = _array(npz, path, key)
     if arr.ndim != 2:
         raise MaskFileError(f"{path}: key {key!r} has shape {arr.shape}, expected (H, W)")
     return arr.astype(np.float32, copy=False)
@@ -230,7 +235,7 @@ class QFunctionDataModule(pl.LightningDataModule):
     def model_kwargs(self) -> dict[str, list[int]]:
         """Data-derived model argument for learning.train: the stored mask size (H, W)."""
         first = find_mask_files(self.data_dir)[0]
-        with np.load(first.path) as npz:
+        with np.load(first.path, allow_pickle=False) as npz:
             return {"input_shape": [int(d) for d in _mask(npz, first.path, STATE_KEYS[0]).shape]}
 
     @property
