@@ -137,6 +137,9 @@ def read_index(f: h5py.File, path: Path) -> IndexInfo:
     try:
         obs_specs = {k: KeySpec.from_dict(v) for k, v in specs.items()}
         action_spec = KeySpec.from_dict(action)
+        bad = [k for k in obs_specs if not (k.isprintable() and k and "/" not in k)]
+        if bad:
+            raise DatasetError(f"{where}: bad obs key {bad[0]!r} in obs_specs")
     except DatasetError:
         raise
     except KeyError as e:
@@ -159,6 +162,8 @@ def read_index(f: h5py.File, path: Path) -> IndexInfo:
             link = data.get(ep, getlink=True)
             links[ep] = (link.filename, link.path) if isinstance(link, h5py.ExternalLink) else None
         shard = Path(links[ep][0]) if links[ep] else None
+        if shard is not None and not str(shard).isprintable():
+            raise DatasetError(f"{where}/{ep}: external link to {str(shard)!r}: not a file name")
         if shard is not None and (shard.is_absolute() or ".." in shard.parts):
             # The writer links `<file>.episodes/demo_<i>.h5`; a file may not make readers open
             # any other path on the machine.
@@ -170,6 +175,8 @@ def read_index(f: h5py.File, path: Path) -> IndexInfo:
     with h5_errors(f"{path}: {MASK}"):
         masks = list(require_group(f, MASK, f"{path}").items()) if MASK in f else []
     for name, ds in masks:
+        if not (isinstance(name, str) and name.isprintable()):
+            raise DatasetError(f"{path}: {MASK}: bad filter name {name!r}")
         with h5_errors(f"{path}: {MASK}/{name}"):
             filters[name] = [attr_str(x) for x in ds[()]]
     return IndexInfo(
@@ -300,7 +307,8 @@ class EpisodeReader:
         return self._read(ep, REWARDS, start, stop)
 
     def read_dones(self, ep: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        return self._read(ep, DONES, start, stop)
+        """bool, also for files that store dones as 0/1 integers (robomimic)."""
+        return self._read(ep, DONES, start, stop) != 0
 
     def read_window(
         self, ep: str, start: int = 0, stop: int | None = None, keys: list[str] | None = None

@@ -47,7 +47,7 @@ SHARD_SUFFIX = ".h5"
 REWARD_DTYPE = np.dtype("float32")
 DONE_DTYPE = np.dtype("bool")
 
-_DEMO_RE = re.compile(r"^demo_(\d+)$")
+_DEMO_RE = re.compile(r"demo_([0-9]+)")  # fullmatch: no trailing newline, ASCII digits only
 
 
 class DatasetError(ValueError):
@@ -60,7 +60,7 @@ def demo_name(index: int) -> str:
 
 def demo_index(name: str) -> int:
     """`demo_12` -> 12; raises DatasetError for any other name."""
-    m = _DEMO_RE.match(name)
+    m = _DEMO_RE.fullmatch(name) if isinstance(name, str) else None
     if m is None:
         raise DatasetError(f"bad episode name {name!r} (expected demo_<int>)")
     return int(m.group(1))

@@ -400,6 +400,18 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
         lambda p: _relink(p, f"../{p.parent.name}/{_shard(p).relative_to(p.parent)}"),
         r"x.hdf5: data/demo_1: external link to '\.\./.*' outside the dataset directory",
     ),
+    "link_name_newline": (  # names from the file never break the one-line error
+        lambda p: _relink(p, "x.hdf5.episodes/demo\n1.h5"),
+        r"x.hdf5: data/demo_1: external link to 'x.hdf5.episodes/demo\\n1.h5': not a file name",
+    ),
+    "episode_name_newline": (
+        lambda p: _edit_index(p, lambda f: f["data"].create_group("demo_3\n")),
+        r"x.hdf5: data: bad episode name 'demo_3\\n'",
+    ),
+    "episode_name_not_utf8": (
+        lambda p: _edit_index(p, lambda f: f["data"].create_group(b"demo_\xff")),
+        r"x.hdf5: data: bad episode name .*demo_",
+    ),
     "bad_episode_name": (
         lambda p: _edit_index(p, lambda f: f["data"].create_group("episode_x")),
         r"x.hdf5: data: bad episode name 'episode_x'",
