@@ -60,9 +60,9 @@ MOMENTS = {
 def test_stop_signal_at_any_moment_of_start_up_exits_cleanly(
     tmp_path, ros_env, monkeypatch, moment
 ):
-    """Every node, started together, gets one stop signal at `moment`: exit 0, no traceback, at
-    most one line while importing. MUJOCO_GL is unset: the sim bridge must choose EGL itself
-    before mujoco loads (it renders a camera here)."""
+    """Every node, started together, gets a stop signal at `moment` and another one 0.2 s later:
+    exit 0, no traceback, at most one line while importing. MUJOCO_GL is unset: the sim bridge
+    must choose EGL itself before mujoco loads (it renders a camera here)."""
     signum, ready = MOMENTS[moment]
     monkeypatch.chdir(tmp_path)  # the recorder writes its default output path here
     env = {k: v for k, v in ros_env.items() if k != "MUJOCO_GL"}
@@ -80,6 +80,10 @@ def test_stop_signal_at_any_moment_of_start_up_exits_cleanly(
                 p.popen.send_signal(signum)
                 waiting.remove(p)
             time.sleep(0.002)
+        time.sleep(0.2)
+        for p in procs:  # Ctrl-C under `ros2 launch` reaches each node twice
+            if p.alive():
+                p.popen.send_signal(signum)
         codes = [p.popen.wait(30) for p in procs]
     finally:
         for p in procs:

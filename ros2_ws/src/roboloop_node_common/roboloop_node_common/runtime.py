@@ -16,7 +16,6 @@ busy loop under steady traffic and then serve a few callbacks per second
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -32,7 +31,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from rclpy.signals import SignalHandlerOptions
 
-from roboloop_node_common.entry import STOP_SIGNALS, catch_stop_signals
+from roboloop_node_common.entry import catch_stop_signals, ignore_stop_signals
 
 DIAGNOSTICS_TOPIC = "/diagnostics"
 DIAGNOSTICS_QOS = QoSProfile(depth=10)  # the /diagnostics convention: reliable, volatile
@@ -155,10 +154,7 @@ def run_node(
     worker.join()
     node.destroy_node()
     rclpy.try_shutdown(uninstall_handlers=False)
-    # Done: interpreter teardown resets Python-installed handlers to SIG_DFL, so a late second
-    # Ctrl-C would kill the finished process with -2. Ignored signals stay ignored.
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
+    ignore_stop_signals()  # done: a late second Ctrl-C must not kill the finished process
     if failure:
         err = failure[0]
         rclpy.logging.get_logger("roboloop").fatal(f"callback failed: {type(err).__name__}: {err}")
