@@ -7,6 +7,7 @@ loop.launch.py. The default output path and SIGTERM while recording: test_ros_dd
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -44,15 +45,28 @@ def _mapped(proc: RosProcess, library: str) -> bool:
         return True  # it already exited: signal it anyway, the exit code tells
 
 
+def _has_child(proc: RosProcess) -> bool:
+    """True while the process runs a child process (glfw's library probe, at configure)."""
+    tasks = Path(f"/proc/{proc.pid}/task")
+    try:
+        return any((task / "children").read_text().strip() for task in tasks.iterdir())
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
 UP = (": active", "configure failed")  # what each node logs once it has come up
 
-# When each node gets the signal: once rclpy's C library is loaded (mid-import, before the
-# original run_node installed its handlers), after a fixed delay, or once the node is up.
+# When each node's process group gets the signal (as from a terminal's Ctrl-C): once rclpy's C
+# library is loaded (mid-import, before the original run_node installed its handlers), after a
+# fixed delay, while it runs a child process or once it is up.
 MOMENTS = {
     "sigint-importing-rclpy": (signal.SIGINT, lambda p, age: _mapped(p, "librcl.so")),
     "sigterm-importing-rclpy": (signal.SIGTERM, lambda p, age: _mapped(p, "librcl.so")),
     "sigint-at-0.3s": (signal.SIGINT, lambda p, age: age > 0.3),
-    "sigint-up": (signal.SIGINT, lambda p, age: any(u in p.log_text() for u in UP)),
+    "sigint-child-or-up": (
+        signal.SIGINT,
+        lambda p, age: _has_child(p) or any(u in p.log_text() for u in UP),
+    ),
 }
 
 
@@ -77,13 +91,13 @@ def test_stop_signal_at_any_moment_of_start_up_exits_cleanly(
         while waiting:
             assert time.monotonic() < deadline, [p.log_text()[-1000:] for p in waiting]
             for p in [p for p in waiting if ready(p, time.monotonic() - started[p.pid])]:
-                p.popen.send_signal(signum)
+                os.killpg(p.pid, signum)  # each node leads its own process group
                 waiting.remove(p)
             time.sleep(0.002)
         time.sleep(0.2)
         for p in procs:  # Ctrl-C under `ros2 launch` reaches each node twice
             if p.alive():
-                p.popen.send_signal(signum)
+                os.killpg(p.pid, signum)
         codes = [p.popen.wait(30) for p in procs]
     finally:
         for p in procs:
