@@ -44,6 +44,7 @@ def _toy_checkpoint(path: Path) -> Path:
             "actions": {"mode": "min_max", "min": [-1.0] * act, "max": [1.0] * act},
         },
         "control_rate_hz": 50.0,
+        "action_bounds": {"low": [-1.0] * act, "high": [1.0] * act, "source": "env"},
     }
     torch.manual_seed(0)
     model = instantiate(cfg.model, _convert_="all", **kwargs)
