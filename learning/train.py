@@ -87,7 +87,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         # spinning threads made FBC training ~30x slower than one.
         torch.set_num_threads(int(cfg.torch_threads))
 
-    if cfg.get("ckpt_path"):
+    if cfg.get("ckpt_path") and cfg.ckpt_path not in ("last", "best", "hpc", "registry"):
         torch_load(cfg.ckpt_path)  # refuse a missing or hostile resume file before any work
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     model_kwargs = datamodule.model_kwargs() if hasattr(datamodule, "model_kwargs") else {}
