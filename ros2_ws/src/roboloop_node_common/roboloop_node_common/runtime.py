@@ -18,8 +18,9 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, Protocol, TypeVar
+from xml.etree import ElementTree
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -91,6 +92,30 @@ def publish_status(
     publisher.publish(array)
 
 
+def keep_discovery_local(environ: MutableMapping[str, str]) -> str | None:
+    """Fall back to LOCALHOST discovery where the environment would let DDS leave this machine.
+
+    SYSTEM_DEFAULT leaves discovery to the Fast DDS profile (the workspace's binds 127.0.0.1
+    only, docs/topics.md); without a profile file that parses it means multicast on every
+    interface, and so does an unset range. Both become LOCALHOST, with the returned warning.
+    An explicit SUBNET (a robot network, with SROS2) is respected.
+    """
+    current = environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "")
+    if current == "SYSTEM_DEFAULT":
+        profile = environ.get("FASTDDS_DEFAULT_PROFILES_FILE", "")
+        try:
+            ElementTree.parse(profile)  # Fast DDS ignores a file it cannot parse
+            return None
+        except (OSError, ElementTree.ParseError) as err:
+            why = f"SYSTEM_DEFAULT without a readable Fast DDS profile ({profile!r}: {err})"
+    elif current == "":
+        why = "ROS_AUTOMATIC_DISCOVERY_RANGE unset"
+    else:
+        return None
+    environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    return f"{why}: using LOCALHOST so that discovery stays on this machine"
+
+
 def run_node(
     make_node: Callable[[], RoboloopNode],
     args: list[str] | None = None,
@@ -111,6 +136,7 @@ def run_node(
     console scripts catch these signals before their imports (`roboloop_node_common.entry`).
     """
     stop = catch_stop_signals()
+    dds_warning = keep_discovery_local(os.environ)
     try:
         rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     except _rclpy.RCLError as err:  # rcl's message, without its C source locations
@@ -123,6 +149,8 @@ def run_node(
         rclpy.logging.get_logger("roboloop").fatal(f"bad parameter: {err}")
         rclpy.try_shutdown(uninstall_handlers=False)
         return EXIT_BAD_PARAMETER
+    if dds_warning:
+        node.get_logger().warning(dds_warning)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     exit_code: list[int] = []

@@ -150,3 +150,26 @@ def test_a_failing_callback_ends_the_process_with_1_after_on_exit(ros) -> None:
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "on_exit ran" in proc.stdout
     assert "callback failed: RuntimeError: sensor exploded" in proc.stderr
+
+
+def test_discovery_falls_back_to_localhost_unless_the_profile_or_subnet_is_chosen(tmp_path):
+    from roboloop_node_common.runtime import keep_discovery_local
+
+    profile = tmp_path / "profile.xml"
+    profile.write_text("<dds/>")
+    chosen = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "SYSTEM_DEFAULT"}
+    assert keep_discovery_local({**chosen, "FASTDDS_DEFAULT_PROFILES_FILE": str(profile)}) is None
+    broken = tmp_path / "broken.xml"
+    broken.write_text("<dds><profiles>")
+    for env in (
+        {**chosen, "FASTDDS_DEFAULT_PROFILES_FILE": str(tmp_path / "missing.xml")},
+        {**chosen, "FASTDDS_DEFAULT_PROFILES_FILE": str(broken)},
+        dict(chosen),
+        {},
+    ):
+        warning = keep_discovery_local(env)
+        assert env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
+        assert "using LOCALHOST" in warning
+    for kept in ("LOCALHOST", "SUBNET", "OFF"):
+        env = {"ROS_AUTOMATIC_DISCOVERY_RANGE": kept}
+        assert keep_discovery_local(env) is None and env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == kept
