@@ -178,7 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     run_nodes_until(
         [
             ("sim.launch.py", {"action_source": "expert", "seed": "0"}),
-            ("record.launch.py", {"output_path": str(expert_data)}),
+            # No episode begins after the last one: an interrupted one would be kept (shutdown).
+            (
+                "record.launch.py",
+                {"output_path": str(expert_data), "max_episodes": str(args.episodes)},
+            ),
         ],
         expert_data,
         args.episodes,

@@ -149,7 +149,8 @@ def encode_image(hwc: np.ndarray) -> tuple[int, int, str, int, bytes]:
 
 # ---- vectors and scalars -----------------------------------------------------------------
 def _finite_vector(values: Any, size: int | None, what: str) -> np.ndarray:
-    arr = np.asarray(values, dtype=np.float32)
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf: rejected just below
+        arr = np.asarray(values, dtype=np.float32)
     if size is not None and arr.size != size:
         raise MessageError("size", f"{what} has {arr.size} values, expected {size}")
     finite = np.isfinite(arr)
