@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from demo.ros_processes import start_node
+from demo.ros_processes import LOOPBACK_DDS, start_node
 
 NAME = "recorder_throughput"
 # Its own ROS domain (not the demo's): this bench floods topics and starts its own recorder.
@@ -268,7 +268,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
     duration = 10.0 if quick else 60.0
     tmp = Path(tempfile.mkdtemp(prefix="roboloop_bench_rec_"))
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    os.environ.update(LOOPBACK_DDS)  # DDS on 127.0.0.1 + shared memory, as the nodes use it
     os.environ.setdefault("ROS_LOG_DIR", str(tmp / "ros_log"))
     try:
         rows = [live(duration, tmp), *offline(duration, tmp)]

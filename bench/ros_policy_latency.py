@@ -40,8 +40,10 @@ NOTE = (
 
 
 def _ros_environment() -> None:
-    """Loopback discovery, a private domain and a local log dir for this process + children."""
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    """Loopback DDS, a private domain and a local log dir for this process + children."""
+    from demo.ros_processes import LOOPBACK_DDS
+
+    os.environ.update(LOOPBACK_DDS)  # DDS on 127.0.0.1 + shared memory, as the nodes use it
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randrange(91, 100)))
     os.environ.setdefault("ROS_LOG_DIR", tempfile.mkdtemp(prefix="bench_ros_log_"))
 

@@ -16,6 +16,7 @@ BRIDGE_YAML = REPO / "ros2_ws/src/roboloop_sim_bridge/config/sim_bridge.yaml"
 
 
 def test_bridge_publishes_and_applies_actions_from_another_process(tmp_path, ros_env):
+    from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import qos_profile_sensor_data
     from roboloop_recorder.probe import RosProbe
     from sensor_msgs.msg import Image, JointState
@@ -86,6 +87,32 @@ def test_bridge_publishes_and_applies_actions_from_another_process(tmp_path, ros
             assert len(got["state"][-1].position) == 10
             assert got["state"][-1].name[0] == "state_0"
             assert not any(d.data for d in got["done"])
+
+            # Malformed commands (the shared JointState decoder) are counted, never applied.
+            diagnostics: list[dict[str, str]] = []
+            node.create_subscription(
+                DiagnosticArray,
+                "/diagnostics",
+                lambda m: diagnostics.extend(
+                    {kv.key: kv.value for kv in status.values}
+                    for status in m.status
+                    if "sim_bridge" in status.name
+                ),
+                10,
+            )
+            for bad in (
+                JointState(effort=[float("nan"), 0.0]),
+                JointState(effort=[0.1, 0.2, 0.3]),
+                JointState(name=["a", "b", "c"], effort=[0.1, 0.2]),
+            ):
+                action_pub.publish(bad)
+                probe.spin_for(0.1)
+            probe.wait_for(
+                lambda: alive() and any(d.get("invalid_actions") == "3" for d in diagnostics),
+                10,
+                "3 invalid actions counted",
+            )
+            assert all(np.isfinite(m.effort).all() and len(m.effort) == 2 for m in got["applied"])
 
             before = len(got["state"])
             resp = probe.call(Trigger, "/sim_bridge/reset")

@@ -30,6 +30,7 @@ from rclpy.qos import (
     qos_profile_system_default,
 )
 from rclpy.time import Time
+from roboloop_node_common.codecs import MessageError, decode_joint_state, encode_image
 from roboloop_node_common.runtime import (
     DIAGNOSTICS_QOS,
     DIAGNOSTICS_TOPIC,
@@ -41,7 +42,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float32
 from std_srvs.srv import Trigger
 
-from roboloop_sim_bridge.runner import BadAction, SimRunner, TickResult
+from roboloop_sim_bridge.runner import SimRunner, TickResult
 
 # Named QoS decisions. Sensor streams: latest sample matters, loss tolerated (the recorder
 # adapts to best effort). Per-step events (reward/done/applied action): reliable, a few deep.
@@ -301,14 +302,12 @@ class SimBridgeNode(LifecycleNode):
         state.position = np.asarray(obs["state"], dtype=float).ravel().tolist()
         self._pubs["state"].publish(state)
         if "image" in self._pubs:
-            img = np.ascontiguousarray(obs["image"], dtype=np.uint8)
             msg = Image()
             msg.header = state.header
-            msg.height, msg.width = int(img.shape[0]), int(img.shape[1])
-            msg.encoding = "rgb8"
-            msg.is_bigendian = 0
-            msg.step = msg.width * 3
-            msg.data = img.tobytes()  # bytes, never a numpy array (ms vs us)
+            # data as bytes, never a numpy array (us vs ms)
+            msg.height, msg.width, msg.encoding, msg.step, msg.data = encode_image(
+                np.asarray(obs["image"], dtype=np.uint8)
+            )
             self._pubs["image"].publish(msg)
 
     # -- subscriptions / services ------------------------------------------------------------
@@ -316,8 +315,8 @@ class SimBridgeNode(LifecycleNode):
         if self._runner is None:
             return
         try:
-            action = self._runner.check_action(msg.effort)
-        except BadAction as e:
+            action = decode_joint_state(msg, "effort", self._runner.action_dim)
+        except MessageError as e:
             self._counts["invalid_actions"] += 1
             self.get_logger().warning(
                 f"{self.p('action_topic')}: rejected: {e}", throttle_duration_sec=2.0
