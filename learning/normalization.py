@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-EPS = 1e-6  # below this spread a dimension is treated as constant (scale 1, no blow-up)
+from learning.policy_interface import observation_affine
 
 
 def compute_stats(data: np.ndarray, mode: str) -> dict[str, Any]:
@@ -33,18 +33,9 @@ def compute_stats(data: np.ndarray, mode: str) -> dict[str, Any]:
 
 
 def affine(stats: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(center, scale) float32 of y = (x - center) / scale."""
-    mode = stats["mode"]
-    if mode == "image":
-        return np.zeros((), np.float32), np.full((), 255.0, np.float32)
-    if mode == "mean_std":
-        center, scale = np.asarray(stats["mean"]), np.asarray(stats["std"])
-    elif mode == "min_max":
-        lo, hi = np.asarray(stats["min"]), np.asarray(stats["max"])
-        center, scale = (hi + lo) / 2, (hi - lo) / 2
-    else:
-        raise ValueError(f"unknown normalization mode {mode!r}")
-    scale = np.where(scale < EPS, 1.0, scale)
+    """(center, scale) float32 of y = (x - center) / scale (the runtime's own computation, so
+    the graph and the policy node's observation checks agree)."""
+    center, scale = observation_affine(stats)
     return center.astype(np.float32), scale.astype(np.float32)
 
 

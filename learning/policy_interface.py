@@ -27,7 +27,7 @@ NOISE_INPUT = "noise"
 ACTIONS_OUTPUT = "actions"
 MAX_CONTROL_RATE_HZ = 1000.0  # above this a metadata rate is a bug, not a robot
 ACTION_BOUNDS_SOURCES = ("env", "data")
-SCALE_EPS = 1e-6  # a spread below this is a constant dimension (as learning.normalization)
+SCALE_EPS = 1e-6  # a spread below this is a constant dimension: scale 1, no blow-up
 
 
 class ModelInputError(ValueError):
@@ -117,7 +117,7 @@ def observation_affine(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(center, scale) of one key's normalization stats, checked: finite, spreads >= 0.
 
-    The torch-free twin of learning.normalization.affine: y = (x - center) / scale.
+    y = (x - center) / scale; learning.normalization bakes the same map into the graph.
     """
     mode = stats.get("mode")
     if mode == "image":
