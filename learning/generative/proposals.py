@@ -44,8 +44,18 @@ class GoalGenerator:
             raise ModelLoadError(
                 f"{model_path}: context_keys {meta.get('context_keys')} != {list(CONTEXT_KEYS)}"
             )
-        self.image_size = int(meta["image_size"])
-        self.threshold = float(meta.get("mask_threshold", 0.5))
+        try:
+            self.image_size = int(meta["image_size"])
+            self.threshold = float(meta.get("mask_threshold", 0.5))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ModelLoadError(
+                f"{model_path}: metadata image_size / mask_threshold unusable ({err!r})"
+            ) from None
+        if self.image_size < 1 or not 0.0 <= self.threshold <= 1.0:
+            raise ModelLoadError(
+                f"{model_path}: metadata image_size {self.image_size} must be >= 1 and "
+                f"mask_threshold {self.threshold} in [0, 1]"
+            )
         self.num_proposals = num_proposals
         self.rng = np.random.default_rng(seed)
 

@@ -68,3 +68,25 @@ def test_values_outside_the_unit_range_are_clipped_and_counted(models) -> None:
     out = generate(Stretched(), scene_msg(scene), 1 << 20)
     assert 0.0 <= out.hwk.min() and out.hwk.max() <= 1.0
     assert out.clipped == np.count_nonzero((out.hwk == 0.0) | (out.hwk == 1.0)) > 0
+
+
+@pytest.mark.parametrize("image_size", [None, "big", 0])
+def test_unusable_image_size_in_the_metadata_is_one_line(tmp_path, image_size) -> None:
+    import json
+
+    import onnx
+
+    from learning.onnx_runner import ModelLoadError
+
+    path = make_reference_generator(tmp_path / "g.onnx", S)
+    model = onnx.load(path)
+    prop = next(p for p in model.metadata_props if p.key == "roboloop")
+    meta = json.loads(prop.value)
+    if image_size is None:
+        del meta["image_size"]
+    else:
+        meta["image_size"] = image_size
+    prop.value = json.dumps(meta)
+    onnx.save(model, path)
+    with pytest.raises(ModelLoadError, match="image_size"):
+        GoalGenerator(path, K)
