@@ -58,7 +58,7 @@ def _toy_checkpoint(path: Path) -> Path:
 def _worker(backend: str, model_path: str, batch: int, iters: int) -> dict[str, float]:
     """Runs in a subprocess: time predict_action_chunk, return ms statistics."""
     if backend == "onnxruntime":
-        from learning.onnx_runner import OnnxPolicy
+        from roboloop_runtime import OnnxPolicy
 
         policy = OnnxPolicy(model_path, device="cpu", threads=1)
     else:

@@ -59,7 +59,7 @@ def _observations(metadata: Any, rng: np.random.Generator) -> dict[str, np.ndarr
 
 def in_process_latency(model_path: Path, iters: int) -> dict[str, float]:
     """predict_action_chunk at batch 1 (obs history built like the node does), ms."""
-    from learning.onnx_runner import OnnxPolicy
+    from roboloop_runtime import OnnxPolicy
 
     policy = OnnxPolicy(model_path, device="cpu", threads=1)
     m = policy.metadata
@@ -84,8 +84,7 @@ def ros_latency(model_path: Path, rate_hz: float, seconds: float, log_dir: Path)
     from sensor_msgs.msg import Image, JointState
 
     from demo.ros_processes import start_node
-    from learning.onnx_runner import OnnxModel
-    from learning.policy_interface import PolicyMetadata
+    from roboloop_runtime import OnnxModel, PolicyMetadata
 
     meta = PolicyMetadata.from_dict(OnnxModel(model_path, device="cpu").metadata)
     keys = list(meta.observations)

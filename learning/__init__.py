@@ -1,5 +1,4 @@
-"""Training, export and inference of roboloop policies.
+"""Training and export of roboloop models (PyTorch Lightning + Hydra).
 
-Importing this package must stay torch-free: the ROS policy node imports
-`learning.onnx_runner` and `learning.policy_interface` on machines without torch.
+Inference without torch lives in `roboloop_runtime`; this package builds on it.
 """

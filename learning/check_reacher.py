@@ -55,8 +55,8 @@ def check(
     """Run the whole check; returns returns/normalized score/timings."""
     import sim
     from learning.export import export_checkpoint
-    from learning.onnx_runner import OnnxPolicy
     from learning.train import compose_config, run
+    from roboloop_runtime import OnnxPolicy
     from sim.evaluate import evaluate_policy, make_expert_policy, normalized_score, random_policy
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -24,8 +24,7 @@ import onnx
 import torch
 
 from learning.checkpoint import CheckpointError, load_model
-from learning.onnx_runner import METADATA_KEY, OnnxModel
-from learning.policy_interface import FORMAT_VERSION
+from roboloop_runtime import FORMAT_VERSION, METADATA_KEY, OnnxModel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OPSET = 17

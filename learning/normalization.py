@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from learning.policy_interface import observation_affine
+from roboloop_runtime import observation_affine
 
 
 def compute_stats(data: np.ndarray, mode: str) -> dict[str, Any]:

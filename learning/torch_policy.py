@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from learning.checkpoint import load_model
-from learning.policy_interface import PolicyMetadata, QueuedChunkPolicy
+from roboloop_runtime import PolicyMetadata, QueuedChunkPolicy
 
 
 class TorchPolicy(QueuedChunkPolicy):

@@ -35,7 +35,7 @@ def policy_factory(name: str, env: gym.Env, env_id: str, seed: int) -> PolicyFac
         space = env.single_action_space
         return lambda i: RandomPolicy(space.low, space.high, seed + 1000 * i)
     if name.endswith(".onnx"):
-        from learning.onnx_runner import OnnxPolicy  # torch-free, imported only when used
+        from roboloop_runtime import OnnxPolicy  # torch-free, imported only when used
 
         if not Path(name).is_file():
             raise SystemExit(f"--policy {name}: no such ONNX file")

@@ -13,10 +13,9 @@ from test_learning_data import IMG, STATE_DIM, write_toy_dataset
 from episode_dataset import EpisodeReader
 from learning import export
 from learning.checkpoint import load_model
-from learning.onnx_runner import OnnxModel, OnnxPolicy
-from learning.policy_interface import Policy
 from learning.torch_policy import TorchPolicy
 from learning.train import compose_config, run
+from roboloop_runtime import OnnxModel, OnnxPolicy, Policy
 
 OBS_STEPS, HORIZON, N_ACT = 2, 4, 3
 

@@ -380,7 +380,7 @@ def test_tiny_training_lowers_val_loss(
 )
 def test_onnx_export_matches_torch_sampler(name: str, overrides: list[str], tmp_path: Path):
     from learning.export import export_model
-    from learning.onnx_runner import OnnxModel
+    from roboloop_runtime import OnnxModel
 
     cfg = compose_config(name, ["network=dit_tiny", "image_size=32", *overrides])
     torch.manual_seed(0)

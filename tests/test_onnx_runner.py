@@ -1,4 +1,4 @@
-"""learning.onnx_runner without torch: load errors, input checks, providers, action queue."""
+"""roboloop_runtime without torch: load errors, input checks, providers, action queue."""
 
 from __future__ import annotations
 
@@ -12,8 +12,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from learning.onnx_runner import ModelInputError, ModelLoadError, OnnxModel, OnnxPolicy
-from learning.policy_interface import Policy, PolicyMetadata
+from roboloop_runtime import (
+    ModelInputError,
+    ModelLoadError,
+    OnnxModel,
+    OnnxPolicy,
+    Policy,
+    PolicyMetadata,
+)
 
 OBS_STEPS, STATE_DIM, HORIZON, ACT_DIM = 2, 3, 4, 2
 
@@ -233,7 +239,7 @@ def test_policy_action_queue(toy: Path) -> None:
 
 def test_runner_is_torch_free() -> None:
     code = (
-        "import sys, learning, learning.onnx_runner, learning.policy_interface; "
+        "import sys, learning, roboloop_runtime, roboloop_runtime; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -184,7 +184,7 @@ def test_train_entry_lowers_val_mse_and_checkpoint_loads(
 
 def test_onnx_export_parity_and_metadata(tmp_path: Path) -> None:
     from learning.namo.export import export_q_function
-    from learning.onnx_runner import OnnxModel
+    from roboloop_runtime import OnnxModel
 
     torch.manual_seed(0)
     model = QFunctionNet(hidden_dim=32, image_size=32, encoder_channels=[8, 8, 8, 8]).eval()

@@ -169,7 +169,7 @@ def _vocabularies() -> dict[str, set[str]]:
 
     return {
         "record": {"true", "false"},  # IfCondition also takes 1/0; the launch files say true/false
-        "device": {"auto", "cpu", "cuda"},  # learning.onnx_runner.OnnxModel (checked below)
+        "device": {"auto", "cpu", "cuda"},  # roboloop_runtime.OnnxModel (checked below)
         "log_level": {s.name.lower() for s in LoggingSeverity if s is not LoggingSeverity.UNSET},
         "action_source": set(ACTION_SOURCES),
     }
@@ -215,7 +215,7 @@ def test_bad_value_is_refused_before_any_node_starts(name, argument):
 
 
 def test_device_choices_are_what_the_runner_accepts(tmp_path):
-    from learning.onnx_runner import OnnxModel
+    from roboloop_runtime import OnnxModel
 
     for device in _vocabularies()["device"]:
         with pytest.raises(Exception) as err:  # a missing file, after the device was accepted

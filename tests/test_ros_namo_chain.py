@@ -46,7 +46,6 @@ def test_generator_to_scorer_chain_across_processes(models, tmp_path: Path, ros_
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from roboloop_node_common.codecs import decode_image, encode_image
     from sensor_msgs.msg import Image
     from std_msgs.msg import Float32MultiArray
 
@@ -54,6 +53,7 @@ def test_generator_to_scorer_chain_across_processes(models, tmp_path: Path, ros_
     from learning.namo.keys import ACTION_KEYS, STATE_KEYS
     from learning.namo.layout import decode_response, join_request
     from learning.namo.scoring import OnnxQScorer
+    from roboloop_runtime.codecs import decode_image, encode_image
     from sim.namo.masks import proposal_masks
     from sim.namo.scene import doorway_scene
     from sim.namo.transition import Proposal, TransitionModel

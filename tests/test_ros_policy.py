@@ -31,7 +31,7 @@ from roboloop_policy.reference_model import make_reference_policy  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 
 from demo.ros_processes import RosProcess, load_launch_file, start_node  # noqa: E402
-from learning.onnx_runner import OnnxModel  # noqa: E402
+from roboloop_runtime import OnnxModel  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
 

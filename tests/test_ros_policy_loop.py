@@ -34,7 +34,7 @@ def test_policy_drives_the_sim_bridge(tmp_path: Path, ros_env: dict[str, str]) -
     from roboloop_recorder.probe import RosProbe
     from sensor_msgs.msg import Image, JointState
 
-    from learning.onnx_runner import OnnxModel
+    from roboloop_runtime import OnnxModel
 
     model_path = tmp_path / "reacher_reference.onnx"
     make_reference_policy(

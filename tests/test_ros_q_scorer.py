@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from roboloop_node_common.codecs import decode_image, encode_image
 
 from learning.namo.layout import LayoutError, decode_response, join_request, split_request
 from learning.namo.scoring import OnnxQScorer
+from roboloop_runtime.codecs import decode_image, encode_image
 
 PKG = Path(__file__).resolve().parents[1] / "ros2_ws" / "src" / "roboloop_namo"
 SIZE = 32

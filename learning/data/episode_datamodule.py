@@ -7,7 +7,7 @@ For the step t of an episode of length T, a sample is
     actions:  (horizon, A)         actions t .. t+horizon-1, the last action repeated
                                    where the chunk runs past the episode end
 
-(the same convention as `learning.policy_interface`). Episodes, never single steps, are split
+(the same convention as `roboloop_runtime`). Episodes, never single steps, are split
 into train/val(/test) with a seeded permutation. Normalization statistics are computed once,
 from the train split, and handed to the model through `model_kwargs()`.
 Images are read window by window through the reader; only low-dim keys are cached.

@@ -11,8 +11,7 @@ import os
 import numpy as np
 
 from learning.generative.masks import CONTEXT_KEYS, resize_area
-from learning.onnx_runner import ModelLoadError, OnnxModel
-from learning.policy_interface import check_output
+from roboloop_runtime import ModelLoadError, OnnxModel, check_output
 
 GOAL_MASKS_OUTPUT = "goal_masks"
 

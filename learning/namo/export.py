@@ -26,8 +26,7 @@ from learning.checkpoint import CheckpointError, load_lightning
 from learning.export import code_version
 from learning.namo.keys import ACTION_CHANNELS, STATE_CHANNELS
 from learning.namo.model import ACTION_INPUT, Q_OUTPUT, STATE_INPUT, QFunctionNet
-from learning.onnx_runner import METADATA_KEY
-from learning.policy_interface import FORMAT_VERSION
+from roboloop_runtime import FORMAT_VERSION, METADATA_KEY
 
 USAGE = (
     "usage: python -m learning.namo.export ckpt=PATH out=FILE.onnx [height=H] [width=W] [opset=18]"

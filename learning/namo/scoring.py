@@ -42,10 +42,10 @@ def _result(q: np.ndarray, start: float) -> ScoreResult:
 
 
 class OnnxQScorer:
-    """onnxruntime backend (learning.onnx_runner.OnnxModel; model_type must be q_function)."""
+    """onnxruntime backend (roboloop_runtime.OnnxModel; model_type must be q_function)."""
 
     def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None):
-        from learning.onnx_runner import ModelLoadError, OnnxModel
+        from roboloop_runtime import ModelLoadError, OnnxModel
 
         self.model = OnnxModel(path, device=device, threads=threads)
         if self.model.metadata["model_type"] != "q_function":

@@ -19,7 +19,6 @@ from typing import Any
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
-from roboloop_node_common.codecs import MessageError, encode_image
 from roboloop_node_common.faults import WARN, FaultLog, SequenceGaps
 from roboloop_node_common.runtime import (
     DIAGNOSTICS_QOS,
@@ -31,8 +30,9 @@ from roboloop_node_common.runtime import (
 )
 from sensor_msgs.msg import Image
 
-from learning.onnx_runner import ModelLoadError, ModelOutputError
 from roboloop_goal_generator.generator import GoalGenerator, SceneError, generate
+from roboloop_runtime import ModelLoadError, ModelOutputError
+from roboloop_runtime.codecs import MessageError, encode_image
 
 NODE_NAME = "goal_generator"
 # Scenes are requests: reliable, only the newest matters.

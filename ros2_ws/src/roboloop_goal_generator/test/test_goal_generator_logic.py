@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from roboloop_goal_generator.generator import GoalGenerator, SceneError, generate
 from roboloop_goal_generator.reference_model import make_reference_generator
-from roboloop_node_common.codecs import MessageError, encode_image
 from sensor_msgs.msg import Image
 
-from learning.policy_interface import ModelOutputError
+from roboloop_runtime import ModelOutputError
+from roboloop_runtime.codecs import MessageError, encode_image
 
 K, S = 3, 8
 
@@ -76,7 +76,7 @@ def test_unusable_image_size_in_the_metadata_is_one_line(tmp_path, image_size) -
 
     import onnx
 
-    from learning.onnx_runner import ModelLoadError
+    from roboloop_runtime import ModelLoadError
 
     path = make_reference_generator(tmp_path / "g.onnx", S)
     model = onnx.load(path)

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from roboloop_node_common.codecs import MessageError, decode_image, image_encoding
 
 from learning.namo.layout import LayoutError, proposals_in, response_dims, split_request
 from learning.namo.scoring import QScorer
-from learning.policy_interface import ModelOutputError, check_output
+from roboloop_runtime import ModelOutputError, check_output
+from roboloop_runtime.codecs import MessageError, decode_image, image_encoding
 
 
 @dataclass(frozen=True)

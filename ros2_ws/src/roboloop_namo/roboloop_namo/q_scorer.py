@@ -24,7 +24,6 @@ from typing import Any
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from roboloop_node_common.codecs import MessageError
 from roboloop_node_common.faults import FaultLog, SequenceGaps
 from roboloop_node_common.runtime import (
     DIAGNOSTICS_QOS,
@@ -38,8 +37,9 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 
 from learning.namo.scoring import OnnxQScorer
-from learning.onnx_runner import ModelLoadError, ModelOutputError
 from roboloop_namo.core import RequestLimits, ScoringStats, score_request
+from roboloop_runtime import ModelLoadError, ModelOutputError
+from roboloop_runtime.codecs import MessageError
 
 NODE_NAME = "q_scorer"
 # Requests and responses are commands/results: reliable; requests are large images, so the

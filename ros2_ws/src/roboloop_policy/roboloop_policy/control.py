@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from learning.policy_interface import ModelOutputError, Policy
 from roboloop_policy.safety import ActionGuard
+from roboloop_runtime import ModelOutputError, Policy
 
 WAITING = "waiting_for_observations"  # some key never received: nothing is published
 RUNNING = "running"

@@ -27,7 +27,6 @@ from rclpy.qos import (
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
-from roboloop_node_common.codecs import IMAGE, MessageError, ns_to_stamp, stamp_to_ns
 from roboloop_node_common.faults import ERROR, WARN, FaultLog
 from roboloop_node_common.runtime import (
     DIAGNOSTICS_QOS,
@@ -39,8 +38,6 @@ from roboloop_node_common.runtime import (
 )
 from sensor_msgs.msg import Image, JointState
 
-from learning.onnx_runner import ModelLoadError, OnnxPolicy
-from learning.policy_interface import check_control_rate
 from roboloop_policy.control import STALE, Command, PolicyLoop
 from roboloop_policy.observations import (
     BindingError,
@@ -49,6 +46,8 @@ from roboloop_policy.observations import (
     decode,
 )
 from roboloop_policy.safety import DEFAULT_MAX_NORMALIZED, ObservationRange
+from roboloop_runtime import ModelLoadError, OnnxPolicy, check_control_rate
+from roboloop_runtime.codecs import IMAGE, MessageError, ns_to_stamp, stamp_to_ns
 
 NODE_NAME = "policy_node"
 # Observations are sensor streams: best effort, shallow; the newest sample is all we use.

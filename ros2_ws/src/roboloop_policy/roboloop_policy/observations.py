@@ -8,7 +8,7 @@ metadata, the only bridge from training to the robot:
 
 `bind_observations` checks the node's topic -> key parameters against the metadata at configure
 time; `decode` turns one received message into the array for its key with the shared decoders
-(roboloop_node_common.codecs) and rejects values absurdly far from the training data's
+(roboloop_runtime.codecs) and rejects values absurdly far from the training data's
 normalization stats, or raises `MessageError` (whose `reason` the node counts per topic; such a
 message is dropped, never fed to the model).
 """
@@ -20,16 +20,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from roboloop_node_common.codecs import (
+
+from roboloop_policy.safety import ObservationRange
+from roboloop_runtime import ObsSpec
+from roboloop_runtime.codecs import (
     IMAGE,
     JOINT_STATE,
     JOINT_STATE_FIELDS,
     decode_image,
     decode_joint_state,
 )
-
-from learning.policy_interface import ObsSpec
-from roboloop_policy.safety import ObservationRange
 
 
 class BindingError(ValueError):

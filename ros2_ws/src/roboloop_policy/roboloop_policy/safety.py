@@ -16,9 +16,9 @@ keeps every plausible out-of-distribution value and drops the absurd (±1e38).
 from __future__ import annotations
 
 import numpy as np
-from roboloop_node_common.codecs import MessageError
 
-from learning.policy_interface import ACTIONS_OUTPUT, ActionBounds, check_output
+from roboloop_runtime import ACTIONS_OUTPUT, ActionBounds, check_output
+from roboloop_runtime.codecs import MessageError
 
 DEFAULT_MAX_NORMALIZED = 1e3
 RE_EXPORT = "re-export it with `python -m learning.export` (the export writes them)"

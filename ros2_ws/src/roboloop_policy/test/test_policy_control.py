@@ -16,7 +16,7 @@ from roboloop_policy.control import (
 )
 from roboloop_policy.reference_model import ReferencePolicy, make_reference_policy
 
-from learning.onnx_runner import OnnxPolicy
+from roboloop_runtime import OnnxPolicy
 
 PERIOD = 0.05
 PERIOD_NS = int(PERIOD * 1e9)

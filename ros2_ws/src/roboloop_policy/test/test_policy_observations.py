@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from roboloop_node_common.codecs import IMAGE, JOINT_STATE, MessageError
 from roboloop_policy.observations import BindingError, bind_observations, decode
 from roboloop_policy.safety import ObservationRange
 from sensor_msgs.msg import Image, JointState
 
-from learning.policy_interface import ObsSpec
+from roboloop_runtime import ObsSpec
+from roboloop_runtime.codecs import IMAGE, JOINT_STATE, MessageError
 
 IMG = ObsSpec((4, 5, 3), "uint8")
 STATE = ObsSpec((3,), "float32")

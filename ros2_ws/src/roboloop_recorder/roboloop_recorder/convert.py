@@ -1,6 +1,6 @@
 """Recorded topic -> (stamp, numpy array) through the shared decoders (no rclpy).
 
-Decoding is `roboloop_node_common.codecs`, the one decoder per message type every node uses, so
+Decoding is `roboloop_runtime.codecs`, the one decoder per message type every node uses, so
 the recorder and the policy node accept and reject the same messages (row-padded images
 accepted, JointStates whose names disagree with their values rejected). This module only picks
 the decoder and its expectations from a `TopicSpec`. A converter returns the array; `convert`
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from roboloop_node_common import codecs
-from roboloop_node_common.codecs import MessageError
 
 from roboloop_recorder.topics import TopicSpec
+from roboloop_runtime import codecs
+from roboloop_runtime.codecs import MessageError
 
 __all__ = ["CONVERTERS", "Converter", "MessageError", "convert"]
 

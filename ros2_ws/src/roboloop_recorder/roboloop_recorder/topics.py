@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from roboloop_node_common.codecs import (
+from episode_dataset import ACTIONS, DONES, OBS, REWARDS, KeySpec
+from roboloop_runtime.codecs import (
     BOOL,
     FLOAT32,
     FLOAT32_MULTI_ARRAY,
@@ -22,8 +23,6 @@ from roboloop_node_common.codecs import (
     JOINT_STATE,
     JOINT_STATE_FIELDS,
 )
-
-from episode_dataset import ACTIONS, DONES, OBS, REWARDS, KeySpec
 
 SUPPORTED_TYPES = (IMAGE, JOINT_STATE, FLOAT32_MULTI_ARRAY, FLOAT32, BOOL)
 SCALAR_TYPES = {FLOAT32: "float32", BOOL: "bool"}

@@ -1,6 +1,6 @@
 """Parameter parsing, message validation/conversion and QoS choice (ROS-free, duck-typed).
 
-The decoding rules themselves are tested with roboloop_node_common.codecs; these tests pin down
+The decoding rules themselves are tested with roboloop_runtime.codecs; these tests pin down
 what the recorder asks of them.
 """
 

@@ -30,7 +30,6 @@ from rclpy.qos import (
     qos_profile_system_default,
 )
 from rclpy.time import Time
-from roboloop_node_common.codecs import MessageError, decode_joint_state, encode_image
 from roboloop_node_common.runtime import (
     DIAGNOSTICS_QOS,
     DIAGNOSTICS_TOPIC,
@@ -42,6 +41,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float32
 from std_srvs.srv import Trigger
 
+from roboloop_runtime.codecs import MessageError, decode_joint_state, encode_image
 from roboloop_sim_bridge.runner import SimRunner, TickResult
 
 # Named QoS decisions. Sensor streams: latest sample matters, loss tolerated (the recorder

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from roboloop_node_common.codecs import (
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, Float32, Float32MultiArray
+
+from roboloop_runtime.codecs import (
     MessageError,
     decode_bool,
     decode_float32,
@@ -15,8 +18,6 @@ from roboloop_node_common.codecs import (
     ns_to_stamp,
     stamp_to_ns,
 )
-from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Bool, Float32, Float32MultiArray
 
 RNG = np.random.default_rng(0)
 

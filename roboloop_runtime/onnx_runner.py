@@ -2,7 +2,7 @@
 
     model = OnnxModel("policy.onnx", device="auto")    # .metadata, .provider, .fallback_reason
     out = model.run({"obs.state": x, "noise": z})      # checked against the metadata first
-    policy = OnnxPolicy("policy.onnx", seed=0)          # implements learning.policy_interface
+    policy = OnnxPolicy("policy.onnx", seed=0)          # implements roboloop_runtime.policy
 
 The contract (input names, shapes, metadata JSON) is documented in docs/export_contract.md.
 """
@@ -16,35 +16,21 @@ from typing import Any
 
 import numpy as np
 
-from learning.policy_interface import (
+from roboloop_runtime.contract import (
     ACTIONS_OUTPUT,
     FORMAT_VERSION,
+    METADATA_KEY,
     NOISE_INPUT,
     OBS_INPUT_PREFIX,
     ModelInputError,
-    ModelOutputError,
-    PolicyMetadata,
-    QueuedChunkPolicy,
+    ModelLoadError,
 )
-
-__all__ = [
-    "METADATA_KEY",
-    "ModelInputError",
-    "ModelLoadError",
-    "ModelOutputError",
-    "OnnxModel",
-    "OnnxPolicy",
-]
+from roboloop_runtime.policy import PolicyMetadata, QueuedChunkPolicy
 
 log = logging.getLogger(__name__)
 
-METADATA_KEY = "roboloop"  # metadata_props key holding the JSON contract
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-
-
-class ModelLoadError(RuntimeError):
-    """The model file is missing, unreadable, not ONNX, or lacks roboloop metadata."""
 
 
 def _import_ort() -> Any:

@@ -14,130 +14,18 @@ action queue, so subclasses (`TorchPolicy`, `OnnxPolicy`) only implement the bat
 from __future__ import annotations
 
 import collections
-import math
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-FORMAT_VERSION = 1
-OBS_INPUT_PREFIX = "obs."  # ONNX input name of observation key k is "obs.<k>"
-NOISE_INPUT = "noise"
-ACTIONS_OUTPUT = "actions"
-MAX_CONTROL_RATE_HZ = 1000.0  # above this a metadata rate is a bug, not a robot
-ACTION_BOUNDS_SOURCES = ("env", "data")
-SCALE_EPS = 1e-6  # a spread below this is a constant dimension: scale 1, no blow-up
-
-
-class ModelInputError(ValueError):
-    """An observation/feed does not match the model's declared inputs (names the input)."""
-
-
-class ModelOutputError(ValueError):
-    """A model output that must not be used (wrong shape, NaN/Inf); `reason` is its counter."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-
-
-def check_output(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
-    """`value` as an array if it has `shape` and only finite values, else ModelOutputError."""
-    arr = np.asarray(value)
-    if arr.shape != shape:
-        raise ModelOutputError(
-            "shape", f"model output {name!r} has shape {arr.shape}, expected {shape}"
-        )
-    finite = np.isfinite(arr)
-    if not finite.all():
-        bad = arr[~finite]
-        raise ModelOutputError(
-            "nonfinite", f"model output {name!r} holds {bad.size} non-finite values ({bad[0]})"
-        )
-    return arr
-
-
-@dataclass(frozen=True)
-class ObsSpec:
-    """Shape and dtype of one observation key for a single step (no batch, no time axis)."""
-
-    shape: tuple[int, ...]
-    dtype: str  # numpy dtype name: "float32" for low-dim, "uint8" for images
-
-
-def check_control_rate(rate_hz: float, what: str = "control_rate_hz") -> float:
-    """`rate_hz` if it is a rate a robot can run at (0, MAX_CONTROL_RATE_HZ], else ValueError."""
-    if not (math.isfinite(rate_hz) and 0 < rate_hz <= MAX_CONTROL_RATE_HZ):
-        raise ValueError(f"{what} {rate_hz:g} Hz is outside (0, {MAX_CONTROL_RATE_HZ:g}] Hz")
-    return float(rate_hz)
-
-
-def _finite_vector(values: Any, size: int, what: str) -> np.ndarray:
-    arr = np.asarray(values, dtype=np.float64).reshape(-1)
-    if arr.size != size:
-        raise ValueError(f"{what} has {arr.size} values, expected {size}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{what} holds non-finite values")
-    return arr
-
-
-@dataclass(frozen=True)
-class ActionBounds:
-    """Per-dimension action limits (dataset units) and where they came from (env or data)."""
-
-    low: tuple[float, ...]
-    high: tuple[float, ...]
-    source: str
-
-    @classmethod
-    def from_dict(cls, bounds: Mapping[str, Any]) -> ActionBounds:
-        """Parse and check `{"low": [A], "high": [A], "source": "env" | "data"}`."""
-        try:
-            low = _finite_vector(bounds["low"], np.size(bounds["low"]), "action_bounds.low")
-            high = _finite_vector(bounds["high"], low.size, "action_bounds.high")
-            source = str(bounds["source"])
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"action_bounds {bounds!r} is not {{low, high, source}}") from err
-        if (low > high).any():
-            i = int(np.flatnonzero(low > high)[0])
-            raise ValueError(f"action_bounds low[{i}]={low[i]:g} > high[{i}]={high[i]:g}")
-        if source not in ACTION_BOUNDS_SOURCES:
-            raise ValueError(
-                f"action_bounds.source {source!r} is not one of {ACTION_BOUNDS_SOURCES}"
-            )
-        return cls(tuple(low.tolist()), tuple(high.tolist()), source)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"low": list(self.low), "high": list(self.high), "source": self.source}
-
-
-def observation_affine(
-    stats: Mapping[str, Any], shape: Sequence[int] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(center, scale) of one key's normalization stats, checked: finite, spreads >= 0.
-
-    y = (x - center) / scale; learning.normalization bakes the same map into the graph.
-    """
-    mode = stats.get("mode")
-    if mode == "image":
-        return np.zeros(shape or (), np.float64), np.full(shape or (), 255.0)
-    if mode == "mean_std":
-        center, spread = stats.get("mean"), stats.get("std")
-    elif mode == "min_max":
-        lo, hi = stats.get("min"), stats.get("max")
-        if lo is None or hi is None:
-            raise ValueError(f"min_max stats need min and max, got {sorted(stats)}")
-        lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
-        center, spread = (hi + lo) / 2, (hi - lo) / 2
-    else:
-        raise ValueError(f"unknown normalization mode {mode!r} (mean_std, min_max, image)")
-    shape = tuple(np.shape(center)) if shape is None else tuple(shape)
-    center = _finite_vector(center, math.prod(shape), f"{mode} center").reshape(shape)
-    spread = _finite_vector(spread, math.prod(shape), f"{mode} spread").reshape(shape)
-    if (spread < 0).any():
-        raise ValueError(f"{mode} stats have a negative spread")
-    return center, np.where(spread < SCALE_EPS, 1.0, spread)
+from roboloop_runtime.contract import (
+    ActionBounds,
+    ModelInputError,
+    ObsSpec,
+    check_control_rate,
+    observation_affine,
+)
 
 
 @dataclass(frozen=True)
