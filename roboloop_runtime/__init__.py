@@ -22,12 +22,13 @@ from roboloop_runtime.contract import (
     ModelLoadError,
     ModelOutputError,
     ObsSpec,
+    PolicyMetadata,
     check_control_rate,
     check_output,
     observation_affine,
 )
 from roboloop_runtime.onnx_runner import OnnxModel, OnnxPolicy
-from roboloop_runtime.policy import Policy, PolicyMetadata, QueuedChunkPolicy, check_observation
+from roboloop_runtime.policy import Policy, QueuedChunkPolicy, check_observation
 
 __all__ = [
     "ACTIONS_OUTPUT",

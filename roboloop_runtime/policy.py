@@ -14,112 +14,11 @@ action queue, so subclasses (`TorchPolicy`, `OnnxPolicy`) only implement the bat
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from roboloop_runtime.contract import (
-    ActionBounds,
-    ModelInputError,
-    ObsSpec,
-    check_control_rate,
-    observation_affine,
-)
-
-
-@dataclass(frozen=True)
-class PolicyMetadata:
-    """What a caller needs to drive a policy; mirrors the `roboloop` ONNX metadata JSON.
-
-    Checked when built: positive sizes, a control rate in (0, MAX_CONTROL_RATE_HZ], action
-    bounds of `action_dim` finite values, finite normalization stats. `action_bounds` is None
-    for exports from before the bounds were part of the contract (the ROS node refuses those).
-    """
-
-    observations: dict[str, ObsSpec]
-    obs_steps: int
-    action_dim: int
-    horizon: int
-    n_action_steps: int
-    control_rate_hz: float | None = None
-    sampler: dict[str, Any] = field(default_factory=lambda: {"type": "euler", "steps": 10})
-    model_type: str = "policy"
-    action_bounds: ActionBounds | None = None
-    normalization: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> stats
-
-    def __post_init__(self) -> None:
-        for name in ("obs_steps", "action_dim", "horizon"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
-        if not 1 <= self.n_action_steps <= self.horizon:
-            raise ValueError(
-                f"n_action_steps={self.n_action_steps} must be in [1, horizon={self.horizon}]"
-            )
-        if self.control_rate_hz is not None:
-            check_control_rate(self.control_rate_hz)
-        if self.action_bounds is not None and len(self.action_bounds.low) != self.action_dim:
-            raise ValueError(
-                f"action_bounds have {len(self.action_bounds.low)} values, "
-                f"action_dim={self.action_dim}"
-            )
-        for key in self.normalization:
-            self.observation_affine(key)  # raises on non-finite or malformed stats
-
-    def observation_affine(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
-        """(center, scale) of observation `key` from the normalization stats (None: no stats)."""
-        stats = self.normalization.get(key)
-        if stats is None:
-            return None
-        shape = self.observations[key].shape if key in self.observations else None
-        try:
-            return observation_affine(stats, shape)
-        except ValueError as err:
-            raise ValueError(f"normalization stats of {key!r}: {err}") from None
-
-    @classmethod
-    def from_dict(cls, meta: dict[str, Any]) -> PolicyMetadata:
-        """Build from the `roboloop` metadata JSON (extra keys are ignored)."""
-        try:
-            observations = {
-                key: ObsSpec(tuple(int(d) for d in spec["shape"]), str(spec["dtype"]))
-                for key, spec in meta["observations"].items()
-            }
-            rate = meta.get("control_rate_hz")
-            bounds = meta.get("action_bounds")
-            stats = (meta.get("normalization") or {}).get("stats") or {}
-            return cls(
-                observations=observations,
-                obs_steps=int(meta["obs_steps"]),
-                action_dim=int(meta["action_dim"]),
-                horizon=int(meta["horizon"]),
-                n_action_steps=int(meta["n_action_steps"]),
-                control_rate_hz=None if rate is None else float(rate),
-                sampler=dict(meta.get("sampler", {"type": "euler", "steps": 10})),
-                model_type=str(meta.get("model_type", "policy")),
-                action_bounds=None if bounds is None else ActionBounds.from_dict(bounds),
-                normalization={str(k): dict(v) for k, v in stats.items()},
-            )
-        except KeyError as err:
-            raise ValueError(f"policy metadata is missing key {err.args[0]!r}") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {
-            "model_type": self.model_type,
-            "observations": {
-                k: {"shape": list(s.shape), "dtype": s.dtype} for k, s in self.observations.items()
-            },
-            "obs_steps": self.obs_steps,
-            "action_dim": self.action_dim,
-            "horizon": self.horizon,
-            "n_action_steps": self.n_action_steps,
-            "control_rate_hz": self.control_rate_hz,
-            "sampler": dict(self.sampler),
-            "normalization": {"baked": True, "stats": dict(self.normalization)},
-        }
-        if self.action_bounds is not None:
-            out["action_bounds"] = self.action_bounds.to_dict()
-        return out
+from roboloop_runtime.contract import ModelInputError, ObsSpec, PolicyMetadata
 
 
 @runtime_checkable
