@@ -28,7 +28,14 @@ from roboloop_runtime.contract import (
     observation_affine,
 )
 from roboloop_runtime.onnx_runner import OnnxModel, OnnxPolicy
-from roboloop_runtime.policy import Policy, QueuedChunkPolicy, check_observation
+from roboloop_runtime.policy import (
+    ActingBuffer,
+    ChunkPolicy,
+    Policy,
+    QueuedAction,
+    QueuedChunkPolicy,
+    check_observation,
+)
 
 __all__ = [
     "ACTIONS_OUTPUT",
@@ -39,7 +46,9 @@ __all__ = [
     "NOISE_INPUT",
     "OBS_INPUT_PREFIX",
     "SCALE_EPS",
+    "ActingBuffer",
     "ActionBounds",
+    "ChunkPolicy",
     "ModelInputError",
     "ModelLoadError",
     "ModelOutputError",
@@ -48,6 +57,7 @@ __all__ = [
     "OnnxPolicy",
     "Policy",
     "PolicyMetadata",
+    "QueuedAction",
     "QueuedChunkPolicy",
     "check_control_rate",
     "check_observation",

@@ -1,19 +1,25 @@
-"""The one policy interface shared by sim evaluation, export and the ROS policy node (torch-free).
+"""The one acting interface shared by sim evaluation, data collection, export and the ROS nodes.
 
-A policy maps an observation history to a chunk of future actions:
+Everything that acts implements `Policy` (`reset()` at episode start, `select_action(obs)` per
+step): learned policies, the scripted experts (`sim.experts`) and the random baseline
+(`sim.evaluate.RandomPolicy`). A learned policy is a `ChunkPolicy`: it maps an observation
+history to a chunk of future actions,
 
     obs_history[key]: (B, obs_steps, *shape)  ->  actions: (B, horizon, A)
 
 Window convention (the same in the DataModule): frames t-obs_steps+1 .. t are observed, the
 chunk holds actions for steps t .. t+horizon-1, and the first `n_action_steps` of it are executed
-before the policy is queried again (receding horizon). `QueuedChunkPolicy` implements the
-per-step `select_action` on top of `predict_action_chunk` with an observation history and an
-action queue, so subclasses (`TorchPolicy`, `OnnxPolicy`) only implement the batched chunk call.
+before the policy is queried again (receding horizon). `ActingBuffer` is the one implementation
+of that observation history and action queue: `QueuedChunkPolicy.select_action` (sim evaluation)
+and the ROS policy node's `PolicyLoop` both act through it, so subclasses (`TorchPolicy`,
+`OnnxPolicy`) only implement the batched chunk call.
 """
 
 from __future__ import annotations
 
 import collections
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -23,15 +29,23 @@ from roboloop_runtime.contract import ModelInputError, ObsSpec, PolicyMetadata
 
 @runtime_checkable
 class Policy(Protocol):
-    """What sim evaluation, the ROS node and benchmarks drive."""
-
-    metadata: PolicyMetadata
+    """What acts in an episode: sim evaluation, collection and the sim bridge drive this."""
 
     def reset(self) -> None:
-        """Forget observation history and queued actions (call at episode start)."""
+        """Episode start: forget observation history, queued actions and recurrent state."""
 
     def select_action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """One step: obs[key] (*shape) -> action (A,) float32."""
+
+
+@runtime_checkable
+class ChunkPolicy(Policy, Protocol):
+    """A learned policy: metadata plus the batched chunk call (what the ROS policy node runs).
+
+    `reset()` also restarts any recurrent state the model carries between chunk calls.
+    """
+
+    metadata: PolicyMetadata
 
     def predict_action_chunk(self, obs_history: dict[str, np.ndarray]) -> np.ndarray:
         """Batched: obs_history[key] (B, obs_steps, *shape) -> actions (B, horizon, A)."""
@@ -65,12 +79,89 @@ def check_observation(
     return arr
 
 
-class QueuedChunkPolicy:
-    """Per-step acting on top of chunk prediction: observation history + action queue.
+@dataclass(frozen=True)
+class QueuedAction:
+    """One action of a queued chunk, with what the caller attached to the chunk."""
 
-    At the first step of an episode the history is padded by repeating the first frame
-    (as the DataModule does at episode start). When the queue is empty the policy predicts
-    a chunk of `horizon` actions and queues the first `n_action_steps` of them.
+    action: np.ndarray  # (A,) float32
+    stamp_ns: int = 0  # e.g. the stamp of the newest observation the chunk was computed from
+    clipped: bool = False  # e.g. the action was outside the bounds and clipped into them
+
+
+class ActingBuffer:
+    """Observation history + action queue: the receding-horizon bookkeeping of acting.
+
+        buffer = ActingBuffer(policy.metadata)
+        buffer.push(obs)                      # obs[key] (*shape): checked, copied
+        if buffer.needs_chunk:
+            chunk = policy.predict_action_chunk(buffer.window())   # (1, horizon, A)
+            buffer.queue(chunk[0], stamp_ns=stamp)                 # first n_action_steps
+        action = buffer.pop().action
+
+    At the first push after `reset()` the history is padded by repeating that frame (as the
+    DataModule pads windows at episode start). The caller checks the chunk before `queue` (the
+    ROS node's ActionGuard) and attaches per-action info (stamp, clipped) that `pop` returns.
+    """
+
+    def __init__(self, metadata: PolicyMetadata) -> None:
+        self.observations: Mapping[str, ObsSpec] = metadata.observations
+        self.obs_steps = metadata.obs_steps
+        self.n_action_steps = metadata.n_action_steps
+        self._history: dict[str, collections.deque[np.ndarray]] = {}
+        self._queue: collections.deque[QueuedAction] = collections.deque()
+
+    def reset(self) -> None:
+        """Episode start (or a restart after stale data): empty history and queue."""
+        self._history.clear()
+        self._queue.clear()
+
+    def push(self, obs: Mapping[str, Any]) -> None:
+        """Append one frame per observation key (each checked against its spec, then copied)."""
+        # Check every key before touching the history, and copy: callers may reuse buffers.
+        frames = {
+            key: np.array(check_observation(key, _get(obs, key), spec), copy=True)
+            for key, spec in self.observations.items()
+        }
+        for key, frame in frames.items():
+            hist = self._history.get(key)
+            if hist is None:
+                # Window start: pad by repeating the first frame, as training windows do.
+                self._history[key] = collections.deque(
+                    [frame] * self.obs_steps, maxlen=self.obs_steps
+                )
+            else:
+                hist.append(frame)
+
+    @property
+    def needs_chunk(self) -> bool:
+        """True when the queue is empty: predict a chunk from `window()` and `queue` it."""
+        return not self._queue
+
+    def window(self) -> dict[str, np.ndarray]:
+        """The observation history as one batch: obs_history[key] (1, obs_steps, *shape)."""
+        if not self._history:
+            raise ModelInputError("no observation pushed since reset: nothing to act on")
+        return {key: np.stack(hist)[None] for key, hist in self._history.items()}
+
+    def queue(
+        self, actions: np.ndarray, stamp_ns: int = 0, clipped: Sequence[bool] | None = None
+    ) -> None:
+        """Queue the first n_action_steps of `actions` (horizon, A), with their info."""
+        n = self.n_action_steps
+        flags = [False] * n if clipped is None else [bool(c) for c in clipped[:n]]
+        self._queue.extend(
+            QueuedAction(action, stamp_ns, flag)
+            for action, flag in zip(actions[:n], flags, strict=True)
+        )
+
+    def pop(self) -> QueuedAction:
+        """The next queued action (IndexError when empty: check `needs_chunk` first)."""
+        return self._queue.popleft()
+
+
+class QueuedChunkPolicy:
+    """Per-step acting on top of chunk prediction, through one `ActingBuffer`.
+
     Noise for the sampler comes from a seeded numpy Generator, so two implementations of the
     same model (torch, onnxruntime) given the same seed act identically.
     """
@@ -86,8 +177,7 @@ class QueuedChunkPolicy:
             )
         self.metadata = metadata
         self.rng = np.random.default_rng(seed)
-        self._history: dict[str, collections.deque[np.ndarray]] = {}
-        self._queue: collections.deque[np.ndarray] = collections.deque()
+        self.acting = ActingBuffer(metadata)
 
     # ---- the part subclasses implement -------------------------------------------------
     def _predict(self, obs_history: dict[str, np.ndarray], noise: np.ndarray) -> np.ndarray:
@@ -97,8 +187,7 @@ class QueuedChunkPolicy:
     # ---- the interface -----------------------------------------------------------------
     def reset(self, seed: int | None = None) -> None:
         """Clear history and queue; with `seed`, also restart the noise generator."""
-        self._history = {}
-        self._queue.clear()
+        self.acting.reset()
         if seed is not None:
             self.rng = np.random.default_rng(seed)
 
@@ -128,26 +217,10 @@ class QueuedChunkPolicy:
         return self._predict(checked, np.asarray(noise, dtype=np.float32))
 
     def select_action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        m = self.metadata
-        # Check every key before touching the history, and copy: callers may reuse buffers.
-        frames = {
-            key: np.array(check_observation(key, _get(obs, key), spec), copy=True)
-            for key, spec in m.observations.items()
-        }
-        for key, frame in frames.items():
-            hist = self._history.get(key)
-            if hist is None:
-                # Episode start: pad by repeating the first frame, as in training windows.
-                hist = self._history[key] = collections.deque(
-                    [frame] * m.obs_steps, maxlen=m.obs_steps
-                )
-            else:
-                hist.append(frame)
-        if not self._queue:
-            batch = {key: np.stack(h)[None] for key, h in self._history.items()}
-            chunk = self.predict_action_chunk(batch)[0]  # (horizon, A)
-            self._queue.extend(chunk[: m.n_action_steps])
-        return self._queue.popleft()
+        self.acting.push(obs)
+        if self.acting.needs_chunk:
+            self.acting.queue(self.predict_action_chunk(self.acting.window())[0])
+        return self.acting.pop().action
 
 
 def _get(obs: dict[str, np.ndarray], key: str) -> np.ndarray:

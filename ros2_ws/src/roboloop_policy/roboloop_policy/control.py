@@ -2,15 +2,17 @@
 
 Subscription callbacks only store the newest decoded observation per key (`observe`); the
 control timer calls `step` once per period. `step` samples the newest observations (zero-order
-hold at the control rate, the way the recorder samples them into datasets), keeps an
-observation history of `obs_steps` frames, and executes chunked policies from an action queue:
-when the queue is empty it runs `predict_action_chunk` and queues the first `n_action_steps`
-actions. Each action carries the stamp of the newest observation the chunk was computed from.
+hold at the control rate, the way the recorder samples them into datasets) and acts through the
+runtime's `ActingBuffer`, the observation history and action queue that sim evaluation uses
+too: when the queue is empty it runs `predict_action_chunk` and queues the first
+`n_action_steps` actions. Each action carries the stamp of the newest observation the chunk was
+computed from.
 
 Watchdog: if any observation is older than `stale_periods` control periods, by its header stamp
 against the node clock or by the time it arrived, `step` returns the safe action (zeros, or the
 last policy action held) instead. When every observation is fresh again, history and queue are
-reset so the policy restarts from current data, never from a half-stale window.
+reset (with the policy's recurrent state, `reset()`) so the policy restarts from current
+data, never from a half-stale window.
 
 Every chunk passes `safety.ActionGuard` before it is queued: a chunk of the wrong shape, with a
 NaN/Inf, or an inference that raised, gives the safe action for that tick (the command carries
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from roboloop_policy.safety import ActionGuard
-from roboloop_runtime import ModelOutputError, Policy
+from roboloop_runtime import ActingBuffer, ChunkPolicy, ModelOutputError
 
 WAITING = "waiting_for_observations"  # some key never received: nothing is published
 RUNNING = "running"
@@ -81,11 +83,11 @@ class _Latest:
 
 
 class PolicyLoop:
-    """Observation buffer + history + action queue + watchdog around one `Policy`."""
+    """Newest observations + acting buffer + watchdog + guard around one `ChunkPolicy`."""
 
     def __init__(
         self,
-        policy: Policy,
+        policy: ChunkPolicy,
         period_s: float,
         stale_periods: float = 3.0,
         safe_action: str = "zeros",
@@ -108,8 +110,7 @@ class PolicyLoop:
         self._latest: dict[str, _Latest] = {}
         # Arrival times per key, to report the rate observations really come in at.
         self._arrivals = {key: collections.deque(maxlen=50) for key in self.keys}
-        self._history: dict[str, collections.deque[np.ndarray]] = {}
-        self._queue: collections.deque[tuple[np.ndarray, int, bool]] = collections.deque()
+        self.acting = ActingBuffer(self.meta)
         # Zeros as the safe action, moved into the bounds if they exclude zero.
         self._zeros = self.guard.clip(np.zeros(self.meta.action_dim, np.float32))
         self._last_action = self._zeros
@@ -171,9 +172,9 @@ class PolicyLoop:
         return (len(times) - 1) / ((times[-1] - times[0]) * 1e-9)
 
     def reset(self, forget_observations: bool = False) -> None:
-        """Drop history and queued actions (and optionally the buffered observations)."""
-        self._history.clear()
-        self._queue.clear()
+        """Drop history, queued actions and the policy's recurrent state (and optionally the
+        buffered observations)."""
+        self.acting.reset()
         self.policy.reset()
         if forget_observations:
             with self._lock:
@@ -209,16 +210,16 @@ class PolicyLoop:
         if self.state == STALE:
             self.reset()  # fresh data again: restart from a clean window, not a stale one
         self.state = RUNNING
-        self._append_frame(latest)
-        if not self._queue:
+        self.acting.push({key: obs.value for key, obs in latest.items()})
+        if self.acting.needs_chunk:
             try:
                 self._infer(newest_stamp)
             except ModelOutputError as err:
                 self.state = BAD_OUTPUT
                 return Command(self._safe_action(), newest_stamp, safe=True, fault=err)
-        action, stamp, clipped = self._queue.popleft()
-        self._last_action = action
-        return Command(action, stamp, safe=False, clipped=clipped)
+        queued = self.acting.pop()
+        self._last_action = queued.action
+        return Command(queued.action, queued.stamp_ns, safe=False, clipped=queued.clipped)
 
     def _safe_action(self) -> np.ndarray:
         return (self._last_action if self.safe_action == "hold" else self._zeros).copy()
@@ -257,21 +258,9 @@ class PolicyLoop:
                 self._last_chunk_stamp = command.stamp_ns
                 self.obs_to_first_action_latency.add(latency)
 
-    def _append_frame(self, latest: dict[str, _Latest]) -> None:
-        for key in self.keys:
-            frame = latest[key].value
-            hist = self._history.get(key)
-            if hist is None:
-                # Window start: pad by repeating the first frame, as training windows do.
-                self._history[key] = collections.deque(
-                    [frame] * self.meta.obs_steps, maxlen=self.meta.obs_steps
-                )
-            else:
-                hist.append(frame)
-
     def _infer(self, stamp_ns: int) -> None:
         """Queue the first n_action_steps checked actions of a new chunk (or ModelOutputError)."""
-        batch = {key: np.stack(hist)[None] for key, hist in self._history.items()}
+        batch = self.acting.window()
         start = time.perf_counter()
         try:
             chunk = self.policy.predict_action_chunk(batch)  # (1, horizon, A)
@@ -279,8 +268,7 @@ class PolicyLoop:
             raise ModelOutputError("inference_failed", f"{type(err).__name__}: {err}") from err
         self.inference_latency.add(time.perf_counter() - start)
         actions, clipped = self.guard.check_chunk(chunk)
-        n = self.meta.n_action_steps
-        self._queue.extend(zip(actions[:n], [stamp_ns] * n, clipped[:n].tolist(), strict=True))
+        self.acting.queue(actions, stamp_ns, clipped)
 
     def diagnostics(self) -> dict[str, str]:
         """Counters and latency percentiles as diagnostic key/values (ms, 3 decimals)."""

@@ -93,6 +93,29 @@ def test_chunked_execution_history_and_stamps(chunked) -> None:
     ]
 
 
+def test_node_loop_acts_like_sim_evaluation(tmp_path: Path) -> None:
+    """One acting path: PolicyLoop and OnnxPolicy.select_action (sim evaluation) give the same
+    actions for the same frames and seed, across a restart (history, queue and noise)."""
+    path = tmp_path / "noisy.onnx"
+    make_reference_policy(
+        path, state_dim=3, action_dim=2, obs_steps=3, horizon=5, n_action_steps=3,
+        noise_scale=0.5, control_rate_hz=20.0,
+    )  # fmt: skip
+    loop = PolicyLoop(OnnxPolicy(path, device="cpu", threads=1, seed=7), PERIOD)
+    sim_policy = OnnxPolicy(path, device="cpu", threads=1, seed=7)
+    rng = np.random.default_rng(4)
+    for episode in range(2):
+        loop.reset()
+        sim_policy.reset()
+        for i in range(7):
+            state = rng.normal(size=3).astype(np.float32)
+            now = T0 + (10 * episode + i) * PERIOD_NS
+            loop.observe("state", state, now, now)
+            got = loop.step(now, now)
+            assert not got.safe
+            np.testing.assert_array_equal(got.action, sim_policy.select_action({"state": state}))
+
+
 @pytest.mark.parametrize("by", ["stamp", "arrival"])
 def test_watchdog_safe_action_then_recovery_resets_window(chunked, by: str) -> None:
     path, ref = chunked
