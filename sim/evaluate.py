@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 import sim
+from roboloop_runtime.policy import Policy
 from sim.experts import make_expert_policy
 
 __all__ = [
@@ -18,11 +19,6 @@ __all__ = [
     "normalized_score",
     "random_policy",
 ]
-
-
-class ActingPolicy(Protocol):
-    def reset(self) -> None: ...
-    def select_action(self, obs: dict[str, np.ndarray]) -> np.ndarray: ...
 
 
 @dataclass
@@ -53,7 +49,8 @@ class EvalResult:
 
 
 class RandomPolicy:
-    """Uniform actions in [low, high] (arrays of the action shape), seeded."""
+    """The random baseline: uniform actions in [low, high] (arrays of the action shape), seeded
+    (independent of the env's RNG). Sim evaluation, collection and the sim bridge use this one."""
 
     def __init__(self, low: Any, high: Any, seed: int = 0) -> None:
         self.low, self.high = np.asarray(low, np.float32), np.asarray(high, np.float32)
@@ -72,12 +69,13 @@ class RandomPolicy:
 
 
 def random_policy(env: Any, seed: int = 0) -> RandomPolicy:
+    """RandomPolicy over `env.action_space`."""
     return RandomPolicy(env.action_space.low, env.action_space.high, seed)
 
 
 def evaluate_policy(
     env_id: str,
-    policy: ActingPolicy,
+    policy: Policy,
     episodes: int,
     seed: int,
     camera: int | tuple[int, int] | None = None,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import gymnasium as gym
 import numpy as np
 
+from roboloop_runtime.policy import Policy
 from sim.envs import task_spec
 
 
@@ -73,21 +73,16 @@ class PendulumExpert:
         return np.array([np.clip(torque, -self.max_torque, self.max_torque)], dtype=np.float32)
 
 
-EXPERTS: dict[str, Callable[[], object]] = {
+EXPERTS: dict[str, Callable[[], Policy]] = {
     "Reacher-v5": ReacherExpert,
     "Pendulum-v1": PendulumExpert,
 }
 
 
-def make_expert_policy(env_id: str) -> object:
-    """The task's scripted expert (has `reset()` and `select_action(obs)`)."""
+def make_expert_policy(env_id: str) -> Policy:
+    """The task's scripted expert, behind the runtime's acting protocol `Policy`."""
     name = env_id.removeprefix("roboloop/")
     task_spec(name)
     if name not in EXPERTS:
         raise ValueError(f"task {env_id!r} has no scripted expert (have: {sorted(EXPERTS)})")
     return EXPERTS[name]()
-
-
-def make_expert(env_id: str, env: gym.Env | None = None) -> object:
-    """Same as make_expert_policy; `env` is accepted for callers that have one."""
-    return make_expert_policy(env_id)

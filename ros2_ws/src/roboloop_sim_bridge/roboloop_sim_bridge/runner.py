@@ -13,43 +13,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-
-class ActionSource(Protocol):
-    def reset(self) -> None: ...
-    def select_action(self, obs: dict[str, np.ndarray]) -> np.ndarray: ...
+from roboloop_runtime.policy import Policy
 
 
-class _RandomSource:
-    """Uniform actions from a seeded generator (independent of the env's RNG)."""
+def _expert(env_id: str, env: Any, seed: int) -> Policy:
+    from sim.experts import make_expert_policy
 
-    def __init__(self, env: Any, seed: int) -> None:
-        self.low = np.asarray(env.action_space.low, np.float32)
-        self.high = np.asarray(env.action_space.high, np.float32)
-        self.rng = np.random.default_rng(seed)
-
-    def reset(self) -> None:
-        pass
-
-    def select_action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.rng.uniform(self.low, self.high).astype(np.float32)
+    return make_expert_policy(env_id)
 
 
-def _expert(env_id: str, env: Any, seed: int) -> ActionSource:
-    from sim.experts import make_expert
+def _random(env_id: str, env: Any, seed: int) -> Policy:
+    from sim.evaluate import random_policy
 
-    return make_expert(env_id, env)
-
-
-def _random(env_id: str, env: Any, seed: int) -> ActionSource:
-    return _RandomSource(env, seed)
+    return random_policy(env, seed)
 
 
 # action_source -> factory; "topic" has no internal source (the node supplies actions).
-ACTION_SOURCES: dict[str, Callable[[str, Any, int], ActionSource] | None] = {
+ACTION_SOURCES: dict[str, Callable[[str, Any, int], Policy] | None] = {
     "topic": None,
     "expert": _expert,
     "random": _random,
@@ -101,9 +85,7 @@ class SimRunner:
         self.max_episodes = max_episodes
         self.env = env_factory(env_id, camera, dict(env_kwargs or {}))
         factory = ACTION_SOURCES[action_source]
-        self.source: ActionSource | None = (
-            None if factory is None else factory(env_id, self.env, seed)
-        )
+        self.source: Policy | None = None if factory is None else factory(env_id, self.env, seed)
         space = self.env.action_space
         self.low = np.asarray(space.low, np.float32)
         self.high = np.asarray(space.high, np.float32)
