@@ -39,13 +39,13 @@ def info(path: Path, max_episodes: int, console: Console) -> None:
         console.print(f"filters:  {filters}")
 
         keys = Table(title="keys")
-        for col in ("key", "shape", "dtype", "units", "encoding", "source topic"):
+        for col in ("key", "type", "shape", "dtype", "units", "encoding", "source topic"):
             keys.add_column(col)
         specs: dict[str, KeySpec] = {f"{OBS}/{k}": s for k, s in r.obs_specs.items()}
         specs[ACTIONS] = r.action_spec
         for name, s in specs.items():
             keys.add_row(
-                name, _shape(s.shape), s.dtype, s.units or "-", s.encoding or "-",
+                name, s.feature_type, _shape(s.shape), s.dtype, s.units or "-", s.encoding or "-",
                 s.source_topic or "-",
             )  # fmt: skip
         console.print(keys)

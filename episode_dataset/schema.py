@@ -4,7 +4,8 @@ Layout (robomimic-compatible)::
 
     data/                      attrs: total, env_args (JSON), obs_specs (JSON), action_spec (JSON)
       demo_<i>/                attrs: num_samples, meta (JSON)
-        obs/<key>              (T, *shape)  attrs: dtype, shape, units, encoding, source_topic
+        obs/<key>              (T, *shape)  attrs: dtype, shape, feature_type, units, encoding,
+                                            source_topic
         actions                (T, A)
         rewards                (T,) float32
         dones                  (T,) bool
@@ -44,6 +45,11 @@ FORMAT_VERSION = 1
 SHARD_DIR_SUFFIX = ".episodes"
 SHARD_SUFFIX = ".h5"
 
+# Feature types: what a key holds, declared so no consumer guesses "image" from a shape.
+IMAGE = "image"  # (H, W, C) pixels
+LOW_DIM = "low_dim"  # a vector (D,) (or any other non-image array)
+FEATURE_TYPES = (IMAGE, LOW_DIM)
+
 REWARD_DTYPE = np.dtype("float32")
 DONE_DTYPE = np.dtype("bool")
 
@@ -76,6 +82,8 @@ class KeySpec:
 
     `dtype` is normalized to numpy's name ("float32", "uint8", "bool"). `encoding` names the image
     encoding (e.g. "rgb8") for image keys; `source_topic` is the ROS topic it was recorded from.
+    `feature_type` is IMAGE (shape (H, W, C)) or LOW_DIM; left out (files written before the
+    field, writers that do not say) it is derived once, here: IMAGE when `encoding` is set.
     """
 
     dtype: str
@@ -83,6 +91,7 @@ class KeySpec:
     units: str | None = None
     encoding: str | None = None
     source_topic: str | None = None
+    feature_type: str | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -94,8 +103,16 @@ class KeySpec:
         shape = tuple(int(s) for s in self.shape)
         if any(s <= 0 for s in shape):
             raise DatasetError(f"KeySpec: shape {shape} must be positive")
+        feature_type = self.feature_type
+        if feature_type is None:
+            feature_type = IMAGE if self.encoding is not None else LOW_DIM
+        if feature_type not in FEATURE_TYPES:
+            raise DatasetError(f"KeySpec: feature_type {feature_type!r} not in {FEATURE_TYPES}")
+        if feature_type == IMAGE and len(shape) != 3:
+            raise DatasetError(f"KeySpec: an image has shape (H, W, C), got {shape}")
         object.__setattr__(self, "dtype", dtype.name)
         object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "feature_type", feature_type)
 
     @property
     def np_dtype(self) -> np.dtype:
@@ -103,7 +120,7 @@ class KeySpec:
 
     @property
     def is_image(self) -> bool:
-        return self.encoding is not None
+        return self.feature_type == IMAGE
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -118,11 +135,16 @@ class KeySpec:
             units=d.get("units"),
             encoding=d.get("encoding"),
             source_topic=d.get("source_topic"),
+            feature_type=d.get("feature_type"),
         )
 
     def to_attrs(self) -> dict[str, Any]:
         """Attributes stored on the HDF5 dataset (None fields are left out: HDF5 has no null)."""
-        attrs: dict[str, Any] = {"dtype": self.dtype, "shape": np.asarray(self.shape, np.int64)}
+        attrs: dict[str, Any] = {
+            "dtype": self.dtype,
+            "shape": np.asarray(self.shape, np.int64),
+            "feature_type": self.feature_type,
+        }
         for name in ("units", "encoding", "source_topic"):
             value = getattr(self, name)
             if value is not None:

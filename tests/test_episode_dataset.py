@@ -21,6 +21,8 @@ import pytest
 from episode_dataset import (
     ACTIONS,
     DONES,
+    IMAGE,
+    LOW_DIM,
     OBS,
     REWARDS,
     DatasetError,
@@ -207,6 +209,36 @@ def test_streaming_roundtrip_and_close_with_open_episode(tmp_path: Path) -> None
     # Integer 0/1 dones are accepted (robomimic style); other integers are not.
     with EpisodeWriter(path) as w, pytest.raises(DatasetError, match="demo_1/dones: dtype int64"):
         w.write_episode(**{**make_episode(1, 3), "dones": np.array([0, 2, 1])})
+
+
+def test_feature_type_declared_stored_and_derived_for_old_files(tmp_path: Path) -> None:
+    path = tmp_path / "f.hdf5"
+    # Declared: a (3, 4, 4) float "image" without encoding, and a (2, 2) low-dim key.
+    specs = {
+        "depth": KeySpec("float32", (3, 4, 4), feature_type=IMAGE),
+        "grid": KeySpec("float32", (2, 2)),
+        "camera": KeySpec("uint8", (4, 4, 3), encoding="rgb8"),
+    }
+    assert [s.feature_type for s in specs.values()] == [IMAGE, LOW_DIM, IMAGE]
+    obs = {k: np.zeros((2, *s.shape), s.np_dtype) for k, s in specs.items()}
+    with EpisodeWriter(path, specs, ACTION_SPEC, env_args=ENV_ARGS) as w:
+        w.write_episode(obs=obs, actions=np.zeros((2, 2)), rewards=np.zeros(2), dones=[0, 1])
+    with h5py.File(path, "r") as f:
+        assert json.loads(f["data"].attrs["obs_specs"])["depth"]["feature_type"] == IMAGE
+        assert f["data/demo_0/obs/grid"].attrs["feature_type"] == LOW_DIM
+    # A file written before the field: the type is derived once, from the encoding.
+    with h5py.File(path, "a") as f:
+        old = json.loads(f["data"].attrs["obs_specs"])
+        for spec in old.values():
+            del spec["feature_type"]
+        f["data"].attrs["obs_specs"] = json.dumps(old)
+    with EpisodeReader(path) as r:
+        types = {k: s.feature_type for k, s in r.obs_specs.items()}
+    assert types == {"depth": LOW_DIM, "grid": LOW_DIM, "camera": IMAGE}
+    with pytest.raises(DatasetError, match="feature_type 'pointcloud' not in"):
+        KeySpec("float32", (5, 3), feature_type="pointcloud")
+    with pytest.raises(DatasetError, match=r"an image has shape \(H, W, C\), got \(64,\)"):
+        KeySpec("uint8", (64,), encoding="mono8")
 
 
 def test_append_continues_numbering_and_checks_specs(tmp_path: Path) -> None:
