@@ -20,7 +20,8 @@ import torch
 from learning.checkpoint import load_lightning
 from learning.namo.export import export_q_function
 from learning.namo.model import QFunctionNet
-from learning.namo.scoring import OnnxQScorer, QScorer, TorchQScorer
+from learning.namo.scoring import TorchQScorer
+from sim.namo.scoring import OnnxQScorer, QScorer
 
 NAME = "q_scoring_latency"
 PROPOSALS = 32

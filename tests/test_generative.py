@@ -13,7 +13,6 @@ import torch
 from hydra.utils import instantiate
 
 from learning.generative.dit import DiT
-from learning.generative.masks import MaskFileError, load_sample, resize_area
 from learning.generative.module import GenerativeModule
 from learning.generative.paths import FlowMatchingPath, HFDiffusionPath
 from learning.generative.quality import iou_dice
@@ -26,6 +25,7 @@ from learning.generative.samplers import (
 from learning.generative.schedulers import SCHEDULERS, make_scheduler
 from learning.generative.synthetic import synthetic_sample, write_synthetic_dataset
 from learning.train import compose_config, run
+from sim.namo.mask_files import MaskFileError, load_sample, resize_area
 
 FM, DIFF = "train_fb_flow_matching", "train_hf_diffusion"
 SCHEDULER_NAMES = list(SCHEDULERS)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from learning.generative.planner import DiTQPlanner, mask_to_pose, scene_masks
-from learning.namo.keys import ACTION_KEYS, STATE_KEYS
+from sim.namo.keys import ACTION_KEYS, STATE_KEYS
 
 SIZE = 32
 

@@ -243,8 +243,8 @@ def test_pickle_payload_does_not_run_on_resume(pickle_attack: tuple, tmp_path: P
 @pytest.mark.parametrize("loader", ["goal_mask", "q_function"])
 def test_npz_with_a_pickled_array_is_refused(tmp_path: Path, loader: str) -> None:
     """Mask files (.npz) are arrays only: an object array (a pickle) is refused, never run."""
-    from learning.generative.masks import MaskFileError as GoalMaskError
-    from learning.generative.masks import load_sample
+    from sim.namo.mask_files import MaskFileError as GoalMaskError
+    from sim.namo.mask_files import load_sample
     from learning.namo.data import MaskFileError, load_item
 
     marker = tmp_path / "pwned"

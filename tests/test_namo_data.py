@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from learning.namo.keys import ACTION_KEYS, FILE_RE, STATE_KEYS
 from sim.namo.episodes import read_episode, solve_episode
+from sim.namo.keys import ACTION_KEYS, FILE_RE, STATE_KEYS
 from sim.namo.mask_generation import render_episode
 from sim.namo.mcts import MCTSConfig
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from learning.namo.keys import ACTION_KEYS, STATE_KEYS
 from sim.namo.grid import Grid, rasterize_disc, rasterize_rect
+from sim.namo.keys import ACTION_KEYS, STATE_KEYS
 from sim.namo.masks import SEED001_ALIASES, proposal_masks, sample_arrays
 from sim.namo.scene import doorway_scene, generate_scene
 from sim.namo.transition import TransitionModel

@@ -1,4 +1,5 @@
-"""sim.namo.planners registry + evaluation harness, MuJoCo plan check, decision rendering."""
+"""sim.namo.planners registry (learned planners registered from learning) + evaluation harness and
+CLI, MuJoCo plan check, decision rendering."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import learning.generative.planner  # noqa: F401  (registers dit_q)
+import learning.namo.planner  # noqa: F401  (registers learned_q)
 from sim.namo.evaluate_planners import DEFAULT_FIRST_SEED, evaluate_planners, summarize
 from sim.namo.mcts import MCTS, MCTSConfig
 from sim.namo.mujoco_model import NamoPhysics, check_plan, grid_path
@@ -106,7 +109,7 @@ def test_dit_q_from_the_registry_runs_with_onnx_generator_and_q(
 def test_evaluate_cli_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "sim.namo.evaluate_planners", "--planners", "mcts", "random",
+        [sys.executable, "-m", "learning.namo.evaluate_planners", "--planners", "mcts", "random",
          "--seeds", *map(str, SEEDS[:2]), "--mcts-budget", "10", "--proposals-per-object", "2",
          "--out", str(out)],
         capture_output=True, text=True, timeout=120,
@@ -119,7 +122,7 @@ def test_evaluate_cli_writes_json(tmp_path: Path) -> None:
 
 
 def test_proposals_per_object_reaches_every_planner() -> None:
-    from sim.namo.evaluate_planners import _planner_kwargs
+    from learning.namo.evaluate_planners import _planner_kwargs
 
     args = argparse.Namespace(proposals_per_object=2, mcts_budget=10, max_depth=3)
     assert make_planner("mcts", **_planner_kwargs("mcts", args)).config.proposals_per_object == 2

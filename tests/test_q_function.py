@@ -17,10 +17,10 @@ from learning.namo.data import (
     load_item,
     split_episodes,
 )
-from learning.namo.keys import STATE_KEYS
 from learning.namo.metrics import group_ids, ranking_metrics, spearman
 from learning.namo.model import QFunctionNet
 from learning.namo.synthetic import write_synthetic
+from sim.namo.keys import STATE_KEYS
 
 NAMO_TINY = Path(__file__).parent / "data" / "namo_tiny"
 

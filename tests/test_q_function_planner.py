@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from learning.namo.keys import ACTION_KEYS, STATE_KEYS
 from learning.namo.planner import LearnedQPlanner
+from sim.namo.keys import ACTION_KEYS, STATE_KEYS
 
 SIZE = 32
 

@@ -42,7 +42,7 @@ def goal_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _scene(size: int = 48) -> np.ndarray:
-    from learning.generative.masks import CONTEXT_KEYS
+    from sim.namo.keys import CONTEXT_KEYS
 
     sample = synthetic_sample(np.random.default_rng(5), size=size)
     return np.stack([sample[k] for k in CONTEXT_KEYS], axis=-1)  # (H, W, 5)
@@ -62,7 +62,8 @@ def test_goal_generator_node_across_processes(goal_model: Path, tmp_path: Path, 
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
     from roboloop_goal_generator.generator import GoalGenerator
-    from roboloop_goal_generator.node import DIAGNOSTICS_QOS, REQUEST_QOS
+    from roboloop_goal_generator.node import REQUEST_QOS
+    from roboloop_node_common.runtime import DIAGNOSTICS_QOS
     from sensor_msgs.msg import Image
 
     from roboloop_runtime.codecs import decode_image, encode_image

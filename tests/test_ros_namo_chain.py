@@ -50,12 +50,12 @@ def test_generator_to_scorer_chain_across_processes(models, tmp_path: Path, ros_
     from std_msgs.msg import Float32MultiArray
 
     from learning.generative.planner import mask_to_pose, scene_masks
-    from learning.namo.keys import ACTION_KEYS, STATE_KEYS
-    from learning.namo.layout import decode_response, join_request
-    from learning.namo.scoring import OnnxQScorer
     from roboloop_runtime.codecs import decode_image, encode_image
+    from sim.namo.keys import ACTION_KEYS, STATE_KEYS
+    from sim.namo.layout import decode_response, join_request
     from sim.namo.masks import proposal_masks
     from sim.namo.scene import doorway_scene
+    from sim.namo.scoring import OnnxQScorer
     from sim.namo.transition import Proposal, TransitionModel
 
     generator_path, q_path = models

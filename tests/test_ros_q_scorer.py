@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from learning.namo.layout import LayoutError, decode_response, join_request, split_request
-from learning.namo.scoring import OnnxQScorer
 from roboloop_runtime.codecs import decode_image, encode_image
+from sim.namo.layout import LayoutError, decode_response, join_request, split_request
+from sim.namo.scoring import OnnxQScorer
 
 PKG = Path(__file__).resolve().parents[1] / "ros2_ws" / "src" / "roboloop_namo"
 SIZE = 32

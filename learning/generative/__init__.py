@@ -1,7 +1,8 @@
 """Generative goal-mask models for NAMO: DiT network, flow matching, diffusion, export.
 
-Importing this package stays torch-free (the ROS goal generator imports `masks`); the torch
-pieces live in their own modules: `dit`, `schedulers`, `paths`, `samplers`, `module`, `data`,
+The torch-free pieces (mask-file loading, the ONNX `GoalGenerator` the ROS node serves) live
+in `sim.namo`; importing `planner` registers `dit_q` in the sim's planners. The torch pieces live
+in their own modules: `dit`, `schedulers`, `paths`, `samplers`, `module`, `data`,
 `export`, `quality`, `synthetic` and the optional `fm_library` adapter to Meta's flow_matching.
 Guide: docs/generative.md.
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from learning.generative.masks import load_sample
+from sim.namo.mask_files import load_sample
 
 CONTEXT = "context"
 TARGET = "target"

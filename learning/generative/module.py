@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from learning.generative.data import CONTEXT, TARGET
-from learning.generative.masks import CONTEXT_KEYS
+from sim.namo.keys import CONTEXT_KEYS
 
 GOAL_MASKS_OUTPUT = "goal_masks"
 

@@ -9,6 +9,8 @@ the argmax. Compared with `learned_q` only the proposal source differs (learned 
 
 Torch-free with ONNX models. When no generated pose is valid, the decision falls back to the
 transition model's uniform proposals and says so (`Decision.fallback`, `DiTQPlanner.fallbacks`).
+Importing this module registers `dit_q` in the sim's planner registry (and, through
+`learning.namo.planner`, `learned_q`).
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from learning.namo.keys import ACTION_KEYS, STATE_KEYS
-from learning.namo.planner import DEFAULT_MASK_FN, MaskFn, resolve
+from learning.namo.planner import DEFAULT_MASK_FN, MaskFn, fit_masks, resolve
 from learning.namo.scoring import make_scorer
+from sim.namo.goal_generator import GoalGenerator
+from sim.namo.keys import ACTION_KEYS, STATE_KEYS
+from sim.namo.masks import SizedMasks
+from sim.namo.planners import DecidePlanner, register_planner
 
 # (transition model, state, object index, size) -> (size, size, 5) context masks
 SceneMaskFn = Callable[[Any, Any, int, int], np.ndarray]
@@ -108,8 +113,6 @@ class DiTQPlanner:
 
     def __post_init__(self) -> None:
         if isinstance(self.generator, str):
-            from learning.generative.proposals import GoalGenerator
-
             self.generator = GoalGenerator(
                 self.generator, self.proposals_per_object, self.seed, self.device, self.threads
             )
@@ -175,3 +178,15 @@ class DiTQPlanner:
 
     def __call__(self, model: Any, state: Any) -> Any | None:
         return self.decide(model, state).proposal
+
+
+def dit_q_planner(
+    generator_path: str, q_model_path: str, image_size: int | None = None, **kwargs: Any
+) -> DecidePlanner:
+    """The `dit_q` registry entry: a DiTQPlanner on the sim's mask builder."""
+    masks = SizedMasks()
+    inner = DiTQPlanner(generator_path, q_model_path, mask_fn=masks, **kwargs)
+    return DecidePlanner(inner, "dit_q", fit_masks(inner, masks, image_size))
+
+
+register_planner("dit_q", dit_q_planner)

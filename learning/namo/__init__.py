@@ -1,6 +1,5 @@
-"""NAMO Q-function: data, network, metrics, export, Q-greedy planner and ROS-free scoring.
+"""NAMO Q-function: data, network, metrics, export, Q-greedy planner, torch scorer.
 
-Importing this package stays torch-free (the ROS q_scorer imports `learning.namo.layout` and
-`learning.namo.scoring` on machines that only have onnxruntime); torch lives in `data`, `model`,
-`export` and the torch backend of `scoring`.
+The torch-free pieces the ROS q_scorer needs (keys, request layout, ONNX scorer) live in
+`sim.namo`; importing `learning.namo.planner` registers `learned_q` in the sim's planners.
 """

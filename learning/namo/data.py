@@ -23,13 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from learning.namo.keys import ACTION_KEYS, FILE_GLOB, FILE_RE, STATE_KEYS, TARGET_KEY
+from sim.namo.keys import ACTION_KEYS, FILE_GLOB, FILE_RE, STATE_KEYS, TARGET_KEY
+from sim.namo.mask_files import MaskFileError, read_array
 
 REQUIRED_KEYS = (*STATE_KEYS, *ACTION_KEYS, TARGET_KEY)
-
-
-class MaskFileError(ValueError):
-    """A mask file is missing, unreadable, or lacks/misshapes a required key (names both)."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +98,7 @@ def load_item(path: Path, image_size: int | None = None) -> dict[str, torch.Tens
     with npz:
         state = np.stack([_mask(npz, path, k) for k in STATE_KEYS])
         action = np.stack([_mask(npz, path, k) for k in ACTION_KEYS])
-        q = np.asarray(_array(npz, path, TARGET_KEY), dtype=np.float32)
+        q = np.asarray(read_array(npz, path, TARGET_KEY), dtype=np.float32)
     if q.size != 1:
         raise MaskFileError(f"{path}: key {TARGET_KEY!r} has shape {q.shape}, expected a scalar")
     state_t, action_t = torch.from_numpy(state), torch.from_numpy(action)
@@ -114,17 +111,8 @@ def load_item(path: Path, image_size: int | None = None) -> dict[str, torch.Tens
     }
 
 
-def _array(npz: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray:
-    if key not in npz.files:
-        raise MaskFileError(f"{path}: missing key {key!r}")
-    try:
-        return npz[key]  # allow_pickle=False: an object array (a pickle) raises, never runs
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        raise MaskFileError(f"{path}: key {key!r} unreadable ({err})") from None
-
-
 def _mask(npz: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray:
-    arr = _array(npz, path, key)
+    arr = read_array(npz, path, key)
     if arr.ndim != 2:
         raise MaskFileError(f"{path}: key {key!r} has shape {arr.shape}, expected (H, W)")
     return arr.astype(np.float32, copy=False)

@@ -24,9 +24,9 @@ import torch
 
 from learning.checkpoint import CheckpointError, load_lightning
 from learning.export import code_version
-from learning.namo.keys import ACTION_CHANNELS, STATE_CHANNELS
 from learning.namo.model import ACTION_INPUT, Q_OUTPUT, STATE_INPUT, QFunctionNet
 from roboloop_runtime import FORMAT_VERSION, METADATA_KEY
+from sim.namo.keys import ACTION_CHANNELS, STATE_CHANNELS
 
 USAGE = (
     "usage: python -m learning.namo.export ckpt=PATH out=FILE.onnx [height=H] [width=W] [opset=18]"

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from learning.namo.data import resize_masks
-from learning.namo.keys import ACTION_CHANNELS, ACTION_KEYS, STATE_CHANNELS, STATE_KEYS
 from learning.namo.metrics import group_ids, ranking_metrics
+from sim.namo.keys import ACTION_CHANNELS, ACTION_KEYS, STATE_CHANNELS, STATE_KEYS
 
 STATE_INPUT, ACTION_INPUT, Q_OUTPUT = "state_masks", "action_masks", "q_values"  # ONNX names
 

@@ -4,6 +4,9 @@ Per decision: the sim's proposal generator (`TransitionModel.proposals`) samples
 moves, the sim's mask builder renders each (state, proposal) into the 13 seed channels, the
 Q-function scores all K in one batch (ONNX or torch, `learning.namo.scoring`), and the
 argmax proposal is executed. No search: the decision costs one network call plus the masks.
+
+Importing this module registers `learned_q` in the sim's planner registry
+(`sim.namo.planners.PLANNERS`), wrapped by `DecidePlanner`.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from learning.namo.keys import ACTION_KEYS, STATE_KEYS
 from learning.namo.scoring import make_scorer
+from sim.namo.keys import ACTION_KEYS, STATE_KEYS
+from sim.namo.masks import DEFAULT_SIZE, SizedMasks
+from sim.namo.planners import DecidePlanner, register_planner
 
 # (transition model, state, proposal) -> {key: (H, W) float32} with at least the 13 seed keys.
 # A "module:function" string is resolved and called with size=<the model's mask side>.
@@ -92,3 +97,23 @@ class LearnedQPlanner:
     def __call__(self, model: Any, state: Any) -> Any | None:
         """The proposal to execute (None: no valid proposal)."""
         return self.decide(model, state).proposal
+
+
+def fit_masks(planner: Any, masks: SizedMasks, image_size: int | None) -> int:
+    """Render masks at the size the Q-function's ONNX input expects (or image_size; a torch
+    checkpoint pools any size, so 224 by default)."""
+    hw = getattr(planner.scorer, "input_hw", None)
+    masks.size = image_size or (int(hw[0]) if hw and int(hw[0]) > 0 else DEFAULT_SIZE)
+    return masks.size
+
+
+def learned_q_planner(
+    model_path: str, image_size: int | None = None, **kwargs: Any
+) -> DecidePlanner:
+    """The `learned_q` registry entry: a LearnedQPlanner on the sim's mask builder."""
+    masks = SizedMasks()
+    inner = LearnedQPlanner(model_path, mask_fn=masks, **kwargs)
+    return DecidePlanner(inner, "learned_q", fit_masks(inner, masks, image_size))
+
+
+register_planner("learned_q", learned_q_planner)

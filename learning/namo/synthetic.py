@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from learning.namo.keys import ACTION_KEYS, STATE_KEYS, TARGET_KEY
+from sim.namo.keys import ACTION_KEYS, STATE_KEYS, TARGET_KEY
 
 
 def _square(size: int, cy: int, cx: int, half: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """K goal proposals for one scene from an exported `goal_generator` ONNX model (torch-free).
 
-Used by the ROS node (`roboloop_goal_generator`) and the `dit_q` planner. The model's inputs and
-metadata are described in docs/generative.md ("Export").
+Used by the ROS node (`roboloop_goal_generator`) and the `dit_q` planner (`learning.generative`).
+The model's inputs and metadata are described in docs/generative.md ("Export").
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import os
 
 import numpy as np
 
-from learning.generative.masks import CONTEXT_KEYS, resize_area
 from roboloop_runtime import ModelLoadError, OnnxModel, check_output
+from sim.namo.keys import CONTEXT_KEYS
+from sim.namo.mask_files import resize_area
 
 GOAL_MASKS_OUTPUT = "goal_masks"
 

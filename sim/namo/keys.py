@@ -1,4 +1,5 @@
-"""Names of the NAMO mask-file keys the Q-function reads (seed 000 order), torch-free."""
+"""Names of the NAMO mask-file keys: the Q-function's (seed 000 order), the goal generator's
+(seed 001 names) and the one table that maps the seed-001 names onto seed-000 masks."""
 
 from __future__ import annotations
 
@@ -33,3 +34,21 @@ SHARED_STATE_KEYS: tuple[str, ...] = STATE_KEYS[:8]
 POST_ACTION_KEYS: tuple[str, ...] = STATE_KEYS[8:]
 SHARED_CHANNELS = len(SHARED_STATE_KEYS)
 PER_PROPOSAL_CHANNELS = len(POST_ACTION_KEYS) + ACTION_CHANNELS
+
+# Seed-001 (goal generator) names of four seed-000 state masks: mask files carry both names,
+# and a file with only the seed-000 name still loads as a goal-generator sample.
+SEED001_ALIASES: dict[str, str] = {
+    "robot_image": "robot",
+    "goal_image": "goal",
+    "movable_objects_image": "movable",
+    "static_objects_image": "static",
+}
+# The goal generator's scene channels (in this order) and the mask it learns to propose.
+CONTEXT_KEYS: tuple[str, ...] = (
+    "robot_image",
+    "goal_image",
+    "movable_objects_image",
+    "static_objects_image",
+    "target_object",
+)
+GOAL_MASK_KEY = "target_goal"

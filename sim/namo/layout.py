@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from learning.namo.keys import (
+from sim.namo.keys import (
     ACTION_CHANNELS,
     PER_PROPOSAL_CHANNELS,
     SHARED_CHANNELS,

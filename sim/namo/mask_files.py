@@ -1,11 +1,13 @@
-"""Scene/goal masks of NAMO samples: keys, loading and resizing (numpy only, torch-free).
+"""Reading NAMO mask files (`.npz`) as data, numpy only: one error type, goal-generator samples.
 
-A sample is one `.npz` file. Context channels (in this order) and the target:
+A goal-generator sample is one file; its context channels (``CONTEXT_KEYS`` order) and target:
 
     robot_image, goal_image, movable_objects_image, static_objects_image, target_object
     -> target_goal
 
-Legacy files name the first four `robot`, `goal`, `movable`, `static`. Masks are float in [0, 1].
+Files with only the seed-000 names of the first four (``SEED001_ALIASES``: ``robot``, ``goal``,
+``movable``, ``static``) load the same. Masks are float in [0, 1]. The Q-function's loader
+(``learning.namo.data``) reads the same files with the same ``read_array`` and error.
 """
 
 from __future__ import annotations
@@ -15,40 +17,29 @@ import zipfile
 
 import numpy as np
 
-CONTEXT_KEYS: tuple[str, ...] = (
-    "robot_image",
-    "goal_image",
-    "movable_objects_image",
-    "static_objects_image",
-    "target_object",
-)
-TARGET_KEY = "target_goal"
-LEGACY_KEYS: dict[str, str] = {
-    "robot_image": "robot",
-    "goal_image": "goal",
-    "movable_objects_image": "movable",
-    "static_objects_image": "static",
-}
-NUM_CONTEXT = len(CONTEXT_KEYS)
+from sim.namo.keys import CONTEXT_KEYS, GOAL_MASK_KEY, SEED001_ALIASES
 
 
 class MaskFileError(ValueError):
-    """A sample file is missing a key or holds a mask of the wrong shape/range."""
+    """A mask file is missing, unreadable, or lacks/misshapes a required key (names both)."""
+
+
+def read_array(data: np.lib.npyio.NpzFile, path: str | os.PathLike, key: str) -> np.ndarray:
+    """The array stored under `key` (MaskFileError naming file and key when absent/unreadable)."""
+    if key not in data.files:
+        raise MaskFileError(f"{path}: missing key {key!r}")
+    try:
+        return data[key]  # allow_pickle=False: an object array (a pickle) raises, never runs
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise MaskFileError(f"{path}: key {key!r} unreadable ({err})") from None
 
 
 def _read_key(data: np.lib.npyio.NpzFile, key: str, path: str) -> np.ndarray:
-    if key in data.files:
-        name = key
-    elif key in LEGACY_KEYS and LEGACY_KEYS[key] in data.files:
-        name = LEGACY_KEYS[key]
-    else:
-        legacy = f" (or legacy {LEGACY_KEYS[key]!r})" if key in LEGACY_KEYS else ""
-        raise MaskFileError(f"{path}: missing key {key!r}{legacy}; has {sorted(data.files)}")
-    try:
-        arr = data[name]  # allow_pickle=False: an object array (a pickle) raises, never runs
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        raise MaskFileError(f"{path}: key {name!r} unreadable ({err})") from None
-    arr = np.asarray(arr, dtype=np.float32)
+    name = key if key in data.files else SEED001_ALIASES.get(key, key)
+    if name not in data.files:
+        alias = f" (or its seed-000 name {name!r})" if name != key else ""
+        raise MaskFileError(f"{path}: missing key {key!r}{alias}; has {sorted(data.files)}")
+    arr = np.asarray(read_array(data, path, name), dtype=np.float32)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim != 2:
@@ -67,7 +58,7 @@ def load_sample(path: str | os.PathLike, size: int | None = None) -> tuple[np.nd
         raise MaskFileError(f"{path}: cannot read npz: {err}") from None
     with data:
         context = [_read_key(data, key, path) for key in CONTEXT_KEYS]
-        target = _read_key(data, TARGET_KEY, path)
+        target = _read_key(data, GOAL_MASK_KEY, path)
     shapes = {a.shape for a in [*context, target]}
     if len(shapes) != 1:
         raise MaskFileError(f"{path}: masks have different shapes {sorted(shapes)}")

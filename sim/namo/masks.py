@@ -3,7 +3,7 @@
 All masks are float32 (S, S) over the whole world (``Grid.image``: row 0 = top, S = 224 by
 default). Binary masks hold 0/1; a shape covers a pixel when the pixel centre lies inside it.
 
-State channels (``learning.namo.keys.STATE_KEYS`` order, the one definition of the file format;
+State channels (``sim.namo.keys.STATE_KEYS`` order, the one definition of the file format;
 the first 8 describe the state, the last 3 the move):
 
 - ``robot``: robot disc; ``goal``: robot-radius disc at the robot goal;
@@ -36,15 +36,9 @@ from typing import Any
 import numpy as np
 
 from sim.namo.grid import Grid, rasterize_disc, rasterize_rect
+from sim.namo.keys import SEED001_ALIASES
 from sim.namo.transition import NamoState, Proposal, TransitionModel
 
-# Seed-001 (generative) names of the same masks.
-SEED001_ALIASES: dict[str, str] = {
-    "robot_image": "robot",
-    "goal_image": "goal",
-    "movable_objects_image": "movable",
-    "static_objects_image": "static",
-}
 DEFAULT_SIZE = 224
 DISTANCE_SCALE = 1.0  # x (width + height) metres maps to 1.0
 

@@ -6,11 +6,10 @@
     planner.last_network_seconds                    # network part of the last decision (0 if none)
 
 Registry: ``PLANNERS`` (name -> factory(**kwargs) -> Planner), ``register_planner(name, f)``.
-``learned_q`` (``learning.namo.planner.LearnedQPlanner``) and ``dit_q``
-(``learning.generative.planner.DiTQPlanner``) are registered lazily: their factories import
-``learning`` only when called, so the sim stays usable without it. Both are adapted by
-``DecidePlanner`` (they decide with ``decide(model, state)``); their mask builder is
-``sim.namo.masks.proposal_masks`` at the Q-function's input size (read from the ONNX model).
+The sim registers ``mcts`` and ``random``. The learned planners register themselves from the
+layer above when imported: ``learned_q`` (``learning.namo.planner``) and ``dit_q``
+(``learning.generative.planner``), both adapted by ``DecidePlanner`` (they decide with
+``decide(model, state)``). The sim never imports ``learning``.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from sim.namo.masks import DEFAULT_SIZE, SizedMasks
 from sim.namo.mcts import MCTS, MCTSConfig
 from sim.namo.transition import NamoState, Proposal, TransitionModel
 
@@ -101,7 +99,7 @@ class RandomPlanner(_Bound):
 
 class DecidePlanner(_Bound):
     """Adapter for planners with ``decide(model, state) -> Decision`` and ``reset(seed)`` (the
-    ``learning`` planners)."""
+    learned planners)."""
 
     def __init__(self, inner: Any, name: str, mask_size: int | None = None):
         self.inner = inner
@@ -119,33 +117,5 @@ class DecidePlanner(_Bound):
         return self.last_decision.proposal
 
 
-def _fit_masks(planner: Any, masks: SizedMasks, image_size: int | None) -> int:
-    """Render masks at the size the Q-function's ONNX input expects (or image_size; a torch
-    checkpoint pools any size, so 224 by default)."""
-    hw = getattr(planner.scorer, "input_hw", None)
-    masks.size = image_size or (int(hw[0]) if hw and int(hw[0]) > 0 else DEFAULT_SIZE)
-    return masks.size
-
-
-def _learned_q(model_path: str, image_size: int | None = None, **kwargs: Any) -> DecidePlanner:
-    from learning.namo.planner import LearnedQPlanner
-
-    masks = SizedMasks()
-    inner = LearnedQPlanner(model_path, mask_fn=masks, **kwargs)
-    return DecidePlanner(inner, "learned_q", _fit_masks(inner, masks, image_size))
-
-
-def _dit_q(
-    generator_path: str, q_model_path: str, image_size: int | None = None, **kwargs: Any
-) -> DecidePlanner:
-    from learning.generative.planner import DiTQPlanner
-
-    masks = SizedMasks()
-    inner = DiTQPlanner(generator_path, q_model_path, mask_fn=masks, **kwargs)
-    return DecidePlanner(inner, "dit_q", _fit_masks(inner, masks, image_size))
-
-
 register_planner("mcts", MCTSPlanner)
 register_planner("random", RandomPlanner)
-register_planner("learned_q", _learned_q)
-register_planner("dit_q", _dit_q)

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from sim.namo.grid import rect_corners
+from sim.namo.keys import ACTION_KEYS, STATE_KEYS
 from sim.namo.scene import Scene
 from sim.namo.transition import NamoState, Proposal
 
@@ -130,7 +131,6 @@ def render_decision(
 ) -> Image.Image:
     """Scene with the proposals coloured by Q (reachable region tinted) left, and the 13 mask
     channels of the best proposal (highest Q, else the first) right."""
-    from learning.namo.keys import ACTION_KEYS, STATE_KEYS
     from sim.namo.masks import proposal_masks
 
     left = render_scene(

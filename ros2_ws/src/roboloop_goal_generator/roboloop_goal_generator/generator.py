@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from learning.generative.masks import CONTEXT_KEYS
-from learning.generative.proposals import GoalGenerator, SceneError
 from roboloop_runtime.codecs import decode_image
+from sim.namo.goal_generator import GoalGenerator, SceneError
+from sim.namo.keys import CONTEXT_KEYS
 
 __all__ = ["GoalGenerator", "Proposals", "SceneError", "generate"]
 

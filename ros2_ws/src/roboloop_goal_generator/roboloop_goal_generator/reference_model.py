@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from learning.generative.masks import CONTEXT_KEYS
+from sim.namo.keys import CONTEXT_KEYS
 
 FAULTS = {"nan_without_robot": "goal masks are NaN when the robot mask is empty"}
 

@@ -6,7 +6,7 @@
 A request is refused before any work when its header asks for more than the limits (K from the
 encoding, bytes from step * height), and when its values are not finite. Q-values that are not
 K finite numbers are never published. Both raise `MessageError` / `ModelOutputError`, whose
-`reason` the node counts. Layout of requests/responses: learning.namo.layout.
+`reason` the node counts. Layout of requests/responses: sim.namo.layout.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from learning.namo.layout import LayoutError, proposals_in, response_dims, split_request
-from learning.namo.scoring import QScorer
 from roboloop_runtime import ModelOutputError, check_output
 from roboloop_runtime.codecs import MessageError, decode_image, image_encoding
+from sim.namo.layout import LayoutError, proposals_in, response_dims, split_request
+from sim.namo.scoring import QScorer
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 
 Request: sensor_msgs/Image `32FC<8+5K>` on `~/request` (8 shared state masks + 5 per proposal).
 Response: std_msgs/Float32MultiArray on `~/q_values`, shape (1, K), dim[0].label carries the
-request key (header stamp + frame_id) and the best proposal index. Layout: learning.namo.layout.
+request key (header stamp + frame_id) and the best proposal index. Layout: sim.namo.layout.
 
 configure: load the ONNX Q-function (model_type q_function). activate: subscribe; each request
 is scored in its subscription callback, and while one is scored the subscription keeps the newest
@@ -36,10 +36,10 @@ from roboloop_node_common.runtime import (
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 
-from learning.namo.scoring import OnnxQScorer
 from roboloop_namo.core import RequestLimits, ScoringStats, score_request
 from roboloop_runtime import ModelLoadError, ModelOutputError
 from roboloop_runtime.codecs import MessageError
+from sim.namo.scoring import OnnxQScorer
 
 NODE_NAME = "q_scorer"
 # Requests and responses are commands/results: reliable; requests are large images, so the
@@ -82,7 +82,7 @@ class ScorerParams:
 
 
 class QScorerNode(LifecycleNode):
-    """Thin lifecycle adapter around learning.namo.scoring + roboloop_namo.core."""
+    """Thin lifecycle adapter around sim.namo.scoring + roboloop_namo.core."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)

@@ -1,0 +1,95 @@
+"""Compare NAMO planners on held-out scenes, learned planners included (the command line).
+
+    python -m learning.namo.evaluate_planners --planners mcts random learned_q dit_q \
+        --seeds 100000 100001 ... | --num-seeds 20 [--first-seed 100000] [--max-moves 5] \
+        [--mcts-budget 100] [--q-model q.onnx] [--generator g.onnx] [--out results.json]
+
+The harness (scenes, episodes, summary, table) is ``sim.namo.evaluate_planners``; this module
+lives in ``learning`` because importing the learned planners registers ``learned_q`` and
+``dit_q`` in the sim's planner registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import learning.generative.planner  # noqa: F401  (registers dit_q)
+import learning.namo.planner  # noqa: F401  (registers learned_q)
+from sim.namo.evaluate_planners import (
+    DEFAULT_FIRST_SEED,
+    evaluate_planners,
+    print_table,
+    summarize,
+)
+from sim.namo.planners import make_planner
+
+
+def _planner_kwargs(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    # Every planner draws or generates `proposals_per_object` candidates per reachable object
+    # (MCTS at its root); unset, each keeps its own default (4; dit_q samples 8 masks).
+    kwargs: dict[str, Any] = {}
+    if args.proposals_per_object is not None:
+        kwargs["proposals_per_object"] = args.proposals_per_object
+    if name == "mcts":
+        kwargs |= {"budget": args.mcts_budget, "max_depth": args.max_depth}
+    elif name == "learned_q":
+        kwargs["model_path"] = _need(args.q_model, "--q-model", name)
+    elif name == "dit_q":
+        kwargs["generator_path"] = _need(args.generator, "--generator", name)
+        kwargs["q_model_path"] = _need(args.q_model, "--q-model", name)
+    return kwargs
+
+
+def _describe(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The settings a planner ran with, for the JSON record."""
+    return {k: v for k, v in _planner_kwargs(name, args).items() if not k.endswith("path")}
+
+
+def _need(value: str | None, flag: str, name: str) -> str:
+    if not value:
+        raise SystemExit(f"planner {name!r} needs {flag}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m learning.namo.evaluate_planners")
+    ap.add_argument("--planners", nargs="+", default=["mcts", "random"])
+    ap.add_argument("--seeds", nargs="*", type=int, default=None)
+    ap.add_argument("--num-seeds", type=int, default=20)
+    ap.add_argument("--first-seed", type=int, default=DEFAULT_FIRST_SEED)
+    ap.add_argument("--max-moves", type=int, default=5)
+    ap.add_argument("--mcts-budget", type=int, default=100)
+    ap.add_argument("--max-depth", type=int, default=3)
+    ap.add_argument(
+        "--proposals-per-object",
+        type=int,
+        default=None,
+        help="candidates per reachable object for every planner (default: each planner's own)",
+    )
+    ap.add_argument("--q-model", default=None, help="Q-function .onnx/.ckpt (learned_q, dit_q)")
+    ap.add_argument("--generator", default=None, help="goal_generator .onnx (dit_q)")
+    ap.add_argument("--out", default=None, help="JSON file for rows + summary")
+    args = ap.parse_args(argv)
+    seeds = args.seeds or list(range(args.first_seed, args.first_seed + args.num_seeds))
+    planners = [make_planner(n, **_planner_kwargs(n, args)) for n in args.planners]
+    rows = evaluate_planners(planners, seeds, args.max_moves, progress=True)
+    summary = summarize(rows)
+    print_table(summary)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "seeds": seeds,
+            "max_moves": args.max_moves,
+            "planners": {n: _describe(n, args) for n in args.planners},
+            "summary": summary,
+            "rows": rows,
+        }
+        Path(args.out).write_text(json.dumps(payload, indent=2))
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
