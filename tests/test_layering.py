@@ -130,9 +130,7 @@ NODE_SIM_MODULES = [
 ]
 
 
-def test_runtime_and_node_sim_modules_import_and_run_onnx_with_torch_rclpy_mujoco_blocked() -> (
-    None
-):
+def test_runtime_and_node_sim_modules_run_onnx_with_torch_rclpy_mujoco_blocked() -> None:
     proc = subprocess.run(
         [sys.executable, "-c", _BLOCKED_RUN, json.dumps(NODE_SIM_MODULES)],
         capture_output=True,
