@@ -1,24 +1,34 @@
 """The export contract shared by every exporter, runner and node (torch-free).
 
 Names of graph inputs/outputs, the metadata key and format version, the errors a runner raises,
-and the checked value types (observation specs, action bounds, normalization maps) that the
-`roboloop` metadata JSON carries. docs/export_contract.md is the prose version.
+the checked value types (observation specs, action bounds, recurrent state, normalization maps)
+that the `roboloop` metadata JSON carries, and `MODEL_TYPES`: for every model type, the graph
+inputs/outputs (names, shapes, dtypes) its metadata implies. `build_metadata` (exporters,
+reference models) and `check_metadata` (runners) both go through that registry, so a file whose
+graph does not match its declared type never loads. docs/export_contract.md is the prose version.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 METADATA_KEY = "roboloop"  # ONNX metadata_props key holding the JSON contract
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)  # v1 files are upgraded on load (`upgrade_v1`)
 OBS_INPUT_PREFIX = "obs."  # ONNX input name of observation key k is "obs.<k>"
 NOISE_INPUT = "noise"
 ACTIONS_OUTPUT = "actions"
+ACTIONS_INPUT = "actions"  # the action chunk a critic scores
+Q_OUTPUT = "q"  # critic value(s): (B,) or (B, K) for an ensemble of K heads
+STATE_IN_PREFIX = "state_in."  # recurrent state fed to a call ...
+STATE_OUT_PREFIX = "state_out."  # ... and returned for the next call
+FEATURE_TYPES = ("image", "low_dim")
 MAX_CONTROL_RATE_HZ = 1000.0  # above this a metadata rate is a bug, not a robot
 ACTION_BOUNDS_SOURCES = ("env", "data")
 SCALE_EPS = 1e-6  # a spread below this is a constant dimension: scale 1, no blow-up
@@ -54,10 +64,82 @@ def check_output(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ObsSpec:
-    """Shape and dtype of one observation key for a single step (no batch, no time axis)."""
+    """Shape, dtype and feature type of one observation key for a single step (no batch, no
+    time axis). The feature type is declared by whoever knows it (the dataset, the exporter),
+    never guessed from the shape: encoders and nodes branch on it."""
 
     shape: tuple[int, ...]
-    dtype: str  # numpy dtype name: "float32" for low-dim, "uint8" for images
+    dtype: str  # numpy dtype name, e.g. "float32" (low-dim, masks) or "uint8" (rgb HWC images)
+    feature_type: str  # one of FEATURE_TYPES
+
+    def __post_init__(self) -> None:
+        if self.feature_type not in FEATURE_TYPES:
+            raise ValueError(
+                f"feature_type {self.feature_type!r} is not one of {list(FEATURE_TYPES)}"
+            )
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> ObsSpec:
+        """Parse `{"shape": [...], "dtype": ..., "feature_type": "image" | "low_dim"}`."""
+        if "feature_type" not in spec:
+            raise ValueError(f"observation spec {dict(spec)!r} declares no feature_type")
+        return cls(
+            tuple(int(d) for d in spec["shape"]), str(spec["dtype"]), str(spec["feature_type"])
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "dtype": self.dtype, "feature_type": self.feature_type}
+
+
+def v1_feature_type(dtype: str) -> str:
+    """The v1 upgrade rule (v1 files declared no feature type): uint8 is an image, anything
+    else low-dim. Only `upgrade_v1` applies it; v2 metadata must declare the type."""
+    return "image" if dtype == "uint8" else "low_dim"
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """One recurrent state tensor of a stateful model: graph input `state_in.<name>`
+    (B, *shape), output `state_out.<name>` (B, *shape), and its value at episode start."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    initial: np.ndarray  # (*shape), broadcast over the batch by `initial_batch`
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> StateSpec:
+        """Parse `{"shape": [...], "dtype": ..., "initial": number | nested list of shape}`."""
+        try:
+            shape, dtype = tuple(int(d) for d in spec["shape"]), str(spec["dtype"])
+            initial = np.asarray(spec["initial"], dtype=np.dtype(dtype))
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"state spec {dict(spec)!r} is not {{shape, dtype, initial}}") from (
+                err
+            )
+        if initial.shape not in ((), shape):
+            raise ValueError(f"state initial value has shape {initial.shape}, expected {shape}")
+        if initial.dtype.kind == "f" and not np.isfinite(initial).all():
+            raise ValueError("state initial value holds non-finite values")
+        return cls(shape, dtype, np.broadcast_to(initial, shape))
+
+    def to_dict(self) -> dict[str, Any]:
+        init = self.initial
+        flat = init.reshape(-1)
+        value = flat[0].item() if flat.size and (flat == flat[0]).all() else init.tolist()
+        return {"shape": list(self.shape), "dtype": self.dtype, "initial": value}
+
+    def initial_batch(self, batch: int) -> np.ndarray:
+        """(batch, *shape): the episode-start state of `batch` independent rows."""
+        return np.ascontiguousarray(np.broadcast_to(self.initial, (batch, *self.shape)))
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, StateSpec)
+            and (self.shape, self.dtype) == (other.shape, other.dtype)
+            and np.array_equal(self.initial, other.initial)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def check_control_rate(rate_hz: float, what: str = "control_rate_hz") -> float:
@@ -138,9 +220,11 @@ def observation_affine(
 class PolicyMetadata:
     """What a caller needs to drive a policy; mirrors the `roboloop` ONNX metadata JSON.
 
-    Checked when built: positive sizes, a control rate in (0, MAX_CONTROL_RATE_HZ], action
-    bounds of `action_dim` finite values, finite normalization stats. `action_bounds` is None
-    for exports from before the bounds were part of the contract (the ROS node refuses those).
+    Checked when built: an acting model type, positive sizes, a control rate in
+    (0, MAX_CONTROL_RATE_HZ], action bounds of `action_dim` finite values, finite normalization
+    stats. `action_bounds` is None for exports from before the bounds were part of the contract
+    (the ROS policy node refuses those). `noise_shape` is what the caller draws per batch row
+    (None: a deterministic model, no noise input); `state` the recurrent tensors it carries.
     """
 
     observations: dict[str, ObsSpec]
@@ -153,8 +237,14 @@ class PolicyMetadata:
     model_type: str = "policy"
     action_bounds: ActionBounds | None = None
     normalization: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> stats
+    num_samples: int | None = None  # best_of_n: candidates sampled per row
+    state: dict[str, StateSpec] = field(default_factory=dict)  # name -> recurrent state
 
     def __post_init__(self) -> None:
+        kind = MODEL_TYPES.get(self.model_type)
+        if kind is None or not kind.acting:
+            acting = sorted(k for k, t in MODEL_TYPES.items() if t.acting)
+            raise ValueError(f"model_type {self.model_type!r} is not a policy (one of {acting})")
         for name in ("obs_steps", "action_dim", "horizon"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
@@ -169,8 +259,16 @@ class PolicyMetadata:
                 f"action_bounds have {len(self.action_bounds.low)} values, "
                 f"action_dim={self.action_dim}"
             )
+        if self.state and not kind.stateful:
+            raise ValueError(f"model_type {self.model_type!r} cannot carry state")
         for key in self.normalization:
             self.observation_affine(key)  # raises on non-finite or malformed stats
+        kind.noise_shape(self)  # raises when a field the type needs is missing
+
+    @property
+    def noise_shape(self) -> tuple[int, ...] | None:
+        """Per-row shape of the `noise` input, or None when the model takes no noise."""
+        return MODEL_TYPES[self.model_type].noise_shape(self)
 
     def observation_affine(self, key: str) -> tuple[np.ndarray, np.ndarray] | None:
         """(center, scale) of observation `key` from the normalization stats (None: no stats)."""
@@ -184,18 +282,15 @@ class PolicyMetadata:
             raise ValueError(f"normalization stats of {key!r}: {err}") from None
 
     @classmethod
-    def from_dict(cls, meta: dict[str, Any]) -> PolicyMetadata:
-        """Build from the `roboloop` metadata JSON (extra keys are ignored)."""
+    def from_dict(cls, meta: Mapping[str, Any]) -> PolicyMetadata:
+        """Build from the `roboloop` metadata JSON (v2 fields; extra keys are ignored)."""
         try:
-            observations = {
-                key: ObsSpec(tuple(int(d) for d in spec["shape"]), str(spec["dtype"]))
-                for key, spec in meta["observations"].items()
-            }
             rate = meta.get("control_rate_hz")
             bounds = meta.get("action_bounds")
             stats = (meta.get("normalization") or {}).get("stats") or {}
+            samples = meta.get("num_samples")
             return cls(
-                observations=observations,
+                observations=_observations(meta),
                 obs_steps=int(meta["obs_steps"]),
                 action_dim=int(meta["action_dim"]),
                 horizon=int(meta["horizon"]),
@@ -205,6 +300,8 @@ class PolicyMetadata:
                 model_type=str(meta.get("model_type", "policy")),
                 action_bounds=None if bounds is None else ActionBounds.from_dict(bounds),
                 normalization={str(k): dict(v) for k, v in stats.items()},
+                num_samples=None if samples is None else int(samples),
+                state=_states(meta),
             )
         except KeyError as err:
             raise ValueError(f"policy metadata is missing key {err.args[0]!r}") from None
@@ -212,9 +309,7 @@ class PolicyMetadata:
     def to_dict(self) -> dict[str, Any]:
         out = {
             "model_type": self.model_type,
-            "observations": {
-                k: {"shape": list(s.shape), "dtype": s.dtype} for k, s in self.observations.items()
-            },
+            "observations": {k: s.to_dict() for k, s in self.observations.items()},
             "obs_steps": self.obs_steps,
             "action_dim": self.action_dim,
             "horizon": self.horizon,
@@ -225,7 +320,330 @@ class PolicyMetadata:
         }
         if self.action_bounds is not None:
             out["action_bounds"] = self.action_bounds.to_dict()
+        if self.num_samples is not None:
+            out["num_samples"] = self.num_samples
+        if self.state:
+            out["state"] = {k: s.to_dict() for k, s in self.state.items()}
         return out
+
+
+def _observations(meta: Mapping[str, Any]) -> dict[str, ObsSpec]:
+    try:
+        return {str(k): ObsSpec.from_dict(v) for k, v in meta["observations"].items()}
+    except ValueError as err:
+        raise ValueError(f"observations: {err}") from None
+
+
+def _states(meta: Mapping[str, Any]) -> dict[str, StateSpec]:
+    states = {}
+    for name, spec in (meta.get("state") or {}).items():
+        try:
+            states[str(name)] = StateSpec.from_dict(spec)
+        except ValueError as err:
+            raise ValueError(f"state {name!r}: {err}") from None
+    return states
+
+
+# ---- model types -------------------------------------------------------------------------
+Tensors = dict[str, tuple[tuple[int, ...], str]]  # graph tensor name -> (shape, -1 = batch; dtype)
+
+
+def _chunk(m: PolicyMetadata) -> tuple[int, ...]:
+    return (m.horizon, m.action_dim)
+
+
+def _obs_history(m: PolicyMetadata) -> Tensors:
+    return {
+        OBS_INPUT_PREFIX + k: ((-1, m.obs_steps, *s.shape), s.dtype)
+        for k, s in m.observations.items()
+    }
+
+
+def _state_io(m: PolicyMetadata, prefix: str) -> Tensors:
+    return {prefix + k: ((-1, *s.shape), s.dtype) for k, s in m.state.items()}
+
+
+def _acting_io(m: PolicyMetadata, outputs: Tensors) -> tuple[Tensors, Tensors]:
+    inputs = _obs_history(m)
+    if m.noise_shape is not None:
+        inputs[NOISE_INPUT] = ((-1, *m.noise_shape), "float32")
+    return (
+        {**inputs, **_state_io(m, STATE_IN_PREFIX)},
+        {**outputs, **_state_io(m, STATE_OUT_PREFIX)},
+    )
+
+
+def _policy_io(meta: Mapping[str, Any]) -> tuple[Tensors, Tensors]:
+    m = PolicyMetadata.from_dict(meta)
+    outputs: Tensors = {ACTIONS_OUTPUT: ((-1, *_chunk(m)), "float32")}
+    if m.model_type == "best_of_n":
+        outputs[Q_OUTPUT] = ((-1,), "float32")  # the chosen candidate's value
+    return _acting_io(m, outputs)
+
+
+@dataclass(frozen=True)
+class CriticMetadata:
+    """What a caller needs to query a critic: Q over an observation history + action chunk."""
+
+    observations: dict[str, ObsSpec]
+    obs_steps: int
+    horizon: int
+    action_dim: int
+    ensemble_size: int | None = None  # K heads (critic_ensemble), None for one critic
+
+    def __post_init__(self) -> None:
+        for name in ("obs_steps", "horizon", "action_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.ensemble_size is not None and self.ensemble_size < 1:
+            raise ValueError(f"ensemble_size={self.ensemble_size} must be >= 1")
+
+    @property
+    def q_shape(self) -> tuple[int, ...]:
+        """Per-row shape of the q output: () for one critic, (K,) for an ensemble."""
+        return () if self.ensemble_size is None else (self.ensemble_size,)
+
+    @classmethod
+    def from_dict(cls, meta: Mapping[str, Any]) -> CriticMetadata:
+        """Build from the `roboloop` metadata JSON of a critic or critic_ensemble."""
+        ensemble = meta.get("ensemble_size")
+        try:
+            return cls(
+                _observations(meta),
+                int(meta["obs_steps"]),
+                int(meta["horizon"]),
+                int(meta["action_dim"]),
+                None if ensemble is None else int(ensemble),
+            )
+        except KeyError as err:
+            raise ValueError(f"critic metadata is missing key {err.args[0]!r}") from None
+
+
+def _critic_io(meta: Mapping[str, Any], ensemble: bool = False) -> tuple[Tensors, Tensors]:
+    """obs.* (B, obs_steps, *shape) + actions (B, horizon, A) -> q (B,) or (B, ensemble_size)."""
+    m = CriticMetadata.from_dict(meta)
+    if ensemble != (m.ensemble_size is not None):
+        raise ValueError(
+            "a critic_ensemble declares ensemble_size"
+            if ensemble
+            else "ensemble_size belongs to a critic_ensemble"
+        )
+    inputs: Tensors = {
+        OBS_INPUT_PREFIX + k: ((-1, m.obs_steps, *s.shape), s.dtype)
+        for k, s in m.observations.items()
+    }
+    inputs[ACTIONS_INPUT] = ((-1, m.horizon, m.action_dim), "float32")
+    return inputs, {Q_OUTPUT: ((-1, *m.q_shape), "float32")}
+
+
+def _goal_generator_io(meta: Mapping[str, Any]) -> tuple[Tensors, Tensors]:
+    obs = _observations(meta)
+    s = int(meta["image_size"])
+    keys = meta["context_keys"]
+    inputs = {OBS_INPUT_PREFIX + k: ((-1, *obs[k].shape), obs[k].dtype) for k in keys}
+    inputs[NOISE_INPUT] = ((-1, 1, s, s), "float32")
+    return inputs, {"goal_masks": ((-1, 1, s, s), "float32")}
+
+
+def _q_function_io(meta: Mapping[str, Any]) -> tuple[Tensors, Tensors]:
+    # Mask height/width are fixed at export (any size; the network pools to `image_size`).
+    h, w = (int(d) for d in meta["inputs"]["state_masks"]["shape"][-2:])
+    return (
+        {
+            "state_masks": ((-1, len(meta["state_keys"]), h, w), "float32"),
+            "action_masks": ((-1, len(meta["action_keys"]), h, w), "float32"),
+        },
+        {"q_values": ((-1, 1), "float32")},
+    )
+
+
+@dataclass(frozen=True)
+class ModelType:
+    """One entry of MODEL_TYPES: what a model of this type exposes.
+
+    io(meta) -> (inputs, outputs): the graph tensors the other metadata fields imply; the
+    metadata's own `inputs`/`outputs` must equal them. `acting`: runs behind the `Policy`
+    interface (PolicyMetadata fields). `noise_shape(policy_metadata)`: per-row noise the caller
+    draws (None: no noise input). `stateful`: may carry `state_in.*` / `state_out.*` tensors.
+    `v1_feature_type`: the v1 upgrade rule for its observations (dtype -> feature type).
+    """
+
+    name: str
+    summary: str
+    io: Callable[[Mapping[str, Any]], tuple[Tensors, Tensors]]
+    acting: bool = False
+    noise_shape: Callable[[PolicyMetadata], tuple[int, ...] | None] = lambda m: None
+    stateful: bool = False
+    v1_feature_type: Callable[[str], str] = v1_feature_type
+
+
+MODEL_TYPES: dict[str, ModelType] = {}
+
+
+def register_model_type(kind: ModelType) -> ModelType:
+    """Add a model type (extend here, not with if-branches in runners or exporters)."""
+    if kind.name in MODEL_TYPES:
+        raise ValueError(f"model type {kind.name!r} is already registered")
+    MODEL_TYPES[kind.name] = kind
+    return kind
+
+
+def _best_of_n_noise(m: PolicyMetadata) -> tuple[int, ...]:
+    if m.num_samples is None or m.num_samples < 1:
+        raise ValueError(f"best_of_n needs num_samples >= 1, got {m.num_samples}")
+    return (m.num_samples, *_chunk(m))
+
+
+for _kind in (
+    ModelType(
+        "policy",
+        "stochastic sampler: obs.* (B, obs_steps, *shape) + noise (B, horizon, A) -> actions",
+        _policy_io,
+        acting=True,
+        noise_shape=_chunk,
+        stateful=True,
+    ),
+    ModelType(
+        "actor",
+        "deterministic actor: obs.* (B, obs_steps, *shape) -> actions (B, horizon, A), no noise",
+        _policy_io,
+        acting=True,
+        stateful=True,
+    ),
+    ModelType(
+        "best_of_n",
+        "sampler + critic + argmax in one graph: obs.* + noise (B, N, horizon, A) -> actions "
+        "(B, horizon, A), q (B,) of the chosen candidate",
+        _policy_io,
+        acting=True,
+        noise_shape=_best_of_n_noise,
+        stateful=True,
+    ),
+    ModelType(
+        "critic",
+        "Q over observation + action chunk: obs.* + actions (B, horizon, A) -> q (B,)",
+        _critic_io,
+    ),
+    ModelType(
+        "critic_ensemble",
+        "K critic heads in one graph: obs.* + actions (B, horizon, A) -> q (B, K)",
+        functools.partial(_critic_io, ensemble=True),
+    ),
+    ModelType(
+        "goal_generator",
+        "NAMO goal masks: obs.<context mask> (B, S, S) + noise (B, 1, S, S) -> goal_masks",
+        _goal_generator_io,
+        v1_feature_type=lambda dtype: "image",  # every v1 generator input is a mask image
+    ),
+    ModelType(
+        "q_function",
+        "NAMO Q: state_masks (B, 11, H, W) + action_masks (B, 2, H, W) -> q_values (B, 1)",
+        _q_function_io,
+    ),
+):
+    register_model_type(_kind)
+
+
+def _tensor_specs(tensors: Tensors) -> dict[str, dict[str, Any]]:
+    return {n: {"shape": list(shape), "dtype": dtype} for n, (shape, dtype) in tensors.items()}
+
+
+def upgrade_v1(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """A v1 metadata dict in v2 form: observations get the feature type of their model type's
+    v1 rule (`v1_feature_type`: uint8 -> image, else low-dim; goal generators: image);
+    `upgraded_from` records the version the file was written with."""
+    kind = MODEL_TYPES.get(str(meta.get("model_type")))
+    rule = kind.v1_feature_type if kind is not None else v1_feature_type
+    out = dict(meta, format_version=FORMAT_VERSION, upgraded_from=1)
+    if isinstance(meta.get("observations"), Mapping):
+        out["observations"] = {
+            k: {**spec, "feature_type": spec.get("feature_type") or rule(str(spec.get("dtype")))}
+            for k, spec in meta["observations"].items()
+        }
+    return out
+
+
+def check_metadata(meta: Any) -> dict[str, Any]:
+    """The metadata in v2 form if it is a readable version of a registered model type whose
+    declared `inputs`/`outputs` are exactly what its other fields imply; else ValueError."""
+    if not isinstance(meta, Mapping):
+        raise ValueError(f"metadata is a {type(meta).__name__}, not a JSON object")
+    version = meta.get("format_version")
+    if version not in READABLE_FORMAT_VERSIONS:
+        raise ValueError(
+            f"metadata format_version {version!r}, expected one of "
+            f"{list(READABLE_FORMAT_VERSIONS)}"
+        )
+    for key in ("model_type", "inputs", "outputs"):
+        if key not in meta:
+            raise ValueError(f"metadata lacks key {key!r}")
+    meta = upgrade_v1(meta) if version == 1 else dict(meta)
+    kind = MODEL_TYPES.get(str(meta["model_type"]))
+    if kind is None:
+        raise ValueError(f"model_type {meta['model_type']!r} is not one of {sorted(MODEL_TYPES)}")
+    try:
+        inputs, outputs = kind.io(meta)
+    except KeyError as err:
+        raise ValueError(f"{kind.name} metadata is missing key {err.args[0]!r}") from None
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{kind.name} metadata: {err}") from None
+    for what, want in (("inputs", inputs), ("outputs", outputs)):
+        have = meta[what]
+        if not isinstance(have, Mapping):
+            raise ValueError(f"metadata {what} is not a mapping")
+        for name in sorted(set(want) | set(have)):
+            if name not in have:
+                raise ValueError(f"{kind.name} metadata {what} lack {name!r}")
+            if name not in want:
+                raise ValueError(
+                    f"{kind.name} metadata {what} have {name!r}, not one of {sorted(want)}"
+                )
+            expected = _tensor_specs({name: want[name]})[name]
+            if dict(have[name]) != expected:
+                raise ValueError(
+                    f"{kind.name} metadata {what}[{name!r}] is {dict(have[name])}, its other "
+                    f"fields imply {expected}"
+                )
+    return meta
+
+
+def graph_io(model_type: str, fields: Mapping[str, Any]) -> tuple[dict, dict]:
+    """(inputs, outputs) metadata specs the registry derives for `model_type` from `fields`."""
+    inputs, outputs = MODEL_TYPES[model_type].io({**fields, "model_type": model_type})
+    return _tensor_specs(inputs), _tensor_specs(outputs)
+
+
+def build_metadata(
+    model_type: str,
+    fields: Mapping[str, Any],
+    *,
+    inputs: Mapping[str, Any] | None = None,
+    outputs: Mapping[str, Any] | None = None,
+    training_config: Any = None,
+    code_version: str = "unknown",
+) -> dict[str, Any]:
+    """The `roboloop` metadata JSON of a model: the one builder (exporter, reference models).
+
+    `fields` are the type's own keys (observations, horizon, ...). `inputs`/`outputs` are the
+    graph's tensors when the caller traced them (checked against the registry); left None
+    they are derived from the registry. ValueError for anything `check_metadata` refuses.
+    """
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"model_type {model_type!r} is not one of {sorted(MODEL_TYPES)}")
+    if (inputs is None) != (outputs is None):
+        raise ValueError("give both graph inputs and outputs, or neither")
+    if inputs is None:
+        inputs, outputs = graph_io(model_type, fields)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "model_type": model_type,
+        **{k: v for k, v in fields.items() if k != "model_type"},
+        "inputs": dict(inputs),
+        "outputs": dict(outputs),
+        "training_config": {} if training_config is None else training_config,
+        "code_version": code_version,
+    }
+    return check_metadata(meta)
 
 
 class ModelLoadError(RuntimeError):

@@ -2,7 +2,12 @@
 
     model = OnnxModel("policy.onnx", device="auto")    # .metadata, .provider, .fallback_reason
     out = model.run({"obs.state": x, "noise": z})      # checked against the metadata first
-    policy = OnnxPolicy("policy.onnx", seed=0)          # implements roboloop_runtime.policy
+    policy = OnnxPolicy("policy.onnx", seed=0)          # policy / actor / best_of_n, stateful too
+    critic = OnnxCritic("critic.onnx")                  # critic / critic_ensemble: .q(obs, a)
+    runner = load_runner("any.onnx")                    # the RUNNERS entry of its model type
+
+`OnnxModel` refuses a file whose metadata does not match its model type (contract
+`check_metadata`: v1 files are upgraded, v2 checked) or whose graph has other tensors.
 
 The contract (input names, shapes, metadata JSON) is documented in docs/export_contract.md.
 """
@@ -17,15 +22,22 @@ from typing import Any
 import numpy as np
 
 from roboloop_runtime.contract import (
+    ACTIONS_INPUT,
     ACTIONS_OUTPUT,
-    FORMAT_VERSION,
     METADATA_KEY,
     NOISE_INPUT,
     OBS_INPUT_PREFIX,
+    Q_OUTPUT,
+    STATE_IN_PREFIX,
+    STATE_OUT_PREFIX,
+    CriticMetadata,
     ModelInputError,
     ModelLoadError,
+    PolicyMetadata,
+    check_metadata,
+    check_output,
 )
-from roboloop_runtime.policy import PolicyMetadata, QueuedChunkPolicy
+from roboloop_runtime.policy import QueuedChunkPolicy, check_observation
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +102,16 @@ class OnnxModel:
             for name, spec in self.metadata["inputs"].items()
         }
         self.output_names = [o.name for o in self.session.get_outputs()]
-        graph_inputs = {i.name for i in self.session.get_inputs()}
-        if graph_inputs != set(self.input_specs):
-            raise ModelLoadError(
-                f"{self.path}: metadata inputs {sorted(self.input_specs)} != graph inputs "
-                f"{sorted(graph_inputs)}"
-            )
+        graph = {
+            "inputs": {i.name for i in self.session.get_inputs()},
+            "outputs": set(self.output_names),
+        }
+        for what, names in graph.items():
+            if names != set(self.metadata[what]):
+                raise ModelLoadError(
+                    f"{self.path}: metadata {what} {sorted(self.metadata[what])} != graph "
+                    f"{what} {sorted(names)}"
+                )
 
     def _read_metadata(self) -> dict[str, Any]:
         props = self.session.get_modelmeta().custom_metadata_map
@@ -109,15 +125,10 @@ class OnnxModel:
             raise ModelLoadError(
                 f"{self.path}: '{METADATA_KEY}' metadata is not JSON: {err}"
             ) from None
-        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-            version = meta.get("format_version") if isinstance(meta, dict) else None
-            raise ModelLoadError(
-                f"{self.path}: metadata format_version {version!r}, expected {FORMAT_VERSION}"
-            )
-        for key in ("model_type", "inputs", "outputs"):
-            if key not in meta:
-                raise ModelLoadError(f"{self.path}: metadata lacks key {key!r}")
-        return meta
+        try:
+            return check_metadata(meta)  # v1 upgraded; inputs/outputs match the model type
+        except ValueError as err:
+            raise ModelLoadError(f"{self.path}: {err}") from None
 
     def check_feeds(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         """Validate names, dtypes (exact) and shapes (-1 = batch) and one shared batch size."""
@@ -178,7 +189,13 @@ def _choose_providers(device: str, available: list[str]) -> tuple[list[str], str
 
 
 class OnnxPolicy(OnnxModel, QueuedChunkPolicy):
-    """An exported policy behind the `Policy` interface (noise from a seeded numpy Generator)."""
+    """An exported acting model (policy, actor, best_of_n) behind the `Policy` interface.
+
+    Noise (from a seeded numpy Generator) is drawn and fed only when the model declares a noise
+    input (`metadata.noise_shape`). A stateful model's `state_out.<name>` of one call is its
+    `state_in.<name>` of the next; `reset()` restores the declared initial values. Every output
+    of the last call (e.g. best_of_n's chosen `q`) is in `last_outputs`.
+    """
 
     def __init__(
         self,
@@ -190,17 +207,94 @@ class OnnxPolicy(OnnxModel, QueuedChunkPolicy):
     ) -> None:
         OnnxModel.__init__(self, path, device=device, threads=threads)
         self.model_metadata = self.metadata  # full JSON; `.metadata` becomes PolicyMetadata
-        if self.model_metadata["model_type"] != "policy":
-            raise ModelLoadError(
-                f"{self.path}: model_type {self.model_metadata['model_type']!r} is not a policy"
-            )
         try:
             meta = PolicyMetadata.from_dict(self.model_metadata)
         except ValueError as err:
             raise ModelLoadError(f"{self.path}: {err}") from None
         QueuedChunkPolicy.__init__(self, meta, seed=seed, n_action_steps=n_action_steps)
+        self._state: dict[str, np.ndarray] | None = None
+        self.last_outputs: dict[str, np.ndarray] = {}
+
+    def reset(self, seed: int | None = None) -> None:
+        """Episode start: history, queue and recurrent state back to their initial values."""
+        QueuedChunkPolicy.reset(self, seed)
+        self._state = None
+
+    def sample_noise(self, batch: int) -> np.ndarray:
+        """(B, *noise_shape) ~ N(0, I) float32; (B, 0) for a model without a noise input."""
+        shape = self.metadata.noise_shape
+        if shape is None:
+            return np.zeros((batch, 0), np.float32)  # never fed
+        return self.rng.standard_normal((batch, *shape), dtype=np.float32)
 
     def _predict(self, obs_history: dict[str, np.ndarray], noise: np.ndarray) -> np.ndarray:
         feeds = {OBS_INPUT_PREFIX + k: v for k, v in obs_history.items()}
-        feeds[NOISE_INPUT] = noise
-        return self.run(feeds)[ACTIONS_OUTPUT]
+        batch = next(iter(feeds.values())).shape[0]
+        if self.metadata.noise_shape is not None:
+            feeds[NOISE_INPUT] = noise
+        feeds.update({STATE_IN_PREFIX + k: v for k, v in self._carried_state(batch).items()})
+        out = self.run(feeds)
+        self._state = {k: out[STATE_OUT_PREFIX + k] for k in self.metadata.state}
+        self.last_outputs = out
+        return out[ACTIONS_OUTPUT]
+
+    def _carried_state(self, batch: int) -> dict[str, np.ndarray]:
+        if self._state is None:
+            return {k: s.initial_batch(batch) for k, s in self.metadata.state.items()}
+        for name, value in self._state.items():
+            if value.shape[0] != batch:
+                raise ModelInputError(
+                    f"{self.path}: batch {batch} != batch {value.shape[0]} of the carried state "
+                    f"{name!r}; call reset() before changing the batch size"
+                )
+        return self._state
+
+
+class OnnxCritic(OnnxModel):
+    """An exported critic or critic ensemble: `q(obs_history, actions)` -> (B,) or (B, K)."""
+
+    def __init__(
+        self, path: str | os.PathLike, device: str = "auto", threads: int | None = None
+    ) -> None:
+        super().__init__(path, device=device, threads=threads)
+        if RUNNERS.get(self.model_type) is not OnnxCritic:
+            raise ModelLoadError(f"{self.path}: model_type {self.model_type!r} is not a critic")
+        self.critic = CriticMetadata.from_dict(self.metadata)
+
+    def q(self, obs_history: dict[str, np.ndarray], actions: np.ndarray) -> np.ndarray:
+        """obs_history[key] (B, obs_steps, *shape), actions (B, horizon, A) -> q (B, *q_shape).
+
+        Observations get the same checks and casts as a policy's; a non-finite or misshapen
+        q is a ModelOutputError."""
+        m = self.critic
+        missing = sorted(set(m.observations) - set(obs_history))
+        if missing:
+            raise ModelInputError(
+                f"observation {missing[0]!r} missing (got {sorted(obs_history)})"
+            )
+        feeds = {
+            OBS_INPUT_PREFIX + key: check_observation(
+                key, obs_history[key], spec, (-1, m.obs_steps)
+            )
+            for key, spec in m.observations.items()
+        }
+        feeds[ACTIONS_INPUT] = np.asarray(actions, dtype=np.float32)
+        q = self.run(feeds)[Q_OUTPUT]
+        return check_output(Q_OUTPUT, q, (feeds[ACTIONS_INPUT].shape[0], *m.q_shape))
+
+
+# model_type -> runner class (extend here with the type's registration in contract.MODEL_TYPES);
+# types without an entry (goal_generator, q_function) run as a plain OnnxModel.
+RUNNERS: dict[str, type[OnnxModel]] = {
+    "policy": OnnxPolicy,
+    "actor": OnnxPolicy,
+    "best_of_n": OnnxPolicy,
+    "critic": OnnxCritic,
+    "critic_ensemble": OnnxCritic,
+}
+
+
+def load_runner(path: str | os.PathLike, **kwargs: Any) -> OnnxModel:
+    """The runner `RUNNERS` names for the file's model type (a plain OnnxModel otherwise)."""
+    model_type = OnnxModel(path, device="cpu").model_type  # read once to choose
+    return RUNNERS.get(model_type, OnnxModel)(path, **kwargs)

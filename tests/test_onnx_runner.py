@@ -105,11 +105,24 @@ def test_load_errors(tmp_path: Path) -> None:
     bad["format_version"] = 99
     with pytest.raises(ModelLoadError, match="format_version 99"):
         OnnxModel(write_toy_policy(tmp_path / "v99.onnx", meta=bad))
-    q = _policy_meta()
-    q["model_type"] = "q_function"
-    OnnxModel(write_toy_policy(tmp_path / "q.onnx", meta=q))  # a generic model loads...
-    with pytest.raises(ModelLoadError, match="is not a policy"):
-        OnnxPolicy(tmp_path / "q.onnx")  # ...but is not a policy
+    unknown = _policy_meta()
+    unknown["model_type"] = "world_model"
+    with pytest.raises(ModelLoadError, match="model_type 'world_model' is not one of"):
+        OnnxModel(write_toy_policy(tmp_path / "unknown.onnx", meta=unknown))
+    # The graph must be what the declared type implies: a policy graph is no actor/critic.
+    for model_type, message in {
+        "actor": "actor metadata inputs have 'noise', not one of",
+        "critic": "critic metadata inputs lack 'actions'",
+        "q_function": "q_function metadata is missing key 'state_masks'",
+    }.items():
+        wrong = _policy_meta()
+        wrong["model_type"] = model_type
+        with pytest.raises(ModelLoadError, match=message):
+            OnnxModel(write_toy_policy(tmp_path / f"{model_type}.onnx", meta=wrong))
+    wrong_shape = _policy_meta()
+    wrong_shape["inputs"]["noise"]["shape"] = [-1, HORIZON + 1, ACT_DIM]
+    with pytest.raises(ModelLoadError, match=r"inputs\['noise'\] is .* imply"):
+        OnnxModel(write_toy_policy(tmp_path / "shape.onnx", meta=wrong_shape))
 
 
 def test_metadata_bounds_and_stats_are_parsed_and_checked(tmp_path: Path) -> None:

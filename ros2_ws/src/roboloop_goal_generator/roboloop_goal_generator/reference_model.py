@@ -2,8 +2,9 @@
 
     goal_masks[b, 0] = sigmoid(noise[b, 0] + target_object[b])      (B, 1, S, S) in [0, 1]
 
-Built with `onnx.helper`, with the input/output names and the `roboloop` metadata that
-`learning.export` writes for a goal generator (docs/generative.md). `fault="nan_without_robot"`
+Built with `onnx.helper`; its `roboloop` metadata comes from the contract's
+`build_metadata` (inputs/outputs derived from the goal_generator model type), as
+`learning.export` writes it (docs/generative.md). `fault="nan_without_robot"`
 makes the masks NaN whenever the scene's robot mask is empty (a finite scene with a NaN
 output, for the output checks). `python -m roboloop_goal_generator.reference_model OUT.onnx`.
 """
@@ -16,6 +17,7 @@ import os
 
 import numpy as np
 
+from roboloop_runtime import METADATA_KEY, ObsSpec, build_metadata
 from sim.namo.keys import CONTEXT_KEYS
 
 FAULTS = {"nan_without_robot": "goal masks are NaN when the robot mask is empty"}
@@ -59,23 +61,21 @@ def make_reference_generator(
         opset_imports=[helper.make_opsetid("", 13)],
     )
     model.ir_version = 8
-    metadata = {
-        "format_version": 1,
-        "model_type": "goal_generator",
-        "inputs": {
-            i.name: {"shape": [-1, *([1] if i.name == "noise" else []), s, s], "dtype": "float32"}
-            for i in inputs
-        },  # fmt: skip
-        "outputs": {"goal_masks": {"shape": [-1, 1, s, s], "dtype": "float32"}},
-        "observations": {k: {"shape": [s, s], "dtype": "float32"} for k in CONTEXT_KEYS},
-        "context_keys": list(CONTEXT_KEYS),
-        "image_size": s,
-        "mask_threshold": 0.5,
-        "normalization": {"baked": True, "stats": {}},
-        "training_config": {"reference_generator": True},
-        "code_version": "reference",
-    }
-    helper.set_model_props(model, {"roboloop": json.dumps(metadata)})
+    metadata = build_metadata(
+        "goal_generator",
+        {
+            "observations": {
+                k: ObsSpec((s, s), "float32", "image").to_dict() for k in CONTEXT_KEYS
+            },
+            "context_keys": list(CONTEXT_KEYS),
+            "image_size": s,
+            "mask_threshold": 0.5,
+            "normalization": {"baked": True, "stats": {}},
+        },
+        training_config={"reference_generator": True},
+        code_version="reference",
+    )
+    helper.set_model_props(model, {METADATA_KEY: json.dumps(metadata)})
     onnx.checker.check_model(model)
     onnx.save(model, os.fspath(path))
     return os.fspath(path)

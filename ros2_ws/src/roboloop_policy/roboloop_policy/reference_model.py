@@ -5,10 +5,11 @@ Its actions are a known function of the observations, so a test can check the no
     a[b, h] = state[b, -1] @ w_last + state[b, 0] @ w_first + bias
               + image_coef * mean(image[b, -1]) / 255 + h * ramp + noise_scale * noise[b, h]
 
-Built with `onnx.helper` (no torch), with the same input/output names, shapes and `roboloop`
-metadata JSON that `learning.export` writes (action bounds, normalization stats of an identity
-map: state mean 0, std 1). `python -m roboloop_policy.reference_model OUT.onnx` writes one for
-bringing a node up without a trained model.
+Built with `onnx.helper` (no torch); its `roboloop` metadata comes from the contract's
+`build_metadata` (inputs/outputs derived from the policy model type, as `learning.export` writes
+them; action bounds, normalization stats of an identity map: state mean 0, std 1).
+`python -m roboloop_policy.reference_model OUT.onnx` writes one for bringing a node up without
+a trained model.
 
 `fault=` builds the broken models the safety tests serve (see `FAULTS`); `action_bounds=None`
 leaves the bounds out, as exports from before they were part of the contract did.
@@ -22,6 +23,8 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+
+from roboloop_runtime import METADATA_KEY, ObsSpec, build_metadata
 
 INT64_MAX = np.iinfo(np.int64).max
 # fault -> what the model does wrong (the metadata still describes a healthy model)
@@ -128,12 +131,11 @@ def make_reference_policy(
         )
     ]
     y = "y_bias"
-    observations = {"state": {"shape": [state_dim], "dtype": "float32"}}
+    observations = {"state": ObsSpec((state_dim,), "float32", "low_dim").to_dict()}
     # The graph feeds raw observations: its normalization is the identity map.
     stats: dict = {
         "state": {"mode": "mean_std", "mean": [0.0] * state_dim, "std": [1.0] * state_dim}
     }
-    io = {"obs.state": {"shape": [-1, obs_steps, state_dim], "dtype": "float32"}}
     if image_hw is not None:
         h, w = image_hw
         inputs.append(
@@ -156,13 +158,11 @@ def make_reference_policy(
             helper.make_node("Add", ["y_bias", "y_image"], ["y_all"]),
         ]
         y = "y_all"
-        observations["image"] = {"shape": [h, w, 3], "dtype": "uint8"}
+        observations["image"] = ObsSpec((h, w, 3), "uint8", "image").to_dict()
         stats["image"] = {"mode": "image"}
-        io["obs.image"] = {"shape": [-1, obs_steps, h, w, 3], "dtype": "uint8"}
     inputs.append(
         helper.make_tensor_value_info("noise", TensorProto.FLOAT, [batch, horizon, action_dim])
     )
-    io["noise"] = {"shape": [-1, horizon, action_dim], "dtype": "float32"}
     healthy = "actions" if fault is None else "healthy_actions"
     nodes += [
         helper.make_node("Add", [y, "ramp"], ["chunk"]),  # (B, horizon, A)
@@ -194,11 +194,7 @@ def make_reference_policy(
     graph = helper.make_graph(nodes, "reference_policy", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8  # readable by every onnxruntime >= 1.10
-    metadata = {
-        "format_version": 1,
-        "model_type": "policy",
-        "inputs": io,
-        "outputs": {"actions": {"shape": [-1, horizon, action_dim], "dtype": "float32"}},
+    fields = {
         "observations": observations,
         "obs_steps": obs_steps,
         "action_dim": action_dim,
@@ -207,17 +203,21 @@ def make_reference_policy(
         "control_rate_hz": control_rate_hz,
         "normalization": {"baked": True, "stats": stats},
         "sampler": {"type": "euler", "steps": 1},
-        "training_config": {"reference_policy": True, "seed": seed},
-        "code_version": "reference",
     }
     if action_bounds is not None:
         low, high = action_bounds
-        metadata["action_bounds"] = {
+        fields["action_bounds"] = {
             "low": [float(low)] * action_dim,
             "high": [float(high)] * action_dim,
             "source": "env",
         }
-    helper.set_model_props(model, {"roboloop": json.dumps(metadata)})
+    metadata = build_metadata(
+        "policy",
+        fields,
+        training_config={"reference_policy": True, "seed": seed},
+        code_version="reference",
+    )
+    helper.set_model_props(model, {METADATA_KEY: json.dumps(metadata)})
     onnx.checker.check_model(model)
     onnx.save(model, os.fspath(path))
     return ref

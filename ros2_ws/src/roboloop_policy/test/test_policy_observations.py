@@ -11,8 +11,8 @@ from sensor_msgs.msg import Image, JointState
 from roboloop_runtime import ObsSpec
 from roboloop_runtime.codecs import IMAGE, JOINT_STATE, MessageError
 
-IMG = ObsSpec((4, 5, 3), "uint8")
-STATE = ObsSpec((3,), "float32")
+IMG = ObsSpec((4, 5, 3), "uint8", "image")
+STATE = ObsSpec((3,), "float32", "low_dim")
 OBS = {"state": STATE, "image": IMG}
 
 
@@ -101,6 +101,6 @@ def test_binding_errors_are_one_line_and_specific(topics, keys, message: str) ->
 
 def test_unsupported_spec_and_field() -> None:
     with pytest.raises(BindingError, match="no ROS message type for float32 \\(2, 2\\)"):
-        bind_observations(["/x"], ["x"], {"x": ObsSpec((2, 2), "float32")})
+        bind_observations(["/x"], ["x"], {"x": ObsSpec((2, 2), "float32", "low_dim")})
     with pytest.raises(BindingError, match="joint_state_field 'torque'"):
         bind_observations(["/s"], ["state"], {"state": STATE}, joint_state_field="torque")
