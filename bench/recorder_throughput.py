@@ -22,8 +22,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-
-from demo.ros_processes import LOOPBACK_DDS, start_node
+from roboloop_bringup.processes import LOOPBACK_DDS, start_node
 
 NAME = "recorder_throughput"
 # Its own ROS domain (not the demo's): this bench floods topics and starts its own recorder.

@@ -86,7 +86,7 @@ def _measure(kind: str, seconds: float, env: dict[str, str]) -> dict[str, Any]:
 
 def measure(quick: bool) -> list[dict[str, Any]]:
     """Several fresh processes per executor: the collapse starts in some runs, not all."""
-    from demo.ros_processes import ros_env
+    from roboloop_bringup.processes import ros_env
 
     trials, seconds = (4, 3.0) if quick else (8, 5.0)
     with tempfile.TemporaryDirectory(prefix="bench_executor_") as log_dir:

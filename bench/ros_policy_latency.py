@@ -41,7 +41,7 @@ NOTE = (
 
 def _ros_environment() -> None:
     """Loopback DDS, a private domain and a local log dir for this process + children."""
-    from demo.ros_processes import LOOPBACK_DDS
+    from roboloop_bringup.processes import LOOPBACK_DDS
 
     os.environ.update(LOOPBACK_DDS)  # DDS on 127.0.0.1 + shared memory, as the nodes use it
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randrange(91, 100)))
@@ -81,9 +81,9 @@ def ros_latency(model_path: Path, rate_hz: float, seconds: float, log_dir: Path)
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, qos_profile_sensor_data
+    from roboloop_bringup.processes import start_node
     from sensor_msgs.msg import Image, JointState
 
-    from demo.ros_processes import start_node
     from roboloop_runtime import OnnxModel, PolicyMetadata
 
     meta = PolicyMetadata.from_dict(OnnxModel(model_path, device="cpu").metadata)

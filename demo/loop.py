@@ -32,7 +32,7 @@ EVAL_SEED = 1000  # policy/expert/random evaluation seeds (held out from the dem
 
 def _ros_environment() -> None:
     """DDS on loopback only, a private domain and a local log dir, before rclpy loads."""
-    from demo.ros_processes import LOOPBACK_DDS
+    from roboloop_bringup.processes import LOOPBACK_DDS
 
     os.environ.update(LOOPBACK_DDS)
     os.environ.setdefault("ROS_DOMAIN_ID", "42")
@@ -102,9 +102,9 @@ def run_nodes_until(
     label: str,
 ) -> None:
     """Start every node of the launch files, wait until `dataset` holds `episodes`, stop all."""
+    from roboloop_bringup.launch_standin import load_launch_file
     from tqdm import tqdm
 
-    from demo.ros_processes import load_launch_file
     from episode_dataset import DatasetError, EpisodeReader
 
     env = dict(os.environ)

@@ -9,9 +9,8 @@ import random
 import tempfile
 
 import pytest
-
-from demo.ros_processes import LOOPBACK_DDS
-from demo.ros_processes import ros_env as _ros_env
+from roboloop_bringup.processes import LOOPBACK_DDS
+from roboloop_bringup.processes import ros_env as _ros_env
 
 _SHM_BEFORE: set[str] = set()
 _SHM_PATTERNS = ("/dev/shm/fastdds_*", "/dev/shm/fast_datasharing*", "/dev/shm/sem.fastdds_*")

@@ -67,7 +67,7 @@ def test_colcon_builds_every_package_into_the_ros_layout(tmp_path: Path) -> None
 def test_bringup_build_resolves_every_package_and_executable_its_launch_files_name(
     tmp_path: Path,
 ) -> None:
-    from demo.ros_processes import load_launch_file
+    from roboloop_bringup.launch_standin import load_launch_file
 
     install = colcon_build(tmp_path, "--packages-up-to", "roboloop_bringup")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from roboloop_bringup.launch_standin import load_launch_file
 
-from demo.ros_processes import load_launch_file
 from episode_dataset import EpisodeReader, validate_file
 
 REPO = Path(__file__).resolve().parents[1]

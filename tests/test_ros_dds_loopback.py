@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
+from roboloop_bringup.launch_standin import load_launch_file
 
-from demo.ros_processes import load_launch_file
 from episode_dataset import EpisodeReader, validate_file
 
 pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from roboloop_bringup.processes import start_node
 
-from demo.ros_processes import start_node
 from learning.export import export_model
 from learning.generative.synthetic import synthetic_sample
 from learning.train import compose_config

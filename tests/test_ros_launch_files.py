@@ -1,7 +1,8 @@
 """Static checks of launch/*.launch.py and the ROS packages' install layout.
 
 `launch`/`launch_ros` are not on PyPI, so the launch files cannot run here under `ros2 launch`.
-They are parsed (ast) and evaluated against stand-ins (demo.ros_processes.load_launch_file):
+They are parsed (ast) and evaluated against stand-ins
+(roboloop_bringup.launch_standin.load_launch_file):
 every argument is described, every params file exists and is installed, every executable is a
 console script of its package, every parameter set in a params file or launch file is declared.
 """
@@ -16,8 +17,8 @@ from pathlib import Path
 import pytest
 import setuptools
 import yaml
-
-from demo.ros_processes import LOOPBACK_DDS, load_launch_file
+from roboloop_bringup.launch_standin import load_launch_file
+from roboloop_bringup.processes import LOOPBACK_DDS
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "ros2_ws" / "src"
@@ -205,7 +206,7 @@ def test_fixed_vocabulary_argument_declares_its_choices(name, argument):
 
 @pytest.mark.parametrize(("name", "argument"), _vocabulary_arguments())
 def test_bad_value_is_refused_before_any_node_starts(name, argument):
-    from demo.ros_processes import LaunchError
+    from roboloop_bringup.launch_standin import LaunchError
 
     args = {**_required(name), argument: "maybe"}
     with pytest.raises(LaunchError) as refused:
@@ -235,7 +236,7 @@ def test_device_choices_are_what_the_runner_accepts(tmp_path):
 )
 def test_stand_in_checks_choices_with_launchs_messages(tmp_path, declaration, message):
     """launch 3.4.3 (launch/actions/declare_launch_argument.py) raises these, in these words."""
-    from demo.ros_processes import LaunchError
+    from roboloop_bringup.launch_standin import LaunchError
 
     path = tmp_path / "bad.launch.py"
     path.write_text(

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from roboloop_bringup.processes import start_node
 
-from demo.ros_processes import start_node
 from learning.export import export_model
 from learning.train import compose_config
 

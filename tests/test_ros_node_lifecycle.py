@@ -1,6 +1,6 @@
 """How node processes start and stop, and how the launch files react (issue 8, defect 9).
 
-Real console scripts and launch files (through demo.ros_processes' launch stand-in): a stop
+Real console scripts and launch files (through roboloop_bringup.launch_standin): a stop
 signal at any moment of start-up, bad ROS arguments, a recorder that cannot record in
 loop.launch.py. The default output path and SIGTERM while recording: test_ros_dds_loopback.py.
 """
@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from demo.ros_processes import RosProcess, load_launch_file, start_node
+from roboloop_bringup.launch_standin import load_launch_file
+from roboloop_bringup.processes import RosProcess, start_node
 
 pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
 

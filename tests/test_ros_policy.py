@@ -3,7 +3,8 @@
 The test process is the rest of the robot: it publishes observations at 50 Hz (JointState +
 rgb8 Image, like the sim bridge), collects actions and /diagnostics, and calls the lifecycle and
 parameter services. Expected actions come from onnxruntime in this process. The node under test
-is started from launch/policy.launch.py (through demo.ros_processes.load_launch_file), so this
+is started from launch/policy.launch.py (through
+roboloop_bringup.launch_standin.load_launch_file), so this
 also runs the launch file's node, params file and overrides as `ros2 launch` would.
 """
 
@@ -27,10 +28,11 @@ from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa:
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, qos_profile_sensor_data  # noqa: E402
+from roboloop_bringup.launch_standin import load_launch_file  # noqa: E402
+from roboloop_bringup.processes import RosProcess, start_node  # noqa: E402
 from roboloop_policy.reference_model import make_reference_policy  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 
-from demo.ros_processes import RosProcess, load_launch_file, start_node  # noqa: E402
 from roboloop_runtime import OnnxModel  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]

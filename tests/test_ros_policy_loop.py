@@ -1,7 +1,8 @@
 """The closed loop as the launch files start it: sim_bridge (action_source topic) <- policy_node.
 
 Both nodes are started from sim.launch.py and policy.launch.py (evaluated by
-demo.ros_processes.load_launch_file, the same nodes, params files and overrides `ros2 launch`
+roboloop_bringup.launch_standin.load_launch_file, the same nodes, params files and overrides
+`ros2 launch`
 would start), the way loop.launch.py combines them with record:=false. The policy sees the
 bridge's default state + 64x64 camera topics through config/policy_image.yaml.
 """
@@ -15,7 +16,7 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-from demo.ros_processes import load_launch_file  # noqa: E402
+from roboloop_bringup.launch_standin import load_launch_file  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
 

@@ -29,10 +29,9 @@ from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa:
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, qos_profile_sensor_data  # noqa: E402
+from roboloop_bringup.processes import start_node  # noqa: E402
 from roboloop_policy.reference_model import make_reference_policy  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
-
-from demo.ros_processes import start_node  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
 

@@ -87,10 +87,9 @@ def test_q_scorer_answers_across_processes(
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from roboloop_bringup.processes import start_node
     from sensor_msgs.msg import Image
     from std_msgs.msg import Float32MultiArray
-
-    from demo.ros_processes import start_node
 
     proc = start_node(
         "q_scorer",
@@ -242,10 +241,9 @@ def test_q_scorer_refuses_bad_requests_and_outputs_and_counts_drops(
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
     from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from roboloop_bringup.processes import start_node
     from sensor_msgs.msg import Image
     from std_msgs.msg import Float32MultiArray
-
-    from demo.ros_processes import start_node
 
     proc = start_node(
         "q_scorer",

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from roboloop_bringup.processes import RosProcess, shm_files_of, start_node
 
-from demo.ros_processes import RosProcess, shm_files_of, start_node
 from episode_dataset import EpisodeReader, validate_file
 
 pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]

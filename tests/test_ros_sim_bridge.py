@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from demo.ros_processes import start_node
+from roboloop_bringup.processes import start_node
 
 pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
 
