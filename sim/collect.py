@@ -20,9 +20,10 @@ import numpy as np
 from tqdm import tqdm
 
 import sim
-from episode_dataset import EpisodeWriter, KeySpec
+from episode_dataset import EpisodeWriter
 from sim.evaluate import RandomPolicy
 from sim.experts import make_expert_policy
+from sim.spec import env_spec
 
 PolicyFactory = Callable[[int], Any]  # env index -> policy with reset()/select_action(obs)
 
@@ -43,30 +44,6 @@ def policy_factory(name: str, env: gym.Env, env_id: str, seed: int) -> PolicyFac
     raise SystemExit(f"--policy must be expert, random or a .onnx file, got {name!r}")
 
 
-def control_rate_hz(env: gym.Env | None) -> float | None:
-    """Steps per second of simulated time (MuJoCo: 1 / (timestep * frame_skip))."""
-    dt = getattr(env.unwrapped, "dt", None) if env is not None else None
-    return None if dt is None else round(1.0 / float(dt), 6)
-
-
-def action_space_args(space: gym.Space) -> dict[str, list[float]] | None:
-    """env_args["action_space"] = {"low", "high"} of a bounded Box, else None: training reads it
-    as the bounds an exported policy's actions are clipped to (`action_bounds`, source "env")."""
-    if not isinstance(space, gym.spaces.Box) or not space.is_bounded("both"):
-        return None
-    return {"low": space.low.astype(float).tolist(), "high": space.high.astype(float).tolist()}
-
-
-def observation_specs(space: gym.spaces.Dict) -> dict:
-    specs = {}
-    for key, box in space.spaces.items():
-        if key == "image":
-            specs[key] = KeySpec("uint8", box.shape, encoding="rgb8")
-        else:
-            specs[key] = KeySpec(str(box.dtype), box.shape)
-    return specs
-
-
 def collect(
     env_id: str,
     policy: str,
@@ -84,18 +61,9 @@ def collect(
     envs = vector_cls(fns, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
     make_policy = policy_factory(policy, envs, env_id, seed)
     policies = [make_policy(i) for i in range(num_envs)]
-    bounds = action_space_args(envs.single_action_space)
+    spec = env_spec(envs, env_id, camera)
     writer = EpisodeWriter(
-        out,
-        obs_specs=observation_specs(envs.single_observation_space),
-        action_spec=KeySpec("float32", envs.single_action_space.shape),
-        env_args={
-            "env_name": env_id.removeprefix("roboloop/"),
-            "type": "roboloop",
-            "env_kwargs": {"camera": camera},
-            "control_rate_hz": control_rate_hz(envs.envs[0] if hasattr(envs, "envs") else None),
-            **({"action_space": bounds} if bounds else {}),
-        },
+        out, obs_specs=spec.obs_specs, action_spec=spec.action_spec, env_args=spec.env_args
     )
     names: list[str] = []
     episode_of = [-1] * num_envs  # episode index running in each sub-env (-1: idle)

@@ -9,9 +9,16 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+from episode_dataset import IMAGE, LOW_DIM
+
 
 class DictObservation(gym.Wrapper):
-    """{"state": float32 (D,)} observations, plus `info["is_success"]` when the task defines it."""
+    """{"state": float32 (D,)} observations, plus `info["is_success"]` when the task defines it.
+
+    `observation_features` declares the feature of every key (read through the wrapper chain
+    with `env.get_wrapper_attr`): datasets, topics and models take it from here, never from a
+    shape.
+    """
 
     def __init__(self, env: gym.Env, success: Callable[[gym.Env], bool] | None = None) -> None:
         super().__init__(env)
@@ -20,6 +27,7 @@ class DictObservation(gym.Wrapper):
             {"state": gym.spaces.Box(box.low.astype(np.float32), box.high.astype(np.float32))}
         )
         self._success = success
+        self.observation_features = {"state": LOW_DIM}
 
     def _wrap(self, obs: np.ndarray, info: dict[str, Any]) -> tuple[dict, dict]:
         if self._success is not None:
@@ -64,6 +72,10 @@ class CameraObservation(gym.Wrapper):
         spaces = dict(env.observation_space.spaces)
         spaces["image"] = gym.spaces.Box(0, 255, (height, width, 3), np.uint8)
         self.observation_space = gym.spaces.Dict(spaces)
+        self.observation_features = {
+            **env.get_wrapper_attr("observation_features"),
+            "image": IMAGE,
+        }
 
     def render_image(self) -> np.ndarray:
         self._renderer.update_scene(self._data, self._camera)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +17,15 @@ BRIDGE_YAML = REPO / "ros2_ws/src/roboloop_sim_bridge/config/sim_bridge.yaml"
 
 def test_bridge_publishes_and_applies_actions_from_another_process(tmp_path, ros_env):
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.qos import qos_profile_sensor_data
+    from rclpy.qos import (
+        DurabilityPolicy,
+        QoSProfile,
+        ReliabilityPolicy,
+        qos_profile_sensor_data,
+    )
     from roboloop_recorder.probe import RosProbe
     from sensor_msgs.msg import Image, JointState
-    from std_msgs.msg import Bool, Float32
+    from std_msgs.msg import Bool, Float32, String
     from std_srvs.srv import Trigger
 
     bridge = start_node(
@@ -28,7 +34,7 @@ def test_bridge_publishes_and_applies_actions_from_another_process(tmp_path, ros
         params={
             "action_source": "topic",
             "camera": 32,
-            "control_rate_hz": 20.0,
+            "real_time_factor": 0.4,  # Reacher-v5's 50 Hz at 20 steps per wall-clock second
             "wait_for_subscribers": 1,
             "action_timeout_s": 1.0,
         },
@@ -46,7 +52,7 @@ def test_bridge_publishes_and_applies_actions_from_another_process(tmp_path, ros
             node = probe.node
             sensor = qos_profile_sensor_data
             node.create_subscription(JointState, "/sim/state", got["state"].append, sensor)
-            node.create_subscription(Image, "/sim/camera/image_raw", got["image"].append, sensor)
+            node.create_subscription(Image, "/sim/image", got["image"].append, sensor)
             node.create_subscription(JointState, "/sim/applied_action", got["applied"].append, 10)
             node.create_subscription(Float32, "/sim/reward", got["reward"].append, 10)
             node.create_subscription(Bool, "/sim/done", got["done"].append, 10)
@@ -86,6 +92,34 @@ def test_bridge_publishes_and_applies_actions_from_another_process(tmp_path, ros
             assert len(got["state"][-1].position) == 10
             assert got["state"][-1].name[0] == "state_0"
             assert not any(d.data for d in got["done"])
+
+            # One meaning of control rate: Reacher-v5's 50 Hz (1 / dt) at real_time_factor 0.4
+            # is one observation per 50 ms of stamps.
+            stamps_ns = sorted(
+                m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in got["state"]
+            )
+            assert np.median(np.diff(stamps_ns)) == pytest.approx(50e6, rel=0.01)
+            # The spec is latched: a reader that subscribes late still gets it.
+            latched = QoSProfile(
+                depth=1,
+                reliability=ReliabilityPolicy.RELIABLE,
+                durability=DurabilityPolicy.TRANSIENT_LOCAL,
+            )
+            specs: list = []
+            node.create_subscription(String, "/sim/spec", specs.append, latched)
+            probe.wait_for(lambda: len(specs) > 0, 10, "the latched spec")
+            spec = json.loads(specs[0].data)
+            image, state = spec["obs_specs"]["image"], spec["obs_specs"]["state"]
+            assert (image["shape"], image["dtype"], image["feature_type"]) == (
+                [32, 32, 3],
+                "uint8",
+                "image",
+            )
+            assert (state["shape"], state["feature_type"]) == ([10], "low_dim")
+            assert (image["source_topic"], state["source_topic"]) == ("/sim/image", "/sim/state")
+            assert spec["env_args"]["control_rate_hz"] == 50.0
+            assert spec["env_args"]["action_space"] == {"low": [-1.0, -1.0], "high": [1.0, 1.0]}
+            assert spec["real_time_factor"] == 0.4
 
             # Malformed commands (the shared JointState decoder) are counted, never applied.
             diagnostics: list[dict[str, str]] = []
@@ -135,7 +169,7 @@ def test_bridge_expert_pauses_after_max_episodes(tmp_path, ros_env):
         params={
             "action_source": "expert",
             "camera": 0,
-            "control_rate_hz": 50.0,
+            "real_time_factor": 1.0,
             "wait_for_subscribers": 1,
             "max_episodes": 1,
             "seed": 11,

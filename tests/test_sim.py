@@ -159,3 +159,35 @@ def test_collect_cli_writes_a_dataset_and_reports(tmp_path) -> None:
     )
     assert unknown.returncode == 2 and "unknown task 'Nope-v0'" in unknown.stderr
     assert "Traceback" not in unknown.stderr
+
+
+def test_env_spec_takes_features_from_the_wrappers_and_the_rate_from_dt() -> None:
+    import gymnasium as gym
+
+    from episode_dataset import IMAGE, LOW_DIM
+    from sim.spec import env_spec
+
+    class Wrist(gym.Wrapper):
+        """A second camera under a name no heuristic knows, declared as an image."""
+
+        def __init__(self, env: gym.Env) -> None:
+            super().__init__(env)
+            spaces = {**env.observation_space.spaces, "wrist": gym.spaces.Box(0, 255, (8, 6, 3))}
+            self.observation_space = gym.spaces.Dict(spaces)
+            self.observation_features = {**env.get_wrapper_attr("observation_features")}
+            self.observation_features["wrist"] = IMAGE
+
+    spec = env_spec(Wrist(sim.make("Reacher-v5", camera=16)), "roboloop/Reacher-v5", 16)
+    assert {k: s.feature_type for k, s in spec.obs_specs.items()} == {
+        "state": LOW_DIM,
+        "image": IMAGE,
+        "wrist": IMAGE,
+    }
+    assert spec.obs_specs["wrist"].encoding == "rgb8" and spec.obs_specs["wrist"].shape == (
+        8,
+        6,
+        3,
+    )
+    assert spec.env_args["env_name"] == "Reacher-v5"
+    assert spec.env_args["control_rate_hz"] == 50.0  # 1 / dt of simulated time
+    assert env_spec(sim.make("Pendulum-v1"), "Pendulum-v1").env_args["control_rate_hz"] == 20.0

@@ -1,15 +1,19 @@
 """Sim bridge lifecycle node: thin ROS adapter over `SimRunner` (docs/ros_bridge_recorder.md).
 
-configure: build the env (`sim.make`) and the action source, publishers, services.
+configure: build the env (`sim.make`) and the action source, publishers, services; publish the
+env's dataset spec (`sim.spec.env_spec`) latched on `<topic_namespace>/spec`.
 activate: reset the first episode (once `wait_for_subscribers` readers are matched on every
-output topic) and step at `control_rate_hz` on a timer. deactivate: stop the timer.
+output topic) and step on a timer at the env's control rate (1 / env.dt of simulated time) times
+`real_time_factor` wall-clock steps per second. deactivate: stop the timer.
 cleanup/shutdown: close the env.
 
-Each tick applies an action to the newest observation and publishes, in this order,
-`applied_action` (header.stamp = stamp of that observation), `reward`, `done`, then the next
-observation (`state`, `image`). Observations are stamped with the scheduled time of the timer
-tick that produced them (a regular grid, even when a loaded machine runs the callback late), so
-consumers that align by stamp see exactly one observation per control period.
+Every observation key of the env is published on its topic by the one convention
+(`roboloop_runtime.topics`: `<topic_namespace>/<key>`, JointState `position` for low-dim keys,
+Image rgb8 for image keys). Each tick applies an action to the newest observation and publishes,
+in this order, `applied_action` (header.stamp = stamp of that observation), `reward`, `done`,
+then the next observation (every key, one shared stamp). Observations are stamped with the
+scheduled time of the timer tick that produced them (a regular grid, even when a loaded machine
+runs the callback late), so consumers that align by stamp see exactly one observation per period.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,13 +40,21 @@ from roboloop_node_common.runtime import (
     DIAGNOSTICS_TOPIC,
     declare_parameters,
     publish_status,
+    read_parameters,
     run_node,
 )
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Bool, Float32
+from std_msgs.msg import Bool, Float32, String
 from std_srvs.srv import Trigger
 
+from roboloop_runtime import check_control_rate
 from roboloop_runtime.codecs import MessageError, decode_joint_state, encode_image
+from roboloop_runtime.topics import (
+    IMAGE_FEATURE,
+    observation_topic,
+    spec_topic,
+    step_topic,
+)
 from roboloop_sim_bridge.runner import SimRunner, TickResult
 
 # Named QoS decisions. Sensor streams: latest sample matters, loss tolerated (the recorder
@@ -58,12 +71,22 @@ COMMAND_QOS = QoSProfile(
     reliability=QoSReliabilityPolicy.RELIABLE,
     durability=QoSDurabilityPolicy.VOLATILE,
 )
+# The spec is latched metadata (like /robot_description): a late reader still gets it.
+SPEC_QOS = QoSProfile(
+    depth=1,
+    reliability=QoSReliabilityPolicy.RELIABLE,
+    durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
+)
 
 PARAMETERS: dict[str, tuple[Any, str]] = {
     "env_id": ("Reacher-v5", "Environment id registered by sim (sim.make)."),
     "env_kwargs_json": ("{}", "JSON dict of extra keyword arguments for sim.make."),
     "camera": (0, "Camera image size in pixels (square); 0 = no camera topic."),
-    "control_rate_hz": (20.0, "Steps per second (timer)."),
+    "real_time_factor": (
+        1.0,
+        "Simulated seconds per wall-clock second: the env steps at its control rate "
+        "(1 / env.dt) times this many steps per wall-clock second (< 1: slower than real time).",
+    ),
     "seed": (0, "Episode i is reset with seed + i."),
     "action_source": ("expert", "topic | expert | random: where each step's action comes from."),
     "action_timeout_s": (0.5, "action_source=topic: older commands are ignored (zero action)."),
@@ -81,26 +104,52 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
         "After wait_for_subscribers is met, wait this long: a best-effort reader drops samples "
         "from a writer it has not matched yet, although the writer already matched it.",
     ),
-    "sensor_qos": ("sensor_data", "QoS of state/image: sensor_data (best effort) | reliable."),
+    "sensor_qos": ("sensor_data", "QoS of observations: sensor_data (best effort) | reliable."),
     "frame_id": ("sim", "header.frame_id of published messages."),
-    "state_topic": ("/sim/state", "sensor_msgs/JointState: position = obs['state']."),
-    "image_topic": ("/sim/camera/image_raw", "sensor_msgs/Image rgb8 (when camera > 0)."),
-    "reward_topic": ("/sim/reward", "std_msgs/Float32 reward of each step."),
-    "done_topic": ("/sim/done", "std_msgs/Bool: episode ended at this step."),
-    "action_topic": ("/sim/action", "sensor_msgs/JointState command: effort = action."),
-    "applied_action_topic": ("/sim/applied_action", "sensor_msgs/JointState: effort applied."),
+    "topic_namespace": (
+        "/sim",
+        "Every topic is <namespace>/<name> (roboloop_runtime.topics): one per observation key, "
+        "action, applied_action, reward, done, spec.",
+    ),
     "diagnostics_period_s": (1.0, "Period of /diagnostics publishing."),
     "autostart": (True, "Configure and activate at startup (no lifecycle manager needed)."),
 }
+
+
+@dataclass(frozen=True)
+class SimBridgeParams:
+    env_id: str
+    env_kwargs_json: str
+    camera: int
+    real_time_factor: float
+    seed: int
+    action_source: str
+    action_timeout_s: float
+    auto_restart: bool
+    max_episodes: int
+    run_on_activate: bool
+    wait_for_subscribers: int
+    wait_for_action_publisher: bool
+    start_delay_s: float
+    sensor_qos: str
+    frame_id: str
+    topic_namespace: str
+    diagnostics_period_s: float
+    autostart: bool
 
 
 class SimBridgeNode(LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("sim_bridge", **kwargs)
         declare_parameters(self, PARAMETERS)
-        self.autostart = bool(self.p("autostart"))
+        self.params = read_parameters(self, PARAMETERS, SimBridgeParams)
+        self.autostart = self.params.autostart
         self._runner: SimRunner | None = None
+        self._period_s = 0.0  # wall-clock seconds per step
+        self._features: dict[str, str] = {}
+        self._obs_pubs: dict[str, Any] = {}
         self._pubs: dict[str, Any] = {}
+        self._names: dict[str, list[str]] = {}
         self._active_timers: list[Any] = []
         self._entities: list[Any] = []
         self._action: tuple[np.ndarray, float] | None = None  # (action, arrival time)
@@ -117,60 +166,80 @@ class SimBridgeNode(LifecycleNode):
         self._step_timer: Any = None
         self._last_stamp_ns = 0
 
-    def p(self, name: str) -> Any:
-        return self.get_parameter(name).value
-
     # -- lifecycle -------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        p = self.params
         try:
+            from sim.spec import env_spec, observation_features
+
             self._runner = SimRunner(
-                self.p("env_id"),
-                seed=self.p("seed"),
-                action_source=self.p("action_source"),
-                camera=self.p("camera"),
-                auto_restart=self.p("auto_restart"),
-                max_episodes=self.p("max_episodes"),
-                env_kwargs=json.loads(self.p("env_kwargs_json")),
+                p.env_id,
+                seed=p.seed,
+                action_source=p.action_source,
+                camera=p.camera,
+                auto_restart=p.auto_restart,
+                max_episodes=p.max_episodes,
+                env_kwargs=json.loads(p.env_kwargs_json),
             )
-            sensor_qos = SENSOR_QOS[self.p("sensor_qos")]
+            spec = env_spec(self._runner.env, p.env_id, p.camera)
+            rate_hz = spec.env_args["control_rate_hz"]
+            wall_rate_hz = check_control_rate(
+                rate_hz * p.real_time_factor, "control rate x real_time_factor"
+            )
+            sensor_qos = SENSOR_QOS[p.sensor_qos]
+            self._features = observation_features(self._runner.env)
+            ns = p.topic_namespace
+            topics = {key: observation_topic(key, ns) for key in self._features}
+            events = {name: step_topic(name, ns) for name in ("applied_action", "reward", "done")}
+            action_topic, announce_topic = step_topic("action", ns), spec_topic(ns)
         except Exception as e:  # one line, stay unconfigured
             self.get_logger().error(f"configure failed: {type(e).__name__}: {e}")
+            self._close()
             return TransitionCallbackReturn.FAILURE
-        self._pubs = {
-            "state": self.create_publisher(JointState, self.p("state_topic"), sensor_qos),
-            "applied_action": self.create_publisher(
-                JointState, self.p("applied_action_topic"), EVENT_QOS
-            ),
-            "reward": self.create_publisher(Float32, self.p("reward_topic"), EVENT_QOS),
-            "done": self.create_publisher(Bool, self.p("done_topic"), EVENT_QOS),
+        self._period_s = 1.0 / wall_rate_hz
+        self._obs_pubs = {
+            key: self.create_publisher(
+                Image if self._features[key] == IMAGE_FEATURE else JointState, topic, sensor_qos
+            )
+            for key, topic in topics.items()
         }
-        if self.p("camera") > 0:
-            self._pubs["image"] = self.create_publisher(Image, self.p("image_topic"), sensor_qos)
-        self._diag = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, DIAGNOSTICS_QOS)
-        self._entities = [
-            self.create_subscription(
-                JointState, self.p("action_topic"), self._on_action, COMMAND_QOS
+        self._names = {
+            key: [f"{key}_{i}" for i in range(int(np.prod(s.shape)))]
+            for key, s in spec.obs_specs.items()
+            if self._features[key] != IMAGE_FEATURE
+        }
+        self._pubs = {
+            "applied_action": self.create_publisher(
+                JointState, events["applied_action"], EVENT_QOS
             ),
+            "reward": self.create_publisher(Float32, events["reward"], EVENT_QOS),
+            "done": self.create_publisher(Bool, events["done"], EVENT_QOS),
+            "spec": self.create_publisher(String, announce_topic, SPEC_QOS),
+        }
+        self._pubs["spec"].publish(
+            String(data=json.dumps(spec_message(spec, topics, p.real_time_factor)))
+        )
+        self._diag = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, DIAGNOSTICS_QOS)
+        self._action_topic = action_topic
+        self._entities = [
+            self.create_subscription(JointState, action_topic, self._on_action, COMMAND_QOS),
             self.create_service(Trigger, "~/reset", self._srv_reset),
             self.create_service(Trigger, "~/start_episode", self._srv_start),
         ]
-        self._names = [f"state_{i}" for i in range(self._state_dim())]
         self._action_names = [f"action_{i}" for i in range(self._runner.action_dim)]
         self.get_logger().info(
-            f"configured {self.p('env_id')} action_source={self.p('action_source')} "
-            f"camera={self.p('camera')} at {self.p('control_rate_hz')} Hz"
+            f"configured {p.env_id} action_source={p.action_source} camera={p.camera}: "
+            f"{rate_hz:g} Hz control rate x real_time_factor {p.real_time_factor:g} = "
+            f"{wall_rate_hz:g} steps per wall-clock second; observations "
+            + ", ".join(f"{k} -> {t}" for k, t in topics.items())
         )
         return TransitionCallbackReturn.SUCCESS
 
-    def _state_dim(self) -> int:
-        space = self._runner.env.observation_space
-        return int(np.prod(space["state"].shape))
-
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._step_timer = self.create_timer(1.0 / self.p("control_rate_hz"), self._on_tick)
+        self._step_timer = self.create_timer(self._period_s, self._on_tick)
         self._active_timers = [
             self._step_timer,
-            self.create_timer(self.p("diagnostics_period_s"), self._publish_diagnostics),
+            self.create_timer(self.params.diagnostics_period_s, self._publish_diagnostics),
         ]
         self.get_logger().info("active")
         return super().on_activate(state)
@@ -200,25 +269,26 @@ class SimBridgeNode(LifecycleNode):
             else:
                 self.destroy_subscription(e)
         self._entities = []
-        for pub in self._pubs.values():
+        for pub in [*self._pubs.values(), *self._obs_pubs.values()]:
             self.destroy_publisher(pub)
-        self._pubs = {}
+        self._pubs, self._obs_pubs = {}, {}
         if self._runner is not None:
             self._runner.close()
             self._runner = None
 
     # -- stepping --------------------------------------------------------------------------
     def _ready_to_start(self) -> bool:
-        need = self.p("wait_for_subscribers")
-        if not all(pub.get_subscription_count() >= need for pub in self._pubs.values()):
+        need = self.params.wait_for_subscribers
+        outputs = [*self._obs_pubs.values(), *(self._pubs[k] for k in STEP_OUTPUTS)]
+        if not all(pub.get_subscription_count() >= need for pub in outputs):
             return False
         runner = self._runner
         if (
             runner is not None
             and runner.uses_external_actions
-            and self.p("wait_for_action_publisher")
+            and self.params.wait_for_action_publisher
         ):
-            return self.count_publishers(self.p("action_topic")) >= 1
+            return self.count_publishers(self._action_topic) >= 1
         return True
 
     def _on_tick(self) -> None:
@@ -227,11 +297,11 @@ class SimBridgeNode(LifecycleNode):
             return
         t0 = time.perf_counter()
         if not self._started:
-            if not (self.p("run_on_activate") and self._ready_to_start()):
+            if not (self.params.run_on_activate and self._ready_to_start()):
                 return
             if self._ready_since is None:
                 self._ready_since = time.monotonic()
-            if time.monotonic() - self._ready_since < self.p("start_delay_s"):
+            if time.monotonic() - self._ready_since < self.params.start_delay_s:
                 return
             self._started = True
             self._publish_obs(*runner.reset())
@@ -245,7 +315,7 @@ class SimBridgeNode(LifecycleNode):
             self._publish_obs(*runner.reset())
         dt = time.perf_counter() - t0
         self._tick_time.append(dt)
-        if dt > 1.0 / self.p("control_rate_hz"):
+        if dt > self._period_s:
             self._counts["overruns"] += 1
 
     def _fresh_action(self) -> np.ndarray | None:
@@ -254,7 +324,7 @@ class SimBridgeNode(LifecycleNode):
                 self._counts["action_timeouts"] += 1
             return None
         action, arrival = self._action
-        if time.monotonic() - arrival > self.p("action_timeout_s"):
+        if time.monotonic() - arrival > self.params.action_timeout_s:
             self._counts["action_timeouts"] += 1
             return None
         return action
@@ -262,7 +332,7 @@ class SimBridgeNode(LifecycleNode):
     def _publish_step(self, r: TickResult) -> None:
         stamp = self._obs_stamps.pop(r.applied_to, None)
         msg = JointState()
-        msg.header.frame_id = self.p("frame_id")
+        msg.header.frame_id = self.params.frame_id
         if stamp is not None:
             msg.header.stamp = stamp
         msg.name = self._action_names
@@ -273,7 +343,7 @@ class SimBridgeNode(LifecycleNode):
         if r.done:
             self.get_logger().info(
                 f"episode {r.episode} done after {r.episode_steps} steps (seed "
-                f"{self.p('seed') + r.episode})"
+                f"{self.params.seed + r.episode})"
             )
         if r.obs is not None and r.obs_id is not None:
             self._publish_obs(r.obs, r.obs_id)
@@ -283,7 +353,7 @@ class SimBridgeNode(LifecycleNode):
         now_ns = self.get_clock().now().nanoseconds
         stamp_ns = now_ns
         until = self._step_timer.time_until_next_call() if self._step_timer else None
-        period_ns = int(1e9 / self.p("control_rate_hz"))
+        period_ns = int(1e9 * self._period_s)
         if in_tick and until is not None and until <= period_ns:
             # `until` < 0 when the executor runs behind: ticks then fire back to back, each
             # still stamped with its own slot of the grid.
@@ -295,20 +365,20 @@ class SimBridgeNode(LifecycleNode):
     def _publish_obs(self, obs: dict[str, np.ndarray], obs_id: int, in_tick: bool = True) -> None:
         stamp = self._stamp(in_tick)
         self._obs_stamps = {obs_id: stamp}  # only the newest observation can get an action
-        state = JointState()
-        state.header.stamp = stamp
-        state.header.frame_id = self.p("frame_id")
-        state.name = self._names
-        state.position = np.asarray(obs["state"], dtype=float).ravel().tolist()
-        self._pubs["state"].publish(state)
-        if "image" in self._pubs:
-            msg = Image()
-            msg.header = state.header
-            # data as bytes, never a numpy array (us vs ms)
-            msg.height, msg.width, msg.encoding, msg.step, msg.data = encode_image(
-                np.asarray(obs["image"], dtype=np.uint8)
-            )
-            self._pubs["image"].publish(msg)
+        for key, pub in self._obs_pubs.items():
+            if self._features[key] == IMAGE_FEATURE:
+                msg = Image()
+                # data as bytes, never a numpy array (us vs ms)
+                msg.height, msg.width, msg.encoding, msg.step, msg.data = encode_image(
+                    np.asarray(obs[key], dtype=np.uint8)
+                )
+            else:
+                msg = JointState()
+                msg.name = self._names[key]
+                msg.position = np.asarray(obs[key], dtype=float).ravel().tolist()
+            msg.header.stamp = stamp
+            msg.header.frame_id = self.params.frame_id
+            pub.publish(msg)
 
     # -- subscriptions / services ------------------------------------------------------------
     def _on_action(self, msg: JointState) -> None:
@@ -319,7 +389,7 @@ class SimBridgeNode(LifecycleNode):
         except MessageError as e:
             self._counts["invalid_actions"] += 1
             self.get_logger().warning(
-                f"{self.p('action_topic')}: rejected: {e}", throttle_duration_sec=2.0
+                f"{self._action_topic}: rejected: {e}", throttle_duration_sec=2.0
             )
             return
         self._action = (action, time.monotonic())
@@ -365,7 +435,7 @@ class SimBridgeNode(LifecycleNode):
         problems = self._counts["invalid_actions"] + self._counts["overruns"]
         level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
         message = f"episode={runner.episode} steps={runner.total_steps}"
-        publish_status(self, self._diag, "sim_bridge", level, message, values, self.p("env_id"))
+        publish_status(self, self._diag, "sim_bridge", level, message, values, self.params.env_id)
 
     def bring_up(self) -> None:
         """autostart: configure (a failure ends the process with 1), then activate."""
@@ -377,6 +447,21 @@ class SimBridgeNode(LifecycleNode):
         """Process exit: stop stepping, close the env."""
         self._stop_timers()
         self._close()
+
+
+STEP_OUTPUTS = ("applied_action", "reward", "done")  # with the observations: wait_for_subscribers
+
+
+def spec_message(spec: Any, topics: dict[str, str], real_time_factor: float) -> dict[str, Any]:
+    """The latched `spec` JSON: the dataset spec of the env (`sim.spec.EnvSpec`: KeySpecs with
+    the topic each key is published on, env_args with the control rate) and how fast it runs."""
+    obs = {key: {**s.to_dict(), "source_topic": topics[key]} for key, s in spec.obs_specs.items()}
+    return {
+        "obs_specs": obs,
+        "action_spec": spec.action_spec.to_dict(),
+        "env_args": spec.env_args,
+        "real_time_factor": real_time_factor,
+    }
 
 
 def main(args: list[str] | None = None) -> int:
