@@ -34,27 +34,30 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
             f"horizon={HORIZON}",
             f"n_action_steps={N_ACT}",
             "model.network.hidden_dims=[32,32]",
-            "model.encoder.image_channels=[4,8]",
+            "model.encoder.image_encoder.channels=[4,8]",
             "~trainer.callbacks.progress_bar",
         ],
     )
     result = run(cfg)
     onnx_path = tmp / "policy.onnx"
-    export.main([f"ckpt={result['last_ckpt']}", f"out={onnx_path}"])  # CLI path, with parity
+    export.main(["--ckpt", str(result["last_ckpt"]), "--out", str(onnx_path)])  # with parity
     return {"ckpt": result["last_ckpt"], "onnx": onnx_path, "tmp": tmp}
 
 
 def test_metadata_follows_contract(trained: dict) -> None:
     props = {p.key: p.value for p in onnx.load(str(trained["onnx"])).metadata_props}
     meta = json.loads(props["roboloop"])
-    assert meta["format_version"] == 1 and meta["model_type"] == "policy"
+    assert meta["format_version"] == 2 and meta["model_type"] == "policy"
     assert meta["inputs"] == {
         "obs.image": {"shape": [-1, OBS_STEPS, *IMG], "dtype": "uint8"},
         "obs.state": {"shape": [-1, OBS_STEPS, STATE_DIM], "dtype": "float32"},
         "noise": {"shape": [-1, HORIZON, 2], "dtype": "float32"},
     }
     assert meta["outputs"] == {"actions": {"shape": [-1, HORIZON, 2], "dtype": "float32"}}
-    assert meta["observations"]["state"] == {"shape": [STATE_DIM], "dtype": "float32"}
+    assert meta["observations"] == {
+        "state": {"shape": [STATE_DIM], "dtype": "float32", "feature_type": "low_dim"},
+        "image": {"shape": list(IMG), "dtype": "uint8", "feature_type": "image"},
+    }
     assert (meta["obs_steps"], meta["horizon"], meta["n_action_steps"]) == (2, 4, 3)
     assert meta["action_dim"] == 2 and meta["control_rate_hz"] == 20.0
     assert meta["sampler"] == {"type": "euler", "steps": 10}
@@ -105,18 +108,27 @@ def test_onnx_and_torch_policies_act_alike(trained: dict) -> None:
     assert np.ptp(acts[:, 0, 0]) > 0
 
 
-def test_export_cli_rejects_bad_args(trained: dict) -> None:
-    with pytest.raises(SystemExit, match="missing out="):
-        export.main([f"ckpt={trained['ckpt']}"])
-    with pytest.raises(SystemExit, match="bad argument 'foo'"):
-        export.main(["foo"])
+def test_export_cli_rejects_bad_args(trained: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, message in (
+        (["--ckpt", str(trained["ckpt"])], "the following arguments are required: --out"),
+        (["ckpt=a", "out=b"], "required: --ckpt, --out"),  # the old key=value style
+        (["--ckpt", "a", "--out", "b", "--sampler", "steps"], "'steps' is not KEY=VALUE"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            export.main(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    out = str(trained["tmp"] / "x.onnx")
     with pytest.raises(SystemExit, match="nope.ckpt: no such checkpoint"):
-        export.main([f"ckpt={trained['tmp'] / 'nope.ckpt'}", "out=x.onnx"])
+        export.main(["--ckpt", str(trained["tmp"] / "nope.ckpt"), "--out", out])
     garbage = trained["tmp"] / "garbage.ckpt"
     garbage.write_text("not a checkpoint\n")
     with pytest.raises(SystemExit, match="garbage.ckpt: not a readable torch checkpoint"):
-        export.main([f"ckpt={garbage}", "out=x.onnx"])
+        export.main(["--ckpt", str(garbage), "--out", out])
     foreign = trained["tmp"] / "foreign.ckpt"
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(SystemExit, match="foreign.ckpt: checkpoint has no 'roboloop_config'"):
-        export.main([f"ckpt={foreign}", "out=x.onnx"])
+        export.main(["--ckpt", str(foreign), "--out", out])
+    # A family option on a model of another type is one line, nothing written.
+    with pytest.raises(SystemExit, match="option 'mask_size' does not apply to a policy"):
+        export.main(["--ckpt", str(trained["ckpt"]), "--out", out, "--mask-size", "8", "8"])
+    assert not (trained["tmp"] / "x.onnx").exists()

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from test_learning_data import write_toy_dataset
 
 from learning.algorithms.flow_bc import euler_sample
-from learning.data.episode_datamodule import ACTIONS, OBS
+from learning.data.keys import ACTIONS, OBS
 from learning.train import compose_config, run
 
 TINY = ["model.network.hidden_dims=[64,64]", "batch_size=32", "~trainer.callbacks.progress_bar"]

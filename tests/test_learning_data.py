@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from episode_dataset import DatasetError, EpisodeWriter, KeySpec
-from learning.data.episode_datamodule import ACTIONS, OBS, EpisodeDataModule
+from learning.data.episode_datamodule import EpisodeDataModule
+from learning.data.keys import ACTIONS, OBS
 from learning.normalization import Normalizer
 
 STATE_DIM, ACT_DIM, IMG = 4, 2, (12, 12, 3)
@@ -119,7 +120,11 @@ def test_normalization_stats_come_from_train_split(tmp_path: Path) -> None:
     np.testing.assert_allclose(stats["actions"]["max"], actions.max(0), atol=1e-6)
     assert stats["image"] == {"mode": "image"}
     assert kw["action_dim"] == ACT_DIM and kw["control_rate_hz"] == 20.0
-    assert kw["obs_specs"]["image"] == {"shape": list(IMG), "dtype": "uint8"}
+    assert kw["obs_specs"]["image"] == {
+        "shape": list(IMG),
+        "dtype": "uint8",
+        "feature_type": "image",
+    }
     norm = Normalizer(stats)
     y = norm.normalize(ACTIONS, torch.from_numpy(actions))
     assert y.min() >= -1 - 1e-5 and y.max() <= 1 + 1e-5 and y.max() > 0.99

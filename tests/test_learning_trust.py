@@ -204,7 +204,7 @@ def test_targets_outside_the_workspace_are_refused(
     elif case == "target_in_model_kwargs":
         kwargs = {**kwargs, "control_rate_hz": opener}
     elif case == "nested_target":
-        cfg = {**cfg, "encoder": {**cfg["encoder"], "image_feature_dim": opener}}
+        cfg = {**cfg, "encoder": {**cfg["encoder"], "image_encoder": {"feature_dim": opener}}}
     else:
         kwargs = {**kwargs, "control_rate_hz": "${oc.env:HOME}"}
     path = config_attack(good_ckpt, tmp_path / f"{case}.ckpt", cfg, kwargs)
@@ -243,9 +243,9 @@ def test_pickle_payload_does_not_run_on_resume(pickle_attack: tuple, tmp_path: P
 @pytest.mark.parametrize("loader", ["goal_mask", "q_function"])
 def test_npz_with_a_pickled_array_is_refused(tmp_path: Path, loader: str) -> None:
     """Mask files (.npz) are arrays only: an object array (a pickle) is refused, never run."""
+    from learning.namo.data import MaskFileError, load_item
     from sim.namo.mask_files import MaskFileError as GoalMaskError
     from sim.namo.mask_files import load_sample
-    from learning.namo.data import MaskFileError, load_item
 
     marker = tmp_path / "pwned"
     source = sorted((REPO / "tests/data/namo_tiny").glob("*.npz"))[0]

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from learning.data.episode_datamodule import ACTIONS, OBS
+from learning.data.keys import ACTIONS, OBS
 from learning.normalization import Normalizer
 
 

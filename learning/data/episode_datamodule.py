@@ -1,19 +1,37 @@
-"""Windows of (observation history, action chunk) over an episode dataset.
+"""Windows of (observation history, action chunk) over an episode dataset, and what other
+families add to them.
 
-For the step t of an episode of length T, a sample is
+For the step t of an episode of length n, a sample is
 
     obs[key]: (obs_steps, *shape)  frames t-obs_steps+1 .. t, the first frame repeated
                                    where the window starts before the episode
     actions:  (horizon, A)         actions t .. t+horizon-1, the last action repeated
                                    where the chunk runs past the episode end
 
-(the same convention as `roboloop_runtime`). Episodes, never single steps, are split
-into train/val(/test) with a seeded permutation. Normalization statistics are computed once,
-from the train split, and handed to the model through `model_kwargs()`.
-Images are read window by window through the reader; only low-dim keys are cached.
+(the same convention as `roboloop_runtime`). Opt-in extras (off: flow BC sees only the two):
+
+    rewards=True    rewards (H,), 0 past the end; dones, terminals, action_is_pad (H,) bool
+    next_obs=True   next_obs[key] (obs_steps, *shape): the history ending at t+H (clamped to
+                    the last frame n-1; see `valid`)
+    discount=g      chunk_return = sum_{i<H, t+i<n} g^i r_{t+i}, and two masks for the
+                    Q-chunking target  y = chunk_return + g^H * bootstrap * Q(next_obs, .):
+                      bootstrap = 0 when the chunk reaches the end of a terminated episode
+                      valid     = 0 when it reaches the end of any other episode (time limit,
+                                  stop): s_{t+H} is not in the data, weight such samples by 0
+    sequence_length=T   (T, ...) sequences for recurrent models instead of windows: obs, actions,
+                    rewards, dones, terminals, is_first, is_pad over steps s .. s+T-1, one sample
+                    per start s with s+T <= n (an episode shorter than T: one padded sample)
+
+An episode is terminated when its metadata says `"terminated": true` (docs/dataset_format.md);
+its last step's done is then a terminal. Batch keys: learning/data/keys.py.
+
+Episodes, never single steps, are split into train/val(/test) with a seeded permutation.
+Normalization statistics are computed once, from the train split, and handed to the model
+through `model_kwargs()`. Image keys (feature_type "image", declared by the dataset) are read
+window by window through the reader; only low-dim keys are cached.
 Non-finite data is refused with a DatasetError naming file, episode, key and step: cached arrays
-(low-dim obs, actions) when they are cached, before training starts; float images as their
-windows are read.
+(low-dim obs, actions, rewards) when they are cached, before training starts; float images as
+their windows are read.
 """
 
 from __future__ import annotations
@@ -27,17 +45,24 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from episode_dataset import DatasetError, EpisodeReader, KeySpec
+from episode_dataset import DatasetError, EpisodeReader
+from learning.data.keys import (
+    ACTION_IS_PAD,
+    ACTIONS,
+    BOOTSTRAP,
+    CHUNK_RETURN,
+    DONES,
+    IS_FIRST,
+    IS_PAD,
+    NEXT_OBS,
+    OBS,
+    REWARDS,
+    TERMINALS,
+    VALID,
+)
 from learning.normalization import compute_stats
 
 log = logging.getLogger(__name__)
-
-OBS = "obs"  # batch keys: batch[OBS][key] (B, obs_steps, *shape), batch[ACTIONS] (B, H, A)
-ACTIONS = "actions"
-
-
-def is_image(spec: KeySpec) -> bool:
-    return spec.encoding is not None or (len(spec.shape) == 3 and spec.dtype == "uint8")
 
 
 def split_episodes(
@@ -61,8 +86,60 @@ def split_episodes(
     return splits
 
 
-class EpisodeWindowDataset(Dataset):
-    """One sample per (episode, step). Low-dim arrays come from `cache`, images from the file."""
+class _EpisodeSamples(Dataset):
+    """Shared reading: low-dim arrays come from `cache`, images from the file."""
+
+    def __init__(
+        self,
+        reader: EpisodeReader,
+        obs_keys: list[str],
+        cache: Mapping[str, Mapping[str, np.ndarray]],
+        terminated: Mapping[str, bool] | None = None,
+    ) -> None:
+        self.reader, self.obs_keys = reader, obs_keys
+        self.cache = cache  # cache[episode][key, ACTIONS, REWARDS, DONES] -> (n, ...)
+        self.terminated = terminated or {}  # episode -> its last done is a terminal
+        self.index: list[tuple[str, int]] = []
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _frames(self, ep: str, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        """obs[key][idx] for ascending in-episode step indices `idx`."""
+        out = {}
+        for key in self.obs_keys:
+            cached = self.cache[ep].get(key)
+            if cached is not None:
+                out[key] = torch.from_numpy(cached[idx])
+                continue
+            lo, hi = int(idx[0]), int(idx[-1]) + 1  # image: read only the frames needed
+            frames = self.reader.read_obs(ep, key, lo, hi)
+            if frames.dtype.kind == "f" and not np.isfinite(frames).all():
+                raise DatasetError(
+                    f"{self.reader.path}: {ep}/{OBS}/{key}: NaN/Inf in steps [{lo}, {hi})"
+                )
+            out[key] = torch.from_numpy(frames[idx - lo])
+        return out
+
+    def _steps(self, ep: str, start: int, length: int) -> dict[str, Any]:
+        """rewards/dones/terminals of steps start .. start+length-1 and where they are padding."""
+        n = self.reader.num_steps(ep)
+        steps = np.arange(start, start + length)
+        pad = steps >= n
+        idx = np.minimum(steps, n - 1)
+        rewards = np.where(pad, np.float32(0), self.cache[ep][REWARDS][idx])
+        dones = ~pad & self.cache[ep][DONES][idx]
+        return {
+            REWARDS: rewards.astype(np.float32),
+            DONES: dones,
+            TERMINALS: dones & self.terminated.get(ep, False),
+            "pad": pad,
+            "idx": idx,
+        }
+
+
+class EpisodeWindowDataset(_EpisodeSamples):
+    """One sample per (episode, step): obs history, action chunk and the opted-in extras."""
 
     def __init__(
         self,
@@ -72,35 +149,81 @@ class EpisodeWindowDataset(Dataset):
         obs_steps: int,
         horizon: int,
         cache: Mapping[str, Mapping[str, np.ndarray]],
+        *,
+        rewards: bool = False,
+        next_obs: bool = False,
+        discount: float | None = None,
+        terminated: Mapping[str, bool] | None = None,
     ) -> None:
-        self.reader, self.obs_keys = reader, obs_keys
+        super().__init__(reader, obs_keys, cache, terminated)
         self.obs_steps, self.horizon = obs_steps, horizon
-        self.cache = cache  # cache[episode][key or ACTIONS] -> (T, ...)
+        self.rewards, self.next_obs, self.discount = rewards, next_obs, discount
         self.index = [(ep, t) for ep in episodes for t in range(reader.num_steps(ep))]
 
-    def __len__(self) -> int:
-        return len(self.index)
+    def _history(self, ep: str, t: int) -> dict[str, torch.Tensor]:
+        # Frame indices t-obs_steps+1..t clamped at 0.
+        return self._frames(ep, np.clip(np.arange(t - self.obs_steps + 1, t + 1), 0, None))
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         ep, t = self.index[i]
-        n = self.reader.num_steps(ep)
-        # Frame indices t-obs_steps+1..t clamped at 0; action indices t..t+H-1 clamped at n-1.
-        obs_idx = np.clip(np.arange(t - self.obs_steps + 1, t + 1), 0, None)
-        act_idx = np.clip(np.arange(t, t + self.horizon), None, n - 1)
-        obs = {}
-        for key in self.obs_keys:
-            cached = self.cache[ep].get(key)
-            if cached is not None:
-                obs[key] = torch.from_numpy(cached[obs_idx])
-            else:  # image: read only the window's frames
-                lo = int(obs_idx[0])
-                frames = self.reader.read_obs(ep, key, lo, t + 1)
-                if frames.dtype.kind == "f" and not np.isfinite(frames).all():
-                    raise DatasetError(
-                        f"{self.reader.path}: {ep}/{OBS}/{key}: NaN/Inf in steps [{lo}, {t + 1})"
-                    )
-                obs[key] = torch.from_numpy(frames[obs_idx - lo])
-        return {OBS: obs, ACTIONS: torch.from_numpy(self.cache[ep][ACTIONS][act_idx])}
+        n, h = self.reader.num_steps(ep), self.horizon
+        # Action indices t..t+H-1 clamped at n-1.
+        act_idx = np.clip(np.arange(t, t + h), None, n - 1)
+        sample: dict[str, Any] = {
+            OBS: self._history(ep, t),
+            ACTIONS: torch.from_numpy(self.cache[ep][ACTIONS][act_idx]),
+        }
+        if self.rewards or self.discount is not None:
+            chunk = self._steps(ep, t, h)
+        if self.rewards:
+            for key in (REWARDS, DONES, TERMINALS):
+                sample[key] = torch.from_numpy(chunk[key])
+            sample[ACTION_IS_PAD] = torch.from_numpy(chunk["pad"])
+        if self.next_obs:
+            sample[NEXT_OBS] = self._history(ep, min(t + h, n - 1))
+        if self.discount is not None:
+            # sum_{i<H} g^i r_{t+i} (rewards past the end are 0); the chunk covers the last
+            # step n-1 exactly when t+H >= n, and then s_{t+H} was never recorded.
+            ret = np.sum(self.discount ** np.arange(h) * chunk[REWARDS], dtype=np.float64)
+            at_end = t + h >= n
+            terminal = at_end and self.terminated.get(ep, False)
+            sample[CHUNK_RETURN] = torch.tensor(ret, dtype=torch.float32)
+            sample[BOOTSTRAP] = torch.tensor(0.0 if terminal else 1.0)
+            sample[VALID] = torch.tensor(0.0 if at_end and not terminal else 1.0)
+        return sample
+
+
+class EpisodeSequenceDataset(_EpisodeSamples):
+    """(T, ...) sequences within one episode for recurrent models (world models)."""
+
+    def __init__(
+        self,
+        reader: EpisodeReader,
+        episodes: list[str],
+        obs_keys: list[str],
+        sequence_length: int,
+        cache: Mapping[str, Mapping[str, np.ndarray]],
+        terminated: Mapping[str, bool] | None = None,
+    ) -> None:
+        super().__init__(reader, obs_keys, cache, terminated)
+        self.length = sequence_length
+        self.index = [
+            (ep, s)
+            for ep in episodes
+            for s in range(max(reader.num_steps(ep) - sequence_length, 0) + 1)
+        ]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        ep, s = self.index[i]
+        steps = self._steps(ep, s, self.length)
+        idx = steps["idx"]  # past the end: the last step repeated, marked by is_pad
+        return {
+            OBS: self._frames(ep, idx),
+            ACTIONS: torch.from_numpy(self.cache[ep][ACTIONS][idx]),
+            **{k: torch.from_numpy(steps[k]) for k in (REWARDS, DONES, TERMINALS)},
+            IS_FIRST: torch.from_numpy(np.arange(s, s + self.length) == 0),
+            IS_PAD: torch.from_numpy(steps["pad"]),
+        }
 
 
 class EpisodeDataModule(L.LightningDataModule):
@@ -108,6 +231,7 @@ class EpisodeDataModule(L.LightningDataModule):
 
     normalization: mode per low-dim obs key or "low_dim" default, and "actions";
     modes are mean_std / min_max; image keys always use "image" (uint8 -> [0, 1]).
+    rewards / next_obs / discount / sequence_length: the opt-in extras of the module docstring.
     """
 
     def __init__(
@@ -125,8 +249,21 @@ class EpisodeDataModule(L.LightningDataModule):
         max_episodes: int | None = None,
         episode_filter: str | None = None,
         control_rate_hz: float | None = None,
+        rewards: bool = False,
+        next_obs: bool = False,
+        discount: float | None = None,
+        sequence_length: int | None = None,
     ) -> None:
         super().__init__()
+        if discount is not None and not 0.0 < discount <= 1.0:
+            raise ValueError(f"discount {discount} is not in (0, 1]")
+        if sequence_length is not None and (sequence_length < 1 or next_obs or discount):
+            raise ValueError(
+                f"sequence_length {sequence_length}: needs >= 1 and no next_obs/discount "
+                "(sequences carry every step's obs and reward)"
+            )
+        self.rewards, self.next_obs, self.discount = rewards, next_obs, discount
+        self.sequence_length = sequence_length
         self.path, self.obs_steps, self.horizon = str(path), obs_steps, horizon
         self.batch_size, self.num_workers = batch_size, num_workers
         self.requested_keys = None if obs_keys is None else list(obs_keys)
@@ -160,7 +297,7 @@ class EpisodeDataModule(L.LightningDataModule):
             raise ValueError(f"{self.path}: no episodes to train on")
         self.splits = split_episodes(episodes, self.fractions, self.split_seed)
 
-        low_dim = [k for k in keys if not is_image(specs[k])]
+        low_dim = [k for k in keys if not specs[k].is_image]
         self.cache = {
             ep: {
                 **{k: self._finite(ep, f"{OBS}/{k}", reader.read_obs(ep, k)) for k in low_dim},
@@ -168,10 +305,16 @@ class EpisodeDataModule(L.LightningDataModule):
             }
             for ep in episodes
         }
+        self.terminated: dict[str, bool] = {}
+        if self.rewards or self.discount is not None or self.sequence_length is not None:
+            for ep in episodes:
+                self.cache[ep][REWARDS] = self._finite(ep, REWARDS, reader.read_rewards(ep))
+                self.cache[ep][DONES] = reader.read_dones(ep)
+                self.terminated[ep] = reader.episode_metadata(ep).get("terminated") is True
         train = self.splits["train"]
         self.stats: dict[str, dict[str, Any]] = {}
         for key in keys:
-            if is_image(specs[key]):
+            if specs[key].is_image:
                 self.stats[key] = compute_stats(np.empty(0), "image")
             else:
                 mode = self.normalization_modes.get(key, self.normalization_modes["low_dim"])
@@ -239,7 +382,8 @@ class EpisodeDataModule(L.LightningDataModule):
         self._prepare()
         return {
             "obs_specs": {
-                k: {"shape": list(s.shape), "dtype": s.dtype} for k, s in self.obs_specs.items()
+                k: {"shape": list(s.shape), "dtype": s.dtype, "feature_type": s.feature_type}
+                for k, s in self.obs_specs.items()
             },
             "action_dim": int(self.reader.action_spec.shape[0]),
             "normalization": self.stats,
@@ -250,13 +394,30 @@ class EpisodeDataModule(L.LightningDataModule):
     # ---- Lightning hooks ---------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         self._prepare()
-        self.datasets = {
-            name: EpisodeWindowDataset(
-                self.reader, eps, self.obs_keys, self.obs_steps, self.horizon, self.cache
+        self.datasets = {name: self._dataset(eps) for name, eps in self.splits.items() if eps}
+
+    def _dataset(self, episodes: list[str]) -> Dataset:
+        if self.sequence_length is not None:
+            return EpisodeSequenceDataset(
+                self.reader,
+                episodes,
+                self.obs_keys,
+                self.sequence_length,
+                self.cache,
+                self.terminated,
             )
-            for name, eps in self.splits.items()
-            if eps
-        }
+        return EpisodeWindowDataset(
+            self.reader,
+            episodes,
+            self.obs_keys,
+            self.obs_steps,
+            self.horizon,
+            self.cache,
+            rewards=self.rewards,
+            next_obs=self.next_obs,
+            discount=self.discount,
+            terminated=self.terminated,
+        )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader | list:
         if split not in self.datasets:
