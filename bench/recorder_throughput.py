@@ -77,9 +77,10 @@ def live(duration: float, tmp: Path) -> dict[str, Any]:
     """Stream to a recorder process; return the measured row."""
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.qos import qos_profile_sensor_data
-    from roboloop_recorder.probe import RosProbe
     from sensor_msgs.msg import Image, JointState
     from std_srvs.srv import Trigger
+
+    from roboloop_testing.ros_probe import RosProbe
 
     out = tmp / "bench.hdf5"
     rec = start_node(

@@ -1,5 +1,6 @@
 """The layering holds: episode_dataset -> roboloop_runtime -> sim -> learning -> ROS packages
--> demo, bench; no module imports a package of a higher layer (imports inside functions count).
+-> demo -> test support (roboloop_testing), bench; no module imports a package of a higher layer
+(imports inside functions count), so no product package imports test support.
 And the runtime (plus the sim modules the ROS nodes use) imports with torch, rclpy and MuJoCo
 blocked, and runs an ONNX model built with `onnx.helper`."""
 
@@ -25,7 +26,8 @@ LAYERS: dict[str, int] = {
     "learning": 3,
     **{name: 4 for name in ROS_PACKAGES},
     "demo": 5,
-    "bench": 5,
+    "roboloop_testing": 6,  # test support: tests and benchmarks only
+    "bench": 6,
 }
 
 

@@ -19,7 +19,7 @@ from learning.namo.data import (
 )
 from learning.namo.metrics import group_ids, ranking_metrics, spearman
 from learning.namo.model import QFunctionNet
-from learning.namo.synthetic import write_synthetic
+from roboloop_testing.namo_masks import write_synthetic
 from sim.namo.keys import STATE_KEYS
 
 NAMO_TINY = Path(__file__).parent / "data" / "namo_tiny"

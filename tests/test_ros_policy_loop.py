@@ -32,10 +32,10 @@ def _stamp(msg) -> int:
 def test_policy_drives_the_sim_bridge(tmp_path: Path, ros_env: dict[str, str]) -> None:
     from rclpy.qos import QoSProfile, qos_profile_sensor_data
     from roboloop_policy.reference_model import make_reference_policy
-    from roboloop_recorder.probe import RosProbe
     from sensor_msgs.msg import Image, JointState
 
     from roboloop_runtime import OnnxModel
+    from roboloop_testing.ros_probe import RosProbe
 
     model_path = tmp_path / "reacher_reference.onnx"
     make_reference_policy(

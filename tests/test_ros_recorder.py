@@ -310,10 +310,11 @@ def test_bad_stamps_and_messages_never_wedge_the_recorder_and_are_counted(tmp_pa
     backwards-jumping stamps, malformed and row-padded images, JointStates whose names disagree,
     a publisher of the wrong type; every rejection counted per topic and reason and logged per
     (topic, reason); SIGTERM keeps the open episode."""
-    from roboloop_recorder.probe import RosProbe
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import String
     from std_srvs.srv import Trigger
+
+    from roboloop_testing.ros_probe import RosProbe
 
     out = tmp_path / "missing" / "dirs" / "rec.hdf5"  # the recorder creates the parents
     rec = start_node(
@@ -425,8 +426,9 @@ def test_bad_stamps_and_messages_never_wedge_the_recorder_and_are_counted(tmp_pa
 def test_failed_write_stops_the_episode_reports_it_and_keeps_committed_ones(tmp_path, ros_env):
     """Defect 4 and item 4: a file-size limit (standing in for a full disk) fails a write; a
     configure that fails leaves nothing behind."""
-    from roboloop_recorder.probe import RosProbe
     from std_srvs.srv import Trigger
+
+    from roboloop_testing.ros_probe import RosProbe
 
     out = tmp_path / "rec.hdf5"
     bad = start_node(
@@ -488,10 +490,10 @@ def test_failed_write_stops_the_episode_reports_it_and_keeps_committed_ones(tmp_
 def test_lifecycle_transitions_driven_by_change_state(tmp_path, ros_env):
     from lifecycle_msgs.msg import Transition
     from lifecycle_msgs.srv import ChangeState, GetState
-    from roboloop_recorder.probe import RosProbe
     from std_srvs.srv import Trigger
 
     from episode_dataset import EpisodeWriter
+    from roboloop_testing.ros_probe import RosProbe
 
     out = tmp_path / "lc.hdf5"
     rec = start_recorder(tmp_path, ros_env, out, autostart=False)

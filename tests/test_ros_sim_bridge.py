@@ -23,10 +23,11 @@ def test_bridge_publishes_and_applies_actions_from_another_process(tmp_path, ros
         ReliabilityPolicy,
         qos_profile_sensor_data,
     )
-    from roboloop_recorder.probe import RosProbe
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import Bool, Float32, String
     from std_srvs.srv import Trigger
+
+    from roboloop_testing.ros_probe import RosProbe
 
     bridge = start_node(
         "sim_bridge",
@@ -159,9 +160,10 @@ def test_bridge_publishes_and_applies_actions_from_another_process(tmp_path, ros
 
 def test_bridge_expert_pauses_after_max_episodes(tmp_path, ros_env):
     from rclpy.qos import qos_profile_sensor_data as sensor
-    from roboloop_recorder.probe import RosProbe
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Bool, Float32
+
+    from roboloop_testing.ros_probe import RosProbe
 
     bridge = start_node(
         "sim_bridge",

@@ -1,6 +1,6 @@
 """Synthetic NAMO mask files with the exact seed-000 keys and a learnable Q.
 
-For tests and benchmarks that must not wait for MCTS; real data comes from the sim/namo CLIs.
+For tests that must not wait for MCTS; real data comes from the sim/namo CLIs.
 """
 
 from __future__ import annotations
