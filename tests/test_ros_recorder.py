@@ -26,9 +26,11 @@ pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
 
 REPO = Path(__file__).resolve().parents[1]
 BRIDGE_YAML = REPO / "ros2_ws/src/roboloop_sim_bridge/config/sim_bridge.yaml"
-RECORDER_YAML = REPO / "ros2_ws/src/roboloop_recorder/config/recorder.yaml"
+RECORDER_YAML = REPO / "ros2_ws/src/roboloop_recorder/config/recorder.yaml"  # the bridge's spec
+TOPICS_YAML = REPO / "ros2_ws/src/roboloop_recorder/config/recorder_topics.yaml"  # by hand
 CAMERA = 32
-RATE = 10.0  # slow enough that a loaded 2-core machine keeps every step on time
+RATE = 10.0  # steps per wall-clock second: a loaded 2-core machine keeps every step on time
+REAL_TIME_FACTOR = RATE / 50.0  # of Reacher-v5's 50 Hz control rate (1 / dt)
 
 
 def wait_until(cond, timeout: float, what: str, procs: list[RosProcess] = ()) -> None:
@@ -44,7 +46,7 @@ def wait_until(cond, timeout: float, what: str, procs: list[RosProcess] = ()) ->
 
 
 def start_bridge(tmp: Path, env: dict, **params) -> RosProcess:
-    base = {"camera": CAMERA, "control_rate_hz": RATE, "wait_for_subscribers": 1}
+    base = {"camera": CAMERA, "real_time_factor": REAL_TIME_FACTOR, "wait_for_subscribers": 1}
     return start_node(
         "sim_bridge",
         params_file=BRIDGE_YAML,
@@ -55,17 +57,18 @@ def start_bridge(tmp: Path, env: dict, **params) -> RosProcess:
 
 
 def start_recorder(tmp: Path, env: dict, out: Path, **params) -> RosProcess:
+    """A recorder of the bridge's topics listed by hand (recorder_topics.yaml)."""
     base = {
         "output_path": str(out),
         "shapes": ["10", f"{CAMERA},{CAMERA},3", "2", "", ""],
         "env_args_json": json.dumps({"env_name": "Reacher-v5", "env_kwargs": {"camera": CAMERA}}),
-        "control_rate_hz": RATE,
+        "real_time_factor": REAL_TIME_FACTOR,
         "max_age_s": 0.4 / RATE,
         "fsync": False,
     }
     return start_node(
         "recorder",
-        params_file=RECORDER_YAML,
+        params_file=TOPICS_YAML,
         params={**base, **params},
         log_path=tmp / "recorder.log",
         env=env,
@@ -73,8 +76,20 @@ def start_recorder(tmp: Path, env: dict, out: Path, **params) -> RosProcess:
 
 
 def test_records_expert_episodes_from_live_bridge(tmp_path, ros_env):
+    """recorder.yaml: keys, shapes, topics, env_args and rates come from the bridge's spec."""
     out = tmp_path / "rec.hdf5"
-    rec = start_recorder(tmp_path, ros_env, out, max_episodes=2)
+    rec = start_node(
+        "recorder",
+        params_file=RECORDER_YAML,
+        params={
+            "output_path": str(out),
+            "max_age_s": 0.4 / RATE,
+            "fsync": False,
+            "max_episodes": 2,
+        },
+        log_path=tmp_path / "recorder.log",
+        env=ros_env,
+    )
     bridge = start_bridge(tmp_path, ros_env, action_source="expert", seed=3)
     procs = [rec, bridge]
     try:
@@ -90,9 +105,25 @@ def test_records_expert_episodes_from_live_bridge(tmp_path, ros_env):
     with EpisodeReader(out) as r:
         assert r.episodes == ["demo_0", "demo_1"]
         assert [r.num_steps(e) for e in r.episodes] == [50, 50]  # Reacher-v5 truncates at 50
+        import sim
+        from sim.spec import env_spec
+
+        # The dataset spec is the env's, as sim.collect writes it: nothing was retyped.
+        spec = env_spec(sim.make("Reacher-v5", camera=CAMERA), "Reacher-v5", CAMERA)
+        for key, ks in spec.obs_specs.items():
+            got = r.obs_specs[key]
+            assert (got.shape, got.dtype, got.feature_type, got.encoding) == (
+                ks.shape,
+                ks.dtype,
+                ks.feature_type,
+                ks.encoding,
+            ), key
         assert set(r.obs_specs) == {"state", "image"}
-        assert r.obs_specs["image"].source_topic == "/sim/camera/image_raw"
-        assert r.env_args["env_name"] == "Reacher-v5"
+        assert r.obs_specs["image"].source_topic == "/sim/image"
+        assert r.env_args == spec.env_args  # control_rate_hz 50 (robot time), action_space
+        recorder_meta = r.episode_metadata("demo_0")["recorder"]
+        assert recorder_meta["control_rate_hz"] == 50.0
+        assert recorder_meta["real_time_factor"] == REAL_TIME_FACTOR
         for ep in r.episodes:
             assert r.read_obs(ep, "image").shape == (50, CAMERA, CAMERA, 3)
             assert r.read_obs(ep, "image").std() > 0  # a rendered scene, not zeros
@@ -107,8 +138,6 @@ def test_records_expert_episodes_from_live_bridge(tmp_path, ros_env):
         }
     # Replaying the recorded actions from reset(seed + i) reproduces the recorded states and
     # rewards step by step: obs, action and reward of every row belong to the same env step.
-    import sim
-
     env = sim.make("Reacher-v5")
     for i, (states, actions, rewards) in enumerate(episodes.values()):
         obs, _ = env.reset(seed=3 + i)
@@ -120,8 +149,26 @@ def test_records_expert_episodes_from_live_bridge(tmp_path, ros_env):
 
 
 def test_sigkill_mid_episode_keeps_completed_episodes(tmp_path, ros_env):
+    """The recorder takes its topics from a dataset (spec_path): one sim.collect wrote."""
+    from sim.collect import collect
+
+    spec = tmp_path / "collected.hdf5"
+    collect("Reacher-v5", "random", 1, seed=0, out=spec, camera=CAMERA, progress=False)
     out = tmp_path / "rec.hdf5"
-    rec = start_recorder(tmp_path, ros_env, out)
+    rec = start_node(
+        "recorder",
+        params_file=RECORDER_YAML,
+        params={
+            "spec_topic": "",
+            "spec_path": str(spec),
+            "real_time_factor": REAL_TIME_FACTOR,
+            "output_path": str(out),
+            "max_age_s": 0.4 / RATE,
+            "fsync": False,
+        },
+        log_path=tmp_path / "recorder.log",
+        env=ros_env,
+    )
     bridge = start_bridge(tmp_path, ros_env, action_source="random")
     procs = [rec, bridge]
     try:
@@ -138,10 +185,12 @@ def test_sigkill_mid_episode_keeps_completed_episodes(tmp_path, ros_env):
     leftover = [f for f in held if os.path.exists(f) and not _held_by_live(f)]
     assert leftover == []
     validate_file(out)
-    with EpisodeReader(out) as r:
+    with EpisodeReader(out) as r, EpisodeReader(spec) as collected:
         assert r.episodes == ["demo_0"]
         assert r.num_steps("demo_0") == 50
         assert r.read_dones("demo_0")[-1]
+        assert r.obs_specs["image"].shape == collected.obs_specs["image"].shape
+        assert r.env_args == collected.env_args
 
 
 def test_double_sigint_mid_episode_closes_cleanly(tmp_path, ros_env):
@@ -439,6 +488,16 @@ def test_failed_write_stops_the_episode_reports_it_and_keeps_committed_ones(tmp_
     )
     assert bad.popen.wait(30) == 1 and "reference_key" in bad.log_text(), bad.log_text()
     assert not out.exists() and not out.with_name(out.name + ".episodes").exists()
+    # Two sources of the topic map: refused, naming both, never one silently preferred.
+    both = start_node(
+        "recorder",
+        params_file=probe_params(tmp_path, output_path=str(out), spec_topic="/sim/spec"),
+        log_path=tmp_path / "both.log",
+        env=ros_env,
+    )
+    assert both.popen.wait(30) == 1, both.log_text()
+    assert "parameters ['spec_topic', 'topics'," in both.log_text(), both.log_text()
+    assert not out.exists()
 
     limit = 600_000  # bytes per file: demo_0 (5 steps of 48 KB) fits, demo_1 (25) does not
     rec = start_node(

@@ -1,7 +1,9 @@
 """Recorder lifecycle node: thin ROS adapter over `RecordingSession` (docs/ros_bridge_recorder.md).
 
-configure: read parameters, validate them, then open the dataset (its parent directories are
-created; a configure that fails before leaves no file), create services and diagnostics.
+configure: take the topic map from the parameter lists, a dataset (`spec_path`) or the latched
+spec of a sim bridge (`spec_topic`, waited for up to `spec_timeout_s`; see `spec.py`), validate
+it, then open the dataset (its parent directories are created; a configure that fails before
+leaves no file), create services and diagnostics.
 activate: subscribe to each topic once a publisher of its type exists, with a QoS matching what
 publishers offer (publishers of another type are counted and logged); start the alignment timer;
 start recording if `record_on_activate`.
@@ -16,6 +18,7 @@ import importlib
 import json
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +29,16 @@ from rclpy.qos import (
     QoSProfile,
     ReliabilityPolicy,
 )
+from rclpy.wait_for_message import wait_for_message
 from roboloop_node_common.runtime import (
     DIAGNOSTICS_QOS,
     DIAGNOSTICS_TOPIC,
     declare_parameters,
     publish_status,
+    read_parameters,
     run_node,
 )
+from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from roboloop_recorder.qos_choice import (
@@ -45,7 +51,14 @@ from roboloop_recorder.qos_choice import (
     needs_resubscribe,
 )
 from roboloop_recorder.session import RecordingSession, SessionConfig
-from roboloop_recorder.topics import dataset_specs, parse_topics
+from roboloop_recorder.spec import (
+    DatasetSpec,
+    Recording,
+    parse_spec_message,
+    plan_recording,
+    read_dataset_spec,
+)
+from roboloop_recorder.topics import RecorderConfigError, dataset_specs
 from roboloop_recorder.writer_thread import EpisodeWriterThread
 
 # name -> (default, description). Declared once in __init__, read once in on_configure.
@@ -76,12 +89,37 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
         "JointState field of each topic (position|velocity|effort); '' = default "
         "(effort for actions, else position).",
     ),
+    "spec_path": (
+        "",
+        "Dataset whose spec (observation/action keys, shapes, source topics, env_args) says "
+        "what to record, instead of topics/types/keys/shapes/fields ('' = those lists).",
+    ),
+    "spec_topic": (
+        "",
+        "Latched std_msgs/String spec of a sim bridge (e.g. /sim/spec) to take the topic map, "
+        "env_args, control rate and real-time factor from ('' = not used).",
+    ),
+    "spec_timeout_s": (30.0, "spec_topic: configure fails when no spec arrives within this."),
+    "topic_namespace": (
+        "/sim",
+        "With a spec: keys without a source topic, actions, rewards and dones are read from "
+        "<namespace>/<key>, applied_action, reward, done (roboloop_runtime.topics).",
+    ),
     "output_path": (
         "recording.hdf5",
         "Dataset file (episode_dataset); appended to if it exists; missing parents are created.",
     ),
     "env_args_json": ("{}", "JSON stored as the dataset's env_args (env_name, env_kwargs...)."),
-    "control_rate_hz": (20.0, "Rate of the recorded timeline (steps per second)."),
+    "control_rate_hz": (
+        0.0,
+        "Control steps per second of robot time (stored as env_args.control_rate_hz); 0 = the "
+        "spec's or env_args_json's.",
+    ),
+    "real_time_factor": (
+        0.0,
+        "Robot seconds per wall-clock second (stamps are wall-clock: the timeline runs at "
+        "control_rate_hz x this per stamp second); 0 = the spec topic's, else 1.",
+    ),
     "max_age_s": (
         0.02,
         "A key's sample may be this much older than the step's observation, else the step is "
@@ -160,11 +198,48 @@ def to_profile(choice: QosChoice) -> QoSProfile:
     )
 
 
+TOPIC_LISTS = ("topics", "types", "keys", "shapes", "fields")
+
+
+@dataclass(frozen=True)
+class RecorderParams:
+    topics: list[str]
+    types: list[str]
+    keys: list[str]
+    shapes: list[str]
+    fields: list[str]
+    spec_path: str
+    spec_topic: str
+    spec_timeout_s: float
+    topic_namespace: str
+    output_path: str
+    env_args_json: str
+    control_rate_hz: float
+    real_time_factor: float
+    max_age_s: float
+    headerless_anchor_key: str
+    headerless_anchor_tolerance_s: float
+    headerless_offset_periods: float
+    reference_key: str
+    future_tolerance_s: float
+    record_on_activate: bool
+    restart_after_done: bool
+    keep_partial_on_deactivate: bool
+    max_episodes: int
+    queue_size: int
+    fsync: bool
+    subscription_depth: int
+    discovery_period_s: float
+    diagnostics_period_s: float
+    autostart: bool
+
+
 class RecorderNode(LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("recorder", **kwargs)
         declare_parameters(self, PARAMETERS)
-        self.autostart = bool(self.p("autostart"))
+        self.params = read_parameters(self, PARAMETERS, RecorderParams)
+        self.autostart = self.params.autostart
         self._session: RecordingSession | None = None
         self._writer: EpisodeWriterThread | None = None
         self._subs: dict[str, tuple[Any, QosChoice]] = {}
@@ -173,51 +248,40 @@ class RecorderNode(LifecycleNode):
         self._diag_pub = None
         self._wrong_type_seen: set[tuple[str, tuple[int, ...]]] = set()
 
-    def p(self, name: str) -> Any:
-        return self.get_parameter(name).value
-
     # -- lifecycle -------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        p = self.params
         try:
-            specs = parse_topics(
-                list(self.p("topics")),
-                list(self.p("types")),
-                list(self.p("keys")),
-                list(self.p("shapes")),
-                list(self.p("fields")),
-            )
-            env_args = json.loads(self.p("env_args_json"))
-            if not isinstance(env_args, dict):
-                raise ValueError(f"env_args_json must be a JSON object, got {env_args!r}")
-            # Training reads the control rate from env_args when its config leaves it null.
-            env_args.setdefault("control_rate_hz", self.p("control_rate_hz"))
+            plan = self._plan(p)
+            specs = plan.topics
             obs_specs, action_spec = dataset_specs(specs)
             self._msg_classes = {s.topic: message_class(s.type) for s in specs}
             self._session = RecordingSession(
                 specs,
                 SessionConfig(
-                    control_rate_hz=self.p("control_rate_hz"),
-                    max_age_s=self.p("max_age_s"),
-                    headerless_anchor_key=self.p("headerless_anchor_key"),
-                    headerless_anchor_tolerance_s=self.p("headerless_anchor_tolerance_s"),
-                    headerless_offset_periods=self.p("headerless_offset_periods"),
-                    reference_key=self.p("reference_key"),
-                    restart_after_done=self.p("restart_after_done"),
-                    max_episodes=self.p("max_episodes"),
-                    future_tolerance_s=self.p("future_tolerance_s"),
+                    control_rate_hz=plan.control_rate_hz,
+                    real_time_factor=plan.real_time_factor,
+                    max_age_s=p.max_age_s,
+                    headerless_anchor_key=p.headerless_anchor_key,
+                    headerless_anchor_tolerance_s=p.headerless_anchor_tolerance_s,
+                    headerless_offset_periods=p.headerless_offset_periods,
+                    reference_key=p.reference_key,
+                    restart_after_done=p.restart_after_done,
+                    max_episodes=p.max_episodes,
+                    future_tolerance_s=p.future_tolerance_s,
                 ),
                 log=self._log_warning,
             )
             # Everything is valid: only now touch the disk.
-            output = Path(self.p("output_path"))
+            output = Path(p.output_path)
             output.parent.mkdir(parents=True, exist_ok=True)
             self._writer = EpisodeWriterThread(
                 output,
                 obs_specs,
                 action_spec,
-                env_args,
-                queue_size=self.p("queue_size"),
-                fsync=self.p("fsync"),
+                plan.env_args,
+                queue_size=p.queue_size,
+                fsync=p.fsync,
                 on_episode_written=self._on_written,
                 on_error=self._on_write_error,
             )
@@ -231,19 +295,72 @@ class RecorderNode(LifecycleNode):
             self.create_service(Trigger, "~/start_episode", self._srv_start),
             self.create_service(Trigger, "~/stop_episode", self._srv_stop),
         ]
-        self.get_logger().info(f"configured: recording {len(specs)} topics to {self._writer.path}")
+        self.get_logger().info(
+            f"configured: recording {len(specs)} topics to {self._writer.path} at "
+            f"{plan.control_rate_hz:g} Hz control rate x real_time_factor "
+            f"{plan.real_time_factor:g}: " + ", ".join(f"{s.topic} -> {s.key}" for s in specs)
+        )
         return TransitionCallbackReturn.SUCCESS
+
+    def _plan(self, p: RecorderParams) -> Recording:
+        """The topic map and rates from the lists, spec_path or spec_topic (exactly one)."""
+        sources = [name for name in ("spec_path", "spec_topic") if getattr(p, name)]
+        changed = [n for n in TOPIC_LISTS if list(getattr(p, n)) != PARAMETERS[n][0]]
+        if len(sources) > 1 or (sources and changed):
+            raise RecorderConfigError(
+                f"parameters {sources + changed} each give the topic map: set only one of "
+                "spec_path, spec_topic or the topics/types/keys/shapes/fields lists"
+            )
+        env_args = json.loads(p.env_args_json)
+        if not isinstance(env_args, dict):
+            raise RecorderConfigError(f"env_args_json must be a JSON object, got {env_args!r}")
+        spec: DatasetSpec | None = None
+        if p.spec_path:
+            spec, source = read_dataset_spec(p.spec_path), f"spec_path {p.spec_path}"
+        elif p.spec_topic:
+            spec, source = self._wait_for_spec(p), f"spec on {p.spec_topic}"
+        else:
+            source = "env_args_json"
+        lists = None if spec else [list(getattr(p, n)) for n in TOPIC_LISTS]
+        return plan_recording(
+            lists,
+            spec,
+            namespace=p.topic_namespace,
+            env_args=env_args,
+            control_rate_hz=p.control_rate_hz,
+            real_time_factor=p.real_time_factor,
+            source=source,
+        )
+
+    def _wait_for_spec(self, p: RecorderParams) -> DatasetSpec:
+        qos = QoSProfile(
+            depth=1,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL,
+        )
+        self.get_logger().info(
+            f"waiting up to {p.spec_timeout_s:g} s for the spec on {p.spec_topic}"
+        )
+        ok, msg = wait_for_message(
+            String, self, p.spec_topic, qos_profile=qos, time_to_wait=p.spec_timeout_s
+        )
+        if not ok:
+            raise RecorderConfigError(
+                f"no spec on {p.spec_topic} within {p.spec_timeout_s:g} s (spec_timeout_s); "
+                "is the sim bridge running?"
+            )
+        return parse_spec_message(msg.data, p.spec_topic)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         assert self._session is not None
-        period = 1.0 / self.p("control_rate_hz")
+        period = self._session.period  # stamp (wall-clock) seconds per step
         self._active_timers = [
             self.create_timer(period / 2, self._on_tick),
-            self.create_timer(self.p("discovery_period_s"), self._discover),
-            self.create_timer(self.p("diagnostics_period_s"), self._publish_diagnostics),
+            self.create_timer(self.params.discovery_period_s, self._discover),
+            self.create_timer(self.params.diagnostics_period_s, self._publish_diagnostics),
         ]
         self._discover()
-        if self.p("record_on_activate"):
+        if self.params.record_on_activate:
             self._session.start_episode()
         self.get_logger().info("active")
         return super().on_activate(state)
@@ -271,7 +388,7 @@ class RecorderNode(LifecycleNode):
         if self._session is not None and self._session.recording:
             if finish:
                 self._session.finish(self._now())
-            elif self.p("keep_partial_on_deactivate"):
+            elif self.params.keep_partial_on_deactivate:
                 self._session.stop_episode("deactivate")
             else:
                 self._session.discard_episode()
@@ -291,7 +408,7 @@ class RecorderNode(LifecycleNode):
 
     # -- subscriptions with matching QoS -----------------------------------------------------
     def _discover(self) -> None:
-        depth = self.p("subscription_depth")
+        depth = self.params.subscription_depth
         for topic, cls in self._msg_classes.items():
             offered = []
             for info in self.get_publishers_info_by_topic(topic):
@@ -393,7 +510,7 @@ class RecorderNode(LifecycleNode):
             "recording": self._session.recording,
             "queue_depth": self._writer.queue_depth() if self._writer else 0,
         }
-        output = str(self.p("output_path"))
+        output = str(self.params.output_path)
         publish_status(self, self._diag_pub, "recorder", level, message, values, output)
 
     def bring_up(self) -> None:

@@ -44,8 +44,11 @@ class TopicCounts:
 
 @dataclass
 class SessionConfig:
-    control_rate_hz: float
+    control_rate_hz: float  # control steps per second of robot (simulated) time
     max_age_s: float  # other keys' samples within this of the step's observation (< period/2)
+    # Simulated seconds per wall-clock second of the recorded robot: stamps are wall-clock, so
+    # the timeline's period is 1 / (control_rate_hz x real_time_factor) stamp seconds.
+    real_time_factor: float = 1.0
     # Headerless samples (Float32, Bool) have no stamp of their own. With an anchor key, a
     # headerless sample takes the header stamp of the anchor message that arrived nearest to it
     # (within the tolerance): the sim bridge publishes reward and done right after the applied
@@ -97,7 +100,7 @@ class RecordingSession:
         self.writer: EpisodeWriterThread | None = None
         self._log = log or (lambda _msg: None)
         self._log_rejection = RejectionLog(self._log, config.log_period_s)
-        self.period = 1.0 / config.control_rate_hz
+        self.period = 1.0 / (config.control_rate_hz * config.real_time_factor)
         ref = config.reference_key or next(
             (s.key for s in specs if s.obs_name and CONVERTERS[s.type].has_header), ""
         )
@@ -256,6 +259,7 @@ class RecordingSession:
             {
                 "recorder": {
                     "control_rate_hz": self.config.control_rate_hz,
+                    "real_time_factor": self.config.real_time_factor,
                     "max_age_s": self.config.max_age_s,
                     "reference_key": self.reference_key,
                     "topics": {t: s.key for t, s in self.specs.items()},

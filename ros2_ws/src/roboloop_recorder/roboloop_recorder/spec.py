@@ -1,0 +1,144 @@
+"""Where the recorder's topic map comes from (no rclpy): parameter lists, a dataset, or a robot.
+
+Three sources, one result (`Recording`: topic specs, env_args, control rate, real-time factor):
+
+- the parallel-array parameters `topics/types/keys/shapes/fields` (any robot, written by hand);
+- `spec_path`: an existing dataset (e.g. one written by `sim.collect`, or the file being
+  appended to): its observation/action KeySpecs and env_args;
+- `spec_topic`: the latched spec a sim bridge publishes (`<namespace>/spec`, std_msgs/String
+  JSON, `sim.spec.env_spec` with the topic of each key and the bridge's real-time factor).
+
+A dataset spec becomes topics by the one convention (`roboloop_runtime.topics`): each key is
+read from its KeySpec's `source_topic` when the spec names one, else from
+`<topic_namespace>/<key>`; actions from `<topic_namespace>/applied_action`, rewards and dones
+from `.../reward` and `.../done`. An image key (KeySpec `encoding` rgb8) is an Image topic, any
+other a JointState (`position`; actions: `effort`).
+
+`control_rate_hz` means control steps per second of robot time everywhere (the spec's
+env_args.control_rate_hz); a robot run slower than real time has a `real_time_factor`, and the
+recorded timeline then runs at control_rate_hz x real_time_factor steps per stamp second.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from episode_dataset import ACTIONS, DONES, OBS, REWARDS, EpisodeReader, KeySpec
+from roboloop_recorder.topics import RecorderConfigError, TopicSpec, parse_topics
+from roboloop_runtime.topics import observation_message_type, observation_topic, step_topic
+
+# env_args key of the control rate (robot steps per second), as training reads it
+RATE_KEY = "control_rate_hz"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a dataset holds per step: observation KeySpecs, the action KeySpec, env_args."""
+
+    obs_specs: dict[str, KeySpec]
+    action_spec: KeySpec
+    env_args: dict[str, Any] = field(default_factory=dict)
+    real_time_factor: float | None = None  # a live robot's spec says how fast it runs
+
+
+@dataclass(frozen=True)
+class Recording:
+    """What the recorder records and how: topics, env_args to store, rate and real-time factor."""
+
+    topics: list[TopicSpec]
+    env_args: dict[str, Any]
+    control_rate_hz: float
+    real_time_factor: float
+
+
+def read_dataset_spec(path: str) -> DatasetSpec:
+    """The spec of an existing dataset file (DatasetError names the file when it is not one)."""
+    with EpisodeReader(path) as reader:
+        return DatasetSpec(dict(reader.obs_specs), reader.action_spec, dict(reader.env_args))
+
+
+def parse_spec_message(text: str, topic: str) -> DatasetSpec:
+    """The JSON a sim bridge latches on its spec topic -> DatasetSpec (one-line errors)."""
+    try:
+        data = json.loads(text)
+        obs = {k: KeySpec.from_dict(v) for k, v in data["obs_specs"].items()}
+        action = KeySpec.from_dict(data["action_spec"])
+        env_args = dict(data.get("env_args") or {})
+        rtf = data.get("real_time_factor")
+        return DatasetSpec(obs, action, env_args, None if rtf is None else float(rtf))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise RecorderConfigError(f"spec on {topic} is not a dataset spec: {err}") from None
+
+
+def topics_from_spec(spec: DatasetSpec, namespace: str) -> list[TopicSpec]:
+    """One TopicSpec per observation key, actions, rewards and dones (module docstring)."""
+    topics, types, keys, shapes, fields = [], [], [], [], []
+    for key, ks in spec.obs_specs.items():
+        topics.append(ks.source_topic or observation_topic(key, namespace))
+        types.append(observation_message_type(key, ks.feature_type))
+        keys.append(f"{OBS}/{key}")
+        shapes.append(",".join(str(d) for d in ks.shape))
+        fields.append("" if ks.is_image else "position")
+    steps = (
+        (ACTIONS, spec.action_spec.source_topic or step_topic("applied_action", namespace)),
+        (REWARDS, step_topic("reward", namespace)),
+        (DONES, step_topic("done", namespace)),
+    )
+    for key, topic in steps:
+        topics.append(topic)
+        keys.append(key)
+    types += ["sensor_msgs/msg/JointState", "std_msgs/msg/Float32", "std_msgs/msg/Bool"]
+    shapes += [",".join(str(d) for d in spec.action_spec.shape), "", ""]
+    fields += ["effort", "", ""]
+    return parse_topics(topics, types, keys, shapes, fields)
+
+
+def plan_recording(
+    lists: Sequence[Sequence[str]] | None,
+    spec: DatasetSpec | None,
+    *,
+    namespace: str,
+    env_args: Mapping[str, Any],
+    control_rate_hz: float,
+    real_time_factor: float,
+    source: str = "parameters",
+) -> Recording:
+    """Topics from the lists (topics, types, keys, shapes, fields) or from `spec` (exactly one).
+
+    `env_args` are stored, on top of the spec's. `control_rate_hz` / `real_time_factor` 0 mean
+    "the spec's" (a real-time factor defaults to 1); a value set here that disagrees with the
+    spec's, or an env_args control rate that disagrees with the rate recorded, is an error.
+    """
+    if (lists is None) == (spec is None):
+        raise RecorderConfigError("give either the topic lists or a spec, not both")
+    topics = parse_topics(*lists) if lists is not None else topics_from_spec(spec, namespace)
+    args = {**(spec.env_args if spec else {}), **env_args}
+    rate = _agree(control_rate_hz, args.get(RATE_KEY), "control_rate_hz", source, None)
+    spec_rtf = spec.real_time_factor if spec else None
+    rtf = _agree(real_time_factor, spec_rtf, "real_time_factor", source, 1.0)
+    if rate is None:
+        raise RecorderConfigError(
+            f"no control rate in {source}: set parameter control_rate_hz (robot steps per second)"
+        )
+    for value, name in ((rate, "control_rate_hz"), (rtf, "real_time_factor")):
+        if not (math.isfinite(value) and value > 0):
+            raise RecorderConfigError(f"{name} {value:g} must be a positive number")
+    return Recording(topics, {**args, RATE_KEY: rate}, rate, rtf)
+
+
+def _agree(
+    param: float, given: Any, name: str, source: str, default: float | None
+) -> float | None:
+    """The parameter when set (0 = unset), checked against the source's value, else that."""
+    if given is None:
+        return param or default
+    given = float(given)
+    if param and abs(param - given) > 1e-9 * max(abs(given), 1.0):
+        raise RecorderConfigError(
+            f"parameter {name} {param:g} disagrees with {given:g} of {source}"
+        )
+    return given

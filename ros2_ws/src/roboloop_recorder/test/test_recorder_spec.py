@@ -1,0 +1,80 @@
+"""The recorder's topic map from a dataset spec or a bridge's spec message (ROS-free)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from roboloop_recorder.spec import (
+    DatasetSpec,
+    parse_spec_message,
+    plan_recording,
+    read_dataset_spec,
+)
+from roboloop_recorder.topics import RecorderConfigError
+
+from episode_dataset import EpisodeWriter, KeySpec
+
+STATE = KeySpec("float32", (10,))
+IMAGE = KeySpec("uint8", (8, 6, 3), encoding="rgb8")
+ACTION = KeySpec("float32", (2,))
+RATE = {"control_rate_hz": 50.0}
+
+
+def plan(spec: DatasetSpec | None = None, lists=None, **kw):
+    args = {"namespace": "/robot", "env_args": {}, "control_rate_hz": 0.0, "real_time_factor": 0.0}
+    return plan_recording(lists, spec, **{**args, **kw})
+
+
+def test_a_dataset_spec_becomes_topics_by_the_convention(tmp_path) -> None:
+    path = tmp_path / "spec.hdf5"
+    EpisodeWriter(path, {"state": STATE, "wrist": IMAGE}, ACTION, env_args=RATE).close()
+    rec = plan(read_dataset_spec(str(path)), source=f"spec_path {path}")
+    got = {t.key: (t.topic, t.type, t.shape, t.field) for t in rec.topics}
+    assert got == {
+        "obs/state": ("/robot/state", "sensor_msgs/msg/JointState", (10,), "position"),
+        "obs/wrist": ("/robot/wrist", "sensor_msgs/msg/Image", (8, 6, 3), ""),
+        "actions": ("/robot/applied_action", "sensor_msgs/msg/JointState", (2,), "effort"),
+        "rewards": ("/robot/reward", "std_msgs/msg/Float32", (), ""),
+        "dones": ("/robot/done", "std_msgs/msg/Bool", (), ""),
+    }
+    assert (rec.control_rate_hz, rec.real_time_factor) == (50.0, 1.0)
+    assert rec.env_args == RATE
+
+
+def test_a_spec_message_names_its_topics_and_real_time_factor() -> None:
+    obs = {"state": {**STATE.to_dict(), "source_topic": "/arm/joints"}}
+    text = json.dumps(
+        {
+            "obs_specs": obs,
+            "action_spec": {**ACTION.to_dict(), "source_topic": "/arm/applied"},
+            "env_args": {"env_name": "Reacher-v5", **RATE},
+            "real_time_factor": 0.4,
+        }
+    )
+    rec = plan(parse_spec_message(text, "/sim/spec"), env_args={"operator": "me"})
+    assert {t.key: t.topic for t in rec.topics}["obs/state"] == "/arm/joints"
+    assert {t.key: t.topic for t in rec.topics}["actions"] == "/arm/applied"
+    assert (rec.control_rate_hz, rec.real_time_factor) == (50.0, 0.4)
+    assert rec.env_args == {"env_name": "Reacher-v5", "operator": "me", **RATE}
+
+
+def test_rates_that_disagree_with_the_spec_are_one_line_errors() -> None:
+    spec = DatasetSpec({"state": STATE}, ACTION, RATE, real_time_factor=0.4)
+    with pytest.raises(RecorderConfigError, match="control_rate_hz 20 disagrees with 50 of /s"):
+        plan(spec, control_rate_hz=20.0, source="/s")
+    with pytest.raises(RecorderConfigError, match="real_time_factor 1 disagrees with 0.4"):
+        plan(spec, real_time_factor=1.0)
+    assert plan(spec, control_rate_hz=50.0, real_time_factor=0.4).real_time_factor == 0.4
+    lists = [["/s", "/a"], [*["sensor_msgs/msg/JointState"] * 2], ["obs/s", "actions"]]
+    lists += [["3", "2"], ["", ""]]
+    with pytest.raises(RecorderConfigError, match="no control rate in env_args_json"):
+        plan(lists=lists, source="env_args_json")
+    assert plan(lists=lists, control_rate_hz=30.0).real_time_factor == 1.0
+    with pytest.raises(RecorderConfigError, match="either the topic lists or a spec"):
+        plan(spec, lists=lists)
+
+
+def test_a_bad_spec_message_is_one_line_naming_the_topic() -> None:
+    with pytest.raises(RecorderConfigError, match="spec on /sim/spec is not a dataset spec"):
+        parse_spec_message('{"obs_specs": {}}', "/sim/spec")
