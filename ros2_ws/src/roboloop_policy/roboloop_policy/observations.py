@@ -1,12 +1,16 @@
 """Observation topics -> numpy arrays for the model (ROS-free: messages are duck-typed).
 
-Which ROS message type a model observation arrives in follows from its spec in the model
-metadata, the only bridge from training to the robot:
+Which ROS message type a model observation arrives in follows from the feature type its spec
+declares in the model metadata, the only bridge from training to the robot
+(`roboloop_runtime.topics`):
 
-    uint8 (H, W, 3)   -> sensor_msgs/msg/Image, encoding rgb8, exactly H x W
-    float32 (D,)      -> sensor_msgs/msg/JointState, D values in one field (default `position`)
+    image   uint8 (H, W, 3) -> sensor_msgs/msg/Image, encoding rgb8, exactly H x W
+    low_dim float (D,)      -> sensor_msgs/msg/JointState, D values in one field (`position`)
 
-`bind_observations` checks the node's topic -> key parameters against the metadata at configure
+The topic of each key is either listed by hand (`observation_topics` / `observation_keys`) or
+follows from the model's declared observations by the one convention, `<namespace>/<key>`
+(`convention_topic_map`), the names the sim bridge publishes them under.
+`bind_observations` checks the node's topic -> key map against the metadata at configure
 time; `decode` turns one received message into the array for its key with the shared decoders
 (roboloop_runtime.codecs) and rejects values absurdly far from the training data's
 normalization stats, or raises `MessageError` (whose `reason` the node counts per topic; such a
@@ -30,6 +34,7 @@ from roboloop_runtime.codecs import (
     decode_image,
     decode_joint_state,
 )
+from roboloop_runtime.topics import TopicNameError, observation_message_type, observation_topic
 
 
 class BindingError(ValueError):
@@ -49,15 +54,32 @@ class ObservationBinding:
 
 
 def message_type_for(key: str, spec: ObsSpec) -> str:
-    """The ROS message type that carries observation `key` with this spec."""
-    if spec.dtype == "uint8" and len(spec.shape) == 3 and spec.shape[2] == 3:
-        return IMAGE
-    if spec.dtype.startswith("float") and len(spec.shape) == 1:
-        return JOINT_STATE
+    """The ROS message type that carries observation `key`: its declared feature type's, when
+    the shape and dtype are what that message can hold."""
+    try:
+        msg_type = observation_message_type(key, spec.feature_type)
+    except TopicNameError as err:
+        raise BindingError(str(err)) from None
+    image_like = spec.dtype == "uint8" and len(spec.shape) == 3 and spec.shape[2] == 3
+    vector_like = spec.dtype.startswith("float") and len(spec.shape) == 1
+    if (msg_type == IMAGE and image_like) or (msg_type == JOINT_STATE and vector_like):
+        return msg_type
     raise BindingError(
-        f"observation {key!r}: no ROS message type for {spec.dtype} {spec.shape} "
-        "(supported: uint8 (H, W, 3) -> Image rgb8, float (D,) -> JointState)"
+        f"observation {key!r}: no ROS message type for {spec.dtype} {spec.shape} declared "
+        f"{spec.feature_type} (supported: image uint8 (H, W, 3) -> Image rgb8, low_dim float "
+        "(D,) -> JointState)"
     )
+
+
+def convention_topic_map(
+    observations: Mapping[str, ObsSpec], namespace: str
+) -> tuple[list[str], list[str]]:
+    """(topics, keys): every model observation key on `<namespace>/<key>` (the sim bridge's)."""
+    keys = list(observations)
+    try:
+        return [observation_topic(k, namespace) for k in keys], keys
+    except TopicNameError as err:
+        raise BindingError(f"observation_namespace: {err}") from None
 
 
 def bind_observations(

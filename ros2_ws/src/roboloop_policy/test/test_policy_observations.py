@@ -104,3 +104,20 @@ def test_unsupported_spec_and_field() -> None:
         bind_observations(["/x"], ["x"], {"x": ObsSpec((2, 2), "float32", "low_dim")})
     with pytest.raises(BindingError, match="joint_state_field 'torque'"):
         bind_observations(["/s"], ["state"], {"state": STATE}, joint_state_field="torque")
+
+
+def test_topics_follow_from_the_declared_features_by_the_convention() -> None:
+    from roboloop_policy.observations import convention_topic_map
+
+    topics, keys = convention_topic_map(OBS, "/robot")
+    bindings = {b.key: b for b in bind_observations(topics, keys, OBS)}
+    assert {k: (b.topic, b.msg_type) for k, b in bindings.items()} == {
+        "state": ("/robot/state", JOINT_STATE),
+        "image": ("/robot/image", IMAGE),
+    }
+    # The declared feature type decides, not the shape: an rgb-shaped array declared low-dim
+    # has no message type.
+    with pytest.raises(BindingError, match="declared low_dim"):
+        bind_observations(["/x"], ["x"], {"x": ObsSpec((4, 5, 3), "uint8", "low_dim")})
+    with pytest.raises(BindingError, match="observation_namespace: topic namespace 'robot'"):
+        convention_topic_map(OBS, "robot")
