@@ -2,13 +2,14 @@
 
     ros2 launch roboloop_bringup loop.launch.py model_path:=/abs/path/policy.onnx
     ros2 launch roboloop_bringup loop.launch.py model_path:=/abs/policy.onnx record:=false
-    ros2 launch roboloop_bringup loop.launch.py model_path:=/abs/image_policy.onnx \
-        policy_params_file:=<share of roboloop_policy>/config/policy_image.yaml
 
 Includes sim.launch.py (action_source:=topic, so the bridge applies /sim/action),
-policy.launch.py and, unless record:=false, record.launch.py. The sim and recorder params files
-come from roboloop_sim_bridge and roboloop_recorder; their defaults (Reacher-v5, 64x64 camera,
-20 Hz) match each other. The policy's observation keys must match the model's metadata.
+policy.launch.py and, unless record:=false, record.launch.py. Nothing is typed twice: the bridge
+publishes every observation key of its env on /sim/<key> and latches its spec on /sim/spec; the
+recorder takes keys, shapes, env_args and rates from that spec, the policy node reads the
+observations its model declares from /sim/<key> (state and state+camera models alike). The
+bridge and the policy share one real-time factor (0.4 in both params files: Reacher-v5's 50 Hz
+control rate at 20 steps per wall-clock second).
 """
 
 from __future__ import annotations
@@ -43,21 +44,21 @@ def generate_launch_description() -> LaunchDescription:
                 default_value=PathJoinSubstitution(
                     [share("roboloop_policy"), "config", "policy.yaml"]
                 ),
-                description="policy_node parameters; policy_image.yaml for state+camera models.",
+                description="policy_node parameters (observation topics from the model metadata).",
             ),
             DeclareLaunchArgument(
                 "sim_params_file",
                 default_value=PathJoinSubstitution(
                     [share("roboloop_sim_bridge"), "config", "sim_bridge.yaml"]
                 ),
-                description="sim_bridge parameters (environment, camera, control rate).",
+                description="sim_bridge parameters (environment, camera, real-time factor).",
             ),
             DeclareLaunchArgument(
                 "recorder_params_file",
                 default_value=PathJoinSubstitution(
                     [share("roboloop_recorder"), "config", "recorder.yaml"]
                 ),
-                description="recorder parameters (topics, dataset keys, shapes).",
+                description="recorder parameters (default: the topic map from the bridge's spec).",
             ),
             DeclareLaunchArgument(
                 "record",

@@ -4,8 +4,9 @@
     ros2 launch roboloop_bringup policy.launch.py model_path:=/abs/policy.onnx \
         params_file:=/path/to/my_policy.yaml device:=cuda
 
-The node configures and activates itself (autostart); the topic -> model key mapping, control
-rate and watchdog live in the params file. Topics, parameters, diagnostics:
+The node configures and activates itself (autostart); it reads the observations the model
+declares from /sim/<key> (config/policy.yaml; policy_image.yaml maps topics by hand), and the
+real-time factor and watchdog live in the params file. Topics, parameters, diagnostics:
 docs/ros_policy_node.md.
 """
 
@@ -31,8 +32,8 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument(
                 "params_file",
                 default_value=default_params,
-                description="ROS parameters file of the policy_node (observation topics/keys, "
-                "action topic, control rate, watchdog). policy_image.yaml adds the camera.",
+                description="ROS parameters file of the policy_node (observation topic "
+                "namespace or topics/keys, action topic, real-time factor, watchdog).",
             ),
             DeclareLaunchArgument(
                 "device",

@@ -3,6 +3,10 @@
     ros2 launch roboloop_bringup record.launch.py output_path:=/data/reacher.hdf5
     ros2 launch roboloop_bringup record.launch.py params_file:=/path/to/my_recorder.yaml
 
+The default params file takes what to record (keys, shapes, topics, env_args, control rate,
+real-time factor) from the spec the sim bridge latches on /sim/spec; recorder_topics.yaml (or
+your own file) lists the topics by hand.
+
 Episodes start on activation and after each done; services /recorder/start_episode and
 /recorder/stop_episode (std_srvs/Trigger). Parameters: docs/ros_bridge_recorder.md.
 
@@ -37,7 +41,8 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument(
                 "params_file",
                 default_value=default_params,
-                description="ROS parameters file of the recorder node (topics, keys, shapes).",
+                description="ROS parameters file of the recorder node (spec topic, or topics, "
+                "keys and shapes by hand: recorder_topics.yaml).",
             ),
             DeclareLaunchArgument(
                 "output_path",

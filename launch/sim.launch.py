@@ -1,4 +1,4 @@
-"""Start the sim bridge: a sim environment stepped at the control rate, exposed as ROS topics.
+"""Start the sim bridge: a sim env stepped at its control rate x the real-time factor, on ROS.
 
     ros2 launch roboloop_bringup sim.launch.py action_source:=expert
     ros2 launch roboloop_bringup sim.launch.py params_file:=/path/to/my_sim_bridge.yaml

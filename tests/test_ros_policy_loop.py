@@ -3,12 +3,15 @@
 Both nodes are started from sim.launch.py and policy.launch.py (evaluated by
 roboloop_bringup.launch_standin.load_launch_file, the same nodes, params files and overrides
 `ros2 launch`
-would start), the way loop.launch.py combines them with record:=false. The policy sees the
-bridge's default state + 64x64 camera topics through config/policy_image.yaml.
+would start), the way loop.launch.py combines them with record:=false. The policy reads the
+observations its metadata declares (state + 64x64 camera) from the topics the bridge publishes
+them on (config/policy.yaml: the topic convention, nothing listed by hand), at Reacher-v5's
+control rate x the shared real-time factor.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +24,6 @@ from roboloop_bringup.launch_standin import load_launch_file  # noqa: E402
 pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
 
 REPO = Path(__file__).resolve().parents[1]
-POLICY_IMAGE_YAML = REPO / "ros2_ws/src/roboloop_policy/config/policy_image.yaml"
 STATE_DIM, ACTION_DIM, CAMERA = 10, 2, 64  # Reacher-v5 with the bridge's default camera
 
 
@@ -39,12 +41,16 @@ def test_policy_drives_the_sim_bridge(tmp_path: Path, ros_env: dict[str, str]) -
 
     model_path = tmp_path / "reacher_reference.onnx"
     make_reference_policy(
-        model_path, state_dim=STATE_DIM, action_dim=ACTION_DIM, image_hw=(CAMERA, CAMERA)
+        model_path,
+        state_dim=STATE_DIM,
+        action_dim=ACTION_DIM,
+        image_hw=(CAMERA, CAMERA),
+        control_rate_hz=50.0,  # Reacher-v5's, as training on its data writes it
     )
     sim = load_launch_file(REPO / "launch/sim.launch.py", {"action_source": "topic"})
     policy = load_launch_file(
         REPO / "launch/policy.launch.py",
-        {"model_path": str(model_path), "params_file": str(POLICY_IMAGE_YAML), "device": "cpu"},
+        {"model_path": str(model_path), "device": "cpu"},
     )
     assert sim.nodes[0].params["action_source"] == "topic"
     procs = [
@@ -54,6 +60,7 @@ def test_policy_drives_the_sim_bridge(tmp_path: Path, ros_env: dict[str, str]) -
     states: dict[int, np.ndarray] = {}
     images: dict[int, np.ndarray] = {}
     actions: list[tuple[int, np.ndarray]] = []
+    arrivals: list[float] = []
     applied: list[tuple[int, np.ndarray]] = []
 
     def logs() -> str:
@@ -70,7 +77,7 @@ def test_policy_drives_the_sim_bridge(tmp_path: Path, ros_env: dict[str, str]) -
             )
             node.create_subscription(
                 Image,
-                "/sim/camera/image_raw",
+                "/sim/image",
                 lambda m: images.__setitem__(
                     _stamp(m), np.frombuffer(m.data, np.uint8).reshape(CAMERA, CAMERA, 3).copy()
                 ),
@@ -79,7 +86,10 @@ def test_policy_drives_the_sim_bridge(tmp_path: Path, ros_env: dict[str, str]) -
             node.create_subscription(
                 JointState,
                 "/sim/action",
-                lambda m: actions.append((_stamp(m), np.array(m.effort))),
+                lambda m: (
+                    actions.append((_stamp(m), np.array(m.effort))),
+                    arrivals.append(time.monotonic()),
+                ),
                 QoSProfile(depth=50),
             )
             node.create_subscription(
@@ -102,6 +112,9 @@ def test_policy_drives_the_sim_bridge(tmp_path: Path, ros_env: dict[str, str]) -
         for p in procs:
             p.stop()
 
+    # One control rate: the model's 50 Hz at the launch files' real-time factor 0.4 is 20 actions
+    # per wall-clock second, the bridge's step rate.
+    assert np.median(np.diff(arrivals)) == pytest.approx(0.05, rel=0.2)
     # The bridge applies the policy's commands (clipped to the action space), nothing else.
     # Only commands for observations after the probe's subscription matched can be compared.
     published = np.array([np.clip(a, -1.0, 1.0) for _, a in actions])
