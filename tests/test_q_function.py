@@ -154,7 +154,7 @@ def test_train_entry_lowers_val_mse_and_checkpoint_loads(
             "gpu_id=0",
         ],
     )
-    assert cfg.data.train_split == 0.8 and cfg.model.input_channels == 13
+    assert cfg.data.val_fraction == 0.1 and cfg.model.input_channels == 13
     torch.manual_seed(0)
     untrained = QFunctionNet(hidden_dim=64, image_size=32, encoder_channels=[16, 32, 32, 32])
     result = run(cfg)

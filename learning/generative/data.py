@@ -68,13 +68,13 @@ class GoalMaskDataModule(L.LightningDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         val_fraction: float = 0.1,
-        seed: int = 42,
+        split_seed: int = 42,
         max_files: int | None = None,
     ):
         super().__init__()
         self.data_dir = Path(data_dir)
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
-        self.val_fraction, self.seed, self.max_files = val_fraction, seed, max_files
+        self.val_fraction, self.split_seed, self.max_files = val_fraction, split_seed, max_files
         self.train_dataset: GoalMaskDataset | None = None
         self.val_dataset: GoalMaskDataset | None = None
 
@@ -91,7 +91,7 @@ class GoalMaskDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return
-        train, val = split_files(self.files(), self.val_fraction, self.seed)
+        train, val = split_files(self.files(), self.val_fraction, self.split_seed)
         if not val:
             raise ValueError(f"data.data_dir {os.fspath(self.data_dir)!r}: too few files to split")
         self.train_dataset = GoalMaskDataset(train, self.image_size)

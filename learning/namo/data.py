@@ -180,9 +180,8 @@ class QFunctionDataModule(pl.LightningDataModule):
         data_dir: str,
         batch_size: int = 32,
         num_workers: int = 4,
-        train_split: float = 0.8,
-        val_split: float = 0.1,
-        test_split: float = 0.1,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
         image_size: int | None = None,
         split_seed: int = 0,
         augment: bool = False,
@@ -191,7 +190,7 @@ class QFunctionDataModule(pl.LightningDataModule):
         self.data_dir = data_dir
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.fractions = (train_split, val_split, test_split)
+        self.fractions = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)
         self.image_size = image_size
         self.split_seed = split_seed
         self.augment = augment

@@ -26,9 +26,8 @@ def evaluate(ckpt: str, data_dir: str, batch_size: int = 64) -> dict[str, float]
         data_dir,
         batch_size,
         num_workers=0,
-        train_split=0.0,
-        val_split=0.0,
-        test_split=1.0,
+        val_fraction=0.0,
+        test_fraction=1.0,
         image_size=model.image_size,
     )
     dm.prepare_data()
