@@ -1,14 +1,17 @@
-"""sim.namo.masks: channel semantics, ranges and determinism."""
+"""sim.namo.masks: channel semantics, ranges and determinism; the files both models load."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from sim.namo.grid import Grid, rasterize_disc, rasterize_rect
-from sim.namo.keys import ACTION_KEYS, STATE_KEYS
-from sim.namo.masks import SEED001_ALIASES, proposal_masks, sample_arrays
+from sim.namo.keys import ACTION_KEYS, CONTEXT_KEYS, SEED001_ALIASES, STATE_KEYS
+from sim.namo.mask_files import MaskFileError, load_sample
+from sim.namo.masks import proposal_masks, sample_arrays
 from sim.namo.scene import doorway_scene, generate_scene
 from sim.namo.transition import TransitionModel
 
@@ -117,3 +120,34 @@ def test_invalid_move_is_refused_with_reason() -> None:
 
     with pytest.raises(ValueError, match="collides with a wall"):
         proposal_masks(model, state, Proposal("door", 2.0, 0.4, 0.0), size=32)
+
+
+def test_collector_files_load_for_both_models_through_one_alias_table(tmp_path: Path) -> None:
+    """A file the collector writes feeds the goal generator and the Q-function; one without the
+    seed-001 names loads the same (SEED001_ALIASES); both loaders fail with MaskFileError."""
+    from learning.namo.data import load_item
+
+    model = TransitionModel(generate_scene(3))
+    state, proposals = _move(model)
+    arrays = sample_arrays(model, state, proposals[0], 0.5, size=32)
+    both = tmp_path / "episode_0_goal_0_proposal_0.npz"
+    np.savez(both, **arrays)
+    np.savez(
+        tmp_path / "seed000.npz", **{k: v for k, v in arrays.items() if k not in SEED001_ALIASES}
+    )
+    context, target = load_sample(both)
+    np.testing.assert_array_equal(context, load_sample(tmp_path / "seed000.npz")[0])
+    for i, key in enumerate(CONTEXT_KEYS):
+        np.testing.assert_array_equal(context[i], arrays[SEED001_ALIASES.get(key, key)], key)
+    np.testing.assert_array_equal(target, arrays["target_goal"])
+    item = load_item(both)
+    np.testing.assert_array_equal(item["state_masks"][0].numpy(), arrays["robot"])
+    del arrays["robot"], arrays["robot_image"]
+    np.savez(tmp_path / "no_robot.npz", **arrays)
+    with pytest.raises(
+        MaskFileError,
+        match=r"no_robot\.npz: missing key 'robot_image' \(or its seed-000 name 'robot'\)",
+    ):
+        load_sample(tmp_path / "no_robot.npz")
+    with pytest.raises(MaskFileError, match=r"no_robot\.npz: missing key 'robot'"):
+        load_item(tmp_path / "no_robot.npz")
