@@ -16,22 +16,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
-from roboloop_node_common.faults import WARN, FaultLog, SequenceGaps
-from roboloop_node_common.runtime import (
-    DIAGNOSTICS_QOS,
-    DIAGNOSTICS_TOPIC,
-    declare_parameters,
-    publish_status,
-    read_parameters,
-    run_node,
-)
+from roboloop_node_common.faults import SequenceGaps
+from roboloop_node_common.model_node import ModelNode, ModelParams, model_parameters
+from roboloop_node_common.runtime import run_node
 from sensor_msgs.msg import Image
 
 from roboloop_goal_generator.generator import GoalGenerator, SceneError, generate
-from roboloop_runtime import ModelLoadError, ModelOutputError
+from roboloop_runtime import ModelOutputError, OnnxModel
 from roboloop_runtime.codecs import MessageError, encode_image
 
 NODE_NAME = "goal_generator"
@@ -43,41 +35,28 @@ REQUEST_QOS = QoSProfile(
     durability=QoSDurabilityPolicy.VOLATILE,
 )
 PARAMETERS: dict[str, tuple[Any, str]] = {
-    "model_path": ("", "ONNX file exported with model_type goal_generator"),
-    "device": ("auto", "auto | cpu | cuda (the provider that runs is logged)"),
-    "inference_threads": (1, "onnxruntime intra-op threads (0: onnxruntime default)"),
+    **model_parameters("ONNX file exported with model_type goal_generator"),
     "num_proposals": (8, "K goal proposals per scene"),
     "seed": (0, "seed of the noise generator"),
     "scene_topic": ("/namo/scene_masks", "sensor_msgs/Image 32FC5 scene masks"),
     "proposals_topic": ("/namo/goal_proposals", "sensor_msgs/Image 32FC<K> proposals"),
     "max_request_bytes": (16 << 20, "largest scene data (step * height); larger is refused"),
-    "error_hold_s": (10.0, "diagnostics stay ERROR this long after the last error"),
-    "diagnostics_period_s": (1.0, "period of the /diagnostics status"),
-    "autostart": (True, "configure and activate at startup (no lifecycle manager needed)"),
 }
 
 
 @dataclass(frozen=True)
-class GeneratorParams:
-    model_path: str
-    device: str
-    inference_threads: int
+class GeneratorParams(ModelParams):
     num_proposals: int
     seed: int
     scene_topic: str
     proposals_topic: str
     max_request_bytes: int
-    error_hold_s: float
-    diagnostics_period_s: float
-    autostart: bool
 
 
-class GoalGeneratorNode(LifecycleNode):
+class GoalGeneratorNode(ModelNode):
+    NAME, WHAT, PARAMETERS, Params = NODE_NAME, "goal generator", PARAMETERS, GeneratorParams
+
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(NODE_NAME, **kwargs)
-        declare_parameters(self, PARAMETERS)
-        self.params = read_parameters(self, PARAMETERS, GeneratorParams)
-        self.autostart = self.params.autostart
         self._generator: GoalGenerator | None = None
         self._pub: Any = None
         self._sub: Any = None
@@ -85,78 +64,44 @@ class GoalGeneratorNode(LifecycleNode):
         self._wake = threading.Condition()
         self._worker: threading.Thread | None = None
         self._running = False
-        self._lifecycle = "unconfigured"
-        self._configure_error = ""  # a condition: ERROR for as long as it holds
-        self._faults = FaultLog(self.params.error_hold_s)  # events: ERROR while recent
         self._gaps = SequenceGaps()
         self._processed = 0
         self._last_ms = float("nan")
-        self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, DIAGNOSTICS_QOS)
-        self._diag_timer = self.create_timer(
-            self.params.diagnostics_period_s, self._publish_diagnostics
-        )
+        super().__init__(**kwargs)
 
-    # ---- lifecycle ------------------------------------------------------------------------
-    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        p = self.params
-        try:
-            if p.max_request_bytes < 1:
-                raise ValueError(f"max_request_bytes={p.max_request_bytes} must be >= 1")
-            self._generator = GoalGenerator(
-                p.model_path,
-                num_proposals=p.num_proposals,
-                seed=p.seed,
-                device=p.device,
-                threads=p.inference_threads or None,
-            )
-        except (ModelLoadError, ValueError) as err:
-            self._configure_error = str(err)
-            self._faults.record("configure_failures", str(err))
-            self.get_logger().error(f"configure failed: {err}")
-            return TransitionCallbackReturn.FAILURE
-        self._configure_error = ""
-        self._pub = self.create_lifecycle_publisher(Image, p.proposals_topic, REQUEST_QOS)
+    # ---- model node hooks -----------------------------------------------------------------
+    def load(self, params: GeneratorParams) -> OnnxModel:
+        if params.max_request_bytes < 1:
+            raise ValueError(f"max_request_bytes={params.max_request_bytes} must be >= 1")
+        self._generator = GoalGenerator(
+            params.model_path,
+            num_proposals=params.num_proposals,
+            seed=params.seed,
+            device=params.device,
+            threads=params.inference_threads or None,
+        )
+        return self._generator.model
+
+    def configured(self, params: GeneratorParams) -> str:
+        self._pub = self.create_lifecycle_publisher(Image, params.proposals_topic, REQUEST_QOS)
         model = self._generator.model
-        self.get_logger().info(
-            f"configured: {p.model_path} on {model.provider}"
+        return (
+            f"configured: {params.model_path} on {model.provider}"
             + (f" (fallback: {model.fallback_reason})" if model.fallback_reason else "")
-            + f", K={p.num_proposals}, {self._generator.image_size}px"
+            + f", K={params.num_proposals}, {self._generator.image_size}px"
         )
-        self._lifecycle = "inactive"
-        return TransitionCallbackReturn.SUCCESS
 
-    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        result = super().on_activate(state)  # activates the lifecycle publisher first
+    def start(self, params: GeneratorParams) -> None:
         self._running = True
         self._gaps.reset()  # sequence numbers restart with the new subscription
         self._worker = threading.Thread(target=self._work, name="goal_generator", daemon=True)
         self._worker.start()
         self._sub = self.create_subscription(
-            Image, self.params.scene_topic, self._on_scene, REQUEST_QOS
+            Image, params.scene_topic, self._on_scene, REQUEST_QOS
         )
-        self.get_logger().info(
-            f"active: {self.params.scene_topic} -> {self.params.proposals_topic}"
-        )
-        self._lifecycle = "active"
-        return result
+        self.get_logger().info(f"active: {params.scene_topic} -> {params.proposals_topic}")
 
-    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_worker()
-        self._lifecycle = "inactive"
-        return super().on_deactivate(state)
-
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        self._lifecycle = "unconfigured"
-        return super().on_cleanup(state)
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_worker()
-        self._release()
-        self._lifecycle = "finalized"
-        return super().on_shutdown(state)
-
-    def _stop_worker(self) -> None:
+    def stop(self) -> None:
         if self._sub is not None:
             self.destroy_subscription(self._sub)
             self._sub = None
@@ -168,7 +113,7 @@ class GoalGeneratorNode(LifecycleNode):
             self._worker.join(timeout=10.0)
             self._worker = None
 
-    def _release(self) -> None:
+    def release(self) -> None:
         if self._pub is not None:
             self.destroy_lifecycle_publisher(self._pub)
             self._pub = None
@@ -183,7 +128,7 @@ class GoalGeneratorNode(LifecycleNode):
             self._pending = msg
             self._wake.notify()
         if dropped:
-            self._faults.count("dropped_scenes", dropped)
+            self.faults.count("dropped_scenes", dropped)
 
     def _work(self) -> None:
         while True:
@@ -204,15 +149,14 @@ class GoalGeneratorNode(LifecycleNode):
         try:
             proposals = generate(generator, msg, self.params.max_request_bytes)
         except MessageError as err:
-            return self._error(f"bad_scenes:{err.reason}", f"{topic}: bad scene: {err}")
+            return self.error(f"bad_scenes:{err.reason}", f"{topic}: bad scene: {err}")
         except SceneError as err:
-            return self._error("bad_scenes:scene", f"{topic}: bad scene: {err}")
+            return self.error("bad_scenes:scene", f"{topic}: bad scene: {err}")
         except ModelOutputError as err:
-            return self._error(f"bad_outputs:{err.reason}", f"{topic}: not published: {err}")
+            return self.error(f"bad_outputs:{err.reason}", f"{topic}: not published: {err}")
         if proposals.clipped:
             text = f"{topic}: {proposals.clipped} proposal values outside [0, 1] clipped"
-            self._faults.record("scenes_clipped", text, WARN)
-            self.get_logger().warning(text, throttle_duration_sec=5.0)
+            self.warn("scenes_clipped", text)
         self._processed += 1
         self._last_ms = 1e3 * (time.perf_counter() - start)
         out = Image()
@@ -221,51 +165,27 @@ class GoalGeneratorNode(LifecycleNode):
         out.is_bigendian = 0
         pub.publish(out)
 
-    def _error(self, counter: str, text: str) -> None:
-        self._faults.record(counter, text)
-        self.get_logger().error(text, throttle_duration_sec=5.0)
-
     # ---- diagnostics ----------------------------------------------------------------------
-    def _publish_diagnostics(self) -> None:
-        p, generator = self.params, self._generator
-        level, message = DiagnosticStatus.OK, self._lifecycle
-        values = {
-            "lifecycle_state": self._lifecycle,
-            "model_path": p.model_path,
-            "requested_device": p.device,
-            "scene_topic": p.scene_topic,
-            "proposals_topic": p.proposals_topic,
-            "num_proposals": str(p.num_proposals),
-            "scenes_processed": str(self._processed),
-            "bad_scenes": str(self._faults.total("bad_scenes:")),
-            "bad_outputs": str(self._faults.total("bad_outputs:")),
-            "dropped_scenes": str(self._faults.total("dropped_scenes")),
-            "dropped_scenes_counted": str(self._gaps.supported).lower(),
-            "last_inference_ms": f"{self._last_ms:.2f}",
-        }
-        if generator is not None:
-            model = generator.model
-            values.update(
-                execution_provider=model.provider,
-                provider_fallback_reason=model.fallback_reason or "",
-                image_size=str(generator.image_size),
-            )
-            if model.fallback_reason:
-                level, message = DiagnosticStatus.WARN, f"running on {model.provider}"
-        values.update(self._faults.values())
-        worst, message = self._faults.status(level[0], message, self._configure_error)
-        level = bytes([worst])
-        hardware_id = p.model_path if generator is not None else ""
-        publish_status(self, self._diag_pub, "goal generator", level, message, values, hardware_id)
-
-    def bring_up(self) -> None:
-        """autostart: configure, then activate if configuring worked."""
-        if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
-            self.trigger_activate()
+    def status(self, values: dict[str, str], level: int, message: str) -> tuple[int, str]:
+        p = self.params
+        values.update(
+            scene_topic=p.scene_topic,
+            proposals_topic=p.proposals_topic,
+            num_proposals=str(p.num_proposals),
+            scenes_processed=str(self._processed),
+            bad_scenes=str(self.faults.total("bad_scenes:")),
+            bad_outputs=str(self.faults.total("bad_outputs:")),
+            dropped_scenes=str(self.faults.total("dropped_scenes")),
+            dropped_scenes_counted=str(self._gaps.supported).lower(),
+            last_inference_ms=f"{self._last_ms:.2f}",
+        )
+        if self._generator is not None:
+            values["image_size"] = str(self._generator.image_size)
+        return level, message
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_node(GoalGeneratorNode, args, on_exit=lambda node: node._stop_worker())
+    return run_node(GoalGeneratorNode, args, on_exit=lambda node: node.stop())
 
 
 if __name__ == "__main__":
