@@ -592,3 +592,34 @@ def test_lifecycle_transitions_driven_by_change_state(tmp_path, ros_env):
         EpisodeWriter(out).close()
     finally:
         assert rec.stop() == 0
+
+
+def test_spec_topic_wait_ends_by_timeout_or_stop_signal(tmp_path, ros_env):
+    """recorder.yaml without a sim bridge: no spec is a one-line configure error after
+    spec_timeout_s; a stop signal while waiting exits 0 at once, leaving no file."""
+    out = tmp_path / "rec.hdf5"
+    late = start_node(
+        "recorder",
+        params_file=RECORDER_YAML,
+        params={"output_path": str(out), "spec_timeout_s": 1.0},
+        log_path=tmp_path / "late.log",
+        env=ros_env,
+    )
+    assert late.popen.wait(30) == 1, late.log_text()
+    assert "no spec on /sim/spec within 1 s (spec_timeout_s)" in late.log_text()
+    waiting = start_node(
+        "recorder",
+        params_file=RECORDER_YAML,
+        params={"output_path": str(out)},
+        log_path=tmp_path / "waiting.log",
+        env=ros_env,
+    )
+    try:
+        wait_until(lambda: "waiting up to 30 s for /sim/spec" in waiting.log_text(), 30, "wait")
+        t0 = time.monotonic()
+        waiting.popen.send_signal(signal.SIGINT)
+        assert waiting.popen.wait(10) == 0, waiting.log_text()
+        assert time.monotonic() - t0 < 5
+    finally:
+        waiting.stop()
+    assert not out.exists()

@@ -18,6 +18,7 @@ import importlib
 import json
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from rclpy.qos import (
     ReliabilityPolicy,
 )
 from rclpy.wait_for_message import wait_for_message
+from roboloop_node_common.entry import STOP
 from roboloop_node_common.runtime import (
     DIAGNOSTICS_QOS,
     DIAGNOSTICS_TOPIC,
@@ -111,9 +113,9 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     ),
     "env_args_json": ("{}", "JSON stored as the dataset's env_args (env_name, env_kwargs...)."),
     "control_rate_hz": (
-        0.0,
-        "Control steps per second of robot time (stored as env_args.control_rate_hz); 0 = the "
-        "spec's or env_args_json's.",
+        50.0,
+        "Control steps per second of robot time (stored as env_args.control_rate_hz; the "
+        "default is Reacher-v5's, like the topic lists'); 0 = the spec's or env_args_json's.",
     ),
     "real_time_factor": (
         0.0,
@@ -164,6 +166,7 @@ _DURABILITY = {
     DurabilityPolicy.TRANSIENT_LOCAL: TRANSIENT_LOCAL,
     DurabilityPolicy.VOLATILE: VOLATILE,
 }
+SPEC_POLL_S = 0.2  # spec_topic: wait in slices this long, checking for a stop signal
 STOP_WAIT_S = 10.0  # ~/stop_episode waits this long for the commit before it answers
 # Counters that make /diagnostics WARN once above zero (a failed write makes it ERROR).
 WARN_COUNTERS = (
@@ -338,18 +341,21 @@ class RecorderNode(LifecycleNode):
             reliability=ReliabilityPolicy.RELIABLE,
             durability=DurabilityPolicy.TRANSIENT_LOCAL,
         )
-        self.get_logger().info(
-            f"waiting up to {p.spec_timeout_s:g} s for the spec on {p.spec_topic}"
-        )
-        ok, msg = wait_for_message(
-            String, self, p.spec_topic, qos_profile=qos, time_to_wait=p.spec_timeout_s
-        )
-        if not ok:
-            raise RecorderConfigError(
-                f"no spec on {p.spec_topic} within {p.spec_timeout_s:g} s (spec_timeout_s); "
-                "is the sim bridge running?"
+        self.get_logger().info(f"waiting up to {p.spec_timeout_s:g} s for {p.spec_topic}")
+        deadline = time.monotonic() + p.spec_timeout_s
+        # Short waits: a stop signal (STOP, set by the entry point) must not wait for the spec.
+        while not STOP.is_set() and time.monotonic() < deadline:
+            ok, msg = wait_for_message(
+                String, self, p.spec_topic, qos_profile=qos, time_to_wait=SPEC_POLL_S
             )
-        return parse_spec_message(msg.data, p.spec_topic)
+            if ok:
+                return parse_spec_message(msg.data, p.spec_topic)
+        if STOP.is_set():
+            raise RecorderConfigError(f"stopped while waiting for {p.spec_topic}")
+        raise RecorderConfigError(
+            f"no spec on {p.spec_topic} within {p.spec_timeout_s:g} s (spec_timeout_s); "
+            "is the sim bridge running?"
+        )
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         assert self._session is not None
@@ -514,9 +520,10 @@ class RecorderNode(LifecycleNode):
         publish_status(self, self._diag_pub, "recorder", level, message, values, output)
 
     def bring_up(self) -> None:
-        """autostart: configure (a failure ends the process with 1), then activate."""
+        """autostart: configure (a failure ends the process with 1, unless a stop signal cut
+        the configure short), then activate."""
         if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-            raise SystemExit(1)
+            raise SystemExit(0 if STOP.is_set() else 1)
         self.trigger_activate()
 
     def close(self) -> None:
