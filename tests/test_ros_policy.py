@@ -212,12 +212,13 @@ def nodes(models, robot, ros_env, tmp_path_factory) -> dict[str, RosProcess]:
     # The node under test starts the way `ros2 launch roboloop_bringup policy.launch.py
     # model_path:=... params_file:=...` starts it, with a params file of this test's settings.
     params = yaml.safe_load(PARAMS_FILE.read_text())
+    # The topic map comes from the model's metadata: every observation on /t_policy/<key>.
     params["/**"]["ros__parameters"].update(
         common,
-        observation_topics=[T_STATE, T_IMAGE],
-        observation_keys=["state", "image"],
+        observation_namespace="/t_policy",
         action_topic=T_ACTION,
         control_rate_hz=RATE_HZ,
+        real_time_factor=1.0,
         stale_periods=STALE_PERIODS,
     )
     params_file = logs / "policy_test.yaml"
@@ -234,6 +235,7 @@ def nodes(models, robot, ros_env, tmp_path_factory) -> dict[str, RosProcess]:
             params={
                 **common,
                 "model_path": str(models["corrupt"]),
+                "observation_namespace": "",  # a hand-written topic map
                 "observation_topics": ["/t_policy/c_state", "/t_policy/c_image"],
                 "observation_keys": ["state", "image"],
                 "action_topic": "/t_policy/c_action",
