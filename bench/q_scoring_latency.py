@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from learning.checkpoint import load_lightning
-from learning.namo.export import export_q_function
+from learning.export import export_model
 from learning.namo.model import QFunctionNet
 from learning.namo.scoring import TorchQScorer
 from sim.namo.scoring import OnnxQScorer, QScorer
@@ -60,7 +60,8 @@ def _measure_size(model: QFunctionNet, size: int, repeats: int, weights: str) ->
     actions = (rng.random((PROPOSALS, 2, size, size)) > 0.9).astype(np.float32)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = export_q_function(model, Path(tmp) / "q.onnx", size, size)
+        onnx_path = Path(tmp) / "q.onnx"
+        export_model(model, onnx_path, mask_size=(size, size))
         scorers: list[QScorer] = [
             OnnxQScorer(onnx_path, device="cpu", threads=threads),
             TorchQScorer(model, device="cpu"),

@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
 
     stage("3/5 export ONNX (sampler unrolled, noise input, roboloop metadata)")
     onnx_path = out / "policy.onnx"
-    export_cli([f"ckpt={ckpt}", f"out={onnx_path}"])  # also checks onnxruntime vs torch parity
+    export_cli(["--ckpt", str(ckpt), "--out", str(onnx_path)])  # with the parity check
 
     stage(f"4/5 policy_node drives sim_bridge for {args.eval_episodes} episodes over ROS")
     monitor = DiagnosticsMonitor()

@@ -206,6 +206,8 @@ class OnnxPolicy(OnnxModel, QueuedChunkPolicy):
         threads: int | None = None,
     ) -> None:
         OnnxModel.__init__(self, path, device=device, threads=threads)
+        if RUNNERS.get(self.model_type) is not OnnxPolicy:
+            raise ModelLoadError(f"{self.path}: model_type {self.model_type!r} is not a policy")
         self.model_metadata = self.metadata  # full JSON; `.metadata` becomes PolicyMetadata
         try:
             meta = PolicyMetadata.from_dict(self.model_metadata)

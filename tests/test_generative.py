@@ -363,10 +363,13 @@ def test_tiny_training_lowers_val_loss(
     assert masks.shape == (3, 1, 32, 32) and masks.min() >= 0 and masks.max() <= 1
     assert masks.std() > 0
     # Export with a deterministic sampler chosen at export time (DDPM/dopri5 don't unroll).
-    from learning.generative.export import export_goal_generator
+    from learning.export import export_model, parity
 
-    meta, err = export_goal_generator(result["last_ckpt"], tmp_path / "g.onnx", export_sampler)
-    assert err <= 1e-4 and meta["sampler"]["steps"] == export_sampler["steps"]
+    model, cfg = load_model(result["last_ckpt"])
+    meta = export_model(model, tmp_path / "g.onnx", cfg, sampler=export_sampler)
+    assert meta["sampler"]["steps"] == export_sampler["steps"]
+    assert meta["training_config"]["model"]["sampler"]["steps"] == export_sampler["steps"]
+    assert parity(model, tmp_path / "g.onnx") <= 1e-4  # the graph of the chosen sampler
 
 
 # ---- ONNX ---------------------------------------------------------------------------------------

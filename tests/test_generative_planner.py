@@ -26,12 +26,14 @@ def namo():
 
 @pytest.fixture(scope="module")
 def q_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from learning.namo.export import export_q_function
+    from learning.export import export_model
     from learning.namo.model import QFunctionNet
 
     torch.manual_seed(0)
     net = QFunctionNet(hidden_dim=32, image_size=SIZE, encoder_channels=[8, 8, 8, 8])
-    return export_q_function(net, tmp_path_factory.mktemp("dq") / "q.onnx", SIZE, SIZE)
+    path = tmp_path_factory.mktemp("dq") / "q.onnx"
+    export_model(net, path, mask_size=(SIZE, SIZE))
+    return path
 
 
 def _q_masks(model, state, proposal) -> dict[str, np.ndarray]:  # noqa: ANN001

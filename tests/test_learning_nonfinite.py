@@ -120,7 +120,7 @@ def test_export_cli_refuses_a_nan_checkpoint(good: dict, tmp_path: Path) -> None
     ckpt, out = tmp_path / "nan.ckpt", tmp_path / "nan.onnx"
     torch.save(data, ckpt)
     proc = subprocess.run(
-        [sys.executable, "-m", "learning.export", f"ckpt={ckpt}", f"out={out}"],
+        [sys.executable, "-m", "learning.export", "--ckpt", str(ckpt), "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,

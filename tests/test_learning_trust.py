@@ -101,7 +101,7 @@ def open_attack(good_ckpt: Path, tmp_path: Path, victim: Path) -> Path:
 
 def export_cli(ckpt: Path, out: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "learning.export", f"ckpt={ckpt}", f"out={out}"],
+        [sys.executable, "-m", "learning.export", "--ckpt", str(ckpt), "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -146,8 +146,8 @@ def test_pickle_payload_does_not_run_in_torch_policy(pickle_attack: tuple) -> No
     ("module", "extra"),
     [
         ("learning.export", []),
-        ("learning.generative.export", ["sampler.steps=2"]),
-        ("learning.namo.export", []),
+        ("learning.export", ["--sampler", "steps=2"]),  # a goal generator's option
+        ("learning.export", ["--mask-size", "8", "8"]),  # a Q-function's option
         ("learning.namo.evaluate", []),
     ],
 )
@@ -155,9 +155,9 @@ def test_pickle_payload_does_not_run_in_any_ckpt_cli(
     pickle_attack: tuple, tmp_path: Path, module: str, extra: list[str]
 ) -> None:
     ckpt, marker = pickle_attack
-    out = "data_dir" if module.endswith("evaluate") else "out"
+    out = "--data-dir" if module.endswith("evaluate") else "--out"
     with pytest.raises(SystemExit) as exit_:
-        importlib.import_module(module).main([f"ckpt={ckpt}", f"{out}={tmp_path}/x", *extra])
+        importlib.import_module(module).main(["--ckpt", str(ckpt), out, f"{tmp_path}/x", *extra])
     text = str(exit_.value.code)
     assert str(ckpt) in text and "posix.system" in text and "\n" not in text, text
     assert not marker.exists()

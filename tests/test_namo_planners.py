@@ -59,12 +59,14 @@ def test_evaluate_mcts_and_random_on_held_out_scenes() -> None:
 @pytest.fixture(scope="module")
 def q_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch = pytest.importorskip("torch")
-    from learning.namo.export import export_q_function
+    from learning.export import export_model
     from learning.namo.model import QFunctionNet
 
     torch.manual_seed(0)
     net = QFunctionNet(hidden_dim=16, image_size=16, encoder_channels=[4, 4, 4, 4])
-    return export_q_function(net, tmp_path_factory.mktemp("namo_q") / "q.onnx", 40, 40)
+    path = tmp_path_factory.mktemp("namo_q") / "q.onnx"
+    export_model(net, path, mask_size=(40, 40))
+    return path
 
 
 def test_learned_q_from_the_registry_runs_on_an_onnx_q_function(q_onnx: Path) -> None:

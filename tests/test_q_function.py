@@ -183,12 +183,13 @@ def test_train_entry_lowers_val_mse_and_checkpoint_loads(
 
 
 def test_onnx_export_parity_and_metadata(tmp_path: Path) -> None:
-    from learning.namo.export import export_q_function
+    from learning.export import export_model
     from roboloop_runtime import OnnxModel
 
     torch.manual_seed(0)
     model = QFunctionNet(hidden_dim=32, image_size=32, encoder_channels=[8, 8, 8, 8]).eval()
-    path = export_q_function(model, tmp_path / "q.onnx", height=64, width=64)
+    path = tmp_path / "q.onnx"
+    export_model(model, path, mask_size=(64, 64))
     onnx_model = OnnxModel(path, device="cpu")
     meta = onnx_model.metadata
     assert meta["model_type"] == "q_function"
@@ -245,9 +246,8 @@ def test_namo_tiny_real_masks_train_and_split(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("module", "message"),
     [
-        ("learning.namo.export", "not a readable torch checkpoint (UnpicklingError"),
-        ("learning.generative.export", "not a readable torch checkpoint (UnpicklingError"),
         ("learning.export", "not a readable torch checkpoint (UnpicklingError"),
+        ("learning.namo.evaluate", "not a readable torch checkpoint (UnpicklingError"),
     ],
 )
 def test_export_clis_reject_a_corrupt_checkpoint_in_one_line(
@@ -258,6 +258,7 @@ def test_export_clis_reject_a_corrupt_checkpoint_in_one_line(
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"\x80\x04not a pickle at all")
     with pytest.raises(SystemExit) as exit_:
-        importlib.import_module(module).main([f"ckpt={garbage}", f"out={tmp_path / 'x.onnx'}"])
+        out = "--data-dir" if module.endswith("evaluate") else "--out"
+        importlib.import_module(module).main(["--ckpt", str(garbage), out, str(tmp_path / "x")])
     text = str(exit_.value.code)
     assert "garbage.ckpt" in text and message in text and "\n" not in text

@@ -25,12 +25,14 @@ def _grid_masks(model, state, proposal) -> dict[str, np.ndarray]:  # noqa: ANN00
 
 @pytest.fixture(scope="module")
 def onnx_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from learning.namo.export import export_q_function
+    from learning.export import export_model
     from learning.namo.model import QFunctionNet
 
     torch.manual_seed(0)
     model = QFunctionNet(hidden_dim=32, image_size=SIZE, encoder_channels=[8, 8, 8, 8])
-    return export_q_function(model, tmp_path_factory.mktemp("qp") / "q.onnx", SIZE, SIZE)
+    path = tmp_path_factory.mktemp("qp") / "q.onnx"
+    export_model(model, path, mask_size=(SIZE, SIZE))
+    return path
 
 
 def test_learned_q_acts_on_the_best_valid_proposal(onnx_model: Path) -> None:

@@ -22,7 +22,6 @@ SIZE, K = 32, 6
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from learning.namo.export import export_q_function
     from learning.namo.model import QFunctionNet
 
     out = tmp_path_factory.mktemp("namo_chain")
@@ -39,7 +38,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     generator = instantiate(cfg.model, _convert_="all").eval()
     export_model(generator, out / "generator.onnx", training_config={"name": "test"})
     q = QFunctionNet(hidden_dim=32, image_size=SIZE, encoder_channels=[8, 8, 8, 8])
-    return out / "generator.onnx", export_q_function(q, out / "q.onnx", SIZE, SIZE)
+    export_model(q, out / "q.onnx", mask_size=(SIZE, SIZE))
+    return out / "generator.onnx", out / "q.onnx"
 
 
 def test_generator_to_scorer_chain_across_processes(models, tmp_path: Path, ros_env) -> None:

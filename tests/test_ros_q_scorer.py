@@ -60,12 +60,14 @@ def test_request_layout_roundtrip_and_errors() -> None:
 
 @pytest.fixture(scope="module")
 def onnx_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from learning.namo.export import export_q_function
+    from learning.export import export_model
     from learning.namo.model import QFunctionNet
 
     torch.manual_seed(0)
     model = QFunctionNet(hidden_dim=32, image_size=SIZE, encoder_channels=[8, 8, 8, 8])
-    return export_q_function(model, tmp_path_factory.mktemp("qs") / "q.onnx", SIZE, SIZE)
+    path = tmp_path_factory.mktemp("qs") / "q.onnx"
+    export_model(model, path, mask_size=(SIZE, SIZE))
+    return path
 
 
 def _spin_until(node, predicate, timeout: float) -> bool:  # noqa: ANN001

@@ -160,14 +160,14 @@ class GenerativeModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.val_loss_best = checkpoint.get("val_loss_best", float("inf"))
 
-    # ---- export (learning.export: `python -m learning.export ckpt=PATH out=FILE.onnx`) ----
+    # ---- export (`python -m learning.export --ckpt PATH --out FILE.onnx`) ----------------
     def export_graph(self) -> tuple[nn.Module, dict[str, torch.Tensor], list[str]]:
         """Network + unrolled deterministic sampler as one graph (noise is an input)."""
         if not getattr(self.sampler, "deterministic", False):
             raise ValueError(
                 f"ONNX export needs a deterministic fixed-step sampler (ODE euler/midpoint/rk4 or "
-                f"DDIM eta=0), got {self.sampler!r}; choose one with `python -m "
-                f"learning.generative.export ckpt=... out=... sampler.method=euler`"
+                f"DDIM eta=0), got {self.sampler!r}; choose one with `python -m learning.export "
+                f"--ckpt ... --out ... --sampler method=euler`"
             )
         size = self.network.image_size
         gen = torch.Generator().manual_seed(0)

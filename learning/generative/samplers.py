@@ -132,6 +132,7 @@ class HFDiffusionSampler:
                 f"unknown sampler_type {sampler_type!r}; choose from {list(DIFFUSION_SAMPLERS)}"
             )
         self.sampler_type, self.steps, self.eta = sampler_type, steps, eta
+        self._schedulers: dict[int, tuple[DDIMScheduler | DDPMScheduler, list[int]]] = {}
 
     @property
     def deterministic(self) -> bool:
@@ -156,13 +157,20 @@ class HFDiffusionSampler:
         x_noise: torch.Tensor,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        scheduler = self.make_scheduler(path)
+        # One scheduler per path, built at the first (eager) call, with its timesteps as python
+        # ints: torch.export then unrolls the loop over constants (a tensor's `int(k)` inside
+        # an export trace is data-dependent and fails). step() keeps no state between calls.
+        if id(path) not in self._schedulers:
+            scheduler = self.make_scheduler(path)
+            self._schedulers[id(path)] = (scheduler, [int(k) for k in scheduler.timesteps])
+        scheduler, timesteps = self._schedulers[id(path)]
         extra = {"eta": self.eta} if self.sampler_type == "ddim" else {}
         x = x_noise
-        for k in scheduler.timesteps:
-            t = path.timestep_to_time(k.to(x.device).expand(x.shape[0])).to(x.dtype)
+        for k in timesteps:
+            step = torch.full((x.shape[0],), k, dtype=torch.long, device=x.device)
+            t = path.timestep_to_time(step).to(x.dtype)
             out = model_fn(x, t)
-            x = scheduler.step(out, int(k), x, generator=generator, **extra).prev_sample
+            x = scheduler.step(out, k, x, generator=generator, **extra).prev_sample
         return x
 
     def describe(self) -> dict:

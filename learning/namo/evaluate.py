@@ -1,6 +1,6 @@
 """Score a Q-function checkpoint on a folder of mask files (all of it held out).
 
-    python -m learning.namo.evaluate ckpt=PATH.ckpt data_dir=DIR [batch_size=64]
+    python -m learning.namo.evaluate --ckpt PATH.ckpt --data-dir DIR [--batch-size 64]
 
 Prints and returns MSE, mean per-state Spearman, top-1 agreement and the number of rankable
 states (`learning.namo.metrics`), e.g. on MCTS episodes collected from seeds no training run saw.
@@ -8,6 +8,7 @@ states (`learning.namo.metrics`), e.g. on MCTS episodes collected from seeds no 
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -46,12 +47,17 @@ def evaluate(ckpt: str, data_dir: str, batch_size: int = 64) -> dict[str, float]
 
 
 def main(argv: list[str] | None = None) -> None:
-    items = sys.argv[1:] if argv is None else argv
-    args = dict(a.split("=", 1) for a in items if "=" in a)
-    if len(args) != len(items) or not {"ckpt", "data_dir"} <= set(args):
-        sys.exit("usage: python -m learning.namo.evaluate ckpt=PATH data_dir=DIR [batch_size=64]")
+    parser = argparse.ArgumentParser(
+        prog="python -m learning.namo.evaluate",
+        description="Score a Q-function checkpoint on a folder of mask files (all held out).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--ckpt", required=True, help="QFunctionNet checkpoint")
+    parser.add_argument("--data-dir", required=True, help="folder of .npz mask files")
+    parser.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
+    args = parser.parse_args(argv)
     try:
-        metrics = evaluate(args["ckpt"], args["data_dir"], int(args.get("batch_size", 64)))
+        metrics = evaluate(args.ckpt, args.data_dir, args.batch_size)
     except CheckpointError as err:
         sys.exit(f"learning.namo.evaluate: {err}")
     print(json.dumps(metrics))
