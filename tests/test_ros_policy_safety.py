@@ -142,7 +142,6 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("safety_models")
     specs = {
         "extra_action": {"fault": "extra_action"},
-        "rate_1e6": {"control_rate_hz": 1e6},
         "no_bounds": {"action_bounds": None},
         "nan": {"fault": "nan_when_negative", "action_bounds": (-10.0, 10.0)},
         "huge": {"fault": "constant", "control_rate_hz": 50.0, "action_bounds": (-2.0, 3.0)},
@@ -185,10 +184,10 @@ def test_broken_models_and_absurd_observations_never_give_unsafe_actions(
     )
     try:
         # 1. Refused at configure, one line each: the graph's output disagrees with the
-        # metadata, an absurd control rate, no action bounds (export predates them).
+        # metadata, no action bounds (export predates them). (An absurd control rate cannot be
+        # written any more: the contract refuses it at export and at load.)
         refusals = {
             "extra_action": "output 'actions' has shape (1, 1, 3)",
-            "rate_1e6": "control_rate_hz 1e+06",
             "no_bounds": "re-export",
         }
         for name, text in refusals.items():
