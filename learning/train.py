@@ -9,9 +9,13 @@ Every run adds two callbacks: `RecordConfig` (config and model kwargs in each ch
 `FiniteGuard` (stop at the first non-finite loss). A bad input file (dataset, resume checkpoint)
 or a non-finite loss ends `python -m learning.train` with one line and exit status 1.
 
-Two optional duck-typed hooks on the datamodule:
-  `model_kwargs() -> dict`   data-derived model arguments (shapes, normalization stats)
-  `has_test_split -> bool`   run `trainer.test` after fitting
+The model's dimensions (obs specs, action dim, control rate, bounds: learning/data/spec.py) are
+explicit arguments with two sources, merged by `model_kwargs`:
+  `cfg.model_dims`           values written in the config, or a `_target_` that derives them
+                             (e.g. `learning.data.spec.env_model_dims` for an env without data)
+  `datamodule.model_kwargs()` (optional hook) data-derived arguments: shapes and statistics
+A key both give must agree. A second optional hook, `has_test_split -> bool`, runs
+`trainer.test` after fitting.
 """
 
 from __future__ import annotations
@@ -35,6 +39,11 @@ from learning.checkpoint import CheckpointError, RecordConfig, torch_load
 from learning.finite import FiniteGuard, NonFiniteError
 
 log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A config that cannot run as written (one line)."""
+
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -77,6 +86,21 @@ def _prepare_run_dir(cfg: DictConfig) -> Path:
     return run_dir
 
 
+def model_kwargs(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str, Any]:
+    """The model's data-derived constructor arguments: `cfg.model_dims` and the datamodule's
+    `model_kwargs()` together (see the module docstring)."""
+    from_data = datamodule.model_kwargs() if hasattr(datamodule, "model_kwargs") else {}
+    dims = cfg.get("model_dims")
+    explicit = dict(instantiate(dims, _convert_="all")) if dims else {}
+    clash = sorted(k for k in explicit.keys() & from_data.keys() if explicit[k] != from_data[k])
+    if clash:
+        raise ConfigError(
+            f"model_dims.{clash[0]} = {explicit[clash[0]]!r} disagrees with the data's "
+            f"{from_data[clash[0]]!r}"
+        )
+    return {**from_data, **explicit}
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train as configured; returns {"run_dir", "best_ckpt", "last_ckpt", "metrics"}."""
     cfg = copy.deepcopy(cfg)  # run dir and resolution must not leak into the caller's cfg
@@ -90,12 +114,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("ckpt_path") and cfg.ckpt_path not in ("last", "best", "hpc", "registry"):
         torch_load(cfg.ckpt_path)  # refuse a missing or hostile resume file before any work
     datamodule: L.LightningDataModule = instantiate(cfg.data)
-    model_kwargs = datamodule.model_kwargs() if hasattr(datamodule, "model_kwargs") else {}
-    model: L.LightningModule = instantiate(cfg.model, _convert_="all", **model_kwargs)
+    kwargs = model_kwargs(cfg, datamodule)
+    model: L.LightningModule = instantiate(cfg.model, _convert_="all", **kwargs)
 
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     callbacks = [instantiate(c) for c in (trainer_cfg.pop("callbacks", None) or {}).values()]
-    callbacks.append(RecordConfig(OmegaConf.to_container(cfg, resolve=True), model_kwargs))
+    callbacks.append(RecordConfig(OmegaConf.to_container(cfg, resolve=True), kwargs))
     callbacks.append(FiniteGuard())
     loggers = [instantiate(c) for c in (trainer_cfg.pop("logger", None) or {}).values()]
     trainer: L.Trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
@@ -123,7 +147,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
-    except (CheckpointError, DatasetError, NonFiniteError) as err:  # one line, exit 1
+    except (CheckpointError, ConfigError, DatasetError, NonFiniteError) as err:  # 1 line, exit 1
         raise SystemExit(f"learning.train: {err}") from None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -137,3 +138,43 @@ def test_euler_sampler_follows_the_straight_path() -> None:
     out = euler_sample(velocity, x0, steps=10)
     torch.testing.assert_close(out, x1)
     assert calls == pytest.approx([k / 10 for k in range(10)])
+
+
+def test_model_dims_from_the_config_or_an_env_agree_with_the_data(tmp_path: Path) -> None:
+    from episode_dataset import EpisodeWriter
+    from learning.data.spec import env_model_dims
+    from learning.train import ConfigError, model_kwargs
+    from sim.envs import make
+    from sim.spec import env_spec
+
+    env = make("Reacher-v5", camera=16)
+    spec = env_spec(env, "Reacher-v5", 16)
+    env.close()
+    path = tmp_path / "reacher.hdf5"
+    with EpisodeWriter(path, spec.obs_specs, spec.action_spec, spec.env_args) as w:
+        obs = {k: np.zeros((3, *s.shape), s.np_dtype) for k, s in spec.obs_specs.items()}
+        w.write_episode(obs, np.zeros((3, 2)), np.zeros(3), [0, 0, 1])
+    from_env = env_model_dims("Reacher-v5", camera=16)
+    assert from_env["obs_specs"]["image"]["feature_type"] == "image"
+    assert from_env["action_dim"] == 2 and from_env["control_rate_hz"] == 50.0
+    cfg = compose_config(
+        "train_fbc",
+        [
+            f"dataset={path}",
+            "data.val_fraction=0",
+            "+model_dims._target_=learning.data.spec.env_model_dims",
+            "+model_dims.env_id=Reacher-v5",
+            "+model_dims.camera=16",
+        ],
+    )
+    dm = instantiate(cfg.data)
+    merged = model_kwargs(cfg, dm)  # the env and the dataset it wrote agree key by key
+    assert {k: merged[k] for k in from_env} == from_env and "normalization" in merged
+    # Dimensions written in the config without any data-derived ones, and a disagreement.
+    plain = compose_config("train_fbc", ["dataset=x.hdf5", "+model_dims.action_dim=2"])
+    assert model_kwargs(plain, object()) == {"action_dim": 2}
+    bad = compose_config(
+        "train_fbc", [f"dataset={path}", "data.val_fraction=0", "+model_dims.action_dim=3"]
+    )
+    with pytest.raises(ConfigError, match="model_dims.action_dim = 3 disagrees with the data's 2"):
+        model_kwargs(bad, instantiate(bad.data))

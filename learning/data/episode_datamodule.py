@@ -60,6 +60,7 @@ from learning.data.keys import (
     TERMINALS,
     VALID,
 )
+from learning.data.spec import model_dims
 from learning.normalization import compute_stats
 
 log = logging.getLogger(__name__)
@@ -380,14 +381,10 @@ class EpisodeDataModule(L.LightningDataModule):
     def model_kwargs(self) -> dict[str, Any]:
         """Constructor arguments the model needs from the data (JSON-able)."""
         self._prepare()
+        rate = {"control_rate_hz": self.control_rate_hz}
         return {
-            "obs_specs": {
-                k: {"shape": list(s.shape), "dtype": s.dtype, "feature_type": s.feature_type}
-                for k, s in self.obs_specs.items()
-            },
-            "action_dim": int(self.reader.action_spec.shape[0]),
+            **model_dims(self.obs_specs, self.reader.action_spec, rate),
             "normalization": self.stats,
-            "control_rate_hz": self.control_rate_hz,
             "action_bounds": self.action_bounds,
         }
 
