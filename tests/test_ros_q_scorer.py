@@ -182,6 +182,8 @@ def write_toy_q_function(path: Path) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
+    from sim.namo.keys import ACTION_KEYS, STATE_KEYS
+
     f32 = TensorProto.FLOAT
     inputs = [
         helper.make_tensor_value_info("state_masks", f32, ["B", 11, SIZE, SIZE]),
@@ -221,6 +223,8 @@ def write_toy_q_function(path: Path) -> Path:
     meta = {
         "format_version": 1,
         "model_type": "q_function",
+        "state_keys": list(STATE_KEYS),
+        "action_keys": list(ACTION_KEYS),
         "inputs": {
             "state_masks": {"shape": [-1, 11, SIZE, SIZE], "dtype": "float32"},
             "action_masks": {"shape": [-1, 2, SIZE, SIZE], "dtype": "float32"},
