@@ -18,10 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from learning.data.keys import CONTEXT, TARGET
 from sim.namo.mask_files import load_sample
 
-CONTEXT = "context"
-TARGET = "target"
 _EPISODE = re.compile(r"(episode_\d+)_")
 
 
