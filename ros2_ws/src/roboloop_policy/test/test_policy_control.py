@@ -277,3 +277,72 @@ def test_rate_mismatch_once_measured_after_activation(chunked) -> None:
         loop.observe("state", np.zeros(3, np.float32), T0, T0 + i * int(1e9 / 17))
         loop.observe("image", np.zeros((4, 4, 3), np.uint8), T0, T0 + i * int(1e9 / 100))
     assert loop.check_rates() is None and loop.rate_mismatch == ""
+
+
+def write_counter_actor(path: Path) -> None:
+    """A stateful actor (contract v2 state_in/state_out): actions = h, h' = h + 1, h0 = 0.
+
+    The action counts the chunks since the last reset, so it shows whether the loop restarted
+    the recurrent state.
+    """
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from roboloop_runtime import METADATA_KEY, build_metadata
+
+    f32 = TensorProto.FLOAT
+    fields = {
+        "observations": {"state": {"shape": [3], "dtype": "float32", "feature_type": "low_dim"}},
+        "obs_steps": 1,
+        "action_dim": 2,
+        "horizon": 1,
+        "n_action_steps": 1,
+        "control_rate_hz": 20.0,
+        "action_bounds": {"low": [-100.0] * 2, "high": [100.0] * 2, "source": "env"},
+        "normalization": {"baked": True, "stats": {}},
+        "state": {"h": {"shape": [2], "dtype": "float32", "initial": 0.0}},
+    }
+    graph = helper.make_graph(
+        [
+            helper.make_node("Unsqueeze", ["state_in.h", "axis1"], ["actions"]),
+            helper.make_node("Add", ["state_in.h", "one"], ["state_out.h"]),
+            helper.make_node("ReduceSum", ["obs.state"], ["unused"], keepdims=0),
+        ],
+        "counter",
+        [
+            helper.make_tensor_value_info("obs.state", f32, ["B", 1, 3]),
+            helper.make_tensor_value_info("state_in.h", f32, ["B", 2]),
+        ],
+        [
+            helper.make_tensor_value_info("actions", f32, ["B", 1, 2]),
+            helper.make_tensor_value_info("state_out.h", f32, ["B", 2]),
+        ],
+        [
+            numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+            numpy_helper.from_array(np.float32(1.0), "one"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    meta = build_metadata("actor", fields)
+    helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
+    onnx.save(model, str(path))
+
+
+def test_watchdog_restart_resets_recurrent_state(tmp_path: Path) -> None:
+    write_counter_actor(tmp_path / "counter.onnx")
+    loop = state_loop(tmp_path / "counter.onnx")
+    loop.activate()
+    state = np.zeros(3, np.float32)
+    counts = []
+    for i in range(3):
+        now = T0 + i * PERIOD_NS
+        loop.observe("state", state, now, now)
+        counts.append(loop.step(now, now).action[0])
+    assert counts == [0.0, 1.0, 2.0]  # the state advances once per chunk
+    late = T0 + 10 * PERIOD_NS
+    assert loop.step(late, late).safe  # stale: the watchdog takes over
+    loop.observe("state", state, late, late)
+    assert loop.step(late, late).action[0] == 0.0  # fresh again: from the initial state
