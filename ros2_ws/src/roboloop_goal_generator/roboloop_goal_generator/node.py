@@ -1,4 +1,4 @@
-"""goal_generator: lifecycle node, a thin adapter over `generator.GoalGenerator`.
+"""goal_generator: a `ModelNode` (roboloop_node_common.model_node) over `generator.GoalGenerator`.
 
 Subscribes a scene (sensor_msgs/Image 32FC5), publishes K goal proposals (Image 32FC<K>, same
 header). The subscription only stores the newest scene; a worker thread runs inference, so a

@@ -12,6 +12,8 @@ is scored in its subscription callback, and while one is scored the subscription
 sequence numbers). A request beyond `max_proposals` / `max_request_bytes`, malformed, or with
 non-finite values is refused before any work; Q-values that are not finite are never published.
 Both are counted per reason. deactivate: unsubscribe. Diagnostics: counts, latency, provider.
+Lifecycle, configure failures and /diagnostics are the `ModelNode` skeleton's
+(roboloop_node_common.model_node).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ RESPONSE_QOS = QoSProfile(
 )
 
 PARAMETERS: dict[str, tuple[Any, str]] = {
-    **model_parameters("ONNX Q-function from learning.namo.export (model_type q_function)"),
+    **model_parameters("ONNX Q-function from learning.export (model_type q_function)"),
     "request_topic": ("~/request", "sensor_msgs/Image 32FC<8+5K>: shared state + K proposals"),
     "response_topic": ("~/q_values", "std_msgs/Float32MultiArray (1, K) Q-values + key"),
     "max_pending": (2, "requests kept while one is scored (subscription depth); older dropped"),
