@@ -186,4 +186,4 @@ def test_compose_sim_and_recorder_commands_record_outside_docker(tmp_path, ros_e
         assert steps + counts["stale_steps"] == 50 and steps >= 40, counts
         assert r.read_dones("demo_0")[-1] and not r.read_dones("demo_0")[:-1].any()
         assert r.read_obs("demo_0", "image").shape == (steps, 64, 64, 3)
-        assert r.env_args["env_name"] == "Reacher-v5" and r.env_args["control_rate_hz"] == 20.0
+        assert r.env_args["env_name"] == "Reacher-v5" and r.env_args["control_rate_hz"] == 50.0
