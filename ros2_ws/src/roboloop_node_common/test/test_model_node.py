@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,18 +52,6 @@ class ToyNode(ModelNode):
     def status(self, values: dict[str, str], level: int, message: str) -> tuple[int, str]:
         values["label"] = self.params.label
         return level, message
-
-
-@pytest.fixture()
-def ros(tmp_path, monkeypatch):
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    monkeypatch.setenv("ROS_LOG_DIR", str(tmp_path / "ros_log"))
-    if "ROS_DOMAIN_ID" not in os.environ:
-        monkeypatch.setenv("ROS_DOMAIN_ID", str(random.randrange(120, 160)))
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.shutdown(context=context)
 
 
 def test_configure_failure_is_one_line_and_a_corrected_parameter_recovers(

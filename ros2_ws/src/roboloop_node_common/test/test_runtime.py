@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -40,19 +39,6 @@ class Params:
     rate_hz: float
     topics: list[str]
     keys: list[str]
-
-
-@pytest.fixture()
-def ros(tmp_path, monkeypatch):
-    """A private domain on loopback and an rclpy context of this test's own."""
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    monkeypatch.setenv("ROS_LOG_DIR", str(tmp_path / "ros_log"))
-    if "ROS_DOMAIN_ID" not in os.environ:
-        monkeypatch.setenv("ROS_DOMAIN_ID", str(random.randrange(120, 160)))
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    yield context
-    rclpy.shutdown(context=context)
 
 
 def test_parameters_declare_with_descriptions_and_read_into_a_dataclass(ros) -> None:
