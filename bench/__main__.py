@@ -19,7 +19,11 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Run every benchmark (or the NAMEs given) and print their tables.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="short runs (smoke-level numbers)")
     parser.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
     args = parser.parse_args()

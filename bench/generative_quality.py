@@ -26,7 +26,11 @@ def run(quick: bool, work_dir: str | None = None, data_dir: str | None = None) -
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.generative_quality",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--work-dir", help="keeps data and trained runs (reused when present)")
     parser.add_argument("--data-dir", help="NAMO .npz directory (default: synthetic task)")

@@ -141,7 +141,11 @@ def measure(quick: bool, ckpt: str | None = None) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.policy_latency",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--ckpt", default=None, help="a learning.train checkpoint (optional)")
     parser.add_argument("--worker", choices=["onnxruntime", "torch"], help=argparse.SUPPRESS)

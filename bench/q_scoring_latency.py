@@ -100,7 +100,11 @@ def run(quick: bool = False, ckpt: str | None = None) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.q_scoring_latency",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="5 repeats instead of 30")
     parser.add_argument(
         "--ckpt", default=None, help="QFunctionNet checkpoint (default: untrained)"

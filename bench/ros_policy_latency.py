@@ -247,7 +247,11 @@ def run(quick: bool, model: str | None = None) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.ros_policy_latency",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--model", default=None, help="an exported policy instead of flow-BC")
     args = parser.parse_args()

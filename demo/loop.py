@@ -146,7 +146,9 @@ def run_nodes_until(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        prog="python -m demo.loop",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--episodes", type=int, default=30, help="expert episodes to record")
     parser.add_argument("--eval-episodes", type=int, default=10, help="policy episodes over ROS")

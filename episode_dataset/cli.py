@@ -82,19 +82,38 @@ def _brief(meta: dict, limit: int = 60) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="episode-dataset", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="episode-dataset",
+        description="Inspect, validate and pack episode dataset files (HDF5).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("info", help="print header, key specs and per-episode summary")
+    p = sub.add_parser(
+        "info",
+        help="print header, key specs and per-episode summary",
+        description="print header, key specs and per-episode summary",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("file", type=Path)
-    p.add_argument("--max-episodes", type=int, default=50)
-    p = sub.add_parser("validate", help="check structure and values; exit 1 on the first problem")
+    p.add_argument("--max-episodes", type=int, default=50, help="episodes listed at most")
+    p = sub.add_parser(
+        "validate",
+        help="check structure and values; exit 1 on the first problem",
+        description="check structure and values; exit 1 on the first problem",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("file", type=Path)
     p.add_argument(
         "--structure-only",
         action="store_true",
         help="skip reading the arrays (checksums, NaN/Inf)",
     )
-    p = sub.add_parser("pack", help="write one self-contained file (no external links)")
+    p = sub.add_parser(
+        "pack",
+        help="write one self-contained file (no external links)",
+        description="write one self-contained file (no external links)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("src", type=Path)
     p.add_argument("dst", type=Path)
     p.add_argument("--compression", choices=["gzip", "lzf"], default=None)

@@ -117,12 +117,20 @@ def print_table(res: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m learning.check_reacher",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--episodes", type=int, default=50, help="expert training episodes")
-    parser.add_argument("--eval-episodes", type=int, default=20)
-    parser.add_argument("--eval-seed", type=int, default=1000)
-    parser.add_argument("--out", type=Path, default=Path("outputs/check_reacher"))
-    parser.add_argument("--threshold", type=float, default=0.8)
+    parser.add_argument("--eval-episodes", type=int, default=20, help="evaluation episodes")
+    parser.add_argument("--eval-seed", type=int, default=1000, help="first evaluation seed")
+    parser.add_argument(
+        "--out", type=Path, default=Path("outputs/check_reacher"), help="output folder"
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=0.8, help="normalized score the check needs"
+    )
     parser.add_argument(
         "--torch-threads", type=int, default=1, help="small MLPs train fastest on 1 thread"
     )

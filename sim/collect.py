@@ -137,14 +137,16 @@ def _write(writer: EpisodeWriter, buf: dict[str, list], seed: int, terminated: b
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        prog="python -m sim.collect",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--env", required=True, help="task id, e.g. Reacher-v5")
     parser.add_argument("--policy", default="expert", help="expert | random | PATH.onnx")
-    parser.add_argument("--episodes", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--episodes", type=int, default=10, help="episodes to record")
+    parser.add_argument("--seed", type=int, default=0, help="first episode seed")
     parser.add_argument("--out", required=True, help="dataset file (.hdf5); appended if it exists")
-    parser.add_argument("--num-envs", type=int, default=1)
+    parser.add_argument("--num-envs", type=int, default=1, help="vectorized envs")
     parser.add_argument("--camera", type=int, default=None, help="add an rgb image of this size")
     parser.add_argument(
         "--async",

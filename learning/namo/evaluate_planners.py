@@ -55,14 +55,18 @@ def _need(value: str | None, flag: str, name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m learning.namo.evaluate_planners")
-    ap.add_argument("--planners", nargs="+", default=["mcts", "random"])
-    ap.add_argument("--seeds", nargs="*", type=int, default=None)
-    ap.add_argument("--num-seeds", type=int, default=20)
-    ap.add_argument("--first-seed", type=int, default=DEFAULT_FIRST_SEED)
-    ap.add_argument("--max-moves", type=int, default=5)
-    ap.add_argument("--mcts-budget", type=int, default=100)
-    ap.add_argument("--max-depth", type=int, default=3)
+    ap = argparse.ArgumentParser(
+        prog="python -m learning.namo.evaluate_planners",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ap.add_argument("--planners", nargs="+", default=["mcts", "random"], help="registry names")
+    ap.add_argument("--seeds", nargs="*", type=int, help="scene seeds (default: --num-seeds)")
+    ap.add_argument("--num-seeds", type=int, default=20, help="scenes from --first-seed on")
+    ap.add_argument("--first-seed", type=int, default=DEFAULT_FIRST_SEED, help="held-out seeds")
+    ap.add_argument("--max-moves", type=int, default=5, help="decisions per episode at most")
+    ap.add_argument("--mcts-budget", type=int, default=100, help="simulations per decision")
+    ap.add_argument("--max-depth", type=int, default=3, help="moves looked ahead per search")
     ap.add_argument(
         "--proposals-per-object",
         type=int,

@@ -88,12 +88,21 @@ def batch(
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m sim.namo.mask_generation")
+    ap = argparse.ArgumentParser(
+        prog="python -m sim.namo.mask_generation",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     sub = ap.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("batch", help="render every episode under --input-dir")
+    b = sub.add_parser(
+        "batch",
+        help="render every episode under --input-dir",
+        description="Render every episode under --input-dir into mask files.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     b.add_argument("--input-dir", required=True)
     b.add_argument("--output-dir", required=True)
-    b.add_argument("--image-size", type=int, default=DEFAULT_SIZE)
+    b.add_argument("--image-size", type=int, default=DEFAULT_SIZE, help="mask side in pixels")
     b.add_argument("--workers", type=int, default=None, help="default: all cores")
     args = ap.parse_args(argv)
     start = time.perf_counter()

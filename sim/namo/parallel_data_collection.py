@@ -68,14 +68,18 @@ def collect(
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m sim.namo.parallel_data_collection")
+    ap = argparse.ArgumentParser(
+        prog="python -m sim.namo.parallel_data_collection",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     ap.add_argument("--output-dir", required=True)
-    ap.add_argument("--start-idx", type=int, default=0)
+    ap.add_argument("--start-idx", type=int, default=0, help="first episode index")
     ap.add_argument("--end-idx", type=int, required=True)
     ap.add_argument("--mcts-budget", type=int, default=100, help="simulations per decision")
     ap.add_argument("--max-depth", type=int, default=3, help="moves looked ahead per search")
     ap.add_argument("--max-moves", type=int, default=5, help="decisions per episode at most")
-    ap.add_argument("--proposals-per-object", type=int, default=4)
+    ap.add_argument("--proposals-per-object", type=int, default=4, help="goal proposals each")
     ap.add_argument("--seed", type=int, default=0, help="MCTS randomness (scenes: episode index)")
     ap.add_argument("--workers", type=int, default=None, help="default: all cores")
     args = ap.parse_args(argv)

@@ -153,11 +153,15 @@ def main(argv: list[str] | None = None) -> None:
 
     from sim.namo.episodes import decision_items, episode_model, read_episode
 
-    ap = argparse.ArgumentParser(prog="python -m sim.namo.render")
+    ap = argparse.ArgumentParser(
+        prog="python -m sim.namo.render",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     ap.add_argument("episode", help="episode_<e>.json from sim.namo.parallel_data_collection")
-    ap.add_argument("--decision", type=int, default=0)
+    ap.add_argument("--decision", type=int, default=0, help="decision index in the episode")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--size", type=int, default=512, help="image side in pixels")
     args = ap.parse_args(argv)
     episode = read_episode(args.episode)
     decisions = episode["decisions"]

@@ -82,9 +82,13 @@ def make_reference_generator(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m roboloop_goal_generator.reference_model",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("out", help="ONNX file to write")
-    parser.add_argument("--image-size", type=int, default=16)
+    parser.add_argument("--image-size", type=int, default=16, help="mask side S (S x S)")
     parser.add_argument("--fault", choices=sorted(FAULTS), help="a broken model (tests)")
     args = parser.parse_args(argv)
     print(make_reference_generator(args.out, args.image_size, args.fault))

@@ -224,10 +224,14 @@ def make_reference_policy(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m roboloop_policy.reference_model",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("out", help="ONNX file to write")
-    parser.add_argument("--state-dim", type=int, default=4)
-    parser.add_argument("--action-dim", type=int, default=2)
+    parser.add_argument("--state-dim", type=int, default=4, help="state observation size")
+    parser.add_argument("--action-dim", type=int, default=2, help="action size")
     parser.add_argument("--image", type=int, default=0, help="square rgb8 image size (0: none)")
     parser.add_argument("--rate", type=float, default=20.0, help="control_rate_hz metadata")
     parser.add_argument("--fault", choices=sorted(FAULTS), help="a broken model (safety tests)")
