@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from learning.checkpoint import load_model
+from learning.export import with_feature_types
 from roboloop_runtime import PolicyMetadata, QueuedChunkPolicy
 
 
@@ -28,7 +29,9 @@ class TorchPolicy(QueuedChunkPolicy):
     ) -> None:
         self.model = model.to(device).eval()
         self.device = torch.device(device)
-        self.model_metadata: dict[str, Any] = model.export_metadata()
+        # The same fields the exporter writes (a checkpoint from before feature types were
+        # recorded gets the v1 rule, as its export would).
+        self.model_metadata: dict[str, Any] = with_feature_types(model.export_metadata())
         super().__init__(
             PolicyMetadata.from_dict(self.model_metadata), seed=seed, n_action_steps=n_action_steps
         )
