@@ -222,13 +222,6 @@ class OnnxPolicy(OnnxModel, QueuedChunkPolicy):
         QueuedChunkPolicy.reset(self, seed)
         self._state = None
 
-    def sample_noise(self, batch: int) -> np.ndarray:
-        """(B, *noise_shape) ~ N(0, I) float32; (B, 0) for a model without a noise input."""
-        shape = self.metadata.noise_shape
-        if shape is None:
-            return np.zeros((batch, 0), np.float32)  # never fed
-        return self.rng.standard_normal((batch, *shape), dtype=np.float32)
-
     def _predict(self, obs_history: dict[str, np.ndarray], noise: np.ndarray) -> np.ndarray:
         feeds = {OBS_INPUT_PREFIX + k: v for k, v in obs_history.items()}
         batch = next(iter(feeds.values())).shape[0]

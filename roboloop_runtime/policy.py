@@ -181,7 +181,7 @@ class QueuedChunkPolicy:
 
     # ---- the part subclasses implement -------------------------------------------------
     def _predict(self, obs_history: dict[str, np.ndarray], noise: np.ndarray) -> np.ndarray:
-        """obs_history[key] (B, obs_steps, *shape), noise (B, horizon, A) -> (B, horizon, A)."""
+        """obs_history[key] (B, obs_steps, *shape), noise (B, *noise_shape) -> (B, horizon, A)."""
         raise NotImplementedError
 
     # ---- the interface -----------------------------------------------------------------
@@ -192,9 +192,11 @@ class QueuedChunkPolicy:
             self.rng = np.random.default_rng(seed)
 
     def sample_noise(self, batch: int) -> np.ndarray:
-        """Sampler start point x0 ~ N(0, I): (B, horizon, A) float32."""
-        m = self.metadata
-        return self.rng.standard_normal((batch, m.horizon, m.action_dim), dtype=np.float32)
+        """Sampler start points ~ N(0, I): (B, *noise_shape) float32; (B, 0) without noise."""
+        shape = self.metadata.noise_shape
+        if shape is None:
+            return np.zeros((batch, 0), np.float32)  # a deterministic model: never fed
+        return self.rng.standard_normal((batch, *shape), dtype=np.float32)
 
     def predict_action_chunk(
         self, obs_history: dict[str, np.ndarray], noise: np.ndarray | None = None
@@ -210,10 +212,8 @@ class QueuedChunkPolicy:
         (b,) = batch
         if noise is None:
             noise = self.sample_noise(b)
-        elif noise.shape != (b, m.horizon, m.action_dim):
-            raise ModelInputError(
-                f"input 'noise': shape {noise.shape} != {(b, m.horizon, m.action_dim)}"
-            )
+        elif noise.shape != (expected := (b, *(m.noise_shape or (0,)))):
+            raise ModelInputError(f"input 'noise': shape {noise.shape} != {expected}")
         return self._predict(checked, np.asarray(noise, dtype=np.float32))
 
     def select_action(self, obs: dict[str, np.ndarray]) -> np.ndarray:

@@ -19,6 +19,7 @@ from torch import nn
 from learning.export import ExportError, export_model, parity
 from roboloop_runtime import (
     MODEL_TYPES,
+    ModelInputError,
     ModelLoadError,
     ObsSpec,
     OnnxCritic,
@@ -246,6 +247,11 @@ def test_best_of_n_selects_inside_the_graph(tmp_path: Path, seeded: None) -> Non
         actions, q = model(*_torch(obs), torch.from_numpy(noise))
     np.testing.assert_allclose(out["actions"], actions.numpy(), atol=1e-5)
     np.testing.assert_allclose(out["q"], q.numpy(), atol=1e-5)
+    # The chunk call takes the caller's (B, N, horizon, A) noise and refuses a chunk's shape.
+    chunk = policy.predict_action_chunk(obs, noise)
+    np.testing.assert_allclose(chunk, actions.numpy(), atol=1e-5)
+    with pytest.raises(ModelInputError, match="input 'noise'"):
+        policy.predict_action_chunk(obs, noise[:, 0])
     # Acting draws (N, horizon, A) noise per step and keeps the chosen candidate's value.
     action = policy.select_action({k: v[0, -1] for k, v in obs.items()})
     assert action.shape == (ACT,) and policy.last_outputs["q"].shape == (1,)
