@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from episode_dataset import IMAGE
+
 NAME = "policy_latency"
 BATCHES = (1, 64)
 
@@ -37,7 +39,7 @@ def _toy_checkpoint(path: Path) -> Path:
     cfg = compose_config("train_fbc", ["dataset=none", "run_dir=none"])
     state, act = 10, 2
     kwargs = {
-        "obs_specs": {"state": {"shape": [state], "dtype": "float32"}},
+        "obs_specs": {"state": {"shape": [state], "dtype": "float32", "feature_type": "low_dim"}},
         "action_dim": act,
         "normalization": {
             "state": {"mode": "mean_std", "mean": [0.0] * state, "std": [1.0] * state},
@@ -73,7 +75,7 @@ def _worker(backend: str, model_path: str, batch: int, iters: int) -> dict[str, 
     obs = {
         k: (
             rng.integers(0, 256, (batch, m.obs_steps, *s.shape), dtype=np.uint8)
-            if s.dtype == "uint8"
+            if s.feature_type == IMAGE
             else rng.standard_normal((batch, m.obs_steps, *s.shape)).astype(s.dtype)
         )
         for k, s in m.observations.items()

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from episode_dataset import IMAGE
+
 NAME = "ros_policy_latency"
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO / "ros2_ws/src/roboloop_policy/config/policy.yaml"
@@ -51,7 +53,7 @@ def _ros_environment() -> None:
 def _observations(metadata: Any, rng: np.random.Generator) -> dict[str, np.ndarray]:
     return {
         key: rng.integers(0, 256, spec.shape, dtype=np.uint8)
-        if spec.dtype == "uint8"
+        if spec.feature_type == IMAGE
         else rng.standard_normal(spec.shape).astype(spec.dtype)
         for key, spec in metadata.observations.items()
     }
@@ -116,7 +118,7 @@ def ros_latency(model_path: Path, rate_hz: float, seconds: float, log_dir: Path)
     obs = _observations(meta, np.random.default_rng(1))
     pubs = []
     for key, topic in zip(keys, topics, strict=True):
-        msg_type = Image if meta.observations[key].dtype == "uint8" else JointState
+        msg_type = Image if meta.observations[key].feature_type == IMAGE else JointState
         pubs.append((key, node.create_publisher(msg_type, topic, qos_profile_sensor_data)))
 
     def publish() -> None:
@@ -125,7 +127,7 @@ def ros_latency(model_path: Path, rate_hz: float, seconds: float, log_dir: Path)
         stamp = node.get_clock().now().to_msg()
         for key, pub in pubs:
             value = obs[key]
-            if value.dtype == np.uint8:
+            if meta.observations[key].feature_type == IMAGE:
                 h, w, _ = value.shape
                 msg = Image(height=h, width=w, encoding="rgb8", step=w * 3)
                 msg.data = value.tobytes()  # bytes: assigning the array is ~1000x slower

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from episode_dataset.schema import FEATURE_TYPES, IMAGE, LOW_DIM  # declared once, by the format
+
 METADATA_KEY = "roboloop"  # ONNX metadata_props key holding the JSON contract
 FORMAT_VERSION = 2
 READABLE_FORMAT_VERSIONS = (1, 2)  # v1 files are upgraded on load (`upgrade_v1`)
@@ -28,7 +30,6 @@ ACTIONS_INPUT = "actions"  # the action chunk a critic scores
 Q_OUTPUT = "q"  # critic value(s): (B,) or (B, K) for an ensemble of K heads
 STATE_IN_PREFIX = "state_in."  # recurrent state fed to a call ...
 STATE_OUT_PREFIX = "state_out."  # ... and returned for the next call
-FEATURE_TYPES = ("image", "low_dim")
 MAX_CONTROL_RATE_HZ = 1000.0  # above this a metadata rate is a bug, not a robot
 ACTION_BOUNDS_SOURCES = ("env", "data")
 SCALE_EPS = 1e-6  # a spread below this is a constant dimension: scale 1, no blow-up
@@ -94,7 +95,7 @@ class ObsSpec:
 def v1_feature_type(dtype: str) -> str:
     """The v1 upgrade rule (v1 files declared no feature type): uint8 is an image, anything
     else low-dim. Only `upgrade_v1` applies it; v2 metadata must declare the type."""
-    return "image" if dtype == "uint8" else "low_dim"
+    return IMAGE if dtype == "uint8" else LOW_DIM
 
 
 @dataclass(frozen=True)
