@@ -12,7 +12,7 @@
             obs->action latency p50/p99 from the policy node's diagnostics, drop/stale counts.
 
 `launch` is not on PyPI, so the nodes each launch file declares are started as processes with the
-same executables and parameter files (demo/ros_processes.py).
+same executables and parameter files (roboloop_bringup.launch_standin).
 """
 
 from __future__ import annotations
