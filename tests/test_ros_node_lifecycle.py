@@ -152,3 +152,45 @@ def test_loop_stops_when_the_recorder_cannot_record(tmp_path, ros_env, reacher_m
     assert codes == [0, 0, 1], [p.log_text()[-1500:] for p in launched.procs]
     for p in launched.procs:
         _no_traceback(p)
+
+
+def _recorder_case(tmp_path: Path):  # noqa: ANN202
+    from roboloop_recorder.node import RecorderNode
+
+    out = tmp_path / "rec.hdf5"
+    overrides = {"output_path": str(out), "env_args_json": "[1]"}  # not a JSON object
+    return RecorderNode, overrides, ("env_args_json", '{"env_name": "x"}'), out.exists
+
+
+def _bridge_case(tmp_path: Path):  # noqa: ANN202
+    from roboloop_sim_bridge.node import SimBridgeNode
+
+    return SimBridgeNode, {"env_id": "NoSuchEnv-v0"}, ("env_id", "Reacher-v5"), lambda: True
+
+
+@pytest.mark.parametrize("case", [_recorder_case, _bridge_case], ids=["recorder", "sim_bridge"])
+def test_a_parameter_set_while_unconfigured_counts_at_the_next_configure(tmp_path, case) -> None:
+    """The recorder and the bridge read their parameters at each configure, like the model
+    nodes: a failed configure, a corrected parameter, and the next configure uses it."""
+    import rclpy
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    node_class, overrides, (name, fixed), made_output = case(tmp_path)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = node_class(
+        context=context,
+        parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()],
+    )
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert not (tmp_path / "rec.hdf5").exists()  # nothing touched the disk
+        node.set_parameters([Parameter(name, value=fixed)])
+        assert getattr(node.params, name) != fixed  # read at configure, not on the fly
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert getattr(node.params, name) == fixed and made_output()
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)

@@ -24,8 +24,9 @@ The policy node, q_scorer and the goal generator are `ModelNode`s; a later model
 
 What the skeleton does, the same way for every model node:
 - parameters: declared once from the table (with descriptions), read into the frozen `Params`
-  dataclass at construction and at each configure, so a parameter set while the node is
-  unconfigured (e.g. a corrected model_path) takes effect there. Nothing else reads parameters.
+  dataclass at construction and at each configure (`runtime.TableParameters`, as the recorder
+  and the sim bridge do), so a parameter set while the node is unconfigured (e.g. a corrected
+  model_path) takes effect there. Nothing else reads parameters.
 - configure: `load` runs; a ModelLoadError / ValueError (or anything else a broken file raises)
   becomes ONE line: logged, the transition fails, the node stays alive and unconfigured, and
   /diagnostics is ERROR with that line until a configure succeeds.
@@ -51,9 +52,8 @@ from roboloop_node_common.runtime import (
     DIAGNOSTICS_QOS,
     DIAGNOSTICS_TOPIC,
     ParameterTable,
-    declare_parameters,
+    TableParameters,
     publish_status,
-    read_parameters,
 )
 from roboloop_runtime import ModelLoadError, OnnxModel
 
@@ -85,7 +85,7 @@ class ModelParams:
     autostart: bool
 
 
-class ModelNode(LifecycleNode):
+class ModelNode(TableParameters, LifecycleNode):
     """Lifecycle, configure failures, faults and diagnostics of a model-hosting node."""
 
     NAME: ClassVar[str]
@@ -95,8 +95,7 @@ class ModelNode(LifecycleNode):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(self.NAME, **kwargs)
-        declare_parameters(self, self.PARAMETERS)
-        self.params = self.read_params()
+        self.declare_params()
         self.autostart = self.params.autostart
         self.lock = threading.Lock()  # data path vs lifecycle transitions
         self.lifecycle = "unconfigured"
@@ -107,9 +106,6 @@ class ModelNode(LifecycleNode):
         self._diag_timer = self.create_timer(
             self.params.diagnostics_period_s, self._publish_diagnostics
         )
-
-    def read_params(self) -> Any:
-        return read_parameters(self, self.PARAMETERS, self.Params)
 
     # ---- hooks ----------------------------------------------------------------------------
     def load(self, params: Any) -> OnnxModel:
@@ -136,7 +132,7 @@ class ModelNode(LifecycleNode):
 
     # ---- lifecycle ------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        params = self.params = self.read_params()
+        params = self.reload_params()
         self.faults.hold_s = params.error_hold_s
         try:
             if not params.model_path:

@@ -3,6 +3,7 @@
     PARAMETERS = {"model_path": ("", "ONNX file"), "autostart": (True, "configure + activate")}
     declare_parameters(node, PARAMETERS)             # in the node's __init__
     params = read_parameters(node, PARAMETERS, MyParams)
+    class MyNode(TableParameters, LifecycleNode): ...  # the same, re-read at each configure
     publish_status(node, pub, "policy", DiagnosticStatus.OK, "active", {"rate_hz": "20"})
 
     def main(args=None) -> int:
@@ -19,7 +20,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Mapping, MutableMapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 from xml.etree import ElementTree
 
 import rclpy
@@ -68,6 +69,28 @@ def declare_parameters(node: Node, parameters: ParameterTable) -> None:
 def read_parameters(node: Node, parameters: ParameterTable, into: Callable[..., P]) -> P:
     """The current values of the table's parameters, as `into(**values)` (e.g. a dataclass)."""
     return into(**{name: node.get_parameter(name).value for name in parameters})
+
+
+class TableParameters:
+    """Mixin of a lifecycle node whose parameters come from one table, read into one dataclass.
+
+    `declare_params()` (in `__init__`) declares `PARAMETERS` and reads them into `self.params`
+    (a `Params`); `reload_params()` at the start of each configure reads them again, so a
+    parameter set while the node is unconfigured (a corrected path) takes effect at the next
+    configure. Between configures the node uses only `self.params`, never a parameter itself.
+    """
+
+    PARAMETERS: ClassVar[ParameterTable]
+    Params: ClassVar[Callable[..., Any]]
+    params: Any
+
+    def declare_params(self) -> None:
+        declare_parameters(self, self.PARAMETERS)  # type: ignore[arg-type]
+        self.reload_params()
+
+    def reload_params(self) -> Any:
+        self.params = read_parameters(self, self.PARAMETERS, self.Params)  # type: ignore[arg-type]
+        return self.params
 
 
 def publish_status(

@@ -35,9 +35,8 @@ from roboloop_node_common.entry import STOP
 from roboloop_node_common.runtime import (
     DIAGNOSTICS_QOS,
     DIAGNOSTICS_TOPIC,
-    declare_parameters,
+    TableParameters,
     publish_status,
-    read_parameters,
     run_node,
 )
 from std_msgs.msg import String
@@ -63,7 +62,7 @@ from roboloop_recorder.spec import (
 from roboloop_recorder.topics import RecorderConfigError, dataset_specs
 from roboloop_recorder.writer_thread import EpisodeWriterThread
 
-# name -> (default, description). Declared once in __init__, read once in on_configure.
+# name -> (default, description). Declared once in __init__, read at each configure.
 PARAMETERS: dict[str, tuple[Any, str]] = {
     "topics": (
         ["/sim/state", "/sim/applied_action", "/sim/reward", "/sim/done"],
@@ -123,9 +122,9 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
         "control_rate_hz x this per stamp second); 0 = the spec topic's, else 1.",
     ),
     "max_age_s": (
-        0.02,
+        0.008,
         "A key's sample may be this much older than the step's observation, else the step is "
-        "stale (skipped). Must be below half a control period.",
+        "stale (skipped). Must be below half a wall-clock period (0.01 s at the default 50 Hz).",
     ),
     "headerless_anchor_key": (
         "actions",
@@ -237,11 +236,12 @@ class RecorderParams:
     autostart: bool
 
 
-class RecorderNode(LifecycleNode):
+class RecorderNode(TableParameters, LifecycleNode):
+    PARAMETERS, Params = PARAMETERS, RecorderParams
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("recorder", **kwargs)
-        declare_parameters(self, PARAMETERS)
-        self.params = read_parameters(self, PARAMETERS, RecorderParams)
+        self.declare_params()
         self.autostart = self.params.autostart
         self._session: RecordingSession | None = None
         self._writer: EpisodeWriterThread | None = None
@@ -253,7 +253,7 @@ class RecorderNode(LifecycleNode):
 
     # -- lifecycle -------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        p = self.params
+        p = self.reload_params()  # a parameter set while unconfigured counts from here
         try:
             plan = self._plan(p)
             specs = plan.topics

@@ -38,9 +38,8 @@ from rclpy.time import Time
 from roboloop_node_common.runtime import (
     DIAGNOSTICS_QOS,
     DIAGNOSTICS_TOPIC,
-    declare_parameters,
+    TableParameters,
     publish_status,
-    read_parameters,
     run_node,
 )
 from sensor_msgs.msg import Image, JointState
@@ -138,11 +137,12 @@ class SimBridgeParams:
     autostart: bool
 
 
-class SimBridgeNode(LifecycleNode):
+class SimBridgeNode(TableParameters, LifecycleNode):
+    PARAMETERS, Params = PARAMETERS, SimBridgeParams
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("sim_bridge", **kwargs)
-        declare_parameters(self, PARAMETERS)
-        self.params = read_parameters(self, PARAMETERS, SimBridgeParams)
+        self.declare_params()
         self.autostart = self.params.autostart
         self._runner: SimRunner | None = None
         self._period_s = 0.0  # wall-clock seconds per step
@@ -168,7 +168,7 @@ class SimBridgeNode(LifecycleNode):
 
     # -- lifecycle -------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        p = self.params
+        p = self.reload_params()  # a parameter set while unconfigured counts from here
         try:
             from sim.spec import env_spec, observation_features
 
