@@ -3,22 +3,36 @@
     with RosProbe(domain_id=int(os.environ["ROS_DOMAIN_ID"])) as probe:
         pub = probe.node.create_publisher(JointState, "/t/state", 10)
         probe.wait_for(lambda: pub.get_subscription_count() > 0, 10, "recorder subscribed")
+        probe.set_parameters("/policy_node", model_path="good.onnx")
+        assert probe.change_state("/policy_node", Transition.TRANSITION_CONFIGURE)
 
-Waits are always on a condition with a timeout (spinning meanwhile), never a fixed sleep.
+The probe spins only inside its waits, or, after `spin_in_background()`, on a thread of its
+own (a stand-in robot whose timers publish while the test thread waits; its callbacks then run
+on that thread, so shared state needs a lock). `watch_diagnostics()` keeps the newest
+/diagnostics status of each name for `status()`.
+Waits are always on a condition with a timeout, never a fixed sleep.
 The context is shut down on exit so no Fast DDS shared memory is left behind.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from rcl_interfaces.srv import SetParameters
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile
+from rclpy.signals import SignalHandlerOptions
 
 
 class RosProbe:
@@ -32,37 +46,97 @@ class RosProbe:
             )
         domain = int(os.environ["ROS_DOMAIN_ID"]) if domain_id is None else domain_id
         self.context = Context()
-        rclpy.init(context=self.context, domain_id=domain)
+        # Ctrl-C stays with the test runner, not with this context.
+        rclpy.init(
+            context=self.context,
+            domain_id=domain,
+            signal_handler_options=SignalHandlerOptions.NO,
+        )
         self.node = Node(name, context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._statuses: dict[str, Any] = {}
+
+    def spin_in_background(self) -> None:
+        """From now on the executor spins on a daemon thread; waits only poll."""
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
 
     def spin_for(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self.executor.spin_once(timeout_sec=min(0.02, max(0.0, deadline - time.monotonic())))
+        while (left := deadline - time.monotonic()) > 0:
+            self._pass(min(0.02, left))
 
-    def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+    def wait_for(self, condition: Callable[[], object], timeout: float, what: str) -> None:
         """Spin until `condition()`; TimeoutError naming `what` otherwise."""
         deadline = time.monotonic() + timeout
         while not condition():
             if time.monotonic() > deadline:
                 raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-            self.executor.spin_once(timeout_sec=0.02)
+            self._pass(0.02)
 
-    def call(self, srv_type: Any, name: str, timeout: float = 10.0) -> Any:
+    def _pass(self, seconds: float) -> None:
+        if self._thread is None:
+            self.executor.spin_once(timeout_sec=seconds)
+        else:
+            time.sleep(min(seconds, 0.01))
+
+    def call(self, srv_type: Any, name: str, request: Any = None, timeout: float = 10.0) -> Any:
         """Call a service (waits for it to appear) and return the response."""
         client = self.node.create_client(srv_type, name)
         try:
             self.wait_for(client.service_is_ready, timeout, f"service {name}")
-            future = client.call_async(srv_type.Request())
+            future = client.call_async(srv_type.Request() if request is None else request)
             self.wait_for(future.done, timeout, f"response of {name}")
             return future.result()
         finally:
             self.node.destroy_client(client)
 
+    # -- a node's parameter and lifecycle services ----------------------------------------
+    def set_parameters(self, node: str, timeout: float = 10.0, **values: Any) -> None:
+        """Set parameters of `node` (e.g. "/policy_node"); AssertionError with its reason."""
+        msgs = [Parameter(k, value=v).to_parameter_msg() for k, v in values.items()]
+        request = SetParameters.Request(parameters=msgs)
+        reply = self.call(SetParameters, f"{node}/set_parameters", request, timeout)
+        for name, result in zip(values, reply.results, strict=True):
+            assert result.successful, f"{node}: parameter {name}: {result.reason}"
+
+    def change_state(self, node: str, transition_id: int, timeout: float = 10.0) -> bool:
+        """Trigger a lifecycle transition (lifecycle_msgs Transition id); its success."""
+        request = ChangeState.Request(transition=Transition(id=transition_id))
+        return self.call(ChangeState, f"{node}/change_state", request, timeout).success
+
+    def lifecycle_state(self, node: str, timeout: float = 10.0) -> str:
+        """The lifecycle state label of `node` ("unconfigured", "inactive", "active", ...)."""
+        return self.call(GetState, f"{node}/get_state", None, timeout).current_state.label
+
+    # -- /diagnostics ---------------------------------------------------------------------
+    def watch_diagnostics(self) -> None:
+        """Keep the newest /diagnostics status of each name from now on."""
+        self.node.create_subscription(
+            DiagnosticArray, "/diagnostics", self._on_diagnostics, QoSProfile(depth=50)
+        )
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        with self._lock:
+            self._statuses.update((s.name, s) for s in msg.status)
+
+    def status(self, name: str) -> dict[str, Any] | None:
+        """The newest status `name` ("/policy_node: policy"): its values, `_level` (bytes) and
+        `_message`; None before the first."""
+        with self._lock:
+            status = self._statuses.get(name)
+        if status is None:
+            return None
+        values = {kv.key: kv.value for kv in status.values}
+        return values | {"_level": status.level, "_message": status.message}
+
     def close(self) -> None:
         self.executor.shutdown()
+        if self._thread is not None:
+            self._thread.join(5)
         self.node.destroy_node()
         self.context.try_shutdown()
 

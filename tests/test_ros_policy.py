@@ -21,12 +21,8 @@ import yaml
 
 rclpy = pytest.importorskip("rclpy")
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
-from lifecycle_msgs.msg import State, Transition  # noqa: E402
-from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
-from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
-from rcl_interfaces.srv import SetParameters  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
+from lifecycle_msgs.msg import Transition  # noqa: E402
 from rclpy.qos import QoSProfile, qos_profile_sensor_data  # noqa: E402
 from roboloop_bringup.launch_standin import load_launch_file  # noqa: E402
 from roboloop_bringup.processes import RosProcess, start_node  # noqa: E402
@@ -34,6 +30,7 @@ from roboloop_policy.reference_model import make_reference_policy  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 
 from roboloop_runtime import OnnxModel  # noqa: E402
+from roboloop_testing.ros_probe import RosProbe  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
 
@@ -62,12 +59,8 @@ class Robot:
     """In-process stand-in for the sim bridge: observations out, actions/diagnostics in."""
 
     def __init__(self) -> None:
-        self.context = rclpy.Context()
-        rclpy.init(
-            context=self.context,
-            signal_handler_options=rclpy.signals.SignalHandlerOptions.NO,
-        )
-        self.node = rclpy.create_node("policy_test_robot", context=self.context)
+        self.probe = RosProbe(name="policy_test_robot")
+        self.node = self.probe.node
         rng = np.random.default_rng(0)
         self.contents = [
             (
@@ -81,25 +74,16 @@ class Robot:
         self.mode = "off"  # off | fresh | old (stamps 1 s in the past)
         self.published: list[tuple[int, int, float]] = []  # (stamp_ns, content, monotonic)
         self.actions: list[tuple[float, int, np.ndarray]] = []  # (monotonic, stamp_ns, effort)
-        self.diagnostics: list = []
         sensor = qos_profile_sensor_data
         self.state_pub = self.node.create_publisher(JointState, T_STATE, sensor)
         self.image_pub = self.node.create_publisher(Image, T_IMAGE, sensor)
         self.node.create_subscription(JointState, T_ACTION, self._on_action, QoSProfile(depth=50))
-        self.node.create_subscription(
-            DiagnosticArray, "/diagnostics", self._on_diag, QoSProfile(depth=50)
-        )
         self.node.create_timer(1.0 / PUBLISH_HZ, self._publish)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.probe.watch_diagnostics()
+        self.probe.spin_in_background()
 
     def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
-        self.thread.join(5)
+        self.probe.close()
 
     def _publish(self) -> None:
         with self.lock:
@@ -123,10 +107,6 @@ class Robot:
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         with self.lock:
             self.actions.append((time.monotonic(), stamp, np.array(msg.effort)))
-
-    def _on_diag(self, msg: DiagnosticArray) -> None:
-        with self.lock:
-            self.diagnostics.extend(msg.status)
 
     def set(self, mode: str, content: int | None = None) -> float:
         with self.lock:
@@ -162,23 +142,7 @@ class Robot:
             return self.published[-1][2]
 
     def status(self, node: str) -> dict[str, str] | None:
-        with self.lock:
-            mine = [s for s in self.diagnostics if s.name == f"/{node}: policy"]
-        return (
-            {kv.key: kv.value for kv in mine[-1].values} | {"_level": mine[-1].level}
-            if mine
-            else None
-        )
-
-    def call(self, srv_type, name: str, request, timeout: float = 20.0):
-        client = self.node.create_client(srv_type, name)
-        try:
-            assert client.wait_for_service(timeout), f"service {name} not available"
-            future = client.call_async(request)
-            wait_until(future.done, timeout, f"reply from {name}")
-            return future.result()
-        finally:
-            self.node.destroy_client(client)
+        return self.probe.status(f"/{node}: policy")
 
 
 @pytest.fixture(scope="module")
@@ -426,8 +390,7 @@ def test_corrupt_model_leaves_node_alive_and_unconfigured(nodes, robot, models) 
     assert proc.wait_for_log("configure failed:", 30), proc.log_text()
     (line,) = [ln for ln in proc.log_text().splitlines() if "configure failed:" in ln]
     assert str(models["corrupt"]) in line and "cannot load ONNX model" in line
-    state = robot.call(GetState, f"/{CORRUPT}/get_state", GetState.Request()).current_state
-    assert (state.id, state.label) == (State.PRIMARY_STATE_UNCONFIGURED, "unconfigured")
+    assert robot.probe.lifecycle_state(f"/{CORRUPT}") == "unconfigured"
     assert proc.alive()
     wait_until(
         lambda: (s := robot.status(CORRUPT)) is not None and s["last_error"] != "",
@@ -440,28 +403,15 @@ def test_corrupt_model_leaves_node_alive_and_unconfigured(nodes, robot, models) 
 
     # A missing file fails the same way; the same process then recovers once pointed at a
     # good model (set the parameter, configure, activate): no restart needed.
-    def set_model(path: Path) -> None:
-        value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(path))
-        request = SetParameters.Request(parameters=[Parameter(name="model_path", value=value)])
-        reply = robot.call(SetParameters, f"/{CORRUPT}/set_parameters", request)
-        assert reply.results[0].successful
-
-    def transition(transition_id: int) -> bool:
-        request = ChangeState.Request(transition=Transition(id=transition_id))
-        return robot.call(ChangeState, f"/{CORRUPT}/change_state", request).success
-
-    def state_label() -> str:
-        reply = robot.call(GetState, f"/{CORRUPT}/get_state", GetState.Request())
-        return reply.current_state.label
-
+    probe, node = robot.probe, f"/{CORRUPT}"
     missing = models["good"].parent / "missing.onnx"
-    set_model(missing)
-    assert not transition(Transition.TRANSITION_CONFIGURE)
+    probe.set_parameters(node, model_path=str(missing))
+    assert not probe.change_state(node, Transition.TRANSITION_CONFIGURE)
     assert proc.wait_for_log(f"configure failed: {missing}: no such model file", 10)
-    assert state_label() == "unconfigured"
-    set_model(models["good"])
-    assert transition(Transition.TRANSITION_CONFIGURE), proc.log_text()
-    assert state_label() == "inactive"
-    assert transition(Transition.TRANSITION_ACTIVATE), proc.log_text()
-    assert state_label() == "active"
+    assert probe.lifecycle_state(node) == "unconfigured"
+    probe.set_parameters(node, model_path=str(models["good"]))
+    assert probe.change_state(node, Transition.TRANSITION_CONFIGURE), proc.log_text()
+    assert probe.lifecycle_state(node) == "inactive"
+    assert probe.change_state(node, Transition.TRANSITION_ACTIVATE), proc.log_text()
+    assert probe.lifecycle_state(node) == "active"
     assert proc.stop() == 0, "policy_node did not exit cleanly on SIGINT"

@@ -22,16 +22,14 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
-from lifecycle_msgs.srv import ChangeState  # noqa: E402
-from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
-from rcl_interfaces.srv import SetParameters  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, qos_profile_sensor_data  # noqa: E402
 from roboloop_bringup.processes import start_node  # noqa: E402
 from roboloop_policy.reference_model import make_reference_policy  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
+
+from roboloop_testing.ros_probe import RosProbe  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
 
@@ -60,30 +58,20 @@ class Client:
     """Publishes the state at 20 Hz, records actions and /diagnostics, calls node services."""
 
     def __init__(self) -> None:
-        self.context = rclpy.Context()
-        rclpy.init(
-            context=self.context, signal_handler_options=rclpy.signals.SignalHandlerOptions.NO
-        )
-        self.node = rclpy.create_node("policy_safety_client", context=self.context)
+        self.probe = RosProbe(name="policy_safety_client")
+        self.node = self.probe.node
         self.lock = threading.Lock()
         self.mode = "off"
         self.actions: list[tuple[float, str, list[float]]] = []  # (monotonic, phase, effort)
         self.phase = ""
-        self.status: dict[str, str] = {}
         self.pub = self.node.create_publisher(JointState, T_STATE, qos_profile_sensor_data)
         self.node.create_subscription(JointState, T_ACTION, self._on_action, QoSProfile(depth=50))
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 50)
         self.node.create_timer(1.0 / PUBLISH_HZ, self._publish)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.probe.watch_diagnostics()
+        self.probe.spin_in_background()
 
     def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
-        self.thread.join(5)
+        self.probe.close()
 
     def _publish(self) -> None:
         if self.mode == "off":
@@ -96,16 +84,8 @@ class Client:
         with self.lock:
             self.actions.append((time.monotonic(), self.phase, list(msg.effort)))
 
-    def _on_diag(self, msg: DiagnosticArray) -> None:
-        for status in msg.status:
-            if status.name == f"/{NODE}: policy":
-                values = {kv.key: kv.value for kv in status.values}
-                with self.lock:
-                    self.status = values | {"_level": status.level, "_message": status.message}
-
     def value(self, key: str, default: str = "") -> str:
-        with self.lock:
-            return self.status.get(key, default)
+        return (self.probe.status(f"/{NODE}: policy") or {}).get(key, default)
 
     def count(self, key: str) -> int:
         return int(self.value(key, "0") or 0)
@@ -114,27 +94,11 @@ class Client:
         with self.lock:
             return [a for _, p, a in self.actions if p == phase]
 
-    def call(self, srv_type, name: str, request):  # noqa: ANN001
-        client = self.node.create_client(srv_type, name)
-        try:
-            assert client.wait_for_service(20), f"service {name} not available"
-            future = client.call_async(request)
-            deadline = time.monotonic() + 20
-            while not future.done() and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert future.done(), f"no reply from {name}"
-            return future.result()
-        finally:
-            self.node.destroy_client(client)
-
     def set_model(self, path: Path) -> None:
-        value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(path))
-        request = SetParameters.Request(parameters=[Parameter(name="model_path", value=value)])
-        assert self.call(SetParameters, f"/{NODE}/set_parameters", request).results[0].successful
+        self.probe.set_parameters(f"/{NODE}", timeout=20, model_path=str(path))
 
     def transition(self, transition_id: int) -> bool:
-        request = ChangeState.Request(transition=Transition(id=transition_id))
-        return self.call(ChangeState, f"/{NODE}/change_state", request).success
+        return self.probe.change_state(f"/{NODE}", transition_id, timeout=20)
 
 
 @pytest.fixture(scope="module")

@@ -548,7 +548,6 @@ def test_failed_write_stops_the_episode_reports_it_and_keeps_committed_ones(tmp_
 
 def test_lifecycle_transitions_driven_by_change_state(tmp_path, ros_env):
     from lifecycle_msgs.msg import Transition
-    from lifecycle_msgs.srv import ChangeState, GetState
     from std_srvs.srv import Trigger
 
     from episode_dataset import EpisodeWriter
@@ -560,22 +559,10 @@ def test_lifecycle_transitions_driven_by_change_state(tmp_path, ros_env):
         with RosProbe(name="lifecycle_driver") as probe:
 
             def change(transition_id: int) -> bool:
-                client = probe.node.create_client(ChangeState, "/recorder/change_state")
-                probe.wait_for(lambda: alive(rec) and client.service_is_ready(), 30, "lifecycle")
-                req = ChangeState.Request()
-                req.transition.id = transition_id
-                future = client.call_async(req)
-                probe.wait_for(future.done, 10, f"transition {transition_id}")
-                probe.node.destroy_client(client)
-                return future.result().success
+                return probe.change_state("/recorder", transition_id, timeout=30)
 
             def state() -> str:
-                client = probe.node.create_client(GetState, "/recorder/get_state")
-                probe.wait_for(client.service_is_ready, 10, "get_state")
-                future = client.call_async(GetState.Request())
-                probe.wait_for(future.done, 10, "get_state response")
-                probe.node.destroy_client(client)
-                return future.result().current_state.label
+                return probe.lifecycle_state("/recorder", timeout=30)
 
             assert state() == "unconfigured" and not out.exists()
             assert change(Transition.TRANSITION_CONFIGURE) and state() == "inactive"
