@@ -5,7 +5,8 @@ Discovered, not listed: every module with an `if __name__ == "__main__":` block 
 argparse with `prog="python -m <module>"`, a one-line description, kebab-case flags and every
 default shown in the help. Exceptions, named here: `learning.train` is Hydra's entry (its
 `--help` is Hydra's, arguments are `key=value` overrides); ROS node executables are configured
-by ROS parameters (`--ros-args -p ...`, `ros2 param describe`), not argparse.
+by ROS parameters (`--ros-args -p ...`), so their `--help` lists the node's parameter table
+(`roboloop_node_common.entry.node_usage`) and starts nothing.
 
 The argparse CLIs run in this one process (`runpy`, SystemExit caught): about 10 s in all, most
 of it importing torch and diffusers once.
@@ -172,3 +173,42 @@ def test_style_check_names_each_problem() -> None:
         "x.py: flag --max_steps is not kebab-case",
         "x.py: the default of max_steps is not shown",
     ]
+
+
+def _node_scripts() -> dict[str, str]:
+    """Console script name -> "module:function" of every installed roboloop node executable."""
+    from importlib.metadata import entry_points
+
+    return {
+        ep.name: ep.value
+        for ep in entry_points(group="console_scripts")
+        if ep.value.startswith("roboloop_") and ".main:" in ep.value
+    }
+
+
+NODE_SCRIPTS = _node_scripts()
+
+
+def test_every_node_executable_is_found() -> None:
+    nodes = {"sim_bridge", "recorder", "policy_node", "q_scorer", "goal_generator"}
+    assert nodes <= set(NODE_SCRIPTS)
+
+
+@pytest.mark.timeout(60)  # without --help handling the node would start and wait for a signal
+@pytest.mark.parametrize("script", sorted(NODE_SCRIPTS))
+def test_node_executable_help_lists_its_parameters(
+    script: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`policy_node --help` prints its ROS parameters (its command line) and starts no node."""
+    import inspect
+
+    module, func = NODE_SCRIPTS[script].split(":")
+    main = getattr(__import__(module, fromlist=[func]), func)
+    (node_module,) = re.findall(r"run_console_script\(\s*\"([\w.]+)\"", inspect.getsource(main))
+    monkeypatch.setattr(sys, "argv", [script, "--help", "--ros-args", "-p", "x:=1"])
+    assert main() == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: {script} [-h] [--ros-args")
+    parameters = sys.modules[node_module].PARAMETERS
+    listed = re.findall(r"^  (\w+) \(default: ", out, re.MULTILINE)
+    assert listed == list(parameters)

@@ -43,7 +43,15 @@ def _on_stop_signal(signum: int, _frame: FrameType | None) -> None:
 
 
 def run_console_script(module: str, environment: Mapping[str, str] | None = None) -> int:
-    """Catch stop signals, set `environment` defaults, import `module`, return its `main()`."""
+    """Catch stop signals, set `environment` defaults, import `module`, return its `main()`.
+
+    `-h`/`--help` before `--ros-args` prints the node's parameter table instead (nodes are
+    configured by ROS parameters, so that table is their command line)."""
+    args = sys.argv[1:]
+    if {"-h", "--help"} & set(args[: args.index("--ros-args")] if "--ros-args" in args else args):
+        node = importlib.import_module(module)
+        print(node_usage(os.path.basename(sys.argv[0]), node.__doc__ or "", node.PARAMETERS))
+        return 0
     catch_stop_signals()
     for name, value in (environment or {}).items():
         os.environ.setdefault(name, value)
@@ -54,6 +62,23 @@ def run_console_script(module: str, environment: Mapping[str, str] | None = None
         ignore_stop_signals()
         return 0
     return main()
+
+
+def node_usage(name: str, doc: str, parameters: Mapping[str, tuple[object, str]]) -> str:
+    """`--help` of a node executable: usage, the module's first doc line, every parameter."""
+    lines = [
+        f"usage: {name} [-h] [--ros-args [-p NAME:=VALUE ...] [--params-file FILE] "
+        "[--log-level LEVEL]]",
+        "",
+        doc.strip().splitlines()[0] if doc.strip() else name,
+        "",
+        "ROS parameters (-p NAME:=VALUE or a --params-file):",
+    ]
+    for param, (default, description) in parameters.items():
+        lines.append(f"  {param} (default: {default!r})")
+        if description:
+            lines.append(f"      {description}")
+    return "\n".join(lines)
 
 
 def ignore_stop_signals() -> None:
