@@ -15,7 +15,6 @@ from learning.namo.data import (
     QFunctionDataset,
     dihedral,
     load_item,
-    split_episodes,
 )
 from learning.namo.metrics import group_ids, ranking_metrics, spearman
 from learning.namo.model import QFunctionNet
@@ -47,10 +46,6 @@ def test_split_by_episode_keeps_scenes_apart(synthetic: Path) -> None:
     assert eps["train"] | eps["val"] | eps["test"] == set(range(12))
     assert sum(len(ds) for ds in dm.splits.values()) == 12 * 2 * 4
     assert dm.has_test_split
-    # deterministic for a seed, different for another
-    assert split_episodes(list(range(12)), (0.8, 0.1, 0.1), 0) == split_episodes(
-        list(range(12)), (0.8, 0.1, 0.1), 0
-    )
 
 
 def test_batch_shapes_channel_order_and_resize(synthetic: Path) -> None:
@@ -172,6 +167,12 @@ def test_train_entry_lowers_val_mse_and_checkpoint_loads(
     q = model(torch.rand(3, 11, 64, 64), torch.rand(3, 2, 64, 64))
     assert q.shape == (3, 1)
     assert list(model.hparams.input_shape) == [32, 32]  # from the datamodule's model_kwargs
+    # held-out scoring reads every file (no split) of the folder it is given
+    from learning.namo.evaluate import evaluate
+
+    held_out = evaluate(result["best_ckpt"], str(synthetic), batch_size=32)
+    assert held_out["samples"] == sum(len(ds) for ds in dm.splits.values())
+    assert held_out["mse"] < float(targets.var())
 
     # the generic `python -m learning.export` path (export hooks on QFunctionNet)
     from learning.export import export_checkpoint, parity
@@ -262,3 +263,24 @@ def test_export_clis_reject_a_corrupt_checkpoint_in_one_line(
         importlib.import_module(module).main(["--ckpt", str(garbage), out, str(tmp_path / "x")])
     text = str(exit_.value.code)
     assert "garbage.ckpt" in text and message in text and "\n" not in text
+
+
+def test_bare_lightning_checkpoint_scores_and_exports_from_python(tmp_path: Path) -> None:
+    """docs/q_function.md: the CLI needs a learning.train checkpoint; a bare one loads for
+    scoring and exports through export_model."""
+    import lightning.pytorch as pl
+
+    from learning.checkpoint import load_lightning
+    from learning.export import export_model, main, parity
+
+    torch.manual_seed(0)
+    net = QFunctionNet(hidden_dim=16, image_size=8, encoder_channels=[4, 4, 4, 4])
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(net)
+    trainer.save_checkpoint(tmp_path / "bare.ckpt")
+    with pytest.raises(SystemExit, match="not written by learning.train"):
+        main(["--ckpt", str(tmp_path / "bare.ckpt"), "--out", str(tmp_path / "cli.onnx")])
+    model = load_lightning(QFunctionNet, tmp_path / "bare.ckpt")
+    meta = export_model(model, tmp_path / "q.onnx", mask_size=(16, 16))
+    assert meta["inputs"]["state_masks"]["shape"] == [-1, 11, 16, 16]
+    assert parity(model, tmp_path / "q.onnx") <= 1e-4

@@ -25,7 +25,7 @@ For the step t of an episode of length n, a sample is
 An episode is terminated when its metadata says `"terminated": true` (docs/dataset_format.md);
 its last step's done is then a terminal. Batch keys: learning/data/keys.py.
 
-Episodes, never single steps, are split into train/val(/test) with a seeded permutation.
+Episodes, never single steps, are split into train/val(/test) (`learning.data.split`, seeded).
 Normalization statistics are computed once, from the train split, and handed to the model
 through `model_kwargs()`. Image keys (feature_type "image", declared by the dataset) are read
 window by window through the reader; only low-dim keys are cached.
@@ -61,30 +61,10 @@ from learning.data.keys import (
     VALID,
 )
 from learning.data.spec import model_dims
+from learning.data.split import split_groups
 from learning.normalization import compute_stats
 
 log = logging.getLogger(__name__)
-
-
-def split_episodes(
-    episodes: list[str], fractions: Mapping[str, float], seed: int
-) -> dict[str, list[str]]:
-    """Seeded split by episode: {"val": [...], "test": [...], "train": rest}.
-
-    Every non-zero fraction gets at least one episode; train keeps at least one.
-    """
-    order = list(np.random.default_rng(seed).permutation(len(episodes)))
-    splits: dict[str, list[str]] = {}
-    for name, frac in fractions.items():
-        n = int(round(frac * len(episodes)))
-        n = max(n, 1) if frac > 0 else 0
-        if n >= len(order):
-            raise ValueError(
-                f"split {name}={frac} leaves no training episodes out of {len(episodes)}"
-            )
-        splits[name], order = sorted(episodes[i] for i in order[:n]), order[n:]
-    splits["train"] = sorted(episodes[i] for i in order)
-    return splits
 
 
 class _EpisodeSamples(Dataset):
@@ -268,7 +248,8 @@ class EpisodeDataModule(L.LightningDataModule):
         self.path, self.obs_steps, self.horizon = str(path), obs_steps, horizon
         self.batch_size, self.num_workers = batch_size, num_workers
         self.requested_keys = None if obs_keys is None else list(obs_keys)
-        self.fractions = {"val": val_fraction, "test": test_fraction}
+        # Cut order of the one seeded permutation (learning/data/split.py): val, test, train.
+        self.fractions = {"val": val_fraction, "test": test_fraction, "train": None}
         self.split_seed, self.max_episodes, self.episode_filter = (
             split_seed,
             max_episodes,
@@ -296,7 +277,10 @@ class EpisodeDataModule(L.LightningDataModule):
             episodes = episodes[: self.max_episodes]
         if not episodes:
             raise ValueError(f"{self.path}: no episodes to train on")
-        self.splits = split_episodes(episodes, self.fractions, self.split_seed)
+        try:
+            self.splits = split_groups(episodes, self.fractions, self.split_seed)
+        except ValueError as err:
+            raise ValueError(f"{self.path}: {err}") from None
 
         low_dim = [k for k in keys if not specs[k].is_image]
         self.cache = {

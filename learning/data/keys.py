@@ -30,6 +30,7 @@ IS_PAD = "is_pad"  # (T,) bool: step lies past the episode end (episode shorter 
 STATE_MASKS = "state_masks"  # (11, S, S) float32
 ACTION_MASKS = "action_masks"  # (2, S, S) float32
 TARGET_Q = "target_q"  # (1,) float32
+EPISODE_ID, GOAL_ID, PROPOSAL_ID = "episode", "goal", "proposal"  # () int64: one state = (e, g)
 
 # NAMO goal masks (learning/generative/data.py).
 CONTEXT = "context"  # (5, S, S) float32 in [0, 1]
@@ -43,10 +44,13 @@ __all__ = [
     "CHUNK_RETURN",
     "CONTEXT",
     "DONES",
+    "EPISODE_ID",
+    "GOAL_ID",
     "IS_FIRST",
     "IS_PAD",
     "NEXT_OBS",
     "OBS",
+    "PROPOSAL_ID",
     "REWARDS",
     "STATE_MASKS",
     "TARGET",

@@ -3,13 +3,12 @@
 All files under `data_dir` (recursive) are read once at setup and resized to `image_size` (area
 average, see `masks.resize_area`). The split is by episode when names follow the NAMO pattern
 `episode_<e>_goal_<g>_proposal_<p>.npz` (proposals of one episode never straddle train/val),
-else by file; seeded.
+else by file; seeded (`learning.data.split`).
 """
 
 from __future__ import annotations
 
 import os
-import random
 import re
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from learning.data.keys import CONTEXT, TARGET
+from learning.data.split import split_groups
 from sim.namo.mask_files import load_sample
 
 _EPISODE = re.compile(r"(episode_\d+)_")
@@ -46,16 +46,14 @@ class GoalMaskDataset(Dataset):
 def split_files(
     files: list[Path], val_fraction: float, seed: int
 ) -> tuple[list[Path], list[Path]]:
-    """Seeded split by episode group (by file when names carry no episode)."""
+    """Seeded split by episode group (by file when names carry no episode): (train, val)."""
     groups: dict[str, list[Path]] = {}
     for f in files:
         m = _EPISODE.match(f.name)
         groups.setdefault(f"{f.parent}/{m.group(1)}" if m else str(f), []).append(f)
-    keys = sorted(groups)
-    random.Random(seed).shuffle(keys)
-    n_val = max(1, round(val_fraction * len(keys))) if len(keys) > 1 else 0
-    val = [f for k in keys[:n_val] for f in groups[k]]
-    train = [f for k in keys[n_val:] for f in groups[k]]
+    # Cut order of the one seeded permutation (learning/data/split.py): val, train.
+    parts = split_groups(sorted(groups), {"val": val_fraction, "train": None}, seed)
+    train, val = ([f for k in parts[name] for f in groups[k]] for name in ("train", "val"))
     return train, val
 
 
@@ -90,9 +88,15 @@ class GoalMaskDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return
-        train, val = split_files(self.files(), self.val_fraction, self.split_seed)
+        try:
+            train, val = split_files(self.files(), self.val_fraction, self.split_seed)
+        except ValueError as err:
+            raise ValueError(f"data.data_dir {os.fspath(self.data_dir)!r}: {err}") from None
         if not val:
-            raise ValueError(f"data.data_dir {os.fspath(self.data_dir)!r}: too few files to split")
+            raise ValueError(
+                f"data.data_dir {os.fspath(self.data_dir)!r}: data.val_fraction 0 leaves no "
+                "validation files"
+            )
         self.train_dataset = GoalMaskDataset(train, self.image_size)
         self.val_dataset = GoalMaskDataset(val, self.image_size)
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from learning.generative.data import CONTEXT, TARGET
+from learning.data.keys import CONTEXT, TARGET
 from sim.namo.keys import CONTEXT_KEYS
 
 GOAL_MASKS_OUTPUT = "goal_masks"

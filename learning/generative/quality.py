@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from learning.generative.data import CONTEXT, TARGET
+from learning.data.keys import CONTEXT, TARGET
 from learning.generative.module import GenerativeModule
 from learning.generative.samplers import HFDiffusionSampler, ODESampler
 

@@ -2,9 +2,10 @@
 
 One file `episode_<e>_goal_<g>_proposal_<p>.npz` is one (state, proposal) pair scored by MCTS.
 Splits are by EPISODE (one scene never lands in two splits, so validation measures transfer to
-unseen scenes). Files are opened lazily per item; `setup` only reads each zip's key directory.
+unseen scenes; `learning.data.split`, seeded). Files are opened lazily per item; `setup` only
+reads each zip's key directory.
 
-Batch keys (shapes for batch size B, image side S = image_size or the file's H/W):
+Batch keys (learning/data/keys.py; shapes for batch size B, S = image_size or the file's H/W):
     state_masks  (B, 11, S, S) float32   STATE_KEYS order
     action_masks (B, 2, S, S)  float32   ACTION_KEYS order
     target_q     (B, 1)        float32   goal_q_value
@@ -23,6 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from learning.data.keys import (
+    ACTION_MASKS,
+    EPISODE_ID,
+    GOAL_ID,
+    PROPOSAL_ID,
+    STATE_MASKS,
+    TARGET_Q,
+)
+from learning.data.split import split_groups
 from sim.namo.keys import ACTION_KEYS, FILE_GLOB, FILE_RE, STATE_KEYS, TARGET_KEY
 from sim.namo.mask_files import MaskFileError, read_array
 
@@ -67,28 +77,6 @@ def check_keys(path: Path) -> None:
             raise MaskFileError(f"{path}: missing key {key!r}")
 
 
-def split_episodes(
-    episodes: list[int], fractions: tuple[float, float, float], seed: int
-) -> tuple[list[int], list[int], list[int]]:
-    """Shuffle episode ids (seeded) and cut them into train/val/test by the given fractions.
-
-    With >= 3 episodes and non-zero fractions, val and test get at least one episode each.
-    """
-    total = sum(fractions)
-    if total <= 0 or any(f < 0 for f in fractions):
-        raise ValueError(f"split fractions must be >= 0 with a positive sum, got {fractions}")
-    ids = sorted(set(episodes))
-    np.random.default_rng(seed).shuffle(ids)
-    n = len(ids)
-    n_val = round(n * fractions[1] / total)
-    n_test = round(n * fractions[2] / total)
-    if n >= 3:
-        n_val = max(n_val, 1) if fractions[1] > 0 else 0
-        n_test = max(n_test, 1) if fractions[2] > 0 else 0
-    n_train = n - n_val - n_test
-    return ids[:n_train], ids[n_train : n_train + n_val], ids[n_train + n_val :]
-
-
 def load_item(path: Path, image_size: int | None = None) -> dict[str, torch.Tensor]:
     """Read one mask file into unbatched tensors (see the module docstring for keys)."""
     try:
@@ -105,9 +93,9 @@ def load_item(path: Path, image_size: int | None = None) -> dict[str, torch.Tens
     if image_size is not None:
         state_t, action_t = resize_masks(state_t, image_size), resize_masks(action_t, image_size)
     return {
-        "state_masks": state_t,
-        "action_masks": action_t,
-        "target_q": torch.from_numpy(q.reshape(1)),
+        STATE_MASKS: state_t,
+        ACTION_MASKS: action_t,
+        TARGET_Q: torch.from_numpy(q.reshape(1)),
     }
 
 
@@ -164,11 +152,11 @@ class QFunctionDataset(Dataset):
         item = load_item(f.path, self.image_size)
         if self.augment:
             k = int(torch.randint(8, ()))
-            item["state_masks"] = dihedral(item["state_masks"], k).contiguous()
-            item["action_masks"] = dihedral(item["action_masks"], k).contiguous()
-        item["episode"] = torch.tensor(f.episode)
-        item["goal"] = torch.tensor(f.goal)
-        item["proposal"] = torch.tensor(f.proposal)
+            item[STATE_MASKS] = dihedral(item[STATE_MASKS], k).contiguous()
+            item[ACTION_MASKS] = dihedral(item[ACTION_MASKS], k).contiguous()
+        item[EPISODE_ID] = torch.tensor(f.episode)
+        item[GOAL_ID] = torch.tensor(f.goal)
+        item[PROPOSAL_ID] = torch.tensor(f.proposal)
         return item
 
 
@@ -190,7 +178,8 @@ class QFunctionDataModule(pl.LightningDataModule):
         self.data_dir = data_dir
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.fractions = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)
+        # Cut order of the one seeded permutation (learning/data/split.py): train, val, test.
+        self.fractions = {"train": None, "val": val_fraction, "test": test_fraction}
         self.image_size = image_size
         self.split_seed = split_seed
         self.augment = augment
@@ -206,11 +195,13 @@ class QFunctionDataModule(pl.LightningDataModule):
         if self.splits:
             return
         files = find_mask_files(self.data_dir)
-        names = ("train", "val", "test")
-        episode_splits = split_episodes(
-            [f.episode for f in files], self.fractions, self.split_seed
-        )
-        for name, episodes in zip(names, episode_splits, strict=True):
+        try:
+            episode_splits = split_groups(
+                sorted({f.episode for f in files}), self.fractions, self.split_seed
+            )
+        except ValueError as err:
+            raise MaskFileError(f"{self.data_dir}: {err}") from None
+        for name, episodes in episode_splits.items():
             keep = set(episodes)
             self.split_episodes[name] = sorted(keep)
             self.splits[name] = QFunctionDataset(

@@ -14,32 +14,29 @@ import sys
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from learning.checkpoint import CheckpointError, load_lightning
-from learning.namo.data import QFunctionDataModule
+from learning.data.keys import ACTION_MASKS, EPISODE_ID, GOAL_ID, STATE_MASKS, TARGET_Q
+from learning.namo.data import QFunctionDataset, check_keys, find_mask_files
 from learning.namo.metrics import group_ids, ranking_metrics
 from learning.namo.model import QFunctionNet
+from sim.namo.mask_files import MaskFileError
 
 
 def evaluate(ckpt: str, data_dir: str, batch_size: int = 64) -> dict[str, float]:
     model = load_lightning(QFunctionNet, ckpt)
-    dm = QFunctionDataModule(
-        data_dir,
-        batch_size,
-        num_workers=0,
-        val_fraction=0.0,
-        test_fraction=1.0,
-        image_size=model.image_size,
-    )
-    dm.prepare_data()
-    dm.setup("test")
+    files = find_mask_files(data_dir)  # all held out: no split
+    for f in files:
+        check_keys(f.path)
+    loader = DataLoader(QFunctionDataset(files, model.image_size), batch_size=batch_size)
     cols: dict[str, list[np.ndarray]] = {"pred": [], "target": [], "episode": [], "goal": []}
     with torch.inference_mode():
-        for b in dm.test_dataloader():
-            cols["pred"].append(model(b["state_masks"], b["action_masks"]).reshape(-1).numpy())
-            cols["target"].append(b["target_q"].reshape(-1).numpy())
-            cols["episode"].append(b["episode"].numpy())
-            cols["goal"].append(b["goal"].numpy())
+        for b in loader:
+            cols["pred"].append(model(b[STATE_MASKS], b[ACTION_MASKS]).reshape(-1).numpy())
+            cols["target"].append(b[TARGET_Q].reshape(-1).numpy())
+            cols["episode"].append(b[EPISODE_ID].numpy())
+            cols["goal"].append(b[GOAL_ID].numpy())
     cat = {k: np.concatenate(v) for k, v in cols.items()}
     out = {"mse": float(np.mean((cat["pred"] - cat["target"]) ** 2)), "samples": len(cat["pred"])}
     out.update(ranking_metrics(cat["pred"], cat["target"], group_ids(cat["episode"], cat["goal"])))
@@ -58,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         metrics = evaluate(args.ckpt, args.data_dir, args.batch_size)
-    except CheckpointError as err:
+    except (CheckpointError, MaskFileError) as err:
         sys.exit(f"learning.namo.evaluate: {err}")
     print(json.dumps(metrics))
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from learning.data.keys import ACTION_MASKS, EPISODE_ID, GOAL_ID, STATE_MASKS, TARGET_Q
 from learning.namo.data import resize_masks
 from learning.namo.metrics import group_ids, ranking_metrics
 from sim.namo.keys import ACTION_CHANNELS, ACTION_KEYS, STATE_CHANNELS, STATE_KEYS
@@ -167,17 +168,17 @@ class QFunctionNet(pl.LightningModule):
         return self.decoder(features)
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        pred = self(batch["state_masks"], batch["action_masks"])
-        loss = F.mse_loss(pred, batch["target_q"])
+        pred = self(batch[STATE_MASKS], batch[ACTION_MASKS])
+        loss = F.mse_loss(pred, batch[TARGET_Q])
         batch_size = pred.shape[0]
         self.log(f"{stage}_loss", loss, prog_bar=stage != "test", batch_size=batch_size)
         if stage in self._outputs:
             self._outputs[stage].append(
                 {
                     "pred": pred.detach().reshape(-1).cpu(),
-                    "target": batch["target_q"].reshape(-1).cpu(),
-                    "episode": batch["episode"].cpu(),
-                    "goal": batch["goal"].cpu(),
+                    "target": batch[TARGET_Q].reshape(-1).cpu(),
+                    "episode": batch[EPISODE_ID].cpu(),
+                    "goal": batch[GOAL_ID].cpu(),
                 }
             )
         return loss
