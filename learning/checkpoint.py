@@ -10,10 +10,17 @@ A checkpoint is data, never code (docs/security.md):
   a pickle that names a callable (`__reduce__` -> `os.system`) is refused before anything runs;
 - every `_target_` in the stored model config (and in the kwargs merged into it) must resolve
   to a class defined under `TRUSTED_TARGETS`, checked before Hydra imports or calls anything.
+
+Checkpoints from before contract v2 (issue 9) still load: `read_checkpoint` moves the config
+keys renamed since (`RENAMED_KEYS`, old dotted path -> new) and gives every observation spec of
+the model kwargs the feature type the old encoder inferred from its shape (`OLD_FEATURE_TYPE`).
+Resuming needs nothing: Lightning restores weights and optimizer into the model of today's config.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
 import re
 import warnings
@@ -27,6 +34,23 @@ from hydra.utils import get_object, instantiate
 
 CONFIG_KEY = "roboloop_config"
 MODEL_KWARGS_KEY = "roboloop_model_kwargs"
+
+log = logging.getLogger(__name__)
+
+# Stored config keys renamed by issue 9: old dotted path -> new (None: gone, nothing reads it).
+RENAMED_KEYS: dict[str, str | None] = {
+    # configs/model/flow_bc.yaml: the image encoder comes from a registry (default name "conv").
+    "model.encoder.image_channels": "model.encoder.image_encoder.channels",
+    "model.encoder.image_feature_dim": "model.encoder.image_encoder.feature_dim",
+    # configs/data/*.yaml: one spelling for splits (the quality tool rebuilds `data`).
+    "data.seed": "data.split_seed",
+    "data.val_split": "data.val_fraction",
+    "data.test_split": "data.test_fraction",
+    "data.train_split": None,  # train gets the rest
+}
+# Observation specs stored without a feature type: what the old ObservationEncoder made of the
+# shape's rank, so the rebuilt encoder matches the stored weights.
+OLD_FEATURE_TYPE = {3: "image", 1: "low_dim"}
 
 # Module prefixes a stored `_target_` may name: the workspace's own code, and torch's optimizers
 # and LR schedulers (the training-only `_partial_` factories of every model config).
@@ -85,12 +109,56 @@ def torch_load(path: str | os.PathLike) -> Any:
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A `learning.train` checkpoint as plain data, its config and kwargs in today's keys."""
     ckpt = torch_load(path)
     if not isinstance(ckpt, dict) or CONFIG_KEY not in ckpt:
         raise CheckpointError(
             f"{os.fspath(path)}: checkpoint has no {CONFIG_KEY!r} (not written by learning.train)"
         )
-    return ckpt
+    return upgrade_checkpoint(ckpt, os.fspath(path))
+
+
+def _pop(node: Any, dotted: str) -> tuple[bool, Any]:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.get(key) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or leaf not in node:
+        return False, None
+    return True, node.pop(leaf)
+
+
+def upgrade_checkpoint(ckpt: dict[str, Any], where: str) -> dict[str, Any]:
+    """`ckpt` with `RENAMED_KEYS` moved in its config and `OLD_FEATURE_TYPE` filled into its
+    observation specs (module docstring); a checkpoint in today's keys comes back unchanged."""
+    cfg, kwargs = ckpt[CONFIG_KEY], ckpt.get(MODEL_KWARGS_KEY)
+    moved: list[str] = []
+    if isinstance(cfg, dict):
+        cfg = copy.deepcopy(cfg)
+        for old, new in RENAMED_KEYS.items():
+            found, value = _pop(cfg, old)
+            if not found:
+                continue
+            moved.append(old)
+            if new is None:
+                continue
+            *parents, leaf = new.split(".")
+            node = cfg
+            for key in parents:
+                node = node.setdefault(key, {}) if isinstance(node, dict) else None
+            if not isinstance(node, dict) or leaf in node:
+                raise CheckpointError(f"{where}: config has both {old} and {new}")
+            node[leaf] = value
+    specs = kwargs.get("obs_specs") if isinstance(kwargs, dict) else None
+    if isinstance(specs, dict) and any("feature_type" not in s for s in specs.values()):
+        kwargs = copy.deepcopy(kwargs)
+        for key, spec in kwargs["obs_specs"].items():
+            if "feature_type" not in spec:
+                spec["feature_type"] = OLD_FEATURE_TYPE.get(len(spec.get("shape", ())))
+                moved.append(f"obs_specs.{key}.feature_type")
+    if not moved:
+        return ckpt
+    log.warning("%s: checkpoint from before contract v2, upgraded %s", where, ", ".join(moved))
+    return {**ckpt, CONFIG_KEY: cfg, MODEL_KWARGS_KEY: kwargs}
 
 
 def load_lightning(cls: type[L.LightningModule], path: str | os.PathLike) -> L.LightningModule:
