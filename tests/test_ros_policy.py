@@ -183,6 +183,7 @@ def nodes(models, robot, ros_env, tmp_path_factory) -> dict[str, RosProcess]:
         action_topic=T_ACTION,
         control_rate_hz=RATE_HZ,
         real_time_factor=1.0,
+        spec_topic="",  # this process stands in for the robot: no spec
         stale_periods=STALE_PERIODS,
     )
     params_file = logs / "policy_test.yaml"
@@ -200,6 +201,7 @@ def nodes(models, robot, ros_env, tmp_path_factory) -> dict[str, RosProcess]:
                 **common,
                 "model_path": str(models["corrupt"]),
                 "observation_namespace": "",  # a hand-written topic map
+                "spec_topic": "",
                 "observation_topics": ["/t_policy/c_state", "/t_policy/c_image"],
                 "observation_keys": ["state", "image"],
                 "action_topic": "/t_policy/c_action",
@@ -415,3 +417,54 @@ def test_corrupt_model_leaves_node_alive_and_unconfigured(nodes, robot, models) 
     assert probe.change_state(node, Transition.TRANSITION_ACTIVATE), proc.log_text()
     assert probe.lifecycle_state(node) == "active"
     assert proc.stop() == 0, "policy_node did not exit cleanly on SIGINT"
+
+
+def test_the_real_time_factor_comes_from_the_robot_spec(tmp_path: Path) -> None:
+    """spec_topic: the rate the node ticks at is the model's (robot time) x the spec's real-time
+    factor, both on /diagnostics; a missing spec, or a factor given twice, is one line."""
+    from rclpy.lifecycle import TransitionCallbackReturn as Result
+    from rclpy.parameter import Parameter as Param
+    from roboloop_node_common.robot_spec import SPEC_QOS, DatasetSpec, spec_message
+    from roboloop_policy.node import PolicyNode
+    from std_msgs.msg import String
+
+    from episode_dataset import KeySpec
+
+    model = tmp_path / "state.onnx"
+    make_reference_policy(model, state_dim=STATE_DIM, action_dim=ACTION_DIM, control_rate_hz=50.0)
+    spec = DatasetSpec(
+        {"state": KeySpec("float32", (STATE_DIM,))}, KeySpec("float32", (ACTION_DIM,))
+    )
+    with RosProbe(name="spec_robot") as probe:
+        latch = probe.node.create_publisher(String, "/t_spec/spec", SPEC_QOS)
+        latch.publish(String(data=spec_message(spec, {"state": "/t_spec/state"}, 0.4)))
+        params = {
+            "model_path": str(model),
+            "device": "cpu",
+            "observation_namespace": "/t_spec",
+            "spec_topic": "/t_spec/spec",
+            "spec_timeout_s": 10.0,
+        }
+        node = PolicyNode(
+            context=probe.context,
+            parameter_overrides=[Param(k, value=v) for k, v in params.items()],
+        )
+        try:
+            assert node.trigger_configure() == Result.SUCCESS, node.configure_error
+            values: dict[str, str] = {}
+            node.status(values, DiagnosticStatus.OK, "")
+            rates = {k: values[k] for k in ("control_rate_hz", "real_time_factor")}
+            assert rates == {"control_rate_hz": "50", "real_time_factor": "0.4"}
+            assert values["control_ticks_per_s"] == "20"
+            assert node.trigger_cleanup() == Result.SUCCESS
+            node.set_parameters([Param("real_time_factor", value=0.5)])
+            assert node.trigger_configure() == Result.FAILURE
+            assert "both give the real-time factor: set only one" in node.configure_error
+            missing = {"spec_topic": "/t_none", "real_time_factor": 0.0, "spec_timeout_s": 0.5}
+            node.set_parameters([Param(k, value=v) for k, v in missing.items()])
+            assert node.trigger_configure() == Result.FAILURE
+            assert node.configure_error == (
+                "no spec on /t_none within 0.5 s (spec_timeout_s); is the sim bridge running?"
+            )
+        finally:
+            node.destroy_node()

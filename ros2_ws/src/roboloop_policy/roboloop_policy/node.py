@@ -27,6 +27,7 @@ from rclpy.qos import (
 )
 from roboloop_node_common.faults import OK, WARN
 from roboloop_node_common.model_node import ModelNode, ModelParams, model_parameters
+from roboloop_node_common.robot_spec import wait_for_spec
 from roboloop_node_common.runtime import run_node
 from sensor_msgs.msg import Image, JointState
 
@@ -35,8 +36,10 @@ from roboloop_policy.observations import (
     BindingError,
     ObservationBinding,
     bind_observations,
+    check_against_spec,
     convention_topic_map,
     decode,
+    real_time_factor_of,
 )
 from roboloop_policy.safety import DEFAULT_MAX_NORMALIZED, ObservationRange
 from roboloop_runtime import OnnxPolicy, check_control_rate
@@ -74,10 +77,16 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
         "control steps per second of robot time; 0 = control_rate_hz from model metadata",
     ),
     "real_time_factor": (
-        1.0,
+        0.0,
         "robot seconds per wall-clock second (a sim run slower than real time): the control "
-        "timer ticks control_rate_hz x this per wall-clock second",
+        "timer ticks control_rate_hz x this per wall-clock second; 0 = the spec_topic's, else 1",
     ),
+    "spec_topic": (
+        "",
+        "latched spec of the robot (a sim bridge's /sim/spec) to take real_time_factor from and "
+        "check the model's observations against; '' = not used",
+    ),
+    "spec_timeout_s": (30.0, "spec_topic: configure fails when no spec arrives within this"),
     "stale_periods": (3.0, "an observation older than this many control periods is stale"),
     "safe_action": ("zeros", "action published while stale: zeros | hold (last action)"),
     "max_normalized_observation": (
@@ -97,6 +106,8 @@ class PolicyParams(ModelParams):
     action_topic: str
     control_rate_hz: float
     real_time_factor: float
+    spec_topic: str
+    spec_timeout_s: float
     stale_periods: float
     safe_action: str
     max_normalized_observation: float
@@ -114,6 +125,7 @@ class PolicyNode(ModelNode):
         self._action_pub: Any = None
         self._control_timer: Any = None
         self._action_names: list[str] = []
+        self._rates = (0.0, 1.0, "")  # robot rate, real-time factor, where the factor is from
         super().__init__(**kwargs)
 
     # ---- model node hooks -----------------------------------------------------------------
@@ -147,6 +159,11 @@ class PolicyNode(ModelNode):
             model=params.model_path,
             limits=limits,
         )
+        spec = None
+        if params.spec_topic:
+            spec = wait_for_spec(self, params.spec_topic, params.spec_timeout_s)
+            check_against_spec(bindings, spec, params.spec_topic)
+        rtf = real_time_factor_of(params.real_time_factor, spec, params.spec_topic)
         if params.control_rate_hz:
             check_control_rate(params.control_rate_hz, "parameter control_rate_hz")
         rate = params.control_rate_hz or meta.control_rate_hz
@@ -162,9 +179,7 @@ class PolicyNode(ModelNode):
                 f"trained at ({trained:g} Hz)"
             )
         try:
-            wall_rate = check_control_rate(
-                rate * params.real_time_factor, "control rate x real_time_factor"
-            )
+            wall_rate = check_control_rate(rate * rtf, "control rate x real_time_factor")
             loop = PolicyLoop(policy, 1.0 / wall_rate, params.stale_periods, params.safe_action)
             # Runs the graph once: a model that cannot run, or whose output disagrees with
             # its metadata, fails here, not on the first control tick.
@@ -172,6 +187,8 @@ class PolicyNode(ModelNode):
         except ValueError as err:  # ModelOutputError is a ValueError too
             raise ValueError(f"{params.model_path}: {err}") from None
         self._loop, self._bindings = loop, bindings
+        source = f"spec on {params.spec_topic}" if spec else "parameter"
+        self._rates = (rate, rtf, source if spec or params.real_time_factor else "default")
         return policy
 
     def configured(self, params: PolicyParams) -> str:
@@ -196,8 +213,15 @@ class PolicyNode(ModelNode):
             f"configured {params.model_path} on {self.model.provider}: "
             + ", ".join(f"{b.topic} -> {b.key} {list(b.spec.shape)}" for b in self._bindings)
             + f"; obs_steps={meta.obs_steps} horizon={meta.horizon} "
-            f"n_action_steps={meta.n_action_steps} rate={1.0 / loop.period_s:g} Hz; "
+            f"n_action_steps={meta.n_action_steps}; {self._rate_text(loop)}; "
             f"action bounds ({bounds.source}) {bounds.low.tolist()} .. {bounds.high.tolist()}"
+        )
+
+    def _rate_text(self, loop: PolicyLoop) -> str:
+        rate, rtf, source = self._rates
+        return (
+            f"control rate {rate:g} Hz (robot time) x real_time_factor {rtf:g} ({source}) = "
+            f"{1.0 / loop.period_s:g} ticks per wall-clock second"
         )
 
     def start(self, params: PolicyParams) -> None:
@@ -287,7 +311,9 @@ class PolicyNode(ModelNode):
         if loop is not None and self.model is not None:
             meta = loop.meta
             values.update(
-                control_rate_hz=f"{1.0 / loop.period_s:g}",
+                control_rate_hz=f"{self._rates[0]:g}",  # robot steps per second
+                real_time_factor=f"{self._rates[1]:g}",
+                control_ticks_per_s=f"{1.0 / loop.period_s:g}",  # wall-clock timer rate
                 obs_steps=str(meta.obs_steps),
                 horizon=str(meta.horizon),
                 n_action_steps=str(meta.n_action_steps),

@@ -15,13 +15,17 @@ time; `decode` turns one received message into the array for its key with the sh
 (roboloop_runtime.codecs) and rejects values absurdly far from the training data's
 normalization stats, or raises `MessageError` (whose `reason` the node counts per topic; such a
 message is dropped, never fed to the model).
+
+With `spec_topic` the robot's latched spec (`roboloop_node_common.robot_spec`) says how fast it
+runs (`real_time_factor_of`) and what it publishes: `check_against_spec` refuses, at configure,
+a model observation the robot does not publish, or publishes with another feature or shape.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +39,9 @@ from roboloop_runtime.codecs import (
     decode_joint_state,
 )
 from roboloop_runtime.topics import TopicNameError, observation_message_type, observation_topic
+
+if TYPE_CHECKING:  # a type only: this module stays ROS-free
+    from roboloop_node_common.robot_spec import DatasetSpec
 
 
 class BindingError(ValueError):
@@ -140,3 +147,37 @@ def decode(binding: ObservationBinding, msg: Any) -> np.ndarray:
     if binding.limit is not None:
         binding.limit.check(value, binding.key)
     return value
+
+
+def check_against_spec(
+    bindings: Sequence[ObservationBinding], spec: DatasetSpec, spec_topic: str
+) -> None:
+    """Every bound model observation is a key of the robot's spec, of the same feature type and
+    shape (BindingError, one line, otherwise)."""
+    for b in bindings:
+        published = spec.obs_specs.get(b.key)
+        if published is None:
+            raise BindingError(
+                f"the model needs observation {b.key!r} but the spec on {spec_topic} has only "
+                f"{sorted(spec.obs_specs)}"
+            )
+        if (published.feature_type, published.shape) != (b.spec.feature_type, b.spec.shape):
+            raise BindingError(
+                f"observation {b.key!r}: the model takes {b.spec.feature_type} "
+                f"{b.spec.shape}, the spec on {spec_topic} publishes {published.feature_type} "
+                f"{published.shape}"
+            )
+
+
+def real_time_factor_of(parameter: float, spec: DatasetSpec | None, spec_topic: str) -> float:
+    """The real-time factor from exactly one source: the parameter (0 = unset: 1) or the spec."""
+    if spec is None:
+        return parameter or 1.0
+    if parameter:
+        raise BindingError(
+            f"parameters real_time_factor ({parameter:g}) and spec_topic ({spec_topic}) both "
+            "give the real-time factor: set only one (real_time_factor 0 takes the spec's)"
+        )
+    if spec.real_time_factor is None:
+        raise BindingError(f"the spec on {spec_topic} has no real_time_factor")
+    return spec.real_time_factor

@@ -121,3 +121,28 @@ def test_topics_follow_from_the_declared_features_by_the_convention() -> None:
         bind_observations(["/x"], ["x"], {"x": ObsSpec((4, 5, 3), "uint8", "low_dim")})
     with pytest.raises(BindingError, match="observation_namespace: topic namespace 'robot'"):
         convention_topic_map(OBS, "robot")
+
+
+def test_the_robot_spec_gives_the_real_time_factor_and_must_publish_the_model_inputs() -> None:
+    from roboloop_node_common.robot_spec import DatasetSpec
+    from roboloop_policy.observations import check_against_spec, real_time_factor_of
+
+    from episode_dataset import KeySpec
+
+    state, image = KeySpec("float32", (3,)), KeySpec("uint8", (4, 5, 3), encoding="rgb8")
+    spec = DatasetSpec({"state": state, "image": image}, KeySpec("float32", (2,)), {}, 0.4)
+    check_against_spec(list(bindings().values()), spec, "/sim/spec")
+    assert real_time_factor_of(0.0, spec, "/sim/spec") == 0.4
+    assert real_time_factor_of(0.0, None, "") == 1.0 and real_time_factor_of(0.5, None, "") == 0.5
+    with pytest.raises(BindingError, match=r"real_time_factor \(0.4\) and spec_topic \(/s\)"):
+        real_time_factor_of(0.4, spec, "/s")
+    cases = [
+        ({"state": state}, "needs observation 'image' but the spec on /s has only \\['state'\\]"),
+        (
+            {"state": KeySpec("float32", (7,)), "image": image},
+            r"'state': the model takes low_dim \(3,\), the spec on /s publishes low_dim \(7,\)",
+        ),
+    ]
+    for obs, match in cases:
+        with pytest.raises(BindingError, match=match):
+            check_against_spec(list(bindings().values()), DatasetSpec(obs, state), "/s")

@@ -18,7 +18,6 @@ import importlib
 import json
 import signal
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,8 @@ from rclpy.qos import (
     QoSProfile,
     ReliabilityPolicy,
 )
-from rclpy.wait_for_message import wait_for_message
 from roboloop_node_common.entry import STOP
+from roboloop_node_common.robot_spec import DatasetSpec, wait_for_spec
 from roboloop_node_common.runtime import (
     DIAGNOSTICS_QOS,
     DIAGNOSTICS_TOPIC,
@@ -39,7 +38,6 @@ from roboloop_node_common.runtime import (
     publish_status,
     run_node,
 )
-from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from roboloop_recorder.qos_choice import (
@@ -52,13 +50,7 @@ from roboloop_recorder.qos_choice import (
     needs_resubscribe,
 )
 from roboloop_recorder.session import RecordingSession, SessionConfig
-from roboloop_recorder.spec import (
-    DatasetSpec,
-    Recording,
-    parse_spec_message,
-    plan_recording,
-    read_dataset_spec,
-)
+from roboloop_recorder.spec import Recording, plan_recording, read_dataset_spec
 from roboloop_recorder.topics import RecorderConfigError, dataset_specs
 from roboloop_recorder.writer_thread import EpisodeWriterThread
 
@@ -165,7 +157,6 @@ _DURABILITY = {
     DurabilityPolicy.TRANSIENT_LOCAL: TRANSIENT_LOCAL,
     DurabilityPolicy.VOLATILE: VOLATILE,
 }
-SPEC_POLL_S = 0.2  # spec_topic: wait in slices this long, checking for a stop signal
 STOP_WAIT_S = 10.0  # ~/stop_episode waits this long for the commit before it answers
 # Counters that make /diagnostics WARN once above zero (a failed write makes it ERROR).
 WARN_COUNTERS = (
@@ -321,7 +312,8 @@ class RecorderNode(TableParameters, LifecycleNode):
         if p.spec_path:
             spec, source = read_dataset_spec(p.spec_path), f"spec_path {p.spec_path}"
         elif p.spec_topic:
-            spec, source = self._wait_for_spec(p), f"spec on {p.spec_topic}"
+            spec = wait_for_spec(self, p.spec_topic, p.spec_timeout_s)
+            source = f"spec on {p.spec_topic}"
         else:
             source = "env_args_json"
         lists = None if spec else [list(getattr(p, n)) for n in TOPIC_LISTS]
@@ -333,28 +325,6 @@ class RecorderNode(TableParameters, LifecycleNode):
             control_rate_hz=p.control_rate_hz,
             real_time_factor=p.real_time_factor,
             source=source,
-        )
-
-    def _wait_for_spec(self, p: RecorderParams) -> DatasetSpec:
-        qos = QoSProfile(
-            depth=1,
-            reliability=ReliabilityPolicy.RELIABLE,
-            durability=DurabilityPolicy.TRANSIENT_LOCAL,
-        )
-        self.get_logger().info(f"waiting up to {p.spec_timeout_s:g} s for {p.spec_topic}")
-        deadline = time.monotonic() + p.spec_timeout_s
-        # Short waits: a stop signal (STOP, set by the entry point) must not wait for the spec.
-        while not STOP.is_set() and time.monotonic() < deadline:
-            ok, msg = wait_for_message(
-                String, self, p.spec_topic, qos_profile=qos, time_to_wait=SPEC_POLL_S
-            )
-            if ok:
-                return parse_spec_message(msg.data, p.spec_topic)
-        if STOP.is_set():
-            raise RecorderConfigError(f"stopped while waiting for {p.spec_topic}")
-        raise RecorderConfigError(
-            f"no spec on {p.spec_topic} within {p.spec_timeout_s:g} s (spec_timeout_s); "
-            "is the sim bridge running?"
         )
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:

@@ -5,8 +5,8 @@ Three sources, one result (`Recording`: topic specs, env_args, control rate, rea
 - the parallel-array parameters `topics/types/keys/shapes/fields` (any robot, written by hand);
 - `spec_path`: an existing dataset (e.g. one written by `sim.collect`, or the file being
   appended to): its observation/action KeySpecs and env_args;
-- `spec_topic`: the latched spec a sim bridge publishes (`<namespace>/spec`, std_msgs/String
-  JSON, `sim.spec.env_spec` with the topic of each key and the bridge's real-time factor).
+- `spec_topic`: the latched spec a sim bridge publishes (`<namespace>/spec`,
+  `roboloop_node_common.robot_spec`: the topic of each key and the bridge's real-time factor).
 
 A dataset spec becomes topics by the one convention (`roboloop_runtime.topics`): each key is
 read from its KeySpec's `source_topic` when the spec names one, else from
@@ -21,28 +21,19 @@ recorded timeline then runs at control_rate_hz x real_time_factor steps per stam
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from episode_dataset import ACTIONS, DONES, OBS, REWARDS, EpisodeReader, KeySpec
+from roboloop_node_common.robot_spec import DatasetSpec
+
+from episode_dataset import ACTIONS, DONES, OBS, REWARDS, EpisodeReader
 from roboloop_recorder.topics import RecorderConfigError, TopicSpec, parse_topics
 from roboloop_runtime.topics import observation_message_type, observation_topic, step_topic
 
 # env_args key of the control rate (robot steps per second), as training reads it
 RATE_KEY = "control_rate_hz"
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """What a dataset holds per step: observation KeySpecs, the action KeySpec, env_args."""
-
-    obs_specs: dict[str, KeySpec]
-    action_spec: KeySpec
-    env_args: dict[str, Any] = field(default_factory=dict)
-    real_time_factor: float | None = None  # a live robot's spec says how fast it runs
 
 
 @dataclass(frozen=True)
@@ -59,19 +50,6 @@ def read_dataset_spec(path: str) -> DatasetSpec:
     """The spec of an existing dataset file (DatasetError names the file when it is not one)."""
     with EpisodeReader(path) as reader:
         return DatasetSpec(dict(reader.obs_specs), reader.action_spec, dict(reader.env_args))
-
-
-def parse_spec_message(text: str, topic: str) -> DatasetSpec:
-    """The JSON a sim bridge latches on its spec topic -> DatasetSpec (one-line errors)."""
-    try:
-        data = json.loads(text)
-        obs = {k: KeySpec.from_dict(v) for k, v in data["obs_specs"].items()}
-        action = KeySpec.from_dict(data["action_spec"])
-        env_args = dict(data.get("env_args") or {})
-        rtf = data.get("real_time_factor")
-        return DatasetSpec(obs, action, env_args, None if rtf is None else float(rtf))
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise RecorderConfigError(f"spec on {topic} is not a dataset spec: {err}") from None
 
 
 def topics_from_spec(spec: DatasetSpec, namespace: str) -> list[TopicSpec]:

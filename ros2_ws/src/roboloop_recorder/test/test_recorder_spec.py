@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from roboloop_recorder.spec import (
+from roboloop_node_common.robot_spec import (
     DatasetSpec,
+    SpecError,
     parse_spec_message,
-    plan_recording,
-    read_dataset_spec,
+    spec_message,
 )
+from roboloop_recorder.spec import plan_recording, read_dataset_spec
 from roboloop_recorder.topics import RecorderConfigError
 
 from episode_dataset import EpisodeWriter, KeySpec
@@ -76,5 +77,14 @@ def test_rates_that_disagree_with_the_spec_are_one_line_errors() -> None:
 
 
 def test_a_bad_spec_message_is_one_line_naming_the_topic() -> None:
-    with pytest.raises(RecorderConfigError, match="spec on /sim/spec is not a dataset spec"):
+    with pytest.raises(SpecError, match="spec on /sim/spec is not a dataset spec"):
         parse_spec_message('{"obs_specs": {}}', "/sim/spec")
+
+
+def test_what_the_bridge_latches_is_what_the_readers_parse() -> None:
+    spec = DatasetSpec({"state": STATE, "image": IMAGE}, ACTION, RATE)
+    text = spec_message(spec, {"state": "/sim/state", "image": "/sim/image"}, 0.4)
+    back = parse_spec_message(text, "/sim/spec")
+    assert back.obs_specs["image"].is_image and back.obs_specs["image"].shape == (8, 6, 3)
+    assert back.obs_specs["state"].source_topic == "/sim/state"
+    assert (back.env_args, back.real_time_factor) == (RATE, 0.4)

@@ -35,6 +35,7 @@ from rclpy.qos import (
     qos_profile_system_default,
 )
 from rclpy.time import Time
+from roboloop_node_common.robot_spec import SPEC_QOS, spec_message
 from roboloop_node_common.runtime import (
     DIAGNOSTICS_QOS,
     DIAGNOSTICS_TOPIC,
@@ -70,13 +71,6 @@ COMMAND_QOS = QoSProfile(
     reliability=QoSReliabilityPolicy.RELIABLE,
     durability=QoSDurabilityPolicy.VOLATILE,
 )
-# The spec is latched metadata (like /robot_description): a late reader still gets it.
-SPEC_QOS = QoSProfile(
-    depth=1,
-    reliability=QoSReliabilityPolicy.RELIABLE,
-    durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
-)
-
 PARAMETERS: dict[str, tuple[Any, str]] = {
     "env_id": ("Reacher-v5", "Environment id registered by sim (sim.make)."),
     "env_kwargs_json": ("{}", "JSON dict of extra keyword arguments for sim.make."),
@@ -216,9 +210,7 @@ class SimBridgeNode(TableParameters, LifecycleNode):
             "done": self.create_publisher(Bool, events["done"], EVENT_QOS),
             "spec": self.create_publisher(String, announce_topic, SPEC_QOS),
         }
-        self._pubs["spec"].publish(
-            String(data=json.dumps(spec_message(spec, topics, p.real_time_factor)))
-        )
+        self._pubs["spec"].publish(String(data=spec_message(spec, topics, p.real_time_factor)))
         self._diag = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, DIAGNOSTICS_QOS)
         self._action_topic = action_topic
         self._entities = [
@@ -450,18 +442,6 @@ class SimBridgeNode(TableParameters, LifecycleNode):
 
 
 STEP_OUTPUTS = ("applied_action", "reward", "done")  # with the observations: wait_for_subscribers
-
-
-def spec_message(spec: Any, topics: dict[str, str], real_time_factor: float) -> dict[str, Any]:
-    """The latched `spec` JSON: the dataset spec of the env (`sim.spec.EnvSpec`: KeySpecs with
-    the topic each key is published on, env_args with the control rate) and how fast it runs."""
-    obs = {key: {**s.to_dict(), "source_topic": topics[key]} for key, s in spec.obs_specs.items()}
-    return {
-        "obs_specs": obs,
-        "action_spec": spec.action_spec.to_dict(),
-        "env_args": spec.env_args,
-        "real_time_factor": real_time_factor,
-    }
 
 
 def main(args: list[str] | None = None) -> int:
