@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from episode_dataset import IMAGE
+from roboloop_runtime.topics import observation_topic
 
 NAME = "ros_policy_latency"
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +91,7 @@ def ros_latency(model_path: Path, rate_hz: float, seconds: float, log_dir: Path)
 
     meta = PolicyMetadata.from_dict(OnnxModel(model_path, device="cpu").metadata)
     keys = list(meta.observations)
-    topics = [f"{TOPIC_PREFIX}/{key}" for key in keys]
+    topics = [observation_topic(key, TOPIC_PREFIX) for key in keys]  # the node's convention
     proc = start_node(
         "policy_node",
         params_file=PARAMS_FILE,
@@ -98,8 +99,9 @@ def ros_latency(model_path: Path, rate_hz: float, seconds: float, log_dir: Path)
             "model_path": str(model_path),
             "device": "cpu",
             "inference_threads": 1,
-            "observation_topics": topics,
-            "observation_keys": keys,
+            "observation_namespace": TOPIC_PREFIX,  # <namespace>/<key> for every model key
+            "spec_topic": "",  # no sim bridge here: the bench paces in real time
+            "real_time_factor": 1.0,
             "action_topic": f"{TOPIC_PREFIX}/action",
             "control_rate_hz": float(rate_hz),
             "stale_periods": 20.0,  # measure latency, not the watchdog
