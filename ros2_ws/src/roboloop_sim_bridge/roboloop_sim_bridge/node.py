@@ -93,7 +93,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
         "publisher, so no episode begins with zero actions while the policy is loading.",
     ),
     "start_delay_s": (
-        0.5,
+        1.5,
         "After wait_for_subscribers is met, wait this long: a best-effort reader drops samples "
         "from a writer it has not matched yet, although the writer already matched it.",
     ),
