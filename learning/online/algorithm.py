@@ -1,0 +1,99 @@
+"""The interface every online algorithm (PPO, SAC, later Dreamer) gives the shared loop.
+
+An algorithm is a LightningModule that holds the maths and names its networks; the loop
+(`learning.online.loop`) owns envs, collection, storage, evaluation, logging and checkpoints:
+
+    learner = fabric.setup(algo, *algo.configure_optimizers())   # Fabric-wrapped: DDP, devices
+    storage = algo.make_storage(num_envs, device)                  # RolloutStorage | ReplayBuffer
+    loop:  with torch.inference_mode():                            # the player: same weights
+               actions, extras = algo.act(obs)                     # raw obs in, env actions out
+           step envs -> Transition(obs, actions, extras, rewards, terminated, truncated, next_obs)
+           algo.observe(storage, transition)                       # stats + store (bookkeeping)
+           if algo.ready(storage, env_steps):
+               scalars = algo.update(fabric, learner, optimizers, storage, progress)
+    export: algo.export_graph() / export_metadata()                # the deterministic `actor`
+
+Observations reach `act`/`observe` raw, as the env's dict of tensors {key: (B, *shape)} (a
+low_dim-only algorithm concatenates its keys in sorted order); normalization lives inside the
+algorithm as buffers, so it travels in `state_dict` and is baked into the exported actor.
+`update` returns tensors (no `.item()`: the loop syncs once when it logs). Gradients reach DDP
+only through methods the loop marks as forward methods (`forward_methods`): call them on
+`learner`, not on `self`.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+from lightning.fabric import Fabric
+
+
+class AlgorithmError(ValueError):
+    """An env the algorithm cannot handle, or a checkpoint of another algorithm (one line)."""
+
+
+@dataclass
+class Transition:
+    """One vector-env step, tensors with a leading env axis (B)."""
+
+    obs: dict[str, torch.Tensor]  # {key: (B, *shape)} raw observation acted on
+    actions: torch.Tensor  # (B, A) as sent to the env
+    extras: dict[str, torch.Tensor]  # what `act` returned beside the actions (log-prob, value)
+    rewards: torch.Tensor  # (B,)
+    terminated: torch.Tensor  # (B,) bool: a true end, no bootstrap
+    truncated: torch.Tensor  # (B,) bool: time limit, bootstrap from next_obs
+    next_obs: dict[str, torch.Tensor]  # the step's real next observation (final obs at a reset)
+
+
+class OnlineAlgorithm(L.LightningModule, abc.ABC):
+    """Hooks the shared loop calls (module docstring). Constructor kwargs: the hyperparameters
+    plus the env dimensions `obs_specs`, `action_dim`, `control_rate_hz`, `action_bounds`
+    (learning.data.spec.model_dims), so `learning.checkpoint.load_model` rebuilds it."""
+
+    algorithm: ClassVar[str]  # "ppo", "sac": checkpoints carry it; resume refuses another
+    on_policy: ClassVar[bool]
+    forward_methods: ClassVar[tuple[str, ...]] = ()  # gradient-carrying methods (DDP-synced)
+
+    @abc.abstractmethod
+    def make_storage(self, num_envs: int, device: torch.device) -> Any:
+        """A fresh RolloutStorage (on-policy) or ReplayBuffer (off-policy)."""
+
+    @abc.abstractmethod
+    def act(
+        self, obs: dict[str, torch.Tensor], deterministic: bool = False
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Actions in env units (B, A) for raw obs {key: (B, *shape)}, and extras for
+        storage. Called by the player under `torch.inference_mode` (evaluation:
+        deterministic=True)."""
+
+    @abc.abstractmethod
+    def observe(self, storage: Any, step: Transition) -> None:
+        """Collect-step bookkeeping: update running statistics, add the step to storage."""
+
+    @abc.abstractmethod
+    def ready(self, storage: Any, env_steps: int) -> bool:
+        """Whether to call `update` now (PPO: the rollout is full)."""
+
+    @abc.abstractmethod
+    def update(
+        self,
+        fabric: Fabric,
+        learner: torch.nn.Module,
+        optimizers: list[torch.optim.Optimizer],
+        storage: Any,
+        progress: float,
+    ) -> dict[str, torch.Tensor]:
+        """Gradient steps on `storage`; `progress` in [0, 1] of the run (LR annealing).
+        Returns scalar tensors for TensorBoard (the loop syncs them when it logs)."""
+
+    @abc.abstractmethod
+    def export_graph(self) -> tuple[torch.nn.Module, dict[str, torch.Tensor], list[str]]:
+        """The deterministic actor: obs.<key> (B, 1, *shape) -> actions (B, 1, A)."""
+
+    @abc.abstractmethod
+    def export_metadata(self) -> dict[str, Any]:
+        """Contract-v2 `actor` fields (observation normalization baked)."""
