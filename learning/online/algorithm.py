@@ -3,6 +3,7 @@
 An algorithm is a LightningModule that holds the maths and names its networks; the loop
 (`learning.online.loop`) owns envs, collection, storage, evaluation, logging and checkpoints:
 
+    algo_cls.check_spaces(obs_space, action_space, env_id)        # refuse unhandled envs first
     learner = fabric.setup(algo, *algo.configure_optimizers())   # Fabric-wrapped: DDP, devices
     storage = algo.make_storage(num_envs, device)                  # RolloutStorage | ReplayBuffer
     loop:  with torch.inference_mode():                            # the player: same weights
@@ -27,13 +28,16 @@ import abc
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import gymnasium as gym
 import lightning as L
 import torch
 from lightning.fabric import Fabric
 
+from learning.train import ConfigError
 
-class AlgorithmError(ValueError):
-    """An env the algorithm cannot handle, or a checkpoint of another algorithm (one line)."""
+
+class AlgorithmError(ConfigError):
+    """An env whose spaces the algorithm cannot handle (one line; learning.train prints it)."""
 
 
 @dataclass
@@ -57,6 +61,14 @@ class OnlineAlgorithm(L.LightningModule, abc.ABC):
     algorithm: ClassVar[str]  # "ppo", "sac": checkpoints carry it; resume refuses another
     on_policy: ClassVar[bool]
     forward_methods: ClassVar[tuple[str, ...]] = ()  # gradient-carrying methods (DDP-synced)
+
+    @classmethod
+    @abc.abstractmethod
+    def check_spaces(
+        cls, observation_space: gym.spaces.Dict, action_space: gym.Space, env_id: str
+    ) -> None:
+        """AlgorithmError (one line naming env_id) for spaces the algorithm cannot handle;
+        called by the loop before anything is built (single-env spaces)."""
 
     @abc.abstractmethod
     def make_storage(self, num_envs: int, device: torch.device) -> Any:
