@@ -104,7 +104,8 @@ class FlowBC(L.LightningModule):
     # ---- Lightning -----------------------------------------------------------------------
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
-        self.log("train_loss", loss, prog_bar=True, on_epoch=True, on_step=False)
+        # sync_dist: under DDP every rank logs (and checkpoints by) the mean over all ranks.
+        self.log("train_loss", loss, prog_bar=True, on_epoch=True, on_step=False, sync_dist=True)
         return loss
 
     def _eval_step(self, batch: Mapping[str, Any], batch_idx: int, split: str) -> torch.Tensor:
@@ -113,8 +114,8 @@ class FlowBC(L.LightningModule):
         loss = self.loss(batch, generator=gen)
         noise = torch.randn(batch[ACTIONS].shape, generator=gen, device=self.device)
         action_mse = F.mse_loss(self.predict_action_chunk(batch[OBS], noise), batch[ACTIONS])
-        self.log(f"{split}_loss", loss, prog_bar=True)
-        self.log(f"{split}_action_mse", action_mse)
+        self.log(f"{split}_loss", loss, prog_bar=True, sync_dist=True)
+        self.log(f"{split}_action_mse", action_mse, sync_dist=True)
         return loss
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
