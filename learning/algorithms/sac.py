@@ -1,0 +1,385 @@
+"""Soft Actor-Critic (Haarnoja et al. 2018, "Soft Actor-Critic Algorithms and Applications",
+arXiv:1812.05905), in one module, the paper's equations beside the lines (as CleanRL does).
+
+    critic      J_Q(θ_j) = E[ ½ (Q_θj(s,a) − y)² ],
+                y = r + γ (1 − d) ( min_j Q_θ̄j(s', a') − α log π(a'|s') ),  a' ~ π(·|s')  (eq. 5-6;
+                twin min from TD3; d = terminated only: a time-limit cut still bootstraps)
+    actor       J_π(φ) = E[ α log π(ã|s) − min_j Q_θj(s, ã) ],  ã = tanh(μ + σ ε), ε ~ N(0, I)
+                                                                                    (eq. 7-13)
+    log-prob    log π(a|s) = log N(u; μ, σ) − Σ_i log(1 − tanh²(u_i)) − Σ_i log(scale_i)
+                                                                        (appendix C, eq. 21)
+    temperature J(α) = E[ −α ( log π(a|s) + H̄ ) ],  H̄ = −|A|                         (eq. 18)
+    targets     θ̄ ← τ θ + (1 − τ) θ̄                                            (polyak, tau)
+
+Speed (docs/online.md; LEARNING_FACTS): the twin critics are ONE stacked module (weights
+(2, in, out), one batched matmul per layer, not two forward passes); Adam is fused (or foreach);
+an update never calls `.item()` or otherwise waits on the device: it returns its scalars as
+tensors and the loop reads them when it logs. `compile=True` wraps the update in torch.compile.
+
+Observations are dicts of low-dimensional keys (flattened, concatenated in sorted key order);
+actions are a bounded Box, squashed by tanh and scaled to its bounds. The exported actor is the
+deterministic mean action, scale · tanh(μ(s)) + bias (contract v2 `actor`, horizon 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gymnasium as gym
+import torch
+import torch.nn.functional as F
+from lightning.fabric import Fabric
+from torch import nn
+
+from learning.online.algorithm import AlgorithmError, OnlineAlgorithm, Transition
+from learning.online.replay import ReplayBuffer
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # CleanRL's range for the actor's log σ
+
+
+# ---- the maths, as functions of tensors (unit-tested against torch.distributions) ----------
+def squashed_gaussian(
+    mean: torch.Tensor, log_std: torch.Tensor, noise: torch.Tensor, scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tanh(u) in (-1, 1), log π(a|s)) for u = μ + σ ε, a = scale · tanh(u) + bias (eq. 21)."""
+    u = mean + log_std.exp() * noise
+    gaussian = (-0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+    # log(1 − tanh²(u)) = 2 (log 2 − u − softplus(−2u)): exact and stable for large |u|.
+    squash = (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
+    return torch.tanh(u), gaussian - squash - scale.log().sum()
+
+
+def td_target(
+    rewards: torch.Tensor,
+    terminated: torch.Tensor,
+    next_q: torch.Tensor,
+    next_log_prob: torch.Tensor,
+    alpha: torch.Tensor,
+    gamma: float,
+) -> torch.Tensor:
+    """y = r + γ (1 − d) (min_j Q_θ̄j(s', a') − α log π(a'|s')); next_q: (K, B) target heads."""
+    soft_value = next_q.min(0).values - alpha * next_log_prob
+    return rewards + gamma * (1.0 - terminated) * soft_value
+
+
+def temperature_loss(
+    log_alpha: torch.Tensor, log_prob: torch.Tensor, target_entropy: float
+) -> torch.Tensor:
+    """J(α) = E[−α (log π + H̄)] (eq. 18), written on log α as SB3/CleanRL do."""
+    return -(log_alpha.exp() * (log_prob.detach() + target_entropy)).mean()
+
+
+@torch.no_grad()
+def polyak_update(target: Sequence[torch.Tensor], online: Sequence[torch.Tensor], tau: float):
+    """θ̄ ← τ θ + (1 − τ) θ̄ for every tensor at once (one foreach kernel)."""
+    torch._foreach_lerp_(list(target), list(online), tau)
+
+
+# ---- networks ---------------------------------------------------------------------------
+class EnsembleLinear(nn.Module):
+    """K independent Linear layers as one batched matmul: (K, B, in) -> (K, B, out)."""
+
+    def __init__(self, k: int, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(in_dim)  # nn.Linear's default init, per member
+        self.weight = nn.Parameter(torch.empty(k, in_dim, out_dim).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(k, 1, out_dim).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+def _relu_mlp(dims: Sequence[int], linear: Any) -> nn.Sequential:
+    """linear(dims[0], dims[1]) -> ReLU -> ... -> linear(dims[-2], dims[-1]) (no final ReLU)."""
+    layers: list[nn.Module] = []
+    for i, o in zip(dims[:-1], dims[1:], strict=False):
+        layers += [linear(i, o), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+class TwinQ(nn.Module):
+    """K critics Q_j(s, a) in one stacked module: (B, obs), (B, A) -> (K, B)."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden: Sequence[int], k: int = 2):
+        super().__init__()
+        dims = [obs_dim + action_dim, *hidden, 1]
+        self.net = _relu_mlp(dims, lambda i, o: EnsembleLinear(k, i, o))
+        self.k = k
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, actions], -1)
+        return self.net(x.expand(self.k, *x.shape)).squeeze(-1)
+
+
+class SquashedGaussianActor(nn.Module):
+    """π_φ(a|s): an MLP trunk, heads μ and log σ; a = scale · tanh(μ + σ ε) + bias."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        hidden: Sequence[int],
+        low: Sequence[float],
+        high: Sequence[float],
+    ) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(*_relu_mlp([obs_dim, *hidden], nn.Linear), nn.ReLU())
+        self.mean = nn.Linear(hidden[-1], action_dim)
+        self.log_std = nn.Linear(hidden[-1], action_dim)
+        low_t = torch.tensor(low, dtype=torch.float32)
+        high_t = torch.tensor(high, dtype=torch.float32)
+        self.register_buffer("scale", (high_t - low_t) / 2)
+        self.register_buffer("bias", (high_t + low_t) / 2)
+
+    def distribution(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ, log σ) with log σ squashed into [LOG_STD_MIN, LOG_STD_MAX]."""
+        h = self.trunk(obs)
+        log_std = torch.tanh(self.log_std(h))
+        return self.mean(h), LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)
+
+    def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(action in env units, log π(a|s)) for the given ε."""
+        mean, log_std = self.distribution(obs)
+        squashed, log_prob = squashed_gaussian(mean, log_std, noise, self.scale)
+        return squashed * self.scale + self.bias, log_prob
+
+    def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
+        """The mean action scale · tanh(μ(s)) + bias (evaluation and export)."""
+        return torch.tanh(self.distribution(obs)[0]) * self.scale + self.bias
+
+
+# ---- the algorithm ----------------------------------------------------------------------
+class SAC(OnlineAlgorithm):
+    """SAC on the shared online loop (learning.online.algorithm.OnlineAlgorithm).
+
+    Defaults are Stable-Baselines3's (so the bench compares like with like): 256x256 ReLU nets,
+    batch 256, lr 3e-4 for actor, critics and temperature, γ 0.99, τ 0.005, α₀ 1, one gradient
+    step per env step after `learning_starts` uniform-random steps.
+    """
+
+    algorithm = "sac"
+    on_policy = False
+    forward_methods = ("critic_loss", "actor_loss")
+
+    def __init__(
+        self,
+        obs_specs: Mapping[str, Mapping[str, Any]],
+        action_dim: int,
+        control_rate_hz: float | None = None,
+        action_bounds: Mapping[str, Any] | None = None,
+        hidden_dims: Sequence[int] = (256, 256),
+        learning_rate: float = 3e-4,
+        gamma: float = 0.99,
+        tau: float = 0.005,
+        batch_size: int = 256,
+        buffer_size: int = 1_000_000,
+        buffer_max_bytes: int | None = 2 * 1024**3,
+        learning_starts: int = 100,
+        gradient_steps: int = 1,
+        init_alpha: float = 1.0,
+        target_entropy: float | None = None,
+        fused_adam: bool = True,
+        compile: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        images = sorted(k for k, s in obs_specs.items() if s.get("feature_type") == "image")
+        if images:
+            raise AlgorithmError(f"SAC takes low-dim observations only; {images[0]!r} is an image")
+        if not action_bounds:
+            raise AlgorithmError("SAC needs action_bounds (a bounded Box action space)")
+        self.save_hyperparameters()
+        self.obs_keys = sorted(obs_specs)
+        obs_dim = sum(math.prod(obs_specs[k]["shape"]) for k in self.obs_keys)
+        low, high = action_bounds["low"], action_bounds["high"]
+        self.actor = SquashedGaussianActor(obs_dim, action_dim, hidden_dims, low, high)
+        self.critic = TwinQ(obs_dim, action_dim, hidden_dims)
+        self.critic_target = TwinQ(obs_dim, action_dim, hidden_dims).requires_grad_(False)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(init_alpha)))
+        # H̄ = −|A| (the paper's heuristic, appendix D)
+        self.target_entropy = -float(action_dim) if target_entropy is None else target_entropy
+        losses = (self._critic_loss, self._actor_loss)
+        if compile:  # measured in docs/online.md; off by default where it does not pay
+            losses = tuple(torch.compile(f) for f in losses)
+        self._critic_fn, self._actor_fn = losses
+        self._warming_up = learning_starts > 0  # the player acts uniformly at random until then
+
+    @classmethod
+    def check_spaces(
+        cls, observation_space: gym.spaces.Dict, action_space: gym.Space, env_id: str
+    ) -> None:
+        """SAC squashes a Gaussian into a box: the actions must be a bounded 1-D Box."""
+        if not isinstance(action_space, gym.spaces.Box):
+            raise AlgorithmError(
+                f"{env_id}: SAC needs continuous (Box) actions, this env's are {action_space}"
+            )
+        if len(action_space.shape) != 1 or not action_space.is_bounded("both"):
+            raise AlgorithmError(
+                f"{env_id}: SAC needs a bounded 1-D Box action space, got {action_space}"
+            )
+
+    # -- observations ------------------------------------------------------------------
+    def flat_obs(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """{key: (B, *shape)} -> (B, obs_dim) float32, keys in sorted order."""
+        return torch.cat([obs[k].flatten(1).float() for k in self.obs_keys], -1)
+
+    # -- the player ---------------------------------------------------------------------
+    def make_storage(self, num_envs: int, device: torch.device) -> ReplayBuffer:
+        hp = self.hparams
+        return ReplayBuffer(
+            hp.obs_specs, hp.action_dim, hp.buffer_size, hp.buffer_max_bytes, hp.seed, device
+        )
+
+    def act(
+        self, obs: dict[str, torch.Tensor], deterministic: bool = False
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x = self.flat_obs(obs)
+        if deterministic:
+            return self.actor.deterministic(x), {}
+        if self._warming_up:  # uniform over the action box until learning starts (SB3's)
+            u = torch.rand(x.shape[0], self.hparams.action_dim, device=x.device) * 2 - 1
+            return u * self.actor.scale + self.actor.bias, {}
+        noise = torch.randn(x.shape[0], self.hparams.action_dim, device=x.device)
+        return self.actor(x, noise)[0], {}
+
+    def observe(self, storage: ReplayBuffer, step: Transition) -> None:
+        storage.add(
+            step.obs, step.actions, step.rewards, step.next_obs, step.terminated, step.truncated
+        )
+        self._warming_up = len(storage) < self.hparams.learning_starts
+
+    def ready(self, storage: ReplayBuffer, env_steps: int) -> bool:
+        hp = self.hparams
+        return len(storage) >= max(hp.learning_starts, 1)
+
+    # -- the learner --------------------------------------------------------------------
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Critic, actor, temperature: three Adams (fused kernels; foreach where unsupported)."""
+        lr = self.hparams.learning_rate
+        impl = {"fused": True} if self.hparams.fused_adam else {"foreach": True}
+        return [
+            torch.optim.Adam(self.critic.parameters(), lr=lr, **impl),
+            torch.optim.Adam(self.actor.parameters(), lr=lr, **impl),
+            torch.optim.Adam([self.log_alpha], lr=lr, **impl),
+        ]
+
+    def _critic_loss(
+        self,
+        obs: torch.Tensor,
+        actions: torch.Tensor,
+        rewards: torch.Tensor,
+        next_obs: torch.Tensor,
+        terminated: torch.Tensor,
+        next_noise: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            next_actions, next_log_prob = self.actor(next_obs, next_noise)  # a' ~ π(·|s')
+            alpha = self.log_alpha.exp()
+            y = td_target(
+                rewards,
+                terminated,
+                self.critic_target(next_obs, next_actions),
+                next_log_prob,
+                alpha,
+                self.hparams.gamma,
+            )
+        q = self.critic(obs, actions)  # (2, B): both heads in one pass
+        return 0.5 * (q - y).pow(2).mean(1).sum(), q.mean()  # Σ_j J_Q(θ_j)
+
+    def _actor_loss(
+        self, obs: torch.Tensor, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        actions, log_prob = self.actor(obs, noise)  # ã = f_φ(ε; s), reparameterized
+        q = self.critic(obs, actions).min(0).values
+        alpha = self.log_alpha.exp().detach()
+        return (alpha * log_prob - q).mean(), log_prob  # J_π(φ)
+
+    def critic_loss(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._critic_fn(*args)
+
+    def actor_loss(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._actor_fn(*args)
+
+    def update(
+        self,
+        fabric: Fabric,
+        learner: nn.Module,
+        optimizers: list[torch.optim.Optimizer],
+        storage: ReplayBuffer,
+        progress: float,
+    ) -> dict[str, torch.Tensor]:
+        critic_opt, actor_opt, alpha_opt = optimizers
+        hp = self.hparams
+        for _ in range(hp.gradient_steps):
+            batch = storage.sample(hp.batch_size)
+            obs, next_obs = self.flat_obs(batch["obs"]), self.flat_obs(batch["next_obs"])
+            noise = torch.randn(2, hp.batch_size, hp.action_dim, device=obs.device)
+
+            q_loss, q_mean = learner.critic_loss(
+                obs, batch["actions"], batch["rewards"], next_obs, batch["terminated"], noise[0]
+            )
+            critic_opt.zero_grad(set_to_none=True)
+            fabric.backward(q_loss)
+            critic_opt.step()
+
+            pi_loss, log_prob = learner.actor_loss(obs, noise[1])
+            actor_opt.zero_grad(set_to_none=True)
+            fabric.backward(pi_loss)
+            actor_opt.step()
+
+            alpha_loss = temperature_loss(self.log_alpha, log_prob, self.target_entropy)
+            alpha_opt.zero_grad(set_to_none=True)
+            fabric.backward(alpha_loss)
+            alpha_opt.step()
+
+            polyak_update(
+                list(self.critic_target.parameters()), list(self.critic.parameters()), hp.tau
+            )
+        return {
+            "loss/critic": q_loss.detach(),
+            "loss/actor": pi_loss.detach(),
+            "loss/temperature": alpha_loss.detach(),
+            "temperature": self.log_alpha.detach().exp(),
+            "entropy": -log_prob.detach().mean(),
+            "q_mean": q_mean.detach(),
+        }
+
+    # -- export -------------------------------------------------------------------------
+    def export_graph(self) -> tuple[nn.Module, dict[str, torch.Tensor], list[str]]:
+        example = {
+            f"obs.{k}": torch.zeros(
+                (2, 1, *self.hparams.obs_specs[k]["shape"]),
+                dtype=getattr(torch, self.hparams.obs_specs[k]["dtype"]),
+            )
+            for k in self.obs_keys
+        }
+        return _ActorGraph(self), example, ["actions"]
+
+    def export_metadata(self) -> dict[str, Any]:
+        hp = self.hparams
+        return {
+            "model_type": "actor",
+            "observations": {k: dict(hp.obs_specs[k]) for k in self.obs_keys},
+            "obs_steps": 1,
+            "action_dim": hp.action_dim,
+            "horizon": 1,
+            "n_action_steps": 1,
+            "control_rate_hz": hp.control_rate_hz,
+            "action_bounds": dict(hp.action_bounds),
+            "normalization": {"baked": True, "stats": {}},  # SAC acts on raw observations
+        }
+
+
+class _ActorGraph(nn.Module):
+    """forward(*obs (B, 1, *shape) in sorted key order) -> actions (B, 1, A), the mean action."""
+
+    def __init__(self, sac: SAC) -> None:
+        super().__init__()
+        self.actor, self.keys = sac.actor, sac.obs_keys
+
+    def forward(self, *obs: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([o[:, -1].flatten(1).float() for o in obs], -1)
+        return self.actor.deterministic(x).unsqueeze(1)

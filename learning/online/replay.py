@@ -1,0 +1,151 @@
+"""Replay buffer for off-policy learners (SAC): preallocated torch storage, memory bounded.
+
+One row per env step of every env: `obs`, `next_obs` (dicts by observation key), `actions`,
+`rewards`, and two separate flags: `terminated` (the MDP ended: no bootstrap) and `truncated`
+(a time limit cut the episode: the target still bootstraps from `next_obs`, which must then be
+the real final observation, not the reset one). Keeping `next_obs` per row doubles observation
+memory but needs no episode bookkeeping at the ring's seam or at auto-resets.
+
+The whole buffer is allocated at construction, so its size is known up front: a buffer larger
+than `max_bytes` is refused with one line (`ReplayMemoryError`), and `describe()` reports it.
+Sampling draws indices from the buffer's own seeded `torch.Generator` (its state is part of
+`state_dict`, so a resumed run samples what an uninterrupted one would).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+MB = 1024**2
+
+
+class ReplayMemoryError(ValueError):
+    """The configured buffer does not fit its memory bound (one line)."""
+
+
+def _dtype(name: str | torch.dtype) -> torch.dtype:
+    return name if isinstance(name, torch.dtype) else getattr(torch, str(name))
+
+
+class ReplayBuffer:
+    """Ring buffer of transitions. `obs_specs`: key -> {"shape": [...], "dtype": "float32"}."""
+
+    def __init__(
+        self,
+        obs_specs: Mapping[str, Mapping[str, Any]],
+        action_dim: int,
+        capacity: int,
+        max_bytes: int | None = None,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if capacity < 1:
+            raise ReplayMemoryError(f"replay buffer: capacity must be >= 1, got {capacity}")
+        self.capacity, self.device = int(capacity), torch.device(device)
+        row: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
+            **{f"obs.{k}": (tuple(s["shape"]), _dtype(s["dtype"])) for k, s in obs_specs.items()},
+            **{
+                f"next_obs.{k}": (tuple(s["shape"]), _dtype(s["dtype"]))
+                for k, s in obs_specs.items()
+            },
+            "actions": ((int(action_dim),), torch.float32),
+            "rewards": ((), torch.float32),
+            "terminated": ((), torch.bool),
+            "truncated": ((), torch.bool),
+        }
+        self.row_bytes = sum(
+            torch.Size(shape).numel() * torch.empty((), dtype=dt).element_size()
+            for shape, dt in row.values()
+        )
+        self.nbytes = self.row_bytes * self.capacity
+        if max_bytes is not None and self.nbytes > max_bytes:
+            raise ReplayMemoryError(
+                f"replay buffer: capacity {self.capacity} x {self.row_bytes} B/transition = "
+                f"{self.nbytes / MB:.1f} MiB exceeds max_bytes {max_bytes / MB:.1f} MiB "
+                "(lower the capacity or raise the bound)"
+            )
+        self.obs_keys = sorted(obs_specs)
+        self.storage = {
+            name: torch.empty((self.capacity, *shape), dtype=dt, device=self.device)
+            for name, (shape, dt) in row.items()
+        }
+        self.pos, self.size = 0, 0
+        self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def describe(self) -> str:
+        """One line for the run log: what the buffer holds and the memory it took."""
+        return (
+            f"replay buffer: {self.capacity} transitions x {self.row_bytes} B = "
+            f"{self.nbytes / MB:.1f} MiB on {self.device}"
+        )
+
+    def add(
+        self,
+        obs: Mapping[str, Any],
+        actions: Any,
+        rewards: Any,
+        next_obs: Mapping[str, Any],
+        terminated: Any,
+        truncated: Any,
+    ) -> None:
+        """Append one step of N envs: every argument has a leading axis N (arrays or tensors)."""
+        values = {
+            **{f"obs.{k}": obs[k] for k in self.obs_keys},
+            **{f"next_obs.{k}": next_obs[k] for k in self.obs_keys},
+            "actions": actions,
+            "rewards": rewards,
+            "terminated": terminated,
+            "truncated": truncated,
+        }
+        n = len(rewards)
+        idx = torch.arange(self.pos, self.pos + n, device=self.device) % self.capacity
+        for name, value in values.items():
+            store = self.storage[name]
+            store[idx] = (
+                torch.as_tensor(value).to(store.device, store.dtype).reshape(n, *store.shape[1:])
+            )
+        self.pos = (self.pos + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size: int) -> dict[str, Any]:
+        """A uniform batch: {"obs": {key: (B, ...)}, "actions", "rewards", "next_obs",
+        "terminated", "truncated"} (flags as float 0/1, ready for `(1 - terminated)`)."""
+        if self.size == 0:
+            raise ValueError("replay buffer: sample() before any add()")
+        idx = torch.randint(self.size, (batch_size,), generator=self.generator, device=self.device)
+        rows = {name: store[idx] for name, store in self.storage.items()}
+        return {
+            "obs": {k: rows[f"obs.{k}"] for k in self.obs_keys},
+            "next_obs": {k: rows[f"next_obs.{k}"] for k in self.obs_keys},
+            "actions": rows["actions"],
+            "rewards": rows["rewards"],
+            "terminated": rows["terminated"].float(),
+            "truncated": rows["truncated"].float(),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The filled rows, ring position and sampler state (tensors and ints only)."""
+        return {
+            "storage": {name: store[: self.size].cpu() for name, store in self.storage.items()},
+            "pos": self.pos,
+            "size": self.size,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        size = int(state["size"])
+        if size > self.capacity or set(state["storage"]) != set(self.storage):
+            raise ValueError(
+                f"replay buffer: saved buffer ({size} rows, {sorted(state['storage'])}) does not "
+                f"fit this one ({self.capacity} rows, {sorted(self.storage)})"
+            )
+        for name, store in self.storage.items():
+            store[:size] = state["storage"][name].to(store.device)
+        self.pos, self.size = int(state["pos"]), size
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,199 @@
+"""SAC and the replay buffer: the maths against torch.distributions and hand-written targets,
+the buffer's memory bound and bootstrapping flags, and SAC on the shared online loop."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import pytest
+import torch
+from lightning.fabric import Fabric
+
+from learning.algorithms.sac import (
+    SAC,
+    SquashedGaussianActor,
+    TwinQ,
+    polyak_update,
+    squashed_gaussian,
+    td_target,
+    temperature_loss,
+)
+from learning.online.algorithm import AlgorithmError, Transition
+from learning.online.replay import ReplayBuffer, ReplayMemoryError
+
+OBS = {"state": {"shape": [3], "dtype": "float32", "feature_type": "low_dim"}}
+BOUNDS = {"low": [-2.0, -0.5], "high": [2.0, 1.5], "source": "env"}
+
+
+def test_squashed_log_prob_matches_torch_distributions() -> None:
+    g = torch.Generator().manual_seed(0)
+    mean, log_std = torch.randn(64, 2, generator=g), torch.randn(64, 2, generator=g) * 0.5
+    noise = torch.randn(64, 2, generator=g)
+    scale, bias = torch.tensor([2.0, 1.0]), torch.tensor([0.0, 0.5])
+    squashed, log_prob = squashed_gaussian(mean, log_std, noise, scale)
+
+    dist = torch.distributions.TransformedDistribution(
+        torch.distributions.Normal(mean, log_std.exp()),
+        [
+            torch.distributions.TanhTransform(),
+            torch.distributions.AffineTransform(bias, scale),
+        ],
+    )
+    action = squashed * scale + bias
+    expected = dist.log_prob(action).sum(-1)
+    torch.testing.assert_close(
+        action, dist.transforms[1](torch.tanh(mean + log_std.exp() * noise))
+    )
+    torch.testing.assert_close(log_prob, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_td_target_bootstraps_unless_terminated() -> None:
+    rewards = torch.tensor([1.0, 1.0])
+    next_q = torch.tensor([[5.0, 3.0], [4.0, 6.0]])  # heads x batch: min is 4, 3
+    next_log_prob = torch.tensor([-1.0, -1.0])
+    y = td_target(rewards, torch.tensor([0.0, 1.0]), next_q, next_log_prob, torch.tensor(0.5), 0.9)
+    # row 0: 1 + 0.9 * (4 + 0.5); row 1 terminated: the reward alone
+    torch.testing.assert_close(y, torch.tensor([1 + 0.9 * 4.5, 1.0]))
+
+
+def test_temperature_loss_raises_alpha_when_entropy_is_below_target() -> None:
+    log_alpha = torch.zeros((), requires_grad=True)
+    log_prob = torch.full((8,), 2.0)  # entropy -2 < target -1: α must grow
+    temperature_loss(log_alpha, log_prob, target_entropy=-1.0).backward()
+    assert log_alpha.grad < 0  # gradient descent increases log α
+    torch.testing.assert_close(log_alpha.grad, torch.tensor(-(2.0 - 1.0)))
+
+
+def test_polyak_moves_targets_by_tau() -> None:
+    target, online = [torch.zeros(3), torch.ones(2)], [torch.ones(3), torch.full((2,), 3.0)]
+    polyak_update(target, online, 0.1)
+    torch.testing.assert_close(target[0], torch.full((3,), 0.1))
+    torch.testing.assert_close(target[1], torch.full((2,), 1.0 * 0.9 + 3.0 * 0.1))
+
+
+def test_twin_q_heads_are_independent_networks_in_one_pass() -> None:
+    torch.manual_seed(0)
+    q = TwinQ(3, 2, [16, 16])
+    obs, act = torch.randn(5, 3), torch.randn(5, 2)
+    out = q(obs, act)
+    assert out.shape == (2, 5)
+    # head j equals a plain MLP with the j-th slice of every stacked weight
+    for j in range(2):
+        x = torch.cat([obs, act], -1)
+        for layer in q.net:
+            x = x @ layer.weight[j] + layer.bias[j] if hasattr(layer, "weight") else layer(x)
+        torch.testing.assert_close(out[j], x.squeeze(-1))
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_actor_mean_action_stays_in_bounds() -> None:
+    actor = SquashedGaussianActor(3, 2, [8], BOUNDS["low"], BOUNDS["high"])
+    with torch.no_grad():
+        for layer in (actor.mean,):
+            layer.weight.mul_(100)  # saturate tanh
+        a = actor.deterministic(torch.randn(256, 3) * 10)
+    assert (a >= torch.tensor(BOUNDS["low"])).all() and (a <= torch.tensor(BOUNDS["high"])).all()
+
+
+def _buffer(capacity: int = 4, **kw) -> ReplayBuffer:
+    return ReplayBuffer(OBS, 2, capacity, **kw)
+
+
+def _step(buf: ReplayBuffer, value: float, n: int = 1, terminated: bool = False) -> None:
+    buf.add(
+        {"state": torch.full((n, 3), value)},
+        torch.full((n, 2), value),
+        torch.full((n,), value),
+        {"state": torch.full((n, 3), value + 0.5)},
+        torch.full((n,), terminated),
+        torch.full((n,), not terminated),
+    )
+
+
+def test_replay_memory_bound_is_enforced_and_reported() -> None:
+    row = (3 + 3 + 2 + 1) * 4 + 2  # obs, next_obs, actions, reward float32 + two bool flags
+    buf = _buffer(10, max_bytes=10 * row)
+    assert buf.nbytes == 10 * row and "10 transitions" in buf.describe()
+    with pytest.raises(ReplayMemoryError, match=r"capacity 11 x 38 B.*exceeds max_bytes"):
+        _buffer(11, max_bytes=10 * row)
+
+
+def test_replay_ring_flags_and_seeded_sampling() -> None:
+    buf = _buffer(4, seed=3)
+    for v in range(3):
+        _step(buf, float(v))
+    _step(buf, 10.0, n=2, terminated=True)  # wraps: overwrites row 0
+    assert len(buf) == 4
+    batch = buf.sample(64)
+    rewards = batch["rewards"]
+    assert set(rewards.tolist()) == {1.0, 2.0, 10.0}  # row 0 (reward 0) was overwritten
+    # terminated and truncated are stored apart and travel with their row
+    torch.testing.assert_close(batch["terminated"], (rewards == 10.0).float())
+    torch.testing.assert_close(batch["truncated"], (rewards != 10.0).float())
+    torch.testing.assert_close(batch["next_obs"]["state"][:, 0], rewards + 0.5)
+
+    again = _buffer(4, seed=3)
+    again.load_state_dict(buf.state_dict())
+    torch.testing.assert_close(again.sample(16)["rewards"], buf.sample(16)["rewards"])
+
+
+def _sac(**kw) -> SAC:
+    return SAC(OBS, 2, 20.0, BOUNDS, hidden_dims=(32, 32), batch_size=16, **kw)
+
+
+def test_sac_refuses_discrete_actions_and_images() -> None:
+    obs_space = gym.spaces.Dict({"state": gym.spaces.Box(-1, 1, (3,))})
+    with pytest.raises(AlgorithmError, match=r"^CartPole-v1: SAC needs continuous \(Box\)"):
+        SAC.check_spaces(obs_space, gym.spaces.Discrete(2), "CartPole-v1")
+    with pytest.raises(AlgorithmError, match="bounded 1-D Box"):
+        SAC.check_spaces(obs_space, gym.spaces.Box(-float("inf"), float("inf"), (2,)), "x")
+    SAC.check_spaces(obs_space, gym.spaces.Box(-1, 1, (2,)), "ok")
+    image = {"rgb": {"shape": [8, 8, 3], "dtype": "uint8", "feature_type": "image"}}
+    with pytest.raises(AlgorithmError, match="'rgb' is an image"):
+        SAC(image, 2, 20.0, BOUNDS)
+
+
+def test_sac_update_learns_a_one_step_reward() -> None:
+    """Terminal one-step task, reward = -|a - target|²: the critic fits it and the actor's mean
+    action moves to the target (the whole update path, losses and temperature together)."""
+    torch.manual_seed(0)
+    fabric = Fabric(accelerator="cpu", devices=1)
+    sac = _sac(learning_starts=0, learning_rate=3e-3)
+    learner, *optims = fabric.setup(sac, *sac.configure_optimizers())
+    for name in sac.forward_methods:
+        fabric.mark_forward_method(learner, name) if hasattr(
+            fabric, "mark_forward_method"
+        ) else None
+    buf = sac.make_storage(1, torch.device("cpu"))
+    target = torch.tensor([1.0, 0.5])
+    for _ in range(8):
+        obs = {"state": torch.randn(64, 3)}
+        actions = torch.rand(64, 2) * 4 - 2
+        actions[:, 1] = actions[:, 1] / 2 + 0.5
+        rewards = -(actions - target).pow(2).sum(-1)
+        done = torch.ones(64, dtype=torch.bool)
+        sac.observe(buf, Transition(obs, actions, {}, rewards, done, ~done, obs))
+    alpha0 = sac.log_alpha.exp().item()
+    for _ in range(300):
+        scalars = sac.update(fabric, learner, optims, buf, 0.0)
+    assert set(scalars) >= {"loss/critic", "loss/actor", "temperature", "entropy"}
+    assert all(v.dim() == 0 for v in scalars.values())  # tensors: the loop syncs when it logs
+    assert scalars["temperature"].item() < alpha0  # entropy above -|A|: α shrinks
+    with torch.no_grad():
+        mean_action = sac.act({"state": torch.randn(32, 3)}, deterministic=True)[0]
+    torch.testing.assert_close(mean_action.mean(0), target, atol=0.15, rtol=0)
+
+
+def test_sac_exported_graph_is_the_mean_action() -> None:
+    sac = _sac()
+    module, example, names = sac.export_graph()
+    obs = torch.randn(4, 1, 3)
+    with torch.no_grad():
+        out = module(obs)
+        expected = sac.act({"state": obs[:, 0]}, deterministic=True)[0]
+    assert names == ["actions"] and out.shape == (4, 1, 2)
+    torch.testing.assert_close(out[:, 0], expected)
+    meta = sac.export_metadata()
+    assert (meta["model_type"], meta["horizon"], meta["obs_steps"]) == ("actor", 1, 1)
+    assert math.isclose(meta["control_rate_hz"], 20.0)
