@@ -1,7 +1,9 @@
 """Run every benchmark: `python -m bench [--quick] [NAME ...]`.
 
 A benchmark is a module bench/<name>.py with `run(quick: bool) -> None` that reports through
-bench.report.report (table on stdout + bench/results/<name>.json).
+bench.report.report (table on stdout + bench/results/<name>.json). Benchmarks in NAMED_ONLY run
+only when named: they need an extra or take long (rl_vs_sb3: stable-baselines3, ~1 h at full
+budget).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 # Before any benchmark imports mujoco: it picks its GL backend once, at import (headless: EGL).
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+NAMED_ONLY = {"rl_vs_sb3"}
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(
@@ -25,11 +29,13 @@ def main() -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="short runs (smoke-level numbers)")
-    parser.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
+    parser.add_argument(
+        "names", nargs="*", help=f"benchmarks to run (default: all but {sorted(NAMED_ONLY)})"
+    )
     args = parser.parse_args()
     here = Path(__file__).resolve().parent
     found = sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name not in ("report",))
-    names = args.names or found
+    names = args.names or [n for n in found if n not in NAMED_ONLY]
     failed = []
     for name in names:
         module = importlib.import_module(f"bench.{name}")

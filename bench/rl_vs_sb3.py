@@ -1,0 +1,265 @@
+"""Online RL against Stable-Baselines3, side by side: same envs, hyperparameters, step budgets
+and evaluation seeds; medians over seeds.
+
+    python -m bench rl_vs_sb3 [--quick]
+    python -m bench.rl_vs_sb3 [--quick] [--cases ppo_halfcheetah sac_pendulum] [--seeds 0 1 2]
+
+Needs the bench extra (stable-baselines3==2.9.2). Each training run is a fresh process (torch
+threads, denormal flushing and compile caches must not leak from one side into the other) and
+ends with a deterministic evaluation on `sim.make(env_id)` with reset seeds EVAL_SEED.. for both
+sides (SB3 trains on `gym.make(env_id)`, the same env without the dict wrapper).
+
+Speed: env-steps/s (PPO) and gradient steps/s (SAC) are counted over the whole training call
+(`learn` / `learning.train.run`: collection, updates, logging), evaluation excluded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import dataclasses
+import importlib.util
+import multiprocessing
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.report import report
+
+EVAL_SEED = 10_000  # evaluation episodes reset with seeds EVAL_SEED, EVAL_SEED + 1, ...
+SEEDS = (0, 1, 2)
+
+# Shared hyperparameters in one vocabulary, mapped onto each side below. They are SB3's
+# defaults (the issue's orientation numbers were measured with them).
+PPO_HYPER: dict[str, Any] = {
+    "num_envs": 1,
+    "n_steps": 2048,  # per env per rollout
+    "batch_size": 64,
+    "n_epochs": 10,
+    "learning_rate": 3e-4,
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
+    "clip_range": 0.2,
+    "ent_coef": 0.0,
+    "vf_coef": 0.5,
+    "max_grad_norm": 0.5,
+    "hidden": [64, 64],
+}
+SAC_HYPER: dict[str, Any] = {
+    "num_envs": 1,
+    "learning_rate": 3e-4,
+    "buffer_size": 1_000_000,
+    "learning_starts": 100,
+    "batch_size": 256,
+    "tau": 0.005,
+    "gamma": 0.99,
+    "train_freq": 1,
+    "gradient_steps": 1,
+    "hidden": [256, 256],
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    algorithm: str  # "ppo" | "sac"
+    env_id: str
+    steps: int
+    quick_steps: int
+    hyper: dict[str, Any] = dataclasses.field(hash=False)
+    target: str  # the issue's target, checked in the table
+
+
+# --quick: tiny budgets (PPO rollouts of 512 steps so 1024 steps make 2 updates), 1 seed.
+QUICK_HYPER = {"ppo": {"n_steps": 512}, "sac": {}}
+
+
+CASES = [
+    Case("ppo_halfcheetah", "ppo", "HalfCheetah-v5", 100_000, 1024, PPO_HYPER, "speed2x+return"),
+    Case("ppo_hopper", "ppo", "Hopper-v5", 100_000, 1024, PPO_HYPER, "speed2x+return"),
+    Case("sac_halfcheetah", "sac", "HalfCheetah-v5", 50_000, 400, SAC_HYPER, "speed2x+return"),
+    Case("sac_pendulum", "sac", "Pendulum-v1", 20_000, 400, SAC_HYPER, "return>=-200"),
+]
+
+
+# ---- one training run per process ----------------------------------------------------------
+class SB3Actor:
+    """A trained SB3 model as a workspace Policy (sim.evaluate drives it)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def reset(self) -> None:
+        pass
+
+    def select_action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        return self.model.predict(obs["state"], deterministic=True)[0]
+
+
+def train_sb3(case: Case, seed: int, steps: int) -> tuple[float, int, SB3Actor]:
+    """(training wall s, gradient steps, deterministic policy)."""
+    from stable_baselines3 import PPO, SAC
+    from stable_baselines3.common.env_util import make_vec_env
+
+    h = case.hyper
+    env = make_vec_env(case.env_id, n_envs=h["num_envs"], seed=seed)
+    shared = {"seed": seed, "device": "cpu", "verbose": 0, "learning_rate": h["learning_rate"]}
+    shared |= {"gamma": h["gamma"], "batch_size": h["batch_size"]}
+    if case.algorithm == "ppo":
+        keys = ("n_steps", "n_epochs", "gae_lambda", "clip_range", "ent_coef", "vf_coef")
+        model = PPO(
+            "MlpPolicy",
+            env,
+            max_grad_norm=h["max_grad_norm"],
+            policy_kwargs={"net_arch": {"pi": h["hidden"], "vf": h["hidden"]}},
+            **{k: h[k] for k in keys},
+            **shared,
+        )
+    else:
+        keys = ("buffer_size", "learning_starts", "tau", "train_freq", "gradient_steps")
+        model = SAC(
+            "MlpPolicy",
+            env,
+            policy_kwargs={"net_arch": h["hidden"]},
+            **{k: h[k] for k in keys},
+            **shared,
+        )
+    start = time.perf_counter()
+    model.learn(total_timesteps=steps)
+    wall = time.perf_counter() - start
+    if case.algorithm == "ppo":  # minibatch steps: epochs x minibatches per rollout
+        rollout = h["n_steps"] * h["num_envs"]
+        grad_steps = model._n_updates * -(-rollout // h["batch_size"])
+    else:
+        grad_steps = model._n_updates
+    env.close()
+    return wall, grad_steps, SB3Actor(model)
+
+
+def train_roboloop(case: Case, seed: int, steps: int) -> tuple[float, int, Any]:
+    """Our side: `learning.train` with `train_<algorithm>` (learning.online)."""
+    raise NotImplementedError(
+        f"roboloop's {case.algorithm.upper()} is not wired into this bench yet "
+        "(learning.online / configs/train_{ppo,sac}.yaml)"
+    )
+
+
+SIDES = {"sb3": train_sb3, "roboloop": train_roboloop}
+
+
+def one_run(side: str, case: Case, seed: int, steps: int, eval_episodes: int) -> dict[str, Any]:
+    """Train, then evaluate deterministically; runs in its own process."""
+    from sim.evaluate import evaluate_policy
+
+    wall, grad_steps, policy = SIDES[side](case, seed, steps)
+    result = evaluate_policy(case.env_id, policy, eval_episodes, EVAL_SEED)
+    return {
+        "wall_s": wall,
+        "env_steps_per_s": steps / wall,
+        "grad_steps_per_s": grad_steps / wall,
+        "eval_return": result.mean_return,
+    }
+
+
+def _run_isolated(*args: Any) -> dict[str, Any]:
+    """one_run in a fresh spawned process; {"error": line} when it fails."""
+    ctx = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        try:
+            return pool.submit(one_run, *args).result()
+        except Exception as err:  # one failed side must not hide the other's numbers
+            return {"error": f"{type(err).__name__}: {err}"}
+
+
+# ---- table ---------------------------------------------------------------------------------
+def _median(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in runs if key in r]
+    return statistics.median(values) if len(values) == len(runs) and values else None
+
+
+def _verdict(case: Case, sb3: list[dict], ours: list[dict], speed_key: str) -> str:
+    ours_ret = [r["eval_return"] for r in ours if "eval_return" in r]
+    if len(ours_ret) < len(ours) or not ours:
+        return "n/a"
+    if case.target == "return>=-200":
+        return "pass" if all(r >= -200 for r in ours_ret) else "fail"
+    ratio = _ratio(_median(ours, speed_key), _median(sb3, speed_key))
+    sb3_ret = _median(sb3, "eval_return")
+    if ratio is None or sb3_ret is None:
+        return "n/a"
+    return "pass" if ratio >= 2.0 and statistics.median(ours_ret) >= sb3_ret else "fail"
+
+
+def _returns(runs: list[dict[str, Any]]) -> list[float | None]:
+    return [round(r["eval_return"], 1) if "eval_return" in r else None for r in runs]
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def run(
+    quick: bool = False, cases: list[str] | None = None, seeds: tuple[int, ...] = SEEDS
+) -> list[dict]:
+    if importlib.util.find_spec("stable_baselines3") is None:
+        raise RuntimeError("needs the bench extra: pip install stable-baselines3==2.9.2")
+    seeds = seeds[:1] if quick and seeds == SEEDS else seeds
+    eval_episodes = 1 if quick else 10
+    rows = []
+    for case in CASES:
+        if cases and case.name not in cases:
+            continue
+        if quick:
+            case = dataclasses.replace(
+                case, steps=case.quick_steps, hyper=case.hyper | QUICK_HYPER[case.algorithm]
+            )
+        steps = case.steps
+        runs = {
+            side: [_run_isolated(side, case, s, steps, eval_episodes) for s in seeds]
+            for side in SIDES
+        }
+        speed_key = "env_steps_per_s" if case.algorithm == "ppo" else "grad_steps_per_s"
+        sb3, ours = runs["sb3"], runs["roboloop"]
+        rows.append(
+            {
+                "case": case.name,
+                "env": case.env_id,
+                "steps": steps,
+                "seeds": len(seeds),
+                "speed": speed_key,
+                "sb3_speed": _median(sb3, speed_key),
+                "ours_speed": _median(ours, speed_key),
+                "speed_ratio": _ratio(_median(ours, speed_key), _median(sb3, speed_key)),
+                "sb3_return": _median(sb3, "eval_return"),
+                "ours_return": _median(ours, "eval_return"),
+                "target": case.target,
+                "sb3_returns": _returns(sb3),
+                "ours_returns": _returns(ours),
+                "verdict": _verdict(case, sb3, ours, speed_key),
+                "runs": sb3 + ours,
+            }
+        )
+    errors = sorted({r["error"] for row in rows for r in row.pop("runs") if "error" in r})
+    note = (
+        f"medians over {len(seeds)} seed(s); return = mean of {eval_episodes} deterministic "
+        f"episodes (reset seeds {EVAL_SEED}..); speed ratio = ours / SB3; SB3 with "
+        f"{torch.get_num_threads()} torch threads (its default here)"
+    ) + "".join(f"\nerror: {e}" for e in errors)
+    report("rl_vs_sb3", rows, note=note)
+    return rows
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.rl_vs_sb3",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny budgets, 1 seed")
+    parser.add_argument("--cases", nargs="*", choices=[c.name for c in CASES], help="subset")
+    parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS), help="run seeds")
+    args = parser.parse_args()
+    run(args.quick, args.cases, tuple(args.seeds))
