@@ -97,3 +97,10 @@ register_task(
         camera={"trackbody": 1, "distance": 4.0, "elevation": -15.0, "azimuth": 90.0},
     ),
 )
+register_task(
+    "Hopper-v5",
+    TaskSpec(
+        "Hopper-v5",
+        camera={"trackbody": 1, "distance": 3.0, "elevation": -15.0, "azimuth": 90.0},
+    ),
+)

@@ -109,6 +109,35 @@ def _half_cheetah(batch: Batch, actions: np.ndarray) -> tuple:
     return observation, reward, np.zeros(len(reward), bool), None
 
 
+def _hopper(batch: Batch, actions: np.ndarray) -> tuple:
+    """gymnasium/envs/mujoco/hopper_v5.py `step`: terminates once unhealthy."""
+    base = batch.bases[0]
+    qpos, qvel = batch.arrays["qpos"], batch.arrays["qvel"]
+    x_before = qpos[:, 0].copy()
+    batch.simulate(actions)
+    x_velocity = (qpos[:, 0] - x_before) / base.dt
+    # is_healthy: state_vector()[2:], z and torso angle inside their open ranges
+    state = np.concatenate([qpos, qvel], axis=1)[:, 2:]
+    (min_state, max_state), (min_z, max_z), (min_angle, max_angle) = (
+        base._healthy_state_range,
+        base._healthy_z_range,
+        base._healthy_angle_range,
+    )
+    healthy = (
+        np.all((min_state < state) & (state < max_state), axis=1)
+        & (min_z < qpos[:, 1])
+        & (qpos[:, 1] < max_z)
+        & (min_angle < qpos[:, 2])
+        & (qpos[:, 2] < max_angle)
+    )
+    forward_reward = base._forward_reward_weight * x_velocity
+    rewards = forward_reward + healthy * base._healthy_reward
+    reward = rewards - base._ctrl_cost_weight * np.sum(np.square(actions), axis=1)
+    position = qpos[:, 1:] if base._exclude_current_positions_from_observation else qpos
+    observation = np.concatenate([position, np.clip(qvel, -10, 10)], axis=1)
+    return observation, reward, ~healthy & base._terminate_when_unhealthy, None
+
+
 def _reacher(batch: Batch, actions: np.ndarray) -> tuple:
     """gymnasium/envs/mujoco/reacher_v5.py `step` (reward and observation after the step)."""
     base = batch.bases[0]
@@ -130,6 +159,7 @@ def _reacher(batch: Batch, actions: np.ndarray) -> tuple:
 # Task name -> its batched step. Extend here; a task without one still vectorizes (slower).
 BATCHED_STEPS: dict[str, BatchedStep] = {
     "HalfCheetah-v5": BatchedStep(("qpos", "qvel"), _half_cheetah),
+    "Hopper-v5": BatchedStep(("qpos", "qvel"), _hopper),
     "Reacher-v5": BatchedStep(("qpos", "qvel", "xpos"), _reacher),
 }
 

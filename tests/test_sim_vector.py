@@ -11,7 +11,9 @@ from sim.vector import BATCHED_STEPS
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 # Short time limits so a few hundred steps cross several episode ends.
-LIMITS = {"Reacher-v5": None, "HalfCheetah-v5": 40, "Pendulum-v1": 30}
+# Hopper-v5 terminates on its own (random actions fall within ~20-60 steps).
+LIMITS = {"Reacher-v5": None, "HalfCheetah-v5": 40, "Hopper-v5": None, "Pendulum-v1": 30}
+TERMINATING = {"Hopper-v5"}
 
 
 def _reference(env_id: str, num_envs: int, seed: int, actions: np.ndarray, **kwargs):
@@ -46,7 +48,7 @@ def test_vector_env_matches_single_envs_step_for_step(env_id: str) -> None:
     obs, infos = envs.reset(seed=seed)
     assert envs.observation_space.contains(obs)
     returns = np.zeros(num_envs)
-    ends = 0
+    ends = terminations = 0
     for batch, row in zip(actions, expected, strict=True):
         obs, reward, terminated, truncated, infos = envs.step(batch)
         returns += [r[2] for r in row]
@@ -60,16 +62,18 @@ def test_vector_env_matches_single_envs_step_for_step(env_id: str) -> None:
                 assert infos["is_success"][i] == info["is_success"]
             if term or trunc:
                 ends += 1
+                terminations += term
                 assert infos["episode"]["r"][i] == pytest.approx(returns[i], rel=1e-9)
                 returns[i] = 0.0
         assert reward.shape == (num_envs,) and terminated.dtype == bool
     assert ends >= num_envs * 2, "the rollout crossed too few episode ends to test autoreset"
+    assert (terminations > 0) == (env_id in TERMINATING)
     envs.close()
 
 
 def test_mujoco_tasks_step_through_a_batched_kernel() -> None:
     # The fast path covers the MuJoCo tasks the online loop trains on.
-    assert {"HalfCheetah-v5", "Reacher-v5"} <= set(BATCHED_STEPS)
+    assert {"HalfCheetah-v5", "Hopper-v5", "Reacher-v5"} <= set(BATCHED_STEPS)
     for name in BATCHED_STEPS:
         assert sim.task_spec(name).mujoco
 
@@ -98,3 +102,18 @@ def test_bad_input_is_one_clear_line() -> None:
     envs.reset(seed=0)
     with pytest.raises(ValueError, match=r"actions of shape \(2,\), expected \(2, 2\)"):
         envs.step(np.zeros(2))
+
+
+def test_hopper_clips_fast_velocities_like_the_single_env() -> None:
+    # Random actions never push Hopper's qvel past its observation clip (10): kick it there.
+    envs, single = sim.make_vec("Hopper-v5", 1), sim.make("Hopper-v5")
+    envs.reset(seed=2)
+    single.reset(seed=2)
+    for env in (envs.envs[0], single):
+        env.unwrapped.data.qvel[:] = 30.0
+    action = np.full(3, 0.5, np.float32)
+    obs, reward, terminated, *_ = envs.step(action[None])
+    ref, ref_reward, ref_terminated, *_ = single.step(action)
+    assert np.abs(ref["state"]).max() == 10.0
+    np.testing.assert_array_equal(obs["state"][0], ref["state"])
+    assert (reward[0], terminated[0]) == (pytest.approx(ref_reward, rel=1e-12), ref_terminated)
