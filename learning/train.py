@@ -110,6 +110,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         # Small models gain nothing from intra-op threads, and on a busy 2-core machine two
         # spinning threads made FBC training ~30x slower than one.
         torch.set_num_threads(int(cfg.torch_threads))
+    if cfg.get("online") is not None:  # an env instead of a dataset: the online loop
+        from learning.online.loop import run_online
+
+        return run_online(cfg, run_dir)
 
     if cfg.get("ckpt_path") and cfg.ckpt_path not in ("last", "best", "hpc", "registry"):
         torch_load(cfg.ckpt_path)  # refuse a missing or hostile resume file before any work

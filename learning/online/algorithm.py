@@ -54,8 +54,9 @@ class Transition:
 
 
 class OnlineAlgorithm(L.LightningModule, abc.ABC):
-    """Hooks the shared loop calls (module docstring). Constructor kwargs: the hyperparameters
-    plus the env dimensions `obs_specs`, `action_dim`, `control_rate_hz`, `action_bounds`
+    """Hooks the shared loop calls (module docstring); export is shared (an algorithm with
+    normalization overrides `observation_stats`). Constructor kwargs: the hyperparameters plus
+    the env dimensions `obs_specs`, `action_dim`, `control_rate_hz`, `action_bounds`
     (learning.data.spec.model_dims), so `learning.checkpoint.load_model` rebuilds it."""
 
     algorithm: ClassVar[str]  # "ppo", "sac": checkpoints carry it; resume refuses another
@@ -102,10 +103,49 @@ class OnlineAlgorithm(L.LightningModule, abc.ABC):
         """Gradient steps on `storage`; `progress` in [0, 1] of the run (LR annealing).
         Returns scalar tensors for TensorBoard (the loop syncs them when it logs)."""
 
-    @abc.abstractmethod
-    def export_graph(self) -> tuple[torch.nn.Module, dict[str, torch.Tensor], list[str]]:
-        """The deterministic actor: obs.<key> (B, 1, *shape) -> actions (B, 1, A)."""
+    # ---- export: the deterministic actor (contract v2 `actor`), the same for every algorithm
+    def observation_stats(self) -> dict[str, dict[str, Any]]:
+        """Normalization stats `act` applies, per key (e.g. {"mode": "mean_std", "mean",
+        "std"}): recorded in the metadata; the graph bakes them in through `act`."""
+        return {}
 
-    @abc.abstractmethod
     def export_metadata(self) -> dict[str, Any]:
-        """Contract-v2 `actor` fields (observation normalization baked)."""
+        hp = self.hparams
+        return {
+            "model_type": "actor",
+            "observations": {k: dict(hp.obs_specs[k]) for k in sorted(hp.obs_specs)},
+            "obs_steps": 1,
+            "action_dim": hp.action_dim,
+            "horizon": 1,
+            "n_action_steps": 1,
+            "control_rate_hz": hp.control_rate_hz,
+            **({"action_bounds": dict(hp.action_bounds)} if hp.action_bounds else {}),
+            "normalization": {"baked": True, "stats": self.observation_stats()},
+        }
+
+    def export_graph(self) -> tuple[torch.nn.Module, dict[str, torch.Tensor], list[str]]:
+        """obs.<key> (B, 1, *shape) -> actions (B, 1, A): `act(deterministic=True)`."""
+        specs = self.hparams.obs_specs
+        example = {
+            f"obs.{k}": torch.zeros(
+                2, 1, *specs[k]["shape"], dtype=getattr(torch, specs[k]["dtype"])
+            )
+            for k in sorted(specs)
+        }
+        return _ActorGraph(self), example, ["actions"]
+
+
+class _ActorGraph(torch.nn.Module):
+    """forward(*obs.<key> (B, 1, *shape), sorted keys) -> actions (B, 1, A): what
+    `act(obs, deterministic=True)` gives, normalization and action clipping included."""
+
+    def __init__(self, algo: OnlineAlgorithm) -> None:
+        super().__init__()
+        self.algo = algo
+        self.keys = sorted(algo.hparams.obs_specs)
+
+    def forward(self, *obs: torch.Tensor) -> torch.Tensor:
+        actions, _ = self.algo.act(
+            {k: o[:, -1] for k, o in zip(self.keys, obs, strict=True)}, deterministic=True
+        )
+        return actions.unsqueeze(1)
