@@ -276,6 +276,10 @@ class SimVectorEnv(gym.vector.VectorEnv):
             success = np.array([r[4]["is_success"] for r in results], bool)
         return obs, reward, terminated, truncated, success
 
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        """Attribute `name` of every env (anywhere in its wrapper chain), as SyncVectorEnv."""
+        return tuple(env.get_wrapper_attr(name) for env in self.envs)
+
     def close_extras(self, **kwargs: Any) -> None:
         for env in self.envs:
             env.close()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import sim
+from sim.spec import env_spec
 from sim.vector import BATCHED_STEPS
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -76,6 +77,12 @@ def test_mujoco_tasks_step_through_a_batched_kernel() -> None:
     assert {"HalfCheetah-v5", "Hopper-v5", "Reacher-v5"} <= set(BATCHED_STEPS)
     for name in BATCHED_STEPS:
         assert sim.task_spec(name).mujoco
+
+
+def test_dataset_spec_reads_the_vector_env_like_the_single_env() -> None:
+    vector = env_spec(sim.make_vec("HalfCheetah-v5", 2), "HalfCheetah-v5")
+    single = env_spec(sim.make("HalfCheetah-v5"), "HalfCheetah-v5")
+    assert vector == single and vector.env_args["control_rate_hz"] == 20.0
 
 
 def test_camera_images_match_the_single_env() -> None:
