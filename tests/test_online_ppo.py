@@ -1,0 +1,153 @@
+"""PPO on the shared online loop: train -> checkpoint -> resume -> export -> ONNX parity ->
+served return; seed 002's config keys; bad input; a learning check (slow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from learning.algorithms.ppo import gaussian_logp
+from learning.checkpoint import CheckpointError, load_model
+from learning.data.spec import env_model_dims
+from learning.export import export_checkpoint, parity
+from learning.online.algorithm import AlgorithmError
+from learning.online.loop import ONLINE_KEY, evaluate
+from learning.train import ConfigError, compose_config, run
+from roboloop_runtime import OnnxPolicy
+from sim.envs import TASKS, TaskSpec, register_task
+from sim.evaluate import evaluate_policy
+
+TINY = [
+    "training.steps_per_iteration=256",
+    "model.minibatch_size=64",
+    "model.update_epochs=2",
+    "online.eval_episodes=1",
+    "online.progress_bar=false",
+]
+
+
+def train(tmp_path: Path, *overrides: str) -> dict:
+    return run(compose_config("train_ppo", [f"output_root={tmp_path}", *TINY, *overrides]))
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("ppo")
+    return train(tmp, "env_id=Pendulum-v1", "training.num_iterations=2", f"run_dir={tmp}/a")
+
+
+def test_train_checkpoint_resume(first_run: dict, tmp_path: Path) -> None:
+    ckpt = torch.load(first_run["last_ckpt"], weights_only=True)  # plain data only
+    assert ckpt[ONLINE_KEY]["env_steps"] == first_run["env_steps"] == 512
+    assert ckpt[ONLINE_KEY]["algorithm"] == "ppo"
+    # Every observation acted on reached the running statistics.
+    assert ckpt["state_dict"]["obs_rms.count"].item() == pytest.approx(512, abs=1e-3)
+
+    resumed = train(
+        tmp_path,
+        "env_id=Pendulum-v1",
+        "training.num_iterations=3",
+        f"ckpt_path={first_run['last_ckpt']}",
+    )
+    after = torch.load(resumed["last_ckpt"], weights_only=True)
+    assert resumed["env_steps"] == 768  # one more rollout, not three
+    assert after[ONLINE_KEY]["iteration"] == 3
+    # The statistics (and weights) continued from the checkpoint instead of starting over.
+    assert after["state_dict"]["obs_rms.count"].item() == pytest.approx(768, abs=1e-3)
+    assert after["optimizer_states"][0]["state"][0]["step"].item() == 3 * 2 * 4
+
+
+def test_export_parity_and_served_return(first_run: dict, tmp_path: Path) -> None:
+    out = tmp_path / "ppo.onnx"
+    meta = export_checkpoint(first_run["last_ckpt"], out)
+    model, _ = load_model(first_run["last_ckpt"])
+    assert meta["model_type"] == "actor" and "noise" not in meta["inputs"]
+    stats = meta["normalization"]["stats"]["state"]
+    np.testing.assert_allclose(stats["mean"], model.obs_rms.mean.numpy(), rtol=1e-6)
+    assert parity(model, out) <= 1e-4
+
+    # The served actor (roboloop_runtime.OnnxPolicy) earns the in-process deterministic return.
+    policy = OnnxPolicy(str(out), seed=0)
+    served = evaluate_policy("Pendulum-v1", policy, episodes=2, seed=123)
+    in_process = evaluate(model, "Pendulum-v1", episodes=2, seed=123, device=torch.device("cpu"))
+    assert np.mean(served.returns) == pytest.approx(in_process["eval/return"], rel=1e-3)
+
+
+def test_seed_config_keys_reach_ppo() -> None:
+    cfg = compose_config(
+        "train_ppo",
+        [
+            "env_id=Pendulum-v1",
+            "policy.hidden_dim=32",
+            "policy.ppo_clip=0.1",
+            "policy.gamma=0.9",
+            "policy.learning_rate=1e-3",
+            "training.steps_per_iteration=512",
+        ],
+    )
+    ppo = instantiate(cfg.model, _convert_="all", **env_model_dims("Pendulum-v1"))
+    assert ppo.actor_mean[0].out_features == ppo.critic[2].in_features == 32
+    assert ppo.configure_optimizers()[0].param_groups[0]["lr"] == 1e-3
+    assert ppo.make_storage(num_envs=2, device=torch.device("cpu")).num_steps == 256
+    # The clip reaches the loss: a probability ratio of 1.15 is clipped at 0.1, not at 0.2.
+    obs, actions = torch.zeros(4, 3), torch.zeros(4, 1)
+    with torch.no_grad():
+        logp = gaussian_logp(actions, ppo.actor_mean(obs), ppo.actor_logstd)
+    args = dict(advantages=torch.tensor([1.0, -1.0, 1.0, -1.0]), returns=torch.zeros(4))
+    out = ppo.losses(obs, actions, logp - np.log(1.15), old_values=torch.zeros(4), **args)
+    assert out["clip_fraction"].item() == 1.0
+    wide = instantiate(cfg.model, _convert_="all", clip_coef=0.2, **env_model_dims("Pendulum-v1"))
+    wide.load_state_dict(ppo.state_dict())
+    out = wide.losses(obs, actions, logp - np.log(1.15), old_values=torch.zeros(4), **args)
+    assert out["clip_fraction"].item() == 0.0
+    assert ppo.hparams.gamma == 0.9
+
+
+def test_bad_input_one_line(first_run: dict, tmp_path: Path, monkeypatch) -> None:
+    with pytest.raises(ConfigError, match=r"env_id=Nope-v0: unknown task") as err:
+        train(tmp_path, "env_id=Nope-v0", "training.num_iterations=1")
+    assert "\n" not in str(err.value)
+
+    monkeypatch.setitem(TASKS, "CartPole-v1", TaskSpec("CartPole-v1", mujoco=False))
+    register_task("CartPole-v1", TASKS["CartPole-v1"])
+    with pytest.raises(AlgorithmError, match=r"CartPole-v1: PPO here needs continuous") as err:
+        train(tmp_path, "env_id=CartPole-v1", "training.num_iterations=1")
+    assert "\n" not in str(err.value)
+
+    # A checkpoint of another algorithm, and one from offline training.
+    ckpt = torch.load(first_run["last_ckpt"], weights_only=True)
+    ckpt[ONLINE_KEY]["algorithm"] = "sac"
+    torch.save(ckpt, tmp_path / "sac.ckpt")
+    with pytest.raises(CheckpointError, match=r"a 'sac' checkpoint; this run trains 'ppo'"):
+        train(tmp_path, "env_id=Pendulum-v1", f"ckpt_path={tmp_path / 'sac.ckpt'}")
+    del ckpt[ONLINE_KEY]
+    torch.save(ckpt, tmp_path / "offline.ckpt")
+    with pytest.raises(CheckpointError, match=r"not an online \(learning.online\) checkpoint"):
+        train(tmp_path, "env_id=Pendulum-v1", f"ckpt_path={tmp_path / 'offline.ckpt'}")
+
+
+@pytest.mark.slow
+def test_ppo_solves_inverted_pendulum(tmp_path: Path, monkeypatch) -> None:
+    """SB3-default PPO balances InvertedPendulum-v5 (max return 1000) within 20k env steps on
+    seed 42 (here: 1000 from ~16k steps; ~15 s on one idle core). Reacher-v5 and Pendulum-v1
+    need far more steps from PPO."""
+    monkeypatch.setitem(TASKS, "InvertedPendulum-v5", TaskSpec("InvertedPendulum-v5"))
+    register_task("InvertedPendulum-v5", TASKS["InvertedPendulum-v5"])
+    result = run(
+        compose_config(
+            "train_ppo",
+            [
+                f"output_root={tmp_path}",
+                "env_id=InvertedPendulum-v5",
+                "training.num_iterations=10",
+                "online.eval_episodes=5",
+                "online.progress_bar=false",
+            ],
+        )
+    )
+    assert result["env_steps"] == 20480
+    assert result["metrics"]["eval/return"] >= 900
