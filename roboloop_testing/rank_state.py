@@ -9,8 +9,11 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric import Fabric
 
+from learning.algorithms.ppo import PPO
 from learning.data.keys import ACTIONS
+from learning.online.algorithm import Transition
 
 
 def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -39,3 +42,34 @@ class SaveRankState(L.Callback):
         self.record["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
         self.out_dir.mkdir(parents=True, exist_ok=True)
         torch.save(self.record, self.out_dir / f"rank{trainer.global_rank}.pt")
+
+
+class RecordingPPO(PPO):
+    """PPO that writes, on each rank, the first observations it collected, its weights before
+    the first update ("initial") and after each update ("state_dict"):
+    `record_dir/rank{rank}_update{n}.pt` (data-parallel tests)."""
+
+    def __init__(self, record_dir: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.record_dir = Path(record_dir)
+        self.first_obs: dict[str, torch.Tensor] | None = None
+        self.initial: dict[str, torch.Tensor] = {}
+        self.updates = 0
+
+    def observe(self, storage: Any, step: Transition) -> None:
+        if self.first_obs is None:
+            self.first_obs = {k: v.clone() for k, v in step.obs.items()}
+            self.initial = _weights(self)
+        super().observe(storage, step)
+
+    def update(self, fabric: Fabric, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        scalars = super().update(fabric, *args, **kwargs)
+        self.updates += 1
+        self.record_dir.mkdir(parents=True, exist_ok=True)
+        record = {
+            "first_obs": self.first_obs,
+            "initial": self.initial,
+            "state_dict": _weights(self),
+        }
+        torch.save(record, self.record_dir / f"rank{fabric.global_rank}_update{self.updates}.pt")
+        return scalars
