@@ -47,6 +47,11 @@ PPO_HYPER: dict[str, Any] = {
     "vf_coef": 0.5,
     "max_grad_norm": 0.5,
     "hidden": [64, 64],
+    # Not SB3's defaults, but how PPO runs on MuJoCo (RL Zoo, CleanRL) and roboloop's
+    # train_ppo defaults; SB3 gets them through VecNormalize and a linear schedule.
+    "normalize_obs": True,
+    "normalize_reward": True,
+    "anneal_lr": True,
 }
 SAC_HYPER: dict[str, Any] = {
     "num_envs": 1,
@@ -87,26 +92,52 @@ CASES = [
 
 # ---- one training run per process ----------------------------------------------------------
 class SB3Actor:
-    """A trained SB3 model as a workspace Policy (sim.evaluate drives it)."""
+    """A trained SB3 model (and its VecNormalize statistics) as a workspace Policy."""
 
-    def __init__(self, model: Any) -> None:
-        self.model = model
+    def __init__(self, model: Any, vec_normalize: Any = None) -> None:
+        self.model, self.vec_normalize = model, vec_normalize
 
     def reset(self) -> None:
         pass
 
     def select_action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        return self.model.predict(obs["state"], deterministic=True)[0]
+        x = obs["state"]
+        if self.vec_normalize is not None:
+            x = self.vec_normalize.normalize_obs(x)
+        return self.model.predict(x, deterministic=True)[0]
 
 
-def train_sb3(case: Case, seed: int, steps: int) -> tuple[float, int, SB3Actor]:
-    """(training wall s, gradient steps, deterministic policy)."""
+class TorchActor:
+    """A roboloop online algorithm's deterministic actor as a workspace Policy."""
+
+    def __init__(self, algo: Any) -> None:
+        self.algo = algo
+
+    def reset(self) -> None:
+        pass
+
+    def select_action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        batch = {k: torch.as_tensor(v)[None] for k, v in obs.items()}
+        with torch.inference_mode():
+            return self.algo.act(batch, deterministic=True)[0][0].numpy()
+
+
+def train_sb3(case: Case, seed: int, steps: int) -> tuple[dict[str, float], SB3Actor]:
+    """({"wall_s", "env_steps", "grad_steps"} of the training call, deterministic policy)."""
     from stable_baselines3 import PPO, SAC
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
 
     h = case.hyper
     env = make_vec_env(case.env_id, n_envs=h["num_envs"], seed=seed)
-    shared = {"seed": seed, "device": "cpu", "verbose": 0, "learning_rate": h["learning_rate"]}
+    vec_normalize = None
+    if h.get("normalize_obs") or h.get("normalize_reward"):
+        env = vec_normalize = VecNormalize(
+            env, norm_obs=h["normalize_obs"], norm_reward=h["normalize_reward"], gamma=h["gamma"]
+        )
+    lr = h["learning_rate"]
+    schedule = (lambda remaining: lr * remaining) if h.get("anneal_lr") else lr
+    shared = {"seed": seed, "device": "cpu", "verbose": 0, "learning_rate": schedule}
     shared |= {"gamma": h["gamma"], "batch_size": h["batch_size"]}
     if case.algorithm == "ppo":
         keys = ("n_steps", "n_epochs", "gae_lambda", "clip_range", "ent_coef", "vf_coef")
@@ -135,31 +166,89 @@ def train_sb3(case: Case, seed: int, steps: int) -> tuple[float, int, SB3Actor]:
         grad_steps = model._n_updates * -(-rollout // h["batch_size"])
     else:
         grad_steps = model._n_updates
-    env.close()
-    return wall, grad_steps, SB3Actor(model)
+    if vec_normalize is not None:
+        vec_normalize.training = False  # evaluation reads the statistics, never updates them
+    counts = {"wall_s": wall, "env_steps": model.num_timesteps, "grad_steps": grad_steps}
+    return counts, SB3Actor(model, vec_normalize)
 
 
-def train_roboloop(case: Case, seed: int, steps: int) -> tuple[float, int, Any]:
-    """Our side: `learning.train` with `train_<algorithm>` (learning.online)."""
-    raise NotImplementedError(
-        f"roboloop's {case.algorithm.upper()} is not wired into this bench yet "
-        "(learning.online / configs/train_{ppo,sac}.yaml)"
-    )
+# Shared hyperparameter -> roboloop config key (train_ppo / train_sac).
+ROBOLOOP_KEYS = {
+    "ppo": {
+        "num_envs": "online.num_envs",
+        "batch_size": "model.minibatch_size",
+        "n_epochs": "model.update_epochs",
+        "learning_rate": "policy.learning_rate",
+        "gamma": "policy.gamma",
+        "gae_lambda": "model.gae_lambda",
+        "clip_range": "policy.ppo_clip",
+        "ent_coef": "model.ent_coef",
+        "vf_coef": "model.vf_coef",
+        "max_grad_norm": "model.max_grad_norm",
+        "normalize_obs": "model.normalize_obs",
+        "normalize_reward": "model.normalize_reward",
+        "anneal_lr": "model.anneal_lr",
+    },
+}
+
+
+def roboloop_overrides(case: Case, seed: int, steps: int, out: str) -> list[str]:
+    """The `python -m learning.train` overrides that run `case` with the shared values."""
+    h, keys = case.hyper, ROBOLOOP_KEYS[case.algorithm]
+    if len(set(h["hidden"])) != 1 or len(h["hidden"]) != 2:
+        raise ValueError(f"roboloop's MLPs have 2 equal hidden layers, not {h['hidden']}")
+    overrides = [f"{keys[k]}={v}" for k, v in h.items() if k in keys]
+    overrides += [f"env_id={case.env_id}", f"seed={seed}", f"output_root={out}"]
+    overrides += [f"policy.hidden_dim={h['hidden'][0]}", "online.progress_bar=false"]
+    overrides += ["online.eval_every=0", "online.eval_episodes=0"]  # evaluated here, untimed
+    if case.algorithm == "ppo":
+        rollout = h["n_steps"] * h["num_envs"]  # as SB3: whole rollouts until >= steps
+        overrides += [f"training.steps_per_iteration={rollout}"]
+        overrides += [f"training.num_iterations={-(-steps // rollout)}"]
+    return overrides
+
+
+def train_roboloop(case: Case, seed: int, steps: int) -> tuple[dict[str, float], Any]:
+    """Our side: `learning.train.run` with `train_<algorithm>` (learning.online)."""
+    import tempfile
+
+    from learning.checkpoint import load_model
+    from learning.train import compose_config
+    from learning.train import run as train_run
+
+    with tempfile.TemporaryDirectory() as out:
+        cfg = compose_config(f"train_{case.algorithm}", roboloop_overrides(case, seed, steps, out))
+        start = time.perf_counter()
+        result = train_run(cfg)
+        wall = time.perf_counter() - start
+        algo, _ = load_model(result["last_ckpt"])
+    h, env_steps = case.hyper, int(result["env_steps"])
+    if case.algorithm == "ppo":
+        rollout = h["n_steps"] * h["num_envs"]
+        grad_steps = env_steps // rollout * h["n_epochs"] * -(-rollout // h["batch_size"])
+    else:
+        grad_steps = int(result["grad_steps"])
+    return {"wall_s": wall, "env_steps": env_steps, "grad_steps": grad_steps}, TorchActor(algo)
 
 
 SIDES = {"sb3": train_sb3, "roboloop": train_roboloop}
 
 
-def one_run(side: str, case: Case, seed: int, steps: int, eval_episodes: int) -> dict[str, Any]:
+def one_run(
+    side: str, case: Case, seed: int, steps: int, eval_episodes: int, sb3_threads: int | None
+) -> dict[str, Any]:
     """Train, then evaluate deterministically; runs in its own process."""
     from sim.evaluate import evaluate_policy
 
-    wall, grad_steps, policy = SIDES[side](case, seed, steps)
+    if side == "sb3" and sb3_threads:
+        torch.set_num_threads(sb3_threads)  # roboloop sets its own (train_*.yaml torch_threads)
+
+    counts, policy = SIDES[side](case, seed, steps)
     result = evaluate_policy(case.env_id, policy, eval_episodes, EVAL_SEED)
     return {
-        "wall_s": wall,
-        "env_steps_per_s": steps / wall,
-        "grad_steps_per_s": grad_steps / wall,
+        **counts,
+        "env_steps_per_s": counts["env_steps"] / counts["wall_s"],
+        "grad_steps_per_s": counts["grad_steps"] / counts["wall_s"],
         "eval_return": result.mean_return,
     }
 
@@ -202,7 +291,10 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def run(
-    quick: bool = False, cases: list[str] | None = None, seeds: tuple[int, ...] = SEEDS
+    quick: bool = False,
+    cases: list[str] | None = None,
+    seeds: tuple[int, ...] = SEEDS,
+    sb3_threads: int | None = None,
 ) -> list[dict]:
     if importlib.util.find_spec("stable_baselines3") is None:
         raise RuntimeError("needs the bench extra: pip install stable-baselines3==2.9.2")
@@ -218,7 +310,7 @@ def run(
             )
         steps = case.steps
         runs = {
-            side: [_run_isolated(side, case, s, steps, eval_episodes) for s in seeds]
+            side: [_run_isolated(side, case, s, steps, eval_episodes, sb3_threads) for s in seeds]
             for side in SIDES
         }
         speed_key = "env_steps_per_s" if case.algorithm == "ppo" else "grad_steps_per_s"
@@ -238,7 +330,7 @@ def run(
                 "target": case.target,
                 "sb3_returns": _returns(sb3),
                 "ours_returns": _returns(ours),
-                "verdict": _verdict(case, sb3, ours, speed_key),
+                "verdict": "(quick)" if quick else _verdict(case, sb3, ours, speed_key),
                 "runs": sb3 + ours,
             }
         )
@@ -246,7 +338,7 @@ def run(
     note = (
         f"medians over {len(seeds)} seed(s); return = mean of {eval_episodes} deterministic "
         f"episodes (reset seeds {EVAL_SEED}..); speed ratio = ours / SB3; SB3 with "
-        f"{torch.get_num_threads()} torch threads (its default here)"
+        f"{sb3_threads or torch.get_num_threads()} torch thread(s)"
     ) + "".join(f"\nerror: {e}" for e in errors)
     report("rl_vs_sb3", rows, note=note)
     return rows
@@ -261,5 +353,8 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="tiny budgets, 1 seed")
     parser.add_argument("--cases", nargs="*", choices=[c.name for c in CASES], help="subset")
     parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS), help="run seeds")
+    parser.add_argument(
+        "--sb3-threads", type=int, default=None, help="SB3's torch threads (default: torch's)"
+    )
     args = parser.parse_args()
-    run(args.quick, args.cases, tuple(args.seeds))
+    run(args.quick, args.cases, tuple(args.seeds), args.sb3_threads)
