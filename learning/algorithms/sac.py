@@ -293,7 +293,10 @@ class SAC(OnlineAlgorithm):
         self, obs: torch.Tensor, noise: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         actions, log_prob = self.actor(obs, noise)  # ã = f_φ(ε; s), reparameterized
-        q = self.critic(obs, actions).min(0).values
+        # Q through detached critic weights: the actor step needs ∂Q/∂a only, so backward
+        # skips the critic's weight gradients (a sixth of the update's matmuls).
+        frozen = {n: p.detach() for n, p in self.critic.named_parameters()}
+        q = torch.func.functional_call(self.critic, frozen, (obs, actions)).min(0).values
         alpha = self.log_alpha.exp().detach()
         return (alpha * log_prob - q).mean(), log_prob  # J_π(φ)
 
