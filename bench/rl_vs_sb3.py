@@ -122,8 +122,8 @@ class TorchActor:
             return self.algo.act(batch, deterministic=True)[0][0].numpy()
 
 
-def train_sb3(case: Case, seed: int, steps: int) -> tuple[dict[str, float], SB3Actor]:
-    """({"wall_s", "env_steps", "grad_steps"} of the training call, deterministic policy)."""
+def make_sb3(case: Case, seed: int) -> tuple[Any, Any]:
+    """(SB3 model with the shared hyperparameters, its VecNormalize or None)."""
     from stable_baselines3 import PPO, SAC
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
@@ -158,6 +158,13 @@ def train_sb3(case: Case, seed: int, steps: int) -> tuple[dict[str, float], SB3A
             **{k: h[k] for k in keys},
             **shared,
         )
+    return model, vec_normalize
+
+
+def train_sb3(case: Case, seed: int, steps: int) -> tuple[dict[str, float], SB3Actor]:
+    """({"wall_s", "env_steps", "grad_steps"} of the training call, deterministic policy)."""
+    h = case.hyper
+    model, vec_normalize = make_sb3(case, seed)
     start = time.perf_counter()
     model.learn(total_timesteps=steps)
     wall = time.perf_counter() - start
@@ -189,6 +196,16 @@ ROBOLOOP_KEYS = {
         "normalize_reward": "model.normalize_reward",
         "anneal_lr": "model.anneal_lr",
     },
+    "sac": {
+        "num_envs": "online.num_envs",
+        "learning_rate": "policy.learning_rate",
+        "buffer_size": "model.buffer_size",
+        "learning_starts": "model.learning_starts",
+        "batch_size": "model.batch_size",
+        "tau": "model.tau",
+        "gamma": "policy.gamma",
+        "gradient_steps": "model.gradient_steps",
+    },
 }
 
 
@@ -205,6 +222,10 @@ def roboloop_overrides(case: Case, seed: int, steps: int, out: str) -> list[str]
         rollout = h["n_steps"] * h["num_envs"]  # as SB3: whole rollouts until >= steps
         overrides += [f"training.steps_per_iteration={rollout}"]
         overrides += [f"training.num_iterations={-(-steps // rollout)}"]
+    else:
+        if h["train_freq"] != 1:
+            raise ValueError("roboloop's SAC updates after every (vector) env step: train_freq 1")
+        overrides += [f"training.steps_per_iteration={steps}", "training.num_iterations=1"]
     return overrides
 
 
@@ -212,7 +233,8 @@ def train_roboloop(case: Case, seed: int, steps: int) -> tuple[dict[str, float],
     """Our side: `learning.train.run` with `train_<algorithm>` (learning.online)."""
     import tempfile
 
-    from learning.checkpoint import load_model
+    from learning.checkpoint import load_model, torch_load
+    from learning.online.loop import ONLINE_KEY
     from learning.train import compose_config
     from learning.train import run as train_run
 
@@ -222,12 +244,13 @@ def train_roboloop(case: Case, seed: int, steps: int) -> tuple[dict[str, float],
         result = train_run(cfg)
         wall = time.perf_counter() - start
         algo, _ = load_model(result["last_ckpt"])
+        updates = torch_load(result["last_ckpt"])[ONLINE_KEY]["iteration"]  # update calls
     h, env_steps = case.hyper, int(result["env_steps"])
-    if case.algorithm == "ppo":
+    if case.algorithm == "ppo":  # minibatch steps: epochs x minibatches per rollout
         rollout = h["n_steps"] * h["num_envs"]
-        grad_steps = env_steps // rollout * h["n_epochs"] * -(-rollout // h["batch_size"])
+        grad_steps = updates * h["n_epochs"] * -(-rollout // h["batch_size"])
     else:
-        grad_steps = int(result["grad_steps"])
+        grad_steps = updates * h["gradient_steps"]
     return {"wall_s": wall, "env_steps": env_steps, "grad_steps": grad_steps}, TorchActor(algo)
 
 
