@@ -13,6 +13,9 @@ Normalization lives here, as buffers (so in every checkpoint):
   the mean action, clipped to the env's bounds);
 - rewards: divided by the running std of the discounted return (as SB3's VecNormalize), for
   training only: the actor does not need it.
+Both statistics take in a whole rollout at once, in `update` (not per env step as in SB3): one
+rollout is normalized with one set of statistics, and collection stays cheap. The first
+rollout therefore acts on raw observations.
 """
 
 from __future__ import annotations
@@ -116,7 +119,8 @@ class PPO(OnlineAlgorithm):
         high = torch.tensor(bounds.get("high", [math.inf] * action_dim), dtype=torch.float32)
         self.register_buffer("action_low", low)
         self.register_buffer("action_high", high)
-        self._returns: torch.Tensor | None = None  # per-env discounted return (reward scale)
+        self._returns = np.zeros(0)  # per-env discounted return so far (reward scale)
+        self._affine: tuple[torch.Tensor, torch.Tensor] | None = None  # see normalize
 
     # ---- spaces and observations ---------------------------------------------------------
     @classmethod
@@ -140,11 +144,19 @@ class PPO(OnlineAlgorithm):
         return torch.cat([obs[k].flatten(1).float() for k in self.obs_keys], dim=-1)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """clip((x - mean) / std, +-clip_obs) with the running statistics."""
         if not self.hparams.normalize_obs:
             return x
+        if self._affine is None:  # float32 (mean, std), cached until the statistics change
+            with torch.inference_mode(False):  # ordinary tensors, even when first asked by act
+                self._affine = (self.obs_rms.mean.float(), self.obs_rms.std().float())
+        center, scale = self._affine
         clip = self.hparams.clip_obs
-        z = (x - self.obs_rms.mean.float()) / self.obs_rms.std().float()
-        return z.clamp(-clip, clip)
+        return ((x - center) / scale).clamp(-clip, clip)
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        self._affine = None  # new statistics
+        return super().load_state_dict(*args, **kwargs)
 
     def clip_action(self, a: torch.Tensor) -> torch.Tensor:
         return torch.maximum(torch.minimum(a, self.action_high), self.action_low)
@@ -174,36 +186,28 @@ class PPO(OnlineAlgorithm):
                 f"training.steps_per_iteration={steps} is not a multiple of "
                 f"online.num_envs={num_envs}"
             )
-        self._returns = torch.zeros(num_envs, dtype=torch.float64, device=device)
+        self._returns = np.zeros(num_envs)
         return RolloutStorage(steps // num_envs, num_envs, device)
 
     def observe(self, storage: RolloutStorage, step: Transition) -> None:
         hp = self.hparams
-        if hp.normalize_obs:
-            self.obs_rms.update(self.flat_obs(step.obs))
-        rewards = step.rewards.to(torch.float64)
-        done = step.terminated | step.truncated
-        if hp.normalize_reward:
-            # r / std(G), G_t = gamma G_{t-1} + r_t: keeps the value targets O(1)
-            self._returns.mul_(hp.gamma).add_(rewards)
-            self.return_rms.update(self._returns[:, None])
-            rewards = (rewards / self.return_rms.std()).clamp(-hp.clip_reward, hp.clip_reward)
-            self._returns.masked_fill_(done, 0.0)
-        rewards = rewards.float()
+        bootstrap = torch.zeros_like(step.rewards)
         if bool(step.truncated.any()):  # collection side: a host sync here costs nothing
             # A time limit is not a terminal state: r_T += gamma V(s_T) (SB3's bootstrap)
             final_v = self.critic(self.normalize(self.flat_obs(step.next_obs))).squeeze(-1)
-            rewards = rewards + hp.gamma * final_v * step.truncated.float()
+            bootstrap = hp.gamma * final_v * step.truncated.float()
         e = step.extras
         storage.add(
-            obs=e["obs"],
+            obs=e["obs"],  # normalized, as acted on
+            raw_obs=self.flat_obs(step.obs),  # for the statistics, at update time
             actions=e["actions"],
             logp=e["logp"],
             values=e["values"],
-            rewards=rewards,
-            dones=done.float(),
+            rewards=step.rewards,
+            bootstrap=bootstrap,
+            dones=(step.terminated | step.truncated).float(),
         )
-        storage.tail = {"obs": self.normalize(self.flat_obs(step.next_obs))}
+        storage.tail = {"raw_obs": self.flat_obs(step.next_obs)}
 
     def ready(self, storage: RolloutStorage, env_steps: int) -> bool:
         return storage.full
@@ -259,9 +263,9 @@ class PPO(OnlineAlgorithm):
             A_t     = delta_t + gamma lambda (1 - d_t) A_{t+1},   R_t = A_t + V(s_t)"""
         hp, d = self.hparams, storage.data
         with torch.no_grad():
-            last_value = self.critic(storage.tail["obs"]).squeeze(-1)
-        rewards, values = d["rewards"].cpu().numpy(), d["values"].cpu().numpy()
-        nonterminal = 1.0 - d["dones"].cpu().numpy()
+            last_value = self.critic(self.normalize(storage.tail["raw_obs"])).squeeze(-1)
+        values, nonterminal = d["values"].cpu().numpy(), 1.0 - d["dones"].cpu().numpy()
+        rewards = self.scaled_rewards(storage)
         next_values = np.concatenate([values[1:], last_value.cpu().numpy()[None]])
         deltas = rewards + hp.gamma * next_values * nonterminal - values
         adv = np.zeros_like(rewards)
@@ -271,6 +275,24 @@ class PPO(OnlineAlgorithm):
             adv[t] = last
         advantages = torch.from_numpy(adv).to(d["values"].device)
         return advantages, advantages + d["values"]
+
+    def scaled_rewards(self, storage: RolloutStorage) -> np.ndarray:
+        """(T, B) rewards / std(G) (clipped), G_t = gamma G_{t-1} + r_t the discounted return
+        (its statistics updated with this rollout's), plus the truncation bootstraps (already
+        in value units); raw rewards + bootstraps when reward normalization is off."""
+        hp, d = self.hparams, storage.data
+        rewards = d["rewards"].cpu().numpy().astype(np.float64)
+        if hp.normalize_reward:
+            dones = d["dones"].cpu().numpy()
+            returns = np.empty_like(rewards)
+            for t in range(len(rewards)):
+                self._returns = self._returns * hp.gamma + rewards[t]
+                returns[t] = self._returns
+                self._returns = self._returns * (1.0 - dones[t])
+            self.return_rms.update(torch.from_numpy(returns.reshape(-1, 1)))
+            std = float(self.return_rms.std())  # once per rollout, before any gradient step
+            rewards = np.clip(rewards / std, -hp.clip_reward, hp.clip_reward)
+        return (rewards + d["bootstrap"].cpu().numpy()).astype(np.float32)
 
     def update(
         self,
@@ -318,6 +340,9 @@ class PPO(OnlineAlgorithm):
         # Explained variance 1 - Var[R - V] / Var[R]: 1 = the critic predicts the returns.
         residual_var = (batch["returns"] - batch["values"]).var()
         explained = 1 - residual_var / batch["returns"].var().clamp_min(1e-8)
+        if hp.normalize_obs:  # the next rollout is normalized with this one's statistics too
+            self.obs_rms.update(storage.data["raw_obs"].flatten(0, 1))
+            self._affine = None
         scalars = {f"train/{k}": v for k, v in zip(names, totals / max(count, 1), strict=True)}
         scalars["train/explained_variance"] = explained
         scalars["train/learning_rate"] = torch.tensor(lr)
