@@ -23,6 +23,7 @@ deterministic mean action, scale · tanh(μ(s)) + bias (contract v2 `actor`, hor
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -35,6 +36,8 @@ from torch import nn
 
 from learning.online.algorithm import AlgorithmError, OnlineAlgorithm, Transition
 from learning.online.replay import ReplayBuffer
+
+log = logging.getLogger(__name__)
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # CleanRL's range for the actor's log σ
 
@@ -229,9 +232,14 @@ class SAC(OnlineAlgorithm):
     # -- the player ---------------------------------------------------------------------
     def make_storage(self, num_envs: int, device: torch.device) -> ReplayBuffer:
         hp = self.hparams
-        return ReplayBuffer(
-            hp.obs_specs, hp.action_dim, hp.buffer_size, hp.buffer_max_bytes, hp.seed, device
+        # float32 rows: the networks read float32, so float64 observations would only double
+        # the buffer's memory
+        specs = {k: {**s, "dtype": "float32"} for k, s in hp.obs_specs.items()}
+        buffer = ReplayBuffer(
+            specs, hp.action_dim, hp.buffer_size, hp.buffer_max_bytes, hp.seed, device
         )
+        log.info(buffer.describe())
+        return buffer
 
     def act(
         self, obs: dict[str, torch.Tensor], deterministic: bool = False

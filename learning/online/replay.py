@@ -19,11 +19,17 @@ from typing import Any
 
 import torch
 
+from learning.train import ConfigError
+
 MB = 1024**2
 
 
-class ReplayMemoryError(ValueError):
-    """The configured buffer does not fit its memory bound (one line)."""
+class ReplayMemoryError(ConfigError):
+    """The configured buffer does not fit its memory bound (one line from learning.train)."""
+
+
+def _size(n: float) -> str:
+    return f"{n:.0f} B" if n < MB else f"{n / MB:.1f} MiB"
 
 
 def _dtype(name: str | torch.dtype) -> torch.dtype:
@@ -64,7 +70,7 @@ class ReplayBuffer:
         if max_bytes is not None and self.nbytes > max_bytes:
             raise ReplayMemoryError(
                 f"replay buffer: capacity {self.capacity} x {self.row_bytes} B/transition = "
-                f"{self.nbytes / MB:.1f} MiB exceeds max_bytes {max_bytes / MB:.1f} MiB "
+                f"{_size(self.nbytes)} exceeds max_bytes {_size(max_bytes)} "
                 "(lower the capacity or raise the bound)"
             )
         self.obs_keys = sorted(obs_specs)
@@ -82,7 +88,7 @@ class ReplayBuffer:
         """One line for the run log: what the buffer holds and the memory it took."""
         return (
             f"replay buffer: {self.capacity} transitions x {self.row_bytes} B = "
-            f"{self.nbytes / MB:.1f} MiB on {self.device}"
+            f"{_size(self.nbytes)} on {self.device}"
         )
 
     def add(
