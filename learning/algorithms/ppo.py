@@ -158,6 +158,9 @@ class PPO(OnlineAlgorithm):
         self._affine = None  # new statistics
         return super().load_state_dict(*args, **kwargs)
 
+    def _logp_offset(self) -> torch.Tensor:
+        return self.actor_logstd.sum() + 0.5 * LOG_2PI * self.hparams.action_dim
+
     def clip_action(self, a: torch.Tensor) -> torch.Tensor:
         return torch.maximum(torch.minimum(a, self.action_high), self.action_low)
 
@@ -169,12 +172,13 @@ class PPO(OnlineAlgorithm):
         mean = self.actor_mean(z)
         if deterministic:
             return self.clip_action(mean), {}
-        std = self.actor_logstd.exp().expand_as(mean)
-        action = mean + std * torch.randn_like(mean)  # a ~ N(mu(s), sigma^2)
+        eps = torch.randn_like(mean)
+        action = mean + self.actor_logstd.exp() * eps  # a ~ N(mu(s), sigma^2)
         extras = {
             "obs": z,
             "actions": action,  # unclipped: the log-prob is of what was sampled
-            "logp": gaussian_logp(action, mean, self.actor_logstd),
+            # log N(a; mu, sigma^2) = sum_i -eps_i^2 / 2 - log sigma_i - log(2 pi) / 2
+            "logp": (-0.5 * eps.square()).sum(-1) - self._logp_offset(),
             "values": self.critic(z).squeeze(-1),
         }
         return self.clip_action(action), extras

@@ -61,7 +61,8 @@ def make_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
 
 
 def _to_torch(obs: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: torch.as_tensor(v, device=device) for k, v in obs.items()}
+    """A copy: a vector env may write its next observations into the same arrays."""
+    return {k: torch.tensor(v, device=device) for k, v in obs.items()}
 
 
 def _next_obs(obs: dict[str, np.ndarray], info: dict[str, Any], done: np.ndarray) -> dict:
@@ -210,6 +211,7 @@ def _train(
     world = fabric.world_size
     seeds = [int(cfg.seed) + 1000 * rank + 7919 * iteration + i for i in range(env.num_envs)]
     obs, _ = env.reset(seed=seeds)
+    obs_t = _to_torch(obs, device)
     ep_return, ep_length = np.zeros(env.num_envs), np.zeros(env.num_envs, dtype=np.int64)
     finished: list[tuple[float, int]] = []
     eval_every, next_eval = int(on.eval_every), 0
@@ -243,24 +245,25 @@ def _train(
     try:
         while env_steps < total:
             with torch.inference_mode():
-                actions, extras = player.act(_to_torch(obs, device))
+                actions, extras = player.act(obs_t)
             next_obs, rewards, term, trunc, info = env.step(actions.cpu().numpy())
             done = term | trunc
             real_next = _next_obs(next_obs, info, done)
+            next_t = _to_torch(next_obs, device)
             with torch.inference_mode():
                 player.observe(
                     storage,
                     Transition(
-                        obs=_to_torch(obs, device),
+                        obs=obs_t,
                         actions=actions,
                         extras=extras,
                         rewards=torch.as_tensor(rewards, dtype=torch.float32, device=device),
                         terminated=torch.as_tensor(term, device=device),
                         truncated=torch.as_tensor(trunc, device=device),
-                        next_obs=_to_torch(real_next, device),
+                        next_obs=next_t if real_next is next_obs else _to_torch(real_next, device),
                     ),
                 )
-            obs = next_obs
+            obs_t = next_t
             env_steps += env.num_envs * world
             ep_return += rewards
             ep_length += 1
