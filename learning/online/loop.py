@@ -202,13 +202,15 @@ def _train(
     player = algo.to(device)  # the same parameters, outside the strategy's wrapper
 
     storage = player.make_storage(num_envs=env.num_envs, device=device)
-    total = int(cfg.training.num_iterations) * int(cfg.training.steps_per_iteration)
+    world = fabric.world_size
+    # steps_per_iteration is per rank: N data-parallel ranks collect N times the env steps
+    # for the same number of updates (a batch N times larger).
+    total = int(cfg.training.num_iterations) * int(cfg.training.steps_per_iteration) * world
     env_steps, iteration = 0, 0
     if resume is not None:
         env_steps = int(resume[ONLINE_KEY]["env_steps"])
         iteration = int(resume[ONLINE_KEY]["iteration"])
         torch.set_rng_state(resume[ONLINE_KEY]["torch_rng"])
-    world = fabric.world_size
     seeds = [int(cfg.seed) + 1000 * rank + 7919 * iteration + i for i in range(env.num_envs)]
     obs, _ = env.reset(seed=seeds)
     obs_t = _to_torch(obs, device)
