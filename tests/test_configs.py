@@ -143,7 +143,7 @@ def test_every_config_shares_the_run_block(name: str, tmp_path: Path) -> None:
 
 # Root keys `learning.train.run` reads itself; every other root key must feed some `${...}`.
 READ_BY_TRAIN = {"name", "seed", "ckpt_path", "model_dims", "torch_threads", "run_dir", "data"}
-READ_BY_TRAIN |= {"model", "online", "env_id"}  # online: learning.online.loop
+READ_BY_TRAIN |= {"model", "online", "env_id", "training"}  # the last 3: learning.online.loop
 
 
 @pytest.mark.parametrize("name", ROOT_CONFIGS)
