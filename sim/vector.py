@@ -50,22 +50,31 @@ class Batch:
 
     def __init__(self, bases: Sequence[Any], fields: Sequence[str]) -> None:
         self.bases = list(bases)
-        self.models = [base.model for base in self.bases]
-        self.datas = [base.data for base in self.bases]
+        self.dt = float(self.bases[0].dt)
         self.frame_skip = int(self.bases[0].frame_skip)
         self.fields = tuple(fields)
-        first = self.datas[0]
+        first = self.bases[0].data
         self.arrays = {
-            name: np.empty((len(self.datas), *getattr(first, name).shape)) for name in self.fields
+            name: np.empty((len(self.bases), *getattr(first, name).shape)) for name in self.fields
         }
-        for i in range(len(self.datas)):
+        # Per env: model, data, its ctrl and (source, destination row) pairs. MjData arrays are
+        # views of a buffer that never moves, so they are taken once, not per step.
+        self._envs = [
+            (
+                base.model,
+                base.data,
+                base.data.ctrl,
+                [(getattr(base.data, name), self.arrays[name][i]) for name in self.fields],
+            )
+            for i, base in enumerate(self.bases)
+        ]
+        for i in range(len(self.bases)):
             self.refresh(i)
 
     def refresh(self, i: int) -> None:
         """Copy env i's fields (after a reset)."""
-        data = self.datas[i]
-        for name in self.fields:
-            self.arrays[name][i] = getattr(data, name)
+        for source, row in self._envs[i][3]:
+            row[...] = source
 
     def simulate(self, actions: np.ndarray) -> None:
         """`MujocoEnv.do_simulation` for every env, then refresh every field.
@@ -73,14 +82,12 @@ class Batch:
         Gymnasium also calls mj_rnePostConstraint after the step; it only fills cacc/cfrc_*,
         which no kernel reads and the next mj_step recomputes.
         """
-        step, nstep, fields, arrays = mujoco.mj_step, self.frame_skip, self.fields, self.arrays
-        for i, (model, data, action) in enumerate(
-            zip(self.models, self.datas, actions, strict=True)
-        ):
-            data.ctrl[:] = action
+        step, nstep = mujoco.mj_step, self.frame_skip
+        for (model, data, ctrl, copies), action in zip(self._envs, actions, strict=True):
+            ctrl[:] = action
             step(model, data, nstep=nstep)
-            for name in fields:
-                arrays[name][i] = getattr(data, name)
+            for source, row in copies:
+                row[...] = source
 
 
 @dataclass(frozen=True)
@@ -101,7 +108,7 @@ def _half_cheetah(batch: Batch, actions: np.ndarray) -> tuple:
     qpos, qvel = batch.arrays["qpos"], batch.arrays["qvel"]
     x_before = qpos[:, 0].copy()
     batch.simulate(actions)
-    x_velocity = (qpos[:, 0] - x_before) / base.dt
+    x_velocity = (qpos[:, 0] - x_before) / batch.dt
     ctrl_cost = base._ctrl_cost_weight * np.sum(np.square(actions), axis=1)
     reward = base._forward_reward_weight * x_velocity - ctrl_cost
     position = qpos[:, 1:] if base._exclude_current_positions_from_observation else qpos
@@ -115,7 +122,7 @@ def _hopper(batch: Batch, actions: np.ndarray) -> tuple:
     qpos, qvel = batch.arrays["qpos"], batch.arrays["qvel"]
     x_before = qpos[:, 0].copy()
     batch.simulate(actions)
-    x_velocity = (qpos[:, 0] - x_before) / base.dt
+    x_velocity = (qpos[:, 0] - x_before) / batch.dt
     # is_healthy: state_vector()[2:], z and torso angle inside their open ranges
     state = np.concatenate([qpos, qvel], axis=1)[:, 2:]
     (min_state, max_state), (min_z, max_z), (min_angle, max_angle) = (
@@ -239,7 +246,10 @@ class SimVectorEnv(gym.vector.VectorEnv):
         }
         if success is not None:
             infos["is_success"] = success
-        next_obs = {k: v.copy() for k, v in obs.items()} if done.any() else obs
+        if not done.any():
+            self._obs = obs
+            return obs, reward, terminated, truncated, infos
+        next_obs = {k: v.copy() for k, v in obs.items()}
         for i in np.flatnonzero(done):
             first, _ = self.envs[i].reset()
             for key, value in first.items():
