@@ -12,6 +12,7 @@ import torch
 from lightning.fabric import Fabric
 
 from learning.algorithms.ppo import PPO
+from learning.algorithms.sac import SAC
 from learning.data.keys import ACTIONS
 from learning.online.algorithm import Transition
 
@@ -44,10 +45,11 @@ class SaveRankState(L.Callback):
         torch.save(self.record, self.out_dir / f"rank{trainer.global_rank}.pt")
 
 
-class RecordingPPO(PPO):
-    """PPO that writes, on each rank, the first observations it collected, its weights before
-    the first update ("initial") and after each update ("state_dict"):
-    `record_dir/rank{rank}_update{n}.pt` (data-parallel tests)."""
+class Recording:
+    """An online algorithm that writes, on each rank, the first observations it collected, its
+    weights before the first update ("initial") and after each update ("state_dict", and the
+    names of its "parameters", the rest being buffers such as normalization statistics):
+    `record_dir/rank{rank}_update{n}.pt` (data-parallel tests). Mixed in before the algorithm."""
 
     def __init__(self, record_dir: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -70,6 +72,15 @@ class RecordingPPO(PPO):
             "first_obs": self.first_obs,
             "initial": self.initial,
             "state_dict": _weights(self),
+            "parameters": [name for name, _ in self.named_parameters()],
         }
         torch.save(record, self.record_dir / f"rank{fabric.global_rank}_update{self.updates}.pt")
         return scalars
+
+
+class RecordingPPO(Recording, PPO):
+    """PPO, recorded per rank."""
+
+
+class RecordingSAC(Recording, SAC):
+    """SAC, recorded per rank."""

@@ -75,3 +75,42 @@ def test_ppo_hyperparameters_reach_both_sides(tmp_path: Path) -> None:
     assert (vec_normalize.norm_obs, vec_normalize.norm_reward) == (True, True)
     assert model.policy.net_arch == {"pi": h["hidden"], "vf": h["hidden"]}
     model.get_env().close()
+
+
+def test_sac_hyperparameters_reach_both_sides(tmp_path: Path) -> None:
+    case = next(c for c in CASES if c.name == "sac_pendulum")
+    h = case.hyper
+    algo, cfg = ours(case, tmp_path)
+    hp = algo.hparams
+    assert cfg.online.num_envs == h["num_envs"]
+    assert cfg.training.num_iterations * cfg.training.steps_per_iteration == case.steps
+    assert list(hp.hidden_dims) == h["hidden"]
+    assert (hp.learning_rate, hp.gamma, hp.tau, hp.batch_size) == (
+        h["learning_rate"],
+        h["gamma"],
+        h["tau"],
+        h["batch_size"],
+    )
+    assert (hp.buffer_size, hp.learning_starts, hp.gradient_steps) == (
+        h["buffer_size"],
+        h["learning_starts"],
+        h["gradient_steps"],
+    )
+
+    pytest.importorskip("stable_baselines3")
+    model, vec_normalize = make_sb3(case, 3)
+    assert vec_normalize is None
+    assert (model.buffer_size, model.learning_starts, model.batch_size) == (
+        h["buffer_size"],
+        h["learning_starts"],
+        h["batch_size"],
+    )
+    assert (model.tau, model.gamma, model.gradient_steps) == (
+        h["tau"],
+        h["gamma"],
+        h["gradient_steps"],
+    )
+    assert model.train_freq.frequency == h["train_freq"]
+    assert model.lr_schedule(0.5) == h["learning_rate"]  # constant
+    assert model.policy.actor.net_arch == h["hidden"]
+    model.get_env().close()
