@@ -45,19 +45,17 @@ ONLINE_KEY = "roboloop_online"  # {"algorithm", "env_steps", "iteration", "torch
 
 
 def make_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
-    """The one place the loop builds envs: `num_envs` copies of `sim.make(env_id)` with dict
-    observations; done envs reset in the same step, the real last observation in
-    `info["final_obs"]` (truncation bootstrapping)."""
-    from sim.envs import make, task_spec
+    """The one place the loop builds envs: `sim.make_vec` (`num_envs` copies of
+    `sim.make(env_id)`, dict observations, stepped as one batch); done envs reset in the same
+    step, the observation reached in `info["final_obs"]` (truncation bootstrapping)."""
+    from sim.envs import task_spec
+    from sim.vector import make_vec
 
     try:
         task_spec(env_id)
     except ValueError as err:
         raise ConfigError(f"env_id={env_id}: {err}") from None
-    return gym.vector.SyncVectorEnv(
-        [lambda: make(env_id) for _ in range(num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
+    return make_vec(env_id, num_envs)
 
 
 def _to_torch(obs: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
@@ -69,7 +67,9 @@ def _next_obs(obs: dict[str, np.ndarray], info: dict[str, Any], done: np.ndarray
     """Each env's real next observation: the final one for envs that just reset."""
     if not done.any():
         return obs
-    real = {k: v.copy() for k, v in obs.items()}
+    if isinstance(info["final_obs"], dict):  # sim.make_vec: dense, every row the one reached
+        return info["final_obs"]
+    real = {k: v.copy() for k, v in obs.items()}  # SyncVectorEnv: per-env dicts
     for i in np.flatnonzero(info.get("_final_obs", done)):
         for k in real:
             real[k][i] = info["final_obs"][i][k]
