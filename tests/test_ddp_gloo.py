@@ -169,11 +169,6 @@ def test_online_two_ranks_identical_weights(
     assert len(moved) > len(params) // 2, moved
 
 
-@pytest.mark.xfail(
-    reason="PPO's observation/return statistics take in only the local rollout (per rank); "
-    "all-gather them in update so every rank (and rank 0's checkpoint) holds the same",
-    strict=True,
-)
 def test_online_ppo_two_ranks_identical_statistics(
     online_run: Callable[[str], tuple[dict, dict]],
 ) -> None:

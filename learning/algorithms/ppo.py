@@ -13,14 +13,16 @@ Normalization lives here, as buffers (so in every checkpoint):
   the mean action, clipped to the env's bounds);
 - rewards: divided by the running std of the discounted return (as SB3's VecNormalize), for
   training only: the actor does not need it.
-Both statistics take in a whole rollout at once, in `update` (not per env step as in SB3): one
-rollout is normalized with one set of statistics, and collection stays cheap. The first
+Both statistics take in a whole rollout at once, in `update` (not per env step as in SB3), of
+every data-parallel rank (all-gathered): one rollout is normalized with one set of statistics,
+the same on every rank, and collection stays cheap. The first
 rollout therefore acts on raw observations.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -33,6 +35,7 @@ from learning.online.algorithm import AlgorithmError, OnlineAlgorithm, Transitio
 from learning.online.rollout import RolloutStorage
 
 LOG_2PI = math.log(2 * math.pi)
+Gather = Callable[[torch.Tensor], torch.Tensor]  # (N, D) -> (N x ranks, D)
 
 
 class RunningMeanStd(nn.Module):
@@ -260,7 +263,9 @@ class PPO(OnlineAlgorithm):
             "clip_fraction": clip_fraction,
         }
 
-    def advantages(self, storage: RolloutStorage) -> tuple[torch.Tensor, torch.Tensor]:
+    def advantages(
+        self, storage: RolloutStorage, gather: Gather = lambda x: x
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """GAE (Schulman et al. 2016, arXiv:1506.02438, eq. 16) over the rollout, once per
         update on the host (T small steps; numpy is far cheaper per step than torch):
             delta_t = r_t + gamma V(s_{t+1}) (1 - d_t) - V(s_t)
@@ -269,7 +274,7 @@ class PPO(OnlineAlgorithm):
         with torch.no_grad():
             last_value = self.critic(self.normalize(storage.tail["raw_obs"])).squeeze(-1)
         values, nonterminal = d["values"].cpu().numpy(), 1.0 - d["dones"].cpu().numpy()
-        rewards = self.scaled_rewards(storage)
+        rewards = self.scaled_rewards(storage, gather)
         next_values = np.concatenate([values[1:], last_value.cpu().numpy()[None]])
         deltas = rewards + hp.gamma * next_values * nonterminal - values
         adv = np.zeros_like(rewards)
@@ -280,10 +285,11 @@ class PPO(OnlineAlgorithm):
         advantages = torch.from_numpy(adv).to(d["values"].device)
         return advantages, advantages + d["values"]
 
-    def scaled_rewards(self, storage: RolloutStorage) -> np.ndarray:
+    def scaled_rewards(self, storage: RolloutStorage, gather: Gather = lambda x: x) -> np.ndarray:
         """(T, B) rewards / std(G) (clipped), G_t = gamma G_{t-1} + r_t the discounted return
-        (its statistics updated with this rollout's), plus the truncation bootstraps (already
-        in value units); raw rewards + bootstraps when reward normalization is off."""
+        (its statistics updated with this rollout's on every rank: `gather`), plus the
+        truncation bootstraps (already in value units); raw rewards + bootstraps when reward
+        normalization is off."""
         hp, d = self.hparams, storage.data
         rewards = d["rewards"].cpu().numpy().astype(np.float64)
         if hp.normalize_reward:
@@ -293,7 +299,8 @@ class PPO(OnlineAlgorithm):
                 self._returns = self._returns * hp.gamma + rewards[t]
                 returns[t] = self._returns
                 self._returns = self._returns * (1.0 - dones[t])
-            self.return_rms.update(torch.from_numpy(returns.reshape(-1, 1)))
+            device = d["rewards"].device
+            self.return_rms.update(gather(torch.from_numpy(returns.reshape(-1, 1)).to(device)))
             std = float(self.return_rms.std())  # once per rollout, before any gradient step
             rewards = np.clip(rewards / std, -hp.clip_reward, hp.clip_reward)
         return (rewards + d["bootstrap"].cpu().numpy()).astype(np.float32)
@@ -311,7 +318,11 @@ class PPO(OnlineAlgorithm):
         lr = hp.learning_rate * (1.0 - progress) if hp.anneal_lr else hp.learning_rate
         for group in optimizer.param_groups:
             group["lr"] = lr
-        advantages, returns = self.advantages(storage)
+
+        def gather(x: torch.Tensor) -> torch.Tensor:  # (N, D) of every rank, stacked
+            return fabric.all_gather(x).reshape(-1, x.shape[-1])
+
+        advantages, returns = self.advantages(storage, gather)
         # Rows were written under inference_mode: clone into ordinary tensors for autograd.
         batch = {k: storage.data[k].flatten(0, 1).clone() for k in ("obs", "actions", "logp")}
         batch["advantages"], batch["returns"] = advantages.flatten(), returns.flatten()
@@ -345,7 +356,7 @@ class PPO(OnlineAlgorithm):
         residual_var = (batch["returns"] - batch["values"]).var()
         explained = 1 - residual_var / batch["returns"].var().clamp_min(1e-8)
         if hp.normalize_obs:  # the next rollout is normalized with this one's statistics too
-            self.obs_rms.update(storage.data["raw_obs"].flatten(0, 1))
+            self.obs_rms.update(gather(storage.data["raw_obs"].flatten(0, 1).clone()))
             self._affine = None
         scalars = {f"train/{k}": v for k, v in zip(names, totals / max(count, 1), strict=True)}
         scalars["train/explained_variance"] = explained
