@@ -2,11 +2,14 @@
 
     python -m bench.sim_rollout [--quick]
 
-Rows per task, in env steps/s (one env step = frame_skip physics steps): raw mj_step on one
-MjData, plain `gym.make`, `sim.make`, Gymnasium `SyncVectorEnv` over `sim.make`, `sim.make_vec`
-(what the online loop uses), and `mujoco.rollout` with 2 threads as a physics-only reference
-(it cannot carry the solver warmstart between calls, so it does not reproduce the env). Every
-row is the best of a few rounds, taken in turn, so a busy machine hurts all rows alike.
+Rows per task, in env steps/s (one env step = frame_skip physics steps): raw mj_step, plain
+`gym.make`, `sim.make`, Gymnasium `SyncVectorEnv` over `sim.make`, `sim.make_vec` (what the
+online loop uses), and `mujoco.rollout` with 2 threads as a physics-only reference (it cannot
+carry the solver warmstart between calls, so it does not reproduce the env). The cost of a
+MuJoCo step depends on the state (contacts), so every row runs the SAME trajectories: N envs
+seeded 0..N-1, the same (steps, N, action) array; the raw row is a plain loop of
+`ctrl = a; mj_step(nstep=frame_skip)` over those N MjData. Rounds take every row in turn;
+rates are medians over rounds, ratios the medians of each round's back-to-back ratios.
 """
 
 from __future__ import annotations
@@ -26,141 +29,121 @@ from bench.report import report
 NUM_ENVS = 16
 
 
-def _timed(step: Callable[[int], int], seconds: float) -> float:
-    """Env steps/s of calling step(k) (which returns how many env steps it took) for `seconds`."""
-    steps, k, start = 0, 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        steps += step(k)
-        k += 1
-    return steps / (time.perf_counter() - start)
-
-
-def _actions(space: gym.spaces.Box, shape: tuple[int, ...]) -> np.ndarray:
-    """A pool of 64 random action batches, drawn before timing."""
-    rng = np.random.default_rng(0)
-    return rng.uniform(space.low, space.high, (64, *shape)).astype(np.float32)
-
-
-def _raw(model: mujoco.MjModel, frame_skip: int, seconds: float) -> float:
-    data = mujoco.MjData(model)
-
-    def step(_: int) -> int:
-        for _ in range(100):
-            mujoco.mj_step(model, data, nstep=frame_skip)
-        return 100
-
-    return _timed(step, seconds)
-
-
-def _single(env: gym.Env, seconds: float) -> float:
-    env.reset(seed=0)
-    pool = _actions(env.action_space, env.action_space.shape)
-
-    def step(k: int) -> int:
-        _, _, terminated, truncated, _ = env.step(pool[k % 64])
-        if terminated or truncated:
-            env.reset()
-        return 1
-
-    return _timed(step, seconds)
-
-
-def _vector(envs: gym.vector.VectorEnv, seconds: float) -> float:
+def _raw(env_id: str, actions: np.ndarray) -> float:
+    envs = sim.make_vec(env_id, actions.shape[1])
     envs.reset(seed=0)
-    pool = _actions(envs.single_action_space, envs.action_space.shape)
+    bases = [env.unwrapped for env in envs.envs]
+    start = time.perf_counter()
+    for i, base in enumerate(bases):
+        model, data, nstep = base.model, base.data, base.frame_skip
+        for action in actions[:, i]:
+            data.ctrl[:] = action
+            mujoco.mj_step(model, data, nstep=nstep)
+    return actions.shape[0] * actions.shape[1] / (time.perf_counter() - start)
 
-    def step(k: int) -> int:
-        envs.step(pool[k % 64])
-        return envs.num_envs
 
-    rate = _timed(step, seconds)
+def _single(make: Callable[[], gym.Env], actions: np.ndarray) -> float:
+    """Env i of the batch as its own env, one after the other (seed i, actions[:, i])."""
+    env = make()
+    start = time.perf_counter()
+    for i in range(actions.shape[1]):
+        env.reset(seed=i)
+        for action in actions[:, i]:
+            _, _, terminated, truncated, _ = env.step(action)
+            if terminated or truncated:
+                env.reset()
+    return actions.shape[0] * actions.shape[1] / (time.perf_counter() - start)
+
+
+def _vector(envs: gym.vector.VectorEnv, actions: np.ndarray) -> float:
+    envs.reset(seed=0)
+    start = time.perf_counter()
+    for batch in actions:
+        envs.step(batch)
+    rate = actions.shape[0] * actions.shape[1] / (time.perf_counter() - start)
     envs.close()
     return rate
 
 
-def _rollout(model: mujoco.MjModel, frame_skip: int, num_envs: int, seconds: float) -> float:
+def _rollout(env_id: str, actions: np.ndarray) -> float:
+    envs = sim.make_vec(env_id, actions.shape[1])
+    envs.reset(seed=0)
+    bases = [env.unwrapped for env in envs.envs]
+    model, frame_skip = bases[0].model, bases[0].frame_skip
     spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
-    data = mujoco.MjData(model)
-    state = np.empty((num_envs, mujoco.mj_stateSize(model, spec)))
-    mujoco.mj_getState(model, data, state[0], spec)
-    state[:] = state[0]
-    out = np.empty((num_envs, frame_skip, state.shape[1]))
-    sensordata = np.empty((num_envs, frame_skip, model.nsensordata))
-    space = gym.spaces.Box(model.actuator_ctrlrange[:, 0], model.actuator_ctrlrange[:, 1])
-    pool = np.repeat(_actions(space, (num_envs, 1, model.nu)), frame_skip, axis=2)
-    models, datas = [model] * num_envs, [mujoco.MjData(model) for _ in range(2)]
+    state = np.empty((len(bases), mujoco.mj_stateSize(model, spec)))
+    for row, base in zip(state, bases, strict=True):
+        mujoco.mj_getState(model, base.data, row, spec)
+    out = np.empty((len(bases), frame_skip, state.shape[1]))
+    sensordata = np.empty((len(bases), frame_skip, model.nsensordata))
+    controls = np.repeat(actions.astype(np.float64)[:, :, None], frame_skip, axis=2)
+    models, datas = [model] * len(bases), [mujoco.MjData(model) for _ in range(2)]
     with rollout.Rollout(nthread=2) as runner:
-
-        def step(k: int) -> int:
+        start = time.perf_counter()
+        for control in controls:
             runner.rollout(
-                models, datas, state, pool[k % 64].astype(np.float64), nstep=frame_skip,
+                models, datas, state, control, nstep=frame_skip,
                 state=out, sensordata=sensordata, skip_checks=True,
             )  # fmt: skip
             state[:] = out[:, -1]
-            return num_envs
-
-        return _timed(step, seconds)
+        return actions.shape[0] * actions.shape[1] / (time.perf_counter() - start)
 
 
-def _task_rows(env_id: str, seconds: float, rounds: int) -> list[dict]:
-    base = sim.make(env_id).unwrapped
-    model, frame_skip, n = base.model, base.frame_skip, NUM_ENVS
-    methods: dict[str, tuple[int, Callable[[], gym.Env | gym.vector.VectorEnv | float]]] = {
-        "mj_step (raw)": (1, lambda: _raw(model, frame_skip, seconds)),
-        "gym.make": (1, lambda: gym.make(env_id)),
-        "sim.make": (1, lambda: sim.make(env_id)),
-        "SyncVectorEnv(sim.make)": (
-            n,
-            lambda: gym.vector.SyncVectorEnv([lambda: sim.make(env_id)] * n),
-        ),
-        "sim.make_vec": (n, lambda: sim.make_vec(env_id, n)),
-        "mujoco.rollout 2 threads (physics only)": (
-            n,
-            lambda: _rollout(model, frame_skip, n, seconds),
-        ),
-        "SyncVectorEnv(sim.make) camera=64": (
+def _task_rows(env_id: str, num_steps: int, rounds: int) -> list[dict]:
+    space = sim.make(env_id).action_space
+    rng = np.random.default_rng(0)
+    n = NUM_ENVS
+    actions = rng.uniform(space.low, space.high, (num_steps, n, *space.shape)).astype(np.float32)
+    camera_actions = actions[: max(num_steps // 10, 5), :4]
+
+    def sync(camera: int | None = None, num_envs: int = n) -> gym.vector.VectorEnv:
+        return gym.vector.SyncVectorEnv([lambda: sim.make(env_id, camera=camera)] * num_envs)
+
+    methods: dict[str, tuple[int, Callable[[], float]]] = {
+        "mj_step (raw)": (n, lambda: _raw(env_id, actions)),
+        "gym.make": (1, lambda: _single(lambda: gym.make(env_id), actions)),
+        "sim.make": (1, lambda: _single(lambda: sim.make(env_id), actions)),
+        "SyncVectorEnv(sim.make)": (n, lambda: _vector(sync(), actions)),
+        "sim.make_vec": (n, lambda: _vector(sim.make_vec(env_id, n), actions)),
+        "mujoco.rollout 2 threads (physics only)": (n, lambda: _rollout(env_id, actions)),
+        "SyncVectorEnv(sim.make) camera=64": (4, lambda: _vector(sync(64, 4), camera_actions)),
+        "sim.make_vec camera=64": (
             4,
-            lambda: gym.vector.SyncVectorEnv([lambda: sim.make(env_id, camera=64)] * 4),
+            lambda: _vector(sim.make_vec(env_id, 4, camera=64), camera_actions),
         ),
-        "sim.make_vec camera=64": (4, lambda: sim.make_vec(env_id, 4, camera=64)),
     }
-    best = dict.fromkeys(methods, 0.0)
+    rates: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(rounds):
-        for name, (_, build) in methods.items():
-            built = build()
-            if isinstance(built, gym.vector.VectorEnv):
-                rate = _vector(built, seconds)
-            elif isinstance(built, gym.Env):
-                rate = _single(built, seconds)
-            else:
-                rate = built
-            best[name] = max(best[name], rate)
-    raw, plain = best["mj_step (raw)"], best["gym.make"]
+        for name, (_, measure) in methods.items():
+            rates[name].append(measure())
+    raw, plain = np.array(rates["mj_step (raw)"]), np.array(rates["gym.make"])
     return [
         {
             "env": env_id,
             "method": name,
             "num_envs": num_envs,
-            "env_steps_per_s": best[name],
-            "ratio_vs_raw": best[name] / raw,
-            "ratio_vs_gym_make": best[name] / plain,
+            "env_steps_per_s": float(np.median(rates[name])),
+            # ratios within a round (measured back to back), then the median over rounds
+            "ratio_vs_raw": float(np.median(np.array(rates[name]) / raw)),
+            "ratio_vs_gym_make": float(np.median(np.array(rates[name]) / plain)),
         }
         for name, (num_envs, _) in methods.items()
     ]
 
 
 def run(quick: bool = False) -> list[dict]:
-    seconds, rounds = (0.4, 1) if quick else (2.0, 3)
+    num_steps, rounds = (100, 1) if quick else (400, 7)
     rows = [
         row
-        for env_id in ("Reacher-v5", "HalfCheetah-v5")
-        for row in _task_rows(env_id, seconds, rounds)
+        for env_id in ("Reacher-v5", "HalfCheetah-v5", "Hopper-v5")
+        for row in _task_rows(env_id, num_steps, rounds)
     ]
     report(
         "sim_rollout",
         rows,
-        note="env steps/s (x frame_skip physics steps); ratio_vs_raw = rate / raw mj_step rate "
-        f"(1 MjData, 1 thread); best of {rounds} round(s)",
+        note=f"env steps/s over the same {NUM_ENVS} x {num_steps}-step trajectories (x frame_skip "
+        "physics steps); ratio_vs_raw = rate / plain mj_step loop; Hopper envs reset when they "
+        f"fall (the raw loop does not); medians of {rounds} round(s)",
     )
     return rows
 
