@@ -36,13 +36,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from episode_dataset import DatasetError
 from learning.checkpoint import CheckpointError, RecordConfig, torch_load
+from learning.errors import ConfigError
 from learning.finite import FiniteGuard, NonFiniteError
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A config that cannot run as written (one line)."""
 
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"

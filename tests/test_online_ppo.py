@@ -3,6 +3,8 @@ served return; seed 002's config keys; bad input; a learning check (slow)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +15,16 @@ from hydra.utils import instantiate
 from learning.algorithms.ppo import gaussian_logp
 from learning.checkpoint import CheckpointError, load_model
 from learning.data.spec import env_model_dims
+from learning.errors import ConfigError
 from learning.export import export_checkpoint, parity
 from learning.online.algorithm import AlgorithmError
 from learning.online.loop import ONLINE_KEY, evaluate
-from learning.train import ConfigError, compose_config, run
+from learning.train import compose_config, run
 from roboloop_runtime import OnnxPolicy
 from sim.envs import TASKS, TaskSpec, register_task
 from sim.evaluate import evaluate_policy
 
+REPO = Path(__file__).resolve().parents[1]
 TINY = [
     "training.steps_per_iteration=256",
     "model.minibatch_size=64",
@@ -128,6 +132,22 @@ def test_bad_input_one_line(first_run: dict, tmp_path: Path, monkeypatch) -> Non
     torch.save(ckpt, tmp_path / "offline.ckpt")
     with pytest.raises(CheckpointError, match=r"not an online \(learning.online\) checkpoint"):
         train(tmp_path, "env_id=Pendulum-v1", f"ckpt_path={tmp_path / 'offline.ckpt'}")
+
+
+def test_cli_unknown_env_is_one_line(tmp_path: Path) -> None:
+    """Through `python -m learning.train` (run as __main__, where the error classes must still
+    be the ones the online loop raises)."""
+    cmd = [sys.executable, "-m", "learning.train", "--config-name=train_ppo", "env_id=Nope-v0"]
+    proc = subprocess.run(
+        [*cmd, f"output_root={tmp_path}"], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    assert proc.returncode == 1
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("learning.train: env_id=Nope-v0: unknown task 'Nope-v0'; registered: [")
+    )
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow

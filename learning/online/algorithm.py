@@ -33,7 +33,7 @@ import lightning as L
 import torch
 from lightning.fabric import Fabric
 
-from learning.train import ConfigError
+from learning.errors import ConfigError
 
 
 class AlgorithmError(ConfigError):

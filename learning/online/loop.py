@@ -36,8 +36,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from learning.checkpoint import CONFIG_KEY, MODEL_KWARGS_KEY, CheckpointError, torch_load
 from learning.data.spec import model_dims
+from learning.errors import ConfigError
 from learning.online.algorithm import OnlineAlgorithm, Transition
-from learning.train import ConfigError
 
 log = logging.getLogger(__name__)
 
