@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -18,6 +19,7 @@ from learning.data.spec import env_model_dims
 from learning.errors import ConfigError
 from learning.export import export_checkpoint, parity
 from learning.online.algorithm import AlgorithmError
+from learning.online.api import train_policy
 from learning.online.loop import ONLINE_KEY, evaluate
 from learning.train import compose_config, run
 from roboloop_runtime import OnnxPolicy
@@ -132,6 +134,20 @@ def test_bad_input_one_line(first_run: dict, tmp_path: Path, monkeypatch) -> Non
     torch.save(ckpt, tmp_path / "offline.ckpt")
     with pytest.raises(CheckpointError, match=r"not an online \(learning.online\) checkpoint"):
         train(tmp_path, "env_id=Pendulum-v1", f"ckpt_path={tmp_path / 'offline.ckpt'}")
+
+
+def test_seed_python_api_trains_from_an_env_factory(tmp_path: Path) -> None:
+    """Seed 002's `train_policy(env_factory=..., algorithm=..., num_iterations=...)`."""
+    result = train_policy(
+        env_factory=lambda: gym.make("Pendulum-v1", max_episode_steps=50),
+        algorithm="ppo",
+        num_iterations=2,
+        overrides=[f"output_root={tmp_path}", *TINY],
+    )
+    assert result["env_steps"] == 512
+    assert result["metrics"]["eval/length"] == 50  # the factory's env, its own time limit
+    with pytest.raises(ConfigError, match=r"algorithm 'dqn': no configs/train_dqn.yaml"):
+        train_policy("Pendulum-v1", algorithm="dqn")
 
 
 def test_cli_unknown_env_is_one_line(tmp_path: Path) -> None:
