@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from learning.algorithms.ppo import gaussian_logp
 from learning.checkpoint import CheckpointError, load_model
@@ -43,7 +44,18 @@ def train(tmp_path: Path, *overrides: str) -> dict:
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("ppo")
-    return train(tmp, "env_id=Pendulum-v1", "training.num_iterations=2", f"run_dir={tmp}/a")
+    args = ["training.num_iterations=2", "online.eval_every=200", f"run_dir={tmp}/a"]
+    return train(tmp, "env_id=Pendulum-v1", *args)
+
+
+def test_tensorboard_scalars_and_periodic_evaluation(first_run: dict) -> None:
+    events = EventAccumulator(str(Path(first_run["run_dir"]) / "tensorboard"))
+    events.Reload()
+    steps = {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    for tag in ("train/policy_loss", "train/entropy", "train/explained_variance", "time/sps"):
+        assert steps[tag] == [256, 512], tag  # once per update
+    assert steps["rollout/episode_return"] == [256, 512]  # 200-step episodes ended in both
+    assert steps["eval/return"] == [200, 400, 512]  # every 200 env steps, and at the end
 
 
 def test_train_checkpoint_resume(first_run: dict, tmp_path: Path) -> None:
