@@ -78,7 +78,6 @@ class PPO(OnlineAlgorithm):
     """PPO-Clip; env dimensions from learning.data.spec.model_dims, the rest hyperparameters."""
 
     algorithm = "ppo"
-    on_policy = True
     forward_methods = ("losses",)
 
     def __init__(
@@ -358,6 +357,7 @@ class PPO(OnlineAlgorithm):
         if hp.normalize_obs:  # the next rollout is normalized with this one's statistics too
             self.obs_rms.update(gather(storage.data["raw_obs"].flatten(0, 1).clone()))
             self._affine = None
+        storage.clear()  # the next rollout overwrites the rows
         scalars = {f"train/{k}": v for k, v in zip(names, totals / max(count, 1), strict=True)}
         scalars["train/explained_variance"] = explained
         scalars["train/learning_rate"] = torch.tensor(lr)

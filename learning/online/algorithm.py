@@ -60,7 +60,6 @@ class OnlineAlgorithm(L.LightningModule, abc.ABC):
     (learning.data.spec.model_dims), so `learning.checkpoint.load_model` rebuilds it."""
 
     algorithm: ClassVar[str]  # "ppo", "sac": checkpoints carry it; resume refuses another
-    on_policy: ClassVar[bool]
     forward_methods: ClassVar[tuple[str, ...]] = ()  # gradient-carrying methods (DDP-synced)
 
     @classmethod
@@ -100,7 +99,8 @@ class OnlineAlgorithm(L.LightningModule, abc.ABC):
         storage: Any,
         progress: float,
     ) -> dict[str, torch.Tensor]:
-        """Gradient steps on `storage`; `progress` in [0, 1] of the run (LR annealing).
+        """Gradient steps on `storage` (an on-policy algorithm then clears it); `progress`
+        in [0, 1] of the run (LR annealing).
         Returns scalar tensors for TensorBoard (the loop syncs them when it logs)."""
 
     # ---- export: the deterministic actor (contract v2 `actor`), the same for every algorithm

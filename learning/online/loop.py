@@ -277,8 +277,6 @@ def _train(
                 # progress at the previous update (PPO: 0 for the first, (N-1)/N for the last)
                 scalars = player.update(fabric, learner, optimizers, storage, updated_at / total)
                 updated_at = env_steps
-                if hasattr(storage, "clear") and algo_cls.on_policy:
-                    storage.clear()
                 iteration += 1
                 # One host sync per update round, here, never inside it.
                 names = list(scalars)

@@ -34,6 +34,3 @@ class RolloutStorage:
     def clear(self) -> None:
         self.step = 0
         self.tail = {}
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.data.values())
