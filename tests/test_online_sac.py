@@ -173,7 +173,7 @@ def test_sac_update_learns_a_one_step_reward() -> None:
             fabric, "mark_forward_method"
         ) else None
     buf = sac.make_storage(1, torch.device("cpu"))
-    target = torch.tensor([1.0, 0.5])
+    target = torch.tensor([1.0, 1.0])  # both away from the box centre (0, 0.5)
     for _ in range(8):
         obs = {"state": torch.randn(64, 3)}
         actions = torch.rand(64, 2) * 4 - 2
@@ -187,9 +187,11 @@ def test_sac_update_learns_a_one_step_reward() -> None:
     assert set(scalars) >= {"loss/critic", "loss/actor", "temperature", "entropy"}
     assert all(v.dim() == 0 for v in scalars.values())  # tensors: the loop syncs when it logs
     assert scalars["temperature"].item() < alpha0  # entropy above -|A|: α shrinks
+    # The policy's expected action moved from the box centre to the target (within 0.2: the
+    # entropy bonus keeps σ > 0 and pulls a little towards the centre).
     with torch.no_grad():
-        mean_action = sac.act({"state": torch.randn(32, 3)}, deterministic=True)[0]
-    torch.testing.assert_close(mean_action.mean(0), target, atol=0.15, rtol=0)
+        sampled = sac.act({"state": torch.randn(4096, 3)})[0]
+    torch.testing.assert_close(sampled.mean(0), target, atol=0.2, rtol=0)
 
 
 def test_sac_exported_graph_is_the_mean_action() -> None:

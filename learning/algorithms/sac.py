@@ -94,6 +94,15 @@ class EnsembleLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
+def full_precision(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`layer(x)` in float32 even under autocast (bf16-mixed): the output heads (Q values, μ,
+    log σ) stay exact enough for TD targets and log-probs; the wide hidden layers take bf16."""
+    if not torch.is_autocast_enabled(x.device.type):  # (export and fp32 runs: the plain call)
+        return layer(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return layer(x.float())
+
+
 def _relu_mlp(dims: Sequence[int], linear: Any) -> nn.Sequential:
     """linear(dims[0], dims[1]) -> ReLU -> ... -> linear(dims[-2], dims[-1]) (no final ReLU)."""
     layers: list[nn.Module] = []
@@ -113,7 +122,8 @@ class TwinQ(nn.Module):
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         x = torch.cat([obs, actions], -1)
-        return self.net(x.expand(self.k, *x.shape)).squeeze(-1)
+        h = self.net[:-1](x.expand(self.k, *x.shape))
+        return full_precision(self.net[-1], h).squeeze(-1)
 
 
 class SquashedGaussianActor(nn.Module):
@@ -139,8 +149,9 @@ class SquashedGaussianActor(nn.Module):
     def distribution(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(μ, log σ) with log σ squashed into [LOG_STD_MIN, LOG_STD_MAX]."""
         h = self.trunk(obs)
-        log_std = torch.tanh(self.log_std(h))
-        return self.mean(h), LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)
+        log_std = torch.tanh(full_precision(self.log_std, h))
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)
+        return full_precision(self.mean, h), log_std
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(action in env units, log π(a|s)) for the given ε."""
@@ -327,16 +338,25 @@ class SAC(OnlineAlgorithm):
         for _ in range(hp.gradient_steps):
             batch = storage.sample(hp.batch_size)
             obs, next_obs = self.flat_obs(batch["obs"]), self.flat_obs(batch["next_obs"])
-            noise = torch.randn(2, hp.batch_size, hp.action_dim, device=obs.device)
+            noise, next_noise = torch.randn(2, hp.batch_size, hp.action_dim, device=obs.device)
 
-            q_loss, q_mean = learner.critic_loss(
-                obs, batch["actions"], batch["rewards"], next_obs, batch["terminated"], noise[0]
-            )
+            # fabric.autocast: Fabric applies `precision` (bf16-mixed) to a marked method only
+            # when a strategy wraps the module (DDP); on one device the method runs bare.
+            with fabric.autocast():
+                q_loss, q_mean = learner.critic_loss(
+                    obs,
+                    batch["actions"],
+                    batch["rewards"],
+                    next_obs,
+                    batch["terminated"],
+                    next_noise,
+                )
             critic_opt.zero_grad(set_to_none=True)
             fabric.backward(q_loss)
             critic_opt.step()
 
-            pi_loss, log_prob = learner.actor_loss(obs, noise[1])
+            with fabric.autocast():
+                pi_loss, log_prob = learner.actor_loss(obs, noise)
             actor_opt.zero_grad(set_to_none=True)
             fabric.backward(pi_loss)
             actor_opt.step()
