@@ -194,6 +194,25 @@ def test_sac_update_learns_a_one_step_reward() -> None:
     torch.testing.assert_close(sampled.mean(0), target, atol=0.2, rtol=0)
 
 
+def test_bf16_mixed_runs_hidden_layers_in_bf16_and_heads_in_fp32() -> None:
+    torch.manual_seed(0)
+    fabric = Fabric(accelerator="cpu", devices=1, precision="bf16-mixed")
+    sac = _sac(learning_starts=0)
+    learner, *optims = fabric.setup(sac, *sac.configure_optimizers())
+    obs, act = torch.randn(4, 3), torch.randn(4, 2)
+    with fabric.autocast():
+        hidden = sac.critic.net[:-1](torch.cat([obs, act], -1).expand(2, 4, 5))
+        q, (mean, log_std) = sac.critic(obs, act), sac.actor.distribution(obs)
+    assert hidden.dtype == torch.bfloat16
+    assert q.dtype == mean.dtype == log_std.dtype == torch.float32
+    buf = sac.make_storage(1, torch.device("cpu"))
+    done = torch.zeros(32, dtype=torch.bool)
+    step = {"state": torch.randn(32, 3)}
+    sac.observe(buf, Transition(step, torch.zeros(32, 2), {}, torch.ones(32), done, done, step))
+    scalars = sac.update(fabric, learner, optims, buf, 0.0)
+    assert all(torch.isfinite(v) for v in scalars.values())
+
+
 def test_sac_exported_graph_is_the_mean_action() -> None:
     sac = _sac()
     module, example, names = sac.export_graph()
