@@ -2,8 +2,8 @@
 
 A benchmark is a module bench/<name>.py with `run(quick: bool) -> None` that reports through
 bench.report.report (table on stdout + bench/results/<name>.json). Benchmarks in NAMED_ONLY run
-only when named: they need an extra or take long (rl_vs_sb3: stable-baselines3, ~1 h at full
-budget).
+only when named: they need an extra or take long (rl_vs_sb3: stable-baselines3, ~1.5 h at
+full budget).
 """
 
 from __future__ import annotations

@@ -10,7 +10,11 @@ ends with a deterministic evaluation on `sim.make(env_id)` with reset seeds EVAL
 sides (SB3 trains on `gym.make(env_id)`, the same env without the dict wrapper).
 
 Speed: env-steps/s (PPO) and gradient steps/s (SAC) are counted over the whole training call
-(`learn` / `learning.train.run`: collection, updates, logging), evaluation excluded.
+(`learn` / `learning.train.run`: collection, updates, logging), evaluation excluded. SB3 runs
+with torch's default threads (`--sb3-threads N` sets them; on a 2-core machine busy with other
+work, 2 threads made SB3 ~20x slower than 1), roboloop with its config's `torch_threads` (1).
+Budgets: full ~1.5 h on 2 idle cores (SAC dominates); `--quick` (1 seed, 1024 PPO / 400 SAC
+steps, 1 evaluation episode) ~1-3 min: smoke-level numbers, no verdicts.
 """
 
 from __future__ import annotations
