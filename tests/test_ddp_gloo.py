@@ -108,13 +108,6 @@ ONLINE = {
         "policy.hidden_dim=32",
     ],
 }
-SAC_DDP = (
-    "SAC under DDP: strategy auto (ddp) raises 'parameters that were not used in producing "
-    "loss' (critic_loss and actor_loss each use part of the module), and with "
-    "find_unused_parameters the temperature log_alpha, stepped outside the learner, diverges; "
-    "tried fix: ddp_find_unused_parameters_true + the temperature loss on "
-    "fabric.all_reduce(log_prob.mean())"
-)
 
 
 @pytest.fixture(scope="module")
@@ -153,9 +146,7 @@ def online_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tupl
     return get
 
 
-@pytest.mark.parametrize(
-    "algorithm", ["ppo", pytest.param("sac", marks=pytest.mark.xfail(reason=SAC_DDP, strict=True))]
-)
+@pytest.mark.parametrize("algorithm", ["ppo", "sac"])
 def test_online_two_ranks_identical_weights(
     algorithm: str, online_run: Callable[[str], tuple[dict, dict]]
 ) -> None:

@@ -11,10 +11,17 @@ arXiv:1812.05905), in one module, the paper's equations beside the lines (as Cle
     temperature J(α) = E[ −α ( log π(a|s) + H̄ ) ],  H̄ = −|A|                         (eq. 18)
     targets     θ̄ ← τ θ + (1 − τ) θ̄                                            (polyak, tau)
 
+One update is one forward (`losses`) and one backward of the three losses' sum: each loss
+reaches only its own parameters (the actor's Q goes through detached critic weights), so this
+equals three separate steps, except that the actor sees the critic from before this step's
+critic update (SB3/CleanRL: after it), and under DDP every parameter, log α included, is used
+and averaged across ranks.
+
 Speed (docs/online.md; LEARNING_FACTS): the twin critics are ONE stacked module (weights
 (2, in, out), one batched matmul per layer, not two forward passes); Adam is fused (or foreach);
 an update never calls `.item()` or otherwise waits on the device: it returns its scalars as
-tensors and the loop reads them when it logs. `compile=True` wraps the update in torch.compile.
+tensors and the loop reads them when it logs. `compile=True` wraps the losses in torch.compile;
+`online.precision=bf16-mixed` runs the hidden layers in bf16 (heads in fp32).
 
 Observations are dicts of low-dimensional keys (flattened, concatenated in sorted key order);
 actions are a bounded Box, squashed by tanh and scaled to its bounds. The exported actor is the
@@ -174,8 +181,7 @@ class SAC(OnlineAlgorithm):
     """
 
     algorithm = "sac"
-    on_policy = False
-    forward_methods = ("critic_loss", "actor_loss")
+    forward_methods = ("losses",)
 
     def __init__(
         self,
@@ -215,10 +221,8 @@ class SAC(OnlineAlgorithm):
         self.log_alpha = nn.Parameter(torch.tensor(math.log(init_alpha)))
         # H̄ = −|A| (the paper's heuristic, appendix D)
         self.target_entropy = -float(action_dim) if target_entropy is None else target_entropy
-        losses = (self._critic_loss, self._actor_loss)
-        if compile:  # measured in docs/online.md; off by default where it does not pay
-            losses = tuple(torch.compile(f) for f in losses)
-        self._critic_fn, self._actor_fn = losses
+        # measured in docs/online.md: slower here, so off by default
+        self._losses = torch.compile(self._all_losses) if compile else self._all_losses
         self._warming_up = learning_starts > 0  # the player acts uniformly at random until then
 
     @classmethod
@@ -285,45 +289,48 @@ class SAC(OnlineAlgorithm):
             torch.optim.Adam([self.log_alpha], lr=lr, **impl),
         ]
 
-    def _critic_loss(
+    def _all_losses(
         self,
         obs: torch.Tensor,
         actions: torch.Tensor,
         rewards: torch.Tensor,
         next_obs: torch.Tensor,
         terminated: torch.Tensor,
+        noise: torch.Tensor,
         next_noise: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> dict[str, torch.Tensor]:
+        alpha = self.log_alpha.exp()
+        # critic: J_Q = Σ_j ½ E[(Q_θj(s,a) − y)²], y from the target critics and a' ~ π(·|s')
         with torch.no_grad():
-            next_actions, next_log_prob = self.actor(next_obs, next_noise)  # a' ~ π(·|s')
-            alpha = self.log_alpha.exp()
-            y = td_target(
-                rewards,
-                terminated,
-                self.critic_target(next_obs, next_actions),
-                next_log_prob,
-                alpha,
-                self.hparams.gamma,
-            )
+            next_actions, next_log_prob = self.actor(next_obs, next_noise)
+            next_q = self.critic_target(next_obs, next_actions)
+            y = td_target(rewards, terminated, next_q, next_log_prob, alpha, self.hparams.gamma)
         q = self.critic(obs, actions)  # (2, B): both heads in one pass
-        return 0.5 * (q - y).pow(2).mean(1).sum(), q.mean()  # Σ_j J_Q(θ_j)
+        critic_loss = 0.5 * (q - y).pow(2).mean(1).sum()
 
-    def _actor_loss(
-        self, obs: torch.Tensor, noise: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        actions, log_prob = self.actor(obs, noise)  # ã = f_φ(ε; s), reparameterized
-        # Q through detached critic weights: the actor step needs ∂Q/∂a only, so backward
-        # skips the critic's weight gradients (a sixth of the update's matmuls).
+        # actor: J_π = E[α log π(ã|s) − min_j Q_θj(s, ã)], ã = f_φ(ε; s) reparameterized. Q
+        # through detached critic weights: this loss moves φ only, and backward skips the
+        # critic's weight gradients (a sixth of the update's matmuls).
+        pi_actions, log_prob = self.actor(obs, noise)
         frozen = {n: p.detach() for n, p in self.critic.named_parameters()}
-        q = torch.func.functional_call(self.critic, frozen, (obs, actions)).min(0).values
-        alpha = self.log_alpha.exp().detach()
-        return (alpha * log_prob - q).mean(), log_prob  # J_π(φ)
+        q_pi = torch.func.functional_call(self.critic, frozen, (obs, pi_actions)).min(0).values
+        actor_loss = (alpha.detach() * log_prob - q_pi).mean()
 
-    def critic_loss(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._critic_fn(*args)
+        # temperature: J(α) = E[−α (log π(ã|s) + H̄)] moves log α only
+        alpha_loss = temperature_loss(self.log_alpha, log_prob, self.target_entropy)
+        return {
+            "loss/critic": critic_loss,
+            "loss/actor": actor_loss,
+            "loss/temperature": alpha_loss,
+            "q_mean": q.detach().mean(),
+            "entropy": -log_prob.detach().mean(),
+        }
 
-    def actor_loss(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._actor_fn(*args)
+    def losses(self, *args: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The three losses of one batch; each reaches only its own parameters (critic, actor,
+        log α), so one backward of their sum is the three separate steps, and DDP sees every
+        parameter used in one forward (no find_unused_parameters) and averages log α too."""
+        return self._losses(*args)
 
     def update(
         self,
@@ -333,50 +340,35 @@ class SAC(OnlineAlgorithm):
         storage: ReplayBuffer,
         progress: float,
     ) -> dict[str, torch.Tensor]:
-        critic_opt, actor_opt, alpha_opt = optimizers
         hp = self.hparams
         for _ in range(hp.gradient_steps):
             batch = storage.sample(hp.batch_size)
             obs, next_obs = self.flat_obs(batch["obs"]), self.flat_obs(batch["next_obs"])
             noise, next_noise = torch.randn(2, hp.batch_size, hp.action_dim, device=obs.device)
-
             # fabric.autocast: Fabric applies `precision` (bf16-mixed) to a marked method only
             # when a strategy wraps the module (DDP); on one device the method runs bare.
             with fabric.autocast():
-                q_loss, q_mean = learner.critic_loss(
+                out = learner.losses(
                     obs,
                     batch["actions"],
                     batch["rewards"],
                     next_obs,
                     batch["terminated"],
+                    noise,
                     next_noise,
                 )
-            critic_opt.zero_grad(set_to_none=True)
-            fabric.backward(q_loss)
-            critic_opt.step()
-
-            with fabric.autocast():
-                pi_loss, log_prob = learner.actor_loss(obs, noise)
-            actor_opt.zero_grad(set_to_none=True)
-            fabric.backward(pi_loss)
-            actor_opt.step()
-
-            alpha_loss = temperature_loss(self.log_alpha, log_prob, self.target_entropy)
-            alpha_opt.zero_grad(set_to_none=True)
-            fabric.backward(alpha_loss)
-            alpha_opt.step()
-
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            fabric.backward(out["loss/critic"] + out["loss/actor"] + out["loss/temperature"])
+            for opt in optimizers:
+                opt.step()
+            # θ̄ ← τ θ + (1 − τ) θ̄
             polyak_update(
                 list(self.critic_target.parameters()), list(self.critic.parameters()), hp.tau
             )
-        return {
-            "loss/critic": q_loss.detach(),
-            "loss/actor": pi_loss.detach(),
-            "loss/temperature": alpha_loss.detach(),
-            "temperature": self.log_alpha.detach().exp(),
-            "entropy": -log_prob.detach().mean(),
-            "q_mean": q_mean.detach(),
-        }
+        scalars = {k: v.detach() for k, v in out.items()}
+        scalars["temperature"] = self.log_alpha.detach().exp()
+        return scalars
 
     # -- export -------------------------------------------------------------------------
     def export_graph(self) -> tuple[nn.Module, dict[str, torch.Tensor], list[str]]:
