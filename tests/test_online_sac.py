@@ -194,6 +194,34 @@ def test_sac_update_learns_a_one_step_reward() -> None:
     torch.testing.assert_close(sampled.mean(0), target, atol=0.2, rtol=0)
 
 
+def test_each_loss_reaches_only_its_own_parameters() -> None:
+    """One backward of the sum is the three separate SAC steps: the critic loss moves only the
+    critics, the actor loss only the actor, the temperature loss only log α."""
+    torch.manual_seed(0)
+    sac = _sac()
+    b = 8
+    out = sac.losses(
+        torch.randn(b, 3),
+        torch.rand(b, 2),
+        torch.randn(b),
+        torch.randn(b, 3),
+        torch.zeros(b),
+        torch.randn(b, 2),
+        torch.randn(b, 2),
+    )
+    groups = {
+        "loss/critic": list(sac.critic.parameters()),
+        "loss/actor": list(sac.actor.parameters()),
+        "loss/temperature": [sac.log_alpha],
+    }
+    every = [p for ps in groups.values() for p in ps]
+    for name, own in groups.items():
+        grads = torch.autograd.grad(out[name], every, retain_graph=True, allow_unused=True)
+        reached = {id(p) for p, g in zip(every, grads, strict=True) if g is not None and g.any()}
+        assert reached == {id(p) for p in own}, name
+    assert not any(p.requires_grad for p in sac.critic_target.parameters())
+
+
 def test_bf16_mixed_runs_hidden_layers_in_bf16_and_heads_in_fp32() -> None:
     torch.manual_seed(0)
     fabric = Fabric(accelerator="cpu", devices=1, precision="bf16-mixed")
