@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "learning": 3,
     **{name: 4 for name in ROS_PACKAGES},
     "demo": 5,
+    "training": 5,  # seed 002's command line (training/train.py)
     "roboloop_testing": 6,  # test support: tests and benchmarks only
     "bench": 6,
 }

@@ -1,0 +1,54 @@
+"""Seed 002's command line (`python training/train.py --mode policy --algorithm ppo|sac`) runs
+the workspace's online configs; its `--config` file's `policy:`/`training:` keys reach the run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from learning.checkpoint import CONFIG_KEY
+from learning.online.loop import ONLINE_KEY
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "training" / "train.py"
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def test_policy_mode_trains_with_the_seed_config_keys(tmp_path: Path) -> None:
+    config = tmp_path / "my_config.yaml"
+    config.write_text(
+        "world_model: {state_dim: 256}\n"  # another mode's section: not read by --mode policy
+        "policy: {hidden_dim: 24, ppo_clip: 0.1, gamma: 0.9, learning_rate: 0.001}\n"
+        "training: {num_iterations: 2, steps_per_iteration: 128}\n"
+    )
+    tiny = ["model.minibatch_size=64", "model.update_epochs=1", "online.eval_episodes=1"]
+    done = _run(
+        "--mode", "policy", "--algorithm", "ppo", "--env", "Pendulum-v1", "--config",
+        str(config), f"output_root={tmp_path}", "online.progress_bar=false", *tiny, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt_line = next(line for line in done.stdout.splitlines() if line.startswith("checkpoint "))
+    ckpt = torch.load(ckpt_line.removeprefix("checkpoint "), weights_only=True)
+    assert ckpt["state_dict"]["actor_mean.0.weight"].shape == (24, 3)  # policy.hidden_dim
+    model = ckpt[CONFIG_KEY]["model"]  # the run's resolved config, as the checkpoint keeps it
+    assert (model["learning_rate"], model["gamma"], model["clip_coef"]) == (0.001, 0.9, 0.1)
+    assert ckpt[ONLINE_KEY]["env_steps"] == 256  # training.num_iterations x steps_per_iteration
+
+
+def test_modes_not_built_and_bad_input_are_one_line(tmp_path: Path) -> None:
+    for args, expected in (
+        (["--mode", "dreamer", "--env", "Pendulum-v1"], "--mode dreamer: not built yet"),
+        (["--mode", "policy"], "the following arguments are required: --env"),
+        (["--env", "NoSuchTask-v0", "online.progress_bar=false"], "NoSuchTask-v0"),
+    ):
+        done = _run(*args, cwd=tmp_path)
+        assert done.returncode != 0
+        assert expected in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
