@@ -10,9 +10,10 @@ ends with a deterministic evaluation on `sim.make(env_id)` with reset seeds EVAL
 sides (SB3 trains on `gym.make(env_id)`, the same env without the dict wrapper).
 
 Speed: env-steps/s (PPO) and gradient steps/s (SAC) are counted over the whole training call
-(`learn` / `learning.train.run`: collection, updates, logging), evaluation excluded. SB3 runs
-with torch's default threads (`--sb3-threads N` sets them; on a 2-core machine busy with other
-work, 2 threads made SB3 ~20x slower than 1), roboloop with its config's `torch_threads` (1).
+(`learn` / `learning.train.run`: collection, updates, logging), evaluation excluded. Both sides
+run on one torch thread (roboloop: its config's `torch_threads`; SB3: `--sb3-threads`, 1 by
+default, since 2 made SB3 20-70x slower on this 2-core machine whenever anything else ran;
+`--sb3-threads 2` is the setting of the issue's orientation numbers, measured on an idle one).
 Budgets: full ~1.5 h on 2 idle cores (SAC dominates); `--quick` (1 seed, 1024 PPO / 400 SAC
 steps, 1 evaluation episode) ~1-3 min: smoke-level numbers, no verdicts.
 """
@@ -262,12 +263,12 @@ SIDES = {"sb3": train_sb3, "roboloop": train_roboloop}
 
 
 def one_run(
-    side: str, case: Case, seed: int, steps: int, eval_episodes: int, sb3_threads: int | None
+    side: str, case: Case, seed: int, steps: int, eval_episodes: int, sb3_threads: int
 ) -> dict[str, Any]:
     """Train, then evaluate deterministically; runs in its own process."""
     from sim.evaluate import evaluate_policy
 
-    if side == "sb3" and sb3_threads:
+    if side == "sb3":
         torch.set_num_threads(sb3_threads)  # roboloop sets its own (train_*.yaml torch_threads)
 
     counts, policy = SIDES[side](case, seed, steps)
@@ -321,7 +322,7 @@ def run(
     quick: bool = False,
     cases: list[str] | None = None,
     seeds: tuple[int, ...] = SEEDS,
-    sb3_threads: int | None = None,
+    sb3_threads: int = 1,
 ) -> list[dict]:
     if importlib.util.find_spec("stable_baselines3") is None:
         raise RuntimeError("needs the bench extra: pip install stable-baselines3==2.9.2")
@@ -365,7 +366,7 @@ def run(
     note = (
         f"medians over {len(seeds)} seed(s); return = mean of {eval_episodes} deterministic "
         f"episodes (reset seeds {EVAL_SEED}..); speed ratio = ours / SB3; SB3 with "
-        f"{sb3_threads or torch.get_num_threads()} torch thread(s)"
+        f"{sb3_threads} torch thread(s)"
     ) + "".join(f"\nerror: {e}" for e in errors)
     report("rl_vs_sb3", rows, note=note)
     return rows
@@ -380,8 +381,6 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="tiny budgets, 1 seed")
     parser.add_argument("--cases", nargs="*", choices=[c.name for c in CASES], help="subset")
     parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS), help="run seeds")
-    parser.add_argument(
-        "--sb3-threads", type=int, default=None, help="SB3's torch threads (default: torch's)"
-    )
+    parser.add_argument("--sb3-threads", type=int, default=1, help="SB3's torch threads")
     args = parser.parse_args()
     run(args.quick, args.cases, tuple(args.seeds), args.sb3_threads)
