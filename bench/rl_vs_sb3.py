@@ -325,7 +325,9 @@ def run(
     sb3_threads: int = 1,
 ) -> list[dict]:
     if importlib.util.find_spec("stable_baselines3") is None:
-        raise RuntimeError("needs the bench extra: pip install stable-baselines3==2.9.2")
+        raise RuntimeError(
+            "needs the bench extra: .venv/bin/pip install -c constraints.txt -e '.[bench]'"
+        )
     seeds = seeds[:1] if quick and seeds == SEEDS else seeds
     eval_episodes = 1 if quick else 10
     rows = []
