@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from learning.train import ConfigError
+from learning.errors import ConfigError
 
 MB = 1024**2
 
