@@ -64,16 +64,9 @@ def _to_torch(obs: dict[str, np.ndarray], device: torch.device) -> dict[str, tor
 
 
 def _next_obs(obs: dict[str, np.ndarray], info: dict[str, Any], done: np.ndarray) -> dict:
-    """Each env's real next observation: the final one for envs that just reset."""
-    if not done.any():
-        return obs
-    if isinstance(info["final_obs"], dict):  # sim.make_vec: dense, every row the one reached
-        return info["final_obs"]
-    real = {k: v.copy() for k, v in obs.items()}  # SyncVectorEnv: per-env dicts
-    for i in np.flatnonzero(info.get("_final_obs", done)):
-        for k in real:
-            real[k][i] = info["final_obs"][i][k]
-    return real
+    """Each env's real next observation: the final one for envs that just reset (sim.make_vec's
+    dense `final_obs`, every row the observation that step reached)."""
+    return info["final_obs"] if done.any() else obs
 
 
 def evaluate(
