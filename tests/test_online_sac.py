@@ -276,6 +276,27 @@ def first_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return train(tmp, "env_id=Pendulum-v1", "training.num_iterations=2", f"run_dir={tmp}/a")
 
 
+def _logged_steps(run_dir: str, tag: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(Path(run_dir) / "tensorboard"))
+    events.Reload()
+    return [e.step for e in events.Scalars(tag)]
+
+
+def test_updates_are_logged_once_per_log_every(first_run: dict, tmp_path: Path) -> None:
+    """SAC updates every env step; its scalars (one host sync) go out every log_every steps."""
+    assert _logged_steps(first_run["run_dir"], "loss/critic") == [100]  # log_every 1000
+    each = train(
+        tmp_path,
+        "env_id=Pendulum-v1",
+        "training.num_iterations=2",
+        "online.log_every=100",
+        f"run_dir={tmp_path}/b",
+    )
+    assert _logged_steps(each["run_dir"], "loss/critic") == [100, 200, 300]
+
+
 def test_train_checkpoint_resume(first_run: dict, tmp_path: Path) -> None:
     ckpt = torch.load(first_run["last_ckpt"], weights_only=True)  # plain data only
     assert ckpt[ONLINE_KEY]["algorithm"] == "sac" and first_run["env_steps"] == 300

@@ -212,6 +212,10 @@ def _train(
     eval_every, next_eval = int(on.eval_every), 0
     if eval_every:
         next_eval = (env_steps // eval_every + 1) * eval_every
+    # Scalars cost one host sync: every update (0) or once per log_every env steps (SAC
+    # updates every step, where logging each one cost ~15% of the step time).
+    log_every = int(on.log_every)
+    next_log = env_steps
     metrics: dict[str, float] = {}
     last = run_dir / "checkpoints" / "last.ckpt"
     progress = _Progress(total, env_steps, bool(on.progress_bar) and fabric.is_global_zero)
@@ -271,19 +275,22 @@ def _train(
                 scalars = player.update(fabric, learner, optimizers, storage, updated_at / total)
                 updated_at = env_steps
                 iteration += 1
-                # One host sync per update round, here, never inside it.
-                names = list(scalars)
-                values = torch.stack([scalars[k].float().cpu() for k in names]).tolist()
-                metrics = dict(zip(names, values, strict=True))
-                elapsed = time.perf_counter() - start_time
-                metrics["time/sps"] = (env_steps - start_steps) / max(elapsed, 1e-9)
-                if finished:
-                    metrics["rollout/episode_return"] = float(np.mean([r for r, _ in finished]))
-                    metrics["rollout/episode_length"] = float(np.mean([n for _, n in finished]))
-                    finished.clear()
-                fabric.log_dict(metrics, step=env_steps)
-                shown = metrics.get("rollout/episode_return", math.nan)
-                progress.update(env_steps, f"return {shown:.1f} sps {metrics['time/sps']:.0f}")
+                if env_steps >= next_log:
+                    next_log = env_steps + log_every
+                    # One host sync per logged update, here, never inside an update.
+                    names = list(scalars)
+                    values = torch.stack([scalars[k].float().cpu() for k in names]).tolist()
+                    metrics = dict(zip(names, values, strict=True))
+                    elapsed = time.perf_counter() - start_time
+                    metrics["time/sps"] = (env_steps - start_steps) / max(elapsed, 1e-9)
+                    if finished:
+                        returns, lengths = zip(*finished, strict=True)
+                        metrics["rollout/episode_return"] = float(np.mean(returns))
+                        metrics["rollout/episode_length"] = float(np.mean(lengths))
+                        finished.clear()
+                    fabric.log_dict(metrics, step=env_steps)
+                    shown = metrics.get("rollout/episode_return", math.nan)
+                    progress.update(env_steps, f"return {shown:.1f} sps {metrics['time/sps']:.0f}")
                 if on.checkpoint_every and iteration % int(on.checkpoint_every) == 0:
                     checkpoint()
             if eval_every and env_steps >= next_eval:
