@@ -17,7 +17,7 @@ export PYTHONUNBUFFERED := 1
 
 ROS_PKGS := $(wildcard ros2_ws/src/*/setup.py)
 
-.PHONY: venv demo test bench lint clean
+.PHONY: venv demo test test-slow bench lint clean
 
 venv: $(STAMP)
 
@@ -42,9 +42,13 @@ $(TEST_STAMP): $(STAMP)
 # so they run after the parallel part, alone on the machine, once the disk has written back
 # what the venv install left dirty (writeback stalls made node timers miss their periods).
 test: venv $(TEST_STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not ros"
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not ros and not slow"
 	sync
 	$(BIN)/python -m pytest -p no:xdist -m ros
+
+# Learning checks that take minutes (SAC solves Pendulum-v1, PPO solves InvertedPendulum-v5).
+test-slow: venv $(TEST_STAMP)
+	$(BIN)/python -m pytest -p no:xdist -m slow
 
 bench: venv
 	$(BIN)/python -m bench
