@@ -241,6 +241,22 @@ def test_bf16_mixed_runs_hidden_layers_in_bf16_and_heads_in_fp32() -> None:
     assert all(torch.isfinite(v) for v in scalars.values())
 
 
+def test_each_rank_samples_its_replay_buffer_with_its_own_seed() -> None:
+    """Data-parallel ranks hold different data; equal sampling seeds would still pick the same
+    rows of it in lockstep."""
+    sac, cpu = _sac(), torch.device("cpu")
+    done = torch.zeros(64, dtype=torch.bool)
+    step = {"state": torch.arange(64.0)[:, None].expand(64, 3)}
+    picks = []
+    for rank in (0, 0, 1):
+        buf = sac.make_storage(1, cpu, rank=rank)
+        rows = Transition(step, torch.zeros(64, 2), {}, torch.ones(64), done, done, step)
+        sac.observe(buf, rows)
+        picks.append(buf.sample(16)["obs"]["state"][:, 0])
+    assert torch.equal(picks[0], picks[1])  # seeded: the same rank repeats itself
+    assert not torch.equal(picks[0], picks[2])
+
+
 def test_sac_exported_graph_is_the_mean_action() -> None:
     sac = _sac()
     module, example, names = sac.export_graph()

@@ -185,7 +185,9 @@ class PPO(OnlineAlgorithm):
         }
         return self.clip_action(action), extras
 
-    def make_storage(self, num_envs: int, device: torch.device) -> RolloutStorage:
+    def make_storage(
+        self, num_envs: int, device: torch.device, rank: int = 0
+    ) -> RolloutStorage:  # on-policy: no sampling seed
         steps = self.hparams.rollout_steps
         if steps % num_envs:
             raise AlgorithmError(

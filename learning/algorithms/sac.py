@@ -245,13 +245,14 @@ class SAC(OnlineAlgorithm):
         return torch.cat([obs[k].flatten(1).float() for k in self.obs_keys], -1)
 
     # -- the player ---------------------------------------------------------------------
-    def make_storage(self, num_envs: int, device: torch.device) -> ReplayBuffer:
+    def make_storage(self, num_envs: int, device: torch.device, rank: int = 0) -> ReplayBuffer:
         hp = self.hparams
         # float32 rows: the networks read float32, so float64 observations would only double
         # the buffer's memory
         specs = {k: {**s, "dtype": "float32"} for k, s in hp.obs_specs.items()}
+        seed = hp.seed + 1000 * rank  # each data-parallel rank samples its own rows
         buffer = ReplayBuffer(
-            specs, hp.action_dim, hp.buffer_size, hp.buffer_max_bytes, hp.seed, device
+            specs, hp.action_dim, hp.buffer_size, hp.buffer_max_bytes, seed, device
         )
         log.info(buffer.describe())
         return buffer

@@ -71,8 +71,9 @@ class OnlineAlgorithm(L.LightningModule, abc.ABC):
         called by the loop before anything is built (single-env spaces)."""
 
     @abc.abstractmethod
-    def make_storage(self, num_envs: int, device: torch.device) -> Any:
-        """A fresh RolloutStorage (on-policy) or ReplayBuffer (off-policy)."""
+    def make_storage(self, num_envs: int, device: torch.device, rank: int = 0) -> Any:
+        """A fresh RolloutStorage (on-policy) or ReplayBuffer (off-policy) for data-parallel
+        rank `rank` (a sampling seed of its own, as its envs have)."""
 
     @abc.abstractmethod
     def act(

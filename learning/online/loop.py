@@ -194,7 +194,7 @@ def _train(
         learner.mark_forward_method(name)
     player = algo.to(device)  # the same parameters, outside the strategy's wrapper
 
-    storage = player.make_storage(num_envs=env.num_envs, device=device)
+    storage = player.make_storage(num_envs=env.num_envs, device=device, rank=rank)
     world = fabric.world_size
     # steps_per_iteration is per rank: N data-parallel ranks collect N times the env steps
     # for the same number of updates (a batch N times larger).
