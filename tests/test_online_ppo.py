@@ -136,6 +136,10 @@ def test_bad_input_one_line(first_run: dict, tmp_path: Path, monkeypatch) -> Non
         train(tmp_path, "env_id=CartPole-v1", "training.num_iterations=1")
     assert "\n" not in str(err.value)
 
+    # A precision PPO's update would not apply (bf16-mixed on one device: Fabric leaves it bare).
+    with pytest.raises(ConfigError, match=r"online.precision=bf16-mixed: ppo runs in 32-true$"):
+        train(tmp_path, "env_id=Pendulum-v1", "online.precision=bf16-mixed")
+
     # A checkpoint of another algorithm, and one from offline training.
     ckpt = torch.load(first_run["last_ckpt"], weights_only=True)
     ckpt[ONLINE_KEY]["algorithm"] = "sac"

@@ -181,6 +181,7 @@ class SAC(OnlineAlgorithm):
     """
 
     algorithm = "sac"
+    precisions = ("32-true", "bf16-mixed")  # update runs the losses under fabric.autocast
     forward_methods = ("losses",)
 
     def __init__(

@@ -61,6 +61,9 @@ class OnlineAlgorithm(L.LightningModule, abc.ABC):
 
     algorithm: ClassVar[str]  # "ppo", "sac": checkpoints carry it; resume refuses another
     forward_methods: ClassVar[tuple[str, ...]] = ()  # gradient-carrying methods (DDP-synced)
+    # Fabric precisions the losses really run in: on one device Fabric leaves a method bare,
+    # so an algorithm lists bf16-mixed only when its update enters `fabric.autocast` itself.
+    precisions: ClassVar[tuple[str, ...]] = ("32-true",)
 
     @classmethod
     @abc.abstractmethod

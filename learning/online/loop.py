@@ -139,6 +139,14 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train `cfg.model` (an OnlineAlgorithm) on `cfg.env_id` as configured; returns
     {"run_dir", "best_ckpt", "last_ckpt", "metrics"} like `learning.train.run`."""
     on = cfg.online
+    algo_cls = get_object(cfg.model._target_)
+    if not (isinstance(algo_cls, type) and issubclass(algo_cls, OnlineAlgorithm)):
+        raise ConfigError(f"model._target_={cfg.model._target_} is not an OnlineAlgorithm")
+    if str(on.precision) not in algo_cls.precisions:  # never a precision silently not applied
+        raise ConfigError(
+            f"online.precision={on.precision}: {algo_cls.algorithm} runs in "
+            f"{', '.join(algo_cls.precisions)}"
+        )
     torch.set_flush_denormal(True)  # denormal weights/moments made CPU updates ~10x slower
     fabric = Fabric(
         accelerator=on.accelerator,
@@ -152,9 +160,6 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     rank, device = fabric.global_rank, fabric.device
     fabric.seed_everything(int(cfg.seed) + rank)
 
-    algo_cls = get_object(cfg.model._target_)
-    if not (isinstance(algo_cls, type) and issubclass(algo_cls, OnlineAlgorithm)):
-        raise ConfigError(f"model._target_={cfg.model._target_} is not an OnlineAlgorithm")
     num_envs = int(on.num_envs)
     env = make_env(str(cfg.env_id), num_envs)
     try:
