@@ -83,25 +83,35 @@ def test_generator_to_scorer_chain_across_processes(models, tmp_path: Path, ros_
     goals: list[Image] = []
     answers: list[Float32MultiArray] = []
 
-    def wait(condition, timeout: float) -> bool:  # noqa: ANN001
-        deadline = time.monotonic() + timeout
+    def wait(condition, timeout: float, resend=None) -> bool:  # noqa: ANN001
+        """Spin until `condition()`; `resend()` every 2 s meanwhile: a node's writer may match
+        this reader a moment after this reader matched it, and a volatile reply sent in between
+        reaches no one (the nodes answer every request, so asking again is safe)."""
+        start = time.monotonic()
+        deadline, next_send = start + timeout, start + 2.0
         while time.monotonic() < deadline and not condition():
             executor.spin_once(timeout_sec=0.05)
+            if resend is not None and time.monotonic() > next_send:
+                resend()
+                next_send += 2.0
         return condition()
 
     try:
         scene_pub = node.create_publisher(Image, "/chain/scene", reliable)
         request_pub = node.create_publisher(Image, "/chain/request", reliable)
-        node.create_subscription(Image, "/chain/goals", goals.append, reliable)
-        node.create_subscription(Float32MultiArray, "/chain/q_values", answers.append, reliable)
+        goals_sub = node.create_subscription(Image, "/chain/goals", goals.append, reliable)
+        answers_sub = node.create_subscription(
+            Float32MultiArray, "/chain/q_values", answers.append, reliable
+        )
         assert all(p.wait_for_log("active", 60) for p in procs), logs()
         # Both directions matched, or a reliable-volatile reply could go to no reader.
         assert wait(
             lambda: (
                 scene_pub.get_subscription_count() > 0
                 and request_pub.get_subscription_count() > 0
-                and node.count_publishers("/chain/goals") > 0
-                and node.count_publishers("/chain/q_values") > 0
+                # matched to these readers, not merely seen in the graph
+                and goals_sub.get_publisher_count() > 0
+                and answers_sub.get_publisher_count() > 0
             ),
             30,
         ), logs()
@@ -117,7 +127,7 @@ def test_generator_to_scorer_chain_across_processes(models, tmp_path: Path, ros_
             scene_masks(model, state, k, SIZE)
         )
         scene_pub.publish(msg)
-        assert wait(lambda: len(goals) > 0, 30), logs()
+        assert wait(lambda: len(goals) > 0, 30, lambda: scene_pub.publish(msg)), logs()
         out = goals[0]
         masks = decode_image(out, dtype="float32").transpose(2, 0, 1)
         assert masks.shape == (K, SIZE, SIZE) and out.header.frame_id == "chain"
@@ -143,7 +153,7 @@ def test_generator_to_scorer_chain_across_processes(models, tmp_path: Path, ros_
         request = Image(height=h, width=w, encoding=encoding, step=step, is_bigendian=0)
         request.header.frame_id, request.header.stamp.sec, request.data = "chain", 5, data
         request_pub.publish(request)
-        assert wait(lambda: len(answers) > 0, 30), logs()
+        assert wait(lambda: len(answers) > 0, 30, lambda: request_pub.publish(request)), logs()
     finally:
         for p in procs:
             p.stop()
