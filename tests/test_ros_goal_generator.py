@@ -97,7 +97,7 @@ def test_goal_generator_node_across_processes(goal_model: Path, tmp_path: Path, 
 
     try:
         pub = node.create_publisher(Image, scene_topic, REQUEST_QOS)
-        node.create_subscription(Image, out_topic, received.append, REQUEST_QOS)
+        out_sub = node.create_subscription(Image, out_topic, received.append, REQUEST_QOS)
         node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, DIAGNOSTICS_QOS)
 
         def spin() -> None:
@@ -105,7 +105,7 @@ def test_goal_generator_node_across_processes(goal_model: Path, tmp_path: Path, 
 
         assert proc.wait_for_log("active:", timeout=60), proc.log_text()
         assert _wait(
-            lambda: pub.get_subscription_count() > 0 and node.count_publishers(out_topic) > 0,
+            lambda: pub.get_subscription_count() > 0 and out_sub.get_publisher_count() > 0,
             30,
             spin,
         ), proc.log_text()
@@ -203,12 +203,12 @@ def test_goal_generator_refuses_bad_scenes_and_outputs_and_counts_drops(
 
     try:
         pub = node.create_publisher(Image, scene_topic, REQUEST_QOS)
-        node.create_subscription(Image, out_topic, received.append, 100)
+        out_sub = node.create_subscription(Image, out_topic, received.append, 100)
         node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
         wait = lambda c, timeout=15.0: _wait(c, timeout, lambda: executor.spin_once(0.05))  # noqa: E731
         assert proc.wait_for_log("active:", timeout=60), proc.log_text()
         assert wait(
-            lambda: pub.get_subscription_count() > 0 and node.count_publishers(out_topic) > 0, 30
+            lambda: pub.get_subscription_count() > 0 and out_sub.get_publisher_count() > 0, 30
         ), proc.log_text()
         scene = _scene(48).astype(np.float32)  # 46 KB
         pub.publish(scene_msg(scene, "good"))

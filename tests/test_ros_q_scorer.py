@@ -108,7 +108,7 @@ def test_q_scorer_answers_across_processes(
         pub = node.create_publisher(Image, "/q_scorer/request", reliable)
         responses: list[Float32MultiArray] = []
         diags: list[DiagnosticArray] = []
-        node.create_subscription(
+        out_sub = node.create_subscription(
             Float32MultiArray, "/q_scorer/q_values", responses.append, reliable
         )
         node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
@@ -116,7 +116,7 @@ def test_q_scorer_answers_across_processes(
             node,
             lambda: (
                 pub.get_subscription_count() > 0
-                and node.count_publishers("/q_scorer/q_values") > 0
+                and out_sub.get_publisher_count() > 0  # matched to this reader
             ),
             30.0,
         ), "q_scorer never matched the request/response topics\n" + proc.log_text()
@@ -280,13 +280,15 @@ def test_q_scorer_refuses_bad_requests_and_outputs_and_counts_drops(
                     status.clear()
                     status.update({kv.key: kv.value for kv in s.values}, _level=s.level)
 
-        node.create_subscription(Float32MultiArray, "/q_scorer/q_values", responses.append, 100)
+        out_sub = node.create_subscription(
+            Float32MultiArray, "/q_scorer/q_values", responses.append, 100
+        )
         node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
         wait = lambda condition, timeout=15.0: _spin_until(node, condition, timeout)  # noqa: E731
         assert wait(
             lambda: (
                 pub.get_subscription_count() > 0
-                and node.count_publishers("/q_scorer/q_values") > 0
+                and out_sub.get_publisher_count() > 0  # matched to this reader
             ),
             30.0,
         ), proc.log_text()
