@@ -104,13 +104,18 @@ class BatchedStep:
     step: Callable[[Batch, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray, Any]]
 
 
-def _half_cheetah(batch: Batch, actions: np.ndarray) -> tuple:
-    """gymnasium/envs/mujoco/half_cheetah_v5.py `step`."""
-    base = batch.bases[0]
+def _step_forward(batch: Batch, actions: np.ndarray) -> tuple[Any, Any, Any, np.ndarray]:
+    """Simulate one step; (first env, qpos (N, nq), qvel (N, nv), forward x velocity (N,)),
+    the opening that the locomotion tasks' `step` share."""
     qpos, qvel = batch.arrays["qpos"], batch.arrays["qvel"]
     x_before = qpos[:, 0].copy()
     batch.simulate(actions)
-    x_velocity = (qpos[:, 0] - x_before) / batch.dt
+    return batch.bases[0], qpos, qvel, (qpos[:, 0] - x_before) / batch.dt
+
+
+def _half_cheetah(batch: Batch, actions: np.ndarray) -> tuple:
+    """gymnasium/envs/mujoco/half_cheetah_v5.py `step`."""
+    base, qpos, qvel, x_velocity = _step_forward(batch, actions)
     ctrl_cost = base._ctrl_cost_weight * np.sum(np.square(actions), axis=1)
     reward = base._forward_reward_weight * x_velocity - ctrl_cost
     position = qpos[:, 1:] if base._exclude_current_positions_from_observation else qpos
@@ -120,11 +125,7 @@ def _half_cheetah(batch: Batch, actions: np.ndarray) -> tuple:
 
 def _hopper(batch: Batch, actions: np.ndarray) -> tuple:
     """gymnasium/envs/mujoco/hopper_v5.py `step`: terminates once unhealthy."""
-    base = batch.bases[0]
-    qpos, qvel = batch.arrays["qpos"], batch.arrays["qvel"]
-    x_before = qpos[:, 0].copy()
-    batch.simulate(actions)
-    x_velocity = (qpos[:, 0] - x_before) / batch.dt
+    base, qpos, qvel, x_velocity = _step_forward(batch, actions)
     # is_healthy: state_vector()[2:], z and torso angle inside their open ranges
     state = np.concatenate([qpos, qvel], axis=1)[:, 2:]
     (min_state, max_state), (min_z, max_z), (min_angle, max_angle) = (
