@@ -3,7 +3,9 @@ the buffer's memory bound and bootstrapping flags, and SAC on the shared online 
 
 from __future__ import annotations
 
+import logging
 import math
+import shutil
 from pathlib import Path
 
 import gymnasium as gym
@@ -24,7 +26,7 @@ from learning.algorithms.sac import (
 from learning.checkpoint import CheckpointError
 from learning.data.spec import env_model_dims
 from learning.online.algorithm import AlgorithmError, Transition
-from learning.online.loop import ONLINE_KEY
+from learning.online.loop import ONLINE_KEY, storage_path
 from learning.online.replay import ReplayBuffer, ReplayMemoryError
 from learning.train import compose_config, run
 from roboloop_testing.online import export_and_serve, register_discrete_task
@@ -329,10 +331,30 @@ def test_train_checkpoint_resume(first_run: dict, tmp_path: Path) -> None:
     )
     after = torch.load(resumed["last_ckpt"], weights_only=True)
     assert resumed["env_steps"] == 450
-    # weights and optimizers went on from the checkpoint; the replay buffer is not saved,
-    # so the resumed run refills learning_starts transitions before updating again
-    assert after["optimizer_states"][0]["state"][0]["step"].item() == critic_steps + 150 - 100 + 1
+    # weights, optimizers and the replay buffer went on from the checkpoint: a gradient step
+    # for every new env step, no refill of learning_starts transitions
+    assert after["optimizer_states"][0]["state"][0]["step"].item() == critic_steps + 150
     assert not torch.equal(after["state_dict"]["log_alpha"], ckpt["state_dict"]["log_alpha"])
+    buffer = torch.load(storage_path(Path(resumed["last_ckpt"]), 0), weights_only=True)
+    assert buffer["size"] == 450 and buffer["storage"]["rewards"].shape == (450,)
+    saved = torch.load(storage_path(Path(first_run["last_ckpt"]), 0), weights_only=True)
+    torch.testing.assert_close(buffer["storage"]["obs.state"][:300], saved["storage"]["obs.state"])
+
+
+def test_resume_without_the_buffer_file_says_so_and_refills(
+    first_run: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ckpt = tmp_path / "copy.ckpt"
+    shutil.copy(first_run["last_ckpt"], ckpt)  # without its .storage.rank0.pt beside it
+    critic_steps = torch.load(ckpt, weights_only=True)["optimizer_states"][0]["state"][0]["step"]
+    with caplog.at_level(logging.WARNING, logger="learning.online.loop"):
+        resumed = train(
+            tmp_path, "env_id=Pendulum-v1", "training.num_iterations=3", f"ckpt_path={ckpt}"
+        )
+    assert "copy.storage.rank0.pt is missing: the replay buffer starts empty" in caplog.text
+    after = torch.load(resumed["last_ckpt"], weights_only=True)
+    # refills learning_starts transitions before updating again
+    assert after["optimizer_states"][0]["state"][0]["step"].item() == critic_steps + 150 - 100 + 1
 
 
 def test_export_parity_and_served_return(first_run: dict, tmp_path: Path) -> None:

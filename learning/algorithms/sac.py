@@ -276,6 +276,13 @@ class SAC(OnlineAlgorithm):
         )
         self._warming_up = len(storage) < self.hparams.learning_starts
 
+    def storage_state(self, storage: ReplayBuffer) -> dict[str, Any]:
+        return storage.state_dict()  # the filled rows: a resumed run goes on sampling them
+
+    def load_storage_state(self, storage: ReplayBuffer, state: dict[str, Any]) -> None:
+        storage.load_state_dict(state)
+        self._warming_up = len(storage) < self.hparams.learning_starts
+
     def ready(self, storage: ReplayBuffer, env_steps: int) -> bool:
         hp = self.hparams
         return len(storage) >= max(hp.learning_starts, 1)

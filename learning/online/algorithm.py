@@ -107,6 +107,15 @@ class OnlineAlgorithm(L.LightningModule, abc.ABC):
         in [0, 1] of the run (LR annealing).
         Returns scalar tensors for TensorBoard (the loop syncs them when it logs)."""
 
+    def storage_state(self, storage: Any) -> dict[str, Any] | None:
+        """What of `storage` a checkpoint keeps (plain tensors and ints), or None: an
+        on-policy rollout is empty whenever the loop checkpoints (right after an update)."""
+        return None
+
+    def load_storage_state(self, storage: Any, state: dict[str, Any]) -> None:
+        """Restore `storage_state` into a fresh `make_storage` (on resume)."""
+        raise NotImplementedError(f"{self.algorithm} keeps no storage in its checkpoints")
+
     # ---- export: the deterministic actor (contract v2 `actor`), the same for every algorithm
     def observation_stats(self) -> dict[str, dict[str, Any]]:
         """Normalization stats `act` applies, per key (e.g. {"mode": "mean_std", "mean",

@@ -135,6 +135,27 @@ def _save(path: Path, ckpt: dict[str, Any]) -> None:
     os.replace(tmp, path)  # never a half-written last.ckpt
 
 
+def storage_path(ckpt: Path, rank: int) -> Path:
+    """Where rank `rank`'s storage (SAC's replay buffer) is kept beside checkpoint `ckpt`:
+    a file of its own, since a 1M-row buffer would make every checkpoint hundreds of MB."""
+    return ckpt.with_name(f"{ckpt.stem}.storage.rank{rank}.pt")
+
+
+def _restore_storage(algo: OnlineAlgorithm, storage: Any, path: Path) -> None:
+    """Resume with the saved replay buffer; without its file, say so and start it empty."""
+    if algo.storage_state(storage) is None:
+        return
+    if not path.is_file():
+        log.warning("resume: %s is missing: the replay buffer starts empty", path)
+        return
+    try:
+        algo.load_storage_state(storage, torch_load(str(path)))
+    except (KeyError, RuntimeError, ValueError) as err:
+        first = (str(err).splitlines() or [""])[0]
+        raise CheckpointError(f"{path}: does not fit this run's storage ({first})") from None
+    log.info("resume: %d transitions restored from %s", len(storage), path)
+
+
 def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Train `cfg.model` (an OnlineAlgorithm) on `cfg.env_id` as configured; returns
     {"run_dir", "best_ckpt", "last_ckpt", "metrics"} like `learning.train.run`."""
@@ -200,6 +221,8 @@ def _train(
     player = algo.to(device)  # the same parameters, outside the strategy's wrapper
 
     storage = player.make_storage(num_envs=env.num_envs, device=device, rank=rank)
+    if resume is not None:
+        _restore_storage(player, storage, storage_path(Path(cfg.ckpt_path), rank))
     world = fabric.world_size
     # steps_per_iteration is per rank: N data-parallel ranks collect N times the env steps
     # for the same number of updates (a batch N times larger).
@@ -228,6 +251,9 @@ def _train(
     updated_at = env_steps
 
     def checkpoint() -> None:
+        state = player.storage_state(storage)  # each rank its own (replay buffer)
+        if state is not None:
+            _save(storage_path(last, rank), state)
         if fabric.is_global_zero:
             _save(
                 last,

@@ -138,7 +138,11 @@ class ReplayBuffer:
     def state_dict(self) -> dict[str, Any]:
         """The filled rows, ring position and sampler state (tensors and ints only)."""
         return {
-            "storage": {name: store[: self.size].cpu() for name, store in self.storage.items()},
+            # copies: saving a view would write the whole preallocated capacity
+            "storage": {
+                name: store[: self.size].to("cpu", copy=True)
+                for name, store in self.storage.items()
+            },
             "pos": self.pos,
             "size": self.size,
             "generator": self.generator.get_state(),
