@@ -30,10 +30,13 @@ def test_ppo_hyperparameters_reach_both_sides(tmp_path: Path) -> None:
     h = PPO_CASE.hyper
     algo, cfg = ours(PPO_CASE, tmp_path)
     hp = algo.hparams
-    assert (cfg.seed, cfg.env_id, cfg.online.num_envs) == (3, "HalfCheetah-v5", h["num_envs"])
+    assert (cfg.seed, cfg.env_id) == (3, "HalfCheetah-v5")
+    # roboloop steps 8 batched envs for SB3's 1 env x 2048 steps: the same rollout size
+    assert (cfg.online.num_envs, h["num_envs"], hp.compile) == (8, 1, True)
     # Whole rollouts until the budget is reached, as SB3's learn(total_timesteps) does.
     rollout = cfg.training.steps_per_iteration
     assert rollout == hp.rollout_steps == h["n_steps"] * h["num_envs"]
+    assert rollout % cfg.online.num_envs == 0
     assert (cfg.training.num_iterations - 1) * rollout < PPO_CASE.steps
     assert cfg.training.num_iterations * rollout >= PPO_CASE.steps
     assert (hp.minibatch_size, hp.update_epochs) == (h["batch_size"], h["n_epochs"])
@@ -75,6 +78,28 @@ def test_ppo_hyperparameters_reach_both_sides(tmp_path: Path) -> None:
     assert (vec_normalize.norm_obs, vec_normalize.norm_reward) == (True, True)
     assert model.policy.net_arch == {"pi": h["hidden"], "vf": h["hidden"]}
     model.get_env().close()
+
+
+def test_quick_budgets_keep_the_rollout_size_across_env_layouts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--quick shrinks every PPO rollout to 512 steps in all, whatever each side's n_envs."""
+    from bench import rl_vs_sb3
+
+    pytest.importorskip("stable_baselines3")
+    seen = []
+    monkeypatch.setattr(
+        rl_vs_sb3, "_run_isolated", lambda side, case, *rest: seen.append((side, case)) or {}
+    )
+    monkeypatch.setattr(rl_vs_sb3, "report", lambda *args, **kwargs: None)
+    rl_vs_sb3.run(quick=True, cases=["ppo_halfcheetah", "ppo_halfcheetah_8envs"])
+    for side, case in seen:
+        h = case.hyper
+        assert h["n_steps"] * h["num_envs"] == 512, (side, case.name)
+        assert case.ours["compile"] is False  # compiling would outlast the quick run
+        cfg = compose_config("train_ppo", roboloop_overrides(case, 0, case.steps, str(tmp_path)))
+        assert cfg.training.steps_per_iteration == 512 and cfg.online.num_envs == 8
+    assert len(seen) == 4  # both sides of both cases
 
 
 def test_sac_hyperparameters_reach_both_sides(tmp_path: Path) -> None:
