@@ -28,8 +28,13 @@ from sim.spec import env_spec
 PolicyFactory = Callable[[int], Any]  # env index -> policy with reset()/select_action(obs)
 
 
-def policy_factory(name: str, env: gym.Env, env_id: str, seed: int) -> PolicyFactory:
-    """Resolve --policy into one policy instance per sub-env (chunked policies keep queues)."""
+def policy_factory(name: Any, env: gym.Env, env_id: str, seed: int) -> PolicyFactory:
+    """Resolve --policy into one policy instance per sub-env (chunked policies keep queues);
+    a policy object (reset() / select_action(obs)) is used as it is, in one env."""
+    if not isinstance(name, str):
+        if env.num_envs != 1:
+            raise ValueError(f"a policy object acts in one env at a time, not {env.num_envs}")
+        return lambda i: name
     if name == "expert":
         return lambda i: make_expert_policy(env_id)
     if name == "random":
@@ -46,7 +51,7 @@ def policy_factory(name: str, env: gym.Env, env_id: str, seed: int) -> PolicyFac
 
 def collect(
     env_id: str,
-    policy: str,
+    policy: Any,
     episodes: int,
     seed: int,
     out: str | Path,
@@ -55,7 +60,8 @@ def collect(
     asynchronous: bool = False,
     progress: bool = True,
 ) -> list[str]:
-    """Collect `episodes` episodes and append them to `out`; returns the episode names."""
+    """Collect `episodes` episodes and append them to `out`; returns the episode names.
+    `policy`: "expert", "random", a `.onnx` path, or a policy object (see policy_factory)."""
     fns = [lambda: sim.make(env_id, camera=camera) for _ in range(num_envs)]
     vector_cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
     envs = vector_cls(fns, autoreset_mode=gym.vector.AutoresetMode.DISABLED)

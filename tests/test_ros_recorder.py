@@ -581,6 +581,45 @@ def test_lifecycle_transitions_driven_by_change_state(tmp_path, ros_env):
         assert rec.stop() == 0
 
 
+def test_seed_ros_data_collector_records_through_the_services(tmp_path, ros_env, monkeypatch):
+    """Seed 002's ROSDataCollector: start_recording / stop_recording drive the recorder's
+    services, and stop_recording returns the episode the recorder wrote."""
+    from roboloop_testing.ros_probe import RosProbe
+    from training.data_collection import RecordingError, ROSDataCollector
+
+    for name, value in ros_env.items():  # the collector runs in this process
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "seed.hdf5"
+    rec = start_node(
+        "recorder",
+        params_file=probe_params(tmp_path, output_path=str(out), record_on_activate=False),
+        log_path=tmp_path / "recorder.log",
+        env=ros_env,
+    )
+    try:
+        with RosProbe(name="driver") as probe, ROSDataCollector(timeout_s=30) as collector:
+            steps = StepPublisher(probe)
+            probe.wait_for(lambda: alive(rec) and steps.matched(), 30, "recorder subscriptions")
+            assert collector.start_recording() == "recording"
+            with pytest.raises(RecordingError, match="already recording"):
+                collector.start_recording()
+            for k in range(6):
+                steps.publish(k)
+                probe.spin_for(1.0 / PROBE_RATE)
+            probe.spin_for(0.3)
+            episode = collector.stop_recording()
+            assert len(episode) == 6
+            np.testing.assert_allclose(episode.obs["state"][:, 0], np.arange(6))
+            np.testing.assert_allclose(episode.actions[:, 0], 0.1 * np.arange(6), rtol=1e-6)
+            with pytest.raises(RecordingError, match="/recorder/stop_episode: not recording"):
+                collector.stop_recording()
+        with ROSDataCollector(recorder="/nobody", timeout_s=1) as lost:
+            with pytest.raises(RecordingError, match="/nobody/start_episode: no such service"):
+                lost.start_recording()
+    finally:
+        assert rec.stop() == 0
+
+
 def test_spec_topic_wait_ends_by_timeout_or_stop_signal(tmp_path, ros_env):
     """recorder.yaml without a sim bridge: no spec is a one-line configure error after
     spec_timeout_s; a stop signal while waiting exits 0 at once, leaving no file."""

@@ -40,16 +40,20 @@ def train_policy(
             if "online:" in p.read_text()  # the online configs (learning.online.loop)
         )
         raise ConfigError(f"algorithm {algorithm!r}: no configs/train_{algorithm}.yaml {known}")
-    env_id = env_factory if isinstance(env_factory, str) else _register(env_factory)
-    extra = [f"env_id={env_id}", *overrides]
+    extra = [f"env_id={env_id_of(env_factory)}", *overrides]
     if num_iterations is not None:
         extra.append(f"training.num_iterations={int(num_iterations)}")
     return run(compose_config(f"train_{algorithm}", extra))
 
 
-def _register(factory: Callable[[], gym.Env]) -> str:
+def env_id_of(env_factory: Callable[[], gym.Env] | str) -> str:
+    """A task id as is; a callable returning a Gymnasium env registered as sim task
+    `factory_<n>` of this process (dict observations, as every task)."""
+    if isinstance(env_factory, str):
+        return env_factory
     from sim.envs import TaskSpec, register_task
 
+    factory = env_factory
     name = f"factory_{next(_FACTORY_IDS)}"
     register_task(name, TaskSpec("", factory=lambda **kwargs: factory(), mujoco=False))
     return name
