@@ -20,7 +20,8 @@ For the step t of an episode of length n, a sample is
                                   stop): s_{t+H} is not in the data, weight such samples by 0
     sequence_length=T   (T, ...) sequences for recurrent models instead of windows: obs, actions,
                     rewards, dones, terminals, is_first, is_pad over steps s .. s+T-1, one sample
-                    per start s with s+T <= n (an episode shorter than T: one padded sample)
+                    per start s with s+T <= n (an episode shorter than T: one padded sample;
+                    T longer than every training episode: a DatasetError)
 
 An episode is terminated when its metadata says `"terminated": true` (docs/dataset_format.md);
 its last step's done is then a terminal. Batch keys: learning/data/keys.py.
@@ -281,6 +282,13 @@ class EpisodeDataModule(L.LightningDataModule):
             self.splits = split_groups(episodes, self.fractions, self.split_seed)
         except ValueError as err:
             raise ValueError(f"{self.path}: {err}") from None
+        if self.sequence_length is not None:  # every sample would be mostly padding
+            longest = max(reader.num_steps(ep) for ep in self.splits["train"])
+            if longest < self.sequence_length:
+                raise DatasetError(
+                    f"{self.path}: sequence_length {self.sequence_length} is longer than every "
+                    f"training episode (longest {longest} steps): lower data.sequence_length"
+                )
 
         low_dim = [k for k in keys if not specs[k].is_image]
         self.cache = {
