@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from learning.algorithms.acting import acting_fields, example_observations
 from learning.data.keys import ACTIONS, OBS
 from learning.normalization import Normalizer
 
@@ -134,31 +135,20 @@ class FlowBC(L.LightningModule):
     def export_metadata(self) -> dict[str, Any]:
         """The policy part of the ONNX `roboloop` metadata (see docs/export_contract.md)."""
         hp = self.hparams
-        return {
-            "model_type": "policy",
-            "observations": {k: dict(hp.obs_specs[k]) for k in self.obs_keys},
-            "obs_steps": hp.obs_steps,
-            "action_dim": hp.action_dim,
-            "horizon": hp.horizon,
-            "n_action_steps": hp.n_action_steps,
-            "control_rate_hz": hp.control_rate_hz,
-            # {"low", "high", "source"}: where the served policy clips; absent in checkpoints
-            # older than the field (the ROS policy node refuses such a model).
-            **({"action_bounds": dict(hp.action_bounds)} if hp.action_bounds else {}),
-            "normalization": {"baked": True, "stats": self.normalizer.stats},
-            "sampler": {"type": "euler", "steps": hp.sampler_steps},
-        }
+        fields = acting_fields(
+            "policy",
+            hp,
+            obs_steps=hp.obs_steps,
+            horizon=hp.horizon,
+            n_action_steps=hp.n_action_steps,
+            stats=self.normalizer.stats,
+        )
+        return {**fields, "sampler": {"type": "euler", "steps": hp.sampler_steps}}
 
     def export_graph(self) -> tuple[nn.Module, dict[str, torch.Tensor], list[str]]:
         """(module, example inputs by ONNX name, output names) for `learning.export`."""
         hp = self.hparams
-        example = {
-            f"obs.{k}": torch.zeros(
-                (2, hp.obs_steps, *hp.obs_specs[k]["shape"]),
-                dtype=getattr(torch, hp.obs_specs[k]["dtype"]),
-            )
-            for k in self.obs_keys
-        }
+        example = example_observations(hp.obs_specs, hp.obs_steps)
         example["noise"] = torch.zeros(2, hp.horizon, hp.action_dim)
         return _PolicyGraph(self), example, ["actions"]
 
