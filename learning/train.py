@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
-# Runtime choices in the trainer configs: `${cuda_or:16-mixed,32-true}`, `${gpu_devices:0}`.
+# Runtime choices in the trainer configs: `${cuda_or:16-mixed,32-true}`, `${gpu_devices:0}`;
+# `${if:...}` below.
 OmegaConf.register_new_resolver(
     "cuda_or",
     lambda on_cuda, on_cpu: on_cuda if torch.cuda.is_available() else on_cpu,
@@ -55,6 +56,16 @@ OmegaConf.register_new_resolver(
     lambda gpu_id: [int(gpu_id)] if torch.cuda.is_available() else 1,
     replace=True,
 )
+
+
+def _if(condition: Any, then: Any, otherwise: Any) -> Any:
+    """`${if:${model.use_sequences},${sequence_length},null}`: a key that follows a bool flag."""
+    if not isinstance(condition, bool):  # a string "false" would be true
+        raise TypeError(f"${{if:...}} needs true or false, got {condition!r}")
+    return then if condition else otherwise
+
+
+OmegaConf.register_new_resolver("if", _if, replace=True)
 
 
 def compose_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
