@@ -47,9 +47,10 @@ class DictObservation(gym.Wrapper):
 class CameraObservation(gym.Wrapper):
     """Adds `image`: uint8 (height, width, 3) rgb rendered offscreen, shadows/reflections off.
 
-    `camera` holds mjvCamera settings: lookat/distance/elevation/azimuth for a free camera, or
-    trackbody (body id) for a tracking one. Turning shadows and reflections off makes small
-    renders several times faster and they carry no information for learning.
+    `camera` holds mjvCamera settings: lookat/distance/elevation/azimuth for a free camera,
+    trackbody (body id) for a tracking one, or fixed (camera id) for one of the model's own
+    cameras. Turning shadows and reflections off makes small renders several times faster and
+    they carry no information for learning.
     """
 
     def __init__(self, env: gym.Env, width: int, height: int, camera: dict[str, Any]) -> None:
@@ -61,6 +62,9 @@ class CameraObservation(gym.Wrapper):
         self._renderer = mujoco.Renderer(self._model, height=height, width=width)
         self._camera = mujoco.MjvCamera()
         mujoco.mjv_defaultFreeCamera(self._model, self._camera)
+        if "fixed" in camera:
+            self._camera.type = mujoco.mjtCamera.mjCAMERA_FIXED
+            self._camera.fixedcamid = int(camera["fixed"])
         if "trackbody" in camera:
             self._camera.type = mujoco.mjtCamera.mjCAMERA_TRACKING
             self._camera.trackbodyid = int(camera["trackbody"])
@@ -93,5 +97,10 @@ class CameraObservation(gym.Wrapper):
         return {**obs, "image": self.render_image()}, reward, terminated, truncated, info
 
     def close(self) -> None:
-        self._renderer.close()
+        if self._renderer is not None:
+            # mujoco 3.17's Renderer.close frees its GL objects in whichever GL context is
+            # current: a render binds ours first, else closing blanks other envs' cameras.
+            self._renderer.render()
+            self._renderer.close()
+            self._renderer = None
         super().close()

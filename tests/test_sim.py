@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import mujoco
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
@@ -15,6 +16,7 @@ from episode_dataset import EpisodeReader, validate_file
 from sim.collect import collect
 from sim.evaluate import RandomPolicy, evaluate_policy, normalized_score
 from sim.experts import make_expert_policy
+from sim.wrappers import CameraObservation, DictObservation
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -48,6 +50,36 @@ def test_camera_image_has_the_asked_size_and_follows_the_arm() -> None:
     assert changed.mean() > 0.005, "the rendered arm did not move"
     with pytest.raises(ValueError, match="no MuJoCo model"):
         sim.make("Pendulum-v1", camera=32)
+
+
+def test_a_fixed_camera_renders_the_models_own_camera() -> None:
+    base = sim.make("HalfCheetah-v5").unwrapped  # the model's camera 0: "track"
+    env = CameraObservation(DictObservation(base), width=32, height=24, camera={"fixed": 0})
+    obs, _ = env.reset(seed=0)
+    with mujoco.Renderer(base.model, height=24, width=32) as renderer:
+        renderer.update_scene(base.data, camera="track")
+        renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+        renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        expected = renderer.render()
+        renderer.update_scene(base.data)  # the default free camera sees another view
+        free = renderer.render()
+    np.testing.assert_array_equal(obs["image"], expected)
+    assert np.abs(free.astype(int) - expected).max() > 50
+    env.close()
+
+
+def test_closing_one_camera_env_leaves_the_others_rendering() -> None:
+    # mujoco 3.17's Renderer.close freed its GL objects in the current context (another env's).
+    reference = sim.make("Reacher-v5", camera=32)
+    expected = reference.reset(seed=1)[0]["image"]
+    reference.close()
+    first, second = sim.make("Reacher-v5", camera=32), sim.make("Reacher-v5", camera=32)
+    first.reset(seed=0)
+    second.reset(seed=0)  # the second env's GL context is current now
+    first.close()
+    first.close()  # closing twice is harmless
+    np.testing.assert_array_equal(second.reset(seed=1)[0]["image"], expected)
+    second.close()
 
 
 def test_reacher_expert_reaches_targets_far_better_than_random() -> None:
