@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import gymnasium as gym
 
+from sim.dmc import DMC_TASKS, DMCEnv
 from sim.wrappers import CameraObservation, DictObservation
 
 PREFIX = "roboloop/"
@@ -104,3 +106,8 @@ register_task(
         camera={"trackbody": 1, "distance": 3.0, "elevation": -15.0, "azimuth": 90.0},
     ),
 )
+# DeepMind Control (sim/dmc.py): dm_control ends the episodes itself, so no time limit here.
+for _name, (_domain, _task, _camera) in DMC_TASKS.items():
+    register_task(
+        _name, TaskSpec("", factory=partial(DMCEnv, _domain, _task), camera={"fixed": _camera})
+    )
