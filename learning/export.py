@@ -43,6 +43,7 @@ import yaml
 
 from learning.checkpoint import CheckpointError, instantiate_trusted, load_model
 from roboloop_runtime import METADATA_KEY, OnnxModel, build_metadata, upgrade_v1
+from roboloop_runtime.contract import WORLD_MODEL_STEPS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OPSET = 18
@@ -120,6 +121,16 @@ def _prepare_goal_generator(
         raise ExportError(f"{where}: {err}") from None
 
 
+def _prepare_world_model(
+    model: Any, cfg: Any, where: str, step: str | None = None
+) -> tuple[Graph, Any]:
+    """One of the world model's graphs: its filter step (default) or its imagination step."""
+    if step is not None and step not in WORLD_MODEL_STEPS:
+        raise ExportError(f"{where}: step {step!r} is not one of {list(WORLD_MODEL_STEPS)}")
+    model.export_step = step or WORLD_MODEL_STEPS[0]
+    return model.export_graph(), cfg
+
+
 # model_type -> its hooks; a type without an entry exports with the defaults.
 FAMILIES: dict[str, ExportFamily] = {
     "q_function": ExportFamily(
@@ -129,6 +140,10 @@ FAMILIES: dict[str, ExportFamily] = {
     "goal_generator": ExportFamily(
         {"sampler": "sampler argument KEY=VALUE, repeatable (e.g. method=euler steps=10)"},
         _prepare_goal_generator,
+    ),
+    "world_model": ExportFamily(
+        {"step": "which graph: filter (obs + previous action -> latent) or imagine"},
+        _prepare_world_model,
     ),
 }
 
@@ -352,12 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help=FAMILIES["goal_generator"].options["sampler"],
     )
+    w = parser.add_argument_group("world_model")
+    w.add_argument(
+        "--step", choices=WORLD_MODEL_STEPS, help=FAMILIES["world_model"].options["step"]
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    options = {"mask_size": args.mask_size, "sampler": dict(args.sampler or [])}
+    options = {"mask_size": args.mask_size, "sampler": dict(args.sampler or []), "step": args.step}
     options = {k: v for k, v in options.items() if v}
     try:
         model, cfg = load_model(args.ckpt)

@@ -458,6 +458,32 @@ def _q_function_io(meta: Mapping[str, Any]) -> tuple[Tensors, Tensors]:
     )
 
 
+WORLD_MODEL_STEPS = ("filter", "imagine")  # the two graphs of a world model (`step` field)
+
+
+def _world_model_io(meta: Mapping[str, Any]) -> tuple[Tensors, Tensors]:
+    """RSSM steps over an explicit latent (state deter, stoch; Z = the stoch size):
+    filter   obs.<key> (B, *shape), prev_action (B, A), noise (B, Z), state_in.* -> state_out.*
+    imagine  action (B, A), noise (B, Z), state_in.* -> state_out.*, reward (B,), continue (B,)
+    """
+    step = meta["step"]
+    if step not in WORLD_MODEL_STEPS:
+        raise ValueError(f"step {step!r} is not one of {list(WORLD_MODEL_STEPS)}")
+    states = _states(meta)
+    if sorted(states) != ["deter", "stoch"]:
+        raise ValueError(f"state must be deter and stoch, got {sorted(states)}")
+    action: tuple[tuple[int, ...], str] = ((-1, int(meta["action_dim"])), "float32")
+    noise: tuple[tuple[int, ...], str] = ((-1, *states["stoch"].shape), "float32")
+    state_in = {STATE_IN_PREFIX + k: ((-1, *s.shape), s.dtype) for k, s in states.items()}
+    state_out = {STATE_OUT_PREFIX + k: ((-1, *s.shape), s.dtype) for k, s in states.items()}
+    if step == "imagine":
+        scalar: tuple[tuple[int, ...], str] = ((-1,), "float32")
+        inputs = {"action": action, NOISE_INPUT: noise, **state_in}
+        return inputs, {**state_out, "reward": scalar, "continue": scalar}
+    obs = {OBS_INPUT_PREFIX + k: ((-1, *s.shape), s.dtype) for k, s in _observations(meta).items()}
+    return {**obs, "prev_action": action, NOISE_INPUT: noise, **state_in}, state_out
+
+
 @dataclass(frozen=True)
 class ModelType:
     """One entry of MODEL_TYPES: what a model of this type exposes.
@@ -540,6 +566,13 @@ for _kind in (
         "q_function",
         "NAMO Q: state_masks (B, 11, H, W) + action_masks (B, 2, H, W) -> q_values (B, 1)",
         _q_function_io,
+    ),
+    ModelType(
+        "world_model",
+        "RSSM step (`step`): filter obs.* + prev_action + noise + state_in.{deter, stoch} -> "
+        "state_out.*; imagine action + noise + state_in.* -> state_out.*, reward, continue",
+        _world_model_io,
+        stateful=True,
     ),
 ):
     register_model_type(_kind)

@@ -189,6 +189,7 @@ def test_registry_lists_every_model_type() -> None:
         "critic_ensemble",
         "goal_generator",
         "q_function",
+        "world_model",
     }
     assert {k for k, t in MODEL_TYPES.items() if t.acting} == {"policy", "actor", "best_of_n"}
 

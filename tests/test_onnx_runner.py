@@ -106,8 +106,8 @@ def test_load_errors(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="format_version 99"):
         OnnxModel(write_toy_policy(tmp_path / "v99.onnx", meta=bad))
     unknown = _policy_meta()
-    unknown["model_type"] = "world_model"
-    with pytest.raises(ModelLoadError, match="model_type 'world_model' is not one of"):
+    unknown["model_type"] = "no_such_type"
+    with pytest.raises(ModelLoadError, match="model_type 'no_such_type' is not one of"):
         OnnxModel(write_toy_policy(tmp_path / "unknown.onnx", meta=unknown))
     # The graph must be what the declared type implies: a policy graph is no actor/critic.
     for model_type, message in {

@@ -15,10 +15,10 @@ class WorldModelDataModule(EpisodeDataModule):
     """(B, T) sequences (obs, actions, rewards, terminals, is_first, is_pad) of one dataset.
 
     Refused with one line naming the file or key, before a model is built: an observation key
-    the config asks for that the dataset lacks, a `sequence_length` longer than every training
-    episode (every sample would be mostly padding), an image the CNN cannot take, and an
-    `action_dim` (the config's expectation; None: the dataset's) other than the dataset's.
-    Shorter episodes among longer ones are padded (is_pad).
+    the config asks for that the dataset lacks, an image the CNN cannot take, and an
+    `action_dim` (the config's expectation; None: the dataset's) other than the dataset's; the
+    base class refuses a `sequence_length` longer than every training episode and pads
+    shorter episodes among longer ones (is_pad).
     """
 
     def __init__(
@@ -35,13 +35,6 @@ class WorldModelDataModule(EpisodeDataModule):
         except KeyError as err:  # an obs key the config names is not in the file
             raise DatasetError(str(err.args[0])) from None
         self._prepared = False  # until the checks below pass
-        train = self.splits["train"]
-        longest = max((self.reader.num_steps(ep) for ep in train), default=0)
-        if longest < self.sequence_length:
-            raise DatasetError(
-                f"{self.path}: sequence_length {self.sequence_length} is longer than every "
-                f"training episode (longest {longest} steps): lower it"
-            )
         dim = int(self.reader.action_spec.shape[0])
         if self.expected_action_dim is not None and self.expected_action_dim != dim:
             raise ConfigError(

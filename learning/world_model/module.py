@@ -3,7 +3,7 @@
 A batch holds (B, T) sequences from one episode each (`EpisodeDataModule(sequence_length=T)`):
 o_t, a_t (the action taken at o_t), r_t (the reward it earned), terminal_t (the episode ended in
 a terminal state after a_t), is_pad_t (past the episode end). Every sequence starts from the
-initial state with a zero previous action, as the filter does at episode start:
+initial state (zeros) with a zero raw previous action, as the filter starts an episode:
 
     h_t, z_t ~ q(. | h_t, e(o_t))   with h_t = GRU(h_{t-1}, z_{t-1}, a_{t-1})     (filter)
     s'_t = (h_{t+1}, z_{t+1})       the latent after a_t: z_{t+1} from q where o_{t+1} is in
@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from learning.algorithms.acting import example_observations
 from learning.data.keys import ACTIONS, IS_PAD, OBS, REWARDS, TERMINALS
 from learning.networks.mlp import mlp
 from learning.normalization import Normalizer
@@ -248,12 +249,8 @@ class WorldModel(L.LightningModule):
         if self.export_step == "imagine":
             example = {"action": torch.zeros(2, hp.action_dim), **noise, **state}
             return ImagineGraph(self), example, [*state_out, "reward", "continue"]
-        example = {
-            f"obs.{k}": torch.zeros(
-                (2, *hp.obs_specs[k]["shape"]), dtype=getattr(torch, hp.obs_specs[k]["dtype"])
-            )
-            for k in self.obs_keys
-        }
+        # one step, no history: the acting models' example inputs without their time axis
+        example = {k: v[:, 0] for k, v in example_observations(hp.obs_specs, 1).items()}
         example.update({"prev_action": torch.zeros(2, hp.action_dim), **noise, **state})
         return FilterGraph(self), example, state_out
 

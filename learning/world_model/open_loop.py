@@ -7,7 +7,9 @@ For every window of `context + horizon` steps (one per `stride` steps of each ep
 the first `context` frames from the initial state (as training does), then imagine `horizon`
 steps under the recorded actions with noise 0 (the prior's mode) and decode each imagined
 latent. Reported per image key: pixel MSE (pixels in [0, 1]) of the decoded frames against the
-recorded ones, and of the copy-last-frame baseline (the last context frame, repeated). The
+recorded ones, of the copy-last-frame baseline (the last context frame, repeated), and of a
+context-free reference: the mean of all the predicted frames, one constant image (an oracle
+that knows the held-out data; a model below it predicts more than the average scene). The
 steps run through the same modules the ONNX graphs export (`FilterGraph`, `ImagineGraph`).
 """
 
@@ -48,8 +50,9 @@ def windows(
 def open_loop_errors(
     model: WorldModel, data: dict[str, np.ndarray], context: int, horizon: int
 ) -> dict[str, dict[str, Any]]:
-    """Per image key: {"model": MSE, "copy_last_frame": MSE, "per_step": [model MSE at step
-    1..horizon]} over the windows in `data` (from `windows`, length context + horizon)."""
+    """Per image key: {"model", "copy_last_frame", "mean_frame": MSE, "per_step": [model MSE
+    at imagined step 1..horizon], "per_step_copy": [the baseline's], "windows": N} over the
+    windows in `data` (from `windows`, length context + horizon)."""
     model = model.eval()
     filter_step, imagine_step = FilterGraph(model), ImagineGraph(model)
     actions = torch.from_numpy(data["actions"])
@@ -62,25 +65,29 @@ def open_loop_errors(
         h, z = filter_step(*obs, prev, zero_noise, h, z)
         prev = actions[:, t]
     image_keys = model.decoder.image_keys
+    frames = {k: torch.from_numpy(data[k]).float() / 255.0 for k in image_keys}
     per_step: dict[str, list[float]] = {k: [] for k in image_keys}
     baseline: dict[str, list[float]] = {k: [] for k in image_keys}
     for t in range(context, context + horizon):
         h, z, _, _ = imagine_step(actions[:, t - 1], zero_noise, h, z)
         decoded = model.decoder(model.rssm.features(h, z))
         for k in image_keys:
-            target = torch.from_numpy(data[k][:, t]).float() / 255.0
-            last = torch.from_numpy(data[k][:, context - 1]).float() / 255.0
+            target, last = frames[k][:, t], frames[k][:, context - 1]
             per_step[k].append(float(((decoded[k].clamp(0, 1) - target) ** 2).mean()))
             baseline[k].append(float(((last - target) ** 2).mean()))
-    return {
-        k: {
+    results = {}
+    for k in image_keys:
+        targets = frames[k][:, context:]
+        mean_frame = float(((targets.mean((0, 1)) - targets) ** 2).mean())
+        results[k] = {
             "model": float(np.mean(per_step[k])),
             "copy_last_frame": float(np.mean(baseline[k])),
+            "mean_frame": mean_frame,
             "per_step": per_step[k],
+            "per_step_copy": baseline[k],
             "windows": n,
         }
-        for k in image_keys
-    }
+    return results
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -111,8 +118,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(
             f"{key}: {r['windows']} windows, {args.horizon} imagined steps: model MSE "
             f"{r['model']:.5f}, copy-last-frame {r['copy_last_frame']:.5f} "
-            f"(ratio {r['model'] / r['copy_last_frame']:.2f})"
+            f"(ratio {r['model'] / r['copy_last_frame']:.2f}), mean frame {r['mean_frame']:.5f}"
         )
+        steps = ", ".join(
+            f"{m:.4f}/{c:.4f}" for m, c in zip(r["per_step"], r["per_step_copy"], strict=True)
+        )
+        print(f"  per imagined step, model/copy-last-frame: {steps}")
 
 
 if __name__ == "__main__":
