@@ -43,10 +43,45 @@ def test_policy_mode_trains_with_the_seed_config_keys(tmp_path: Path) -> None:
     assert ckpt[ONLINE_KEY]["env_steps"] == 256  # training.num_iterations x steps_per_iteration
 
 
+def test_dataset_modes_train_from_an_episode_dataset(tmp_path: Path) -> None:
+    """--mode world_model reads the config's world_model: section; --mode supervised is BC."""
+    from training.data_collection import create_synthetic_dataset, save_trajectories
+
+    dataset = save_trajectories(
+        create_synthetic_dataset(num_episodes=6, observation_dim=4, action_dim=2),
+        tmp_path / "synthetic.hdf5",
+    )
+    config = tmp_path / "my_config.yaml"
+    config.write_text(
+        "world_model: {hidden_dim: 24, batch_size: 4, sequence_length: 10}\n"
+        "policy: {hidden_dim: 999}\n"  # the policy mode's section: not read here
+    )
+    quiet = [f"output_root={tmp_path}", "max_epochs=1", "~trainer.callbacks.progress_bar"]
+    done = _run(
+        "--mode", "world_model", "--dataset", str(dataset), "--config", str(config),
+        "world_model=tiny", *quiet, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = torch.load(_checkpoint(done.stdout), weights_only=True)
+    assert ckpt[CONFIG_KEY]["model"]["hidden_dim"] == 24  # world_model.hidden_dim
+    assert ckpt[CONFIG_KEY]["data"]["sequence_length"] == 10
+
+    done = _run("--mode", "supervised", "--dataset", str(dataset), *quiet, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = torch.load(_checkpoint(done.stdout), weights_only=True)
+    assert ckpt[CONFIG_KEY]["name"] == "bc"
+
+
+def _checkpoint(stdout: str) -> str:
+    return next(line for line in stdout.splitlines() if line.startswith("checkpoint "))[11:]
+
+
 def test_modes_not_built_and_bad_input_are_one_line(tmp_path: Path) -> None:
     for args, expected in (
         (["--mode", "dreamer", "--env", "Pendulum-v1"], "--mode dreamer: not built yet"),
-        (["--mode", "policy"], "the following arguments are required: --env"),
+        (["--mode", "policy"], "--mode policy needs --env"),
+        (["--mode", "world_model"], "--mode world_model needs --dataset"),
+        (["--mode", "nope", "--env", "Pendulum-v1"], "--mode nope: unknown"),
         (["--env", "NoSuchTask-v0", "online.progress_bar=false"], "NoSuchTask-v0"),
     ):
         done = _run(*args, cwd=tmp_path)

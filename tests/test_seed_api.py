@@ -1,0 +1,51 @@
+"""Seed 002's Python training API (training/api.py): trajectories in, a trained checkpoint out,
+through the same configs as `python -m learning.train`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from episode_dataset import EpisodeReader
+from learning.errors import ConfigError
+from training.api import train_behavioral_cloning, train_world_model
+from training.data_collection import DataCollector, create_synthetic_dataset
+
+
+def test_train_behavioral_cloning_from_collected_demonstrations(tmp_path: Path) -> None:
+    demos = DataCollector("Reacher-v5", seed=3).collect_episodes(4, policy="expert")
+    result = train_behavioral_cloning(
+        demos,
+        use_sequences=True,
+        num_epochs=2,
+        output_root=tmp_path,
+        overrides=["batch_size=8", "~trainer.callbacks.progress_bar"],
+    )
+    (dataset,) = (tmp_path / "datasets").glob("bc_*.hdf5")
+    assert len(EpisodeReader(dataset)) == 4  # the demonstrations, as an episode dataset
+    ckpt = torch.load(result["last_ckpt"], weights_only=True)
+    assert ckpt["epoch"] == 1  # num_epochs=2 reached the trainer
+    assert any("lstm" in k for k in ckpt["state_dict"])  # use_sequences chose the LSTM
+
+
+def test_train_world_model_from_synthetic_trajectories(tmp_path: Path) -> None:
+    episodes = create_synthetic_dataset(num_episodes=6, observation_dim=4, action_dim=2)
+    with pytest.raises(ConfigError, match=r"observation_shape=\(64, 64, 3\) is not the shape"):
+        train_world_model(episodes, observation_shape=(64, 64, 3), output_root=tmp_path)
+    assert not (tmp_path / "datasets").exists()  # refused before anything was written
+    result = train_world_model(
+        episodes,
+        observation_shape=(4,),
+        num_epochs=1,
+        output_root=tmp_path,
+        overrides=[
+            "world_model=tiny",
+            "world_model.sequence_length=10",
+            "world_model.batch_size=4",
+            "~trainer.callbacks.progress_bar",
+        ],
+    )
+    assert Path(result["last_ckpt"]).is_file()
+    assert torch.load(result["last_ckpt"], weights_only=True)["epoch"] == 0

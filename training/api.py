@@ -1,0 +1,85 @@
+"""Seed 002's Python training API, a thin layer over `python -m learning.train` configs:
+
+    from training.api import train_behavioral_cloning, train_policy, train_world_model
+
+    result = train_world_model(trajectories=episodes, observation_shape=(64, 64, 3), num_epochs=9)
+    result = train_behavioral_cloning(demonstrations=episodes, use_sequences=True)
+    result = train_policy(env_factory="HalfCheetah-v5", algorithm="ppo", num_iterations=49)
+    result["last_ckpt"]   # -> python -m learning.export --ckpt ... --out model.onnx
+
+Trajectories (training.data_collection.Trajectory lists) are first written as an episode dataset
+(`<output_root>/datasets/<name>_<time>.hdf5`, never pickles); a dataset path is used as it is.
+Each call returns `learning.train.run`'s {"run_dir", "best_ckpt", "last_ckpt", "metrics"}.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from learning.errors import ConfigError
+from learning.online.api import train_policy
+from learning.train import compose_config, run
+from training.data_collection import Trajectory, save_trajectories
+
+__all__ = ["train_behavioral_cloning", "train_policy", "train_world_model"]
+
+Data = Sequence[Trajectory] | str | os.PathLike[str]
+
+
+def _dataset(data: Data, name: str, output_root: str | os.PathLike[str]) -> str:
+    """A dataset path: `data` itself, or the trajectories written to a new one."""
+    if isinstance(data, str | os.PathLike):
+        return os.fspath(data)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(output_root) / "datasets" / f"{name}_{stamp}_{os.getpid()}.hdf5"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.fspath(save_trajectories(list(data), path))
+
+
+def _check_shape(data: Data, observation_shape: Sequence[int] | None) -> None:
+    """`observation_shape` (the seed's argument) must be the shape of one observation key."""
+    if observation_shape is None or isinstance(data, str | os.PathLike) or not data:
+        return
+    shapes = {k: tuple(v.shape[1:]) for k, v in data[0].obs.items()}
+    if tuple(observation_shape) not in shapes.values():
+        raise ConfigError(
+            f"observation_shape={tuple(observation_shape)} is not the shape of any observation "
+            f"key of the trajectories {shapes}"
+        )
+
+
+def train_world_model(
+    trajectories: Data,
+    observation_shape: Sequence[int] | None = None,
+    num_epochs: int | None = None,
+    overrides: Sequence[str] = (),
+    output_root: str | os.PathLike[str] = "outputs",
+) -> dict[str, Any]:
+    """`configs/train_world_model.yaml` (RSSM, learning/world_model) on `trajectories`."""
+    _check_shape(trajectories, observation_shape)
+    extra = [f"dataset={_dataset(trajectories, 'world_model', output_root)}"]
+    extra += [f"output_root={output_root}"]
+    if num_epochs is not None:
+        extra.append(f"max_epochs={int(num_epochs)}")
+    return run(compose_config("train_world_model", [*extra, *overrides]))
+
+
+def train_behavioral_cloning(
+    demonstrations: Data,
+    use_sequences: bool = False,
+    num_epochs: int | None = None,
+    overrides: Sequence[str] = (),
+    output_root: str | os.PathLike[str] = "outputs",
+) -> dict[str, Any]:
+    """`configs/train_bc.yaml` on `demonstrations`: an MLP on observation windows, or an LSTM
+    over observation sequences with `use_sequences=True`."""
+    extra = [f"dataset={_dataset(demonstrations, 'bc', output_root)}"]
+    extra += [f"model.use_sequences={str(bool(use_sequences)).lower()}"]
+    extra += [f"output_root={output_root}"]
+    if num_epochs is not None:
+        extra.append(f"max_epochs={int(num_epochs)}")
+    return run(compose_config("train_bc", [*extra, *overrides]))
