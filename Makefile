@@ -24,9 +24,6 @@ venv: $(STAMP)
 $(STAMP): requirements.txt constraints.txt pyproject.toml $(ROS_PKGS)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=24" "setuptools>=69,<80" wheel
-	# A venv from the mujoco 4 pins: its split packages would shadow 3.17.0's files; remove them.
-	if $(BIN)/python -m pip show -q mujoco-core 2>/dev/null; then \
-		$(BIN)/python -m pip uninstall -y -q mujoco mujoco-core mujoco-studio; fi
 	$(BIN)/python -m pip install -q -c constraints.txt -r requirements.txt -e . \
 		$(foreach p,$(ROS_PKGS),-e $(dir $(p)))
 	touch $@
