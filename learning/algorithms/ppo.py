@@ -8,15 +8,16 @@ Stable-Baselines3 / CleanRL layout, orthogonal init). The shared loop (learning.
 collects with `act`, stores with `observe` and calls `update` once the rollout is full.
 
 Normalization lives here, as buffers (so in every checkpoint):
-- observations: running mean/variance over every observation acted on, clipped to
-  +-clip_obs after scaling; baked into the exported actor (contract-v2 `actor`, no noise input:
-  the mean action, clipped to the env's bounds);
+- observations: running mean/variance, clipped to +-clip_obs after scaling; baked into the
+  exported actor (contract-v2 `actor`, no noise input: the mean action, clipped to the env's
+  bounds). The player updates its acting statistics with every observation before acting on it,
+  as SB3's VecNormalize does (so the first rollout is normalized too); at each update `obs_rms`
+  takes in the whole rollout of every data-parallel rank (all-gathered), and every rank acts
+  from those same statistics again (between updates each rank's acting statistics follow its own
+  envs; the rollout stores the observations as they were acted on);
 - rewards: divided by the running std of the discounted return (as SB3's VecNormalize), for
-  training only: the actor does not need it.
-Both statistics take in a whole rollout at once, in `update` (not per env step as in SB3), of
-every data-parallel rank (all-gathered): one rollout is normalized with one set of statistics,
-the same on every rank, and collection stays cheap. The first
-rollout therefore acts on raw observations.
+  training only: the actor does not need it. Its statistics take in the rollout at the start of
+  `update`, before any gradient step.
 """
 
 from __future__ import annotations
@@ -50,17 +51,27 @@ class RunningMeanStd(nn.Module):
         self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))
 
     def update(self, x: torch.Tensor) -> None:
-        x = x.to(torch.float64)
-        n = x.shape[0]
-        batch_mean, batch_var = x.mean(0), x.var(0, unbiased=False)
-        delta, total = batch_mean - self.mean, self.count + n
-        m2 = self.var * self.count + batch_var * n + delta.square() * self.count * n / total
-        self.mean.add_(delta * n / total)
-        self.var.copy_(m2 / total)
-        self.count.add_(n)
+        merge_moments(self.mean, self.var, self.count, x)
 
     def std(self, eps: float = 1e-8) -> torch.Tensor:
         return torch.sqrt(self.var + eps)
+
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A copy of (mean, var, count), ordinary tensors (also when asked in inference_mode)."""
+        with torch.inference_mode(False):
+            return self.mean.clone(), self.var.clone(), self.count.clone()
+
+
+def merge_moments(mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor, x: torch.Tensor):
+    """Fold the (N, D) batch `x` into float64 (mean, var, count), in place."""
+    x = x.to(torch.float64)
+    n = x.shape[0]
+    batch_mean, batch_var = x.mean(0), x.var(0, unbiased=False)
+    delta, total = batch_mean - mean, count + n
+    m2 = var * count + batch_var * n + delta.square() * count * n / total
+    mean.add_(delta * n / total)
+    var.copy_(m2 / total)
+    count.add_(n)
 
 
 def mlp(n_in: int, hidden: int, n_out: int, out_gain: float) -> nn.Sequential:
@@ -125,6 +136,9 @@ class PPO(OnlineAlgorithm):
         self.register_buffer("action_high", high)
         self._returns = np.zeros(0)  # per-env discounted return so far (reward scale)
         self._affine: tuple[torch.Tensor, torch.Tensor] | None = None  # see normalize
+        # The player's statistics: obs_rms at the last update plus every observation acted on
+        # since (None: copy obs_rms when next needed).
+        self._acting: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._loss_terms = torch.compile(self._eager_losses) if compile else self._eager_losses
 
     # ---- spaces and observations ---------------------------------------------------------
@@ -148,19 +162,34 @@ class PPO(OnlineAlgorithm):
         """{key: (B, *shape)} -> (B, D) float32, keys in sorted order."""
         return torch.cat([obs[k].flatten(1).float() for k in self.obs_keys], dim=-1)
 
+    def acting_moments(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._acting is None:
+            self._acting = self.obs_rms.moments()
+        return self._acting
+
+    def track(self, x: torch.Tensor) -> None:
+        """Fold observations about to be acted on into the player's statistics."""
+        merge_moments(*self.acting_moments(), x)
+        self._affine = None
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """clip((x - mean) / std, +-clip_obs) with the running statistics."""
+        """clip((x - mean) / std, +-clip_obs) with the player's statistics."""
         if not self.hparams.normalize_obs:
             return x
         if self._affine is None:  # float32 (mean, std), cached until the statistics change
+            mean, var, _ = self.acting_moments()
             with torch.inference_mode(False):  # ordinary tensors, even when first asked by act
-                self._affine = (self.obs_rms.mean.float(), self.obs_rms.std().float())
+                self._affine = (mean.float(), torch.sqrt(var + 1e-8).float())
         center, scale = self._affine
         clip = self.hparams.clip_obs
         return ((x - center) / scale).clamp(-clip, clip)
 
+    def _resync(self) -> None:
+        """Act from obs_rms again (after an update, a load)."""
+        self._acting, self._affine = None, None
+
     def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
-        self._affine = None  # new statistics
+        self._resync()
         return super().load_state_dict(*args, **kwargs)
 
     def _logp_offset(self) -> torch.Tensor:
@@ -173,7 +202,10 @@ class PPO(OnlineAlgorithm):
     def act(
         self, obs: dict[str, torch.Tensor], deterministic: bool = False
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        z = self.normalize(self.flat_obs(obs))
+        raw = self.flat_obs(obs)
+        if self.hparams.normalize_obs and not deterministic:
+            self.track(raw)  # collection: the statistics see an observation before it is acted on
+        z = self.normalize(raw)
         mean = self.actor_mean(z)
         if deterministic:
             return self.clip_action(mean), {}
@@ -357,9 +389,9 @@ class PPO(OnlineAlgorithm):
         returns, values = batch[4], batch[5]
         # Explained variance 1 - Var[R - V] / Var[R]: 1 = the critic predicts the returns.
         explained = 1 - (returns - values).var() / returns.var().clamp_min(1e-8)
-        if hp.normalize_obs:  # the next rollout is normalized with this one's statistics too
+        if hp.normalize_obs:  # every rank's rollout, then every rank acts from the same stats
             self.obs_rms.update(gather(storage.data["raw_obs"].flatten(0, 1).clone()))
-            self._affine = None
+            self._resync()
         storage.clear()  # the next rollout overwrites the rows
         means = torch.stack(stats).mean(0)
         scalars = {f"train/{k}": v for k, v in zip(LOGGED, means, strict=True)}
