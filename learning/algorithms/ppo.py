@@ -62,7 +62,9 @@ class RunningMeanStd(nn.Module):
             return self.mean.clone(), self.var.clone(), self.count.clone()
 
 
-def merge_moments(mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor, x: torch.Tensor):
+def merge_moments(
+    mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor, x: torch.Tensor
+) -> None:
     """Fold the (N, D) batch `x` into float64 (mean, var, count), in place."""
     x = x.to(torch.float64)
     n = x.shape[0]
