@@ -142,7 +142,7 @@ FAMILIES: dict[str, ExportFamily] = {
         _prepare_goal_generator,
     ),
     "world_model": ExportFamily(
-        {"step": "which graph: filter (obs + previous action -> latent) or imagine"},
+        {"step": "which graph: filter (obs + previous action -> latent), imagine, decode, actor"},
         _prepare_world_model,
     ),
 }

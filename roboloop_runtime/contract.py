@@ -458,13 +458,17 @@ def _q_function_io(meta: Mapping[str, Any]) -> tuple[Tensors, Tensors]:
     )
 
 
-WORLD_MODEL_STEPS = ("filter", "imagine")  # the two graphs of a world model (`step` field)
+# The graphs of a world model (`step` field); `actor` is Dreamer's policy on the latent.
+WORLD_MODEL_STEPS = ("filter", "imagine", "decode", "actor")
+PREDICTION_OUTPUT_PREFIX = "prediction."  # decode: output name of observation key k
 
 
 def _world_model_io(meta: Mapping[str, Any]) -> tuple[Tensors, Tensors]:
     """RSSM steps over an explicit latent (state deter, stoch; Z = the stoch size):
     filter   obs.<key> (B, *shape), prev_action (B, A), noise (B, Z), state_in.* -> state_out.*
     imagine  action (B, A), noise (B, Z), state_in.* -> state_out.*, reward (B,), continue (B,)
+    decode   state_in.* -> prediction.<key> (B, *shape) float32, the observation in raw units
+    actor    state_in.*, noise (B, A) -> actions (B, A) in env units (noise 0: the mode)
     """
     step = meta["step"]
     if step not in WORLD_MODEL_STEPS:
@@ -476,11 +480,20 @@ def _world_model_io(meta: Mapping[str, Any]) -> tuple[Tensors, Tensors]:
     noise: tuple[tuple[int, ...], str] = ((-1, *states["stoch"].shape), "float32")
     state_in = {STATE_IN_PREFIX + k: ((-1, *s.shape), s.dtype) for k, s in states.items()}
     state_out = {STATE_OUT_PREFIX + k: ((-1, *s.shape), s.dtype) for k, s in states.items()}
+    observations = _observations(meta)
     if step == "imagine":
         scalar: tuple[tuple[int, ...], str] = ((-1,), "float32")
         inputs = {"action": action, NOISE_INPUT: noise, **state_in}
         return inputs, {**state_out, "reward": scalar, "continue": scalar}
-    obs = {OBS_INPUT_PREFIX + k: ((-1, *s.shape), s.dtype) for k, s in _observations(meta).items()}
+    if step == "decode":
+        predictions = {
+            PREDICTION_OUTPUT_PREFIX + k: ((-1, *s.shape), "float32")
+            for k, s in observations.items()
+        }
+        return state_in, predictions
+    if step == "actor":
+        return {**state_in, NOISE_INPUT: action}, {"actions": action}
+    obs = {OBS_INPUT_PREFIX + k: ((-1, *s.shape), s.dtype) for k, s in observations.items()}
     return {**obs, "prev_action": action, NOISE_INPUT: noise, **state_in}, state_out
 
 
@@ -570,7 +583,8 @@ for _kind in (
     ModelType(
         "world_model",
         "RSSM step (`step`): filter obs.* + prev_action + noise + state_in.{deter, stoch} -> "
-        "state_out.*; imagine action + noise + state_in.* -> state_out.*, reward, continue",
+        "state_out.*; imagine action + noise + state_in.* -> state_out.*, reward, continue; "
+        "decode state_in.* -> prediction.*; actor state_in.* + noise -> actions",
         _world_model_io,
         stateful=True,
     ),

@@ -154,8 +154,14 @@ class WorldModel(L.LightningModule):
         self, batch: Mapping[str, Any], generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
         """The loss terms of the module docstring, each a mean over real steps."""
+        return self.loss_terms(batch, self.observe(batch, generator))
+
+    def loss_terms(
+        self, batch: Mapping[str, Any], lat: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """`loss` from the batch's filtered latents `lat` (`observe`; Dreamer imagines from
+        them too)."""
         hp, rssm = self.hparams, self.rssm
-        lat = self.observe(batch, generator)
         valid = (~batch[IS_PAD]).float()  # (B, T)
         n = valid.sum().clamp(min=1.0)
 
