@@ -254,3 +254,49 @@ def test_open_loop_prediction_beats_copy_last_frame(tmp_path: Path) -> None:
     data = windows(EpisodeReader(held_out), model.obs_keys, 20, 10)
     result = open_loop_errors(model, data, context=5, horizon=15)["image"]
     assert result["model"] < 0.85 * result["copy_last_frame"], result
+
+
+def test_decode_graph_follows_torch_on_filtered_latents(
+    trained: dict[str, Any], tmp_path: Path
+) -> None:
+    """`--step decode`: the latent of each of 200 filtered frames -> every observation key in
+    raw units (pixels 0..255), as torch decodes it; a world model alone exports no actor."""
+    model, cfg = load_model(trained["last_ckpt"])
+    reader = EpisodeReader(trained["cfg"].dataset)
+    ep = reader.episodes[0]
+    obs = {k: reader.read_obs(ep, k) for k in model.obs_keys}
+    actions = reader.read_actions(ep).astype(np.float32)
+    paths = {name: tmp_path / f"{name}.onnx" for name in ("filter", "decode")}
+    for name, path in paths.items():
+        export_model(model, path, cfg, step=name)
+    filter_step, decode = (OnnxModel(p, device="cpu") for p in paths.values())
+    assert set(decode.output_names) == {"prediction.image", "prediction.state"}
+    model.export_step = "decode"
+    graph = model.export_graph()[0].eval()
+    state = {f"state_in.{k}": np.zeros((1, *s["shape"]), np.float32)
+             for k, s in decode.metadata["state"].items()}  # fmt: skip
+    worst, frames = 0.0, []
+    n = len(actions)
+    for t in range(200):
+        i = t % n
+        prev = actions[i - 1] if i else np.zeros_like(actions[0])
+        feeds = {f"obs.{k}": v[i][None] for k, v in obs.items()}
+        feeds.update(prev_action=prev[None], noise=np.zeros((1, model.rssm.stoch_dim), np.float32))
+        out = filter_step.run({**feeds, **state})
+        state = {f"state_in.{k}": out[f"state_out.{k}"] for k in ("deter", "stoch")}
+        got = decode.run(state)
+        with torch.no_grad():
+            ref = graph(*(torch.from_numpy(v) for v in state.values()))
+        for key, r in zip(model.obs_keys, ref, strict=True):
+            r = r.numpy()
+            worst = max(
+                worst,
+                float((np.abs(got[f"prediction.{key}"] - r) / np.maximum(1, np.abs(r))).max()),
+            )
+        frames.append(got["prediction.image"])
+    assert worst <= 1e-4
+    frames = np.concatenate(frames)  # raw pixels, not [0, 1]
+    assert frames.min() >= 0.0 and frames.max() <= 255.0 and frames.mean() > 5.0
+    with pytest.raises(ExportError) as err:
+        export_checkpoint(trained["last_ckpt"], tmp_path / "actor.onnx", step="actor")
+    assert "export the actor from a Dreamer checkpoint" in one_line(err)

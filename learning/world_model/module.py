@@ -42,6 +42,7 @@ from learning.networks.mlp import mlp
 from learning.normalization import Normalizer
 from learning.world_model.networks import ObservationDecoder, ObservationEncoder
 from learning.world_model.rssm import RSSM
+from roboloop_runtime.contract import PREDICTION_OUTPUT_PREFIX
 
 STATE_NAMES = ("deter", "stoch")  # state_in.<name> / state_out.<name>: h and z
 
@@ -252,6 +253,14 @@ class WorldModel(L.LightningModule):
         }
         noise = {"noise": torch.zeros(2, rssm.stoch_dim)}
         state_out = ["state_out.deter", "state_out.stoch"]
+        if self.export_step == "actor":
+            raise ValueError(
+                "a world model checkpoint has no actor: export the actor from a Dreamer "
+                "checkpoint (python -m learning.train --config-name=train_dreamer)"
+            )
+        if self.export_step == "decode":
+            names = [PREDICTION_OUTPUT_PREFIX + k for k in self.obs_keys]
+            return DecodeGraph(self), state, names
         if self.export_step == "imagine":
             example = {"action": torch.zeros(2, hp.action_dim), **noise, **state}
             return ImagineGraph(self), example, [*state_out, "reward", "continue"]
@@ -294,3 +303,20 @@ class ImagineGraph(nn.Module):
         h, z = m.rssm.imagine_step(h, z, action, noise)
         reward, cont = m.heads(m.rssm.features(h, z))
         return h, z, reward, cont
+
+
+class DecodeGraph(nn.Module):
+    """forward(deter, stoch) -> predictions in sorted key order: the decoder's observation of
+    the latent in raw units (normalization undone; images as float pixels clamped to 0..255)."""
+
+    def __init__(self, model: WorldModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, h: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        m = self.model
+        pred = m.decoder(m.rssm.features(h, z))
+        raw = {k: m.normalizer.unnormalize(k, pred[k]) for k in m.obs_keys}
+        for k in m.decoder.image_keys:
+            raw[k] = raw[k].clamp(0.0, 255.0)
+        return tuple(raw[k] for k in m.obs_keys)
