@@ -46,6 +46,7 @@ from roboloop_runtime.onnx_runner import (
     OnnxCritic,
     OnnxModel,
     OnnxPolicy,
+    WorldModelRunner,
     load_runner,
 )
 from roboloop_runtime.policy import (
@@ -100,4 +101,5 @@ __all__ = [
     "RUNNERS",
     "OnnxCritic",
     "load_runner",
+    "WorldModelRunner",
 ]

@@ -5,6 +5,9 @@
     policy = OnnxPolicy("policy.onnx", seed=0)          # policy / actor / best_of_n, stateful too
     critic = OnnxCritic("critic.onnx")                  # critic / critic_ensemble: .q(obs, a)
     runner = load_runner("any.onnx")                    # the RUNNERS entry of its model type
+    world = WorldModelRunner("filter.onnx", imagine="imagine.onnx", decode="decode.onnx")
+    world.reset(); world.step(obs, prev_action)          # the latent belief, batch 1
+    reward, cont, next_latent = world.predict(action); frames = world.decode(next_latent)
 
 `OnnxModel` refuses a file whose metadata does not match its model type (contract
 `check_metadata`: v1 files are upgraded, v2 checked) or whose graph has other tensors.
@@ -27,13 +30,16 @@ from roboloop_runtime.contract import (
     METADATA_KEY,
     NOISE_INPUT,
     OBS_INPUT_PREFIX,
+    PREDICTION_OUTPUT_PREFIX,
     Q_OUTPUT,
     STATE_IN_PREFIX,
     STATE_OUT_PREFIX,
     CriticMetadata,
     ModelInputError,
     ModelLoadError,
+    ObsSpec,
     PolicyMetadata,
+    StateSpec,
     check_metadata,
     check_output,
 )
@@ -278,6 +284,193 @@ class OnnxCritic(OnnxModel):
         return check_output(Q_OUTPUT, q, (feeds[ACTIONS_INPUT].shape[0], *m.q_shape))
 
 
+Latent = dict[str, np.ndarray]  # state name (deter, stoch) -> (size,) float32, batch 1
+
+
+class WorldModelRunner(OnnxModel):
+    """An exported world model (model type `world_model`) run step by step on one stream.
+
+    `self` is the filter graph (required); the optional imagine, decode and actor graphs (files
+    of the same export, `python -m learning.export --step ...`) must agree with it on the latent
+    sizes, action_dim and observations, else ModelLoadError naming both files and both values.
+    It holds the latent belief s_t = (deter h, stoch z) of one stream (batch 1):
+
+        reset()                        episode start: the declared initial latent (zeros)
+        step(obs, prev_action)         filter o_t with a_{t-1} (None at episode start: zeros)
+        predict(action)                imagine: (reward, continue probability, next latent)
+        decode(latent=None)            {key: (*shape) float32}, observations in raw units
+        act()                          the actor's action (A,) in env units
+
+    Noise is 0 (the mode of every distribution) unless `sample`, then standard normal from a
+    numpy Generator seeded with `seed` (reseeded by `reset(seed)`).
+    """
+
+    STEPS = ("filter", "imagine", "decode", "actor")
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        imagine: str | os.PathLike | None = None,
+        decode: str | os.PathLike | None = None,
+        actor: str | os.PathLike | None = None,
+        device: str = "auto",
+        threads: int | None = None,
+        sample: bool = False,
+        seed: int = 0,
+    ) -> None:
+        OnnxModel.__init__(self, path, device=device, threads=threads)
+        self._require_step(self, "filter")
+        meta = self.metadata
+        self.state = {k: StateSpec.from_dict(v) for k, v in meta["state"].items()}
+        self.observations = {k: ObsSpec.from_dict(v) for k, v in meta["observations"].items()}
+        self.action_dim = int(meta["action_dim"])
+        self.graphs: dict[str, OnnxModel] = {"filter": self}
+        for step, other in (("imagine", imagine), ("decode", decode), ("actor", actor)):
+            if other is not None:
+                model = OnnxModel(other, device=device, threads=threads)
+                self._require_step(model, step)
+                self._check_agrees(model)
+                self.graphs[step] = model
+        self.sample = sample
+        self._seed = seed
+        self.reset()
+
+    @staticmethod
+    def _require_step(model: OnnxModel, step: str) -> None:
+        got = model.metadata.get("step") if model.model_type == "world_model" else None
+        if got != step:
+            what = f"step {got!r}" if got else f"model_type {model.model_type!r}"
+            raise ModelLoadError(
+                f"{model.path}: {what} where the world model's {step} step is needed "
+                f"(python -m learning.export --step {step})"
+            )
+
+    def _check_agrees(self, model: OnnxModel) -> None:
+        """One line naming both files when `model` is not a graph of this filter's model."""
+        meta = model.metadata
+        theirs = {k: StateSpec.from_dict(v) for k, v in meta["state"].items()}  # deter, stoch
+        pairs: dict[str, tuple[Any, Any]] = {
+            f"latent {k!r} size": (list(s.shape), list(theirs[k].shape))
+            for k, s in self.state.items()
+        }
+        pairs["action_dim"] = (self.action_dim, int(meta["action_dim"]))
+        obs = {k: ObsSpec.from_dict(v) for k, v in meta["observations"].items()}
+        pairs["observations"] = (_obs_text(self.observations), _obs_text(obs))
+        for what, (mine, other) in pairs.items():
+            if mine != other:
+                raise ModelLoadError(
+                    f"{model.path}: {what} {other} disagrees with the filter {self.path}'s "
+                    f"{mine}: the graphs come from different models"
+                )
+
+    # ---- the latent ----------------------------------------------------------------------
+    def reset(self, seed: int | None = None) -> None:
+        """Episode start: the initial latent, no previous action, the noise generator reseeded."""
+        if seed is not None:
+            self._seed = seed
+        self.rng = np.random.default_rng(self._seed)
+        self._latent = {k: s.initial_batch(1).astype(np.float32) for k, s in self.state.items()}
+
+    @property
+    def latent(self) -> Latent:
+        return {k: v[0].copy() for k, v in self._latent.items()}
+
+    def set_latent(self, latent: Latent) -> None:
+        """Continue from a given latent (e.g. one imagined ahead); ModelInputError (one line)
+        for a missing state or one of another size than the graphs take."""
+        self._latent = self._batched(latent)
+
+    def _batched(self, latent: Latent) -> dict[str, np.ndarray]:
+        out = {}
+        for k, spec in self.state.items():
+            if k not in latent:
+                raise ModelInputError(
+                    f"latent has no {k!r} (the graphs take {sorted(self.state)})"
+                )
+            value = np.asarray(latent[k], np.float32)
+            if value.shape != spec.shape:
+                raise ModelInputError(
+                    f"latent {k!r} of shape {value.shape} fed to {self.path} and its graphs, "
+                    f"which take {spec.shape}"
+                )
+            out[k] = value[None]
+        return out
+
+    def _noise(self, size: int) -> np.ndarray:
+        if self.sample:
+            return self.rng.standard_normal((1, size)).astype(np.float32)
+        return np.zeros((1, size), np.float32)
+
+    def _action(self, action: np.ndarray | None, name: str) -> np.ndarray:
+        if action is None:
+            return np.zeros((1, self.action_dim), np.float32)
+        a = np.asarray(action, np.float32)
+        if a.shape != (self.action_dim,):
+            raise ModelInputError(f"{name} has shape {a.shape}, expected ({self.action_dim},)")
+        return a[None]
+
+    def _state_feeds(self, latent: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {STATE_IN_PREFIX + k: v for k, v in latent.items()}
+
+    def _state_out(self, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {
+            k: check_output(STATE_OUT_PREFIX + k, out[STATE_OUT_PREFIX + k], (1, *s.shape))
+            for k, s in self.state.items()
+        }
+
+    # ---- the steps -----------------------------------------------------------------------
+    def step(self, obs: dict[str, np.ndarray], prev_action: np.ndarray | None) -> Latent:
+        """Filter observation o_t (one value per key, no batch axis) after `prev_action`
+        (a_{t-1}, env units; None: the zero action of an episode start) into the latent."""
+        missing = sorted(set(self.observations) - set(obs))
+        if missing:
+            raise ModelInputError(f"observation {missing[0]!r} missing (got {sorted(obs)})")
+        feeds = {
+            OBS_INPUT_PREFIX + k: check_observation(k, obs[k], spec)[None]
+            for k, spec in self.observations.items()
+        }
+        feeds["prev_action"] = self._action(prev_action, "prev_action")
+        feeds[NOISE_INPUT] = self._noise(self.state["stoch"].shape[0])
+        self._latent = self._state_out(self.run({**feeds, **self._state_feeds(self._latent)}))
+        return self.latent
+
+    def _graph(self, step: str) -> OnnxModel:
+        if step not in self.graphs:
+            raise ModelLoadError(f"{self.path}: no {step} graph given (WorldModelRunner({step}=))")
+        return self.graphs[step]
+
+    def predict(self, action: np.ndarray) -> tuple[float, float, Latent]:
+        """Imagine one step of `action` from the held latent (which stays): the reward it
+        earns, the probability that the episode goes on, and the prior latent after it."""
+        feeds = {"action": self._action(action, "action")}
+        feeds[NOISE_INPUT] = self._noise(self.state["stoch"].shape[0])
+        out = self._graph("imagine").run({**feeds, **self._state_feeds(self._latent)})
+        reward = check_output("reward", out["reward"], (1,))
+        cont = check_output("continue", out["continue"], (1,))
+        nxt = self._state_out(out)
+        return float(reward[0]), float(cont[0]), {k: v[0] for k, v in nxt.items()}
+
+    def decode(self, latent: Latent | None = None) -> dict[str, np.ndarray]:
+        """The observation the latent (default: the held one) decodes to, raw units."""
+        state = self._latent if latent is None else self._batched(latent)
+        out = self._graph("decode").run(self._state_feeds(state))
+        return {
+            k: check_output(PREDICTION_OUTPUT_PREFIX + k, out[PREDICTION_OUTPUT_PREFIX + k],
+                            (1, *spec.shape))[0]
+            for k, spec in self.observations.items()
+        }  # fmt: skip
+
+    def act(self) -> np.ndarray:
+        """The actor's action (A,) for the held latent, env units (noise 0: its mode)."""
+        feeds = {NOISE_INPUT: self._noise(self.action_dim), **self._state_feeds(self._latent)}
+        out = self._graph("actor").run(feeds)
+        return check_output(ACTIONS_OUTPUT, out[ACTIONS_OUTPUT], (1, self.action_dim))[0]
+
+
+def _obs_text(observations: dict[str, ObsSpec]) -> dict[str, str]:
+    return {k: f"{s.feature_type} {s.dtype} {list(s.shape)}" for k, s in observations.items()}
+
+
 # model_type -> runner class (extend here with the type's registration in contract.MODEL_TYPES);
 # types without an entry (goal_generator, q_function) run as a plain OnnxModel.
 RUNNERS: dict[str, type[OnnxModel]] = {
@@ -286,6 +479,7 @@ RUNNERS: dict[str, type[OnnxModel]] = {
     "best_of_n": OnnxPolicy,
     "critic": OnnxCritic,
     "critic_ensemble": OnnxCritic,
+    "world_model": WorldModelRunner,  # from the filter step's file; others join by keyword
 }
 
 
