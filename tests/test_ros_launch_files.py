@@ -191,7 +191,7 @@ VOCABULARY_ARGUMENTS = ("record", "device", "log_level", "action_source")
 
 
 def _required(name: str) -> dict[str, str]:
-    needs_model = name in ("policy.launch.py", "loop.launch.py")
+    needs_model = name in ("policy.launch.py", "loop.launch.py", "world_model.launch.py")
     return {"model_path": "/models/policy.onnx"} if needs_model else {}
 
 
