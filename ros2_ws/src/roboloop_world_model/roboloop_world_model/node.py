@@ -52,7 +52,7 @@ from roboloop_runtime.codecs import (
     ns_to_stamp,
     stamp_to_ns,
 )
-from roboloop_runtime.topics import observation_topic
+from roboloop_runtime.topics import IMAGE_FEATURE
 from roboloop_world_model.belief import STALE, Belief, BeliefLoop
 
 NODE_NAME = "world_model"
@@ -171,7 +171,7 @@ class WorldModelNode(ModelNode):
                 *observation_affine(stats[key], spec.shape), params.max_normalized_observation
             )
             for key, spec in world.observations.items()
-            if key in stats and spec.feature_type != IMAGE
+            if key in stats and spec.feature_type != IMAGE_FEATURE
         }
         topics, keys = params.observation_topics, params.observation_keys
         if params.observation_namespace:
@@ -226,8 +226,9 @@ class WorldModelNode(ModelNode):
             )
         if loop.predict_observations:
             for key, spec in world.observations.items():
-                msg_type = Image if spec.feature_type == IMAGE else JointState
-                topic = observation_topic(key, params.prediction_namespace)
+                msg_type = Image if spec.feature_type == IMAGE_FEATURE else JointState
+                # <namespace>/<key>; a private (~/) namespace is the node's own
+                topic = f"{params.prediction_namespace.rstrip('/')}/{key}"
                 self._pubs[f"prediction:{key}"] = self.create_lifecycle_publisher(
                     msg_type, topic, EVENT_QOS
                 )
