@@ -9,10 +9,12 @@ import random
 import tempfile
 
 import pytest
-from roboloop_bringup.processes import LOOPBACK_DDS
+from roboloop_bringup.processes import LOOPBACK_DDS, remove_killed_shm
 from roboloop_bringup.processes import ros_env as _ros_env
 
 _SHM_BEFORE: set[str] = set()
+# test id -> Fast DDS files that appeared during the test and no live process held after it
+_SHM_LEFT_BY: dict[str, list[str]] = {}
 _SHM_PATTERNS = ("/dev/shm/fastdds_*", "/dev/shm/fast_datasharing*", "/dev/shm/sem.fastdds_*")
 
 
@@ -57,6 +59,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     controller, after every worker and node process has exited)."""
     if hasattr(session.config, "workerinput") or session.config.getoption("collectonly"):
         return
+    remove_killed_shm()
     new = _shm_files() - _SHM_BEFORE
     # Processes the suite SIGKILLs on purpose (crash tests) cannot release Fast DDS's named port
     # mutexes; once no live process maps one, it is stale and the suite removes it. Anything
@@ -75,7 +78,24 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                 f"{', '.join(leftovers[:10])}",
                 red=True,
             )
+            for test, files in _SHM_LEFT_BY.items():
+                reporter.write_line(f"  left after {test}: {', '.join(files[:10])}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(autouse=True)
+def _attribute_shm_leaks(request: pytest.FixtureRequest):
+    """Name the ROS test after which unheld Fast DDS files appeared (for the session's check)."""
+    if request.node.get_closest_marker("ros") is None:
+        yield
+        return
+    before = _shm_files()
+    yield
+    remove_killed_shm()
+    mapped = _mapped_shm_files()
+    left = sorted(f for f in _shm_files() - before if f not in mapped and "sem.fastdds" not in f)
+    if left:
+        _SHM_LEFT_BY[request.node.nodeid] = left
 
 
 @pytest.fixture(scope="session")

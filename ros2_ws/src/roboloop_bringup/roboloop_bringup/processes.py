@@ -32,6 +32,9 @@ LOOPBACK_DDS = {
 }
 SHM_DIR = Path("/dev/shm")
 _SHM_PREFIXES = ("fastdds_", "fast_datasharing", "sem.fastdds_")
+# Shared-memory files of every process this interpreter SIGKILLed that a live peer still held
+# then; `remove_killed_shm` retries them once the peers have exited.
+_KILLED_SHM: set[str] = set()
 
 
 def ros_env(
@@ -155,7 +158,8 @@ class RosProcess:
         self.shm_files |= held
         self.popen.kill()
         self.popen.wait()
-        remove_shm_of(self.shm_files)
+        removed = remove_shm_of(self.shm_files)
+        _KILLED_SHM.update(self.shm_files - set(removed))
         return self.popen.returncode
 
 
@@ -205,6 +209,13 @@ def shm_files_of(pid: int) -> set[str]:
     except (FileNotFoundError, PermissionError):
         pass
     return found
+
+
+def remove_killed_shm() -> list[str]:
+    """Remove what SIGKILLed processes left in /dev/shm that no live process holds any more."""
+    removed = remove_shm_of(_KILLED_SHM)
+    _KILLED_SHM.difference_update(p for p in list(_KILLED_SHM) if not os.path.exists(p))
+    return removed
 
 
 def _is_fastdds(name: str) -> bool:
