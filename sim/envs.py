@@ -93,6 +93,13 @@ register_task(
 )
 register_task("Pendulum-v1", TaskSpec("Pendulum-v1", mujoco=False, has_expert=True))
 register_task(
+    "InvertedPendulum-v5",
+    TaskSpec(
+        "InvertedPendulum-v5",
+        camera={"lookat": (0.0, 0.0, 0.3), "distance": 2.2, "elevation": 0.0, "azimuth": 90.0},
+    ),
+)
+register_task(
     "HalfCheetah-v5",
     TaskSpec(
         "HalfCheetah-v5",

@@ -25,6 +25,8 @@ only through methods the loop marks as forward methods (`forward_methods`): call
 from __future__ import annotations
 
 import abc
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -85,6 +87,12 @@ class OnlineAlgorithm(L.LightningModule, abc.ABC):
         """Actions in env units (B, A) for raw obs {key: (B, *shape)}, and extras for
         storage. Called by the player under `torch.inference_mode` (evaluation:
         deterministic=True)."""
+
+    @contextlib.contextmanager
+    def acting_context(self) -> Iterator[None]:
+        """Acting state of its own for another set of envs (the evaluation's): a recurrent
+        player (Dreamer's latents) keeps the collection's state aside meanwhile."""
+        yield
 
     @abc.abstractmethod
     def observe(self, storage: Any, step: Transition) -> None:

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -44,10 +45,11 @@ log = logging.getLogger(__name__)
 ONLINE_KEY = "roboloop_online"  # {"algorithm", "env_steps", "iteration", "torch_rng"}
 
 
-def make_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
+def make_env(env_id: str, num_envs: int, camera: Any = None) -> gym.vector.VectorEnv:
     """The one place the loop builds envs: `sim.make_vec` (`num_envs` copies of
-    `sim.make(env_id)`, dict observations, stepped as one batch); done envs reset in the same
-    step, the observation reached in `info["final_obs"]` (truncation bootstrapping)."""
+    `sim.make(env_id, camera=camera)`, dict observations, stepped as one batch); done envs
+    reset in the same step, the observation reached in `info["final_obs"]` (truncation
+    bootstrapping)."""
     from sim.envs import task_spec
     from sim.vector import make_vec
 
@@ -55,7 +57,7 @@ def make_env(env_id: str, num_envs: int) -> gym.vector.VectorEnv:
         task_spec(env_id)
     except ValueError as err:
         raise ConfigError(f"env_id={env_id}: {err}") from None
-    return make_vec(env_id, num_envs)
+    return make_vec(env_id, num_envs, camera=camera)
 
 
 def _to_torch(obs: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
@@ -70,12 +72,19 @@ def _next_obs(obs: dict[str, np.ndarray], info: dict[str, Any], done: np.ndarray
 
 
 def evaluate(
-    algo: OnlineAlgorithm, env_id: str, episodes: int, seed: int, device: torch.device
+    algo: OnlineAlgorithm,
+    env_id: str,
+    episodes: int,
+    seed: int,
+    device: torch.device,
+    camera: Any = None,
 ) -> dict[str, float]:
     """Mean return and length of `episodes` episodes with deterministic actions, episode i on
     seed `seed + i` (the same seeds at every evaluation and in every run)."""
-    env = make_env(env_id, episodes)
-    try:
+    env = make_env(env_id, episodes, camera)
+    with contextlib.ExitStack() as stack:
+        stack.callback(env.close)
+        stack.enter_context(algo.acting_context())
         obs, _ = env.reset(seed=[seed + i for i in range(episodes)])
         returns, lengths = np.zeros(episodes), np.zeros(episodes, dtype=np.int64)
         running = np.ones(episodes, dtype=bool)
@@ -86,8 +95,6 @@ def evaluate(
             returns += rewards * running
             lengths += running
             running &= ~(term | trunc)
-    finally:
-        env.close()
     return {"eval/return": float(returns.mean()), "eval/length": float(lengths.mean())}
 
 
@@ -182,7 +189,7 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     fabric.seed_everything(int(cfg.seed) + rank)
 
     num_envs = int(on.num_envs)
-    env = make_env(str(cfg.env_id), num_envs)
+    env = make_env(str(cfg.env_id), num_envs, on.get("camera"))
     try:
         return _train(cfg, run_dir, fabric, algo_cls, env, rank, device)
     finally:
@@ -249,6 +256,10 @@ def _train(
     progress = _Progress(total, env_steps, bool(on.progress_bar) and fabric.is_global_zero)
     start_time, start_steps = time.perf_counter(), env_steps
     updated_at = env_steps
+
+    def run_evaluation() -> dict[str, float]:
+        episodes, seed = int(on.eval_episodes), int(on.eval_seed)
+        return evaluate(player, env_id, episodes, seed, device, on.get("camera"))
 
     def checkpoint() -> None:
         state = player.storage_state(storage)  # each rank its own (replay buffer)
@@ -327,16 +338,14 @@ def _train(
             if eval_every and env_steps >= next_eval:
                 next_eval += eval_every
                 if fabric.is_global_zero:
-                    result = evaluate(
-                        player, env_id, int(on.eval_episodes), int(on.eval_seed), device
-                    )
+                    result = run_evaluation()
                     fabric.log_dict(result, step=env_steps)
                     metrics.update(result)
         progress.update(env_steps, "done")
     finally:
         progress.close()
     if fabric.is_global_zero and int(on.eval_episodes):
-        result = evaluate(player, env_id, int(on.eval_episodes), int(on.eval_seed), device)
+        result = run_evaluation()
         fabric.log_dict(result, step=env_steps)
         metrics.update(result)
     metrics["time/sps"] = (env_steps - start_steps) / max(time.perf_counter() - start_time, 1e-9)
