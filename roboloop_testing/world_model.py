@@ -1,10 +1,13 @@
-"""A tiny world model trained in seconds and exported, for the runner and node tests.
+"""A tiny world model (or Dreamer) trained in seconds and exported, for the runner and node
+tests.
 
     graphs = tiny_world_model(tmp_path, "Reacher-v5", camera=16)   # {"filter": path, ...}
+    graphs = tiny_dreamer(tmp_path, "Reacher-v5")                  # + "actor"
 
-Random-action episodes of `env_id` recorded with a `camera` x `camera` image and the state
-(sim.collect, the dataset format a ROS recording has too), one epoch of the `tiny` preset
-(learning.train), every world-model step the checkpoint has exported (learning.export).
+`tiny_world_model`: random-action episodes of `env_id` recorded with a `camera` x `camera`
+image and the state (sim.collect, the dataset format a ROS recording has too), one epoch of the
+`tiny` preset (learning.train). `tiny_dreamer`: the train_dreamer config's smoke run on the
+task's state, 200 env steps. Each exports the steps asked for (learning.export).
 """
 
 from __future__ import annotations
@@ -43,7 +46,27 @@ def tiny_world_model(
         "train_world_model",
         [f"dataset={dataset}", f"output_root={out / 'runs'}", *TINY, *overrides],
     )
-    ckpt = run(cfg)["last_ckpt"]
+    return _export(run(cfg)["last_ckpt"], out, steps)
+
+
+def tiny_dreamer(
+    out: Path, env_id: str, steps: Sequence[str] = ("filter", "imagine", "actor")
+) -> dict[str, Path]:
+    """Train Dreamer (tiny, 200 env steps, 50 updates) on `env_id` and export; step -> file."""
+    cfg = compose_config(
+        "train_dreamer",
+        [
+            f"env_id={env_id}", f"output_root={out / 'runs'}", "world_model=tiny",
+            "world_model.batch_size=4", "world_model.sequence_length=16",
+            "dreamer.learning_starts=100", "dreamer.imagine_horizon=5",
+            "training.num_iterations=1", "training.steps_per_iteration=200",
+            "online.eval_every=0", "online.eval_episodes=1", "online.progress_bar=false",
+        ],
+    )  # fmt: skip
+    return _export(run(cfg)["last_ckpt"], out, steps)
+
+
+def _export(ckpt: str, out: Path, steps: Sequence[str]) -> dict[str, Path]:
     graphs = {step: out / f"{step}.onnx" for step in steps}
     for step, path in graphs.items():
         export_checkpoint(ckpt, path, step=step)

@@ -148,3 +148,83 @@ def test_node_filters_the_bridge_and_predicts(tmp_path: Path, ros_env: dict[str,
     assert len(lines) == 1, procs[2].log_text()[-2000:]
     assert f"{wider}: latent 'deter' size [48] disagrees with the filter" in lines[0]
     assert str(graphs["filter"]) in lines[0] and "[32]" in lines[0]
+
+
+def test_dreamer_actor_drives_the_bridge(tmp_path: Path, ros_env: dict[str, str]) -> None:
+    """A tiny Dreamer (train_dreamer smoke run on the bridge's task, its state) served with its
+    actor: the bridge (action_source topic) applies the node's finite, in-bounds actions."""
+    from rclpy.qos import QoSProfile
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Float32
+
+    from roboloop_testing.ros_probe import RosProbe
+    from roboloop_testing.world_model import tiny_dreamer
+
+    graphs = tiny_dreamer(tmp_path, "Reacher-v5")
+    sim = load_launch_file(REPO / "launch/sim.launch.py", {"action_source": "topic"})
+    node = load_launch_file(
+        REPO / "launch/world_model.launch.py",
+        {
+            "model_path": str(graphs["filter"]),
+            "imagine_path": str(graphs["imagine"]),
+            "actor_path": str(graphs["actor"]),
+            "device": "cpu",
+        },
+    )
+    procs = [
+        node.start(0, log_path=tmp_path / "world_model.log", env=ros_env),
+        sim.start(0, log_path=tmp_path / "sim.log", env=ros_env),
+    ]
+    actions: list[tuple[float, np.ndarray]] = []
+    applied: list[np.ndarray] = []
+    rewards: list[float] = []
+
+    def logs() -> str:
+        return "\n".join(f"--- {p.name}\n{p.log_text()[-2000:]}" for p in procs)
+
+    try:
+        with RosProbe(name="dreamer_observer") as probe:
+            probe.watch_diagnostics()
+            n = probe.node
+            n.create_subscription(
+                JointState,
+                "/sim/action",
+                lambda m: actions.append((time.monotonic(), np.array(m.effort))),
+                QoSProfile(depth=50),
+            )
+            n.create_subscription(
+                JointState,
+                "/sim/applied_action",
+                lambda m: applied.append(np.array(m.effort)),
+                QoSProfile(depth=50),
+            )
+            n.create_subscription(
+                Float32, "/world_model/reward", lambda m: rewards.append(m.data), 50
+            )
+
+            def acting() -> bool:
+                assert all(p.alive() for p in procs), logs()
+                return len(actions) >= 40 and sum(a.any() for a in applied) >= 20
+
+            try:
+                probe.wait_for(acting, 60, "40 actor actions, 20 applied by the bridge")
+            except TimeoutError as err:
+                raise AssertionError(f"{err}\n{logs()}") from None
+            status = probe.status(STATUS)
+    finally:
+        for p in procs:
+            p.stop()
+
+    times, values = zip(*actions, strict=True)
+    values = np.array(values)
+    assert values.shape[1] == 2 and np.isfinite(values).all()
+    assert (np.abs(values) <= 1.0).all()  # the actor's bounds: Reacher-v5's action space
+    assert np.median(np.diff(times)) == pytest.approx(0.05, rel=0.3)  # one per bridge step
+    assert values.std(axis=0).min() > 0  # it acts on what it sees, not a constant
+    for a in applied[-10:]:  # the bridge applies what the node published
+        if a.any():
+            assert np.abs(values - a).max(axis=1).min() < 1e-6, a
+    assert np.isfinite(rewards).all() and len(rewards) >= 20
+    assert (
+        status["graphs"] == "actor,filter,imagine" and int(status["actions_published"]) >= 20
+    )  # 1 s old

@@ -122,3 +122,26 @@ def test_bad_input_is_one_line(graphs, episode) -> None:
     with pytest.raises(ModelLoadError, match="no actor graph given"):
         world.act()
     assert isinstance(load_runner(graphs["filter"], device="cpu"), WorldModelRunner)
+
+
+def test_act_is_the_actor_on_the_held_latent(tmp_path: Path) -> None:
+    """A Dreamer export (tiny_dreamer): act() is the actor graph on the filtered latent, noise
+    0 by default (the mode, repeatable), seeded noise when sampling."""
+    from roboloop_testing.world_model import tiny_dreamer
+
+    graphs = tiny_dreamer(tmp_path, "Pendulum-v1", steps=("filter", "actor"))
+    world = WorldModelRunner(graphs["filter"], actor=graphs["actor"], device="cpu")
+    latent = world.step({"state": np.array([1.0, 0.0, 0.5], np.float32)}, None)
+    action = world.act()
+    direct = OnnxModel(graphs["actor"], device="cpu").run(
+        {
+            "state_in.deter": latent["deter"][None],
+            "state_in.stoch": latent["stoch"][None],
+            "noise": np.zeros((1, 1), np.float32),
+        }
+    )["actions"][0]
+    np.testing.assert_array_equal(action, direct)
+    np.testing.assert_array_equal(world.act(), action)  # the mode, again
+    sampling = WorldModelRunner(graphs["filter"], actor=graphs["actor"], sample=True, seed=1)
+    sampling.set_latent(latent)
+    assert not np.array_equal(sampling.act(), action)
