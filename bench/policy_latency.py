@@ -114,6 +114,7 @@ def _measure(backend: str, model_path: Path, batch: int, iters: int) -> dict[str
 
 
 def measure(quick: bool, ckpt: str | None = None) -> list[dict]:
+    from bench.report import latency_columns
     from learning.export import export_checkpoint
 
     iters = 50 if quick else 300
@@ -130,11 +131,7 @@ def measure(quick: bool, ckpt: str | None = None) -> list[dict]:
                 {
                     "batch": batch,
                     "sampler_steps": meta["sampler"]["steps"],
-                    "onnxruntime_ms": round(ort["median_ms"], 3),
-                    "onnxruntime_p90_ms": round(ort["p90_ms"], 3),
-                    "torch_ms": round(eager["median_ms"], 3),
-                    "torch_p90_ms": round(eager["p90_ms"], 3),
-                    "torch/onnxruntime": round(eager["median_ms"] / ort["median_ms"], 2),
+                    **latency_columns(ort, eager),
                     "iters": iters,
                     "threads": 1,
                 }

@@ -38,6 +38,17 @@ def report(name: str, rows: list[dict[str, Any]], note: str | None = None) -> Pa
     return path
 
 
+def latency_columns(ort: dict[str, float], eager: dict[str, float]) -> dict[str, float]:
+    """Row columns of an onnxruntime vs torch latency pair ({"median_ms", "p90_ms"} each)."""
+    return {
+        "onnxruntime_ms": round(ort["median_ms"], 3),
+        "onnxruntime_p90_ms": round(ort["p90_ms"], 3),
+        "torch_ms": round(eager["median_ms"], 3),
+        "torch_p90_ms": round(eager["p90_ms"], 3),
+        "torch/onnxruntime": round(eager["median_ms"] / ort["median_ms"], 2),
+    }
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
