@@ -10,7 +10,8 @@ import torch
 
 from episode_dataset import EpisodeReader
 from learning.errors import ConfigError
-from training.api import train_behavioral_cloning, train_world_model
+from learning.online.loop import storage_path
+from training.api import train_behavioral_cloning, train_dreamer, train_world_model
 from training.data_collection import DataCollector, create_synthetic_dataset
 
 
@@ -49,3 +50,31 @@ def test_train_world_model_from_synthetic_trajectories(tmp_path: Path) -> None:
     )
     assert Path(result["last_ckpt"]).is_file()
     assert torch.load(result["last_ckpt"], weights_only=True)["epoch"] == 0
+
+
+def test_train_dreamer_starts_from_the_trajectories(tmp_path: Path) -> None:
+    """The trajectories fill the replay before the first step: with learning_starts above
+    the run's own 120 steps, only the prefilled 600 let Dreamer update at all."""
+    demos = DataCollector("Pendulum-v1", seed=1).collect_episodes(3, policy="expert")
+    with pytest.raises(ConfigError, match="give env_factory"):
+        train_dreamer(trajectories=demos, num_steps=100)
+    result = train_dreamer(
+        "Pendulum-v1",
+        trajectories=demos,
+        observation_shape=(3,),
+        num_steps=120,
+        output_root=tmp_path,
+        overrides=[
+            "world_model=tiny",
+            "world_model.batch_size=4",
+            "world_model.sequence_length=8",
+            "dreamer.imagine_horizon=3",
+            "dreamer.learning_starts=500",
+            "online.eval_episodes=1",
+            "online.progress_bar=false",
+        ],
+    )
+    assert result["env_steps"] == 120
+    assert "loss/world_model" in result["metrics"]  # updates ran
+    storage = torch.load(storage_path(Path(result["last_ckpt"]), 0), weights_only=True)
+    assert int(storage["counts"].sum()) == 600 + 120

@@ -76,9 +76,45 @@ def _checkpoint(stdout: str) -> str:
     return next(line for line in stdout.splitlines() if line.startswith("checkpoint "))[11:]
 
 
-def test_modes_not_built_and_bad_input_are_one_line(tmp_path: Path) -> None:
+def test_mode_all_runs_the_chain_with_per_mode_overrides(tmp_path: Path) -> None:
+    """collect -> world_model + supervised on the dataset -> policy + dreamer in the env; each
+    `MODE:key=value` override reaches its own run only."""
+    quiet = ["~trainer.callbacks.progress_bar", "max_epochs=1"]
+    online = ["online.eval_episodes=1", "online.progress_bar=false", "training.num_iterations=1"]
+    per_mode = {
+        "world_model": ["world_model=tiny", "world_model.batch_size=4", *quiet],
+        "supervised": quiet,
+        "policy": [*online, "training.steps_per_iteration=128", "model.minibatch_size=64"],
+        "dreamer": [
+            *online, "world_model=tiny", "training.steps_per_iteration=150",
+            "dreamer.learning_starts=100", "world_model.batch_size=4",
+            "world_model.sequence_length=8", "dreamer.imagine_horizon=3",
+        ],
+    }  # fmt: skip
+    overrides = [f"{mode}:{o}" for mode, items in per_mode.items() for o in items]
+    done = _run(
+        "--mode", "all", "--env", "Pendulum-v1", "--episodes", "3", f"output_root={tmp_path}",
+        *overrides, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "collect: 3 expert episodes" in done.stdout
+    names = {}
+    for mode in per_mode:
+        line = next(x for x in done.stdout.splitlines() if x.startswith(f"{mode}: checkpoint "))
+        ckpt = torch.load(line.split("checkpoint ", 1)[1], weights_only=True)
+        names[mode] = ckpt[CONFIG_KEY]["name"]
+    assert names == {"world_model": "world_model", "supervised": "bc", "policy": "ppo",
+                     "dreamer": "dreamer"}  # fmt: skip
+
+
+def test_modes_bad_input_is_one_line(tmp_path: Path) -> None:
     for args, expected in (
-        (["--mode", "dreamer", "--env", "Pendulum-v1"], "--mode dreamer: not built yet"),
+        (
+            ["--mode", "dreamer", "--env", "Pendulum-v1", "policy:training.num_iterations=1"],
+            "is for --mode policy, not --mode dreamer",
+        ),
+        (["--mode", "all"], "--mode all needs --env"),
+        (["--mode", "all", "--env", "NoSuchTask-v0"], "unknown task 'NoSuchTask-v0'"),
         (["--mode", "policy"], "--mode policy needs --env"),
         (["--mode", "world_model"], "--mode world_model needs --dataset"),
         (["--mode", "nope", "--env", "Pendulum-v1"], "--mode nope: unknown"),

@@ -1,10 +1,14 @@
 """Seed 002's Python training API, a thin layer over `python -m learning.train` configs:
 
-    from training.api import train_behavioral_cloning, train_policy, train_world_model
+    from training.api import (
+        train_behavioral_cloning, train_dreamer, train_policy, train_world_model,
+    )
 
     result = train_world_model(trajectories=episodes, observation_shape=(64, 64, 3), num_epochs=9)
     result = train_behavioral_cloning(demonstrations=episodes, use_sequences=True)
     result = train_policy(env_factory="HalfCheetah-v5", algorithm="ppo", num_iterations=49)
+    result = train_dreamer(env_factory="InvertedPendulum-v5", trajectories=episodes,
+                           num_steps=20_000, overrides=["online.camera=64"])
     result["last_ckpt"]   # -> python -m learning.export --ckpt ... --out model.onnx
 
 Trajectories (training.data_collection.Trajectory lists) are first written as an episode dataset
@@ -16,16 +20,18 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import gymnasium as gym
 
 from learning.errors import ConfigError
 from learning.online.api import train_policy
 from learning.train import compose_config, run
 from training.data_collection import Trajectory, save_trajectories
 
-__all__ = ["train_behavioral_cloning", "train_policy", "train_world_model"]
+__all__ = ["train_behavioral_cloning", "train_dreamer", "train_policy", "train_world_model"]
 
 Data = Sequence[Trajectory] | str | os.PathLike[str]
 
@@ -83,3 +89,28 @@ def train_behavioral_cloning(
     if num_epochs is not None:
         extra.append(f"max_epochs={int(num_epochs)}")
     return run(compose_config("train_bc", [*extra, *overrides]))
+
+
+def train_dreamer(
+    env_factory: str | Callable[[], gym.Env] | None = None,
+    trajectories: Data | None = None,
+    observation_shape: Sequence[int] | None = None,
+    num_steps: int | None = None,
+    overrides: Sequence[str] = (),
+    output_root: str | os.PathLike[str] = "outputs",
+) -> dict[str, Any]:
+    """`configs/train_dreamer.yaml` in `env_factory` (a sim task id or a callable, as for
+    `train_policy`) for `num_steps` env steps; `trajectories` (or a dataset path) fill the
+    replay before the first step."""
+    if env_factory is None:
+        raise ConfigError(
+            "train_dreamer: give env_factory (a sim task id or a callable returning an env): "
+            "Dreamer learns by acting; trajectories only prefill its replay"
+        )
+    extra = [f"output_root={output_root}"]
+    if trajectories is not None:
+        _check_shape(trajectories, observation_shape)
+        extra.append(f"model.prefill_dataset={_dataset(trajectories, 'dreamer', output_root)}")
+    if num_steps is not None:
+        extra += ["training.num_iterations=1", f"training.steps_per_iteration={int(num_steps)}"]
+    return train_policy(env_factory, algorithm="dreamer", overrides=[*extra, *overrides])

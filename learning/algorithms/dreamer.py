@@ -116,6 +116,7 @@ class Dreamer(OnlineAlgorithm):
         learning_starts: int = 1000,
         buffer_size: int = 100_000,
         buffer_max_bytes: int | None = 4 * 1024**3,
+        prefill_dataset: str | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -196,7 +197,43 @@ class Dreamer(OnlineAlgorithm):
             device=device,
         )
         log.info(replay.describe())
+        if hp.prefill_dataset:
+            self._prefill(replay, str(hp.prefill_dataset))
+        self._warming_up = len(replay) < hp.learning_starts
         return replay
+
+    def _prefill(self, replay: SequenceReplay, path: str) -> None:
+        """Every episode of the dataset at `path` into the replay (round robin over the
+        streams), before the first env step: Dreamer starts from recorded experience."""
+        from episode_dataset import EpisodeReader
+
+        hp = self.hparams
+        with EpisodeReader(path) as reader:
+            for k in self.obs_keys:
+                if k not in reader.obs_specs:
+                    raise AlgorithmError(
+                        f"prefill_dataset {path}: no observation {k!r} "
+                        f"(it has {sorted(reader.obs_specs)})"
+                    )
+                have, want = list(reader.obs_specs[k].shape), list(hp.obs_specs[k]["shape"])
+                if have != want:
+                    raise AlgorithmError(
+                        f"prefill_dataset {path}: observation {k!r} is {have}, the env's {want}"
+                    )
+            if list(reader.action_spec.shape) != [hp.action_dim]:
+                raise AlgorithmError(
+                    f"prefill_dataset {path}: actions are {list(reader.action_spec.shape)}, "
+                    f"the env's [{hp.action_dim}]"
+                )
+            for i, ep in enumerate(reader.episodes):
+                replay.add_episode(
+                    i % replay.num_envs,
+                    {k: torch.from_numpy(reader.read_obs(ep, k)) for k in self.obs_keys},
+                    torch.from_numpy(reader.read_actions(ep)),
+                    torch.from_numpy(reader.read_rewards(ep)),
+                    bool(reader.episode_metadata(ep).get("terminated", False)),
+                )
+            log.info("prefill: %d episodes (%d steps) from %s", len(reader), len(replay), path)
 
     def _initial_action(self, batch: int, device: torch.device) -> torch.Tensor:
         """A raw zero action, normalized: the previous action at episode start (as the world

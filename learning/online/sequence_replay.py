@@ -1,7 +1,7 @@
 """Sequence replay for model-based learners (Dreamer): (B, T) windows of consecutive steps.
 
-Each env of the vector env writes its own stream (a ring of `capacity // num_envs` rows): row t
-holds o_t (the observation acted on), a_t, r_t, `terminated` (the MDP ended after a_t) and
+Each env of the vector env writes its own stream (a ring of `capacity // num_envs` rows; a
+recorded episode can be appended to one with `add_episode`, Dreamer's prefill): row t holds o_t (the observation acted on), a_t, r_t, `terminated` (the MDP ended after a_t) and
 `done` (terminated or truncated: the next row starts a new episode). A sampled window is T
 consecutive rows of one stream in the layout of `EpisodeDataModule(sequence_length=T)`, which
 the world model trains on: rows after an episode end in the window, or past the newest row,
@@ -23,7 +23,8 @@ from learning.online.replay import ReplayMemoryError, _dtype, _size
 
 
 class SequenceReplay:
-    """Per-env ring buffers of steps; `sample(batch, length)` draws windows uniformly."""
+    """Per-env ring buffers of steps; `sample(batch, length)` draws windows uniformly over
+    the stored rows."""
 
     def __init__(
         self,
@@ -64,11 +65,11 @@ class SequenceReplay:
             name: torch.zeros((self.num_envs, self.rows, *shape), dtype=dt, device=self.device)
             for name, (shape, dt) in row.items()
         }
-        self.count = 0  # rows written per stream (every env steps together)
+        self.counts = torch.zeros(self.num_envs, dtype=torch.long)  # rows written per stream
         self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
 
     def __len__(self) -> int:
-        return min(self.count, self.rows) * self.num_envs
+        return int(self.counts.clamp(max=self.rows).sum())
 
     def describe(self) -> str:
         return (
@@ -85,27 +86,67 @@ class SequenceReplay:
         truncated: torch.Tensor,
     ) -> None:
         """One step of every env: rows (num_envs, ...)."""
-        i = self.count % self.rows
-        s = self.storage
+        self._write(torch.arange(self.num_envs), obs, actions, rewards, terminated, truncated)
+
+    def add_episode(
+        self,
+        stream: int,
+        obs: Mapping[str, torch.Tensor],
+        actions: torch.Tensor,
+        rewards: torch.Tensor,
+        terminated: bool,
+    ) -> None:
+        """A whole recorded episode (T rows) at the end of one stream (prefill from a
+        dataset): done after its last step, terminated there if the episode was."""
+        n = actions.shape[0]
+        ends = torch.zeros(n, dtype=torch.bool)
+        ends[-1] = True
+        streams = torch.full((n,), int(stream))
+        never = torch.zeros_like(ends)
+        terminal, truncated = (ends, never) if terminated else (never, ends)
+        self._write(streams, obs, actions, rewards, terminal, truncated)
+
+    def _write(
+        self,
+        streams: torch.Tensor,
+        obs: Mapping[str, torch.Tensor],
+        actions: torch.Tensor,
+        rewards: torch.Tensor,
+        terminated: torch.Tensor,
+        truncated: torch.Tensor,
+    ) -> None:
+        """Row j of the inputs at the next free row of stream streams[j] (each stream at most
+        once per call, or in order: an episode's steps go to consecutive rows)."""
+        offsets = torch.zeros_like(streams)
+        for stream in streams.unique():  # the j-th row of one stream lands j rows further on
+            mine = streams == stream
+            offsets[mine] = torch.arange(int(mine.sum()))
+        index = (self.counts[streams] + offsets) % self.rows
+        s, dev = self.storage, self.device
+        streams_d, index_d = streams.to(dev), index.to(dev)
         for k in self.obs_keys:
-            s[f"obs.{k}"][:, i] = obs[k]
-        s["actions"][:, i] = actions
-        s["rewards"][:, i] = rewards
-        s["terminated"][:, i] = terminated
-        s["done"][:, i] = terminated | truncated
-        self.count += 1
+            s[f"obs.{k}"][streams_d, index_d] = obs[k].to(dev, s[f"obs.{k}"].dtype)
+        s["actions"][streams_d, index_d] = actions.to(dev, torch.float32)
+        s["rewards"][streams_d, index_d] = rewards.to(dev, torch.float32)
+        s["terminated"][streams_d, index_d] = terminated.to(dev)
+        s["done"][streams_d, index_d] = (terminated | truncated).to(dev)
+        self.counts += torch.bincount(streams, minlength=self.num_envs)
 
     def sample(self, batch: int, length: int) -> dict[str, Any]:
         """`batch` windows of `length` steps: {OBS: {key: (B, T, ...)}, ACTIONS, REWARDS,
         TERMINALS, IS_PAD} (see the module docstring)."""
-        if self.count == 0:
+        filled = self.counts.clamp(max=self.rows).float()
+        if filled.sum() == 0:
             raise ValueError("sequence replay: sample() before any step was added")
-        oldest = max(0, self.count - self.rows)
-        # start anywhere a full window fits; a younger buffer starts at its first row
-        last_start = max(oldest, self.count - length)
         g = self.generator
-        env = torch.randint(self.num_envs, (batch,), generator=g, device=self.device)
-        start = torch.randint(oldest, last_start + 1, (batch,), generator=g, device=self.device)
+        # a stream in proportion to its rows, then a start anywhere a full window fits (a
+        # younger stream starts at its first row)
+        env = torch.multinomial(filled, batch, replacement=True, generator=g).to(self.device)
+        count = self.counts.to(self.device)[env]
+        oldest = (count - self.rows).clamp(min=0)
+        last_start = torch.maximum(oldest, count - length)
+        u = torch.rand(batch, generator=g, device=self.device)
+        start = oldest + (u * (last_start - oldest + 1)).long().clamp(max=last_start - oldest)
         steps = start[:, None] + torch.arange(length, device=self.device)  # logical rows
         rows = steps % self.rows
         env_rows = env[:, None].expand_as(rows)
@@ -113,7 +154,7 @@ class SequenceReplay:
         done = s["done"][env_rows, rows]
         # padding: past the newest row, or after an episode end earlier in the window
         ended = torch.cumsum(done.int(), 1) - done.int() > 0
-        is_pad = ended | (steps >= self.count)
+        is_pad = ended | (steps >= count[:, None])
         out = {
             OBS: {k: s[f"obs.{k}"][env_rows, rows] for k in self.obs_keys},
             ACTIONS: s["actions"][env_rows, rows],
@@ -124,9 +165,9 @@ class SequenceReplay:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        n = min(self.count, self.rows)
+        n = int(self.counts.clamp(max=self.rows).max())
         return {
-            "count": self.count,
+            "counts": self.counts.clone(),
             "rows": self.rows,
             "generator": self.generator.get_state(),
             **{name: t[:, :n].clone() for name, t in self.storage.items()},
@@ -137,8 +178,11 @@ class SequenceReplay:
             raise ValueError(
                 f"saved replay has {state['rows']} rows per env, this one {self.rows}"
             )
-        n = min(int(state["count"]), self.rows)
+        counts = torch.as_tensor(state["counts"])
+        if counts.shape != self.counts.shape:
+            raise ValueError(f"saved replay: {counts.numel()} streams, this one {self.num_envs}")
+        n = int(counts.clamp(max=self.rows).max())
         for name, t in self.storage.items():
             t[:, :n] = state[name]
-        self.count = int(state["count"])
+        self.counts = counts.clone()
         self.generator.set_state(state["generator"])
