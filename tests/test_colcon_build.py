@@ -21,6 +21,7 @@ EXECUTABLES = {
     "roboloop_policy": ["policy_node"],
     "roboloop_namo": ["q_scorer"],
     "roboloop_goal_generator": ["goal_generator"],
+    "roboloop_world_model": ["world_model_node"],
     "roboloop_bringup": [],
 }
 
@@ -93,4 +94,4 @@ def test_bringup_build_resolves_every_package_and_executable_its_launch_files_na
                 assert params_file.is_relative_to(install) and params_file.is_file(), params_file
 
 
-MODEL_LAUNCH = ("policy.launch.py", "loop.launch.py")
+MODEL_LAUNCH = ("policy.launch.py", "loop.launch.py", "world_model.launch.py")

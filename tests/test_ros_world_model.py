@@ -33,6 +33,10 @@ CAMERA = 64  # the bridge's default camera (config/sim_bridge.yaml)
 STATUS = "/world_model: world_model"
 
 
+def tails(procs: list) -> str:
+    return "\n".join(f"--- {p.name}\n{p.log_text()[-2000:]}" for p in procs)
+
+
 def with_wider_latent(src: Path, dst: Path, deter: int) -> Path:
     """A copy of `src` whose metadata declares a `deter` latent of another size, as an imagine
     graph of another (wider) export does."""
@@ -84,9 +88,6 @@ def test_node_filters_the_bridge_and_predicts(tmp_path: Path, ros_env: dict[str,
     frames: list[Image] = []
     dones: list[float] = []
 
-    def logs() -> str:
-        return "\n".join(f"--- {p.name}\n{p.log_text()[-2000:]}" for p in procs)
-
     try:
         with RosProbe(name="world_model_observer") as probe:
             probe.watch_diagnostics()
@@ -108,7 +109,7 @@ def test_node_filters_the_bridge_and_predicts(tmp_path: Path, ros_env: dict[str,
             )
 
             def across_an_episode_end() -> bool:
-                assert procs[0].alive() and procs[1].alive(), logs()
+                assert procs[0].alive() and procs[1].alive(), tails(procs)
                 status = probe.status(STATUS) or {}
                 return (
                     len(rewards) >= 30
@@ -120,7 +121,7 @@ def test_node_filters_the_bridge_and_predicts(tmp_path: Path, ros_env: dict[str,
             try:
                 probe.wait_for(across_an_episode_end, 60, "30 rewards and an episode end")
             except TimeoutError as err:
-                raise AssertionError(f"{err}\n{logs()}") from None
+                raise AssertionError(f"{err}\n{tails(procs)}") from None
             status = probe.status(STATUS)
     finally:
         for p in procs:
@@ -179,9 +180,6 @@ def test_dreamer_actor_drives_the_bridge(tmp_path: Path, ros_env: dict[str, str]
     applied: list[np.ndarray] = []
     rewards: list[float] = []
 
-    def logs() -> str:
-        return "\n".join(f"--- {p.name}\n{p.log_text()[-2000:]}" for p in procs)
-
     try:
         with RosProbe(name="dreamer_observer") as probe:
             probe.watch_diagnostics()
@@ -203,13 +201,13 @@ def test_dreamer_actor_drives_the_bridge(tmp_path: Path, ros_env: dict[str, str]
             )
 
             def acting() -> bool:
-                assert all(p.alive() for p in procs), logs()
+                assert all(p.alive() for p in procs), tails(procs)
                 return len(actions) >= 40 and sum(a.any() for a in applied) >= 20
 
             try:
                 probe.wait_for(acting, 60, "40 actor actions, 20 applied by the bridge")
             except TimeoutError as err:
-                raise AssertionError(f"{err}\n{logs()}") from None
+                raise AssertionError(f"{err}\n{tails(procs)}") from None
             status = probe.status(STATUS)
     finally:
         for p in procs:
