@@ -143,8 +143,13 @@ class ModelNode(TableParameters, LifecycleNode):
         except Exception as err:  # anything else a broken model file can raise
             return self._configure_failed(f"{params.model_path}: {type(err).__name__}: {err}")
         self.model = model
+        try:
+            summary = self.configured(params)
+        except Exception as err:  # a failing hook must not leave the node silently unconfigured
+            self._release()
+            return self._configure_failed(f"{params.model_path}: {type(err).__name__}: {err}")
         self.configure_error = ""
-        self.get_logger().info(self.configured(params))
+        self.get_logger().info(summary)
         self.lifecycle = "inactive"
         return super().on_configure(state)
 

@@ -38,6 +38,8 @@ class ToyNode(ModelNode):
 
     def configured(self, params: ToyParams) -> str:
         self.calls.append("configured")
+        if params.label == "broken hook":
+            raise KeyError("no publisher for this label")
         return super().configured(params)
 
     def start(self, params: ToyParams) -> None:
@@ -82,5 +84,24 @@ def test_configure_failure_is_one_line_and_a_corrected_parameter_recovers(
         node.trigger_cleanup()
         assert node.calls == ["load a", "load b", "configured", "start", "stop", "release"]
         assert node.model is None and node.lifecycle == "unconfigured"
+    finally:
+        node.destroy_node()
+
+
+def test_a_failing_configured_hook_is_a_one_line_configure_failure(ros, tmp_path: Path) -> None:
+    model = tmp_path / "ref.onnx"
+    make_reference_policy(model, state_dim=3)
+    node = ToyNode(
+        context=ros,
+        parameter_overrides=[
+            Parameter("model_path", value=str(model)),
+            Parameter("label", value="broken hook"),
+        ],
+    )
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert node.configure_error == f"{model}: KeyError: 'no publisher for this label'"
+        assert node.model is None and node.lifecycle == "unconfigured"
+        assert node.calls == ["load broken hook", "configured", "release"]
     finally:
         node.destroy_node()
