@@ -276,7 +276,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny size, short runs")
     parser.add_argument("--sizes", nargs="*", choices=SIZES + ("m",), help="size presets")
     parser.add_argument("--batch", type=int, default=BATCH, help="training sequences per update")
-    parser.add_argument("--sequence-length", type=int, default=SEQUENCE_LENGTH)
+    parser.add_argument(
+        "--sequence-length", type=int, default=SEQUENCE_LENGTH, help="steps per sequence"
+    )
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
