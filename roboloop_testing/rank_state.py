@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from lightning.fabric import Fabric
 
+from learning.algorithms.dreamer import Dreamer
 from learning.algorithms.ppo import PPO
 from learning.algorithms.sac import SAC
 from learning.data.keys import ACTIONS
@@ -84,3 +85,7 @@ class RecordingPPO(Recording, PPO):
 
 class RecordingSAC(Recording, SAC):
     """SAC, recorded per rank."""
+
+
+class RecordingDREAMER(Recording, Dreamer):
+    """Dreamer, recorded per rank."""

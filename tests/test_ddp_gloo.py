@@ -107,6 +107,16 @@ ONLINE = {
         "model.buffer_size=1000",
         "policy.hidden_dim=32",
     ],
+    "dreamer": [  # 40 steps per rank, 10 gradient steps from the 20th on
+        "training.num_iterations=1",
+        "training.steps_per_iteration=40",
+        "world_model=tiny",
+        "world_model.batch_size=4",
+        "world_model.sequence_length=8",
+        "dreamer.imagine_horizon=3",
+        "dreamer.learning_starts=20",
+        "model.buffer_size=1000",
+    ],
 }
 
 
@@ -146,7 +156,7 @@ def online_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tupl
     return get
 
 
-@pytest.mark.parametrize("algorithm", ["ppo", "sac"])
+@pytest.mark.parametrize("algorithm", ["ppo", "sac", "dreamer"])
 def test_online_two_ranks_identical_weights(
     algorithm: str, online_run: Callable[[str], tuple[dict, dict]]
 ) -> None:
