@@ -150,6 +150,8 @@ def test_evaluation_acts_from_latents_of_its_own() -> None:
 def test_refusals_are_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(AlgorithmError, match=r"obs_keys \['image'\] are not observations"):
         _dreamer(obs_keys=["image"])
+    with pytest.raises(AlgorithmError, match="actor_gradient 'score' is not one of"):
+        _dreamer(actor_gradient="score")
     env_id = register_discrete_task(monkeypatch)
     import gymnasium as gym
 
@@ -158,11 +160,12 @@ def test_refusals_are_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "\n" not in str(err.value)
 
 
-def test_losses_train_only_their_own_parameters() -> None:
+@pytest.mark.parametrize("actor_gradient", ["dynamics", "reinforce"])
+def test_losses_train_only_their_own_parameters(actor_gradient: str) -> None:
     """The actor's loss reaches the actor only (the world model and critics are frozen on its
     path), the critic's the critic only, the world model's the world model only."""
     torch.manual_seed(0)
-    dreamer = _dreamer(imagine_horizon=3)
+    dreamer = _dreamer(imagine_horizon=3, actor_gradient=actor_gradient)
     replay = dreamer.make_storage(num_envs=2, device=torch.device("cpu"))
     for t in range(30):
         obs = {"state": torch.randn(2, 3)}

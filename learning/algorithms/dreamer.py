@@ -41,9 +41,10 @@ import gymnasium as gym
 import torch
 from lightning.fabric import Fabric
 from torch import nn
+from torch.distributions import Normal
 from torch.func import functional_call
 
-from learning.algorithms.sac import SquashedGaussianActor
+from learning.algorithms.sac import SquashedGaussianActor, squashed_gaussian
 from learning.data.keys import ACTIONS
 from learning.networks.mlp import mlp
 from learning.online.algorithm import AlgorithmError, OnlineAlgorithm, Transition
@@ -51,6 +52,10 @@ from learning.online.sequence_replay import SequenceReplay
 from learning.world_model.module import WorldModel, symexp, symlog
 
 log = logging.getLogger(__name__)
+
+# How the actor's loss reaches it: through the world model's dynamics (DreamerV1/V2 for
+# continuous actions), or by the score function of its own log-probability (REINFORCE, V3).
+ACTOR_GRADIENTS = ("dynamics", "reinforce")
 
 
 def lambda_returns(
@@ -103,6 +108,7 @@ class Dreamer(OnlineAlgorithm):
         discount: float = 0.99,
         lambda_: float = 0.95,
         entropy_scale: float = 3e-4,
+        actor_gradient: str = "dynamics",
         return_ema_decay: float = 0.99,
         slow_critic_rate: float = 0.02,
         world_model_lr: float = 1e-4,
@@ -122,6 +128,10 @@ class Dreamer(OnlineAlgorithm):
         super().__init__()
         if not action_bounds:
             raise AlgorithmError("Dreamer needs action_bounds (a bounded Box action space)")
+        if actor_gradient not in ACTOR_GRADIENTS:
+            raise AlgorithmError(
+                f"actor_gradient {actor_gradient!r} is not one of {list(ACTOR_GRADIENTS)}"
+            )
         keys = sorted(obs_specs) if obs_keys is None else sorted(obs_keys)
         missing = [k for k in keys if k not in obs_specs]
         if missing:
@@ -323,10 +333,17 @@ class Dreamer(OnlineAlgorithm):
         continues of s_1..s_H."""
         wm, hp = self.world_model, self.hparams
         step = _ImagineStep(wm)
-        feats, log_probs = [wm.rssm.features(h, z)], []
+        feats, log_probs, scores = [wm.rssm.features(h, z)], [], []
+        ones = torch.ones(hp.action_dim, device=h.device)
         for _ in range(hp.imagine_horizon):
             noise = torch.randn(h.shape[0], hp.action_dim, device=h.device)
-            action, log_prob = self.actor(feats[-1], noise)
+            mean, log_std = self.actor.distribution(feats[-1])
+            action, log_prob = squashed_gaussian(mean, log_std, noise, ones)
+            if hp.actor_gradient == "reinforce":
+                # log N(u; μ, σ) of the drawn pre-tanh u, held fixed: the score function
+                u = (mean + log_std.exp() * noise).detach()
+                scores.append(Normal(mean, log_std.exp()).log_prob(u).sum(-1))
+                action = action.detach()  # no gradient through the dynamics
             state_noise = torch.randn(h.shape[0], wm.rssm.stoch_dim, device=h.device)
             h, z = functional_call(
                 step, _prefixed(frozen, "rssm.", "model.rssm."), (h, z, action, state_noise)
@@ -339,6 +356,7 @@ class Dreamer(OnlineAlgorithm):
         return {
             "features": feat,
             "log_probs": torch.stack(log_probs),
+            **({"scores": torch.stack(scores)} if scores else {}),
             "rewards": symexp(reward.squeeze(-1)),
             "continues": torch.sigmoid(cont.squeeze(-1)),
         }
@@ -364,16 +382,20 @@ class Dreamer(OnlineAlgorithm):
         discounts = torch.cat([torch.ones_like(imag["continues"][:1]), imag["continues"][:-1]])
         weights = torch.cumprod(hp.discount * discounts, 0).detach() / hp.discount
 
-        # actor: dynamics backprop of the normalized return, plus an entropy bonus
+        # actor: the normalized return (dynamics backprop) or advantage (REINFORCE), plus an
+        # entropy bonus
         with torch.no_grad():
             q = torch.tensor([0.05, 0.95], device=returns.device)
             lo, hi = torch.quantile(returns.flatten().float(), q)
             scale = hp.return_ema_decay * self.return_scale + (1 - hp.return_ema_decay) * (hi - lo)
             self.return_scale.copy_(scale)
         entropy = -imag["log_probs"]
-        actor_loss = -(
-            weights * (returns / scale.clamp(min=1.0) + hp.entropy_scale * entropy)
-        ).mean()
+        norm = scale.clamp(min=1.0)
+        if hp.actor_gradient == "reinforce":
+            objective = imag["scores"] * ((returns - values[:-1]) / norm).detach()
+        else:
+            objective = returns / norm
+        actor_loss = -(weights * (objective + hp.entropy_scale * entropy)).mean()
 
         # critic: symlog regression of the λ-returns from detached imagined states
         critic_out = self.critic(feat[:-1].detach()).squeeze(-1)
