@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,7 @@ from roboloop_policy.observations import (
     real_time_factor_of,
 )
 from roboloop_policy.safety import DEFAULT_MAX_NORMALIZED, ObservationRange
-from roboloop_runtime import OnnxPolicy, check_control_rate
+from roboloop_runtime import ObsSpec, OnnxPolicy, check_control_rate
 from roboloop_runtime.codecs import IMAGE, MessageError, ns_to_stamp, stamp_to_ns
 
 NODE_NAME = "policy_node"
@@ -96,6 +97,34 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
 }
 
 
+def observation_bindings(
+    node: ModelNode, params: Any, observations: Mapping[str, ObsSpec], limits: Mapping[str, Any]
+) -> tuple[list[ObservationBinding], Any, float]:
+    """What a model node that reads observation topics sets up at configure, from its
+    observation parameters (PARAMETERS' names): the topic map (`observation_namespace`, or the
+    explicit lists), its bindings, the robot spec (`spec_topic`) they are checked against, and
+    the real-time factor. (bindings, spec or None, real-time factor)"""
+    topics, keys = params.observation_topics, params.observation_keys
+    if params.observation_namespace:
+        lists = ("observation_topics", "observation_keys")
+        defaults = type(node).PARAMETERS
+        if [getattr(params, n) for n in lists] != [defaults[n][0] for n in lists]:
+            raise BindingError(
+                "observation_namespace and observation_topics/observation_keys both give "
+                "the topic map: set only one"
+            )
+        topics, keys = convention_topic_map(observations, params.observation_namespace)
+    bindings = bind_observations(
+        topics, keys, observations, params.joint_state_field,
+        model=params.model_path, limits=limits,
+    )  # fmt: skip
+    spec = None
+    if params.spec_topic:
+        spec = wait_for_spec(node, params.spec_topic, params.spec_timeout_s)
+        check_against_spec(bindings, spec, params.spec_topic)
+    return bindings, spec, real_time_factor_of(params.real_time_factor, spec, params.spec_topic)
+
+
 @dataclass(frozen=True)
 class PolicyParams(ModelParams):
     seed: int
@@ -142,28 +171,7 @@ class PolicyNode(ModelNode):
             affine = meta.observation_affine(key)
             if affine is not None:
                 limits[key] = ObservationRange(*affine, params.max_normalized_observation)
-        topics, keys = params.observation_topics, params.observation_keys
-        if params.observation_namespace:
-            lists = ("observation_topics", "observation_keys")
-            if [getattr(params, n) for n in lists] != [PARAMETERS[n][0] for n in lists]:
-                raise BindingError(
-                    "observation_namespace and observation_topics/observation_keys both give "
-                    "the topic map: set only one"
-                )
-            topics, keys = convention_topic_map(meta.observations, params.observation_namespace)
-        bindings = bind_observations(
-            topics,
-            keys,
-            meta.observations,
-            params.joint_state_field,
-            model=params.model_path,
-            limits=limits,
-        )
-        spec = None
-        if params.spec_topic:
-            spec = wait_for_spec(self, params.spec_topic, params.spec_timeout_s)
-            check_against_spec(bindings, spec, params.spec_topic)
-        rtf = real_time_factor_of(params.real_time_factor, spec, params.spec_topic)
+        bindings, spec, rtf = observation_bindings(self, params, meta.observations, limits)
         if params.control_rate_hz:
             check_control_rate(params.control_rate_hz, "parameter control_rate_hz")
         rate = params.control_rate_hz or meta.control_rate_hz

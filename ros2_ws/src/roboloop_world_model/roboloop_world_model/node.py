@@ -27,17 +27,11 @@ import numpy as np
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from roboloop_node_common.faults import OK, WARN
 from roboloop_node_common.model_node import ModelNode, ModelParams, model_parameters
-from roboloop_node_common.robot_spec import wait_for_spec
 from roboloop_node_common.runtime import run_node
-from roboloop_policy.node import COMMAND_QOS
+from roboloop_policy.node import COMMAND_QOS, observation_bindings
 from roboloop_policy.observations import (
-    BindingError,
     ObservationBinding,
-    bind_observations,
-    check_against_spec,
-    convention_topic_map,
     decode,
-    real_time_factor_of,
 )
 from roboloop_policy.safety import DEFAULT_MAX_NORMALIZED, ObservationRange
 from sensor_msgs.msg import Image, JointState
@@ -173,24 +167,7 @@ class WorldModelNode(ModelNode):
             for key, spec in world.observations.items()
             if key in stats and spec.feature_type != IMAGE_FEATURE
         }
-        topics, keys = params.observation_topics, params.observation_keys
-        if params.observation_namespace:
-            lists = ("observation_topics", "observation_keys")
-            if [getattr(params, n) for n in lists] != [PARAMETERS[n][0] for n in lists]:
-                raise BindingError(
-                    "observation_namespace and observation_topics/observation_keys both give "
-                    "the topic map: set only one"
-                )
-            topics, keys = convention_topic_map(world.observations, params.observation_namespace)
-        bindings = bind_observations(
-            topics, keys, world.observations, params.joint_state_field,
-            model=params.model_path, limits=limits,
-        )  # fmt: skip
-        spec = None
-        if params.spec_topic:
-            spec = wait_for_spec(self, params.spec_topic, params.spec_timeout_s)
-            check_against_spec(bindings, spec, params.spec_topic)
-        rtf = real_time_factor_of(params.real_time_factor, spec, params.spec_topic)
+        bindings, spec, rtf = observation_bindings(self, params, world.observations, limits)
         rate = params.control_rate_hz or meta.get("control_rate_hz")
         if not rate:
             raise ValueError(
