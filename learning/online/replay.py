@@ -36,6 +36,26 @@ def _dtype(name: str | torch.dtype) -> torch.dtype:
     return name if isinstance(name, torch.dtype) else getattr(torch, str(name))
 
 
+Row = Mapping[str, tuple[tuple[int, ...], torch.dtype]]  # name -> (shape, dtype) of one row
+
+
+def checked_size(
+    what: str, unit: str, rows: int, row: Row, max_bytes: int | None
+) -> tuple[int, int]:
+    """(bytes per row, bytes in all) of `rows` rows laid out as `row`; ReplayMemoryError (one
+    line) above `max_bytes`. `unit`: what a row is (transition, step)."""
+    row_bytes = sum(
+        torch.Size(shape).numel() * torch.empty((), dtype=dt).element_size()
+        for shape, dt in row.values()
+    )
+    if max_bytes is not None and row_bytes * rows > max_bytes:
+        raise ReplayMemoryError(
+            f"{what}: capacity {rows} x {row_bytes} B/{unit} = {_size(row_bytes * rows)} exceeds "
+            f"max_bytes {_size(max_bytes)} (lower the capacity or raise the bound)"
+        )
+    return row_bytes, row_bytes * rows
+
+
 class ReplayBuffer:
     """Ring buffer of transitions. `obs_specs`: key -> {"shape": [...], "dtype": "float32"}."""
 
@@ -62,17 +82,9 @@ class ReplayBuffer:
             "terminated": ((), torch.bool),
             "truncated": ((), torch.bool),
         }
-        self.row_bytes = sum(
-            torch.Size(shape).numel() * torch.empty((), dtype=dt).element_size()
-            for shape, dt in row.values()
+        self.row_bytes, self.nbytes = checked_size(
+            "replay buffer", "transition", self.capacity, row, max_bytes
         )
-        self.nbytes = self.row_bytes * self.capacity
-        if max_bytes is not None and self.nbytes > max_bytes:
-            raise ReplayMemoryError(
-                f"replay buffer: capacity {self.capacity} x {self.row_bytes} B/transition = "
-                f"{_size(self.nbytes)} exceeds max_bytes {_size(max_bytes)} "
-                "(lower the capacity or raise the bound)"
-            )
         self.obs_keys = sorted(obs_specs)
         self.storage = {
             name: torch.empty((self.capacity, *shape), dtype=dt, device=self.device)

@@ -1,11 +1,12 @@
 """Sequence replay for model-based learners (Dreamer): (B, T) windows of consecutive steps.
 
 Each env of the vector env writes its own stream (a ring of `capacity // num_envs` rows; a
-recorded episode can be appended to one with `add_episode`, Dreamer's prefill): row t holds o_t (the observation acted on), a_t, r_t, `terminated` (the MDP ended after a_t) and
-`done` (terminated or truncated: the next row starts a new episode). A sampled window is T
-consecutive rows of one stream in the layout of `EpisodeDataModule(sequence_length=T)`, which
-the world model trains on: rows after an episode end in the window, or past the newest row,
-are padding (`is_pad`), so a window never mixes two episodes.
+recorded episode can be appended to one with `add_episode`, Dreamer's prefill): row t holds
+o_t (the observation acted on), a_t, r_t, `terminated` (the MDP ended after a_t) and `done`
+(terminated or truncated: the next row starts a new episode). A sampled window is T consecutive
+rows of one stream in the layout of `EpisodeDataModule(sequence_length=T)`, which the world
+model trains on: rows after an episode end in the window, or past the newest row, are padding
+(`is_pad`), so a window never mixes two episodes.
 
 Observations keep their dtype (uint8 images stay 1 byte per channel); the whole buffer is
 allocated up front and a buffer over `max_bytes` is refused with one line.
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 
 from learning.data.keys import ACTIONS, IS_PAD, OBS, REWARDS, TERMINALS
-from learning.online.replay import ReplayMemoryError, _dtype, _size
+from learning.online.replay import ReplayMemoryError, _dtype, _size, checked_size
 
 
 class SequenceReplay:
@@ -50,17 +51,10 @@ class SequenceReplay:
             "terminated": ((), torch.bool),
             "done": ((), torch.bool),
         }
-        self.row_bytes = sum(
-            torch.Size(shape).numel() * torch.empty((), dtype=dt).element_size()
-            for shape, dt in row.values()
+        steps = self.rows * self.num_envs
+        self.row_bytes, self.nbytes = checked_size(
+            "sequence replay", "step", steps, row, max_bytes
         )
-        self.nbytes = self.row_bytes * self.rows * self.num_envs
-        if max_bytes is not None and self.nbytes > max_bytes:
-            raise ReplayMemoryError(
-                f"sequence replay: {self.rows * self.num_envs} steps x {self.row_bytes} B/step = "
-                f"{_size(self.nbytes)} exceeds max_bytes {_size(max_bytes)} "
-                "(lower the capacity or raise the bound)"
-            )
         self.storage = {
             name: torch.zeros((self.num_envs, self.rows, *shape), dtype=dt, device=self.device)
             for name, (shape, dt) in row.items()
