@@ -96,7 +96,7 @@ register_task(
     "InvertedPendulum-v5",
     TaskSpec(
         "InvertedPendulum-v5",
-        camera={"lookat": (0.0, 0.0, 0.2), "distance": 1.5, "elevation": 0.0, "azimuth": 90.0},
+        camera={"trackbody": 2, "distance": 1.3, "elevation": 0.0, "azimuth": 90.0},
     ),
 )
 register_task(
