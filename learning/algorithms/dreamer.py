@@ -11,9 +11,11 @@ imagination.
                   with v the slow critic (V2's target network)
     weights       w_0 = 1, w_i = Π_{j<=i} γ c_j (detached): imagined steps after a predicted
                   episode end count less
-    actor         J = −E[w_i R_i / max(1, S)] − η E[w_i H(π(·|s_i))]: dynamics backpropagation
-                  through the frozen world model (V1, V2 for continuous control), returns scaled
-                  by S = EMA of their 95th − 5th percentile (V3's return normalization)
+    actor         `reinforce` (default, V3):
+                    J = −E[w_i log π(a_i|s_i) sg((R_i − v(s_i)) / max(1, S))]
+                  `dynamics` (V1, V2): J = −E[w_i R_i / max(1, S)], backpropagated through the
+                  frozen world model; both − η E[w_i H(π(·|s_i))], and S = EMA of the returns'
+                  95th − 5th percentile (V3's return normalization)
     critic        E[w_i (f(sg s_i) − symlog(sg R_i))²], v = symexp(f); slow critic v̄ ← EMA
 
 One gradient step is one forward (`losses`) and one backward of the three losses' sum: each
@@ -108,7 +110,7 @@ class Dreamer(OnlineAlgorithm):
         discount: float = 0.99,
         lambda_: float = 0.95,
         entropy_scale: float = 3e-4,
-        actor_gradient: str = "dynamics",
+        actor_gradient: str = "reinforce",
         return_ema_decay: float = 0.99,
         slow_critic_rate: float = 0.02,
         world_model_lr: float = 1e-4,
