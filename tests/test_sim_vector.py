@@ -15,7 +15,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 # Short time limits so a few hundred steps cross several episode ends.
 # Hopper-v5 terminates on its own (random actions fall within ~20-60 steps).
 LIMITS = {"Reacher-v5": None, "HalfCheetah-v5": 40, "Hopper-v5": None, "Pendulum-v1": 30}
-TERMINATING = {"Hopper-v5"}
+TERMINATING = {"Hopper-v5", "InvertedPendulum-v5"}
 
 
 def _reference(env_id: str, num_envs: int, seed: int, actions: np.ndarray, **kwargs):
