@@ -9,12 +9,13 @@ import random
 import tempfile
 
 import pytest
-from roboloop_bringup.processes import LOOPBACK_DDS, remove_killed_shm
+from roboloop_bringup.processes import LOOPBACK_DDS, STARTED, remove_killed_shm
 from roboloop_bringup.processes import ros_env as _ros_env
 
 _SHM_BEFORE: set[str] = set()
 # test id -> Fast DDS files that appeared during the test and no live process held after it
 _SHM_LEFT_BY: dict[str, list[str]] = {}
+_STARTED_IN: dict[int, str] = {}  # pid of a node process -> the test that started it
 _SHM_PATTERNS = ("/dev/shm/fastdds_*", "/dev/shm/fast_datasharing*", "/dev/shm/sem.fastdds_*")
 
 
@@ -55,10 +56,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """The suite must leave no Fast DDS shared-memory files behind (checked once, by the
-    controller, after every worker and node process has exited)."""
+    """The suite must leave no node process running and no Fast DDS shared-memory files
+    behind (checked once, by the controller, after every worker and node process has exited)."""
     if hasattr(session.config, "workerinput") or session.config.getoption("collectonly"):
         return
+    running = [p for p in STARTED if p.alive()]
+    for proc in running:  # a test that failed before stopping its nodes: stop them here
+        proc.stop()
     remove_killed_shm()
     new = _shm_files() - _SHM_BEFORE
     # Processes the suite SIGKILLs on purpose (crash tests) cannot release Fast DDS's named port
@@ -70,6 +74,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
     leftovers = sorted(_shm_files() - _SHM_BEFORE)
+    if running:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            names = ", ".join(
+                f"{p.name} (pid {p.pid}, from {_STARTED_IN.get(p.pid, '?')})" for p in running
+            )
+            reporter.write_line(f"ERROR: node processes left running: {names}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if leftovers:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
@@ -89,8 +101,9 @@ def _attribute_shm_leaks(request: pytest.FixtureRequest):
     if request.node.get_closest_marker("ros") is None:
         yield
         return
-    before = _shm_files()
+    before, started = _shm_files(), len(STARTED)
     yield
+    _STARTED_IN.update((p.pid, request.node.nodeid) for p in STARTED[started:])
     remove_killed_shm()
     mapped = _mapped_shm_files()
     left = sorted(f for f in _shm_files() - before if f not in mapped and "sem.fastdds" not in f)

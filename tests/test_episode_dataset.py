@@ -4,7 +4,6 @@ validation of every corruption kind, CLI, pack, and pickling for DataLoader-styl
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import pickle
 import re
@@ -535,9 +534,29 @@ def test_pack_is_self_contained_and_equivalent(tmp_path: Path, compression: str 
 # -- workers -----------------------------------------------------------------------------------
 
 
-def _worker_read(args: tuple[EpisodeReader, str]) -> tuple[int, np.ndarray, np.ndarray]:
+# Run in a fresh interpreter: forking the test worker itself copies whatever threads earlier
+# tests left in it (a fork Pool once hung there for 10 minutes in CI).
+_WORKERS_SCRIPT = """
+import multiprocessing as mp, os, sys
+import numpy as np
+from episode_dataset import EpisodeReader
+
+def read(args):
     reader, ep = args
     return os.getpid(), reader.read_obs(ep, "image", 2, 5), reader.read_actions(ep)
+
+if __name__ == "__main__":
+    reader = EpisodeReader(sys.argv[1], max_open_shards=2)
+    for ep in reader.episodes:  # open handles in the parent before handing the reader over
+        reader.read_obs(ep, "state", 0, 1)
+    with mp.get_context(sys.argv[2]).Pool(2) as pool:
+        results = pool.map(read, [(reader, ep) for ep in reader.episodes])
+    for (pid, image, actions), ep in zip(results, reader.episodes, strict=True):
+        assert pid != os.getpid()
+        np.testing.assert_array_equal(image, reader.read_obs(ep, "image", 2, 5))
+        np.testing.assert_array_equal(actions, reader.read_actions(ep))
+    print("workers read", len(results), "episodes")
+"""
 
 
 @pytest.mark.parametrize("method", ["spawn", "fork"])
@@ -545,18 +564,20 @@ def test_reader_in_worker_processes(tmp_path: Path, method: str) -> None:
     path = tmp_path / "x.hdf5"
     episodes = write_dataset(path)
     reader = EpisodeReader(path, max_open_shards=2)
-    for ep in reader.episodes:  # open handles in the parent before handing the reader over
+    for ep in reader.episodes:
         reader.read_obs(ep, "state", 0, 1)
     assert len(reader._shards) == 2  # LRU bound respected
     clone = pickle.loads(pickle.dumps(reader))
     assert_episode_equal(clone, "demo_1", episodes[1])
-    with mp.get_context(method).Pool(2) as pool:
-        results = pool.map(_worker_read, [(reader, ep) for ep in reader.episodes])
-    assert all(pid != os.getpid() for pid, _, _ in results)
-    for (_, img, act), ep in zip(results, episodes, strict=True):
-        np.testing.assert_array_equal(img, ep["obs"]["image"][2:5])
-        np.testing.assert_array_equal(act, ep["actions"])
-    # The parent's handles still work after the children used theirs.
+    script = tmp_path / "workers.py"
+    script.write_text(_WORKERS_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), str(path), method],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"workers read {len(episodes)} episodes" in done.stdout
+    # The parent's handles still work after the pickled copies were used.
     assert_episode_equal(reader, "demo_2", episodes[2])
     reader.close()
 

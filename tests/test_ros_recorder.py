@@ -181,6 +181,8 @@ def test_sigkill_mid_episode_keeps_completed_episodes(tmp_path, ros_env):
         assert rec.popen.returncode == -9
     finally:
         bridge.stop()
+        if rec.alive():  # the test failed before the kill: never leave a recorder running
+            rec.stop()
     rec.cleanup_shm()  # port segments it shared with the bridge can go once the bridge is gone
     leftover = [f for f in held if os.path.exists(f) and not _held_by_live(f)]
     assert leftover == []

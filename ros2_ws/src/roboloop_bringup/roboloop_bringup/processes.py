@@ -35,6 +35,9 @@ _SHM_PREFIXES = ("fastdds_", "fast_datasharing", "sem.fastdds_")
 # Shared-memory files of every process this interpreter SIGKILLed that a live peer still held
 # then; `remove_killed_shm` retries them once the peers have exited.
 _KILLED_SHM: set[str] = set()
+# Every node process `start_node` started in this interpreter (the test suite checks that none
+# is left running).
+STARTED: list[RosProcess] = []
 
 
 def ros_env(
@@ -183,7 +186,9 @@ def start_node(
         popen = subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, env=child_env, start_new_session=True
         )
-    return RosProcess(name=executable, popen=popen, log_path=log)
+    proc = RosProcess(name=executable, popen=popen, log_path=log)
+    STARTED.append(proc)
+    return proc
 
 
 def shm_files_of(pid: int) -> set[str]:
