@@ -98,7 +98,10 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
 
 
 def observation_bindings(
-    node: ModelNode, params: Any, observations: Mapping[str, ObsSpec], limits: Mapping[str, Any]
+    node: ModelNode,
+    params: ObservationParams,
+    observations: Mapping[str, ObsSpec],
+    limits: Mapping[str, Any],
 ) -> tuple[list[ObservationBinding], Any, float]:
     """What a model node that reads observation topics sets up at configure, from its
     observation parameters (PARAMETERS' names): the topic map (`observation_namespace`, or the
@@ -126,7 +129,10 @@ def observation_bindings(
 
 
 @dataclass(frozen=True)
-class PolicyParams(ModelParams):
+class ObservationParams(ModelParams):
+    """What every node that reads observation topics and publishes actions is configured by
+    (the policy node's table; the world-model node adds its own)."""
+
     seed: int
     observation_namespace: str
     observation_topics: list[str]
@@ -140,6 +146,11 @@ class PolicyParams(ModelParams):
     stale_periods: float
     safe_action: str
     max_normalized_observation: float
+
+
+@dataclass(frozen=True)
+class PolicyParams(ObservationParams):
+    """The policy node's parameters: the observation node's, nothing more."""
 
 
 class PolicyNode(ModelNode):

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from roboloop_node_common.faults import OK, WARN
-from roboloop_node_common.model_node import ModelNode, ModelParams, model_parameters
+from roboloop_node_common.model_node import ModelNode, model_parameters
 from roboloop_node_common.runtime import run_node
-from roboloop_policy.node import COMMAND_QOS, observation_bindings
+from roboloop_policy.node import COMMAND_QOS, ObservationParams, observation_bindings
 from roboloop_policy.observations import (
     ObservationBinding,
     decode,
@@ -101,30 +101,17 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
 
 
 @dataclass(frozen=True)
-class WorldModelParams(ModelParams):
+class WorldModelParams(ObservationParams):
     imagine_path: str
     decode_path: str
     actor_path: str
-    seed: int
     sample: bool
-    observation_namespace: str
-    observation_topics: list[str]
-    observation_keys: list[str]
-    joint_state_field: str
     applied_action_topic: str
     done_topic: str
-    action_topic: str
     reward_topic: str
     continue_topic: str
     publish_prediction: bool
     prediction_namespace: str
-    control_rate_hz: float
-    real_time_factor: float
-    spec_topic: str
-    spec_timeout_s: float
-    stale_periods: float
-    safe_action: str
-    max_normalized_observation: float
 
 
 class WorldModelNode(ModelNode):
