@@ -254,12 +254,16 @@ class Dreamer(OnlineAlgorithm):
         return self.world_model.normalizer.normalize(ACTIONS, zero)
 
     def _reset_rows(self, rows: torch.Tensor) -> None:
+        """Episode start for the envs where `rows` (B,) is true: zero latent, the initial
+        previous action (masked writes: no host sync on the acting path)."""
         state = self._acting
         if state is None:
             return
-        state["h"][rows] = 0.0
-        state["z"][rows] = 0.0
-        state["action"][rows] = self._initial_action(int(rows.sum()), rows.device)
+        keep = ~rows[:, None]
+        state["h"] = state["h"] * keep
+        state["z"] = state["z"] * keep
+        start = self._initial_action(1, rows.device)
+        state["action"] = torch.where(keep, state["action"], start)
 
     @contextlib.contextmanager
     def acting_context(self) -> Iterator[None]:

@@ -80,7 +80,9 @@ class SequenceReplay:
         truncated: torch.Tensor,
     ) -> None:
         """One step of every env: rows (num_envs, ...)."""
-        self._write(torch.arange(self.num_envs), obs, actions, rewards, terminated, truncated)
+        streams = torch.arange(self.num_envs)
+        rows = self.counts % self.rows
+        self._write(streams, rows, obs, actions, rewards, terminated, truncated)
 
     def add_episode(
         self,
@@ -96,28 +98,24 @@ class SequenceReplay:
         ends = torch.zeros(n, dtype=torch.bool)
         ends[-1] = True
         streams = torch.full((n,), int(stream))
+        rows = (self.counts[stream] + torch.arange(n)) % self.rows
         never = torch.zeros_like(ends)
         terminal, truncated = (ends, never) if terminated else (never, ends)
-        self._write(streams, obs, actions, rewards, terminal, truncated)
+        self._write(streams, rows, obs, actions, rewards, terminal, truncated)
 
     def _write(
         self,
         streams: torch.Tensor,
+        rows: torch.Tensor,
         obs: Mapping[str, torch.Tensor],
         actions: torch.Tensor,
         rewards: torch.Tensor,
         terminated: torch.Tensor,
         truncated: torch.Tensor,
     ) -> None:
-        """Row j of the inputs at the next free row of stream streams[j] (each stream at most
-        once per call, or in order: an episode's steps go to consecutive rows)."""
-        offsets = torch.zeros_like(streams)
-        for stream in streams.unique():  # the j-th row of one stream lands j rows further on
-            mine = streams == stream
-            offsets[mine] = torch.arange(int(mine.sum()))
-        index = (self.counts[streams] + offsets) % self.rows
+        """Input j at row rows[j] of stream streams[j]; each stream's count grows by its rows."""
         s, dev = self.storage, self.device
-        streams_d, index_d = streams.to(dev), index.to(dev)
+        streams_d, index_d = streams.to(dev), rows.to(dev)
         for k in self.obs_keys:
             s[f"obs.{k}"][streams_d, index_d] = obs[k].to(dev, s[f"obs.{k}"].dtype)
         s["actions"][streams_d, index_d] = actions.to(dev, torch.float32)
