@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from learning.networks.embeddings import SinusoidalTimeEmbedding
+from learning.networks.embeddings import GapEmbedding, build_time_embedding
 
 
 def mlp(in_dim: int, hidden_dims: Sequence[int], out_dim: int, norm: bool = True) -> nn.Sequential:
@@ -24,10 +24,13 @@ def mlp(in_dim: int, hidden_dims: Sequence[int], out_dim: int, norm: bool = True
 
 
 class MLPVelocityNet(nn.Module):
-    """v(x_t, t, c): (B, horizon, A), (B,), (B, obs_dim) -> (B, horizon, A).
+    """u(x_t, t, c[, s]): (B, horizon, A), (B,), (B, obs_dim)[, (B,)] -> (B, horizon, A).
 
     The chunk is flattened and concatenated with the time embedding and the observation
-    features; fine for short horizons (a ChiUNet/transformer plugs in with the same call).
+    features; fine for short horizons. The optional second time `s` of a flow map
+    u(x, s, t) enters the first layer through `s_in` (E(t - s) - E(0), zero-initialized), so
+    s=None, read as s = t, gives exactly the network without s. `obs_steps` is accepted for the
+    common factory call and not used (the chunk sees the flat observation features).
     """
 
     def __init__(
@@ -35,21 +38,35 @@ class MLPVelocityNet(nn.Module):
         obs_dim: int,
         action_dim: int,
         horizon: int,
+        obs_steps: int = 1,
         hidden_dims: Sequence[int] = (256, 256, 256),
         time_embed_dim: int = 64,
+        time_embedding: str = "sinusoidal",
         layer_norm: bool = True,
     ) -> None:
         super().__init__()
         self.action_dim, self.horizon = action_dim, horizon
-        self.time_embed = SinusoidalTimeEmbedding(time_embed_dim)
+        self.time_embed = build_time_embedding(time_embedding, time_embed_dim)
         self.net = mlp(
             horizon * action_dim + time_embed_dim + obs_dim,
             list(hidden_dims),
             horizon * action_dim,
             norm=layer_norm,
         )
+        self.gap_embed = GapEmbedding(time_embedding, time_embed_dim)
+        # Zero init (no RNG drawn): training without s is unchanged by this path's existence.
+        self.s_in = nn.Linear(time_embed_dim, self.net[0].out_features, bias=False)
+        nn.init.zeros_(self.s_in.weight)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor,
+        s: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         b = x_t.shape[0]
-        h = torch.cat([x_t.reshape(b, -1), self.time_embed(t), cond], dim=-1)
-        return self.net(h).reshape(b, self.horizon, self.action_dim)
+        h = self.net[0](torch.cat([x_t.reshape(b, -1), self.time_embed(t), cond], dim=-1))
+        if s is not None:
+            h = h + self.s_in(self.gap_embed(t, s))
+        return self.net[1:](h).reshape(b, self.horizon, self.action_dim)
