@@ -118,6 +118,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         # Small models gain nothing from intra-op threads, and on a busy 2-core machine two
         # spinning threads made FBC training ~30x slower than one.
         torch.set_num_threads(int(cfg.torch_threads))
+    # Denormal weights and Adam moments (they appear as both shrink) made CPU updates ~10x
+    # slower (an FQL update 500 -> 60 ms); GPUs flush them anyway.
+    torch.set_flush_denormal(True)
     if cfg.get("online") is not None:  # an env instead of a dataset: the online loop
         from learning.online.loop import run_online
 

@@ -118,3 +118,7 @@ for _name, (_domain, _task, _camera) in DMC_TASKS.items():
     register_task(
         _name, TaskSpec("", factory=partial(DMCEnv, _domain, _task), camera={"fixed": _camera})
     )
+# OGBench manipulation (sim/ogbench.py): ogbench is imported when one of them is built.
+from sim import ogbench as _ogbench  # noqa: E402  (needs register_task above)
+
+_ogbench.register()

@@ -48,7 +48,7 @@ class CameraObservation(gym.Wrapper):
     """Adds `image`: uint8 (height, width, 3) rgb rendered offscreen, shadows/reflections off.
 
     `camera` holds mjvCamera settings: lookat/distance/elevation/azimuth for a free camera,
-    trackbody (body id) for a tracking one, or fixed (camera id) for one of the model's own
+    trackbody (body id) for a tracking one, or fixed (camera id or name) for one of the model's own
     cameras. Turning shadows and reflections off makes small renders several times faster and
     they carry no information for learning.
     """
@@ -64,7 +64,12 @@ class CameraObservation(gym.Wrapper):
         mujoco.mjv_defaultFreeCamera(self._model, self._camera)
         if "fixed" in camera:
             self._camera.type = mujoco.mjtCamera.mjCAMERA_FIXED
-            self._camera.fixedcamid = int(camera["fixed"])
+            fixed = camera["fixed"]  # a camera id or name
+            if isinstance(fixed, str):
+                fixed = mujoco.mj_name2id(self._model, mujoco.mjtObj.mjOBJ_CAMERA, fixed)
+                if fixed < 0:
+                    raise ValueError(f"{base}: no camera named {camera['fixed']!r}")
+            self._camera.fixedcamid = int(fixed)
         if "trackbody" in camera:
             self._camera.type = mujoco.mjtCamera.mjCAMERA_TRACKING
             self._camera.trackbodyid = int(camera["trackbody"])

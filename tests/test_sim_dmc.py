@@ -20,10 +20,12 @@ from sim.spec import env_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-try:
+try:  # dm_control installs beside mujoco 4.0.0 (OGBench needs its mjcf) but loads no task
     from dm_control import suite
-except ImportError as error:
-    suite, WHY_NOT = None, f"dm_control not importable ({error}): needs dm-control + mujoco 3.17"
+
+    suite.load("cartpole", "swingup")
+except (ImportError, AttributeError) as error:
+    suite, WHY_NOT = None, f"dm_control cannot load a task ({error}): needs mujoco 3.17"
 else:
     WHY_NOT = ""
 needs_dm_control = pytest.mark.skipif(suite is None, reason=WHY_NOT)

@@ -175,7 +175,6 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             f"online.precision={on.precision}: {algo_cls.algorithm} runs in "
             f"{', '.join(algo_cls.precisions)}"
         )
-    torch.set_flush_denormal(True)  # denormal weights/moments made CPU updates ~10x slower
     fabric = Fabric(
         accelerator=on.accelerator,
         devices=on.devices,

@@ -1,0 +1,96 @@
+"""OGBench manipulation tasks in the workspace (sim/ogbench.py): the env contract, the camera,
+dataset generation (reproducible, rewards labelled for the named task) and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import sim
+from episode_dataset import IMAGE, LOW_DIM, EpisodeReader
+from sim.ogbench import generate, main
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+CUBE = "cube-single-singletask-task1-v0"
+CENTER, SCALE = np.array([0.425, 0.0, 0.0]), 10.0  # OGBench's state scaling of positions
+
+
+def test_env_checker_passes_and_the_state_is_ogbenchs() -> None:
+    env = sim.make(CUBE)
+    check_env(env, skip_render_check=True)
+    obs, _ = env.reset(seed=0)
+    assert obs["state"].shape == (28,) and obs["state"].dtype == np.float32
+    assert env.get_wrapper_attr("observation_features") == {"state": LOW_DIM}
+    assert env.spec.max_episode_steps == 200
+    env.close()
+
+
+def test_the_camera_renders_the_scene_and_follows_the_arm() -> None:
+    env = sim.make(CUBE, camera=32)
+    obs, _ = env.reset(seed=0)
+    assert obs["image"].shape == (32, 32, 3) and obs["image"].dtype == np.uint8
+    assert env.get_wrapper_attr("observation_features")["image"] == IMAGE
+    assert obs["image"].std() > 5  # a scene, not a blank frame
+    first = obs["image"].astype(int)
+    for _ in range(10):
+        obs, *_ = env.step(np.array([1.0, 1.0, 1.0, 0.0, 0.0], np.float32))
+    assert np.abs(obs["image"].astype(int) - first).mean() > 0.5  # the arm moved in view
+    env.close()
+
+
+def _episode(path, name: str) -> dict[str, np.ndarray]:
+    reader = EpisodeReader(path)
+    return {
+        "state": reader.read_obs(name, "state"),
+        "actions": reader.read_actions(name),
+        "rewards": reader.read_rewards(name),
+    }
+
+
+def test_generation_is_reproducible_with_a_seed(tmp_path) -> None:
+    runs = {}
+    for tag, seed in (("a", 3), ("b", 3), ("c", 4)):
+        path = tmp_path / f"{tag}.hdf5"
+        (name,) = generate(CUBE, "play", 1, seed, path, episode_steps=40, progress=False)
+        runs[tag] = _episode(path, name)
+    for key in runs["a"]:
+        np.testing.assert_array_equal(runs["a"][key], runs["b"][key])
+    assert not np.allclose(runs["a"]["actions"], runs["c"]["actions"])
+
+
+def test_noisy_rewards_mark_the_steps_where_the_cube_is_on_the_tasks_target(tmp_path) -> None:
+    path = tmp_path / "noisy.hdf5"
+    (name,) = generate(CUBE, "noisy", 1, 0, path, episode_steps=1000, progress=False)
+    ep = _episode(path, name)
+    reader = EpisodeReader(path)
+    assert reader.env_args["env_name"] == CUBE  # evaluation builds the labelled task
+    assert set(np.unique(ep["rewards"])) <= {-1.0, 0.0}
+    task = sim.make(CUBE)
+    task.reset(seed=0)
+    target = task.unwrapped.env._data.mocap_pos[0].copy()  # task 1's goal for the cube
+    task.close()
+    cube = ep["state"][:, 19:22] / SCALE + CENTER
+    on_target = np.linalg.norm(cube - target, axis=-1) <= 0.04
+    assert on_target.any() and not on_target.all()  # the oracle visits it and leaves
+    np.testing.assert_array_equal(ep["rewards"] == 0.0, on_target)
+    assert np.abs(ep["actions"]).max() <= 1.0
+
+
+def test_the_cli_writes_a_summary_and_bad_input_is_one_line(tmp_path, capsys) -> None:
+    out = tmp_path / "cli.hdf5"
+    main(
+        ["--env", CUBE, "--kind", "play", "--episodes", "2", "--episode-steps", "20"]
+        + ["--out", str(out)]
+    )
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["episodes"] == 2 and summary["steps"] == 40
+    with pytest.raises(SystemExit):
+        main(["--env", "Reacher-v5", "--out", str(tmp_path / "x.hdf5")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'Reacher-v5' is not an OGBench single-task" in err[0]
+    with pytest.raises(ValueError, match="episode_steps >= 2"):
+        generate(CUBE, "play", 1, 0, tmp_path / "y.hdf5", episode_steps=1)
