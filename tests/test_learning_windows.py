@@ -163,9 +163,9 @@ def test_a_registered_image_encoder_plugs_in_from_the_config(counting: Path) -> 
         "train_fbc",
         [
             f"dataset={counting}",
-            "model.encoder.image_encoder.name=tiny_test",
-            "~model.encoder.image_encoder.channels",  # the conv encoder's own argument
-            "model.encoder.image_encoder.feature_dim=7",
+            # only its own arguments (the default block's are the conv/resnet ones)
+            "~model.encoder.image_encoder",
+            "+model.encoder.image_encoder={name: tiny_test, feature_dim: 7}",
         ],
     )
     dm = instantiate(cfg.data)

@@ -67,6 +67,8 @@ from learning.normalization import compute_stats
 
 log = logging.getLogger(__name__)
 
+OBS_TYPES = (None, "state", "image")  # the seed's `obs_type`; None: every key of the file
+
 
 class _EpisodeSamples(Dataset):
     """Shared reading: low-dim arrays come from `cache`, images from the file."""
@@ -214,6 +216,9 @@ class EpisodeDataModule(L.LightningDataModule):
     normalization: mode per low-dim obs key or "low_dim" default, and "actions";
     modes are mean_std / min_max; image keys always use "image" (uint8 -> [0, 1]).
     rewards / next_obs / discount / sequence_length: the opt-in extras of the module docstring.
+    obs_keys / obs_type: which obs keys the samples carry: `obs_keys` (every one must be in the
+    file), else every key of the file (obs_type None or "image") or its low-dim keys ("state");
+    "image" needs at least one image key among them.
     """
 
     def __init__(
@@ -235,8 +240,12 @@ class EpisodeDataModule(L.LightningDataModule):
         next_obs: bool = False,
         discount: float | None = None,
         sequence_length: int | None = None,
+        obs_type: str | None = None,
     ) -> None:
         super().__init__()
+        if obs_type not in OBS_TYPES:
+            raise ValueError(f"obs_type {obs_type!r} is not one of {OBS_TYPES}")
+        self.obs_type = obs_type
         if discount is not None and not 0.0 < discount <= 1.0:
             raise ValueError(f"discount {discount} is not in (0, 1]")
         if sequence_length is not None and (sequence_length < 1 or next_obs or discount):
@@ -267,10 +276,20 @@ class EpisodeDataModule(L.LightningDataModule):
             return
         self.reader = reader = EpisodeReader(self.path)
         specs = reader.obs_specs
-        keys = sorted(specs) if self.requested_keys is None else self.requested_keys
-        for key in keys:
+        have = ", ".join(f"{k} ({specs[k].feature_type})" for k in sorted(specs))
+        for key in self.requested_keys or []:
             if key not in specs:
-                raise KeyError(f"{self.path}: no obs key {key!r} (have {sorted(specs)})")
+                raise KeyError(f"{self.path}: no obs key {key!r} (it has {have})")
+        keys = self.requested_keys or sorted(specs)
+        if self.obs_type == "state" and self.requested_keys is None:
+            keys = [k for k in keys if not specs[k].is_image]
+        if self.obs_type == "image" and not any(specs[k].is_image for k in keys):
+            raise DatasetError(
+                f"{self.path}: obs_type image, but no image key among obs keys {keys} "
+                f"(it has {have})"
+            )
+        if not keys:
+            raise DatasetError(f"{self.path}: no obs keys for obs_type {self.obs_type} ({have})")
         self.obs_keys = keys
         self.obs_specs = {k: specs[k] for k in keys}
         episodes = reader.filter(self.episode_filter) if self.episode_filter else reader.episodes
