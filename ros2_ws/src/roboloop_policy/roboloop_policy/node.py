@@ -337,6 +337,12 @@ class PolicyNode(ModelNode):
                 horizon=str(meta.horizon),
                 n_action_steps=str(meta.n_action_steps),
                 action_topic=params.action_topic,
+                # what the model is fed, e.g. "image: image 64x64x3 uint8 <- /sim/image"
+                observations="; ".join(
+                    f"{b.key}: {b.spec.feature_type} {'x'.join(map(str, b.spec.shape))} "
+                    f"{b.spec.dtype} <- {b.topic}"
+                    for b in self._bindings
+                ),
             )
             values.update(loop.diagnostics())
             active = self.lifecycle == "active"
