@@ -127,6 +127,26 @@ def _pop(node: Any, dotted: str) -> tuple[bool, Any]:
     return True, node.pop(leaf)
 
 
+def _check_encoder_layout(cfg: Any, specs: Any, where: str) -> None:
+    """CheckpointError for an `ObservationEncoder` model from before issue 12 whose features
+    would now come in another order: it concatenated each key over time, today's encoder lays
+    them out step by step (the same order for one key or one step). Its config predates
+    `low_dim_encoder`, which every encoder config names since."""
+    model = cfg.get("model") if isinstance(cfg, dict) else None
+    encoder = model.get("encoder") if isinstance(model, dict) else None
+    if not isinstance(encoder, dict) or "low_dim_encoder" in encoder:
+        return
+    if not str(encoder.get("_target_", "")).endswith("encoders.ObservationEncoder"):
+        return
+    steps = 1 if model.get("use_sequences") else int(model.get("obs_steps") or 1)  # BC's LSTM
+    keys = len(specs) if isinstance(specs, dict) else 1
+    if keys > 1 and steps > 1:
+        raise CheckpointError(
+            f"{where}: trained before the step-major observation encoder (issue 12): its "
+            f"{keys} obs keys x {steps} steps are ordered key by key; retrain it"
+        )
+
+
 def upgrade_checkpoint(ckpt: dict[str, Any], where: str) -> dict[str, Any]:
     """`ckpt` with `RENAMED_KEYS` moved in its config and `OLD_FEATURE_TYPE` filled into its
     observation specs (module docstring); a checkpoint in today's keys comes back unchanged."""
@@ -149,6 +169,7 @@ def upgrade_checkpoint(ckpt: dict[str, Any], where: str) -> dict[str, Any]:
                 raise CheckpointError(f"{where}: config has both {old} and {new}")
             node[leaf] = value
     specs = kwargs.get("obs_specs") if isinstance(kwargs, dict) else None
+    _check_encoder_layout(cfg, specs, where)
     if isinstance(specs, dict) and any("feature_type" not in s for s in specs.values()):
         kwargs = copy.deepcopy(kwargs)
         for key, spec in kwargs["obs_specs"].items():

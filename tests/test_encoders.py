@@ -15,6 +15,7 @@ from test_learning_data import IMG, write_toy_dataset
 from torch import nn
 
 from episode_dataset import IMAGE, LOW_DIM, DatasetError
+from learning.checkpoint import CONFIG_KEY, MODEL_KWARGS_KEY, CheckpointError, upgrade_checkpoint
 from learning.data.episode_datamodule import EpisodeDataModule
 from learning.export import export_model, parity
 from learning.networks.encoders import IMAGE_ENCODERS, ImageCrop, ObservationEncoder
@@ -195,3 +196,18 @@ def test_exported_image_policy_takes_full_uint8_frames_and_crops_inside(tmp_path
     image = next(v for v in graph.input if v.name == "obs.image")
     assert [d.dim_value for d in image.type.tensor_type.shape.dim[1:]] == [2, *IMG]
     assert parity(model, tmp_path / "p.onnx") < 1e-4  # eval-mode centre crop, as in torch
+
+
+def test_checkpoint_from_before_the_step_major_layout_is_refused() -> None:
+    encoder = {"_target_": "learning.networks.encoders.ObservationEncoder", "image_encoder": {}}
+    two_keys = {"obs_specs": specs(1)}  # cam0 + joints
+    old = {CONFIG_KEY: {"model": {"obs_steps": 2, "encoder": encoder}}}
+    with pytest.raises(CheckpointError, match=r"^old.ckpt: .* 2 obs keys x 2 steps .*retrain it$"):
+        upgrade_checkpoint({**old, MODEL_KWARGS_KEY: two_keys}, "old.ckpt")
+    # One key, or one step: the order is the same, the checkpoint loads.
+    one_key = {"obs_specs": {"joints": specs(0)["joints"]}}
+    assert upgrade_checkpoint({**old, MODEL_KWARGS_KEY: one_key}, "old.ckpt")
+    today = {
+        CONFIG_KEY: {"model": {"obs_steps": 2, "encoder": {**encoder, "low_dim_encoder": {}}}}
+    }
+    assert upgrade_checkpoint({**today, MODEL_KWARGS_KEY: two_keys}, "new.ckpt")
