@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from learning.networks.embeddings import GapEmbedding, build_time_embedding
+from learning.networks.embeddings import TimeFeatures
 
 
 class ChiTransformer(nn.Module):
@@ -55,10 +55,7 @@ class ChiTransformer(nn.Module):
 
         self.action_in = nn.Linear(action_dim, emb_dim)
         self.action_pos = nn.Parameter(torch.zeros(1, horizon, emb_dim))
-        self.time_embed = build_time_embedding(time_embedding, emb_dim)
-        self.gap_embed = GapEmbedding(time_embedding, emb_dim)
-        self.time_in = nn.Linear(emb_dim, emb_dim)
-        self.gap_in = nn.Linear(emb_dim, emb_dim, bias=False)
+        self.time_in = TimeFeatures(time_embedding, emb_dim, emb_dim)
         self.obs_in = nn.Linear(obs_dim // obs_steps, emb_dim)
         self.memory_pos = nn.Parameter(torch.zeros(1, 1 + obs_steps, emb_dim))
         self.memory_mlp = nn.Sequential(
@@ -88,9 +85,7 @@ class ChiTransformer(nn.Module):
         self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, s: torch.Tensor | None
     ) -> torch.Tensor:
         """-> output tokens (B, H, emb_dim), after the final LayerNorm."""
-        time = self.time_in(self.time_embed(t))
-        if s is not None:
-            time = time + self.gap_in(self.gap_embed(t, s))
+        time = self.time_in(t, s)
         obs = self.obs_in(cond.reshape(cond.shape[0], self.obs_steps, -1))
         memory = self.memory_mlp(
             self.drop(torch.cat([time[:, None], obs], dim=1) + self.memory_pos)

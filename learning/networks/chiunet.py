@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from learning.networks.embeddings import GapEmbedding, build_time_embedding
+from learning.networks.embeddings import TimeFeatures
 
 
 class ConvBlock(nn.Sequential):
@@ -114,10 +114,7 @@ class ChiUNet(nn.Module):
         self.horizon, self.action_dim, self.obs_steps = horizon, action_dim, obs_steps
         self.obs_as_global_cond = obs_as_global_cond
 
-        self.time_embed = build_time_embedding(time_embedding, emb_dim)
-        self.gap_embed = GapEmbedding(time_embedding, emb_dim)
-        self.time_in = nn.Linear(emb_dim, 4 * emb_dim)
-        self.gap_in = nn.Linear(emb_dim, 4 * emb_dim, bias=False)
+        self.time_in = TimeFeatures(time_embedding, emb_dim, 4 * emb_dim)
         self.time_out = nn.Sequential(nn.Mish(), nn.Linear(4 * emb_dim, emb_dim))
         cond_dim = emb_dim + (obs_dim if obs_as_global_cond else 0)
 
@@ -151,10 +148,7 @@ class ChiUNet(nn.Module):
         self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, s: torch.Tensor | None
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
         """-> bottleneck (B, C, H'), skips, conditioning vector, local tokens (B, step_dim, H)."""
-        h_t = self.time_in(self.time_embed(t))
-        if s is not None:
-            h_t = h_t + self.gap_in(self.gap_embed(t, s))
-        g = self.time_out(h_t)
+        g = self.time_out(self.time_in(t, s))
         local = None
         if self.obs_as_global_cond:
             g = torch.cat([g, cond], dim=-1)

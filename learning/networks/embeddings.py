@@ -109,3 +109,23 @@ class GapEmbedding(nn.Module):
 
     def forward(self, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         return self.embed(t - s) - self.embed(torch.zeros_like(t[:1]))
+
+
+class TimeFeatures(nn.Module):
+    """(t, s=None) (B,) -> (B, out_dim): Linear(E(t)) + Linear(E(t - s) - E(0)), bias-free.
+
+    The time input of the ChiUNet / ChiTransformer; the s term is skipped for s=None (s = t).
+    """
+
+    def __init__(self, name: str, dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.embed = build_time_embedding(name, dim)
+        self.gap_embed = GapEmbedding(name, dim)
+        self.t_in = nn.Linear(dim, out_dim)
+        self.s_in = nn.Linear(dim, out_dim, bias=False)
+
+    def forward(self, t: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.t_in(self.embed(t))
+        if s is not None:
+            h = h + self.s_in(self.gap_embed(t, s))
+        return h
