@@ -172,7 +172,7 @@ def test_scalar_head(name: str) -> None:
 def test_chiunet_horizon_error(horizon: int, dim_mult: tuple[int, ...], fix: int) -> None:
     with pytest.raises(ValueError, match=rf"horizon {horizon} must be a power of 2") as err:
         ChiUNet(OBS_DIM, A, horizon, model_dim=8, dim_mult=dim_mult)
-    assert "\n" not in str(err.value) and f"set horizon to e.g. {fix}" in str(err.value)
+    assert "\n" not in str(err.value) and f"set horizon_length to e.g. {fix}" in str(err.value)
     ChiUNet(OBS_DIM, A, 4, model_dim=8, dim_mult=dim_mult)  # 2^2: the smallest that fits
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from learning.errors import ConfigError
 from learning.networks.embeddings import TimeFeatures
 
 
@@ -43,12 +44,12 @@ class ChiTransformer(nn.Module):
     ) -> None:
         super().__init__()
         if obs_dim % obs_steps:
-            raise ValueError(
+            raise ConfigError(
                 f"ChiTransformer: obs_dim {obs_dim} does not split into obs_steps {obs_steps} "
                 "tokens (the encoder's out_dim must be obs_steps * step_dim)"
             )
         if emb_dim % n_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"ChiTransformer: emb_dim {emb_dim} is not a multiple of n_heads {n_heads}"
             )
         self.horizon, self.action_dim, self.obs_steps = horizon, action_dim, obs_steps

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from learning.errors import ConfigError
 from learning.networks.embeddings import TimeFeatures
 
 
@@ -95,19 +96,19 @@ class ChiUNet(nn.Module):
         super().__init__()
         downsamples = len(dim_mult) - 1
         if horizon < 2**downsamples or horizon & (horizon - 1):
-            raise ValueError(
+            raise ConfigError(
                 f"ChiUNet: horizon {horizon} must be a power of 2 and >= {2**downsamples} "
-                f"(2^{downsamples} for dim_mult {list(dim_mult)}); set horizon to e.g. "
+                f"(2^{downsamples} for dim_mult {list(dim_mult)}); set horizon_length to e.g. "
                 f"{max(2**downsamples, 1 << max(horizon - 1, 1).bit_length())}"
             )
         widths = [model_dim * m for m in dim_mult]
         if any(w % n_groups for w in widths):
-            raise ValueError(
+            raise ConfigError(
                 f"ChiUNet: widths {widths} (model_dim * dim_mult) must be multiples of "
                 f"n_groups {n_groups}"
             )
         if not obs_as_global_cond and (obs_dim % obs_steps or obs_steps > horizon):
-            raise ValueError(
+            raise ConfigError(
                 f"ChiUNet local conditioning: obs_dim {obs_dim} must split into obs_steps "
                 f"{obs_steps} tokens and obs_steps must be <= horizon {horizon}"
             )

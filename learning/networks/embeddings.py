@@ -20,6 +20,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from learning.errors import ConfigError
+
 
 class SinusoidalTimeEmbedding(nn.Module):
     """t (B,) -> (B, dim): [sin(s t w_i), cos(s t w_i)], w_i = 10000^(-i / (dim/2 - 1)).
@@ -93,7 +95,7 @@ TIME_EMBEDDINGS: dict[str, Callable[..., nn.Module]] = {
 def build_time_embedding(name: str, dim: int) -> nn.Module:
     """The time embedding registered as `name`, t (B,) -> (B, dim)."""
     if name not in TIME_EMBEDDINGS:
-        raise ValueError(f"unknown time_embedding {name!r} (known: {sorted(TIME_EMBEDDINGS)})")
+        raise ConfigError(f"unknown time_embedding {name!r} (known: {sorted(TIME_EMBEDDINGS)})")
     return TIME_EMBEDDINGS[name](dim)
 
 
