@@ -210,6 +210,7 @@ class OnnxPolicy(OnnxModel, QueuedChunkPolicy):
         seed: int = 0,
         n_action_steps: int | None = None,
         threads: int | None = None,
+        noise_scale: float = 1.0,
     ) -> None:
         OnnxModel.__init__(self, path, device=device, threads=threads)
         if RUNNERS.get(self.model_type) is not OnnxPolicy:
@@ -219,7 +220,9 @@ class OnnxPolicy(OnnxModel, QueuedChunkPolicy):
             meta = PolicyMetadata.from_dict(self.model_metadata)
         except ValueError as err:
             raise ModelLoadError(f"{self.path}: {err}") from None
-        QueuedChunkPolicy.__init__(self, meta, seed=seed, n_action_steps=n_action_steps)
+        QueuedChunkPolicy.__init__(
+            self, meta, seed=seed, n_action_steps=n_action_steps, noise_scale=noise_scale
+        )
         self._state: dict[str, np.ndarray] | None = None
         self.last_outputs: dict[str, np.ndarray] = {}
 

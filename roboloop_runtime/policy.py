@@ -163,19 +163,28 @@ class QueuedChunkPolicy:
     """Per-step acting on top of chunk prediction, through one `ActingBuffer`.
 
     Noise for the sampler comes from a seeded numpy Generator, so two implementations of the
-    same model (torch, onnxruntime) given the same seed act identically.
+    same model (torch, onnxruntime) given the same seed act identically. `noise_scale` scales
+    the sampler's start points: 0 integrates the flow from the origin every time, a
+    deterministic policy (for a deterministic expert the noise only adds spread).
     """
 
     metadata: PolicyMetadata
 
     def __init__(
-        self, metadata: PolicyMetadata, seed: int = 0, n_action_steps: int | None = None
+        self,
+        metadata: PolicyMetadata,
+        seed: int = 0,
+        n_action_steps: int | None = None,
+        noise_scale: float = 1.0,
     ) -> None:
         if n_action_steps is not None:
             metadata = PolicyMetadata(
                 **{**metadata.__dict__, "n_action_steps": int(n_action_steps)}
             )
+        if not 0.0 <= noise_scale < float("inf"):
+            raise ValueError(f"noise_scale must be finite and >= 0, got {noise_scale}")
         self.metadata = metadata
+        self.noise_scale = float(noise_scale)
         self.rng = np.random.default_rng(seed)
         self.acting = ActingBuffer(metadata)
 
@@ -192,11 +201,13 @@ class QueuedChunkPolicy:
             self.rng = np.random.default_rng(seed)
 
     def sample_noise(self, batch: int) -> np.ndarray:
-        """Sampler start points ~ N(0, I): (B, *noise_shape) float32; (B, 0) without noise."""
+        """Sampler start points ~ noise_scale N(0, I): (B, *noise_shape) float32; (B, 0)
+        without noise."""
         shape = self.metadata.noise_shape
         if shape is None:
             return np.zeros((batch, 0), np.float32)  # a deterministic model: never fed
-        return self.rng.standard_normal((batch, *shape), dtype=np.float32)
+        noise = self.rng.standard_normal((batch, *shape), dtype=np.float32)
+        return noise * np.float32(self.noise_scale)  # x 1.0 is exact: the default unchanged
 
     def predict_action_chunk(
         self, obs_history: dict[str, np.ndarray], noise: np.ndarray | None = None

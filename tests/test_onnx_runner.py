@@ -250,6 +250,20 @@ def test_policy_action_queue(toy: Path) -> None:
     assert chunk.shape == (5, HORIZON, ACT_DIM)
 
 
+def test_noise_scale_scales_the_sampler_start_points(toy: Path) -> None:
+    """The toy's actions are noise + mean(state): the noise part scales; 0 is deterministic."""
+    obs = {"state": np.full((1, OBS_STEPS, STATE_DIM), 2.0, np.float32)}
+    full = OnnxPolicy(toy, device="cpu", seed=0).predict_action_chunk(obs) - 2.0
+    half = OnnxPolicy(toy, device="cpu", seed=0, noise_scale=0.5).predict_action_chunk(obs) - 2.0
+    assert np.abs(full).max() > 0.1
+    np.testing.assert_allclose(half, 0.5 * full, atol=1e-6)
+    zero = OnnxPolicy(toy, device="cpu", seed=3, noise_scale=0.0)
+    for _ in range(2):
+        np.testing.assert_array_equal(zero.predict_action_chunk(obs), np.full_like(full, 2.0))
+    with pytest.raises(ValueError, match="noise_scale must be finite and >= 0, got -1"):
+        OnnxPolicy(toy, device="cpu", noise_scale=-1.0)
+
+
 def test_runner_is_torch_free() -> None:
     code = (
         "import sys, learning, roboloop_runtime, roboloop_runtime; "

@@ -19,6 +19,13 @@ NaN/Inf, or an inference that raised, gives the safe action for that tick (the c
 the `ModelOutputError`); finite actions outside the bounds are clipped (the command says so). The
 safe action itself is zeros clipped into the bounds, or the last (checked) policy action.
 
+Episode boundaries: a sim (or any source of a done signal) starts its next episode in the same
+tick that ends one, so without a signal the first chunk of an episode would be computed from a
+window holding the previous episode's last frame, after its leftover queued actions.
+`episode_done()` (the node calls it on True from the bridge's done topic) makes `step` wait for
+an observation newer than the last one acted on, then restart history and queue from it, as
+sim evaluation resets the policy per episode.
+
 Rate check: once every key has `RATE_SAMPLES` arrivals after `activate`, `check_rates` compares
 the slowest observation rate with the control rate. Observations slower than the control rate
 (by more than `RATE_TOLERANCE`) mean repeated frames in the history and stale events: that is a
@@ -121,6 +128,9 @@ class PolicyLoop:
         # the open-loop age of later queued actions (which the window above includes).
         self.obs_to_first_action_latency = LatencyWindow(latency_window)
         self._last_chunk_stamp: int | None = None
+        self._pushed_stamp: int | None = None  # newest stamp acted on (pushed to the history)
+        self._episode_end: int | None = None  # episode_done(): act on stamps after this only
+        self.episodes_ended = 0
         self.actions_published = 0
         self.safe_actions_published = 0
         self.stale_events = 0
@@ -152,6 +162,7 @@ class PolicyLoop:
         with self._lock:
             for arrivals in self._arrivals.values():
                 arrivals.clear()
+            self._episode_end = self._pushed_stamp = None
         self.rate_mismatch = ""
         self._rates_checked = False
 
@@ -162,6 +173,13 @@ class PolicyLoop:
         with self._lock:
             self._latest[key] = _Latest(value, stamp_ns, arrival_ns)
             self._arrivals[key].append(arrival_ns)
+
+    def episode_done(self) -> None:
+        """The episode ended: the next observation newer than the last one acted on starts a
+        fresh window and queue (called from a done-topic callback)."""
+        with self._lock:
+            self._episode_end = -1 if self._pushed_stamp is None else self._pushed_stamp
+            self.episodes_ended += 1
 
     def observation_rate_hz(self, key: str) -> float | None:
         """Mean arrival rate of `key` over its last 50 messages (None before two)."""
@@ -193,9 +211,11 @@ class PolicyLoop:
         )
 
     def step(self, now_ns: int, now_mono_ns: int) -> Command | None:
-        """One control tick. None while some observation has never arrived."""
+        """One control tick. None while some observation has never arrived, or after
+        `episode_done()` until the next episode's first observation has."""
         with self._lock:
             latest = dict(self._latest)
+            episode_end = self._episode_end
         if len(latest) < len(self.keys):
             self.state = WAITING
             return None
@@ -207,10 +227,17 @@ class PolicyLoop:
             self.state = STALE
             self.last_stale_keys = stale
             return Command(self._safe_action(), newest_stamp, safe=True, stale_keys=stale)
+        if episode_end is not None:
+            if min(obs.stamp_ns for obs in latest.values()) <= episode_end:
+                return None  # the next episode's first observation is not here yet
+            with self._lock:
+                self._episode_end = None
+            self.reset()  # a new episode: nothing of the last one in the window or queue
         if self.state == STALE:
             self.reset()  # fresh data again: restart from a clean window, not a stale one
         self.state = RUNNING
         self.acting.push({key: obs.value for key, obs in latest.items()})
+        self._pushed_stamp = newest_stamp
         if self.acting.needs_chunk:
             try:
                 self._infer(newest_stamp)
@@ -290,6 +317,7 @@ class PolicyLoop:
             "actions_published": str(self.actions_published),
             "safe_actions_published": str(self.safe_actions_published),
             "stale_events": str(self.stale_events),
+            "episodes_ended": str(self.episodes_ended),
             "last_stale_keys": ",".join(self.last_stale_keys),
             "action_bounds_source": self.guard.source,
             "observation_rate_mismatch": self.rate_mismatch,

@@ -31,6 +31,7 @@ from roboloop_node_common.model_node import ModelNode, ModelParams, model_parame
 from roboloop_node_common.robot_spec import wait_for_spec
 from roboloop_node_common.runtime import run_node
 from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool
 
 from roboloop_policy.control import STALE, Command, PolicyLoop
 from roboloop_policy.observations import (
@@ -49,6 +50,13 @@ from roboloop_runtime.codecs import IMAGE, MessageError, ns_to_stamp, stamp_to_n
 NODE_NAME = "policy_node"
 # Observations are sensor streams: best effort, shallow; the newest sample is all we use.
 OBSERVATION_QOS = qos_profile_sensor_data
+# Episode ends: reliable, as the bridge sends them (its per-step events).
+EPISODE_EVENT_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=10,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
 # Commands: reliable, depth 1 (a queued old command is worse than none).
 COMMAND_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
@@ -63,6 +71,10 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
         inference_threads=0,
     ),
     "seed": (0, "seed of the sampler noise generator"),
+    "noise_scale": (
+        1.0,
+        "sampler start points ~ noise_scale x N(0, I); 0 = deterministic (the flow from 0)",
+    ),
     "observation_namespace": (
         "",
         "'' = observation_topics/observation_keys map topics to keys; else every model "
@@ -93,6 +105,11 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "max_normalized_observation": (
         DEFAULT_MAX_NORMALIZED,
         "reject observations farther than this many std (half-ranges) from the training data",
+    ),
+    "episode_done_topic": (
+        "",
+        "std_msgs/Bool (a sim bridge's <namespace>/done): after True the next observation "
+        "starts a fresh history and chunk, as evaluation resets per episode; '' = not used",
     ),
 }
 
@@ -150,7 +167,11 @@ class ObservationParams(ModelParams):
 
 @dataclass(frozen=True)
 class PolicyParams(ObservationParams):
-    """The policy node's parameters: the observation node's, nothing more."""
+    """The policy node's parameters: the observation node's, the sampler's noise scale and the
+    episode-done topic."""
+
+    noise_scale: float
+    episode_done_topic: str
 
 
 class PolicyNode(ModelNode):
@@ -175,6 +196,7 @@ class PolicyNode(ModelNode):
             device=params.device,
             seed=params.seed,
             threads=params.inference_threads or None,
+            noise_scale=params.noise_scale,
         )
         meta = policy.metadata
         limits = {}
@@ -217,6 +239,12 @@ class PolicyNode(ModelNode):
         self._action_pub = self.create_lifecycle_publisher(
             JointState, params.action_topic, COMMAND_QOS
         )
+        if params.episode_done_topic:
+            self._observation_subs.append(
+                self.create_subscription(
+                    Bool, params.episode_done_topic, self._on_done, EPISODE_EVENT_QOS
+                )
+            )
         for binding in self._bindings:
             msg_type = Image if binding.msg_type == IMAGE else JointState
             self._observation_subs.append(
@@ -281,6 +309,11 @@ class PolicyNode(ModelNode):
             self.warn(f"malformed:{binding.topic}:{err.reason}", text)
             return
         loop.observe(binding.key, value, stamp_ns, arrival_ns)
+
+    def _on_done(self, msg: Any) -> None:
+        loop = self._loop
+        if msg.data and loop is not None:
+            loop.episode_done()
 
     def _on_control_tick(self) -> None:
         with self.lock:

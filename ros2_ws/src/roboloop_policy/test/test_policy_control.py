@@ -116,6 +116,32 @@ def test_node_loop_acts_like_sim_evaluation(tmp_path: Path) -> None:
             np.testing.assert_array_equal(got.action, sim_policy.select_action({"state": state}))
 
 
+def test_episode_done_starts_the_next_episode_afresh(chunked) -> None:
+    """After episode_done() the loop acts as sim evaluation does after reset(): the next
+    episode's first chunk comes from a window of its first frame only, not from the leftover
+    queued action or the last episode's frames; until that frame arrives nothing is published."""
+    path, ref = chunked
+    loop = make_loop(path)
+    rng = np.random.default_rng(5)
+    for i in range(3):  # tick 2 computes a chunk; one of its two actions is still queued
+        now = T0 + i * PERIOD_NS
+        feed(loop, frame(rng), now, now)
+        loop.step(now, now)
+    loop.episode_done()
+    now = T0 + 3 * PERIOD_NS
+    assert loop.step(now, now) is None  # the newest observation is still the last episode's
+    first, second = frame(rng), frame(rng)
+    feed(loop, first, now, now)
+    cmd = loop.step(now + 1000, now + 1000)
+    assert not cmd.safe and cmd.stamp_ns == now and loop.inference_latency.count == 3
+    chunk = expected(ref, [first, first])
+    np.testing.assert_allclose(cmd.action, chunk[0], atol=1e-5)
+    feed(loop, second, now + PERIOD_NS, now + PERIOD_NS)
+    cmd = loop.step(now + PERIOD_NS, now + PERIOD_NS)
+    np.testing.assert_allclose(cmd.action, chunk[1], atol=1e-5)
+    assert loop.diagnostics()["episodes_ended"] == "1"
+
+
 @pytest.mark.parametrize("by", ["stamp", "arrival"])
 def test_watchdog_safe_action_then_recovery_resets_window(chunked, by: str) -> None:
     path, ref = chunked
