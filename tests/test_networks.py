@@ -91,6 +91,19 @@ def test_shape_and_second_time(name: str, embedding: str) -> None:
         assert (net(x, t, c.flip(0)) - plain).abs().max() > 1e-3
 
 
+def test_mlp_loads_weights_saved_before_the_s_input() -> None:
+    net = build("mlp", "sinusoidal")
+    old = {k: v for k, v in net.state_dict().items() if not k.startswith("s_in.")}
+    with torch.no_grad():
+        net.s_in.weight.normal_()  # then loading the old weights must zero it again
+    fresh = build("mlp", "sinusoidal")
+    fresh.load_state_dict(old)
+    net.load_state_dict(old)
+    assert net.s_in.weight.abs().max() == 0
+    x, t, c, s = inputs()
+    torch.testing.assert_close(net(x, t, c, s=s), fresh(x, t, c), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(("name", "embedding"), CASES)
 def test_flow_loss_falls(name: str, embedding: str) -> None:
     """20 Adam steps on one fixed batch of the flow-matching loss, half the rows with s."""

@@ -58,6 +58,11 @@ class MLPVelocityNet(nn.Module):
         self.s_in = nn.Linear(time_embed_dim, self.net[0].out_features, bias=False)
         nn.init.zeros_(self.s_in.weight)
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        # Weights saved before the s input: its zero init is exactly what they computed.
+        state_dict.setdefault(prefix + "s_in.weight", torch.zeros_like(self.s_in.weight))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(
         self,
         x_t: torch.Tensor,
