@@ -1,6 +1,7 @@
 """Reacher-v5 learning check: expert demos -> FBC -> ONNX -> evaluate the EXPORTED policy.
 
     python -m learning.check_reacher [--episodes 50] [--eval-episodes 20] [--out DIR] [k=v ...]
+    python -m learning.check_reacher --image [...]   # from the camera only (IMAGE_OVERRIDES)
 
 Collects expert episodes with `python -m sim.collect`, trains `train_fbc` (extra `key=value`
 arguments are Hydra overrides), exports ONNX, and evaluates the `OnnxPolicy`, a uniform
@@ -19,10 +20,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ENV_ID = "Reacher-v5"
+CAMERA = 64  # rendered frame size of the image check
+# The image check: the policy sees only the 64x64 camera (two frames), never the state (which
+# holds the target's position): a small ResNet18 (widths 16..128, GroupNorm), random 56x56
+# crops in training, the centre crop in the exported graph.
+IMAGE_OVERRIDES = (
+    "data.obs_keys=[image]",
+    "obs_type=image",
+    "rgb_model_name=resnet18",
+    "model.encoder.image_encoder.channels=[16,32,64,128]",
+    "crop_shape=[56,56]",
+    "batch_size=64",
+    "base_lr=3.0e-4",
+)
 
 
-def collect(out: Path, episodes: int, seed: int) -> Path:
+def collect(out: Path, episodes: int, seed: int, camera: int | None = None) -> Path:
     """Expert demonstrations via the sim collector CLI (skipped when `out` already exists)."""
     if not out.exists():
         cmd = [
@@ -39,6 +55,7 @@ def collect(out: Path, episodes: int, seed: int) -> Path:
             str(seed),
             "--out",
             str(out),
+            *(["--camera", str(camera)] if camera else []),
         ]
         subprocess.run(cmd, check=True)
     return out
@@ -51,17 +68,27 @@ def check(
     data_seed: int = 0,
     eval_seed: int = 1000,
     overrides: Sequence[str] = (),
+    camera: int | None = None,
 ) -> dict[str, Any]:
-    """Run the whole check; returns returns/normalized score/timings."""
+    """Run the whole check; returns returns/normalized score/timings. `camera`: record and
+    evaluate with a rendered frame of this size (key `image`)."""
     import sim
+    from learning.checkpoint import torch_load
     from learning.export import export_checkpoint
     from learning.train import compose_config, run
     from roboloop_runtime import OnnxPolicy
-    from sim.evaluate import evaluate_policy, make_expert_policy, normalized_score, random_policy
+    from sim.evaluate import (
+        RandomPolicy,
+        evaluate_policy,
+        make_expert_policy,
+        normalized_score,
+        random_policy,
+    )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    data = collect(out_dir / f"reacher_expert_{episodes}.hdf5", episodes, data_seed)
+    name = f"reacher_expert_{episodes}" + (f"_camera{camera}" if camera else "")
+    data = collect(out_dir / f"{name}.hdf5", episodes, data_seed, camera)
     t1 = time.perf_counter()
     cfg = compose_config(
         "train_fbc",
@@ -75,10 +102,14 @@ def check(
 
     env = sim.make(ENV_ID)  # only for the action space of the random baseline
     env.close()
+    still = np.zeros(env.action_space.shape, np.float32)
     ev = {
-        "policy": evaluate_policy(ENV_ID, policy, eval_episodes, eval_seed),
+        "policy": evaluate_policy(ENV_ID, policy, eval_episodes, eval_seed, camera=camera),
         "random": evaluate_policy(ENV_ID, random_policy(env, seed=0), eval_episodes, eval_seed),
         "expert": evaluate_policy(ENV_ID, make_expert_policy(ENV_ID), eval_episodes, eval_seed),
+        # Zero torque: the arm stays where it starts and pays no control cost. Random pays ~0.7
+        # a step, so `normalized` gives standing still ~0.8; `normalized_vs_still` does not.
+        "still": evaluate_policy(ENV_ID, RandomPolicy(still, still), eval_episodes, eval_seed),
     }
     t3 = time.perf_counter()
     returns = {k: float(v.mean_return) for k, v in ev.items()}
@@ -88,7 +119,12 @@ def check(
         "normalized": float(
             normalized_score(returns["policy"], returns["random"], returns["expert"])
         ),
+        "normalized_vs_still": float(
+            normalized_score(returns["policy"], returns["still"], returns["expert"])
+        ),
         "train_episodes": episodes,
+        "train_steps": int(torch_load(result["last_ckpt"])["global_step"]),
+        "observations": sorted(policy.metadata.observations),
         "eval_episodes": eval_episodes,
         "eval_seeds": [eval_seed, eval_seed + eval_episodes - 1],
         "val_loss": result["metrics"].get("val_loss"),
@@ -108,9 +144,10 @@ def print_table(res: dict[str, Any]) -> None:
     )
     for col in ("policy", "mean return", "success"):
         table.add_column(col)
-    for name in ("expert", "random", "policy"):
+    for name in ("expert", "random", "still", "policy"):
         table.add_row(name, f"{res['returns'][name]:.2f}", f"{res['success'][name]:.2f}")
     table.add_row("normalized", f"{res['normalized']:.3f}", "")
+    table.add_row("normalized vs still", f"{res['normalized_vs_still']:.3f}", "")
     Console().print(table)
     summary = {k: v for k, v in res.items() if k not in ("returns", "success")}
     print(json.dumps(summary | {"policy_success": res["success"]["policy"]}, default=float))
@@ -134,6 +171,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--torch-threads", type=int, default=1, help="small MLPs train fastest on 1 thread"
     )
+    parser.add_argument(
+        "--image",
+        action="store_true",
+        help=f"learn from the {CAMERA}x{CAMERA} camera only (IMAGE_OVERRIDES, then yours)",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for train_fbc")
     args = parser.parse_args(argv)
     import torch
@@ -144,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.episodes,
         args.eval_episodes,
         eval_seed=args.eval_seed,
-        overrides=args.overrides,
+        overrides=[*(IMAGE_OVERRIDES if args.image else ()), *args.overrides],
+        camera=CAMERA if args.image else None,
     )
     print_table(res)
     if res["normalized"] < args.threshold:
