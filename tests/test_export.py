@@ -31,7 +31,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
             f"output_root={tmp}",
             "max_epochs=1",
             f"obs_steps={OBS_STEPS}",
-            f"horizon={HORIZON}",
+            f"horizon_length={HORIZON}",
             f"n_action_steps={N_ACT}",
             "model.network.hidden_dims=[32,32]",
             "model.encoder.image_encoder.channels=[4,8]",

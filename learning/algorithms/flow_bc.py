@@ -66,27 +66,43 @@ class FlowBC(L.LightningModule):
         action_bounds: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if not 1 <= n_action_steps <= horizon:
+            raise ValueError(f"n_action_steps {n_action_steps} is not in [1, horizon {horizon}]")
         # Plain data in hparams (checkpoint, metadata); factories are rebuilt from the config.
         self.save_hyperparameters(ignore=["network", "encoder", "optimizer", "scheduler"])
         self.obs_keys = sorted(obs_specs)
         self.normalizer = Normalizer(normalization)
         self.encoder = encoder(obs_specs=obs_specs, obs_steps=obs_steps)
         self.network = network(
-            obs_dim=self.encoder.out_dim, action_dim=action_dim, horizon=horizon
+            obs_dim=self.encoder.out_dim,
+            action_dim=action_dim,
+            horizon=horizon,
+            obs_steps=obs_steps,
         )
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
 
     # ---- maths ---------------------------------------------------------------------------
+    def normalize_obs(self, obs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """obs[key] (B, obs_steps, *shape) raw -> the same keys normalized (encoder input)."""
+        return {k: self.normalizer.normalize(k, obs[k]) for k in self.obs_keys}
+
     def condition(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """obs[key] (B, obs_steps, *shape) raw -> c (B, obs_feature_dim)."""
-        return self.encoder({k: self.normalizer.normalize(k, obs[k]) for k in self.obs_keys})
+        return self.encoder(self.normalize_obs(obs))
+
+    def endpoints(
+        self, batch: Mapping[str, Any], generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(c, x0, x1): the condition, a noise chunk and the normalized data chunk (B, H, A)."""
+        c = self.condition(batch[OBS])  # first: a random crop draws before the noise
+        x1 = self.normalizer.normalize(ACTIONS, batch[ACTIONS])  # data
+        x0 = torch.randn(x1.shape, generator=generator, device=x1.device)  # noise
+        return c, x0, x1
 
     def loss(
         self, batch: Mapping[str, Any], generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        c = self.condition(batch[OBS])
-        x1 = self.normalizer.normalize(ACTIONS, batch[ACTIONS])  # data  (B, H, A)
-        x0 = torch.randn(x1.shape, generator=generator, device=x1.device)  # noise
+        c, x0, x1 = self.endpoints(batch, generator)
         t = torch.rand(x1.shape[0], generator=generator, device=x1.device)  # t ~ U[0, 1]
         tb = t[:, None, None]
         x_t = (1 - tb) * x0 + tb * x1  # x_t = (1 - t) x0 + t x1
@@ -143,7 +159,11 @@ class FlowBC(L.LightningModule):
             n_action_steps=hp.n_action_steps,
             stats=self.normalizer.stats,
         )
-        return {**fields, "sampler": {"type": "euler", "steps": hp.sampler_steps}}
+        return {**fields, "sampler": self.sampler_metadata()}
+
+    def sampler_metadata(self) -> dict[str, Any]:
+        """How `predict_action_chunk` turns noise into actions (metadata `sampler`)."""
+        return {"type": "euler", "steps": self.hparams.sampler_steps}
 
     def export_graph(self) -> tuple[nn.Module, dict[str, torch.Tensor], list[str]]:
         """(module, example inputs by ONNX name, output names) for `learning.export`."""
