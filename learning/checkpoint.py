@@ -47,6 +47,8 @@ RENAMED_KEYS: dict[str, str | None] = {
     "data.val_split": "data.val_fraction",
     "data.test_split": "data.test_fraction",
     "data.train_split": None,  # train gets the rest
+    # configs/train_{fbc,bc}.yaml (issue 12): the chunk length is the seed's horizon_length.
+    "horizon": "horizon_length",
 }
 # Observation specs stored without a feature type: what the old ObservationEncoder made of the
 # shape's rank, so the rebuilt encoder matches the stored weights.
