@@ -52,6 +52,7 @@ BAD_OUTPUT = "bad_model_output"  # the last chunk was rejected: safe action publ
 SAFE_ACTIONS = ("zeros", "hold")
 RATE_SAMPLES = 20  # arrivals per key after activation before the rates are compared
 RATE_TOLERANCE = 0.2  # observations slower than (1 - this) x the control rate: a mismatch
+PUBLISH_MARGIN = 0.05  # of a period: publish + delivery of an action before the robot's tick
 
 
 class LatencyWindow:
@@ -131,6 +132,7 @@ class PolicyLoop:
         self._pushed_stamp: int | None = None  # newest stamp acted on (pushed to the history)
         self._episode_end: int | None = None  # episode_done(): act on stamps after this only
         self.episodes_ended = 0
+        self.late_chunk_steps = 0  # chunk actions skipped: their step had passed (late_steps)
         self.actions_published = 0
         self.safe_actions_published = 0
         self.stale_events = 0
@@ -240,7 +242,7 @@ class PolicyLoop:
         self._pushed_stamp = newest_stamp
         if self.acting.needs_chunk:
             try:
-                self._infer(newest_stamp)
+                self._infer(newest_stamp, now_ns)
             except ModelOutputError as err:
                 self.state = BAD_OUTPUT
                 return Command(self._safe_action(), newest_stamp, safe=True, fault=err)
@@ -285,8 +287,9 @@ class PolicyLoop:
                 self._last_chunk_stamp = command.stamp_ns
                 self.obs_to_first_action_latency.add(latency)
 
-    def _infer(self, stamp_ns: int) -> None:
-        """Queue the first n_action_steps checked actions of a new chunk (or ModelOutputError)."""
+    def _infer(self, stamp_ns: int, now_ns: int) -> None:
+        """Queue n_action_steps checked actions of a new chunk (or ModelOutputError), from the
+        one for the step they will be applied at (`late_steps`)."""
         batch = self.acting.window()
         start = time.perf_counter()
         try:
@@ -295,7 +298,17 @@ class PolicyLoop:
             raise ModelOutputError("inference_failed", f"{type(err).__name__}: {err}") from err
         self.inference_latency.add(time.perf_counter() - start)
         actions, clipped = self.guard.check_chunk(chunk)
-        self.acting.queue(actions, stamp_ns, clipped)
+        late = self.late_steps(now_ns - stamp_ns)
+        self.late_chunk_steps += late
+        self.acting.queue(actions[late:], stamp_ns, clipped[late:])
+
+    def late_steps(self, age_ns: int) -> int:
+        """Whole control periods between the observation a chunk is computed from and the step
+        its first action will be applied at. The chunk's action k is for step stamp + k periods;
+        an observation a period old (this tick came just before the next one arrived) gets its
+        actions from index 1, not a step late. At most horizon - n_action_steps."""
+        periods = (age_ns * 1e-9 + PUBLISH_MARGIN * self.period_s) // self.period_s
+        return int(min(max(periods, 0), self.meta.horizon - self.meta.n_action_steps))
 
     def diagnostics(self) -> dict[str, str]:
         """Counters and latency percentiles as diagnostic key/values (ms, 3 decimals)."""
@@ -318,6 +331,7 @@ class PolicyLoop:
             "safe_actions_published": str(self.safe_actions_published),
             "stale_events": str(self.stale_events),
             "episodes_ended": str(self.episodes_ended),
+            "late_chunk_steps": str(self.late_chunk_steps),
             "last_stale_keys": ",".join(self.last_stale_keys),
             "action_bounds_source": self.guard.source,
             "observation_rate_mismatch": self.rate_mismatch,

@@ -116,6 +116,28 @@ def test_node_loop_acts_like_sim_evaluation(tmp_path: Path) -> None:
             np.testing.assert_array_equal(got.action, sim_policy.select_action({"state": state}))
 
 
+def test_a_chunk_from_a_period_old_observation_starts_at_the_step_it_acts_on(chunked) -> None:
+    """A tick just before the next observation arrives acts on one a period old: its chunk's
+    action 0 was for the step already passed, so the queue starts at action 1 (not a step late
+    for the whole chunk); a fresh observation starts at action 0."""
+    path, ref = chunked
+    loop = make_loop(path)  # horizon 4, n_action_steps 2: at most 2 late steps
+    rng = np.random.default_rng(6)
+    first, second = frame(rng), frame(rng)
+    feed(loop, first, T0, T0)
+    now = T0 + int(1.2 * PERIOD_NS)
+    cmd = loop.step(now, now)
+    chunk = expected(ref, [first, first])
+    np.testing.assert_allclose(cmd.action, chunk[1], atol=1e-5)
+    feed(loop, second, T0 + PERIOD_NS, now)
+    cmd = loop.step(now + PERIOD_NS, now + PERIOD_NS)
+    np.testing.assert_allclose(cmd.action, chunk[2], atol=1e-5)
+    assert loop.diagnostics()["late_chunk_steps"] == "1"
+    assert [loop.late_steps(int(f * PERIOD_NS)) for f in (0.3, 0.97, 1.5, 2.5, 9.0)] == [
+        0, 1, 1, 2, 2
+    ]  # fmt: skip
+
+
 def test_episode_done_starts_the_next_episode_afresh(chunked) -> None:
     """After episode_done() the loop acts as sim evaluation does after reset(): the next
     episode's first chunk comes from a window of its first frame only, not from the leftover
