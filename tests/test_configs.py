@@ -146,10 +146,20 @@ READ_BY_TRAIN = {"name", "seed", "ckpt_path", "model_dims", "torch_threads", "ru
 READ_BY_TRAIN |= {"model", "online", "env_id", "training"}  # the last 3: learning.online.loop
 
 
+# network_type options and the network each picks (flow-family configs).
+NETWORKS = {
+    p.stem: OmegaConf.load(CONFIG_DIR / "network" / p.name)._target_
+    for p in (CONFIG_DIR / "network_type").glob("*.yaml")
+}
+
+
 @pytest.mark.parametrize("name", ROOT_CONFIGS)
 def test_no_dead_root_keys(name: str) -> None:
     cfg = compose_config(name)
     text = OmegaConf.to_yaml(cfg, resolve=False)
+    if cfg.get("model", {}).get("network", {}).get("_target_") in NETWORKS.values():
+        for net in NETWORKS:  # keys read by a network_type option count (model_dim)
+            text += OmegaConf.to_yaml(compose_config(name, [f"network_type={net}"]), resolve=False)
     dead = [k for k in cfg if k not in READ_BY_TRAIN | {"trainer"} and "${" + k not in text]
     assert not dead, f"{name}: keys nothing reads: {dead}"
 
