@@ -31,6 +31,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -162,6 +163,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
+    except InstantiationException as err:
+        # A model/network/encoder refusing its arguments inside Hydra's instantiate: Hydra wraps
+        # the one-line ConfigError/ValueError in a multi-line message; give the line itself.
+        if not isinstance(err.__cause__, ValueError):
+            raise
+        raise SystemExit(f"learning.train: {err.__cause__}") from None
     except (CheckpointError, ConfigError, DatasetError, NonFiniteError) as err:  # 1 line, exit 1
         raise SystemExit(f"learning.train: {err}") from None
 

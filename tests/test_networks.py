@@ -235,3 +235,18 @@ def test_flow_bc_trains_and_exports(network: str, toy: Path, tmp_path: Path) -> 
     out = tmp_path / f"fbc_{network}.onnx"
     export.export_model(model, out)
     assert export.parity(model, out, batch_sizes=(1, 3)) <= 1e-4
+
+
+def test_cli_bad_network_setting_is_one_line(toy: Path, tmp_path: Path) -> None:
+    """Raised inside Hydra's instantiate, the network's error still reaches the command line
+    as its own one line (Hydra wraps it in several)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "learning.train", "--config-name=train_fbc", f"dataset={toy}"]
+    cmd += ["network_type=chiunet", "horizon_length=12", f"output_root={tmp_path}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("learning.train: ChiUNet: horizon 12 must be a power of 2"), last
+    assert "Traceback" not in proc.stderr and "Error in call to target" not in proc.stderr
