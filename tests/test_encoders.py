@@ -19,6 +19,7 @@ from learning.checkpoint import CONFIG_KEY, MODEL_KWARGS_KEY, CheckpointError, u
 from learning.data.episode_datamodule import EpisodeDataModule
 from learning.export import export_model, parity
 from learning.networks.encoders import IMAGE_ENCODERS, ImageCrop, ObservationEncoder
+from learning.networks.resnet import SpatialSoftmax
 from learning.train import compose_config
 
 SMALL = {"conv": [8, 16], "resnet18": [16] * 4, "resnet34": [16] * 4, "resnet50": [16] * 4}
@@ -211,3 +212,15 @@ def test_checkpoint_from_before_the_step_major_layout_is_refused() -> None:
         CONFIG_KEY: {"model": {"obs_steps": 2, "encoder": {**encoder, "low_dim_encoder": {}}}}
     }
     assert upgrade_checkpoint({**today, MODEL_KWARGS_KEY: two_keys}, "new.ckpt")
+
+
+def test_spatial_softmax_pool_gives_where_the_features_are() -> None:
+    pool = SpatialSoftmax(channels=1, keypoints=1)
+    nn.init.ones_(pool.conv.weight), nn.init.zeros_(pool.conv.bias)
+    x = torch.zeros(1, 1, 4, 5)
+    x[0, 0, 0, 4] = 50.0  # top row, right column
+    assert torch.allclose(pool(x), torch.tensor([[1.0, -1.0]]), atol=1e-4)  # (x, y)
+    net = IMAGE_ENCODERS["resnet18"](image_shape=(32, 32, 3), pool="spatial_softmax", keypoints=8)
+    assert net.out_dim == 16 and net(torch.rand(2, 32, 32, 3)).shape == (2, 16)
+    with pytest.raises(ValueError, match="pool 'max' is not one of"):
+        IMAGE_ENCODERS["resnet18"](image_shape=(32, 32, 3), pool="max")
