@@ -1,13 +1,15 @@
 """The main job: the whole robot-learning loop over ROS 2, on an embedded default (Reacher-v5).
 
-    python -m demo.loop [--episodes 30] [--eval-episodes 10] [--max-epochs 60] [--out DIR]
+    python -m demo.loop [--episodes 80] [--eval-episodes 10] [--max-epochs 450] [--out DIR]
 
 1. record   sim_bridge (scripted expert) + recorder, started from launch/sim.launch.py and
             launch/record.launch.py, write N expert episodes over DDS -> expert.hdf5
+            (at the env's real time: the bridge's expert needs no headroom for a policy)
 2. inspect  the dataset `info` table
 3. train    flow-matching BC (`python -m learning.train --config-name=train_fbc`)
 4. export   ONNX with the sampler unrolled + metadata (`python -m learning.export`)
-5. serve    launch/loop.launch.py: policy_node drives sim_bridge, the recorder saves the rollouts
+5. serve    launch/loop.launch.py: policy_node (deterministic sampling) drives sim_bridge at
+            real_time_factor 0.4, the recorder saves the rollouts
 6. report   expert / random / policy return on the same seeds, normalized score, success rate,
             obs->action latency p50/p99 from the policy node's diagnostics, drop/stale counts.
 
@@ -28,6 +30,25 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_SEED = 1000  # policy/expert/random evaluation seeds (held out from the demos' 0..N-1)
+# The bridge runs the expert itself, so recording needs no headroom for a policy: Reacher's own
+# 50 Hz (1 episode/s) instead of sim_bridge.yaml's 0.4; the recorder's stamp tolerance follows
+# the shorter period. Serving keeps 0.4.
+RECORD_REAL_TIME_FACTOR = 1.0
+RECORD_MAX_AGE_S = 0.4 / (50.0 * RECORD_REAL_TIME_FACTOR)  # 0.4 period, as recorder.yaml at 0.4
+# What brings the policy to the expert's 2 cm (README "Known limits"; in-process success on 30
+# held-out seeds): more demonstrations (30: 0.25-0.57, 80-100: 0.87-0.93), every episode in
+# training (no validation split: the last checkpoint is served), 450 epochs at twice the learning
+# rate (train_fbc: 300 at 1e-3), one action executed per chunk (receding horizon) and
+# deterministic sampling (the expert is deterministic: sampler noise only spread the final
+# position): 0.97 (training seeds 42, 1, 2: see the README).
+TRAIN_OVERRIDES = [
+    "data.obs_keys=[state]",  # policy_node's default topics (config/policy.yaml)
+    "data.val_fraction=0.0",
+    "trainer.callbacks.model_checkpoint.save_top_k=0",  # no validation loss: keep last.ckpt
+    "base_lr=2.0e-3",
+    "n_action_steps=1",
+]
+POLICY_PARAMS = {"noise_scale": 0.0}
 
 
 def _ros_environment() -> None:
@@ -100,8 +121,13 @@ def run_nodes_until(
     log_dir: Path,
     timeout_s: float,
     label: str,
+    node_params: dict[str, dict[str, Any]] | None = None,
 ) -> None:
-    """Start every node of the launch files, wait until `dataset` holds `episodes`, stop all."""
+    """Start every node of the launch files, wait until `dataset` holds `episodes`, stop all.
+
+    `node_params[executable]` overrides parameters of that executable's nodes (after their
+    parameter files, as `-p name:=value` would).
+    """
     from roboloop_bringup.launch_standin import load_launch_file
     from tqdm import tqdm
 
@@ -113,6 +139,7 @@ def run_nodes_until(
         for launch_name, args in launch_files:
             info = load_launch_file(REPO / "launch" / launch_name, args)
             for node in info.nodes:
+                node.params.update((node_params or {}).get(node.executable, {}))
                 if node.executable == "sim_bridge":
                     # Start the first episode only once the recorder listens on every topic.
                     node.params["wait_for_subscribers"] = 1
@@ -150,9 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--episodes", type=int, default=30, help="expert episodes to record")
+    parser.add_argument("--episodes", type=int, default=80, help="expert episodes to record")
     parser.add_argument("--eval-episodes", type=int, default=10, help="policy episodes over ROS")
-    parser.add_argument("--max-epochs", type=int, default=None, help="override train_fbc epochs")
+    parser.add_argument("--max-epochs", type=int, default=450, help="train_fbc epochs")
     parser.add_argument("--out", type=Path, default=None, help="output folder")
     args = parser.parse_args(argv)
     _ros_environment()
@@ -191,20 +218,23 @@ def main(argv: list[str] | None = None) -> int:
         out / "logs" / "record",
         timeout_s=60 + 10 * args.episodes,
         label="recording",
+        node_params={
+            "sim_bridge": {"real_time_factor": RECORD_REAL_TIME_FACTOR},
+            "recorder": {"max_age_s": RECORD_MAX_AGE_S},
+        },
     )
     record_s = time.perf_counter() - t0
     dataset_cli(["info", str(expert_data), "--max-episodes", "5"])
 
     stage("2/5 train flow-matching BC (learning.train --config-name=train_fbc)")
-    # State-only policy, matching policy_node's default observation topics (config/policy.yaml);
-    # the recorded camera images stay in the dataset for image policies.
+    # State-only policy (TRAIN_OVERRIDES); the recorded camera images stay in the dataset for
+    # image policies.
     overrides = [
         f"dataset={expert_data}",
-        "data.obs_keys=[state]",
+        *TRAIN_OVERRIDES,
+        f"max_epochs={args.max_epochs}",
         f"output_root={out / 'outputs'}",
     ]
-    if args.max_epochs is not None:
-        overrides.append(f"max_epochs={args.max_epochs}")
     t0 = time.perf_counter()
     result = run(compose_config("train_fbc", overrides))
     train_s = time.perf_counter() - t0
@@ -234,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             out / "logs" / "serve",
             timeout_s=60 + 10 * args.eval_episodes,
             label="policy episodes",
+            node_params={"policy_node": POLICY_PARAMS},
         )
         policy_diag = monitor.find("policy")
     finally:
@@ -284,6 +315,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{policy_diag.get('inference_latency_p99_ms', '?')}",
         ),
         ("execution provider", policy_diag.get("execution_provider", "?")),
+        (
+            "chunk actions skipped as late / episode ends seen (policy node)",
+            f"{policy_diag.get('late_chunk_steps', '?')} / "
+            f"{policy_diag.get('episodes_ended', '?')}",
+        ),
         ("recorder dropped / stale / invalid steps", f"{dropped} / {stale} / {invalid}"),
         (
             "time: record / train / serve / total (s)",
