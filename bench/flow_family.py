@@ -65,15 +65,15 @@ class Agent:
 AGENTS = {
     "BC": Agent("train_bc"),
     "FBC-MLP": Agent("train_fbc", ("network_type=mlp",)),
-    # CPU sizes: at their defaults a batch-256 step costs ~0.7 s (ChiUNet) and ~5 s
-    # (ChiTransformer) on this CPU (docs/training.md#networks).
-    "FBC-ChiUNet": Agent("train_fbc", ("network_type=chiunet", "model_dim=32", "emb_dim=128")),
+    # CPU sizes: at their defaults a batch-256 step costs ~0.7 s (ChiUNet), ~5 s
+    # (ChiTransformer) and ~0.2 s (FQL, 4x512 critics) on this CPU; here ~0.05-0.1 s each.
+    "FBC-ChiUNet": Agent("train_fbc", ("network_type=chiunet", "model_dim=32", "emb_dim=64")),
     "FBC-ChiTransformer": Agent(
-        "train_fbc", ("network_type=chitransformer", "emb_dim=128", "num_layers=2")
+        "train_fbc", ("network_type=chitransformer", "emb_dim=64", "num_layers=2")
     ),
     "MFBC": Agent("train_mfbc"),
     "IMFBC": Agent("train_imfbc"),
-    "FQL": Agent("train_fql"),
+    "FQL": Agent("train_fql", ("model.critic.hidden_dims=[256,256,256,256]",)),
 }
 
 
