@@ -61,13 +61,19 @@ def test_network_x_encoder_shapes_and_a_step_that_learns(
     obs = {k: v[:2] for k, v in batch["obs"].items()}
     assert model.predict_action_chunk(obs, noise).shape == (2, cfg.horizon_length, ACT_DIM)
 
+    assert_a_step_learns(model, batch)
+
+
+def assert_a_step_learns(model: torch.nn.Module, batch: dict, steps: int = 5) -> None:
+    """The model's loss on `batch` is lower after a few Adam steps (same crops and noise)."""
+
     def loss() -> torch.Tensor:
         torch.manual_seed(1)  # the same crops and noise at every evaluation
         return model.loss(batch, generator=torch.Generator().manual_seed(1))
 
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     before = loss().item()
-    for _ in range(5):
+    for _ in range(steps):
         opt.zero_grad()
         loss().backward()
         opt.step()

@@ -101,6 +101,7 @@ def test_an_image_policy_trains_on_a_generated_camera_dataset(tmp_path) -> None:
     image FBC (the camera alone) whose loss falls on a fixed batch."""
     import torch
     from hydra.utils import instantiate
+    from test_flow_family_grid import assert_a_step_learns
 
     from learning.train import compose_config
 
@@ -117,16 +118,4 @@ def test_an_image_policy_trains_on_a_generated_camera_dataset(tmp_path) -> None:
     torch.manual_seed(0)
     model = instantiate(cfg.model, _convert_="all", **dm.model_kwargs())
     assert model.obs_keys == ["image"]
-    batch = next(iter(dm.train_dataloader()))
-
-    def loss() -> torch.Tensor:
-        torch.manual_seed(1)  # the same crops and noise at every evaluation
-        return model.loss(batch, generator=torch.Generator().manual_seed(1))
-
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    before = loss().item()
-    for _ in range(5):
-        opt.zero_grad()
-        loss().backward()
-        opt.step()
-    assert loss().item() < before
+    assert_a_step_learns(model, next(iter(dm.train_dataloader())))
