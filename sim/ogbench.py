@@ -78,6 +78,9 @@ class OGBenchEnv(gym.Env):
         self, *, seed: int | None = None, options: dict | None = None
     ) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)  # Gymnasium's contract; OGBench seeds its own generator
+        # OGBench's resets take a few settling steps from `action_space.sample()`, a generator
+        # nothing seeds: seed it from ours, or two envs reset with one seed start apart.
+        self.env.action_space.seed(int(self.np_random.integers(2**31)))
         ob, info = self.env.reset(seed=seed, options=options)
         self.success = False
         return ob, info
