@@ -39,7 +39,9 @@ def test_same_seed_same_episode_start_in_two_envs(env_id: str) -> None:
         a, _ = first.reset(seed=seed)
         b, _ = second.reset(seed=seed)
         for _ in range(3):  # the settling steps' controls act on
-            np.testing.assert_array_equal(a["state"], b["state"])
+            # 1e-9: scene's contacts have given -4e-23 against 0 between two such envs; an
+            # unseeded settling step moved a reading by 0.03
+            np.testing.assert_allclose(a["state"], b["state"], rtol=0, atol=1e-9)
             a, b = first.step(hold)[0], second.step(hold)[0]
     first.close()
     second.close()
