@@ -7,7 +7,10 @@ Every `<env>-singletask-task<k>-v0` of OGBench's manipulation suites is a worksp
 (`sim.make("cube-single-singletask-task1-v0")`): `{"state": float32}` is OGBench's state
 observation, `info["is_success"]` its task success, the episode ends at the goal and after
 OGBench's step limit, and `camera=` renders its `front_pixels` camera through the workspace
-camera wrapper. `ogbench` (MIT) is imported only when such a task is built.
+camera wrapper. Each task also has a sparse variant, `<task>-sparse-v0` (e.g.
+`scene-singletask-task2-sparse-v0`): reward -1 on every step until the task is solved, 0 when it
+is (Q-chunking's `sparse` setting: `(reward != 0) * -1`). `ogbench` (MIT) is imported only when
+such a task is built.
 
 Datasets are generated here, no download: OGBench's own scripted oracles act in its
 data-collection mode, where each oracle chases a random target and a new target is drawn when it
@@ -17,8 +20,10 @@ Gaussian action noise 0.2: OGBench's two dataset kinds. Rewards are labelled for
 named by --env with OGBench's `relabel_dataset` (reward = solved subtasks − subtasks, 0 when the
 task is solved); the file's env_args name that task, so evaluation builds it. OGBench also
 stops bootstrapping at solved states (its `masks`); the workspace format ends episodes only at
-their last step, so here a solved state is only a reward of 0. Episode i is seeded with
-seed + i (env and oracle), so a generation is reproducible.
+their last step, so here a solved state is only a reward of 0, unless `--split-at-success`
+ends the episode there (terminated, as the task's env ends at the goal) and starts a new one at
+the next unsolved step. Episode i is seeded with seed + i (env and oracle), so a generation is
+reproducible.
 """
 
 from __future__ import annotations
@@ -58,8 +63,9 @@ class OGBenchEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, ogbench_id: str, **kwargs: Any) -> None:
+    def __init__(self, ogbench_id: str, sparse: bool = False, **kwargs: Any) -> None:
         _import_ogbench()
+        self.sparse = sparse
         self.env = gym.make(ogbench_id, **kwargs).unwrapped
         self.observation_space = self.env.observation_space
         self.action_space = self.env.action_space
@@ -88,7 +94,28 @@ class OGBenchEnv(gym.Env):
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
         ob, reward, terminated, truncated, info = self.env.step(action)
         self.success = bool(info.get("success", False))
-        return ob, float(reward), terminated, truncated, info
+        return (
+            ob,
+            sparse_reward(reward) if self.sparse else float(reward),
+            terminated,
+            truncated,
+            info,
+        )
+
+
+def sparse_reward(reward: Any) -> Any:
+    """Q-chunking's sparse reward: -1 until the task is solved (OGBench's reward 0), then 0."""
+    if np.ndim(reward):
+        return np.where(np.asarray(reward) != 0.0, -1.0, 0.0)
+    return -1.0 if reward != 0.0 else 0.0
+
+
+SPARSE = "-sparse-v0"  # suffix of the sparse variant of a task id
+
+
+def _dense_id(env_id: str) -> str:
+    """The OGBench task id of a workspace task id (its sparse variant maps to the same)."""
+    return env_id[: -len(SPARSE)] + "-v0" if env_id.endswith(SPARSE) else env_id
 
 
 def _suite_of(env_id: str) -> str:
@@ -101,18 +128,19 @@ def _suite_of(env_id: str) -> str:
 TASK_IDS = [
     f"{suite}-singletask-task{k}-v0" for suite in SUITES for k in range(1, TASKS_PER_SUITE + 1)
 ]
+SPARSE_TASK_IDS = [env_id[: -len("-v0")] + SPARSE for env_id in TASK_IDS]
 
 
 def register() -> None:
     """Register every single-task env as a workspace task (idempotent; ogbench not imported)."""
     from sim.envs import TaskSpec, register_task
 
-    for env_id in TASK_IDS:
+    for env_id in TASK_IDS + SPARSE_TASK_IDS:
         register_task(
             env_id,
             TaskSpec(
                 "",
-                factory=partial(OGBenchEnv, env_id),
+                factory=partial(OGBenchEnv, _dense_id(env_id), sparse=env_id.endswith(SPARSE)),
                 camera={"fixed": CAMERA},
                 success=lambda env: env.success,
                 max_episode_steps=SUITES[_suite_of(env_id)],
@@ -155,9 +183,12 @@ def generate(
     episode_steps: int = 1000,
     camera: int | None = None,
     progress: bool = True,
+    split_at_success: bool = False,
 ) -> list[str]:
     """Write `episodes` oracle episodes of `episode_steps` steps to `out`, rewards labelled for
-    `env_id`; returns the episode names (appended if `out` exists)."""
+    `env_id` (sparse for a sparse variant); returns the episode names (appended if `out`
+    exists). `split_at_success`: each run ends, terminated, at its first solved step (module
+    docstring)."""
     import sim
     from sim.spec import env_spec
     from sim.wrappers import CameraObservation, DictObservation
@@ -206,23 +237,54 @@ def generate(
                     oracle = oracles[target_info["privileged/target_task"]]
                     oracle.reset(target_ob, target_info)
             labels = {k: np.asarray(steps[k]) for k in ("qpos", "button_states")}
-            relabel_dataset(env_id, task_base, labels)
-            dones = np.zeros(episode_steps, bool)
-            dones[-1] = True
-            names.append(
-                writer.write_episode(
-                    obs={k: np.stack([o[k] for o in steps["obs"]]) for k in spec.obs_specs},
-                    actions=np.stack(steps["actions"]),
-                    rewards=labels["rewards"],
-                    dones=dones,
-                    metadata={"seed": seed + i, "terminated": False, "kind": kind},
-                )
+            relabel_dataset(_dense_id(env_id), task_base, labels)
+            solved = labels["rewards"] == 0.0
+            rewards = (
+                sparse_reward(labels["rewards"]) if env_id.endswith(SPARSE) else labels["rewards"]
             )
+            obs = {k: np.stack([o[k] for o in steps["obs"]]) for k in spec.obs_specs}
+            actions = np.stack(steps["actions"])
+            for start, stop, terminated in _runs(solved, split_at_success):
+                dones = np.zeros(stop - start, bool)
+                dones[-1] = True
+                names.append(
+                    writer.write_episode(
+                        obs={k: v[start:stop] for k, v in obs.items()},
+                        actions=actions[start:stop],
+                        rewards=np.asarray(rewards[start:stop], np.float32),
+                        dones=dones,
+                        metadata={
+                            "seed": seed + i,
+                            "terminated": terminated,
+                            "kind": kind,
+                            "first_step": start,
+                        },
+                    )
+                )
     finally:
         writer.close()
         env.close()
         task_env.close()
     return names
+
+
+def _runs(solved: np.ndarray, split: bool) -> list[tuple[int, int, bool]]:
+    """(start, stop, terminated) of the episodes one collection run becomes: the whole run, or
+    (split) stretches that each end at their first solved step; solved steps right after it
+    start nothing (each would be a one-step episode of an already solved task)."""
+    n = len(solved)
+    if not split:
+        return [(0, n, False)]
+    runs, start = [], 0
+    while start < n:
+        if solved[start]:
+            start += 1
+            continue
+        hits = np.flatnonzero(solved[start:])
+        stop = start + int(hits[0]) + 1 if hits.size else n
+        runs.append((start, stop, bool(hits.size)))
+        start = stop
+    return runs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -238,6 +300,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="first episode seed")
     parser.add_argument("--out", required=True, help="dataset file (.hdf5); appended if it exists")
     parser.add_argument("--camera", type=int, default=None, help="add an rgb image of this size")
+    parser.add_argument(
+        "--split-at-success",
+        action="store_true",
+        help="end an episode (terminated) at each first solved step, as the task's env does",
+    )
     args = parser.parse_args(argv)
     try:
         names = generate(
@@ -248,6 +315,7 @@ def main(argv: list[str] | None = None) -> None:
             args.out,
             args.episode_steps,
             args.camera,
+            split_at_success=args.split_at_success,
         )
     except (ValueError, ImportError, OSError) as err:
         parser.exit(2, f"sim.ogbench: error: {err}\n")

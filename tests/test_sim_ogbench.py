@@ -98,6 +98,33 @@ def test_noisy_rewards_mark_the_steps_where_the_cube_is_on_the_tasks_target(tmp_
     assert np.abs(ep["actions"]).max() <= 1.0
 
 
+def test_the_sparse_variant_and_episodes_split_at_success(tmp_path) -> None:
+    """`-sparse-v0`: -1 until solved, 0 then (env and data); `split_at_success` ends each
+    episode, terminated, at its first solved step and keeps the steps and actions in order."""
+    sparse = CUBE.replace("-v0", "-sparse-v0")
+    env = sim.make(sparse)
+    env.reset(seed=0)
+    assert env.step(np.zeros(5, np.float32))[1] == -1.0  # the cube starts off its target
+    env.close()
+    (dense,) = generate(CUBE, "noisy", 1, 0, tmp_path / "d.hdf5", 1000, progress=False)
+    whole = _episode(tmp_path / "d.hdf5", dense)
+    solved = whole["rewards"] == 0.0
+    path = tmp_path / "s.hdf5"
+    names = generate(sparse, "noisy", 1, 0, path, 1000, progress=False, split_at_success=True)
+    reader = EpisodeReader(path)
+    assert reader.env_args["env_name"] == sparse
+    ended = 0
+    for name in names:
+        first, ep = reader.episode_metadata(name)["first_step"], _episode(path, name)
+        rows = slice(first, first + len(ep["rewards"]))
+        np.testing.assert_array_equal(ep["actions"], whole["actions"][rows])
+        np.testing.assert_array_equal(ep["rewards"], np.where(solved[rows], 0.0, -1.0))
+        if reader.episode_metadata(name)["terminated"]:
+            ended += 1
+            assert ep["rewards"][-1] == 0.0 and (ep["rewards"][:-1] == -1.0).all()
+    assert ended >= 1 and len(names) > ended  # solved at least once, and a run went on after
+
+
 def test_the_cli_writes_a_summary_and_bad_input_is_one_line(tmp_path, capsys) -> None:
     out = tmp_path / "cli.hdf5"
     main(
