@@ -18,6 +18,11 @@ Every chunk passes `safety.ActionGuard` before it is queued: a chunk of the wron
 NaN/Inf, or an inference that raised, gives the safe action for that tick (the command carries
 the `ModelOutputError`); finite actions outside the bounds are clipped (the command says so). The
 safe action itself is zeros clipped into the bounds, or the last (checked) policy action.
+A value the graph returns beside its chunk (`CHUNK_VALUES`: a best_of_n model's chosen `q`) is
+checked with it, one finite number, and reported on diagnostics; a non-finite one rejects the
+whole chunk like a non-finite action. A best_of_n chunk runs open-loop like any other: its first
+`n_action_steps` (the export sets the horizon) are queued and no inference runs until they are
+spent.
 
 Episode boundaries: a sim (or any source of a done signal) starts its next episode in the same
 tick that ends one, so without a signal the first chunk of an episode would be computed from a
@@ -43,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from roboloop_policy.safety import ActionGuard
-from roboloop_runtime import ActingBuffer, ChunkPolicy, ModelOutputError
+from roboloop_runtime import Q_OUTPUT, ActingBuffer, ChunkPolicy, ModelOutputError, check_output
 
 WAITING = "waiting_for_observations"  # some key never received: nothing is published
 RUNNING = "running"
@@ -53,6 +58,9 @@ SAFE_ACTIONS = ("zeros", "hold")
 RATE_SAMPLES = 20  # arrivals per key after activation before the rates are compared
 RATE_TOLERANCE = 0.2  # observations slower than (1 - this) x the control rate: a mismatch
 PUBLISH_MARGIN = 0.05  # of a period: publish + delivery of an action before the robot's tick
+# Graph outputs beside the actions, one value per row, checked with the chunk and reported:
+# output name -> diagnostics key (extend here, not with model-type branches).
+CHUNK_VALUES = {Q_OUTPUT: "chosen_q"}
 
 
 class LatencyWindow:
@@ -69,6 +77,19 @@ class LatencyWindow:
     def percentile_ms(self, q: float) -> float | None:
         values = list(self._values)  # copy: the control thread keeps appending
         return float(np.percentile(values, q) * 1e3) if values else None
+
+
+@dataclass
+class ChunkValue:
+    """One CHUNK_VALUES output over the chunks: the latest accepted value and counts."""
+
+    latest: float | None = None
+    count: int = 0  # chunks whose value was finite (and queued)
+    rejected: int = 0  # chunks rejected for a non-finite or misshapen value
+
+    def accept(self, value: float) -> None:
+        self.latest = value
+        self.count += 1
 
 
 @dataclass(frozen=True)
@@ -139,6 +160,7 @@ class PolicyLoop:
         self.last_stale_keys: tuple[str, ...] = ()
         self.rate_mismatch = ""  # set by check_rates
         self._rates_checked = False
+        self.chunk_values: dict[str, ChunkValue] = {}  # diagnostics key -> latest and counts
 
     def warm_up(self) -> float:
         """One inference on zeros so the first real one is not slow; returns its seconds.
@@ -156,6 +178,7 @@ class PolicyLoop:
         elapsed = time.perf_counter() - start
         self.policy.reset()
         self.guard.check_chunk(chunk)
+        self._chunk_values()
         return elapsed
 
     def activate(self) -> None:
@@ -298,9 +321,27 @@ class PolicyLoop:
             raise ModelOutputError("inference_failed", f"{type(err).__name__}: {err}") from err
         self.inference_latency.add(time.perf_counter() - start)
         actions, clipped = self.guard.check_chunk(chunk)
+        for key, value in self._chunk_values().items():
+            self.chunk_values[key].accept(value)
         late = self.late_steps(now_ns - stamp_ns)
         self.late_chunk_steps += late
         self.acting.queue(actions[late:], stamp_ns, clipped[late:])
+
+    def _chunk_values(self) -> dict[str, float]:
+        """The CHUNK_VALUES outputs of the last inference, each checked: one finite number,
+        else ModelOutputError (counted as rejected)."""
+        outputs = getattr(self.policy, "last_outputs", {})
+        values = {}
+        for name, key in CHUNK_VALUES.items():
+            if name not in outputs:
+                continue
+            tracker = self.chunk_values.setdefault(key, ChunkValue())
+            try:
+                values[key] = float(check_output(name, outputs[name], (1,))[0])
+            except ModelOutputError:
+                tracker.rejected += 1
+                raise
+        return values
 
     def late_steps(self, age_ns: int) -> int:
         """Whole control periods between the observation a chunk is computed from and the step
@@ -338,4 +379,8 @@ class PolicyLoop:
         }
         for key in self.keys:
             values[f"observation_rate_hz:{key}"] = num(self.observation_rate_hz(key), ".1f")
+        for key, tracker in self.chunk_values.items():
+            values[key] = num(tracker.latest, ".6g")
+            values[f"{key}_count"] = str(tracker.count)
+            values[f"{key}_rejected"] = str(tracker.rejected)
         return values
