@@ -1,0 +1,285 @@
+"""Q-chunking's agents (learning/algorithms/qchunking.py): the chunked TD target by hand, the
+loss that is one mean over critics, gradients that stay in their part, the Polyak step,
+best-of-N under a known critic, a bimodal bandit learned offline, acting open-loop, export."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.fabric import Fabric
+
+from learning.algorithms.qchunking import ACRLPD, QCFQL, CriticEnsemble
+from learning.data.keys import ACTIONS, BOOTSTRAP, CHUNK_RETURN, NEXT_OBS, OBS, VALID
+from learning.networks.encoders import ObservationEncoder
+from learning.networks.flow_policy import EncoderFlowPolicy, FlowPolicy, euler_chunks
+from learning.networks.mlp import MLPVelocityNet
+from learning.online.algorithm import Transition
+from learning.online.chunk_replay import ChunkReplay
+
+SPECS = {"state": {"shape": [3], "dtype": "float32", "feature_type": "low_dim"}}
+BOUNDS = {"low": [-2.0, -1.0], "high": [2.0, 1.0], "source": "env"}
+H, A = 3, 2
+
+
+def encoder(**kwargs):
+    return ObservationEncoder(**kwargs)
+
+
+def policy(hidden=(32, 32), **kwargs):
+    network = functools.partial(MLPVelocityNet, hidden_dims=hidden, time_embed_dim=16)
+    return EncoderFlowPolicy(encoder=encoder, network=network, **kwargs)
+
+
+def make(cls=ACRLPD, specs=SPECS, bounds=BOUNDS, horizon=H, hidden=(32, 32), **kwargs):
+    torch.manual_seed(0)
+    defaults = dict(
+        num_critics=3,
+        critic_hidden_dims=(16, 16),
+        best_of_n_samples=4,
+        flow_steps=3,
+        batch_size=8,
+        entropy_samples=4,
+    )
+    return cls(
+        obs_specs=specs,
+        action_dim=len(bounds["low"]),
+        action_bounds=bounds,
+        policy=functools.partial(policy, hidden=hidden),
+        critic_encoder=encoder,
+        horizon_length=horizon,
+        **{**defaults, **kwargs},
+    )
+
+
+def batch(rows: int = 3, seed: int = 1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        OBS: {"state": torch.randn(rows, 1, 3, generator=g)},
+        NEXT_OBS: {"state": torch.randn(rows, 1, 3, generator=g)},
+        ACTIONS: torch.rand(rows, H, A, generator=g) * 2 - 1,
+        CHUNK_RETURN: torch.tensor([0.5, -1.0, 2.0])[:rows],
+        BOOTSTRAP: torch.tensor([0.0, 1.0, 1.0])[:rows],  # a termination inside the chunk
+        VALID: torch.tensor([1.0, 0.0, 1.0])[:rows],  # a time limit before the chunk's end
+    }
+
+
+class Fixed:
+    """A storage that always gives the same batch (the agent's hooks without a replay)."""
+
+    def __init__(self, data: dict) -> None:
+        self.data = data
+
+    def sample(self, n: int) -> dict:
+        return self.data
+
+    def __len__(self) -> int:
+        return 10**6
+
+
+def member_q(ens: CriticEnsemble, j: int, x: torch.Tensor) -> torch.Tensor:
+    """Critic j by hand: Linear -> LayerNorm(affine j) -> GELU ..., its own weight slices."""
+    layers = list(ens.hidden)
+    for i in range(0, len(layers), 3):
+        lin, norm = layers[i], layers[i + 1]
+        x = x @ lin.weight[j] + lin.bias[j, 0]
+        x = F.layer_norm(x, x.shape[-1:]) * norm.weight[j, 0] + norm.bias[j, 0]
+        x = F.gelu(x)
+    return (x @ ens.head.weight[j] + ens.head.bias[j, 0]).squeeze(-1)
+
+
+@pytest.mark.parametrize("q_agg", ["mean", "min"])
+def test_chunked_target_and_critic_loss_by_hand(q_agg: str) -> None:
+    agent = make(q_agg=q_agg, discount=0.9)
+    b = batch()
+    noise = torch.randn(3, 4, H, A, generator=torch.Generator().manual_seed(5))
+    y = agent.td_targets(b, noise)
+
+    # by hand: N Euler samples per next state, argmax of the ONLINE mean Q, target critics
+    pol, k = agent.policy, agent.hparams.num_critics
+    expected = []
+    for row in range(3):
+        s = {"state": b[NEXT_OBS]["state"][row : row + 1]}
+        x = noise[row]
+        ctx = pol.prefix(s).expand(4, -1)
+        for step in range(3):
+            x = x + pol.velocity(x, torch.full((4,), step / 3), ctx) / 3
+        cand = x.clamp(-1, 1)
+        feats = torch.cat([ctx, cand.flatten(1)], 1)
+        q_online = torch.stack([member_q(agent.critic.ensemble, j, feats) for j in range(k)])
+        best = cand[q_online.mean(0).argmax()]
+        tf = torch.cat([agent.critic_target.features(s), best.flatten()[None]], 1)
+        q_next = torch.stack([member_q(agent.critic_target.ensemble, j, tf) for j in range(k)])
+        agg = q_next.mean() if q_agg == "mean" else q_next.min()
+        expected.append(b[CHUNK_RETURN][row] + 0.9**H * b[BOOTSTRAP][row] * agg)
+    expected = torch.stack(expected)
+    torch.testing.assert_close(y, expected, rtol=0, atol=1e-6)
+    assert y[0] == pytest.approx(0.5, abs=1e-6)  # terminated: the chunk's return alone
+
+    # L_Q = mean over critics and rows of VALID (Q_j - y)^2: not summed over the K critics
+    loss, _ = agent.critic_loss(b, agent.normalize_obs(b[OBS]), agent.to_normalized(b[ACTIONS]), y)
+    a = agent.to_normalized(b[ACTIONS])
+    feats = torch.cat([b[OBS]["state"][:, 0], a.flatten(1)], 1)
+    q = torch.stack([member_q(agent.critic.ensemble, j, feats) for j in range(k)])
+    manual = sum((b[VALID] * (q[j] - expected) ** 2).sum() for j in range(k)) / (k * 3)
+    torch.testing.assert_close(loss, manual, rtol=1e-6, atol=1e-7)
+    assert loss > 0
+
+
+def _grads(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.grad for p in module.parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+
+
+@pytest.mark.parametrize("cls", [ACRLPD, QCFQL])
+def test_actor_loss_leaves_the_critics_and_critic_loss_leaves_the_policy(cls) -> None:
+    agent = make(cls, use_adaptive_temperature=True)
+    out = agent.losses(batch())
+    (out["loss/actor"] + out["loss/temperature"]).backward(retain_graph=True)
+    assert not _grads(agent.critic) and not _grads(agent.critic_target)
+    assert _grads(agent.policy) and agent.log_alpha.grad is not None
+    if cls is QCFQL:
+        assert _grads(agent.one_step_policy)
+    agent.zero_grad()
+    out["loss/critic"].backward()
+    assert _grads(agent.critic) and not _grads(agent.policy)
+
+
+def test_target_critics_follow_by_polyak_after_one_gradient_step() -> None:
+    agent = make(use_adaptive_temperature=True)
+    old = [p.detach().clone() for p in agent.critic_target.parameters()]
+    before = [p.detach().clone() for p in agent.critic.parameters()]
+    fabric = Fabric(accelerator="cpu", devices=1)
+    scalars = agent.gradient_step(fabric, agent, agent.configure_optimizers(), Fixed(batch()))
+    assert math.isfinite(float(scalars["loss/total"]))
+    new = list(agent.critic.parameters())
+    assert any(not torch.equal(n, b) for n, b in zip(new, before, strict=True))
+    for target, o, n in zip(agent.critic_target.parameters(), old, new, strict=True):
+        torch.testing.assert_close(target, 0.995 * o + 0.005 * n, rtol=0, atol=1e-7)
+
+
+class Analytic(torch.nn.Module):
+    """Q_j(feat, chunk) = -j' ||chunk - c||^2 for every member: best is the closest to c."""
+
+    def __init__(self, k: int, target: torch.Tensor) -> None:
+        super().__init__()
+        self.k, self.target = k, target
+
+    def forward(self, features: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
+        d = -(chunk - self.target).pow(2).flatten(1).sum(1)
+        return torch.stack([d * (j + 1) for j in range(self.k)])
+
+
+def test_best_of_n_picks_the_argmax_chunk_under_an_analytic_critic() -> None:
+    agent = make(best_of_n_samples=16)
+    c = torch.tensor([[0.3, -0.2]] * H)
+    agent.critic.ensemble = Analytic(3, c)
+    obs = {"state": torch.randn(5, 1, 3)}
+    noise = torch.randn(5, 16, H, A)
+    chunk, q, index = agent.select_chunk(obs, noise)
+    cand = agent.candidates(agent.normalize_obs(obs), noise).unflatten(0, (5, 16))
+    dist = (cand - c).pow(2).flatten(2).sum(2)  # (5, 16)
+    torch.testing.assert_close(index, dist.argmin(1))
+    best = cand[torch.arange(5), dist.argmin(1)]
+    torch.testing.assert_close(chunk, agent.to_env(best))
+    torch.testing.assert_close(q, -2 * dist.min(1).values)  # mean over members of -(j+1) d
+    assert (chunk[..., 0].abs() <= 2).all() and index.unique().numel() > 1
+
+
+def test_chunks_run_open_loop_and_restart_at_episode_ends() -> None:
+    agent = make(best_of_n_samples=2)
+    obs = {"state": torch.randn(2, 3)}
+    calls = []
+    select = agent.select_chunk
+    agent.select_chunk = lambda o, n: calls.append(len(n)) or select(o, n)
+    with torch.inference_mode():
+        first, _ = agent.act(obs)
+        second, _ = agent.act(obs)
+        assert calls == [2]  # one chunk per env, executed over h steps
+        assert not torch.equal(first, second)
+        step = Transition(
+            obs,
+            first,
+            {},
+            torch.zeros(2),
+            torch.tensor([True, False]),
+            torch.tensor([False, False]),
+            obs,
+        )
+        agent.observe(type("S", (), {"add": lambda *a: None})(), step)
+        with agent.acting_context():
+            agent.act({"state": torch.randn(3, 3)})  # evaluation: queues of its own
+        agent.act(obs)
+        assert calls == [2, 3, 1]  # only env 0, whose episode ended, drew a new chunk
+        agent.act(obs)
+        assert calls == [2, 3, 1, 1]  # env 1's chunk (h=3) ran out
+
+
+def test_flow_policy_protocol_and_euler_reuse_the_prefix() -> None:
+    pol = policy(obs_specs=SPECS, action_dim=A, horizon=H)
+    assert isinstance(pol, FlowPolicy) and list(pol.backbone_parameters()) == []
+    calls = []
+    pol.encoder.register_forward_hook(lambda *a: calls.append(1))
+    ctx = pol.prefix({"state": torch.randn(4, 1, 3)})
+    out = euler_chunks(pol, ctx, torch.randn(4, H, A), steps=5)
+    assert out.shape == (4, H, A) and calls == [1]
+
+
+# ---- a bimodal bandit learned offline ----------------------------------------------------
+def bandit_replay(horizon: int, episodes: int = 400, seed: int = 0) -> ChunkReplay:
+    """One decision: at obs 0 a chunk from one of two modes, +0.5 (reward 1) or -0.5 (0),
+    half each; then an episode end. Obs 1 marks the steps inside a chunk."""
+    specs = {"state": {"shape": [1], "dtype": "float32", "feature_type": "low_dim"}}
+    replay = ChunkReplay(specs, 1, capacity=8, num_envs=1, horizon=horizon, discount=0.99)
+    replay.reserve_offline(episodes * horizon)
+    rng = np.random.default_rng(seed)
+    for i in range(episodes):
+        mode = 0.5 if i % 2 else -0.5
+        actions = mode + 0.05 * rng.standard_normal((horizon, 1))
+        obs = np.ones((horizon, 1), np.float32)
+        obs[0] = 0.0
+        rewards = np.zeros(horizon, np.float32)
+        rewards[0] = float(mode > 0)
+        replay.add_episode({"state": obs}, actions.astype(np.float32), rewards, True)
+    return replay
+
+
+def bandit_success(cls, horizon: int, steps: int, **kwargs) -> float:
+    specs = {"state": {"shape": [1], "dtype": "float32", "feature_type": "low_dim"}}
+    bounds = {"low": [-1.0], "high": [1.0], "source": "env"}
+    agent = make(
+        cls,
+        specs,
+        bounds,
+        horizon,
+        hidden=(64, 64),
+        critic_hidden_dims=(64, 64),
+        batch_size=64,
+        flow_steps=5,
+        actor_lr=3e-3,
+        critic_lr=3e-3,
+        num_critics=2,
+        **kwargs,
+    )
+    replay = bandit_replay(horizon)
+    fabric = Fabric(accelerator="cpu", devices=1)
+    optimizers = agent.configure_optimizers()
+    for _ in range(steps):
+        agent.gradient_step(fabric, agent, optimizers, replay)
+    with torch.inference_mode():
+        actions, _ = agent.act({"state": torch.zeros(200, 1)})
+    return float((actions[:, 0] > 0).float().mean())
+
+
+@pytest.mark.slow
+def test_bimodal_bandit_best_of_n_and_fql_pick_the_rewarded_mode() -> None:
+    torch.manual_seed(0)
+    bc = bandit_success(ACRLPD, 2, 300, best_of_n_samples=1, use_adaptive_temperature=False)
+    qc = bandit_success(ACRLPD, 2, 300, best_of_n_samples=16)
+    qc_fql = bandit_success(QCFQL, 2, 300, alpha=10.0)
+    fql = bandit_success(QCFQL, 1, 300, alpha=10.0)
+    print(f"bandit success: BC {bc:.2f} QC {qc:.2f} QC-FQL {qc_fql:.2f} FQL {fql:.2f}")
+    assert qc >= 0.90 and qc_fql >= 0.50 and fql >= 0.50 and bc <= 0.65
