@@ -1,4 +1,5 @@
-"""`python -m episode_dataset {info,validate,pack}` (console script `episode-dataset`)."""
+"""`python -m episode_dataset {info,validate,pack,robomimic}` (console script
+`episode-dataset`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from rich.table import Table
 
 from episode_dataset.pack import pack
 from episode_dataset.reader import EpisodeReader, h5_errors
+from episode_dataset.robomimic import H5DatasetReader, describe, export_robomimic, parse_cameras
 from episode_dataset.schema import ACTIONS, OBS, DatasetError, KeySpec
 from episode_dataset.validate import validate_file
 
@@ -118,6 +120,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dst", type=Path)
     p.add_argument("--compression", choices=["gzip", "lzf"], default=None)
     p.add_argument("--overwrite", action="store_true")
+    p = sub.add_parser(
+        "robomimic",
+        help="export to a robomimic-style HDF5 (cameras renamed, low-dim keys -> state)",
+        description="export to a robomimic-style HDF5 (cameras renamed, low-dim keys -> state)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("src", type=Path)
+    p.add_argument("dst", type=Path)
+    p.add_argument(
+        "--camera",
+        action="append",
+        default=[],
+        metavar="KEY=NAME",
+        help="rename a camera, e.g. front=base_0_rgb (repeat per camera)",
+    )
+    p.add_argument(
+        "--state-keys",
+        default=None,
+        help="comma-separated low-dim keys concatenated into state, in order (default: all)",
+    )
+    p.add_argument("--compression", choices=["gzip", "lzf"], default=None)
+    p.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
 
     console = Console(width=160)
@@ -130,6 +154,20 @@ def main(argv: list[str] | None = None) -> int:
             summary = pack(args.src, args.dst, compression=args.compression,
                            overwrite=args.overwrite)  # fmt: skip
             print(f"packed {args.src} -> {args.dst}: {summary}")
+        elif args.cmd == "robomimic":
+            state = None if args.state_keys is None else args.state_keys.split(",")
+            print(
+                export_robomimic(
+                    args.src,
+                    args.dst,
+                    cameras=parse_cameras(args.camera),
+                    state_keys=state,
+                    compression=args.compression,
+                    overwrite=args.overwrite,
+                )
+            )
+            with H5DatasetReader(args.dst) as reader:
+                print(describe(reader))
     except DatasetError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 1
