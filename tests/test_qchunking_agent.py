@@ -6,20 +6,26 @@ from __future__ import annotations
 
 import functools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from lightning.fabric import Fabric
+from test_learning_windows import IMG, write_counting
 
 from learning.algorithms.qchunking import ACRLPD, QCFQL, CriticEnsemble
+from learning.checkpoint import CONFIG_KEY, MODEL_KWARGS_KEY
 from learning.data.keys import ACTIONS, BOOTSTRAP, CHUNK_RETURN, NEXT_OBS, OBS, VALID
+from learning.export import main as export_main
 from learning.networks.encoders import ObservationEncoder
 from learning.networks.flow_policy import EncoderFlowPolicy, FlowPolicy, euler_chunks
 from learning.networks.mlp import MLPVelocityNet
 from learning.online.algorithm import Transition
 from learning.online.chunk_replay import ChunkReplay
+from roboloop_runtime import OnnxModel, OnnxPolicy
 
 SPECS = {"state": {"shape": [3], "dtype": "float32", "feature_type": "low_dim"}}
 BOUNDS = {"low": [-2.0, -1.0], "high": [2.0, 1.0], "source": "env"}
@@ -283,3 +289,115 @@ def test_bimodal_bandit_best_of_n_and_fql_pick_the_rewarded_mode() -> None:
     fql = bandit_success(QCFQL, 1, 300, alpha=10.0)
     print(f"bandit success: BC {bc:.2f} QC {qc:.2f} QC-FQL {qc_fql:.2f} FQL {fql:.2f}")
     assert qc >= 0.90 and qc_fql >= 0.50 and fql >= 0.50 and bc <= 0.65
+
+
+# ---- the loop's hooks on the real chunk replay -------------------------------------------
+def test_offline_data_normalizes_observations_and_the_hooks_run_on_chunk_replay(
+    tmp_path: Path,
+) -> None:
+    path = write_counting(tmp_path / "count.hdf5", (6, 5, 2), (True, False, False))
+    specs = {
+        "state": {"shape": [1], "dtype": "float32", "feature_type": "low_dim"},
+        "image": {"shape": list(IMG), "dtype": "uint8", "feature_type": "image"},
+    }
+    bounds = {"low": [-6.0, -6.0], "high": [6.0, 6.0], "source": "env"}
+    agent = make(specs=specs, bounds=bounds, normalize_observations=True, start_training=20)
+    storage = agent.make_storage(num_envs=2, device=torch.device("cpu"))
+    info = agent.load_offline(storage, str(path))
+    assert info["steps"] == 13
+    states = np.concatenate([100 * e + np.arange(n) for e, n in enumerate((6, 5, 2))])
+    stats = agent.observation_stats()
+    assert stats["state"]["mean"] == pytest.approx([states.mean()], rel=1e-6)
+    assert stats["state"]["std"] == pytest.approx([states.std()], rel=1e-6)
+    assert stats["image"] == {"mode": "image"}
+    image = torch.full((1, *IMG), 255, dtype=torch.uint8)
+    normalized = agent.normalize_obs({"state": torch.tensor([[states.mean()]]), "image": image})
+    assert float(normalized["state"]) == pytest.approx(0.0, abs=1e-5)
+    assert normalized["image"].max() == 1.0
+
+    fabric = Fabric(accelerator="cpu", devices=1)
+    optimizers = agent.configure_optimizers()
+    for _ in range(8):  # act, observe, update as the loop does
+        obs = {"state": torch.randn(2, 1) * 100, "image": torch.zeros(2, *IMG, dtype=torch.uint8)}
+        with torch.inference_mode():
+            actions, _ = agent.act(obs)
+            step = Transition(
+                obs,
+                actions,
+                {},
+                torch.ones(2),
+                torch.zeros(2, dtype=torch.bool),
+                torch.zeros(2, dtype=torch.bool),
+                obs,
+            )
+            agent.observe(storage, step)
+        assert actions.shape == (2, 2) and (actions.abs() <= 6).all()
+        if agent.ready(storage, 0):
+            scalars = agent.update(fabric, agent, optimizers, storage, 0.0)
+    assert len(storage) == 13 + 16 and math.isfinite(float(scalars["loss/total"]))
+    state = agent.storage_state(storage)
+    again = agent.make_storage(num_envs=2, device=torch.device("cpu"))
+    agent.load_storage_state(again, state)
+    assert len(again) == len(storage)
+
+
+# ---- export through learning.export --------------------------------------------------------
+def model_config(cls: type, **kwargs) -> dict:
+    """The model config a run records (what configs/model/acrlpd.yaml and policy/mlp give)."""
+    enc = {"_target_": "learning.networks.encoders.ObservationEncoder", "_partial_": True}
+    net = {
+        "_target_": "learning.networks.mlp.MLPVelocityNet",
+        "_partial_": True,
+        "hidden_dims": [32, 32],
+        "time_embed_dim": 16,
+    }
+    return {
+        "_target_": f"learning.algorithms.qchunking.{cls.__name__}",
+        "policy": {
+            "_target_": "learning.networks.flow_policy.EncoderFlowPolicy",
+            "_partial_": True,
+            "encoder": enc,
+            "network": net,
+        },
+        "critic_encoder": enc,
+        "horizon_length": H,
+        "num_critics": 2,
+        "critic_hidden_dims": [16, 16],
+        "flow_steps": 3,
+        **kwargs,
+    }
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "model_type"),
+    [(ACRLPD, {"best_of_n_samples": 8}, "best_of_n"), (QCFQL, {}, "policy")],
+)
+def test_export_from_a_checkpoint_matches_select_chunk(
+    cls: type, kwargs: dict, model_type: str, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    dims = {"obs_specs": SPECS, "action_dim": A, "control_rate_hz": 20.0, "action_bounds": BOUNDS}
+    cfg = model_config(cls, **kwargs)
+    agent = instantiate(cfg, _convert_="all", **dims)
+    agent.set_observation_stats({"state": torch.randn(50, 3) * 3 + 1})
+    ckpt = tmp_path / "last.ckpt"
+    torch.save(
+        {CONFIG_KEY: {"model": cfg}, MODEL_KWARGS_KEY: dims, "state_dict": agent.state_dict()},
+        ckpt,
+    )
+    out = tmp_path / "agent.onnx"
+    export_main(["--ckpt", str(ckpt), "--out", str(out)])  # parity checked inside (1e-4)
+    runner = OnnxPolicy(out, device="cpu", seed=0)
+    meta = runner.metadata
+    assert meta.model_type == model_type and meta.n_action_steps == H
+    assert meta.num_samples == (8 if model_type == "best_of_n" else None)
+    obs = torch.randn(4, 1, 3) * 3
+    n = meta.num_samples or 1
+    noise = torch.randn(4, n, H, A)
+    with torch.no_grad():
+        chunk, q, _ = agent.eval().select_chunk({"state": obs}, noise)
+    feeds = {"obs.state": obs.numpy(), "noise": (noise if n > 1 else noise[:, 0]).numpy()}
+    got = OnnxModel(out, device="cpu").run(feeds)
+    np.testing.assert_allclose(got["actions"], chunk.numpy(), atol=1e-5)
+    if n > 1:
+        np.testing.assert_allclose(got["q"], q.numpy(), atol=1e-5)

@@ -77,7 +77,6 @@ from learning.online.algorithm import AlgorithmError, OnlineAlgorithm, Transitio
 log = logging.getLogger(__name__)
 
 VAR_FLOOR = 1e-6  # sigma_d^2 floor of the entropy estimate: log 0 when the flow collapses
-NORMALIZATION_ROWS = 100_000  # offline rows drawn for the observation statistics
 
 
 # ---- critics -----------------------------------------------------------------------------
@@ -175,8 +174,8 @@ class ACRLPD(OnlineAlgorithm):
         use_adaptive_temperature: bool = True,
         target_entropy: float | None = None,
         init_temperature: float = 0.01,
-        entropy_samples: int = 8,
-        entropy_batch: int = 64,
+        entropy_samples: int = 4,
+        entropy_batch: int = 32,
         normalize_observations: bool = False,
         actor_lr: float = 3e-4,
         critic_lr: float = 3e-4,
@@ -452,6 +451,13 @@ class ACRLPD(OnlineAlgorithm):
                 f"{action_space}"
             )
 
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """The seed's `config.validate()` on the run's root keys, before anything is built."""
+        from learning.algorithms.qchunking_config import ACRLPDConfig
+
+        ACRLPDConfig.from_config(cfg).validate()
+
     def make_storage(self, num_envs: int, device: torch.device, rank: int = 0) -> Any:
         from learning.online.chunk_replay import ChunkReplay
 
@@ -476,9 +482,10 @@ class ACRLPD(OnlineAlgorithm):
         from learning.online.chunk_replay import load_offline_episodes
 
         info = load_offline_episodes(storage, path, self.hparams.max_memory_gb)
-        if self.hparams.normalize_observations:
-            rows = min(len(storage), NORMALIZATION_ROWS)
-            self.set_observation_stats(storage.sample(rows)[OBS])
+        if self.hparams.normalize_observations:  # every step of the dataset
+            rows = storage.offline_steps
+            data = storage.offline.data
+            self.set_observation_stats({k: data[f"obs.{k}"][0, :rows] for k in self.obs_keys})
         return info
 
     def storage_state(self, storage: Any) -> dict[str, Any]:
