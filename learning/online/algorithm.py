@@ -12,6 +12,9 @@ An algorithm is a LightningModule that holds the maths and names its networks; t
            algo.observe(storage, transition)                       # stats + store (bookkeeping)
            if algo.ready(storage, env_steps):
                scalars = algo.update(fabric, learner, optimizers, storage, progress)
+    offline then online (optional hooks): algo_cls.check_config(cfg) first; with a `dataset`,
+    algo.load_offline(storage, dataset); `online.offline_steps` x algo.gradient_step(...)
+    before the env phase (Q-chunking)
     export: algo.export_graph() / export_metadata()                # the deterministic `actor`
 
 Observations reach `act`/`observe` raw, as the env's dict of tensors {key: (B, *shape)} (a
@@ -114,6 +117,29 @@ class OnlineAlgorithm(L.LightningModule, abc.ABC):
         """Gradient steps on `storage` (an on-policy algorithm then clears it); `progress`
         in [0, 1] of the run (LR annealing).
         Returns scalar tensors for TensorBoard (the loop syncs them when it logs)."""
+
+    # ---- optional hooks (defaults: an online-only algorithm; Q-chunking overrides them)
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """ConfigError (one line) for a run config this algorithm cannot train; called by the
+        loop before anything is built (e.g. Q-chunking's ACRLPDConfig.validate())."""
+
+    def load_offline(self, storage: Any, path: str) -> dict[str, Any]:
+        """Fill `storage` from the episode dataset at `path` (root key `dataset`) before
+        training; returns what it loaded ({"episodes", "steps", ...}) for the log."""
+        raise ConfigError(f"dataset={path}: {self.algorithm} does not learn from a dataset")
+
+    def gradient_step(
+        self,
+        fabric: Fabric,
+        learner: torch.nn.Module,
+        optimizers: list[torch.optim.Optimizer],
+        storage: Any,
+    ) -> dict[str, torch.Tensor]:
+        """ONE gradient step on `storage` without env steps (`online.offline_steps` of them
+        run before the env phase); scalar tensors like `update`. The loop refuses
+        offline_steps for an algorithm that keeps this default."""
+        raise NotImplementedError(f"{self.algorithm} has no offline phase")
 
     def storage_state(self, storage: Any) -> dict[str, Any] | None:
         """What of `storage` a checkpoint keeps (plain tensors and ints), or None: an

@@ -80,8 +80,11 @@ def evaluate(
     camera: Any = None,
 ) -> dict[str, float]:
     """Mean return and length of `episodes` episodes with deterministic actions, episode i on
-    seed `seed + i` (the same seeds at every evaluation and in every run)."""
+    seed `seed + i` (the same seeds at every evaluation and in every run); `eval/success` too
+    where the task reports success (`info["is_success"]`): the rate of episodes whose last step
+    succeeded (as sim.evaluate counts it)."""
     env = make_env(env_id, episodes, camera)
+    success: np.ndarray | None = None
     with contextlib.ExitStack() as stack:
         stack.callback(env.close)
         stack.enter_context(algo.acting_context())
@@ -91,11 +94,18 @@ def evaluate(
         while running.any():
             with torch.inference_mode():
                 actions, _ = algo.act(_to_torch(obs, device), deterministic=True)
-            obs, rewards, term, trunc, _ = env.step(actions.cpu().numpy())
+            obs, rewards, term, trunc, info = env.step(actions.cpu().numpy())
             returns += rewards * running
             lengths += running
-            running &= ~(term | trunc)
-    return {"eval/return": float(returns.mean()), "eval/length": float(lengths.mean())}
+            ending = running & (term | trunc)
+            if "is_success" in info:
+                success = np.zeros(episodes, dtype=bool) if success is None else success
+                success[ending] = np.asarray(info["is_success"], dtype=bool)[ending]
+            running &= ~ending
+    result = {"eval/return": float(returns.mean()), "eval/length": float(lengths.mean())}
+    if success is not None:
+        result["eval/success"] = float(success.mean())
+    return result
 
 
 class _Progress:
@@ -148,19 +158,64 @@ def storage_path(ckpt: Path, rank: int) -> Path:
     return ckpt.with_name(f"{ckpt.stem}.storage.rank{rank}.pt")
 
 
-def _restore_storage(algo: OnlineAlgorithm, storage: Any, path: Path) -> None:
-    """Resume with the saved replay buffer; without its file, say so and start it empty."""
+def _restore_storage(algo: OnlineAlgorithm, storage: Any, path: Path) -> bool:
+    """Resume with the saved replay buffer (True); without its file, say so and start it
+    empty (False)."""
     if algo.storage_state(storage) is None:
-        return
+        return False
     if not path.is_file():
         log.warning("resume: %s is missing: the replay buffer starts empty", path)
-        return
+        return False
     try:
         algo.load_storage_state(storage, torch_load(str(path)))
     except (KeyError, RuntimeError, ValueError) as err:
         first = (str(err).splitlines() or [""])[0]
         raise CheckpointError(f"{path}: does not fit this run's storage ({first})") from None
     log.info("resume: %d transitions restored from %s", len(storage), path)
+    return True
+
+
+class _EarlyStopping:
+    """The monitored evaluation metric (`online.early_stopping`: monitor, mode max|min,
+    patience, min_delta; no monitor: off): its best value (best.ckpt is written at each new
+    one) and the evaluations since, which end the env phase at `patience` (0: never)."""
+
+    def __init__(self, spec: Any, state: dict[str, Any]) -> None:
+        spec = spec or {}
+        self.monitor = spec.get("monitor")
+        self.mode = str(spec.get("mode", "max"))
+        self.patience, self.min_delta = (
+            int(spec.get("patience", 0)),
+            float(spec.get("min_delta", 0)),
+        )
+        if self.mode not in ("max", "min") or self.patience < 0:
+            raise ConfigError(
+                f"online.early_stopping: mode={self.mode} (max|min), patience={self.patience} "
+                "(>= 0)"
+            )
+        self.best: float | None = state.get("best")
+        self.bad = int(state.get("bad_evals", 0))
+
+    def improved(self, result: dict[str, float]) -> bool:
+        """Take in an evaluation; True when the monitored metric reached a new best."""
+        if self.monitor is None:
+            return False
+        if self.monitor not in result:
+            raise ConfigError(
+                f"online.early_stopping.monitor={self.monitor}: the evaluation reports "
+                f"{sorted(result)}"
+            )
+        value, best = float(result[self.monitor]), self.best
+        sign = 1.0 if self.mode == "max" else -1.0
+        if best is None or sign * (value - best) > self.min_delta:
+            self.best, self.bad = value, 0
+            return True
+        self.bad += 1
+        return False
+
+    @property
+    def stop(self) -> bool:
+        return self.patience > 0 and self.bad >= self.patience
 
 
 def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -170,11 +225,34 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     algo_cls = get_object(cfg.model._target_)
     if not (isinstance(algo_cls, type) and issubclass(algo_cls, OnlineAlgorithm)):
         raise ConfigError(f"model._target_={cfg.model._target_} is not an OnlineAlgorithm")
+    algo_cls.check_config(cfg)  # the algorithm's own rules, before anything is built
     if str(on.precision) not in algo_cls.precisions:  # never a precision silently not applied
         raise ConfigError(
             f"online.precision={on.precision}: {algo_cls.algorithm} runs in "
             f"{', '.join(algo_cls.precisions)}"
         )
+    offline_steps = int(on.get("offline_steps") or 0)
+    if offline_steps:
+        if algo_cls.gradient_step is OnlineAlgorithm.gradient_step:
+            raise ConfigError(
+                f"online.offline_steps={offline_steps}: {algo_cls.algorithm} has no offline phase"
+            )
+        if not cfg.get("dataset"):
+            raise ConfigError(f"online.offline_steps={offline_steps} needs dataset=<episode file>")
+    if cfg.get("dataset") and not Path(str(cfg.dataset)).is_file():
+        raise ConfigError(f"dataset={cfg.dataset}: no such file")
+    if (on.get("early_stopping") or {}).get("monitor") == "eval/success":
+        from sim.envs import task_spec
+
+        try:
+            reports = task_spec(str(cfg.env_id)).success is not None
+        except ValueError:  # an unknown env_id: make_env says so
+            reports = True
+        if not reports:
+            raise ConfigError(
+                f"online.early_stopping.monitor=eval/success: {cfg.env_id} reports no "
+                "success (monitor eval/return instead)"
+            )
     fabric = Fabric(
         accelerator=on.accelerator,
         devices=on.devices,
@@ -227,63 +305,137 @@ def _train(
     player = algo.to(device)  # the same parameters, outside the strategy's wrapper
 
     storage = player.make_storage(num_envs=env.num_envs, device=device, rank=rank)
+    restored = False
     if resume is not None:
-        _restore_storage(player, storage, storage_path(Path(cfg.ckpt_path), rank))
+        restored = _restore_storage(player, storage, storage_path(Path(cfg.ckpt_path), rank))
+    if cfg.get("dataset") and not restored:  # a resumed storage holds its dataset already
+        info = player.load_offline(storage, str(cfg.dataset))
+        log.info("dataset %s: %s", cfg.dataset, info)
     world = fabric.world_size
     # steps_per_iteration is per rank: N data-parallel ranks collect N times the env steps
     # for the same number of updates (a batch N times larger).
     total = int(cfg.training.num_iterations) * int(cfg.training.steps_per_iteration) * world
-    env_steps, iteration = 0, 0
+    # One global step for logging, evaluation and the progress bar: the offline gradient steps,
+    # then offline_steps + env steps.
+    offline_total = int(on.get("offline_steps") or 0)
+    env_steps, iteration, offline_done = 0, 0, 0
+    saved: dict[str, Any] = {}
     if resume is not None:
-        env_steps = int(resume[ONLINE_KEY]["env_steps"])
-        iteration = int(resume[ONLINE_KEY]["iteration"])
-        torch.set_rng_state(resume[ONLINE_KEY]["torch_rng"])
+        saved = resume[ONLINE_KEY]
+        env_steps, iteration = int(saved["env_steps"]), int(saved["iteration"])
+        offline_done = int(saved.get("offline_steps", 0))
+        torch.set_rng_state(saved["torch_rng"])
+    stopping = _EarlyStopping(on.get("early_stopping"), saved)
     seeds = [int(cfg.seed) + 1000 * rank + 7919 * iteration + i for i in range(env.num_envs)]
     obs, _ = env.reset(seed=seeds)
     obs_t = _to_torch(obs, device)
     ep_return, ep_length = np.zeros(env.num_envs), np.zeros(env.num_envs, dtype=np.int64)
     finished: list[tuple[float, int]] = []
+
+    def global_step() -> int:
+        return offline_done + env_steps
+
     eval_every, next_eval = int(on.eval_every), 0
     if eval_every:
-        next_eval = (env_steps // eval_every + 1) * eval_every
-    # Scalars cost one host sync: every update (0) or once per log_every env steps (SAC
+        next_eval = (global_step() // eval_every + 1) * eval_every
+    # Scalars cost one host sync: every update (0) or once per log_every global steps (SAC
     # updates every step, where logging each one cost ~15% of the step time).
     log_every = int(on.log_every)
-    next_log = env_steps
+    next_log = global_step()
     metrics: dict[str, float] = {}
     last = run_dir / "checkpoints" / "last.ckpt"
-    progress = _Progress(total, env_steps, bool(on.progress_bar) and fabric.is_global_zero)
+    best = run_dir / "checkpoints" / "best.ckpt"
+    progress = _Progress(
+        offline_total + total, global_step(), bool(on.progress_bar) and fabric.is_global_zero
+    )
     start_time, start_steps = time.perf_counter(), env_steps
     updated_at = env_steps
+    evaluated_at = -1
+    phase_time = {"offline": 0.0, "online": 0.0}
 
-    def run_evaluation() -> dict[str, float]:
-        episodes, seed = int(on.eval_episodes), int(on.eval_seed)
-        return evaluate(player, env_id, episodes, seed, device, on.get("camera"))
+    def state(path: Path) -> None:
+        _save(
+            path,
+            {
+                CONFIG_KEY: OmegaConf.to_container(cfg, resolve=True),
+                MODEL_KWARGS_KEY: dims,
+                "state_dict": player.state_dict(),
+                "optimizer_states": [o.state_dict() for o in optimizers],
+                ONLINE_KEY: {
+                    "algorithm": algo_cls.algorithm,
+                    "env_steps": env_steps,
+                    "iteration": iteration,
+                    "offline_steps": offline_done,
+                    "phase": "offline" if offline_done < offline_total else "online",
+                    "best": stopping.best,
+                    "bad_evals": stopping.bad,
+                    "torch_rng": torch.get_rng_state(),
+                },
+            },
+        )
 
     def checkpoint() -> None:
-        state = player.storage_state(storage)  # each rank its own (replay buffer)
-        if state is not None:
-            _save(storage_path(last, rank), state)
+        storage_state = player.storage_state(storage)  # each rank its own (replay buffer)
+        if storage_state is not None:
+            _save(storage_path(last, rank), storage_state)
         if fabric.is_global_zero:
-            _save(
-                last,
-                {
-                    CONFIG_KEY: OmegaConf.to_container(cfg, resolve=True),
-                    MODEL_KWARGS_KEY: dims,
-                    "state_dict": player.state_dict(),
-                    "optimizer_states": [o.state_dict() for o in optimizers],
-                    ONLINE_KEY: {
-                        "algorithm": algo_cls.algorithm,
-                        "env_steps": env_steps,
-                        "iteration": iteration,
-                        "torch_rng": torch.get_rng_state(),
-                    },
-                },
-            )
+            state(last)
         fabric.barrier()
 
+    def log_scalars(scalars: dict[str, torch.Tensor], steps_done: int, began: float) -> None:
+        nonlocal metrics, next_log
+        next_log = global_step() + log_every
+        # One host sync per logged update, here, never inside an update.
+        names = list(scalars)
+        values = torch.stack([scalars[k].float().cpu() for k in names]).tolist()
+        metrics = dict(zip(names, values, strict=True))
+        metrics["time/sps"] = steps_done / max(time.perf_counter() - began, 1e-9)
+        if finished:
+            returns, lengths = zip(*finished, strict=True)
+            metrics["rollout/episode_return"] = float(np.mean(returns))
+            metrics["rollout/episode_length"] = float(np.mean(lengths))
+            finished.clear()
+        fabric.log_dict(metrics, step=global_step())
+        shown = metrics.get("rollout/episode_return", math.nan)
+        progress.update(global_step(), f"return {shown:.1f} sps {metrics['time/sps']:.0f}")
+
+    def run_evaluation() -> bool:
+        """Evaluate (rank 0), keep best.ckpt; whether early stopping ends the env phase."""
+        nonlocal evaluated_at
+        evaluated_at = global_step()
+        stop = False
+        if fabric.is_global_zero:
+            episodes, seed = int(on.eval_episodes), int(on.eval_seed)
+            result = evaluate(player, env_id, episodes, seed, device, on.get("camera"))
+            fabric.log_dict(result, step=global_step())
+            metrics.update(result)
+            if stopping.improved(result):
+                state(best)
+            stop = stopping.stop
+        return bool(fabric.broadcast(stop, src=0))
+
+    stopped = False
     try:
-        while env_steps < total:
+        # Offline phase: gradient steps on the dataset-filled storage, no env step.
+        began, began_steps = time.perf_counter(), offline_done
+        while offline_done < offline_total:
+            scalars = player.gradient_step(fabric, learner, optimizers, storage)
+            offline_done += 1
+            if global_step() >= next_log:
+                log_scalars(scalars, offline_done - began_steps, began)
+            if on.checkpoint_every and offline_done % int(on.checkpoint_every) == 0:
+                checkpoint()
+            if eval_every and global_step() >= next_eval:
+                next_eval += eval_every
+                run_evaluation()  # offline evaluations keep best.ckpt; they never stop the run
+            if offline_done == offline_total:
+                phase_time["offline"] = time.perf_counter() - began
+                if int(on.eval_episodes) and evaluated_at != global_step():
+                    run_evaluation()  # the phase boundary: what offline training reached
+                stopping.bad = 0  # patience counts the env phase's evaluations
+                checkpoint()
+        start_time = began = time.perf_counter()  # env steps/s count the env phase alone
+        while env_steps < total and not stopped:
             with torch.inference_mode():
                 actions, extras = player.act(obs_t)
             next_obs, rewards, term, trunc, info = env.step(actions.cpu().numpy())
@@ -316,47 +468,33 @@ def _train(
                 scalars = player.update(fabric, learner, optimizers, storage, updated_at / total)
                 updated_at = env_steps
                 iteration += 1
-                if env_steps >= next_log:
-                    next_log = env_steps + log_every
-                    # One host sync per logged update, here, never inside an update.
-                    names = list(scalars)
-                    values = torch.stack([scalars[k].float().cpu() for k in names]).tolist()
-                    metrics = dict(zip(names, values, strict=True))
-                    elapsed = time.perf_counter() - start_time
-                    metrics["time/sps"] = (env_steps - start_steps) / max(elapsed, 1e-9)
-                    if finished:
-                        returns, lengths = zip(*finished, strict=True)
-                        metrics["rollout/episode_return"] = float(np.mean(returns))
-                        metrics["rollout/episode_length"] = float(np.mean(lengths))
-                        finished.clear()
-                    fabric.log_dict(metrics, step=env_steps)
-                    shown = metrics.get("rollout/episode_return", math.nan)
-                    progress.update(env_steps, f"return {shown:.1f} sps {metrics['time/sps']:.0f}")
+                if global_step() >= next_log:
+                    log_scalars(scalars, env_steps - start_steps, start_time)
                 if on.checkpoint_every and iteration % int(on.checkpoint_every) == 0:
                     checkpoint()
-            if eval_every and env_steps >= next_eval:
+            if eval_every and global_step() >= next_eval:
                 next_eval += eval_every
-                if fabric.is_global_zero:
-                    result = run_evaluation()
-                    fabric.log_dict(result, step=env_steps)
-                    metrics.update(result)
-        progress.update(env_steps, "done")
+                stopped = run_evaluation()
+        phase_time["online"] = time.perf_counter() - began
+        progress.update(global_step(), "done")
     finally:
         progress.close()
-    if fabric.is_global_zero and int(on.eval_episodes):
-        result = run_evaluation()
-        fabric.log_dict(result, step=env_steps)
-        metrics.update(result)
+    if int(on.eval_episodes) and evaluated_at != global_step():
+        run_evaluation()
     metrics["time/sps"] = (env_steps - start_steps) / max(time.perf_counter() - start_time, 1e-9)
+    metrics.update({f"time/{phase}_s": seconds for phase, seconds in phase_time.items()})
     checkpoint()
     for logger in fabric.loggers:
         logger.finalize("success")
     result = {
         "run_dir": str(run_dir),
-        "best_ckpt": None,
+        "best_ckpt": str(best) if best.exists() else None,
         "last_ckpt": str(last),
         "metrics": metrics,
         "env_steps": env_steps,
+        "offline_steps": offline_done,
+        "global_step": global_step(),
+        "stopped_early": stopped,
     }
     log.info("online run finished: %s", {k: v for k, v in result.items() if k != "metrics"})
     return result
