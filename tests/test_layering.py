@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     **{name: 4 for name in ROS_PACKAGES},
     "demo": 5,
     "training": 5,  # seed 002's command line (training/train.py)
+    "ac_training": 5,  # seed 003's command line (ac_training/scripts/train_acrlpd_pi0.py)
     "roboloop_testing": 6,  # test support: tests and benchmarks only
     "bench": 6,
 }
