@@ -174,13 +174,10 @@ def test_bad_datasets_are_one_line(dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"observation 'state' is \[1\], the env's \[3\]"):
         load_offline_episodes(other, dataset, 1.0)
     with h5py.File(tmp_path / "bare.hdf5", "w") as f:
-        f.create_group("data")  # a robomimic-style file without the workspace's specs
-    try:
-        import episode_dataset.robomimic  # noqa: F401
-    except ImportError:
-        with pytest.raises(DatasetError, match="no robomimic reader") as err:
-            load_offline_episodes(replay(), tmp_path / "bare.hdf5", 1.0)
-        assert "\n" not in str(err.value)
+        f.create_group("data")  # neither format: the robomimic reader names what is missing
+    with pytest.raises(DatasetError, match="bare.hdf5: data: missing attribute") as err:
+        load_offline_episodes(replay(), tmp_path / "bare.hdf5", 1.0)
+    assert "\n" not in str(err.value)
 
 
 def test_ring_and_state_dict_round_trip_sample_identically(dataset: Path, tmp_path: Path) -> None:

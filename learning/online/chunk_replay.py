@@ -403,13 +403,8 @@ def open_dataset(path: str | Path) -> Any:
         raise DatasetError(f"dataset {path}: not an HDF5 file ({err})") from None
     if workspace:
         return EpisodeReader(path)
-    try:
-        from episode_dataset.robomimic import H5DatasetReader
-    except ImportError:
-        raise DatasetError(
-            f"dataset {path}: not a workspace episode dataset (no data.attrs obs_specs), and "
-            "this checkout has no robomimic reader (episode_dataset.robomimic)"
-        ) from None
+    from episode_dataset.robomimic import H5DatasetReader
+
     return H5DatasetReader(path)
 
 
