@@ -3,6 +3,7 @@ time distribution, learning, frozen backbone, local weights, ONNX parity."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 
@@ -12,10 +13,15 @@ import pytest
 import torch
 import yaml
 from hydra.utils import instantiate
+from lightning.fabric import Fabric
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
+from learning.algorithms.qchunking import ACRLPD, QCFQL
+from learning.data.keys import ACTIONS, BOOTSTRAP, CHUNK_RETURN, NEXT_OBS, OBS, VALID
 from learning.errors import ConfigError
+from learning.export import export_model
+from learning.networks.encoders import ObservationEncoder
 from learning.networks.flow_policy import (
     FlowPolicy,
     euler_chunks,
@@ -156,22 +162,71 @@ def test_flow_matching_steps_lower_the_loss_with_cameras_state_and_prompt() -> N
     assert fixed_loss(policy, obs, actions) < 0.6 * before
 
 
+def agent(cls: type = ACRLPD, **kwargs) -> ACRLPD:
+    """Q-chunking's agent with a tiny pi0 as its policy."""
+    torch.manual_seed(0)
+    return cls(
+        obs_specs=SPECS,
+        action_dim=A,
+        action_bounds={"low": [-1.0] * A, "high": [1.0] * A, "source": "env"},
+        policy=functools.partial(Pi0Policy, emb_dim=16, n_heads=2, num_layers=1, prompt="go"),
+        critic_encoder=ObservationEncoder,
+        horizon_length=H,
+        num_critics=2,
+        critic_hidden_dims=(16,),
+        best_of_n_samples=4,
+        batch_size=4,
+        entropy_samples=4,
+        **kwargs,
+    )
+
+
+class Fixed:
+    """A storage that always gives the same batch."""
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        images = {k: (255 * v).to(torch.uint8) for k, v in observations(4).items() if k in CAMERAS}
+        self.batch = {
+            OBS: images | {"state": torch.randn(4, 1, 5, generator=g)},
+            NEXT_OBS: images | {"state": torch.randn(4, 1, 5, generator=g)},
+            ACTIONS: torch.rand(4, H, A, generator=g) * 2 - 1,
+            CHUNK_RETURN: torch.randn(4, generator=g),
+            BOOTSTRAP: torch.ones(4),
+            VALID: torch.ones(4),
+        }
+
+    def sample(self, n: int) -> dict:
+        return self.batch
+
+    def __len__(self) -> int:
+        return 10**6
+
+
 def test_freeze_backbone_keeps_the_prefix_side_and_trains_the_expert() -> None:
     policy = tiny()
     backbone = {id(p) for p in policy.backbone_parameters()}
     expert = {id(p) for p in policy.expert.parameters()}
     assert backbone | expert == {id(p) for p in policy.parameters()} and not backbone & expert
     assert id(policy.backbone.patchify["base_0_rgb"].weight) in backbone
-    for p in policy.backbone_parameters():  # what the agent's freeze_backbone does
-        p.requires_grad_(False)
-    frozen = {k: v.clone() for k, v in policy.backbone.state_dict().items()}
-    head = policy.expert.out.weight.clone()
-    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
-    flow_matching_loss(policy, observations(4), torch.randn(4, H, A)).backward()
-    opt.step()
-    for k, v in policy.backbone.state_dict().items():
-        torch.testing.assert_close(v, frozen[k], rtol=0, atol=0)
-    assert not torch.equal(policy.expert.out.weight, head)
+
+    algo = agent(freeze_backbone=True)  # the ALOHA preset's switch
+    frozen = {k: v.clone() for k, v in algo.policy.backbone.state_dict().items()}
+    head = algo.policy.expert.out.weight.clone()
+    fabric = Fabric(accelerator="cpu", devices=1)
+    algo.gradient_step(fabric, algo, algo.configure_optimizers(), Fixed())
+    for k, v in algo.policy.backbone.state_dict().items():
+        torch.testing.assert_close(v, frozen[k], rtol=0, atol=0, msg=k)
+    assert not torch.equal(algo.policy.expert.out.weight, head)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cls", [ACRLPD, QCFQL])
+def test_agents_export_their_best_of_n_graph_with_pi0(cls: type, tmp_path: Path) -> None:
+    """The one ONNX graph (cameras, state, noise -> chunk, q) holds pi0's prefix and sampler;
+    export_model checks onnxruntime against torch."""
+    metadata = export_model(agent(cls), tmp_path / "pi0.onnx")
+    assert metadata["model_type"] == "best_of_n"
 
 
 def test_pretrained_backbone_loads_from_local_safetensors_only(tmp_path: Path) -> None:
