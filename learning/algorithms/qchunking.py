@@ -29,9 +29,9 @@ keys): OBS, NEXT_OBS {key: (B, 1, *shape)}, ACTIONS (B, h, A), CHUNK_RETURN, BOO
     total    = L_Q + L_pi (+ J(alpha)): each reaches only its own parameters (critic; policy;
              log alpha), so one backward is three separate steps, each with its own Adam.
 
-With separate Adams the scale of a loss does not matter to its own parameters: bc_alpha sets BC
-against the entropy bonus alpha H_hat (and against the critic's gradient only where a backbone
-is shared with it, pi0's prefix in QCFQL's Q term).
+With separate Adams the scale of a loss does not matter to its own parameters, and the flow
+shares none with the critics (their own encoder) or QCFQL's one-step policy: bc_alpha sets BC
+against the entropy bonus alpha H_hat only (against a critic only if parameters were shared).
 
 QCFQL adds FQL's actor (arXiv:2502.02538, eq. 6-8; learning/algorithms/fql.py offline):
 
