@@ -172,7 +172,8 @@ class ChunkReplay:
         self.offline: _Streams | None = None
         if offline_capacity:
             self.reserve_offline(int(offline_capacity))
-        self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
+        # indices are drawn on the host, where the stream counters live: no device sync
+        self.generator = torch.Generator().manual_seed(int(seed))
         weights = self.discount ** torch.arange(self.horizon, dtype=torch.float64)
         self.powers = weights.float().to(self.device)  # g^i, i < h
 
@@ -285,11 +286,10 @@ class ChunkReplay:
         if int(starts_n.sum()) == 0:
             raise ValueError("chunk replay: sample() before a complete window was stored")
         g = self.generator
-        stream = torch.multinomial(starts_n.to(self.device).float(), batch, True, generator=g)
-        u = torch.rand(batch, generator=g, device=self.device)
-        stream = stream.cpu()
+        stream = torch.multinomial(starts_n.float(), batch, True, generator=g)
+        u = torch.rand(batch, generator=g, dtype=torch.float64)  # exact past 2^24 rows
         n = starts_n[stream]
-        start = first[stream] + (u.cpu() * n).long().clamp(max=n - 1)
+        start = first[stream] + (u * n).long().clamp(max=n - 1)
         out: dict[str, Any] | None = None
         offset = 0
         for bank in banks:
