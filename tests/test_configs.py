@@ -144,6 +144,7 @@ def test_every_config_shares_the_run_block(name: str, tmp_path: Path) -> None:
 # Root keys `learning.train.run` reads itself; every other root key must feed some `${...}`.
 READ_BY_TRAIN = {"name", "seed", "ckpt_path", "model_dims", "torch_threads", "run_dir", "data"}
 READ_BY_TRAIN |= {"model", "online", "env_id", "training"}  # the last 3: learning.online.loop
+READ_BY_TRAIN |= {"dataset"}  # learning.online.loop too: the offline data (train_acrlpd)
 
 
 # network_type options and the network each picks (flow-family configs).
@@ -160,6 +161,9 @@ def test_no_dead_root_keys(name: str) -> None:
     if cfg.get("model", {}).get("network", {}).get("_target_") in NETWORKS.values():
         for net in NETWORKS:  # keys read by a network_type option count (model_dim)
             text += OmegaConf.to_yaml(compose_config(name, [f"network_type={net}"]), resolve=False)
+    if "policy" in cfg.get("model", {}):  # Q-chunking: keys read by a policy option count
+        for policy in sorted(p.stem for p in (CONFIG_DIR / "policy").glob("*.yaml")):
+            text += OmegaConf.to_yaml(compose_config(name, [f"policy={policy}"]), resolve=False)
     dead = [k for k in cfg if k not in READ_BY_TRAIN | {"trainer"} and "${" + k not in text]
     assert not dead, f"{name}: keys nothing reads: {dead}"
 
