@@ -8,6 +8,7 @@ import functools
 import math
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -16,14 +17,20 @@ from hydra.utils import instantiate
 from lightning.fabric import Fabric
 from test_learning_windows import IMG, write_counting
 
-from learning.algorithms.qchunking import ACRLPD, QCFQL, CriticEnsemble
+from learning.algorithms.qchunking import (
+    ACRLPD,
+    QCFQL,
+    VAR_FLOOR,
+    CriticEnsemble,
+    gaussian_entropy,
+)
 from learning.checkpoint import CONFIG_KEY, MODEL_KWARGS_KEY
 from learning.data.keys import ACTIONS, BOOTSTRAP, CHUNK_RETURN, NEXT_OBS, OBS, VALID
 from learning.export import main as export_main
 from learning.networks.encoders import ObservationEncoder
 from learning.networks.flow_policy import EncoderFlowPolicy, FlowPolicy, euler_chunks
 from learning.networks.mlp import MLPVelocityNet
-from learning.online.algorithm import Transition
+from learning.online.algorithm import AlgorithmError, Transition
 from learning.online.chunk_replay import ChunkReplay
 from roboloop_runtime import OnnxModel, OnnxPolicy
 
@@ -401,3 +408,32 @@ def test_export_from_a_checkpoint_matches_select_chunk(
     np.testing.assert_allclose(got["actions"], chunk.numpy(), atol=1e-5)
     if n > 1:
         np.testing.assert_allclose(got["q"], q.numpy(), atol=1e-5)
+
+
+def test_entropy_estimate_is_the_gaussian_entropy_and_floored() -> None:
+    sigma = torch.tensor([0.5, 2.0])
+    samples = torch.randn(1, 200_000, 2, generator=torch.Generator().manual_seed(0)) * sigma
+    exact = (0.5 * torch.log(2 * math.pi * math.e * sigma**2)).sum()
+    assert float(gaussian_entropy(samples)) == pytest.approx(float(exact), abs=1e-2)
+    collapsed = torch.zeros(1, 8, 3)  # a flow that lost its spread: finite, at the floor
+    assert float(gaussian_entropy(collapsed)) == pytest.approx(
+        1.5 * math.log(2 * math.pi * math.e * VAR_FLOOR)
+    )
+
+
+def test_freeze_backbone_freezes_the_image_encoders_only() -> None:
+    specs = {**SPECS, "cam": {"shape": [8, 8, 3], "dtype": "uint8", "feature_type": "image"}}
+    agent = make(specs=specs, freeze_backbone=True)
+    frozen = {id(p) for p in agent.policy.backbone_parameters()}
+    assert frozen == {id(p) for p in agent.policy.encoder.image_encoders.parameters()}
+    trained = {id(p) for p in agent.configure_optimizers()[1].param_groups[0]["params"]}
+    assert trained and not trained & frozen
+    assert all(not p.requires_grad for p in agent.policy.backbone_parameters())
+
+
+def test_unbounded_or_discrete_actions_are_refused_in_one_line() -> None:
+    obs = gym.spaces.Dict({"state": gym.spaces.Box(-1, 1, (3,))})
+    for space in (gym.spaces.Discrete(3), gym.spaces.Box(-np.inf, np.inf, (2,))):
+        with pytest.raises(AlgorithmError, match="^Env-v0: acrlpd needs a bounded") as err:
+            ACRLPD.check_spaces(obs, space, "Env-v0")
+        assert "\n" not in str(err.value)
