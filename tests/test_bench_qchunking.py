@@ -1,0 +1,58 @@
+"""bench.qchunking end to end at a smoke budget: the sparse scene dataset made when absent, one
+`learning.train` process per (agent, seed) through the offline and online phases, success read
+back at the phase boundary and at the end, the exported graph timed, the table and its JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import qchunking, report
+from episode_dataset import EpisodeReader
+
+
+@pytest.mark.slow  # ~1 min: two agents, each a train process, two scene evaluations, an export
+def test_quick_run_reports_both_phases_per_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(report, "RESULTS", tmp_path)  # never the committed-to results folder
+    dataset = tmp_path / "data" / "scene.hdf5"
+    rows = qchunking.run(
+        quick=True, agents=["QC", "FQL"], dataset=dataset, episodes=1, offline_steps=4,
+        online_steps=10,
+    )  # fmt: skip
+    reader = EpisodeReader(dataset)  # made here, sparse: -1 until solved, then 0
+    assert len(reader.episodes) >= 1 and reader.env_args["env_name"] == qchunking.ENV_ID
+    assert set(reader.read_rewards(reader.episodes[0]).tolist()) <= {-1.0, 0.0}
+    assert [r["agent"] for r in rows] == ["QC", "FQL"]
+    qc, fql = rows
+    assert (qc["model_type"], qc["horizon"], qc["num_samples"]) == ("best_of_n", 5, 32)
+    assert (fql["model_type"], fql["horizon"], fql["num_samples"]) == ("policy", 1, 1)
+    for row in rows:
+        assert 0.0 <= row["success_offline"] <= 1.0 and 0.0 <= row["success_final"] <= 1.0
+        assert row["offline_s_per_seed"] > 0 and row["online_s_per_seed"] > 0
+        assert row["latency_ms"] > 0 and (row["offline_steps"], row["online_steps"]) == (4, 10)
+    saved = json.loads((tmp_path / "qchunking.json").read_text())
+    assert [r["agent"] for r in saved["rows"]] == ["QC", "FQL"]
+    assert "QC 97 -> 100" in saved["note"]
+
+
+def test_phase_results_read_the_boundary_and_the_end() -> None:
+    scalars = {
+        "eval/success": [(110.0, 4, 0.25), (130.0, 14, 0.5)],
+        "loss/critic": [(105.0, 2, 1.0)],
+    }
+    got = qchunking.phase_results(scalars, offline_steps=4, started=100.0)
+    assert got == {
+        "success_offline": 0.25,
+        "success_final": 0.5,
+        "offline_s": 10.0,
+        "online_s": 20.0,
+    }
+    timed = {**scalars, "time/offline_s": [(0.0, 4, 7.0)], "time/online_s": [(0.0, 14, 9.0)]}
+    got = qchunking.phase_results(timed, offline_steps=4, started=100.0)
+    assert (got["offline_s"], got["online_s"]) == (7.0, 9.0)  # the loop's own timers win
+    with pytest.raises(RuntimeError, match="no eval/success at the phase boundary 6: at"):
+        qchunking.phase_results(scalars, offline_steps=6, started=100.0)
