@@ -105,6 +105,23 @@ def member_q(ens: CriticEnsemble, j: int, x: torch.Tensor) -> torch.Tensor:
     return (x @ ens.head.weight[j] + ens.head.bias[j, 0]).squeeze(-1)
 
 
+def next_q_by_hand(agent: ACRLPD, s: dict, noise: torch.Tensor) -> torch.Tensor:
+    """agg_j Qbar_j(s', a'), a' the argmax of the ONLINE critics' mean over the Euler samples of
+    `noise` (N, h, A) at one next state s' {key: (1, 1, *shape)}: loops and plain ops."""
+    pol, k, n = agent.policy, agent.hparams.num_critics, noise.shape[0]
+    steps = agent.hparams.flow_steps
+    x, ctx = noise, pol.prefix(s).expand(n, -1)
+    for step in range(steps):
+        x = x + pol.velocity(x, torch.full((n,), step / steps), ctx) / steps
+    cand = x.clamp(-1, 1)
+    feats = torch.cat([agent.critic.features(s).expand(n, -1), cand.flatten(1)], 1)
+    q_online = torch.stack([member_q(agent.critic.ensemble, j, feats) for j in range(k)])
+    best = cand[q_online.mean(0).argmax()]
+    tf = torch.cat([agent.critic_target.features(s), best.flatten()[None]], 1)
+    q_next = torch.stack([member_q(agent.critic_target.ensemble, j, tf) for j in range(k)])
+    return q_next.mean() if agent.hparams.q_agg == "mean" else q_next.min()
+
+
 @pytest.mark.parametrize("q_agg", ["mean", "min"])
 def test_chunked_target_and_critic_loss_by_hand(q_agg: str) -> None:
     agent = make(q_agg=q_agg, discount=0.9)
@@ -112,22 +129,10 @@ def test_chunked_target_and_critic_loss_by_hand(q_agg: str) -> None:
     noise = torch.randn(3, 4, H, A, generator=torch.Generator().manual_seed(5))
     y = agent.td_targets(b, noise)
 
-    # by hand: N Euler samples per next state, argmax of the ONLINE mean Q, target critics
-    pol, k = agent.policy, agent.hparams.num_critics
     expected = []
     for row in range(3):
         s = {"state": b[NEXT_OBS]["state"][row : row + 1]}
-        x = noise[row]
-        ctx = pol.prefix(s).expand(4, -1)
-        for step in range(3):
-            x = x + pol.velocity(x, torch.full((4,), step / 3), ctx) / 3
-        cand = x.clamp(-1, 1)
-        feats = torch.cat([ctx, cand.flatten(1)], 1)
-        q_online = torch.stack([member_q(agent.critic.ensemble, j, feats) for j in range(k)])
-        best = cand[q_online.mean(0).argmax()]
-        tf = torch.cat([agent.critic_target.features(s), best.flatten()[None]], 1)
-        q_next = torch.stack([member_q(agent.critic_target.ensemble, j, tf) for j in range(k)])
-        agg = q_next.mean() if q_agg == "mean" else q_next.min()
+        agg = next_q_by_hand(agent, s, noise[row])
         expected.append(b[CHUNK_RETURN][row] + 0.9**H * b[BOOTSTRAP][row] * agg)
     expected = torch.stack(expected)
     torch.testing.assert_close(y, expected, rtol=0, atol=1e-6)
@@ -137,10 +142,54 @@ def test_chunked_target_and_critic_loss_by_hand(q_agg: str) -> None:
     loss, _ = agent.critic_loss(b, agent.normalize_obs(b[OBS]), agent.to_normalized(b[ACTIONS]), y)
     a = agent.to_normalized(b[ACTIONS])
     feats = torch.cat([b[OBS]["state"][:, 0], a.flatten(1)], 1)
+    k = agent.hparams.num_critics
     q = torch.stack([member_q(agent.critic.ensemble, j, feats) for j in range(k)])
     manual = sum((b[VALID] * (q[j] - expected) ** 2).sum() for j in range(k)) / (k * 3)
     torch.testing.assert_close(loss, manual, rtol=1e-6, atol=1e-7)
     assert loss > 0
+
+
+def test_targets_from_the_chunk_replay_across_termination_timeout_and_crossing() -> None:
+    """Offline episodes (h 3, gamma 0.9; state[0] = 100 e + t, r = 10 e + t + 1): e0 ends
+    terminated at t=1 (a chunk from 0 crosses it: return alone), e1 stops by a time limit at
+    t=1 (no next observation: VALID 0), e2 runs 5 steps without an end inside the first two
+    chunks (bootstrap from s_{t+3}); the target of every sampled row equals the hand value."""
+    agent = make(discount=0.9, q_agg="min")
+    replay = ChunkReplay(SPECS, A, capacity=8, num_envs=1, horizon=H, discount=0.9)
+    replay.reserve_offline(9)
+    for e, (n, term) in enumerate([(2, True), (2, False), (5, False)]):
+        t = np.arange(n, dtype=np.float32)
+        obs = np.zeros((n, 3), np.float32)
+        obs[:, 0] = 100 * e + t
+        replay.add_episode({"state": obs}, np.zeros((n, A), np.float32), 10 * e + t + 1, term)
+    r = {e: [10 * e + t + 1 for t in range(5)] for e in range(3)}
+    hand = {  # state -> (chunk return, bootstrap, valid, next state)
+        0: (r[0][0] + 0.9 * r[0][1], 0, 1, None),
+        1: (r[0][1], 0, 1, None),
+        100: (r[1][0] + 0.9 * r[1][1], 1, 0, None),
+        101: (r[1][1], 1, 0, None),
+        200: (r[2][0] + 0.9 * r[2][1] + 0.81 * r[2][2], 1, 1, 203),
+        201: (r[2][1] + 0.9 * r[2][2] + 0.81 * r[2][3], 1, 1, 204),
+    }
+    b = replay.sample(64)
+    noise = torch.randn(64, 4, H, A, generator=torch.Generator().manual_seed(2))
+    y = agent.td_targets(b, noise)
+    seen = set()
+    for row in range(64):
+        state = int(b[OBS]["state"][row, 0, 0])
+        if state not in hand:
+            continue  # e2's chunks from t >= 2: cut at the dataset's end (VALID 0)
+        ret, boot, valid, nxt = hand[state]
+        seen.add(state)
+        assert (float(b[BOOTSTRAP][row]), float(b[VALID][row])) == (boot, valid)
+        expected = torch.tensor(ret, dtype=torch.float32)
+        if boot and valid:
+            s = {"state": b[NEXT_OBS]["state"][row : row + 1]}
+            assert int(s["state"][0, 0, 0]) == nxt
+            expected = expected + 0.9**H * next_q_by_hand(agent, s, noise[row])
+        if valid:
+            torch.testing.assert_close(y[row], expected, rtol=0, atol=1e-6)
+    assert seen == set(hand)
 
 
 def _grads(module: torch.nn.Module) -> list[torch.Tensor]:
