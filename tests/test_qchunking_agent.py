@@ -256,7 +256,10 @@ def test_chunks_run_open_loop_and_restart_at_episode_ends() -> None:
     obs = {"state": torch.randn(2, 3)}
     calls = []
     select = agent.select_chunk
-    agent.select_chunk = lambda o, n: calls.append(len(n)) or select(o, n)
+    modes = []
+    agent.select_chunk = lambda o, n: (
+        modes.append(agent.policy.training) or calls.append(len(n)) or select(o, n)
+    )
     with torch.inference_mode():
         first, _ = agent.act(obs)
         second, _ = agent.act(obs)
@@ -278,6 +281,7 @@ def test_chunks_run_open_loop_and_restart_at_episode_ends() -> None:
         assert calls == [2, 3, 1]  # only env 0, whose episode ended, drew a new chunk
         agent.act(obs)
         assert calls == [2, 3, 1, 1]  # env 1's chunk (h=3) ran out
+    assert modes == [False] * 4 and agent.training  # chunks in eval mode (crops, dropout)
 
 
 def test_flow_policy_protocol_and_euler_reuse_the_prefix() -> None:

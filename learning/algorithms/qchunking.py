@@ -510,7 +510,12 @@ class ACRLPD(OnlineAlgorithm):
         if len(empty):
             sub = {k: obs[k][empty].unsqueeze(1) for k in self.obs_keys}
             noise = torch.randn(len(empty), hp.best_of_n_samples, self.horizon, hp.action_dim)
-            self._queue[empty] = self.select_chunk(sub, noise.to(device))[0].float()
+            training = self.training
+            self.train(False)  # centre crops, no dropout: acting is the exported graph
+            try:
+                self._queue[empty] = self.select_chunk(sub, noise.to(device))[0].float()
+            finally:
+                self.train(training)
             self._step[empty] = 0
         actions = self._queue[torch.arange(b, device=device), self._step]
         self._step += 1
