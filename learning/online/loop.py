@@ -482,7 +482,9 @@ def _train(
     if int(on.eval_episodes) and evaluated_at != global_step():
         run_evaluation()
     metrics["time/sps"] = (env_steps - start_steps) / max(time.perf_counter() - start_time, 1e-9)
-    metrics.update({f"time/{phase}_s": seconds for phase, seconds in phase_time.items()})
+    phases = {f"time/{phase}_s": seconds for phase, seconds in phase_time.items()}
+    metrics.update(phases)
+    fabric.log_dict(phases, step=global_step())  # in TensorBoard too: bench.qchunking reads it
     checkpoint()
     for logger in fabric.loggers:
         logger.finalize("success")
