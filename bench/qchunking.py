@@ -33,7 +33,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +58,7 @@ AGENTS = {
     "QC": Agent(("model=acrlpd", "horizon_length=5")),
 }
 SUCCESS = "eval/success"
-PHASE_TIMES = ("time/offline_s", "time/online_s")  # logged by the loop when it has them
+PHASE_TIMES = ("time/offline_s", "time/online_s")  # the loop's phase wall-clock
 
 
 def make_dataset(path: Path, episodes: int, progress: bool = True) -> Path:
@@ -122,25 +121,24 @@ def read_scalars(run_dir: Path) -> dict[str, list[tuple[float, int, float]]]:
 
 
 def phase_results(
-    scalars: dict[str, list[tuple[float, int, float]]], offline_steps: int, started: float
+    scalars: dict[str, list[tuple[float, int, float]]], offline_steps: int
 ) -> dict[str, float]:
     """Success at the phase boundary (the evaluation at global step offline_steps) and at the
-    end, and seconds per phase: the loop's own timers when it logs them, else from the wall
-    times of those two evaluations (then including start-up and evaluation)."""
+    end, and the loop's seconds per phase (evaluations inside a phase included)."""
     evals = sorted(scalars.get(SUCCESS, []), key=lambda e: (e[1], e[0]))
-    if not evals:
-        raise RuntimeError(f"the run logged no {SUCCESS} (does the env report success?)")
-    boundary = [e for e in evals if e[1] == offline_steps] if offline_steps else []
+    missing = [tag for tag in (SUCCESS, *PHASE_TIMES) if not scalars.get(tag)]
+    if missing:
+        raise RuntimeError(
+            f"the run logged no {missing[0]} in TensorBoard ({SUCCESS} needs a task with success)"
+        )
+    boundary = [e for e in evals if e[1] == offline_steps]
     if offline_steps and not boundary:
         steps = sorted({e[1] for e in evals})
         raise RuntimeError(f"no {SUCCESS} at the phase boundary {offline_steps}: at {steps}")
-    first, last = (boundary[-1] if boundary else None), evals[-1]
-    times = {tag: scalars[tag][-1][2] for tag in PHASE_TIMES if scalars.get(tag)}
-    offline_s = times.get(PHASE_TIMES[0], (first[0] - started) if first else 0.0)
-    online_s = times.get(PHASE_TIMES[1], last[0] - (first[0] if first else started))
+    offline_s, online_s = (scalars[tag][-1][2] for tag in PHASE_TIMES)
     return {
-        "success_offline": first[2] if first else float("nan"),
-        "success_final": last[2],
+        "success_offline": boundary[-1][2] if offline_steps else float("nan"),
+        "success_final": evals[-1][2],
         "offline_s": offline_s,
         "online_s": online_s,
     }
@@ -178,13 +176,11 @@ def run_one(
 ) -> dict[str, Any]:
     run_dir = out / f"{name}_{seed}"
     cmd = train_command(AGENTS[name], seed, dataset, offline_steps, online_steps, run_dir, extra)
-    started = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         raise RuntimeError(f"{name} seed {seed} failed ({' '.join(cmd[3:])}): {tail}")
-    result = phase_results(read_scalars(run_dir), offline_steps, started)
-    result["total_s"] = time.time() - started
+    result = phase_results(read_scalars(run_dir), offline_steps)
     return result | export_latency(run_dir / "checkpoints" / "last.ckpt", run_dir / "p.onnx")
 
 

@@ -42,17 +42,17 @@ def test_quick_run_reports_both_phases_per_agent(
 def test_phase_results_read_the_boundary_and_the_end() -> None:
     scalars = {
         "eval/success": [(110.0, 4, 0.25), (130.0, 14, 0.5)],
-        "loss/critic": [(105.0, 2, 1.0)],
+        "time/offline_s": [(110.0, 14, 7.0)],
+        "time/online_s": [(130.0, 14, 9.0)],
     }
-    got = qchunking.phase_results(scalars, offline_steps=4, started=100.0)
+    got = qchunking.phase_results(scalars, offline_steps=4)
     assert got == {
         "success_offline": 0.25,
         "success_final": 0.5,
-        "offline_s": 10.0,
-        "online_s": 20.0,
+        "offline_s": 7.0,
+        "online_s": 9.0,
     }
-    timed = {**scalars, "time/offline_s": [(0.0, 4, 7.0)], "time/online_s": [(0.0, 14, 9.0)]}
-    got = qchunking.phase_results(timed, offline_steps=4, started=100.0)
-    assert (got["offline_s"], got["online_s"]) == (7.0, 9.0)  # the loop's own timers win
     with pytest.raises(RuntimeError, match="no eval/success at the phase boundary 6: at"):
-        qchunking.phase_results(scalars, offline_steps=6, started=100.0)
+        qchunking.phase_results(scalars, offline_steps=6)
+    with pytest.raises(RuntimeError, match="the run logged no time/online_s"):
+        qchunking.phase_results({**scalars, "time/online_s": []}, offline_steps=4)
