@@ -490,3 +490,36 @@ def test_unbounded_or_discrete_actions_are_refused_in_one_line() -> None:
         with pytest.raises(AlgorithmError, match="^Env-v0: acrlpd needs a bounded") as err:
             ACRLPD.check_spaces(obs, space, "Env-v0")
         assert "\n" not in str(err.value)
+
+
+class Alternating(Fixed):
+    """Batch 1, batch 2, batch 1, ...: the micro-batches of one accumulated step."""
+
+    def __init__(self, *batches: dict) -> None:
+        self.batches, self.calls = batches, 0
+
+    def sample(self, n: int) -> dict:
+        self.calls += 1
+        return self.batches[(self.calls - 1) % len(self.batches)]
+
+
+def test_gradient_accumulation_steps_with_the_mean_gradient_of_its_batches() -> None:
+    agent = make(gradient_accumulation_steps=2)
+    reference = make(gradient_accumulation_steps=2)
+    b1, b2 = batch(seed=1), batch(seed=2)
+    learned = [p for n, p in agent.named_parameters() if not n.startswith("critic_target")]
+    before = [p.detach().clone() for p in learned]
+    sgd = torch.optim.SGD(learned, lr=1.0)  # step = -gradient
+    torch.manual_seed(7)
+    fabric = Fabric(accelerator="cpu", devices=1)
+    agent.gradient_step(fabric, agent, [sgd], Alternating(b1, b2))
+    torch.manual_seed(7)  # the same noise draws, in the same order
+    total = reference.losses(b1)["loss/total"] + reference.losses(b2)["loss/total"]
+    (total / 2).backward()
+    moved = 0
+    refs = [p for n, p in reference.named_parameters() if not n.startswith("critic_target")]
+    for p0, p1, ref in zip(before, learned, refs, strict=True):
+        grad = torch.zeros_like(p0) if ref.grad is None else ref.grad
+        torch.testing.assert_close(p0 - p1, grad, rtol=1e-4, atol=1e-6)
+        moved += int(grad.abs().sum() > 0)
+    assert moved > 10
