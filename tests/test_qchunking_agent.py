@@ -361,7 +361,7 @@ def test_offline_data_normalizes_observations_and_the_hooks_run_on_chunk_replay(
         "image": {"shape": list(IMG), "dtype": "uint8", "feature_type": "image"},
     }
     bounds = {"low": [-6.0, -6.0], "high": [6.0, 6.0], "source": "env"}
-    agent = make(specs=specs, bounds=bounds, normalize_observations=True, start_training=20)
+    agent = make(specs=specs, bounds=bounds, normalize_observations=True, start_training=10)
     storage = agent.make_storage(num_envs=2, device=torch.device("cpu"))
     info = agent.load_offline(storage, str(path))
     assert info["steps"] == 13
@@ -377,7 +377,8 @@ def test_offline_data_normalizes_observations_and_the_hooks_run_on_chunk_replay(
 
     fabric = Fabric(accelerator="cpu", devices=1)
     optimizers = agent.configure_optimizers()
-    for _ in range(8):  # act, observe, update as the loop does
+    ready_at = []
+    for i in range(8):  # act, observe, update as the loop does
         obs = {"state": torch.randn(2, 1) * 100, "image": torch.zeros(2, *IMG, dtype=torch.uint8)}
         with torch.inference_mode():
             actions, _ = agent.act(obs)
@@ -393,8 +394,10 @@ def test_offline_data_normalizes_observations_and_the_hooks_run_on_chunk_replay(
             agent.observe(storage, step)
         assert actions.shape == (2, 2) and (actions.abs() <= 6).all()
         if agent.ready(storage, 0):
+            ready_at.append(i)
             scalars = agent.update(fabric, agent, optimizers, storage, 0.0)
     assert len(storage) == 13 + 16 and math.isfinite(float(scalars["loss/total"]))
+    assert ready_at[0] == 4  # start_training counts online steps (2 envs x 5), not the 13 offline
     state = agent.storage_state(storage)
     again = agent.make_storage(num_envs=2, device=torch.device("cpu"))
     agent.load_storage_state(again, state)

@@ -436,7 +436,10 @@ class ACRLPD(OnlineAlgorithm):
         return scalars
 
     def ready(self, storage: Any, env_steps: int) -> bool:
-        return len(storage) >= max(self.hparams.start_training, self.hparams.batch_size, 1)
+        """Online updates start once `start_training` env steps are stored (Q-chunking's
+        warm-up counts online steps: the offline rows do not end it)."""
+        online = len(storage) - storage.offline_steps
+        return online >= self.hparams.start_training and len(storage) >= self.hparams.batch_size
 
     # ---- storage -------------------------------------------------------------------------
     @classmethod
