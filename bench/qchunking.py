@@ -2,6 +2,7 @@
 
     python -m bench.qchunking [--quick] [--agents BC FQL QC-FQL QC] [--seeds 0 1 2]
         [--offline-steps N] [--online-steps N] [--dataset FILE] [--episodes N]
+        [--overrides KEY=VALUE ...] [--runs-dir DIR]
 
 Task: OGBench scene-singletask-task2 with Q-chunking's sparse reward (`sim.ogbench`'s
 `scene-singletask-task2-sparse-v0`: -1 on every step until the task is solved, 0 when it is;
@@ -33,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,16 +64,14 @@ PHASE_TIMES = ("time/offline_s", "time/online_s")  # the loop's phase wall-clock
 
 
 def make_dataset(path: Path, episodes: int, progress: bool = True) -> Path:
-    """The shared `play` dataset at `path` (generated when absent, kept when present)."""
+    """The shared `play` dataset at `path` (generated when absent, used as it is when present:
+    the episode writer commits episode by episode, so an interrupted generation is readable)."""
     if path.exists():
         return path
     from sim.ogbench import generate
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.unlink(missing_ok=True)
-    generate(ENV_ID, "play", episodes, 0, partial, progress=progress, split_at_success=True)
-    partial.rename(path)  # never a half-written file under the shared name
+    generate(ENV_ID, "play", episodes, 0, path, progress=progress, split_at_success=True)
     return path
 
 
@@ -207,6 +207,7 @@ def summarize(agent: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+FULL = {"offline_steps": 100_000, "online_steps": 100_000, "episodes": 500}
 QUICK = {"offline_steps": 20, "online_steps": 20, "episodes": 2}
 QUICK_OVERRIDES = (  # smoke sizes: tiny nets and batches, one evaluation episode
     "batch_size=8",
@@ -226,23 +227,23 @@ def run(
     dataset: Path | None = None,
     episodes: int | None = None,
     extra: tuple[str, ...] = (),
+    runs_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
     from bench.report import report
 
+    budget = QUICK if quick else FULL
     seeds = seeds or ([0] if quick else [0, 1, 2])
-    offline = QUICK["offline_steps"] if offline_steps is None and quick else offline_steps
-    online = QUICK["online_steps"] if online_steps is None and quick else online_steps
-    offline = 100_000 if offline is None else offline
-    online = 100_000 if online is None else online
-    episodes = episodes or (QUICK["episodes"] if quick else 500)
+    offline = budget["offline_steps"] if offline_steps is None else offline_steps
+    online = budget["online_steps"] if online_steps is None else online_steps
     extra = (*QUICK_OVERRIDES, *extra) if quick else extra
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_qchunking_") as tmp:
+        out = Path(tmp) if runs_dir is None else runs_dir / time.strftime("%Y-%m-%d_%H-%M-%S")
         if dataset is None:
-            dataset = Path(tmp) / "scene_play.hdf5" if quick else DATASET
-        dataset = make_dataset(Path(dataset), episodes, progress=not quick)
+            dataset = out / "scene_play.hdf5" if quick else DATASET
+        dataset = make_dataset(Path(dataset), episodes or budget["episodes"], not quick)
         for name in agents or list(AGENTS):
-            runs = [run_one(name, s, dataset, offline, online, Path(tmp), extra) for s in seeds]
+            runs = [run_one(name, s, dataset, offline, online, out, extra) for s in seeds]
             rows.append(summarize(name, runs) | {"offline_steps": offline, "online_steps": online})
             print(json.dumps(rows[-1]), flush=True)
     note = (
@@ -251,6 +252,8 @@ def run(
         "wall-clock per seed; latency: one chunk for one observation, onnxruntime 1 thread, "
         f"p50. {ANCHORS}"
     )
+    if extra:
+        note += f" Overrides of every run: {' '.join(extra)}."
     report(NAME, rows, note)
     return rows
 
@@ -263,13 +266,49 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--quick", action="store_true", help="smoke-level budget, one seed")
     parser.add_argument("--agents", nargs="+", choices=list(AGENTS), default=None)
-    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1 2")
-    parser.add_argument("--offline-steps", type=int, default=None, help="default 100000")
-    parser.add_argument("--online-steps", type=int, default=None, help="default 100000")
     parser.add_argument(
-        "--dataset", type=Path, default=None, help=f"default {DATASET} (made when absent)"
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        help="training seeds (None: 0 1 2, --quick 0)",
     )
-    parser.add_argument("--episodes", type=int, default=None, help="play episodes to generate")
+    parser.add_argument(
+        "--offline-steps",
+        type=int,
+        default=None,
+        help="gradient steps on the dataset (None: 100000, --quick 20)",
+    )
+    parser.add_argument(
+        "--online-steps",
+        type=int,
+        default=None,
+        help="env steps after them (None: 100000, --quick 20)",
+    )
+    parser.add_argument(
+        "--dataset",
+        type=Path,
+        default=None,
+        help=f"play dataset, made when absent (None: {DATASET})",
+    )
+    parser.add_argument(
+        "--episodes", type=int, default=None, help="episodes to generate (None: 500, --quick 2)"
+    )
+    parser.add_argument(
+        "--overrides",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="learning.train overrides for every run, e.g. CPU sizes: "
+        "model.critic_hidden_dims=[256,256] best_of_n_samples=8 (named in the caption)",
+    )
+    parser.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=None,
+        help="keep each run's directory (checkpoints, TensorBoard) in DIR/<date>/<agent>_<seed> "
+        "(default: a temporary directory, removed at the end)",
+    )
     args = parser.parse_args(argv)
     run(
         args.quick,
@@ -279,6 +318,8 @@ def main(argv: list[str] | None = None) -> None:
         args.online_steps,
         args.dataset,
         args.episodes,
+        tuple(args.overrides),
+        args.runs_dir,
     )
 
 

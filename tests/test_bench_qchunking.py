@@ -21,22 +21,24 @@ def test_quick_run_reports_both_phases_per_agent(
     dataset = tmp_path / "data" / "scene.hdf5"
     rows = qchunking.run(
         quick=True, agents=["QC", "FQL"], dataset=dataset, episodes=1, offline_steps=4,
-        online_steps=10,
+        online_steps=10, extra=("best_of_n_samples=4",), runs_dir=tmp_path / "runs",
     )  # fmt: skip
     reader = EpisodeReader(dataset)  # made here, sparse: -1 until solved, then 0
     assert len(reader.episodes) >= 1 and reader.env_args["env_name"] == qchunking.ENV_ID
     assert set(reader.read_rewards(reader.episodes[0]).tolist()) <= {-1.0, 0.0}
     assert [r["agent"] for r in rows] == ["QC", "FQL"]
     qc, fql = rows
-    assert (qc["model_type"], qc["horizon"], qc["num_samples"]) == ("best_of_n", 5, 32)
+    assert (qc["model_type"], qc["horizon"], qc["num_samples"]) == ("best_of_n", 5, 4)
     assert (fql["model_type"], fql["horizon"], fql["num_samples"]) == ("policy", 1, 1)
     for row in rows:
         assert 0.0 <= row["success_offline"] <= 1.0 and 0.0 <= row["success_final"] <= 1.0
         assert row["offline_s_per_seed"] > 0 and row["online_s_per_seed"] > 0
         assert row["latency_ms"] > 0 and (row["offline_steps"], row["online_steps"]) == (4, 10)
+    (kept,) = (tmp_path / "runs").iterdir()  # runs kept per date: checkpoints, TensorBoard
+    assert sorted(p.name for p in kept.iterdir()) == ["FQL_0", "QC_0"]
     saved = json.loads((tmp_path / "qchunking.json").read_text())
     assert [r["agent"] for r in saved["rows"]] == ["QC", "FQL"]
-    assert "QC 97 -> 100" in saved["note"]
+    assert "QC 97 -> 100" in saved["note"] and "best_of_n_samples=4" in saved["note"]
 
 
 def test_phase_results_read_the_boundary_and_the_end() -> None:
