@@ -73,7 +73,8 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "seed": (0, "seed of the sampler noise generator"),
     "noise_scale": (
         1.0,
-        "sampler start points ~ noise_scale x N(0, I); 0 = deterministic (the flow from 0)",
+        "sampler start points ~ noise_scale x N(0, I); 0 = deterministic (the flow from 0; a "
+        "best_of_n model's N candidates are then one)",
     ),
     "observation_namespace": (
         "",
