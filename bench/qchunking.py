@@ -41,7 +41,7 @@ from typing import Any
 
 NAME = "qchunking"
 ENV_ID = "scene-singletask-task2-sparse-v0"
-DATASET = Path("/tmp/qc/scene_task2_play500.hdf5")
+DATASET = Path("bench/results/data/scene_task2_sparse_play.hdf5")  # made on first use
 ANCHORS = (  # issue 13's, from the Q-chunking paper's curves
     "Anchors (success %, offline -> online, at 100k + 100k steps; JAX, 4x512 nets): "
     "QC 97 -> 100, QC-FQL 61 -> 99, FQL 22 -> 71, BC ~1."
