@@ -240,6 +240,21 @@ def instantiate_trusted(config: Mapping[str, Any], where: str, at: str, **kwargs
     return instantiate(config, **kwargs)
 
 
+def _without_pretrained(node: Any) -> Any:
+    """The config with every `pretrained_path` set to None: the checkpoint's weights replace
+    what such a file gave at training time, so rebuilding must not need the file."""
+    if isinstance(node, dict):
+        return {
+            k: None if k == PRETRAINED_KEY else _without_pretrained(v) for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_without_pretrained(v) for v in node]
+    return node
+
+
+PRETRAINED_KEY = "pretrained_path"  # a module's external-weights file (learning/networks/pi0.py)
+
+
 def load_model(path: str | os.PathLike) -> tuple[L.LightningModule, dict[str, Any]]:
     """(model in eval mode on CPU, training config) from a `learning.train` checkpoint."""
     ckpt = read_checkpoint(path)
@@ -249,8 +264,9 @@ def load_model(path: str | os.PathLike) -> tuple[L.LightningModule, dict[str, An
     kwargs = ckpt.get(MODEL_KWARGS_KEY) or {}
     if not isinstance(kwargs, dict):
         raise CheckpointError(f"{where}: {MODEL_KWARGS_KEY!r} is not a mapping")
+    model_cfg = _without_pretrained(cfg["model"])
     try:
-        model = instantiate_trusted(cfg["model"], where, "model", _convert_="all", **kwargs)
+        model = instantiate_trusted(model_cfg, where, "model", _convert_="all", **kwargs)
     except InstantiationException as err:  # a trusted class rejected the stored arguments
         first = (str(err).splitlines() or [""])[0]
         raise CheckpointError(f"{where}: model config does not build ({first})") from None

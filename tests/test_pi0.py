@@ -257,6 +257,44 @@ def test_pretrained_backbone_loads_from_local_safetensors_only(tmp_path: Path) -
     assert "\n" not in str(err.value)
 
 
+def test_a_checkpoint_rebuilds_without_the_pretrained_file(tmp_path: Path) -> None:
+    """The checkpoint holds every weight: export elsewhere must not need the training-time
+    safetensors file (load_model drops `pretrained_path`)."""
+    from learning.checkpoint import CONFIG_KEY, MODEL_KWARGS_KEY, load_model
+
+    weights = tmp_path / "backbone.safetensors"
+    save_file(tiny(seed=3, emb_dim=16, n_heads=2, num_layers=1).backbone.state_dict(), weights)
+    policy = {
+        "_target_": "learning.networks.pi0.Pi0Policy",
+        "_partial_": True,
+        **dict(emb_dim=16, n_heads=2, num_layers=1, prompt="go", pretrained_path=str(weights)),
+    }
+    model = {
+        "_target_": "learning.algorithms.qchunking.ACRLPD",
+        "policy": policy,
+        "critic_encoder": {
+            "_target_": "learning.networks.encoders.ObservationEncoder",
+            "_partial_": True,
+        },
+        **dict(horizon_length=H, num_critics=2, critic_hidden_dims=[16], best_of_n_samples=4),
+    }
+    dims = {
+        "obs_specs": SPECS,
+        "action_dim": A,
+        "action_bounds": {"low": [-1.0] * A, "high": [1.0] * A, "source": "env"},
+    }
+    trained = instantiate(model, _convert_="all", **dims)
+    ckpt = tmp_path / "last.ckpt"
+    torch.save(
+        {CONFIG_KEY: {"model": model}, MODEL_KWARGS_KEY: dims, "state_dict": trained.state_dict()},
+        ckpt,
+    )
+    weights.unlink()  # e.g. exported on another machine
+    rebuilt, _ = load_model(ckpt)
+    for k, v in trained.state_dict().items():
+        torch.testing.assert_close(rebuilt.state_dict()[k], v, rtol=0, atol=0, msg=k)
+
+
 def test_config_builds_the_policy_with_the_roots_widths() -> None:
     cfg = yaml.safe_load((REPO / "configs/policy/pi0.yaml").read_text())
     root = OmegaConf.create({"emb_dim": 16, "n_heads": 2, "num_layers": 1, "policy": cfg})
