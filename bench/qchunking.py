@@ -100,8 +100,8 @@ def train_command(
         f"seed={seed}",
         f"run_dir={run_dir}",
         "online.progress_bar=false",
-        *agent.overrides,
         *extra,
+        *agent.overrides,  # last: what makes the agent (BC's N = 1) beats a shared override
     ]
 
 

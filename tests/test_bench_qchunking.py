@@ -12,6 +12,8 @@ import pytest
 from bench import qchunking, report
 from episode_dataset import EpisodeReader
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 @pytest.mark.slow  # ~1 min: two agents, each a train process, two scene evaluations, an export
 def test_quick_run_reports_both_phases_per_agent(
@@ -58,3 +60,21 @@ def test_phase_results_read_the_boundary_and_the_end() -> None:
         qchunking.phase_results(scalars, offline_steps=6)
     with pytest.raises(RuntimeError, match="the run logged no time/online_s"):
         qchunking.phase_results({**scalars, "time/online_s": []}, offline_steps=4)
+
+
+def test_the_agents_own_keys_beat_the_shared_overrides() -> None:
+    """`--overrides best_of_n_samples=8` sizes QC; BC stays the flow alone (N = 1)."""
+    from hydra import compose, initialize_config_dir
+
+    def composed(agent: str) -> object:
+        cmd = qchunking.train_command(
+            qchunking.AGENTS[agent], 0, Path("d.hdf5"), 10, 10, Path("run"),
+            ("best_of_n_samples=8", "horizon_length=3"),
+        )  # fmt: skip
+        overrides = [a for a in cmd[4:] if not a.startswith(("dataset=", "run_dir="))]
+        with initialize_config_dir(str(REPO / "configs"), version_base=None):
+            return compose("train_acrlpd", overrides)
+
+    assert (composed("BC").best_of_n_samples, composed("BC").horizon_length) == (1, 3)
+    assert (composed("QC").best_of_n_samples, composed("QC").horizon_length) == (8, 5)
+    assert composed("FQL").horizon_length == 1
