@@ -61,7 +61,9 @@ def by_start(batch: dict) -> dict[float, dict]:
 def test_offline_windows_equal_the_dataset_windows(dataset: Path) -> None:
     storage = replay()
     info = load_offline_episodes(storage, dataset, max_memory_gb=1.0)
-    assert info == {"episodes": 4, "steps": 14, "bytes": 14 * storage.offline_row_bytes}
+    assert info == {
+        "episodes": 4, "steps": 14, "bytes": 14 * storage.offline_row_bytes, "on_disk": []
+    }  # fmt: skip
     got = by_start(storage.sample(3000))
     assert len(got) == 14  # every start of every episode is drawn, nothing else
 
@@ -203,3 +205,34 @@ def test_ring_and_state_dict_round_trip_sample_identically(dataset: Path, tmp_pa
     torch.testing.assert_close(a[NEXT_OBS]["image"], b[NEXT_OBS]["image"])
     with pytest.raises(ValueError, match="horizon"):
         ChunkReplay(SPECS, 2, 10, 2, H + 1, G).load_state_dict(storage.state_dict())
+
+
+def test_a_dataset_over_the_bound_leaves_its_cameras_on_disk(
+    dataset: Path, tmp_path: Path
+) -> None:
+    """The seed's adaptive cache: low-dim rows in memory, the camera read from the file for each
+    sampled window; the batches equal those of the all-in-memory replay, and resume reopens it."""
+    whole = replay(seed=5)
+    load_offline_episodes(whole, dataset, max_memory_gb=1.0)
+    per_row = whole.offline_row_bytes - whole.key_bytes("image")
+    budget = (whole.online_bytes + 14 * per_row + 1) / 1024**3  # fits all but the camera
+    cached = replay(seed=5)
+    info = load_offline_episodes(cached, dataset, max_memory_gb=budget)
+    assert info["on_disk"] == ["image"] and info["bytes"] == 14 * per_row
+    assert "obs.image" not in cached.offline.data and "image read from" in cached.describe()
+    assert cached.nbytes < whole.nbytes
+    a, b = whole.sample(256), cached.sample(256)
+    for key in (ACTIONS, REWARDS, CHUNK_RETURN, BOOTSTRAP, VALID):
+        torch.testing.assert_close(a[key], b[key])
+    for part in (OBS, NEXT_OBS):
+        for k in ("state", "image"):
+            torch.testing.assert_close(a[part][k], b[part][k], rtol=0, atol=0)
+
+    torch.save(cached.state_dict(), tmp_path / "replay.pt")
+    resumed = replay(seed=0)
+    resumed.load_state_dict(torch_load(str(tmp_path / "replay.pt")))
+    c, d = cached.sample(64), resumed.sample(64)
+    torch.testing.assert_close(c[OBS]["image"], d[OBS]["image"], rtol=0, atol=0)
+    with pytest.raises(ReplayMemoryError, match="even with its cameras left on disk") as err:
+        load_offline_episodes(replay(), dataset, max_memory_gb=budget / 2)
+    assert "\n" not in str(err.value)

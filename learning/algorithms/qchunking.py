@@ -488,7 +488,9 @@ class ACRLPD(OnlineAlgorithm):
         if self.hparams.normalize_observations:  # every step of the dataset
             rows = storage.offline_steps
             data = storage.offline.data
-            self.set_observation_stats({k: data[f"obs.{k}"][0, :rows] for k in self.obs_keys})
+            self.set_observation_stats(  # low-dim keys (cameras may be left on disk)
+                {k: data[f"obs.{k}"][0, :rows] for k in self.obs_keys if f"obs.{k}" in data}
+            )
         return info
 
     def storage_state(self, storage: Any) -> dict[str, Any]:

@@ -27,7 +27,9 @@ episode (learning/data/keys.py), with a leading batch axis:
 
 Observations keep their dtype (uint8 images stay 1 byte per channel; float64 is stored as
 float32). Memory is allocated up front and bounded by `max_bytes` (env streams at construction,
-the offline stream when a dataset is reserved); `describe()` says what was taken. Sampling
+the offline stream when a dataset is reserved); `describe()` says what was taken. A dataset that
+does not fit leaves its cameras on disk, largest first, until the rest does (the seed's
+adaptive cache): their rows are read from the file for each sampled window (`_DiskObs`). Sampling
 draws from the replay's own seeded generator, part of `state_dict`, so a resumed run samples
 what an uninterrupted one would.
 """
@@ -41,6 +43,7 @@ from typing import Any
 
 import torch
 
+from episode_dataset import IMAGE
 from learning.data.keys import (
     ACTION_IS_PAD,
     ACTIONS,
@@ -125,6 +128,29 @@ class _Streams:
         self.last_end = torch.as_tensor(state["last_end"]).clone()
 
 
+class _DiskObs:
+    """Observation keys of the offline stream left in the dataset file: row i of the stream
+    (episodes in the order they were loaded) read on demand."""
+
+    def __init__(self, path: str | Path, keys: list[str]) -> None:
+        self.path, self.keys = str(path), list(keys)
+        self.reader = open_dataset(path)
+        self.episodes = list(self.reader.episodes)
+        lengths = [self.reader.num_steps(ep) for ep in self.episodes]
+        self.ends = torch.tensor(lengths).cumsum(0)  # row after each episode
+
+    def read(self, key: str, rows: torch.Tensor) -> torch.Tensor:
+        """obs[key] of stream rows `rows` (any shape) -> (*rows.shape, *obs shape)."""
+        flat = rows.reshape(-1).cpu()
+        ep = torch.searchsorted(self.ends, flat, right=True)
+        step = flat - torch.where(ep > 0, self.ends[(ep - 1).clamp(min=0)], 0)
+        frames = [
+            torch.from_numpy(self.reader.read_obs(self.episodes[e], key, t, t + 1)[0])
+            for e, t in zip(ep.tolist(), step.tolist(), strict=True)
+        ]
+        return torch.stack(frames).reshape(*rows.shape, *frames[0].shape).to(rows.device)
+
+
 class ChunkReplay:
     """Env streams + an offline stream; `sample(B)` returns chunk windows with their masks
     (module docstring). `obs_specs`: key -> {"shape": [...], "dtype": "float32", ...}."""
@@ -170,6 +196,7 @@ class ChunkReplay:
         self.offline_row_bytes, _ = checked_size("offline", "step", 0, self.offline_row, None)
         self.online = _Streams(online_row, self.num_envs, rows, self.device)
         self.offline: _Streams | None = None
+        self.offline_disk: _DiskObs | None = None  # cameras read from the dataset file
         if offline_capacity:
             self.reserve_offline(int(offline_capacity))
         # indices are drawn on the host, where the stream counters live: no device sync
@@ -188,7 +215,19 @@ class ChunkReplay:
 
     @property
     def nbytes(self) -> int:
-        return self.online_bytes + self.offline_capacity * self.offline_row_bytes
+        return self.online_bytes + self.offline_capacity * self.offline_memory_row_bytes
+
+    @property
+    def offline_memory_row_bytes(self) -> int:
+        """Bytes per offline row held in memory (cameras left on disk excluded)."""
+        return self.offline_row_bytes - sum(
+            self.key_bytes(k) for k in (self.offline_disk.keys if self.offline_disk else ())
+        )
+
+    def key_bytes(self, key: str) -> int:
+        """Bytes of one row of observation `key`."""
+        shape, dt = self.offline_row[f"obs.{key}"]
+        return torch.Size(shape).numel() * torch.empty((), dtype=dt).element_size()
 
     def __len__(self) -> int:
         """Stored steps: the env streams' (newest `capacity` kept) and the offline stream's."""
@@ -197,28 +236,35 @@ class ChunkReplay:
     def describe(self) -> str:
         """One line for the run log: what the replay holds and the memory it took."""
         offline = (
-            f" + offline {self.offline_capacity} steps x {self.offline_row_bytes} B"
+            f" + offline {self.offline_capacity} steps x {self.offline_memory_row_bytes} B"
             if self.offline is not None
             else ""
         )
+        if self.offline_disk is not None:
+            offline += f" ({', '.join(self.offline_disk.keys)} read from {self.offline_disk.path})"
         return (
             f"chunk replay (h={self.horizon}): {self.num_envs} env streams x {self.online.rows} "
             f"steps x {self.online_row_bytes} B{offline} = {_size(self.nbytes)} on {self.device}"
         )
 
-    def reserve_offline(self, steps: int) -> None:
-        """Allocate the (empty) offline stream for `steps` dataset steps; ReplayMemoryError
-        (one line) when the replay would exceed `max_bytes`."""
+    def reserve_offline(self, steps: int, disk: _DiskObs | None = None) -> None:
+        """Allocate the (empty) offline stream for `steps` dataset steps, the keys of `disk`
+        left in its file; ReplayMemoryError (one line) when the replay would exceed
+        `max_bytes`."""
         if self.offline_steps:
             raise ConfigError("chunk replay: the offline stream is already filled")
-        total = self.online_bytes + steps * self.offline_row_bytes
+        self.offline_disk = disk
+        row_bytes = self.offline_memory_row_bytes
+        total = self.online_bytes + steps * row_bytes
         if self.max_bytes is not None and total > self.max_bytes:
             raise ReplayMemoryError(
-                f"chunk replay: offline {steps} steps x {self.offline_row_bytes} B + env streams "
+                f"chunk replay: offline {steps} steps x {row_bytes} B + env streams "
                 f"{_size(self.online_bytes)} = {_size(total)} exceeds max_bytes "
                 f"{_size(self.max_bytes)}"
             )
-        self.offline = _Streams(self.offline_row, 1, max(int(steps), 1), self.device)
+        on_disk = {f"obs.{k}" for k in (disk.keys if disk else ())}
+        row = {k: v for k, v in self.offline_row.items() if k not in on_disk}
+        self.offline = _Streams(row, 1, max(int(steps), 1), self.device)
 
     # -- writing ---------------------------------------------------------------------------
     def add(
@@ -259,15 +305,19 @@ class ChunkReplay:
             )
         end = torch.zeros(n, dtype=torch.bool)
         end[-1] = True
+        off, start = self.offline, self.offline_steps
         values = {
-            **{f"obs.{k}": torch.as_tensor(obs[k]) for k in self.obs_keys},
+            **{
+                f"obs.{k}": torch.as_tensor(obs[k])
+                for k in self.obs_keys
+                if f"obs.{k}" in off.data
+            },
             "actions": torch.as_tensor(actions),
             "rewards": torch.as_tensor(rewards),
             "terminated": end & bool(terminated),
             "done": end,
         }
         # one stream, n rows: written as a block (write() takes one row per stream)
-        off, start = self.offline, self.offline_steps
         for name, value in values.items():
             store = off.data[name]
             store[0, start : start + n] = value.to(store.device, store.dtype).reshape(
@@ -326,9 +376,11 @@ class ChunkReplay:
         else:  # the offline stream: the next row, unrecorded after an episode's last step
             invalid = stopped
             nxt = torch.where(has_end, last, last + 1) % bank.rows
-            next_obs = {k: d[f"obs.{k}"][stream, nxt] for k in self.obs_keys}
+            next_obs = {k: self._obs(bank, k, stream, nxt) for k in self.obs_keys}
         return {
-            OBS: {k: d[f"obs.{k}"][stream, start % bank.rows][:, None] for k in self.obs_keys},
+            OBS: {
+                k: self._obs(bank, k, stream, start % bank.rows)[:, None] for k in self.obs_keys
+            },
             ACTIONS: d["actions"][s2, act_steps % bank.rows],
             REWARDS: rewards,
             ACTION_IS_PAD: pad,
@@ -337,6 +389,14 @@ class ChunkReplay:
             BOOTSTRAP: (~terminal).float(),
             VALID: (~invalid).float(),
         }
+
+    def _obs(self, bank: _Streams, key: str, stream: torch.Tensor, rows: torch.Tensor):
+        """obs[key] at `rows` of `stream` of `bank`: from memory, or (an offline camera left
+        on disk) from the dataset file."""
+        if f"obs.{key}" in bank.data:
+            return bank.data[f"obs.{key}"][stream, rows]
+        assert self.offline_disk is not None and bank is self.offline
+        return self.offline_disk.read(key, rows)
 
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -348,6 +408,11 @@ class ChunkReplay:
         }
         if self.offline is not None:
             state["offline"] = self.offline.state_dict()
+        if self.offline_disk is not None:  # reopened on resume: the file must still be there
+            state["offline_disk"] = {
+                "path": self.offline_disk.path,
+                "keys": self.offline_disk.keys,
+            }
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -357,9 +422,10 @@ class ChunkReplay:
             )
         self.online.load_state_dict(state["online"], "chunk replay")
         if "offline" in state:
-            saved = state["offline"]
+            saved, disk = state["offline"], state.get("offline_disk")
             self.offline = None
-            self.reserve_offline(int(saved["rows"]))
+            opened = _DiskObs(disk["path"], disk["keys"]) if disk else None
+            self.reserve_offline(int(saved["rows"]), opened)
             assert self.offline is not None
             self.offline.load_state_dict(saved, "offline stream")
         self.generator.set_state(state["generator"])
@@ -437,16 +503,19 @@ def load_offline_episodes(
             )
         episodes = list(reader.episodes)
         steps = sum(reader.num_steps(ep) for ep in episodes)
-        nbytes = steps * storage.offline_row_bytes
-        if max_memory_gb is not None and nbytes > max_memory_gb * GB:
+        on_disk = _keys_left_on_disk(storage, steps, max_memory_gb)
+        nbytes = steps * (storage.offline_row_bytes - sum(storage.key_bytes(k) for k in on_disk))
+        if max_memory_gb is not None and nbytes + storage.online_bytes > max_memory_gb * GB:
             raise ReplayMemoryError(
-                f"dataset {path}: {steps} steps x {storage.offline_row_bytes} B = {_size(nbytes)} "
-                f"exceeds max_memory_gb {max_memory_gb:g}"
+                f"dataset {path}: {steps} steps x {storage.offline_row_bytes} B = "
+                f"{_size(steps * storage.offline_row_bytes)} exceeds max_memory_gb "
+                f"{max_memory_gb:g} with the env streams, even with its cameras left on disk"
             )
-        storage.reserve_offline(steps)
+        storage.reserve_offline(steps, _DiskObs(path, on_disk) if on_disk else None)
+        in_memory = [k for k in storage.obs_keys if k not in on_disk]
         for ep in episodes:
             storage.add_episode(
-                {k: torch.from_numpy(reader.read_obs(ep, k)) for k in storage.obs_keys},
+                {k: torch.from_numpy(reader.read_obs(ep, k)) for k in in_memory},
                 torch.from_numpy(reader.read_actions(ep)),
                 torch.from_numpy(reader.read_rewards(ep)),
                 bool(reader.episode_metadata(ep).get("terminated", False)),
@@ -454,6 +523,28 @@ def load_offline_episodes(
     finally:
         reader.close()
     log.info(
-        "offline: %d episodes, %d steps, %s from %s", len(episodes), steps, _size(nbytes), path
+        "offline: %d episodes, %d steps, %s in memory from %s%s",
+        len(episodes),
+        steps,
+        _size(nbytes),
+        path,
+        f" ({', '.join(on_disk)} read from the file per batch)" if on_disk else "",
     )
-    return {"episodes": len(episodes), "steps": steps, "bytes": nbytes}
+    return {"episodes": len(episodes), "steps": steps, "bytes": nbytes, "on_disk": on_disk}
+
+
+def _keys_left_on_disk(storage: ChunkReplay, steps: int, max_memory_gb: float | None) -> list[str]:
+    """Cameras to leave in the file, largest first, until the rest of `steps` offline rows and
+    the env streams fit `max_memory_gb` (none when everything fits)."""
+    if max_memory_gb is None:
+        return []
+    budget = max_memory_gb * GB - storage.online_bytes
+    nbytes = steps * storage.offline_row_bytes
+    cameras = [k for k, s in storage.obs_specs.items() if s.get("feature_type") == IMAGE]
+    on_disk: list[str] = []
+    for key in sorted(cameras, key=storage.key_bytes, reverse=True):
+        if nbytes <= budget:
+            break
+        on_disk.append(key)
+        nbytes -= steps * storage.key_bytes(key)
+    return on_disk
