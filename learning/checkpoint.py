@@ -240,6 +240,9 @@ def instantiate_trusted(config: Mapping[str, Any], where: str, at: str, **kwargs
     return instantiate(config, **kwargs)
 
 
+PRETRAINED_KEY = "pretrained_path"  # a module's external-weights file (learning/networks/pi0.py)
+
+
 def _without_pretrained(node: Any) -> Any:
     """The config with every `pretrained_path` set to None: the checkpoint's weights replace
     what such a file gave at training time, so rebuilding must not need the file."""
@@ -250,9 +253,6 @@ def _without_pretrained(node: Any) -> Any:
     if isinstance(node, list):
         return [_without_pretrained(v) for v in node]
     return node
-
-
-PRETRAINED_KEY = "pretrained_path"  # a module's external-weights file (learning/networks/pi0.py)
 
 
 def load_model(path: str | os.PathLike) -> tuple[L.LightningModule, dict[str, Any]]:
