@@ -1,4 +1,4 @@
-"""The torch-free runtime: export contract, ONNX runner, policy interface, message codecs.
+"""The torch-free runtime: export contract, ONNX runner, policy interface.
 
 Imported by `learning`, `sim`, the ROS packages and the benchmarks; it needs numpy (and
 onnxruntime to run models), never torch, rclpy or MuJoCo (tests/test_layering.py proves it).

@@ -21,7 +21,7 @@ import re
 
 from episode_dataset import IMAGE as IMAGE_FEATURE
 from episode_dataset import LOW_DIM as LOW_DIM_FEATURE
-from roboloop_runtime.codecs import BOOL, FLOAT32, IMAGE, JOINT_STATE
+from episode_dataset.codecs import BOOL, FLOAT32, IMAGE, JOINT_STATE
 
 DEFAULT_NAMESPACE = "/sim"
 # feature type (episode_dataset, the export contract) -> ROS message type

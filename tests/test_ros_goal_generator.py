@@ -66,7 +66,7 @@ def test_goal_generator_node_across_processes(goal_model: Path, tmp_path: Path, 
     from roboloop_node_common.runtime import DIAGNOSTICS_QOS
     from sensor_msgs.msg import Image
 
-    from roboloop_runtime.codecs import decode_image, encode_image
+    from episode_dataset.codecs import decode_image, encode_image
 
     scene_topic, out_topic = "/test_goal_generator/scene", "/test_goal_generator/proposals"
     proc = start_node(
@@ -159,7 +159,7 @@ def test_goal_generator_refuses_bad_scenes_and_outputs_and_counts_drops(
     from roboloop_goal_generator.reference_model import make_reference_generator
     from sensor_msgs.msg import Image
 
-    from roboloop_runtime.codecs import encode_image
+    from episode_dataset.codecs import encode_image
 
     scene_topic, out_topic = "/t_goal_attack/scene", "/t_goal_attack/proposals"
     model = make_reference_generator(tmp_path / "nan.onnx", SIZE, fault="nan_without_robot")

@@ -49,8 +49,8 @@ def test_generator_to_scorer_chain_across_processes(models, tmp_path: Path, ros_
     from sensor_msgs.msg import Image
     from std_msgs.msg import Float32MultiArray
 
+    from episode_dataset.codecs import decode_image, encode_image
     from learning.generative.planner import mask_to_pose, scene_masks
-    from roboloop_runtime.codecs import decode_image, encode_image
     from sim.namo.keys import ACTION_KEYS, STATE_KEYS
     from sim.namo.layout import decode_response, join_request
     from sim.namo.masks import proposal_masks

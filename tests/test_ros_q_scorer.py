@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from roboloop_runtime.codecs import decode_image, encode_image
+from episode_dataset.codecs import decode_image, encode_image
 from sim.namo.layout import LayoutError, decode_response, join_request, split_request
 from sim.namo.scoring import OnnxQScorer
 

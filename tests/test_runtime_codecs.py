@@ -7,7 +7,7 @@ import pytest
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float32, Float32MultiArray
 
-from roboloop_runtime.codecs import (
+from episode_dataset.codecs import (
     MessageError,
     decode_bool,
     decode_float32,

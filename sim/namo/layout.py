@@ -1,6 +1,6 @@
 """Wire layout of q_scorer requests/responses as plain numpy (torch-free, rclpy-free).
 
-Bytes <-> arrays is the shared Image decoder's job (roboloop_runtime.codecs: padded rows,
+Bytes <-> arrays is the shared Image decoder's job (episode_dataset.codecs: padded rows,
 byte order, size limit, finiteness); this module splits the decoded (H, W, C) request into
 state and action masks, and builds one from them.
 
@@ -84,7 +84,7 @@ def proposals_in(channels: int) -> int:
 def join_request(state_masks: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
     """(11|K x 11, H, W) + (K, 2, H, W) -> the request image (H, W, 8 + 5K) float32.
 
-    Send it with roboloop_runtime.codecs.encode_image (an Image 32FC<8+5K>).
+    Send it with episode_dataset.codecs.encode_image (an Image 32FC<8+5K>).
     """
     s, a = check_batch(state_masks, action_masks)
     k, _, h, w = a.shape

@@ -2,7 +2,7 @@
 
 Scene in: one sensor_msgs/Image, encoding 32FC5, (H, W) any size, channels in `CONTEXT_KEYS`
 order (robot_image, goal_image, movable_objects_image, static_objects_image, target_object) in
-[0, 1], decoded by the shared decoder (roboloop_runtime.codecs: padded rows, either byte
+[0, 1], decoded by the shared decoder (episode_dataset.codecs: padded rows, either byte
 order, finite values, at most `max_request_bytes`). Proposals out: (S, S, K) float32 at the
 model's resolution (`image_size` in metadata), channel k = proposal k, goal occupancy in [0, 1]
 (threshold: metadata `mask_threshold`), sent with `codecs.encode_image` as an Image 32FC<K>.
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from roboloop_runtime.codecs import decode_image
+from episode_dataset.codecs import decode_image
 from sim.namo.goal_generator import GoalGenerator, SceneError
 from sim.namo.keys import CONTEXT_KEYS
 

@@ -22,9 +22,9 @@ from roboloop_node_common.model_node import ModelNode, ModelParams, model_parame
 from roboloop_node_common.runtime import run_node
 from sensor_msgs.msg import Image
 
+from episode_dataset.codecs import MessageError, encode_image
 from roboloop_goal_generator.generator import GoalGenerator, SceneError, generate
 from roboloop_runtime import ModelOutputError, OnnxModel
-from roboloop_runtime.codecs import MessageError, encode_image
 
 NODE_NAME = "goal_generator"
 # Scenes are requests: reliable, only the newest matters.

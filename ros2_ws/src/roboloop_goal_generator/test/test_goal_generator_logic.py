@@ -8,8 +8,8 @@ from roboloop_goal_generator.generator import GoalGenerator, SceneError, generat
 from roboloop_goal_generator.reference_model import make_reference_generator
 from sensor_msgs.msg import Image
 
+from episode_dataset.codecs import MessageError, encode_image
 from roboloop_runtime import ModelOutputError
-from roboloop_runtime.codecs import MessageError, encode_image
 
 K, S = 3, 8
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from episode_dataset.codecs import MessageError, decode_image, image_encoding
 from roboloop_runtime import ModelOutputError, check_output
-from roboloop_runtime.codecs import MessageError, decode_image, image_encoding
 from sim.namo.layout import LayoutError, proposals_in, response_dims, split_request
 from sim.namo.scoring import QScorer
 

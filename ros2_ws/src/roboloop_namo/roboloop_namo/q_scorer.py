@@ -29,9 +29,9 @@ from roboloop_node_common.runtime import run_node
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 
+from episode_dataset.codecs import MessageError
 from roboloop_namo.core import RequestLimits, ScoringStats, score_request
 from roboloop_runtime import ModelOutputError, OnnxModel
-from roboloop_runtime.codecs import MessageError
 from sim.namo.scoring import OnnxQScorer
 
 NODE_NAME = "q_scorer"

@@ -33,6 +33,7 @@ from roboloop_node_common.runtime import run_node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool
 
+from episode_dataset.codecs import IMAGE, MessageError, ns_to_stamp, stamp_to_ns
 from roboloop_policy.control import STALE, Command, PolicyLoop
 from roboloop_policy.observations import (
     BindingError,
@@ -45,7 +46,6 @@ from roboloop_policy.observations import (
 )
 from roboloop_policy.safety import DEFAULT_MAX_NORMALIZED, ObservationRange
 from roboloop_runtime import ObsSpec, OnnxPolicy, check_control_rate
-from roboloop_runtime.codecs import IMAGE, MessageError, ns_to_stamp, stamp_to_ns
 
 NODE_NAME = "policy_node"
 # Observations are sensor streams: best effort, shallow; the newest sample is all we use.

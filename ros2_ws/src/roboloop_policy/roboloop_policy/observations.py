@@ -12,7 +12,7 @@ follows from the model's declared observations by the one convention, `<namespac
 (`convention_topic_map`), the names the sim bridge publishes them under.
 `bind_observations` checks the node's topic -> key map against the metadata at configure
 time; `decode` turns one received message into the array for its key with the shared decoders
-(roboloop_runtime.codecs) and rejects values absurdly far from the training data's
+(episode_dataset.codecs) and rejects values absurdly far from the training data's
 normalization stats, or raises `MessageError` (whose `reason` the node counts per topic; such a
 message is dropped, never fed to the model).
 
@@ -29,15 +29,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from roboloop_policy.safety import ObservationRange
-from roboloop_runtime import ObsSpec
-from roboloop_runtime.codecs import (
+from episode_dataset.codecs import (
     IMAGE,
     JOINT_STATE,
     JOINT_STATE_FIELDS,
     decode_image,
     decode_joint_state,
 )
+from roboloop_policy.safety import ObservationRange
+from roboloop_runtime import ObsSpec
 from roboloop_runtime.topics import TopicNameError, observation_message_type, observation_topic
 
 if TYPE_CHECKING:  # a type only: this module stays ROS-free

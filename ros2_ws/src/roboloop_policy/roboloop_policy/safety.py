@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from episode_dataset.codecs import MessageError
 from roboloop_runtime import ACTIONS_OUTPUT, ActionBounds, check_output
-from roboloop_runtime.codecs import MessageError
 
 DEFAULT_MAX_NORMALIZED = 1e3
 RE_EXPORT = "re-export it with `python -m learning.export` (the export writes them)"

@@ -8,8 +8,8 @@ from roboloop_policy.observations import BindingError, bind_observations, decode
 from roboloop_policy.safety import ObservationRange
 from sensor_msgs.msg import Image, JointState
 
+from episode_dataset.codecs import IMAGE, JOINT_STATE, MessageError
 from roboloop_runtime import ObsSpec
-from roboloop_runtime.codecs import IMAGE, JOINT_STATE, MessageError
 
 IMG = ObsSpec((4, 5, 3), "uint8", "image")
 STATE = ObsSpec((3,), "float32", "low_dim")

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from episode_dataset import codecs
+from episode_dataset.codecs import MessageError
 from roboloop_recorder.topics import TopicSpec
-from roboloop_runtime import codecs
-from roboloop_runtime.codecs import MessageError
 
 __all__ = ["CONVERTERS", "Converter", "MessageError", "convert"]
 

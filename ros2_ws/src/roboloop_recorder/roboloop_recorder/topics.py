@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from episode_dataset import ACTIONS, DONES, OBS, REWARDS, KeySpec
-from roboloop_runtime.codecs import (
+from episode_dataset.codecs import (
     BOOL,
     FLOAT32,
     FLOAT32_MULTI_ARRAY,

@@ -47,8 +47,8 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float32, String
 from std_srvs.srv import Trigger
 
+from episode_dataset.codecs import MessageError, decode_joint_state, encode_image
 from roboloop_runtime import check_control_rate
-from roboloop_runtime.codecs import MessageError, decode_joint_state, encode_image
 from roboloop_runtime.topics import (
     IMAGE_FEATURE,
     observation_topic,

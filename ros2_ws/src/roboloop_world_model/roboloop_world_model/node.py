@@ -37,8 +37,7 @@ from roboloop_policy.safety import DEFAULT_MAX_NORMALIZED, ObservationRange
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float32
 
-from roboloop_runtime import WorldModelRunner, check_control_rate, observation_affine
-from roboloop_runtime.codecs import (
+from episode_dataset.codecs import (
     IMAGE,
     MessageError,
     decode_joint_state,
@@ -46,6 +45,7 @@ from roboloop_runtime.codecs import (
     ns_to_stamp,
     stamp_to_ns,
 )
+from roboloop_runtime import WorldModelRunner, check_control_rate, observation_affine
 from roboloop_runtime.topics import IMAGE_FEATURE
 from roboloop_world_model.belief import STALE, Belief, BeliefLoop
 
