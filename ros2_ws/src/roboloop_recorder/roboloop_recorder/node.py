@@ -40,6 +40,8 @@ from roboloop_node_common.runtime import (
 )
 from std_srvs.srv import Trigger
 
+from episode_dataset.recording.session import RecordingSession, SessionConfig
+from episode_dataset.recording.topics import RecorderConfigError, dataset_specs
 from roboloop_recorder.qos_choice import (
     BEST_EFFORT,
     RELIABLE,
@@ -49,9 +51,7 @@ from roboloop_recorder.qos_choice import (
     choose_qos,
     needs_resubscribe,
 )
-from roboloop_recorder.session import RecordingSession, SessionConfig
 from roboloop_recorder.spec import Recording, plan_recording, read_dataset_spec
-from roboloop_recorder.topics import RecorderConfigError, dataset_specs
 from roboloop_recorder.writer_thread import EpisodeWriterThread
 
 # name -> (default, description). Declared once in __init__, read at each configure.

@@ -29,7 +29,7 @@ from typing import Any
 from roboloop_node_common.robot_spec import DatasetSpec
 
 from episode_dataset import ACTIONS, DONES, OBS, REWARDS, EpisodeReader
-from roboloop_recorder.topics import RecorderConfigError, TopicSpec, parse_topics
+from episode_dataset.recording.topics import RecorderConfigError, TopicSpec, parse_topics
 from roboloop_runtime.topics import observation_message_type, observation_topic, step_topic
 
 # env_args key of the control rate (robot steps per second), as training reads it

@@ -24,12 +24,9 @@ from typing import Any
 import numpy as np
 
 from episode_dataset import EpisodeWriter, KeySpec
+from episode_dataset.recording.sink import WriteError
 
 _CLOSE = ("close",)
-
-
-class WriteError(RuntimeError):
-    """Writing the dataset failed; the episode being written is lost."""
 
 
 @dataclass

@@ -12,9 +12,9 @@ from roboloop_node_common.robot_spec import (
     spec_message,
 )
 from roboloop_recorder.spec import plan_recording, read_dataset_spec
-from roboloop_recorder.topics import RecorderConfigError
 
 from episode_dataset import EpisodeWriter, KeySpec
+from episode_dataset.recording.topics import RecorderConfigError
 
 STATE = KeySpec("float32", (10,))
 IMAGE = KeySpec("uint8", (8, 6, 3), encoding="rgb8")

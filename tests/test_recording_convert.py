@@ -1,6 +1,6 @@
 """Parameter parsing, message validation/conversion and QoS choice (ROS-free, duck-typed).
 
-The decoding rules themselves are tested with roboloop_runtime.codecs; these tests pin down
+The decoding rules themselves are tested with episode_dataset.codecs; these tests pin down
 what the recorder asks of them.
 """
 
@@ -10,7 +10,6 @@ from types import SimpleNamespace as NS
 
 import numpy as np
 import pytest
-from roboloop_recorder.convert import MessageError, convert
 from roboloop_recorder.qos_choice import (
     BEST_EFFORT,
     RELIABLE,
@@ -19,7 +18,9 @@ from roboloop_recorder.qos_choice import (
     choose_qos,
     needs_resubscribe,
 )
-from roboloop_recorder.topics import RecorderConfigError, dataset_specs, parse_topics
+
+from episode_dataset.recording.convert import MessageError, convert
+from episode_dataset.recording.topics import RecorderConfigError, dataset_specs, parse_topics
 
 TOPICS = ["/s", "/img", "/a", "/r", "/d"]
 TYPES = [

@@ -11,7 +11,7 @@ most once per (topic, reason) every `log_period_s`, with the number held back si
 line, so a frequent reason never hides a rare one. Counters are published as diagnostics by the
 node and stored in each episode's metadata (counts during that episode).
 
-A failed write (see writer_thread) stops recording: the episode is lost (committed ones stay),
+A failed write (see `sink`) stops recording: the episode is lost (committed ones stay),
 `write_error` holds the one-line reason until an explicit `start_episode` tries again, and no
 episode restarts by itself.
 """
@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from episode_dataset import ACTIONS, DONES, REWARDS
-from roboloop_recorder.alignment import FUTURE_STAMP, LATE, AlignedStep, Aligner
-from roboloop_recorder.convert import CONVERTERS, MessageError, convert
-from roboloop_recorder.topics import TopicSpec
-from roboloop_recorder.writer_thread import EpisodeWriterThread, WriteError
+from episode_dataset.recording.alignment import FUTURE_STAMP, LATE, AlignedStep, Aligner
+from episode_dataset.recording.convert import CONVERTERS, MessageError, convert
+from episode_dataset.recording.sink import EpisodeSink, WriteError
+from episode_dataset.recording.topics import TopicSpec
 
 
 @dataclass
@@ -97,7 +97,7 @@ class RecordingSession:
         """Validate the configuration (no file is touched); `attach` the writer before use."""
         self.specs = {s.topic: s for s in specs}
         self.config = config
-        self.writer: EpisodeWriterThread | None = None
+        self.writer: EpisodeSink | None = None
         self._log = log or (lambda _msg: None)
         self._log_rejection = RejectionLog(self._log, config.log_period_s)
         self.period = 1.0 / (config.control_rate_hz * config.real_time_factor)
@@ -141,7 +141,7 @@ class RecordingSession:
         self.write_error: str | None = None
         self._failures_seen = 0
 
-    def attach(self, writer: EpisodeWriterThread) -> None:
+    def attach(self, writer: EpisodeSink) -> None:
         self.writer = writer
         self._failures_seen = writer.failures
 

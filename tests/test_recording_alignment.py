@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from roboloop_recorder.alignment import (
+
+from episode_dataset.recording.alignment import (
     DUPLICATE_STAMP,
     FUTURE_STAMP,
     LATE,

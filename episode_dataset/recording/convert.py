@@ -19,7 +19,7 @@ import numpy as np
 
 from episode_dataset import codecs
 from episode_dataset.codecs import MessageError
-from roboloop_recorder.topics import TopicSpec
+from episode_dataset.recording.topics import TopicSpec
 
 __all__ = ["CONVERTERS", "Converter", "MessageError", "convert"]
 

@@ -6,11 +6,11 @@ from types import SimpleNamespace as NS
 
 import numpy as np
 import pytest
-from roboloop_recorder.session import RecordingSession, SessionConfig
-from roboloop_recorder.topics import dataset_specs, parse_topics
 from roboloop_recorder.writer_thread import EpisodeWriterThread
 
 from episode_dataset import DatasetError, EpisodeReader, validate_file
+from episode_dataset.recording.session import RecordingSession, SessionConfig
+from episode_dataset.recording.topics import dataset_specs, parse_topics
 
 P = 0.05
 SPECS = parse_topics(
@@ -273,7 +273,7 @@ FAILING_WRITES = """
 import json, resource, sys, time
 from pathlib import Path
 sys.path[:0] = {paths!r}
-import test_recorder_session as t
+import test_recording_session as t
 
 def limit(n):
     resource.setrlimit(resource.RLIMIT_FSIZE, (n, resource.RLIM_INFINITY))
