@@ -15,7 +15,6 @@ shutdown and process exit (SIGINT, SIGTERM): the open episode is kept, `end_reas
 from __future__ import annotations
 
 import importlib
-import json
 import signal
 import sys
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
     DurabilityPolicy,
@@ -30,6 +30,7 @@ from rclpy.qos import (
     ReliabilityPolicy,
 )
 from roboloop_node_common.entry import STOP
+from roboloop_node_common.lockstep import StepAcknowledger
 from roboloop_node_common.robot_spec import DatasetSpec, wait_for_spec
 from roboloop_node_common.runtime import (
     DIAGNOSTICS_QOS,
@@ -38,9 +39,17 @@ from roboloop_node_common.runtime import (
     publish_status,
     run_node,
 )
+from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
-from episode_dataset.recording.session import RecordingSession, SessionConfig
+from episode_dataset.recording.params import (
+    RECORDING_PARAMETERS,
+    TOPIC_LISTS,
+    Recording,
+    env_args_from_json,
+    session_config,
+)
+from episode_dataset.recording.session import RecordingSession
 from episode_dataset.recording.topics import RecorderConfigError, dataset_specs
 from roboloop_recorder.qos_choice import (
     BEST_EFFORT,
@@ -51,37 +60,14 @@ from roboloop_recorder.qos_choice import (
     choose_qos,
     needs_resubscribe,
 )
-from roboloop_recorder.spec import Recording, plan_recording, read_dataset_spec
+from roboloop_recorder.spec import plan_recording, read_dataset_spec
 from roboloop_recorder.writer_thread import EpisodeWriterThread
+from roboloop_runtime.topics import step_ack_topic
 
-# name -> (default, description). Declared once in __init__, read at each configure.
+# name -> (default, description). Declared once in __init__, read at each configure: what to
+# record and how to align it (shared with bag import), then what only the node needs.
 PARAMETERS: dict[str, tuple[Any, str]] = {
-    "topics": (
-        ["/sim/state", "/sim/applied_action", "/sim/reward", "/sim/done"],
-        "Topics to record (parallel to types/keys/shapes/fields).",
-    ),
-    "types": (
-        [
-            "sensor_msgs/msg/JointState",
-            "sensor_msgs/msg/JointState",
-            "std_msgs/msg/Float32",
-            "std_msgs/msg/Bool",
-        ],
-        "ROS type of each topic (Image, JointState, Float32MultiArray, Float32, Bool).",
-    ),
-    "keys": (
-        ["obs/state", "actions", "rewards", "dones"],
-        "Dataset key of each topic: obs/<name>, actions, rewards or dones.",
-    ),
-    "shapes": (
-        ["10", "2", "", ""],
-        "Per-step shape of each key, comma separated ('64,64,3'); '' for scalars.",
-    ),
-    "fields": (
-        ["position", "effort", "", ""],
-        "JointState field of each topic (position|velocity|effort); '' = default "
-        "(effort for actions, else position).",
-    ),
+    **RECORDING_PARAMETERS,
     "spec_path": (
         "",
         "Dataset whose spec (observation/action keys, shapes, source topics, env_args) says "
@@ -102,52 +88,21 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
         "recording.hdf5",
         "Dataset file (episode_dataset); appended to if it exists; missing parents are created.",
     ),
-    "env_args_json": ("{}", "JSON stored as the dataset's env_args (env_name, env_kwargs...)."),
-    "control_rate_hz": (
-        50.0,
-        "Control steps per second of robot time (stored as env_args.control_rate_hz; the "
-        "default is Reacher-v5's, like the topic lists'); 0 = the spec's or env_args_json's.",
-    ),
-    "real_time_factor": (
-        0.0,
-        "Robot seconds per wall-clock second (stamps are wall-clock: the timeline runs at "
-        "control_rate_hz x this per stamp second); 0 = the spec topic's, else 1.",
-    ),
-    "max_age_s": (
-        0.008,
-        "A key's sample may be this much older than the step's observation, else the step is "
-        "stale (skipped). Must be below half a wall-clock period (0.01 s at the default 50 Hz).",
-    ),
-    "headerless_anchor_key": (
-        "actions",
-        "Headerless messages (Float32, Bool) take the header stamp of this key's message that "
-        "arrived nearest to them; '' = stamp them on arrival (see headerless_offset_periods).",
-    ),
-    "headerless_anchor_tolerance_s": (
-        0.02,
-        "Largest arrival-time gap between a headerless message and its anchor message.",
-    ),
-    "headerless_offset_periods": (
-        -1.0,
-        "Without an anchor: headerless messages are stamped on arrival plus this many periods.",
-    ),
-    "reference_key": ("", "Key whose stamps drive the timeline; '' = first stamped obs key."),
-    "future_tolerance_s": (
-        1.0,
-        "Messages stamped more than this ahead of the node clock at arrival are rejected "
-        "(counted as future_stamp).",
-    ),
-    "record_on_activate": (True, "Start an episode when the node activates."),
-    "restart_after_done": (True, "Start the next episode right after a done step."),
     "keep_partial_on_deactivate": (False, "End (keep) instead of discard an open episode."),
-    "max_episodes": (0, "Stop recording after this many episodes (0 = unlimited)."),
     "queue_size": (256, "Writer queue length in steps; a full queue drops steps (counted)."),
     "fsync": (True, "fsync each committed episode (crash safety)."),
     "subscription_depth": (10, "History depth of every subscription."),
     "discovery_period_s": (0.2, "How often to look for (new) publishers to match their QoS."),
     "diagnostics_period_s": (1.0, "Period of /diagnostics publishing."),
+    "lockstep_ack": (
+        False,
+        "On sim time (use_sim_time): acknowledge each step on <topic_namespace>/step_ack once "
+        "all its messages arrived, so that a lockstep sim bridge steps as fast as this "
+        "recorder keeps up (roboloop_node_common.lockstep).",
+    ),
     "autostart": (True, "Configure and activate at startup (no lifecycle manager needed)."),
 }
+ACK_QOS = QoSProfile(depth=10)  # step acknowledgements: reliable, volatile
 
 _RELIABILITY = {
     ReliabilityPolicy.RELIABLE: RELIABLE,
@@ -191,9 +146,6 @@ def to_profile(choice: QosChoice) -> QoSProfile:
     )
 
 
-TOPIC_LISTS = ("topics", "types", "keys", "shapes", "fields")
-
-
 @dataclass(frozen=True)
 class RecorderParams:
     topics: list[str]
@@ -224,6 +176,7 @@ class RecorderParams:
     subscription_depth: int
     discovery_period_s: float
     diagnostics_period_s: float
+    lockstep_ack: bool
     autostart: bool
 
 
@@ -241,6 +194,8 @@ class RecorderNode(TableParameters, LifecycleNode):
         self._episode_services: list[Any] = []
         self._diag_pub = None
         self._wrong_type_seen: set[tuple[str, tuple[int, ...]]] = set()
+        self._acker: StepAcknowledger | None = None
+        self._ack_pub: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -251,20 +206,7 @@ class RecorderNode(TableParameters, LifecycleNode):
             obs_specs, action_spec = dataset_specs(specs)
             self._msg_classes = {s.topic: message_class(s.type) for s in specs}
             self._session = RecordingSession(
-                specs,
-                SessionConfig(
-                    control_rate_hz=plan.control_rate_hz,
-                    real_time_factor=plan.real_time_factor,
-                    max_age_s=p.max_age_s,
-                    headerless_anchor_key=p.headerless_anchor_key,
-                    headerless_anchor_tolerance_s=p.headerless_anchor_tolerance_s,
-                    headerless_offset_periods=p.headerless_offset_periods,
-                    reference_key=p.reference_key,
-                    restart_after_done=p.restart_after_done,
-                    max_episodes=p.max_episodes,
-                    future_tolerance_s=p.future_tolerance_s,
-                ),
-                log=self._log_warning,
+                specs, session_config(vars(p), plan), log=self._log_warning
             )
             # Everything is valid: only now touch the disk.
             output = Path(p.output_path)
@@ -305,9 +247,7 @@ class RecorderNode(TableParameters, LifecycleNode):
                 f"parameters {sources + changed} each give the topic map: set only one of "
                 "spec_path, spec_topic or the topics/types/keys/shapes/fields lists"
             )
-        env_args = json.loads(p.env_args_json)
-        if not isinstance(env_args, dict):
-            raise RecorderConfigError(f"env_args_json must be a JSON object, got {env_args!r}")
+        env_args = env_args_from_json(p.env_args_json)
         spec: DatasetSpec | None = None
         if p.spec_path:
             spec, source = read_dataset_spec(p.spec_path), f"spec_path {p.spec_path}"
@@ -329,12 +269,23 @@ class RecorderNode(TableParameters, LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         assert self._session is not None
-        period = self._session.period  # stamp (wall-clock) seconds per step
+        period = self._session.period  # stamp seconds per step
+        # Alignment follows the node clock (/clock with use_sim_time); discovery and diagnostics
+        # run on wall time: a sim waiting for this recorder's subscriptions has no clock yet.
+        wall = Clock(clock_type=ClockType.STEADY_TIME)
+        p = self.params
         self._active_timers = [
             self.create_timer(period / 2, self._on_tick),
-            self.create_timer(self.params.discovery_period_s, self._discover),
-            self.create_timer(self.params.diagnostics_period_s, self._publish_diagnostics),
+            self.create_timer(p.discovery_period_s, self._discover, clock=wall),
+            self.create_timer(p.diagnostics_period_s, self._publish_diagnostics, clock=wall),
         ]
+        if p.lockstep_ack:
+            specs = self._session.specs
+            obs = [t for t, spec in specs.items() if spec.key.startswith("obs/")]
+            self._acker = StepAcknowledger(obs, [t for t in specs if t not in obs])
+            self._ack_pub = self.create_publisher(
+                Header, step_ack_topic(p.topic_namespace), ACK_QOS
+            )
         self._discover()
         if self.params.record_on_activate:
             self._session.start_episode()
@@ -361,6 +312,9 @@ class RecorderNode(TableParameters, LifecycleNode):
         for sub, _ in self._subs.values():
             self.destroy_subscription(sub)
         self._subs = {}
+        if self._ack_pub is not None:
+            self.destroy_publisher(self._ack_pub)
+            self._ack_pub = self._acker = None
         if self._session is not None and self._session.recording:
             if finish:
                 self._session.finish(self._now())
@@ -437,6 +391,16 @@ class RecorderNode(TableParameters, LifecycleNode):
     def _on_message(self, topic: str, msg: Any) -> None:
         if self._session is not None:
             self._session.on_message(topic, msg, self._now())
+            if self._acker is not None:
+                self._acknowledge(topic)
+
+    def _acknowledge(self, topic: str) -> None:
+        now = self.get_clock().now()
+        step_ns = self._acker.on_message(topic, now.nanoseconds)
+        if step_ns is not None:
+            # frame_id: the name the bridge finds this publisher under in the ROS graph
+            name = self.get_fully_qualified_name()
+            self._ack_pub.publish(Header(stamp=now.to_msg(), frame_id=name))
 
     def _on_tick(self) -> None:
         if self._session is not None:

@@ -21,29 +21,15 @@ recorded timeline then runs at control_rate_hz x real_time_factor steps per stam
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from roboloop_node_common.robot_spec import DatasetSpec
 
 from episode_dataset import ACTIONS, DONES, OBS, REWARDS, EpisodeReader
+from episode_dataset.recording.params import Recording, make_recording
 from episode_dataset.recording.topics import RecorderConfigError, TopicSpec, parse_topics
 from roboloop_runtime.topics import observation_message_type, observation_topic, step_topic
-
-# env_args key of the control rate (robot steps per second), as training reads it
-RATE_KEY = "control_rate_hz"
-
-
-@dataclass(frozen=True)
-class Recording:
-    """What the recorder records and how: topics, env_args to store, rate and real-time factor."""
-
-    topics: list[TopicSpec]
-    env_args: dict[str, Any]
-    control_rate_hz: float
-    real_time_factor: float
 
 
 def read_dataset_spec(path: str) -> DatasetSpec:
@@ -85,38 +71,17 @@ def plan_recording(
     real_time_factor: float,
     source: str = "parameters",
 ) -> Recording:
-    """Topics from the lists (topics, types, keys, shapes, fields) or from `spec` (exactly one).
-
-    `env_args` are stored, on top of the spec's. `control_rate_hz` / `real_time_factor` 0 mean
-    "the spec's" (a real-time factor defaults to 1); a value set here that disagrees with the
-    spec's, or an env_args control rate that disagrees with the rate recorded, is an error.
-    """
+    """Topics from the lists (topics, types, keys, shapes, fields) or from `spec` (exactly one);
+    env_args and rates as `make_recording` resolves them against the spec's."""
     if (lists is None) == (spec is None):
         raise RecorderConfigError("give either the topic lists or a spec, not both")
     topics = parse_topics(*lists) if lists is not None else topics_from_spec(spec, namespace)
-    args = {**(spec.env_args if spec else {}), **env_args}
-    rate = _agree(control_rate_hz, args.get(RATE_KEY), "control_rate_hz", source, None)
-    spec_rtf = spec.real_time_factor if spec else None
-    rtf = _agree(real_time_factor, spec_rtf, "real_time_factor", source, 1.0)
-    if rate is None:
-        raise RecorderConfigError(
-            f"no control rate in {source}: set parameter control_rate_hz (robot steps per second)"
-        )
-    for value, name in ((rate, "control_rate_hz"), (rtf, "real_time_factor")):
-        if not (math.isfinite(value) and value > 0):
-            raise RecorderConfigError(f"{name} {value:g} must be a positive number")
-    return Recording(topics, {**args, RATE_KEY: rate}, rate, rtf)
-
-
-def _agree(
-    param: float, given: Any, name: str, source: str, default: float | None
-) -> float | None:
-    """The parameter when set (0 = unset), checked against the source's value, else that."""
-    if given is None:
-        return param or default
-    given = float(given)
-    if param and abs(param - given) > 1e-9 * max(abs(given), 1.0):
-        raise RecorderConfigError(
-            f"parameter {name} {param:g} disagrees with {given:g} of {source}"
-        )
-    return given
+    return make_recording(
+        topics,
+        env_args=env_args,
+        control_rate_hz=control_rate_hz,
+        real_time_factor=real_time_factor,
+        spec_env_args=spec.env_args if spec else None,
+        spec_real_time_factor=spec.real_time_factor if spec else None,
+        source=source,
+    )
