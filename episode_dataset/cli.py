@@ -1,5 +1,5 @@
-"""`python -m episode_dataset {info,validate,pack,robomimic}` (console script
-`episode-dataset`)."""
+"""`python -m episode_dataset {info,validate,pack,robomimic,lerobot-export,lerobot-import}`
+(console script `episode-dataset`)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from episode_dataset.lerobot import VIDEO_CODECS, export_lerobot, import_lerobot
 from episode_dataset.pack import pack
 from episode_dataset.reader import EpisodeReader, h5_errors
 from episode_dataset.robomimic import H5DatasetReader, describe, export_robomimic, parse_cameras
@@ -142,6 +143,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--compression", choices=["gzip", "lzf"], default=None)
     p.add_argument("--overwrite", action="store_true")
+    p = sub.add_parser(
+        "lerobot-export",
+        help="write a LeRobotDataset v3.0 directory (parquet + mp4 + meta)",
+        description="write a LeRobotDataset v3.0 directory (parquet + mp4 + meta)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("src", type=Path)
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--fps", type=int, default=None, help="default: env_args control_rate_hz")
+    p.add_argument("--task", default=None, help="task string (default: env_args task/env_name)")
+    p.add_argument(
+        "--codec",
+        choices=sorted(VIDEO_CODECS),
+        default="h264",
+        help="camera video codec (lossless: bit-exact frames, larger files)",
+    )
+    p.add_argument("--robot-type", default=None)
+    p.add_argument("--overwrite", action="store_true")
+    p = sub.add_parser(
+        "lerobot-import",
+        help="read a LeRobotDataset v3.x directory into an episode dataset",
+        description="read a LeRobotDataset v3.x directory into an episode dataset",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("root", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
 
     console = Console(width=160)
@@ -168,6 +196,20 @@ def main(argv: list[str] | None = None) -> int:
             )
             with H5DatasetReader(args.dst) as reader:
                 print(describe(reader))
+        elif args.cmd == "lerobot-export":
+            print(
+                export_lerobot(
+                    args.src,
+                    args.out_dir,
+                    fps=args.fps,
+                    task=args.task,
+                    codec=args.codec,
+                    robot_type=args.robot_type,
+                    overwrite=args.overwrite,
+                )
+            )
+        elif args.cmd == "lerobot-import":
+            print(import_lerobot(args.root, args.out, overwrite=args.overwrite))
     except DatasetError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 1
