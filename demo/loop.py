@@ -4,7 +4,8 @@
 
 1. record   sim_bridge (scripted expert) + recorder, started from launch/sim.launch.py and
             launch/record.launch.py, write N expert episodes over DDS -> expert.hdf5
-            (at the env's real time: the bridge's expert needs no headroom for a policy)
+            in simulated time: the bridge publishes /clock and steps in lockstep with the
+            recorder (as fast as it keeps up, no step dropped)
 2. inspect  the dataset `info` table
 3. train    flow-matching BC (`python -m learning.train --config-name=train_fbc`)
 4. export   ONNX with the sampler unrolled + metadata (`python -m learning.export`)
@@ -30,11 +31,12 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_SEED = 1000  # policy/expert/random evaluation seeds (held out from the demos' 0..N-1)
-# The bridge runs the expert itself, so recording needs no headroom for a policy: Reacher's own
-# 50 Hz (1 episode/s) instead of sim_bridge.yaml's 0.4; the recorder's stamp tolerance follows
-# the shorter period. Serving keeps 0.4.
-RECORD_REAL_TIME_FACTOR = 1.0
-RECORD_MAX_AGE_S = 0.4 / (50.0 * RECORD_REAL_TIME_FACTOR)  # 0.4 period, as recorder.yaml at 0.4
+# Recording runs on sim time (launch arg use_sim_time:=true): the bridge steps when the recorder
+# has every message of the last step (lockstep), not at a wall-clock rate. Stamps are sim seconds
+# (real-time factor 1), so the recorder's stamp tolerance is 0.4 of Reacher's 20 ms period.
+# Serving stays on wall time at sim_bridge.yaml's 0.4.
+RECORD_SIM_TIME = {"use_sim_time": "true"}  # with lockstep:=true for the bridge
+RECORD_MAX_AGE_S = 0.4 / 50.0
 # What brings the policy to the expert's 2 cm (README "Known limits"; in-process success on 30
 # held-out seeds): more demonstrations (30: 0.25-0.57, 80-100: 0.87-0.93), every episode in
 # training (no validation split: the last checkpoint is served), 450 epochs at twice the learning
@@ -206,11 +208,18 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     run_nodes_until(
         [
-            ("sim.launch.py", {"action_source": "expert", "seed": "0"}),
+            (
+                "sim.launch.py",
+                {"action_source": "expert", "seed": "0", "lockstep": "true", **RECORD_SIM_TIME},
+            ),
             # No episode begins after the last one: an interrupted one would be kept (shutdown).
             (
                 "record.launch.py",
-                {"output_path": str(expert_data), "max_episodes": str(args.episodes)},
+                {
+                    "output_path": str(expert_data),
+                    "max_episodes": str(args.episodes),
+                    **RECORD_SIM_TIME,
+                },
             ),
         ],
         expert_data,
@@ -219,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         timeout_s=60 + 10 * args.episodes,
         label="recording",
         node_params={
-            "sim_bridge": {"real_time_factor": RECORD_REAL_TIME_FACTOR},
+            # Reliable observations: in lockstep a lost sample would cost a timeout.
+            "sim_bridge": {"sensor_qos": "reliable", "wait_for_ackers": 1},
             "recorder": {"max_age_s": RECORD_MAX_AGE_S},
         },
     )

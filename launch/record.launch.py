@@ -55,6 +55,13 @@ def generate_launch_description() -> LaunchDescription:
                 description="Stop recording after this many episodes (0 = unlimited).",
             ),
             DeclareLaunchArgument(
+                "use_sim_time",
+                default_value="false",
+                description="true: follow /clock (a sim bridge with use_sim_time:=true) and "
+                "acknowledge each step, so a lockstep bridge waits for the recorder.",
+                choices=["true", "false"],
+            ),
+            DeclareLaunchArgument(
                 "log_level",
                 default_value="info",
                 description="Logging level of the node.",
@@ -78,6 +85,8 @@ def generate_launch_description() -> LaunchDescription:
                     {
                         "output_path": LaunchConfiguration("output_path"),
                         "max_episodes": LaunchConfiguration("max_episodes"),
+                        "use_sim_time": LaunchConfiguration("use_sim_time"),
+                        "lockstep_ack": LaunchConfiguration("use_sim_time"),
                     },
                 ],
                 ros_arguments=["--log-level", LaunchConfiguration("log_level")],

@@ -36,6 +36,20 @@ def generate_launch_description() -> LaunchDescription:
                 "seed", default_value="0", description="Episode i is reset with seed + i."
             ),
             DeclareLaunchArgument(
+                "use_sim_time",
+                default_value="false",
+                description="true: the bridge keeps simulated time, publishes it on /clock and "
+                "stamps with it (its readers then need use_sim_time:=true).",
+                choices=["true", "false"],
+            ),
+            DeclareLaunchArgument(
+                "lockstep",
+                default_value="false",
+                description="With use_sim_time: step as fast as the readers acknowledging on "
+                "<namespace>/step_ack keep up (and the policy's action arrives), not at a rate.",
+                choices=["true", "false"],
+            ),
+            DeclareLaunchArgument(
                 "log_level",
                 default_value="info",
                 description="Logging level of the node.",
@@ -59,6 +73,8 @@ def generate_launch_description() -> LaunchDescription:
                     {
                         "action_source": LaunchConfiguration("action_source"),
                         "seed": LaunchConfiguration("seed"),
+                        "publish_clock": LaunchConfiguration("use_sim_time"),
+                        "lockstep": LaunchConfiguration("lockstep"),
                     },
                 ],
                 ros_arguments=["--log-level", LaunchConfiguration("log_level")],

@@ -79,3 +79,8 @@ def step_topic(name: str, namespace: str = DEFAULT_NAMESPACE) -> str:
 def spec_topic(namespace: str = DEFAULT_NAMESPACE) -> str:
     """`<namespace>/spec`: std_msgs/String JSON, latched, the dataset spec of the robot's keys."""
     return _join(namespace, "spec")
+
+
+def step_ack_topic(namespace: str = DEFAULT_NAMESPACE) -> str:
+    """`<namespace>/step_ack`: std_msgs/Header from each reader a lockstep sim waits for."""
+    return _join(namespace, "step_ack")

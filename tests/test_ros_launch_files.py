@@ -59,7 +59,8 @@ def console_scripts(package: str, monkeypatch: pytest.MonkeyPatch) -> set[str]:
 def node_parameters(package: str) -> dict[str, tuple]:
     import importlib
 
-    return importlib.import_module(f"{package}.node").PARAMETERS
+    # rclpy declares use_sim_time on every node (follow /clock)
+    return {**importlib.import_module(f"{package}.node").PARAMETERS, "use_sim_time": (False, "")}
 
 
 def test_my_launch_files_exist():

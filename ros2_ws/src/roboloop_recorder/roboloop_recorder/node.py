@@ -22,13 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rclpy.clock import Clock, ClockType
+from rclpy.clock import Clock, ClockType, JumpThreshold
+from rclpy.duration import Duration
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
     DurabilityPolicy,
     QoSProfile,
     ReliabilityPolicy,
 )
+from rclpy.time import Time
 from roboloop_node_common.entry import STOP
 from roboloop_node_common.lockstep import StepAcknowledger
 from roboloop_node_common.robot_spec import DatasetSpec, wait_for_spec
@@ -196,6 +198,7 @@ class RecorderNode(TableParameters, LifecycleNode):
         self._wrong_type_seen: set[tuple[str, tuple[int, ...]]] = set()
         self._acker: StepAcknowledger | None = None
         self._ack_pub: Any = None
+        self._clock_jumps: Any = None  # lockstep_ack: the node clock's jump callback
 
     # -- lifecycle -------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -286,6 +289,10 @@ class RecorderNode(TableParameters, LifecycleNode):
             self._ack_pub = self.create_publisher(
                 Header, step_ack_topic(p.topic_namespace), ACK_QOS
             )
+            self._clock_jumps = self.get_clock().create_jump_callback(
+                JumpThreshold(min_forward=Duration(nanoseconds=1), min_backward=None),
+                post_callback=self._on_clock_jump,
+            )
         self._discover()
         if self.params.record_on_activate:
             self._session.start_episode()
@@ -313,8 +320,9 @@ class RecorderNode(TableParameters, LifecycleNode):
             self.destroy_subscription(sub)
         self._subs = {}
         if self._ack_pub is not None:
+            self._clock_jumps.unregister()
             self.destroy_publisher(self._ack_pub)
-            self._ack_pub = self._acker = None
+            self._ack_pub = self._acker = self._clock_jumps = None
         if self._session is not None and self._session.recording:
             if finish:
                 self._session.finish(self._now())
@@ -392,15 +400,22 @@ class RecorderNode(TableParameters, LifecycleNode):
         if self._session is not None:
             self._session.on_message(topic, msg, self._now())
             if self._acker is not None:
-                self._acknowledge(topic)
+                self._acknowledge(topic, msg)
 
-    def _acknowledge(self, topic: str) -> None:
-        now = self.get_clock().now()
-        step_ns = self._acker.on_message(topic, now.nanoseconds)
-        if step_ns is not None:
+    def _acknowledge(self, topic: str, msg: Any) -> None:
+        header = getattr(msg, "header", None)
+        stamp = None if header is None else Time.from_msg(header.stamp).nanoseconds
+        self._send_ack(self._acker.on_message(topic, stamp))
+
+    def _on_clock_jump(self, jump: Any) -> None:
+        if self._acker is not None:
+            self._send_ack(self._acker.on_clock(self.get_clock().now().nanoseconds))
+
+    def _send_ack(self, stamp_ns: int | None) -> None:
+        if stamp_ns is not None and self._ack_pub is not None:
             # frame_id: the name the bridge finds this publisher under in the ROS graph
-            name = self.get_fully_qualified_name()
-            self._ack_pub.publish(Header(stamp=now.to_msg(), frame_id=name))
+            stamp = Time(nanoseconds=stamp_ns).to_msg()
+            self._ack_pub.publish(Header(stamp=stamp, frame_id=self.get_fully_qualified_name()))
 
     def _on_tick(self) -> None:
         if self._session is not None:

@@ -4,8 +4,13 @@ configure: build the env (`sim.make`) and the action source, publishers, service
 env's dataset spec (`sim.spec.env_spec`) latched on `<topic_namespace>/spec`.
 activate: reset the first episode (once `wait_for_subscribers` readers are matched on every
 output topic) and step on a timer at the env's control rate (1 / env.dt of simulated time) times
-`real_time_factor` wall-clock steps per second. deactivate: stop the timer.
-cleanup/shutdown: close the env.
+`real_time_factor` wall-clock steps per second, or, in `lockstep`, as soon as every reader that
+acknowledges steps has received the last one (`roboloop_node_common.lockstep`).
+deactivate: stop stepping. cleanup/shutdown: close the env.
+
+Time: wall clock (stamps are the node's clock), or with `publish_clock` simulated time: it starts
+at 0, advances env.dt per tick, is published on `/clock` (rosgraph_msgs/Clock) before the tick's
+messages and stamps them; readers set `use_sim_time`.
 
 Every observation key of the env is published on its topic by the one convention
 (`roboloop_runtime.topics`: `<topic_namespace>/<key>`, JointState `position` for low-dim keys,
@@ -18,9 +23,11 @@ runs the callback late), so consumers that align by stamp see exactly one observ
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +42,7 @@ from rclpy.qos import (
     qos_profile_system_default,
 )
 from rclpy.time import Time
+from roboloop_node_common.lockstep import LockstepGate
 from roboloop_node_common.robot_spec import SPEC_QOS, spec_message
 from roboloop_node_common.runtime import (
     DIAGNOSTICS_QOS,
@@ -43,8 +51,9 @@ from roboloop_node_common.runtime import (
     publish_status,
     run_node,
 )
+from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Bool, Float32, String
+from std_msgs.msg import Bool, Float32, Header, String
 from std_srvs.srv import Trigger
 
 from episode_dataset.codecs import MessageError, decode_joint_state, encode_image
@@ -53,6 +62,7 @@ from roboloop_runtime.topics import (
     IMAGE_FEATURE,
     observation_topic,
     spec_topic,
+    step_ack_topic,
     step_topic,
 )
 from roboloop_sim_bridge.runner import SimRunner, TickResult
@@ -104,9 +114,38 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
         "Every topic is <namespace>/<name> (roboloop_runtime.topics): one per observation key, "
         "action, applied_action, reward, done, spec.",
     ),
+    "publish_clock": (
+        False,
+        "Keep simulated time (from 0, env.dt per tick), publish it on /clock before each tick's "
+        "messages and stamp them with it; readers set use_sim_time. The spec then says "
+        "real_time_factor 1 (robot seconds per stamp second).",
+    ),
+    "lockstep": (
+        False,
+        "publish_clock: step as soon as every node acknowledging on <namespace>/step_ack has "
+        "received the last step and (action_source=topic) the action stamped with the newest "
+        "observation has arrived, instead of real_time_factor x the control rate.",
+    ),
+    "lockstep_timeout_s": (
+        2.0,
+        "lockstep: wall-clock seconds to wait for acknowledgements or the action, then step "
+        "anyway (counted: lockstep_timeouts; action_source=topic applies the zero action).",
+    ),
+    "wait_for_ackers": (
+        0,
+        "lockstep: the first episode also waits until <namespace>/step_ack has this many "
+        "publishers (e.g. 1: the recorder).",
+    ),
     "diagnostics_period_s": (1.0, "Period of /diagnostics publishing."),
     "autostart": (True, "Configure and activate at startup (no lifecycle manager needed)."),
 }
+LOCKSTEP_POLL_S = 0.05  # lockstep: wall period of the start, timeout and ack-reader checks
+# /clock: reliable, shallow (rclpy's time source reads it best effort, depth 1: only the newest).
+CLOCK_QOS = QoSProfile(
+    depth=1,
+    reliability=QoSReliabilityPolicy.RELIABLE,
+    durability=QoSDurabilityPolicy.VOLATILE,
+)
 
 
 @dataclass(frozen=True)
@@ -127,6 +166,10 @@ class SimBridgeParams:
     sensor_qos: str
     frame_id: str
     topic_namespace: str
+    publish_clock: bool
+    lockstep: bool
+    lockstep_timeout_s: float
+    wait_for_ackers: int
     diagnostics_period_s: float
     autostart: bool
 
@@ -159,6 +202,13 @@ class SimBridgeNode(TableParameters, LifecycleNode):
         self._ready_since: float | None = None
         self._step_timer: Any = None
         self._last_stamp_ns = 0
+        self._sim_ns = 0  # publish_clock: simulated time of the last tick
+        self._sim_period_ns = 0  # env.dt
+        self._gate = LockstepGate()
+        self._kick: Any = None  # lockstep: guard condition that runs the next step
+        self._phase_at = 0.0  # lockstep: monotonic time the current phase began
+        self._pending: Callable[[], None] | None = None  # lockstep: publishes the step's messages
+        self._action_stamp_ns = -1  # stamp of the newest valid action command
 
     # -- lifecycle -------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -180,6 +230,8 @@ class SimBridgeNode(TableParameters, LifecycleNode):
             wall_rate_hz = check_control_rate(
                 rate_hz * p.real_time_factor, "control rate x real_time_factor"
             )
+            if p.lockstep and not p.publish_clock:
+                raise ValueError("lockstep needs publish_clock: true (steps run on sim time)")
             sensor_qos = SENSOR_QOS[p.sensor_qos]
             self._features = observation_features(self._runner.env)
             ns = p.topic_namespace
@@ -191,6 +243,8 @@ class SimBridgeNode(TableParameters, LifecycleNode):
             self._close()
             return TransitionCallbackReturn.FAILURE
         self._period_s = 1.0 / wall_rate_hz
+        self._sim_period_ns = round(1e9 / rate_hz)
+        self._sim_ns = 0
         self._obs_pubs = {
             key: self.create_publisher(
                 Image if self._features[key] == IMAGE_FEATURE else JointState, topic, sensor_qos
@@ -210,29 +264,45 @@ class SimBridgeNode(TableParameters, LifecycleNode):
             "done": self.create_publisher(Bool, events["done"], EVENT_QOS),
             "spec": self.create_publisher(String, announce_topic, SPEC_QOS),
         }
-        self._pubs["spec"].publish(String(data=spec_message(spec, topics, p.real_time_factor)))
+        if p.publish_clock:
+            self._pubs["clock"] = self.create_publisher(Clock, "/clock", CLOCK_QOS)
+        # Stamps on sim time: one robot second per stamp second, whatever the pace.
+        stamp_rtf = 1.0 if p.publish_clock else p.real_time_factor
+        self._pubs["spec"].publish(String(data=spec_message(spec, topics, stamp_rtf)))
         self._diag = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, DIAGNOSTICS_QOS)
         self._action_topic = action_topic
+        self._ack_topic = step_ack_topic(ns)
+        self._gate = LockstepGate()
         self._entities = [
             self.create_subscription(JointState, action_topic, self._on_action, COMMAND_QOS),
+            self.create_subscription(Header, self._ack_topic, self._on_ack, EVENT_QOS),
             self.create_service(Trigger, "~/reset", self._srv_reset),
             self.create_service(Trigger, "~/start_episode", self._srv_start),
         ]
         self._action_names = [f"action_{i}" for i in range(self._runner.action_dim)]
+        pace = (
+            "lockstep on sim time (/clock)"
+            if p.lockstep
+            else f"{rate_hz:g} Hz control rate x real_time_factor {p.real_time_factor:g} = "
+            f"{wall_rate_hz:g} steps per wall-clock second"
+            + (", sim time on /clock" if p.publish_clock else "")
+        )
         self.get_logger().info(
             f"configured {p.env_id} action_source={p.action_source} camera={p.camera}: "
-            f"{rate_hz:g} Hz control rate x real_time_factor {p.real_time_factor:g} = "
-            f"{wall_rate_hz:g} steps per wall-clock second; observations "
-            + ", ".join(f"{k} -> {t}" for k, t in topics.items())
+            f"{pace}; observations " + ", ".join(f"{k} -> {t}" for k, t in topics.items())
         )
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._step_timer = self.create_timer(self._period_s, self._on_tick)
-        self._active_timers = [
-            self._step_timer,
-            self.create_timer(self.params.diagnostics_period_s, self._publish_diagnostics),
-        ]
+        p = self.params
+        diagnostics = self.create_timer(p.diagnostics_period_s, self._publish_diagnostics)
+        if p.lockstep:
+            self._kick = self.create_guard_condition(self._lockstep_tick)
+            self._active_timers = [self.create_timer(LOCKSTEP_POLL_S, self._lockstep_poll)]
+        else:
+            self._step_timer = self.create_timer(self._period_s, self._on_tick)
+            self._active_timers = [self._step_timer]
+        self._active_timers.append(diagnostics)
         self.get_logger().info("active")
         return super().on_activate(state)
 
@@ -253,6 +323,10 @@ class SimBridgeNode(TableParameters, LifecycleNode):
         for t in self._active_timers:
             self.destroy_timer(t)
         self._active_timers = []
+        self._step_timer = None
+        if self._kick is not None:
+            self.destroy_guard_condition(self._kick)
+            self._kick = None
 
     def _close(self) -> None:
         for e in self._entities:
@@ -280,35 +354,125 @@ class SimBridgeNode(TableParameters, LifecycleNode):
             and runner.uses_external_actions
             and self.params.wait_for_action_publisher
         ):
-            return self.count_publishers(self._action_topic) >= 1
+            if self.count_publishers(self._action_topic) < 1:
+                return False
+        if self.params.lockstep:
+            return self.count_publishers(self._ack_topic) >= self.params.wait_for_ackers
         return True
 
+    def _starting(self) -> bool:
+        """Before the first episode: True once it may begin (readers matched, then the delay)."""
+        if not (self.params.run_on_activate and self._ready_to_start()):
+            return False
+        if self._ready_since is None:
+            self._ready_since = time.monotonic()
+        return time.monotonic() - self._ready_since >= self.params.start_delay_s
+
     def _on_tick(self) -> None:
+        """Timer mode: the first reset once ready, else a step (and a reset after done)."""
         runner = self._runner
         if runner is None:
             return
         t0 = time.perf_counter()
         if not self._started:
-            if not (self.params.run_on_activate and self._ready_to_start()):
-                return
-            if self._ready_since is None:
-                self._ready_since = time.monotonic()
-            if time.monotonic() - self._ready_since < self.params.start_delay_s:
-                return
-            self._started = True
-            self._publish_obs(*runner.reset())
+            if self._starting():
+                self._started = True
+                obs = runner.reset()
+                self._advance_clock()
+                self._publish_obs(*obs)
             return
         result = runner.tick(self._fresh_action())
         if result is None:
             return
-        # Step outputs go out first: the reset below (and its render) must not delay them.
-        self._publish_step(result)
-        if runner.restart_pending:
-            self._publish_obs(*runner.reset())
+        self._advance_clock()
+        self._publish_tick(result)
         dt = time.perf_counter() - t0
         self._tick_time.append(dt)
         if dt > self._period_s:
             self._counts["overruns"] += 1
+
+    def _publish_tick(self, result: TickResult) -> None:
+        # Step outputs go out first: the reset below (and its render) must not delay them.
+        self._publish_step(result)
+        runner = self._runner
+        if runner is not None and runner.restart_pending:
+            self._publish_obs(*runner.reset())
+
+    # -- simulated time and lockstep -------------------------------------------------------
+    def _advance_clock(self) -> None:
+        """publish_clock: one env.dt later, on /clock before the tick's messages go out."""
+        if not self.params.publish_clock:
+            return
+        self._sim_ns += self._sim_period_ns
+        msg = Clock()
+        msg.clock = Time(nanoseconds=self._sim_ns).to_msg()
+        self._pubs["clock"].publish(msg)
+
+    def _lockstep_poll(self) -> None:
+        """Wall-clock housekeeping: the readers that acknowledge (from the ROS graph), the
+        start of the first episode, and phases whose acknowledgements are overdue."""
+        self._gate.set_readers(
+            f"{i.node_namespace.rstrip('/')}/{i.node_name}"
+            for i in self.get_publishers_info_by_topic(self._ack_topic)
+        )
+        self._lockstep_tick()
+
+    def _lockstep_tick(self) -> None:
+        """Run the two lockstep phases (roboloop_node_common.lockstep) as far as the readers
+        and the policy's action allow; with nobody to wait for, go on at once."""
+        runner = self._runner
+        if runner is None or not self._phase_done(runner):
+            return
+        t0 = time.perf_counter()
+        if self._pending is not None:  # phase 1 done: every reader's clock is at t_k
+            publish, self._pending = self._pending, None
+            publish()
+        elif not self._started:
+            if not self._starting():
+                return
+            self._started = True
+            self._advance_clock()
+            self._pending = functools.partial(self._publish_obs, *runner.reset())
+        elif runner.running:  # phase 2 done: the next step's clock, then its env work
+            action = self._fresh_action()
+            self._advance_clock()
+            result = runner.tick(action)
+            assert result is not None  # running
+            self._pending = functools.partial(self._publish_tick, result)
+        else:
+            return
+        self._gate.begin(self._sim_ns)
+        self._phase_at = time.monotonic()
+        self._tick_time.append(time.perf_counter() - t0)
+        if not self._gate.readers and self._kick is not None:
+            if self._pending is not None or not runner.uses_external_actions:
+                self._kick.trigger()  # nobody to wait for: as fast as the executor runs
+
+    def _phase_done(self, runner: SimRunner) -> bool:
+        """Every reader acknowledged the current phase (and, before a step with actions from
+        the topic, the action for the newest observation is here), or the deadline passed."""
+        if not self._started or (self._pending is None and not runner.running):
+            return True  # nothing published to wait for
+        waiting = self._gate.waiting_for()
+        if self._pending is None and runner.uses_external_actions:
+            if self._action_stamp_ns < self._gate.step_ns:
+                waiting.append(self._action_topic)
+        if not waiting:
+            return True
+        if time.monotonic() - self._phase_at < self.params.lockstep_timeout_s:
+            return False
+        self._gate.timeouts += 1
+        self.get_logger().warning(
+            f"lockstep: nothing from {waiting} within {self.params.lockstep_timeout_s:g} s "
+            f"(sim time {self._sim_ns * 1e-9:.3f} s): going on",
+            throttle_duration_sec=2.0,
+        )
+        return True
+
+    def _on_ack(self, msg: Header) -> None:
+        self._gate.acknowledge(msg.frame_id, Time.from_msg(msg.stamp).nanoseconds)
+        if self._kick is not None:
+            self._kick.trigger()
 
     def _fresh_action(self) -> np.ndarray | None:
         if self._action is None:
@@ -316,7 +480,12 @@ class SimBridgeNode(TableParameters, LifecycleNode):
                 self._counts["action_timeouts"] += 1
             return None
         action, arrival = self._action
-        if time.monotonic() - arrival > self.params.action_timeout_s:
+        stale = (
+            self._action_stamp_ns < self._gate.step_ns  # lockstep: for an older observation
+            if self.params.lockstep
+            else time.monotonic() - arrival > self.params.action_timeout_s
+        )
+        if stale:
             self._counts["action_timeouts"] += 1
             return None
         return action
@@ -341,7 +510,13 @@ class SimBridgeNode(TableParameters, LifecycleNode):
             self._publish_obs(r.obs, r.obs_id)
 
     def _stamp(self, in_tick: bool) -> Any:
-        """Scheduled time of the running timer tick (now, outside a tick); strictly increasing."""
+        """Scheduled time of the running timer tick (now, outside a tick); strictly increasing.
+        publish_clock: the simulated time (a reset outside a tick takes the next period)."""
+        if self.params.publish_clock:
+            if not in_tick:
+                self._advance_clock()
+            self._last_stamp_ns = self._sim_ns
+            return Time(nanoseconds=self._sim_ns).to_msg()
         now_ns = self.get_clock().now().nanoseconds
         stamp_ns = now_ns
         until = self._step_timer.time_until_next_call() if self._step_timer else None
@@ -386,8 +561,13 @@ class SimBridgeNode(TableParameters, LifecycleNode):
             return
         self._action = (action, time.monotonic())
         stamp = Time.from_msg(msg.header.stamp).nanoseconds
+        self._action_stamp_ns = stamp
         if stamp > 0:
-            self._latency.append(self.get_clock().now().nanoseconds * 1e-9 - stamp * 1e-9)
+            sim = self.params.publish_clock
+            now_ns = self._sim_ns if sim else self.get_clock().now().nanoseconds
+            self._latency.append((now_ns - stamp) * 1e-9)
+        if self._kick is not None:
+            self._kick.trigger()
 
     def _srv_reset(self, request: Trigger.Request, response: Trigger.Response) -> Any:
         if self._runner is None or not self._active_timers:
@@ -395,6 +575,7 @@ class SimBridgeNode(TableParameters, LifecycleNode):
             return response
         self._started = True
         self._action = None
+        self._pending = None  # lockstep: an unpublished step of the episode being reset
         self._publish_obs(*self._runner.reset(), in_tick=False)
         response.success = True
         response.message = (
@@ -418,13 +599,18 @@ class SimBridgeNode(TableParameters, LifecycleNode):
             "total_steps": runner.total_steps,
             **self._counts,
         }
+        if self.params.publish_clock:
+            values["sim_time_s"] = round(self._sim_ns * 1e-9, 6)
+        if self.params.lockstep:
+            values["lockstep_timeouts"] = self._gate.timeouts
+            values["lockstep_readers"] = ",".join(sorted(self._gate.readers))
         if self._tick_time:
             values["tick_ms_mean"] = round(1e3 * float(np.mean(self._tick_time)), 3)
             self._tick_time = []
         if self._latency:
             values["obs_to_action_latency_ms_mean"] = round(1e3 * float(np.mean(self._latency)), 3)
             self._latency = []
-        problems = self._counts["invalid_actions"] + self._counts["overruns"]
+        problems = self._counts["invalid_actions"] + self._counts["overruns"] + self._gate.timeouts
         level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
         message = f"episode={runner.episode} steps={runner.total_steps}"
         publish_status(self, self._diag, "sim_bridge", level, message, values, self.params.env_id)
