@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,11 @@ DONE_SPEC = KeySpec(DONE_DTYPE.name)
 
 DEFAULT_CHUNK_BYTES = 64 * 1024
 MAX_CHUNK_ROWS = 1024
+# Streamed rows are written in slabs of ~this many bytes per column (whole chunks); memory per
+# open episode is at most this per column.
+SLAB_BYTES = 4 * 1024 * 1024
+# With fsync on, the open shard's pages are handed to the disk every this many bytes written.
+WRITE_BEHIND_BYTES = 16 * 1024 * 1024
 PARTIAL_SUFFIX = ".partial"
 
 
@@ -91,7 +97,12 @@ def coerce_dones(value: Any, where: str, leading: int | None) -> np.ndarray:
 
 
 class _Column:
-    """One resizable dataset in the open shard; rows buffered up to one chunk, then written."""
+    """One resizable dataset in the open shard; rows gathered in a slab buffer, then written.
+
+    A slab is a whole number of chunks (~SLAB_BYTES): HDF5 then gets one resize and one write
+    per slab of full chunks instead of one per row, and never rewrites a partly filled chunk.
+    The rows are copied, so a caller may reuse its arrays after append_step.
+    """
 
     def __init__(
         self,
@@ -100,6 +111,7 @@ class _Column:
         spec: KeySpec,
         chunk_bytes: int,
         length_hint: int | None = None,
+        on_write: Callable[[int], None] | None = None,
     ) -> None:
         # A known episode length caps the chunk so short episodes do not allocate a full chunk.
         self.rows = min(chunk_rows(spec, chunk_bytes), length_hint or MAX_CHUNK_ROWS)
@@ -112,11 +124,24 @@ class _Column:
             fletcher32=True,  # per-chunk checksum: validate/readers detect damaged bytes
         )
         self.ds.attrs.update(spec.to_attrs())
-        self.buffer: list[np.ndarray] = []
+        self.spec = spec
+        self.length_hint = length_hint
+        self.on_write = on_write
+        self.buffer: np.ndarray | None = None  # allocated on the first append_step
+        self.filled = 0
+
+    def _slab(self) -> np.ndarray:
+        row_bytes = max(1, self.spec.np_dtype.itemsize * int(np.prod(self.spec.shape)))
+        per_slab = min(MAX_CHUNK_ROWS, SLAB_BYTES // row_bytes, self.length_hint or MAX_CHUNK_ROWS)
+        rows = max(1, per_slab // self.rows) * self.rows
+        return np.empty((rows, *self.spec.shape), self.spec.np_dtype)
 
     def append(self, row: np.ndarray) -> None:
-        self.buffer.append(row)
-        if len(self.buffer) >= self.rows:
+        if self.buffer is None:
+            self.buffer = self._slab()
+        self.buffer[self.filled] = row
+        self.filled += 1
+        if self.filled == len(self.buffer):
             self.flush()
 
     def extend(self, rows: np.ndarray) -> None:
@@ -124,12 +149,13 @@ class _Column:
         n = self.ds.shape[0]
         self.ds.resize(n + len(rows), axis=0)
         self.ds[n:] = rows
+        if self.on_write is not None:
+            self.on_write(rows.nbytes)
 
     def flush(self) -> None:
-        if self.buffer:
-            rows = np.stack(self.buffer)
-            self.buffer.clear()
-            self.extend(rows)
+        if self.buffer is not None and self.filled:
+            filled, self.filled = self.filled, 0
+            self.extend(self.buffer[:filled])
 
 
 class _OpenEpisode:
@@ -144,6 +170,7 @@ class _OpenEpisode:
         chunk_bytes: int,
         metadata: dict[str, Any],
         length_hint: int | None = None,
+        write_behind: bool = False,
     ) -> None:
         self.staging = staging
         self.name = name
@@ -152,9 +179,11 @@ class _OpenEpisode:
         self.file = h5py.File(staging, "w")
         group = self.file.create_group(name)
         self.group = group
+        self.unsynced_bytes = 0
+        on_write = self._write_behind if write_behind else None
 
         def column(name: str, spec: KeySpec) -> _Column:
-            return _Column(group, name, spec, chunk_bytes, length_hint)
+            return _Column(group, name, spec, chunk_bytes, length_hint, on_write)
 
         self.obs = {k: column(f"{OBS}/{k}", s) for k, s in obs_specs.items()}
         self.actions = column(ACTIONS, action_spec)
@@ -163,6 +192,15 @@ class _OpenEpisode:
 
     def columns(self) -> list[_Column]:
         return [*self.obs.values(), self.actions, self.rewards, self.dones]
+
+    def _write_behind(self, nbytes: int) -> None:
+        # Start writing the shard's dirty pages to disk now (Linux: POSIX_FADV_DONTNEED begins
+        # writeback, then drops the pages already clean), so the commit's fsync waits only for
+        # the last few MiB instead of the whole episode. The writer never re-reads them.
+        self.unsynced_bytes += nbytes
+        if self.unsynced_bytes >= WRITE_BEHIND_BYTES:
+            self.unsynced_bytes = 0
+            os.posix_fadvise(self.file.id.get_vfd_handle(), 0, 0, os.POSIX_FADV_DONTNEED)
 
     def close(self) -> None:
         if self.file.id.valid:
@@ -366,7 +404,14 @@ class EpisodeWriter:
         meta = json.loads(to_json(metadata or {}, f"{self.path}: {name}: metadata"))
         staging = self.shard_dir / f"{name}{SHARD_SUFFIX}{PARTIAL_SUFFIX}"
         self._open = _OpenEpisode(
-            staging, name, self.obs_specs, self.action_spec, self.chunk_bytes, meta, _length_hint
+            staging,
+            name,
+            self.obs_specs,
+            self.action_spec,
+            self.chunk_bytes,
+            meta,
+            _length_hint,
+            write_behind=self.fsync and hasattr(os, "posix_fadvise"),
         )
         return name
 

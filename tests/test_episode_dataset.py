@@ -182,6 +182,33 @@ def test_streaming_api(tmp_path: Path) -> None:
         assert r.episode_metadata("demo_0") == {"seed": 5, "dropped": 3, "stale": 1}
 
 
+def test_streaming_slabs_copy_rows_and_cross_chunk_boundaries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import episode_dataset.writer as writer
+
+    # Slabs of a few rows and write-behind every few KiB: an episode of 23 steps crosses many
+    # slab and chunk boundaries and ends mid-slab and mid-chunk.
+    monkeypatch.setattr(writer, "SLAB_BYTES", 3 * H * W * 3)
+    monkeypatch.setattr(writer, "WRITE_BEHIND_BYTES", 4096)
+    path = tmp_path / "s.hdf5"
+    ep = make_episode(7, 23)
+    obs = {k: np.empty_like(v[0]) for k, v in ep["obs"].items()}
+    action = np.empty(2, np.float32)
+    with EpisodeWriter(path, OBS_SPECS, ACTION_SPEC, chunk_bytes=2 * H * W * 3) as w:
+        w.begin_episode()
+        for t in range(23):
+            for k, v in ep["obs"].items():
+                obs[k][...] = v[t]  # the caller reuses its arrays: rows must be copied
+            action[...] = ep["actions"][t]
+            w.append_step(obs, action, ep["rewards"][t], ep["dones"][t])
+        w.end_episode()
+    validate_file(path)
+    with EpisodeReader(path) as r:
+        assert_episode_equal(r, "demo_0", ep)
+        assert r.episode_group("demo_0")["obs/image"].chunks[0] == 2
+
+
 def test_streaming_roundtrip_and_close_with_open_episode(tmp_path: Path) -> None:
     path = tmp_path / "s.hdf5"
     ep = make_episode(5, 40)
