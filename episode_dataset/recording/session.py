@@ -168,6 +168,12 @@ class RecordingSession:
             self._resolve_headerless(arrival)
         return True
 
+    def count_undecodable(self, topic: str, text: str, arrival: float) -> None:
+        """A message that could not even be deserialized (a corrupt record in a bag): received,
+        rejected as `deserialize`."""
+        self.counts[topic].received += 1
+        self._reject(topic, "deserialize", f"deserialize: {text}", arrival)
+
     def count_wrong_type_publisher(self, topic: str) -> None:
         self.counts[topic].wrong_type_publishers += 1
 
@@ -298,13 +304,13 @@ class RecordingSession:
             self.recording = False
             self.writer.discard()
 
-    def finish(self, now: float) -> None:
-        """Process exit: align what has arrived and keep the open episode (`end_reason`
-        "shutdown": cut short, not ended by the task)."""
+    def finish(self, now: float, reason: str = "shutdown") -> None:
+        """Process exit (or the end of a bag): align what has arrived and keep the open episode
+        (`end_reason` `reason`: cut short, not ended by the task)."""
         if self.recording:
             self.tick(now, drain=True)
         if self.recording:
-            self._end("shutdown")
+            self._end(reason)
 
     def _end(self, reason: str) -> Future[tuple[str, int] | None]:
         now = self.counters()
