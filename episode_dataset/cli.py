@@ -1,5 +1,5 @@
-"""`python -m episode_dataset {info,validate,pack,robomimic,lerobot-export,lerobot-import,
-import-bag}` (console script `episode-dataset`)."""
+"""`python -m episode_dataset {info,validate,pack,robomimic,show,lerobot-export,
+lerobot-import}` (console script `episode-dataset`)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from episode_dataset.bag_import import BagImportError, import_bag
 from episode_dataset.lerobot import VIDEO_CODECS, export_lerobot, import_lerobot
 from episode_dataset.pack import pack
 from episode_dataset.reader import EpisodeReader, h5_errors
-from episode_dataset.recording.topics import RecorderConfigError
 from episode_dataset.robomimic import H5DatasetReader, describe, export_robomimic, parse_cameras
 from episode_dataset.schema import ACTIONS, OBS, DatasetError, KeySpec
+from episode_dataset.show import plot_info, show_episode
 from episode_dataset.validate import validate_file
 
 
@@ -101,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("file", type=Path)
     p.add_argument("--max-episodes", type=int, default=50, help="episodes listed at most")
+    p.add_argument(
+        "--plot", type=Path, default=None, help="also draw per-episode returns and lengths (.png)"
+    )
     p = sub.add_parser(
         "validate",
         help="check structure and values; exit 1 on the first problem",
@@ -146,6 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compression", choices=["gzip", "lzf"], default=None)
     p.add_argument("--overwrite", action="store_true")
     p = sub.add_parser(
+        "show",
+        help="draw one episode: cameras and signals against time (.png strip or .mp4)",
+        description="draw one episode: cameras and signals against time (.png strip or .mp4)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("file", type=Path)
+    p.add_argument("--episode", type=int, required=True, help="episode number, 0-based")
+    p.add_argument("--out", type=Path, required=True, help="F.png or F.mp4")
+    p = sub.add_parser(
         "lerobot-export",
         help="write a LeRobotDataset v3.0 directory (parquet + mp4 + meta)",
         description="write a LeRobotDataset v3.0 directory (parquet + mp4 + meta)",
@@ -172,32 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("root", type=Path)
     p.add_argument("out", type=Path)
     p.add_argument("--overwrite", action="store_true")
-    p = sub.add_parser(
-        "import-bag",
-        help="import a rosbag2 (MCAP or sqlite3) as the recorder would have recorded it",
-        description="import a rosbag2 (MCAP or sqlite3) as the recorder would have recorded it: "
-        "its topics, alignment and validation (docs/bring_your_own_data.md)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("bag", type=Path, help="bag directory (metadata.yaml + .mcap or .db3)")
-    p.add_argument(
-        "--topics-config", type=Path, required=True, help="the recorder node's parameter file"
-    )
-    p.add_argument("--out", type=Path, required=True, help="dataset (created or appended to)")
-    p.add_argument(
-        "--services",
-        default=None,
-        help="recorder node name whose recorded start/stop_episode calls start and end episodes",
-    )
-    p.add_argument(
-        "--gap-s", type=float, default=None, help="a pause longer than this ends the episode"
-    )
     args = parser.parse_args(argv)
 
     console = Console(width=160)
     try:
         if args.cmd == "info":
             info(args.file, args.max_episodes, console)
+            if args.plot is not None:
+                print(plot_info(args.file, args.plot))
         elif args.cmd == "validate":
             print(validate_file(args.file, check_data=not args.structure_only))
         elif args.cmd == "pack":
@@ -218,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             with H5DatasetReader(args.dst) as reader:
                 print(describe(reader))
+        elif args.cmd == "show":
+            print(show_episode(args.file, args.episode, args.out))
         elif args.cmd == "lerobot-export":
             print(
                 export_lerobot(
@@ -232,12 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif args.cmd == "lerobot-import":
             print(import_lerobot(args.root, args.out, overwrite=args.overwrite))
-        elif args.cmd == "import-bag":
-            report = import_bag(
-                args.bag, args.topics_config, args.out, services=args.services, gap_s=args.gap_s
-            )
-            print(report.summary())
-    except (DatasetError, BagImportError, RecorderConfigError) as e:
+    except DatasetError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 1
     return 0
