@@ -1,5 +1,5 @@
-"""`python -m episode_dataset {info,validate,pack,robomimic,show,lerobot-export,
-lerobot-import}` (console script `episode-dataset`)."""
+"""`python -m episode_dataset {info,validate,pack,robomimic,show,lerobot-export,lerobot-import,
+import-bag}` (console script `episode-dataset`)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from episode_dataset.bag_import import BagImportError, import_bag
 from episode_dataset.lerobot import VIDEO_CODECS, export_lerobot, import_lerobot
 from episode_dataset.pack import pack
 from episode_dataset.reader import EpisodeReader, h5_errors
+from episode_dataset.recording.topics import RecorderConfigError
 from episode_dataset.robomimic import H5DatasetReader, describe, export_robomimic, parse_cameras
 from episode_dataset.schema import ACTIONS, OBS, DatasetError, KeySpec
 from episode_dataset.show import plot_info, show_episode
@@ -183,6 +185,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("root", type=Path)
     p.add_argument("out", type=Path)
     p.add_argument("--overwrite", action="store_true")
+    p = sub.add_parser(
+        "import-bag",
+        help="import a rosbag2 (MCAP or sqlite3) as the recorder would have recorded it",
+        description="import a rosbag2 (MCAP or sqlite3) as the recorder would have recorded it: "
+        "its topics, alignment and validation (docs/bring_your_own_data.md)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("bag", type=Path, help="bag directory (metadata.yaml + .mcap or .db3)")
+    p.add_argument(
+        "--topics-config", type=Path, required=True, help="the recorder node's parameter file"
+    )
+    p.add_argument("--out", type=Path, required=True, help="dataset (created or appended to)")
+    p.add_argument(
+        "--services",
+        default=None,
+        help="recorder node name whose recorded start/stop_episode calls start and end episodes",
+    )
+    p.add_argument(
+        "--gap-s", type=float, default=None, help="a pause longer than this ends the episode"
+    )
     args = parser.parse_args(argv)
 
     console = Console(width=160)
@@ -227,7 +249,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif args.cmd == "lerobot-import":
             print(import_lerobot(args.root, args.out, overwrite=args.overwrite))
-    except DatasetError as e:
+        elif args.cmd == "import-bag":
+            report = import_bag(
+                args.bag, args.topics_config, args.out, services=args.services, gap_s=args.gap_s
+            )
+            print(report.summary())
+    except (DatasetError, BagImportError, RecorderConfigError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 1
     return 0
