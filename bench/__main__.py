@@ -4,7 +4,8 @@ A benchmark is a module bench/<name>.py with `run(quick: bool) -> None` that rep
 bench.report.report (table on stdout + bench/results/<name>.json). Benchmarks in NAMED_ONLY run
 only when named: they need an extra or take long (rl_vs_sb3: stable-baselines3, ~1.5 h at
 full budget; dreamer_vs_sheeprl: the SheepRL bench venv of bench/sheeprl_venv.sh;
-flow_family: ~21 training runs per task; qchunking: 12 offline + online runs).
+flow_family: ~21 training runs per task; qchunking: 12 offline + online runs; lerobot_reader:
+the LeRobot bench venv of bench/lerobot_venv.sh).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 # Before any benchmark imports mujoco: it picks its GL backend once, at import (headless: EGL).
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-NAMED_ONLY = {"rl_vs_sb3", "dreamer_vs_sheeprl", "flow_family", "qchunking"}
+NAMED_ONLY = {"rl_vs_sb3", "dreamer_vs_sheeprl", "flow_family", "qchunking", "lerobot_reader"}
 
 
 def main() -> int:
