@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from roboloop_node_common.faults import ERROR, OK, WARN, FaultLog
@@ -103,8 +104,10 @@ class ModelNode(TableParameters, LifecycleNode):
         self.configure_error = ""  # a condition: ERROR for as long as it holds
         self.faults = FaultLog(self.params.error_hold_s)  # events: ERROR/WARN while recent
         self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, DIAGNOSTICS_QOS)
-        self._diag_timer = self.create_timer(
-            self.params.diagnostics_period_s, self._publish_diagnostics
+        self._diag_timer = self.create_timer(  # wall time: a paused sim clock still reports
+            self.params.diagnostics_period_s,
+            self._publish_diagnostics,
+            clock=Clock(clock_type=ClockType.STEADY_TIME),
         )
 
     # ---- hooks ----------------------------------------------------------------------------

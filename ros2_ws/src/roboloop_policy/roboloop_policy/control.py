@@ -31,6 +31,11 @@ window holding the previous episode's last frame, after its leftover queued acti
 an observation newer than the last one acted on, then restart history and queue from it, as
 sim evaluation resets the policy per episode.
 
+Triggers: on the control timer (`step` every period), or on observations: `step_ready` says
+when the newest observations complete a control step (every key at one stamp, at least a period
+less `STEP_TOLERANCE` after the step acted on last), and the node calls `step` at once; the timer
+then only runs the watchdog (`stale`), so a silent or malformed stream still gets the safe action.
+
 Rate check: once every key has `RATE_SAMPLES` arrivals after `activate`, `check_rates` compares
 the slowest observation rate with the control rate. Observations slower than the control rate
 (by more than `RATE_TOLERANCE`) mean repeated frames in the history and stale events: that is a
@@ -58,6 +63,8 @@ SAFE_ACTIONS = ("zeros", "hold")
 RATE_SAMPLES = 20  # arrivals per key after activation before the rates are compared
 RATE_TOLERANCE = 0.2  # observations slower than (1 - this) x the control rate: a mismatch
 PUBLISH_MARGIN = 0.05  # of a period: publish + delivery of an action before the robot's tick
+STEP_TOLERANCE = 0.25  # of a period: stamp jitter an observation-triggered step tolerates
+TRIGGERS = ("timer", "observation")
 # Graph outputs beside the actions, one value per row, checked with the chunk and reported:
 # output name -> diagnostics key (extend here, not with model-type branches).
 CHUNK_VALUES = {Q_OUTPUT: "chosen_q"}
@@ -223,6 +230,24 @@ class PolicyLoop:
             with self._lock:
                 self._latest.clear()
             self.state = WAITING
+
+    def step_ready(self) -> bool:
+        """Observation trigger: every key has arrived at one stamp, a control step (less
+        STEP_TOLERANCE) after the stamp acted on last, or after an episode ended."""
+        with self._lock:
+            stamps = {obs.stamp_ns for obs in self._latest.values()}
+            if len(self._latest) < len(self.keys) or len(stamps) != 1:
+                return False
+            stamp = stamps.pop()
+            last = self._pushed_stamp
+        return last is None or stamp - last >= (1.0 - STEP_TOLERANCE) * self.period_s * 1e9
+
+    def stale(self, now_ns: int, now_mono_ns: int) -> bool:
+        """Observation trigger's watchdog: some observation is too old (or never came while
+        others did), so the timer must publish the safe action."""
+        with self._lock:
+            latest = dict(self._latest)
+        return bool(latest) and bool(self._stale_keys(latest, now_ns, now_mono_ns))
 
     def _stale_keys(
         self, latest: dict[str, _Latest], now_ns: int, now_mono_ns: int

@@ -34,7 +34,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool
 
 from episode_dataset.codecs import IMAGE, MessageError, ns_to_stamp, stamp_to_ns
-from roboloop_policy.control import STALE, Command, PolicyLoop
+from roboloop_policy.control import STALE, TRIGGERS, Command, PolicyLoop
 from roboloop_policy.observations import (
     BindingError,
     ObservationBinding,
@@ -107,6 +107,12 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
         DEFAULT_MAX_NORMALIZED,
         "reject observations farther than this many std (half-ranges) from the training data",
     ),
+    "trigger": (
+        "timer",
+        "timer: act on the control timer; observation: act as soon as the observations that "
+        "complete a control step arrive (one action per step, lowest latency), the timer then "
+        "only publishes the safe action when they go stale",
+    ),
     "episode_done_topic": (
         "",
         "std_msgs/Bool (a sim bridge's <namespace>/done): after True the next observation "
@@ -172,6 +178,7 @@ class PolicyParams(ObservationParams):
     episode-done topic."""
 
     noise_scale: float
+    trigger: str
     episode_done_topic: str
 
 
@@ -188,10 +195,14 @@ class PolicyNode(ModelNode):
         self._control_timer: Any = None
         self._action_names: list[str] = []
         self._rates = (0.0, 1.0, "")  # robot rate, real-time factor, where the factor is from
+        self._sim_time = False  # use_sim_time: the watchdog's arrival clock is /clock
         super().__init__(**kwargs)
 
     # ---- model node hooks -----------------------------------------------------------------
     def load(self, params: PolicyParams) -> OnnxPolicy:
+        if params.trigger not in TRIGGERS:
+            raise ValueError(f"parameter trigger {params.trigger!r} is not one of {TRIGGERS}")
+        self._sim_time = bool(self.get_parameter("use_sim_time").value)
         policy = OnnxPolicy(
             params.model_path,
             device=params.device,
@@ -296,9 +307,16 @@ class PolicyNode(ModelNode):
         self._bindings = []
 
     # ---- data path ------------------------------------------------------------------------
+    def _arrival_ns(self) -> int:
+        """Arrival clock of the watchdog: /clock on sim time (a paused sim is not stale)."""
+        if self._sim_time:
+            return self.get_clock().now().nanoseconds
+        return time.monotonic_ns()
+
     def _on_observation(self, binding: ObservationBinding, msg: Any) -> None:
-        """Decode and store only: inference runs on the control timer."""
-        arrival_ns = time.monotonic_ns()
+        """Decode and store; trigger=observation: act at once when this completed a step (the
+        same thread as the timer would, minus the wait for its tick)."""
+        arrival_ns = self._arrival_ns()
         loop = self._loop
         if loop is None:
             return
@@ -310,6 +328,8 @@ class PolicyNode(ModelNode):
             self.warn(f"malformed:{binding.topic}:{err.reason}", text)
             return
         loop.observe(binding.key, value, stamp_ns, arrival_ns)
+        if self.params.trigger == "observation" and loop.step_ready():
+            self._act()
 
     def _on_done(self, msg: Any) -> None:
         loop = self._loop
@@ -317,13 +337,20 @@ class PolicyNode(ModelNode):
             loop.episode_done()
 
     def _on_control_tick(self) -> None:
+        loop = self._loop
+        if self.params.trigger == "observation" and loop is not None:
+            if not loop.stale(self.get_clock().now().nanoseconds, self._arrival_ns()):
+                return  # observations drive the actions; the timer is the watchdog
+        self._act()
+
+    def _act(self) -> None:
         with self.lock:
             loop = self._loop
             if loop is None or self._action_pub is None:
                 return
             before = loop.state
             try:
-                command = loop.step(self.get_clock().now().nanoseconds, time.monotonic_ns())
+                command = loop.step(self.get_clock().now().nanoseconds, self._arrival_ns())
             except Exception as err:  # keep the node up; diagnostics turn ERROR
                 self.error(
                     "control_tick_errors", f"control tick failed: {type(err).__name__}: {err}"

@@ -394,3 +394,26 @@ def test_watchdog_restart_resets_recurrent_state(tmp_path: Path) -> None:
     assert loop.step(late, late).safe  # stale: the watchdog takes over
     loop.observe("state", state, late, late)
     assert loop.step(late, late).action[0] == 0.0  # fresh again: from the initial state
+
+
+def test_observation_trigger_needs_every_key_at_one_stamp_a_step_apart(chunked) -> None:
+    loop = make_loop(chunked[0])
+    loop.activate()
+    obs = frame(np.random.default_rng(3))
+    loop.observe("state", obs["state"], T0, T0)
+    assert not loop.step_ready()  # the image of this step has not arrived
+    loop.observe("image", obs["image"], T0 - PERIOD_NS, T0)
+    assert not loop.step_ready()  # an image of another step does not complete it
+    loop.observe("image", obs["image"], T0, T0)
+    assert loop.step_ready()
+    assert loop.step(T0, T0).stamp_ns == T0
+    assert not loop.step_ready()  # acted on: the same stamp does not trigger again
+    early = T0 + PERIOD_NS // 2  # faster than the control rate: sampled down
+    feed(loop, obs, early, early)
+    assert not loop.step_ready()
+    feed(loop, obs, T0 + PERIOD_NS, T0 + PERIOD_NS)
+    assert loop.step_ready()
+    # The watchdog of the observation trigger: stale by stamp or by arrival, never before.
+    assert not loop.stale(T0 + PERIOD_NS, T0 + PERIOD_NS)
+    assert loop.stale(T0 + 4 * PERIOD_NS, T0 + PERIOD_NS)
+    assert loop.stale(T0 + PERIOD_NS, T0 + 4 * PERIOD_NS)

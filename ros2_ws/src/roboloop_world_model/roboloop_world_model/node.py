@@ -246,8 +246,14 @@ class WorldModelNode(ModelNode):
         self._bindings = []
 
     # ---- data path ------------------------------------------------------------------------
+    def _arrival_ns(self) -> int:
+        """Arrival clock of the watchdog: /clock on sim time (a paused sim is not stale)."""
+        if self.get_parameter("use_sim_time").value:
+            return self.get_clock().now().nanoseconds
+        return time.monotonic_ns()
+
     def _on_observation(self, binding: ObservationBinding, msg: Any) -> None:
-        arrival_ns = time.monotonic_ns()
+        arrival_ns = self._arrival_ns()
         loop = self._loop
         if loop is None:
             return
@@ -284,7 +290,7 @@ class WorldModelNode(ModelNode):
                 return
             before = loop.state
             try:
-                belief = loop.step(self.get_clock().now().nanoseconds, time.monotonic_ns())
+                belief = loop.step(self.get_clock().now().nanoseconds, self._arrival_ns())
             except Exception as err:  # keep the node up; diagnostics turn ERROR
                 self.error("control_tick_errors", f"tick failed: {type(err).__name__}: {err}")
                 return
