@@ -31,7 +31,7 @@ import numpy as np
 NAME = "lerobot_reader"
 REPO = Path(__file__).resolve().parents[1]
 VENV = REPO / ".venvs" / "lerobot"
-CODECS = ("h264", "lossless")
+CODECS = ("h264", "av1", "lossless")  # av1: LeRobot's own default encoder
 CAMERAS = ("front", "wrist")
 SIZE = 64
 FPS = 20

@@ -28,6 +28,7 @@ whole. What is lost either way is listed in docs/lerobot.md.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -41,6 +42,7 @@ import av
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 
 from episode_dataset.reader import EpisodeReader
 from episode_dataset.schema import FORMAT_VERSION, DatasetError, KeySpec
@@ -240,7 +242,9 @@ class _VideoWriter:
 
     def open_episode(self) -> tuple[int, int, float]:
         """(chunk, file, from_timestamp) of the episode about to be written."""
-        if self._container is not None and self._path.stat().st_size / 2**20 >= self.limit_mb:
+        # the file appears with the first muxed packet (an encoder may still hold every frame)
+        written = self._path.stat().st_size if self._path and self._path.exists() else 0
+        if self._container is not None and written / 2**20 >= self.limit_mb:
             self.close()
             self.files.advance()
         if self._container is None:
@@ -555,7 +559,9 @@ def import_lerobot(
 ) -> str:
     """Write the LeRobotDataset v3.x directory `root` as the episode dataset `out`; returns a
     one-line summary. Features other than observation.*, action, next.reward and next.done are
-    named in the summary as dropped. A failed import removes what it wrote."""
+    named in the summary as dropped; without next.reward the rewards are 0, without next.done
+    an episode is done at its last step (also said in the summary). A failed import removes
+    what it wrote."""
     root, out = Path(root), Path(out)
     plan = _ImportPlan.read(root)
     shards = out.with_name(out.name + ".episodes")
@@ -576,11 +582,11 @@ def import_lerobot(
         shutil.rmtree(shards, ignore_errors=True)
         raise
     plan.close()
-    dropped = f"; dropped features: {', '.join(plan.dropped)}" if plan.dropped else ""
-    return (
-        f"{root} -> {out}: {len(plan.episodes)} episodes, "
-        f"{sum(r['length'] for r in plan.episodes)} steps{dropped}"
-    )
+    notes = [f"dropped features: {', '.join(plan.dropped)}"] if plan.dropped else []
+    absent = {REWARD: "rewards 0", DONE: "done at each episode's last step"}
+    notes += [f"no {k}: {v}" for k, v in absent.items() if k not in plan.info["features"]]
+    steps = sum(r["length"] for r in plan.episodes)
+    return "; ".join([f"{root} -> {out}: {len(plan.episodes)} episodes, {steps} steps", *notes])
 
 
 def _read_json(path: Path) -> Any:
@@ -649,9 +655,6 @@ class _ImportPlan:
                 dropped.append(name)
                 continue
             key = name.removeprefix(IMAGES_PREFIX).removeprefix(OBS_PREFIX)
-            if ft.get("dtype") == "image":  # PNGs inside the parquet: not read here
-                dropped.append(name)
-                continue
             obs_specs[key] = stored.get(key) or _spec_of(name, ft, where)
             obs_features[key] = name
         action = ours.get("action_spec")
@@ -687,7 +690,9 @@ class _ImportPlan:
         obs = {}
         for key, name in self.obs_features.items():
             spec = self.obs_specs[key]
-            if spec.is_image:
+            if self.info["features"][name]["dtype"] == "image":
+                obs[key] = _decode_images(table, name, spec, where)
+            elif spec.is_image:
                 obs[key] = self._frames(name, row, n, where)
             else:
                 obs[key] = _array(table, name, where).reshape(n, *spec.shape)
@@ -767,6 +772,24 @@ def _array(table: pa.Table, name: str, where: str) -> np.ndarray:
         width = len(column[0]) if len(column) else 0
         return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), width)
     return column.to_numpy(zero_copy_only=False)
+
+
+def _decode_images(table: pa.Table, name: str, spec: KeySpec, where: str) -> np.ndarray:
+    """LeRobot's `image` features: encoded files (PNG) in a {bytes, path} column of the data."""
+    if name not in table.column_names:
+        raise DatasetError(f"{where}: data has no column {name!r}")
+    frames = []
+    for step, cell in enumerate(table.column(name).to_pylist()):
+        try:
+            with Image.open(io.BytesIO(cell["bytes"])) as img:
+                frames.append(np.asarray(img.convert("RGB")))
+        except (OSError, TypeError, KeyError) as e:
+            raise DatasetError(f"{where}: {name} step {step}: unreadable image ({e})") from None
+        if frames[-1].shape != spec.shape:
+            raise DatasetError(
+                f"{where}: {name} step {step}: shape {frames[-1].shape} != {spec.shape}"
+            )
+    return np.stack(frames)
 
 
 class _FrameCursor:

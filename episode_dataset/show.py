@@ -64,7 +64,7 @@ def show_episode(path: str | os.PathLike[str], episode: int, out: str | os.PathL
         f"{path.name} {ep}",
     )
     _write_mp4(fig, cam_axes, plot_axes, cameras, t, out, fps=rate or 10)
-    return f"{out}: {ep}, {n} frames at {rate or 10} fps, {len(cameras)} cameras"
+    return f"{out}: {ep}, {n} frames at {rate or 10:g} fps, {len(cameras)} cameras"
 
 
 def _figure(
