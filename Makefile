@@ -17,7 +17,7 @@ export PYTHONUNBUFFERED := 1
 
 ROS_PKGS := $(wildcard ros2_ws/src/*/setup.py)
 
-.PHONY: venv demo test test-slow bench lint clean
+.PHONY: venv demo test test-slow bench lint clean docker-check
 
 venv: $(STAMP)
 
@@ -52,6 +52,11 @@ test-slow: venv $(TEST_STAMP)
 
 bench: venv
 	$(BIN)/python -m bench
+
+# Builds the workspace image and runs the compose stack for real: sim + recorder, validate, train
+# one epoch (about 8 min here with a cold build; as root it installs and starts the engine).
+docker-check:
+	bash docker/check.sh
 
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

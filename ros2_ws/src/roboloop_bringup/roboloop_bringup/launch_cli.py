@@ -1,0 +1,96 @@
+"""`ros2 launch PKG FILE name:=value ...` for an install without `launch` (the PyPI ROS wheels).
+
+    python -m roboloop_bringup.launch_cli roboloop_bringup sim.launch.py action_source:=expert
+
+Runs every node the launch file declares through the stand-in (`launch_standin`), prints each
+node's output prefixed with its name as `output="screen"` does, and applies the nodes' on_exit
+(the recorder's Shutdown). SIGINT or SIGTERM stops the nodes with SIGINT first. Exit code: what
+`ros2 launch` returns after a Shutdown or an on_exit failure (0 / 1); when every node exits on
+its own, 0 if all exited with 0, else 1. The Docker image built from docker/Dockerfile.pypi runs
+its compose services with it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from roboloop_bringup.launch_standin import LaunchedNodes, load_launch_file
+from roboloop_bringup.processes import SRC
+
+POLL_S = 0.1
+
+
+def parse_args(argv: Sequence[str]) -> tuple[Path, dict[str, str]]:
+    """`PKG FILE a:=b ...` -> (the launch file in PKG's source share, launch arguments)."""
+    if len(argv) < 2:
+        raise SystemExit("usage: python -m roboloop_bringup.launch_cli PKG FILE [name:=value ...]")
+    package, filename, *rest = argv
+    path = SRC / package / "launch" / filename
+    if not path.is_file():
+        raise SystemExit(f"launch_cli: no launch file {filename!r} in {package!r} ({path})")
+    args = {}
+    for item in rest:
+        name, sep, value = item.partition(":=")
+        if not sep or not name:
+            raise SystemExit(f"launch_cli: launch argument {item!r} is not name:=value")
+        args[name] = value
+    return path, args
+
+
+class _LogRelay:
+    """Copies new complete lines of each node's log file to `out`, prefixed `[name] `."""
+
+    def __init__(self, launched: LaunchedNodes, out: TextIO) -> None:
+        self.launched, self.out = launched, out
+        self.offsets = [0] * len(launched.procs)
+
+    def pump(self) -> None:
+        for i, proc in enumerate(self.launched.procs):
+            try:
+                with open(proc.log_path, "rb") as f:
+                    f.seek(self.offsets[i])
+                    data = f.read()
+            except FileNotFoundError:
+                continue
+            complete = data[: data.rfind(b"\n") + 1]
+            self.offsets[i] += len(complete)
+            name = self.launched.info.nodes[i].name or proc.name
+            for line in complete.decode(errors="replace").splitlines():
+                self.out.write(f"[{name}] {line}\n")
+        self.out.flush()
+
+
+def run(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
+    path, args = parse_args(argv)
+    info = load_launch_file(path, args)
+    log_root = Path(os.environ.get("ROS_LOG_DIR", "/tmp/ros_log"))
+    log_dir = log_root / f"launch_{path.stem.split('.')[0]}_{time.strftime('%Y%m%d-%H%M%S')}"
+    stop = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.append(signum))
+    launched = info.launch(log_dir, os.environ)
+    relay = _LogRelay(launched, out)
+    out.write(f"[launch_cli] {path.name}: {len(info.nodes)} node(s), logs in {log_dir}\n")
+    code: int | None = None
+    while code is None:
+        relay.pump()
+        if stop:
+            launched.shutdown(0, f"signal {signal.Signals(stop[0]).name}")
+            code = 0
+        elif (code := launched.poll()) is None and not any(p.alive() for p in launched.procs):
+            code = int(any(p.popen.returncode != 0 for p in launched.procs))
+        time.sleep(POLL_S)
+    relay.pump()
+    reason = launched.reason or "every node exited"
+    out.write(f"[launch_cli] stopped ({reason}); exit {code}\n")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))
