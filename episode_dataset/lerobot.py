@@ -87,16 +87,15 @@ class VideoCodec:
     encoder: str
     pix_fmt: str
     options: dict[str, str]
-    lossless: bool
 
 
 # g=2 (a key frame every 2 frames) keeps random access cheap, as LeRobot records.
 VIDEO_CODECS = {
-    "h264": VideoCodec("libx264", "yuv420p", {"crf": "18", "g": "2"}, lossless=False),
+    "h264": VideoCodec("libx264", "yuv420p", {"crf": "18", "g": "2"}),
     # LeRobot's own default encoder
-    "av1": VideoCodec("libsvtav1", "yuv420p", {"crf": "30", "g": "2"}, lossless=False),
+    "av1": VideoCodec("libsvtav1", "yuv420p", {"crf": "30", "g": "2"}),
     # H.264 in RGB at qp 0: bit-exact frames, larger files
-    "lossless": VideoCodec("libx264rgb", "rgb24", {"qp": "0", "g": "2"}, lossless=True),
+    "lossless": VideoCodec("libx264rgb", "rgb24", {"qp": "0", "g": "2"}),
 }
 
 
@@ -328,7 +327,7 @@ class _Exporter:
                 fps,
                 video_file_mb,
                 _Files(chunks_size),
-            )  # fmt: skip
+            )
             for key in self.cameras
         }
 
@@ -629,7 +628,7 @@ class _ImportPlan:
     dropped: list[str]
     episodes: list[dict[str, Any]]
     tasks: list[str]
-    _data: tuple[Path, pa.Table] | None = None
+    _data: tuple[Path, pa.Table, np.ndarray] | None = None  # the open data file, its index
     _videos: dict[str, _FrameCursor] = field(default_factory=dict)
 
     @classmethod
@@ -714,20 +713,28 @@ class _ImportPlan:
         }
 
     def _rows(self, row: dict[str, Any], where: str) -> pa.Table:
+        """The episode's rows: global indices dataset_from_index..dataset_to_index of its data
+        file (LeRobot's own lookup), checked against episode_index and frame_index."""
         path = self.root / self.info["data_path"].format(
             chunk_index=row["data/chunk_index"], file_index=row["data/file_index"]
         )
         if self._data is None or self._data[0] != path:
-            self._data = (path, _read_parquet(path))
-        table = self._data[1]
-        index = table.column("episode_index").to_numpy()
-        picked = table.filter(pa.array(index == row["episode_index"]))
-        order = np.argsort(picked.column("frame_index").to_numpy(), kind="stable")
-        picked = picked.take(pa.array(order))
-        if picked.num_rows != row["length"]:
+            table = _read_parquet(path)
+            self._data = (path, table, _array(table, "index", f"{where}: {path.name}"))
+        _, table, index = self._data
+        lo, hi = np.searchsorted(index, [row["dataset_from_index"], row["dataset_to_index"]])
+        picked = table.slice(lo, hi - lo)
+        n = row["length"]
+        episode = _array(picked, "episode_index", where)
+        frames = _array(picked, "frame_index", where)
+        if (
+            len(picked) != n
+            or (episode != row["episode_index"]).any()
+            or (frames != np.arange(n)).any()
+        ):
             raise DatasetError(
-                f"{where}: {path.name} holds {picked.num_rows} rows, the episodes table says "
-                f"{row['length']}"
+                f"{where}: rows {row['dataset_from_index']}..{row['dataset_to_index']} of "
+                f"{path.name} are not its {n} frames in order"
             )
         return picked
 

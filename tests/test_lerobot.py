@@ -343,6 +343,15 @@ def test_refusals_are_one_line(src: Path, tmp_path: Path, capsys: pytest.Capture
     assert err.startswith(f"ERROR: {broken}: episode 2: {video} has 0 frames from 1.200 s")
     assert not out.exists() and not Path(f"{out}.episodes").exists()
 
+    # an episodes table that disagrees with the data
+    table = root / "meta/episodes/chunk-000/file-000.parquet"
+    rows = pq.read_table(table).to_pylist()
+    rows[1]["length"] = 6
+    pq.write_table(pa.Table.from_pylist(rows), table)
+    with pytest.raises(DatasetError, match=r"episode 1: rows 5..12 of file-000.parquet are not "):
+        import_lerobot(root, out)
+    assert not out.exists()
+
     info = json.loads((root / "meta/info.json").read_text())
     (root / "meta/info.json").write_text(json.dumps(info | {"codebase_version": "v2.1"}))
     with pytest.raises(DatasetError, match=r"codebase_version 'v2.1' \(only v3.x is read\)"):
