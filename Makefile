@@ -32,10 +32,10 @@ demo: venv
 	$(BIN)/python -m demo.loop
 
 # Tests also cover the optional adapter to Meta's flow_matching (CC BY-NC 4.0, non-commercial)
-# and the SB3 side of bench rl_vs_sb3 (the bench extra): installed for the test run only,
-# never needed by the workspace itself.
+# and the SB3 side of bench rl_vs_sb3 (the bench extra), and the wandb/mlflow trackers (the
+# trackers extra): installed for the test run only, never needed by the workspace itself.
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/python -m pip install -q -c constraints.txt flow_matching==1.0.10 -e '.[bench]'
+	$(BIN)/python -m pip install -q -c constraints.txt flow_matching==1.0.10 -e '.[bench,trackers]'
 	touch $@
 
 # ROS tests assert real-time behaviour (a safe action within 2 control periods, message rates),

@@ -2,8 +2,9 @@
 
 Pure orchestration (every algorithm runs through it): compose -> seed -> instantiate
 `cfg.data` (LightningDataModule) and `cfg.model` (LightningModule; its network is a `_target_`
-injected into it) -> callbacks/loggers from `cfg.trainer` -> fit(ckpt_path=cfg.ckpt_path) ->
-test when the datamodule has a test split.
+injected into it) -> callbacks from `cfg.trainer`, the tracker from `cfg.logger`
+(learning/trackers.py) -> fit(ckpt_path=cfg.ckpt_path) -> test when the datamodule has a test
+split.
 
 Every run adds two callbacks: `RecordConfig` (config and model kwargs in each checkpoint) and
 `FiniteGuard` (stop at the first non-finite loss). A bad input file (dataset, resume checkpoint)
@@ -39,6 +40,7 @@ from episode_dataset import DatasetError
 from learning.checkpoint import CheckpointError, RecordConfig, torch_load
 from learning.errors import ConfigError
 from learning.finite import FiniteGuard, NonFiniteError
+from learning.trackers import tracked
 
 log = logging.getLogger(__name__)
 
@@ -137,17 +139,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [instantiate(c) for c in (trainer_cfg.pop("callbacks", None) or {}).values()]
     callbacks.append(RecordConfig(OmegaConf.to_container(cfg, resolve=True), kwargs))
     callbacks.append(FiniteGuard())
-    loggers = [instantiate(c) for c in (trainer_cfg.pop("logger", None) or {}).values()]
-    trainer: L.Trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
-
-    # Resume reads the checkpoint as plain data too (docs/security.md).
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    ckpt_cb = trainer.checkpoint_callback
-    best = getattr(ckpt_cb, "best_model_path", "") or None
-    if getattr(datamodule, "has_test_split", False):
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    with tracked(cfg, run_dir, path="trainer") as logger:
+        trainer: L.Trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=logger or False)
+        # Resume reads the checkpoint as plain data too (docs/security.md).
+        trainer.fit(
+            model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True
+        )
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        ckpt_cb = trainer.checkpoint_callback
+        best = getattr(ckpt_cb, "best_model_path", "") or None
+        if getattr(datamodule, "has_test_split", False):
+            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     last = run_dir / "checkpoints" / "last.ckpt"
     result = {
         "run_dir": str(run_dir),

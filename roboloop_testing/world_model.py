@@ -27,7 +27,7 @@ TINY = [
     "max_epochs=1",
     "~trainer.callbacks.progress_bar",
     "~trainer.callbacks.lr_monitor",
-    "~trainer.logger",
+    "~logger",
 ]
 
 

@@ -74,7 +74,7 @@ def value(text: str) -> Any:
 
 def trainer_kwargs(cfg: Any) -> dict[str, Any]:
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    kwargs.pop("callbacks"), kwargs.pop("logger")
+    kwargs.pop("callbacks")
     return kwargs
 
 
@@ -145,6 +145,7 @@ def test_every_config_shares_the_run_block(name: str, tmp_path: Path) -> None:
 READ_BY_TRAIN = {"name", "seed", "ckpt_path", "model_dims", "torch_threads", "run_dir", "data"}
 READ_BY_TRAIN |= {"model", "online", "env_id", "training"}  # the last 3: learning.online.loop
 READ_BY_TRAIN |= {"dataset"}  # learning.online.loop too: the offline data (train_acrlpd)
+READ_BY_TRAIN |= {"logger"}  # learning.trackers, for both paths
 
 
 # network_type options and the network each picks (flow-family configs).

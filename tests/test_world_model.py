@@ -31,7 +31,7 @@ TINY = [
     "world_model.learning_rate=1e-3",
     "~trainer.callbacks.progress_bar",
     "~trainer.callbacks.lr_monitor",
-    "~trainer.logger",
+    "~logger",
 ]
 LATENTS = ["categorical", "gaussian"]
 pytestmark = pytest.mark.xdist_group("world_model")  # build the trained fixtures once

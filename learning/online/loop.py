@@ -10,7 +10,8 @@
   LightningModule's `training_step`;
 - the algorithm: `act`, `observe` (statistics, storage), `ready`, `update` (its maths);
 - this loop: envs, evaluation every `online.eval_every` env steps with deterministic actions on a
-  separate env (fixed seeds `online.eval_seed + i`), TensorBoard scalars, a Rich progress bar,
+  separate env (fixed seeds `online.eval_seed + i`), scalars to the `logger` tracker
+  (TensorBoard by default: learning/trackers.py), a Rich progress bar,
   checkpoints (`<run_dir>/checkpoints/last.ckpt`, plain tensors and containers, loadable with
   `weights_only=True` and by `learning.checkpoint.load_model`, so `learning.export` reads them)
   and resume from `ckpt_path=`.
@@ -31,7 +32,6 @@ import numpy as np
 import torch
 from hydra.utils import get_object, instantiate
 from lightning.fabric import Fabric
-from lightning.fabric.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -39,6 +39,7 @@ from learning.checkpoint import CONFIG_KEY, MODEL_KWARGS_KEY, CheckpointError, t
 from learning.data.spec import model_dims
 from learning.errors import ConfigError
 from learning.online.algorithm import OnlineAlgorithm, Transition
+from learning.trackers import tracked
 
 log = logging.getLogger(__name__)
 
@@ -253,24 +254,25 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 f"online.early_stopping.monitor=eval/success: {cfg.env_id} reports no "
                 "success (monitor eval/return instead)"
             )
-    fabric = Fabric(
-        accelerator=on.accelerator,
-        devices=on.devices,
-        num_nodes=on.num_nodes,
-        strategy=on.strategy,
-        precision=on.precision,
-        loggers=TensorBoardLogger(root_dir=str(run_dir), name="tensorboard", version=""),
-    )
-    fabric.launch()
-    rank, device = fabric.global_rank, fabric.device
-    fabric.seed_everything(int(cfg.seed) + rank)
+    with tracked(cfg, run_dir, path="fabric") as logger:
+        fabric = Fabric(
+            accelerator=on.accelerator,
+            devices=on.devices,
+            num_nodes=on.num_nodes,
+            strategy=on.strategy,
+            precision=on.precision,
+            loggers=logger,
+        )
+        fabric.launch()
+        rank, device = fabric.global_rank, fabric.device
+        fabric.seed_everything(int(cfg.seed) + rank)
 
-    num_envs = int(on.num_envs)
-    env = make_env(str(cfg.env_id), num_envs, on.get("camera"))
-    try:
-        return _train(cfg, run_dir, fabric, algo_cls, env, rank, device)
-    finally:
-        env.close()
+        num_envs = int(on.num_envs)
+        env = make_env(str(cfg.env_id), num_envs, on.get("camera"))
+        try:
+            return _train(cfg, run_dir, fabric, algo_cls, env, rank, device)
+        finally:
+            env.close()
 
 
 def _train(
