@@ -47,9 +47,10 @@ def show_episode(path: str | os.PathLike[str], episode: int, out: str | os.PathL
         ep = reader.episodes[episode]
         data = reader.read_episode(ep)
         rate = reader.env_args.get("control_rate_hz")
+        images = [k for k, spec in reader.obs_specs.items() if spec.is_image]
     n = len(data["actions"])
     t = np.arange(n) / rate if rate else np.arange(n, dtype=np.float64)
-    cameras = {k: v for k, v in data["obs"].items() if v.ndim == 4}
+    cameras = {k: _as_rgb8(data["obs"].pop(k)) for k in images}
     if out.suffix == ".png":
         picks = np.unique(np.linspace(0, n - 1, min(STRIP_FRAMES, n)).round().astype(int))
         shown = {k: np.concatenate(list(v[picks]), axis=1) for k, v in cameras.items()}
@@ -67,6 +68,17 @@ def show_episode(path: str | os.PathLike[str], episode: int, out: str | os.PathL
     return f"{out}: {ep}, {n} frames at {rate or 10:g} fps, {len(cameras)} cameras"
 
 
+def _as_rgb8(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) uint8 for display: other channel counts become gray, other dtypes (depth)
+    are scaled from the episode's range."""
+    if frames.dtype != np.uint8:
+        lo, hi = float(frames.min()), float(frames.max())
+        frames = ((frames - lo) * (255.0 / (hi - lo) if hi > lo else 0.0)).astype(np.uint8)
+    if frames.shape[-1] != 3:
+        frames = np.repeat(frames[..., :1], 3, axis=-1)
+    return frames
+
+
 def _figure(
     data: dict[str, Any],
     t: np.ndarray,
@@ -75,7 +87,7 @@ def _figure(
     title: str,
 ) -> tuple[Figure, dict[str, Axes], list[Axes]]:
     """The episode's figure: one row of camera images, then one plot per signal."""
-    low_dim = {k: v.reshape(len(v), -1) for k, v in data["obs"].items() if v.ndim != 4}
+    low_dim = {k: v.reshape(len(v), -1) for k, v in data["obs"].items()}  # cameras taken out
     signals = {"actions": data["actions"].reshape(len(t), -1)} | {
         f"obs/{k}": v for k, v in low_dim.items()
     }

@@ -96,6 +96,28 @@ def test_info_plot(dataset: Path, tmp_path: Path, capsys) -> None:
     assert img[..., :3].std() > 20
 
 
+def test_depth_camera_and_no_control_rate(tmp_path: Path) -> None:
+    """A float (H, W, 1) camera is drawn in gray from its range; without a control rate the
+    time axis is in steps and the video runs at 10 fps."""
+    path = tmp_path / "depth.hdf5"
+    specs = {"depth": KeySpec("float32", (16, 20, 1), feature_type="image")}
+    depth = np.linspace(0.5, 4.0, 6 * 16 * 20, dtype=np.float32).reshape(6, 16, 20, 1)
+    with EpisodeWriter(path, specs, KeySpec("float32", (1,)), env_args={"env_name": "x"}) as w:
+        w.write_episode(obs={"depth": depth}, actions=np.zeros((6, 1)), rewards=np.zeros(6),
+                        dones=np.arange(6) == 5)  # fmt: skip
+    assert main(["show", str(path), "--episode", "0", "--out", str(tmp_path / "d.png")]) == 0
+    img = np.asarray(Image.open(tmp_path / "d.png"))[..., :3].astype(int)
+    gray = (img[..., 0] == img[..., 1]) & (img[..., 1] == img[..., 2])
+    band = img[: round(2.6 * DPI), :, 0][gray[: round(2.6 * DPI)]]
+    mid_gray = (band > 10) & (band < 245)  # not the white page, not black text
+    assert mid_gray.sum() > 6 * 16 * 20  # every frame drawn, larger than 16x20, in grays
+    assert len(np.unique(band[mid_gray])) > 100  # the depth range spread over the grays
+    assert main(["show", str(path), "--episode", "0", "--out", str(tmp_path / "d.mp4")]) == 0
+    with av.open(str(tmp_path / "d.mp4")) as container:
+        assert float(container.streams.video[0].average_rate) == 10
+        assert sum(1 for _ in container.decode(video=0)) == 6
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
