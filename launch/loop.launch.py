@@ -81,6 +81,25 @@ def generate_launch_description() -> LaunchDescription:
                 "seed", default_value="0", description="Sim episode i is reset with seed + i."
             ),
             DeclareLaunchArgument(
+                "use_sim_time",
+                default_value="false",
+                description="true: the whole loop runs on the bridge's /clock.",
+                choices=["true", "false"],
+            ),
+            DeclareLaunchArgument(
+                "lockstep",
+                default_value="false",
+                description="With use_sim_time: the bridge steps as soon as the recorder and the "
+                "policy's action keep up (use trigger:=observation).",
+                choices=["true", "false"],
+            ),
+            DeclareLaunchArgument(
+                "trigger",
+                default_value="timer",
+                description="policy_node trigger: timer or observation.",
+                choices=["timer", "observation"],
+            ),
+            DeclareLaunchArgument(
                 "log_level",
                 default_value="info",
                 description="Logging level of all nodes.",
@@ -100,6 +119,8 @@ def generate_launch_description() -> LaunchDescription:
                     "params_file": arg("sim_params_file"),
                     "action_source": "topic",
                     "seed": arg("seed"),
+                    "use_sim_time": arg("use_sim_time"),
+                    "lockstep": arg("lockstep"),
                     "log_level": arg("log_level"),
                 },
             ),
@@ -109,6 +130,8 @@ def generate_launch_description() -> LaunchDescription:
                     "model_path": arg("model_path"),
                     "params_file": arg("policy_params_file"),
                     "device": arg("device"),
+                    "trigger": arg("trigger"),
+                    "use_sim_time": arg("use_sim_time"),
                     "log_level": arg("log_level"),
                 },
             ),
@@ -117,6 +140,7 @@ def generate_launch_description() -> LaunchDescription:
                 {
                     "params_file": arg("recorder_params_file"),
                     "output_path": arg("output_path"),
+                    "use_sim_time": arg("use_sim_time"),
                     "log_level": arg("log_level"),
                 },
                 condition=IfCondition(arg("record")),

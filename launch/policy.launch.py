@@ -42,6 +42,19 @@ def generate_launch_description() -> LaunchDescription:
                 choices=["auto", "cpu", "cuda"],
             ),
             DeclareLaunchArgument(
+                "trigger",
+                default_value="timer",
+                description="timer: act on the control timer; observation: act as soon as a "
+                "control step's observations arrive (lowest latency; needed by a lockstep sim).",
+                choices=["timer", "observation"],
+            ),
+            DeclareLaunchArgument(
+                "use_sim_time",
+                default_value="false",
+                description="true: follow /clock (a sim bridge with use_sim_time:=true).",
+                choices=["true", "false"],
+            ),
+            DeclareLaunchArgument(
                 "log_level",
                 default_value="info",
                 description="Logging level of the node.",
@@ -65,6 +78,8 @@ def generate_launch_description() -> LaunchDescription:
                     {
                         "model_path": LaunchConfiguration("model_path"),
                         "device": LaunchConfiguration("device"),
+                        "trigger": LaunchConfiguration("trigger"),
+                        "use_sim_time": LaunchConfiguration("use_sim_time"),
                     },
                 ],
                 ros_arguments=["--log-level", LaunchConfiguration("log_level")],

@@ -56,11 +56,13 @@ def console_scripts(package: str, monkeypatch: pytest.MonkeyPatch) -> set[str]:
     return {s.split("=")[0].strip() for s in scripts}
 
 
+RCLPY_PARAMETERS = {"use_sim_time": (False, "follow /clock")}  # rclpy declares it on every node
+
+
 def node_parameters(package: str) -> dict[str, tuple]:
     import importlib
 
-    # rclpy declares use_sim_time on every node (follow /clock)
-    return {**importlib.import_module(f"{package}.node").PARAMETERS, "use_sim_time": (False, "")}
+    return importlib.import_module(f"{package}.node").PARAMETERS
 
 
 def test_my_launch_files_exist():
@@ -127,6 +129,7 @@ def test_launch_nodes_match_packages(name, monkeypatch):
                 assert isinstance(value, type(declared[key][0])) or (
                     isinstance(declared[key][0], float) and isinstance(value, int)
                 ), f"{f.name}: {key}={value!r} has the wrong type"
+        declared = {**declared, **RCLPY_PARAMETERS}
         for key, value in node.params.items():
             assert key in declared, f"{name}: override of undeclared parameter {key}"
             assert isinstance(value, type(declared[key][0])), f"{name}: {key}={value!r}"
@@ -134,7 +137,12 @@ def test_launch_nodes_match_packages(name, monkeypatch):
 
 def test_launch_arguments_override_parameters():
     info = load_launch_file(REPO / "launch/sim.launch.py", {"action_source": "topic", "seed": "7"})
-    assert info.nodes[0].params == {"action_source": "topic", "seed": 7}
+    assert info.nodes[0].params == {
+        "action_source": "topic",
+        "seed": 7,
+        "publish_clock": False,
+        "lockstep": False,
+    }
     with pytest.raises(KeyError, match="unknown launch arguments"):
         load_launch_file(REPO / "launch/sim.launch.py", {"camera": "64"})
 

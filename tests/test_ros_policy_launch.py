@@ -167,7 +167,7 @@ def test_policy_launch_starts_the_installed_node_with_known_parameters(fake_laun
     scripts = console_scripts(setup_kwargs)
     assert scripts[node.kwargs["executable"]] == "roboloop_policy.main:policy_node"
     overrides = [p for p in node.kwargs["parameters"] if isinstance(p, dict)]
-    assert set().union(*overrides) <= set(PARAMETERS)
+    assert set().union(*overrides) <= {*PARAMETERS, "use_sim_time"}  # rclpy declares that one
     required = [
         c.args[0]
         for c in of_kind(calls, "DeclareLaunchArgument")
