@@ -148,7 +148,3 @@ def run(quick: bool = False) -> None:
         "without fsync) vs rosbags AnyReader iterate + deserialize, same bag, best of 3 "
         "alternating; the demo's topics: 64x64 rgb8 + 10-d state at 20 Hz, 50-step episodes",
     )
-
-
-if __name__ == "__main__":
-    run()
