@@ -44,7 +44,7 @@ $(TEST_STAMP): $(STAMP)
 test: venv $(TEST_STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not ros and not slow"
 	sync
-	$(BIN)/python -m pytest -p no:xdist -m ros
+	$(BIN)/python -m pytest -p no:xdist -m "ros and not slow"
 
 # Learning checks that take minutes (SAC solves Pendulum-v1, PPO solves InvertedPendulum-v5).
 test-slow: venv $(TEST_STAMP)

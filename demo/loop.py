@@ -173,6 +173,40 @@ def run_nodes_until(
             group.shutdown()
 
 
+def record_expert(dataset: Path, episodes: int, log_dir: Path) -> float:
+    """Record `episodes` scripted-expert episodes over ROS into `dataset` (sim time, lockstep);
+    returns the wall-clock seconds it took."""
+    t0 = time.perf_counter()
+    run_nodes_until(
+        [
+            (
+                "sim.launch.py",
+                {"action_source": "expert", "seed": "0", "lockstep": "true", **RECORD_SIM_TIME},
+            ),
+            # No episode begins after the last one: an interrupted one would be kept (shutdown).
+            (
+                "record.launch.py",
+                {
+                    "output_path": str(dataset),
+                    "max_episodes": str(episodes),
+                    **RECORD_SIM_TIME,
+                },
+            ),
+        ],
+        dataset,
+        episodes,
+        log_dir,
+        timeout_s=60 + 10 * episodes,
+        label="recording",
+        node_params={
+            # Reliable observations: in lockstep a lost sample would cost a timeout.
+            "sim_bridge": {"sensor_qos": "reliable", "wait_for_ackers": 1},
+            "recorder": {"max_age_s": RECORD_MAX_AGE_S},
+        },
+    )
+    return time.perf_counter() - t0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m demo.loop",
@@ -205,35 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"roboloop demo -> {out}  (ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']})")
 
     stage(f"1/5 record {args.episodes} expert episodes over ROS (sim_bridge + recorder)")
-    t0 = time.perf_counter()
-    run_nodes_until(
-        [
-            (
-                "sim.launch.py",
-                {"action_source": "expert", "seed": "0", "lockstep": "true", **RECORD_SIM_TIME},
-            ),
-            # No episode begins after the last one: an interrupted one would be kept (shutdown).
-            (
-                "record.launch.py",
-                {
-                    "output_path": str(expert_data),
-                    "max_episodes": str(args.episodes),
-                    **RECORD_SIM_TIME,
-                },
-            ),
-        ],
-        expert_data,
-        args.episodes,
-        out / "logs" / "record",
-        timeout_s=60 + 10 * args.episodes,
-        label="recording",
-        node_params={
-            # Reliable observations: in lockstep a lost sample would cost a timeout.
-            "sim_bridge": {"sensor_qos": "reliable", "wait_for_ackers": 1},
-            "recorder": {"max_age_s": RECORD_MAX_AGE_S},
-        },
-    )
-    record_s = time.perf_counter() - t0
+    record_s = record_expert(expert_data, args.episodes, out / "logs" / "record")
     dataset_cli(["info", str(expert_data), "--max-episodes", "5"])
 
     stage("2/5 train flow-matching BC (learning.train --config-name=train_fbc)")
