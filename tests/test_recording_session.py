@@ -201,6 +201,20 @@ def test_headerless_anchor_survives_late_callbacks(tmp_path):
     r.close()
 
 
+def test_headerless_takes_the_nearest_anchor_also_when_arrivals_went_back(tmp_path):
+    """Anchors are searched by bisection while they arrived in order; after the clock stepped
+    back (here: 5.05 then 4.90), by looking at all of them."""
+    session, writer, _ = make(tmp_path, headerless_anchor_key="actions")
+    for stamp, arrival in ((1.0, 5.0), (2.0, 5.05), (3.0, 4.9)):
+        session.on_message("/a", NS(header=hdr(stamp), name=[], effort=[0.0, 0.0]), arrival)
+    session.on_message("/r", NS(data=1.0), 4.905)  # nearest: the anchor that came at 4.90
+    session.on_message("/a", NS(header=hdr(4.0), name=[], effort=[0.0, 0.0]), 6.0)
+    session.on_message("/r", NS(data=2.0), 6.001)  # in order again: found by bisection
+    assert list(session.aligner._buffers["rewards"].stamps) == [3.0, 4.0]
+    assert session.unanchored == 0
+    writer.close()
+
+
 def test_headerless_without_anchor_nearby_falls_back_and_is_counted(tmp_path):
     session, writer, _ = make(tmp_path, headerless_anchor_key="actions")
     session.on_message("/r", NS(data=1.0), 3.0)

@@ -18,7 +18,10 @@ episode restarts by itself.
 
 from __future__ import annotations
 
+import bisect
 import copy
+import itertools
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -64,6 +67,9 @@ class SessionConfig:
     future_tolerance_s: float = 1.0  # stamps further ahead of the node clock are rejected
     log_period_s: float = 2.0  # rejection log lines per (topic, reason)
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+ANCHORS = 64  # headerless anchor messages remembered (newest)
 
 
 class RejectionLog:
@@ -130,7 +136,8 @@ class RecordingSession:
         # skipped (stale) still ends the episode once no tick can use it any more.
         self._pending_dones: list[float] = []
         self.lost_dones = 0
-        self._anchors: deque[tuple[float, float]] = deque(maxlen=64)  # (arrival, stamp)
+        self._anchors: deque[tuple[float, float]] = deque(maxlen=ANCHORS)  # (arrival, stamp)
+        self._anchors_unsorted = 0  # appends until the anchors are in arrival order again
         self._unanchored: list[tuple[str, float, Any]] = []  # (key, arrival, value)
         self.unanchored = 0
         if config.headerless_anchor_key and config.headerless_anchor_key not in self._keys:
@@ -164,6 +171,10 @@ class RecordingSession:
         if not self._add(spec.key, stamp, value, arrival):
             return False
         if spec.key == self.config.headerless_anchor_key:
+            if self._anchors and arrival < self._anchors[-1][0]:
+                self._anchors_unsorted = ANCHORS
+            elif self._anchors_unsorted:
+                self._anchors_unsorted -= 1
             self._anchors.append((arrival, stamp))
             self._resolve_headerless(arrival)
         return True
@@ -228,7 +239,9 @@ class RecordingSession:
         tol = self.config.headerless_anchor_tolerance_s
         waiting = []
         for key, arrival, value in self._unanchored:
-            near = [(abs(a - arrival), s) for a, s in self._anchors if abs(a - arrival) <= tol]
+            near = [
+                (abs(a - arrival), s) for a, s in self._near(arrival) if abs(a - arrival) <= tol
+            ]
             if near:
                 self._add(key, min(near)[1], value, arrival)
             elif now - arrival > tol:  # no anchor came in time: fall back to the arrival rule
@@ -238,6 +251,16 @@ class RecordingSession:
             else:
                 waiting.append((key, arrival, value))
         self._unanchored = waiting
+
+    def _near(self, arrival: float) -> Any:
+        """The anchors that may lie within the tolerance of `arrival`: while they are in arrival
+        order (always, unless the clock went back), a window found by bisection."""
+        if self._anchors_unsorted:
+            return self._anchors
+        tol = 2 * self.config.headerless_anchor_tolerance_s  # wide: the caller's test decides
+        lo = bisect.bisect_left(self._anchors, (arrival - tol, -math.inf))
+        hi = bisect.bisect_right(self._anchors, (arrival + tol, math.inf))
+        return itertools.islice(self._anchors, lo, hi)
 
     # -- episode control -------------------------------------------------------------------
     def start_episode(self) -> tuple[bool, str]:
