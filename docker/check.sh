@@ -37,7 +37,8 @@ if ! docker info > /dev/null 2>&1; then
     say "starting dockerd (log: $LOGS/dockerd.log)"
     setsid nohup dockerd > "$LOGS/dockerd.log" 2>&1 < /dev/null &
     for _ in $(seq 60); do docker info > /dev/null 2>&1 && break; sleep 1; done
-    docker info > /dev/null 2>&1 || fail "dockerd did not come up: $(tail -n 3 "$LOGS/dockerd.log")"
+    docker info > /dev/null 2>&1 \
+        || fail "dockerd did not come up: $(tail -n 3 "$LOGS/dockerd.log")"
 fi
 say "engine $(docker version --format '{{.Server.Version}}')"
 
@@ -67,7 +68,9 @@ say "base image $BASE_IMAGE"
 # 3. what this machine's pip uses besides the index: find-links wheels, the CA bundle
 PIP=(python3 -m pip)
 [ -x .venv/bin/python ] && PIP=(.venv/bin/python -m pip)
-pip_config() { "${PIP[@]}" config list 2> /dev/null | sed -n "s/^[^=]*\.$1='\(.*\)'$/\1/p" | tail -n1; }
+pip_config() {  # the last value pip's config gives KEY (global or env)
+    "${PIP[@]}" config list 2> /dev/null | sed -n "s/^[^=]*\.$1='\(.*\)'$/\1/p" | tail -n1
+}
 rm -rf docker/local/wheels docker/local/ca-certificates.crt
 mkdir -p docker/local/wheels
 for dir in $(pip_config find-links); do
@@ -114,7 +117,13 @@ until grep -q "$last" <<< "$("${COMPOSE[@]}" logs --no-color recorder 2>&1)"; do
     [ $((SECONDS - t)) -lt "$RECORD_TIMEOUT_S" ] || fail "no '$last' after $RECORD_TIMEOUT_S s"
     sleep 2
 done
-say "recorded $EPISODES episodes in $((SECONDS - t)) s; stopping (SIGINT)"
+say "recorded $EPISODES episodes in $((SECONDS - t)) s"
+for svc in sim recorder; do  # no way off the host: loopback is the only interface
+    ifaces=$(docker exec "$("${COMPOSE[@]}" ps -q $svc)" \
+        awk 'NR > 2 {printf "%s ", $1}' /proc/net/dev)
+    [ "$ifaces" = "lo: " ] || fail "$svc has network interfaces $ifaces"
+done
+say "sim and recorder see no network interface but lo; stopping (SIGINT)"
 "${COMPOSE[@]}" stop 2>&1 | sed 's/^/  /'
 for svc in sim recorder; do
     code=$(docker inspect -f '{{.State.ExitCode}}' "$("${COMPOSE[@]}" ps -q $svc)")

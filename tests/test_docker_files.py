@@ -328,3 +328,14 @@ def test_compose_sim_and_recorder_commands_record_outside_docker(tmp_path, ros_e
         assert r.read_dones(first)[-1] and not r.read_dones(first)[:-1].any()
         assert r.read_obs(first, "image").shape == (steps, 64, 64, 3)
         assert r.env_args["env_name"] == "Reacher-v5" and r.env_args["control_rate_hz"] == 50.0
+
+
+@pytest.mark.parametrize("script", ["check.sh", "make_base.sh"])
+def test_docker_scripts_parse_and_make_runs_the_check(script):
+    """The scripts `make docker-check` runs parse (bash -n); the check itself needs an engine."""
+    path = DOCKER / script
+    assert os.access(path, os.X_OK), f"{path} is not executable"
+    subprocess.run(["bash", "-n", str(path)], check=True)
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^docker-check:\n\tbash docker/check\.sh$", makefile, re.M)
+    assert "docker-check" not in makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]
