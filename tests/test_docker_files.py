@@ -241,6 +241,22 @@ def test_compose_launch_commands_are_real(service):
     assert info.nodes
 
 
+def test_compose_sim_time_reaches_every_ros_service():
+    """SIM_TIME=true: the bridge publishes /clock and every reader follows it (a recorder on
+    wall time beside a sim-time bridge would reject every stamp)."""
+    env = {"SIM_TIME": "true", "LOCKSTEP": "true"}
+    for name in ROS_SERVICES:
+        cmd = command_of(compose()["services"][name], env)
+        path, args = parse_args(cmd[3:])
+        assert args["use_sim_time"] == "true", name
+        assert load_launch_file(path, args).nodes, name  # the launch file declares it
+        assert parse_args(command_of(compose()["services"][name])[3:])[1]["use_sim_time"] == (
+            "false"
+        )
+    gpu_policy = command_of(compose("compose.gpu.yaml")["services"]["policy"], env)
+    assert "use_sim_time:=true" in gpu_policy
+
+
 def test_compose_train_command_targets_a_real_config():
     cmd = command_of(compose()["services"]["train"])
     assert cmd[:3] == ["python", "-m", "learning.train"]
