@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from roboloop_bringup.launch_cli import parse_args
+from roboloop_bringup.launch_cli import parse_args, run
 from roboloop_bringup.launch_standin import load_launch_file
 
 from episode_dataset import EpisodeReader, validate_file
@@ -283,6 +283,39 @@ def test_compose_train_command_targets_a_real_config():
 def test_launch_cli_refuses_bad_command_lines(argv, message):
     with pytest.raises(SystemExit, match=re.escape(message)):
         parse_args(argv)
+
+
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("log_level:=loud", "log_level"),  # not one of the argument's choices
+        ("speed:=2", "unknown launch arguments ['speed']"),
+    ],
+)
+def test_launch_cli_refuses_bad_launch_arguments_in_one_line(arg, message):
+    with pytest.raises(SystemExit) as exc:
+        run(["roboloop_bringup", "sim.launch.py", arg])
+    text = str(exc.value)
+    assert text.startswith("launch_cli: sim.launch.py") and message in text and "\n" not in text
+
+
+@pytest.mark.ros
+@pytest.mark.xdist_group("ros")
+def test_launch_cli_exits_1_when_the_recorder_fails(tmp_path, ros_env):
+    """The recorder's on_exit stops the launch with exit 1 (a loop never runs unrecorded)."""
+    topics = SRC / "roboloop_recorder" / "config" / "recorder_topics.yaml"
+    cmd = [*LAUNCH_CLI, "roboloop_bringup", "record.launch.py", f"params_file:={topics}"]
+    cmd.append(f"output_path:={tmp_path / 'not_a_dir'}/r.hdf5")
+    (tmp_path / "not_a_dir").write_text("a file where the recorder needs a directory")
+    env = {**ros_env, "ROS_LOG_DIR": str(tmp_path / "ros_log")}
+    proc = _start(cmd, env, tmp_path / "out.txt")
+    try:
+        proc.wait(60)
+    finally:
+        _stop(proc)
+    out = (tmp_path / "out.txt").read_text()
+    assert proc.returncode == 1, out
+    assert "[recorder] " in out and "recorder exited with code 1" in out
 
 
 def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:

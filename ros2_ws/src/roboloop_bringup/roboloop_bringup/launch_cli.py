@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from roboloop_bringup.launch_standin import LaunchedNodes, load_launch_file
+from roboloop_bringup.launch_standin import LaunchedNodes, LaunchError, load_launch_file
 from roboloop_bringup.processes import SRC
 
 POLL_S = 0.1
@@ -68,7 +68,10 @@ class _LogRelay:
 
 def run(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
     path, args = parse_args(argv)
-    info = load_launch_file(path, args)
+    try:
+        info = load_launch_file(path, args)
+    except (LaunchError, KeyError) as err:  # refused before any node starts, as launch does
+        raise SystemExit(f"launch_cli: {err.args[0]}") from None
     log_root = Path(os.environ.get("ROS_LOG_DIR", "/tmp/ros_log"))
     log_dir = log_root / f"launch_{path.stem.split('.')[0]}_{time.strftime('%Y%m%d-%H%M%S')}"
     stop = []
