@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     stage(f"train ({family.config})")
     budget = family.budget.quick if args.quick else family.budget.full
     overrides = [*family.overrides(dataset), *budget, f"output_root={out / 'outputs'}"]
-    console.print(f"python -m learning.train --config-name={family.config} " + " ".join(overrides))
+    command = f"python -m learning.train --config-name={family.config} " + " ".join(overrides)
+    console.print(command, markup=False)  # `[state]` is an override, not a style
     t0 = time.perf_counter()
     result = run(compose_config(family.config, overrides))
     seconds["train"] = time.perf_counter() - t0
