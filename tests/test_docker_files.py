@@ -275,7 +275,6 @@ def test_compose_train_command_targets_a_real_config():
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["roboloop_bringup"], "usage"),
         (["roboloop_bringup", "nope.launch.py"], "no launch file 'nope.launch.py' in 'roboloop_"),
         (["roboloop_bringup", "sim.launch.py", "seed=3"], "'seed=3' is not name:=value"),
     ],

@@ -12,6 +12,7 @@ its compose services with it.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
@@ -26,16 +27,27 @@ from roboloop_bringup.processes import SRC
 POLL_S = 0.1
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m roboloop_bringup.launch_cli",
+        description="Run a launch file's nodes as `ros2 launch PKG FILE name:=value` would.",
+    )
+    parser.add_argument("package", help="ROS package that holds the launch file")
+    parser.add_argument("launch_file", help="file name under the package's launch/")
+    parser.add_argument("arguments", nargs="*", help="launch arguments, name:=value")
+    return parser
+
+
 def parse_args(argv: Sequence[str]) -> tuple[Path, dict[str, str]]:
     """`PKG FILE a:=b ...` -> (the launch file in PKG's source share, launch arguments)."""
-    if len(argv) < 2:
-        raise SystemExit("usage: python -m roboloop_bringup.launch_cli PKG FILE [name:=value ...]")
-    package, filename, *rest = argv
-    path = SRC / package / "launch" / filename
+    ns = build_parser().parse_args(argv)
+    path = SRC / ns.package / "launch" / ns.launch_file
     if not path.is_file():
-        raise SystemExit(f"launch_cli: no launch file {filename!r} in {package!r} ({path})")
+        raise SystemExit(
+            f"launch_cli: no launch file {ns.launch_file!r} in {ns.package!r} ({path})"
+        )
     args = {}
-    for item in rest:
+    for item in ns.arguments:
         name, sep, value = item.partition(":=")
         if not sep or not name:
             raise SystemExit(f"launch_cli: launch argument {item!r} is not name:=value")
