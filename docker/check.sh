@@ -6,8 +6,10 @@
 #      BASE_IMAGE names one (e.g. debian:bookworm-slim where Docker Hub is reachable)
 #   3. docker/local: pip's find-links wheels and CA bundle from this machine's pip config
 #   4. roboloop:cpu from docker/Dockerfile.pypi (BuildKit, build network = host)
-#   5. `compose up sim recorder` until EPISODES episodes are written, then `compose stop`
-#   6. `python -m episode_dataset validate` on the shared volume, `compose run train` 1 epoch
+#   5. `compose up sim recorder` until EPISODES episodes are written, `compose stop`, then
+#      `python -m episode_dataset validate` on the shared volume
+#   6. `compose run train` for 1 epoch
+#   7. ONNX export, `compose up sim policy recorder` (ACTION_SOURCE=topic) for 1 served episode
 # Leaves nothing running; the volume is removed at the end (KEEP_VOLUME=1 keeps it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -104,41 +106,66 @@ cleanup() {
 }
 trap cleanup EXIT
 "${COMPOSE[@]}" down -v > /dev/null 2>&1 || true
-t=$SECONDS
-export EPISODES
-"${COMPOSE[@]}" up -d --no-build sim recorder 2>&1 | sed 's/^/  /'
-last="episode demo_$((EPISODES - 1)) written"
-# (grep on a captured log: `logs | grep -q` under pipefail fails when grep closes the pipe)
-until grep -q "$last" <<< "$("${COMPOSE[@]}" logs --no-color recorder 2>&1)"; do
-    for svc in sim recorder; do
-        [ "$(docker inspect -f '{{.State.Running}}' "$("${COMPOSE[@]}" ps -q $svc)")" = true ] \
-            || { "${COMPOSE[@]}" logs --no-color --tail 20 "$svc"; fail "$svc exited early"; }
-    done
-    [ $((SECONDS - t)) -lt "$RECORD_TIMEOUT_S" ] || fail "no '$last' after $RECORD_TIMEOUT_S s"
-    sleep 2
-done
-say "recorded $EPISODES episodes in $((SECONDS - t)) s"
-for svc in sim recorder; do  # no way off the host: loopback is the only interface
-    ifaces=$(docker exec "$("${COMPOSE[@]}" ps -q $svc)" \
-        awk 'NR > 2 {printf "%s ", $1}' /proc/net/dev)
-    [ "$ifaces" = "lo: " ] || fail "$svc has network interfaces $ifaces"
-done
-say "sim and recorder see no network interface but lo; stopping (SIGINT)"
-"${COMPOSE[@]}" stop 2>&1 | sed 's/^/  /'
-for svc in sim recorder; do
-    code=$(docker inspect -f '{{.State.ExitCode}}' "$("${COMPOSE[@]}" ps -q $svc)")
-    [ "$code" = 0 ] || fail "$svc exited with $code"
-done
-"${COMPOSE[@]}" logs --no-color recorder 2>&1 | grep -E 'written|stopped' | sed 's/^/  /'
+cid() { "${COMPOSE[@]}" ps -q "$1"; }
 
-# 6. validate and train on the shared volume
-say "validating /data/recording.hdf5"
-"${COMPOSE[@]}" run --rm --no-deps train python -m episode_dataset validate \
-    /data/recording.hdf5 2>&1 | sed 's/^/  /'
+# stack N SERVICE...: `compose up` until the recorder has written N episodes to $DATASET, check
+# that the containers have no way off the host, stop them with SIGINT (all must exit 0).
+stack() {
+    local n=$1 t=$SECONDS svc code ifaces
+    shift
+    EPISODES=$n "${COMPOSE[@]}" up -d --no-build "$@" 2>&1 | sed 's/^/  /'
+    local last="episode demo_$((n - 1)) written"
+    # (grep on a captured log: `logs | grep -q` under pipefail fails when grep closes the pipe)
+    until grep -q "$last" <<< "$("${COMPOSE[@]}" logs --no-color recorder 2>&1)"; do
+        for svc in "$@"; do
+            [ "$(docker inspect -f '{{.State.Running}}' "$(cid "$svc")")" = true ] || {
+                "${COMPOSE[@]}" logs --no-color --tail 20 "$svc"
+                fail "$svc exited early"
+            }
+        done
+        [ $((SECONDS - t)) -lt "$RECORD_TIMEOUT_S" ] || fail "no '$last' in $RECORD_TIMEOUT_S s"
+        sleep 2
+    done
+    say "$* recorded $n episode(s) to /data/$DATASET in $((SECONDS - t)) s"
+    for svc in "$@"; do  # no way off the host: loopback is the only interface
+        ifaces=$(docker exec "$(cid "$svc")" awk 'NR > 2 {printf "%s ", $1}' /proc/net/dev)
+        [ "$ifaces" = "lo: " ] || fail "$svc has network interfaces $ifaces"
+    done
+    say "$* see no network interface but lo; stopping (SIGINT)"
+    "${COMPOSE[@]}" stop "$@" 2>&1 | sed 's/^/  /'
+    for svc in "$@"; do
+        code=$(docker inspect -f '{{.State.ExitCode}}' "$(cid "$svc")")
+        [ "$code" = 0 ] || fail "$svc exited with $code"
+    done
+    grep -E 'written|stopped' <<< "$("${COMPOSE[@]}" logs --no-color recorder 2>&1)" \
+        | sed 's/^/  /'
+    say "validating /data/$DATASET"
+    "${COMPOSE[@]}" run --rm --no-deps train python -m episode_dataset validate \
+        "/data/$DATASET" 2>&1 | sed 's/^/  /'
+}
+in_train() { "${COMPOSE[@]}" run --rm --no-deps train "$@"; }
+
+# 5. record expert episodes, validate them on the shared volume
+export ACTION_SOURCE=expert DATASET=recording.hdf5
+stack "$EPISODES" sim recorder
+
+# 6. train one epoch on them
 say "training 1 epoch (compose run train)"
 t=$SECONDS
 EPOCHS=1 "${COMPOSE[@]}" run --rm train > "$LOGS/train.log" 2>&1 \
     || { tail -n 30 "$LOGS/train.log"; fail "compose run train"; }
 tail -n 5 "$LOGS/train.log" | sed 's/^/  /'
 say "trained in $((SECONDS - t)) s"
+
+# 7. serve it: ONNX export, then the policy service drives the sim (CPU, no GPU reserved)
+run_dir=$(sed -n "s/.*'run_dir': '\([^']*\)'.*/\1/p" "$LOGS/train.log" | tail -n1)
+[ -n "$run_dir" ] || fail "no run_dir in $LOGS/train.log"
+in_train python -m learning.export --ckpt "$run_dir/checkpoints/last.ckpt" \
+    --out /data/policy.onnx > "$LOGS/export.log" 2>&1 \
+    || { tail -n 20 "$LOGS/export.log"; fail "learning.export"; }
+say "exported $run_dir/checkpoints/last.ckpt -> /data/policy.onnx"
+export ACTION_SOURCE=topic DATASET=served.hdf5 MODEL=policy.onnx
+stack 1 sim policy recorder
+grep -m1 -iE 'provider|onnx' <<< "$("${COMPOSE[@]}" logs --no-color policy 2>&1)" \
+    | sed 's/^/  /' || true
 say "OK: total $((SECONDS - T0)) s"
