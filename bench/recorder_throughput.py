@@ -186,7 +186,7 @@ def _received(diags: list[Any]) -> dict[str, int]:
     return {}
 
 
-def _write_ours(out: Path, steps: int, frames: list[np.ndarray]) -> None:
+def _write_ours(out: Path, steps: int, frames: list[np.ndarray], checksums: bool = True) -> None:
     from episode_dataset import EpisodeWriter, KeySpec
 
     spec = KeySpec("uint8", (H, W, 3), encoding="rgb8")
@@ -196,6 +196,7 @@ def _write_ours(out: Path, steps: int, frames: list[np.ndarray]) -> None:
         KeySpec("float32", (JOINTS,)),
         {"env_name": "bench"},
         fsync=True,
+        checksums=checksums,
     ) as w:
         w.begin_episode()
         for k in range(steps):
@@ -230,9 +231,9 @@ def _write_mcap(bag: Path, steps: int, img_msgs: list[bytes], js_bytes: bytes) -
 def offline(duration: float, tmp: Path, repeats: int) -> list[dict[str, Any]]:
     """The same stream written from memory: EpisodeWriter vs rosbags MCAP (storage only).
 
-    The two writers take turns `repeats` times, alternating which goes first, and each reports
-    its median time, so a burst of load from elsewhere on a shared machine does not decide the
-    ratio.
+    The writers take turns `repeats` times, each going first in turn, and each reports its
+    median time, so a burst of load from elsewhere on a shared machine does not decide the
+    ratio. `checksums=False` (no fletcher32 per HDF5 chunk) shows what the checksums cost.
     """
     from rclpy.serialization import serialize_message
     from sensor_msgs.msg import Image, JointState
@@ -249,25 +250,37 @@ def offline(duration: float, tmp: Path, repeats: int) -> list[dict[str, Any]]:
     js_bytes = serialize_message(
         JointState(name=[f"j{i}" for i in range(JOINTS)], position=[0.0] * JOINTS)
     )
-    times: dict[str, list[float]] = {"ours": [], "mcap": []}
+    cases = {
+        "ours": "offline episode_dataset",
+        "ours_unchecked": "offline episode_dataset, checksums=False",
+        "mcap": "offline rosbags mcap",
+    }
+    times: dict[str, list[float]] = {key: [] for key in cases}
     sizes: dict[str, int] = {}
     for r in range(repeats):
-        out, bag = tmp / f"offline_{r}.hdf5", tmp / f"bag_{r}"
+        out, raw, bag = tmp / f"ours_{r}.hdf5", tmp / f"raw_{r}.hdf5", tmp / f"bag_{r}"
         writers = {
             "ours": partial(_write_ours, out, steps, frames),
+            "ours_unchecked": partial(_write_ours, raw, steps, frames, checksums=False),
             "mcap": partial(_write_mcap, bag, steps, img_msgs, js_bytes),
         }
-        # Each goes first every other time: the one that runs second finds malloc's heap warm.
-        for key in sorted(writers, reverse=r % 2 == 1):
+        # Each goes first in turn: a writer that runs after another finds malloc's heap warm.
+        order = list(cases)[r % 3 :] + list(cases)[: r % 3]
+        for key in order:
             t0 = time.perf_counter()
             writers[key]()
             times[key].append(time.perf_counter() - t0)
-        sizes = {"ours": _dir_bytes(out), "mcap": sum(f.stat().st_size for f in bag.glob("*"))}
-        shutil.rmtree(Path(f"{out}.episodes"))
-        out.unlink()
+        sizes = {
+            "ours": _dir_bytes(out),
+            "ours_unchecked": _dir_bytes(raw),
+            "mcap": sum(f.stat().st_size for f in bag.glob("*")),
+        }
+        for path in (out, raw):
+            shutil.rmtree(Path(f"{path}.episodes"))
+            path.unlink()
         shutil.rmtree(bag)
     rows = []
-    for key, case in (("ours", "offline episode_dataset"), ("mcap", "offline rosbags mcap")):
+    for key, case in cases.items():
         t = float(np.median(times[key]))
         rows.append(
             {
@@ -278,7 +291,8 @@ def offline(duration: float, tmp: Path, repeats: int) -> list[dict[str, Any]]:
                 "image_payload_mb_per_s": round(payload / t / 1e6, 1),
             }
         )
-    rows[0]["speed_vs_mcap"] = round(rows[1]["duration_s"] / rows[0]["duration_s"], 2)
+    for row in rows[:2]:
+        row["speed_vs_mcap"] = round(rows[2]["duration_s"] / row["duration_s"], 2)
     return rows
 
 
@@ -287,7 +301,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     from bench.report import report
 
     duration = 10.0 if quick else 60.0
-    repeats = 5 if quick else 3
+    repeats = 6 if quick else 3  # a multiple of 3: each writer goes first equally often
     tmp = Path(tempfile.mkdtemp(prefix="roboloop_bench_rec_"))
     os.environ.update(LOOPBACK_DDS)  # DDS on 127.0.0.1 + shared memory, as the nodes use it
     os.environ.setdefault("ROS_LOG_DIR", str(tmp / "ros_log"))

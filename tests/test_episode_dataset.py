@@ -209,6 +209,25 @@ def test_streaming_slabs_copy_rows_and_cross_chunk_boundaries(
         assert r.episode_group("demo_0")["obs/image"].chunks[0] == 2
 
 
+def test_checksums_off_writes_plain_chunks(tmp_path: Path) -> None:
+    ep = make_episode(3, 9)
+    for checksums in (True, False):
+        path = tmp_path / f"c{checksums}.hdf5"
+        with EpisodeWriter(path, OBS_SPECS, ACTION_SPEC, checksums=checksums) as w:
+            w.write_episode(**ep)
+            w.begin_episode()
+            for t in range(9):
+                w.append_step({k: v[t] for k, v in ep["obs"].items()}, ep["actions"][t],
+                              ep["rewards"][t], ep["dones"][t])  # fmt: skip
+            w.end_episode()
+        validate_file(path)
+        with EpisodeReader(path) as r:
+            for name in r.episodes:
+                assert_episode_equal(r, name, ep)
+                group = r.episode_group(name)
+                assert {group[k].fletcher32 for k in ("obs/image", ACTIONS)} == {checksums}
+
+
 def test_streaming_roundtrip_and_close_with_open_episode(tmp_path: Path) -> None:
     path = tmp_path / "s.hdf5"
     ep = make_episode(5, 40)
