@@ -53,8 +53,8 @@ test-slow: venv $(TEST_STAMP)
 bench: venv
 	$(BIN)/python -m bench
 
-# Builds the workspace image and runs the compose stack for real: sim + recorder, validate, train
-# one epoch (about 8 min here with a cold build; as root it installs and starts the engine).
+# Builds the workspace image and runs the compose stack for real: record, validate, train one
+# epoch, serve (5-12 min cold, about 2 min warm here; as root it installs and starts the engine).
 docker-check:
 	bash docker/check.sh
 
