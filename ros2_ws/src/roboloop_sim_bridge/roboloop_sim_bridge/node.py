@@ -140,6 +140,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "autostart": (True, "Configure and activate at startup (no lifecycle manager needed)."),
 }
 LOCKSTEP_POLL_S = 0.05  # lockstep: wall period of the start, timeout and ack-reader checks
+CLOCK_RESEND_S = 0.2  # lockstep: /clock is sent again while a reader's acknowledgement is missing
 # /clock: reliable, shallow (rclpy's time source reads it best effort, depth 1: only the newest).
 CLOCK_QOS = QoSProfile(
     depth=1,
@@ -195,6 +196,7 @@ class SimBridgeNode(TableParameters, LifecycleNode):
             "invalid_actions": 0,
             "action_timeouts": 0,
             "overruns": 0,
+            "clock_resends": 0,
         }
         self._latency: list[float] = []
         self._tick_time: list[float] = []
@@ -207,6 +209,7 @@ class SimBridgeNode(TableParameters, LifecycleNode):
         self._gate = LockstepGate()
         self._kick: Any = None  # lockstep: guard condition that runs the next step
         self._phase_at = 0.0  # lockstep: monotonic time the current phase began
+        self._clock_sent_at = 0.0  # monotonic time /clock was last published
         self._pending: Callable[[], None] | None = None  # lockstep: publishes the step's messages
         self._action_stamp_ns = -1  # stamp of the newest valid action command
 
@@ -404,9 +407,13 @@ class SimBridgeNode(TableParameters, LifecycleNode):
         if not self.params.publish_clock:
             return
         self._sim_ns += self._sim_period_ns
+        self._send_clock()
+
+    def _send_clock(self) -> None:
         msg = Clock()
         msg.clock = Time(nanoseconds=self._sim_ns).to_msg()
         self._pubs["clock"].publish(msg)
+        self._clock_sent_at = time.monotonic()
 
     def _lockstep_poll(self) -> None:
         """Wall-clock housekeeping: the readers that acknowledge (from the ROS graph), the
@@ -459,7 +466,13 @@ class SimBridgeNode(TableParameters, LifecycleNode):
                 waiting.append(self._action_topic)
         if not waiting:
             return True
-        if time.monotonic() - self._phase_at < self.params.lockstep_timeout_s:
+        now = time.monotonic()
+        if self._pending is not None and now - self._clock_sent_at > CLOCK_RESEND_S:
+            # rclpy reads /clock best effort: a reader that lost t_k gets it again (one that
+            # has it sees no jump and stays quiet)
+            self._counts["clock_resends"] += 1
+            self._send_clock()
+        if now - self._phase_at < self.params.lockstep_timeout_s:
             return False
         self._gate.timeouts += 1
         self.get_logger().warning(
