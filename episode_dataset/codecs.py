@@ -2,8 +2,9 @@
 
 Messages are read by attribute only, so the same code runs on rclpy messages, on messages that
 `rosbags` deserialized from a bag and on plain test doubles. It lives in the dataset layer
-because recording (live or from a bag, `episode_dataset.recording`) decodes with it too. Every decoder either returns a numpy array or raises `MessageError`, whose `reason` is
-a short counter name (nodes count rejections per topic and reason) and whose text is one line.
+because recording (live or from a bag, `episode_dataset.recording`) decodes with it too. Every
+decoder either returns a numpy array or raises `MessageError`, whose `reason` is a short counter
+name (nodes count rejections per topic and reason) and whose text is one line.
 
     sensor_msgs/msg/Image        rgb8 -> uint8 (H, W, 3); mono8 -> uint8 (H, W, 1);
                                  32FC<n> -> float32 (H, W, n), finite, either byte order
