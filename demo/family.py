@@ -33,9 +33,9 @@ from demo.loop import (
     TRAIN_OVERRIDES,
     DiagnosticsMonitor,
     _ros_environment,
-    _success_rate,
     record_expert,
     run_nodes_until,
+    score_rollouts,
     stage,
 )
 
@@ -110,10 +110,13 @@ FAMILIES: dict[str, Family] = {
                 "model.critic_hidden_dims=[32,32]",
             ],
         ),  # fmt: skip
+        # No entropy bonus: QC's best-of-N actor is a plain BC flow; with bc_alpha 0.01 the
+        # adaptive-temperature term outweighed BC offline and the flow spread (-56 served)
         lambda dataset: [
             f"env_id={ENV_ID}",
             f"dataset={dataset}",
             "online_steps=0",
+            "use_adaptive_temperature=false",
             "eval_episodes=5",
             "online.progress_bar=false",
         ],  # fmt: skip
@@ -290,24 +293,14 @@ def report(
     import numpy as np
     from rich.table import Table
 
-    import sim
     from episode_dataset import EpisodeReader
-    from sim.evaluate import evaluate_policy, make_expert_policy, normalized_score, random_policy
 
     reader = EpisodeReader(rollouts)
     names = reader.episodes[:episodes]
-    returns = [reader.episode_return(e) for e in names]
-    counts = [reader.episode_metadata(e).get("recorder_counts", {}) for e in names]
-    dropped, stale, invalid = (
-        sum(int(c.get(k, 0)) for c in counts)
-        for k in ("dropped_steps", "stale_steps", "invalid_total")
-    )
-    n = len(names)
-    expert = evaluate_policy(ENV_ID, make_expert_policy(ENV_ID), n, EVAL_SEED)
-    random = evaluate_policy(ENV_ID, random_policy(sim.make(ENV_ID), seed=0), n, EVAL_SEED)
-    served = float(np.mean(returns))
-    score = normalized_score(served, random.mean_return, expert.mean_return)
-    success = _success_rate(reader, names, ENV_ID)
+    scored = score_rollouts(reader, names, ENV_ID)
+    returns, expert, random = scored.returns, scored.expert, scored.random
+    served, score, success, n = scored.mean_return, scored.score, scored.success, len(names)
+    dropped, stale, invalid = scored.dropped, scored.stale, scored.invalid
     # policy node: observation to published action; world-model node: one filter+actor step
     latency = "obs_to_action_latency" if "obs_to_action_latency_p50_ms" in diag else "step_latency"
     rows = [

@@ -26,6 +26,7 @@ import os
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -229,12 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    import sim
     from episode_dataset import EpisodeReader
     from episode_dataset.cli import main as dataset_cli
     from learning.export import main as export_cli
     from learning.train import compose_config, run
-    from sim.evaluate import evaluate_policy, make_expert_policy, normalized_score, random_policy
 
     started = time.perf_counter()
     out = (args.out or REPO / "demo_output" / time.strftime("%Y%m%d_%H%M%S")).resolve()
@@ -295,19 +294,13 @@ def main(argv: list[str] | None = None) -> int:
     stage("5/5 results")
     rollouts = EpisodeReader(policy_data)
     episodes = rollouts.episodes[: args.eval_episodes]
-    policy_returns = [rollouts.episode_return(e) for e in episodes]
     steps = [rollouts.num_steps(e) for e in episodes]
-    counts = [rollouts.episode_metadata(e).get("recorder_counts", {}) for e in episodes]
-    dropped = sum(int(c.get("dropped_steps", 0)) for c in counts)
-    stale = sum(int(c.get("stale_steps", 0)) for c in counts)
-    invalid = sum(int(c.get("invalid_total", 0)) for c in counts)
     env_id = EpisodeReader(expert_data).env_args.get("env_name", "Reacher-v5")
+    scored = score_rollouts(rollouts, episodes, env_id)
+    policy_returns, expert, random = scored.returns, scored.expert, scored.random
+    dropped, stale, invalid = scored.dropped, scored.stale, scored.invalid
+    policy_mean, score, success = scored.mean_return, scored.score, scored.success
     n = len(episodes)
-    expert = evaluate_policy(env_id, make_expert_policy(env_id), n, EVAL_SEED)
-    random = evaluate_policy(env_id, random_policy(sim.make(env_id), seed=0), n, EVAL_SEED)
-    policy_mean = float(np.mean(policy_returns))
-    score = normalized_score(policy_mean, random.mean_return, expert.mean_return)
-    success = _success_rate(rollouts, episodes, env_id)
 
     total_s = time.perf_counter() - started
     table = Table(title=f"roboloop demo: {env_id}, {n} evaluation episodes (seeds {EVAL_SEED}+i)")
@@ -370,6 +363,51 @@ def main(argv: list[str] | None = None) -> int:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return 0
+
+
+@dataclass
+class RolloutScore:
+    """Recorded rollouts against the expert and random policies on the same seeds."""
+
+    returns: list[float]
+    expert: Any  # sim.evaluate.EvalResult
+    random: Any
+    success: float
+    dropped: int  # the recorder's counts over these episodes
+    stale: int
+    invalid: int
+
+    @property
+    def mean_return(self) -> float:
+        return float(sum(self.returns) / len(self.returns))
+
+    @property
+    def score(self) -> float:
+        from sim.evaluate import normalized_score
+
+        return normalized_score(self.mean_return, self.random.mean_return, self.expert.mean_return)
+
+
+def score_rollouts(reader: Any, episodes: list[str], env_id: str) -> RolloutScore:
+    """Returns and recorder counts of `episodes`; expert and random on seeds EVAL_SEED + i."""
+    import sim
+    from sim.evaluate import evaluate_policy, make_expert_policy, random_policy
+
+    counts = [reader.episode_metadata(e).get("recorder_counts", {}) for e in episodes]
+    dropped, stale, invalid = (
+        sum(int(c.get(key, 0)) for c in counts)
+        for key in ("dropped_steps", "stale_steps", "invalid_total")
+    )
+    n = len(episodes)
+    return RolloutScore(
+        returns=[reader.episode_return(e) for e in episodes],
+        expert=evaluate_policy(env_id, make_expert_policy(env_id), n, EVAL_SEED),
+        random=evaluate_policy(env_id, random_policy(sim.make(env_id), seed=0), n, EVAL_SEED),
+        success=_success_rate(reader, episodes, env_id),
+        dropped=dropped,
+        stale=stale,
+        invalid=invalid,
+    )
 
 
 def _success_rate(reader: Any, episodes: list[str], env_id: str) -> float:
