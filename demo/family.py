@@ -169,8 +169,11 @@ def export_graphs(family: Family, ckpt: Path, out: Path) -> dict[str, Path]:
     return {"policy": path}
 
 
-def serve(family: Family, graphs: dict[str, Path], rollouts: Path, episodes: int, out: Path):
-    """Run the served graphs against the sim bridge until `episodes` are recorded."""
+def serve(
+    family: Family, graphs: dict[str, Path], rollouts: Path, episodes: int, out: Path
+) -> dict[str, str]:
+    """Run the served graphs against the sim bridge until `episodes` are recorded; returns the
+    serving node's last diagnostics."""
     if family.serve == "world_model":
         launches = [
             ("sim.launch.py", {"action_source": "topic", "seed": str(EVAL_SEED)}),
