@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -87,54 +89,80 @@ def _brief(meta: dict, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="episode-dataset",
-        description="Inspect, validate and pack episode dataset files (HDF5).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+def _run_info(args: argparse.Namespace) -> None:
+    info(args.file, args.max_episodes, Console(width=160))
+    if args.plot is not None:
+        print(plot_info(args.file, args.plot))
+
+
+def _run_robomimic(args: argparse.Namespace) -> None:
+    state = None if args.state_keys is None else args.state_keys.split(",")
+    print(
+        export_robomimic(
+            args.src,
+            args.dst,
+            cameras=parse_cameras(args.camera),
+            state_keys=state,
+            compression=args.compression,
+            overwrite=args.overwrite,
+        )
     )
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser(
-        "info",
-        help="print header, key specs and per-episode summary",
-        description="print header, key specs and per-episode summary",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    with H5DatasetReader(args.dst) as reader:
+        print(describe(reader))
+
+
+def _run_pack(args: argparse.Namespace) -> None:
+    summary = pack(args.src, args.dst, compression=args.compression, overwrite=args.overwrite)
+    print(f"packed {args.src} -> {args.dst}: {summary}")
+
+
+def _run_lerobot_export(args: argparse.Namespace) -> None:
+    print(
+        export_lerobot(
+            args.src,
+            args.out_dir,
+            fps=args.fps,
+            task=args.task,
+            codec=args.codec,
+            robot_type=args.robot_type,
+            overwrite=args.overwrite,
+        )
     )
+
+
+def _run_import_bag(args: argparse.Namespace) -> None:
+    report = import_bag(
+        args.bag, args.topics_config, args.out, services=args.services, gap_s=args.gap_s
+    )
+    print(report.summary())
+
+
+def _args_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", type=Path)
     p.add_argument("--max-episodes", type=int, default=50, help="episodes listed at most")
     p.add_argument(
         "--plot", type=Path, default=None, help="also draw per-episode returns and lengths (.png)"
     )
-    p = sub.add_parser(
-        "validate",
-        help="check structure and values; exit 1 on the first problem",
-        description="check structure and values; exit 1 on the first problem",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+
+
+def _args_validate(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", type=Path)
     p.add_argument(
         "--structure-only",
         action="store_true",
         help="skip reading the arrays (checksums, NaN/Inf)",
     )
-    p = sub.add_parser(
-        "pack",
-        help="write one self-contained file (no external links)",
-        description="write one self-contained file (no external links)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+
+
+def _args_pack(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", type=Path)
     p.add_argument("dst", type=Path)
     p.add_argument("--compression", choices=["gzip", "lzf"], default=None)
     p.add_argument("--overwrite", action="store_true")
-    p = sub.add_parser(
-        "robomimic",
-        help="export to a robomimic-style HDF5 (cameras renamed, low-dim keys -> state)",
-        description="export to a robomimic-style HDF5 (cameras renamed, low-dim keys -> state)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("src", type=Path)
-    p.add_argument("dst", type=Path)
+
+
+def _args_robomimic(p: argparse.ArgumentParser) -> None:
+    _args_pack(p)
     p.add_argument(
         "--camera",
         action="append",
@@ -147,23 +175,15 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="comma-separated low-dim keys concatenated into state, in order (default: all)",
     )
-    p.add_argument("--compression", choices=["gzip", "lzf"], default=None)
-    p.add_argument("--overwrite", action="store_true")
-    p = sub.add_parser(
-        "show",
-        help="draw one episode: cameras and signals against time (.png strip or .mp4)",
-        description="draw one episode: cameras and signals against time (.png strip or .mp4)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+
+
+def _args_show(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", type=Path)
     p.add_argument("--episode", type=int, required=True, help="episode number, 0-based")
     p.add_argument("--out", type=Path, required=True, help="F.png or F.mp4")
-    p = sub.add_parser(
-        "lerobot-export",
-        help="write a LeRobotDataset v3.0 directory (parquet + mp4 + meta)",
-        description="write a LeRobotDataset v3.0 directory (parquet + mp4 + meta)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+
+
+def _args_lerobot_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", type=Path)
     p.add_argument("out_dir", type=Path)
     p.add_argument("--fps", type=int, default=None, help="default: env_args control_rate_hz")
@@ -176,22 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--robot-type", default=None)
     p.add_argument("--overwrite", action="store_true")
-    p = sub.add_parser(
-        "lerobot-import",
-        help="read a LeRobotDataset v3.x directory into an episode dataset",
-        description="read a LeRobotDataset v3.x directory into an episode dataset",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+
+
+def _args_lerobot_import(p: argparse.ArgumentParser) -> None:
     p.add_argument("root", type=Path)
     p.add_argument("out", type=Path)
     p.add_argument("--overwrite", action="store_true")
-    p = sub.add_parser(
-        "import-bag",
-        help="import a rosbag2 (MCAP or sqlite3) as the recorder would have recorded it",
-        description="import a rosbag2 (MCAP or sqlite3) as the recorder would have recorded it: "
-        "its topics, alignment and validation (docs/bring_your_own_data.md)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+
+
+def _args_import_bag(p: argparse.ArgumentParser) -> None:
     p.add_argument("bag", type=Path, help="bag directory (metadata.yaml + .mcap or .db3)")
     p.add_argument(
         "--topics-config", type=Path, required=True, help="the recorder node's parameter file"
@@ -205,55 +218,70 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--gap-s", type=float, default=None, help="a pause longer than this ends the episode"
     )
-    args = parser.parse_args(argv)
 
-    console = Console(width=160)
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], None]
+
+
+COMMANDS: dict[str, Command] = {
+    "info": Command("print header, key specs and per-episode summary", _args_info, _run_info),
+    "validate": Command(
+        "check structure and values; exit 1 on the first problem",
+        _args_validate,
+        lambda a: print(validate_file(a.file, check_data=not a.structure_only)),
+    ),
+    "pack": Command("write one self-contained file (no external links)", _args_pack, _run_pack),
+    "robomimic": Command(
+        "export to a robomimic-style HDF5 (cameras renamed, low-dim keys -> state)",
+        _args_robomimic,
+        _run_robomimic,
+    ),
+    "show": Command(
+        "draw one episode: cameras and signals against time (.png strip or .mp4)",
+        _args_show,
+        lambda a: print(show_episode(a.file, a.episode, a.out)),
+    ),
+    "lerobot-export": Command(
+        "write a LeRobotDataset v3.0 directory (parquet + mp4 + meta)",
+        _args_lerobot_export,
+        _run_lerobot_export,
+    ),
+    "lerobot-import": Command(
+        "read a LeRobotDataset v3.x directory into an episode dataset",
+        _args_lerobot_import,
+        lambda a: print(import_lerobot(a.root, a.out, overwrite=a.overwrite)),
+    ),
+    "import-bag": Command(
+        "import a rosbag2 (MCAP or sqlite3) as the recorder would have recorded it: its topics, "
+        "alignment and validation (docs/bring_your_own_data.md)",
+        _args_import_bag,
+        _run_import_bag,
+    ),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="episode-dataset",
+        description="Inspect, validate and pack episode dataset files (HDF5).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(
+            name,
+            help=command.help,
+            description=command.help,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        command.add_arguments(p)
+    args = parser.parse_args(argv)
     try:
-        if args.cmd == "info":
-            info(args.file, args.max_episodes, console)
-            if args.plot is not None:
-                print(plot_info(args.file, args.plot))
-        elif args.cmd == "validate":
-            print(validate_file(args.file, check_data=not args.structure_only))
-        elif args.cmd == "pack":
-            summary = pack(args.src, args.dst, compression=args.compression,
-                           overwrite=args.overwrite)  # fmt: skip
-            print(f"packed {args.src} -> {args.dst}: {summary}")
-        elif args.cmd == "robomimic":
-            state = None if args.state_keys is None else args.state_keys.split(",")
-            print(
-                export_robomimic(
-                    args.src,
-                    args.dst,
-                    cameras=parse_cameras(args.camera),
-                    state_keys=state,
-                    compression=args.compression,
-                    overwrite=args.overwrite,
-                )
-            )
-            with H5DatasetReader(args.dst) as reader:
-                print(describe(reader))
-        elif args.cmd == "show":
-            print(show_episode(args.file, args.episode, args.out))
-        elif args.cmd == "lerobot-export":
-            print(
-                export_lerobot(
-                    args.src,
-                    args.out_dir,
-                    fps=args.fps,
-                    task=args.task,
-                    codec=args.codec,
-                    robot_type=args.robot_type,
-                    overwrite=args.overwrite,
-                )
-            )
-        elif args.cmd == "lerobot-import":
-            print(import_lerobot(args.root, args.out, overwrite=args.overwrite))
-        elif args.cmd == "import-bag":
-            report = import_bag(
-                args.bag, args.topics_config, args.out, services=args.services, gap_s=args.gap_s
-            )
-            print(report.summary())
+        COMMANDS[args.cmd].run(args)
     except (DatasetError, BagImportError, RecorderConfigError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 1
