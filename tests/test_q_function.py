@@ -14,12 +14,13 @@ from learning.namo.data import (
     QFunctionDataModule,
     QFunctionDataset,
     dihedral,
+    dihedral_pose,
     load_item,
 )
 from learning.namo.metrics import group_ids, ranking_metrics, spearman
 from learning.namo.model import QFunctionNet
 from roboloop_testing.namo_masks import write_synthetic
-from sim.namo.keys import STATE_KEYS
+from sim.namo.keys import ACTION_KEYS, STATE_KEYS
 
 NAMO_TINY = Path(__file__).parent / "data" / "namo_tiny"
 
@@ -284,3 +285,124 @@ def test_bare_lightning_checkpoint_scores_and_exports_from_python(tmp_path: Path
     meta = export_model(model, tmp_path / "q.onnx", mask_size=(16, 16))
     assert meta["inputs"]["state_masks"]["shape"] == [-1, 11, 16, 16]
     assert parity(model, tmp_path / "q.onnx") <= 1e-4
+
+
+# ---- augmentation geometry: an augmented sample is the sample of the transformed scene ------
+
+
+def _dihedral_scene(scene, k: int):  # noqa: ANN001, ANN202
+    from dataclasses import replace
+
+    from sim.namo.scene import MovableObject, Wall
+
+    side = scene.width
+    walls = []
+    for w in scene.walls:
+        hx, hy = (w.half_y, w.half_x) if k % 2 else (w.half_x, w.half_y)  # a quarter turn swaps
+        walls.append(Wall(*dihedral_pose((w.x, w.y), k, side), hx, hy))
+    objects = tuple(
+        MovableObject(o.object_id, o.half_x, o.half_y, dihedral_pose(o.pose, k, side))
+        for o in scene.objects
+    )
+    return replace(
+        scene,
+        walls=tuple(walls),
+        objects=objects,
+        robot_start=dihedral_pose(scene.robot_start, k, side),
+        goal=dihedral_pose(scene.goal, k, side),
+        doorways=(),  # not read by the transition model or the masks
+    )
+
+
+def _dihedral_state(state, k: int, side: float):  # noqa: ANN001, ANN202
+    from sim.namo.transition import NamoState
+
+    return NamoState(
+        dihedral_pose(state.robot, k, side), tuple(dihedral_pose(p, k, side) for p in state.poses)
+    )
+
+
+def _tied_reach_cells(model, state, object_id: str) -> set[tuple[int, int]]:  # noqa: ANN001
+    """Cells of the object's reach band at the shortest robot distance (the step's candidates)."""
+    from sim.namo.grid import distance_to
+
+    info = model.info(state)
+    k = model.scene.object_index(object_id)
+    band = info.reachable & (distance_to(model.grid, info.footprints[k]) <= model.reach_distance)
+    d = np.where(band, info.robot_distance, np.inf)
+    return {tuple(int(v) for v in c) for c in np.argwhere(np.isclose(d, d.min(), atol=1e-9))}
+
+
+def test_dihedral_pose_matches_the_mask_grid_convention() -> None:
+    # row 0 = top of the world: rot90 turns the world counter-clockwise, flip(-1) mirrors x
+    img = torch.zeros(1, 5, 5)
+    img[0, 0, 4] = 1.0  # pixel centre (4.5, 4.5) of a 5 m world, top right
+    for k in range(8):
+        i, j = (int(v) for v in torch.nonzero(dihedral(img, k)[0])[0])
+        x, y = dihedral_pose((4.5, 4.5), k, 5.0)
+        assert (x, y) == pytest.approx((j + 0.5, 5.0 - (i + 0.5))), k
+    turned = (4.5, 1.0, 0.3 + np.pi / 2 - np.pi)  # wrapped into [-pi/2, pi/2)
+    assert dihedral_pose((1.0, 0.5, 0.3), 1, 5.0) == pytest.approx(turned)
+    assert dihedral_pose((1.0, 0.5, 0.3), 4, 5.0) == pytest.approx((4.0, 0.5, -0.3))
+    with pytest.raises(ValueError, match=r"\(4, 6\) are not square"):
+        dihedral(torch.zeros(2, 4, 6), 1)
+
+
+@pytest.mark.parametrize(("seed", "moved"), [(0, True), (2, False), (5, False), (7, True)])
+def test_augmentation_equals_rendering_the_transformed_scene(seed: int, moved: bool) -> None:
+    """For all 8 symmetries: rotating/mirroring the scene in world coordinates (walls, objects,
+    robot, goal, the proposal's goal pose) and rendering its masks with sim.namo.masks gives
+    `dihedral` of the original masks, and the move's cost and outcome (what the MCTS Q is made
+    of) are unchanged. The one freedom: when several reach cells tie for the shortest drive, the
+    transition model takes the first in raster order, which a rotation may reorder; the
+    augmented post-move robot must then be one of the tied cells (seeds 2 and 5 have ties in
+    some views; `moved`: the state after one move rather than the scene's start)."""
+    from sim.namo.masks import proposal_masks, state_masks
+    from sim.namo.scene import generate_scene
+    from sim.namo.transition import Proposal, TransitionModel
+
+    size, keys = 64, (*STATE_KEYS, *ACTION_KEYS)
+    scene = generate_scene(seed)
+    side = scene.width
+    model = TransitionModel(scene)
+    rng = np.random.default_rng(seed)
+    state = model.initial_state()
+    proposals = model.proposals(state, 2, rng)
+    if moved:
+        state = model.step(state, proposals[1]).state
+        proposals = model.proposals(state, 2, rng)
+    prop = proposals[0]
+    step = model.step(state, prop)
+    ref = proposal_masks(model, state, prop, size)
+    ref_t = torch.from_numpy(np.stack([ref[key] for key in keys]))
+    tied_views = 0
+    for k in range(8):
+        model_k = TransitionModel(_dihedral_scene(scene, k))
+        state_k = _dihedral_state(state, k, side)
+        prop_k = Proposal(prop.object_id, *dihedral_pose(prop.pose, k, side))
+        want = dict(zip(keys, dihedral(ref_t, k).numpy(), strict=True))
+        got = proposal_masks(model_k, state_k, prop_k, size)
+        for key in (*STATE_KEYS[:8], *ACTION_KEYS):  # the state and the proposed goal pose
+            np.testing.assert_allclose(got[key], want[key], atol=1e-6, err_msg=f"{key} k={k}")
+        # the post-move channels: the transformed post-move state renders the augmented ones
+        after_k = _dihedral_state(step.state, k, side)
+        post = state_masks(model_k, after_k, size)
+        for key, src in (
+            ("post_action_robot", "robot"),
+            ("post_action_movable", "movable"),
+            ("post_action_robot_distance", "robot_distance"),
+        ):
+            np.testing.assert_allclose(post[src], want[key], atol=1e-6, err_msg=f"{key} k={k}")
+        # ... and that post-move state is the transformed model's own step, up to reach ties
+        step_k = model_k.step(state_k, prop_k)
+        np.testing.assert_allclose(step_k.state.poses, after_k.poses, atol=1e-9)
+        ties = _tied_reach_cells(model_k, state_k, prop.object_id)
+        assert model_k.grid.cell(*after_k.robot) in ties
+        tied_views += len(ties) > 1
+        if len(ties) == 1:
+            for key in ("post_action_robot", "post_action_robot_distance"):
+                np.testing.assert_allclose(got[key], want[key], atol=1e-6, err_msg=key)
+        # the target: step cost and goal reachability are invariant, so is the MCTS value
+        assert step_k.cost == pytest.approx(step.cost, abs=1e-9)
+        assert model_k.goal_reached(after_k) == model.goal_reached(step.state)
+    assert bool(tied_views) == (seed in (2, 5))  # both branches above are exercised

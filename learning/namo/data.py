@@ -14,7 +14,9 @@ Batch keys (learning/data/keys.py; shapes for batch size B, S = image_size or th
 
 from __future__ import annotations
 
+import math
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,11 +126,35 @@ def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
 
     A NAMO scene seen in a mirror or rotated by 90 degrees is the same problem with the same
     MCTS value (the masks and geodesic fields transform together), so training on all 8 views
-    is free data. Needs square masks.
+    is free data. Needs square masks (a rotated non-square mask is another shape).
     """
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"dihedral: masks of shape {tuple(x.shape[-2:])} are not square")
     if k >= 4:
         x = x.flip(-1)
     return torch.rot90(x, k % 4, dims=(-2, -1))
+
+
+def dihedral_pose(pose: Sequence[float], k: int, side: float) -> tuple[float, ...]:
+    """World point (x, y) or pose (x, y, theta) under `dihedral(., k)` of a side x side world.
+
+    The masks' grid has row 0 at the TOP of the world (sim.namo.grid), so the image's mirror
+    (`flip(-1)`) is x -> side - x and `rot90` (first axis towards the second) turns the world
+    90 degrees counter-clockwise about its centre: (x, y) -> (side - y, x), theta + pi/2.
+    A mirrored rectangle's yaw is -theta; yaws are wrapped to [-pi/2, pi/2) because a
+    rectangle is the same after half a turn (the range proposals are drawn from).
+    """
+    x, y = float(pose[0]), float(pose[1])
+    theta = float(pose[2]) if len(pose) > 2 else None
+    if k >= 4:
+        x = side - x
+        theta = None if theta is None else -theta
+    for _ in range(k % 4):
+        x, y = side - y, x
+        theta = None if theta is None else theta + math.pi / 2
+    if theta is None:
+        return (x, y)
+    return (x, y, (theta + math.pi / 2) % math.pi - math.pi / 2)
 
 
 class QFunctionDataset(Dataset):
