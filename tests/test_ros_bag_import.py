@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from roboloop_bringup.processes import STARTED, RosProcess, start_node
 
 from episode_dataset import EpisodeReader, validate_file
 from episode_dataset.bag_import import import_bag
+from roboloop_testing.waiting import wait_until
 
 pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
 
@@ -66,17 +66,6 @@ node.destroy_node()
 rclpy.shutdown()  # Fast DDS removes its shared-memory files
 print("bag closed", flush=True)
 """
-
-
-def wait_until(cond, timeout: float, what: str, procs=()) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        for p in procs:
-            if not p.alive():
-                raise AssertionError(f"{p.name} exited early:\n{p.log_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def done_episodes(path: Path) -> list[dict]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from sensor_msgs.msg import Image, JointState  # noqa: E402
 
 from roboloop_runtime import OnnxModel  # noqa: E402
 from roboloop_testing.ros_probe import RosProbe  # noqa: E402
+from roboloop_testing.waiting import wait_until  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
 
@@ -43,16 +43,6 @@ PUBLISH_HZ = 50.0
 STATE_DIM, IMAGE_HW, ACTION_DIM = 4, (8, 8), 2
 T_STATE, T_IMAGE, T_ACTION = "/t_policy/state", "/t_policy/image", "/t_policy/action"
 CORRUPT = "policy_node_corrupt"
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str, proc=None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    log = f"\n--- node log ---\n{proc.log_text()[-3000:]}" if proc is not None else ""
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{log}")
 
 
 class Robot:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from roboloop_policy.reference_model import make_reference_policy  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 
 from roboloop_testing.ros_probe import RosProbe  # noqa: E402
+from roboloop_testing.waiting import wait_until  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
 
@@ -41,17 +41,6 @@ STATES = {  # what the test publishes, by mode
     "negative": [-1.0, 0.1, -0.2, 0.3],  # the NaN model's trigger
     "huge": [1e38, -1e38, 0.0, 0.0],  # finite, absurd
 }
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str, proc) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(
-        f"timed out waiting for {what}\n--- node log ---\n{proc.log_text()[-3000:]}"
-    )
 
 
 class Client:

@@ -23,6 +23,7 @@ from sensor_msgs.msg import Image, JointState  # noqa: E402
 
 from roboloop_runtime import OnnxModel  # noqa: E402
 from roboloop_testing.ros_probe import RosProbe  # noqa: E402
+from roboloop_testing.waiting import wait_until  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
 REPO = Path(__file__).resolve().parents[1]
@@ -67,14 +68,6 @@ class Robot:
     def count(self) -> int:
         with self.lock:
             return len(self.actions)
-
-
-def wait_until(predicate, timeout: float, what: str, proc) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert proc.alive(), f"policy_node exited:\n{proc.log_text()[-2000:]}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def test_observation_trigger_one_action_per_observation_and_safe_fallbacks(tmp_path, ros_env):

@@ -21,6 +21,7 @@ import yaml
 from roboloop_bringup.processes import RosProcess, shm_files_of, start_node
 
 from episode_dataset import EpisodeReader, validate_file
+from roboloop_testing.waiting import wait_until
 
 pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
 
@@ -31,18 +32,6 @@ TOPICS_YAML = REPO / "ros2_ws/src/roboloop_recorder/config/recorder_topics.yaml"
 CAMERA = 32
 RATE = 10.0  # steps per wall-clock second: a loaded 2-core machine keeps every step on time
 REAL_TIME_FACTOR = RATE / 50.0  # of Reacher-v5's 50 Hz control rate (1 / dt)
-
-
-def wait_until(cond, timeout: float, what: str, procs: list[RosProcess] = ()) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        for p in procs:
-            if not p.alive():
-                raise AssertionError(f"{p.name} exited early:\n{p.log_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            logs = "\n".join(f"--- {p.name}\n{p.log_text()[-2000:]}" for p in procs)
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}\n{logs}")
-        time.sleep(0.05)
 
 
 def start_bridge(tmp: Path, env: dict, **params) -> RosProcess:
