@@ -356,3 +356,20 @@ def test_failed_writes_stop_recording_and_are_answered(tmp_path):
         assert r.read_obs("demo_0", "state")[:, 0].tolist() == [0, 1, 2]
         assert r.read_obs("demo_1", "state")[:, 0].tolist() == [30, 31]  # the retry
     assert not list((tmp_path / "rec.hdf5.episodes").glob("*.partial"))
+
+
+@pytest.mark.parametrize(("rate", "rtf", "expected"), [(50.0, 0.4, 0.02), (50.0, 1.0, 0.008)])
+def test_default_max_age_follows_the_timeline_period(rate, rtf, expected):
+    from episode_dataset.recording.params import (
+        RECORDING_PARAMETERS,
+        make_recording,
+        session_config,
+    )
+
+    params = {name: default for name, (default, _) in RECORDING_PARAMETERS.items()}
+    recording = make_recording(SPECS, env_args={}, control_rate_hz=rate, real_time_factor=rtf)
+    config = session_config(params, recording)
+    assert config.max_age_s == pytest.approx(expected)
+    RecordingSession(SPECS, config, print)  # the aligner accepts it (< half a period)
+    params["max_age_s"] = 0.004  # a value set by the user stands
+    assert session_config(params, recording).max_age_s == 0.004

@@ -25,6 +25,8 @@ from episode_dataset.recording.topics import RecorderConfigError, TopicSpec, par
 # env_args key of the control rate (robot steps per second), as training reads it
 RATE_KEY = "control_rate_hz"
 TOPIC_LISTS = ("topics", "types", "keys", "shapes", "fields")
+# The default max_age_s in periods: below the aligner's half period with room for stamp jitter.
+AUTO_MAX_AGE_PERIODS = 0.4
 
 # name -> (default, description): what to record and how to align it.
 RECORDING_PARAMETERS: dict[str, tuple[Any, str]] = {
@@ -66,9 +68,11 @@ RECORDING_PARAMETERS: dict[str, tuple[Any, str]] = {
         "control_rate_hz x this per stamp second); 0 = the spec topic's, else 1.",
     ),
     "max_age_s": (
-        0.008,
+        0.0,
         "A key's sample may be this much older than the step's observation, else the step is "
-        "stale (skipped). Must be below half a wall-clock period (0.01 s at the default 50 Hz).",
+        "stale (skipped). Must be below half a period of the recorded timeline; 0 = "
+        f"{AUTO_MAX_AGE_PERIODS:g} of it (0.02 s at 20 steps/s of wall clock, 0.008 s on 50 Hz "
+        "sim time).",
     ),
     "headerless_anchor_key": (
         "actions",
@@ -162,7 +166,8 @@ def session_config(params: Mapping[str, Any], recording: Recording) -> SessionCo
     return SessionConfig(
         control_rate_hz=recording.control_rate_hz,
         real_time_factor=recording.real_time_factor,
-        max_age_s=float(params["max_age_s"]),
+        max_age_s=float(params["max_age_s"])
+        or AUTO_MAX_AGE_PERIODS / (recording.control_rate_hz * recording.real_time_factor),
         headerless_anchor_key=str(params["headerless_anchor_key"]),
         headerless_anchor_tolerance_s=float(params["headerless_anchor_tolerance_s"]),
         headerless_offset_periods=float(params["headerless_offset_periods"]),
