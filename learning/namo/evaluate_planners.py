@@ -1,7 +1,8 @@
 """Compare NAMO planners on held-out scenes, learned planners included (the command line).
 
     python -m learning.namo.evaluate_planners --planners mcts random learned_q dit_q \
-        --seeds 100000 100001 ... | --num-seeds 20 [--first-seed 100000] [--max-moves 5] \
+        --seeds 100000 100001 ... | --num-seeds 20 [--first-seed 100000] [--level easy] \
+        [--max-moves 5] \
         [--mcts-budget 100] [--q-model q.onnx] [--generator g.onnx] [--out results.json]
 
 The harness (scenes, episodes, summary, table) is ``sim.namo.evaluate_planners``; this module
@@ -25,6 +26,7 @@ from sim.namo.evaluate_planners import (
     summarize,
 )
 from sim.namo.planners import make_planner
+from sim.namo.scene import LEVELS
 
 
 def _planner_kwargs(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -64,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", nargs="*", type=int, help="scene seeds (default: --num-seeds)")
     ap.add_argument("--num-seeds", type=int, default=20, help="scenes from --first-seed on")
     ap.add_argument("--first-seed", type=int, default=DEFAULT_FIRST_SEED, help="held-out seeds")
+    ap.add_argument("--level", choices=sorted(LEVELS), default="easy", help="scene difficulty")
     ap.add_argument("--max-moves", type=int, default=5, help="decisions per episode at most")
     ap.add_argument("--mcts-budget", type=int, default=100, help="simulations per decision")
     ap.add_argument("--max-depth", type=int, default=3, help="moves looked ahead per search")
@@ -79,13 +82,14 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     seeds = args.seeds or list(range(args.first_seed, args.first_seed + args.num_seeds))
     planners = [make_planner(n, **_planner_kwargs(n, args)) for n in args.planners]
-    rows = evaluate_planners(planners, seeds, args.max_moves, progress=True)
+    rows = evaluate_planners(planners, seeds, args.max_moves, progress=True, level=args.level)
     summary = summarize(rows)
     print_table(summary)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "seeds": seeds,
+            "level": args.level,
             "max_moves": args.max_moves,
             "planners": {n: _describe(n, args) for n in args.planners},
             "summary": summary,

@@ -4,11 +4,15 @@ An episode file ``episode_<e>.json`` (scene seed = e) holds everything needed to
 transition model and every decision's state exactly (``sim.namo.mask_generation`` renders masks
 from it):
 
-    {"format": "roboloop.namo.episode/1", "episode": e, "scene": Scene.to_dict(),
+    {"format": "roboloop.namo.episode/1", "episode": e, "level": "easy" | "medium" | "hard",
+     "scene": Scene.to_dict(),
      "model_config": ModelConfig as dict, "mcts_config": MCTSConfig as dict,
      "decisions": [{"state": NamoState.to_dict(), "proposals": [[object_id, x, y, theta], ...],
                     "q_values": [...], "visits": [...], "chosen": index, "seconds": s}, ...],
      "solved": bool, "moves": int, "start_reached": bool, "final_state": NamoState.to_dict()}
+
+``level`` (a ``sim.namo.scene.LEVELS`` name) was added later: files without it hold ``easy``
+scenes; readers rebuild the scene from ``scene`` either way.
 """
 
 from __future__ import annotations
@@ -41,9 +45,11 @@ def solve_episode(
     max_moves: int = 5,
     model_config: ModelConfig | None = None,
     scene: Scene | None = None,
+    level: str = "easy",
 ) -> dict[str, Any]:
-    """Solve scene ``generate_scene(episode)`` (or ``scene``) with MCTS, one search per move."""
-    scene = scene or generate_scene(episode)
+    """Solve scene ``generate_scene(episode, level=level)`` (or ``scene``) with MCTS, one search
+    per move."""
+    scene = scene or generate_scene(episode, level=level)
     model = TransitionModel(scene, model_config)
     search = MCTS(model, mcts_config)
     search.reset(mcts_config.seed * 1_000_003 + episode)  # per-episode stream, reproducible
@@ -68,6 +74,7 @@ def solve_episode(
     return {
         "format": FORMAT,
         "episode": episode,
+        "level": level,
         "scene": scene.to_dict(),
         "model_config": asdict(model.config),
         "mcts_config": asdict(mcts_config),

@@ -5,10 +5,11 @@
 
 The command line (with the learned planners) is ``python -m learning.namo.evaluate_planners``.
 
-Scenes are ``generate_scene(seed)``; training data uses seeds = episode indices from 0, so the
-default evaluation seeds start at 100000 (disjoint). Every planner sees the same scenes and is
-reset with the scene's seed. An episode steps until the goal is reachable (success), the planner
-returns no proposal, or ``max_moves`` moves were made. Scenes whose start already reaches the
+Scenes are ``generate_scene(seed, level=level)`` (``sim.namo.scene.LEVELS``); training data uses
+seeds = episode indices from 0, so the default evaluation seeds start at 100000 (disjoint).
+Every planner sees the same scenes and is reset with the scene's seed. An episode steps until
+the goal is reachable (success), the planner returns no proposal, or ``max_moves`` moves were
+made. Scenes whose start already reaches the
 goal count as solved with 0 moves and are flagged ``trivial``.
 """
 
@@ -29,9 +30,11 @@ from sim.namo.transition import TransitionModel
 DEFAULT_FIRST_SEED = 100_000
 
 
-def run_episode(planner: Planner, seed: int, max_moves: int = 5) -> dict[str, Any]:
+def run_episode(
+    planner: Planner, seed: int, max_moves: int = 5, level: str = "easy"
+) -> dict[str, Any]:
     """One scene with one planner -> row (planner, seed, success, moves, decision seconds)."""
-    model = TransitionModel(generate_scene(seed))
+    model = TransitionModel(generate_scene(seed, level=level))
     planner.reset(model, seed)
     state = model.initial_state()
     trivial = model.goal_reached(state)
@@ -48,6 +51,7 @@ def run_episode(planner: Planner, seed: int, max_moves: int = 5) -> dict[str, An
         moves += 1
     return {
         "planner": planner.name,
+        "level": level,
         "seed": seed,
         "success": bool(model.goal_reached(state)),
         "moves": moves,
@@ -63,15 +67,16 @@ def evaluate_planners(
     seeds: list[int],
     max_moves: int = 5,
     progress: bool = False,
+    level: str = "easy",
 ) -> list[dict[str, Any]]:
-    """Per (planner, seed) rows; the same scenes for every planner."""
+    """Per (planner, seed) rows; the same scenes (of ``level``) for every planner."""
     items = list(planners.values()) if isinstance(planners, dict) else list(planners)
     rows = []
     with Progress(disable=not progress) as bar:
         task = bar.add_task("planner episodes", total=len(items) * len(seeds))
         for planner in items:
             for seed in seeds:
-                rows.append(run_episode(planner, seed, max_moves))
+                rows.append(run_episode(planner, seed, max_moves, level))
                 bar.advance(task)
     return rows
 

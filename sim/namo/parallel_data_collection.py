@@ -1,9 +1,10 @@
 """Collect MCTS episodes in parallel: one process per core, one scene per episode index.
 
     python -m sim.namo.parallel_data_collection --output-dir DIR --start-idx 0 --end-idx 100 \
-        --mcts-budget 100 [--max-depth 3] [--max-moves 5] [--proposals-per-object 4] [--workers N]
+        --mcts-budget 100 [--level easy|medium|hard] [--max-depth 3] [--max-moves 5] \
+        [--proposals-per-object 4] [--workers N]
 
-Episode e uses scene ``generate_scene(e)`` and writes ``DIR/episode_<e>.json``
+Episode e uses scene ``generate_scene(e, level=LEVEL)`` and writes ``DIR/episode_<e>.json``
 (``sim.namo.episodes``). Keep evaluation seeds outside [start, end).
 """
 
@@ -20,13 +21,14 @@ from rich.progress import Progress
 
 from sim.namo.episodes import solve_episode, write_episode
 from sim.namo.mcts import MCTSConfig
+from sim.namo.scene import LEVELS
 
 
 def _run_one(
-    episode: int, output_dir: str, config: MCTSConfig, max_moves: int
+    episode: int, output_dir: str, config: MCTSConfig, max_moves: int, level: str
 ) -> tuple[int, bool, int, float]:
     start = time.perf_counter()
-    ep = solve_episode(episode, config, max_moves)
+    ep = solve_episode(episode, config, max_moves, level=level)
     write_episode(ep, output_dir)
     return episode, ep["solved"], ep["moves"], time.perf_counter() - start
 
@@ -39,14 +41,19 @@ def collect(
     max_moves: int = 5,
     workers: int | None = None,
     progress: bool = True,
+    level: str = "easy",
 ) -> list[tuple[int, bool, int, float]]:
     """Episodes start_idx..end_idx-1 -> (episode, solved, moves, seconds) rows, in index order."""
     if end_idx <= start_idx:
         raise ValueError(f"--end-idx {end_idx} must be > --start-idx {start_idx}")
+    if level not in LEVELS:
+        raise ValueError(f"--level {level!r}: unknown, choose from {sorted(LEVELS)}")
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     episodes = list(range(start_idx, end_idx))
     workers = max(1, min(workers or os.cpu_count() or 1, len(episodes)))
-    job = partial(_run_one, output_dir=str(output_dir), config=config, max_moves=max_moves)
+    job = partial(
+        _run_one, output_dir=str(output_dir), config=config, max_moves=max_moves, level=level
+    )
     rows = []
     with Progress(disable=not progress) as bar:
         task = bar.add_task("MCTS episodes", total=len(episodes))
@@ -76,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--output-dir", required=True)
     ap.add_argument("--start-idx", type=int, default=0, help="first episode index")
     ap.add_argument("--end-idx", type=int, required=True)
+    ap.add_argument("--level", choices=sorted(LEVELS), default="easy", help="scene difficulty")
     ap.add_argument("--mcts-budget", type=int, default=100, help="simulations per decision")
     ap.add_argument("--max-depth", type=int, default=3, help="moves looked ahead per search")
     ap.add_argument("--max-moves", type=int, default=5, help="decisions per episode at most")
@@ -91,7 +99,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     start = time.perf_counter()
     rows = collect(
-        args.output_dir, args.start_idx, args.end_idx, config, args.max_moves, args.workers
+        args.output_dir,
+        args.start_idx,
+        args.end_idx,
+        config,
+        args.max_moves,
+        args.workers,
+        level=args.level,
     )
     solved = sum(r[1] for r in rows)
     moves = sum(r[2] for r in rows)

@@ -1,5 +1,9 @@
 """NAMO scenes: a walled room split by interior walls with doorways, a disc robot, a goal, and
-movable rectangular objects. ``generate_scene(seed)`` is deterministic in its seed.
+movable rectangular objects. ``generate_scene(seed, level=...)`` is deterministic in its seed.
+
+Difficulty levels (``LEVELS``: name -> ``Level``): ``easy`` (one plugged wall, usually one move),
+``medium`` and ``hard`` (rooms, a narrow corridor, chains of boxes to move in order and
+distractor boxes; ``sim.namo.levels``).
 
 Units are metres and radians; the world spans [0, width] x [0, height].
 """
@@ -7,6 +11,7 @@ Units are metres and radians; the world spans [0, width] x [0, height].
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -44,7 +49,7 @@ class Scene:
     robot_start: tuple[float, float]
     goal: tuple[float, float]
     objects: tuple[MovableObject, ...]
-    kind: str = "hand"  # "blocked" | "random" | "hand"
+    kind: str = "hand"  # "blocked" | "random" (easy) | "medium" | "hard" | "hand"
     doorways: tuple[tuple[float, float, float, str], ...] = ()  # (x, y, width, "v"|"h") centres
 
     def object_index(self, object_id: str) -> int:
@@ -146,8 +151,60 @@ def _wall_corners(w: Wall, grow: float = 0.0) -> np.ndarray:
     return _corners(w.x, w.y, 0.0, w.half_x + grow, w.half_y + grow)
 
 
-def generate_scene(seed: int, config: SceneConfig | None = None) -> Scene:
-    """A random NAMO scene; same seed and config -> identical scene.
+@dataclass(frozen=True)
+class ChainConfig:
+    """Layout of a ``medium``/``hard`` scene (``sim.namo.levels.generate_chain_scene``)."""
+
+    name: str  # level name: the scene's kind and part of its random stream
+    chain: tuple[int, ...] = (2,)  # blocking chain lengths drawn from (2: corridor, 3: + room)
+    distractors: tuple[int, int] = (1, 2)  # boxes whose moves open nothing, inclusive range
+    reachable_distractors: int = 1  # at least this many movable from the start
+    width: float = 5.0
+    height: float = 5.0
+    wall_thickness: float = 0.1
+    corridor_wall: float = 0.2  # thick enough that nothing is grasped through it
+    robot_radius: float = 0.18
+    corridor_width: tuple[float, float] = (0.6, 0.7)
+    corridor_length: tuple[float, float] = (0.9, 1.3)
+    door_width: tuple[float, float] = (0.6, 0.8)  # the start room's doorway
+    box_depth: tuple[float, float] = (0.1, 0.18)  # blockers' half extent across their doorway
+    distractor_half: tuple[float, float] = (0.12, 0.3)
+    clearance: float = 0.08
+
+
+@dataclass(frozen=True)
+class Level:
+    """A difficulty level: its default config and ``generate(seed, config) -> Scene``."""
+
+    name: str
+    config: SceneConfig | ChainConfig
+    generate: Callable[[int, SceneConfig | ChainConfig], Scene]
+    description: str
+
+
+def _chain_scene(seed: int, config: ChainConfig) -> Scene:
+    from sim.namo.levels import generate_chain_scene  # levels imports the transition model
+
+    return generate_chain_scene(seed, config)
+
+
+def generate_scene(
+    seed: int, config: SceneConfig | ChainConfig | None = None, *, level: str = "easy"
+) -> Scene:
+    """The scene of ``seed`` at difficulty ``level`` (a ``LEVELS`` name); ``config`` replaces
+    the level's default config. Same seed, level and config -> identical scene."""
+    if level not in LEVELS:
+        raise KeyError(f"unknown NAMO level {level!r}; known: {sorted(LEVELS)}")
+    chosen = LEVELS[level]
+    if config is not None and type(config) is not type(chosen.config):
+        raise TypeError(
+            f"level {level!r} takes a {type(chosen.config).__name__}, got {type(config).__name__}"
+        )
+    return chosen.generate(seed, config or chosen.config)
+
+
+def _easy_scene(seed: int, config: SceneConfig) -> Scene:
+    """A random NAMO scene; same seed and config -> identical scene (level ``easy``).
 
     Interior walls (1 or 2, all vertical or all horizontal) split the room into a chain of
     rooms, each wall with 1-2 doorways. The robot starts in the first room and the goal lies in
@@ -301,3 +358,33 @@ def doorway_scene(distractor: bool = False, seed: int = -1) -> Scene:
         kind="hand",
         doorways=((2.0, 1.0, door_w, "v"),),
     )
+
+
+LEVELS: dict[str, Level] = {
+    "easy": Level(
+        "easy",
+        SceneConfig(),
+        _easy_scene,
+        "one room split by 1-2 walls; p=0.75 every doorway of one wall plugged; 1-3 clutter",
+    ),
+    "medium": Level(
+        "medium",
+        ChainConfig("medium", chain=(2,), distractors=(1, 2)),
+        _chain_scene,
+        "start room, hall, corridor to the goal room: mouth box then door box (2 moves); "
+        "1-2 distractors",
+    ),
+    "hard": Level(
+        "hard",
+        ChainConfig(
+            "hard",
+            chain=(3,),
+            distractors=(3, 4),
+            reachable_distractors=2,
+            corridor_width=(0.58, 0.64),
+        ),
+        _chain_scene,
+        "as medium with the start room's doorway plugged too (3 moves in order) and 3-4 "
+        "distractors, 2+ movable from the start",
+    ),
+}
