@@ -406,3 +406,35 @@ def test_augmentation_equals_rendering_the_transformed_scene(seed: int, moved: b
         assert step_k.cost == pytest.approx(step.cost, abs=1e-9)
         assert model_k.goal_reached(after_k) == model.goal_reached(step.state)
     assert bool(tied_views) == (seed in (2, 5))  # both branches above are exercised
+
+
+def test_encoder_comes_from_the_registry_by_config_name(tmp_path: Path) -> None:
+    from learning.export import export_model, parity
+    from learning.namo.model import CNNEncoder
+    from learning.train import compose_config
+
+    cfg = compose_config("train_q_function", ["data_dir=x"])
+    assert cfg.model.encoder == "mask_grid" and cfg.model.encoder_kwargs.grid == 4
+    cfg = compose_config("train_q_function", ["data_dir=x", "model/q_encoder=resnet18"])
+    assert cfg.model.encoder == "resnet18"
+    torch.manual_seed(0)
+    s, a = torch.rand(3, 11, 32, 32), torch.rand(3, 2, 32, 32)
+    for name, kwargs in (("conv", {"feature_dim": 24}), ("resnet18", {})):
+        net = QFunctionNet(
+            hidden_dim=16,
+            image_size=16,
+            encoder=name,
+            encoder_channels=[16, 16, 16, 16] if name == "resnet18" else [8, 8],
+            encoder_kwargs=kwargs,
+            input_shape=(32, 32),
+        ).eval()
+        assert not isinstance(net.encoder, CNNEncoder)
+        assert net(s, a).shape == (3, 1)
+    # the last one through the ONNX contract, as the planner and q_scorer load it
+    export_model(net, tmp_path / "q.onnx", mask_size=(32, 32))
+    assert parity(net, tmp_path / "q.onnx") <= 1e-4
+    # the default stays the flattened-grid CNN (4 x 4 final map of 128 channels at 56)
+    assert isinstance(QFunctionNet().encoder, CNNEncoder)
+    assert QFunctionNet().encoder.out_dim == 128 * 4 * 4
+    with pytest.raises(ValueError, match=r"unknown image encoder 'vit_huge' \(registered: "):
+        QFunctionNet(encoder="vit_huge")

@@ -3,8 +3,11 @@
     model = QFunctionNet.load_from_checkpoint("last.ckpt")
     q = model(state_masks, action_masks)   # (B, 11, H, W), (B, 2, H, W) -> (B, 1)
 
-The network is a plain `CNNEncoder` (strided convs over the 13 concatenated channels, then a
-small fixed spatial grid flattened so "where" survives) and an MLP head. Inputs larger than
+The encoder comes from the image-encoder registry (`learning.networks.encoders`) by name
+(`encoder`, config group `model/q_encoder`): `mask_grid` (the default, registered here: strided
+convs over the 13 concatenated channels, then a small fixed spatial grid flattened so "where"
+survives), or any registered backbone (`conv`, `resnet18`, ...; they pool globally). An MLP head
+reads its features (plus the masked means of `pooled_features`). Inputs larger than
 `image_size` are area-averaged down to it first, so checkpoints take full-size 224x224 masks
 (`input_shape`, the stored mask size, only fixes the ONNX export's H, W; pick `image_size`
 dividing it so both exporters produce a plain AveragePool).
@@ -12,7 +15,7 @@ dividing it so both exporters produce a plain AveragePool).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -24,46 +27,46 @@ from torch import nn
 from learning.data.keys import ACTION_MASKS, EPISODE_ID, GOAL_ID, STATE_MASKS, TARGET_Q
 from learning.namo.data import resize_masks
 from learning.namo.metrics import group_ids, ranking_metrics
+from learning.networks.encoders import build_image_encoder, register_image_encoder
 from sim.namo.keys import ACTION_CHANNELS, ACTION_KEYS, STATE_CHANNELS, STATE_KEYS
 
 STATE_INPUT, ACTION_INPUT, Q_OUTPUT = "state_masks", "action_masks", "q_values"  # ONNX names
 
 
+@register_image_encoder("mask_grid")
 class CNNEncoder(nn.Module):
-    """(B, C, S, S) -> (B, features): strided 3x3 convs, the final map flattened.
+    """(N, S, S, C) -> (N, features): strided 3x3 convs, the final map flattened.
 
-    The final map is average-pooled to `grid` x `grid` only when it is larger than that (or when
-    `input_size` is None: any input size), so small inputs keep every cell and exporters never
-    meet a non-dividing adaptive pool.
+    The final map is average-pooled to `grid` x `grid` only when it is larger than that, so
+    small inputs keep every cell and exporters never meet a non-dividing adaptive pool.
     """
 
     def __init__(
         self,
-        input_channels: int = 13,
-        channels: Sequence[int] = (32, 64, 128, 128),
-        input_size: int | None = 56,
+        image_shape: Sequence[int] = (56, 56, 13),
+        channels: Sequence[int] | None = None,
         grid: int = 4,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        prev, side = input_channels, input_size
-        for width in channels:
+        prev, side = int(image_shape[-1]), int(image_shape[0])
+        for width in channels or (32, 64, 128, 128):
             layers += [
                 nn.Conv2d(prev, width, 3, stride=2, padding=1),
                 nn.GroupNorm(8 if width % 8 == 0 else 1, width),
                 nn.SiLU(),
             ]
             prev = width
-            side = None if side is None else (side + 1) // 2
-        if side is None or side > grid:
+            side = (side + 1) // 2
+        if side > grid:
             layers.append(nn.AdaptiveAvgPool2d(grid))
             side = grid
         layers.append(nn.Flatten())
         self.net = nn.Sequential(*layers)
         self.out_dim = prev * side * side
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images.permute(0, 3, 1, 2))  # the registry's HWC -> CHW
 
 
 class MaskedPooling(nn.Module):
@@ -117,10 +120,12 @@ class QFunctionNet(pl.LightningModule):
         hidden_dim: int = 512,
         learning_rate: float = 1e-3,
         image_size: int | None = 56,
-        encoder_channels: Sequence[int] = (32, 64, 128, 128),
+        encoder_channels: Sequence[int] | None = (32, 64, 128, 128),
         weight_decay: float = 0.0,
         input_shape: Sequence[int] = (224, 224),
         pooled_features: bool = False,
+        encoder: str = "mask_grid",
+        encoder_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if input_channels != STATE_CHANNELS + ACTION_CHANNELS:
@@ -129,7 +134,12 @@ class QFunctionNet(pl.LightningModule):
                 f"{ACTION_CHANNELS} action masks = {STATE_CHANNELS + ACTION_CHANNELS}"
             )
         self.save_hyperparameters()
-        self.encoder = CNNEncoder(input_channels, tuple(encoder_channels), image_size)
+        # The encoder sees the masks at the side the forward pass pools them to.
+        side = image_size or int(input_shape[0])
+        channels = None if encoder_channels is None else list(encoder_channels)
+        self.encoder = build_image_encoder(
+            (side, side, input_channels), encoder, channels=channels, **(encoder_kwargs or {})
+        )
         self.pool = MaskedPooling(POOL_MASKS) if pooled_features else None
         extra = input_channels * len(POOL_MASKS) if pooled_features else 0
         self.decoder = MLP(self.encoder.out_dim + extra, hidden_dim, 1)
@@ -162,7 +172,7 @@ class QFunctionNet(pl.LightningModule):
         x = torch.cat([state_masks, action_masks], dim=1)  # (B, 13, H, W)
         if self.image_size is not None:
             x = resize_masks(x, self.image_size)
-        features = self.encoder(x)
+        features = self.encoder(x.permute(0, 2, 3, 1))  # registry encoders take (N, H, W, C)
         if self.pool is not None:
             features = torch.cat([features, self.pool(x)], dim=1)
         return self.decoder(features)
