@@ -16,6 +16,7 @@ Importing this module registers `dit_q` in the sim's planner registry (and, thro
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,6 +84,21 @@ def mask_to_pose(
     return x, y, yaw
 
 
+def mask_moves(model: Any, state: Any, k: int, masks: np.ndarray, threshold: float) -> list[Any]:
+    """Goal masks (K, S, S) for object k -> one move per mask: the Proposal at its pose when the
+    transition model accepts it, else None (empty mask or a move `check` rejects)."""
+    from sim.namo.transition import Proposal
+
+    obj, moves = model.scene.objects[k], []
+    for mask in masks:
+        pose = mask_to_pose(
+            mask > threshold, model.scene.width, model.scene.height, obj.half_x, obj.half_y
+        )
+        p = None if pose is None else Proposal(obj.object_id, *(round(v, 4) for v in pose))
+        moves.append(p if p is not None and model.check(state, p) is None else None)
+    return moves
+
+
 @dataclass
 class Decision:
     proposal: Any | None
@@ -97,10 +113,12 @@ class Decision:
 
 @dataclass
 class DiTQPlanner:
-    """`generator`: goal_generator .onnx path or an object with image_size/threshold/propose."""
+    """`generator`: goal_generator .onnx path or an object with image_size/threshold/propose;
+    `q_model_path`: Q-function .onnx/.ckpt path or a scorer (`score(state, actions)`, e.g. one
+    that asks the q_scorer node)."""
 
     generator: str | Generator
-    q_model_path: str
+    q_model_path: str | Any
     proposals_per_object: int = 8
     seed: int = 0
     device: str = "cpu"
@@ -116,7 +134,11 @@ class DiTQPlanner:
             self.generator = GoalGenerator(
                 self.generator, self.proposals_per_object, self.seed, self.device, self.threads
             )
-        self.scorer = make_scorer(self.q_model_path, self.device, self.threads)
+        self.scorer = (
+            make_scorer(self.q_model_path, self.device, self.threads)
+            if isinstance(self.q_model_path, (str, os.PathLike))
+            else self.q_model_path
+        )
         self._masks: MaskFn = (
             resolve(self.mask_fn) if isinstance(self.mask_fn, str) else self.mask_fn
         )
@@ -129,26 +151,12 @@ class DiTQPlanner:
 
     def generated_proposals(self, model: Any, state: Any) -> tuple[list[Any], int]:
         """(valid generated proposals, number of masks sampled)."""
-        from sim.namo.transition import Proposal
-
         size, out, sampled = self.generator.image_size, [], 0
         for k in model.reachable_objects(state):
-            obj = model.scene.objects[k]
             masks = self.generator.propose(self.scene_mask_fn(model, state, k, size))
             sampled += len(masks)
-            for mask in masks:
-                pose = mask_to_pose(
-                    mask > self.generator.threshold,
-                    model.scene.width,
-                    model.scene.height,
-                    obj.half_x,
-                    obj.half_y,
-                )
-                if pose is None:
-                    continue
-                p = Proposal(obj.object_id, *(round(v, 4) for v in pose))
-                if model.check(state, p) is None:
-                    out.append(p)
+            moves = mask_moves(model, state, k, masks, self.generator.threshold)
+            out += [p for p in moves if p is not None]
         return out, sampled
 
     def decide(self, model: Any, state: Any) -> Decision:

@@ -1,13 +1,17 @@
 """Quality vs speed of goal-mask samplers: IoU / Dice of thresholded samples on the val split.
 
     python -m learning.generative.quality [--quick] [--data-dir DIR] [--work-dir DIR]
-        [--fm-ckpt CKPT] [--diffusion-ckpt CKPT] [--out FILE.json]
+        [--fm-ckpt CKPT] [--diffusion-ckpt CKPT] [--models flow_matching ...] [--out FILE.json]
+        [--episodes DIR [--q-model Q.onnx] [--mcts-budget B] [--planner-seeds N --level L]]
 
 Without checkpoints it trains a flow-matching and a diffusion DiT (network=dit_small, 32 px,
 aux_loss_weight 0.1) through `learning.train.run` for a CPU budget of minutes each, then
 evaluates every sampler on the same checkpoint, validation scenes and initial noise. Without a
 data dir it writes the synthetic NAMO-like task (`synthetic.py`). `bench/generative_quality.py`
-wraps this.
+wraps this. With `--episodes` (MCTS episode files of held-out NAMO scenes) every sampler of at
+most `PROPOSAL_MAX_NFE` evaluations is also judged by what its proposals achieve
+(`learning.generative.proposals`: valid-move rate, best-of-K Q, planner success), beside a
+reference row of uniform proposals.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 
 from learning.data.keys import CONTEXT, TARGET
 from learning.generative.module import GenerativeModule
+from learning.generative.proposals import ProposalEval, TorchGenerator
 from learning.generative.samplers import HFDiffusionSampler, ODESampler
 
 FM_SAMPLERS = [
@@ -39,6 +44,8 @@ FM_SAMPLERS = [
 FM_CONFIG, DIFF_CONFIG = "train_fb_flow_matching", "train_hf_diffusion"
 V_PREDICTION = "model.path.prediction_type=v_prediction"
 DIFFUSION_SAMPLERS = [("ddim", 10), ("ddim", 20), ("ddim", 50), ("ddpm", 50), ("ddpm", 1000)]
+MODELS = ("flow_matching", "diffusion", "diffusion_v_prediction")
+PROPOSAL_MAX_NFE = 50  # proposal metrics sample items x K scenes: skip the costliest samplers
 
 
 def iou_dice(pred: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,8 +146,10 @@ def run_quality(
     fm_ckpt: str | None = None,
     diffusion_ckpt: str | None = None,
     work_dir: str | None = None,
+    proposals: ProposalEval | None = None,
+    models: tuple[str, ...] = MODELS,
 ) -> list[dict[str, Any]]:
-    """One row per (model, sampler): iou, dice, sec_per_batch, nfe."""
+    """One row per (model, sampler): iou, dice, sec_per_batch, nfe (+ proposal metrics)."""
     from learning.checkpoint import load_model
     from learning.generative.synthetic import write_synthetic_dataset
 
@@ -152,19 +161,17 @@ def run_quality(
         if not Path(data_dir).is_dir():
             write_synthetic_dataset(data_dir, files, size=64, seed=0)
     ddim = [HFDiffusionSampler(t, s) for t, s in DIFFUSION_SAMPLERS]
-    plans = [
-        (
-            "flow_matching",
-            fm_ckpt or _train(FM_CONFIG, data_dir, work / "fm", epochs, files, []),
-            [ODESampler(m, max(s, 1), 1e-4, 1e-4) for m, s in FM_SAMPLERS],
-        ),
-        (
-            "diffusion",
-            diffusion_ckpt or _train(DIFF_CONFIG, data_dir, work / "diffusion", epochs, files, []),
-            ddim,
-        ),
-    ]
-    if not quick and diffusion_ckpt is None:
+    plans = []
+    if "flow_matching" in models:
+        ckpt = fm_ckpt or _train(FM_CONFIG, data_dir, work / "fm", epochs, files, [])
+        plans.append(
+            ("flow_matching", ckpt, [ODESampler(m, max(s, 1), 1e-4, 1e-4) for m, s in FM_SAMPLERS])
+        )
+    if "diffusion" in models:
+        run_dir = work / "diffusion"
+        ckpt = diffusion_ckpt or _train(DIFF_CONFIG, data_dir, run_dir, epochs, files, [])
+        plans.append(("diffusion", ckpt, ddim))
+    if not quick and diffusion_ckpt is None and "diffusion_v_prediction" in models:
         # Same budget, v-prediction: weights the low-SNR (layout-deciding) steps like flow
         # matching does; epsilon prediction nearly ignores them (docs/generative.md).
         v_run = work / "diffusion_v"
@@ -174,13 +181,18 @@ def run_quality(
     if quick:
         plans = [(n, c, s[:: 2 if n == "flow_matching" else 1][:4]) for n, c, s in plans]
     batches = None
+    items, scorer = proposals.setup() if proposals else ([], None)
     for name, ckpt, samplers in plans:
         module, cfg = load_model(ckpt)
         batches = batches or _val_batches(cfg, data_dir, files, 64, str(ckpt))
         for sampler in samplers:
             row = {"model": name, "sampler": sampler.describe()["type"]}
             row["steps"] = sampler.steps if sampler.nfe is not None else "adaptive"
-            rows.append({**row, **evaluate_sampler(module, sampler, batches)})
+            row |= evaluate_sampler(module, sampler, batches)
+            if proposals and sampler.nfe is not None and sampler.nfe <= PROPOSAL_MAX_NFE:
+                k, seed = proposals.num_proposals, proposals.seed
+                row |= proposals.measure(TorchGenerator(module, sampler, k, seed), items, scorer)
+            rows.append(row)
     # Reference: the target object where it already is (a goal that moves nothing).
     copy = [iou_dice(b[CONTEXT][:, 4:5] > 0.5, b[TARGET] > 0.5) for b in batches]
     rows.append(
@@ -195,9 +207,35 @@ def run_quality(
             "batch_size": int(batches[0][TARGET].shape[0]),
         }
     )
+    if proposals:  # what the uniform proposals of `learned_q` achieve on the same items
+        rows.append(
+            {"model": "reference", "sampler": "uniform_proposals", "steps": 0, "nfe": 0}
+            | proposals.measure(None, items, scorer)
+        )
     for r in rows:
         r.update(data_dir=data_dir, val_samples=sum(len(b[TARGET]) for b in batches))
     return rows
+
+
+# (header, row key, format); a column shows when any row has its key, "-" where one lacks it.
+COLUMNS = [
+    ("model", "model", "{}"),
+    ("sampler", "sampler", "{}"),
+    ("steps", "steps", "{}"),
+    ("NFE", "nfe", "{}"),
+    ("IoU", "iou", "{:.3f}"),
+    ("Dice", "dice", "{:.3f}"),
+    ("s/batch", "sec_per_batch", "{:.3f}"),
+    ("IoU MCTS", "target_iou", "{:.3f}"),  # best of the MCTS root proposals of the object
+    ("valid", "valid_rate", "{:.2f}"),  # masks that became moves the transition model accepts
+    ("Q_learn", "q_learned_generated", "{:.3f}"),  # best of K, paired with the uniform K
+    ("Q_learn unif", "q_learned_uniform", "{:.3f}"),
+    ("Q_MCTS", "q_mcts_generated", "{:.3f}"),  # best of K, MCTS with the root moves fixed
+    ("Q_MCTS unif", "q_mcts_uniform", "{:.3f}"),
+    ("success", "planner_success", "{:.2f}"),  # dit_q (reference row: learned_q)
+    ("moves", "planner_moves_per_solve", "{:.2f}"),
+    ("s/decision", "planner_seconds_per_decision", "{:.3f}"),
+]
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -205,19 +243,13 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     table = Table(title="Goal-mask samplers: quality vs speed (val split, threshold 0.5)")
-    for col in ("model", "sampler", "steps", "NFE", "IoU", "Dice", "s/batch"):
-        table.add_column(col, justify="right" if col not in ("model", "sampler") else "left")
+    columns = [c for c in COLUMNS if any(c[1] in r for r in rows)]
+    for header, _, _ in columns:
+        table.add_column(header, justify="left" if header in ("model", "sampler") else "right")
     for r in rows:
-        table.add_row(
-            r["model"],
-            r["sampler"],
-            str(r["steps"]),
-            str(r["nfe"]),
-            f"{r['iou']:.3f}",
-            f"{r['dice']:.3f}",
-            f"{r['sec_per_batch']:.3f}",
-        )
-    Console().print(table)
+        cells = [fmt.format(r[key]) if r.get(key) is not None else "-" for _, key, fmt in columns]
+        table.add_row(*cells)
+    Console(width=max(200, Console().width)).print(table)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -231,10 +263,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fm-ckpt")
     parser.add_argument("--diffusion-ckpt")
     parser.add_argument("--work-dir")
+    parser.add_argument(
+        "--models", nargs="+", choices=MODELS, default=list(MODELS), help="models to evaluate"
+    )
     parser.add_argument("--out", help="also write the rows as JSON here")
+    judged = parser.add_argument_group("proposals judged by what they achieve (--episodes)")
+    judged.add_argument("--episodes", help="MCTS episode_*.json of held-out scenes")
+    judged.add_argument("--q-model", help="Q-function .onnx/.ckpt: best-of-K Q, planner")
+    judged.add_argument("--mcts-budget", type=int, default=32, help="0: no MCTS Q")
+    judged.add_argument("--proposals", type=int, default=8, help="K per object")
+    judged.add_argument("--max-items", type=int, default=64, help="(state, object) items")
+    judged.add_argument("--planner-seeds", type=int, default=0, help="scenes for success")
+    judged.add_argument("--first-seed", type=int, default=100_000, help="of those scenes")
+    judged.add_argument("--level", help="scene level of those scenes (None: generate_scene's own)")
+    judged.add_argument("--max-moves", type=int, default=5, help="decisions per episode")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    rows = run_quality(args.quick, args.data_dir, args.fm_ckpt, args.diffusion_ckpt, args.work_dir)
+    spec = None
+    if args.episodes:
+        seeds = tuple(range(args.first_seed, args.first_seed + args.planner_seeds))
+        spec = ProposalEval(
+            args.episodes, args.q_model, args.mcts_budget, args.proposals, args.max_items,
+            seeds, args.level, args.max_moves,
+        )  # fmt: skip
+    rows = run_quality(
+        args.quick, args.data_dir, args.fm_ckpt, args.diffusion_ckpt, args.work_dir, spec,
+        tuple(args.models),
+    )  # fmt: skip
     print_table(rows)
     if args.out:
         out = Path(args.out)

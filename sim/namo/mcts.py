@@ -145,11 +145,17 @@ class MCTS:
         node.n += 1
         return value
 
-    def search(self, state: NamoState) -> SearchResult:
-        """Run ``budget`` simulations from ``state``; Q for every root proposal."""
+    def search(self, state: NamoState, proposals: list[Proposal] | None = None) -> SearchResult:
+        """Run ``budget`` simulations from ``state``; Q for every root proposal. ``proposals``
+        fixes the root's moves instead of drawing them (what a set of given moves achieves)."""
         start = time.perf_counter()
         root = Node(state, 0, 0.0)
-        self._expand(root)
+        if proposals is None:
+            self._expand(root)
+        else:
+            root.proposals = list(proposals)
+            root.visits = np.zeros(len(proposals), np.int64)
+            root.value_sum = np.zeros(len(proposals), np.float64)
         sims = 0
         if root.proposals:
             for sims in range(1, self.config.budget + 1):  # noqa: B007
