@@ -48,7 +48,11 @@ def test_collection_and_mask_clis_end_to_end(tmp_path: Path) -> None:
         "sim.namo.parallel_data_collection", "--output-dir", str(episodes),
         "--start-idx", "1", "--end-idx", "4", "--mcts-budget", "10", "--workers", "2",
     )  # fmt: skip
-    assert "3 episodes" in out
+    # Off a terminal, progress is plain lines; the run ends with the one-line summary.
+    assert "MCTS episodes (easy): 3/3 (100%)" in out
+    summary = out.strip().splitlines()[-1]
+    assert summary.startswith("3 easy episodes") and "solved 3/3 (1.00)" in summary
+    assert "on 2 workers" in summary
     assert sorted(p.name for p in episodes.glob("*.json")) == [
         f"episode_{e}.json" for e in (1, 2, 3)
     ]

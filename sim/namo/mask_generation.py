@@ -14,17 +14,15 @@ Extra keys: ``visits`` (MCTS visits of the proposal), ``chosen`` (1 if MCTS exec
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from functools import partial
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from rich.progress import Progress
 
 from sim.namo.episodes import decision_items, episode_model, read_episode
 from sim.namo.masks import DEFAULT_SIZE, sample_arrays
+from sim.namo.parallel import imap_progress
 
 
 def episode_files(input_dir: str | Path) -> list[Path]:
@@ -66,25 +64,8 @@ def batch(
     """Render all episodes under input_dir; returns the number of mask files written."""
     files = episode_files(input_dir)
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(files)))
     job = partial(render_episode, output_dir=str(output_dir), size=size)
-    total = 0
-    with Progress(disable=not progress) as bar:
-        task = bar.add_task("episodes -> masks", total=len(files))
-        if workers == 1:
-            results = map(job, files)
-        else:
-            pool = get_context("spawn").Pool(workers)
-            results = pool.imap_unordered(job, files)
-        try:
-            for n in results:
-                total += n
-                bar.advance(task)
-        finally:
-            if workers > 1:
-                pool.close()
-                pool.join()
-    return total
+    return sum(imap_progress(job, files, workers, "episodes -> masks", progress))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,16 +11,13 @@ Episode e uses scene ``generate_scene(e, level=LEVEL)`` and writes ``DIR/episode
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from functools import partial
-from multiprocessing import get_context
 from pathlib import Path
-
-from rich.progress import Progress
 
 from sim.namo.episodes import solve_episode, write_episode
 from sim.namo.mcts import MCTSConfig
+from sim.namo.parallel import imap_progress, usable_cores
 from sim.namo.scene import LEVELS
 
 
@@ -49,29 +46,29 @@ def collect(
     if level not in LEVELS:
         raise ValueError(f"--level {level!r}: unknown, choose from {sorted(LEVELS)}")
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    episodes = list(range(start_idx, end_idx))
-    workers = max(1, min(workers or os.cpu_count() or 1, len(episodes)))
     job = partial(
         _run_one, output_dir=str(output_dir), config=config, max_moves=max_moves, level=level
     )
-    rows = []
-    with Progress(disable=not progress) as bar:
-        task = bar.add_task("MCTS episodes", total=len(episodes))
-        if workers == 1:
-            results = map(job, episodes)
-        else:
-            # spawn: workers do not inherit the parent's threads/locks (safe under pytest, ROS).
-            pool = get_context("spawn").Pool(workers)
-            results = pool.imap_unordered(job, episodes)
-        try:
-            for row in results:
-                rows.append(row)
-                bar.advance(task)
-        finally:
-            if workers > 1:
-                pool.close()
-                pool.join()
+    episodes = range(start_idx, end_idx)
+    rows = list(imap_progress(job, episodes, workers, f"MCTS episodes ({level})", progress))
     return sorted(rows)
+
+
+def summary_line(
+    rows: list[tuple[int, bool, int, float]],
+    level: str,
+    output_dir: str,
+    seconds: float,
+    workers: int,
+) -> str:
+    """One line: episodes, decisions, solved fraction, wall seconds."""
+    solved = sum(r[1] for r in rows)
+    decisions = sum(r[2] for r in rows)
+    return (
+        f"{len(rows)} {level} episodes -> {output_dir}: {decisions} decisions, "
+        f"solved {solved}/{len(rows)} ({solved / max(1, len(rows)):.2f}), "
+        f"{seconds:.1f} s on {workers} workers"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-moves", type=int, default=5, help="decisions per episode at most")
     ap.add_argument("--proposals-per-object", type=int, default=4, help="goal proposals each")
     ap.add_argument("--seed", type=int, default=0, help="MCTS randomness (scenes: episode index)")
-    ap.add_argument("--workers", type=int, default=None, help="default: all cores")
+    ap.add_argument("--workers", type=int, default=None, help="default: every usable core")
     args = ap.parse_args(argv)
     config = MCTSConfig(
         budget=args.mcts_budget,
@@ -98,21 +95,17 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
     )
     start = time.perf_counter()
+    workers = min(args.workers or usable_cores(), max(1, args.end_idx - args.start_idx))
     rows = collect(
         args.output_dir,
         args.start_idx,
         args.end_idx,
         config,
         args.max_moves,
-        args.workers,
+        workers,
         level=args.level,
     )
-    solved = sum(r[1] for r in rows)
-    moves = sum(r[2] for r in rows)
-    print(
-        f"{len(rows)} episodes -> {args.output_dir}: {solved} solved, {moves} decisions, "
-        f"{time.perf_counter() - start:.1f} s"
-    )
+    print(summary_line(rows, args.level, args.output_dir, time.perf_counter() - start, workers))
 
 
 if __name__ == "__main__":
