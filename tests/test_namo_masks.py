@@ -151,3 +151,82 @@ def test_collector_files_load_for_both_models_through_one_alias_table(tmp_path: 
         load_sample(tmp_path / "no_robot.npz")
     with pytest.raises(MaskFileError, match=r"no_robot\.npz: missing key 'robot'"):
         load_item(tmp_path / "no_robot.npz")
+
+
+def _random_states(seeds: range, moves: int = 2):
+    """(model, state, proposals) at the start and after random valid moves of generated scenes."""
+    for seed in seeds:
+        model = TransitionModel(generate_scene(seed))
+        rng = np.random.default_rng(seed)
+        state = model.initial_state()
+        for _ in range(moves + 1):
+            proposals = model.proposals(state, 3, rng)
+            if not proposals:
+                break
+            yield model, state, proposals
+            state = model.step(state, proposals[int(rng.integers(len(proposals)))]).state
+
+
+def test_batched_masks_equal_the_full_computation() -> None:
+    """batch_masks (what the learned planners feed the network) == proposal_masks per move, on
+    random states and proposals: binary channels exactly, distances to float tolerance."""
+    from sim.namo.masks import batch_masks
+
+    checked = changed = 0
+    for model, state, proposals in _random_states(range(100, 106)):
+        states, actions = batch_masks(model, state, proposals, size=48)
+        assert states.shape == (len(proposals), 11, 48, 48) and states.dtype == np.float32
+        assert actions.shape == (len(proposals), 2, 48, 48) and actions.dtype == np.float32
+        fresh = TransitionModel(model.scene)  # no caches shared with the batched path
+        for i, p in enumerate(proposals):
+            ref = proposal_masks(fresh, state, p, size=48)
+            got = dict(zip(STATE_KEYS, states[i], strict=True))
+            got.update(zip(ACTION_KEYS, actions[i], strict=True))
+            for key in BINARY:
+                np.testing.assert_array_equal(got[key], ref[key], err_msg=key)
+            for key in DISTANCES:
+                np.testing.assert_allclose(got[key], ref[key], rtol=0, atol=1e-6, err_msg=key)
+            checked += 1
+            changed += not np.array_equal(ref["robot_distance"], ref["post_action_robot_distance"])
+    assert checked >= 30 and changed >= checked // 2  # the post-move field is not the pre-move one
+
+
+def test_post_move_distance_without_analysing_the_post_move_state() -> None:
+    """after_distance (graph built once per scene, cells cut per move) == the robot distance of
+    the post-move state's full analysis, in metres on the planning grid."""
+    for model, state, proposals in _random_states(range(200, 204), moves=1):
+        for p in proposals:
+            got = model.after_distance(state, p)
+            ref = model.info(model.step(state, p).state).robot_distance
+            np.testing.assert_array_equal(np.isfinite(got), np.isfinite(ref))
+            np.testing.assert_allclose(got[np.isfinite(ref)], ref[np.isfinite(ref)], atol=1e-9)
+
+
+def test_grid_graph_with_cells_removed_equals_geodesic_distance() -> None:
+    from sim.namo.grid import GridGraph, geodesic_distance
+
+    rng = np.random.default_rng(0)
+    g = Grid(3.0, 2.0, 20, 30)
+    free = rng.random(g.shape) > 0.25
+    graph = GridGraph(g, free)
+    for trial in range(20):
+        removed = [rng.random(g.shape) > 0.9 for _ in range(trial % 3)]
+        source = tuple(int(v) for v in rng.integers((20, 30)))
+        left = free.copy()
+        for r in removed:
+            left &= ~r
+        ref = geodesic_distance(g, left, [source])
+        got = graph.distances(source, *(graph.cut(r) for r in removed))
+        np.testing.assert_array_equal(np.isfinite(got), np.isfinite(ref), err_msg=str(trial))
+        np.testing.assert_allclose(got[np.isfinite(ref)], ref[np.isfinite(ref)], atol=1e-9)
+
+
+def test_batched_masks_refuse_an_invalid_move() -> None:
+    from sim.namo.masks import batch_masks
+    from sim.namo.transition import Proposal
+
+    model = TransitionModel(doorway_scene())
+    state = model.initial_state()
+    good = model.proposals(state, 1, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="invalid move: door target pose collides with a wall"):
+        batch_masks(model, state, [*good, Proposal("door", 2.0, 0.4, 0.0)], size=32)

@@ -1,9 +1,10 @@
 """Q-greedy NAMO planner (`learned_q`): score all proposals of a state in one batch, take the best.
 
 Per decision: the sim's proposal generator (`TransitionModel.proposals`) samples candidate
-moves, the sim's mask builder renders each (state, proposal) into the 13 seed channels, the
-Q-function scores all K in one batch (ONNX or torch, `learning.namo.scoring`), and the
-argmax proposal is executed. No search: the decision costs one network call plus the masks.
+moves, the sim's batched mask builder (`sim.namo.masks.batch_masks`) renders all K into the 13
+seed channels at the model's input size, the Q-function scores them in one batch (ONNX or
+torch, `learning.namo.scoring`), and the argmax proposal is executed. No search: the decision
+costs the proposals, the masks and one network call.
 
 Importing this module registers `learned_q` in the sim's planner registry
 (`sim.namo.planners.PLANNERS`), wrapped by `DecidePlanner`.
@@ -21,13 +22,12 @@ from typing import Any
 import numpy as np
 
 from learning.namo.scoring import make_scorer
-from sim.namo.keys import ACTION_KEYS, STATE_KEYS
-from sim.namo.masks import DEFAULT_SIZE, SizedMasks
+from sim.namo.masks import DEFAULT_SIZE, MaskFn, SizedMasks, stack_masks
 from sim.namo.planners import DecidePlanner, register_planner
 
-# (transition model, state, proposal) -> {key: (H, W) float32} with at least the 13 seed keys.
-# A "module:function" string is resolved and called with size=<the model's mask side>.
-MaskFn = Callable[[Any, Any, Any], dict[str, np.ndarray]]
+# MaskFn: (transition model, state, proposal) -> {key: (H, W) float32} with at least the 13
+# seed keys. A "module:function" string is resolved and called with size=<the model's mask
+# side>; one with a `batch(model, state, proposals)` method builds all K at once.
 DEFAULT_MASK_FN = "sim.namo.masks:proposal_masks"
 
 
@@ -51,24 +51,26 @@ class Decision:
 
 @dataclass
 class LearnedQPlanner:
-    """Q-greedy planner. `model_path`: .onnx (torch-free) or .ckpt (torch)."""
+    """Q-greedy planner. `model_path`: .onnx (torch-free) or .ckpt (torch). `mask_fn` None:
+    the sim's masks at the model's input size, all proposals at once (`SizedMasks.batch`)."""
 
     model_path: str
     device: str = "cpu"
     proposals_per_object: int = 4  # the MCTS root branching
     seed: int = 0
     threads: int | None = None
-    mask_fn: str | MaskFn = DEFAULT_MASK_FN
+    mask_fn: str | MaskFn | None = None
     name: str = "learned_q"
     _rng: np.random.Generator = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.scorer = make_scorer(self.model_path, self.device, self.threads)
-        if isinstance(self.mask_fn, str):
-            # The sim's builder renders at any size: use the mask size the model was trained on.
-            self._masks: MaskFn = functools.partial(
-                resolve(self.mask_fn), size=int(self.scorer.input_hw[0])
-            )
+        # The sim's builders render at any size: use the mask size the model was trained on.
+        size = int(self.scorer.input_hw[0])
+        if self.mask_fn is None:
+            self._masks: MaskFn = SizedMasks(size)
+        elif isinstance(self.mask_fn, str):
+            self._masks = functools.partial(resolve(self.mask_fn), size=size)
         else:
             self._masks = self.mask_fn
         self._rng = np.random.default_rng(self.seed)
@@ -82,10 +84,8 @@ class LearnedQPlanner:
         proposals = model.proposals(state, self.proposals_per_object, self._rng)
         if not proposals:
             return Decision(None, np.zeros(0, np.float32), [], time.perf_counter() - start, 0.0)
-        masks = [self._masks(model, state, p) for p in proposals]
-        state_masks = np.stack([np.stack([m[k] for k in STATE_KEYS]) for m in masks])
-        action_masks = np.stack([np.stack([m[k] for k in ACTION_KEYS]) for m in masks])
-        result = self.scorer.score(state_masks.astype(np.float32), action_masks.astype(np.float32))
+        state_masks, action_masks = stack_masks(self._masks, model, state, proposals)
+        result = self.scorer.score(state_masks, action_masks)
         return Decision(
             proposals[result.best_index],
             result.q_values,

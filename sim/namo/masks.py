@@ -31,12 +31,20 @@ planning grid and sampled at pixel centres (nearest cell), so they agree with th
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from sim.namo.grid import Grid, rasterize_disc, rasterize_rect
-from sim.namo.keys import SEED001_ALIASES
+from sim.namo.keys import (
+    ACTION_KEYS,
+    SEED001_ALIASES,
+    SHARED_CHANNELS,
+    SHARED_STATE_KEYS,
+    STATE_CHANNELS,
+    STATE_KEYS,
+)
 from sim.namo.transition import NamoState, Proposal, TransitionModel
 
 DEFAULT_SIZE = 224
@@ -129,9 +137,11 @@ def state_masks(
 
 
 def _movable(model: TransitionModel, g: Grid, poses) -> np.ndarray:  # noqa: ANN001
+    """Union of the objects' footprints at ``poses`` (a None pose leaves that object out)."""
     out = np.zeros(g.shape, bool)
     for o, pose in zip(model.scene.objects, poses, strict=True):
-        out |= rasterize_rect(g, *pose, o.half_x, o.half_y)
+        if pose is not None:
+            out |= rasterize_rect(g, *pose, o.half_x, o.half_y)
     return out
 
 
@@ -167,15 +177,87 @@ def proposal_masks(
     return {**state_masks(model, state, size), **action_masks(model, state, proposal, size)}
 
 
+def batch_masks(
+    model: TransitionModel,
+    state: NamoState,
+    proposals: Sequence[Proposal],
+    size: int = DEFAULT_SIZE,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The Q-function's input for K moves of one state: state masks (K, 11, S, S) and action
+    masks (K, 2, S, S), float32, equal to stacking ``proposal_masks`` of each (the tests check).
+
+    Built for what the channels need only: the 8 pre-action channels once (``state_masks``);
+    per object the image of the other objects, its footprint now and the robot disc at its
+    reach position; per move its target footprint and ``TransitionModel.after_distance``
+    (the post-move robot distance without analysing the post-move state: no reach bands, no
+    distance transform of the whole grid). Raises ValueError naming the first invalid move.
+    """
+    shared = state_masks(model, state, size)
+    sample, scene, scale = _sampler(model, size), model.scene, _scale(model)
+    g = sample.image
+    states = np.empty((len(proposals), STATE_CHANNELS, size, size), np.float32)
+    actions = np.empty((len(proposals), len(ACTION_KEYS), size, size), np.float32)
+    states[:, :SHARED_CHANNELS] = np.stack([shared[key] for key in SHARED_STATE_KEYS])
+    per_object: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for i, proposal in enumerate(proposals):
+        reason = model.check(state, proposal)
+        if reason is not None:
+            raise ValueError(f"invalid move: {reason}")
+        k = scene.object_index(proposal.object_id)
+        o = scene.objects[k]
+        if k not in per_object:
+            robot = model.grid.center(*model.info(state).reach[k])
+            others = [p if j != k else None for j, p in enumerate(state.poses)]
+            per_object[k] = (
+                rasterize_disc(g, *robot, scene.robot_radius),
+                _movable(model, g, others),
+                rasterize_rect(g, *state.poses[k], o.half_x, o.half_y),
+            )
+        robot_disc, others_image, target_object = per_object[k]
+        target_goal = rasterize_rect(g, *proposal.pose, o.half_x, o.half_y)
+        states[i, SHARED_CHANNELS] = robot_disc
+        states[i, SHARED_CHANNELS + 1] = others_image | target_goal
+        states[i, SHARED_CHANNELS + 2] = normalize_distance(
+            sample(model.after_distance(state, proposal)), scale
+        )
+        actions[i, 0] = target_object
+        actions[i, 1] = target_goal
+    return states, actions
+
+
+MaskFn = Callable[[Any, Any, Any], dict[str, np.ndarray]]
+
+
+def stack_masks(
+    fn: MaskFn, model: Any, state: Any, proposals: Sequence[Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(K, 11, S, S), (K, 2, S, S) float32 from a per-move builder ``fn(model, state, move)``;
+    a builder with a ``batch(model, state, moves)`` method (``SizedMasks``) builds them at once.
+    """
+    batch = getattr(fn, "batch", None)
+    if batch is not None:
+        return batch(model, state, proposals)
+    masks = [fn(model, state, p) for p in proposals]
+    states = np.stack([np.stack([m[k] for k in STATE_KEYS]) for m in masks])
+    actions = np.stack([np.stack([m[k] for k in ACTION_KEYS]) for m in masks])
+    return states.astype(np.float32), actions.astype(np.float32)
+
+
 class SizedMasks:
-    """``proposal_masks`` at a size set after construction (the planners learn it from the
-    model they load): ``fn = SizedMasks(); fn.size = 64; fn(model, state, proposal)``."""
+    """``proposal_masks`` (and ``batch_masks``, its ``batch``) at a size set after construction
+    (the planners learn it from the model they load):
+    ``fn = SizedMasks(); fn.size = 64; fn(model, state, proposal)``."""
 
     def __init__(self, size: int = DEFAULT_SIZE):
         self.size = size
 
     def __call__(self, model: Any, state: Any, proposal: Any) -> dict[str, np.ndarray]:
         return proposal_masks(model, state, proposal, self.size)
+
+    def batch(
+        self, model: Any, state: Any, proposals: Sequence[Any]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return batch_masks(model, state, proposals, self.size)
 
 
 def sample_arrays(

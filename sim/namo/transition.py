@@ -35,7 +35,9 @@ import numpy as np
 from scipy import ndimage
 
 from sim.namo.grid import (
+    Cut,
     Grid,
+    GridGraph,
     distance_to,
     geodesic_distance,
     rasterize_disc,
@@ -116,6 +118,8 @@ class StateInfo:
     goal_path: float  # geodesic metres robot -> goal (inf if unreachable)
     reach: list[tuple[int, int] | None]  # reach cell per object (None: not reachable)
     lifted: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    lifted_cuts: dict[int, Cut] = field(default_factory=dict)  # see ``after_distance``
+    rects: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # corners, bounding boxes
 
 
 class TransitionModel:
@@ -138,7 +142,14 @@ class TransitionModel:
         self._info: dict[NamoState, StateInfo] = {}
         self._footprints: dict[tuple[int, tuple[float, float, float]], np.ndarray] = {}
         self._goal_static: np.ndarray | None = None
+        self._static_graph: GridGraph | None = None
+        self._near: dict[tuple[int, tuple[float, float, float]], np.ndarray] = {}
         self._wall_corners = [rect_corners(w.x, w.y, 0.0, w.half_x, w.half_y) for w in scene.walls]
+        # How far the C-space margin reaches, in cells, per axis (``near`` windows).
+        self._margin = (
+            int(math.ceil(self.inflation / g.res_y)) + 1,
+            int(math.ceil(self.inflation / g.res_x)) + 1,
+        )
 
     # -- geometry ------------------------------------------------------------------------------
     def initial_state(self) -> NamoState:
@@ -157,6 +168,29 @@ class TransitionModel:
                 self._footprints.clear()
             self._footprints[key] = fp
         return fp
+
+    def near(self, k: int, pose: tuple[float, float, float]) -> np.ndarray:
+        """Cells within ``inflation`` of object k's footprint at ``pose`` (where the robot's
+        centre may not be): ``distance_to(grid, footprint) <= inflation``, computed in a window
+        around the footprint (the same distance transform, so the same values)."""
+        key = (k, tuple(pose))
+        got = self._near.get(key)
+        if got is None:
+            fp = self.footprint(k, pose)
+            got = np.zeros(self.grid.shape, dtype=bool)
+            rows, cols = np.nonzero(fp.any(1))[0], np.nonzero(fp.any(0))[0]
+            if len(rows):
+                (mi, mj), (n, m) = self._margin, self.grid.shape
+                i0, i1 = max(rows[0] - mi, 0), min(rows[-1] + mi + 1, n)
+                j0, j1 = max(cols[0] - mj, 0), min(cols[-1] + mj + 1, m)
+                window = ndimage.distance_transform_edt(
+                    ~fp[i0:i1, j0:j1], sampling=self.grid.sampling
+                )
+                got[i0:i1, j0:j1] = window <= self.inflation
+            if len(self._near) > 20000:
+                self._near.clear()
+            self._near[key] = got
+        return got
 
     def free_space(self, occupied: np.ndarray) -> np.ndarray:
         return distance_to(self.grid, occupied) > self.inflation
@@ -244,22 +278,57 @@ class TransitionModel:
         # test is backed by an exact polygon test of the grown target rectangle.
         if (occ_dist[fp] < self.cell * self.config.clearance_cells).any():
             return f"{proposal.object_id} target pose collides with a wall or another object"
-        grown = grow_rect(corners, self.config.clearance)
-        others = self._wall_corners + [
-            rect_corners(*pose, obj.half_x, obj.half_y)
-            for j, (obj, pose) in enumerate(zip(self.scene.objects, state.poses, strict=True))
-            if j != k
-        ]
-        if any(rects_overlap(grown, other) for other in others):
+        if self._collides(state, k, grow_rect(corners, self.config.clearance)):
             return f"{proposal.object_id} target pose collides with a wall or another object"
-        fp_dist = distance_to(g, fp)
-        if fp_dist[info.reach[k]] <= self.inflation:
+        near = self.near(k, proposal.pose)
+        if near[info.reach[k]]:
             return f"{proposal.object_id} target pose overlaps the robot"
-        if fp_dist[self.goal_cell] <= self.inflation:
+        if near[self.goal_cell]:
             return f"{proposal.object_id} target pose blocks the robot goal"
         if not (region_dist[fp] <= self.reach_distance).any():
             return f"{proposal.object_id} target pose is out of the robot's reach"
         return None
+
+    def _collides(self, state: NamoState, k: int, grown: np.ndarray) -> bool:
+        """Exact polygon test of a grown rectangle against every wall and every object but k;
+        only rectangles whose bounding boxes meet its bounding box are tested (the others
+        cannot overlap it)."""
+        info = self.info(state)
+        if info.rects is None:
+            corners = np.array(
+                self._wall_corners
+                + [
+                    rect_corners(*pose, o.half_x, o.half_y)
+                    for o, pose in zip(self.scene.objects, state.poses, strict=True)
+                ]
+            )
+            info.rects = (corners, corners.min(1), corners.max(1))
+        corners, lows, highs = info.rects
+        low, high = grown.min(0), grown.max(0)
+        close = ((lows <= high) & (highs >= low)).all(1)
+        close[len(self._wall_corners) + k] = False
+        return any(rects_overlap(grown, corners[i]) for i in np.flatnonzero(close))
+
+    def after_distance(self, state: NamoState, proposal: Proposal) -> np.ndarray:
+        """``robot_distance`` of the state after a valid move, without analysing that state:
+        geodesic metres from the reach cell over the free space with object k lifted, less the
+        cells its new footprint blocks (``near``), on one graph of the walls-only free space
+        built per model. Equals ``info(step(state, proposal).state).robot_distance`` to float
+        rounding (``tests/test_namo_masks.py``). The move is not validated here."""
+        k = self.scene.object_index(proposal.object_id)
+        info = self.info(state)
+        graph = self.static_graph()
+        lifted = info.lifted_cuts.get(k)
+        if lifted is None:
+            occ_dist, _, _ = self._lifted(state, k)
+            lifted = info.lifted_cuts[k] = graph.cut(occ_dist <= self.inflation)
+        return graph.distances(info.reach[k], lifted, graph.cut(self.near(k, proposal.pose)))
+
+    def static_graph(self) -> GridGraph:
+        """The graph of C-space free of walls only (every state's free space is a subset)."""
+        if self._static_graph is None:
+            self._static_graph = GridGraph(self.grid, self.free_space(self.static))
+        return self._static_graph
 
     def step(self, state: NamoState, proposal: Proposal) -> StepResult:
         """Apply a valid move (raises ValueError naming the reason if it is not)."""
