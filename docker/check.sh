@@ -113,7 +113,7 @@ cid() { "${COMPOSE[@]}" ps -q "$1"; }
 stack() {
     local n=$1 t=$SECONDS svc code ifaces
     shift
-    EPISODES=$n "${COMPOSE[@]}" up -d --no-build "$@" 2>&1 | sed 's/^/  /'
+    EPISODES=$n WAIT_FOR_SUBSCRIBERS=${WAIT_FOR_SUBSCRIBERS:-1} "${COMPOSE[@]}" up -d --no-build "$@" 2>&1 | sed 's/^/  /'
     local last="episode demo_$((n - 1)) written"
     # (grep on a captured log: `logs | grep -q` under pipefail fails when grep closes the pipe)
     until grep -q "$last" <<< "$("${COMPOSE[@]}" logs --no-color recorder 2>&1)"; do

@@ -50,6 +50,13 @@ def generate_launch_description() -> LaunchDescription:
                 choices=["true", "false"],
             ),
             DeclareLaunchArgument(
+                "wait_for_subscribers",
+                default_value="0",
+                description="Start the first episode once every output topic (observations, "
+                "applied action, reward, done) has this many readers, so a recorder that "
+                "matches late misses no step.",
+            ),
+            DeclareLaunchArgument(
                 "log_level",
                 default_value="info",
                 description="Logging level of the node.",
@@ -75,6 +82,7 @@ def generate_launch_description() -> LaunchDescription:
                         "seed": LaunchConfiguration("seed"),
                         "publish_clock": LaunchConfiguration("use_sim_time"),
                         "lockstep": LaunchConfiguration("lockstep"),
+                        "wait_for_subscribers": LaunchConfiguration("wait_for_subscribers"),
                     },
                 ],
                 ros_arguments=["--log-level", LaunchConfiguration("log_level")],

@@ -136,12 +136,16 @@ def test_launch_nodes_match_packages(name, monkeypatch):
 
 
 def test_launch_arguments_override_parameters():
-    info = load_launch_file(REPO / "launch/sim.launch.py", {"action_source": "topic", "seed": "7"})
+    info = load_launch_file(
+        REPO / "launch/sim.launch.py",
+        {"action_source": "topic", "seed": "7", "wait_for_subscribers": "1"},
+    )
     assert info.nodes[0].params == {
         "action_source": "topic",
         "seed": 7,
         "publish_clock": False,
         "lockstep": False,
+        "wait_for_subscribers": 1,
     }
     with pytest.raises(KeyError, match="unknown launch arguments"):
         load_launch_file(REPO / "launch/sim.launch.py", {"camera": "64"})
