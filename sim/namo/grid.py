@@ -201,8 +201,11 @@ class GridGraph:
             data[1:-1, 1:-1, d] = np.where(ok, w, np.inf)
             indices[1:-1, 1:-1, d] = cells[to]
         self.data = data.reshape(-1)
-        self.indices = indices.reshape(-1)
-        self.indptr = np.arange(0, 8 * rows * cols + 1, 8)
+        n = rows * cols
+        # One CSR reused by every query (its data rewritten in place: no per-query validation).
+        self._graph = csr_matrix(
+            (self.data.copy(), indices.reshape(-1), np.arange(0, 8 * n + 1, 8)), shape=(n, n)
+        )
         # Slots a removed cell cuts, as (cell offset, slot) pairs relative to it.
         cut = [(0, d) for d in range(8)]  # its own steps
         cut += [(-(di * cols + dj), d) for d, (di, dj) in enumerate(_STEPS)]  # steps into it
@@ -220,16 +223,16 @@ class GridGraph:
 
     def distances(self, source: tuple[int, int], *cuts: Cut) -> np.ndarray:
         """Geodesic metres from cell ``source`` with the ``cuts`` taken out; inf where
-        unreachable, not free, or everywhere when the source itself is removed."""
+        unreachable, not free, or everywhere when the source itself is removed. Not
+        re-entrant: queries on one graph must not run concurrently."""
         if not self.free[source] or any(c.removed[source] for c in cuts):
             return np.full(self.grid.shape, np.inf)
-        data = self.data.copy()
+        data = self._graph.data
+        np.copyto(data, self.data)
         for c in cuts:
             data[c.entries] = np.inf
-        n = len(self.indptr) - 1
-        graph = csr_matrix((data, self.indices, self.indptr), shape=(n, n))
         node = (source[0] + 1) * self._cols + source[1] + 1
-        dist = dijkstra(graph, directed=True, indices=node)
+        dist = dijkstra(self._graph, directed=True, indices=node)
         return dist.reshape(self.grid.rows + 2, self._cols)[1:-1, 1:-1]
 
 

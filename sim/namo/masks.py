@@ -58,7 +58,8 @@ def _f32(mask: np.ndarray) -> np.ndarray:
 
 
 class _Sampler:
-    """Pixel centres of an S x S image -> the planning-grid cell that contains each."""
+    """Pixel centres of an S x S image -> the planning-grid cell that contains each (plus the
+    walls and goal images of that size)."""
 
     def __init__(self, model: TransitionModel, size: int):
         self.image = Grid.image(model.scene.width, model.scene.height, size)
@@ -67,6 +68,13 @@ class _Sampler:
         cols = np.floor(self.image.xs() / g.res_x).astype(int)
         self.rows = np.clip(rows, 0, g.rows - 1)[:, None]
         self.cols = np.clip(cols, 0, g.cols - 1)[None, :]
+        # The channels no move changes: walls and the goal disc, rendered once per size.
+        scene, image = model.scene, self.image
+        static = np.zeros(image.shape, bool)
+        for w in scene.walls:
+            static |= rasterize_rect(image, w.x, w.y, 0.0, w.half_x, w.half_y)
+        self.static = _f32(static)
+        self.goal = _f32(rasterize_disc(image, *scene.goal, scene.robot_radius))
 
     def __call__(self, field: np.ndarray) -> np.ndarray:
         return field[self.rows, self.cols]
@@ -114,18 +122,15 @@ def state_masks(
         cache.clear()
     scene, sample = model.scene, _sampler(model, size)
     g = sample.image
-    static = np.zeros(g.shape, bool)
-    for w in scene.walls:
-        static |= rasterize_rect(g, w.x, w.y, 0.0, w.half_x, w.half_y)
     info = model.info(state)
     robot_m = info.robot_distance
     goal_m = model.goal_distance_static()
     scale = _scale(model)
     got = {
         "robot": _f32(rasterize_disc(g, *state.robot, scene.robot_radius)),
-        "goal": _f32(rasterize_disc(g, *scene.goal, scene.robot_radius)),
+        "goal": sample.goal,
         "movable": _f32(_movable(model, g, state.poses)),
-        "static": _f32(static),
+        "static": sample.static,
         "reachable": _f32(sample(info.reachable)),
         "robot_distance": normalize_distance(sample(robot_m), scale),
         "goal_distance": normalize_distance(sample(goal_m), scale),

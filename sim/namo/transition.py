@@ -247,11 +247,11 @@ class TransitionModel:
             for j, fp in enumerate(info.footprints):
                 if j != k:
                     occ |= fp
-            free = self.free_space(occ)
-            labels, _ = ndimage.label(free, structure=_EIGHT)
+            occ_dist = distance_to(self.grid, occ)
+            labels, _ = ndimage.label(occ_dist > self.inflation, structure=_EIGHT)  # free space
             i, j = info.reach[k]
             region = labels == labels[i, j]
-            got = (distance_to(self.grid, occ), region, distance_to(self.grid, region))
+            got = (occ_dist, region, distance_to(self.grid, region))
             info.lifted[k] = got
         return got
 
