@@ -129,3 +129,38 @@ def test_dit_q_with_an_onnx_generator_runs_or_falls_back_loudly(
         decision.fallback
     )
     assert decision.proposal is None or model.check(state, decision.proposal) is None
+
+
+def test_remote_planner_over_transports_decides_like_the_local_one(namo, q_model: Path) -> None:
+    """namo_planner's logic: generator and scorer behind request/reply transports (here the
+    local models through the wire layouts) decide exactly as dit_q in-process, timed."""
+    from roboloop_namo.planning import (
+        RemoteGenerator,
+        RemoteScorer,
+        ReplyError,
+        make_remote_planner,
+        plan_episode,
+    )
+
+    from sim.namo.layout import split_request
+    from sim.namo.masks import SizedMasks
+    from sim.namo.scoring import OnnxQScorer
+
+    model, state = namo
+    scorer, oracle = OnnxQScorer(q_model, "cpu"), OracleGenerator(model, state)
+    remote = make_remote_planner(
+        RemoteGenerator(lambda scene: oracle.propose(scene).transpose(1, 2, 0), SIZE),
+        RemoteScorer(lambda request: scorer.score(*split_request(request)).q_values, (SIZE, SIZE)),
+    )
+    local = DiTQPlanner(OracleGenerator(model, state), str(q_model), mask_fn=SizedMasks(SIZE))
+    ours, theirs = remote.decide(model, state), local.decide(model, state)
+    assert ours.proposals == theirs.proposals and ours.proposal == theirs.proposal
+    np.testing.assert_allclose(ours.q_values, theirs.q_values, atol=1e-6)
+    (record, *_) = plan_episode(remote, model, max_moves=1)
+    assert record.object_id == ours.proposal.object_id and not record.fallback
+    assert 0 < record.generator_s and 0 < record.scorer_s < record.decision_s
+    assert record.network_s == record.generator_s + record.scorer_s < record.decision_s
+    short = RemoteScorer(lambda request: np.zeros(1, np.float32), (SIZE, SIZE))
+    bad = make_remote_planner(RemoteGenerator(remote.generator.ask, SIZE), short)
+    with pytest.raises(ReplyError, match="1 Q-values for"):
+        bad.decide(model, state)

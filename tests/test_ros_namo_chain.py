@@ -1,9 +1,15 @@
 """NAMO over ROS, chained: goal_generator proposes goal masks for a scene, a client turns them
-into moves and masks, q_scorer scores them; three processes over DDS (the dit_q planner's path)."""
+into moves and masks, q_scorer scores them; three processes over DDS (the dit_q planner's path).
+Then the same chain as a planner a user runs: namo_planner plans a hard scene through both nodes
+and reports its decision time on /diagnostics (four processes)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +24,62 @@ from learning.train import compose_config
 pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
 
 SIZE, K = 32, 6
+
+
+def _spin_until(executor, condition, timeout: float, resend=None) -> bool:  # noqa: ANN001
+    """Spin until `condition()`; `resend()` every 2 s meanwhile: a node's writer may match
+    this reader a moment after this reader matched it, and a volatile reply sent in between
+    reaches no one (the nodes answer every request, so asking again is safe)."""
+    start = time.monotonic()
+    deadline, next_send = start + timeout, start + 2.0
+    while time.monotonic() < deadline and not condition():
+        executor.spin_once(timeout_sec=0.05)
+        if resend is not None and time.monotonic() > next_send:
+            resend()
+            next_send += 2.0
+    return condition()
+
+
+def _start_chain(models, prefix: str, tmp_path: Path, ros_env, **generator) -> list:  # noqa: ANN001
+    """goal_generator and q_scorer processes on /<prefix>/{scene,goals,request,q_values}."""
+    generator_path, q_path = models
+    return [
+        start_node(
+            "goal_generator",
+            params={"model_path": str(generator_path), "device": "cpu", "num_proposals": K,
+                    "scene_topic": f"/{prefix}/scene", "proposals_topic": f"/{prefix}/goals",
+                    **generator},
+            log_path=tmp_path / "goal_generator.log", env=ros_env,
+        ),
+        start_node(
+            "q_scorer",
+            params={"model_path": str(q_path), "device": "cpu",
+                    "request_topic": f"/{prefix}/request",
+                    "response_topic": f"/{prefix}/q_values"},
+            log_path=tmp_path / "q_scorer.log", env=ros_env,
+        ),
+    ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def _client(name: str, procs: list) -> Iterator:
+    """(rclpy node, wait) in a private context; stops `procs` and the context on exit."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node(name, context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    try:
+        yield node, functools.partial(_spin_until, executor)
+    finally:
+        for p in procs:
+            p.stop()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +105,6 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def test_generator_to_scorer_chain_across_processes(models, tmp_path: Path, ros_env) -> None:
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
     from std_msgs.msg import Float32MultiArray
@@ -58,45 +118,14 @@ def test_generator_to_scorer_chain_across_processes(models, tmp_path: Path, ros_
     from sim.namo.scoring import OnnxQScorer
     from sim.namo.transition import Proposal, TransitionModel
 
-    generator_path, q_path = models
-    procs = [
-        start_node(
-            "goal_generator",
-            params={"model_path": str(generator_path), "device": "cpu", "num_proposals": K,
-                    "seed": 3, "scene_topic": "/chain/scene", "proposals_topic": "/chain/goals"},
-            log_path=tmp_path / "goal_generator.log", env=ros_env,
-        ),
-        start_node(
-            "q_scorer",
-            params={"model_path": str(q_path), "device": "cpu",
-                    "request_topic": "/chain/request", "response_topic": "/chain/q_values"},
-            log_path=tmp_path / "q_scorer.log", env=ros_env,
-        ),
-    ]  # fmt: skip
+    q_path = models[1]
+    procs = _start_chain(models, "chain", tmp_path, ros_env, seed=3)
     logs = lambda: "\n".join(p.log_text()[-1500:] for p in procs)  # noqa: E731
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node("namo_chain_client", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
     reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     goals: list[Image] = []
     answers: list[Float32MultiArray] = []
 
-    def wait(condition, timeout: float, resend=None) -> bool:  # noqa: ANN001
-        """Spin until `condition()`; `resend()` every 2 s meanwhile: a node's writer may match
-        this reader a moment after this reader matched it, and a volatile reply sent in between
-        reaches no one (the nodes answer every request, so asking again is safe)."""
-        start = time.monotonic()
-        deadline, next_send = start + timeout, start + 2.0
-        while time.monotonic() < deadline and not condition():
-            executor.spin_once(timeout_sec=0.05)
-            if resend is not None and time.monotonic() > next_send:
-                resend()
-                next_send += 2.0
-        return condition()
-
-    try:
+    with _client("namo_chain_client", procs) as (node, wait):
         scene_pub = node.create_publisher(Image, "/chain/scene", reliable)
         request_pub = node.create_publisher(Image, "/chain/request", reliable)
         goals_sub = node.create_subscription(Image, "/chain/goals", goals.append, reliable)
@@ -154,12 +183,6 @@ def test_generator_to_scorer_chain_across_processes(models, tmp_path: Path, ros_
         request.header.frame_id, request.header.stamp.sec, request.data = "chain", 5, data
         request_pub.publish(request)
         assert wait(lambda: len(answers) > 0, 30, lambda: request_pub.publish(request)), logs()
-    finally:
-        for p in procs:
-            p.stop()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown(context=context)
 
     reply = decode_response([(d.label, d.size, d.stride) for d in answers[0].layout.dim],
                             answers[0].data)  # fmt: skip
@@ -169,3 +192,74 @@ def test_generator_to_scorer_chain_across_processes(models, tmp_path: Path, ros_
     np.testing.assert_allclose(reply.q_values, expected.q_values, atol=1e-5)
     assert reply.best_index == int(np.argmax(expected.q_values))
     assert 0 <= generated <= K
+
+
+def test_planner_node_plans_a_hard_scene_through_both_nodes(
+    models, tmp_path: Path, ros_env
+) -> None:
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import Int64, String
+
+    from sim.namo.scene import generate_scene
+    from sim.namo.transition import Proposal, TransitionModel
+
+    seed, max_moves = 7, 2
+    model = TransitionModel(generate_scene(seed, level="hard"))
+    state = model.initial_state()
+    assert not model.goal_reached(state)
+    procs = _start_chain(models, "plan", tmp_path, ros_env)
+    procs.append(
+        start_node(
+            "namo_planner",
+            params={"level": "hard", "scene_seed": -1, "max_moves": max_moves,
+                    "scene_size": 64, "q_mask_size": SIZE, "diagnostics_period_s": 0.2,
+                    "scene_topic": "/plan/scene", "proposals_topic": "/plan/goals",
+                    "request_topic": "/plan/request", "response_topic": "/plan/q_values"},
+            log_path=tmp_path / "namo_planner.log", env=ros_env,
+        )
+    )  # fmt: skip
+    logs = lambda: "\n".join(p.log_text()[-1500:] for p in procs)  # noqa: E731
+    decisions: list[dict] = []
+    status: dict[str, str] = {}
+
+    def on_diagnostics(msg: DiagnosticArray) -> None:
+        for s in msg.status:
+            if s.name.endswith("namo_planner: planner"):
+                status.clear()
+                status.update({v.key: v.value for v in s.values})
+
+    with _client("namo_planner_client", procs) as (node, wait):
+        plan = node.create_publisher(Int64, "/namo_planner/plan", 10)
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        node.create_subscription(
+            String, "/namo_planner/decision", lambda m: decisions.append(json.loads(m.data)),
+            reliable,
+        )  # fmt: skip
+        node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+        assert all(p.wait_for_log("active", 60) for p in procs[:2]), logs()
+        assert wait(lambda: plan.get_subscription_count() > 0 and status, 30), logs()
+        plan.publish(Int64(data=seed))
+        state_text = lambda: status.get("state", "")  # noqa: E731
+        assert wait(lambda: state_text().startswith(("done", "failed")), 40), logs()
+        assert wait(lambda: status.get("decisions") == str(len(decisions)), 5), (status, logs())
+
+    assert status["state"].startswith("done hard scene 7"), (status, logs())
+    assert 1 <= len(decisions) <= max_moves
+    for i, d in enumerate(decisions):  # each a valid move of the state it was decided in
+        assert d["move"] == i and d["scene_seed"] == seed and d["level"] == "hard"
+        move = Proposal(d["object_id"], d["x"], d["y"], d["theta"])
+        assert model.check(state, move) is None, (d, model.check(state, move))
+        assert d["generated"] == K * len(model.reachable_objects(state))
+        assert d["fallback"] == (d["valid"] == 0)
+        state = model.step(state, move).state
+        assert d["goal_reached"] == model.goal_reached(state)
+        # Decision time, of which waiting on the two nodes (both were asked)
+        assert 0 < d["generator_s"] and 0 < d["scorer_s"]
+        assert d["network_s"] == pytest.approx(d["generator_s"] + d["scorer_s"])
+        assert d["network_s"] < d["decision_s"] < 30
+    last = decisions[-1]
+    assert float(status["last_decision_ms"]) == pytest.approx(1e3 * last["decision_s"], abs=0.06)
+    assert float(status["last_network_ms"]) == pytest.approx(1e3 * last["network_s"], abs=0.06)
+    assert status["episodes"] == "1" and status["solved"] == str(int(last["goal_reached"]))
+    assert int(status["generator_requests"]) >= len(model.reachable_objects(model.initial_state()))

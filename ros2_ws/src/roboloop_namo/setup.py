@@ -21,7 +21,12 @@ setup(
     zip_safe=True,
     maintainer="roboloop",
     maintainer_email="roboloop@example.com",
-    description="NAMO nodes: q_scorer scores candidate proposals with an exported Q-function",
+    description="NAMO nodes: q_scorer (Q-function) and namo_planner (dit_q over ROS)",
     license="Apache-2.0",
-    entry_points={"console_scripts": [f"q_scorer = {PACKAGE}.main:q_scorer"]},
+    entry_points={
+        "console_scripts": [
+            f"q_scorer = {PACKAGE}.main:q_scorer",
+            f"namo_planner = {PACKAGE}.main:namo_planner",
+        ]
+    },
 )
