@@ -107,7 +107,20 @@ def test_ranking_metrics_on_known_inputs() -> None:
     # state 0: same order (rho 1, top-1 hit); state 1: reversed (rho -1, miss); state 2: 1 item
     pred = np.array([1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 0.0])
     m = ranking_metrics(pred, target, groups)
-    assert m == {"spearman": pytest.approx(0.0), "top1": pytest.approx(0.5), "states": 2.0}
+    assert m == {
+        "spearman": pytest.approx(0.0),
+        "top1": pytest.approx(0.5),
+        "pair_acc": pytest.approx(0.5),  # state 0: 3 of 3 pairs, state 1: 0 of 3
+        "states": 2.0,
+        "tied_best": 0.0,
+        "zero_q": 0.0,
+    }
+    # a tie-heavy state (MCTS Q 0 for three moves): the prediction orders every pair MCTS tells
+    # apart, yet its Spearman stays below 1 (it breaks the ties); pair accuracy is 1
+    tq, tp = np.array([0.0, 0.0, 0.0, 0.6, 0.6]), np.array([0.1, -0.2, 0.05, 0.7, 0.5])
+    tie = ranking_metrics(tp, tq, np.zeros(5))
+    assert tie["pair_acc"] == 1.0 and tie["top1"] == 1.0 and tie["spearman"] < 0.9
+    assert tie["tied_best"] == 1.0 and tie["zero_q"] == pytest.approx(0.6)
     assert spearman(np.array([3.0, 1.0, 2.0]), np.array([30.0, 10.0, 20.0])) == pytest.approx(1.0)
     assert spearman(
         np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 3.0, 2.0, 4.0])
@@ -438,3 +451,33 @@ def test_encoder_comes_from_the_registry_by_config_name(tmp_path: Path) -> None:
     assert QFunctionNet().encoder.out_dim == 128 * 4 * 4
     with pytest.raises(ValueError, match=r"unknown image encoder 'vit_huge' \(registered: "):
         QFunctionNet(encoder="vit_huge")
+
+
+def test_label_noise_researches_the_stored_moves_and_pools_labels(tmp_path: Path) -> None:
+    """A second MCTS search of each stored decision (root moves fixed) is scored against the
+    stored labels; --write-dir pools the Q of all searches, weighted by their visits."""
+    from learning.namo.label_noise import label_noise, main
+    from sim.namo.episodes import read_episode, solve_episode, write_episode
+    from sim.namo.mcts import MCTSConfig
+
+    budget = 24
+    for seed in (1, 3):
+        write_episode(solve_episode(seed, MCTSConfig(budget=budget), max_moves=2), tmp_path / "e")
+    stored = {p.name: read_episode(p) for p in (tmp_path / "e").glob("episode_*.json")}
+    decisions = sum(len(ep["decisions"]) for ep in stored.values())
+    proposals = sum(len(d["q_values"]) for ep in stored.values() for d in ep["decisions"])
+    assert decisions >= 2
+    out = label_noise(tmp_path / "e", seed=5, repeats=2, write_dir=tmp_path / "p", workers=1)
+    assert out["samples"] == proposals and 1 <= out["states"] <= decisions
+    assert -1.0 <= out["spearman"] <= 1.0 and 0.0 <= out["pair_acc"] <= 1.0
+    for name, ep in stored.items():
+        pooled = read_episode(tmp_path / "p" / name)
+        assert pooled["label_searches"] == 3
+        for before, after in zip(ep["decisions"], pooled["decisions"], strict=True):
+            assert after["proposals"] == before["proposals"] and after["state"] == before["state"]
+            # every search spends its whole budget at the root: visits add up
+            assert sum(after["visits"]) == sum(before["visits"]) + 2 * budget
+            assert all(0.0 <= q <= 1.0 for q in after["q_values"])
+    assert label_noise(tmp_path / "e", seed=5, repeats=2, workers=1) == out  # seeded
+    with pytest.raises(SystemExit, match="no episode_"):
+        main(["--episodes", str(tmp_path)])

@@ -1,9 +1,10 @@
 """Score a Q-function checkpoint on a folder of mask files (all of it held out).
 
-    python -m learning.namo.evaluate --ckpt PATH.ckpt --data-dir DIR [--batch-size 64]
+    python -m learning.namo.evaluate --ckpt PATH.ckpt --data-dir [NAME=]DIR ... [--batch-size 64]
 
-Prints and returns MSE, mean per-state Spearman, top-1 agreement and the number of rankable
-states (`learning.namo.metrics`), e.g. on MCTS episodes collected from seeds no training run saw.
+Prints one JSON line per folder (NAME, e.g. a level, defaults to the folder): MSE, mean
+per-state Spearman, top-1 agreement, pair accuracy and the number of rankable states
+(`learning.namo.metrics`), e.g. on MCTS episodes collected from seeds no training run saw.
 """
 
 from __future__ import annotations
@@ -50,14 +51,18 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--ckpt", required=True, help="QFunctionNet checkpoint")
-    parser.add_argument("--data-dir", required=True, help="folder of .npz mask files")
+    parser.add_argument(
+        "--data-dir", required=True, nargs="+", help="[NAME=]folder of .npz mask files"
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
     args = parser.parse_args(argv)
-    try:
-        metrics = evaluate(args.ckpt, args.data_dir, args.batch_size)
-    except (CheckpointError, MaskFileError) as err:
-        sys.exit(f"learning.namo.evaluate: {err}")
-    print(json.dumps(metrics))
+    for spec in args.data_dir:
+        name, _, folder = spec.rpartition("=")
+        try:
+            metrics = evaluate(args.ckpt, folder, args.batch_size)
+        except (CheckpointError, MaskFileError) as err:
+            sys.exit(f"learning.namo.evaluate: {err}")
+        print(json.dumps({"data": name or folder, **metrics}))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,14 @@ A planner only uses Q to rank the proposals of ONE state, so the metrics group p
 state id (episode, goal index) and ask, per state:
   * Spearman rank correlation between predicted Q and MCTS Q (average ranks for ties);
   * top-1 agreement: does the proposal with the highest predicted Q have the best MCTS Q?
-States with a single proposal or a constant MCTS Q carry no ranking signal and are skipped.
+  * pair accuracy: of the proposal pairs whose MCTS Q differ, the fraction the prediction
+    orders the same way (a predicted tie counts half). MCTS Q is tie-heavy (every move from
+    which no simulation reached the goal scores exactly 0), and a continuous prediction breaks
+    those ties at random, which caps its Spearman below 1 even when it orders every pair MCTS
+    tells apart; pair accuracy leaves the tied pairs out.
+States with a single proposal or a constant MCTS Q carry no ranking signal and are skipped;
+`tied_best` is the fraction of the rest whose best MCTS Q is shared (top-1 then accepts any of
+them) and `zero_q` the fraction of their proposals at exactly Q = 0.
 """
 
 from __future__ import annotations
@@ -44,18 +51,34 @@ def ranking_metrics(pred: np.ndarray, target: np.ndarray, groups: np.ndarray) ->
         np.asarray(target, np.float64).reshape(-1),
     )
     groups = np.asarray(groups).reshape(-1)
-    rhos, hits = [], []
+    rhos, hits, pairs, tied, zeros = [], [], [], [], []
     for g in np.unique(groups):
         idx = np.flatnonzero(groups == g)
-        if idx.size < 2 or np.ptp(target[idx]) == 0.0:
+        t, p = target[idx], pred[idx]
+        if idx.size < 2 or np.ptp(t) == 0.0:
             continue
-        rhos.append(spearman(pred[idx], target[idx]))
-        best = target[idx].max()
-        hits.append(float(target[idx][np.argmax(pred[idx])] == best))
+        rhos.append(spearman(p, t))
+        best = t.max()
+        hits.append(float(t[np.argmax(p)] == best))
+        pairs.append(pair_accuracy(p, t))
+        tied.append(float((t == best).sum() > 1))
+        zeros.append(float((t == 0.0).mean()))
     if not rhos:
-        return {"spearman": float("nan"), "top1": float("nan"), "states": 0.0}
+        nan = float("nan")
+        return {"spearman": nan, "top1": nan, "pair_acc": nan, "states": 0.0}
     return {
         "spearman": float(np.mean(rhos)),
         "top1": float(np.mean(hits)),
+        "pair_acc": float(np.mean(pairs)),
         "states": float(len(rhos)),
+        "tied_best": float(np.mean(tied)),
+        "zero_q": float(np.mean(zeros)),
     }
+
+
+def pair_accuracy(pred: np.ndarray, target: np.ndarray) -> float:
+    """Fraction of pairs with different targets that pred orders alike (pred ties: half)."""
+    dt = np.sign(target[:, None] - target[None, :])
+    dp = np.sign(pred[:, None] - pred[None, :])
+    told = dt > 0  # each pair with different targets once, from its higher side
+    return float(((dp[told] > 0) + 0.5 * (dp[told] == 0)).mean())

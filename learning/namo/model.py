@@ -210,7 +210,7 @@ class QFunctionNet(pl.LightningModule):
         self._outputs[stage] = []
         m = ranking_metrics(cat["pred"], cat["target"], group_ids(cat["episode"], cat["goal"]))
         # NaN (no rankable state) would poison checkpoint monitors; log only defined values.
-        for key in ("spearman", "top1"):
+        for key in ("spearman", "top1", "pair_acc"):
             if not np.isnan(m[key]):
                 self.log(f"{stage}_{key}", m[key], prog_bar=stage == "val")
         self.log(f"{stage}_states", m["states"])

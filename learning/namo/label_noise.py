@@ -1,0 +1,133 @@
+"""How far MCTS labels agree with themselves, and labels pooled over several searches.
+
+    python -m learning.namo.label_noise --episodes DIR [--mcts-budget B] [--seed S] \
+        [--repeats R] [--write-dir OUT] [--workers N]
+
+For every decision of every ``episode_<e>.json`` under DIR, MCTS searches the stored state
+again R times with the stored root proposals fixed (``MCTS.search(state, proposals)``), other
+random streams (``--seed`` + r) and ``--mcts-budget`` simulations (default: the episode's own).
+Printed (JSON): the per-state ranking metrics (``learning.namo.metrics``) of the first re-search
+against the stored Q-values, i.e. how well one MCTS run predicts another: the noise ceiling of
+single-search labels. With ``--write-dir`` every episode is written again with each root
+proposal's Q pooled over all R + 1 searches (sum of returns / sum of visits; ``visits`` summed,
+``label_searches`` = R + 1), for ``sim.namo.mask_generation`` to render less noisy labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import replace
+from functools import partial
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from learning.namo.metrics import group_ids, ranking_metrics
+from sim.namo.episodes import (
+    EpisodeFileError,
+    decision_items,
+    episode_model,
+    read_episode,
+    write_episode,
+)
+from sim.namo.mcts import MCTS, MCTSConfig
+
+Row = tuple[int, int, float, float]  # episode, decision, stored Q, first re-search's Q
+
+
+def research_episode(
+    path: Path, budget: int | None, seed: int, repeats: int = 1
+) -> tuple[list[Row], dict[str, Any]]:
+    """Rows of one episode file and the episode with Q pooled over the stored + R searches."""
+    episode = read_episode(path)
+    model = episode_model(episode)
+    config = MCTSConfig(**episode.get("mcts_config", {}))
+    e = int(episode["episode"])
+    rows: list[Row] = []
+    decisions = []
+    searches = [
+        MCTS(model, replace(config, seed=seed + r, budget=budget or config.budget))
+        for r in range(repeats)
+    ]
+    for r, search in enumerate(searches):
+        search.reset((seed + r) * 1_000_003 + e)
+    for g, decision in enumerate(episode["decisions"]):
+        state, proposals, stored = decision_items(decision)
+        visits = np.asarray(decision.get("visits", [1] * len(stored)), np.float64)
+        returns = np.asarray(stored, np.float64) * visits
+        for r, search in enumerate(searches):
+            again = search.search(state, proposals)
+            if r == 0:
+                rows += [(e, g, q, float(a)) for q, a in zip(stored, again.q_values, strict=True)]
+            visits += again.visits
+            returns += again.q_values.astype(np.float64) * again.visits
+        pooled = np.divide(returns, visits, out=np.zeros_like(returns), where=visits > 0)
+        decisions.append(
+            {**decision, "q_values": pooled.tolist(), "visits": visits.astype(int).tolist()}
+        )
+    return rows, {**episode, "decisions": decisions, "label_searches": repeats + 1}
+
+
+def label_noise(
+    episodes_dir: str | Path,
+    budget: int | None = None,
+    seed: int = 1,
+    repeats: int = 1,
+    write_dir: str | Path | None = None,
+    workers: int | None = None,
+) -> dict[str, float]:
+    files = sorted(Path(episodes_dir).glob("episode_*.json"))
+    if not files:
+        raise EpisodeFileError(f"{episodes_dir}: no episode_*.json files")
+    if repeats < 1:
+        raise ValueError(f"--repeats {repeats}: needs at least one re-search")
+    workers = max(1, min(workers or os.cpu_count() or 1, len(files)))
+    job = partial(research_episode, budget=budget, seed=seed, repeats=repeats)
+    if workers == 1:
+        results = list(map(job, files))
+    else:
+        with get_context("spawn").Pool(workers) as pool:
+            results = pool.map(job, files)
+    if write_dir is not None:
+        for _, episode in results:
+            write_episode(episode, write_dir)
+    rows = np.array([r for chunk, _ in results for r in chunk], dtype=np.float64)
+    out = ranking_metrics(rows[:, 3], rows[:, 2], group_ids(rows[:, 0], rows[:, 1]))
+    out.update({"episodes": len(files), "samples": len(rows), "budget": budget, "seed": seed})
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m learning.namo.label_noise",
+        description="Rank agreement of a second MCTS search (same root moves) with the labels.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--episodes", required=True, help="folder of episode_<e>.json files")
+    parser.add_argument("--mcts-budget", type=int, default=None, help="default: the episode's")
+    parser.add_argument("--seed", type=int, default=1, help="first re-search's random stream")
+    parser.add_argument("--repeats", type=int, default=1, help="re-searches per decision")
+    parser.add_argument("--write-dir", default=None, help="write episodes with pooled Q here")
+    parser.add_argument("--workers", type=int, default=None, help="default: all cores")
+    args = parser.parse_args(argv)
+    try:
+        out = label_noise(
+            args.episodes,
+            args.mcts_budget,
+            args.seed,
+            args.repeats,
+            args.write_dir,
+            args.workers,
+        )
+    except (EpisodeFileError, ValueError) as err:
+        sys.exit(f"learning.namo.label_noise: {err}")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
