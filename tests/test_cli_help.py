@@ -190,7 +190,7 @@ NODE_SCRIPTS = _node_scripts()
 
 
 def test_every_node_executable_is_found() -> None:
-    nodes = {"sim_bridge", "recorder", "policy_node", "q_scorer", "goal_generator"}
+    nodes = {"sim_bridge", "recorder", "policy_node", "q_scorer", "goal_generator", "namo_planner"}
     assert nodes <= set(NODE_SCRIPTS)
 
 

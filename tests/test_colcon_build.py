@@ -19,7 +19,7 @@ EXECUTABLES = {
     "roboloop_sim_bridge": ["sim_bridge"],
     "roboloop_recorder": ["recorder"],
     "roboloop_policy": ["policy_node"],
-    "roboloop_namo": ["q_scorer"],
+    "roboloop_namo": ["q_scorer", "namo_planner"],
     "roboloop_goal_generator": ["goal_generator"],
     "roboloop_world_model": ["world_model_node"],
     "roboloop_bringup": [],

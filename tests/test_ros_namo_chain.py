@@ -24,6 +24,7 @@ from learning.train import compose_config
 pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
 
 SIZE, K = 32, 6
+PLANNER_YAML = Path(__file__).parents[1] / "ros2_ws/src/roboloop_namo/config/namo_planner.yaml"
 
 
 def _spin_until(executor, condition, timeout: float, resend=None) -> bool:  # noqa: ANN001
@@ -212,6 +213,7 @@ def test_planner_node_plans_a_hard_scene_through_both_nodes(
     procs.append(
         start_node(
             "namo_planner",
+            params_file=PLANNER_YAML,
             params={"level": "hard", "scene_seed": -1, "max_moves": max_moves,
                     "scene_size": 64, "q_mask_size": SIZE, "diagnostics_period_s": 0.2,
                     "scene_topic": "/plan/scene", "proposals_topic": "/plan/goals",

@@ -19,7 +19,7 @@ from roboloop_bringup.processes import RosProcess, start_node
 pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
 
 REPO = Path(__file__).resolve().parents[1]
-NODES = ["sim_bridge", "recorder", "policy_node", "q_scorer", "goal_generator"]
+NODES = ["sim_bridge", "recorder", "policy_node", "q_scorer", "goal_generator", "namo_planner"]
 
 
 def _no_traceback(proc: RosProcess) -> None:

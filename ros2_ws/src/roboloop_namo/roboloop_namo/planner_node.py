@@ -164,8 +164,12 @@ class NamoPlannerNode(TableParameters, Node):
         threading.Thread(target=self._work, name=NODE_NAME, daemon=True).start()
 
     def bring_up(self) -> None:
-        if self.params.scene_seed >= 0:
-            self._seeds.put(self.params.scene_seed)
+        p = self.params
+        if p.scene_seed >= 0:
+            self._seeds.put(p.scene_seed)
+        self.get_logger().info(
+            f"active: {p.level} scenes (~/plan) through {p.scene_topic} and {p.request_topic}"
+        )
 
     def stop(self) -> None:
         self._seeds.put(None)
