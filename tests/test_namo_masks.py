@@ -230,3 +230,18 @@ def test_batched_masks_refuse_an_invalid_move() -> None:
     good = model.proposals(state, 1, np.random.default_rng(0))
     with pytest.raises(ValueError, match="invalid move: door target pose collides with a wall"):
         batch_masks(model, state, [*good, Proposal("door", 2.0, 0.4, 0.0)], size=32)
+
+
+def test_near_equals_the_distance_transform_of_the_footprint() -> None:
+    """near (the cells a placed object keeps the robot's centre out of, used by check and the
+    post-move distance) == distance_to(footprint) <= inflation, for random poses."""
+    from sim.namo.grid import distance_to
+
+    model = TransitionModel(generate_scene(7))
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        k = int(rng.integers(len(model.scene.objects)))
+        pose = (rng.uniform(-0.2, 5.2), rng.uniform(-0.2, 5.2), rng.uniform(-np.pi, np.pi))
+        fp = model.footprint(k, pose)
+        expected = distance_to(model.grid, fp) <= model.inflation
+        np.testing.assert_array_equal(model.near(k, pose), expected)

@@ -120,6 +120,7 @@ class StateInfo:
     lifted: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
     lifted_cuts: dict[int, Cut] = field(default_factory=dict)  # see ``after_distance``
     rects: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # corners, bounding boxes
+    checked: dict[Proposal, str | None] = field(default_factory=dict)  # ``check``'s answers
 
 
 class TransitionModel:
@@ -145,11 +146,11 @@ class TransitionModel:
         self._static_graph: GridGraph | None = None
         self._near: dict[tuple[int, tuple[float, float, float]], np.ndarray] = {}
         self._wall_corners = [rect_corners(w.x, w.y, 0.0, w.half_x, w.half_y) for w in scene.walls]
-        # How far the C-space margin reaches, in cells, per axis (``near`` windows).
-        self._margin = (
-            int(math.ceil(self.inflation / g.res_y)) + 1,
-            int(math.ceil(self.inflation / g.res_x)) + 1,
-        )
+        # Cell offsets within ``inflation`` (the robot centre's margin), for ``near``.
+        mi, mj = int(self.inflation / g.res_y) + 1, int(self.inflation / g.res_x) + 1
+        di, dj = np.mgrid[-mi : mi + 1, -mj : mj + 1]
+        self._disc = np.sqrt((di * g.res_y) ** 2 + (dj * g.res_x) ** 2) <= self.inflation
+        self._disc_half = (mi, mj)
 
     # -- geometry ------------------------------------------------------------------------------
     def initial_state(self) -> NamoState:
@@ -171,8 +172,8 @@ class TransitionModel:
 
     def near(self, k: int, pose: tuple[float, float, float]) -> np.ndarray:
         """Cells within ``inflation`` of object k's footprint at ``pose`` (where the robot's
-        centre may not be): ``distance_to(grid, footprint) <= inflation``, computed in a window
-        around the footprint (the same distance transform, so the same values)."""
+        centre may not be): ``distance_to(grid, footprint) <= inflation``, as a dilation of the
+        footprint by the cell offsets within ``inflation``, in a window around it."""
         key = (k, tuple(pose))
         got = self._near.get(key)
         if got is None:
@@ -180,13 +181,10 @@ class TransitionModel:
             got = np.zeros(self.grid.shape, dtype=bool)
             rows, cols = np.nonzero(fp.any(1))[0], np.nonzero(fp.any(0))[0]
             if len(rows):
-                (mi, mj), (n, m) = self._margin, self.grid.shape
+                (mi, mj), (n, m) = self._disc_half, self.grid.shape
                 i0, i1 = max(rows[0] - mi, 0), min(rows[-1] + mi + 1, n)
                 j0, j1 = max(cols[0] - mj, 0), min(cols[-1] + mj + 1, m)
-                window = ndimage.distance_transform_edt(
-                    ~fp[i0:i1, j0:j1], sampling=self.grid.sampling
-                )
-                got[i0:i1, j0:j1] = window <= self.inflation
+                got[i0:i1, j0:j1] = ndimage.binary_dilation(fp[i0:i1, j0:j1], self._disc)
             if len(self._near) > 20000:
                 self._near.clear()
             self._near[key] = got
@@ -257,7 +255,14 @@ class TransitionModel:
 
     # -- moves ---------------------------------------------------------------------------------
     def check(self, state: NamoState, proposal: Proposal) -> str | None:
-        """None if the move is valid, else a one-line reason."""
+        """None if the move is valid, else a one-line reason (remembered per state: sampling
+        checks every candidate, and stepping or rendering the chosen ones checks them again)."""
+        checked = self.info(state).checked
+        if proposal not in checked:
+            checked[proposal] = self._check(state, proposal)
+        return checked[proposal]
+
+    def _check(self, state: NamoState, proposal: Proposal) -> str | None:
         try:
             k = self.scene.object_index(proposal.object_id)
         except KeyError as err:

@@ -1,0 +1,161 @@
+"""NAMO planners per difficulty level: MCTS (budget 100), random and learned Q, side by side.
+
+    python -m bench.namo_planner [--quick] [--q-model q.onnx] [--seeds N] [--levels ...]
+
+Per level (``sim.namo.scene.LEVELS``), every planner gets the same held-out scenes (seeds from
+100000, ``sim.namo.evaluate_planners``): success, moves per solve, seconds per decision (all
+decisions of all episodes), of which network, and MCTS's seconds per decision over each
+planner's (the speed ratio; the issue's target for learned Q: >= 50x at >= 0.9 of MCTS's
+success on medium and hard). Everything runs in this one process on one thread (onnxruntime
+intra-op threads = 1, like MCTS), so the ratio is measured side by side under the same load.
+
+The learned Q model: ``--q-model`` or ``$ROBOLOOP_NAMO_Q_MODEL`` (.onnx). Without one, an
+untrained network of the default architecture (configs/model/q_function_net.yaml at 56 px) is
+exported and timed: its seconds are meaningful, its success is not (``weights`` column).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+NAME = "namo_planner"
+FIRST_SEED = 100_000
+MCTS_BUDGET = 100
+MAX_MOVES = 5
+UNTRAINED_SIZE = 56
+Q_MODEL_ENV = "ROBOLOOP_NAMO_Q_MODEL"
+_SECONDS = ("s_per_decision", "network_s")  # unrounded in the aggregate, rounded in rows
+
+
+def untrained_q_model(path: Path, size: int = UNTRAINED_SIZE) -> Path:
+    """Export an untrained QFunctionNet of the training config's architecture at ``size`` px."""
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from learning.export import export_model
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base=None):
+        cfg = compose("train_q_function", overrides=["data_dir=unused", f"image_size={size}"])
+    torch.manual_seed(0)
+    model = instantiate(cfg.model, _convert_="all", input_shape=[size, size]).eval()
+    export_model(model, path, mask_size=(size, size))
+    return path
+
+
+def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Success rate, moves per solve and per-decision seconds over every decision."""
+    solved = [r for r in rows if r["success"]]
+    decisions = sum(r["decisions"] for r in rows)
+    seconds = sum(r["seconds_per_decision"] * r["decisions"] for r in rows)
+    network = sum(r["network_seconds_per_decision"] * r["decisions"] for r in rows)
+    return {
+        "episodes": len(rows),
+        "trivial": sum(r["trivial"] for r in rows),
+        "success": round(len(solved) / len(rows), 3),
+        "moves_per_solve": round(float(np.mean([r["moves"] for r in solved])), 2)
+        if solved
+        else None,
+        "decisions": decisions,
+        "s_per_decision": seconds / decisions if decisions else None,
+        "network_s": network / decisions if decisions else None,
+    }
+
+
+def measure(
+    q_model: str | None, seeds: list[int], levels: list[str], quick: bool = False
+) -> list[dict[str, Any]]:
+    import learning.namo.planner  # noqa: F401  (registers learned_q)
+    from sim.namo.evaluate_planners import evaluate_planners
+    from sim.namo.planners import make_planner
+
+    weights = "trained" if q_model else "untrained (success not meaningful)"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = q_model or str(untrained_q_model(Path(tmp) / "q_untrained.onnx"))
+        planners = {
+            "mcts": make_planner("mcts", budget=MCTS_BUDGET),
+            "random": make_planner("random"),
+            "learned_q": make_planner("learned_q", model_path=path, threads=1, device="cpu"),
+        }
+        size = planners["learned_q"].mask_size
+        rows = []
+        for level in levels:
+            by_planner = {}
+            for name, planner in planners.items():
+                episodes = evaluate_planners([planner], seeds, MAX_MOVES, level=level)
+                by_planner[name] = _aggregate(episodes)
+            mcts = by_planner["mcts"]
+            for name, agg in by_planner.items():
+                spd = agg["s_per_decision"]
+                rows.append(
+                    {
+                        "level": level,
+                        "planner": name,
+                        **{k: v for k, v in agg.items() if k not in _SECONDS},
+                        "s_per_decision": round(spd, 4) if spd else None,
+                        "network_s": round(agg["network_s"], 4) if name == "learned_q" else None,
+                        "mcts_speed_ratio": round(mcts["s_per_decision"] / spd, 1)
+                        if spd and mcts["s_per_decision"]
+                        else None,
+                        "success_vs_mcts": round(agg["success"] / mcts["success"], 2)
+                        if mcts["success"]
+                        else None,
+                        "weights": weights if name == "learned_q" else "",
+                        "mask_px": size if name == "learned_q" else None,
+                    }
+                )
+            print(f"{level}: done", flush=True)
+    return rows
+
+
+def run(
+    quick: bool = False,
+    q_model: str | None = None,
+    seeds: int | None = None,
+    levels: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Measure, print the table and write bench/results/namo_planner.json; returns rows."""
+    from bench.report import report
+    from sim.namo.scene import LEVELS
+
+    q_model = q_model or os.environ.get(Q_MODEL_ENV) or None
+    count = seeds or (4 if quick else 20)
+    chosen = levels or list(LEVELS)
+    rows = measure(q_model, list(range(FIRST_SEED, FIRST_SEED + count)), chosen, quick)
+    report(
+        NAME,
+        rows,
+        note=(
+            f"{count} held-out scenes per level (seeds {FIRST_SEED}+), max {MAX_MOVES} moves, "
+            f"MCTS budget {MCTS_BUDGET}, one thread; mcts_speed_ratio = MCTS s/decision over "
+            "the planner's; seconds include per-scene caches built on a scene's first decision"
+        ),
+    )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.namo_planner",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="4 scenes per level instead of 20")
+    parser.add_argument(
+        "--q-model", default=None, help=f"Q-function .onnx (default: ${Q_MODEL_ENV}, untrained)"
+    )
+    parser.add_argument("--seeds", type=int, default=None, help="scenes per level")
+    parser.add_argument("--levels", nargs="+", default=None, help="levels (default: all)")
+    args = parser.parse_args()
+    run(quick=args.quick, q_model=args.q_model, seeds=args.seeds, levels=args.levels)
+
+
+if __name__ == "__main__":
+    main()
