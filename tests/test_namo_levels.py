@@ -111,11 +111,12 @@ def test_episode_records_level_and_masks_render(tmp_path: Path) -> None:
         assert data["static"].shape == (32, 32) and data["static"].any()
 
 
-def test_evaluate_cli_level_flag(tmp_path: Path) -> None:
+def test_evaluate_cli_level_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from learning.namo.evaluate_planners import main
 
     out = tmp_path / "r.json"
     main(["--planners", "random", "--level", "hard", "--seeds", "100000", "--out", str(out)])
+    assert "planner episodes (hard): 1/1 (100%)" in capsys.readouterr().out  # not a terminal
     payload = json.loads(out.read_text())
     assert payload["level"] == "hard" and payload["rows"][0]["level"] == "hard"
     assert payload["rows"][0]["decisions"] >= 1  # a hard scene never starts solved

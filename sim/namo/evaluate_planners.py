@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
+from sim.namo.parallel import progress_steps
 from sim.namo.planners import Planner
 from sim.namo.scene import generate_scene
 from sim.namo.transition import TransitionModel
@@ -72,12 +72,11 @@ def evaluate_planners(
     """Per (planner, seed) rows; the same scenes (of ``level``) for every planner."""
     items = list(planners.values()) if isinstance(planners, dict) else list(planners)
     rows = []
-    with Progress(disable=not progress) as bar:
-        task = bar.add_task("planner episodes", total=len(items) * len(seeds))
+    with progress_steps(f"planner episodes ({level})", len(items) * len(seeds), progress) as step:
         for planner in items:
             for seed in seeds:
                 rows.append(run_episode(planner, seed, max_moves, level))
-                bar.advance(task)
+                step()
     return rows
 
 

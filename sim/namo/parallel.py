@@ -1,4 +1,4 @@
-"""Run one job per item on every core with visible progress (the NAMO data CLIs share this).
+"""Run one job per item on every core with visible progress (the NAMO CLIs share this).
 
 On a terminal, progress is a rich bar; anywhere else (a log file, a pipe, CI) rich would draw
 nothing until the end, so a plain line ``label: done/total (pct), elapsed, eta`` is printed
@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from multiprocessing import get_context
 from typing import Any, TextIO
 
@@ -48,6 +49,26 @@ class LineProgress:
             )
 
 
+@contextmanager
+def progress_steps(
+    label: str, total: int, enabled: bool = True, stream: TextIO | None = None
+) -> Iterator[Callable[[], None]]:
+    """``with progress_steps("episodes", n) as advance:`` call ``advance()`` per finished item:
+    a rich bar on a terminal, plain lines (``LineProgress``) anywhere else."""
+    stream = stream or sys.stdout
+    terminal = stream.isatty()
+    with Progress(disable=not (enabled and terminal)) as bar:
+        task = bar.add_task(label, total=total)
+        lines = LineProgress(label, total, stream) if enabled and not terminal else None
+
+        def advance() -> None:
+            bar.advance(task)
+            if lines is not None:
+                lines.advance()
+
+        yield advance
+
+
 def imap_progress(
     job: Callable[[Any], Any],
     items: Iterable[Any],
@@ -60,12 +81,7 @@ def imap_progress(
     processes (default: every usable core; 1 runs in this process)."""
     items = list(items)
     workers = max(1, min(workers or usable_cores(), len(items) or 1))
-    stream = stream or sys.stdout
-    with Progress(disable=not (progress and stream.isatty())) as bar:
-        task = bar.add_task(label, total=len(items))
-        lines = (
-            LineProgress(label, len(items), stream) if progress and not stream.isatty() else None
-        )
+    with progress_steps(label, len(items), progress, stream) as advance:
         if workers == 1:
             results: Iterable[Any] = map(job, items)
         else:
@@ -74,9 +90,7 @@ def imap_progress(
             results = pool.imap_unordered(job, items)
         try:
             for result in results:
-                bar.advance(task)
-                if lines is not None:
-                    lines.advance()
+                advance()
                 yield result
         except BaseException:  # a failed job or a consumer that stops early: stop the workers
             if workers > 1:

@@ -147,22 +147,56 @@ def render_decision(
     return out
 
 
+def render_level(level: str, seeds: Sequence[int], size: int = 256) -> Image.Image:
+    """Generated scenes of ``level`` side by side, each with its shortest plan drawn from the
+    start (target footprints and arrows, numbered in order) and the reachable region tinted."""
+    from sim.namo.levels import scene_properties
+    from sim.namo.scene import generate_scene
+    from sim.namo.transition import TransitionModel
+
+    out = Image.new("RGB", (size * len(seeds), size), "white")
+    for n, seed in enumerate(seeds):
+        scene = generate_scene(seed, level=level)
+        model = TransitionModel(scene)
+        state = model.initial_state()
+        plan = scene_properties(scene).plan
+        img = render_scene(scene, state, plan, None, size, reachable=model.info(state).reachable)
+        draw = ImageDraw.Draw(img)
+        for k, p in enumerate(plan):
+            draw.text((p.x * size / scene.width, (scene.height - p.y) * size / scene.height),
+                      f"#{k + 1}", fill=(200, 0, 0))  # fmt: skip
+        draw.text((4, 4), f"{level} {seed}: {len(plan)} moves", fill=(0, 0, 0))
+        out.paste(img, (n * size, 0))
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
-    """python -m sim.namo.render EPISODE.json [--decision G] --out FILE.png"""
+    """python -m sim.namo.render EPISODE.json [--decision G] --out FILE.png
+    python -m sim.namo.render --level hard --seeds 1 2 3 --out FILE.png"""
     import argparse
 
     from sim.namo.episodes import decision_items, episode_model, read_episode
+    from sim.namo.scene import LEVELS
 
     ap = argparse.ArgumentParser(
         prog="python -m sim.namo.render",
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    ap.add_argument("episode", help="episode_<e>.json from sim.namo.parallel_data_collection")
+    ap.add_argument(
+        "episode", nargs="?", help="episode_<e>.json from sim.namo.parallel_data_collection"
+    )
+    ap.add_argument("--level", choices=sorted(LEVELS), help="instead: generated scenes + plans")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="scenes of --level")
     ap.add_argument("--decision", type=int, default=0, help="decision index in the episode")
     ap.add_argument("--out", required=True)
     ap.add_argument("--size", type=int, default=512, help="image side in pixels")
     args = ap.parse_args(argv)
+    if (args.episode is None) == (args.level is None):
+        raise SystemExit("give an episode file or --level (not both)")
+    if args.level is not None:
+        print(save_png(render_level(args.level, args.seeds, args.size // 2), args.out))
+        return
     episode = read_episode(args.episode)
     decisions = episode["decisions"]
     if not 0 <= args.decision < len(decisions):
