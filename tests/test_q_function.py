@@ -481,3 +481,34 @@ def test_label_noise_researches_the_stored_moves_and_pools_labels(tmp_path: Path
     assert label_noise(tmp_path / "e", seed=5, repeats=2, workers=1) == out  # seeded
     with pytest.raises(SystemExit, match="no episode_"):
         main(["--episodes", str(tmp_path)])
+
+
+def test_state_batches_and_pairwise_rank_loss(synthetic: Path) -> None:
+    from learning.namo.model import group_ids_torch, pairwise_rank_loss
+
+    dm = QFunctionDataModule(
+        str(synthetic), batch_size=8, num_workers=0, group_by_state=True, augment=True
+    )
+    dm.setup("fit")
+    train = dm.splits["train"]
+    per_state = {}
+    for f in train.files:
+        per_state[(f.episode, f.goal)] = per_state.get((f.episode, f.goal), 0) + 1
+    seen = []
+    for batch in dm.train_dataloader():  # 4 proposals per state: 2 whole states per batch
+        ids = list(zip(batch["episode"].tolist(), batch["goal"].tolist(), strict=True))
+        assert all(ids.count(s) == per_state[s] for s in set(ids)) and len(set(ids)) <= 2
+        seen += batch["proposal"].tolist()
+    assert len(seen) == len(train)
+    assert next(iter(dm.val_dataloader()))["target_q"].shape == (8, 1)  # val: plain batches
+
+    groups = group_ids_torch(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 0, 0]))
+    target = torch.tensor([0.2, 0.0, 0.5, 0.5])
+    right = torch.tensor([1.0, 0.0, 0.0, 0.0])  # state 0 ordered right, state 1 has no pair
+    assert float(pairwise_rank_loss(right, target, groups, 0.1)) == pytest.approx(
+        float(torch.nn.functional.softplus(torch.tensor(-10.0)))
+    )
+    wrong = torch.tensor([0.0, 1.0, 0.0, 9.0])
+    assert float(pairwise_rank_loss(wrong, target, groups, 0.1)) == pytest.approx(10.0, abs=1e-3)
+    # pairs across states never count: no pair inside a state -> 0
+    assert float(pairwise_rank_loss(wrong, target, torch.arange(4), 0.1)) == 0.0

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from learning.data.keys import (
     ACTION_MASKS,
@@ -186,6 +186,35 @@ class QFunctionDataset(Dataset):
         return item
 
 
+class StateBatchSampler(Sampler[list[int]]):
+    """Batches of whole states: every proposal of `states_per_batch` (episode, goal) states.
+
+    A per-state ranking loss needs a state's proposals side by side in one batch; a shuffled
+    loader almost never puts two there. States are shuffled every epoch (seeded) when `shuffle`.
+    """
+
+    def __init__(
+        self, files: list[MaskFile], states_per_batch: int, shuffle: bool, seed: int = 0
+    ) -> None:
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, f in enumerate(files):
+            groups.setdefault((f.episode, f.goal), []).append(i)
+        self.groups = list(groups.values())
+        self.states_per_batch = max(1, states_per_batch)
+        self.shuffle = shuffle
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.groups) // self.states_per_batch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.rng.permutation(len(self.groups)) if self.shuffle else range(len(self.groups))
+        order = list(order)
+        for start in range(0, len(order), self.states_per_batch):
+            chunk = order[start : start + self.states_per_batch]
+            yield [i for g in chunk for i in self.groups[g]]
+
+
 class QFunctionDataModule(pl.LightningDataModule):
     """Episode-split NAMO mask data for Q(s, a) regression (seed 000 names and defaults)."""
 
@@ -199,6 +228,7 @@ class QFunctionDataModule(pl.LightningDataModule):
         image_size: int | None = None,
         split_seed: int = 0,
         augment: bool = False,
+        group_by_state: bool = False,
     ) -> None:
         super().__init__()
         self.data_dir = data_dir
@@ -209,6 +239,8 @@ class QFunctionDataModule(pl.LightningDataModule):
         self.image_size = image_size
         self.split_seed = split_seed
         self.augment = augment
+        # Training batches of whole states (about batch_size proposals) for a ranking loss.
+        self.group_by_state = group_by_state
         self.splits: dict[str, QFunctionDataset] = {}
         self.split_episodes: dict[str, list[int]] = {}
 
@@ -254,13 +286,15 @@ class QFunctionDataModule(pl.LightningDataModule):
                 f"{self.data_dir}: split {split!r} is empty "
                 f"({len(self.split_episodes['train'])} train episodes; need more episodes)"
             )
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        workers = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
+        if self.group_by_state and split == "train":
+            states = len({(f.episode, f.goal) for f in dataset.files})
+            per_state = len(dataset) / states
+            sampler = StateBatchSampler(
+                dataset.files, round(self.batch_size / per_state), shuffle, self.split_seed
+            )
+            return DataLoader(dataset, batch_sampler=sampler, **workers)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, **workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -111,6 +111,25 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+def group_ids_torch(episode: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+    """One id per (episode, goal) state of a batch."""
+    keys = torch.stack([episode.reshape(-1), goal.reshape(-1)], dim=1)
+    return torch.unique(keys, dim=0, return_inverse=True)[1]
+
+
+def pairwise_rank_loss(
+    pred: torch.Tensor, target: torch.Tensor, groups: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Logistic loss on every pair of one state whose MCTS Q differ: the higher-Q proposal
+    should score higher (RankNet); 0 when the batch holds no such pair."""
+    same = groups[:, None] == groups[None, :]
+    higher = same & (target[:, None] > target[None, :])
+    if not higher.any():
+        return pred.sum() * 0.0
+    margin = (pred[:, None] - pred[None, :])[higher] / temperature
+    return F.softplus(-margin).mean()
+
+
 class QFunctionNet(pl.LightningModule):
     """Regress the MCTS Q-value of (state, proposal) with MSE; log per-state ranking metrics."""
 
@@ -126,6 +145,8 @@ class QFunctionNet(pl.LightningModule):
         pooled_features: bool = False,
         encoder: str = "mask_grid",
         encoder_kwargs: Mapping[str, Any] | None = None,
+        rank_weight: float = 0.0,
+        rank_temperature: float = 0.05,
     ) -> None:
         super().__init__()
         if input_channels != STATE_CHANNELS + ACTION_CHANNELS:
@@ -182,6 +203,15 @@ class QFunctionNet(pl.LightningModule):
         loss = F.mse_loss(pred, batch[TARGET_Q])
         batch_size = pred.shape[0]
         self.log(f"{stage}_loss", loss, prog_bar=stage != "test", batch_size=batch_size)
+        if stage == "train" and self.hparams.rank_weight > 0:
+            rank = pairwise_rank_loss(
+                pred.reshape(-1),
+                batch[TARGET_Q].reshape(-1),
+                group_ids_torch(batch[EPISODE_ID], batch[GOAL_ID]),
+                self.hparams.rank_temperature,
+            )
+            self.log("train_rank_loss", rank, batch_size=batch_size)
+            loss = loss + self.hparams.rank_weight * rank
         if stage in self._outputs:
             self._outputs[stage].append(
                 {
