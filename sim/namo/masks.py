@@ -142,11 +142,9 @@ def state_masks(
 
 
 def _movable(model: TransitionModel, g: Grid, poses) -> np.ndarray:  # noqa: ANN001
-    """Union of the objects' footprints at ``poses`` (a None pose leaves that object out)."""
     out = np.zeros(g.shape, bool)
     for o, pose in zip(model.scene.objects, poses, strict=True):
-        if pose is not None:
-            out |= rasterize_rect(g, *pose, o.half_x, o.half_y)
+        out |= rasterize_rect(g, *pose, o.half_x, o.half_y)
     return out
 
 
@@ -192,10 +190,11 @@ def batch_masks(
     masks (K, 2, S, S), float32, equal to stacking ``proposal_masks`` of each (the tests check).
 
     Built for what the channels need only: the 8 pre-action channels once (``state_masks``);
-    per object the image of the other objects, its footprint now and the robot disc at its
-    reach position; per move its target footprint and ``TransitionModel.after_distance``
-    (the post-move robot distance without analysing the post-move state: no reach bands, no
-    distance transform of the whole grid). Raises ValueError naming the first invalid move.
+    every object's footprint image once; per moved object the image of the others and the
+    robot disc at its reach position; per move its target footprint and
+    ``TransitionModel.after_distance`` (the post-move robot distance without analysing the
+    post-move state: no reach bands, no distance transform of the whole grid). Raises
+    ValueError naming the first invalid move.
     """
     shared = state_masks(model, state, size)
     sample, scene, scale = _sampler(model, size), model.scene, _scale(model)
@@ -203,7 +202,11 @@ def batch_masks(
     states = np.empty((len(proposals), STATE_CHANNELS, size, size), np.float32)
     actions = np.empty((len(proposals), len(ACTION_KEYS), size, size), np.float32)
     states[:, :SHARED_CHANNELS] = np.stack([shared[key] for key in SHARED_STATE_KEYS])
-    per_object: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    objects = [
+        rasterize_rect(g, *pose, o.half_x, o.half_y)
+        for o, pose in zip(scene.objects, state.poses, strict=True)
+    ]
+    per_object: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for i, proposal in enumerate(proposals):
         reason = model.check(state, proposal)
         if reason is not None:
@@ -212,20 +215,19 @@ def batch_masks(
         o = scene.objects[k]
         if k not in per_object:
             robot = model.grid.center(*model.info(state).reach[k])
-            others = [p if j != k else None for j, p in enumerate(state.poses)]
-            per_object[k] = (
-                rasterize_disc(g, *robot, scene.robot_radius),
-                _movable(model, g, others),
-                rasterize_rect(g, *state.poses[k], o.half_x, o.half_y),
-            )
-        robot_disc, others_image, target_object = per_object[k]
+            others = np.zeros(g.shape, bool)
+            for j, image in enumerate(objects):
+                if j != k:
+                    others |= image
+            per_object[k] = (rasterize_disc(g, *robot, scene.robot_radius), others)
+        robot_disc, others_image = per_object[k]
         target_goal = rasterize_rect(g, *proposal.pose, o.half_x, o.half_y)
         states[i, SHARED_CHANNELS] = robot_disc
         states[i, SHARED_CHANNELS + 1] = others_image | target_goal
         states[i, SHARED_CHANNELS + 2] = normalize_distance(
             sample(model.after_distance(state, proposal)), scale
         )
-        actions[i, 0] = target_object
+        actions[i, 0] = objects[k]
         actions[i, 1] = target_goal
     return states, actions
 

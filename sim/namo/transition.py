@@ -403,9 +403,7 @@ class TransitionModel:
         """Geodesic metres from the goal over C-space free of WALLS only (movable objects can be
         moved, so they do not count); inf where walls cut a cell off. Cached per model."""
         if self._goal_static is None:
-            self._goal_static = geodesic_distance(
-                self.grid, self.free_space(self.static), [self.goal_cell]
-            )
+            self._goal_static = self.static_graph().distances(self.goal_cell)
         return self._goal_static
 
     def robot_disc(self, xy: tuple[float, float]) -> np.ndarray:
