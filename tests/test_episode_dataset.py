@@ -228,6 +228,44 @@ def test_checksums_off_writes_plain_chunks(tmp_path: Path) -> None:
                 assert {group[k].fletcher32 for k in ("obs/image", ACTIONS)} == {checksums}
 
 
+def test_camera_rows_written_as_whole_chunks_carry_hdf5_checksums(tmp_path: Path) -> None:
+    """Rows of a chunk or more (camera frames) go to disk as their own chunks, with the
+    fletcher32 the HDF5 filter would append: HDF5 reads them back, and a flipped byte on disk
+    is a one-line DatasetError, not garbage."""
+    big = {"cam": KeySpec("uint8", (128, 160, 3), encoding="rgb8")}  # 60 KiB: a chunk a row
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, size=(70, 128, 160, 3), dtype=np.uint8)
+    for checksums in (True, False):
+        path = tmp_path / f"cam_{checksums}.hdf5"
+        with EpisodeWriter(path, big, ACTION_SPEC, chunk_bytes=32 * 1024,
+                           checksums=checksums) as w:  # fmt: skip
+            w.begin_episode()
+            row = np.empty((128, 160, 3), np.uint8)
+            for t in range(70):
+                row[...] = frames[t]  # the caller reuses its array
+                w.append_step({"cam": row}, np.zeros(2, np.float32), 0.0, t == 69)
+            w.end_episode()
+        validate_file(path)
+        with EpisodeReader(path) as r:
+            ds = r.episode_group("demo_0")["obs/cam"]
+            assert (ds.shape, ds.chunks[0], ds.fletcher32) == ((70, 128, 160, 3), 1, checksums)
+            np.testing.assert_array_equal(ds[:], frames)
+            offset = ds.id.get_chunk_info_by_coord((40, 0, 0, 0)).byte_offset
+        shard = path.with_name(path.name + ".episodes") / "demo_0.h5"
+        with open(shard, "r+b") as f:
+            f.seek(offset + 1000)
+            byte = f.read(1)
+            f.seek(offset + 1000)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        with EpisodeReader(path) as r:
+            if checksums:
+                with pytest.raises(DatasetError, match="demo_0/obs/cam.*unreadable"):
+                    r.read_obs("demo_0", "cam")
+            else:  # without checksums the damage reads back unnoticed
+                damaged = r.episode_group("demo_0")["obs/cam"][40]
+                assert np.count_nonzero(damaged != frames[40]) == 1
+
+
 def test_streaming_roundtrip_and_close_with_open_episode(tmp_path: Path) -> None:
     path = tmp_path / "s.hdf5"
     ep = make_episode(5, 40)
