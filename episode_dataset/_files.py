@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 from pathlib import Path
+from typing import Any
 
 from episode_dataset.schema import SHARD_DIR_SUFFIX, SHARD_SUFFIX, DatasetError
 
@@ -32,6 +34,30 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def sync_filesystem(path: Path) -> None:
+    """Write back everything dirty on the file system holding `path` and wait for it: one call
+    for many new files (Linux syncfs) instead of one fsync, and one journal commit, per file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _syncfs is None:
+            os.sync()
+        elif _syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs: {os.strerror(err)}", str(path))
+    finally:
+        os.close(fd)
+
+
+def _find_syncfs() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):  # not Linux: os.sync()
+        return None
+
+
+_syncfs = _find_syncfs()
 
 
 def commit_file(tmp: Path, final: Path, *, fsync: bool) -> None:

@@ -47,6 +47,11 @@ START, STOP = "start_episode", "stop_episode"
 REQUEST_EVENTS = (0, 1)  # service_msgs/ServiceEventInfo REQUEST_SENT, REQUEST_RECEIVED
 
 
+# An import can be rerun, so it lists its episodes in the index (after one sync of the disk)
+# every this many seconds and at the end, not after each one: see EpisodeWriter.index_every_s.
+INDEX_EVERY_S = 2.0
+
+
 class BagImportError(ValueError):
     """A bag that cannot be imported as configured (one line naming the bag and topic)."""
 
@@ -158,7 +163,14 @@ def import_bag(
         service_topics = _service_topics(reader, services)
         store = bag_typestore(connections)
         obs_specs, action_spec = dataset_specs(recording.topics)
-        with EpisodeWriter(out, obs_specs, action_spec, recording.env_args, fsync=fsync) as w:
+        with EpisodeWriter(
+            out,
+            obs_specs,
+            action_spec,
+            recording.env_args,
+            fsync=fsync,
+            index_every_s=INDEX_EVERY_S,
+        ) as w:
             sink = DirectSink(w)
             session.attach(sink)
             _replay(

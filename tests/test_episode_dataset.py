@@ -266,6 +266,32 @@ def test_camera_rows_written_as_whole_chunks_carry_hdf5_checksums(tmp_path: Path
                 assert np.count_nonzero(damaged != frames[40]) == 1
 
 
+def test_batch_index_lists_episodes_on_close_and_after_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "batch.hdf5"
+    eps = [make_episode(i, 6 + i) for i in range(3)]
+    with EpisodeWriter(path, OBS_SPECS, ACTION_SPEC, index_every_s=3600) as w:
+        for ep in eps:
+            w.write_episode(**ep)
+        assert w.episodes == ["demo_0", "demo_1", "demo_2"]
+        with EpisodeReader(path) as r:
+            assert r.episodes == []  # not listed yet: the index is rewritten on close
+    with EpisodeReader(path) as r:
+        assert r.episodes == ["demo_0", "demo_1", "demo_2"]
+        for i, ep in enumerate(eps):
+            assert_episode_equal(r, f"demo_{i}", ep)
+    with pytest.raises(RuntimeError, match="source broke"):
+        with EpisodeWriter(path, index_every_s=3600) as w:
+            w.write_episode(**eps[0])
+            w.begin_episode()
+            w.append_step({k: v[0] for k, v in eps[1]["obs"].items()}, eps[1]["actions"][0],
+                          0.0, False)  # fmt: skip
+            raise RuntimeError("source broke")
+    validate_file(path)
+    with EpisodeReader(path) as r:  # the completed episode is listed, the open one is not
+        assert r.episodes == ["demo_0", "demo_1", "demo_2", "demo_3"]
+        assert_episode_equal(r, "demo_3", eps[0])
+
+
 def test_streaming_roundtrip_and_close_with_open_episode(tmp_path: Path) -> None:
     path = tmp_path / "s.hdf5"
     ep = make_episode(5, 40)

@@ -26,8 +26,8 @@ CHILD = textwrap.dedent(
     from test_episode_dataset_crash import make_episode, SPECS, ACTION
     from episode_dataset import EpisodeWriter
 
-    mode, path = sys.argv[1], sys.argv[2]
-    w = EpisodeWriter(path, SPECS, ACTION, env_args={{"env_name": "crash"}})
+    mode, path, every = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    w = EpisodeWriter(path, SPECS, ACTION, env_args={{"env_name": "crash"}}, index_every_s=every)
     if mode == "mid_episode":
         for i in range({n}):
             if i % 2:
@@ -79,12 +79,12 @@ def make_episode(seed: int, steps: int | None = None) -> dict:
     }
 
 
-def _start(mode: str, path: Path) -> subprocess.Popen[str]:
+def _start(mode: str, path: Path, index_every_s: float = 0.0) -> subprocess.Popen[str]:
     script = path.parent / "child.py"
     script.write_text(CHILD.format(tests=str(Path(__file__).parent), n=N_COMPLETE))
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
     return subprocess.Popen(
-        [sys.executable, str(script), mode, str(path)],
+        [sys.executable, str(script), mode, str(path), str(index_every_s)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
 
@@ -164,3 +164,32 @@ def test_sigkill_during_back_to_back_commits(tmp_path: Path) -> None:
         assert len(names) >= reported + 1  # everything reported committed is there
         assert names == [f"demo_{i}" for i in range(len(names))]
         _assert_bit_exact(path, names, {i: _steps(i) for i in range(len(names))})
+
+
+def test_sigkill_during_batch_commits_keeps_listed_episodes(tmp_path: Path) -> None:
+    # A batch writer (import-bag) lists its shards in the index every index_every_s: a kill
+    # loses the episodes ended since, never the index or a listed episode.
+    path = tmp_path / "batch.hdf5"
+    proc = _start("commit_loop", path, index_every_s=0.05)
+    reported = -1
+    try:
+        assert proc.stdout is not None
+        while reported < 40:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read() if proc.stderr else "child died"
+            reported = int(line.split()[1])
+    finally:
+        _kill(proc)
+    validate_file(path)
+    with EpisodeReader(path) as r:
+        names = r.episodes
+    assert 0 < len(names) <= reported + 1
+    assert names == [f"demo_{i}" for i in range(len(names))]
+    _assert_bit_exact(path, names, {i: _steps(i) for i in range(len(names))})
+    # The next writer numbers on from the index, over shards that were never listed.
+    with EpisodeWriter(path) as w:
+        assert w.write_episode(**make_episode(7, steps=4), metadata={"seed": 7}) == (
+            f"demo_{len(names)}"
+        )
+    with EpisodeReader(path) as r:
+        assert r.num_steps(f"demo_{len(names)}") == 4
