@@ -141,6 +141,17 @@ def _steps(i: int) -> int:
     return 3 + i % 5
 
 
+def _committed_at_least(proc: subprocess.Popen[str], n: int) -> int:
+    """Read the commit loop's lines until it reported episode `n`; the last one reported."""
+    assert proc.stdout is not None
+    reported = -1
+    while reported < n:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read() if proc.stderr else "child died"
+        reported = int(line.split()[1])
+    return reported
+
+
 def test_sigkill_during_back_to_back_commits(tmp_path: Path) -> None:
     # The kill lands at arbitrary points of the commit sequence (shard write, shard rename,
     # index rewrite, index rename); every state on disk must be a valid dataset.
@@ -148,13 +159,8 @@ def test_sigkill_during_back_to_back_commits(tmp_path: Path) -> None:
     for trial in range(3):
         path = tmp_path / f"loop{trial}.hdf5"
         proc = _start("commit_loop", path)
-        reported = -1
         try:
-            assert proc.stdout is not None
-            while reported < 5:
-                line = proc.stdout.readline()
-                assert line, proc.stderr.read() if proc.stderr else "child died"
-                reported = int(line.split()[1])
+            reported = _committed_at_least(proc, 5)
             time.sleep(float(rng.uniform(0, 0.02)))
         finally:
             _kill(proc)
@@ -171,13 +177,8 @@ def test_sigkill_during_batch_commits_keeps_listed_episodes(tmp_path: Path) -> N
     # loses the episodes ended since, never the index or a listed episode.
     path = tmp_path / "batch.hdf5"
     proc = _start("commit_loop", path, index_every_s=0.05)
-    reported = -1
     try:
-        assert proc.stdout is not None
-        while reported < 40:
-            line = proc.stdout.readline()
-            assert line, proc.stderr.read() if proc.stderr else "child died"
-            reported = int(line.split()[1])
+        reported = _committed_at_least(proc, 40)
     finally:
         _kill(proc)
     validate_file(path)
