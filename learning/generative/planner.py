@@ -27,8 +27,7 @@ import numpy as np
 from learning.namo.planner import DEFAULT_MASK_FN, MaskFn, fit_masks, resolve
 from learning.namo.scoring import make_scorer
 from sim.namo.goal_generator import GoalGenerator
-from sim.namo.keys import ACTION_KEYS, STATE_KEYS
-from sim.namo.masks import SizedMasks
+from sim.namo.masks import SizedMasks, stack_masks
 from sim.namo.planners import DecidePlanner, register_planner
 
 # (transition model, state, object index, size) -> (size, size, 5) context masks
@@ -169,10 +168,8 @@ class DiTQPlanner:
         if not proposals:
             seconds = time.perf_counter() - start
             return Decision(None, np.zeros(0, np.float32), [], seconds, 0.0, sampled, 0, fallback)
-        masks = [self._masks(model, state, p) for p in proposals]
-        state_masks = np.stack([np.stack([m[k] for k in STATE_KEYS]) for m in masks])
-        action_masks = np.stack([np.stack([m[k] for k in ACTION_KEYS]) for m in masks])
-        result = self.scorer.score(state_masks.astype(np.float32), action_masks.astype(np.float32))
+        state_masks, action_masks = stack_masks(self._masks, model, state, proposals)
+        result = self.scorer.score(state_masks, action_masks)
         return Decision(
             proposals[result.best_index],
             result.q_values,
