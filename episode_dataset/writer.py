@@ -20,6 +20,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+from h5py import h5a, h5s, h5t
 
 from episode_dataset._files import (
     WriterLock,
@@ -72,6 +73,19 @@ def chunk_rows(spec: KeySpec, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
     """Rows per HDF5 chunk: ~chunk_bytes per chunk, at least one whole row (one image)."""
     row_bytes = spec.np_dtype.itemsize * int(np.prod(spec.shape, dtype=np.int64))
     return int(max(1, min(MAX_CHUNK_ROWS, chunk_bytes // max(row_bytes, 1))))
+
+
+_STR = h5py.string_dtype()  # variable-length UTF-8, what h5py stores for a str attribute
+
+
+def put_attrs(obj: h5py.HLObject, attrs: dict[str, Any]) -> None:
+    """Create new attributes (str, int, numeric arrays) with the types `obj.attrs[name] = value`
+    gives them, through h5py's low-level API: ~3x faster than the AttributeManager, which shows
+    in a commit that writes ~20 of them."""
+    for name, value in attrs.items():
+        arr = np.array(value, dtype=_STR) if isinstance(value, str) else np.asarray(value)
+        space = h5s.create_simple(arr.shape) if arr.shape else h5s.create(h5s.SCALAR)
+        h5a.create(obj.id, name.encode(), h5t.py_create(arr.dtype, logical=True), space).write(arr)
 
 
 def to_json(value: Any, where: str) -> str:
@@ -148,7 +162,7 @@ class _Column:
             chunks=(self.rows, *spec.shape),
             fletcher32=checksums,  # per-chunk checksum: validate/readers detect damaged bytes
         )
-        self.ds.attrs.update(spec.to_attrs())
+        put_attrs(self.ds, spec.to_attrs())
         self.spec = spec
         self.length_hint = length_hint
         self.on_write = on_write
@@ -502,6 +516,29 @@ class EpisodeWriter:
             raise
         ep.num_steps += 1
 
+    def append_steps(self, obs: dict[str, Any], actions: Any, rewards: Any, dones: Any) -> None:
+        """Append T steps at once to the open episode: arrays (T, ...) as in write_episode."""
+        ep = self._require_open()
+        t = np.shape(actions)[0] if np.ndim(actions) else 0
+        where = f"{self.path}: {ep.name} steps {ep.num_steps}..{ep.num_steps + t}"
+        self._check_obs_keys(obs, where)
+        arrays = {
+            k: s.coerce(obs[k], f"{where}/obs/{k}", leading=t) for k, s in self.obs_specs.items()
+        }
+        act = self.action_spec.coerce(actions, f"{where}/actions", leading=t)
+        rew = REWARD_SPEC.coerce(rewards, f"{where}/rewards", leading=t)
+        done = coerce_dones(dones, f"{where}/dones", leading=t)
+        try:
+            for k, arr in arrays.items():
+                ep.obs[k].extend(arr)
+            ep.actions.extend(act)
+            ep.rewards.extend(rew)
+            ep.dones.extend(done)
+        except BaseException:
+            self.discard_episode()  # columns may now differ in length: never commit that
+            raise
+        ep.num_steps += t
+
     def end_episode(self, metadata_update: dict[str, Any] | None = None) -> str:
         """Commit the open episode atomically; returns its name (e.g. "demo_3")."""
         ep = self._require_open()
@@ -514,8 +551,9 @@ class EpisodeWriter:
         try:
             for col in ep.columns():
                 col.flush()
-            ep.group.attrs[NUM_SAMPLES] = ep.num_steps
-            ep.group.attrs[META] = to_json(meta, f"{where}: metadata")
+            put_attrs(
+                ep.group, {NUM_SAMPLES: ep.num_steps, META: to_json(meta, f"{where}: metadata")}
+            )
             ep.file.flush()
             ep.close()
             final = self.shard_dir / f"{ep.name}{SHARD_SUFFIX}"

@@ -421,3 +421,25 @@ def test_cli_imports_and_errors_are_one_line(tmp_path, config, capsys):
     bad_key.write_text(CONFIG.replace("obs/goal", "goal"))
     with pytest.raises(RecorderConfigError, match="key 'goal' not obs/<name>"):
         import_bag(bag, bad_key, tmp_path / "e.hdf5")
+
+
+def test_direct_sink_writes_steps_in_batches(tmp_path):
+    from episode_dataset import EpisodeWriter, KeySpec
+    from episode_dataset.recording.sink import DirectSink
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (8, H, W, 3), dtype=np.uint8)
+    actions = rng.normal(size=(8, 2)).astype(np.float32)
+    specs = {"image": KeySpec("uint8", (H, W, 3), encoding="rgb8")}
+    with EpisodeWriter(tmp_path / "d.hdf5", specs, KeySpec("float32", (2,))) as w:
+        sink = DirectSink(w, batch_steps=3)
+        sink.begin({"seed": 1})
+        for t in range(8):
+            sink.step({"image": image[t]}, actions[t], float(t), t == 7)
+        assert w.current_steps == 6  # two batches handed over, two steps still gathered
+        assert sink.end({"end_reason": "done"}).result() == ("demo_0", 8)
+    (ep,) = episodes(tmp_path / "d.hdf5")
+    np.testing.assert_array_equal(ep["obs"]["image"], image)
+    np.testing.assert_array_equal(ep["actions"], actions)
+    np.testing.assert_array_equal(ep["rewards"], np.arange(8))
+    assert ep["dones"].tolist() == [False] * 7 + [True]

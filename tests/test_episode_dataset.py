@@ -292,6 +292,34 @@ def test_batch_index_lists_episodes_on_close_and_after_an_error(tmp_path: Path) 
         assert_episode_equal(r, "demo_3", eps[0])
 
 
+def test_append_steps_in_batches_and_attrs_typed_as_h5py_does(tmp_path: Path) -> None:
+    from episode_dataset.writer import put_attrs
+
+    path = tmp_path / "b.hdf5"
+    ep = make_episode(4, 30)
+    with EpisodeWriter(path, OBS_SPECS, ACTION_SPEC, chunk_bytes=2048) as w:
+        w.begin_episode({"seed": 4})
+        for lo, hi in ((0, 7), (7, 8), (8, 30)):
+            w.append_steps({k: v[lo:hi] for k, v in ep["obs"].items()}, ep["actions"][lo:hi],
+                           ep["rewards"][lo:hi], ep["dones"][lo:hi])  # fmt: skip
+        with pytest.raises(DatasetError, match=r"demo_0 steps 30\.\.32/obs/state: shape"):
+            w.append_steps({"state": np.zeros((3, 5)), "image": ep["obs"]["image"][:2]},
+                           np.zeros((2, 2)), np.zeros(2), np.zeros(2, bool))  # fmt: skip
+        assert w.current_steps == 30  # the bad batch wrote nothing
+        w.end_episode()
+    with EpisodeReader(path) as r:
+        assert_episode_equal(r, "demo_0", ep)
+        assert r.episode_metadata("demo_0")["seed"] == 4
+    values = {"text": "héllo", "count": 7, "shape": np.asarray((64, 64, 3), np.int64)}
+    with h5py.File(tmp_path / "attrs.h5", "w") as f:
+        put_attrs(f.create_group("fast"), values)
+        f.create_group("h5py").attrs.update(values)
+        for name in values:
+            fast, ref = f["fast"].attrs.get_id(name), f["h5py"].attrs.get_id(name)
+            assert fast.get_type() == ref.get_type() and fast.shape == ref.shape, name
+            np.testing.assert_array_equal(f["fast"].attrs[name], f["h5py"].attrs[name])
+
+
 def test_streaming_roundtrip_and_close_with_open_episode(tmp_path: Path) -> None:
     path = tmp_path / "s.hdf5"
     ep = make_episode(5, 40)

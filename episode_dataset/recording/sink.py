@@ -47,27 +47,45 @@ class EpisodeSink(Protocol):
 
 
 class DirectSink:
-    """An `EpisodeSink` that writes at once; a write error propagates to the caller (the
-    committed episodes stay valid, the open one is discarded by the writer's close)."""
+    """An `EpisodeSink` that writes in the caller's thread; a write error propagates to the
+    caller (the committed episodes stay valid, the open one is discarded by the writer's close).
+
+    Steps are gathered and handed to the writer `batch_steps` at a time (and at the end of the
+    episode): one coerce and one write per key per batch instead of per step. The rows are
+    referenced, not copied, until then: the session hands over arrays it does not reuse."""
 
     failures = 0
     last_error = None
 
-    def __init__(self, writer: EpisodeWriter) -> None:
+    def __init__(self, writer: EpisodeWriter, batch_steps: int = 256) -> None:
         self.writer = writer
         self.stats = SinkStats()
         self.episodes_written: list[tuple[str, int]] = []
+        self.batch_steps = batch_steps
+        self._steps: list[tuple[dict[str, np.ndarray], Any, Any, Any]] = []
 
     def begin(self, metadata: dict[str, Any]) -> None:
+        self._steps.clear()
         self.writer.discard_episode()  # an episode that never ended is not committed
         self.writer.begin_episode(metadata=metadata)
 
     def step(self, obs: dict[str, np.ndarray], action: Any, reward: Any, done: Any) -> bool:
-        self.writer.append_step(obs=obs, action=action, reward=reward, done=done)
+        self._steps.append((obs, action, reward, done))
+        if len(self._steps) >= self.batch_steps:
+            self._write_steps()
         return True
+
+    def _write_steps(self) -> None:
+        if not self._steps:
+            return
+        steps, self._steps = self._steps, []
+        obs, actions, rewards, dones = zip(*steps, strict=True)
+        stacked = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
+        self.writer.append_steps(stacked, np.stack(actions), np.asarray(rewards), dones)
 
     def end(self, metadata_update: dict[str, Any]) -> Future[tuple[str, int] | None]:
         result: Future[tuple[str, int] | None] = Future()
+        self._write_steps()
         steps = self.writer.current_steps
         if steps == 0:
             self.writer.discard_episode()
@@ -80,4 +98,5 @@ class DirectSink:
         return result
 
     def discard(self) -> None:
+        self._steps.clear()
         self.writer.discard_episode()
