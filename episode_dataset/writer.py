@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import h5py
 import numpy as np
@@ -222,6 +222,15 @@ class _Column:
         elif self.buffer is not None and self.filled:
             filled, self.filled = self.filled, 0
             self.extend(self.buffer[:filled])
+
+
+class _Steps(NamedTuple):
+    """T steps, coerced to the stored dtypes."""
+
+    obs: dict[str, np.ndarray]
+    actions: np.ndarray
+    rewards: np.ndarray
+    dones: np.ndarray
 
 
 class _OpenEpisode:
@@ -450,28 +459,39 @@ class EpisodeWriter:
         if actions_arr.ndim == 0 or actions_arr.shape[0] == 0:
             raise DatasetError(f"{self.path}: {self._next_name()}: empty episode (no steps)")
         t = actions_arr.shape[0]
-        name = self._next_name()
-        where = f"{self.path}: {name}"
-        self._check_obs_keys(obs, where)
-        arrays = {
-            k: s.coerce(obs[k], f"{where}/obs/{k}", leading=t) for k, s in self.obs_specs.items()
-        }
-        act = self.action_spec.coerce(actions_arr, f"{where}/actions", leading=t)
-        rew = REWARD_SPEC.coerce(rewards, f"{where}/rewards", leading=t)
-        done = coerce_dones(dones, f"{where}/dones", leading=t)
+        steps = self._coerce_steps(obs, actions_arr, rewards, dones, self._next_name(), t)
         self.begin_episode(metadata, _length_hint=t)
+        self._extend(steps, t)
+        return self.end_episode()
+
+    def _coerce_steps(
+        self, obs: dict[str, Any], actions: Any, rewards: Any, dones: Any, where: str, t: int
+    ) -> _Steps:
+        """T steps in the stored dtypes; a DatasetError names the key."""
+        where = f"{self.path}: {where}"
+        self._check_obs_keys(obs, where)
+        return _Steps(
+            {
+                k: s.coerce(obs[k], f"{where}/obs/{k}", leading=t)
+                for k, s in self.obs_specs.items()
+            },
+            self.action_spec.coerce(actions, f"{where}/actions", leading=t),
+            REWARD_SPEC.coerce(rewards, f"{where}/rewards", leading=t),
+            coerce_dones(dones, f"{where}/dones", leading=t),
+        )
+
+    def _extend(self, steps: _Steps, t: int) -> None:
         ep = self._require_open()
         try:
-            for k, arr in arrays.items():
+            for k, arr in steps.obs.items():
                 ep.obs[k].extend(arr)
-            ep.actions.extend(act)
-            ep.rewards.extend(rew)
-            ep.dones.extend(done)
+            ep.actions.extend(steps.actions)
+            ep.rewards.extend(steps.rewards)
+            ep.dones.extend(steps.dones)
         except BaseException:
-            self.discard_episode()
+            self.discard_episode()  # columns may now differ in length: never commit that
             raise
-        ep.num_steps = t
-        return self.end_episode()
+        ep.num_steps += t
 
     # -- streaming -------------------------------------------------------------------------
     def begin_episode(
@@ -520,24 +540,8 @@ class EpisodeWriter:
         """Append T steps at once to the open episode: arrays (T, ...) as in write_episode."""
         ep = self._require_open()
         t = np.shape(actions)[0] if np.ndim(actions) else 0
-        where = f"{self.path}: {ep.name} steps {ep.num_steps}..{ep.num_steps + t}"
-        self._check_obs_keys(obs, where)
-        arrays = {
-            k: s.coerce(obs[k], f"{where}/obs/{k}", leading=t) for k, s in self.obs_specs.items()
-        }
-        act = self.action_spec.coerce(actions, f"{where}/actions", leading=t)
-        rew = REWARD_SPEC.coerce(rewards, f"{where}/rewards", leading=t)
-        done = coerce_dones(dones, f"{where}/dones", leading=t)
-        try:
-            for k, arr in arrays.items():
-                ep.obs[k].extend(arr)
-            ep.actions.extend(act)
-            ep.rewards.extend(rew)
-            ep.dones.extend(done)
-        except BaseException:
-            self.discard_episode()  # columns may now differ in length: never commit that
-            raise
-        ep.num_steps += t
+        where = f"{ep.name} steps {ep.num_steps}..{ep.num_steps + t}"
+        self._extend(self._coerce_steps(obs, actions, rewards, dones, where, t), t)
 
     def end_episode(self, metadata_update: dict[str, Any] | None = None) -> str:
         """Commit the open episode atomically; returns its name (e.g. "demo_3")."""
