@@ -15,6 +15,7 @@ from learning.namo.data import (
     QFunctionDataset,
     dihedral,
     dihedral_pose,
+    find_mask_files,
     load_item,
 )
 from learning.namo.metrics import group_ids, ranking_metrics, spearman
@@ -512,3 +513,20 @@ def test_state_batches_and_pairwise_rank_loss(synthetic: Path) -> None:
     assert float(pairwise_rank_loss(wrong, target, groups, 0.1)) == pytest.approx(10.0, abs=1e-3)
     # pairs across states never count: no pair inside a state -> 0
     assert float(pairwise_rank_loss(wrong, target, torch.arange(4), 0.1)) == 0.0
+
+
+def test_cached_dataset_reads_each_file_once(tmp_path: Path, synthetic: Path) -> None:
+    import shutil
+
+    shutil.copy(synthetic / "episode_0_goal_0_proposal_0.npz", tmp_path)
+    files = find_mask_files(tmp_path)
+    ds = QFunctionDataset(files, cache=True, augment=True)
+    first = ds[0]
+    (tmp_path / "episode_0_goal_0_proposal_0.npz").unlink()  # served from memory from now on
+    views = [ds[0] for _ in range(8)]
+    assert all(v["target_q"] == first["target_q"] for v in views)
+    raw = torch.cat([ds.cache[0]["state_masks"], ds.cache[0]["action_masks"]])
+    for v in views:  # the cached item stays as stored while views are augmented
+        both = torch.cat([v["state_masks"], v["action_masks"]])
+        assert any(torch.equal(both, dihedral(raw, k)) for k in range(8))
+    np.testing.assert_array_equal(raw[0].numpy(), np.load(synthetic / files[0].path.name)["robot"])
