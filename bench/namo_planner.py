@@ -7,7 +7,8 @@ Per level (``sim.namo.scene.LEVELS``), every planner gets the same held-out scen
 decisions of all episodes), of which network, and MCTS's seconds per decision over each
 planner's (the speed ratio; the issue's target for learned Q: >= 50x at >= 0.9 of MCTS's
 success on medium and hard). Everything runs in this one process on one thread (onnxruntime
-intra-op threads = 1, like MCTS), so the ratio is measured side by side under the same load.
+intra-op threads = 1, like MCTS), scene by scene with every planner in turn, so the ratio is
+measured side by side under the same load.
 
 The learned Q model: ``--q-model`` or ``$ROBOLOOP_NAMO_Q_MODEL`` (.onnx). Without one, an
 untrained network of the default architecture (configs/model/q_function_net.yaml at 56 px) is
@@ -87,10 +88,13 @@ def measure(
         size = planners["learned_q"].mask_size
         rows = []
         for level in levels:
-            by_planner = {}
-            for name, planner in planners.items():
-                episodes = evaluate_planners([planner], seeds, MAX_MOVES, level=level)
-                by_planner[name] = _aggregate(episodes)
+            # Scene by scene, every planner in turn: load changes on a shared machine hit all
+            # planners alike instead of whichever ran during a busy minute.
+            episodes: dict[str, list[dict[str, Any]]] = {name: [] for name in planners}
+            for seed in seeds:
+                for name, planner in planners.items():
+                    episodes[name] += evaluate_planners([planner], [seed], MAX_MOVES, level=level)
+            by_planner = {name: _aggregate(rows) for name, rows in episodes.items()}
             mcts = by_planner["mcts"]
             for name, agg in by_planner.items():
                 spd = agg["s_per_decision"]
