@@ -10,9 +10,10 @@ success on medium and hard). Everything runs in this one process on one thread (
 intra-op threads = 1, like MCTS), scene by scene with every planner in turn, so the ratio is
 measured side by side under the same load.
 
-The learned Q model: ``--q-model`` or ``$ROBOLOOP_NAMO_Q_MODEL`` (.onnx). Without one, an
-untrained network of the default architecture (configs/model/q_function_net.yaml at 56 px) is
-exported and timed: its seconds are meaningful, its success is not (``weights`` column).
+The learned Q model: ``--q-model`` or ``$ROBOLOOP_NAMO_Q_MODEL`` (.onnx; its file name goes in
+the ``weights`` column). Without one, an untrained network of the default architecture
+(configs/model/q_function_net.yaml at 56 px) is exported and timed: its seconds are
+meaningful, its success is not (``weights`` says so).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def measure(
     from sim.namo.evaluate_planners import evaluate_planners
     from sim.namo.planners import make_planner
 
-    weights = "trained" if q_model else "untrained (success not meaningful)"
+    weights = Path(q_model).name if q_model else "untrained (success not meaningful)"
     with tempfile.TemporaryDirectory() as tmp:
         path = q_model or str(untrained_q_model(Path(tmp) / "q_untrained.onnx"))
         planners = {
