@@ -241,8 +241,12 @@ def test_planner_node_plans_a_hard_scene_through_both_nodes(
         node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
         assert all(p.wait_for_log("active", 60) for p in procs[:2]), logs()
         assert wait(lambda: plan.get_subscription_count() > 0 and status, 30), logs()
-        plan.publish(Int64(data=seed))
         state_text = lambda: status.get("state", "")  # noqa: E731
+        # The node may match this writer a moment after this writer matched it: ask again
+        # (every 2 s) until it has taken the scene.
+        send = lambda: plan.publish(Int64(data=seed))  # noqa: E731
+        send()
+        assert wait(lambda: state_text() not in ("", "idle"), 20, send), logs()
         assert wait(lambda: state_text().startswith(("done", "failed")), 40), logs()
         assert wait(lambda: status.get("decisions") == str(len(decisions)), 5), (status, logs())
 
