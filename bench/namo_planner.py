@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +72,28 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def measure(
-    q_model: str | None, seeds: list[int], levels: list[str], quick: bool = False
-) -> list[dict[str, Any]]:
+class _Timed:
+    """A planner that records the wall time of each of its decisions (for medians: a busy
+    moment on a shared machine moves a mean, not a median)."""
+
+    def __init__(self, planner: Any):
+        self.planner, self.name, self.seconds = planner, planner.name, []
+
+    @property
+    def last_network_seconds(self) -> float:
+        return self.planner.last_network_seconds
+
+    def reset(self, model: Any, seed: int) -> None:
+        self.planner.reset(model, seed)
+
+    def choose(self, state: Any) -> Any:
+        start = time.perf_counter()
+        proposal = self.planner.choose(state)
+        self.seconds.append(time.perf_counter() - start)
+        return proposal
+
+
+def measure(q_model: str | None, seeds: list[int], levels: list[str]) -> list[dict[str, Any]]:
     import learning.namo.planner  # noqa: F401  (registers learned_q)
     from sim.namo.evaluate_planners import evaluate_planners
     from sim.namo.planners import make_planner
@@ -92,13 +112,17 @@ def measure(
             # Scene by scene, every planner in turn: load changes on a shared machine hit all
             # planners alike instead of whichever ran during a busy minute.
             episodes: dict[str, list[dict[str, Any]]] = {name: [] for name in planners}
+            timed = {name: _Timed(planner) for name, planner in planners.items()}
             for seed in seeds:
-                for name, planner in planners.items():
+                for name, planner in timed.items():
                     episodes[name] += evaluate_planners([planner], [seed], MAX_MOVES, level=level)
-            by_planner = {name: _aggregate(rows) for name, rows in episodes.items()}
+            by_planner = {name: _aggregate(eps) for name, eps in episodes.items()}
+            medians = {
+                n: float(np.median(t.seconds)) if t.seconds else None for n, t in timed.items()
+            }
             mcts = by_planner["mcts"]
             for name, agg in by_planner.items():
-                spd = agg["s_per_decision"]
+                spd, median = agg["s_per_decision"], medians[name]
                 rows.append(
                     {
                         "level": level,
@@ -106,8 +130,12 @@ def measure(
                         **{k: v for k, v in agg.items() if k not in _SECONDS},
                         "s_per_decision": round(spd, 4) if spd else None,
                         "network_s": round(agg["network_s"], 4) if name == "learned_q" else None,
+                        "median_s": round(median, 4) if median else None,
                         "mcts_speed_ratio": round(mcts["s_per_decision"] / spd, 1)
                         if spd and mcts["s_per_decision"]
+                        else None,
+                        "median_ratio": round(medians["mcts"] / median, 1)
+                        if median and medians["mcts"]
                         else None,
                         "success_vs_mcts": round(agg["success"] / mcts["success"], 2)
                         if mcts["success"]
@@ -133,14 +161,15 @@ def run(
     q_model = q_model or os.environ.get(Q_MODEL_ENV) or None
     count = seeds or (4 if quick else 20)
     chosen = levels or list(LEVELS)
-    rows = measure(q_model, list(range(FIRST_SEED, FIRST_SEED + count)), chosen, quick)
+    rows = measure(q_model, list(range(FIRST_SEED, FIRST_SEED + count)), chosen)
     report(
         NAME,
         rows,
         note=(
             f"{count} held-out scenes per level (seeds {FIRST_SEED}+), max {MAX_MOVES} moves, "
             f"MCTS budget {MCTS_BUDGET}, one thread; mcts_speed_ratio = MCTS s/decision over "
-            "the planner's; seconds include per-scene caches built on a scene's first decision"
+            "the planner's (means; median_ratio: of the median decisions); seconds include "
+            "per-scene caches built on a scene's first decision"
         ),
     )
     return rows

@@ -26,6 +26,8 @@ def test_one_medium_scene_reports_every_planner_and_the_ratio(
     assert mcts["mcts_speed_ratio"] == 1.0
     ratio = mcts["s_per_decision"] / learned["s_per_decision"]
     assert learned["mcts_speed_ratio"] == pytest.approx(ratio, rel=0.05, abs=0.1)
+    medians = mcts["median_s"] / learned["median_s"]
+    assert learned["median_ratio"] == pytest.approx(medians, rel=0.05, abs=0.1)
     assert 0 < learned["network_s"] < learned["s_per_decision"]
     assert learned["weights"].startswith("untrained") and learned["mask_px"] == 56
     assert mcts["network_s"] is None and by["random"]["network_s"] is None
