@@ -112,34 +112,12 @@ def coerce_dones(value: Any, where: str, leading: int | None) -> np.ndarray:
     return DONE_SPEC.coerce(arr, where, leading=leading)
 
 
-def _hdf5_fletcher32() -> Callable[[int, int], int] | None:
-    """HDF5's own fletcher32 (the filter's checksum function) from the library h5py links, or
-    None where it is not exported. dlsym on h5py's extension module searches its dependencies."""
-    import ctypes
-
-    from h5py import h5
-
-    try:
-        fn = ctypes.CDLL(h5.__file__).H5_checksum_fletcher32
-    except (OSError, AttributeError):
-        return None
-    fn.restype, fn.argtypes = ctypes.c_uint32, [ctypes.c_void_p, ctypes.c_size_t]
-    return fn
-
-
-FLETCHER32 = _hdf5_fletcher32()
-
-
 class _Column:
-    """One resizable dataset in the open shard.
+    """One resizable dataset in the open shard; rows gathered in a slab buffer, then written.
 
-    A column whose chunk is one row (an image of >= chunk_bytes) writes each appended row as its
-    chunk at once with `write_direct_chunk`: no slab copy and no trip through HDF5's filter
-    pipeline. With checksums the chunk carries the 4-byte fletcher32 the filter would have
-    appended (HDF5's own function), so readers verify it like any filtered chunk. Other columns
-    gather rows in a slab buffer of whole chunks (~SLAB_BYTES): HDF5 then gets one resize and one
-    write per slab instead of one per row, and never rewrites a partly filled chunk. Either way
-    the rows are copied, so a caller may reuse its arrays after append_step.
+    A slab is a whole number of chunks (~SLAB_BYTES): HDF5 then gets one resize and one write
+    per slab of full chunks instead of one per row, and never rewrites a partly filled chunk.
+    The rows are copied, so a caller may reuse its arrays after append_step.
     """
 
     def __init__(
@@ -166,23 +144,16 @@ class _Column:
         self.spec = spec
         self.length_hint = length_hint
         self.on_write = on_write
-        self.checksums = checksums
-        self.size = 0  # rows written (the dataset may be allocated beyond, see _append_chunk)
-        self.buffer: np.ndarray | None = None  # slab or chunk, allocated on the first append
+        self.buffer: np.ndarray | None = None  # allocated on the first append_step
         self.filled = 0
-        self.row_bytes = spec.np_dtype.itemsize * int(np.prod(spec.shape, dtype=np.int64))
-        self.direct = self.rows == 1 and (FLETCHER32 is not None or not checksums)
 
     def _slab(self) -> np.ndarray:
-        most = self.length_hint or MAX_CHUNK_ROWS
-        per_slab = min(MAX_CHUNK_ROWS, SLAB_BYTES // max(1, self.row_bytes), most)
+        row_bytes = max(1, self.spec.np_dtype.itemsize * int(np.prod(self.spec.shape)))
+        per_slab = min(MAX_CHUNK_ROWS, SLAB_BYTES // row_bytes, self.length_hint or MAX_CHUNK_ROWS)
         rows = max(1, per_slab // self.rows) * self.rows
         return np.empty((rows, *self.spec.shape), self.spec.np_dtype)
 
     def append(self, row: np.ndarray) -> None:
-        if self.direct:
-            self._append_chunk(row)
-            return
         if self.buffer is None:
             self.buffer = self._slab()
         self.buffer[self.filled] = row
@@ -190,36 +161,16 @@ class _Column:
         if self.filled == len(self.buffer):
             self.flush()
 
-    def _append_chunk(self, row: np.ndarray) -> None:
-        if self.size == self.ds.shape[0]:  # grow by a slab's worth; end trims to `size`
-            self.ds.resize(self.size + max(1, SLAB_BYTES // max(1, self.row_bytes)), axis=0)
-        data = np.ascontiguousarray(row, self.spec.np_dtype).reshape(-1).view(np.uint8)
-        if self.checksums:
-            if self.buffer is None:
-                self.buffer = np.empty(self.row_bytes + 4, np.uint8)
-            self.buffer[: self.row_bytes] = data
-            checksum = FLETCHER32(self.buffer.ctypes.data, self.row_bytes)
-            self.buffer[self.row_bytes :] = np.array([checksum], "<u4").view(np.uint8)
-            data = self.buffer
-        self.ds.id.write_direct_chunk((self.size,) + (0,) * len(self.spec.shape), data)
-        self.size += 1
-        if self.on_write is not None:
-            self.on_write(self.row_bytes)
-
     def extend(self, rows: np.ndarray) -> None:
         self.flush()
-        n = self.size
+        n = self.ds.shape[0]
         self.ds.resize(n + len(rows), axis=0)
         self.ds[n:] = rows
-        self.size = n + len(rows)
         if self.on_write is not None:
             self.on_write(rows.nbytes)
 
     def flush(self) -> None:
-        if self.direct:
-            if self.ds.shape[0] != self.size:
-                self.ds.resize(self.size, axis=0)
-        elif self.buffer is not None and self.filled:
+        if self.buffer is not None and self.filled:
             filled, self.filled = self.filled, 0
             self.extend(self.buffer[:filled])
 

@@ -228,10 +228,9 @@ def test_checksums_off_writes_plain_chunks(tmp_path: Path) -> None:
                 assert {group[k].fletcher32 for k in ("obs/image", ACTIONS)} == {checksums}
 
 
-def test_camera_rows_written_as_whole_chunks_carry_hdf5_checksums(tmp_path: Path) -> None:
-    """Rows of a chunk or more (camera frames) go to disk as their own chunks, with the
-    fletcher32 the HDF5 filter would append: HDF5 reads them back, and a flipped byte on disk
-    is a one-line DatasetError, not garbage."""
+def test_camera_chunks_carry_checksums_that_catch_a_flipped_byte(tmp_path: Path) -> None:
+    """A camera stream (a chunk per frame) reads back; with checksums a byte flipped on disk is
+    a one-line DatasetError, not garbage; without, it reads back unnoticed."""
     big = {"cam": KeySpec("uint8", (128, 160, 3), encoding="rgb8")}  # 60 KiB: a chunk a row
     rng = np.random.default_rng(3)
     frames = rng.integers(0, 256, size=(70, 128, 160, 3), dtype=np.uint8)
