@@ -234,6 +234,9 @@ def offline(duration: float, tmp: Path, repeats: int) -> list[dict[str, Any]]:
     The writers take turns `repeats` times, each going first in turn, and each reports its
     median time, so a burst of load from elsewhere on a shared machine does not decide the
     ratio. `checksums=False` (no fletcher32 per HDF5 chunk) shows what the checksums cost.
+    `cpu_s` is this process's CPU time (user + system: the copies into the page cache count),
+    which load from other processes changes far less than the wall-clock time; on this shared
+    machine the wall-clock ratio swings between runs minutes apart (0.5x-1.3x, same code).
     """
     from rclpy.serialization import serialize_message
     from sensor_msgs.msg import Image, JointState
@@ -256,6 +259,7 @@ def offline(duration: float, tmp: Path, repeats: int) -> list[dict[str, Any]]:
         "mcap": "offline rosbags mcap",
     }
     times: dict[str, list[float]] = {key: [] for key in cases}
+    cpu: dict[str, list[float]] = {key: [] for key in cases}  # this process's CPU (user + sys)
     sizes: dict[str, int] = {}
     for r in range(repeats):
         out, raw, bag = tmp / f"ours_{r}.hdf5", tmp / f"raw_{r}.hdf5", tmp / f"bag_{r}"
@@ -267,9 +271,10 @@ def offline(duration: float, tmp: Path, repeats: int) -> list[dict[str, Any]]:
         # Each goes first in turn: a writer that runs after another finds malloc's heap warm.
         order = list(cases)[r % 3 :] + list(cases)[: r % 3]
         for key in order:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             writers[key]()
             times[key].append(time.perf_counter() - t0)
+            cpu[key].append(time.process_time() - c0)
         sizes = {
             "ours": _dir_bytes(out),
             "ours_unchecked": _dir_bytes(raw),
@@ -289,10 +294,12 @@ def offline(duration: float, tmp: Path, repeats: int) -> list[dict[str, Any]]:
                 "duration_s_range": f"{min(times[key]):.3f}-{max(times[key]):.3f}",
                 "mb_per_s_written": round(sizes[key] / t / 1e6, 1),
                 "image_payload_mb_per_s": round(payload / t / 1e6, 1),
+                "cpu_s": round(float(np.median(cpu[key])), 3),
             }
         )
     for row in rows[:2]:
         row["speed_vs_mcap"] = round(rows[2]["duration_s"] / row["duration_s"], 2)
+        row["cpu_vs_mcap"] = round(row["cpu_s"] / rows[2]["cpu_s"], 2)
     return rows
 
 
@@ -314,7 +321,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         rows,
         note=f"{CAMERAS} cameras {H}x{W} rgb8 @ {CAMERA_HZ:g} Hz + JointState @ {JOINT_HZ:g} Hz, "
         f"{duration:g} s; recorder_cpu_share = fraction of one core; offline rows = storage "
-        f"only, median of {repeats} alternating runs (speed_vs_mcap > 1: episode_dataset faster)",
+        f"only, median of {repeats} alternating runs (speed_vs_mcap > 1: episode_dataset faster; "
+        "cpu_vs_mcap < 1: it uses less CPU)",
     )
     return rows
 
