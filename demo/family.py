@@ -1,8 +1,9 @@
 """One command per model family: data -> train -> ONNX -> served over ROS -> results table.
 
-    python -m demo.family {fbc,fql,qc,ppo,sac,dreamer} [--quick] [--out DIR] [--eval-episodes N]
+    python -m demo.family {fbc,fql,qc,ppo,sac,dreamer,namo} [--quick] [--out DIR]
+        [--eval-episodes N]
 
-Every family runs on Reacher-v5 (the demo's task) so that their tables compare:
+Every family but NAMO runs on Reacher-v5 (the demo's task) so that their tables compare:
 - fbc, fql, qc   offline: the sim bridge's scripted expert is recorded over ROS in sim time
                  (`make demo`'s recording), then flow BC (`train_fbc`), flow Q-learning
                  (`train_fql`) or Q-chunking (`train_acrlpd`, offline phase only; exported as the
@@ -14,6 +15,9 @@ Served: loop.launch.py (sim bridge, policy node, recorder) or, for dreamer, sim.
 world_model.launch.py + record.launch.py; the recorded rollouts are scored against the expert and
 random policies on the same seeds, as `make demo` does (`make demo` itself is the fbc recipe at
 the full budget). `--quick` shrinks every budget to a smoke run (the pipeline, not the score).
+- namo           its own pipeline (demo/namo.py): MCTS data -> Q-function + DiT generator ->
+                 the learned planner over ROS (q_scorer, goal_generator, namo_planner) beside
+                 MCTS and random proposals on held-out scenes
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from demo.loop import (
     score_rollouts,
     stage,
 )
+from demo.namo import run_namo
 
 ENV_ID = "Reacher-v5"
 
@@ -155,6 +160,10 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+# Families with a pipeline of their own: (quick, out, console) -> summary.
+OWN_PIPELINES: dict[str, Callable[[bool, Path, Any], dict[str, Any]]] = {"namo": run_namo}
+
+
 def export_graphs(family: Family, ckpt: Path, out: Path) -> dict[str, Path]:
     """The ONNX graphs the serving nodes load (with the export's parity check)."""
     from learning.export import main as export_cli
@@ -222,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("family", choices=sorted(FAMILIES))
+    parser.add_argument("family", choices=sorted([*FAMILIES, *OWN_PIPELINES]))
     parser.add_argument("--quick", action="store_true", help="smoke budgets (seconds, not scores)")
     parser.add_argument("--eval-episodes", type=int, default=10, help="served episodes")
     parser.add_argument("--out", type=Path, default=None, help="output folder")
@@ -233,12 +242,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from learning.train import compose_config, run
 
-    family = FAMILIES[args.family]
     started = time.perf_counter()
     out = args.out or REPO / "demo_output" / f"{args.family}_{time.strftime('%Y%m%d_%H%M%S')}"
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     console = Console()
+    if args.family in OWN_PIPELINES:
+        summary = OWN_PIPELINES[args.family](args.quick, out, console)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return 0
+    family = FAMILIES[args.family]
     console.print(f"roboloop {args.family}: {family.summary} -> {out}")
     seconds: dict[str, float] = {}
 

@@ -2,7 +2,8 @@
 
 Recipes that cover the serving paths: Q-chunking (expert episodes recorded over ROS, the best-of-N
 graph in the policy node, chunks open-loop), Dreamer (its actor inside the world-model node) and,
-under `-m slow`, PPO (online training, its actor in the policy node). Smoke budgets: the pipeline
+under `-m slow`, PPO (online training, its actor in the policy node) and the NAMO planner (its own
+pipeline: goal_generator, q_scorer and namo_planner nodes). Smoke budgets: the pipeline
 is checked, not the score.
 """
 
@@ -68,3 +69,33 @@ def test_family_runs_from_data_to_served_rollouts(
         assert np.isfinite(summary["in_process_return"])
     if family == "qc":
         assert any(f.endswith("expert.hdf5") for f in summary["files"])
+
+
+@pytest.mark.slow
+def test_namo_family_plans_held_out_scenes_over_ros(tmp_path: Path, ros_env: dict[str, str]):
+    """MCTS data -> Q-function + DiT generator -> three node processes plan held-out scenes;
+    every served decision is a valid move of the state it was made in."""
+    from sim.namo.scene import generate_scene
+    from sim.namo.transition import Proposal, TransitionModel
+
+    out = tmp_path / "namo"
+    cmd = [sys.executable, "-m", "demo.family", "namo", "--quick", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, env=ros_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {r["planner"]: r for r in summary["planners"]}
+    assert set(rows) == {"mcts", "random", "dit_q over ROS"}
+    assert sorted(model_type(g) for g in summary["files"]) == ["goal_generator", "q_function"]
+    served = rows["dit_q over ROS"]
+    assert 0.0 <= served["success_rate"] <= 1.0
+    assert 0 < served["network_seconds_per_decision"] < served["seconds_per_decision"]
+    decisions = summary["decisions"]
+    assert {d["scene_seed"] for d in decisions} == {100000, 100001}
+    for seed in (100000, 100001):
+        model = TransitionModel(generate_scene(seed, level=summary["level"]))
+        state = model.initial_state()
+        for d in (d for d in decisions if d["scene_seed"] == seed):
+            move = Proposal(d["object_id"], d["x"], d["y"], d["theta"])
+            assert model.check(state, move) is None, d
+            state = model.step(state, move).state
+            assert d["goal_reached"] == model.goal_reached(state)

@@ -1,0 +1,275 @@
+"""The NAMO family (`python -m demo.family namo [--quick]`): MCTS data -> Q-function and DiT goal
+generator -> ONNX -> the learned planner served over ROS -> a planner table.
+
+Stages: MCTS solves `episodes` generated scenes of `level` (`sim.namo.parallel_data_collection`),
+their decisions become mask files (`sim.namo.mask_generation`), the Q-function
+(`train_q_function`) and the flow-matching DiT goal generator (`train_fb_flow_matching`) train on
+them and are exported; then `q_scorer`, `goal_generator` and `namo_planner` run as three node
+processes and plan held-out scenes sent on `/namo_planner/plan`. The table sets the served
+planner beside MCTS (budget 100) and random proposals run in-process on the same scenes.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from demo.loop import REPO, stage
+
+FIRST_EVAL_SEED = 100000  # held out: training scenes are seeds 0..episodes-1
+PLANNER_PARAMS = REPO / "ros2_ws/src/roboloop_namo/config/namo_planner.yaml"
+
+
+# A CPU-sized DiT sampled by 5 Euler steps: the export unrolls the sampler, and at the config's
+# 20 steps exporting took 11 minutes here.
+GENERATOR_SAMPLER = ("network=dit_tiny", "model.sampler.method=euler", "sampling_steps=5",
+                     "num_workers=0")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class NamoBudget:
+    level: str
+    episodes: int  # MCTS-solved training scenes
+    mcts_budget: int  # simulations per decision when labelling
+    mask_size: int  # mask files and the Q-function's input side
+    q_overrides: tuple[str, ...]
+    generator_overrides: tuple[str, ...]
+    eval_scenes: int
+    max_moves: int
+
+
+BUDGETS = {
+    "full": NamoBudget(
+        level="medium",
+        episodes=300,
+        mcts_budget=100,
+        mask_size=32,
+        q_overrides=("max_epochs=15", "batch_size=64", "num_workers=0"),
+        generator_overrides=("max_epochs=15", *GENERATOR_SAMPLER),
+        eval_scenes=20,
+        max_moves=5,
+    ),
+    "quick": NamoBudget(
+        level="medium",
+        episodes=6,
+        mcts_budget=30,
+        mask_size=32,
+        q_overrides=("max_epochs=1", "batch_size=16", "num_workers=0"),
+        generator_overrides=("max_epochs=1", *GENERATOR_SAMPLER),
+        eval_scenes=2,
+        max_moves=3,
+    ),
+}
+
+
+class PlannerClient:
+    """Sends scene seeds to namo_planner and collects its decisions and diagnostics."""
+
+    def __init__(self) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from std_msgs.msg import Int64, String
+
+        self.decisions: list[dict[str, Any]] = []
+        self.status: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._context = rclpy.Context()
+        rclpy.init(context=self._context)
+        self._node = rclpy.create_node("namo_family_client", context=self._context)
+        self._plan = self._node.create_publisher(Int64, "/namo_planner/plan", 10)
+        reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        self._node.create_subscription(
+            String, "/namo_planner/decision", self._on_decision, reliable
+        )
+        self._node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        self._executor = SingleThreadedExecutor(context=self._context)
+        self._executor.add_node(self._node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+        self._int64 = Int64
+
+    def _spin(self) -> None:
+        from rclpy.executors import ExternalShutdownException
+
+        try:
+            while self._context.ok():
+                self._executor.spin_once(timeout_sec=0.1)
+        except ExternalShutdownException:
+            pass
+
+    def _on_decision(self, msg: Any) -> None:
+        with self._lock:
+            self.decisions.append(json.loads(msg.data))
+
+    def _on_diagnostics(self, msg: Any) -> None:
+        for s in msg.status:
+            if s.name.endswith("namo_planner: planner"):
+                with self._lock:
+                    self.status = {kv.key: kv.value for kv in s.values}
+
+    def episodes_done(self) -> int:
+        with self._lock:
+            return int(self.status.get("episodes", "0"))
+
+    def ready(self) -> bool:
+        with self._lock:
+            return self._plan.get_subscription_count() > 0 and bool(self.status)
+
+    def plan(self, seed: int) -> None:
+        self._plan.publish(self._int64(data=seed))
+
+    def close(self) -> None:
+        self._context.try_shutdown()
+        self._thread.join(timeout=2)
+        self._executor.shutdown()
+        self._node.destroy_node()
+
+
+def _wait(condition: Any, timeout_s: float, what: str, procs: list[Any]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        for p in procs:
+            if not p.alive():
+                raise RuntimeError(f"{p.name} exited; log {p.log_path}:\n{p.log_text()[-2000:]}")
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {p.name}\n{p.log_text()[-1500:]}" for p in procs)
+            raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}\n{logs}")
+        time.sleep(0.05)
+
+
+def serve_planner(
+    q_model: Path, generator: Path, budget: NamoBudget, seeds: list[int], log_dir: Path
+) -> list[dict[str, Any]]:
+    """Plan `seeds` through the three node processes; the decisions, in order."""
+    from roboloop_bringup.processes import start_node
+
+    procs = [
+        start_node("q_scorer", params={"model_path": str(q_model), "device": "cpu"},
+                   log_path=log_dir / "q_scorer.log"),
+        start_node("goal_generator", params={"model_path": str(generator), "device": "cpu"},
+                   log_path=log_dir / "goal_generator.log"),
+        start_node(
+            "namo_planner",
+            params_file=PLANNER_PARAMS,
+            params={"level": budget.level, "scene_seed": -1, "max_moves": budget.max_moves,
+                    "q_mask_size": budget.mask_size, "diagnostics_period_s": 0.2},
+            log_path=log_dir / "namo_planner.log",
+        ),
+    ]  # fmt: skip
+    client = PlannerClient()
+    try:
+        _wait(client.ready, 90, "namo_planner and its diagnostics", procs)
+        for i, seed in enumerate(seeds):
+            client.plan(seed)
+            _wait(lambda i=i: client.episodes_done() > i, 60 * budget.max_moves, f"scene {seed}",
+                  procs)  # fmt: skip
+        time.sleep(0.5)  # the last decision message may trail the diagnostics
+        return list(client.decisions)
+    finally:
+        client.close()
+        for p in procs:
+            p.stop()
+
+
+def served_row(decisions: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """The served planner's row, as `sim.namo.evaluate_planners.summarize` writes rows (the
+    chain levels have no scene solved at the start: a scene without decisions failed)."""
+    import numpy as np
+
+    by_seed: dict[int, list[dict[str, Any]]] = {s: [] for s in seeds}
+    for d in decisions:
+        by_seed[int(d["scene_seed"])].append(d)
+    solved = [len(ds) for ds in by_seed.values() if ds and ds[-1]["goal_reached"]]
+    timed = [ds for ds in by_seed.values() if ds]
+    return {
+        "planner": "dit_q over ROS",
+        "episodes": len(seeds),
+        "trivial": 0,
+        "success_rate": len(solved) / len(seeds),
+        "moves_per_solve": float(np.mean(solved)) if solved else None,
+        "seconds_per_decision": (
+            float(np.mean([np.mean([d["decision_s"] for d in ds]) for ds in timed]))
+            if timed
+            else None
+        ),
+        "network_seconds_per_decision": (
+            float(np.mean([np.mean([d["network_s"] for d in ds]) for ds in timed]))
+            if timed
+            else None
+        ),
+    }
+
+
+def run_namo(quick: bool, out: Path, console: Any) -> dict[str, Any]:
+    """The whole family; returns the summary written to summary.json."""
+    from learning.export import main as export_cli
+    from learning.train import compose_config, run
+    from sim.namo.evaluate_planners import evaluate_planners, print_table, summarize
+    from sim.namo.mask_generation import batch
+    from sim.namo.mcts import MCTSConfig
+    from sim.namo.parallel_data_collection import collect
+    from sim.namo.planners import make_planner
+
+    budget = BUDGETS["quick" if quick else "full"]
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+
+    stage(f"MCTS solves {budget.episodes} {budget.level} scenes (budget {budget.mcts_budget})")
+    t0 = time.perf_counter()
+    collect(out / "episodes", 0, budget.episodes, MCTSConfig(budget=budget.mcts_budget),
+            max_moves=budget.max_moves, level=budget.level)  # fmt: skip
+    files = batch(out / "episodes", out / "masks", size=budget.mask_size)
+    seconds["data"] = time.perf_counter() - t0
+    console.print(f"{files} mask files ({budget.mask_size} px)")
+
+    graphs: dict[str, Path] = {}
+    for key, config, overrides in (
+        ("q", "train_q_function", [f"data_dir={out / 'masks'}", *budget.q_overrides]),
+        ("generator", "train_fb_flow_matching",
+         [f"data.data_dir={out / 'masks'}", *budget.generator_overrides]),
+    ):  # fmt: skip
+        overrides = [
+            *overrides,
+            f"image_size={budget.mask_size}",
+            f"output_root={out / 'outputs'}",
+        ]
+        stage(f"train {config}")
+        console.print(f"python -m learning.train --config-name={config} " + " ".join(overrides),
+                      markup=False)  # fmt: skip
+        t0 = time.perf_counter()
+        result = run(compose_config(config, overrides))
+        seconds[f"train {key}"] = time.perf_counter() - t0
+        graphs[key] = out / f"{key}.onnx"
+        t0 = time.perf_counter()
+        export_cli(["--ckpt", str(result["best_ckpt"] or result["last_ckpt"]),
+                    "--out", str(graphs[key])])  # fmt: skip
+        seconds[f"export {key}"] = time.perf_counter() - t0
+
+    seeds = list(range(FIRST_EVAL_SEED, FIRST_EVAL_SEED + budget.eval_scenes))
+    stage(f"serve: namo_planner + goal_generator + q_scorer plan {len(seeds)} held-out scenes")
+    t0 = time.perf_counter()
+    decisions = serve_planner(graphs["q"], graphs["generator"], budget, seeds, out / "logs")
+    seconds["serve"] = time.perf_counter() - t0
+
+    stage("MCTS (budget 100) and random proposals in-process on the same scenes")
+    rows = evaluate_planners(
+        {"mcts": make_planner("mcts", budget=100), "random": make_planner("random")},
+        seeds,
+        max_moves=budget.max_moves,
+        level=budget.level,
+    )
+    table = [*summarize(rows), served_row(decisions, seeds)]
+    seconds["total"] = time.perf_counter() - started
+    console.print(f"{budget.level} scenes, {len(seeds)} held out (seeds {FIRST_EVAL_SEED}+i), "
+                  f"at most {budget.max_moves} moves")  # fmt: skip
+    print_table(table)
+    console.print(f"time: {' / '.join(seconds)} (s): "
+                  + " / ".join(f"{s:.0f}" for s in seconds.values()))  # fmt: skip
+    return {"family": "namo", "level": budget.level, "planners": table, "seconds": seconds,
+            "decisions": decisions, "files": [str(p) for p in graphs.values()]}  # fmt: skip
