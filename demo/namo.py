@@ -131,23 +131,11 @@ class PlannerClient:
         self._node.destroy_node()
 
 
-def _wait(condition: Any, timeout_s: float, what: str, procs: list[Any]) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        for p in procs:
-            if not p.alive():
-                raise RuntimeError(f"{p.name} exited; log {p.log_path}:\n{p.log_text()[-2000:]}")
-        if time.monotonic() > deadline:
-            logs = "\n".join(f"--- {p.name}\n{p.log_text()[-1500:]}" for p in procs)
-            raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}\n{logs}")
-        time.sleep(0.05)
-
-
 def serve_planner(
     q_model: Path, generator: Path, budget: NamoBudget, seeds: list[int], log_dir: Path
 ) -> list[dict[str, Any]]:
     """Plan `seeds` through the three node processes; the decisions, in order."""
-    from roboloop_bringup.processes import start_node
+    from roboloop_bringup.processes import start_node, wait_until
 
     procs = [
         start_node("q_scorer", params={"model_path": str(q_model), "device": "cpu"},
@@ -164,11 +152,11 @@ def serve_planner(
     ]  # fmt: skip
     client = PlannerClient()
     try:
-        _wait(client.ready, 90, "namo_planner and its diagnostics", procs)
+        wait_until(client.ready, 90, "namo_planner and its diagnostics", procs)
         for i, seed in enumerate(seeds):
             client.plan(seed)
-            _wait(lambda i=i: client.episodes_done() > i, 60 * budget.max_moves, f"scene {seed}",
-                  procs)  # fmt: skip
+            done = lambda i=i: client.episodes_done() > i  # noqa: E731
+            wait_until(done, 60 * budget.max_moves, f"scene {seed}", procs)
         time.sleep(0.5)  # the last decision message may trail the diagnostics
         return list(client.decisions)
     finally:

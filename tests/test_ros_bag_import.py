@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from roboloop_bringup.processes import STARTED, RosProcess, start_node
+from roboloop_bringup.processes import STARTED, RosProcess, start_node, wait_until
 
 from episode_dataset import EpisodeReader, validate_file
 from episode_dataset.bag_import import import_bag
-from roboloop_testing.waiting import wait_until
 
 pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
 

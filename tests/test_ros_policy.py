@@ -24,13 +24,12 @@ from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from rclpy.qos import QoSProfile, qos_profile_sensor_data  # noqa: E402
 from roboloop_bringup.launch_standin import load_launch_file  # noqa: E402
-from roboloop_bringup.processes import RosProcess, start_node  # noqa: E402
+from roboloop_bringup.processes import RosProcess, start_node, wait_until  # noqa: E402
 from roboloop_policy.reference_model import make_reference_policy  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 
 from roboloop_runtime import OnnxModel  # noqa: E402
 from roboloop_testing.ros_probe import RosProbe  # noqa: E402
-from roboloop_testing.waiting import wait_until  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
 

@@ -17,13 +17,12 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 
 from rclpy.qos import QoSProfile, qos_profile_sensor_data  # noqa: E402
-from roboloop_bringup.processes import start_node  # noqa: E402
+from roboloop_bringup.processes import start_node, wait_until  # noqa: E402
 from roboloop_policy.reference_model import make_reference_policy  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 
 from roboloop_runtime import OnnxModel  # noqa: E402
 from roboloop_testing.ros_probe import RosProbe  # noqa: E402
-from roboloop_testing.waiting import wait_until  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
 REPO = Path(__file__).resolve().parents[1]

@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from roboloop_bringup.processes import RosProcess, shm_files_of, start_node
+from roboloop_bringup.processes import RosProcess, shm_files_of, start_node, wait_until
 
 from episode_dataset import EpisodeReader, validate_file
-from roboloop_testing.waiting import wait_until
 
 pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
 
