@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import h5py
 import numpy as np
-from h5py import h5a, h5s, h5t
+from h5py import h5a, h5d, h5p, h5s, h5t
 
 from episode_dataset._files import (
     WriterLock,
@@ -88,6 +88,26 @@ def put_attrs(obj: h5py.HLObject, attrs: dict[str, Any]) -> None:
         h5a.create(obj.id, name.encode(), h5t.py_create(arr.dtype, logical=True), space).write(arr)
 
 
+def new_dataset(
+    group: h5py.Group, name: str, spec: KeySpec, chunk_rows: int, checksums: bool
+) -> h5py.Dataset:
+    """An empty resizable (0, *spec.shape) dataset chunked by `chunk_rows` rows, as
+    `group.create_dataset(name, shape, maxshape=(None, ...), dtype, chunks, fletcher32)` makes it
+    (same creation properties), through h5py's low-level API: ~0.2 ms less per dataset, five of
+    them per episode. `name` may hold "/": missing groups are created."""
+    dcpl = h5p.create(h5p.DATASET_CREATE)
+    dcpl.set_chunk((chunk_rows, *spec.shape))
+    if checksums:  # per-chunk checksum: validate/readers detect damaged bytes
+        dcpl.set_fletcher32()
+    dcpl.set_obj_track_times(False)
+    lcpl = h5p.create(h5p.LINK_CREATE)
+    lcpl.set_create_intermediate_group(True)
+    lcpl.set_char_encoding(h5t.CSET_ASCII if name.isascii() else h5t.CSET_UTF8)  # as h5py
+    space = h5s.create_simple((0, *spec.shape), (h5s.UNLIMITED, *spec.shape))
+    tid = h5t.py_create(spec.np_dtype, logical=True)
+    return h5py.Dataset(h5d.create(group.id, name.encode(), tid, space, dcpl=dcpl, lcpl=lcpl))
+
+
 def to_json(value: Any, where: str) -> str:
     def default(o: Any) -> Any:
         if isinstance(o, np.generic):
@@ -132,20 +152,14 @@ class _Column:
     ) -> None:
         # A known episode length caps the chunk so short episodes do not allocate a full chunk.
         self.rows = min(chunk_rows(spec, chunk_bytes), length_hint or MAX_CHUNK_ROWS)
-        self.ds = group.create_dataset(
-            name,
-            shape=(0, *spec.shape),
-            maxshape=(None, *spec.shape),
-            dtype=spec.np_dtype,
-            chunks=(self.rows, *spec.shape),
-            fletcher32=checksums,  # per-chunk checksum: validate/readers detect damaged bytes
-        )
+        self.ds = new_dataset(group, name, spec, self.rows, checksums)
         put_attrs(self.ds, spec.to_attrs())
         self.spec = spec
         self.length_hint = length_hint
         self.on_write = on_write
         self.buffer: np.ndarray | None = None  # allocated on the first append_step
         self.filled = 0
+        self.size = 0  # rows in the dataset
 
     def _slab(self) -> np.ndarray:
         row_bytes = max(1, self.spec.np_dtype.itemsize * int(np.prod(self.spec.shape)))
@@ -163,9 +177,15 @@ class _Column:
 
     def extend(self, rows: np.ndarray) -> None:
         self.flush()
-        n = self.ds.shape[0]
-        self.ds.resize(n + len(rows), axis=0)
-        self.ds[n:] = rows
+        # h5py's low-level calls: Dataset.resize + __setitem__ cost ~0.4 ms a pair in Python,
+        # which shows in short episodes (five columns each).
+        rows = np.ascontiguousarray(rows, self.spec.np_dtype)
+        n, origin = self.size, (0,) * len(self.spec.shape)
+        self.size += len(rows)
+        self.ds.id.set_extent((self.size, *self.spec.shape))
+        space = self.ds.id.get_space()
+        space.select_hyperslab((n, *origin), rows.shape)
+        self.ds.id.write(h5s.create_simple(rows.shape), space, rows)
         if self.on_write is not None:
             self.on_write(rows.nbytes)
 

@@ -292,7 +292,7 @@ def test_batch_index_lists_episodes_on_close_and_after_an_error(tmp_path: Path) 
 
 
 def test_append_steps_in_batches_and_attrs_typed_as_h5py_does(tmp_path: Path) -> None:
-    from episode_dataset.writer import put_attrs
+    from episode_dataset.writer import new_dataset, put_attrs
 
     path = tmp_path / "b.hdf5"
     ep = make_episode(4, 30)
@@ -317,6 +317,20 @@ def test_append_steps_in_batches_and_attrs_typed_as_h5py_does(tmp_path: Path) ->
             fast, ref = f["fast"].attrs.get_id(name), f["h5py"].attrs.get_id(name)
             assert fast.get_type() == ref.get_type() and fast.shape == ref.shape, name
             np.testing.assert_array_equal(f["fast"].attrs[name], f["h5py"].attrs[name])
+        for i, (spec, checksums) in enumerate(
+            [(KeySpec("uint8", (4, 5, 3)), True), (KeySpec("bool"), False)]
+        ):
+            fast = new_dataset(f.create_group(f"d{i}"), "obs/x", spec, 3, checksums)
+            ref = f.create_group(f"r{i}").create_dataset(
+                "obs/x", shape=(0, *spec.shape), maxshape=(None, *spec.shape),
+                dtype=spec.np_dtype, chunks=(3, *spec.shape), fletcher32=checksums,
+            )  # fmt: skip
+            a, b = fast.id.get_create_plist(), ref.id.get_create_plist()
+            for get in ("get_chunk", "get_nfilters", "get_fill_time", "get_alloc_time",
+                        "get_obj_track_times", "get_layout"):  # fmt: skip
+                assert getattr(a, get)() == getattr(b, get)(), get
+            assert fast.id.get_type() == ref.id.get_type() and fast.maxshape == ref.maxshape
+            assert (fast.fletcher32, fast.shape) == (checksums, (0, *spec.shape))
 
 
 def test_streaming_roundtrip_and_close_with_open_episode(tmp_path: Path) -> None:
