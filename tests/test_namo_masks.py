@@ -233,8 +233,8 @@ def test_batched_masks_refuse_an_invalid_move() -> None:
 
 
 def test_near_equals_the_distance_transform_of_the_footprint() -> None:
-    """near (the cells a placed object keeps the robot's centre out of, used by check and the
-    post-move distance) == distance_to(footprint) <= inflation, for random poses."""
+    """near (the cells a placed object keeps the robot's centre out of: the post-move distance;
+    check asks it for one cell) == distance_to(footprint) <= inflation, for random poses."""
     from sim.namo.grid import distance_to
 
     model = TransitionModel(generate_scene(7))
@@ -245,3 +245,36 @@ def test_near_equals_the_distance_transform_of_the_footprint() -> None:
         fp = model.footprint(k, pose)
         expected = distance_to(model.grid, fp) <= model.inflation
         np.testing.assert_array_equal(model.near(k, pose), expected)
+        # check's one-cell form (robot and goal cells), at the grid's edges too
+        for cell in [(0, 0), (99, 99), (0, 50), *rng.integers(0, 100, (20, 2))]:
+            cell = (int(cell[0]), int(cell[1]))
+            assert model._is_near(fp, cell) == expected[cell], (pose, cell)
+
+
+def test_lifted_world_equals_the_distance_transform_of_the_others() -> None:
+    """_lifted composes the walls' and the other objects' cached dilations; it must equal the
+    distance transform of everything but the lifted object (robot-free cells and the placement
+    clearance), on random states of every level."""
+    from sim.namo.grid import distance_to
+
+    checked = 0
+    for level in ("easy", "hard"):
+        for seed in range(300, 303):
+            model = TransitionModel(generate_scene(seed, level=level))
+            rng = np.random.default_rng(seed)
+            state = model.initial_state()
+            for _ in range(2):
+                info = model.info(state)
+                for k in model.reachable_objects(state):
+                    occupied = model.static.copy()
+                    for j, fp in enumerate(info.footprints):
+                        occupied |= fp if j != k else False
+                    dist = distance_to(model.grid, occupied)
+                    lifted = model._lifted(state, k)
+                    np.testing.assert_array_equal(lifted.blocked, dist <= model.inflation)
+                    clearance = model.cell * model.config.clearance_cells
+                    np.testing.assert_array_equal(lifted.crowded, dist < clearance)
+                    checked += 1
+                proposals = model.proposals(state, 2, rng)
+                state = model.step(state, proposals[0]).state
+    assert checked >= 12

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -105,6 +106,15 @@ class StepResult:
     reach_position: tuple[float, float]
 
 
+class Lifted(NamedTuple):
+    """The world of a state with one object lifted out (``TransitionModel._lifted``)."""
+
+    blocked: np.ndarray  # cells within ``inflation`` of walls / the other objects (robot-free)
+    crowded: np.ndarray  # cells closer than ``clearance_cells`` cells to walls / other objects
+    region: np.ndarray  # free cells the robot reaches with the object lifted out
+    region_dist: np.ndarray  # metres to that region
+
+
 @dataclass
 class StateInfo:
     """Everything the model derives from one state (cached per state)."""
@@ -117,7 +127,7 @@ class StateInfo:
     goal_reached: bool
     goal_path: float  # geodesic metres robot -> goal (inf if unreachable)
     reach: list[tuple[int, int] | None]  # reach cell per object (None: not reachable)
-    lifted: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    lifted: dict[int, Lifted] = field(default_factory=dict)
     lifted_cuts: dict[int, Cut] = field(default_factory=dict)  # see ``after_distance``
     rects: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # corners, bounding boxes
     checked: dict[Proposal, str | None] = field(default_factory=dict)  # ``check``'s answers
@@ -146,11 +156,19 @@ class TransitionModel:
         self._static_graph: GridGraph | None = None
         self._near: dict[tuple[int, tuple[float, float, float]], np.ndarray] = {}
         self._wall_corners = [rect_corners(w.x, w.y, 0.0, w.half_x, w.half_y) for w in scene.walls]
-        # Cell offsets within ``inflation`` (the robot centre's margin), for ``near``.
+        # Cell offsets within ``inflation`` (the robot centre's margin), for ``near``, and closer
+        # than the placement clearance, for ``_crowded``: the same metres as ``distance_to``.
         mi, mj = int(self.inflation / g.res_y) + 1, int(self.inflation / g.res_x) + 1
         di, dj = np.mgrid[-mi : mi + 1, -mj : mj + 1]
-        self._disc = np.sqrt((di * g.res_y) ** 2 + (dj * g.res_x) ** 2) <= self.inflation
+        offsets = np.sqrt((di * g.res_y) ** 2 + (dj * g.res_x) ** 2)
+        self._disc = offsets <= self.inflation
         self._disc_half = (mi, mj)
+        self._clearance = self.cell * self.config.clearance_cells
+        self._close = offsets < self._clearance
+        static_dist = distance_to(g, self.static)
+        self._static_near = static_dist <= self.inflation
+        self._static_close = static_dist < self._clearance
+        self._crowd: dict[tuple[int, tuple[float, float, float]], np.ndarray] = {}
 
     # -- geometry ------------------------------------------------------------------------------
     def initial_state(self) -> NamoState:
@@ -174,8 +192,15 @@ class TransitionModel:
         """Cells within ``inflation`` of object k's footprint at ``pose`` (where the robot's
         centre may not be): ``distance_to(grid, footprint) <= inflation``, as a dilation of the
         footprint by the cell offsets within ``inflation``, in a window around it."""
+        return self._dilated(self._near, self._disc, k, pose)
+
+    def _crowded(self, k: int, pose: tuple[float, float, float]) -> np.ndarray:
+        """Cells closer than the placement clearance to object k's footprint at ``pose``."""
+        return self._dilated(self._crowd, self._close, k, pose)
+
+    def _dilated(self, cache: dict, disc: np.ndarray, k: int, pose) -> np.ndarray:  # noqa: ANN001
         key = (k, tuple(pose))
-        got = self._near.get(key)
+        got = cache.get(key)
         if got is None:
             fp = self.footprint(k, pose)
             got = np.zeros(self.grid.shape, dtype=bool)
@@ -184,11 +209,19 @@ class TransitionModel:
                 (mi, mj), (n, m) = self._disc_half, self.grid.shape
                 i0, i1 = max(rows[0] - mi, 0), min(rows[-1] + mi + 1, n)
                 j0, j1 = max(cols[0] - mj, 0), min(cols[-1] + mj + 1, m)
-                got[i0:i1, j0:j1] = ndimage.binary_dilation(fp[i0:i1, j0:j1], self._disc)
-            if len(self._near) > 20000:
-                self._near.clear()
-            self._near[key] = got
+                got[i0:i1, j0:j1] = ndimage.binary_dilation(fp[i0:i1, j0:j1], disc)
+            if len(cache) > 20000:
+                cache.clear()
+            cache[key] = got
         return got
+
+    def _is_near(self, fp: np.ndarray, cell: tuple[int, int]) -> bool:
+        """``near(...)[cell]`` of footprint ``fp`` for one cell: is a footprint cell within the
+        disc of offsets around it (the same offsets, so the same answer)."""
+        (mi, mj), (i, j) = self._disc_half, cell
+        window = fp[max(i - mi, 0) : i + mi + 1, max(j - mj, 0) : j + mj + 1]
+        disc = self._disc[max(mi - i, 0) :, max(mj - j, 0) :][: window.shape[0], : window.shape[1]]
+        return bool((window & disc).any())
 
     def free_space(self, occupied: np.ndarray) -> np.ndarray:
         return distance_to(self.grid, occupied) > self.inflation
@@ -236,20 +269,22 @@ class TransitionModel:
     def reachable_objects(self, state: NamoState) -> list[int]:
         return [k for k, r in enumerate(self.info(state).reach) if r is not None]
 
-    def _lifted(self, state: NamoState, k: int):
-        """(occupied without object k, region reachable with k lifted out, dist to that region)."""
+    def _lifted(self, state: NamoState, k: int) -> Lifted:
+        """The state with object k lifted out (cached per state): composed from the walls' and
+        each other object's cached dilations (a distance transform of a union is the minimum of
+        the parts'), so only the reach region's distance is transformed per state."""
         info = self.info(state)
         got = info.lifted.get(k)
         if got is None:
-            occ = self.static.copy()
-            for j, fp in enumerate(info.footprints):
+            blocked, crowded = self._static_near.copy(), self._static_close.copy()
+            for j, pose in enumerate(state.poses):
                 if j != k:
-                    occ |= fp
-            occ_dist = distance_to(self.grid, occ)
-            labels, _ = ndimage.label(occ_dist > self.inflation, structure=_EIGHT)  # free space
+                    blocked |= self.near(j, pose)
+                    crowded |= self._crowded(j, pose)
+            labels, _ = ndimage.label(~blocked, structure=_EIGHT)  # the free space
             i, j = info.reach[k]
             region = labels == labels[i, j]
-            got = (occ_dist, region, distance_to(self.grid, region))
+            got = Lifted(blocked, crowded, region, distance_to(self.grid, region))
             info.lifted[k] = got
         return got
 
@@ -278,19 +313,18 @@ class TransitionModel:
         corners = rect_corners(*proposal.pose, o.half_x, o.half_y)
         if corners.min() < 0 or corners[:, 0].max() > g.width or corners[:, 1].max() > g.height:
             return f"{proposal.object_id} target pose leaves the world"
-        occ_dist, region, region_dist = self._lifted(state, k)
+        lifted = self._lifted(state, k)
         # Clearance to walls/other objects: the grid under-approximates footprints, so the grid
         # test is backed by an exact polygon test of the grown target rectangle.
-        if (occ_dist[fp] < self.cell * self.config.clearance_cells).any():
+        if lifted.crowded[fp].any():
             return f"{proposal.object_id} target pose collides with a wall or another object"
         if self._collides(state, k, grow_rect(corners, self.config.clearance)):
             return f"{proposal.object_id} target pose collides with a wall or another object"
-        near = self.near(k, proposal.pose)
-        if near[info.reach[k]]:
+        if self._is_near(fp, info.reach[k]):
             return f"{proposal.object_id} target pose overlaps the robot"
-        if near[self.goal_cell]:
+        if self._is_near(fp, self.goal_cell):
             return f"{proposal.object_id} target pose blocks the robot goal"
-        if not (region_dist[fp] <= self.reach_distance).any():
+        if not (lifted.region_dist[fp] <= self.reach_distance).any():
             return f"{proposal.object_id} target pose is out of the robot's reach"
         return None
 
@@ -325,8 +359,7 @@ class TransitionModel:
         graph = self.static_graph()
         lifted = info.lifted_cuts.get(k)
         if lifted is None:
-            occ_dist, _, _ = self._lifted(state, k)
-            lifted = info.lifted_cuts[k] = graph.cut(occ_dist <= self.inflation)
+            lifted = info.lifted_cuts[k] = graph.cut(self._lifted(state, k).blocked)
         return graph.distances(info.reach[k], lifted, graph.cut(self.near(k, proposal.pose)))
 
     def static_graph(self) -> GridGraph:
@@ -376,7 +409,7 @@ class TransitionModel:
         for k in objects if objects is not None else range(len(state.poses)):
             if info.reach[k] is None:
                 continue
-            _, region, _ = self._lifted(state, k)
+            region = self._lifted(state, k).region
             x0, y0, _ = state.poses[k]
             near = region & (
                 (xs[None, :] - x0) ** 2 + (ys[:, None] - y0) ** 2 <= self.config.proposal_radius**2
