@@ -235,8 +235,9 @@ def offline(duration: float, tmp: Path, repeats: int) -> list[dict[str, Any]]:
     median time, so a burst of load from elsewhere on a shared machine does not decide the
     ratio. `checksums=False` (no fletcher32 per HDF5 chunk) shows what the checksums cost.
     `cpu_s` is this process's CPU time (user + system: the copies into the page cache count),
-    which load from other processes changes far less than the wall-clock time; on this shared
-    machine the wall-clock ratio swings between runs minutes apart (0.5x-1.3x, same code).
+    which load from other processes changes far less than the wall-clock time. The writers share
+    the process, so a writer that leaves it slower (seen once: a ctypes call into libhdf5 made
+    the MCAP writer's CPU time 2.5x) shows up in the other's row: compare with earlier runs.
     """
     from rclpy.serialization import serialize_message
     from sensor_msgs.msg import Image, JointState
