@@ -78,8 +78,13 @@ class TorchGenerator:
     """A trained GenerativeModule with a sampler as a `Generator` (K proposals per scene)."""
 
     def __init__(
-        self, module: Any, sampler: Any, num_proposals: int = 8, seed: int = 0, threshold=0.5
-    ):
+        self,
+        module: Any,
+        sampler: Any,
+        num_proposals: int = 8,
+        seed: int = 0,
+        threshold: float = 0.5,
+    ) -> None:
         import torch
 
         self.torch, self.module, self.sampler = torch, module.eval(), sampler
