@@ -48,7 +48,14 @@ BUDGETS = {
         episodes=300,
         mcts_budget=100,
         mask_size=32,
-        q_overrides=("max_epochs=15", "batch_size=64", "num_workers=0"),
+        # whole states per batch and a per-state rank loss beside MSE (docs/q_function.md)
+        q_overrides=(
+            "max_epochs=15",
+            "batch_size=64",
+            "num_workers=0",
+            "model.rank_weight=1.0",
+            "data.group_by_state=true",
+        ),
         generator_overrides=("max_epochs=15", *GENERATOR_SAMPLER),
         eval_scenes=20,
         max_moves=5,
