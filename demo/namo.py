@@ -26,8 +26,12 @@ PLANNER_PARAMS = REPO / "ros2_ws/src/roboloop_namo/config/namo_planner.yaml"
 
 # A CPU-sized DiT sampled by 5 Euler steps: the export unrolls the sampler, and at the config's
 # 20 steps exporting took 11 minutes here.
-GENERATOR_SAMPLER = ("network=dit_tiny", "model.sampler.method=euler", "sampling_steps=5",
-                     "num_workers=0")  # fmt: skip
+GENERATOR_SAMPLER = (
+    "network=dit_tiny",
+    "model.sampler.method=euler",
+    "sampling_steps=5",
+    "num_workers=0",
+)
 
 
 @dataclass(frozen=True)
@@ -145,18 +149,29 @@ def serve_planner(
     from roboloop_bringup.processes import start_node, wait_until
 
     procs = [
-        start_node("q_scorer", params={"model_path": str(q_model), "device": "cpu"},
-                   log_path=log_dir / "q_scorer.log"),
-        start_node("goal_generator", params={"model_path": str(generator), "device": "cpu"},
-                   log_path=log_dir / "goal_generator.log"),
+        start_node(
+            "q_scorer",
+            params={"model_path": str(q_model), "device": "cpu"},
+            log_path=log_dir / "q_scorer.log",
+        ),
+        start_node(
+            "goal_generator",
+            params={"model_path": str(generator), "device": "cpu"},
+            log_path=log_dir / "goal_generator.log",
+        ),
         start_node(
             "namo_planner",
             params_file=PLANNER_PARAMS,
-            params={"level": budget.level, "scene_seed": -1, "max_moves": budget.max_moves,
-                    "q_mask_size": budget.mask_size, "diagnostics_period_s": 0.2},
+            params={
+                "level": budget.level,
+                "scene_seed": -1,
+                "max_moves": budget.max_moves,
+                "q_mask_size": budget.mask_size,
+                "diagnostics_period_s": 0.2,
+            },
             log_path=log_dir / "namo_planner.log",
         ),
-    ]  # fmt: skip
+    ]
     client = PlannerClient()
     try:
         wait_until(client.ready, 90, "namo_planner and its diagnostics", procs)
@@ -217,8 +232,14 @@ def run_namo(quick: bool, out: Path, console: Any) -> dict[str, Any]:
 
     stage(f"MCTS solves {budget.episodes} {budget.level} scenes (budget {budget.mcts_budget})")
     t0 = time.perf_counter()
-    collect(out / "episodes", 0, budget.episodes, MCTSConfig(budget=budget.mcts_budget),
-            max_moves=budget.max_moves, level=budget.level)  # fmt: skip
+    collect(
+        out / "episodes",
+        0,
+        budget.episodes,
+        MCTSConfig(budget=budget.mcts_budget),
+        max_moves=budget.max_moves,
+        level=budget.level,
+    )
     files = batch(out / "episodes", out / "masks", size=budget.mask_size)
     seconds["data"] = time.perf_counter() - t0
     console.print(f"{files} mask files ({budget.mask_size} px)")
@@ -226,24 +247,29 @@ def run_namo(quick: bool, out: Path, console: Any) -> dict[str, Any]:
     graphs: dict[str, Path] = {}
     for key, config, overrides in (
         ("q", "train_q_function", [f"data_dir={out / 'masks'}", *budget.q_overrides]),
-        ("generator", "train_fb_flow_matching",
-         [f"data.data_dir={out / 'masks'}", *budget.generator_overrides]),
-    ):  # fmt: skip
+        (
+            "generator",
+            "train_fb_flow_matching",
+            [f"data.data_dir={out / 'masks'}", *budget.generator_overrides],
+        ),
+    ):
         overrides = [
             *overrides,
             f"image_size={budget.mask_size}",
             f"output_root={out / 'outputs'}",
         ]
         stage(f"train {config}")
-        console.print(f"python -m learning.train --config-name={config} " + " ".join(overrides),
-                      markup=False)  # fmt: skip
+        console.print(
+            f"python -m learning.train --config-name={config} " + " ".join(overrides), markup=False
+        )
         t0 = time.perf_counter()
         result = run(compose_config(config, overrides))
         seconds[f"train {key}"] = time.perf_counter() - t0
         graphs[key] = out / f"{key}.onnx"
         t0 = time.perf_counter()
-        export_cli(["--ckpt", str(result["best_ckpt"] or result["last_ckpt"]),
-                    "--out", str(graphs[key])])  # fmt: skip
+        export_cli(
+            ["--ckpt", str(result["best_ckpt"] or result["last_ckpt"]), "--out", str(graphs[key])]
+        )
         seconds[f"export {key}"] = time.perf_counter() - t0
 
     seeds = list(range(FIRST_EVAL_SEED, FIRST_EVAL_SEED + budget.eval_scenes))
@@ -261,10 +287,19 @@ def run_namo(quick: bool, out: Path, console: Any) -> dict[str, Any]:
     )
     table = [*summarize(rows), served_row(decisions, seeds)]
     seconds["total"] = time.perf_counter() - started
-    console.print(f"{budget.level} scenes, {len(seeds)} held out (seeds {FIRST_EVAL_SEED}+i), "
-                  f"at most {budget.max_moves} moves")  # fmt: skip
+    console.print(
+        f"{budget.level} scenes, {len(seeds)} held out (seeds {FIRST_EVAL_SEED}+i), "
+        f"at most {budget.max_moves} moves"
+    )
     print_table(table)
-    console.print(f"time: {' / '.join(seconds)} (s): "
-                  + " / ".join(f"{s:.0f}" for s in seconds.values()))  # fmt: skip
-    return {"family": "namo", "level": budget.level, "planners": table, "seconds": seconds,
-            "decisions": decisions, "files": [str(p) for p in graphs.values()]}  # fmt: skip
+    console.print(
+        f"time: {' / '.join(seconds)} (s): " + " / ".join(f"{s:.0f}" for s in seconds.values())
+    )
+    return {
+        "family": "namo",
+        "level": budget.level,
+        "planners": table,
+        "seconds": seconds,
+        "decisions": decisions,
+        "files": [str(p) for p in graphs.values()],
+    }
