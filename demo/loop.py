@@ -50,7 +50,7 @@ RECORD_ANCHOR_TOLERANCE_S = 0.4 / 50.0
 TRAIN_OVERRIDES = [
     "data.obs_keys=[state]",  # policy_node's default topics (config/policy.yaml)
     "data.val_fraction=0.0",
-    "trainer.callbacks.model_checkpoint.save_top_k=0",  # no validation loss: keep last.ckpt
+    "trainer.callbacks.model_checkpoint.save_top_k=0",  # no validation loss: serve last.ckpt
     "base_lr=2.0e-3",
     "n_action_steps=1",
 ]

@@ -105,3 +105,17 @@ def test_old_and_new_spelling_together_is_one_line() -> None:
     cfg = {"model": {"encoder": {"image_channels": [8], "image_encoder": {"channels": [4]}}}}
     with pytest.raises(CheckpointError, match=r"^x.ckpt: config has both model.encoder.image_"):
         upgrade_checkpoint({CONFIG_KEY: cfg}, "x.ckpt")
+
+
+def test_last_ckpt_is_the_last_epoch_even_when_the_monitored_metric_stops_improving(
+    tmp_path: Path,
+) -> None:
+    """mode=max on a falling val_loss: only epoch 0 is ever the best, yet last.ckpt must hold
+    the final epoch (Lightning's own save_last rewrote it only on an improvement)."""
+    data = write_toy_dataset(tmp_path / "toy.hdf5", episodes=6, image=True)
+    flip = ["trainer.callbacks.model_checkpoint.mode=max"]
+    result = run(_cfg(data, tmp_path / "run", 3, flip))
+    last = torch.load(result["last_ckpt"], map_location="cpu", weights_only=True)
+    best = torch.load(result["best_ckpt"], map_location="cpu", weights_only=True)
+    assert last["epoch"] == 2 and last["global_step"] > best["global_step"]
+    assert best["epoch"] < 2
