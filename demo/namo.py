@@ -128,6 +128,11 @@ class PlannerClient:
         with self._lock:
             return int(self.status.get("episodes", "0"))
 
+    def decisions_in(self) -> bool:
+        """Every decision the planner counts on /diagnostics has arrived here."""
+        with self._lock:
+            return self.status.get("decisions") == str(len(self.decisions))
+
     def ready(self) -> bool:
         with self._lock:
             return self._plan.get_subscription_count() > 0 and bool(self.status)
@@ -179,7 +184,7 @@ def serve_planner(
             client.plan(seed)
             done = lambda i=i: client.episodes_done() > i  # noqa: E731
             wait_until(done, 60 * budget.max_moves, f"scene {seed}", procs)
-        time.sleep(0.5)  # the last decision message may trail the diagnostics
+        wait_until(client.decisions_in, 10, "the last decision messages", procs)
         return list(client.decisions)
     finally:
         client.close()
