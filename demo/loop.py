@@ -105,7 +105,8 @@ class DiagnosticsMonitor:
             self.latest[status.name] = {kv.key: kv.value for kv in status.values}
 
     def find(self, name_part: str) -> dict[str, str]:
-        for name, values in self.latest.items():
+        # a copy: the spin thread adds a name when a node's first status arrives
+        for name, values in list(self.latest.items()):
             if name_part in name:
                 return values
         return {}

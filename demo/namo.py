@@ -12,13 +12,12 @@ planner beside MCTS (budget 100) and random proposals run in-process on the same
 from __future__ import annotations
 
 import json
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from demo.loop import REPO, stage
+from demo.loop import REPO, DiagnosticsMonitor, stage
 
 FIRST_EVAL_SEED = 100000  # held out: training scenes are seeds 0..episodes-1
 PLANNER_PARAMS = REPO / "ros2_ws/src/roboloop_namo/config/namo_planner.yaml"
@@ -77,74 +76,40 @@ BUDGETS = {
 }
 
 
-class PlannerClient:
-    """Sends scene seeds to namo_planner and collects its decisions and diagnostics."""
+class PlannerClient(DiagnosticsMonitor):
+    """Sends scene seeds to namo_planner and collects its decisions (on the monitor's node and
+    spin thread); its /diagnostics status comes from the monitor."""
+
+    STATUS = "namo_planner: planner"
 
     def __init__(self) -> None:
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from std_msgs.msg import Int64, String
 
+        super().__init__()
         self.decisions: list[dict[str, Any]] = []
-        self.status: dict[str, str] = {}
-        self._lock = threading.Lock()
-        self._context = rclpy.Context()
-        rclpy.init(context=self._context)
-        self._node = rclpy.create_node("namo_family_client", context=self._context)
         self._plan = self._node.create_publisher(Int64, "/namo_planner/plan", 10)
+        self._int64 = Int64
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         self._node.create_subscription(
-            String, "/namo_planner/decision", self._on_decision, reliable
+            String,
+            "/namo_planner/decision",
+            lambda msg: self.decisions.append(json.loads(msg.data)),
+            reliable,
         )
-        self._node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
-        self._executor = SingleThreadedExecutor(context=self._context)
-        self._executor.add_node(self._node)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-        self._int64 = Int64
-
-    def _spin(self) -> None:
-        from rclpy.executors import ExternalShutdownException
-
-        try:
-            while self._context.ok():
-                self._executor.spin_once(timeout_sec=0.1)
-        except ExternalShutdownException:
-            pass
-
-    def _on_decision(self, msg: Any) -> None:
-        with self._lock:
-            self.decisions.append(json.loads(msg.data))
-
-    def _on_diagnostics(self, msg: Any) -> None:
-        for s in msg.status:
-            if s.name.endswith("namo_planner: planner"):
-                with self._lock:
-                    self.status = {kv.key: kv.value for kv in s.values}
 
     def episodes_done(self) -> int:
-        with self._lock:
-            return int(self.status.get("episodes", "0"))
+        return int(self.find(self.STATUS).get("episodes", "0"))
 
     def decisions_in(self) -> bool:
         """Every decision the planner counts on /diagnostics has arrived here."""
-        with self._lock:
-            return self.status.get("decisions") == str(len(self.decisions))
+        return self.find(self.STATUS).get("decisions") == str(len(self.decisions))
 
     def ready(self) -> bool:
-        with self._lock:
-            return self._plan.get_subscription_count() > 0 and bool(self.status)
+        return self._plan.get_subscription_count() > 0 and bool(self.find(self.STATUS))
 
     def plan(self, seed: int) -> None:
         self._plan.publish(self._int64(data=seed))
-
-    def close(self) -> None:
-        self._context.try_shutdown()
-        self._thread.join(timeout=2)
-        self._executor.shutdown()
-        self._node.destroy_node()
 
 
 def serve_planner(
