@@ -99,7 +99,10 @@ class PlannerClient(DiagnosticsMonitor):
         )
 
     def episodes_done(self) -> int:
-        return int(self.find(self.STATUS).get("episodes", "0"))
+        """Scenes finished, solved or not, or failed (a node that never answered: the planner
+        counts it under failed_episodes and its last_error says why)."""
+        status = self.find(self.STATUS)
+        return int(status.get("episodes", "0")) + int(status.get("failed_episodes", "0"))
 
     def decisions_in(self) -> bool:
         """Every decision the planner counts on /diagnostics has arrived here."""
@@ -150,6 +153,12 @@ def serve_planner(
             done = lambda i=i: client.episodes_done() > i  # noqa: E731
             wait_until(done, 60 * budget.max_moves, f"scene {seed}", procs)
         wait_until(client.decisions_in, 10, "the last decision messages", procs)
+        status = client.find(client.STATUS)
+        if status.get("failed_episodes"):  # counted as unsolved in the table
+            print(
+                f"namo_planner: {status['failed_episodes']} scene(s) failed; last error: "
+                f"{status.get('last_error')}"
+            )
         return list(client.decisions)
     finally:
         client.close()
