@@ -60,6 +60,31 @@ def _find_syncfs() -> Any:
 _syncfs = _find_syncfs()
 
 
+def _find_sync_file_range() -> Any:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # not Linux
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    return fn
+
+
+_sync_file_range = _find_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int) -> None:
+    """Start writing a file's dirty pages to disk without waiting, so that a later fsync waits
+    only for what was written since. Linux sync_file_range(SYNC_FILE_RANGE_WRITE): the pages stay
+    cached (POSIX_FADV_DONTNEED, the fallback, also drops them: ~2x the CPU time)."""
+    if _sync_file_range is not None:
+        if _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"sync_file_range: {os.strerror(err)}")
+    elif hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
 def commit_file(tmp: Path, final: Path, *, fsync: bool) -> None:
     """Make a closed temp file visible under its final name; after a crash either name holds."""
     if fsync:

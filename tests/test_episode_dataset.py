@@ -228,6 +228,42 @@ def test_checksums_off_writes_plain_chunks(tmp_path: Path) -> None:
                 assert {group[k].fletcher32 for k in ("obs/image", ACTIONS)} == {checksums}
 
 
+def test_chunks_are_stored_as_hdf5s_filter_pipeline_stores_them(tmp_path: Path) -> None:
+    """The writer hands HDF5 finished chunks (write_direct_chunk, its own fletcher32): each
+    stored chunk, the zero-padded last one included, is byte for byte what h5py's ordinary
+    write through the filter pipeline stores, so readers check the same checksums."""
+    from episode_dataset.writer import fletcher32, fletcher32_reference
+
+    rng = np.random.default_rng(8)
+    for n in (0, 1, 6, 721, 4099):  # odd lengths, a last partial 360-word block
+        for data in (rng.integers(0, 256, n, dtype=np.uint8), np.zeros(n, np.uint8)):
+            assert fletcher32(data) == fletcher32_reference(data)
+    ep = make_episode(4, 23)
+    for checksums in (True, False):
+        path = tmp_path / f"d{checksums}.hdf5"
+        with EpisodeWriter(path, OBS_SPECS, ACTION_SPEC, chunk_bytes=2 * H * W * 3,
+                           checksums=checksums) as w:  # fmt: skip
+            w.begin_episode()
+            w.append_steps({k: v[:10] for k, v in ep["obs"].items()}, ep["actions"][:10],
+                           ep["rewards"][:10], ep["dones"][:10])  # fmt: skip
+            for t in range(10, 23):  # continues a partly filled image chunk, ends in one
+                w.append_step({k: v[t] for k, v in ep["obs"].items()}, ep["actions"][t],
+                              ep["rewards"][t], ep["dones"][t])  # fmt: skip
+            w.end_episode()
+        with EpisodeReader(path) as r, h5py.File(tmp_path / f"ref{checksums}.h5", "w") as ref:
+            group = r.episode_group("demo_0")
+            for key, arr in {"obs/image": ep["obs"]["image"], "obs/state": ep["obs"]["state"],
+                             ACTIONS: ep["actions"]}.items():  # fmt: skip
+                ds = group[key]
+                want = ref.create_dataset(key, data=arr, chunks=ds.chunks,
+                                          maxshape=ds.maxshape, fletcher32=checksums)  # fmt: skip
+                chunks = want.id.get_num_chunks()
+                assert ds.id.get_num_chunks() == chunks and (key != "obs/image" or chunks == 12)
+                for i in range(chunks):
+                    at = want.id.get_chunk_info(i).chunk_offset
+                    assert ds.id.read_direct_chunk(at) == want.id.read_direct_chunk(at), key
+
+
 def test_camera_chunks_carry_checksums_that_catch_a_flipped_byte(tmp_path: Path) -> None:
     """A camera stream (a chunk per frame) reads back; with checksums a byte flipped on disk is
     a one-line DatasetError, not garbage; without, it reads back unnoticed."""
