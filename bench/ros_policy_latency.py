@@ -42,8 +42,9 @@ PUBLISH_RATIO = 0.9
 NOTE = (
     "ros = observation stamp -> action arrival across processes; trigger timer: the node acts "
     "on its timer, so tick_wait (half a period on average) is part of it; trigger observation: "
-    "it acts on arrival; ros_minus_in_process = ros p50 - in-process p50; node_* = the node's "
-    "own diagnostics"
+    "it acts on arrival; ros_minus_in_process = ros p50 - in-process p50 (back to back); "
+    "in_process_paced = the same calls once per control period, idle between them as in the node; "
+    "node_* = the node's own diagnostics"
 )
 TRIGGERS = ("timer", "observation")
 
@@ -66,8 +67,11 @@ def _observations(metadata: Any, rng: np.random.Generator) -> dict[str, np.ndarr
     }
 
 
-def in_process_latency(model_path: Path, iters: int) -> dict[str, float]:
-    """predict_action_chunk at batch 1 (obs history built like the node does), ms."""
+def in_process_latency(
+    model_path: Path, iters: int, rate_hz: float | None = None
+) -> dict[str, float]:
+    """predict_action_chunk at batch 1 (obs history built like the node does), ms: back to back,
+    or once per period at `rate_hz` (idle between calls, as in the node: colder caches)."""
     from roboloop_runtime import OnnxPolicy
 
     policy = OnnxPolicy(model_path, device="cpu", threads=1)
@@ -76,8 +80,13 @@ def in_process_latency(model_path: Path, iters: int) -> dict[str, float]:
     batch = {k: np.stack([v] * m.obs_steps)[None] for k, v in obs.items()}
     for _ in range(10):
         policy.predict_action_chunk(batch)
+    period = 1.0 / rate_hz if rate_hz else 0.0
     times = []
+    next_call = time.perf_counter()
     for _ in range(iters):
+        if period:
+            next_call += period
+            time.sleep(max(0.0, next_call - time.perf_counter()))
         start = time.perf_counter()
         policy.predict_action_chunk(batch)
         times.append((time.perf_counter() - start) * 1e3)
@@ -121,7 +130,9 @@ def ros_latency(
     )
     context = rclpy.Context()
     rclpy.init(context=context, signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
-    node = rclpy.create_node("ros_policy_latency_bench", context=context)
+    node = rclpy.create_node(
+        "ros_policy_latency_bench", context=context, start_parameter_services=False
+    )
     lock = threading.Lock()
     sent: set[int] = set()
     latency_ms: dict[int, float] = {}  # stamp -> first arrival
@@ -233,6 +244,7 @@ def run(quick: bool, model: str | None = None) -> list[dict]:
         cases = [(reference, 20.0), (second, 20.0), (second, 100.0)]
         for (path, rate), trigger in itertools.product(cases, TRIGGERS):
             inproc = in_process_latency(path, iters)  # beside each ROS run: the same load
+            paced = in_process_latency(path, int(seconds * rate), rate)
             ros = ros_latency(path, rate, seconds, tmp_path, trigger)
             tick_wait = 500.0 / rate if trigger == "timer" else 0.0  # mean wait for a tick
             rows.append(
@@ -245,6 +257,8 @@ def run(quick: bool, model: str | None = None) -> list[dict]:
                     "ros_obs_to_action_p50_ms": round(ros["p50"], 3),
                     "ros_obs_to_action_p99_ms": round(ros["p99"], 3),
                     "ros_minus_in_process_p50_ms": round(ros["p50"] - inproc["p50"], 3),
+                    "in_process_paced_p50_ms": round(paced["p50"], 3),
+                    "ros_minus_paced_p50_ms": round(ros["p50"] - paced["p50"], 3),
                     "tick_wait_ms": round(tick_wait, 1),
                     "ros_minus_tick_wait_p50_ms": round(ros["p50"] - tick_wait, 3),
                     "node_inference_p50_ms": ros["node_inference_p50"],
