@@ -15,11 +15,12 @@ control rate at 20 steps per wall-clock second).
 from __future__ import annotations
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
 from launch.conditions import IfCondition
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.substitutions import FindPackageShare
+from roboloop_bringup.launch_common import log_level, loopback_dds
 
 
 def _include(name: str, arguments: dict[str, object], **kwargs) -> IncludeLaunchDescription:
@@ -99,20 +100,8 @@ def generate_launch_description() -> LaunchDescription:
                 description="policy_node trigger: timer or observation.",
                 choices=["timer", "observation"],
             ),
-            DeclareLaunchArgument(
-                "log_level",
-                default_value="info",
-                description="Logging level of all nodes.",
-                choices=["debug", "info", "warn", "error", "fatal"],
-            ),
-            # DDS on 127.0.0.1 and shared memory only (the profile says why SYSTEM_DEFAULT).
-            SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", "SYSTEM_DEFAULT"),
-            SetEnvironmentVariable(
-                "FASTDDS_DEFAULT_PROFILES_FILE",
-                PathJoinSubstitution(
-                    [FindPackageShare("roboloop_node_common"), "config", "fastdds_loopback.xml"]
-                ),
-            ),
+            log_level("Logging level of all nodes."),
+            *loopback_dds(),
             _include(
                 "sim.launch.py",
                 {

@@ -13,10 +13,11 @@ docs/ros_policy_node.md.
 from __future__ import annotations
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
+from roboloop_bringup.launch_common import log_level, log_level_arguments, loopback_dds
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -54,20 +55,8 @@ def generate_launch_description() -> LaunchDescription:
                 description="true: follow /clock (a sim bridge with use_sim_time:=true).",
                 choices=["true", "false"],
             ),
-            DeclareLaunchArgument(
-                "log_level",
-                default_value="info",
-                description="Logging level of the node.",
-                choices=["debug", "info", "warn", "error", "fatal"],
-            ),
-            # DDS on 127.0.0.1 and shared memory only (the profile says why SYSTEM_DEFAULT).
-            SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", "SYSTEM_DEFAULT"),
-            SetEnvironmentVariable(
-                "FASTDDS_DEFAULT_PROFILES_FILE",
-                PathJoinSubstitution(
-                    [FindPackageShare("roboloop_node_common"), "config", "fastdds_loopback.xml"]
-                ),
-            ),
+            log_level(),
+            *loopback_dds(),
             Node(
                 package="roboloop_policy",
                 executable="policy_node",
@@ -82,7 +71,7 @@ def generate_launch_description() -> LaunchDescription:
                         "use_sim_time": LaunchConfiguration("use_sim_time"),
                     },
                 ],
-                ros_arguments=["--log-level", LaunchConfiguration("log_level")],
+                ros_arguments=log_level_arguments(),
             ),
         ]
     )

@@ -19,10 +19,11 @@ runs unrecorded.
 from __future__ import annotations
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable, Shutdown
+from launch.actions import DeclareLaunchArgument, Shutdown
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
+from roboloop_bringup.launch_common import log_level, log_level_arguments, loopback_dds
 
 
 def _recorder_exited(event, context) -> list[Shutdown]:
@@ -61,20 +62,8 @@ def generate_launch_description() -> LaunchDescription:
                 "acknowledge each step, so a lockstep bridge waits for the recorder.",
                 choices=["true", "false"],
             ),
-            DeclareLaunchArgument(
-                "log_level",
-                default_value="info",
-                description="Logging level of the node.",
-                choices=["debug", "info", "warn", "error", "fatal"],
-            ),
-            # DDS on 127.0.0.1 and shared memory only (the profile says why SYSTEM_DEFAULT).
-            SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", "SYSTEM_DEFAULT"),
-            SetEnvironmentVariable(
-                "FASTDDS_DEFAULT_PROFILES_FILE",
-                PathJoinSubstitution(
-                    [FindPackageShare("roboloop_node_common"), "config", "fastdds_loopback.xml"]
-                ),
-            ),
+            log_level(),
+            *loopback_dds(),
             Node(
                 package="roboloop_recorder",
                 executable="recorder",
@@ -89,7 +78,7 @@ def generate_launch_description() -> LaunchDescription:
                         "lockstep_ack": LaunchConfiguration("use_sim_time"),
                     },
                 ],
-                ros_arguments=["--log-level", LaunchConfiguration("log_level")],
+                ros_arguments=log_level_arguments(),
                 on_exit=_recorder_exited,
             ),
         ]

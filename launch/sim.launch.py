@@ -9,10 +9,11 @@ Topics, services and parameters: docs/ros_bridge_recorder.md.
 from __future__ import annotations
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
+from roboloop_bringup.launch_common import log_level, log_level_arguments, loopback_dds
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -56,20 +57,8 @@ def generate_launch_description() -> LaunchDescription:
                 "applied action, reward, done) has this many readers, so a recorder that "
                 "matches late misses no step.",
             ),
-            DeclareLaunchArgument(
-                "log_level",
-                default_value="info",
-                description="Logging level of the node.",
-                choices=["debug", "info", "warn", "error", "fatal"],
-            ),
-            # DDS on 127.0.0.1 and shared memory only (the profile says why SYSTEM_DEFAULT).
-            SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", "SYSTEM_DEFAULT"),
-            SetEnvironmentVariable(
-                "FASTDDS_DEFAULT_PROFILES_FILE",
-                PathJoinSubstitution(
-                    [FindPackageShare("roboloop_node_common"), "config", "fastdds_loopback.xml"]
-                ),
-            ),
+            log_level(),
+            *loopback_dds(),
             Node(
                 package="roboloop_sim_bridge",
                 executable="sim_bridge",
@@ -85,7 +74,7 @@ def generate_launch_description() -> LaunchDescription:
                         "wait_for_subscribers": LaunchConfiguration("wait_for_subscribers"),
                     },
                 ],
-                ros_arguments=["--log-level", LaunchConfiguration("log_level")],
+                ros_arguments=log_level_arguments(),
             ),
         ]
     )

@@ -12,10 +12,11 @@ declares from /sim/<key> and the applied actions and episode ends from the sim b
 from __future__ import annotations
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
+from roboloop_bringup.launch_common import log_level, log_level_arguments, loopback_dds
 
 # Parameter values from launch arguments are read as YAML: quotes keep the empty path a string.
 NONE = "''"
@@ -65,20 +66,8 @@ def generate_launch_description() -> LaunchDescription:
                 description="onnxruntime device (what actually runs: /diagnostics).",
                 choices=["auto", "cpu", "cuda"],
             ),
-            DeclareLaunchArgument(
-                "log_level",
-                default_value="info",
-                description="Logging level of the node.",
-                choices=["debug", "info", "warn", "error", "fatal"],
-            ),
-            # DDS on 127.0.0.1 and shared memory only (the profile says why SYSTEM_DEFAULT).
-            SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", "SYSTEM_DEFAULT"),
-            SetEnvironmentVariable(
-                "FASTDDS_DEFAULT_PROFILES_FILE",
-                PathJoinSubstitution(
-                    [FindPackageShare("roboloop_node_common"), "config", "fastdds_loopback.xml"]
-                ),
-            ),
+            log_level(),
+            *loopback_dds(),
             Node(
                 package="roboloop_world_model",
                 executable="world_model_node",
@@ -95,7 +84,7 @@ def generate_launch_description() -> LaunchDescription:
                         "device": LaunchConfiguration("device"),
                     },
                 ],
-                ros_arguments=["--log-level", LaunchConfiguration("log_level")],
+                ros_arguments=log_level_arguments(),
             ),
         ]
     )

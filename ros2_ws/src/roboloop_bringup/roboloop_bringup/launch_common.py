@@ -1,0 +1,46 @@
+"""What every roboloop launch file declares: the `log_level` argument and loopback-only DDS.
+
+    from roboloop_bringup.launch_common import log_level, loopback_dds
+    LaunchDescription([..., log_level(), *loopback_dds(), Node(..., ros_arguments=LOG_LEVEL)])
+
+`launch` is imported inside the functions: under `launch_standin` its stand-in modules exist only
+while a file is being visited, and under `ros2 launch` the real ones are there either way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+LOG_LEVELS = ["debug", "info", "warn", "error", "fatal"]
+
+
+def log_level(description: str = "Logging level of the node.") -> Any:
+    """The `log_level` launch argument (info by default)."""
+    from launch.actions import DeclareLaunchArgument
+
+    return DeclareLaunchArgument(
+        "log_level", default_value="info", description=description, choices=LOG_LEVELS
+    )
+
+
+def log_level_arguments() -> list[Any]:
+    """A Node's `ros_arguments` applying the `log_level` launch argument."""
+    from launch.substitutions import LaunchConfiguration
+
+    return ["--log-level", LaunchConfiguration("log_level")]
+
+
+def loopback_dds() -> list[Any]:
+    """DDS on 127.0.0.1 and shared memory only, for every node the file starts (the profile's
+    comment says why the discovery range is SYSTEM_DEFAULT, not LOCALHOST)."""
+    from launch.actions import SetEnvironmentVariable
+    from launch.substitutions import PathJoinSubstitution
+    from launch_ros.substitutions import FindPackageShare
+
+    profile = PathJoinSubstitution(
+        [FindPackageShare("roboloop_node_common"), "config", "fastdds_loopback.xml"]
+    )
+    return [
+        SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", "SYSTEM_DEFAULT"),
+        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", profile),
+    ]
