@@ -201,6 +201,69 @@ def test_headerless_anchor_survives_late_callbacks(tmp_path):
     r.close()
 
 
+def lockstep_stream(session, episodes, steps, headerless_first):
+    """A lockstep sim bridge at 50 Hz of sim time: every message of step k reaches the node at
+    its clock t_k (nanoseconds, read as the node reads them); the applied action is stamped with
+    the observation it acted on (t_k-1), the next observation with t_k. `headerless_first(k)`:
+    reward and done come before the applied action (topics arrive in any order)."""
+    period_ns = 20_000_000
+    k = 5000  # t_k - t_k-1 in floats: 0.02 s give or take a rounding, on either side
+
+    def obs(k, value):
+        stamp = hdr_ns(k * period_ns)
+        img = NS(header=stamp, encoding="rgb8", height=4, width=5, step=15, data=bytes(60))
+        session.on_message("/s", NS(header=stamp, name=[], position=[value, 0.0, 1.0]), t(k))
+        session.on_message("/img", img, t(k))
+
+    def t(k):
+        return k * period_ns * 1e-9
+
+    obs(k, 0.0)
+    for e in range(episodes):
+        for i in range(steps):
+            k += 1
+            value = float(100 * e + i)
+            applied = ("/a", NS(header=hdr_ns((k - 1) * period_ns), name=[], effort=[value, 0]))
+            events = [("/r", NS(data=value)), ("/d", NS(data=i == steps - 1))]
+            for topic, msg in [*events, applied] if headerless_first(k) else [applied, *events]:
+                session.on_message(topic, msg, t(k))
+            if i < steps - 1 or e < episodes - 1:
+                obs(k, value + 1 if i < steps - 1 else 100.0 * (e + 1))  # the reset's after done
+            session.tick(t(k))
+    session.tick(t(k + 3))
+
+
+def hdr_ns(ns):
+    return NS(stamp=NS(sec=ns // 10**9, nanosec=ns % 10**9))
+
+
+@pytest.mark.parametrize("headerless_first", [lambda k: True, lambda k: k % 7 == 0])
+def test_lockstep_sim_time_done_before_its_applied_action_keeps_its_step(
+    tmp_path, headerless_first
+):
+    """recorder.yaml's anchor tolerance is one period on sim time: the previous step's applied
+    action (one period earlier) must not anchor a done that came before its own."""
+    obs_specs, act = dataset_specs(SPECS)
+    writer = EpisodeWriterThread(tmp_path / "rec.hdf5", obs_specs, act, {}, fsync=False)
+    config = SessionConfig(50.0, 0.008, headerless_anchor_key="actions")
+    assert config.headerless_anchor_tolerance_s == 0.02  # the default: exactly one period
+    session = RecordingSession(SPECS, config)
+    session.attach(writer)
+    session.start_episode()
+    lockstep_stream(session, 3, 10, headerless_first)
+    writer.close()
+    c = session.counters()
+    assert (c["stale_steps"], c["lost_dones"], c["unanchored"]) == (0, 0, 0)
+    r = EpisodeReader(tmp_path / "rec.hdf5")
+    assert [r.num_steps(ep) for ep in r.episodes] == [10, 10, 10]
+    for e, ep in enumerate(r.episodes):
+        expected = np.arange(10) + 100 * e
+        np.testing.assert_array_equal(r.read_rewards(ep), expected)
+        np.testing.assert_array_equal(r.read_actions(ep)[:, 0], expected)
+        assert r.read_dones(ep).tolist() == [False] * 9 + [True]
+    r.close()
+
+
 def test_headerless_takes_the_nearest_anchor_also_when_arrivals_went_back(tmp_path):
     """Anchors are searched by bisection while they arrived in order; after the clock stepped
     back (here: 5.05 then 4.90), by looking at all of them."""
@@ -210,6 +273,7 @@ def test_headerless_takes_the_nearest_anchor_also_when_arrivals_went_back(tmp_pa
     session.on_message("/r", NS(data=1.0), 4.905)  # nearest: the anchor that came at 4.90
     session.on_message("/a", NS(header=hdr(4.0), name=[], effort=[0.0, 0.0]), 6.0)
     session.on_message("/r", NS(data=2.0), 6.001)  # in order again: found by bisection
+    session.tick(6.01)  # taken once no nearer anchor can come
     assert list(session.aligner._buffers["rewards"].stamps) == [3.0, 4.0]
     assert session.unanchored == 0
     writer.close()

@@ -234,17 +234,26 @@ class RecordingSession:
                 f"restarts from the next {self.reference_key} sample (time_jumps={jumps})"
             )
 
-    def _resolve_headerless(self, now: float) -> None:
-        """Give waiting headerless samples the stamp of the anchor nearest in arrival time."""
+    def _resolve_headerless(self, now: float, final: bool = False) -> None:
+        """Give waiting headerless samples the stamp of the anchor nearest in arrival time, once
+        no nearer one can come: an anchor still to arrive comes at `now` or later, so the best
+        so far is kept when it is at most `now - arrival` away (`final`: nothing more comes).
+        Topics reach the node in any order: on sim time every message of a step arrives at one
+        node time, and a done taken before its step's applied action would otherwise settle for
+        the previous step's, one period away (within a one-period tolerance)."""
         tol = self.config.headerless_anchor_tolerance_s
         waiting = []
         for key, arrival, value in self._unanchored:
-            near = [
-                (abs(a - arrival), s) for a, s in self._near(arrival) if abs(a - arrival) <= tol
-            ]
-            if near:
-                self._add(key, min(near)[1], value, arrival)
-            elif now - arrival > tol:  # no anchor came in time: fall back to the arrival rule
+            near = min(
+                ((abs(a - arrival), s) for a, s in self._near(arrival) if abs(a - arrival) <= tol),
+                default=None,
+            )
+            if near is not None:
+                if final or near[0] <= now - arrival:
+                    self._add(key, near[1], value, arrival)
+                else:
+                    waiting.append((key, arrival, value))
+            elif final or now - arrival > tol:  # no anchor came in time: the arrival rule
                 self.unanchored += 1
                 stamp = arrival + self.config.headerless_offset_periods * self.period
                 self._add(key, stamp, value, arrival)
@@ -367,7 +376,7 @@ class RecordingSession:
         the steps; returns steps queued."""
         self._check_writer()
         if self._unanchored:
-            self._resolve_headerless(now)
+            self._resolve_headerless(now, final=drain)
         steps = self.aligner.drain() if drain else self.aligner.poll(now)
         self._sync_timeline()
         queued = sum(self._queue_step(step) for step in steps)
