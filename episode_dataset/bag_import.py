@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from episode_dataset.cdr import Deserializer
 from episode_dataset.recording.params import (
     read_params_file,
     recording_from_params,
@@ -227,6 +228,7 @@ def _replay(
     log: Callable[[str], None] | None,
 ) -> None:
     half = session.period / 2  # the recorder node's alignment timer
+    deserialize = Deserializer(store)
     events = ServiceEvents() if service_topics else None
     extra = [c for c in reader.connections if c.topic in service_topics]
     calls_seen: set[tuple[bytes, int]] = set()
@@ -252,7 +254,7 @@ def _replay(
         report.messages += 1
         if conn.topic in session.specs:
             try:
-                msg = store.deserialize_cdr(raw, conn.msgtype)
+                msg = deserialize(raw, conn.msgtype)
             except Exception as e:  # a corrupt record: counted, the bag goes on
                 session.count_undecodable(conn.topic, _one_line(e), now)
                 continue
