@@ -338,6 +338,19 @@ def test_shutdown_keeps_the_open_episode_with_what_has_arrived(tmp_path):
         assert r.episode_metadata("demo_0")["end_reason"] == "shutdown"
 
 
+def test_shutdown_anchors_the_headerless_samples_still_waiting(tmp_path):
+    """At shutdown nothing more arrives: a reward/done waiting for a nearer anchor takes the
+    nearest it has."""
+    session, writer, _ = make(tmp_path, headerless_anchor_key="actions")
+    session.start_episode()
+    t = publish_episode(session, 30.0, 4, done_last=False)
+    session.finish(t + 0.002)  # the node clock when the last reward and done arrived
+    writer.close()
+    assert session.unanchored == 0 and session.counters()["stale_steps"] == 0
+    with EpisodeReader(tmp_path / "rec.hdf5") as r:
+        np.testing.assert_array_equal(r.read_rewards("demo_0"), np.arange(4))
+
+
 def test_writer_that_fails_to_open_a_new_dataset_leaves_nothing(tmp_path):
     obs, act = dataset_specs(SPECS)
     bad = {**obs, "a/b": obs["state"]}
