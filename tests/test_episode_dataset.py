@@ -264,6 +264,26 @@ def test_chunks_are_stored_as_hdf5s_filter_pipeline_stores_them(tmp_path: Path) 
                     assert ds.id.read_direct_chunk(at) == want.id.read_direct_chunk(at), key
 
 
+def test_shards_of_many_lengths_from_the_template_cache(tmp_path: Path) -> None:
+    """Shards start as a copy of a per-length template (at most TEMPLATES_KEPT kept): episodes
+    of 20 lengths, revisiting evicted ones, each get chunks capped by their length and read
+    back exactly."""
+    from episode_dataset.writer import TEMPLATES_KEPT
+
+    lengths = [*range(1, TEMPLATES_KEPT + 5), 1, 2, TEMPLATES_KEPT + 4]
+    eps = [make_episode(i, n) for i, n in enumerate(lengths)]
+    path = tmp_path / "t.hdf5"
+    with EpisodeWriter(path, OBS_SPECS, ACTION_SPEC) as w:
+        for ep in eps:
+            w.write_episode(**ep)
+        assert len(w._templates) == TEMPLATES_KEPT
+    validate_file(path)
+    with EpisodeReader(path) as r:
+        for i, (n, ep) in enumerate(zip(lengths, eps, strict=True)):
+            assert_episode_equal(r, f"demo_{i}", ep)
+            assert r.episode_group(f"demo_{i}")[ACTIONS].chunks[0] == n
+
+
 def test_camera_chunks_carry_checksums_that_catch_a_flipped_byte(tmp_path: Path) -> None:
     """A camera stream (a chunk per frame) reads back; with checksums a byte flipped on disk is
     a one-line DatasetError, not garbage; without, it reads back unnoticed."""
