@@ -105,15 +105,24 @@ def fletcher32_reference(data: np.ndarray) -> int:
     return (fold(s2) << 16) | fold(s1)
 
 
-def _libhdf5_fletcher32() -> Callable[[np.ndarray], int] | None:
-    """The checksum function of the libhdf5 that h5py loaded (the filter's own code, ~5 GB/s),
-    found through /proc/self/maps; None where that does not work (not Linux, other build)."""
-    try:
+def _libhdf5_paths() -> list[str]:
+    """Where the libhdf5 that h5py uses is: the process's mapped files (Linux), else the copy a
+    wheel bundles (h5py.libs/ on Linux, h5py/.dylibs/ on macOS)."""
+    paths: list[str] = []
+    with contextlib.suppress(OSError):
         maps = Path("/proc/self/maps").read_text().splitlines()
-    except OSError:
-        return None
-    paths = {line.split(maxsplit=5)[-1] for line in maps if "/libhdf5" in line}
-    for path in sorted(p for p in paths if not Path(p).name.startswith("libhdf5_hl")):
+        paths += sorted({line.split(maxsplit=5)[-1] for line in maps if "/libhdf5" in line})
+    root = Path(h5py.__file__).parent
+    paths += sorted(
+        map(str, [*root.glob(".dylibs/libhdf5*"), *root.parent.glob("h5py.libs/libhdf5*")])
+    )
+    return [p for p in paths if not Path(p).name.startswith("libhdf5_hl")]
+
+
+def _libhdf5_fletcher32() -> Callable[[np.ndarray], int] | None:
+    """The checksum function of libhdf5 (the filter's own code, ~5 GB/s); None where it cannot
+    be found (then the numpy version, ~15x slower, computes the same checksum)."""
+    for path in _libhdf5_paths():
         try:
             fn = ctypes.CDLL(path).H5_checksum_fletcher32
         except (OSError, AttributeError):
