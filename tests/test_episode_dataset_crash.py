@@ -179,6 +179,10 @@ def test_sigkill_during_batch_commits_keeps_listed_episodes(tmp_path: Path) -> N
     proc = _start("commit_loop", path, index_every_s=0.05)
     try:
         reported = _committed_at_least(proc, 40)
+        # and go on for a few index periods: 40 commits may take less than one
+        until = time.monotonic() + 0.2
+        while time.monotonic() < until:
+            reported = _committed_at_least(proc, reported + 1)
     finally:
         _kill(proc)
     validate_file(path)
