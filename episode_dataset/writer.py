@@ -364,11 +364,8 @@ class _OpenEpisode:
         self.name = name
         self.metadata = dict(metadata)
         self.num_steps = 0
-        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, template)
-        finally:
-            os.close(fd)
+        with open(staging, "wb") as f:  # writes it all or raises (a full disk)
+            f.write(template)
         # h5py's high-level File/Group/Dataset lookups cost ~0.3 ms per shard; the ids suffice
         fid = h5f.open(os.fsencode(staging), h5f.ACC_RDWR, fapl=_shard_fapl())
         self.file = h5py.File(fid)
@@ -381,7 +378,8 @@ class _OpenEpisode:
             key: _Column(h5d.open(group, key.encode()), spec, length_hint, on_write, checksums)
             for key, spec in columns.items()
         }
-        self.obs = {key[len(OBS) + 1 :]: c for key, c in self.cols.items() if key.startswith(OBS)}
+        prefix = f"{OBS}/"
+        self.obs = {k[len(prefix) :]: c for k, c in self.cols.items() if k.startswith(prefix)}
         self.actions = self.cols[ACTIONS]
         self.rewards = self.cols[REWARDS]
         self.dones = self.cols[DONES]
