@@ -35,12 +35,8 @@ EVAL_SEED = 1000  # policy/expert/random evaluation seeds (held out from the dem
 # Recording runs on sim time (launch arg use_sim_time:=true): the bridge steps when the recorder
 # has every message of the last step (lockstep), not at a wall-clock rate. Stamps are sim seconds
 # (real-time factor 1), so the recorder's stamp tolerance is 0.4 of Reacher's 20 ms period (its
-# default); so is the headerless anchor's: on sim time a step's messages all arrive at its time,
-# and the last step's anchor, exactly one period (the default's 0.02 s) earlier, must not be a
-# candidate.
-# Serving stays on wall time at sim_bridge.yaml's 0.4.
+# default). Serving stays on wall time at sim_bridge.yaml's 0.4.
 RECORD_SIM_TIME = {"use_sim_time": "true"}  # with lockstep:=true for the bridge
-RECORD_ANCHOR_TOLERANCE_S = 0.4 / 50.0
 # What brings the policy to the expert's 2 cm (README "Known limits"; in-process success on 30
 # held-out seeds): more demonstrations (30: 0.25-0.57, 80-100: 0.87-0.93), every episode in
 # training (no validation split: the last checkpoint is served), 450 epochs at twice the learning
@@ -206,7 +202,6 @@ def record_expert(dataset: Path, episodes: int, log_dir: Path) -> float:
         node_params={
             # Reliable observations: in lockstep a lost sample would cost a timeout.
             "sim_bridge": {"sensor_qos": "reliable", "wait_for_ackers": 1},
-            "recorder": {"headerless_anchor_tolerance_s": RECORD_ANCHOR_TOLERANCE_S},
         },
     )
     return time.perf_counter() - t0

@@ -59,9 +59,6 @@ def launch_until(tmp_path, ros_env, out, episodes, launches) -> EpisodeReader:
 
 BRIDGE = {"sensor_qos": "reliable", "wait_for_subscribers": 1, "wait_for_ackers": 1}
 SIM_TIME = {"use_sim_time": "true", "lockstep": "true"}
-# On sim time a step's messages arrive at one node time: an anchor tolerance of a whole period
-# (recorder.yaml) would make the previous step's anchor a candidate too.
-RECORDER = {"max_age_s": 0.008, "headerless_anchor_tolerance_s": 0.008}
 
 
 def test_lockstep_recording_keeps_every_step(tmp_path, ros_env):
@@ -75,8 +72,9 @@ def test_lockstep_recording_keeps_every_step(tmp_path, ros_env):
             ("sim.launch.py", {"action_source": "expert", **SIM_TIME}, {"sim_bridge": BRIDGE}),
             (
                 "record.launch.py",
+                # recorder.yaml as it is: its stamp and anchor tolerances hold on sim time too
                 {"output_path": str(out), "max_episodes": str(EPISODES), "use_sim_time": "true"},
-                {"recorder": RECORDER},
+                {},
             ),
         ],
     )
@@ -96,7 +94,6 @@ def test_lockstep_loop_applies_the_policy_action_of_every_step(tmp_path, ros_env
     args = {"model_path": str(model_path), "output_path": str(out), "trigger": "observation"}
     params = {
         "sim_bridge": BRIDGE,
-        "recorder": RECORDER,
         "policy_node": {"noise_scale": 0.0, "device": "cpu"},
     }
     reader = launch_until(
