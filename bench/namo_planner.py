@@ -1,6 +1,7 @@
 """NAMO planners per difficulty level: MCTS (budget 100), random and learned Q, side by side.
 
-    python -m bench.namo_planner [--quick] [--q-model q.onnx] [--seeds N] [--levels ...]
+    python -m bench.namo_planner [--quick] [--q-model q.onnx] [--seeds N] [--levels ...] \
+        [--q-proposals K]
 
 Per level (``sim.namo.scene.LEVELS``), every planner gets the same held-out scenes (seeds from
 100000, ``sim.namo.evaluate_planners``): success, moves per solve, seconds per decision (all
@@ -13,7 +14,8 @@ measured side by side under the same load.
 The learned Q model: ``--q-model`` or ``$ROBOLOOP_NAMO_Q_MODEL`` (.onnx; its file name goes in
 the ``weights`` column). Without one, an untrained network of the default architecture
 (configs/model/q_function_net.yaml at 56 px) is exported and timed: its seconds are
-meaningful, its success is not (``weights`` says so).
+meaningful, its success is not (``weights`` says so). ``--q-proposals`` sets how many proposals
+per object the learned-Q planner samples and scores (default: MCTS's root branching, 4).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 NAME = "namo_planner"
 FIRST_SEED = 100_000
 MCTS_BUDGET = 100
+MCTS_PROPOSALS = 4  # proposals per object MCTS branches on (its default), the learned-Q default
 MAX_MOVES = 5
 UNTRAINED_SIZE = 56
 Q_MODEL_ENV = "ROBOLOOP_NAMO_Q_MODEL"
@@ -93,7 +96,12 @@ class _Timed:
         return proposal
 
 
-def measure(q_model: str | None, seeds: list[int], levels: list[str]) -> list[dict[str, Any]]:
+def measure(
+    q_model: str | None,
+    seeds: list[int],
+    levels: list[str],
+    q_proposals: int = MCTS_PROPOSALS,
+) -> list[dict[str, Any]]:
     import learning.namo.planner  # noqa: F401  (registers learned_q)
     from sim.namo.evaluate_planners import evaluate_planners
     from sim.namo.planners import make_planner
@@ -104,7 +112,13 @@ def measure(q_model: str | None, seeds: list[int], levels: list[str]) -> list[di
         planners = {
             "mcts": make_planner("mcts", budget=MCTS_BUDGET),
             "random": make_planner("random"),
-            "learned_q": make_planner("learned_q", model_path=path, threads=1, device="cpu"),
+            "learned_q": make_planner(
+                "learned_q",
+                model_path=path,
+                threads=1,
+                device="cpu",
+                proposals_per_object=q_proposals,
+            ),
         }
         size = planners["learned_q"].mask_size
         rows = []
@@ -142,6 +156,9 @@ def measure(q_model: str | None, seeds: list[int], levels: list[str]) -> list[di
                         else None,
                         "weights": weights if name == "learned_q" else "",
                         "mask_px": size if name == "learned_q" else None,
+                        "proposals_per_object": q_proposals
+                        if name == "learned_q"
+                        else MCTS_PROPOSALS,
                     }
                 )
             print(f"{level}: done", flush=True)
@@ -153,6 +170,7 @@ def run(
     q_model: str | None = None,
     seeds: int | None = None,
     levels: list[str] | None = None,
+    q_proposals: int = 0,
 ) -> list[dict[str, Any]]:
     """Measure, print the table and write bench/results/namo_planner.json; returns rows."""
     from bench.report import report
@@ -161,7 +179,8 @@ def run(
     q_model = q_model or os.environ.get(Q_MODEL_ENV) or None
     count = seeds or (4 if quick else 20)
     chosen = levels or list(LEVELS)
-    rows = measure(q_model, list(range(FIRST_SEED, FIRST_SEED + count)), chosen)
+    q_proposals = q_proposals or MCTS_PROPOSALS
+    rows = measure(q_model, list(range(FIRST_SEED, FIRST_SEED + count)), chosen, q_proposals)
     report(
         NAME,
         rows,
@@ -187,8 +206,15 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, default=None, help="scenes per level")
     parser.add_argument("--levels", nargs="+", default=None, help="levels (default: all)")
+    parser.add_argument(
+        "--q-proposals",
+        type=int,
+        default=MCTS_PROPOSALS,
+        help="proposals per object the learned-Q planner scores (MCTS branches on "
+        f"{MCTS_PROPOSALS} at its root)",
+    )
     args = parser.parse_args()
-    run(quick=args.quick, q_model=args.q_model, seeds=args.seeds, levels=args.levels)
+    run(args.quick, args.q_model, args.seeds, args.levels, args.q_proposals)
 
 
 if __name__ == "__main__":
