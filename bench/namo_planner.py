@@ -170,7 +170,7 @@ def run(
     q_model: str | None = None,
     seeds: int | None = None,
     levels: list[str] | None = None,
-    q_proposals: int = 0,
+    q_proposals: int = MCTS_PROPOSALS,
 ) -> list[dict[str, Any]]:
     """Measure, print the table and write bench/results/namo_planner.json; returns rows."""
     from bench.report import report
@@ -179,7 +179,6 @@ def run(
     q_model = q_model or os.environ.get(Q_MODEL_ENV) or None
     count = seeds or (4 if quick else 20)
     chosen = levels or list(LEVELS)
-    q_proposals = q_proposals or MCTS_PROPOSALS
     rows = measure(q_model, list(range(FIRST_SEED, FIRST_SEED + count)), chosen, q_proposals)
     report(
         NAME,
