@@ -278,3 +278,27 @@ def test_lifted_world_equals_the_distance_transform_of_the_others() -> None:
                 proposals = model.proposals(state, 2, rng)
                 state = model.step(state, proposals[0]).state
     assert checked >= 12
+
+
+def test_reach_test_equals_the_distance_transform_of_the_region() -> None:
+    """check's "out of the robot's reach" test dilates the target footprint in a window; it must
+    equal the distance transform of the whole lifted region (distance_to(region)[fp] <= reach)
+    for random target poses on every level, at the grid's edges too."""
+    from sim.namo.grid import distance_to
+
+    agree = {True: 0, False: 0}
+    for level in ("easy", "medium", "hard"):
+        for seed in range(310, 313):
+            model = TransitionModel(generate_scene(seed, level=level))
+            state = model.initial_state()
+            rng = np.random.default_rng(seed)
+            for k in model.reachable_objects(state):
+                region = model._lifted(state, k).region
+                region_dist = distance_to(model.grid, region)
+                for _ in range(60):
+                    pose = (rng.uniform(-0.2, 5.2), rng.uniform(-0.2, 5.2), rng.uniform(-3, 3))
+                    fp = model.footprint(k, pose)
+                    expected = bool((region_dist[fp] <= model.reach_distance).any())
+                    assert model._within_reach(fp, region) == expected, (level, seed, k, pose)
+                    agree[expected] += 1
+    assert min(agree.values()) >= 50, agree  # both answers were exercised

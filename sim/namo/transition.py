@@ -112,7 +112,6 @@ class Lifted(NamedTuple):
     blocked: np.ndarray  # cells within ``inflation`` of walls / the other objects (robot-free)
     crowded: np.ndarray  # cells closer than ``clearance_cells`` cells to walls / other objects
     region: np.ndarray  # free cells the robot reaches with the object lifted out
-    region_dist: np.ndarray  # metres to that region
 
 
 @dataclass
@@ -163,6 +162,11 @@ class TransitionModel:
         offsets = np.sqrt((di * g.res_y) ** 2 + (dj * g.res_x) ** 2)
         self._disc = offsets <= self.inflation
         self._disc_half = (mi, mj)
+        # Cells (rows, cols) a footprint reaches at most, for ``_within_reach``'s window.
+        self._reach_half = (
+            int(self.reach_distance / g.res_y) + 1,
+            int(self.reach_distance / g.res_x) + 1,
+        )
         self._clearance = self.cell * self.config.clearance_cells
         self._close = offsets < self._clearance
         static_dist = distance_to(g, self.static)
@@ -223,6 +227,22 @@ class TransitionModel:
         disc = self._disc[max(mi - i, 0) :, max(mj - j, 0) :][: window.shape[0], : window.shape[1]]
         return bool((window & disc).any())
 
+    def _within_reach(self, fp: np.ndarray, region: np.ndarray) -> bool:
+        """Is a ``region`` cell within ``reach_distance`` of a footprint cell: a distance
+        transform of the footprint in a window around it (every cell that close is inside),
+        instead of one of the whole region per state."""
+        rows, cols = np.nonzero(fp.any(1))[0], np.nonzero(fp.any(0))[0]
+        if not len(rows):
+            return False
+        (ri, rj), (n, m) = self._reach_half, self.grid.shape
+        i0, i1 = max(rows[0] - ri, 0), min(rows[-1] + ri + 1, n)
+        j0, j1 = max(cols[0] - rj, 0), min(cols[-1] + rj + 1, m)
+        window = region[i0:i1, j0:j1]
+        if not window.any():
+            return False
+        dist = ndimage.distance_transform_edt(~fp[i0:i1, j0:j1], sampling=self.grid.sampling)
+        return bool((dist[window] <= self.reach_distance).any())
+
     def free_space(self, occupied: np.ndarray) -> np.ndarray:
         return distance_to(self.grid, occupied) > self.inflation
 
@@ -272,7 +292,7 @@ class TransitionModel:
     def _lifted(self, state: NamoState, k: int) -> Lifted:
         """The state with object k lifted out (cached per state): composed from the walls' and
         each other object's cached dilations (a distance transform of a union is the minimum of
-        the parts'), so only the reach region's distance is transformed per state."""
+        the parts'), so no distance transform runs per state."""
         info = self.info(state)
         got = info.lifted.get(k)
         if got is None:
@@ -284,7 +304,7 @@ class TransitionModel:
             labels, _ = ndimage.label(~blocked, structure=_EIGHT)  # the free space
             i, j = info.reach[k]
             region = labels == labels[i, j]
-            got = Lifted(blocked, crowded, region, distance_to(self.grid, region))
+            got = Lifted(blocked, crowded, region)
             info.lifted[k] = got
         return got
 
@@ -324,7 +344,7 @@ class TransitionModel:
             return f"{proposal.object_id} target pose overlaps the robot"
         if self._is_near(fp, self.goal_cell):
             return f"{proposal.object_id} target pose blocks the robot goal"
-        if not (lifted.region_dist[fp] <= self.reach_distance).any():
+        if not self._within_reach(fp, lifted.region):
             return f"{proposal.object_id} target pose is out of the robot's reach"
         return None
 
