@@ -216,7 +216,8 @@ class _Column:
 
     A slab is a whole number of chunks (~SLAB_BYTES). Each chunk is handed to HDF5 ready to
     store (`write_direct_chunk`: the bytes plus, with checksums, the fletcher32 filter's 4-byte
-    checksum, computed by libhdf5's own function): no selection, chunk cache or filter pipeline
+    checksum, computed by libhdf5's own function on a thread while the slab's next chunks
+    fill, `checksum_pool`): no selection, chunk cache or filter pipeline
     per write, and no copy but the one into the slab. The file is byte for byte what the filter
     pipeline writes, so readers verify the checksums as before. The last, partly filled chunk is
     written, zero padded as HDF5 pads it, when the episode ends. The rows are copied, so a caller
