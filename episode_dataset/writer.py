@@ -10,7 +10,6 @@ the index is ignored by readers and overwritten by the next writer.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import ctypes
 import functools
@@ -136,23 +135,6 @@ def _libhdf5_fletcher32() -> Callable[[np.ndarray], int] | None:
 # The same checksum either way (tests/test_episode_dataset.py compares both with HDF5's filter).
 fletcher32: Callable[[np.ndarray], int] = _libhdf5_fletcher32() or fletcher32_reference
 
-# libhdf5's function runs without the GIL (a ctypes call), so a thread can checksum a slab's
-# full chunks while rows go on being copied into it; numpy's holds it, so it runs inline.
-CHECKSUM_GROUPS = 8  # a slab's chunks are checksummed ahead in groups of 1/8 of it
-_checksum_pool: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None
-
-
-def checksum_pool() -> concurrent.futures.ThreadPoolExecutor | None:
-    """One checksum thread per process (made anew in a forked child, whose copy has no thread);
-    None when the checksum cannot run beside the writer (numpy fallback)."""
-    global _checksum_pool
-    if fletcher32 is fletcher32_reference:
-        return None
-    if _checksum_pool is None or _checksum_pool[0] != os.getpid():
-        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fletcher32")
-        _checksum_pool = (os.getpid(), pool)
-    return _checksum_pool[1]
-
 
 _STR = h5py.string_dtype()  # variable-length UTF-8, what h5py stores for a str attribute
 
@@ -216,8 +198,7 @@ class _Column:
 
     A slab is a whole number of chunks (~SLAB_BYTES). Each chunk is handed to HDF5 ready to
     store (`write_direct_chunk`: the bytes plus, with checksums, the fletcher32 filter's 4-byte
-    checksum, computed by libhdf5's own function on a thread while the slab's next chunks
-    fill, `checksum_pool`): no selection, chunk cache or filter pipeline
+    checksum, computed by libhdf5's own function): no selection, chunk cache or filter pipeline
     per write, and no copy but the one into the slab. The file is byte for byte what the filter
     pipeline writes, so readers verify the checksums as before. The last, partly filled chunk is
     written, zero padded as HDF5 pads it, when the episode ends. The rows are copied, so a caller
@@ -244,9 +225,6 @@ class _Column:
         self.buffer: np.ndarray | None = None  # (chunks, padded chunk bytes) uint8, lazily
         self.data: np.ndarray | None = None  # the same memory as (chunks, rows, *shape)
         self.filled = 0  # rows in the slab
-        # Checksums of the slab's full chunks, started as they fill: (chunks, their future).
-        self.summing: list[tuple[range, concurrent.futures.Future[None]]] = []
-        self.summed = 0  # chunks of the slab in `summing`
         self.size = 0  # rows written to the dataset
 
     def _allocate(self) -> None:
@@ -270,8 +248,6 @@ class _Column:
         self.filled += 1
         if self.filled == len(self.data) * self.rows:
             self.flush()
-        else:
-            self._sum_ahead()
 
     def extend(self, rows: np.ndarray) -> None:
         if self.data is None:
@@ -295,29 +271,6 @@ class _Column:
             self.filled += n
             if self.filled == capacity:
                 self.flush()
-            else:
-                self._sum_ahead()
-
-    def _checksum(self, chunks: range) -> None:
-        """The fletcher32 filter's checksum after each of these chunks of the slab."""
-        for c in chunks:
-            chunk = self.buffer[c]
-            chunk[self.chunk_nbytes : self.chunk_nbytes + FLETCHER_BYTES].view(np.uint32)[0] = (
-                fletcher32(chunk[: self.chunk_nbytes])
-            )
-
-    def _sum_ahead(self) -> None:
-        """Start the checksums of the full chunks not started yet, once there are a group's
-        worth (a thread computes them while rows go on being copied into the slab)."""
-        if not self.checksums or self.buffer is None:
-            return
-        full = self.filled // self.rows
-        group = -(-len(self.buffer) // CHECKSUM_GROUPS)
-        pool = checksum_pool() if full - self.summed >= group else None
-        if pool is not None:
-            chunks = range(self.summed, full)
-            self.summing.append((chunks, pool.submit(self._checksum, chunks)))
-            self.summed = full
 
     def flush(self) -> None:
         """Write the slab's rows: its whole chunks, and a partly filled one (the episode's last:
@@ -329,26 +282,19 @@ class _Column:
         if part:
             self.data[chunks, part:] = 0  # HDF5 pads an edge chunk with the fill value
             chunks += 1
-        summing, self.summing, first, self.summed = self.summing, [], self.summed, 0
-        try:
-            self.dsid.set_extent((self.size + filled, *self.spec.shape))
-            nbytes = self.chunk_nbytes + (FLETCHER_BYTES if self.checksums else 0)
-            for group, started in summing:
-                started.result()
-                self._write(group, nbytes)
+        self.dsid.set_extent((self.size + filled, *self.spec.shape))
+        nbytes = self.chunk_nbytes + (FLETCHER_BYTES if self.checksums else 0)
+        for c in range(chunks):
+            chunk = self.buffer[c]
             if self.checksums:
-                self._checksum(range(first, chunks))
-            self._write(range(first, chunks), nbytes)
-        finally:  # no thread writes into the slab once it is refilled
-            concurrent.futures.wait([f for _, f in summing])
+                chunk[self.chunk_nbytes : nbytes].view(np.uint32)[0] = fletcher32(
+                    chunk[: self.chunk_nbytes]
+                )
+            at = (self.size + c * self.rows, *self.origin)
+            self.dsid.write_direct_chunk(at, chunk[:nbytes])
         self.size += filled
         if self.on_write is not None:
             self.on_write(filled * self.row_bytes)
-
-    def _write(self, chunks: range, nbytes: int) -> None:
-        for c in chunks:
-            at = (self.size + c * self.rows, *self.origin)
-            self.dsid.write_direct_chunk(at, self.buffer[c, :nbytes])
 
 
 class _Steps(NamedTuple):
