@@ -75,6 +75,9 @@ class _Sampler:
             static |= rasterize_rect(image, w.x, w.y, 0.0, w.half_x, w.half_y)
         self.static = _f32(static)
         self.goal = _f32(rasterize_disc(image, *scene.goal, scene.robot_radius))
+        # The goal's distance field is per scene too: sampled (metres) and normalized once.
+        self.goal_metres = self(model.goal_distance_static())
+        self.goal_distance = normalize_distance(self.goal_metres, _scale(model))
 
     def __call__(self, field: np.ndarray) -> np.ndarray:
         return field[self.rows, self.cols]
@@ -123,8 +126,7 @@ def state_masks(
     scene, sample = model.scene, _sampler(model, size)
     g = sample.image
     info = model.info(state)
-    robot_m = info.robot_distance
-    goal_m = model.goal_distance_static()
+    robot_m = sample(info.robot_distance)  # sampled first: the sum of samples is the same
     scale = _scale(model)
     got = {
         "robot": _f32(rasterize_disc(g, *state.robot, scene.robot_radius)),
@@ -132,19 +134,33 @@ def state_masks(
         "movable": _f32(_movable(model, g, state.poses)),
         "static": sample.static,
         "reachable": _f32(sample(info.reachable)),
-        "robot_distance": normalize_distance(sample(robot_m), scale),
-        "goal_distance": normalize_distance(sample(goal_m), scale),
-        "combined_distance": normalize_distance(sample(robot_m + goal_m), 2 * scale),
+        "robot_distance": normalize_distance(robot_m, scale),
+        "goal_distance": sample.goal_distance,
+        "combined_distance": normalize_distance(robot_m + sample.goal_metres, 2 * scale),
     }
     cache[("sampler", size)] = sample
     cache[key] = got
     return got
 
 
+def _object_image(model: TransitionModel, g: Grid, k: int, pose) -> np.ndarray:  # noqa: ANN001
+    """Object k's footprint on image grid ``g`` (cached per model, size and pose: a decision
+    moves one object, so the others' images carry over to the next state)."""
+    cache = model.__dict__.setdefault("_object_images", {})
+    key = (g.shape, k, tuple(pose))
+    got = cache.get(key)
+    if got is None:
+        if len(cache) > 4096:
+            cache.clear()
+        o = model.scene.objects[k]
+        got = cache[key] = rasterize_rect(g, *pose, o.half_x, o.half_y)
+    return got
+
+
 def _movable(model: TransitionModel, g: Grid, poses) -> np.ndarray:  # noqa: ANN001
     out = np.zeros(g.shape, bool)
-    for o, pose in zip(model.scene.objects, poses, strict=True):
-        out |= rasterize_rect(g, *pose, o.half_x, o.half_y)
+    for k, pose in enumerate(poses):
+        out |= _object_image(model, g, k, pose)
     return out
 
 
@@ -202,10 +218,7 @@ def batch_masks(
     states = np.empty((len(proposals), STATE_CHANNELS, size, size), np.float32)
     actions = np.empty((len(proposals), len(ACTION_KEYS), size, size), np.float32)
     states[:, :SHARED_CHANNELS] = np.stack([shared[key] for key in SHARED_STATE_KEYS])
-    objects = [
-        rasterize_rect(g, *pose, o.half_x, o.half_y)
-        for o, pose in zip(scene.objects, state.poses, strict=True)
-    ]
+    objects = [_object_image(model, g, k, pose) for k, pose in enumerate(state.poses)]
     per_object: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for i, proposal in enumerate(proposals):
         reason = model.check(state, proposal)
