@@ -208,12 +208,9 @@ class TransitionModel:
         if got is None:
             fp = self.footprint(k, pose)
             got = np.zeros(self.grid.shape, dtype=bool)
-            rows, cols = np.nonzero(fp.any(1))[0], np.nonzero(fp.any(0))[0]
-            if len(rows):
-                (mi, mj), (n, m) = self._disc_half, self.grid.shape
-                i0, i1 = max(rows[0] - mi, 0), min(rows[-1] + mi + 1, n)
-                j0, j1 = max(cols[0] - mj, 0), min(cols[-1] + mj + 1, m)
-                got[i0:i1, j0:j1] = ndimage.binary_dilation(fp[i0:i1, j0:j1], disc)
+            window = self._window(fp, self._disc_half)
+            if window is not None:
+                got[window] = ndimage.binary_dilation(fp[window], disc)
             if len(cache) > 20000:
                 cache.clear()
             cache[key] = got
@@ -231,17 +228,23 @@ class TransitionModel:
         """Is a ``region`` cell within ``reach_distance`` of a footprint cell: a distance
         transform of the footprint in a window around it (every cell that close is inside),
         instead of one of the whole region per state."""
+        window = self._window(fp, self._reach_half)
+        if window is None or not region[window].any():
+            return False
+        dist = ndimage.distance_transform_edt(~fp[window], sampling=self.grid.sampling)
+        return bool((dist[region[window]] <= self.reach_distance).any())
+
+    def _window(self, fp: np.ndarray, half: tuple[int, int]) -> tuple[slice, slice] | None:
+        """The footprint's bounding box grown by ``half`` (rows, cols) cells, clipped to the
+        grid; None for an empty footprint."""
         rows, cols = np.nonzero(fp.any(1))[0], np.nonzero(fp.any(0))[0]
         if not len(rows):
-            return False
-        (ri, rj), (n, m) = self._reach_half, self.grid.shape
-        i0, i1 = max(rows[0] - ri, 0), min(rows[-1] + ri + 1, n)
-        j0, j1 = max(cols[0] - rj, 0), min(cols[-1] + rj + 1, m)
-        window = region[i0:i1, j0:j1]
-        if not window.any():
-            return False
-        dist = ndimage.distance_transform_edt(~fp[i0:i1, j0:j1], sampling=self.grid.sampling)
-        return bool((dist[window] <= self.reach_distance).any())
+            return None
+        (hi, hj), (n, m) = half, self.grid.shape
+        return (
+            slice(max(rows[0] - hi, 0), min(rows[-1] + hi + 1, n)),
+            slice(max(cols[0] - hj, 0), min(cols[-1] + hj + 1, m)),
+        )
 
     def free_space(self, occupied: np.ndarray) -> np.ndarray:
         return distance_to(self.grid, occupied) > self.inflation
