@@ -2,6 +2,7 @@
 tests.
 
     graphs = tiny_world_model(tmp_path, "Reacher-v5", camera=16)   # {"filter": path, ...}
+    graphs = shared_tiny_world_model(tmp_path_factory, "Reacher-v5", 16)  # once per process
     graphs = tiny_dreamer(tmp_path, "Reacher-v5")                  # + "actor"
 
 `tiny_world_model`: random-action episodes of `env_id` recorded with a `camera` x `camera`
@@ -47,6 +48,19 @@ def tiny_world_model(
         [f"dataset={dataset}", f"output_root={out / 'runs'}", *TINY, *overrides],
     )
     return _export(run(cfg)["last_ckpt"], out, steps)
+
+
+_SHARED: dict[tuple[str, int], dict[str, Path]] = {}
+
+
+def shared_tiny_world_model(tmp_path_factory, env_id: str, camera: int) -> dict[str, Path]:  # noqa: ANN001
+    """`tiny_world_model` built once per test process and (env_id, camera), under a session
+    temp dir: test modules that only read the graphs share it (pytest-xdist tears a module's
+    fixtures down between batches of one group, so a module fixture was built twice)."""
+    key = (env_id, camera)
+    if key not in _SHARED:
+        _SHARED[key] = tiny_world_model(tmp_path_factory.mktemp("wm"), env_id, camera=camera)
+    return _SHARED[key]
 
 
 def tiny_dreamer(

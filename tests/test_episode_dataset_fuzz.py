@@ -194,7 +194,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *names: str) -> str
 def test_cli_on_fuzzed_files(dataset: Path, tmp_path: Path) -> None:
     """A handful of the damaged files through the real CLI: exit 1 with one stderr line, or 0."""
     caught = 0
-    for layout, target, label, data in cases(dataset)[:12]:
+    for layout, target, label, data in cases(dataset)[:6]:
         case = tmp_path / "case"
         shutil.copytree(dataset, case)
         (case / target).write_bytes(data)

@@ -18,14 +18,14 @@ from roboloop_runtime import (
     WorldModelRunner,
     load_runner,
 )
-from roboloop_testing.world_model import tiny_world_model
+from roboloop_testing.world_model import shared_tiny_world_model, tiny_world_model
 
 pytestmark = pytest.mark.xdist_group("world_model")
 
 
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return tiny_world_model(tmp_path_factory.mktemp("wm"), "Reacher-v5", camera=16)
+    return shared_tiny_world_model(tmp_path_factory, "Reacher-v5", 16)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from roboloop_world_model.belief import STALE, WAITING, BeliefLoop
 
 from episode_dataset import EpisodeReader
 from roboloop_runtime import WorldModelRunner
-from roboloop_testing.world_model import tiny_world_model
+from roboloop_testing.world_model import shared_tiny_world_model
 
 pytestmark = pytest.mark.xdist_group("world_model")
 PERIOD_NS = 50_000_000  # 20 ticks per second
@@ -21,7 +21,7 @@ T0 = 1_000_000_000_000
 
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return tiny_world_model(tmp_path_factory.mktemp("wm"), "Reacher-v5", camera=16)
+    return shared_tiny_world_model(tmp_path_factory, "Reacher-v5", 16)
 
 
 @pytest.fixture(scope="module")
