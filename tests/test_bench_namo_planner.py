@@ -29,5 +29,11 @@ def test_one_medium_scene_reports_every_planner_and_the_ratio(
     medians = mcts["median_s"] / learned["median_s"]
     assert learned["median_ratio"] == pytest.approx(medians, rel=0.05, abs=0.1)
     assert 0 < learned["network_s"] < learned["s_per_decision"]
+    # The learned planner's per-scene mask work runs at reset, reported beside the decisions.
+    assert learned["setup_s"] > 0
+    spread = learned["s_per_decision"] + learned["setup_s"] / learned["decisions"]
+    with_setup = (mcts["s_per_decision"] + mcts["setup_s"] / mcts["decisions"]) / spread
+    assert learned["ratio_with_setup"] == pytest.approx(with_setup, rel=0.05, abs=0.1)
+    assert learned["ratio_with_setup"] <= learned["mcts_speed_ratio"] + 0.1
     assert learned["weights"].startswith("untrained") and learned["mask_px"] == 56
     assert mcts["network_s"] is None and by["random"]["network_s"] is None

@@ -78,6 +78,18 @@ def test_learned_q_from_the_registry_runs_on_an_onnx_q_function(q_onnx: Path) ->
     decision = planner.last_decision
     assert len(decision.q_values) == len(decision.proposals) >= 1
     assert decision.proposal is decision.proposals[int(np.argmax(decision.q_values))]
+    assert all(r["setup_seconds"] > 0 for r in rows)
+
+
+def test_learned_q_does_the_per_scene_mask_work_when_given_the_scene(q_onnx: Path) -> None:
+    planner = make_planner("learned_q", model_path=str(q_onnx))
+    model = TransitionModel(generate_scene(SEEDS[0], level="medium"))
+    assert model._goal_static is None
+    planner.reset(model, SEEDS[0])
+    goal_field = model._goal_static
+    assert goal_field is not None and np.isfinite(goal_field[model.goal_cell])
+    planner.choose(model.initial_state())
+    assert model._goal_static is goal_field  # the decision reused it
 
 
 def test_dit_q_from_the_registry_runs_with_onnx_generator_and_q(

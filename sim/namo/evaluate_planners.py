@@ -7,10 +7,11 @@ The command line (with the learned planners) is ``python -m learning.namo.evalua
 
 Scenes are ``generate_scene(seed, level=level)`` (``sim.namo.scene.LEVELS``); training data uses
 seeds = episode indices from 0, so the default evaluation seeds start at 100000 (disjoint).
-Every planner sees the same scenes and is reset with the scene's seed. An episode steps until
+Every planner sees the same scenes and is reset with the scene's seed; the reset (a planner's
+per-scene work) is timed apart from the decisions (``setup_seconds``). An episode steps until
 the goal is reachable (success), the planner returns no proposal, or ``max_moves`` moves were
-made. Scenes whose start already reaches the
-goal count as solved with 0 moves and are flagged ``trivial``.
+made. Scenes whose start already reaches the goal count as solved with 0 moves and are flagged
+``trivial``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ def run_episode(
 ) -> dict[str, Any]:
     """One scene with one planner -> row (planner, seed, success, moves, decision seconds)."""
     model = TransitionModel(generate_scene(seed, level=level))
+    start = time.perf_counter()
     planner.reset(model, seed)
+    setup = time.perf_counter() - start
     state = model.initial_state()
     trivial = model.goal_reached(state)
     seconds, network = [], []
@@ -57,6 +60,7 @@ def run_episode(
         "moves": moves,
         "trivial": trivial,
         "decisions": len(seconds),
+        "setup_seconds": setup,
         "seconds_per_decision": float(np.mean(seconds)) if seconds else 0.0,
         "network_seconds_per_decision": float(np.mean(network)) if network else 0.0,
     }
@@ -105,6 +109,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     if timed
                     else None
                 ),
+                "setup_seconds_per_scene": float(np.mean([r["setup_seconds"] for r in mine])),
             }
         )
     return out

@@ -96,6 +96,12 @@ def _sampler(model: TransitionModel, size: int) -> _Sampler:
     return cache[key]
 
 
+def prepare_masks(model: TransitionModel, size: int) -> None:
+    """The masks' per-scene work at ``size`` (walls-only graph, the goal's distance field, walls
+    and goal images), done when a planner is given a scene rather than in its first decision."""
+    _sampler(model, size)
+
+
 def normalize_distance(dist: np.ndarray, scale: float) -> np.ndarray:
     """Metres -> [0, 1]: dist / scale clipped; inf (unreachable) -> 1.0."""
     out = np.where(np.isfinite(dist), dist / scale, 1.0)

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from sim.namo.masks import prepare_masks
 from sim.namo.mcts import MCTS, MCTSConfig
 from sim.namo.transition import NamoState, Proposal, TransitionModel
 
@@ -109,6 +110,8 @@ class DecidePlanner(_Bound):
 
     def reset(self, model: TransitionModel, seed: int) -> None:
         self._model = model
+        if self.mask_size:  # per-scene mask work once, when the scene is given
+            prepare_masks(model, self.mask_size)
         self.inner.reset(seed)
 
     def choose(self, state: NamoState) -> Proposal | None:
