@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -35,16 +36,15 @@ SAC_TINY = [
 ]
 
 
-def wandb_history(run_dir: Path) -> dict[str, list[float]]:
-    """Every logged value per key, read from the offline run's .wandb file: a LevelDB-style log
-    (7-byte file header, 32 KiB blocks of records: crc32c, length, type, payload) of protobuf
-    `Record`s, the same file `wandb sync` uploads."""
+def wandb_records(path: Path) -> list:
+    """The protobuf `Record`s of an offline run's .wandb file: a LevelDB-style log (7-byte file
+    header, 32 KiB blocks of records: crc32c, length, type, payload), the file `wandb sync`
+    uploads."""
     from wandb.proto.wandb_internal_pb2 import Record
 
-    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     data = path.read_bytes()
     assert data[:4] == b":W&B"
-    block, pos, pending, history = 32768, 7, b"", {}
+    block, pos, pending, records = 32768, 7, b"", []
     while pos + 7 <= len(data):
         if block - pos % block < 7:  # a block's tail too short for a header is padding
             pos += block - pos % block
@@ -55,11 +55,30 @@ def wandb_history(run_dir: Path) -> dict[str, list[float]]:
         if kind in (1, 4):  # FULL or LAST: a whole record
             record = Record()
             record.ParseFromString(pending)
+            records.append(record)
             pending = b""
-            if record.WhichOneof("record_type") == "history":
-                for item in record.history.item:
-                    key = item.key or "/".join(item.nested_key)
-                    history.setdefault(key, []).append(json.loads(item.value_json))
+    return records
+
+
+def wandb_history(run_dir: Path, wait_s: float = 30.0) -> dict[str, list[float]]:
+    """Every logged value per key of the finished offline run. wandb's service process writes
+    the file: `wandb.finish()` can return before its last records land (seen once in CI, under
+    load), so this reads until the run's closing `exit` record is there."""
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    deadline = time.monotonic() + wait_s
+    while True:
+        records = wandb_records(path)
+        kinds = [r.WhichOneof("record_type") for r in records]
+        if "exit" in kinds:
+            break
+        assert time.monotonic() < deadline, f"{path}: no exit record {wait_s} s after finish"
+        time.sleep(0.2)
+    history: dict[str, list[float]] = {}
+    for record, kind in zip(records, kinds, strict=True):
+        if kind == "history":
+            for item in record.history.item:
+                key = item.key or "/".join(item.nested_key)
+                history.setdefault(key, []).append(json.loads(item.value_json))
     return history
 
 
