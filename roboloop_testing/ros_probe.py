@@ -56,6 +56,7 @@ class RosProbe:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._thread: threading.Thread | None = None
+        self._clients: dict[tuple[Any, str], Any] = {}  # (service type, name) -> client
         self._lock = threading.Lock()
         self._statuses: dict[str, Any] = {}
 
@@ -83,16 +84,40 @@ class RosProbe:
         else:
             time.sleep(min(seconds, 0.01))
 
-    def call(self, srv_type: Any, name: str, request: Any = None, timeout: float = 10.0) -> Any:
-        """Call a service (waits for it to appear) and return the response."""
-        client = self.node.create_client(srv_type, name)
-        try:
-            self.wait_for(client.service_is_ready, timeout, f"service {name}")
-            future = client.call_async(srv_type.Request() if request is None else request)
-            self.wait_for(future.done, timeout, f"response of {name}")
-            return future.result()
-        finally:
-            self.node.destroy_client(client)
+    def call(
+        self,
+        srv_type: Any,
+        name: str,
+        request: Any = None,
+        timeout: float = 10.0,
+        resend_s: float | None = None,
+    ) -> Any:
+        """Call a service (waits for it to appear) and return the response.
+
+        `resend_s`, for queries only (calling twice changes nothing): send the request again
+        when no response came within that many seconds. A client is ready once it has matched
+        the server, but the server may not have matched the client's response reader yet; a
+        response sent then is lost (seen once in CI: a lifecycle get_state never answered).
+        Clients are kept per service, so only a probe's first call to a service meets that.
+        """
+        client = self._clients.get((srv_type, name))
+        if client is None:
+            client = self._clients[(srv_type, name)] = self.node.create_client(srv_type, name)
+        self.wait_for(client.service_is_ready, timeout, f"service {name}")
+        message = srv_type.Request() if request is None else request
+        deadline = time.monotonic() + timeout
+        while True:
+            future = client.call_async(message)
+            left = deadline - time.monotonic()
+            try:
+                self.wait_for(future.done, left if resend_s is None else min(resend_s, left), "")
+                return future.result()
+            except TimeoutError:
+                client.remove_pending_request(future)
+                if resend_s is None or time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"timed out after {timeout} s waiting for response of {name}"
+                    ) from None
 
     # -- a node's parameter and lifecycle services ----------------------------------------
     def set_parameters(self, node: str, timeout: float = 10.0, **values: Any) -> None:
@@ -110,7 +135,8 @@ class RosProbe:
 
     def lifecycle_state(self, node: str, timeout: float = 10.0) -> str:
         """The lifecycle state label of `node` ("unconfigured", "inactive", "active", ...)."""
-        return self.call(GetState, f"{node}/get_state", None, timeout).current_state.label
+        reply = self.call(GetState, f"{node}/get_state", None, timeout, resend_s=2.0)
+        return reply.current_state.label
 
     # -- /diagnostics ---------------------------------------------------------------------
     def watch_diagnostics(self) -> None:
