@@ -36,11 +36,8 @@ MCTS_PROPOSALS = 4  # proposals per object MCTS branches on (its default), the l
 MAX_MOVES = 5
 UNTRAINED_SIZE = 56
 Q_MODEL_ENV = "ROBOLOOP_NAMO_Q_MODEL"
-_SECONDS = (
-    "s_per_decision",
-    "network_s",
-    "setup_s",
-)  # unrounded in the aggregate, rounded in rows
+# Unrounded in the aggregate, rounded in rows.
+_SECONDS = ("s_per_decision", "network_s", "setup_s")
 
 
 def untrained_q_model(path: Path, size: int = UNTRAINED_SIZE) -> Path:

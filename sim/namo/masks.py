@@ -83,17 +83,17 @@ class _Sampler:
         return field[self.rows, self.cols]
 
 
-def _cache(model: TransitionModel) -> dict:
-    # Per-model cache (the model already caches per-state analysis the same way).
-    return model.__dict__.setdefault("_mask_cache", {})
+def _cache(model: TransitionModel, name: str) -> dict:
+    # Per-model caches (the model caches per-state analysis the same way): samplers per size
+    # (per-scene work, never dropped), state masks per (state, size) and object images (bounded).
+    return model.__dict__.setdefault(name, {})
 
 
 def _sampler(model: TransitionModel, size: int) -> _Sampler:
-    cache = _cache(model)
-    key = ("sampler", size)
-    if key not in cache:
-        cache[key] = _Sampler(model, size)
-    return cache[key]
+    cache = _cache(model, "_mask_samplers")
+    if size not in cache:
+        cache[size] = _Sampler(model, size)
+    return cache[size]
 
 
 def prepare_masks(model: TransitionModel, size: int) -> None:
@@ -122,8 +122,8 @@ def state_masks(
     model: TransitionModel, state: NamoState, size: int = DEFAULT_SIZE
 ) -> dict[str, np.ndarray]:
     """The 8 pre-action channels (``SHARED_STATE_KEYS``) of ``state``; cached per (state, size)."""
-    cache = _cache(model)
-    key = ("state", state, size)
+    cache = _cache(model, "_state_masks")
+    key = (state, size)
     got = cache.get(key)
     if got is not None:
         return got
@@ -144,7 +144,6 @@ def state_masks(
         "goal_distance": sample.goal_distance,
         "combined_distance": normalize_distance(robot_m + sample.goal_metres, 2 * scale),
     }
-    cache[("sampler", size)] = sample
     cache[key] = got
     return got
 
@@ -152,7 +151,7 @@ def state_masks(
 def _object_image(model: TransitionModel, g: Grid, k: int, pose) -> np.ndarray:  # noqa: ANN001
     """Object k's footprint on image grid ``g`` (cached per model, size and pose: a decision
     moves one object, so the others' images carry over to the next state)."""
-    cache = model.__dict__.setdefault("_object_images", {})
+    cache = _cache(model, "_object_images")
     key = (g.shape, k, tuple(pose))
     got = cache.get(key)
     if got is None:
