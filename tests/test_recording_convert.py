@@ -6,6 +6,8 @@ what the recorder asks of them.
 
 from __future__ import annotations
 
+import array
+import warnings
 from types import SimpleNamespace as NS
 
 import numpy as np
@@ -19,6 +21,7 @@ from roboloop_recorder.qos_choice import (
     needs_resubscribe,
 )
 
+from episode_dataset import codecs
 from episode_dataset.recording.convert import MessageError, convert
 from episode_dataset.recording.topics import RecorderConfigError, dataset_specs, parse_topics
 
@@ -157,3 +160,73 @@ def test_qos_follows_publishers():
     reliable = choose_qos([(RELIABLE, VOLATILE)], 10)
     assert needs_resubscribe(reliable, [(RELIABLE, VOLATILE), (BEST_EFFORT, VOLATILE)])
     assert not needs_resubscribe(q, [(RELIABLE, VOLATILE)])
+
+
+F32_MAX = float(np.finfo(np.float32).max)
+EDGE_VALUES = {  # name -> a fresh value each call
+    "list": lambda: [1.0, 2.0, 3.0],
+    "tuple": lambda: (1.0, -2.5, 0.0),
+    "ints and a bool": lambda: [1, 2, True],
+    "empty": lambda: [],
+    "float32 limits": lambda: [F32_MAX, -F32_MAX],
+    "rounds to the limit": lambda: [float(np.nextafter(F32_MAX, np.inf)), 0.0],
+    "beyond float32": lambda: [1e39, 0.0],
+    "sum overflows": lambda: [1e308, 1e308],
+    "huge int": lambda: [10**400],
+    "nan": lambda: [float("nan"), 1.0],
+    "infs": lambda: [1.0, float("inf"), -float("inf")],
+    "strings": lambda: ["1.5", "2"],  # numpy parses them; the quick check leaves them to it
+    "float64 array": lambda: np.array([1.0, 2.0, 3.0]),
+    "float32 array": lambda: np.array([1.0, 2.0, 3.0], np.float32),  # returned as is
+    "float64 array beyond": lambda: np.array([1e39]),
+    "2-d array": lambda: np.array([[1.0, 2.0], [3.0, 4.0]]),
+    "long": lambda: np.arange(100.0),  # longer than the quick check takes
+    "long with nan": lambda: np.r_[np.arange(100.0), np.nan],
+    "array.array d": lambda: array.array("d", [0.5, -0.5]),
+    "array.array f nan": lambda: array.array("f", [0.5, float("nan")]),
+    "generator": lambda: (x / 2 for x in range(3)),
+}
+
+
+def _finite_vector_reference(values, size, what):
+    """numpy's check alone (what `_finite_vector` did before its quick check)."""
+    with np.errstate(over="ignore"):
+        arr = np.asarray(values, dtype=np.float32)
+    if size is not None and arr.size != size:
+        raise MessageError("size", f"{what} has {arr.size} values, expected {size}")
+    finite = np.isfinite(arr)
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite)[0])
+        raise MessageError("nonfinite", f"{what}[{bad}] is {arr.flat[bad]} (not finite)")
+    return arr
+
+
+def _outcome(decode, values, size):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            out = decode(values, size, "v")
+        except Exception as e:  # noqa: BLE001 - the outcome is compared, whatever it is
+            return type(e).__name__, str(e)
+    return out.dtype.str, out.shape, out.tobytes(), out is values
+
+
+@pytest.mark.parametrize("size", [None, 2, 3])
+@pytest.mark.parametrize("name", list(EDGE_VALUES))
+def test_quick_float32_check_decides_as_numpy(name, size):
+    """Vectors are checked in Python before numpy casts them (cheaper for a message's few
+    values): the same arrays (the input itself where numpy returns it), errors, no warnings."""
+    make = EDGE_VALUES[name]
+    got = _outcome(codecs._finite_vector, make(), size)
+    assert got == _outcome(_finite_vector_reference, make(), size)
+
+
+@pytest.mark.parametrize("x", [0.25, -F32_MAX, 1e39, float("nan"), float("inf"), 3, True])
+def test_float32_scalar_decodes_as_a_one_value_vector(x):
+    def scalar(v, _size, _what):
+        return codecs.decode_float32(NS(data=v))
+
+    def reference(v, size, what):
+        return _finite_vector_reference([v], size, "Float32.data").reshape(())
+
+    assert _outcome(scalar, x, None)[:3] == _outcome(reference, x, None)[:3]

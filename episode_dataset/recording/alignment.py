@@ -82,15 +82,16 @@ class _Buffer:
         self.horizon = horizon
 
     def add(self, stamp: float, value: Any) -> None:
-        if not self.stamps or stamp >= self.stamps[-1]:
-            self.stamps.append(stamp)
+        stamps = self.stamps
+        if not stamps or stamp >= stamps[-1]:
+            stamps.append(stamp)
             self.values.append(value)
         else:
-            i = bisect.bisect_right(self.stamps, stamp)
-            self.stamps.insert(i, stamp)
+            i = bisect.bisect_right(stamps, stamp)
+            stamps.insert(i, stamp)
             self.values.insert(i, value)
-        while self.stamps and self.stamps[-1] - self.stamps[0] > self.horizon:
-            self.stamps.popleft()
+        while stamps and stamps[-1] - stamps[0] > self.horizon:
+            stamps.popleft()
             self.values.popleft()
 
     def newest_at_or_before(self, t: float) -> tuple[float, Any] | None:
@@ -99,13 +100,12 @@ class _Buffer:
 
     def nearest(self, t: float, upto: float) -> tuple[float, Any] | None:
         """Sample with stamp nearest to `t` among those with stamp <= `upto` (t <= upto)."""
-        i = bisect.bisect_left(self.stamps, t)
-        best = None
-        for j in (i - 1, i):
-            if 0 <= j < len(self.stamps) and self.stamps[j] <= upto:
-                if best is None or abs(self.stamps[j] - t) < abs(self.stamps[best] - t):
-                    best = j
-        return None if best is None else (self.stamps[best], self.values[best])
+        stamps = self.stamps
+        i = bisect.bisect_left(stamps, t)
+        # the first at or after t if it is allowed and strictly nearer, else the last before t
+        if i < len(stamps) and stamps[i] <= upto and (i == 0 or stamps[i] - t < t - stamps[i - 1]):
+            return stamps[i], self.values[i]
+        return None if i == 0 else (stamps[i - 1], self.values[i - 1])
 
     def first_after(self, t: float) -> float | None:
         i = bisect.bisect_right(self.stamps, t)
@@ -148,6 +148,7 @@ class Aligner:
         self._next_tick: float | None = None
         self._last_ref_stamp: float | None = None
         self._evaluated_until = -math.inf
+        self._oldest_usable = -math.inf  # oldest_usable, kept up to date (add reads it a lot)
         self._ref_arrivals: dict[float, float] = {}  # reference stamp -> arrival time
         self._late_refs: list[float] = []  # stamps of the last reference samples, all late
         self._clock = -math.inf  # latest `now` seen by poll
@@ -162,7 +163,7 @@ class Aligner:
     @property
     def oldest_usable(self) -> float:
         """Stamps below this are "late": no tick still ahead can use them."""
-        return self._evaluated_until - self.period - self.max_age
+        return self._oldest_usable
 
     def add(self, key: str, stamp: float, value: Any, arrival: float | None = None) -> str | None:
         """Buffer a sample, or return why not (FUTURE_STAMP, LATE, DUPLICATE_STAMP).
@@ -172,7 +173,7 @@ class Aligner:
         """
         if arrival is not None and stamp > arrival + self.future_tolerance:
             return FUTURE_STAMP
-        if stamp < self.oldest_usable:
+        if stamp < self._oldest_usable:
             if key != self.reference:
                 return LATE
             if self._late_refs and stamp <= self._late_refs[-1]:
@@ -182,17 +183,18 @@ class Aligner:
                 return LATE
             self.reset()  # the reference publisher's stamps went back: follow them
             self.stats.time_jumps += 1
-        if key == self.reference:
-            self._late_refs.clear()
-            if stamp == self._last_ref_stamp or stamp in self._ref_arrivals:
-                return DUPLICATE_STAMP
+        if key != self.reference:
+            self._buffers[key].add(stamp, value)
+            return None
+        self._late_refs.clear()
+        if stamp == self._last_ref_stamp or stamp in self._ref_arrivals:
+            return DUPLICATE_STAMP
         self._buffers[key].add(stamp, value)
-        if key == self.reference:
-            self._ref_arrivals[stamp] = stamp if arrival is None else arrival
-            if len(self._ref_arrivals) > 4 * len(self._buffers[key].stamps) + 64:
-                kept = set(self._buffers[key].stamps)
-                self._ref_arrivals = {s: a for s, a in self._ref_arrivals.items() if s in kept}
-        if key == self.reference and self._next_tick is None:
+        self._ref_arrivals[stamp] = stamp if arrival is None else arrival
+        if len(self._ref_arrivals) > 4 * len(self._buffers[key].stamps) + 64:
+            kept = set(self._buffers[key].stamps)
+            self._ref_arrivals = {s: a for s, a in self._ref_arrivals.items() if s in kept}
+        if self._next_tick is None:
             if self._last_ref_stamp is not None and stamp <= self._last_ref_stamp:
                 return None
             self._next_tick = stamp + self.period / 2
@@ -207,7 +209,7 @@ class Aligner:
             b.clear()
         self._next_tick = None
         self._last_ref_stamp = None
-        self._evaluated_until = -math.inf
+        self._evaluated_until = self._oldest_usable = -math.inf
         self._ref_arrivals.clear()
         self._late_refs.clear()
         self.epoch += 1
@@ -233,7 +235,9 @@ class Aligner:
             if ref is not None and self._ref_arrivals.get(ref[0], ref[0]) + self.lag > now:
                 break  # its step's other messages may still be on their way
             self._next_tick = tick + self.period
-            self._evaluated_until = max(self._evaluated_until, tick)
+            if tick > self._evaluated_until:
+                self._evaluated_until = tick
+                self._oldest_usable = tick - self.period - self.max_age
             step = self._evaluate(tick)
             if step is not None:
                 steps.append(step)

@@ -21,7 +21,7 @@ from episode_dataset import codecs
 from episode_dataset.codecs import MessageError
 from episode_dataset.recording.topics import TopicSpec
 
-__all__ = ["CONVERTERS", "Converter", "MessageError", "convert"]
+__all__ = ["CONVERTERS", "Converter", "MessageError", "convert", "converter_for"]
 
 
 def _image(msg: Any, spec: TopicSpec) -> np.ndarray:
@@ -60,3 +60,13 @@ def convert(msg: Any, spec: TopicSpec) -> tuple[float | None, np.ndarray]:
     conv = CONVERTERS[spec.type]
     stamp = codecs.stamp_to_sec(msg.header.stamp) if conv.has_header else None
     return stamp, conv.convert(msg, spec)
+
+
+def converter_for(spec: TopicSpec) -> Callable[[Any], tuple[float | None, np.ndarray]]:
+    """`convert` bound to one topic's spec, its converter looked up once (the recorder calls
+    it for every message)."""
+    conv, stamp_to_sec = CONVERTERS[spec.type], codecs.stamp_to_sec
+    read = conv.convert
+    if conv.has_header:
+        return lambda msg: (stamp_to_sec(msg.header.stamp), read(msg, spec))
+    return lambda msg: (None, read(msg, spec))

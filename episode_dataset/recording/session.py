@@ -18,10 +18,7 @@ episode restarts by itself.
 
 from __future__ import annotations
 
-import bisect
 import copy
-import itertools
-import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,7 +29,7 @@ from typing import Any
 
 from episode_dataset import ACTIONS, DONES, REWARDS
 from episode_dataset.recording.alignment import FUTURE_STAMP, LATE, AlignedStep, Aligner
-from episode_dataset.recording.convert import CONVERTERS, MessageError, convert
+from episode_dataset.recording.convert import CONVERTERS, MessageError, converter_for
 from episode_dataset.recording.sink import EpisodeSink, WriteError
 from episode_dataset.recording.topics import TopicSpec
 
@@ -70,6 +67,17 @@ class SessionConfig:
 
 
 ANCHORS = 64  # headerless anchor messages remembered (newest)
+
+
+@dataclass(slots=True)
+class _Topic:
+    """What `on_message` needs of one topic, looked up once (it runs for every message)."""
+
+    spec: TopicSpec
+    counts: TopicCounts
+    read: Callable[[Any], tuple[float | None, Any]]  # msg -> (header stamp or None, value)
+    key: str
+    anchor: bool  # the headerless anchor key's topic
 
 
 class RejectionLog:
@@ -126,12 +134,25 @@ class RecordingSession:
         self._time_jumps = 0
         self.counts = {s.topic: TopicCounts() for s in specs}
         self._topic_of = {s.key: s.topic for s in specs}
+        self._counts_of = {s.key: self.counts[s.topic] for s in specs}
+        self._topics = {
+            s.topic: _Topic(
+                s,
+                self.counts[s.topic],
+                converter_for(s),
+                s.key,
+                bool(config.headerless_anchor_key) and s.key == config.headerless_anchor_key,
+            )
+            for s in specs
+        }
+        self._obs_keys = [(s.obs_name, s.key) for s in specs if s.obs_name]
         self.recording = False
         self.episodes_started = 0
         self.episodes_ended = 0
         self.current_steps = 0
         self._snapshot: dict[str, Any] = {}
         self._keys = {s.key for s in specs}
+        self._has_rewards, self._has_dones = REWARDS in self._keys, DONES in self._keys
         # Stamps of done=True samples not yet written with their step. A done whose step was
         # skipped (stale) still ends the episode once no tick can use it any more.
         self._pending_dones: list[float] = []
@@ -155,28 +176,30 @@ class RecordingSession:
     # -- inputs ----------------------------------------------------------------------------
     def on_message(self, topic: str, msg: Any, arrival: float) -> bool:
         """Validate + buffer one message; False if rejected (counted and logged)."""
-        spec = self.specs[topic]
-        self.counts[topic].received += 1
+        t = self._topics[topic]
+        t.counts.received += 1
         try:
-            stamp, value = convert(msg, spec)
+            stamp, value = t.read(msg)
         except MessageError as e:
             self._reject(topic, e.reason, str(e), arrival)
             return False
         if stamp is None:
             if self.config.headerless_anchor_key:
-                self._unanchored.append((spec.key, arrival, value))
+                self._unanchored.append((t.key, arrival, value))
                 self._resolve_headerless(arrival)
                 return True
             stamp = arrival + self.config.headerless_offset_periods * self.period
-        if not self._add(spec.key, stamp, value, arrival):
+        if not self._add(t.key, stamp, value, arrival):
             return False
-        if spec.key == self.config.headerless_anchor_key:
-            if self._anchors and arrival < self._anchors[-1][0]:
+        if t.anchor:
+            anchors = self._anchors
+            if anchors and arrival < anchors[-1][0]:
                 self._anchors_unsorted = ANCHORS
             elif self._anchors_unsorted:
                 self._anchors_unsorted -= 1
-            self._anchors.append((arrival, stamp))
-            self._resolve_headerless(arrival)
+            anchors.append((arrival, stamp))
+            if self._unanchored:
+                self._resolve_headerless(arrival)
         return True
 
     def count_undecodable(self, topic: str, text: str, arrival: float) -> None:
@@ -197,9 +220,10 @@ class RecordingSession:
 
     def _add(self, key: str, stamp: float, value: Any, arrival: float) -> bool:
         reason = self.aligner.add(key, stamp, value, arrival)
-        self._sync_timeline()
-        topic = self._topic_of[key]
+        if self.aligner.epoch != self._epoch:
+            self._sync_timeline()
         if reason is not None:
+            topic = self._topic_of[key]
             if reason == FUTURE_STAMP:
                 why = (
                     f"stamp {stamp:.3f} is {stamp - arrival:.3f} s ahead of the node clock "
@@ -214,7 +238,7 @@ class RecordingSession:
                 why = f"stamp {stamp:.3f} repeats an earlier {key} stamp"
             self._reject(topic, reason, f"{reason}: {why}", arrival)
             return False
-        self.counts[topic].valid += 1
+        self._counts_of[key].valid += 1
         if key == DONES and bool(value):
             self._pending_dones.append(stamp)
         return True
@@ -243,33 +267,37 @@ class RecordingSession:
         the previous step's, one period away (within a one-period tolerance)."""
         tol = self.config.headerless_anchor_tolerance_s
         waiting = []
-        for key, arrival, value in self._unanchored:
-            near = min(
-                ((abs(a - arrival), s) for a, s in self._near(arrival) if abs(a - arrival) <= tol),
-                default=None,
-            )
+        for item in self._unanchored:
+            key, arrival, value = item
+            near = self._nearest_anchor(arrival, tol)
             if near is not None:
                 if final or near[0] <= now - arrival:
                     self._add(key, near[1], value, arrival)
                 else:
-                    waiting.append((key, arrival, value))
+                    waiting.append(item)
             elif final or now - arrival > tol:  # no anchor came in time: the arrival rule
                 self.unanchored += 1
                 stamp = arrival + self.config.headerless_offset_periods * self.period
                 self._add(key, stamp, value, arrival)
             else:
-                waiting.append((key, arrival, value))
+                waiting.append(item)
         self._unanchored = waiting
 
-    def _near(self, arrival: float) -> Any:
-        """The anchors that may lie within the tolerance of `arrival`: while they are in arrival
-        order (always, unless the clock went back), a window found by bisection."""
-        if self._anchors_unsorted:
-            return self._anchors
-        tol = 2 * self.config.headerless_anchor_tolerance_s  # wide: the caller's test decides
-        lo = bisect.bisect_left(self._anchors, (arrival - tol, -math.inf))
-        hi = bisect.bisect_right(self._anchors, (arrival + tol, math.inf))
-        return itertools.islice(self._anchors, lo, hi)
+    def _nearest_anchor(self, arrival: float, tol: float) -> tuple[float, float] | None:
+        """(distance, stamp) of the anchor nearest in arrival time to `arrival` (the lower stamp
+        on a tie), among those at most `tol` away; None if there is none. While the anchors are
+        in arrival order (always, unless the clock went back) the scan goes from the newest and
+        stops at the first one too far before `arrival`: every older one is further."""
+        best = None
+        ordered = not self._anchors_unsorted
+        for a, s in reversed(self._anchors):
+            d = abs(a - arrival)
+            if d <= tol:
+                if best is None or (d, s) < best:
+                    best = (d, s)
+            elif ordered and a < arrival:
+                break
+        return best
 
     # -- episode control -------------------------------------------------------------------
     def start_episode(self) -> tuple[bool, str]:
@@ -378,23 +406,29 @@ class RecordingSession:
         if self._unanchored:
             self._resolve_headerless(now, final=drain)
         steps = self.aligner.drain() if drain else self.aligner.poll(now)
-        self._sync_timeline()
-        queued = sum(self._queue_step(step) for step in steps)
-        self._flush_lost_dones(self.aligner.evaluated_until - self.period - self.config.max_age_s)
+        if self.aligner.epoch != self._epoch:
+            self._sync_timeline()
+        queued = 0
+        for step in steps:
+            queued += self._queue_step(step)
+        if self._pending_dones:
+            horizon = self.aligner.evaluated_until - self.period - self.config.max_age_s
+            self._flush_lost_dones(horizon)
         return queued
 
     def _queue_step(self, step: AlignedStep) -> bool:
-        # a done sample this much older than the step's observation belongs to an earlier one
-        self._flush_lost_dones(step.stamp - self.config.max_age_s)
-        if DONES in step.stamps and step.stamps[DONES] in self._pending_dones:
-            self._pending_dones.remove(step.stamps[DONES])
+        if self._pending_dones:
+            # a done sample this much older than the step's observation belongs to an earlier one
+            self._flush_lost_dones(step.stamp - self.config.max_age_s)
+            if DONES in step.stamps and step.stamps[DONES] in self._pending_dones:
+                self._pending_dones.remove(step.stamps[DONES])
         if not self.recording:
             return False
         v = step.values
-        obs = {s.obs_name: v[s.key] for s in self.specs.values() if s.obs_name}
-        reward = v[REWARDS] if REWARDS in self._keys else 0.0
+        obs = {name: v[key] for name, key in self._obs_keys}
+        reward = v[REWARDS] if self._has_rewards else 0.0
         done = False
-        if DONES in self._keys:
+        if self._has_dones:
             # a done sample ends one step only, even if max_age lets a later tick see it
             done = bool(v[DONES]) and step.stamps[DONES] != self._last_done_stamp
             if done:
