@@ -65,6 +65,49 @@ COMMAND_QOS = QoSProfile(
     durability=DurabilityPolicy.VOLATILE,
 )
 
+
+def observation_parameters(safe_action_help: str) -> dict[str, tuple[Any, str]]:
+    """The parameters of a node whose loop is fed by observation topics (`ObservingNode`: the
+    policy and world-model nodes): the topic map, the robot spec, the control rate, staleness
+    and the observation range check. `safe_action` says what this node does while stale."""
+    return {
+        "observation_namespace": (
+            "",
+            "'' = observation_topics/observation_keys map topics to keys; else every model "
+            "observation key is read from <namespace>/<key> (roboloop_runtime.topics, the sim "
+            "bridge's names) and those two lists must stay at their defaults",
+        ),
+        "observation_topics": (
+            ["/sim/state"],
+            "observation topics, parallel to observation_keys",
+        ),
+        "observation_keys": (["state"], "model observation key fed by each observation topic"),
+        "joint_state_field": ("position", "JointState field holding vector observations"),
+        "control_rate_hz": (
+            0.0,
+            "control steps per second of robot time; 0 = control_rate_hz from model metadata",
+        ),
+        "real_time_factor": (
+            0.0,
+            "robot seconds per wall-clock second (a sim run slower than real time): the "
+            "control timer ticks control_rate_hz x this per wall-clock second; 0 = the "
+            "spec_topic's, else 1",
+        ),
+        "spec_topic": (
+            "",
+            "latched spec of the robot (a sim bridge's /sim/spec) to take real_time_factor "
+            "from and check the model's observations against; '' = not used",
+        ),
+        "spec_timeout_s": (30.0, "spec_topic: configure fails when no spec arrives within this"),
+        "stale_periods": (3.0, "an observation older than this many control periods is stale"),
+        "safe_action": ("zeros", safe_action_help),
+        "max_normalized_observation": (
+            DEFAULT_MAX_NORMALIZED,
+            "reject observations farther than this many std (half-ranges) from the training data",
+        ),
+    }
+
+
 PARAMETERS: dict[str, tuple[Any, str]] = {
     **model_parameters(
         "ONNX policy exported by learning.export (roboloop metadata required)",
@@ -76,37 +119,8 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
         "sampler start points ~ noise_scale x N(0, I); 0 = deterministic (the flow from 0; a "
         "best_of_n model's N candidates are then one)",
     ),
-    "observation_namespace": (
-        "",
-        "'' = observation_topics/observation_keys map topics to keys; else every model "
-        "observation key is read from <namespace>/<key> (roboloop_runtime.topics, the sim "
-        "bridge's names) and those two lists must stay at their defaults",
-    ),
-    "observation_topics": (["/sim/state"], "observation topics, parallel to observation_keys"),
-    "observation_keys": (["state"], "model observation key fed by each observation topic"),
-    "joint_state_field": ("position", "JointState field holding vector observations"),
+    **observation_parameters("action published while stale: zeros | hold (last action)"),
     "action_topic": ("/sim/action", "sensor_msgs/JointState actions (effort = action)"),
-    "control_rate_hz": (
-        0.0,
-        "control steps per second of robot time; 0 = control_rate_hz from model metadata",
-    ),
-    "real_time_factor": (
-        0.0,
-        "robot seconds per wall-clock second (a sim run slower than real time): the control "
-        "timer ticks control_rate_hz x this per wall-clock second; 0 = the spec_topic's, else 1",
-    ),
-    "spec_topic": (
-        "",
-        "latched spec of the robot (a sim bridge's /sim/spec) to take real_time_factor from and "
-        "check the model's observations against; '' = not used",
-    ),
-    "spec_timeout_s": (30.0, "spec_topic: configure fails when no spec arrives within this"),
-    "stale_periods": (3.0, "an observation older than this many control periods is stale"),
-    "safe_action": ("zeros", "action published while stale: zeros | hold (last action)"),
-    "max_normalized_observation": (
-        DEFAULT_MAX_NORMALIZED,
-        "reject observations farther than this many std (half-ranges) from the training data",
-    ),
     "trigger": (
         "timer",
         "timer: act on the control timer; observation: act as soon as the observations that "
@@ -182,27 +196,131 @@ class PolicyParams(ObservationParams):
     episode_done_topic: str
 
 
-class PolicyNode(ModelNode):
+class ObservingNode(ModelNode):
+    """A ModelNode whose ROS-free loop (`observe(key, value, stamp_ns, arrival_ns)`) is fed by
+    observation topics, as the policy and world-model nodes are: configure binds the topics
+    and resolves the control rate (`bind`), the subscriptions decode each message into the
+    loop, and the watchdog's arrival clock follows /clock on sim time."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._loop: Any = None  # the node's loop, set by its `load`
+        self._bindings: list[ObservationBinding] = []
+        self._observation_subs: list[Any] = []
+        self._rates = (0.0, 1.0, "")  # robot rate, real-time factor, where the factor is from
+        self._sim_time = False  # use_sim_time: the watchdog's arrival clock is /clock
+        super().__init__(**kwargs)
+
+    def bind(
+        self,
+        params: ObservationParams,
+        observations: Mapping[str, ObsSpec],
+        limits: Mapping[str, Any],
+        trained_rate_hz: float | None,
+    ) -> float:
+        """Configure: bind the observation topics (checked against the robot's spec), resolve
+        the control rate (the parameter, else the model's) and the real-time factor; return
+        the control timer's period in wall-clock seconds."""
+        self._sim_time = bool(self.get_parameter("use_sim_time").value)
+        bindings, spec, rtf = observation_bindings(self, params, observations, limits)
+        rate = params.control_rate_hz
+        if rate:
+            check_control_rate(rate, "parameter control_rate_hz")
+            if trained_rate_hz and abs(rate - trained_rate_hz) > 1e-6:
+                self.get_logger().warning(
+                    f"control_rate_hz {rate:g} overrides the rate the model was trained at "
+                    f"({trained_rate_hz:g} Hz)"
+                )
+        elif trained_rate_hz:
+            rate = trained_rate_hz
+        else:
+            raise ValueError(
+                f"{params.model_path}: metadata has no control_rate_hz; set parameter "
+                "control_rate_hz"
+            )
+        try:
+            wall_rate = check_control_rate(rate * rtf, "control rate x real_time_factor")
+        except ValueError as err:
+            raise ValueError(f"{params.model_path}: {err}") from None
+        self._bindings = bindings
+        source = f"spec on {params.spec_topic}" if spec else "parameter"
+        self._rates = (rate, rtf, source if spec or params.real_time_factor else "default")
+        return 1.0 / wall_rate
+
+    def subscribe_observations(self) -> None:
+        """One subscription per bound topic, each decoding into the loop."""
+        for binding in self._bindings:
+            msg_type = Image if binding.msg_type == IMAGE else JointState
+            self._observation_subs.append(
+                self.create_subscription(
+                    msg_type,
+                    binding.topic,
+                    lambda msg, b=binding: self._on_observation(b, msg),
+                    OBSERVATION_QOS,
+                )
+            )
+
+    def release(self) -> None:
+        for sub in self._observation_subs:
+            self.destroy_subscription(sub)
+        self._observation_subs.clear()
+        self._loop = None
+        self._bindings = []
+
+    def rate_text(self, period_s: float) -> str:
+        """The control rate for the configure line."""
+        rate, rtf, source = self._rates
+        return (
+            f"control rate {rate:g} Hz (robot time) x real_time_factor {rtf:g} ({source}) = "
+            f"{1.0 / period_s:g} ticks per wall-clock second"
+        )
+
+    def rate_values(self, period_s: float) -> dict[str, str]:
+        """The control rate's diagnostic values."""
+        return {
+            "control_rate_hz": f"{self._rates[0]:g}",  # robot steps per second
+            "real_time_factor": f"{self._rates[1]:g}",
+            "control_ticks_per_s": f"{1.0 / period_s:g}",  # wall-clock timer rate
+        }
+
+    def _arrival_ns(self) -> int:
+        """Arrival clock of the watchdog: /clock on sim time (a paused sim is not stale)."""
+        if self._sim_time:
+            return self.get_clock().now().nanoseconds
+        return time.monotonic_ns()
+
+    def _on_observation(self, binding: ObservationBinding, msg: Any) -> bool:
+        """Decode and hand to the loop; False when there is no loop or the message was
+        malformed (counted and logged)."""
+        arrival_ns = self._arrival_ns()
+        loop = self._loop
+        if loop is None:
+            return False
+        try:
+            value = decode(binding, msg)
+            stamp_ns = stamp_to_ns(msg.header.stamp)
+        except MessageError as err:
+            text = f"dropped malformed observation: {binding.topic}: {err}"
+            self.warn(f"malformed:{binding.topic}:{err.reason}", text)
+            return False
+        loop.observe(binding.key, value, stamp_ns, arrival_ns)
+        return True
+
+
+class PolicyNode(ObservingNode):
     """Thin adapter: observation subscriptions, the control timer, the action publisher."""
 
     NAME, WHAT, PARAMETERS, Params = NODE_NAME, "policy", PARAMETERS, PolicyParams
 
     def __init__(self, **kwargs: Any) -> None:
-        self._loop: PolicyLoop | None = None
-        self._bindings: list[ObservationBinding] = []
-        self._observation_subs: list[Any] = []
         self._action_pub: Any = None
         self._control_timer: Any = None
         self._action_names: list[str] = []
-        self._rates = (0.0, 1.0, "")  # robot rate, real-time factor, where the factor is from
-        self._sim_time = False  # use_sim_time: the watchdog's arrival clock is /clock
         super().__init__(**kwargs)
 
     # ---- model node hooks -----------------------------------------------------------------
     def load(self, params: PolicyParams) -> OnnxPolicy:
         if params.trigger not in TRIGGERS:
             raise ValueError(f"parameter trigger {params.trigger!r} is not one of {TRIGGERS}")
-        self._sim_time = bool(self.get_parameter("use_sim_time").value)
         policy = OnnxPolicy(
             params.model_path,
             device=params.device,
@@ -216,32 +334,15 @@ class PolicyNode(ModelNode):
             affine = meta.observation_affine(key)
             if affine is not None:
                 limits[key] = ObservationRange(*affine, params.max_normalized_observation)
-        bindings, spec, rtf = observation_bindings(self, params, meta.observations, limits)
-        if params.control_rate_hz:
-            check_control_rate(params.control_rate_hz, "parameter control_rate_hz")
-        rate = params.control_rate_hz or meta.control_rate_hz
-        if not rate:
-            raise ValueError(
-                f"{params.model_path}: metadata has no control_rate_hz; set parameter "
-                "control_rate_hz"
-            )
-        trained = meta.control_rate_hz
-        if params.control_rate_hz and trained and abs(params.control_rate_hz - trained) > 1e-6:
-            self.get_logger().warning(
-                f"control_rate_hz {params.control_rate_hz:g} overrides the rate the model was "
-                f"trained at ({trained:g} Hz)"
-            )
+        period_s = self.bind(params, meta.observations, limits, meta.control_rate_hz)
         try:
-            wall_rate = check_control_rate(rate * rtf, "control rate x real_time_factor")
-            loop = PolicyLoop(policy, 1.0 / wall_rate, params.stale_periods, params.safe_action)
+            loop = PolicyLoop(policy, period_s, params.stale_periods, params.safe_action)
             # Runs the graph once: a model that cannot run, or whose output disagrees with
             # its metadata, fails here, not on the first control tick.
             loop.warm_up()
         except ValueError as err:  # ModelOutputError is a ValueError too
             raise ValueError(f"{params.model_path}: {err}") from None
-        self._loop, self._bindings = loop, bindings
-        source = f"spec on {params.spec_topic}" if spec else "parameter"
-        self._rates = (rate, rtf, source if spec or params.real_time_factor else "default")
+        self._loop = loop
         return policy
 
     def configured(self, params: PolicyParams) -> str:
@@ -257,30 +358,14 @@ class PolicyNode(ModelNode):
                     Bool, params.episode_done_topic, self._on_done, EPISODE_EVENT_QOS
                 )
             )
-        for binding in self._bindings:
-            msg_type = Image if binding.msg_type == IMAGE else JointState
-            self._observation_subs.append(
-                self.create_subscription(
-                    msg_type,
-                    binding.topic,
-                    lambda msg, b=binding: self._on_observation(b, msg),
-                    OBSERVATION_QOS,
-                )
-            )
+        self.subscribe_observations()
         meta, bounds = loop.meta, loop.guard
         return (
             f"configured {params.model_path} on {self.model.provider}: "
             + ", ".join(f"{b.topic} -> {b.key} {list(b.spec.shape)}" for b in self._bindings)
             + f"; obs_steps={meta.obs_steps} horizon={meta.horizon} "
-            f"n_action_steps={meta.n_action_steps}; {self._rate_text(loop)}; "
+            f"n_action_steps={meta.n_action_steps}; {self.rate_text(loop.period_s)}; "
             f"action bounds ({bounds.source}) {bounds.low.tolist()} .. {bounds.high.tolist()}"
-        )
-
-    def _rate_text(self, loop: PolicyLoop) -> str:
-        rate, rtf, source = self._rates
-        return (
-            f"control rate {rate:g} Hz (robot time) x real_time_factor {rtf:g} ({source}) = "
-            f"{1.0 / loop.period_s:g} ticks per wall-clock second"
         )
 
     def start(self, params: PolicyParams) -> None:
@@ -297,39 +382,19 @@ class PolicyNode(ModelNode):
             self._loop.reset()
 
     def release(self) -> None:
-        for sub in self._observation_subs:
-            self.destroy_subscription(sub)
-        self._observation_subs.clear()
+        super().release()
         if self._action_pub is not None:
             self.destroy_lifecycle_publisher(self._action_pub)
             self._action_pub = None
-        self._loop = None
-        self._bindings = []
 
     # ---- data path ------------------------------------------------------------------------
-    def _arrival_ns(self) -> int:
-        """Arrival clock of the watchdog: /clock on sim time (a paused sim is not stale)."""
-        if self._sim_time:
-            return self.get_clock().now().nanoseconds
-        return time.monotonic_ns()
-
-    def _on_observation(self, binding: ObservationBinding, msg: Any) -> None:
+    def _on_observation(self, binding: ObservationBinding, msg: Any) -> bool:
         """Decode and store; trigger=observation: act at once when this completed a step (the
         same thread as the timer would, minus the wait for its tick)."""
-        arrival_ns = self._arrival_ns()
-        loop = self._loop
-        if loop is None:
-            return
-        try:
-            value = decode(binding, msg)
-            stamp_ns = stamp_to_ns(msg.header.stamp)
-        except MessageError as err:
-            text = f"dropped malformed observation: {binding.topic}: {err}"
-            self.warn(f"malformed:{binding.topic}:{err.reason}", text)
-            return
-        loop.observe(binding.key, value, stamp_ns, arrival_ns)
-        if self.params.trigger == "observation" and loop.step_ready():
+        stored = super()._on_observation(binding, msg)
+        if stored and self.params.trigger == "observation" and self._loop.step_ready():
             self._act()
+        return stored
 
     def _on_done(self, msg: Any) -> None:
         loop = self._loop
@@ -390,10 +455,8 @@ class PolicyNode(ModelNode):
         loop, params = self._loop, self.params
         if loop is not None and self.model is not None:
             meta = loop.meta
+            values.update(self.rate_values(loop.period_s))
             values.update(
-                control_rate_hz=f"{self._rates[0]:g}",  # robot steps per second
-                real_time_factor=f"{self._rates[1]:g}",
-                control_ticks_per_s=f"{1.0 / loop.period_s:g}",  # wall-clock timer rate
                 obs_steps=str(meta.obs_steps),
                 horizon=str(meta.horizon),
                 n_action_steps=str(meta.n_action_steps),

@@ -19,38 +19,36 @@ Lifecycle, configure failures, faults and /diagnostics are `ModelNode`'s.
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from rclpy.qos import QoSProfile
 from roboloop_node_common.faults import OK, WARN
-from roboloop_node_common.model_node import ModelNode, model_parameters
+from roboloop_node_common.model_node import model_parameters
 from roboloop_node_common.runtime import run_node
-from roboloop_policy.node import COMMAND_QOS, ObservationParams, observation_bindings
-from roboloop_policy.observations import (
-    ObservationBinding,
-    decode,
+from roboloop_policy.node import (
+    COMMAND_QOS,
+    ObservationParams,
+    ObservingNode,
+    observation_parameters,
 )
-from roboloop_policy.safety import DEFAULT_MAX_NORMALIZED, ObservationRange
+from roboloop_policy.safety import ObservationRange
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float32
 
 from episode_dataset.codecs import (
-    IMAGE,
     MessageError,
     decode_joint_state,
     encode_image,
     ns_to_stamp,
     stamp_to_ns,
 )
-from roboloop_runtime import WorldModelRunner, check_control_rate, observation_affine
+from roboloop_runtime import WorldModelRunner, observation_affine
 from roboloop_runtime.topics import IMAGE_FEATURE
 from roboloop_world_model.belief import STALE, Belief, BeliefLoop
 
 NODE_NAME = "world_model"
-OBSERVATION_QOS = qos_profile_sensor_data  # sensor streams: the newest sample matters
 EVENT_QOS = QoSProfile(depth=10)  # applied actions, done, predictions: reliable, a few deep
 POLLS_PER_PERIOD = 2  # each observation is filtered within half a control period of arriving
 
@@ -63,14 +61,6 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "actor_path": ("", "Dreamer actor graph on the latent: actions on action_topic ('' = none)"),
     "seed": (0, "seed of the noise generator (sample: true)"),
     "sample": (False, "draw the latent and action noise (false: noise 0, the mode)"),
-    "observation_namespace": (
-        "",
-        "'' = observation_topics/observation_keys map topics to keys; else every model "
-        "observation key is read from <namespace>/<key> (the sim bridge's names)",
-    ),
-    "observation_topics": (["/sim/state"], "observation topics, parallel to observation_keys"),
-    "observation_keys": (["state"], "model observation key fed by each observation topic"),
-    "joint_state_field": ("position", "JointState field holding vector observations"),
     "applied_action_topic": (
         "/sim/applied_action",
         "JointState (effort) of each action applied, stamped with its observation's stamp",
@@ -84,19 +74,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
         "~/prediction",
         "prediction of key k on <namespace>/<k>: Image rgb8 (images), JointState (low-dim)",
     ),
-    "control_rate_hz": (0.0, "robot steps per second; 0 = the model's control_rate_hz"),
-    "real_time_factor": (
-        0.0,
-        "robot seconds per wall-clock second; 0 = the spec_topic's, else 1",
-    ),
-    "spec_topic": ("", "latched robot spec (a sim bridge's /sim/spec); '' = not used"),
-    "spec_timeout_s": (30.0, "spec_topic: configure fails when no spec arrives within this"),
-    "stale_periods": (3.0, "an observation older than this many control periods is stale"),
-    "safe_action": ("zeros", "actor action while stale: zeros | hold (last action)"),
-    "max_normalized_observation": (
-        DEFAULT_MAX_NORMALIZED,
-        "reject observations farther than this many std (half-ranges) from the training data",
-    ),
+    **observation_parameters("actor action while stale: zeros | hold (last action)"),
 }
 
 
@@ -114,18 +92,15 @@ class WorldModelParams(ObservationParams):
     prediction_namespace: str
 
 
-class WorldModelNode(ModelNode):
+class WorldModelNode(ObservingNode):
     """Thin adapter: subscriptions, the timer, publishers of what `BeliefLoop.step` gives."""
 
     NAME, WHAT, PARAMETERS, Params = NODE_NAME, "world_model", PARAMETERS, WorldModelParams
 
     def __init__(self, **kwargs: Any) -> None:
-        self._loop: BeliefLoop | None = None
-        self._bindings: list[ObservationBinding] = []
-        self._subs: list[Any] = []
+        self._event_subs: list[Any] = []
         self._pubs: dict[str, Any] = {}
         self._timer: Any = None
-        self._rates = (0.0, 1.0)  # robot rate, real-time factor
         super().__init__(**kwargs)
 
     # ---- model node hooks -----------------------------------------------------------------
@@ -154,18 +129,11 @@ class WorldModelNode(ModelNode):
             for key, spec in world.observations.items()
             if key in stats and spec.feature_type != IMAGE_FEATURE
         }
-        bindings, spec, rtf = observation_bindings(self, params, world.observations, limits)
-        rate = params.control_rate_hz or meta.get("control_rate_hz")
-        if not rate:
-            raise ValueError(
-                f"{params.model_path}: metadata has no control_rate_hz; set parameter "
-                "control_rate_hz"
-            )
-        wall_rate = check_control_rate(rate * rtf, "control rate x real_time_factor")
+        period_s = self.bind(params, world.observations, limits, meta.get("control_rate_hz"))
         try:
             loop = BeliefLoop(
                 world,
-                1.0 / wall_rate,
+                period_s,
                 params.stale_periods,
                 params.safe_action,
                 predict_observations=params.publish_prediction,
@@ -173,7 +141,7 @@ class WorldModelNode(ModelNode):
             loop.warm_up()
         except ValueError as err:  # ModelOutputError / ModelInputError are ValueErrors too
             raise ValueError(f"{params.model_path}: {err}") from None
-        self._loop, self._bindings, self._rates = loop, bindings, (rate, rtf)
+        self._loop = loop
         return world
 
     def configured(self, params: WorldModelParams) -> str:
@@ -198,31 +166,21 @@ class WorldModelNode(ModelNode):
                 )
         # The done subscription first: the executor serves ready subscriptions in creation
         # order, so an episode's end is seen before the next episode's first observation.
-        self._subs.append(
+        self._event_subs.append(
             self.create_subscription(Bool, params.done_topic, self._on_done, EVENT_QOS)
         )
-        self._subs.append(
+        self._event_subs.append(
             self.create_subscription(
                 JointState, params.applied_action_topic, self._on_applied, EVENT_QOS
             )
         )
-        for binding in self._bindings:
-            msg_type = Image if binding.msg_type == IMAGE else JointState
-            self._subs.append(
-                self.create_subscription(
-                    msg_type,
-                    binding.topic,
-                    lambda msg, b=binding: self._on_observation(b, msg),
-                    OBSERVATION_QOS,
-                )
-            )
+        self.subscribe_observations()
         sizes = {k: list(s.shape) for k, s in world.state.items()}
         return (
             f"configured {params.model_path} on {world.provider}: graphs {sorted(world.graphs)}, "
             f"latent {sizes}; "
             + ", ".join(f"{b.topic} -> {b.key} {list(b.spec.shape)}" for b in self._bindings)
-            + f"; control rate {self._rates[0]:g} Hz x real_time_factor {self._rates[1]:g}; "
-            f"publishing {sorted(self._pubs)}"
+            + f"; {self.rate_text(loop.period_s)}; publishing {sorted(self._pubs)}"
         )
 
     def start(self, params: WorldModelParams) -> None:
@@ -236,36 +194,15 @@ class WorldModelNode(ModelNode):
             self._timer = None
 
     def release(self) -> None:
-        for sub in self._subs:
+        super().release()
+        for sub in self._event_subs:
             self.destroy_subscription(sub)
-        self._subs.clear()
+        self._event_subs.clear()
         for pub in self._pubs.values():
             self.destroy_lifecycle_publisher(pub)
         self._pubs = {}
-        self._loop = None
-        self._bindings = []
 
     # ---- data path ------------------------------------------------------------------------
-    def _arrival_ns(self) -> int:
-        """Arrival clock of the watchdog: /clock on sim time (a paused sim is not stale)."""
-        if self.get_parameter("use_sim_time").value:
-            return self.get_clock().now().nanoseconds
-        return time.monotonic_ns()
-
-    def _on_observation(self, binding: ObservationBinding, msg: Any) -> None:
-        arrival_ns = self._arrival_ns()
-        loop = self._loop
-        if loop is None:
-            return
-        try:
-            value = decode(binding, msg)
-            stamp_ns = stamp_to_ns(msg.header.stamp)
-        except MessageError as err:
-            text = f"dropped malformed observation: {binding.topic}: {err}"
-            self.warn(f"malformed:{binding.topic}:{err.reason}", text)
-            return
-        loop.observe(binding.key, value, stamp_ns, arrival_ns)
-
     def _on_applied(self, msg: JointState) -> None:
         loop = self._loop
         if loop is None:
@@ -339,10 +276,8 @@ class WorldModelNode(ModelNode):
         loop = self._loop
         if loop is not None and self.model is not None:
             world = loop.world
+            values.update(self.rate_values(loop.period_s))
             values.update(
-                control_rate_hz=f"{self._rates[0]:g}",
-                real_time_factor=f"{self._rates[1]:g}",
-                control_ticks_per_s=f"{1.0 / loop.period_s:g}",
                 graphs=",".join(sorted(world.graphs)),
                 **{f"latent_{k}": str(s.shape[0]) for k, s in world.state.items()},
             )
