@@ -56,8 +56,12 @@ def stamp_to_ns(stamp: Any) -> int:
 
 
 def stamp_to_sec(stamp: Any) -> float:
-    """builtin_interfaces/Time -> float seconds."""
-    return stamp_to_ns(stamp) * 1e-9
+    """builtin_interfaces/Time -> float seconds (`stamp_to_ns(stamp) * 1e-9`, inlined: every
+    recorded message with a header comes through here)."""
+    sec, nanosec = int(stamp.sec), int(stamp.nanosec)
+    if not 0 <= nanosec < NSEC_PER_SEC:
+        raise MessageError("stamp", f"header.stamp.nanosec {nanosec} is not in [0, 1e9)")
+    return (sec * NSEC_PER_SEC + nanosec) * 1e-9
 
 
 def ns_to_stamp(ns: int) -> tuple[int, int]:
@@ -102,8 +106,8 @@ def decode_image(
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height <= 0 or width <= 0:
         raise MessageError("shape", f"image is empty ({height}x{width})")
-    if shape is not None:
-        got = (height, width, channels)
+    got = (height, width, channels)
+    if shape is not None and tuple(shape) != got:  # (equal: the usual case, decided at once)
         if any(w is not None and w != g for w, g in zip(shape, got, strict=True)):
             want = "x".join("*" if w is None else str(w) for w in shape)
             raise MessageError("shape", f"image is {height}x{width}x{channels}, expected {want}")
@@ -119,6 +123,8 @@ def decode_image(
         raise MessageError(
             "size", f"image data has {raw.size} bytes, expected step*height = {step * height}"
         )
+    if step == row and elem == np.uint8:  # unpadded bytes (the usual case): one view
+        return raw.reshape(got)
     rows = raw.reshape(height, step)[:, :row]  # a view without the row padding
     if elem == np.uint8:
         return rows.reshape(height, width, channels)

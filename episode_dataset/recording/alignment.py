@@ -238,14 +238,14 @@ class Aligner:
             if tick > self._evaluated_until:
                 self._evaluated_until = tick
                 self._oldest_usable = tick - self.period - self.max_age
-            step = self._evaluate(tick)
+            step = self._evaluate(tick, ref)
             if step is not None:
                 steps.append(step)
         return steps
 
-    def _evaluate(self, tick: float) -> AlignedStep | None:
+    def _evaluate(self, tick: float, ref: tuple[float, Any] | None) -> AlignedStep | None:
+        """The step of `tick`, whose reference sample (newest at or before it) is `ref`."""
         ref_buf = self._buffers[self.reference]
-        ref = ref_buf.newest_at_or_before(tick)
         if ref is None or ref[0] == self._last_ref_stamp or tick - ref[0] > self.period:
             # No new reference sample for this tick: publisher late or paused. Re-lock on the
             # next one if it already exists so that one late tick does not shift every step.
