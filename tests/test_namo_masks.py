@@ -234,7 +234,8 @@ def test_batched_masks_refuse_an_invalid_move() -> None:
 
 def test_near_equals_the_distance_transform_of_the_footprint() -> None:
     """near (the cells a placed object keeps the robot's centre out of: the post-move distance;
-    check asks it for one cell) == distance_to(footprint) <= inflation, for random poses."""
+    check asks it for one cell) == distance_to(footprint) <= inflation, and _crowded (the
+    placement clearance) == distance_to(footprint) < clearance, for random poses."""
     from sim.namo.grid import distance_to
 
     model = TransitionModel(generate_scene(7))
@@ -245,6 +246,9 @@ def test_near_equals_the_distance_transform_of_the_footprint() -> None:
         fp = model.footprint(k, pose)
         expected = distance_to(model.grid, fp) <= model.inflation
         np.testing.assert_array_equal(model.near(k, pose), expected)
+        clearance = model.cell * model.config.clearance_cells
+        crowded = distance_to(model.grid, fp) < clearance
+        np.testing.assert_array_equal(model._crowded(k, pose), crowded)
         # check's one-cell form (robot and goal cells), at the grid's edges too
         for cell in [(0, 0), (99, 99), (0, 50), *rng.integers(0, 100, (20, 2))]:
             cell = (int(cell[0]), int(cell[1]))
@@ -302,3 +306,47 @@ def test_reach_test_equals_the_distance_transform_of_the_region() -> None:
                     assert model._within_reach(fp, region) == expected, (level, seed, k, pose)
                     agree[expected] += 1
     assert min(agree.values()) >= 50, agree  # both answers were exercised
+
+
+def test_rasterizers_equal_the_test_of_every_cell_centre() -> None:
+    """rasterize_rect / rasterize_disc test only a window around the shape; they must equal the
+    inside test of every cell centre of the grid, for random poses (off the world's edges too)
+    and at both the planning grid's and a mask's size."""
+    rng = np.random.default_rng(3)
+    for g in (Grid(5.0, 5.0, 100, 100), Grid(5.0, 5.0, 32, 32), Grid(3.0, 2.0, 40, 60)):
+        px, py = np.meshgrid(g.xs(), g.ys())
+        for _ in range(60):
+            x, y = rng.uniform(-0.4, g.width + 0.4), rng.uniform(-0.4, g.height + 0.4)
+            theta = rng.choice([0.0, np.pi / 2, -np.pi / 2, rng.uniform(-np.pi, np.pi)])
+            hx, hy = rng.uniform(0.05, 0.6, 2)
+            c, s = np.cos(theta), np.sin(theta)
+            u, v = (px - x) * c + (py - y) * s, -(px - x) * s + (py - y) * c
+            inside = (np.abs(u) <= hx + 1e-9) & (np.abs(v) <= hy + 1e-9)
+            np.testing.assert_array_equal(rasterize_rect(g, x, y, theta, hx, hy), inside)
+            disc = (px - x) ** 2 + (py - y) ** 2 <= hx * hx + 1e-12
+            np.testing.assert_array_equal(rasterize_disc(g, x, y, hx), disc)
+
+
+def test_grid_graph_cuts_of_a_window_and_repeated_queries() -> None:
+    """A cut given as a window of the grid (``origin``) equals the cut of the whole mask, and a
+    query leaves the graph as built: the same query again, or one without cuts, is unchanged."""
+    from sim.namo.grid import GridGraph, geodesic_distance
+
+    rng = np.random.default_rng(4)
+    g = Grid(3.0, 2.0, 20, 30)
+    free = rng.random(g.shape) > 0.2
+    graph = GridGraph(g, free)
+    plain = graph.distances((10, 15))
+    for trial in range(20):
+        i0, j0 = (int(v) for v in rng.integers((15, 25)))
+        window = (slice(i0, i0 + 5), slice(j0, j0 + 5))
+        removed = np.zeros(g.shape, bool)
+        removed[window] = rng.random((5, 5)) > 0.4
+        source = tuple(int(v) for v in rng.integers((20, 30)))
+        whole = graph.distances(source, graph.cut(removed))
+        part = graph.distances(source, graph.cut(removed[window], (i0, j0)))
+        np.testing.assert_array_equal(part, whole, err_msg=str(trial))
+        ref = geodesic_distance(g, free & ~removed, [source])
+        np.testing.assert_array_equal(np.isfinite(whole), np.isfinite(ref), err_msg=str(trial))
+        np.testing.assert_allclose(whole[np.isfinite(ref)], ref[np.isfinite(ref)], atol=1e-9)
+        np.testing.assert_array_equal(graph.distances((10, 15)), plain)

@@ -8,6 +8,7 @@ cell's centre lies inside it.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -83,20 +84,29 @@ def _window(grid: Grid, xmin: float, xmax: float, ymin: float, ymax: float):
     return i0, i1, j0, j1
 
 
+@functools.cache
+def _centres(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """``grid.xs()`` and ``grid.ys()``, read-only, computed once per grid (the rasterizers'
+    hot path)."""
+    xs, ys = grid.xs(), grid.ys()
+    xs.flags.writeable = ys.flags.writeable = False
+    return xs, ys
+
+
 def rasterize_rect(
     grid: Grid, x: float, y: float, theta: float, half_x: float, half_y: float
 ) -> np.ndarray:
     """Boolean (rows, cols) mask of cells whose centre lies inside the rotated rectangle."""
     out = np.zeros(grid.shape, dtype=bool)
-    corners = rect_corners(x, y, theta, half_x, half_y)
-    i0, i1, j0, j1 = _window(
-        grid, corners[:, 0].min(), corners[:, 0].max(), corners[:, 1].min(), corners[:, 1].max()
-    )
+    c, s = math.cos(theta), math.sin(theta)
+    # The rectangle's bounding box (its corners' extent; the window only bounds the test).
+    ex, ey = abs(half_x * c) + abs(half_y * s), abs(half_x * s) + abs(half_y * c)
+    i0, i1, j0, j1 = _window(grid, x - ex, x + ex, y - ey, y + ey)
     if i0 >= i1 or j0 >= j1:
         return out
-    px = grid.xs()[j0:j1][None, :] - x
-    py = grid.ys()[i0:i1][:, None] - y
-    c, s = math.cos(theta), math.sin(theta)
+    xs, ys = _centres(grid)
+    px = xs[j0:j1][None, :] - x
+    py = ys[i0:i1][:, None] - y
     u = px * c + py * s
     v = -px * s + py * c
     eps = 1e-9
@@ -110,8 +120,9 @@ def rasterize_disc(grid: Grid, x: float, y: float, radius: float) -> np.ndarray:
     i0, i1, j0, j1 = _window(grid, x - radius, x + radius, y - radius, y + radius)
     if i0 >= i1 or j0 >= j1:
         return out
-    px = grid.xs()[j0:j1][None, :] - x
-    py = grid.ys()[i0:i1][:, None] - y
+    xs, ys = _centres(grid)
+    px = xs[j0:j1][None, :] - x
+    py = ys[i0:i1][:, None] - y
     out[i0:i1, j0:j1] = px * px + py * py <= radius * radius + 1e-12
     return out
 
@@ -214,31 +225,37 @@ class GridGraph:
         self._cut_offsets = np.array([o for o, _ in cut])
         self._cut_slots = np.array([s for _, s in cut])
 
-    def cut(self, removed: np.ndarray) -> Cut:
-        """The slots cut when the ``removed`` cells (bool, grid shape) are taken out."""
-        i, j = np.nonzero(removed & self.free)  # other cells have no edges to cut
-        cell = (i + 1) * self._cols + (j + 1)
-        entries = (cell[:, None] + self._cut_offsets) * 8 + self._cut_slots
-        return Cut(removed, entries.reshape(-1))
+    def cut(self, removed: np.ndarray, origin: tuple[int, int] = (0, 0)) -> Cut:
+        """The slots cut when the ``removed`` cells are taken out: a bool mask of the grid, or of
+        a window of it whose top-left cell is ``origin`` (cells outside it stay)."""
+        i0, j0 = origin
+        rows, cols = removed.shape
+        i, j = np.nonzero(removed & self.free[i0 : i0 + rows, j0 : j0 + cols])
+        cells = (i + i0 + 1) * self._cols + (j + j0 + 1)  # other cells have no edges to cut
+        entries = (cells[:, None] + self._cut_offsets) * 8 + self._cut_slots
+        return Cut(cells, entries.reshape(-1))
 
     def distances(self, source: tuple[int, int], *cuts: Cut) -> np.ndarray:
         """Geodesic metres from cell ``source`` with the ``cuts`` taken out; inf where
         unreachable, not free, or everywhere when the source itself is removed. Not
         re-entrant: queries on one graph must not run concurrently."""
-        if not self.free[source] or any(c.removed[source] for c in cuts):
-            return np.full(self.grid.shape, np.inf)
-        data = self._graph.data
-        np.copyto(data, self.data)
-        for c in cuts:
-            data[c.entries] = np.inf
         node = (source[0] + 1) * self._cols + source[1] + 1
-        dist = dijkstra(self._graph, directed=True, indices=node)
+        if not self.free[source] or any((c.cells == node).any() for c in cuts):
+            return np.full(self.grid.shape, np.inf)
+        # Cut the slots, search, then restore just those slots (not a copy of all 8 per cell).
+        data = self._graph.data
+        entries = np.concatenate([c.entries for c in cuts]) if cuts else slice(0, 0)
+        try:
+            data[entries] = np.inf
+            dist = dijkstra(self._graph, directed=True, indices=node)
+        finally:
+            data[entries] = self.data[entries]
         return dist.reshape(self.grid.rows + 2, self._cols)[1:-1, 1:-1]
 
 
 @dataclass(frozen=True)
 class Cut:
-    """Cells taken out of a ``GridGraph`` and the CSR slots that removes."""
+    """Cells taken out of a ``GridGraph`` (their node ids) and the CSR slots that removes."""
 
-    removed: np.ndarray
+    cells: np.ndarray
     entries: np.ndarray

@@ -103,9 +103,8 @@ def prepare_masks(model: TransitionModel, size: int) -> None:
 
 
 def normalize_distance(dist: np.ndarray, scale: float) -> np.ndarray:
-    """Metres -> [0, 1]: dist / scale clipped; inf (unreachable) -> 1.0."""
-    out = np.where(np.isfinite(dist), dist / scale, 1.0)
-    return _f32(np.clip(out, 0.0, 1.0))
+    """Metres (>= 0) -> [0, 1]: dist / scale capped at 1; inf (unreachable) -> 1.0."""
+    return _f32(np.minimum(dist / scale, 1.0))
 
 
 def _scale(model: TransitionModel) -> float:

@@ -106,6 +106,14 @@ class StepResult:
     reach_position: tuple[float, float]
 
 
+class _Dilations(NamedTuple):
+    """Object k's footprint at one pose, dilated (``TransitionModel._dilations``)."""
+
+    near: np.ndarray  # within ``inflation``: robot-free cells
+    crowded: np.ndarray  # closer than the placement clearance
+    window: tuple[slice, slice] | None  # where both can be True (None: empty footprint)
+
+
 class Lifted(NamedTuple):
     """The world of a state with one object lifted out (``TransitionModel._lifted``)."""
 
@@ -127,7 +135,6 @@ class StateInfo:
     goal_path: float  # geodesic metres robot -> goal (inf if unreachable)
     reach: list[tuple[int, int] | None]  # reach cell per object (None: not reachable)
     lifted: dict[int, Lifted] = field(default_factory=dict)
-    lifted_cuts: dict[int, Cut] = field(default_factory=dict)  # see ``after_distance``
     rects: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # corners, bounding boxes
     checked: dict[Proposal, str | None] = field(default_factory=dict)  # ``check``'s answers
 
@@ -153,10 +160,11 @@ class TransitionModel:
         self._footprints: dict[tuple[int, tuple[float, float, float]], np.ndarray] = {}
         self._goal_static: np.ndarray | None = None
         self._static_graph: GridGraph | None = None
-        self._near: dict[tuple[int, tuple[float, float, float]], np.ndarray] = {}
+        self._dilated: dict[tuple[int, tuple[float, float, float]], _Dilations] = {}
+        self._near_cuts: dict[tuple[int, tuple[float, float, float]], Cut] = {}
         self._wall_corners = [rect_corners(w.x, w.y, 0.0, w.half_x, w.half_y) for w in scene.walls]
-        # Cell offsets within ``inflation`` (the robot centre's margin), for ``near``, and closer
-        # than the placement clearance, for ``_crowded``: the same metres as ``distance_to``.
+        # Cell offsets within ``inflation`` (the robot centre's margin), for ``_is_near``: the
+        # same metres as ``distance_to``.
         mi, mj = int(self.inflation / g.res_y) + 1, int(self.inflation / g.res_x) + 1
         di, dj = np.mgrid[-mi : mi + 1, -mj : mj + 1]
         offsets = np.sqrt((di * g.res_y) ** 2 + (dj * g.res_x) ** 2)
@@ -168,11 +176,9 @@ class TransitionModel:
             int(self.reach_distance / g.res_x) + 1,
         )
         self._clearance = self.cell * self.config.clearance_cells
-        self._close = offsets < self._clearance
         static_dist = distance_to(g, self.static)
         self._static_near = static_dist <= self.inflation
         self._static_close = static_dist < self._clearance
-        self._crowd: dict[tuple[int, tuple[float, float, float]], np.ndarray] = {}
 
     # -- geometry ------------------------------------------------------------------------------
     def initial_state(self) -> NamoState:
@@ -194,26 +200,32 @@ class TransitionModel:
 
     def near(self, k: int, pose: tuple[float, float, float]) -> np.ndarray:
         """Cells within ``inflation`` of object k's footprint at ``pose`` (where the robot's
-        centre may not be): ``distance_to(grid, footprint) <= inflation``, as a dilation of the
-        footprint by the cell offsets within ``inflation``, in a window around it."""
-        return self._dilated(self._near, self._disc, k, pose)
+        centre may not be): ``distance_to(grid, footprint) <= inflation``, in a window around
+        the footprint (``_dilations``)."""
+        return self._dilations(k, pose).near
 
     def _crowded(self, k: int, pose: tuple[float, float, float]) -> np.ndarray:
         """Cells closer than the placement clearance to object k's footprint at ``pose``."""
-        return self._dilated(self._crowd, self._close, k, pose)
+        return self._dilations(k, pose).crowded
 
-    def _dilated(self, cache: dict, disc: np.ndarray, k: int, pose) -> np.ndarray:  # noqa: ANN001
+    def _dilations(self, k: int, pose: tuple[float, float, float]) -> _Dilations:
+        """``near`` and ``_crowded`` of object k at ``pose`` (cached per pose): one distance
+        transform of the footprint in its window grown by ``inflation`` (every cell that close
+        lies inside), the same metres as ``distance_to`` of the whole grid."""
         key = (k, tuple(pose))
-        got = cache.get(key)
+        got = self._dilated.get(key)
         if got is None:
             fp = self.footprint(k, pose)
-            got = np.zeros(self.grid.shape, dtype=bool)
+            near = np.zeros(self.grid.shape, dtype=bool)
+            crowded = np.zeros(self.grid.shape, dtype=bool)
             window = self._window(fp, self._disc_half)
             if window is not None:
-                got[window] = ndimage.binary_dilation(fp[window], disc)
-            if len(cache) > 20000:
-                cache.clear()
-            cache[key] = got
+                dist = ndimage.distance_transform_edt(~fp[window], sampling=self.grid.sampling)
+                near[window] = dist <= self.inflation
+                crowded[window] = dist < self._clearance
+            if len(self._dilated) > 20000:
+                self._dilated.clear()
+            got = self._dilated[key] = _Dilations(near, crowded, window)
         return got
 
     def _is_near(self, fp: np.ndarray, cell: tuple[int, int]) -> bool:
@@ -373,17 +385,32 @@ class TransitionModel:
 
     def after_distance(self, state: NamoState, proposal: Proposal) -> np.ndarray:
         """``robot_distance`` of the state after a valid move, without analysing that state:
-        geodesic metres from the reach cell over the free space with object k lifted, less the
-        cells its new footprint blocks (``near``), on one graph of the walls-only free space
-        built per model. Equals ``info(step(state, proposal).state).robot_distance`` to float
-        rounding (``tests/test_namo_masks.py``). The move is not validated here."""
+        geodesic metres from the reach cell on one graph of the walls-only free space built per
+        model, less the cells every object keeps the robot out of at its post-move pose
+        (``near``; the walls' cells are not in that graph: the lifted world's ``blocked``).
+        Each object's cut is cached per pose, so only the moved object's is new. Equals
+        ``info(step(state, proposal).state).robot_distance`` to float rounding
+        (``tests/test_namo_masks.py``). The move is not validated here."""
         k = self.scene.object_index(proposal.object_id)
-        info = self.info(state)
-        graph = self.static_graph()
-        lifted = info.lifted_cuts.get(k)
-        if lifted is None:
-            lifted = info.lifted_cuts[k] = graph.cut(self._lifted(state, k).blocked)
-        return graph.distances(info.reach[k], lifted, graph.cut(self.near(k, proposal.pose)))
+        cuts = [self._near_cut(j, pose) for j, pose in enumerate(state.poses) if j != k]
+        cuts.append(self._near_cut(k, proposal.pose))
+        return self.static_graph().distances(self.info(state).reach[k], *cuts)
+
+    def _near_cut(self, k: int, pose: tuple[float, float, float]) -> Cut:
+        """``near(k, pose)`` as the slots it cuts from ``static_graph`` (cached per pose)."""
+        key = (k, tuple(pose))
+        got = self._near_cuts.get(key)
+        if got is None:
+            if len(self._near_cuts) > 20000:
+                self._near_cuts.clear()
+            near, _, window = self._dilations(k, pose)
+            graph = self.static_graph()
+            got = self._near_cuts[key] = (
+                graph.cut(near[window], (window[0].start, window[1].start))
+                if window is not None
+                else graph.cut(near[:0, :0])
+            )
+        return got
 
     def static_graph(self) -> GridGraph:
         """The graph of C-space free of walls only (every state's free space is a subset)."""
