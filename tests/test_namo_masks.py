@@ -350,3 +350,9 @@ def test_grid_graph_cuts_of_a_window_and_repeated_queries() -> None:
         np.testing.assert_array_equal(np.isfinite(whole), np.isfinite(ref), err_msg=str(trial))
         np.testing.assert_allclose(whole[np.isfinite(ref)], ref[np.isfinite(ref)], atol=1e-9)
         np.testing.assert_array_equal(graph.distances((10, 15)), plain)
+    # A source inside the removed cells (none of its neighbours stays) reaches nothing.
+    block = np.zeros(g.shape, bool)
+    block[8:13, 13:18] = True
+    free[10, 15] = True
+    graph = GridGraph(g, free)
+    assert np.isinf(graph.distances((10, 15), graph.cut(block))).all()

@@ -188,7 +188,8 @@ class GridGraph:
     Every cell owns 8 CSR slots, one per step (cells of a 1-cell pad around the grid too, so
     neighbours never wrap), weight inf where the step is not an edge. Taking a cell out sets its
     24 slots to inf: its 8 steps, the 8 steps into it, and the 8 diagonals it guards (a
-    diagonal needs both cells beside it free), so the graph stays the one of ``free & ~removed``.
+    diagonal needs both cells beside it free), so the graph stays the one of ``free & ~removed``
+    (for the cells that stay; ``cut`` does it for the border of the removed cells only).
     """
 
     def __init__(self, grid: Grid, free: np.ndarray):
@@ -198,6 +199,7 @@ class GridGraph:
         self._cols = cols
         padded = np.zeros((rows, cols), dtype=bool)
         padded[1:-1, 1:-1] = free
+        self._padded = padded
         cells = np.arange(rows * cols).reshape(rows, cols)
         diag = math.hypot(grid.res_x, grid.res_y)
         data = np.full((rows, cols, 8), np.inf)
@@ -227,12 +229,27 @@ class GridGraph:
 
     def cut(self, removed: np.ndarray, origin: tuple[int, int] = (0, 0)) -> Cut:
         """The slots cut when the ``removed`` cells are taken out: a bool mask of the grid, or of
-        a window of it whose top-left cell is ``origin`` (cells outside it stay)."""
+        a window of it whose top-left cell is ``origin`` (cells outside it stay).
+
+        Only the border of the removed cells needs its slots cut (those with a free 8-neighbour
+        that stays): the others can be entered only from removed cells, and the diagonals they
+        guard join cells that are removed or not free, so no path from a cell that stays
+        changes."""
         i0, j0 = origin
         rows, cols = removed.shape
-        i, j = np.nonzero(removed & self.free[i0 : i0 + rows, j0 : j0 + cols])
-        cells = (i + i0 + 1) * self._cols + (j + j0 + 1)  # other cells have no edges to cut
-        entries = (cells[:, None] + self._cut_offsets) * 8 + self._cut_slots
+        removed = removed & self.free[i0 : i0 + rows, j0 : j0 + cols]  # others have no edges
+        # The cells that stay in the window grown by one (padded coordinates start at i0, j0).
+        stays = self._padded[i0 : i0 + rows + 2, j0 : j0 + cols + 2].copy()
+        stays[1:-1, 1:-1] &= ~removed
+        beside = np.zeros(removed.shape, dtype=bool)
+        for di in range(3):
+            for dj in range(3):
+                if di != 1 or dj != 1:
+                    beside |= stays[di : di + rows, dj : dj + cols]
+        i, j = np.nonzero(removed)
+        cells = (i + i0 + 1) * self._cols + (j + j0 + 1)
+        border = cells[beside[i, j]]
+        entries = (border[:, None] + self._cut_offsets) * 8 + self._cut_slots
         return Cut(cells, entries.reshape(-1))
 
     def distances(self, source: tuple[int, int], *cuts: Cut) -> np.ndarray:
@@ -255,7 +272,7 @@ class GridGraph:
 
 @dataclass(frozen=True)
 class Cut:
-    """Cells taken out of a ``GridGraph`` (their node ids) and the CSR slots that removes."""
+    """Cells taken out of a ``GridGraph`` (node ids, all of them) and the CSR slots cut."""
 
     cells: np.ndarray
     entries: np.ndarray
