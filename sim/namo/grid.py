@@ -176,7 +176,7 @@ def geodesic_distance(grid: Grid, free: np.ndarray, sources: list[tuple[int, int
     return dist
 
 
-# The 8 steps of the grid graph, (di, dj); a node's CSR slot d holds its edge along _STEPS[d].
+# The 8 steps of the grid graph, (di, dj); a cell's slot d holds its edge along _STEPS[d].
 _STEPS = np.array([(0, 1), (1, 0), (0, -1), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1)])
 
 
@@ -185,11 +185,13 @@ class GridGraph:
     shortest-path queries with cells taken out: ``distances(source, *cuts)`` equals
     ``geodesic_distance(grid, free & ~removed, [source])`` without rebuilding the graph.
 
-    Every cell owns 8 CSR slots, one per step (cells of a 1-cell pad around the grid too, so
+    Every cell owns 8 slots, one per step (cells of a 1-cell pad around the grid too, so
     neighbours never wrap), weight inf where the step is not an edge. Taking a cell out sets its
     24 slots to inf: its 8 steps, the 8 steps into it, and the 8 diagonals it guards (a
     diagonal needs both cells beside it free), so the graph stays the one of ``free & ~removed``
-    (for the cells that stay; ``cut`` does it for the border of the removed cells only).
+    (for the cells that stay; ``cut`` does it for the border of the removed cells only). The
+    search runs on a CSR of the free cells and their edges only (the finite slots), which
+    ``cut`` addresses through the slots' positions in it.
     """
 
     def __init__(self, grid: Grid, free: np.ndarray):
@@ -203,7 +205,7 @@ class GridGraph:
         cells = np.arange(rows * cols).reshape(rows, cols)
         diag = math.hypot(grid.res_x, grid.res_y)
         data = np.full((rows, cols, 8), np.inf)
-        indices = np.repeat(cells[..., None], 8, axis=2)
+        targets = np.repeat(cells[..., None], 8, axis=2)
         inner = (slice(1, -1), slice(1, -1))
         for d, (di, dj) in enumerate(_STEPS):
             to = (slice(1 + di, rows - 1 + di), slice(1 + dj, cols - 1 + dj))
@@ -212,12 +214,22 @@ class GridGraph:
                 ok &= padded[1:-1, 1 + dj : cols - 1 + dj] & padded[1 + di : rows - 1 + di, 1:-1]
             w = diag if di and dj else (grid.res_x if dj else grid.res_y)
             data[1:-1, 1:-1, d] = np.where(ok, w, np.inf)
-            indices[1:-1, 1:-1, d] = cells[to]
-        self.data = data.reshape(-1)
-        n = rows * cols
+            targets[1:-1, 1:-1, d] = cells[to]
+        data, targets = data.reshape(-1), targets.reshape(-1)
+        # Nodes: the free cells in row-major order; edges: the finite slots, in slot order (so
+        # grouped by node). _position[slot] = its edge's index in the CSR (-1: no edge).
+        n = int(free.sum())
+        self._node = np.full(rows * cols, -1)
+        self._node[padded.reshape(-1)] = np.arange(n)
+        edge = np.isfinite(data)
+        self._position = np.full(len(data), -1)
+        self._position[edge] = np.arange(int(edge.sum()))
+        self.data = data[edge]
+        indptr = np.zeros(n + 1, dtype=np.int32)
+        indptr[1:] = np.cumsum(edge.reshape(-1, 8).sum(1)[padded.reshape(-1)])
         # One CSR reused by every query (its data rewritten in place: no per-query validation).
         self._graph = csr_matrix(
-            (self.data.copy(), indices.reshape(-1), np.arange(0, 8 * n + 1, 8)), shape=(n, n)
+            (self.data.copy(), self._node[targets[edge]].astype(np.int32), indptr), shape=(n, n)
         )
         # Slots a removed cell cuts, as (cell offset, slot) pairs relative to it.
         cut = [(0, d) for d in range(8)]  # its own steps
@@ -228,7 +240,7 @@ class GridGraph:
         self._cut_slots = np.array([s for _, s in cut])
 
     def cut(self, removed: np.ndarray, origin: tuple[int, int] = (0, 0)) -> Cut:
-        """The slots cut when the ``removed`` cells are taken out: a bool mask of the grid, or of
+        """The edges cut when the ``removed`` cells are taken out: a bool mask of the grid, or of
         a window of it whose top-left cell is ``origin`` (cells outside it stay).
 
         Only the border of the removed cells needs its slots cut (those with a free 8-neighbour
@@ -247,32 +259,35 @@ class GridGraph:
                 if di != 1 or dj != 1:
                     beside |= stays[di : di + rows, dj : dj + cols]
         i, j = np.nonzero(removed)
-        cells = (i + i0 + 1) * self._cols + (j + j0 + 1)
+        cells = (i + i0 + 1) * self._cols + (j + j0 + 1)  # padded cell ids
         border = cells[beside[i, j]]
-        entries = (border[:, None] + self._cut_offsets) * 8 + self._cut_slots
-        return Cut(cells, entries.reshape(-1))
+        slots = (border[:, None] + self._cut_offsets) * 8 + self._cut_slots
+        positions = self._position[slots.reshape(-1)]
+        return Cut(self._node[cells], positions[positions >= 0])
 
     def distances(self, source: tuple[int, int], *cuts: Cut) -> np.ndarray:
         """Geodesic metres from cell ``source`` with the ``cuts`` taken out; inf where
         unreachable, not free, or everywhere when the source itself is removed. Not
         re-entrant: queries on one graph must not run concurrently."""
-        node = (source[0] + 1) * self._cols + source[1] + 1
-        if not self.free[source] or any((c.cells == node).any() for c in cuts):
-            return np.full(self.grid.shape, np.inf)
-        # Cut the slots, search, then restore just those slots (not a copy of all 8 per cell).
+        node = self._node[(source[0] + 1) * self._cols + source[1] + 1]
+        out = np.full(self.grid.shape, np.inf)
+        if node < 0 or any((c.nodes == node).any() for c in cuts):
+            return out
+        # Cut the edges, search, then restore just those (not a copy of every edge).
         data = self._graph.data
         entries = np.concatenate([c.entries for c in cuts]) if cuts else slice(0, 0)
         try:
             data[entries] = np.inf
-            dist = dijkstra(self._graph, directed=True, indices=node)
+            out[self.free] = dijkstra(self._graph, directed=True, indices=node)
         finally:
             data[entries] = self.data[entries]
-        return dist.reshape(self.grid.rows + 2, self._cols)[1:-1, 1:-1]
+        return out
 
 
 @dataclass(frozen=True)
 class Cut:
-    """Cells taken out of a ``GridGraph`` (node ids, all of them) and the CSR slots cut."""
+    """Cells taken out of a ``GridGraph`` (their node ids, all of them) and the edges cut (their
+    positions in its CSR)."""
 
-    cells: np.ndarray
+    nodes: np.ndarray
     entries: np.ndarray
