@@ -285,9 +285,10 @@ def test_lifted_world_equals_the_distance_transform_of_the_others() -> None:
 
 
 def test_reach_test_equals_the_distance_transform_of_the_region() -> None:
-    """check's "out of the robot's reach" test dilates the target footprint in a window; it must
-    equal the distance transform of the whole lifted region (distance_to(region)[fp] <= reach)
-    for random target poses on every level, at the grid's edges too."""
+    """check's "out of the robot's reach" test (at once when the centre's cell is in both the
+    footprint and the region, else the footprint's distance transform in a window) must equal
+    the distance transform of the whole lifted region (distance_to(region)[fp] <= reach) for
+    random target poses on every level, at the grid's edges too."""
     from sim.namo.grid import distance_to
 
     agree = {True: 0, False: 0}
@@ -304,6 +305,8 @@ def test_reach_test_equals_the_distance_transform_of_the_region() -> None:
                     fp = model.footprint(k, pose)
                     expected = bool((region_dist[fp] <= model.reach_distance).any())
                     assert model._within_reach(fp, region) == expected, (level, seed, k, pose)
+                    cell = model.grid.cell(*pose[:2])  # check's shortcut: the centre's cell
+                    assert model._within_reach(fp, region, cell) == expected, (level, pose)
                     agree[expected] += 1
     assert min(agree.values()) >= 50, agree  # both answers were exercised
 

@@ -236,10 +236,15 @@ class TransitionModel:
         disc = self._disc[max(mi - i, 0) :, max(mj - j, 0) :][: window.shape[0], : window.shape[1]]
         return bool((window & disc).any())
 
-    def _within_reach(self, fp: np.ndarray, region: np.ndarray) -> bool:
-        """Is a ``region`` cell within ``reach_distance`` of a footprint cell: a distance
+    def _within_reach(
+        self, fp: np.ndarray, region: np.ndarray, cell: tuple[int, int] | None = None
+    ) -> bool:
+        """Is a ``region`` cell within ``reach_distance`` of a footprint cell: yes at once when
+        ``cell`` (a proposal's centre: sampled from the region) is both; else a distance
         transform of the footprint in a window around it (every cell that close is inside),
         instead of one of the whole region per state."""
+        if cell is not None and fp[cell] and region[cell]:
+            return True  # distance 0
         window = self._window(fp, self._reach_half)
         if window is None or not region[window].any():
             return False
@@ -359,7 +364,7 @@ class TransitionModel:
             return f"{proposal.object_id} target pose overlaps the robot"
         if self._is_near(fp, self.goal_cell):
             return f"{proposal.object_id} target pose blocks the robot goal"
-        if not self._within_reach(fp, lifted.region):
+        if not self._within_reach(fp, lifted.region, g.cell(proposal.x, proposal.y)):
             return f"{proposal.object_id} target pose is out of the robot's reach"
         return None
 
