@@ -325,15 +325,19 @@ def _f3(p: Pose) -> Pose:
     return (float(p[0]), float(p[1]), float(p[2]))
 
 
+# Each corner's direction along the two edges (``grow_rect``), as (4, 1) columns.
+_EDGE_SIGNS = np.array([[1, 1], [-1, 1], [-1, -1], [1, -1]])
+_SIGNS_1, _SIGNS_2 = _EDGE_SIGNS[:, :1], _EDGE_SIGNS[:, 1:]
+
+
 def grow_rect(corners: np.ndarray, d: float) -> np.ndarray:
     """Push each corner of a rectangle outward by d along both of its edges (a grown rect)."""
     centre = corners.mean(0)
     e1 = corners[0] - corners[1]
     e2 = corners[0] - corners[3]
-    u1 = e1 / np.linalg.norm(e1)
-    u2 = e2 / np.linalg.norm(e2)
-    signs = np.array([[1, 1], [-1, 1], [-1, -1], [1, -1]])
-    return centre + (corners - centre) + d * (signs[:, :1] * u1 + signs[:, 1:] * u2)
+    u1 = e1 / np.sqrt(e1.dot(e1))  # np.linalg.norm's own sum, without its checks
+    u2 = e2 / np.sqrt(e2.dot(e2))
+    return centre + (corners - centre) + d * (_SIGNS_1 * u1 + _SIGNS_2 * u2)
 
 
 def doorway_scene(distractor: bool = False, seed: int = -1) -> Scene:

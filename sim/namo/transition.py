@@ -351,7 +351,8 @@ class TransitionModel:
         if not fp.any():
             return f"{proposal.object_id} target pose is outside the world"
         corners = rect_corners(*proposal.pose, o.half_x, o.half_y)
-        if corners.min() < 0 or corners[:, 0].max() > g.width or corners[:, 1].max() > g.height:
+        high = corners.max(0)
+        if corners.min() < 0 or high[0] > g.width or high[1] > g.height:
             return f"{proposal.object_id} target pose leaves the world"
         lifted = self._lifted(state, k)
         # Clearance to walls/other objects: the grid under-approximates footprints, so the grid
@@ -461,15 +462,24 @@ class TransitionModel:
         info = self.info(state)
         out: list[Proposal] = []
         xs, ys = self.grid.xs(), self.grid.ys()
+        radius = self.config.proposal_radius
         for k in objects if objects is not None else range(len(state.poses)):
             if info.reach[k] is None:
                 continue
             region = self._lifted(state, k).region
             x0, y0, _ = state.poses[k]
-            near = region & (
-                (xs[None, :] - x0) ** 2 + (ys[:, None] - y0) ** 2 <= self.config.proposal_radius**2
+            # The rows and columns within the radius (and a cell), then the disc test there.
+            cols = np.flatnonzero(np.abs(xs - x0) <= radius + self.grid.res_x)
+            rows = np.flatnonzero(np.abs(ys - y0) <= radius + self.grid.res_y)
+            if not len(cols) or not len(rows):
+                continue
+            i0, j0 = rows[0], cols[0]
+            window = (slice(i0, rows[-1] + 1), slice(j0, cols[-1] + 1))
+            near = region[window] & (
+                (xs[window[1]][None, :] - x0) ** 2 + (ys[window[0]][:, None] - y0) ** 2
+                <= radius**2
             )
-            cells = np.argwhere(near)
+            cells = np.argwhere(near) + (i0, j0)
             if len(cells) == 0:
                 continue
             oid = self.scene.objects[k].object_id
