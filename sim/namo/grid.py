@@ -253,11 +253,9 @@ class GridGraph:
         # The cells that stay in the window grown by one (padded coordinates start at i0, j0).
         stays = self._padded[i0 : i0 + rows + 2, j0 : j0 + cols + 2].copy()
         stays[1:-1, 1:-1] &= ~removed
-        beside = np.zeros(removed.shape, dtype=bool)
-        for di in range(3):
-            for dj in range(3):
-                if di != 1 or dj != 1:
-                    beside |= stays[di : di + rows, dj : dj + cols]
+        # A cell that stays among the 3 x 3 around each cell (a removed cell is not one itself).
+        across = stays[:, :-2] | stays[:, 1:-1] | stays[:, 2:]
+        beside = across[:-2] | across[1:-1] | across[2:]
         i, j = np.nonzero(removed)
         cells = (i + i0 + 1) * self._cols + (j + j0 + 1)  # padded cell ids
         border = cells[beside[i, j]]
