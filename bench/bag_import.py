@@ -145,8 +145,9 @@ def run(quick: bool = False) -> None:
     report(
         "bag_import",
         rows,
-        note="import-bag (validate + align + write HDF5, synced as the CLI does: one syncfs per "
-        "index write, every 2 s; and without fsync) vs rosbags AnyReader iterate + deserialize, "
+        note="import-bag in one process, nothing overlapped (read + decode + validate + align + "
+        "write HDF5, synced as the CLI does: one syncfs per index write, every 2 s; and without "
+        "fsync) vs rosbags AnyReader iterate + deserialize, "
         "same bag, best of 3 alternating; the demo's topics: 64x64 rgb8 + 10-d state at 20 Hz, "
         "50-step episodes",
     )
