@@ -450,3 +450,32 @@ def test_default_max_age_follows_the_timeline_period(rate, rtf, expected):
     RecordingSession(SPECS, config, print)  # the aligner accepts it (< half a period)
     params["max_age_s"] = 0.004  # a value set by the user stands
     assert session_config(params, recording).max_age_s == 0.004
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_nearest_anchor_scan_equals_the_minimum_over_all_anchors(seed):
+    """Headerless samples take the anchor nearest in arrival time (lower stamp on a tie). The
+    session scans from the newest anchor and stops at the first one too far before the sample,
+    which must give the minimum over every remembered anchor, also with repeated arrival times
+    (sim time) and after the clock went back (then it scans them all)."""
+    from episode_dataset.recording.session import ANCHORS
+
+    rng = np.random.default_rng(seed)
+    session = RecordingSession(
+        SPECS, SessionConfig(1 / P, 0.4 * P, headerless_anchor_key="actions")
+    )
+    tol = session.config.headerless_anchor_tolerance_s
+    t = 100.0
+    for _ in range(3 * ANCHORS):
+        step = rng.choice([0.0, 0.001, 0.01, P, -1.0], p=[0.2, 0.2, 0.3, 0.28, 0.02])
+        t = round(t + step, 3)  # repeated arrival times and equal distances happen
+        stamp = round(t - rng.choice([0.0, P, 0.002]), 3)
+        session.on_message(
+            "/a", NS(header=hdr(stamp), name=[], effort=[0.0, 0.0]), t
+        )  # an anchor: remembered whether or not the aligner keeps it
+        for arrival in np.round(t + rng.uniform(-3 * tol, 3 * tol, 5), 3):
+            brute = min(
+                ((abs(a - arrival), s) for a, s in session._anchors if abs(a - arrival) <= tol),
+                default=None,
+            )
+            assert session._nearest_anchor(float(arrival), tol) == brute
