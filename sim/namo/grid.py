@@ -202,35 +202,33 @@ class GridGraph:
         padded = np.zeros((rows, cols), dtype=bool)
         padded[1:-1, 1:-1] = free
         self._padded = padded
-        cells = np.arange(rows * cols).reshape(rows, cols)
-        diag = math.hypot(grid.res_x, grid.res_y)
-        data = np.full((rows, cols, 8), np.inf)
-        targets = np.repeat(cells[..., None], 8, axis=2)
+        ok = np.zeros((rows, cols, 8), dtype=bool)  # slot (cell, step) is an edge
         inner = (slice(1, -1), slice(1, -1))
         for d, (di, dj) in enumerate(_STEPS):
             to = (slice(1 + di, rows - 1 + di), slice(1 + dj, cols - 1 + dj))
-            ok = padded[inner] & padded[to]
+            edge = padded[inner] & padded[to]
             if di and dj:  # corner cutting guard
-                ok &= padded[1:-1, 1 + dj : cols - 1 + dj] & padded[1 + di : rows - 1 + di, 1:-1]
-            w = diag if di and dj else (grid.res_x if dj else grid.res_y)
-            data[1:-1, 1:-1, d] = np.where(ok, w, np.inf)
-            targets[1:-1, 1:-1, d] = cells[to]
-        data, targets = data.reshape(-1), targets.reshape(-1)
-        # Nodes: the free cells in row-major order; edges: the finite slots, in slot order (so
-        # grouped by node). _position[slot] = its edge's index in the CSR (-1: no edge).
-        n = int(free.sum())
-        self._node = np.full(rows * cols, -1)
-        self._node[padded.reshape(-1)] = np.arange(n)
-        edge = np.isfinite(data)
-        self._position = np.full(len(data), -1)
-        self._position[edge] = np.arange(int(edge.sum()))
-        self.data = data[edge]
-        indptr = np.zeros(n + 1, dtype=np.int32)
-        indptr[1:] = np.cumsum(edge.reshape(-1, 8).sum(1)[padded.reshape(-1)])
-        # One CSR reused by every query (its data rewritten in place: no per-query validation).
-        self._graph = csr_matrix(
-            (self.data.copy(), self._node[targets[edge]].astype(np.int32), indptr), shape=(n, n)
+                edge &= padded[1:-1, 1 + dj : cols - 1 + dj] & padded[1 + di : rows - 1 + di, 1:-1]
+            ok[1:-1, 1:-1, d] = edge
+        diag = math.hypot(grid.res_x, grid.res_y)
+        weights = np.array(
+            [diag if di and dj else (grid.res_x if dj else grid.res_y) for di, dj in _STEPS]
         )
+        # Nodes: the free cells in row-major order; edges: the slots that are edges, in slot order
+        # (so grouped by node). _position[slot] = its edge's index in the CSR (-1: no edge).
+        n = int(free.sum())
+        self._node = np.full(rows * cols, -1, dtype=np.int32)
+        self._node[padded.reshape(-1)] = np.arange(n, dtype=np.int32)
+        slots = np.flatnonzero(ok)
+        self._position = np.full(ok.size, -1, dtype=np.int32)
+        self._position[slots] = np.arange(len(slots), dtype=np.int32)
+        cell, step = slots >> 3, slots & 7  # 8 slots a cell
+        self.data = weights[step]
+        targets = cell + (_STEPS[:, 0] * cols + _STEPS[:, 1])[step]
+        indptr = np.searchsorted(cell, np.flatnonzero(padded), "left").astype(np.int32)
+        indptr = np.append(indptr, np.int32(len(slots)))
+        # One CSR reused by every query (its data rewritten in place: no per-query validation).
+        self._graph = csr_matrix((self.data.copy(), self._node[targets], indptr), shape=(n, n))
         # Slots a removed cell cuts, as (cell offset, slot) pairs relative to it.
         cut = [(0, d) for d in range(8)]  # its own steps
         cut += [(-(di * cols + dj), d) for d, (di, dj) in enumerate(_STEPS)]  # steps into it
