@@ -392,8 +392,10 @@ class PolicyNode(ObservingNode):
         """Decode and store; trigger=observation: act at once when this completed a step (the
         same thread as the timer would, minus the wait for its tick)."""
         stored = super()._on_observation(binding, msg)
-        if stored and self.params.trigger == "observation" and self._loop.step_ready():
-            self._act()
+        loop = self._loop  # (None once cleaned up)
+        if stored and loop is not None and self.params.trigger == "observation":
+            if loop.step_ready():
+                self._act()
         return stored
 
     def _on_done(self, msg: Any) -> None:
