@@ -56,12 +56,8 @@ def stamp_to_ns(stamp: Any) -> int:
 
 
 def stamp_to_sec(stamp: Any) -> float:
-    """builtin_interfaces/Time -> float seconds (`stamp_to_ns(stamp) * 1e-9`, inlined: every
-    recorded message with a header comes through here)."""
-    sec, nanosec = int(stamp.sec), int(stamp.nanosec)
-    if not 0 <= nanosec < NSEC_PER_SEC:
-        raise MessageError("stamp", f"header.stamp.nanosec {nanosec} is not in [0, 1e9)")
-    return (sec * NSEC_PER_SEC + nanosec) * 1e-9
+    """builtin_interfaces/Time -> float seconds."""
+    return stamp_to_ns(stamp) * 1e-9
 
 
 def ns_to_stamp(ns: int) -> tuple[int, int]:

@@ -29,8 +29,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -45,9 +46,10 @@ from sim.namo.grid import (
     rasterize_rect,
     rect_corners,
 )
-from sim.namo.scene import Scene, grow_rect, rects_overlap
+from sim.namo.scene import Pose, Scene, grow_rect, rects_overlap
 
 _EIGHT = np.ones((3, 3), dtype=bool)
+POSE_CACHE_ENTRIES = 20000  # per per-pose cache (footprints, dilations, cuts); then it starts over
 
 
 @dataclass(frozen=True)
@@ -187,16 +189,24 @@ class TransitionModel:
             tuple(tuple(map(float, o.pose)) for o in self.scene.objects),
         )
 
-    def footprint(self, k: int, pose: tuple[float, float, float]) -> np.ndarray:
+    @staticmethod
+    def _per_pose(cache: dict, make: Callable[[int, Pose], Any], k: int, pose: Pose) -> Any:
+        """``cache[(k, pose)]``, made by ``make(k, pose)`` on a miss; a cache holding
+        ``POSE_CACHE_ENTRIES`` starts over."""
         key = (k, tuple(pose))
-        fp = self._footprints.get(key)
-        if fp is None:
-            o = self.scene.objects[k]
-            fp = rasterize_rect(self.grid, pose[0], pose[1], pose[2], o.half_x, o.half_y)
-            if len(self._footprints) > 20000:
-                self._footprints.clear()
-            self._footprints[key] = fp
-        return fp
+        got = cache.get(key)
+        if got is None:
+            if len(cache) > POSE_CACHE_ENTRIES:
+                cache.clear()
+            got = cache[key] = make(k, pose)
+        return got
+
+    def footprint(self, k: int, pose: tuple[float, float, float]) -> np.ndarray:
+        return self._per_pose(self._footprints, self._rasterize, k, pose)
+
+    def _rasterize(self, k: int, pose: tuple[float, float, float]) -> np.ndarray:
+        o = self.scene.objects[k]
+        return rasterize_rect(self.grid, pose[0], pose[1], pose[2], o.half_x, o.half_y)
 
     def near(self, k: int, pose: tuple[float, float, float]) -> np.ndarray:
         """Cells within ``inflation`` of object k's footprint at ``pose`` (where the robot's
@@ -209,24 +219,21 @@ class TransitionModel:
         return self._dilations(k, pose).crowded
 
     def _dilations(self, k: int, pose: tuple[float, float, float]) -> _Dilations:
-        """``near`` and ``_crowded`` of object k at ``pose`` (cached per pose): one distance
-        transform of the footprint in its window grown by ``inflation`` (every cell that close
-        lies inside), the same metres as ``distance_to`` of the whole grid."""
-        key = (k, tuple(pose))
-        got = self._dilated.get(key)
-        if got is None:
-            fp = self.footprint(k, pose)
-            near = np.zeros(self.grid.shape, dtype=bool)
-            crowded = np.zeros(self.grid.shape, dtype=bool)
-            window = self._window(fp, self._disc_half)
-            if window is not None:
-                dist = ndimage.distance_transform_edt(~fp[window], sampling=self.grid.sampling)
-                near[window] = dist <= self.inflation
-                crowded[window] = dist < self._clearance
-            if len(self._dilated) > 20000:
-                self._dilated.clear()
-            got = self._dilated[key] = _Dilations(near, crowded, window)
-        return got
+        """``near`` and ``_crowded`` of object k at ``pose`` (cached per pose)."""
+        return self._per_pose(self._dilated, self._dilate, k, pose)
+
+    def _dilate(self, k: int, pose: tuple[float, float, float]) -> _Dilations:
+        """One distance transform of the footprint in its window grown by ``inflation`` (every
+        cell that close lies inside), the same metres as ``distance_to`` of the whole grid."""
+        fp = self.footprint(k, pose)
+        near = np.zeros(self.grid.shape, dtype=bool)
+        crowded = np.zeros(self.grid.shape, dtype=bool)
+        window = self._window(fp, self._disc_half)
+        if window is not None:
+            dist = ndimage.distance_transform_edt(~fp[window], sampling=self.grid.sampling)
+            near[window] = dist <= self.inflation
+            crowded[window] = dist < self._clearance
+        return _Dilations(near, crowded, window)
 
     def _is_near(self, fp: np.ndarray, cell: tuple[int, int]) -> bool:
         """``near(...)[cell]`` of footprint ``fp`` for one cell: is a footprint cell within the
@@ -403,20 +410,14 @@ class TransitionModel:
         return self.static_graph().distances(self.info(state).reach[k], *cuts)
 
     def _near_cut(self, k: int, pose: tuple[float, float, float]) -> Cut:
-        """``near(k, pose)`` as the slots it cuts from ``static_graph`` (cached per pose)."""
-        key = (k, tuple(pose))
-        got = self._near_cuts.get(key)
-        if got is None:
-            if len(self._near_cuts) > 20000:
-                self._near_cuts.clear()
-            near, _, window = self._dilations(k, pose)
-            graph = self.static_graph()
-            got = self._near_cuts[key] = (
-                graph.cut(near[window], (window[0].start, window[1].start))
-                if window is not None
-                else graph.cut(near[:0, :0])
-            )
-        return got
+        """``near(k, pose)`` as the edges it cuts from ``static_graph`` (cached per pose)."""
+        return self._per_pose(self._near_cuts, self._cut_near, k, pose)
+
+    def _cut_near(self, k: int, pose: tuple[float, float, float]) -> Cut:
+        near, _, window = self._dilations(k, pose)
+        if window is None:
+            return self.static_graph().cut(near[:0, :0])
+        return self.static_graph().cut(near[window], (window[0].start, window[1].start))
 
     def static_graph(self) -> GridGraph:
         """The graph of C-space free of walls only (every state's free space is a subset)."""
