@@ -97,8 +97,8 @@ QUICK_OURS = {"compile": False}  # compiling would take longer than the quick ru
 # same 8 envs (DummyVecEnv), for the like-for-like ratio of everything but the stepping.
 PPO_OURS = {"num_envs": 8, "compile": True}
 PPO_8ENVS = PPO_HYPER | {"num_envs": 8, "n_steps": 256}
-# SAC: bf16 autocast of the hidden layers (heads fp32): ~1.8x gradient steps/s on this CPU's
-# avx512_bf16; fp32 is ~1.15x SB3 (docs/online.md).
+# SAC: bf16 autocast of the critics' hidden layers (actor and the critics' outer layers fp32),
+# for this CPU's avx512_bf16; fp32 is ~1.15x SB3 (docs/online.md).
 SAC_OURS = {"precision": "bf16-mixed"}
 CASES = [
     Case(

@@ -21,7 +21,8 @@ Speed (docs/online.md; LEARNING_FACTS): the twin critics are ONE stacked module 
 (2, in, out), one batched matmul per layer, not two forward passes); Adam is fused (or foreach);
 an update never calls `.item()` or otherwise waits on the device: it returns its scalars as
 tensors and the loop reads them when it logs. `compile=True` wraps the losses in torch.compile;
-`online.precision=bf16-mixed` runs the hidden layers in bf16 (heads in fp32).
+`online.precision=bf16-mixed` runs the critics' hidden layers in bf16; the actor and the
+critics' input and output layers stay fp32 (docs/online.md: what each part's precision costs).
 
 Observations are dicts of low-dimensional keys (flattened, concatenated in sorted key order);
 actions are a bounded Box, squashed by tanh and scaled to its bounds. The exported actor is the
@@ -102,8 +103,8 @@ class EnsembleLinear(nn.Module):
 
 
 def full_precision(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`layer(x)` in float32 even under autocast (bf16-mixed): the output heads (Q values, μ,
-    log σ) stay exact enough for TD targets and log-probs; the wide hidden layers take bf16."""
+    """`layer(x)` in float32 even under autocast (bf16-mixed): the critics' input and output
+    layers stay exact enough to rank one state's actions; the wide hidden layers take bf16."""
     if not torch.is_autocast_enabled(x.device.type):  # (export and fp32 runs: the plain call)
         return layer(x)
     with torch.autocast(x.device.type, enabled=False):
@@ -128,8 +129,10 @@ class TwinQ(nn.Module):
         self.k = k
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([obs, actions], -1)
-        h = self.net[:-1](x.expand(self.k, *x.shape))
+        x = torch.cat([obs, actions], -1).expand(self.k, obs.shape[0], -1)
+        # input and output layers in fp32 under bf16-mixed: the inputs' small differences
+        # (one state's candidate actions) survive into the hidden layers, which take bf16
+        h = self.net[1:-1](full_precision(self.net[0], x))
         return full_precision(self.net[-1], h).squeeze(-1)
 
 
@@ -154,11 +157,13 @@ class SquashedGaussianActor(nn.Module):
         self.register_buffer("bias", (high_t + low_t) / 2)
 
     def distribution(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(μ, log σ) with log σ squashed into [LOG_STD_MIN, LOG_STD_MAX]."""
-        h = self.trunk(obs)
-        log_std = torch.tanh(full_precision(self.log_std, h))
-        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)
-        return full_precision(self.mean, h), log_std
+        """(μ, log σ) with log σ squashed into [LOG_STD_MIN, LOG_STD_MAX]. Always fp32, also
+        under bf16-mixed: a bf16 actor cost HalfCheetah's return (docs/online.md)."""
+        with torch.autocast(obs.device.type, enabled=False):
+            h = self.trunk(obs.float())
+            log_std = torch.tanh(self.log_std(h))
+            log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (log_std + 1)
+            return self.mean(h), log_std
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(action in env units, log π(a|s)) for the given ε."""
