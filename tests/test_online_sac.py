@@ -96,6 +96,13 @@ def test_twin_q_heads_are_independent_networks_in_one_pass() -> None:
             x = x @ layer.weight[j] + layer.bias[j] if hasattr(layer, "weight") else layer(x)
         torch.testing.assert_close(out[j], x.squeeze(-1))
     assert not torch.allclose(out[0], out[1])
+    # the frozen pass (the actor's Q): the same values, gradients reach the inputs only
+    act.requires_grad_(True)
+    frozen = q(obs, act, frozen=True)
+    assert torch.equal(frozen, out)
+    frozen.sum().backward()
+    assert act.grad is not None and act.grad.abs().sum() > 0
+    assert all(p.grad is None for p in q.parameters())
 
 
 def test_actor_mean_action_stays_in_bounds() -> None:

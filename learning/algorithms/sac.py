@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -98,11 +98,14 @@ class EnsembleLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(k, in_dim, out_dim).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(k, 1, out_dim).uniform_(-bound, bound))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        """frozen: through detached weights (gradients reach `x` only)."""
+        if frozen:
+            return torch.baddbmm(self.bias.detach(), x, self.weight.detach())
         return torch.baddbmm(self.bias, x, self.weight)
 
 
-def full_precision(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def full_precision(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """`layer(x)` in float32 even under autocast (bf16-mixed): the critics' input and output
     layers stay exact enough to rank one state's actions; the wide hidden layers take bf16."""
     if not torch.is_autocast_enabled(x.device.type):  # (export and fp32 runs: the plain call)
@@ -128,12 +131,19 @@ class TwinQ(nn.Module):
         self.net = _relu_mlp(dims, lambda i, o: EnsembleLinear(k, i, o))
         self.k = k
 
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, obs: torch.Tensor, actions: torch.Tensor, frozen: bool = False
+    ) -> torch.Tensor:
+        """frozen: through detached weights, so a loss on the output moves only the inputs (the
+        actor's Q); cheaper than `torch.func.functional_call` with detached parameters."""
         x = torch.cat([obs, actions], -1).expand(self.k, obs.shape[0], -1)
+        first, *hidden, last = self.net[::2]  # the EnsembleLinear layers, ReLU between them
         # input and output layers in fp32 under bf16-mixed: the inputs' small differences
         # (one state's candidate actions) survive into the hidden layers, which take bf16
-        h = self.net[1:-1](full_precision(self.net[0], x))
-        return full_precision(self.net[-1], h).squeeze(-1)
+        h = F.relu(full_precision(lambda v: first(v, frozen), x))
+        for layer in hidden:
+            h = F.relu(layer(h, frozen))
+        return full_precision(lambda v: last(v, frozen), h).squeeze(-1)
 
 
 class SquashedGaussianActor(nn.Module):
@@ -326,8 +336,7 @@ class SAC(OnlineAlgorithm):
         # through detached critic weights: this loss moves φ only, and backward skips the
         # critic's weight gradients (a sixth of the update's matmuls).
         pi_actions, log_prob = self.actor(obs, noise)
-        frozen = {n: p.detach() for n, p in self.critic.named_parameters()}
-        q_pi = torch.func.functional_call(self.critic, frozen, (obs, pi_actions)).min(0).values
+        q_pi = self.critic(obs, pi_actions, frozen=True).min(0).values
         actor_loss = (alpha.detach() * log_prob - q_pi).mean()
 
         # temperature: J(α) = E[−α (log π(ã|s) + H̄)] moves log α only
