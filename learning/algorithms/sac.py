@@ -105,13 +105,15 @@ class EnsembleLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
-def full_precision(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """`layer(x)` in float32 even under autocast (bf16-mixed): the critics' input and output
-    layers stay exact enough to rank one state's actions; the wide hidden layers take bf16."""
+def full_precision(
+    layer: Callable[..., torch.Tensor], x: torch.Tensor, *args: Any
+) -> torch.Tensor:
+    """`layer(x, *args)` in float32 even under autocast (bf16-mixed): the critics' input and
+    output layers stay exact enough to rank one state's actions; the hidden layers take bf16."""
     if not torch.is_autocast_enabled(x.device.type):  # (export and fp32 runs: the plain call)
-        return layer(x)
+        return layer(x, *args)
     with torch.autocast(x.device.type, enabled=False):
-        return layer(x.float())
+        return layer(x.float(), *args)
 
 
 def _relu_mlp(dims: Sequence[int], linear: Any) -> nn.Sequential:
@@ -140,10 +142,10 @@ class TwinQ(nn.Module):
         first, *hidden, last = self.net[::2]  # the EnsembleLinear layers, ReLU between them
         # input and output layers in fp32 under bf16-mixed: the inputs' small differences
         # (one state's candidate actions) survive into the hidden layers, which take bf16
-        h = F.relu(full_precision(lambda v: first(v, frozen), x))
+        h = F.relu(full_precision(first, x, frozen))
         for layer in hidden:
             h = F.relu(layer(h, frozen))
-        return full_precision(lambda v: last(v, frozen), h).squeeze(-1)
+        return full_precision(last, h, frozen).squeeze(-1)
 
 
 class SquashedGaussianActor(nn.Module):
