@@ -457,7 +457,7 @@ def test_encoder_comes_from_the_registry_by_config_name(tmp_path: Path) -> None:
 def test_label_noise_researches_the_stored_moves_and_pools_labels(tmp_path: Path) -> None:
     """A second MCTS search of each stored decision (root moves fixed) is scored against the
     stored labels; --write-dir pools the Q of all searches, weighted by their visits."""
-    from learning.namo.label_noise import label_noise, main
+    from learning.namo.label_noise import compare_labels, label_noise, main
     from sim.namo.episodes import read_episode, solve_episode, write_episode
     from sim.namo.mcts import MCTSConfig
 
@@ -482,6 +482,32 @@ def test_label_noise_researches_the_stored_moves_and_pools_labels(tmp_path: Path
     assert label_noise(tmp_path / "e", seed=5, repeats=2, workers=1) == out  # seeded
     with pytest.raises(SystemExit, match="no episode_"):
         main(["--episodes", str(tmp_path)])
+
+    # --fresh: the re-searches alone, so two seeds give independent pools; --compare scores one
+    # pool against the other. A pool of the same searches agrees with itself exactly.
+    for seed, name in ((5, "a"), (9, "b")):
+        label_noise(
+            tmp_path / "e",
+            seed=seed,
+            repeats=2,
+            write_dir=tmp_path / f"{name}_fresh",
+            workers=1,
+            fresh=True,
+        )
+    for name in stored:
+        fresh = read_episode(tmp_path / "a_fresh" / name)
+        assert fresh["label_searches"] == 2
+        for decision in fresh["decisions"]:
+            assert sum(decision["visits"]) == 2 * budget  # the stored search's visits left out
+    same = compare_labels(tmp_path / "a_fresh", tmp_path / "a_fresh")
+    assert same["spearman"] == pytest.approx(1.0) and same["top1"] == 1.0
+    other = compare_labels(tmp_path / "a_fresh", tmp_path / "b_fresh")
+    assert other["samples"] == proposals and other["spearman"] < 1.0  # other random streams
+    with pytest.raises(SystemExit, match="other moves in"):  # labels of other decisions
+        tampered = read_episode(tmp_path / "b_fresh" / name)
+        tampered["decisions"][0]["proposals"][0][1] += 0.5  # one goal moved
+        write_episode(tampered, tmp_path / "b_fresh")
+        main(["--episodes", str(tmp_path / "a_fresh"), "--compare", str(tmp_path / "b_fresh")])
 
 
 def test_state_batches_and_pairwise_rank_loss(synthetic: Path) -> None:

@@ -1,7 +1,8 @@
 """How far MCTS labels agree with themselves, and labels pooled over several searches.
 
     python -m learning.namo.label_noise --episodes DIR [--mcts-budget B] [--seed S] \
-        [--repeats R] [--write-dir OUT] [--workers N]
+        [--repeats R] [--write-dir OUT] [--fresh] [--workers N]
+    python -m learning.namo.label_noise --episodes DIR --compare OTHER
 
 For every decision of every ``episode_<e>.json`` under DIR, MCTS searches the stored state
 again R times with the stored root proposals fixed (``MCTS.search(state, proposals)``), other
@@ -10,7 +11,11 @@ Printed (JSON): the per-state ranking metrics (``learning.namo.metrics``) of the
 against the stored Q-values, i.e. how well one MCTS run predicts another: the noise ceiling of
 single-search labels. With ``--write-dir`` every episode is written again with each root
 proposal's Q pooled over all R + 1 searches (sum of returns / sum of visits; ``visits`` summed,
-``label_searches`` = R + 1), for ``sim.namo.mask_generation`` to render less noisy labels.
+``label_searches`` = R + 1), for ``sim.namo.mask_generation`` to render less noisy labels;
+``--fresh`` pools the R re-searches only (R searches, the stored one left out), so that two runs
+with other ``--seed`` give independent pooled labels. ``--compare OTHER`` searches nothing: it
+scores the labels of OTHER (episodes of the same decisions, e.g. the other pool) against DIR's,
+i.e. how well pooled labels agree with themselves.
 """
 
 from __future__ import annotations
@@ -41,9 +46,10 @@ Row = tuple[int, int, float, float]  # episode, decision, stored Q, first re-sea
 
 
 def research_episode(
-    path: Path, budget: int | None, seed: int, repeats: int = 1
+    path: Path, budget: int | None, seed: int, repeats: int = 1, fresh: bool = False
 ) -> tuple[list[Row], dict[str, Any]]:
-    """Rows of one episode file and the episode with Q pooled over the stored + R searches."""
+    """Rows of one episode file and the episode with Q pooled over the stored + R searches
+    (fresh: over the R searches only)."""
     episode = read_episode(path)
     model = episode_model(episode)
     config = MCTSConfig(**episode.get("mcts_config", {}))
@@ -59,6 +65,8 @@ def research_episode(
     for g, decision in enumerate(episode["decisions"]):
         state, proposals, stored = decision_items(decision)
         visits = np.asarray(decision.get("visits", [1] * len(stored)), np.float64)
+        if fresh:
+            visits = np.zeros_like(visits)
         returns = np.asarray(stored, np.float64) * visits
         for r, search in enumerate(searches):
             again = search.search(state, proposals)
@@ -70,7 +78,7 @@ def research_episode(
         decisions.append(
             {**decision, "q_values": pooled.tolist(), "visits": visits.astype(int).tolist()}
         )
-    return rows, {**episode, "decisions": decisions, "label_searches": repeats + 1}
+    return rows, {**episode, "decisions": decisions, "label_searches": repeats + (not fresh)}
 
 
 def label_noise(
@@ -80,14 +88,13 @@ def label_noise(
     repeats: int = 1,
     write_dir: str | Path | None = None,
     workers: int | None = None,
+    fresh: bool = False,
 ) -> dict[str, float]:
-    files = sorted(Path(episodes_dir).glob("episode_*.json"))
-    if not files:
-        raise EpisodeFileError(f"{episodes_dir}: no episode_*.json files")
+    files = episode_files(episodes_dir)
     if repeats < 1:
         raise ValueError(f"--repeats {repeats}: needs at least one re-search")
     workers = max(1, min(workers or os.cpu_count() or 1, len(files)))
-    job = partial(research_episode, budget=budget, seed=seed, repeats=repeats)
+    job = partial(research_episode, budget=budget, seed=seed, repeats=repeats, fresh=fresh)
     if workers == 1:
         results = list(map(job, files))
     else:
@@ -102,6 +109,34 @@ def label_noise(
     return out
 
 
+def episode_files(episodes_dir: str | Path) -> list[Path]:
+    files = sorted(Path(episodes_dir).glob("episode_*.json"))
+    if not files:
+        raise EpisodeFileError(f"{episodes_dir}: no episode_*.json files")
+    return files
+
+
+def compare_labels(episodes_dir: str | Path, other_dir: str | Path) -> dict[str, float]:
+    """Ranking metrics of OTHER's Q against DIR's on the same decisions (no search)."""
+    rows: list[Row] = []
+    files = episode_files(episodes_dir)
+    for path in files:
+        episode, other = read_episode(path), read_episode(Path(other_dir) / path.name)
+        e = int(episode["episode"])
+        if len(other["decisions"]) != len(episode["decisions"]):
+            raise EpisodeFileError(f"{path.name}: other decisions in {other_dir}")
+        pairs = zip(episode["decisions"], other["decisions"], strict=True)
+        for g, (mine, theirs) in enumerate(pairs):
+            if (theirs["state"], theirs["proposals"]) != (mine["state"], mine["proposals"]):
+                raise EpisodeFileError(f"{path.name} decision {g}: other moves in {other_dir}")
+            q, q_other = decision_items(mine)[2], decision_items(theirs)[2]
+            rows += [(e, g, a, b) for a, b in zip(q, q_other, strict=True)]
+    table = np.array(rows, dtype=np.float64)
+    out = ranking_metrics(table[:, 3], table[:, 2], group_ids(table[:, 0], table[:, 1]))
+    out.update({"episodes": len(files), "samples": len(rows)})
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m learning.namo.label_noise",
@@ -113,18 +148,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1, help="first re-search's random stream")
     parser.add_argument("--repeats", type=int, default=1, help="re-searches per decision")
     parser.add_argument("--write-dir", default=None, help="write episodes with pooled Q here")
+    parser.add_argument(
+        "--fresh", action="store_true", help="pool the re-searches only, not the stored Q"
+    )
+    parser.add_argument(
+        "--compare", default=None, help="score this folder's Q against --episodes' (no search)"
+    )
     parser.add_argument("--workers", type=int, default=None, help="default: all cores")
     args = parser.parse_args(argv)
     try:
-        out = label_noise(
-            args.episodes,
-            args.mcts_budget,
-            args.seed,
-            args.repeats,
-            args.write_dir,
-            args.workers,
-        )
-    except (EpisodeFileError, ValueError) as err:
+        if args.compare:
+            out = compare_labels(args.episodes, args.compare)
+        else:
+            out = label_noise(
+                args.episodes,
+                args.mcts_budget,
+                args.seed,
+                args.repeats,
+                args.write_dir,
+                args.workers,
+                args.fresh,
+            )
+    except (EpisodeFileError, ValueError, OSError) as err:
         sys.exit(f"learning.namo.label_noise: {err}")
     print(json.dumps(out))
 
