@@ -89,12 +89,21 @@ def test_twin_q_heads_are_independent_networks_in_one_pass() -> None:
     obs, act = torch.randn(5, 3), torch.randn(5, 2)
     out = q(obs, act)
     assert out.shape == (2, 5)
-    # head j equals a plain MLP with the j-th slice of every stacked weight
+    # head j equals a plain MLP with the j-th slice of every stacked weight, in value and in
+    # every parameter's gradient (the one-output layer is a product and a sum, not a bmm)
+    plain = []
     for j in range(2):
         x = torch.cat([obs, act], -1)
         for layer in q.net:
             x = x @ layer.weight[j] + layer.bias[j] if hasattr(layer, "weight") else layer(x)
-        torch.testing.assert_close(out[j], x.squeeze(-1))
+        plain.append(x.squeeze(-1))
+    torch.testing.assert_close(out, torch.stack(plain))
+    params = list(q.parameters())
+    weights = torch.randn(2, 5)
+    grads = torch.autograd.grad((out * weights).sum(), params)
+    wanted = torch.autograd.grad((torch.stack(plain) * weights).sum(), params)
+    for got, want in zip(grads, wanted, strict=True):
+        torch.testing.assert_close(got, want)
     assert not torch.allclose(out[0], out[1])
     # the frozen pass (the actor's Q): the same values, gradients reach the inputs only
     act.requires_grad_(True)
