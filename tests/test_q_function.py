@@ -541,6 +541,25 @@ def test_state_batches_and_pairwise_rank_loss(synthetic: Path) -> None:
     assert float(pairwise_rank_loss(wrong, target, torch.arange(4), 0.1)) == 0.0
 
 
+def test_top_move_loss_is_cross_entropy_on_each_states_best_move() -> None:
+    from learning.namo.model import group_ids_torch, top_move_loss
+
+    # state 0: three moves, the first best; state 1: one Q for both moves (no best: left out)
+    groups = group_ids_torch(torch.tensor([0, 0, 0, 1, 1]), torch.zeros(5, dtype=torch.long))
+    target = torch.tensor([0.6, 0.1, 0.3, 0.5, 0.5])
+    pred = torch.tensor([0.2, 0.4, 0.1, 0.0, 3.0], requires_grad=True)
+    want = -torch.log_softmax(pred[:3] / 0.1, 0)[0]
+    loss = top_move_loss(pred, target, groups, 0.1)
+    assert float(loss) == pytest.approx(float(want))
+    loss.backward()
+    assert pred.grad[0] < 0 < pred.grad[1] and pred.grad[3:].abs().sum() == 0
+    # the best move scored far above the others: ~0; tied best moves share the target
+    assert float(top_move_loss(torch.tensor([9.0, 0.0, 0.0]), target[:3], groups[:3], 0.1)) < 1e-6
+    tied = top_move_loss(torch.zeros(3), torch.tensor([0.6, 0.6, 0.1]), groups[:3], 0.1)
+    assert float(tied) == pytest.approx(float(torch.log(torch.tensor(3.0))))
+    assert float(top_move_loss(pred, target, torch.arange(5), 0.1)) == 0.0  # one move a state
+
+
 def test_cached_dataset_reads_each_file_once(tmp_path: Path, synthetic: Path) -> None:
     import shutil
 

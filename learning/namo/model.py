@@ -130,6 +130,22 @@ def pairwise_rank_loss(
     return F.softplus(-margin).mean()
 
 
+def top_move_loss(
+    pred: torch.Tensor, target: torch.Tensor, groups: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Softmax cross-entropy of each state's scores against its best MCTS move (ListNet's top
+    one; tied best moves share the target); states whose moves all have one Q are left out."""
+    same = groups[:, None] == groups[None, :]
+    group_max = torch.where(same, target[None, :], -torch.inf).max(1).values
+    group_min = torch.where(same, target[None, :], torch.inf).min(1).values
+    best = (target == group_max) & (group_max > group_min)
+    if not best.any():
+        return pred.sum() * 0.0
+    logits = torch.where(same, pred[None, :] / temperature, -torch.inf)
+    nll = torch.logsumexp(logits, 1) - pred / temperature  # -log softmax of row i at i
+    return nll[best].mean()
+
+
 class QFunctionNet(pl.LightningModule):
     """Regress the MCTS Q-value of (state, proposal) with MSE; log per-state ranking metrics."""
 
@@ -147,6 +163,7 @@ class QFunctionNet(pl.LightningModule):
         encoder_kwargs: Mapping[str, Any] | None = None,
         rank_weight: float = 0.0,
         rank_temperature: float = 0.05,
+        top_move_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if input_channels != STATE_CHANNELS + ACTION_CHANNELS:
@@ -212,6 +229,15 @@ class QFunctionNet(pl.LightningModule):
             )
             self.log("train_rank_loss", rank, batch_size=batch_size)
             loss = loss + self.hparams.rank_weight * rank
+        if stage == "train" and self.hparams.top_move_weight > 0:
+            top = top_move_loss(
+                pred.reshape(-1),
+                batch[TARGET_Q].reshape(-1),
+                group_ids_torch(batch[EPISODE_ID], batch[GOAL_ID]),
+                self.hparams.rank_temperature,
+            )
+            self.log("train_top_move_loss", top, batch_size=batch_size)
+            loss = loss + self.hparams.top_move_weight * top
         if stage in self._outputs:
             self._outputs[stage].append(
                 {
