@@ -220,24 +220,18 @@ class QFunctionNet(pl.LightningModule):
         loss = F.mse_loss(pred, batch[TARGET_Q])
         batch_size = pred.shape[0]
         self.log(f"{stage}_loss", loss, prog_bar=stage != "test", batch_size=batch_size)
-        if stage == "train" and self.hparams.rank_weight > 0:
-            rank = pairwise_rank_loss(
-                pred.reshape(-1),
-                batch[TARGET_Q].reshape(-1),
-                group_ids_torch(batch[EPISODE_ID], batch[GOAL_ID]),
-                self.hparams.rank_temperature,
-            )
-            self.log("train_rank_loss", rank, batch_size=batch_size)
-            loss = loss + self.hparams.rank_weight * rank
-        if stage == "train" and self.hparams.top_move_weight > 0:
-            top = top_move_loss(
-                pred.reshape(-1),
-                batch[TARGET_Q].reshape(-1),
-                group_ids_torch(batch[EPISODE_ID], batch[GOAL_ID]),
-                self.hparams.rank_temperature,
-            )
-            self.log("train_top_move_loss", top, batch_size=batch_size)
-            loss = loss + self.hparams.top_move_weight * top
+        hp = self.hparams
+        state_losses = {"rank": (hp.rank_weight, pairwise_rank_loss)}
+        state_losses["top_move"] = (hp.top_move_weight, top_move_loss)
+        if stage == "train" and any(weight > 0 for weight, _ in state_losses.values()):
+            groups = group_ids_torch(batch[EPISODE_ID], batch[GOAL_ID])
+            for name, (weight, state_loss) in state_losses.items():
+                if weight > 0:
+                    term = state_loss(
+                        pred.reshape(-1), batch[TARGET_Q].reshape(-1), groups, hp.rank_temperature
+                    )
+                    self.log(f"train_{name}_loss", term, batch_size=batch_size)
+                    loss = loss + weight * term
         if stage in self._outputs:
             self._outputs[stage].append(
                 {
