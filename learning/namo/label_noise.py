@@ -129,8 +129,8 @@ def compare_labels(episodes_dir: str | Path, other_dir: str | Path) -> dict[str,
         for g, (mine, theirs) in enumerate(pairs):
             if (theirs["state"], theirs["proposals"]) != (mine["state"], mine["proposals"]):
                 raise EpisodeFileError(f"{path.name} decision {g}: other moves in {other_dir}")
-            q, q_other = decision_items(mine)[2], decision_items(theirs)[2]
-            rows += [(e, g, a, b) for a, b in zip(q, q_other, strict=True)]
+            pairs_q = zip(mine["q_values"], theirs["q_values"], strict=True)
+            rows += [(e, g, float(a), float(b)) for a, b in pairs_q]
     table = np.array(rows, dtype=np.float64)
     out = ranking_metrics(table[:, 3], table[:, 2], group_ids(table[:, 0], table[:, 1]))
     out.update({"episodes": len(files), "samples": len(rows)})

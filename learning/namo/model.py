@@ -146,6 +146,10 @@ def top_move_loss(
     return nll[best].mean()
 
 
+# losses over the proposals of one state (data.group_by_state), each weighted by `<name>_weight`
+STATE_LOSSES = {"rank": pairwise_rank_loss, "top_move": top_move_loss}
+
+
 class QFunctionNet(pl.LightningModule):
     """Regress the MCTS Q-value of (state, proposal) with MSE; log per-state ranking metrics."""
 
@@ -220,15 +224,14 @@ class QFunctionNet(pl.LightningModule):
         loss = F.mse_loss(pred, batch[TARGET_Q])
         batch_size = pred.shape[0]
         self.log(f"{stage}_loss", loss, prog_bar=stage != "test", batch_size=batch_size)
-        hp = self.hparams
-        state_losses = {"rank": (hp.rank_weight, pairwise_rank_loss)}
-        state_losses["top_move"] = (hp.top_move_weight, top_move_loss)
-        if stage == "train" and any(weight > 0 for weight, _ in state_losses.values()):
+        weights = {name: self.hparams[f"{name}_weight"] for name in STATE_LOSSES}
+        if stage == "train" and any(w > 0 for w in weights.values()):
             groups = group_ids_torch(batch[EPISODE_ID], batch[GOAL_ID])
-            for name, (weight, state_loss) in state_losses.items():
+            target = batch[TARGET_Q].reshape(-1)
+            for name, weight in weights.items():
                 if weight > 0:
-                    term = state_loss(
-                        pred.reshape(-1), batch[TARGET_Q].reshape(-1), groups, hp.rank_temperature
+                    term = STATE_LOSSES[name](
+                        pred.reshape(-1), target, groups, self.hparams.rank_temperature
                     )
                     self.log(f"train_{name}_loss", term, batch_size=batch_size)
                     loss = loss + weight * term
