@@ -16,8 +16,10 @@ import functools
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -66,7 +68,7 @@ DONE_SPEC = KeySpec(DONE_DTYPE.name)
 DEFAULT_CHUNK_BYTES = 64 * 1024
 MAX_CHUNK_ROWS = 1024
 # Streamed rows are written in slabs of ~this many bytes per column (whole chunks); memory per
-# open episode is at most this per column.
+# open episode is at most this per column (twice this for camera columns: see _Column).
 SLAB_BYTES = 4 * 1024 * 1024
 # With fsync on, the open shard's pages are handed to the disk every this many bytes written.
 WRITE_BEHIND_BYTES = 16 * 1024 * 1024
@@ -134,6 +136,27 @@ def _libhdf5_fletcher32() -> Callable[[np.ndarray], int] | None:
 
 # The same checksum either way (tests/test_episode_dataset.py compares both with HDF5's filter).
 fletcher32: Callable[[np.ndarray], int] = _libhdf5_fletcher32() or fletcher32_reference
+
+# Chunks at least this big (camera frames) have their checksums computed on a helper thread
+# while this one copies rows and writes (libhdf5's function runs without the GIL), so the two
+# overlap where a core is free; smaller chunks are cheap and stay on the writing thread.
+PARALLEL_CHECKSUM_BYTES = 64 * 1024
+_checksum_pool: ThreadPoolExecutor | None = None
+
+
+def _checksum_thread() -> ThreadPoolExecutor:
+    global _checksum_pool
+    if _checksum_pool is None:
+        _checksum_pool = ThreadPoolExecutor(1, thread_name_prefix="fletcher32")
+    return _checksum_pool
+
+
+def _forget_checksum_thread() -> None:
+    global _checksum_pool
+    _checksum_pool = None  # a forked child has none of the parent's threads
+
+
+os.register_at_fork(after_in_child=_forget_checksum_thread)
 
 
 _STR = h5py.string_dtype()  # variable-length UTF-8, what h5py stores for a str attribute
@@ -203,6 +226,10 @@ class _Column:
     pipeline writes, so readers verify the checksums as before. The last, partly filled chunk is
     written, zero padded as HDF5 pads it, when the episode ends. The rows are copied, so a caller
     may reuse its arrays after append_step.
+
+    Columns of big chunks (camera frames) have two slabs: a full one's checksums are computed on
+    the checksum thread while the rows of the next are copied in, and it is written when that
+    one is full (or the episode ends), so checksums cost this thread almost nothing.
     """
 
     def __init__(
@@ -221,24 +248,32 @@ class _Column:
         self.checksums = checksums
         self.row_bytes = spec.np_dtype.itemsize * math.prod(spec.shape)
         self.chunk_nbytes = self.rows * self.row_bytes
+        self.stored_nbytes = self.chunk_nbytes + (FLETCHER_BYTES if checksums else 0)
+        self.threaded = checksums and self.chunk_nbytes >= PARALLEL_CHECKSUM_BYTES
         self.origin = (0,) * len(spec.shape)
         self.buffer: np.ndarray | None = None  # (chunks, padded chunk bytes) uint8, lazily
         self.data: np.ndarray | None = None  # the same memory as (chunks, rows, *shape)
+        self.spare: tuple[np.ndarray, np.ndarray] | None = None  # the other slab (threaded)
+        self.sealed: _Sealed | None = None  # a full slab waiting to be written (threaded)
         self.filled = 0  # rows in the slab
         self.size = 0  # rows written to the dataset
 
-    def _allocate(self) -> None:
+    def _new_slab(self) -> tuple[np.ndarray, np.ndarray]:
         cap = self.length_hint or MAX_CHUNK_ROWS
         per_slab = min(MAX_CHUNK_ROWS, SLAB_BYTES // max(1, self.row_bytes), cap)
         chunks = max(1, per_slab // self.rows)
         # Room for the checksum after each chunk, rounded up so every chunk starts aligned.
         stride = -(-(self.chunk_nbytes + FLETCHER_BYTES) // 16) * 16
-        self.buffer = np.empty((chunks, stride), np.uint8)
-        self.data = (
-            self.buffer[:, : self.chunk_nbytes]
+        buffer = np.empty((chunks, stride), np.uint8)
+        data = (
+            buffer[:, : self.chunk_nbytes]
             .view(self.spec.np_dtype)
             .reshape(chunks, self.rows, *self.spec.shape)
         )
+        return buffer, data
+
+    def _allocate(self) -> None:
+        self.buffer, self.data = self._new_slab()
 
     def append(self, row: np.ndarray) -> None:
         if self.data is None:
@@ -247,7 +282,7 @@ class _Column:
         self.data[chunk, at] = row
         self.filled += 1
         if self.filled == len(self.data) * self.rows:
-            self.flush()
+            self._slab_full()
 
     def extend(self, rows: np.ndarray) -> None:
         if self.data is None:
@@ -270,31 +305,95 @@ class _Column:
             i += n
             self.filled += n
             if self.filled == capacity:
-                self.flush()
+                self._slab_full()
+
+    def _slab_full(self) -> None:
+        if not self.threaded:
+            self._write(self._seal())
+            return
+        sealed = self._seal()  # its checksums start now
+        if self.sealed is not None:
+            self._write(self.sealed)  # the slab before: its checksums ran while this one filled
+        self.sealed = sealed
+        # Go on in the other slab (written just now, or new).
+        spare = self.spare or self._new_slab()
+        self.spare = (self.buffer, self.data)
+        self.buffer, self.data = spare
 
     def flush(self) -> None:
-        """Write the slab's rows: its whole chunks, and a partly filled one (the episode's last:
-        call this only at its end or when the slab is full)."""
-        if not self.filled:
-            return
+        """Write every row not yet written (the episode's end: call this only then)."""
+        last = self._seal() if self.filled else None
+        if self.sealed is not None:
+            self._write(self.sealed)
+            self.sealed = None
+        if last is not None:
+            self._write(last)
+
+    def _seal(self) -> _Sealed:
+        """Take the slab's rows for writing: its whole chunks and a partly filled one (zero
+        padded, as HDF5 pads an edge chunk with the fill value); checksums start if threaded."""
         filled, self.filled = self.filled, 0
         chunks, part = divmod(filled, self.rows)
         if part:
-            self.data[chunks, part:] = 0  # HDF5 pads an edge chunk with the fill value
+            self.data[chunks, part:] = 0
             chunks += 1
-        self.dsid.set_extent((self.size + filled, *self.spec.shape))
-        nbytes = self.chunk_nbytes + (FLETCHER_BYTES if self.checksums else 0)
-        for c in range(chunks):
-            chunk = self.buffer[c]
-            if self.checksums:
-                chunk[self.chunk_nbytes : nbytes].view(np.uint32)[0] = fletcher32(
-                    chunk[: self.chunk_nbytes]
-                )
+        body = self.buffer[:chunks]
+        sums = _SlabChecksums(body, self.chunk_nbytes) if self.threaded else None
+        return _Sealed(body, filled, sums)
+
+    def _write(self, slab: _Sealed) -> None:
+        self.dsid.set_extent((self.size + slab.rows, *self.spec.shape))
+        for c, chunk in enumerate(slab.chunks):
+            if slab.sums is not None:
+                slab.sums.wait()
+            elif self.checksums:
+                put_checksum(chunk, self.chunk_nbytes)
             at = (self.size + c * self.rows, *self.origin)
-            self.dsid.write_direct_chunk(at, chunk[:nbytes])
-        self.size += filled
+            self.dsid.write_direct_chunk(at, chunk[: self.stored_nbytes])
+        self.size += slab.rows
         if self.on_write is not None:
-            self.on_write(filled * self.row_bytes)
+            self.on_write(slab.rows * self.row_bytes)
+
+
+def put_checksum(chunk: np.ndarray, body_nbytes: int) -> None:
+    """Write the fletcher32 of chunk[:body_nbytes] into the 4 bytes after it (native order, as
+    HDF5's filter appends it)."""
+    chunk[body_nbytes : body_nbytes + FLETCHER_BYTES].view(np.uint32)[0] = fletcher32(
+        chunk[:body_nbytes]
+    )
+
+
+class _Sealed(NamedTuple):
+    chunks: np.ndarray  # (chunks, padded chunk bytes) uint8: the slab's filled chunks
+    rows: int
+    sums: _SlabChecksums | None  # their checksums, being computed on the checksum thread
+
+
+class _SlabChecksums:
+    """The checksums of a slab's chunks (rows of `chunks`), put in place in order on the
+    checksum thread; `wait()` returns once the next chunk's is there. A failure is raised by
+    `wait()`, never lost on the other thread."""
+
+    def __init__(self, chunks: np.ndarray, body_nbytes: int) -> None:
+        self.ready = threading.Semaphore(0)
+        self.error: BaseException | None = None
+        _checksum_thread().submit(self._run, chunks, body_nbytes)
+
+    def _run(self, chunks: np.ndarray, body_nbytes: int) -> None:
+        done = 0
+        try:
+            for chunk in chunks:
+                put_checksum(chunk, body_nbytes)
+                done += 1
+                self.ready.release()
+        except BaseException as error:
+            self.error = error
+            self.ready.release(len(chunks) - done)
+
+    def wait(self) -> None:
+        self.ready.acquire()
+        if self.error is not None:
+            raise self.error
 
 
 class _Steps(NamedTuple):

@@ -228,12 +228,26 @@ def test_checksums_off_writes_plain_chunks(tmp_path: Path) -> None:
                 assert {group[k].fletcher32 for k in ("obs/image", ACTIONS)} == {checksums}
 
 
-def test_chunks_are_stored_as_hdf5s_filter_pipeline_stores_them(tmp_path: Path) -> None:
+@pytest.mark.parametrize("checksum_thread", [False, True])
+def test_chunks_are_stored_as_hdf5s_filter_pipeline_stores_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, checksum_thread: bool
+) -> None:
     """The writer hands HDF5 finished chunks (write_direct_chunk, its own fletcher32): each
     stored chunk, the zero-padded last one included, is byte for byte what h5py's ordinary
-    write through the filter pipeline stores, so readers check the same checksums."""
+    write through the filter pipeline stores, so readers check the same checksums. Either way:
+    checksums computed in line, or on the checksum thread (chunks of a camera frame)."""
+    from episode_dataset import writer
     from episode_dataset.writer import fletcher32, fletcher32_reference
 
+    threaded = []
+
+    class CountedSlabChecksums(writer._SlabChecksums):
+        def __init__(self, chunks: np.ndarray, body_nbytes: int) -> None:
+            threaded.append(len(chunks))
+            super().__init__(chunks, body_nbytes)
+
+    monkeypatch.setattr(writer, "_SlabChecksums", CountedSlabChecksums)
+    monkeypatch.setattr(writer, "PARALLEL_CHECKSUM_BYTES", 0 if checksum_thread else 1 << 62)
     rng = np.random.default_rng(8)
     for n in (0, 1, 6, 721, 4099):  # odd lengths, a last partial 360-word block
         for data in (rng.integers(0, 256, n, dtype=np.uint8), np.zeros(n, np.uint8)):
@@ -262,6 +276,69 @@ def test_chunks_are_stored_as_hdf5s_filter_pipeline_stores_them(tmp_path: Path) 
                 for i in range(chunks):
                     at = want.id.get_chunk_info(i).chunk_offset
                     assert ds.id.read_direct_chunk(at) == want.id.read_direct_chunk(at), key
+    assert bool(threaded) == checksum_thread
+
+
+def test_a_checksum_failure_on_the_thread_is_raised_and_the_writer_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error computing a checksum on the checksum thread reaches the writing call (no hang,
+    nothing committed from that episode); the writer then writes the next episode."""
+    from episode_dataset import writer
+
+    real, calls = writer.fletcher32, []
+
+    def failing(data: np.ndarray) -> int:
+        calls.append(len(data))
+        if len(calls) == 3:
+            raise MemoryError("no memory for this checksum")
+        return real(data)
+
+    monkeypatch.setattr(writer, "PARALLEL_CHECKSUM_BYTES", 0)
+    monkeypatch.setattr(writer, "fletcher32", failing)
+    path = tmp_path / "f.hdf5"
+    ep = make_episode(1, 30)
+    with EpisodeWriter(path, OBS_SPECS, ACTION_SPEC, chunk_bytes=H * W * 3) as w:
+        with pytest.raises(MemoryError, match="no memory for this checksum"):
+            w.write_episode(**ep)
+        assert not w.in_episode and w.episodes == []
+        w.write_episode(**ep)
+    validate_file(path)
+    with EpisodeReader(path) as r:
+        assert r.episodes == ["demo_0"]
+        assert_episode_equal(r, "demo_0", ep)
+
+
+def test_a_forked_child_writes_with_checksums_on_its_own_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child forked after the parent started its checksum thread has none of its threads: it
+    starts its own (it used to wait forever for the parent's), and its file reads back."""
+    import multiprocessing
+
+    from episode_dataset import writer
+
+    monkeypatch.setattr(writer, "PARALLEL_CHECKSUM_BYTES", 0)
+    ep = make_episode(2, 12)
+
+    with EpisodeWriter(tmp_path / "parent.hdf5", OBS_SPECS, ACTION_SPEC) as w:
+        w.write_episode(**ep)
+    assert writer._checksum_pool is not None  # the parent's thread is running
+    child = multiprocessing.get_context("fork").Process(
+        target=_write_one_episode, args=(tmp_path / "child.hdf5", ep)
+    )
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0
+    with EpisodeReader(tmp_path / "child.hdf5") as r:
+        assert_episode_equal(r, "demo_0", ep)
+
+
+def _write_one_episode(path: Path, ep: dict) -> None:
+    with EpisodeWriter(path, OBS_SPECS, ACTION_SPEC) as w:
+        w.write_episode(**ep)
 
 
 def test_shards_of_many_lengths_from_the_template_cache(tmp_path: Path) -> None:
