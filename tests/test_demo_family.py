@@ -1,10 +1,10 @@
 """`python -m demo.family NAME --quick`: data -> train -> ONNX -> served over ROS -> table.
 
 Recipes that cover the serving paths: Q-chunking (expert episodes recorded over ROS, the best-of-N
-graph in the policy node, chunks open-loop), Dreamer (its actor inside the world-model node) and,
-under `-m slow`, PPO (online training, its actor in the policy node) and the NAMO planner (its own
-pipeline: goal_generator, q_scorer and namo_planner nodes). Smoke budgets: the pipeline
-is checked, not the score.
+graph in the policy node, chunks open-loop) and, under `-m slow` (the suite's time budget),
+Dreamer (its actor inside the world-model node), PPO (online training, its actor in the policy
+node) and the NAMO planner (its own pipeline: goal_generator, q_scorer and namo_planner
+nodes). Smoke budgets: the pipeline is checked, not the score.
 """
 
 from __future__ import annotations
@@ -38,7 +38,11 @@ def model_type(path: str) -> str:
     [
         pytest.param("ppo", ["actor"], marks=pytest.mark.slow),  # the qc path without data
         ("qc", ["best_of_n"]),
-        ("dreamer", ["world_model", "world_model", "world_model"]),  # filter, imagine, actor
+        # filter, imagine, actor; slow: the Dreamer actor in the world-model node over ROS is
+        # tests/test_ros_world_model.py, its training chain tests/test_dreamer.py
+        pytest.param(
+            "dreamer", ["world_model", "world_model", "world_model"], marks=pytest.mark.slow
+        ),
     ],
 )
 def test_family_runs_from_data_to_served_rollouts(

@@ -126,6 +126,7 @@ def test_seed_config_keys_reach_ppo() -> None:
     assert ppo.hparams.gamma == 0.9
 
 
+@pytest.mark.slow  # ~18 s of inductor compilation on a cold cache (a fresh CI machine)
 def test_compiled_losses_and_gradients_match_eager() -> None:
     """model.compile=true changes the speed, not the maths."""
     dims = env_model_dims("Pendulum-v1")
