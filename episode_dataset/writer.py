@@ -272,12 +272,9 @@ class _Column:
         )
         return buffer, data
 
-    def _allocate(self) -> None:
-        self.buffer, self.data = self._new_slab()
-
     def append(self, row: np.ndarray) -> None:
         if self.data is None:
-            self._allocate()
+            self.buffer, self.data = self._new_slab()
         chunk, at = divmod(self.filled, self.rows)
         self.data[chunk, at] = row
         self.filled += 1
@@ -286,7 +283,7 @@ class _Column:
 
     def extend(self, rows: np.ndarray) -> None:
         if self.data is None:
-            self._allocate()
+            self.buffer, self.data = self._new_slab()
         capacity = len(self.data) * self.rows
         i = 0
         while i < len(rows):
