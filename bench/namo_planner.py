@@ -58,7 +58,7 @@ def untrained_q_model(path: Path, size: int = UNTRAINED_SIZE) -> Path:
 
 
 def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Success rate, moves per solve and per-decision seconds over every decision."""
+    """Success rate, moves and plan return per solve, per-decision seconds over every decision."""
     solved = [r for r in rows if r["success"]]
     decisions = sum(r["decisions"] for r in rows)
     seconds = sum(r["seconds_per_decision"] * r["decisions"] for r in rows)
@@ -68,6 +68,9 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "trivial": sum(r["trivial"] for r in rows),
         "success": round(len(solved) / len(rows), 3),
         "moves_per_solve": round(float(np.mean([r["moves"] for r in solved])), 2)
+        if solved
+        else None,
+        "return_per_solve": round(float(np.mean([r["plan_return"] for r in solved])), 3)
         if solved
         else None,
         "decisions": decisions,

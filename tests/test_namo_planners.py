@@ -45,6 +45,12 @@ def test_evaluate_mcts_and_random_on_held_out_scenes() -> None:
     mcts = [r for r in rows if r["planner"] == "mcts"]
     assert all(r["success"] for r in mcts)
     assert all(r["seconds_per_decision"] > 0 for r in mcts if r["decisions"])
+    # The plan's return: each move costs at least move_cost (0.1), a failure returns 0.
+    for r in rows:
+        if r["success"]:
+            assert 0 < r["plan_return"] <= 1 - 0.1 * r["moves"] + 1e-9, r
+        else:
+            assert r["plan_return"] == 0, r
     summary = {s["planner"]: s for s in summarize(rows)}
     assert summary["mcts"]["success_rate"] == 1.0
     assert summary["mcts"]["moves_per_solve"] <= summary["random"]["moves_per_solve"] or (
