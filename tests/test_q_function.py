@@ -19,7 +19,7 @@ from learning.namo.data import (
     load_item,
 )
 from learning.namo.metrics import group_ids, ranking_metrics, spearman
-from learning.namo.model import QFunctionNet
+from learning.namo.model import CENTROID_PAIRS, POOL_MASKS, MaskCentroids, QFunctionNet
 from roboloop_testing.namo_masks import write_synthetic
 from sim.namo.keys import ACTION_KEYS, STATE_KEYS
 
@@ -198,12 +198,17 @@ def test_train_entry_lowers_val_mse_and_checkpoint_loads(
     assert parity(model, tmp_path / "q_generic.onnx") <= 1e-4
 
 
-def test_onnx_export_parity_and_metadata(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "features", [{}, {"pooled_features": True, "centroid_features": True}], ids=["grid", "all"]
+)
+def test_onnx_export_parity_and_metadata(tmp_path: Path, features: dict[str, bool]) -> None:
     from learning.export import export_model
     from roboloop_runtime import OnnxModel
 
     torch.manual_seed(0)
-    model = QFunctionNet(hidden_dim=32, image_size=32, encoder_channels=[8, 8, 8, 8]).eval()
+    model = QFunctionNet(
+        hidden_dim=32, image_size=32, encoder_channels=[8, 8, 8, 8], **features
+    ).eval()
     path = tmp_path / "q.onnx"
     export_model(model, path, mask_size=(64, 64))
     onnx_model = OnnxModel(path, device="cpu")
@@ -575,3 +580,26 @@ def test_cached_dataset_reads_each_file_once(tmp_path: Path, synthetic: Path) ->
         both = torch.cat([v["state_masks"], v["action_masks"]])
         assert any(torch.equal(both, dihedral(raw, k)) for k in range(8))
     np.testing.assert_array_equal(raw[0].numpy(), np.load(synthetic / files[0].path.name)["robot"])
+
+
+def test_mask_centroids_read_positions_and_carry_distance() -> None:
+    centroids = MaskCentroids(POOL_MASKS, CENTROID_PAIRS)
+    x = torch.zeros(2, 13, 32, 32)
+    x[0, 11, 4:6, 8:12] = 1.0  # target_object: rows 4-5, columns 8-11
+    x[0, 12, 20:22, 8:12] = 0.5  # target_goal 16 rows further down, area-averaged values
+    x[1, 0, 31, 31] = 1.0  # robot in the last cell; everything else empty
+    out = centroids(x)
+    assert out.shape == (2, 2 * len(POOL_MASKS) + len(CENTROID_PAIRS))
+    obj, goal = POOL_MASKS.index(11), POOL_MASKS.index(12)
+    centres = out[:, : 2 * len(POOL_MASKS)].reshape(2, -1, 2)
+    torch.testing.assert_close(centres[0, obj], torch.tensor([10 / 32, 5 / 32]))
+    torch.testing.assert_close(centres[0, goal], torch.tensor([10 / 32, 21 / 32]))
+    carry = out[:, 2 * len(POOL_MASKS) + CENTROID_PAIRS.index((11, 12))]
+    torch.testing.assert_close(carry[0], torch.tensor(0.5))  # 16 of 32 rows
+    robot = POOL_MASKS.index(0)
+    torch.testing.assert_close(centres[1, robot], torch.tensor([31.5 / 32, 31.5 / 32]))
+    assert centres[1, obj].abs().max() == 0  # an empty mask sits at (0, 0)
+    # The augmentation's flips and rotations move the centroids but keep their distances.
+    for k in range(8):
+        moved = centroids(dihedral(x, k))
+        torch.testing.assert_close(moved[0, -3:], out[0, -3:], atol=1e-6, rtol=0)
