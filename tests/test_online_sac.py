@@ -431,6 +431,7 @@ def test_bad_input_one_line(first_run: dict, tmp_path: Path, monkeypatch) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 4-7 min, more on a loaded machine
 def test_sac_solves_pendulum(tmp_path: Path) -> None:
     """SB3-default SAC swings up Pendulum-v1 within 20k env steps on seed 42 (return >= -200;
     SB3 itself: -143 median of 3 seeds)."""
