@@ -39,7 +39,7 @@ SAC_TINY = [
 def wandb_records(path: Path) -> list:
     """The protobuf `Record`s of an offline run's .wandb file: a LevelDB-style log (7-byte file
     header, 32 KiB blocks of records: crc32c, length, type, payload), the file `wandb sync`
-    uploads."""
+    uploads. A record still being appended (its payload past the file's end) ends the list."""
     from wandb.proto.wandb_internal_pb2 import Record
 
     data = path.read_bytes()
@@ -50,6 +50,8 @@ def wandb_records(path: Path) -> list:
             pos += block - pos % block
             continue
         length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        if pos + 7 + length > len(data):  # read while wandb's service is still writing it
+            break
         pending += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # FULL or LAST: a whole record
