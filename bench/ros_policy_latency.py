@@ -11,6 +11,12 @@ of the latency is that wait (`tick_wait_ms`); an observation-triggered one does 
 in-process number is `OnnxPolicy.predict_action_chunk` at batch 1 on 1 thread, the node's
 inference also runs on 1 thread.
 
+The floor: the same observations answered by a bare rclpy echo process (`--echo`: the node's
+QoS, single-threaded executor, no decoding, no model) that publishes an action as soon as every
+observation of a stamp has arrived. It is what DDS and rclpy's wake-ups cost on this machine
+before the node does anything; `ros_minus_floor` is what the node adds (decoding,
+the loop, inference, publishing).
+
 Models: the reference linear policy with a 10-d state and a 64x64 rgb8 camera (the sim
 bridge's default topics: decoding and transport dominate) and, unless --model is given, a
 Reacher-sized flow-BC policy with random weights (obs_steps 2, horizon 8, 10 Euler steps;
@@ -20,7 +26,6 @@ built as in bench.policy_latency).
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import random
 import tempfile
@@ -44,9 +49,11 @@ NOTE = (
     "on its timer, so tick_wait (half a period on average) is part of it; trigger observation: "
     "it acts on arrival; ros_minus_in_process = ros p50 - in-process p50 (back to back); "
     "in_process_paced = the same calls once per control period, idle between them as in the node; "
+    "ros_floor = the same stream answered by a bare rclpy echo (no decoding, no model); "
     "node_* = the node's own diagnostics"
 )
 TRIGGERS = ("timer", "observation")
+ECHO = "echo"  # the responder of the floor row, in place of policy_node
 
 
 def _ros_environment() -> None:
@@ -93,11 +100,76 @@ def in_process_latency(
     return {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99))}
 
 
+def _start_echo(meta: Any, log_path: Path) -> Any:
+    """The floor's responder: `python -m bench.ros_policy_latency --echo KEY=TYPE ...`."""
+    import subprocess
+    import sys
+
+    from roboloop_bringup.processes import STARTED, RosProcess, ros_env
+
+    keys = [f"{key}={spec.feature_type}" for key, spec in meta.observations.items()]
+    cmd = [sys.executable, "-m", "bench.ros_policy_latency", "--echo", *keys]
+    with open(log_path, "wb") as out:
+        popen = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=ros_env(),
+            start_new_session=True,
+            cwd=REPO,
+        )
+    proc = RosProcess(name=ECHO, popen=popen, log_path=log_path)
+    STARTED.append(proc)
+    return proc
+
+
+def echo(keys: list[str]) -> None:
+    """The floor's responder (its own process): subscribe `<prefix>/<key>` with the policy
+    node's QoS and types, and publish an action carrying the stamp once every key of that stamp
+    has arrived; nothing is decoded or checked."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from roboloop_policy.node import COMMAND_QOS, OBSERVATION_QOS
+    from sensor_msgs.msg import Image, JointState
+
+    rclpy.init()
+    node = rclpy.create_node("ros_policy_latency_echo", start_parameter_services=False)
+    pub = node.create_publisher(JointState, f"{TOPIC_PREFIX}/action", COMMAND_QOS)
+    arrived: dict[tuple[int, int], int] = {}
+    bound = [tuple(k.split("=", 1)) for k in keys]
+
+    def on_observation(msg: Any) -> None:
+        stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        arrived[stamp] = arrived.get(stamp, 0) + 1
+        if arrived[stamp] == len(bound):
+            del arrived[stamp]
+            action = JointState()
+            action.header.stamp = msg.header.stamp
+            action.effort = [0.0, 0.0]
+            pub.publish(action)
+        if len(arrived) > 100:  # stamps that lost a message
+            arrived.clear()
+
+    for key, feature_type in bound:
+        msg_type = Image if feature_type == IMAGE else JointState
+        topic = observation_topic(key, TOPIC_PREFIX)
+        node.create_subscription(msg_type, topic, on_observation, OBSERVATION_QOS)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
 def ros_latency(
     model_path: Path, rate_hz: float, seconds: float, log_dir: Path, trigger: str = "timer"
 ) -> dict[str, Any]:
-    """Run policy_node on `model_path` at `rate_hz` with `trigger`, publish observations, time
-    the actions."""
+    """Run policy_node on `model_path` at `rate_hz` with `trigger` (or, with trigger ECHO, the
+    floor's echo), publish observations, time the actions."""
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
@@ -110,24 +182,28 @@ def ros_latency(
     meta = PolicyMetadata.from_dict(OnnxModel(model_path, device="cpu").metadata)
     keys = list(meta.observations)
     topics = [observation_topic(key, TOPIC_PREFIX) for key in keys]  # the node's convention
-    proc = start_node(
-        "policy_node",
-        params_file=PARAMS_FILE,
-        params={
-            "model_path": str(model_path),
-            "device": "cpu",
-            "inference_threads": 1,
-            "observation_namespace": TOPIC_PREFIX,  # <namespace>/<key> for every model key
-            "spec_topic": "",  # no sim bridge here: the bench paces in real time
-            "real_time_factor": 1.0,
-            "action_topic": f"{TOPIC_PREFIX}/action",
-            "control_rate_hz": float(rate_hz),
-            "stale_periods": 20.0,  # measure latency, not the watchdog
-            "diagnostics_period_s": 0.5,
-            "trigger": trigger,
-        },
-        log_path=log_dir / f"{model_path.stem}_{rate_hz:g}hz_{trigger}.log",
-    )
+    log_path = log_dir / f"{model_path.stem}_{rate_hz:g}hz_{trigger}.log"
+    if trigger == ECHO:
+        proc = _start_echo(meta, log_path)
+    else:
+        proc = start_node(
+            "policy_node",
+            params_file=PARAMS_FILE,
+            params={
+                "model_path": str(model_path),
+                "device": "cpu",
+                "inference_threads": 1,
+                "observation_namespace": TOPIC_PREFIX,  # <namespace>/<key> for every model key
+                "spec_topic": "",  # no sim bridge here: the bench paces in real time
+                "real_time_factor": 1.0,
+                "action_topic": f"{TOPIC_PREFIX}/action",
+                "control_rate_hz": float(rate_hz),
+                "stale_periods": 20.0,  # measure latency, not the watchdog
+                "diagnostics_period_s": 0.5,
+                "trigger": trigger,
+            },
+            log_path=log_path,
+        )
     context = rclpy.Context()
     rclpy.init(context=context, signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
     node = rclpy.create_node(
@@ -189,7 +265,7 @@ def ros_latency(
             and node.count_publishers(f"{TOPIC_PREFIX}/action")
         ):
             if time.monotonic() > deadline or not proc.alive():
-                raise RuntimeError(f"policy_node did not come up:\n{proc.log_text()[-2000:]}")
+                raise RuntimeError(f"{proc.name} did not come up:\n{proc.log_text()[-2000:]}")
             time.sleep(0.02)
         publishing.set()
         time.sleep(1.0)  # warm-up: first inferences, discovery of the reverse path
@@ -208,7 +284,7 @@ def ros_latency(
         spinner.join(5)
         proc.stop()
     if values.size == 0:
-        raise RuntimeError(f"no actions received from policy_node:\n{proc.log_text()[-2000:]}")
+        raise RuntimeError(f"no actions received from {proc.name}:\n{proc.log_text()[-2000:]}")
     return {
         "p50": float(np.percentile(values, 50)),
         "p99": float(np.percentile(values, 99)),
@@ -242,34 +318,38 @@ def run(quick: bool, model: str | None = None) -> list[dict]:
         make_reference_policy(reference, state_dim=10, action_dim=2, image_hw=(64, 64))
         second = Path(model) if model else _flow_bc_model(tmp_path)
         cases = [(reference, 20.0), (second, 20.0), (second, 100.0)]
-        for (path, rate), trigger in itertools.product(cases, TRIGGERS):
-            inproc = in_process_latency(path, iters)  # beside each ROS run: the same load
-            paced = in_process_latency(path, int(seconds * rate), rate)
-            ros = ros_latency(path, rate, seconds, tmp_path, trigger)
-            tick_wait = 500.0 / rate if trigger == "timer" else 0.0  # mean wait for a tick
-            rows.append(
-                {
-                    "model": path.stem,
-                    "rate_hz": rate,
-                    "trigger": trigger,
-                    "in_process_p50_ms": round(inproc["p50"], 3),
-                    "in_process_p99_ms": round(inproc["p99"], 3),
-                    "ros_obs_to_action_p50_ms": round(ros["p50"], 3),
-                    "ros_obs_to_action_p99_ms": round(ros["p99"], 3),
-                    "ros_minus_in_process_p50_ms": round(ros["p50"] - inproc["p50"], 3),
-                    "in_process_paced_p50_ms": round(paced["p50"], 3),
-                    "ros_minus_paced_p50_ms": round(ros["p50"] - paced["p50"], 3),
-                    "tick_wait_ms": round(tick_wait, 1),
-                    "ros_minus_tick_wait_p50_ms": round(ros["p50"] - tick_wait, 3),
-                    "node_inference_p50_ms": ros["node_inference_p50"],
-                    "node_inference_p99_ms": ros["node_inference_p99"],
-                    # stamp -> publish inside the node (tick wait + inference, no transport back)
-                    "node_obs_to_action_p50_ms": ros["node_obs_to_action_p50"],
-                    "provider": ros["provider"],
-                    "samples": ros["samples"],
-                    "observations_sent": ros["sent"],
-                }
-            )
+        for path, rate in cases:
+            floor = ros_latency(path, rate, seconds, tmp_path, ECHO)
+            for trigger in TRIGGERS:
+                inproc = in_process_latency(path, iters)  # beside each ROS run: the same load
+                paced = in_process_latency(path, int(seconds * rate), rate)
+                ros = ros_latency(path, rate, seconds, tmp_path, trigger)
+                tick_wait = 500.0 / rate if trigger == "timer" else 0.0  # mean wait for a tick
+                rows.append(
+                    {
+                        "model": path.stem,
+                        "rate_hz": rate,
+                        "trigger": trigger,
+                        "in_process_p50_ms": round(inproc["p50"], 3),
+                        "in_process_p99_ms": round(inproc["p99"], 3),
+                        "ros_obs_to_action_p50_ms": round(ros["p50"], 3),
+                        "ros_obs_to_action_p99_ms": round(ros["p99"], 3),
+                        "ros_minus_in_process_p50_ms": round(ros["p50"] - inproc["p50"], 3),
+                        "in_process_paced_p50_ms": round(paced["p50"], 3),
+                        "ros_minus_paced_p50_ms": round(ros["p50"] - paced["p50"], 3),
+                        "ros_floor_p50_ms": round(floor["p50"], 3),
+                        "ros_minus_floor_p50_ms": round(ros["p50"] - floor["p50"], 3),
+                        "tick_wait_ms": round(tick_wait, 1),
+                        "ros_minus_tick_wait_p50_ms": round(ros["p50"] - tick_wait, 3),
+                        "node_inference_p50_ms": ros["node_inference_p50"],
+                        "node_inference_p99_ms": ros["node_inference_p99"],
+                        # stamp -> publish inside the node (tick wait + inference, no transport)
+                        "node_obs_to_action_p50_ms": ros["node_obs_to_action_p50"],
+                        "provider": ros["provider"],
+                        "samples": ros["samples"],
+                        "observations_sent": ros["sent"],
+                    }
+                )
     from bench.report import report
 
     report(NAME, rows, note=NOTE)
@@ -284,8 +364,12 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--model", default=None, help="an exported policy instead of flow-BC")
+    parser.add_argument("--echo", nargs="+", metavar="KEY=FEATURE_TYPE", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    run(args.quick, args.model)
+    if args.echo:
+        echo(args.echo)
+    else:
+        run(args.quick, args.model)
 
 
 if __name__ == "__main__":
