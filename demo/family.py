@@ -353,6 +353,7 @@ def report(
         "dropped": dropped,
         "stale": stale,
         "invalid": invalid,
+        "invalid_reasons": scored.invalid_reasons,
         "seconds": seconds,
     }
 

@@ -352,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         "dropped": dropped,
         "stale": stale,
         "invalid": invalid,
+        "invalid_reasons": scored.invalid_reasons,
         "seconds": {"record": record_s, "train": train_s, "serve": serve_s},
         "files": [str(f) for f in files],
     }
@@ -370,6 +371,7 @@ class RolloutScore:
     dropped: int  # the recorder's counts over these episodes
     stale: int
     invalid: int
+    invalid_reasons: dict[str, int]  # the invalid ones by the recorder's reason (e.g. "late")
 
     @property
     def mean_return(self) -> float:
@@ -382,16 +384,28 @@ class RolloutScore:
         return normalized_score(self.mean_return, self.random.mean_return, self.expert.mean_return)
 
 
+def recorder_totals(counts: list[dict[str, Any]]) -> tuple[int, int, int, dict[str, int]]:
+    """Dropped, stale and invalid steps over episodes' `recorder_counts`, and the invalid ones
+    by reason (summed over topics)."""
+    dropped, stale, invalid = (
+        sum(int(c.get(key, 0)) for c in counts)
+        for key in ("dropped_steps", "stale_steps", "invalid_total")
+    )
+    reasons: dict[str, int] = {}
+    for c in counts:
+        for topic in c.get("topics", {}).values():
+            for reason, k in topic.get("invalid", {}).items():
+                reasons[reason] = reasons.get(reason, 0) + int(k)
+    return dropped, stale, invalid, reasons
+
+
 def score_rollouts(reader: Any, episodes: list[str], env_id: str) -> RolloutScore:
     """Returns and recorder counts of `episodes`; expert and random on seeds EVAL_SEED + i."""
     import sim
     from sim.evaluate import evaluate_policy, make_expert_policy, random_policy
 
     counts = [reader.episode_metadata(e).get("recorder_counts", {}) for e in episodes]
-    dropped, stale, invalid = (
-        sum(int(c.get(key, 0)) for c in counts)
-        for key in ("dropped_steps", "stale_steps", "invalid_total")
-    )
+    dropped, stale, invalid, reasons = recorder_totals(counts)
     n = len(episodes)
     return RolloutScore(
         returns=[reader.episode_return(e) for e in episodes],
@@ -401,6 +415,7 @@ def score_rollouts(reader: Any, episodes: list[str], env_id: str) -> RolloutScor
         dropped=dropped,
         stale=stale,
         invalid=invalid,
+        invalid_reasons=reasons,
     )
 
 
