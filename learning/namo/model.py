@@ -107,8 +107,10 @@ class MaskCentroids(nn.Module):
     def __init__(self, mask_channels: Sequence[int], pairs: Sequence[tuple[int, int]]) -> None:
         super().__init__()
         self.mask_channels = list(mask_channels)
-        self.pairs = [(self.mask_channels.index(a), self.mask_channels.index(b)) for a, b in pairs]
-        self.out_dim = 2 * len(self.mask_channels) + len(self.pairs)
+        # positions within mask_channels of each pair's two ends
+        self.pair_from = [self.mask_channels.index(a) for a, _ in pairs]
+        self.pair_to = [self.mask_channels.index(b) for _, b in pairs]
+        self.out_dim = 2 * len(self.mask_channels) + len(pairs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         masks = x[:, self.mask_channels]  # (B, M, H, W)
@@ -119,8 +121,8 @@ class MaskCentroids(nn.Module):
         cx = (masks.sum(-2) * xs).sum(-1) / area
         cy = (masks.sum(-1) * ys).sum(-1) / area
         centres = torch.stack([cx, cy], dim=-1)  # (B, M, 2)
-        a, b = (list(side) for side in zip(*self.pairs, strict=True))
-        dist = (centres[:, a] - centres[:, b]).square().sum(-1).add(1e-12).sqrt()
+        delta = centres[:, self.pair_from] - centres[:, self.pair_to]
+        dist = delta.square().sum(-1).add(1e-12).sqrt()
         return torch.cat([centres.flatten(1), dist], dim=1)
 
 
