@@ -242,6 +242,62 @@ def test_each_loss_reaches_only_its_own_parameters() -> None:
     assert not any(p.requires_grad for p in sac.critic_target.parameters())
 
 
+def _on_a_buffer(precision: str = "32-true", **kw) -> tuple:
+    """(SAC, fabric, learner, optimizers, buffer of 64 fixed transitions), seeded."""
+    torch.manual_seed(0)
+    fabric = Fabric(accelerator="cpu", devices=1, precision=precision)
+    sac = _sac(learning_starts=0, **kw)
+    learner, *optims = fabric.setup(sac, *sac.configure_optimizers())
+    buf = sac.make_storage(1, torch.device("cpu"))
+    data = torch.Generator().manual_seed(1)
+    obs = {"state": torch.randn(64, 3, generator=data)}
+    done = torch.zeros(64, dtype=torch.bool)
+    actions, rewards = torch.rand(64, 2, generator=data), torch.randn(64, generator=data)
+    sac.observe(buf, Transition(obs, actions, {}, rewards, done, done, obs))
+    return sac, fabric, learner, optims, buf
+
+
+def _updated(precision: str, update_threads: int) -> tuple[SAC, dict]:
+    """A SAC after 20 updates on a fixed buffer, and the last update's scalars."""
+    sac, fabric, learner, optims, buf = _on_a_buffer(precision, update_threads=update_threads)
+    for _ in range(20):
+        scalars = sac.update(fabric, learner, optims, buf, 0.0)
+    return sac, scalars
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_two_thread_update_equals_the_joint_step(precision: str) -> None:
+    """update_threads=2 runs the critic's half on a second thread; the steps' order (the critic
+    steps after the actor's backward read it, the actor after the target read it) keeps every
+    parameter equal to the one-thread joint step's, to the bit."""
+    joint, joint_scalars = _updated(precision, update_threads=1)
+    threaded, threaded_scalars = _updated(precision, update_threads=2)
+    assert joint._critic_thread is None and threaded._critic_thread is not None
+    expected = joint.state_dict()
+    for name, value in threaded.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+    for name, value in threaded_scalars.items():
+        assert torch.equal(value, joint_scalars[name]), name
+
+
+def test_an_error_in_the_critic_thread_reaches_the_caller(monkeypatch) -> None:
+    """The critic's half fails on its thread: update raises that error instead of hanging, and
+    the next update runs."""
+    sac, fabric, learner, optims, buf = _on_a_buffer(update_threads=2)
+
+    def broken(*args):
+        raise RuntimeError("critic half failed")
+
+    monkeypatch.setattr(sac, "critic_loss", broken)
+    with pytest.raises(RuntimeError, match="critic half failed"):
+        sac.update(fabric, learner, optims, buf, 0.0)
+    monkeypatch.undo()
+    scalars = sac.update(fabric, learner, optims, buf, 0.0)
+    assert torch.isfinite(scalars["loss/critic"])
+    with pytest.raises(AlgorithmError, match="update_threads is 1 or 2, got 3"):
+        _sac(update_threads=3)
+
+
 def test_bf16_mixed_keeps_the_actor_and_the_critics_outer_layers_in_fp32() -> None:
     """bf16-mixed: only the critics' hidden layers take bf16 (docs/online.md: a bf16 actor cost
     HalfCheetah's return; a bf16 input layer blurred one state's candidate actions)."""
