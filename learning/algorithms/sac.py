@@ -15,7 +15,7 @@ Each loss reaches only its own parameters (the actor's Q goes through detached c
 so an update is three separate steps on one batch, except that the actor sees the critic from
 before this step's critic update (SB3/CleanRL: after it). On one CPU process the critic's half
 (target, critic loss, backward, step, polyak) runs on a second thread while the actor's half
-runs on the caller's (`update_threads=2`, the default: 1.4-1.7x updates/s on 2 cores, the same
+runs on the caller's (`update_threads=2`, the default: 1.3-1.6x updates/s on 2 cores, the same
 parameters to the bit); under DDP, on a GPU or compiled, it is one forward (`losses`) and one
 backward of the three losses' sum, so DDP uses and averages every parameter, log α included.
 
