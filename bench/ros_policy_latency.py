@@ -4,7 +4,8 @@
 
 A publisher in this process stamps observations (header.stamp = now) at 0.9x the control rate;
 policy_node runs as its own process, once per trigger: on its control timer at that rate, and
-on observations (`trigger: observation`: it acts when a step's observations have arrived);
+on observations (`trigger: observation`: it acts when a step's observations have arrived),
+the latter also on rclpy's EventsExecutor (`executor: events`);
 latency is the time from an observation's stamp to the arrival here of the first action
 carrying that stamp. A timer-driven node waits for its next tick, so about half a control period
 of the latency is that wait (`tick_wait_ms`); an observation-triggered one does not wait. The
@@ -47,12 +48,19 @@ PUBLISH_RATIO = 0.9
 NOTE = (
     "ros = observation stamp -> action arrival across processes; trigger timer: the node acts "
     "on its timer, so tick_wait (half a period on average) is part of it; trigger observation: "
-    "it acts on arrival; ros_minus_in_process = ros p50 - in-process p50 (back to back); "
+    "it acts on arrival; executor: the node's rclpy executor (events = EventsExecutor); "
+    "ros_minus_in_process = ros p50 - in-process p50 (back to back); "
     "in_process_paced = the same calls once per control period, idle between them as in the node; "
     "ros_floor = the same stream answered by a bare rclpy echo (no decoding, no model); "
     "node_* = the node's own diagnostics"
 )
-TRIGGERS = ("timer", "observation")
+# (trigger, executor) of the node's runs: its default executor with both triggers, and the
+# observation trigger on rclpy's EventsExecutor (`executor: events`)
+RUNS = (
+    ("timer", "single_threaded"),
+    ("observation", "single_threaded"),
+    ("observation", "events"),
+)
 ECHO = "echo"  # the responder of the floor row, in place of policy_node
 
 
@@ -166,10 +174,15 @@ def echo(keys: list[str]) -> None:
 
 
 def ros_latency(
-    model_path: Path, rate_hz: float, seconds: float, log_dir: Path, trigger: str = "timer"
+    model_path: Path,
+    rate_hz: float,
+    seconds: float,
+    log_dir: Path,
+    trigger: str = "timer",
+    executor: str = "single_threaded",
 ) -> dict[str, Any]:
-    """Run policy_node on `model_path` at `rate_hz` with `trigger` (or, with trigger ECHO, the
-    floor's echo), publish observations, time the actions."""
+    """Run policy_node on `model_path` at `rate_hz` with `trigger` on `executor` (or, with
+    trigger ECHO, the floor's echo), publish observations, time the actions."""
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.executors import SingleThreadedExecutor
@@ -182,7 +195,7 @@ def ros_latency(
     meta = PolicyMetadata.from_dict(OnnxModel(model_path, device="cpu").metadata)
     keys = list(meta.observations)
     topics = [observation_topic(key, TOPIC_PREFIX) for key in keys]  # the node's convention
-    log_path = log_dir / f"{model_path.stem}_{rate_hz:g}hz_{trigger}.log"
+    log_path = log_dir / f"{model_path.stem}_{rate_hz:g}hz_{trigger}_{executor}.log"
     if trigger == ECHO:
         proc = _start_echo(meta, log_path)
     else:
@@ -201,6 +214,7 @@ def ros_latency(
                 "stale_periods": 20.0,  # measure latency, not the watchdog
                 "diagnostics_period_s": 0.5,
                 "trigger": trigger,
+                "executor": executor,
             },
             log_path=log_path,
         )
@@ -320,16 +334,17 @@ def run(quick: bool, model: str | None = None) -> list[dict]:
         cases = [(reference, 20.0), (second, 20.0), (second, 100.0)]
         for path, rate in cases:
             floor = ros_latency(path, rate, seconds, tmp_path, ECHO)
-            for trigger in TRIGGERS:
+            for trigger, executor in RUNS:
                 inproc = in_process_latency(path, iters)  # beside each ROS run: the same load
                 paced = in_process_latency(path, int(seconds * rate), rate)
-                ros = ros_latency(path, rate, seconds, tmp_path, trigger)
+                ros = ros_latency(path, rate, seconds, tmp_path, trigger, executor)
                 tick_wait = 500.0 / rate if trigger == "timer" else 0.0  # mean wait for a tick
                 rows.append(
                     {
                         "model": path.stem,
                         "rate_hz": rate,
                         "trigger": trigger,
+                        "executor": executor,
                         "in_process_p50_ms": round(inproc["p50"], 3),
                         "in_process_p99_ms": round(inproc["p99"], 3),
                         "ros_obs_to_action_p50_ms": round(ros["p50"], 3),

@@ -7,6 +7,7 @@ by hand, a control period apart, so that every action can be matched to its obse
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -69,7 +70,18 @@ class Robot:
             return len(self.actions)
 
 
-def test_observation_trigger_one_action_per_observation_and_safe_fallbacks(tmp_path, ros_env):
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("executor", ["single_threaded", "events"])
+def test_observation_trigger_one_action_per_observation_and_safe_fallbacks(
+    tmp_path, ros_env, executor
+):
+    """The same behaviour on rclpy's default executor and on its EventsExecutor (the node's
+    `executor` parameter), which also ends cleanly on SIGINT."""
     model_path = tmp_path / "linear.onnx"
     make_reference_policy(
         model_path,
@@ -108,6 +120,7 @@ def test_observation_trigger_one_action_per_observation_and_safe_fallbacks(tmp_p
             "real_time_factor": 1.0,
             "episode_done_topic": "",
             "trigger": "observation",
+            "executor": executor,
         },
         log_path=tmp_path / "policy.log",
         env=ros_env,
@@ -140,8 +153,11 @@ def test_observation_trigger_one_action_per_observation_and_safe_fallbacks(tmp_p
             np.testing.assert_allclose(action, expected(stamps[stamp]), rtol=1e-6, atol=1e-6)
         assert np.abs(expected(0)).min() > 0.1  # distinguishable from the zero safe action
 
-        # 2) the stream stops: the watchdog publishes the safe action, nothing else.
-        start = robot.count()
+        # 2) the stream stops: the watchdog publishes the safe action, nothing else, and the
+        # node waits without spinning a core.
+        start, cpu = robot.count(), _cpu_seconds(proc.pid)
+        time.sleep(2.0)
+        assert _cpu_seconds(proc.pid) - cpu < 0.5, "idle node busy"
         wait_until(lambda: len(robot.since(start)) >= 2, 10, "safe actions", proc)
         assert not any(a.any() for _, a in robot.since(start))
 
@@ -166,6 +182,24 @@ def test_observation_trigger_one_action_per_observation_and_safe_fallbacks(tmp_p
         wait_until(lambda: len(robot.since(start)) >= 1, 10, "safe action", proc)
         assert not any(a.any() for _, a in robot.since(start))
         assert proc.wait_for_log("dropped malformed observation", 5)
+        assert proc.stop() == 0, "a clean exit on SIGINT"
     finally:
         proc.stop()
         robot.probe.close()
+
+
+def test_an_unknown_executor_exits_2_with_one_line(tmp_path, ros_env):
+    model_path = tmp_path / "linear.onnx"
+    make_reference_policy(model_path, state_dim=STATE_DIM, action_dim=ACTION_DIM)
+    proc = start_node(
+        "policy_node",
+        params_file=PARAMS_FILE,
+        params={"model_path": str(model_path), "spec_topic": "", "executor": "multi"},
+        log_path=tmp_path / "policy.log",
+        env=ros_env,
+    )
+    try:
+        assert proc.popen.wait(30) == 2
+        assert proc.wait_for_log("bad parameter: executor 'multi' is not one of", 5)
+    finally:
+        proc.stop()

@@ -39,6 +39,10 @@ DIAGNOSTICS_TOPIC = "/diagnostics"
 DIAGNOSTICS_QOS = QoSProfile(depth=10)  # the /diagnostics convention: reliable, volatile
 EXIT_BAD_PARAMETER = 2
 SIGNAL_POLL_S = 0.2  # the main thread's wake-ups while it waits for a stop signal
+# rclpy executors a node may spin on. "events" is rclpy.experimental.EventsExecutor: less
+# latency per message, but no guard conditions (the sim bridge's lockstep needs them) and some
+# nodes fail on it (docs/ros_policy_node.md), so only a node that opts in runs on it.
+EXECUTORS = ("single_threaded", "events")
 
 # name -> (default, description)
 ParameterTable = Mapping[str, tuple[Any, str]]
@@ -143,6 +147,7 @@ def run_node(
     make_node: Callable[[], RoboloopNode],
     args: list[str] | None = None,
     on_exit: Callable[[Any], None] | None = None,
+    executor_of: Callable[[Any], str] | None = None,
 ) -> int:
     """The process main of a node: init, build, autostart, spin until SIGINT/SIGTERM, close.
 
@@ -150,7 +155,8 @@ def run_node(
     where a double is declared) exit 2 with a one-line error; `bring_up` may raise SystemExit to
     end the process with its code. `on_exit`
     runs on the node's thread once callbacks have stopped, before the node is destroyed (flush
-    files, stop threads, free a renderer).
+    files, stop threads, free a renderer). `executor_of(node)` names the executor (EXECUTORS;
+    default single_threaded), e.g. from a parameter; another name exits 2.
 
     The node comes up and spins on a worker thread; SIGINT/SIGTERM only set a flag the main
     thread waits on. A KeyboardInterrupt raised inside a callback (mid-render it surfaces from
@@ -174,7 +180,19 @@ def run_node(
         return EXIT_BAD_PARAMETER
     if dds_warning:
         node.get_logger().warning(dds_warning)
-    executor = SingleThreadedExecutor()
+    kind = executor_of(node) if executor_of is not None else "single_threaded"
+    if kind not in EXECUTORS:
+        node.get_logger().fatal(f"bad parameter: executor {kind!r} is not one of {EXECUTORS}")
+        node.destroy_node()
+        rclpy.try_shutdown(uninstall_handlers=False)
+        return EXIT_BAD_PARAMETER
+    events = kind == "events"
+    if events:
+        from rclpy.experimental import EventsExecutor  # rclpy 9: experimental
+
+        executor: Any = EventsExecutor()
+    else:
+        executor = SingleThreadedExecutor()
     executor.add_node(node)
     exit_code: list[int] = []
     failure: list[BaseException] = []
@@ -185,7 +203,11 @@ def run_node(
         try:
             if node.autostart and not stop.is_set():
                 node.bring_up()
-            executor.spin()
+            if events:  # its spin() fires no timers on a worker thread here: spin_once does
+                while not stop.is_set():
+                    executor.spin_once(timeout_sec=SIGNAL_POLL_S)
+            else:
+                executor.spin()
         except ExternalShutdownException:
             pass
         except SystemExit as exit_:
@@ -201,8 +223,11 @@ def run_node(
     worker.start()
     while not stop.wait(SIGNAL_POLL_S):
         pass
-    executor.shutdown()  # lets a running callback finish, then spin() returns
+    if not events:
+        executor.shutdown()  # lets a running callback finish, then spin() returns
     worker.join()
+    if events:
+        executor.shutdown()  # after its last spin_once returned, on this thread
     node.destroy_node()
     rclpy.try_shutdown(uninstall_handlers=False)
     ignore_stop_signals()  # done: a late second Ctrl-C must not kill the finished process
