@@ -36,11 +36,6 @@ JOINT_HZ = 500.0
 JOINTS = 7
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
 def _dir_bytes(path: Path) -> int:
     files = [path] + list(Path(str(path) + ".episodes").glob("*"))
     return sum(f.stat().st_size for f in files if f.is_file())
@@ -113,7 +108,7 @@ def live(duration: float, tmp: Path) -> dict[str, Any]:
             images = [Image(height=H, width=W, encoding="rgb8", step=W * 3) for _ in cams]
             js = JointState(name=[f"j{i}" for i in range(JOINTS)])
             cmd = JointState(name=js.name)
-            cpu0, t0 = _cpu_seconds(rec.pid), time.monotonic()
+            cpu0, t0 = rec.cpu_seconds(), time.monotonic()
             next_joint, next_cam, k = t0, t0, 0
             while (now := time.monotonic()) < t0 + duration:
                 if now >= next_joint:
@@ -138,7 +133,7 @@ def live(duration: float, tmp: Path) -> dict[str, Any]:
                 if wait > 0:
                     time.sleep(wait)
             wall = time.monotonic() - t0
-            cpu = _cpu_seconds(rec.pid) - cpu0
+            cpu = rec.cpu_seconds() - cpu0
             probe.spin_for(0.3)  # let the lagged timeline pass the last tick
             resp = probe.call(Trigger, f"/{NODE}/stop_episode", timeout=30)
             if not resp.success:

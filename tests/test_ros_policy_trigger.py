@@ -7,7 +7,6 @@ by hand, a control period apart, so that every action can be matched to its obse
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
@@ -68,12 +67,6 @@ class Robot:
     def count(self) -> int:
         with self.lock:
             return len(self.actions)
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (/proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @pytest.mark.parametrize("executor", ["single_threaded", "events"])
@@ -155,9 +148,9 @@ def test_observation_trigger_one_action_per_observation_and_safe_fallbacks(
 
         # 2) the stream stops: the watchdog publishes the safe action, nothing else, and the
         # node waits without spinning a core.
-        start, cpu = robot.count(), _cpu_seconds(proc.pid)
+        start, cpu = robot.count(), proc.cpu_seconds()
         time.sleep(2.0)
-        assert _cpu_seconds(proc.pid) - cpu < 0.5, "idle node busy"
+        assert proc.cpu_seconds() - cpu < 0.5, "idle node busy"
         wait_until(lambda: len(robot.since(start)) >= 2, 10, "safe actions", proc)
         assert not any(a.any() for _, a in robot.since(start))
 

@@ -121,6 +121,11 @@ class RosProcess:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the process has used so far (/proc/<pid>/stat)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def log_text(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
