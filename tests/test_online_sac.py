@@ -267,28 +267,31 @@ def _updated(precision: str, update_threads: int) -> tuple[SAC, dict]:
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_two_thread_update_equals_the_joint_step(precision: str) -> None:
-    """update_threads=2 runs the critic's half on a second thread; the steps' order (the critic
-    steps after the actor's backward read it, the actor after the target read it) keeps every
-    parameter equal to the one-thread joint step's, to the bit."""
+    """update_threads=2 runs the critic's half on a second thread; the steps' order (the actor
+    reads a copy of the critic from before its step, the actor steps after the target read it)
+    keeps every parameter equal to the one-thread joint step's, to the bit, and the copy stays
+    out of the checkpoint."""
     joint, joint_scalars = _updated(precision, update_threads=1)
     threaded, threaded_scalars = _updated(precision, update_threads=2)
     assert joint._critic_thread is None and threaded._critic_thread is not None
     expected = joint.state_dict()
+    assert threaded.state_dict().keys() == expected.keys()
     for name, value in threaded.state_dict().items():
         assert torch.equal(value, expected[name]), name
     for name, value in threaded_scalars.items():
         assert torch.equal(value, joint_scalars[name]), name
 
 
-def test_an_error_in_the_critic_thread_reaches_the_caller(monkeypatch) -> None:
-    """The critic's half fails on its thread: update raises that error instead of hanging, and
-    the next update runs."""
+@pytest.mark.parametrize("where", ["soft_target", "critic_loss"])
+def test_an_error_in_the_critic_thread_reaches_the_caller(monkeypatch, where: str) -> None:
+    """The critic's half fails on its thread, before or after the TD target the caller waits
+    for: update raises that error instead of hanging, and the next update runs."""
     sac, fabric, learner, optims, buf = _on_a_buffer(update_threads=2)
 
     def broken(*args):
         raise RuntimeError("critic half failed")
 
-    monkeypatch.setattr(sac, "critic_loss", broken)
+    monkeypatch.setattr(sac, where, broken)
     with pytest.raises(RuntimeError, match="critic half failed"):
         sac.update(fabric, learner, optims, buf, 0.0)
     monkeypatch.undo()

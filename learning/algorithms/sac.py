@@ -33,6 +33,7 @@ deterministic mean action, scale · tanh(μ(s)) + bias (contract v2 `actor`, hor
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import threading
@@ -192,6 +193,11 @@ class SquashedGaussianActor(nn.Module):
         squashed, log_prob = squashed_gaussian(mean, log_std, noise, self.scale)
         return squashed * self.scale + self.bias, log_prob
 
+    def sample(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The action `forward` draws for ε = noise, without log π (acting needs none)."""
+        mean, log_std = self.distribution(obs)
+        return torch.tanh(mean + log_std.exp() * noise) * self.scale + self.bias
+
     def deterministic(self, obs: torch.Tensor) -> torch.Tensor:
         """The mean action scale · tanh(μ(s)) + bias (evaluation and export)."""
         return torch.tanh(self.distribution(obs)[0]) * self.scale + self.bias
@@ -299,7 +305,7 @@ class SAC(OnlineAlgorithm):
             u = torch.rand(x.shape[0], self.hparams.action_dim, device=x.device) * 2 - 1
             return u * self.actor.scale + self.actor.bias, {}
         noise = torch.randn(x.shape[0], self.hparams.action_dim, device=x.device)
-        return self.actor(x, noise)[0], {}
+        return self.actor.sample(x, noise), {}
 
     def observe(self, storage: ReplayBuffer, step: Transition) -> None:
         storage.add(
@@ -351,14 +357,18 @@ class SAC(OnlineAlgorithm):
         return 0.5 * (q - y).pow(2).mean(1).sum(), q
 
     def actor_losses(
-        self, obs: torch.Tensor, noise: torch.Tensor
+        self,
+        obs: torch.Tensor,
+        noise: torch.Tensor,
+        critic: Callable[..., torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(J_π, J(α), log π(ã|s)). J_π = E[α log π(ã|s) − min_j Q_θj(s, ã)], ã = f_φ(ε; s)
         reparameterized, with Q through detached critic weights: it moves φ only, and its
         backward skips the critic's weight gradients (a sixth of the update's matmuls).
-        J(α) = E[−α (log π(ã|s) + H̄)] moves log α only."""
+        J(α) = E[−α (log π(ã|s) + H̄)] moves log α only. critic: a copy of `self.critic`'s
+        weights to read instead (the two-thread step's snapshot)."""
         pi_actions, log_prob = self.actor(obs, noise)
-        q_pi = self.critic(obs, pi_actions, frozen=True).min(0).values
+        q_pi = (critic or self.critic)(obs, pi_actions, frozen=True).min(0).values
         actor_loss = (self.log_alpha.detach().exp() * log_prob - q_pi).mean()
         alpha_loss = temperature_loss(self.log_alpha, log_prob, self.target_entropy)
         return actor_loss, alpha_loss, log_prob
@@ -395,14 +405,23 @@ class SAC(OnlineAlgorithm):
         hp = self.hparams
         critic_thread = self._second_thread(fabric)
         for _ in range(hp.gradient_steps):
-            batch = storage.sample(hp.batch_size)
-            obs, next_obs = self.flat_obs(batch["obs"]), self.flat_obs(batch["next_obs"])
+            idx = storage.sample_indices(hp.batch_size)
+            obs = self.flat_obs(storage.gather(idx, "obs")["obs"])
             noise, next_noise = torch.randn(2, hp.batch_size, hp.action_dim, device=obs.device)
-            inputs = (obs, batch["actions"], batch["rewards"], next_obs, batch["terminated"])
+
+            def critic_inputs(idx=idx, obs=obs) -> tuple[torch.Tensor, ...]:
+                """(obs, actions, rewards, next_obs, terminated): the rest of the batch."""
+                rest = storage.gather(idx, "actions", "rewards", "next_obs", "terminated")
+                next_obs = self.flat_obs(rest["next_obs"])
+                return obs, rest["actions"], rest["rewards"], next_obs, rest["terminated"]
+
             if critic_thread is None:
-                out = self._joint_step(fabric, learner, optimizers, *inputs, noise, next_noise)
-            else:
-                out = self._two_thread_step(fabric, optimizers, *inputs, noise, next_noise)
+                inputs = (*critic_inputs(), noise, next_noise)
+                out = self._joint_step(fabric, learner, optimizers, *inputs)
+            else:  # the critic's thread gathers its part of the batch
+                out = self._two_thread_step(
+                    fabric, optimizers, critic_inputs, obs, noise, next_noise
+                )
         scalars = {k: v.detach() for k, v in out.items()}
         scalars["temperature"] = self.log_alpha.detach().exp()
         return scalars
@@ -426,42 +445,53 @@ class SAC(OnlineAlgorithm):
         return out
 
     def _two_thread_step(
-        self, fabric, optimizers, obs, actions, rewards, next_obs, terminated, noise, next_noise
+        self, fabric, optimizers, critic_inputs, obs, noise, next_noise
     ) -> dict[str, torch.Tensor]:
         """The same step as `_joint_step`, the critic's half on the second thread. Order kept:
-        the critic steps only after the actor's backward has read its weights; the actor and
-        α step only after the target has read them. Torch releases the GIL inside its ops."""
+        the actor reads a copy of the critic's weights, taken on that thread before the critic
+        steps (so the critic need not wait for the actor's backward); the actor and α step
+        only after the target has read them. Torch releases the GIL inside its ops."""
         critic_opt, actor_opt, alpha_opt = optimizers
-        actor_read_critic = threading.Event()
+        copied, target_read_actor = threading.Event(), threading.Event()
+        snapshot = self._critic_snapshot
+
+        def copied_critic(*args: Any, **kwargs: Any) -> torch.Tensor:
+            copied.wait()
+            return snapshot(*args, **kwargs)
 
         def critic_half() -> tuple[torch.Tensor, torch.Tensor]:
-            with fabric.autocast():  # autocast is per thread
-                y = self.soft_target(rewards, next_obs, terminated, next_noise)
-                loss, q = self.critic_loss(obs, actions, y)
-            critic_opt.zero_grad(set_to_none=True)
-            fabric.backward(loss)
-            actor_read_critic.wait()
-            critic_opt.step()
-            # θ̄ ← τ θ + (1 − τ) θ̄
-            polyak_update(
-                list(self.critic_target.parameters()),
-                list(self.critic.parameters()),
-                self.hparams.tau,
-            )
-            return loss, q
+            try:
+                torch._foreach_copy_(list(snapshot.parameters()), list(self.critic.parameters()))
+                copied.set()
+                with fabric.autocast():  # autocast is per thread
+                    obs, actions, rewards, next_obs, terminated = critic_inputs()
+                    y = self.soft_target(rewards, next_obs, terminated, next_noise)
+                    target_read_actor.set()
+                    loss, q = self.critic_loss(obs, actions, y)
+                critic_opt.zero_grad(set_to_none=True)
+                fabric.backward(loss)
+                critic_opt.step()
+                # θ̄ ← τ θ + (1 − τ) θ̄
+                polyak_update(
+                    list(self.critic_target.parameters()),
+                    list(self.critic.parameters()),
+                    self.hparams.tau,
+                )
+                return loss, q
+            finally:  # also on an error, so that the caller's waits end
+                copied.set()
+                target_read_actor.set()
 
         critic = self._critic_thread.submit(critic_half)
-        try:
-            with fabric.autocast():
-                actor_loss, alpha_loss, log_prob = self.actor_losses(obs, noise)
-            actor_opt.zero_grad(set_to_none=True)
-            alpha_opt.zero_grad(set_to_none=True)
-            fabric.backward(actor_loss + alpha_loss)
-        finally:
-            actor_read_critic.set()
-            critic_loss, q = critic.result()  # waits; raises the critic half's error here
+        with fabric.autocast():
+            actor_loss, alpha_loss, log_prob = self.actor_losses(obs, noise, copied_critic)
+        actor_opt.zero_grad(set_to_none=True)
+        alpha_opt.zero_grad(set_to_none=True)
+        fabric.backward(actor_loss + alpha_loss)
+        target_read_actor.wait()
         actor_opt.step()
         alpha_opt.step()
+        critic_loss, q = critic.result()  # waits; raises the critic half's error here
         return _scalars(critic_loss, q, actor_loss, alpha_loss, log_prob)
 
     def _second_thread(self, fabric: Fabric) -> ThreadPoolExecutor | None:
@@ -488,6 +518,9 @@ class SAC(OnlineAlgorithm):
                 self._critic_thread = ThreadPoolExecutor(
                     1, "sac-critic", initializer=torch.set_flush_denormal, initargs=(True,)
                 )
+                # not a submodule: no state_dict entry, so checkpoints are unchanged
+                snapshot = copy.deepcopy(self.critic).requires_grad_(False)
+                object.__setattr__(self, "_critic_snapshot", snapshot)
         return self._critic_thread
 
     # -- export -------------------------------------------------------------------------

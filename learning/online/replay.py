@@ -24,6 +24,9 @@ from learning.errors import ConfigError
 MB = 1024**2
 
 
+PARTS = ("obs", "next_obs", "actions", "rewards", "terminated", "truncated")
+
+
 class ReplayMemoryError(ConfigError):
     """The configured buffer does not fit its memory bound (one line from learning.train)."""
 
@@ -122,7 +125,10 @@ class ReplayBuffer:
             "truncated": truncated,
         }
         n = len(rewards)
-        idx = torch.arange(self.pos, self.pos + n, device=self.device) % self.capacity
+        if self.pos + n <= self.capacity:  # a slice: one copy a part, no index tensor
+            idx: slice | torch.Tensor = slice(self.pos, self.pos + n)
+        else:  # across the ring's seam
+            idx = torch.arange(self.pos, self.pos + n, device=self.device) % self.capacity
         for name, value in values.items():
             store = self.storage[name]
             store[idx] = (
@@ -134,18 +140,28 @@ class ReplayBuffer:
     def sample(self, batch_size: int) -> dict[str, Any]:
         """A uniform batch: {"obs": {key: (B, ...)}, "actions", "rewards", "next_obs",
         "terminated", "truncated"} (flags as float 0/1, ready for `(1 - terminated)`)."""
+        return self.gather(self.sample_indices(batch_size), *PARTS)
+
+    def sample_indices(self, batch_size: int) -> torch.Tensor:
+        """`batch_size` uniform row indices (the draw `sample` makes)."""
         if self.size == 0:
             raise ValueError("replay buffer: sample() before any add()")
-        idx = torch.randint(self.size, (batch_size,), generator=self.generator, device=self.device)
-        rows = {name: store[idx] for name, store in self.storage.items()}
-        return {
-            "obs": {k: rows[f"obs.{k}"] for k in self.obs_keys},
-            "next_obs": {k: rows[f"next_obs.{k}"] for k in self.obs_keys},
-            "actions": rows["actions"],
-            "rewards": rows["rewards"],
-            "terminated": rows["terminated"].float(),
-            "truncated": rows["truncated"].float(),
-        }
+        return torch.randint(
+            self.size, (batch_size,), generator=self.generator, device=self.device
+        )
+
+    def gather(self, idx: torch.Tensor, *parts: str) -> dict[str, Any]:
+        """The rows `idx` of the named parts only (of PARTS), as `sample` returns them: a
+        learner can gather what each of its threads needs on that thread."""
+        batch: dict[str, Any] = {}
+        for part in parts:
+            if part in ("obs", "next_obs"):
+                batch[part] = {k: self.storage[f"{part}.{k}"][idx] for k in self.obs_keys}
+            elif part in ("terminated", "truncated"):
+                batch[part] = self.storage[part][idx].float()
+            else:
+                batch[part] = self.storage[part][idx]
+        return batch
 
     def state_dict(self) -> dict[str, Any]:
         """The filled rows, ring position and sampler state (tensors and ints only)."""
