@@ -338,6 +338,7 @@ def _train(
         return offline_done + env_steps
 
     eval_every, next_eval = int(on.eval_every), 0
+    checkpoint_every = int(on.checkpoint_every or 0)  # read once, not at every step
     if eval_every:
         next_eval = (global_step() // eval_every + 1) * eval_every
     # Scalars cost one host sync: every update (0) or once per log_every global steps (SAC
@@ -425,7 +426,7 @@ def _train(
             offline_done += 1
             if global_step() >= next_log:
                 log_scalars(scalars, offline_done - began_steps, began)
-            if on.checkpoint_every and offline_done % int(on.checkpoint_every) == 0:
+            if checkpoint_every and offline_done % checkpoint_every == 0:
                 checkpoint()
             if eval_every and global_step() >= next_eval:
                 next_eval += eval_every
@@ -472,7 +473,7 @@ def _train(
                 iteration += 1
                 if global_step() >= next_log:
                     log_scalars(scalars, env_steps - start_steps, start_time)
-                if on.checkpoint_every and iteration % int(on.checkpoint_every) == 0:
+                if checkpoint_every and iteration % checkpoint_every == 0:
                     checkpoint()
             if eval_every and global_step() >= next_eval:
                 next_eval += eval_every
