@@ -11,7 +11,7 @@ from episode_dataset._files import commit_file
 from episode_dataset.reader import EpisodeReader
 from episode_dataset.schema import DATA, DatasetError
 from episode_dataset.validate import DatasetSummary, validate_file
-from episode_dataset.writer import write_filters, write_index_attrs
+from episode_dataset.writer import LIBVER, put_attrs, write_filters, write_index_attrs
 
 _COPY_BYTES = 16 * 1024 * 1024
 
@@ -36,7 +36,7 @@ def pack(
         raise DatasetError(f"{dst}: exists (pass overwrite=True / --overwrite)")
     tmp = dst.with_name(f".{dst.name}.tmp")
     try:
-        with EpisodeReader(src) as r, h5py.File(tmp, "w") as out:
+        with EpisodeReader(src) as r, h5py.File(tmp, "w", libver=LIBVER) as out:
             info = r.info
             write_index_attrs(
                 out, info.env_args, info.obs_specs, info.action_spec, info.num_samples
@@ -54,7 +54,7 @@ def pack(
 def _copy(src: h5py.Group | h5py.Dataset, parent: h5py.Group, name: str, comp: str | None) -> None:
     if isinstance(src, h5py.Group):
         group = parent.create_group(name)
-        group.attrs.update(src.attrs)
+        _copy_attrs(src, group)
         for key in src:
             _copy(src[key], group, key, comp)
         return
@@ -71,7 +71,7 @@ def _copy(src: h5py.Group | h5py.Dataset, parent: h5py.Group, name: str, comp: s
         compression=comp,
         fletcher32=src.fletcher32 and chunks is not None,
     )
-    ds.attrs.update(src.attrs)
+    _copy_attrs(src, ds)
     if src.ndim == 0:
         ds[()] = src[()]
         return
@@ -79,3 +79,9 @@ def _copy(src: h5py.Group | h5py.Dataset, parent: h5py.Group, name: str, comp: s
     block = max(1, _COPY_BYTES // row_bytes)
     for start in range(0, src.shape[0], block):
         ds[start : start + block] = src[start : start + block]
+
+
+def _copy_attrs(src: h5py.HLObject, dst: h5py.HLObject) -> None:
+    """Attributes in the writer's encoding (`writer.attr_array`), whatever encoding the source
+    used: a file written before fixed-length strings is packed in today's format."""
+    put_attrs(dst, {k: v.decode() if isinstance(v, bytes) else v for k, v in src.attrs.items()})

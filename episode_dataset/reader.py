@@ -117,10 +117,19 @@ def check_chunks(ds: h5py.Dataset, where: str) -> None:
         raise DatasetError(f"{where}: {missing} chunks missing from the chunk index (damaged)")
 
 
+def get_object(parent: h5py.Group, name: str, where: str) -> h5py.HLObject | None:
+    """`parent[name]`, or None when no such link exists. A link whose object cannot be opened
+    (its header's checksum failed) is one DatasetError line naming `where`, not "missing":
+    `Group.get` and `in` would say it is not there."""
+    with h5_errors(where):
+        if parent.get(name, getlink=True) is None:
+            return None
+        return parent[name]
+
+
 def require_group(parent: h5py.Group, name: str, where: str) -> h5py.Group:
     """The group `name` of `parent` (`where` names the parent: file and object)."""
-    with h5_errors(f"{where}: {name!r}"):
-        obj = parent.get(name)
+    obj = get_object(parent, name, f"{where}: {name!r}")
     if not isinstance(obj, h5py.Group):
         state = "missing" if obj is None else "not a"
         raise DatasetError(f"{where}: {state} {name!r} group")
@@ -172,8 +181,9 @@ def read_index(f: h5py.File, path: Path) -> IndexInfo:
             )
     num_samples = _read_lengths(f, path, episodes)
     filters = {}
+    mask = get_object(f, MASK, f"{path}: {MASK}")
     with h5_errors(f"{path}: {MASK}"):
-        masks = list(require_group(f, MASK, f"{path}").items()) if MASK in f else []
+        masks = list(require_group(f, MASK, f"{path}").items()) if mask is not None else []
     for name, ds in masks:
         if not (isinstance(name, str) and name.isprintable()):
             raise DatasetError(f"{path}: {MASK}: bad filter name {name!r}")
@@ -193,9 +203,7 @@ def read_index(f: h5py.File, path: Path) -> IndexInfo:
 
 
 def _read_lengths(f: h5py.File, path: Path, episodes: list[str]) -> dict[str, int]:
-    with h5_errors(f"{path}: {EPISODE_INDEX}"):
-        indexed = EPISODE_INDEX in f
-    if indexed:
+    if get_object(f, EPISODE_INDEX, f"{path}: {EPISODE_INDEX}") is not None:
         idx = require_group(f, EPISODE_INDEX, f"{path}")
         with h5_errors(f"{path}: {EPISODE_INDEX}"):
             names = [attr_str(x) for x in idx["demos"][()]]
@@ -355,8 +363,7 @@ class EpisodeReader:
                 return ds
         group = self.episode_group(ep)  # may evict shards (and their cache entries)
         where = f"{self.path}: {ep}/{name}"
-        with h5_errors(where):
-            obj = group.get(name)
+        obj = get_object(group, name, where)
         if not isinstance(obj, h5py.Dataset):
             raise DatasetError(f"{where}: " + ("missing" if obj is None else "not a dataset"))
         with h5_errors(where):

@@ -62,7 +62,7 @@ from episode_dataset.schema import (
     attr_str,
     sort_demos,
 )
-from episode_dataset.writer import chunk_rows, to_json, write_filters
+from episode_dataset.writer import LIBVER, chunk_rows, put_attrs, to_json, write_filters
 
 STATE = "state"
 FEATURE_TYPE = "feature_type"
@@ -93,10 +93,10 @@ def export_robomimic(
         renames, state = _layout(src, reader.obs_specs, dict(cameras or {}), state_keys)
         tmp = dst.with_name(f".{dst.name}.tmp")
         try:
-            with h5py.File(tmp, "w") as out:
+            with h5py.File(tmp, "w", libver=LIBVER) as out:
                 data = out.create_group(DATA)
-                data.attrs[TOTAL] = reader.total_steps
-                data.attrs[ENV_ARGS] = to_json(reader.env_args, f"{src}: env_args")
+                env_args = to_json(reader.env_args, f"{src}: env_args")
+                put_attrs(data, {TOTAL: reader.total_steps, ENV_ARGS: env_args})
                 for ep in reader.episodes:
                     _write_demo(data, ep, reader, renames, state, compression)
                 write_filters(out, reader.info.filters)
@@ -140,7 +140,7 @@ def _write_demo(
 ) -> None:
     group = data.create_group(ep)
     steps = reader.num_steps(ep)
-    group.attrs[NUM_SAMPLES] = steps
+    put_attrs(group, {NUM_SAMPLES: steps})
     obs = {
         name: (reader.read_obs(ep, key), reader.obs_specs[key]) for key, name in renames.items()
     }
@@ -150,7 +150,7 @@ def _write_demo(
         obs[STATE] = (joined, KeySpec(joined.dtype.name, joined.shape[1:]))
     for name, (array, spec) in obs.items():
         ds = _dataset(group, f"{OBS}/{name}", array, spec, compression)
-        ds.attrs[FEATURE_TYPE] = spec.feature_type
+        put_attrs(ds, {FEATURE_TYPE: spec.feature_type})
     _dataset(group, ACTIONS, reader.read_actions(ep), reader.action_spec, compression)
     group.create_dataset(REWARDS, data=reader.read_rewards(ep).astype(np.float32))
     dones = np.zeros(steps, np.int64)  # robomimic: done = 1 at a terminal (success) step

@@ -14,6 +14,7 @@ import numpy as np
 from episode_dataset.reader import (
     IndexInfo,
     check_chunks,
+    get_object,
     h5_errors,
     json_attr,
     open_h5,
@@ -108,7 +109,7 @@ def _check_episode(
         )
     if META in group.attrs:
         json_attr(group.attrs, META, where)
-    if OBS not in group:
+    if get_object(group, OBS, f"{where}/obs") is None:
         raise DatasetError(f"{where}/obs: missing group")
     extra = sorted(set(group[OBS]) - set(info.obs_specs))
     if extra:
@@ -129,8 +130,7 @@ def _check_dataset(
     check_data: bool,
     kinds: str = "",
 ) -> None:
-    with h5_errors(where):
-        ds = group.get(name)
+    ds = get_object(group, name, where)
     if ds is None:
         raise DatasetError(f"{where}: missing")
     if not isinstance(ds, h5py.Dataset):

@@ -159,15 +159,27 @@ def _forget_checksum_thread() -> None:
 os.register_at_fork(after_in_child=_forget_checksum_thread)
 
 
-_STR = h5py.string_dtype()  # variable-length UTF-8, what h5py stores for a str attribute
+# The file format every writer here makes: HDF5 1.10's (object headers, chunk indices and the
+# superblock carry checksums, so a damaged one is an error, never a wrong value or a hang).
+LIBVER = ("v110", "latest")
+
+
+def attr_array(value: Any) -> np.ndarray:
+    """An attribute value as stored: a str as a fixed-length UTF-8 string, held in the object
+    header (checksummed) rather than the global heap, whose damaged bytes HDF5 can loop on;
+    readers get bytes (`schema.attr_str`). Numbers and numeric arrays as they are."""
+    if isinstance(value, str):
+        data = value.encode()
+        return np.array(data, dtype=h5py.string_dtype("utf-8", max(len(data), 1)))
+    return np.asarray(value)
 
 
 def put_attrs(obj: h5py.HLObject, attrs: dict[str, Any]) -> None:
-    """Create new attributes (str, int, numeric arrays) with the types `obj.attrs[name] = value`
-    gives them, through h5py's low-level API: ~3x faster than the AttributeManager, which shows
-    in a commit that writes ~20 of them."""
+    """Create new attributes (str, int, numeric arrays; see `attr_array`) through h5py's
+    low-level API: ~3x faster than the AttributeManager, which shows in a commit that writes
+    ~20 of them."""
     for name, value in attrs.items():
-        arr = np.array(value, dtype=_STR) if isinstance(value, str) else np.asarray(value)
+        arr = attr_array(value)
         space = h5s.create_simple(arr.shape) if arr.shape else h5s.create(h5s.SCALAR)
         h5a.create(obj.id, name.encode(), h5t.py_create(arr.dtype, logical=True), space).write(arr)
 
@@ -419,7 +431,9 @@ def shard_template(
     per column. Every shard of a writer starts as a copy, renamed to its episode: ~0.7 ms less
     per episode than creating the datasets and attributes each time (bag import: 100s of them).
     """
-    f = h5py.File(f"shard-template-{id(columns)}", "w", driver="core", backing_store=False)
+    f = h5py.File(
+        f"shard-template-{id(columns)}", "w", driver="core", backing_store=False, libver=LIBVER
+    )
     try:
         group = f.create_group(TEMPLATE_GROUP)
         for name, spec in columns.items():
@@ -435,10 +449,9 @@ def shard_template(
 
 @functools.cache
 def _shard_fapl() -> h5p.PropFAID:
-    """File access properties as h5py.File sets them by default (the oldest file format that
-    holds the objects), made once."""
+    """File access properties as h5py.File sets them for `libver=LIBVER`, made once."""
     fapl = h5p.create(h5p.FILE_ACCESS)
-    fapl.set_libver_bounds(h5f.LIBVER_EARLIEST, h5f.LIBVER_LATEST)
+    fapl.set_libver_bounds(h5f.LIBVER_V110, h5f.LIBVER_LATEST)
     return fapl
 
 
@@ -843,7 +856,7 @@ class EpisodeWriter:
         if self._unlisted and self.fsync and self.index_every_s:
             sync_filesystem(self.shard_dir)  # the shards first: the index lists only durable ones
         tmp = self._index_tmp()
-        f = h5py.File(tmp, "w")
+        f = h5py.File(tmp, "w", libver=LIBVER)
         try:
             write_index_attrs(f, self.env_args, self.obs_specs, self.action_spec, self._lengths)
             # Low-level link creation: ~5 us per link instead of ~25 us through Group.__setitem__;
@@ -901,11 +914,16 @@ def write_index_attrs(
     `lengths` maps episode -> num_samples in episode order.
     """
     data = f.create_group(DATA)
-    data.attrs[TOTAL] = int(sum(lengths.values()))
-    data.attrs[ENV_ARGS] = to_json(env_args, f"{f.filename}: env_args")
-    data.attrs[OBS_SPECS] = specs_to_json(obs_specs)
-    data.attrs[ACTION_SPEC] = json.dumps(action_spec.to_dict(), sort_keys=True)
-    data.attrs[FORMAT_VERSION_ATTR] = FORMAT_VERSION
+    put_attrs(
+        data,
+        {
+            TOTAL: int(sum(lengths.values())),
+            ENV_ARGS: to_json(env_args, f"{f.filename}: env_args"),
+            OBS_SPECS: specs_to_json(obs_specs),
+            ACTION_SPEC: json.dumps(action_spec.to_dict(), sort_keys=True),
+            FORMAT_VERSION_ATTR: FORMAT_VERSION,
+        },
+    )
     names = list(lengths)
     idx = f.create_group(EPISODE_INDEX)
     idx.create_dataset("demos", data=np.array(names, dtype="S") if names else np.zeros(0, "S1"))

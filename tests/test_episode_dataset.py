@@ -101,9 +101,10 @@ def test_roundtrip_image_and_metadata(tmp_path: Path) -> None:
         assert specs["image"]["encoding"] == "rgb8"
         assert specs["image"]["source_topic"] == "/camera/image"
         img = f["data/demo_0/obs/image"]
-        assert img.attrs["encoding"] == "rgb8" and img.attrs["dtype"] == "uint8"
+        # strings are fixed-length UTF-8 (h5py reads bytes), kept out of HDF5's global heap
+        assert img.attrs["encoding"] == b"rgb8" and img.attrs["dtype"] == b"uint8"
         assert tuple(img.attrs["shape"]) == (H, W, 3)
-        assert f["data/demo_0/obs/state"].attrs["units"] == "rad"
+        assert f["data/demo_0/obs/state"].attrs["units"] == b"rad"
         assert json.loads(f["data/demo_0"].attrs["meta"]) == {"seed": 0, "dropped": 0}
     # Moving the index together with its shard directory keeps it readable.
     moved = tmp_path / "moved"
@@ -445,7 +446,12 @@ def test_append_steps_in_batches_and_attrs_typed_as_h5py_does(tmp_path: Path) ->
     values = {"text": "héllo", "count": 7, "shape": np.asarray((64, 64, 3), np.int64)}
     with h5py.File(tmp_path / "attrs.h5", "w") as f:
         put_attrs(f.create_group("fast"), values)
-        f.create_group("h5py").attrs.update(values)
+        # what h5py makes of a fixed-length UTF-8 string, an int and an int64 array
+        text = "héllo".encode()
+        ref_attrs = f.create_group("h5py").attrs
+        ref_attrs.create("text", text, dtype=h5py.string_dtype("utf-8", len(text)))
+        ref_attrs.update({k: v for k, v in values.items() if k != "text"})
+        assert f["fast"].attrs["text"].decode() == "héllo"
         for name in values:
             fast, ref = f["fast"].attrs.get_id(name), f["h5py"].attrs.get_id(name)
             assert fast.get_type() == ref.get_type() and fast.shape == ref.shape, name
@@ -508,8 +514,9 @@ def test_feature_type_declared_stored_and_derived_for_old_files(tmp_path: Path) 
         w.write_episode(obs=obs, actions=np.zeros((2, 2)), rewards=np.zeros(2), dones=[0, 1])
     with h5py.File(path, "r") as f:
         assert json.loads(f["data"].attrs["obs_specs"])["depth"]["feature_type"] == IMAGE
-        assert f["data/demo_0/obs/grid"].attrs["feature_type"] == LOW_DIM
-    # A file written before the field: the type is derived once, from the encoding.
+        assert f["data/demo_0/obs/grid"].attrs["feature_type"].decode() == LOW_DIM
+    # A file written before the field (and before fixed-length strings: h5py's str attribute):
+    # the type is derived once, from the encoding.
     with h5py.File(path, "a") as f:
         old = json.loads(f["data"].attrs["obs_specs"])
         for spec in old.values():

@@ -166,10 +166,11 @@ def test_fuzzed_files_give_one_line_errors_or_identical_data(dataset: Path) -> N
         finally:
             (dataset / target).write_bytes(pristine)
     assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems[:20])
-    # Not vacuous: many cases are caught, many others hit bytes no reader depends on.
+    # Not vacuous: many cases are caught, others hit bytes no reader depends on (free space,
+    # padding; the format's checksums leave few such bytes: 48 of 300 for validate).
     for name in READERS:
         assert outcomes[f"{name}: DatasetError"] > CASES // 5, outcomes
-        assert outcomes[f"{name}: identical"] > CASES // 5, outcomes
+        assert outcomes[f"{name}: identical"] > CASES // 10, outcomes
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -217,3 +218,30 @@ def test_cli_names_a_deleted_key(dataset: Path, tmp_path: Path) -> None:
     for command in ("info", "validate"):
         line = assert_one_line_error(cli(command, str(case / "linked.hdf5")), "demo_1/obs/state")
         assert "missing" in line, line
+
+
+@pytest.mark.parametrize(
+    ("layout", "target", "text", "edit", "where"),
+    [
+        ("linked.hdf5", "linked.hdf5.episodes/demo_1.h5", b'"seed": 1', b'"seed": 7', "'/demo_1'"),
+        ("linked.hdf5", "linked.hdf5", b'"toy"', b'"tox"', "'data'"),
+        ("packed.hdf5", "packed.hdf5", b'"seed": 1', b'"seed": 7', "'demo_1'"),
+    ],
+)
+def test_edited_attribute_text_is_an_error_not_another_value(
+    dataset: Path, tmp_path: Path, layout: str, target: str, text: bytes, edit: bytes, where: str
+) -> None:
+    """Attribute text (metadata, env_args) lives in checksummed object headers: an edit that
+    keeps valid JSON fails the checksum, and the reader names the object instead of calling it
+    missing. Strings stay out of HDF5's global heap, whose damaged bytes made HDF5 loop forever
+    (found by this fuzzing over ~5,700 cases before the format changed)."""
+    case = tmp_path / "case"
+    shutil.copytree(dataset, case)
+    for path in case.rglob("*.h*5"):
+        assert b"GCOL" not in path.read_bytes(), path  # no global heap collection
+    data = (case / target).read_bytes()
+    assert data.count(text) == 1
+    (case / target).write_bytes(data.replace(text, edit))
+    for read in (snapshot, info_text):
+        with pytest.raises(DatasetError, match=f"{where}: unreadable.*checksum"):
+            read(case / layout)
