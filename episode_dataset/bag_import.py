@@ -25,7 +25,8 @@ message the session rejects; the rest of the bag is imported.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,12 +158,11 @@ def import_bag(
             "nothing would start an episode"
         )
     report = ImportReport(str(bag), str(out))
-    from rosbags.rosbag2 import Reader
-
-    with Reader(Path(bag)) as reader:
+    with _open_bag(bag) as reader:
         connections = _connections(reader, session, bag)
         service_topics = _service_topics(reader, services)
-        store = bag_typestore(connections)
+        with _bag_errors(bag, "its message definitions are unreadable"):
+            store = bag_typestore(connections)
         obs_specs, action_spec = dataset_specs(recording.topics)
         with EpisodeWriter(
             out,
@@ -174,12 +174,57 @@ def import_bag(
         ) as w:
             sink = DirectSink(w)
             session.attach(sink)
-            _replay(
-                reader, store, session, connections, service_topics, report, gap_s, services, log
-            )
+            try:
+                _replay(
+                    reader, store, session, connections, service_topics, report, gap_s,
+                    services, log,
+                )  # fmt: skip
+            except BagImportError as e:
+                # The writer discards the open episode and lists the finished ones.
+                kept = len(sink.episodes_written)
+                raise BagImportError(f"{e}; the {kept} episodes before it are in {out}") from None
             report.episodes = list(sink.episodes_written)
     report.counters = session.counters()
     return report
+
+
+@contextmanager
+def _bag_errors(bag: str | Path, what: str) -> Iterator[None]:
+    """What rosbags raises on a damaged bag (its ReaderError, and struct, overflow, unicode,
+    YAML or sqlite errors from the bytes it parses) as one BagImportError line."""
+    try:
+        yield
+    except BagImportError:
+        raise
+    except Exception as e:  # only rosbags' own calls run inside
+        raise BagImportError(f"{bag}: {what} ({_one_line(e)})") from None
+
+
+@contextmanager
+def _open_bag(bag: str | Path) -> Iterator[Any]:
+    from rosbags.rosbag2 import Reader
+
+    with _bag_errors(bag, "not a readable rosbag2 bag"):
+        reader = Reader(Path(bag))
+        reader.open()
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+def _messages(reader: Any, connections: list[Any], bag: str | Path) -> Iterator[Any]:
+    """reader.messages(...), with a damaged record as one BagImportError line: a reader cannot
+    resynchronize after one, so the import stops there."""
+    messages = reader.messages(connections=connections)
+    last = "its start"
+    while True:
+        with _bag_errors(bag, f"unreadable after {last}"):
+            item = next(messages, None)
+        if item is None:
+            return
+        last = f"t={item[1] * 1e-9:.3f} s"
+        yield item
 
 
 def _connections(reader: Any, session: RecordingSession, bag: str | Path) -> list[Any]:
@@ -234,7 +279,7 @@ def _replay(
     calls_seen: set[tuple[bytes, int]] = set()
     next_tick = -math.inf
     last: float | None = None
-    for conn, t_ns, raw in reader.messages(connections=connections + extra):
+    for conn, t_ns, raw in _messages(reader, connections + extra, report.bag):
         now = t_ns * 1e-9
         if last is None:
             next_tick = now + half
