@@ -101,16 +101,19 @@ class OnnxModel:
                 self.fallback_reason,
             )
 
-        self.metadata: dict[str, Any] = self._read_metadata()
+        try:  # onnxruntime decodes the model's strings (names, metadata) only when asked
+            self.metadata: dict[str, Any] = self._read_metadata()
+            self.output_names = [o.name for o in self.session.get_outputs()]
+            graph = {
+                "inputs": {i.name for i in self.session.get_inputs()},
+                "outputs": set(self.output_names),
+            }
+        except UnicodeError as err:
+            raise ModelLoadError(f"{self.path}: damaged model: {err}") from None
         self.model_type: str = self.metadata["model_type"]
         self.input_specs: dict[str, tuple[tuple[int, ...], np.dtype]] = {
             name: (tuple(int(d) for d in spec["shape"]), np.dtype(spec["dtype"]))
             for name, spec in self.metadata["inputs"].items()
-        }
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        graph = {
-            "inputs": {i.name for i in self.session.get_inputs()},
-            "outputs": set(self.output_names),
         }
         for what, names in graph.items():
             if names != set(self.metadata[what]):

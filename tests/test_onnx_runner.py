@@ -101,6 +101,17 @@ def test_load_errors(tmp_path: Path) -> None:
         OnnxModel(corrupt)
     with pytest.raises(ModelLoadError, match="no 'roboloop' metadata"):
         OnnxModel(write_toy_policy(tmp_path / "nometa.onnx", with_meta=False))
+    # Strings that are not UTF-8 (a damaged byte): onnxruntime parses the file, and decodes
+    # the metadata and the graph's names only when asked (a UnicodeDecodeError, before).
+    good = write_toy_policy(tmp_path / "good.onnx").read_bytes()
+    for name, (old, new) in {
+        "meta": (b'"model_type"', b'"model\xfftype"'),
+        "names": (b"noise", b"nois\xff"),  # every reference to the input, so the graph holds
+    }.items():
+        damaged = tmp_path / f"{name}.onnx"
+        damaged.write_bytes(good.replace(old, new))
+        with pytest.raises(ModelLoadError, match=f"{name}.onnx: damaged model"):
+            OnnxModel(damaged)
     bad = _policy_meta()
     bad["format_version"] = 99
     with pytest.raises(ModelLoadError, match="format_version 99"):
