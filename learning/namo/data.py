@@ -36,7 +36,7 @@ from learning.data.keys import (
 )
 from learning.data.split import split_groups
 from sim.namo.keys import ACTION_KEYS, FILE_GLOB, FILE_RE, STATE_KEYS, TARGET_KEY
-from sim.namo.mask_files import MaskFileError, read_array
+from sim.namo.mask_files import NPZ_ERRORS, MaskFileError, open_npz, read_array
 
 REQUIRED_KEYS = (*STATE_KEYS, *ACTION_KEYS, TARGET_KEY)
 
@@ -72,7 +72,7 @@ def check_keys(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as zf:
             present = {name.removesuffix(".npy") for name in zf.namelist()}
-    except (OSError, zipfile.BadZipFile) as err:
+    except NPZ_ERRORS as err:
         raise MaskFileError(f"{path}: cannot read npz: {err}") from None
     for key in REQUIRED_KEYS:
         if key not in present:
@@ -81,11 +81,7 @@ def check_keys(path: Path) -> None:
 
 def load_item(path: Path, image_size: int | None = None) -> dict[str, torch.Tensor]:
     """Read one mask file into unbatched tensors (see the module docstring for keys)."""
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise MaskFileError(f"{path}: cannot read npz: {err}") from None
-    with npz:
+    with open_npz(path) as npz:
         state = np.stack([_mask(npz, path, k) for k in STATE_KEYS])
         action = np.stack([_mask(npz, path, k) for k in ACTION_KEYS])
         q = np.asarray(read_array(npz, path, TARGET_KEY), dtype=np.float32)
@@ -286,7 +282,7 @@ class QFunctionDataModule(pl.LightningDataModule):
     def model_kwargs(self) -> dict[str, list[int]]:
         """Data-derived model argument for learning.train: the stored mask size (H, W)."""
         first = find_mask_files(self.data_dir)[0]
-        with np.load(first.path, allow_pickle=False) as npz:
+        with open_npz(first.path) as npz:
             return {"input_shape": [int(d) for d in _mask(npz, first.path, STATE_KEYS[0]).shape]}
 
     @property

@@ -13,7 +13,9 @@ Files with only the seed-000 names of the first four (``SEED001_ALIASES``: ``rob
 from __future__ import annotations
 
 import os
+import struct
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -24,13 +26,31 @@ class MaskFileError(ValueError):
     """A mask file is missing, unreadable, or lacks/misshapes a required key (names both)."""
 
 
+# What numpy and zipfile raise on a damaged .npz (found by fuzzing): a bad directory, header
+# or CRC (BadZipFile, EOFError, struct.error), a flag or compression method zipfile does not
+# handle (RuntimeError, NotImplementedError), a corrupt deflate stream (zlib.error), a bad
+# .npy header (ValueError).
+NPZ_ERRORS = (
+    OSError, ValueError, EOFError, RuntimeError, NotImplementedError, struct.error,
+    zipfile.BadZipFile, zlib.error,
+)  # fmt: skip
+
+
+def open_npz(path: str | os.PathLike) -> np.lib.npyio.NpzFile:
+    """np.load(path, allow_pickle=False); a file numpy cannot open is one MaskFileError."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except NPZ_ERRORS as err:
+        raise MaskFileError(f"{os.fspath(path)}: cannot read npz: {err}") from None
+
+
 def read_array(data: np.lib.npyio.NpzFile, path: str | os.PathLike, key: str) -> np.ndarray:
     """The array stored under `key` (MaskFileError naming file and key when absent/unreadable)."""
     if key not in data.files:
         raise MaskFileError(f"{path}: missing key {key!r}")
     try:
         return data[key]  # allow_pickle=False: an object array (a pickle) raises, never runs
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+    except NPZ_ERRORS as err:
         raise MaskFileError(f"{path}: key {key!r} unreadable ({err})") from None
 
 
@@ -52,11 +72,7 @@ def _read_key(data: np.lib.npyio.NpzFile, key: str, path: str) -> np.ndarray:
 def load_sample(path: str | os.PathLike, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read one sample -> (context (5, S, S), target (S, S)) float32, resized to `size`."""
     path = os.fspath(path)
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise MaskFileError(f"{path}: cannot read npz: {err}") from None
-    with data:
+    with open_npz(path) as data:
         context = [_read_key(data, key, path) for key in CONTEXT_KEYS]
         target = _read_key(data, GOAL_MASK_KEY, path)
     shapes = {a.shape for a in [*context, target]}
