@@ -34,6 +34,7 @@ import math
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -598,12 +599,18 @@ def _read_json(path: Path) -> Any:
 
 
 def _read_parquet(path: Path) -> pa.Table:
+    """The table, its strings and names checked: pyarrow decodes them lazily, so damaged bytes
+    would otherwise surface later as a UnicodeDecodeError."""
     try:
-        return pq.read_table(path)
+        table = pq.read_table(path)
+        table.validate(full=True)  # string columns hold valid UTF-8, offsets in range
+        str(table.schema)  # decodes every field name, nested ones too
+        return table
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
-    except (OSError, pa.ArrowException) as e:
-        raise DatasetError(f"{path}: not a readable parquet file ({e})") from None
+    except (OSError, pa.ArrowException, UnicodeError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DatasetError(f"{path}: not a readable parquet file ({reason})") from None
 
 
 def _spec_of(name: str, ft: dict[str, Any], where: str) -> KeySpec:
@@ -633,15 +640,21 @@ class _ImportPlan:
 
     @classmethod
     def read(cls, root: Path) -> _ImportPlan:
+        with _foreign_content(f"{root}"):
+            return cls._read(root)
+
+    @classmethod
+    def _read(cls, root: Path) -> _ImportPlan:
         info = _read_json(root / INFO_PATH)
         where = f"{root / INFO_PATH}"
         version = str(info.get("codebase_version", ""))
         if not version.startswith("v3."):
             raise DatasetError(f"{where}: codebase_version {version!r} (only v3.x is read)")
-        for name in ("fps", "features", "data_path"):
+        features: dict[str, dict[str, Any]] = info.get("features") or {}
+        videos = any(ft.get("dtype") == "video" for ft in features.values())
+        for name in ("fps", "features", "data_path", *(["video_path"] if videos else [])):
             if name not in info:
                 raise DatasetError(f"{where}: missing {name!r}")
-        features: dict[str, dict[str, Any]] = info["features"]
         if ACTION not in features:
             raise DatasetError(f"{where}: no {ACTION!r} feature")
         ours = info.get(ROBOLOOP) or {}
@@ -683,6 +696,10 @@ class _ImportPlan:
 
     def episode(self, row: dict[str, Any]) -> dict[str, Any]:
         """write_episode's arguments for one row of the episodes table."""
+        with _foreign_content(f"{self.root}: episode {row.get('episode_index')}"):
+            return self._episode(row)
+
+    def _episode(self, row: dict[str, Any]) -> dict[str, Any]:
         i, n = row["episode_index"], row["length"]
         where = f"{self.root}: episode {i}"
         table = self._rows(row, where)
@@ -758,10 +775,25 @@ class _ImportPlan:
         self._videos.clear()
 
 
+@contextmanager
+def _foreign_content(where: str) -> Iterator[None]:
+    """A dataset from elsewhere, or damaged, may hold any JSON or column where a value is
+    expected: what Python raises on reading it becomes one DatasetError line."""
+    try:
+        yield
+    except DatasetError:
+        raise
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
+        raise DatasetError(f"{where}: unexpected content ({type(e).__name__}: {e})") from None
+
+
 def _task_names(table: pa.Table, path: Path) -> list[str]:
     """Task strings by task_index: the pandas index column (LeRobot's layout) or a `task`
     column."""
-    meta = json.loads((table.schema.metadata or {}).get(b"pandas", b"{}"))
+    try:
+        meta = json.loads((table.schema.metadata or {}).get(b"pandas", b"{}"))
+    except (UnicodeError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{path}: unreadable pandas metadata ({e})") from None
     index_cols = [c for c in meta.get("index_columns", []) if isinstance(c, str)]
     name = index_cols[0] if index_cols else "task"
     if name not in table.column_names or "task_index" not in table.column_names:
@@ -807,7 +839,8 @@ class _FrameCursor:
             raise DatasetError(f"{path}: file not found")
         self.path, self.fps = path, fps
         try:
-            self._container = av.open(str(path))
+            # the container's metadata is not needed: damaged tags must not fail the decode
+            self._container = av.open(str(path), metadata_errors="replace")
             stream = self._container.streams.video[0]
         except (av.FFmpegError, IndexError) as e:
             raise DatasetError(f"{path}: not a readable video ({e})") from None
@@ -827,7 +860,7 @@ class _FrameCursor:
                     out.append(img)
                 if len(out) == n:
                     break
-        except av.FFmpegError as e:
+        except (av.FFmpegError, TypeError) as e:  # TypeError: a frame without a time
             raise DatasetError(f"{where}: {self.path}: undecodable ({e})") from None
         if len(out) != n:
             raise DatasetError(
