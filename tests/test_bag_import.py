@@ -418,6 +418,19 @@ def test_cli_imports_and_errors_are_one_line(tmp_path, config, capsys):
         )
         err = capsys.readouterr().err.strip()
         assert code == 1 and text in err and "\n" not in err, err
+    # a parameter of another type than the node declares, and a file that is not UTF-8
+    typed = tmp_path / "typed.yaml"
+    unset = "ros__parameters:\n    future_tolerance_s:"  # YAML null: no float
+    typed.write_text(CONFIG.replace("ros__parameters:", unset))
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(CONFIG.encode().replace(b"Fake-v0", b"Fak\xe9-v0"))
+    for cfg, text in (
+        (typed, "typed.yaml: parameter future_tolerance_s must be like 1.0, got None"),
+        (latin, "latin.yaml: cannot read the parameter file: 'utf-8' codec can't decode"),
+    ):
+        with pytest.raises(RecorderConfigError) as caught:
+            import_bag(bag, cfg, tmp_path / "e.hdf5")
+        assert text in str(caught.value) and "\n" not in str(caught.value)
     bad_key = tmp_path / "bad_key.yaml"
     bad_key.write_text(CONFIG.replace("obs/goal", "goal"))
     with pytest.raises(RecorderConfigError, match="key 'goal' not obs/<name>"):

@@ -187,7 +187,7 @@ def read_params_file(path: str | Path, node: str = "recorder") -> dict[str, Any]
     path = Path(path)
     try:
         doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
+    except (OSError, UnicodeError, yaml.YAMLError) as e:
         detail = " ".join(str(e).split())
         raise RecorderConfigError(f"{path}: cannot read the parameter file: {detail}") from None
     sections = (
@@ -208,10 +208,22 @@ def read_params_file(path: str | Path, node: str = "recorder") -> dict[str, Any]
     for name in RECORDING_PARAMETERS:
         if name in found:
             value, default = found[name], params[name]
-            if isinstance(default, list) != isinstance(value, list):
-                raise RecorderConfigError(f"{path}: parameter {name} must be like {default!r}")
+            if not _same_kind(value, default):
+                raise RecorderConfigError(
+                    f"{path}: parameter {name} must be like {default!r}, got {value!r}"
+                )
             params[name] = [str(v) for v in value] if isinstance(value, list) else value
     return params
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    """Whether a parameter file's value fits the parameter's type, as the node's declaration
+    would take it (an integer where a float is declared too: YAML writes 1.0 as 1 often)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
 
 
 def recording_from_params(params: Mapping[str, Any], source: str = "parameters") -> Recording:
