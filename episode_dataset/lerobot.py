@@ -784,7 +784,8 @@ def _foreign_content(where: str) -> Iterator[None]:
     except DatasetError:
         raise
     except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
-        raise DatasetError(f"{where}: unexpected content ({type(e).__name__}: {e})") from None
+        reason = " ".join(str(e).split())
+        raise DatasetError(f"{where}: unexpected content ({type(e).__name__}: {reason})") from None
 
 
 def _task_names(table: pa.Table, path: Path) -> list[str]:
