@@ -152,11 +152,12 @@ def _write_demo(
         ds = _dataset(group, f"{OBS}/{name}", array, spec, compression)
         put_attrs(ds, {FEATURE_TYPE: spec.feature_type})
     _dataset(group, ACTIONS, reader.read_actions(ep), reader.action_spec, compression)
-    group.create_dataset(REWARDS, data=reader.read_rewards(ep).astype(np.float32))
+    rewards = reader.read_rewards(ep).astype(np.float32)
+    _dataset(group, REWARDS, rewards, KeySpec("float32", ()), compression)
     dones = np.zeros(steps, np.int64)  # robomimic: done = 1 at a terminal (success) step
     if steps and reader.episode_metadata(ep).get("terminated", False):
         dones[-1] = 1
-    group.create_dataset(DONES, data=dones)
+    _dataset(group, DONES, dones, KeySpec("int64", ()), compression)
 
 
 def _dataset(

@@ -112,6 +112,11 @@ def test_file_is_robomimic_layout(exported: tuple[Path, list[dict]]) -> None:
             want_dones = np.zeros(steps, np.int64)
             want_dones[-1] = terminated  # robomimic: done marks the terminal step
             np.testing.assert_array_equal(demo["dones"][()], want_dones)
+            # every array carries checksums: a damaged byte is an error, not another value
+            names: list[str] = []
+            demo.visit(names.append)
+            arrays = [demo[n] for n in names if isinstance(demo[n], h5py.Dataset)]
+            assert len(arrays) == 3 + len(CAMERAS) + 1 and all(a.fletcher32 for a in arrays)
         assert [m.decode() for m in f["mask/train"][()]] == ["demo_0", "demo_2"]
 
 
