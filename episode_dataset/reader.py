@@ -122,9 +122,12 @@ def get_object(parent: h5py.Group, name: str, where: str) -> h5py.HLObject | Non
     (its header's checksum failed) is one DatasetError line naming `where`, not "missing":
     `Group.get` and `in` would say it is not there."""
     with h5_errors(where):
-        if parent.get(name, getlink=True) is None:
-            return None
-        return parent[name]
+        try:
+            return parent[name]
+        except KeyError:
+            if parent.get(name, getlink=True) is None:
+                return None
+            raise  # the link is there, its object is not readable
 
 
 def require_group(parent: h5py.Group, name: str, where: str) -> h5py.Group:
