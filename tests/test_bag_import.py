@@ -31,6 +31,7 @@ from episode_dataset.recording.params import (
 )
 from episode_dataset.recording.session import RecordingSession
 from episode_dataset.recording.topics import RecorderConfigError, dataset_specs
+from roboloop_testing.damage import damage
 
 RATE, RTF = 50.0, 0.4  # the demo's Reacher-v5 bridge: 20 ticks per wall-clock second
 P = 1 / (RATE * RTF)
@@ -450,12 +451,7 @@ def test_damaged_bag_files_give_one_line_errors(tmp_path, config, storage):
     for case in range(80):
         target = files[case % len(files)]
         pristine = target.read_bytes()
-        if rng.random() < 0.25:
-            target.write_bytes(pristine[: int(rng.integers(0, len(pristine)))])
-        else:
-            at = int(rng.integers(0, len(pristine) - 4))
-            flip = rng.integers(0, 256, 4, dtype=np.uint8).tobytes()
-            target.write_bytes(pristine[:at] + flip + pristine[at + 4 :])
+        target.write_bytes(damage(pristine, rng)[1])
         try:
             import_bag(bag, config, tmp_path / f"out{case}.hdf5", fsync=False)
             outcomes["read"] += 1

@@ -28,6 +28,7 @@ from episode_dataset import DatasetError, EpisodeReader, EpisodeWriter, KeySpec,
 from episode_dataset.cli import info
 from episode_dataset.validate import validate_file
 from learning.data.episode_datamodule import EpisodeDataModule
+from roboloop_testing.damage import damage
 
 REPO = Path(__file__).resolve().parents[1]
 SEED, CASES = 8, 300
@@ -109,15 +110,6 @@ def same(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor):
         return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
     return type(a) is type(b) and a == b
-
-
-def damage(data: bytes, rng: np.random.Generator) -> tuple[str, bytes]:
-    if rng.random() < 0.25:
-        cut = int(rng.integers(0, len(data)))
-        return f"truncated at {cut}", data[:cut]
-    offset = int(rng.integers(0, len(data) - 4))
-    flipped = rng.integers(0, 256, 4, dtype=np.uint8).tobytes()
-    return f"4 bytes at {offset}", data[:offset] + flipped + data[offset + 4 :]
 
 
 @pytest.fixture(scope="module")

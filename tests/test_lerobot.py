@@ -18,6 +18,7 @@ import pytest
 from episode_dataset import DatasetError, EpisodeReader, EpisodeWriter, KeySpec
 from episode_dataset.cli import main
 from episode_dataset.lerobot import export_lerobot, import_lerobot
+from roboloop_testing.damage import damage
 
 H, W = 24, 32
 SPECS = {
@@ -372,12 +373,7 @@ def test_damaged_files_give_one_line_errors(src: Path, tmp_path: Path) -> None:
     for case in range(120):
         target = files[case % len(files)]
         pristine = target.read_bytes()
-        if rng.random() < 0.25:
-            target.write_bytes(pristine[: int(rng.integers(0, len(pristine)))])
-        else:
-            at = int(rng.integers(0, len(pristine) - 4))
-            flip = rng.integers(0, 256, 4, dtype=np.uint8).tobytes()
-            target.write_bytes(pristine[:at] + flip + pristine[at + 4 :])
+        target.write_bytes(damage(pristine, rng)[1])
         try:
             import_lerobot(root, out)
             outcomes["read"] += 1

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from roboloop_testing.damage import damage
 from sim.namo.grid import Grid, rasterize_disc, rasterize_rect
 from sim.namo.keys import ACTION_KEYS, CONTEXT_KEYS, SEED001_ALIASES, STATE_KEYS
 from sim.namo.mask_files import MaskFileError, load_sample
@@ -169,12 +170,7 @@ def test_damaged_mask_files_are_one_line_errors(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     outcomes = {"error": 0, "read": 0}
     for _ in range(150):
-        if rng.random() < 0.25:
-            path.write_bytes(pristine[: int(rng.integers(0, len(pristine)))])
-        else:
-            at = int(rng.integers(0, len(pristine) - 4))
-            flip = rng.integers(0, 256, 4, dtype=np.uint8).tobytes()
-            path.write_bytes(pristine[:at] + flip + pristine[at + 4 :])
+        path.write_bytes(damage(pristine, rng)[1])
         for load in (lambda: load_sample(path)[1], lambda: load_item(path)["state_masks"]):
             try:
                 got = load()
