@@ -130,13 +130,21 @@ def get_object(parent: h5py.Group, name: str, where: str) -> h5py.HLObject | Non
             raise  # the link is there, its object is not readable
 
 
+def optional_group(parent: h5py.Group, name: str, where: str) -> h5py.Group | None:
+    """The group `name` of `parent`, or None when there is no such link (`where` names the
+    parent: file and object)."""
+    obj = get_object(parent, name, f"{where}: {name!r}")
+    if obj is not None and not isinstance(obj, h5py.Group):
+        raise DatasetError(f"{where}: not a {name!r} group")
+    return obj
+
+
 def require_group(parent: h5py.Group, name: str, where: str) -> h5py.Group:
     """The group `name` of `parent` (`where` names the parent: file and object)."""
-    obj = get_object(parent, name, f"{where}: {name!r}")
-    if not isinstance(obj, h5py.Group):
-        state = "missing" if obj is None else "not a"
-        raise DatasetError(f"{where}: {state} {name!r} group")
-    return obj
+    group = optional_group(parent, name, where)
+    if group is None:
+        raise DatasetError(f"{where}: missing {name!r} group")
+    return group
 
 
 def read_index(f: h5py.File, path: Path) -> IndexInfo:
@@ -184,9 +192,9 @@ def read_index(f: h5py.File, path: Path) -> IndexInfo:
             )
     num_samples = _read_lengths(f, path, episodes)
     filters = {}
-    mask = get_object(f, MASK, f"{path}: {MASK}")
+    mask = optional_group(f, MASK, f"{path}")
     with h5_errors(f"{path}: {MASK}"):
-        masks = list(require_group(f, MASK, f"{path}").items()) if mask is not None else []
+        masks = list(mask.items()) if mask is not None else []
     for name, ds in masks:
         if not (isinstance(name, str) and name.isprintable()):
             raise DatasetError(f"{path}: {MASK}: bad filter name {name!r}")
@@ -206,8 +214,8 @@ def read_index(f: h5py.File, path: Path) -> IndexInfo:
 
 
 def _read_lengths(f: h5py.File, path: Path, episodes: list[str]) -> dict[str, int]:
-    if get_object(f, EPISODE_INDEX, f"{path}: {EPISODE_INDEX}") is not None:
-        idx = require_group(f, EPISODE_INDEX, f"{path}")
+    idx = optional_group(f, EPISODE_INDEX, f"{path}")
+    if idx is not None:
         with h5_errors(f"{path}: {EPISODE_INDEX}"):
             names = [attr_str(x) for x in idx["demos"][()]]
             lengths = [int(n) for n in idx[NUM_SAMPLES][()]]

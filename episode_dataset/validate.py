@@ -109,9 +109,11 @@ def _check_episode(
         )
     if META in group.attrs:
         json_attr(group.attrs, META, where)
-    if get_object(group, OBS, f"{where}/obs") is None:
+    obs = get_object(group, OBS, f"{where}/obs")
+    if obs is None:
         raise DatasetError(f"{where}/obs: missing group")
-    extra = sorted(set(group[OBS]) - set(info.obs_specs))
+    with h5_errors(f"{where}/obs"):
+        extra = sorted(set(obs) - set(info.obs_specs))
     if extra:
         raise DatasetError(f"{where}/obs: keys {extra} not declared in data.attrs['obs_specs']")
     for key, spec in info.obs_specs.items():
