@@ -93,7 +93,7 @@ QUICK_OURS = {"compile": False}  # compiling would take longer than the quick ru
 
 
 # PPO: SB3 steps its default 1 env for the 2048-step rollout; roboloop its default 8 batched
-# envs x 256 steps (the same rollout, minibatches and epochs). The `_8envs` row gives SB3 the
+# envs x 256 steps (the same rollout, minibatches and epochs). The `_8envs` rows give SB3 the
 # same 8 envs (DummyVecEnv), for the like-for-like ratio of everything but the stepping.
 PPO_OURS = {"num_envs": 8, "compile": True}
 PPO_8ENVS = PPO_HYPER | {"num_envs": 8, "n_steps": 256}
@@ -123,6 +123,7 @@ CASES = [
         PPO_OURS,
     ),
     Case("ppo_hopper", "ppo", "Hopper-v5", 100_000, 1024, PPO_HYPER, "speed2x+return", PPO_OURS),
+    Case("ppo_hopper_8envs", "ppo", "Hopper-v5", 100_000, 1024, PPO_8ENVS, "info", PPO_OURS),
     Case(
         "sac_halfcheetah",
         "sac",
