@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from episode_dataset import DatasetError
 from learning.checkpoint import CheckpointError, RecordConfig, torch_load
+from learning.config_rules import check_config
 from learning.errors import ConfigError
 from learning.finite import FiniteGuard, NonFiniteError
 from learning.trackers import tracked
@@ -114,6 +115,7 @@ def model_kwargs(cfg: DictConfig, datamodule: L.LightningDataModule) -> dict[str
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train as configured; returns {"run_dir", "best_ckpt", "last_ckpt", "metrics"}."""
+    check_config(cfg)  # absurd numbers: one line naming the key, before any work
     cfg = copy.deepcopy(cfg)  # run dir and resolution must not leak into the caller's cfg
     run_dir = _prepare_run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True)

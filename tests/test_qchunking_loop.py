@@ -6,6 +6,7 @@ presets and the seed's command line, a Hydra multirun sweep, and one-line refusa
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -144,15 +145,15 @@ def test_presets_and_validate_read_the_config_files(dataset: Path) -> None:
     good = get_config(overrides=[f"dataset={dataset}"])
     assert good.validate() is good
     for change, message in [
-        ({"horizon_length": 0}, "horizon_length=0: must be >= 1"),
-        ({"discount": 1.5}, "discount=1.5: must be in (0, 1]"),
-        ({"bc_alpha": -0.1}, "bc_alpha=-0.1: must be >= 0"),
-        ({"best_of_n_samples": 2.5}, "best_of_n_samples=2.5: must be >= 1"),
+        ({"horizon_length": 0}, "horizon_length=0: must be an integer >= 1"),
+        ({"discount": 1.5}, "discount=1.5: must be a number in [0, 1]"),
+        ({"bc_alpha": -0.1}, "bc_alpha=-0.1: must be a number >= 0"),
+        ({"best_of_n_samples": 2.5}, "best_of_n_samples=2.5: must be an integer >= 1"),
         ({"dataset": None}, "offline_steps=1000000 needs dataset="),
         ({"dataset": "/nowhere.hdf5"}, "dataset=/nowhere.hdf5: no such file"),
         ({"offline_steps": 0, "online_steps": 0}, "nothing to train"),
     ]:
-        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
             good.replace(**change).validate()
     with pytest.raises(ConfigError, match="preset 'franka': one of none, droid, aloha, libero"):
         get_config("franka")
@@ -161,7 +162,7 @@ def test_presets_and_validate_read_the_config_files(dataset: Path) -> None:
 def test_bad_input_is_one_line(dataset: Path, tmp_path: Path) -> None:
     for overrides, message in [
         (["offline_steps=5"], "offline_steps=5 needs dataset="),  # before anything is built
-        (["horizon_length=0", f"dataset={dataset}"], "horizon_length=0: must be >= 1"),
+        (["horizon_length=0", f"dataset={dataset}"], "horizon_length=0: must be an integer >= 1"),
         (["dataset=/nowhere.hdf5"], "dataset=/nowhere.hdf5: no such file"),
         (["env_id=Pendulum-v1", f"dataset={dataset}"], "Pendulum-v1 reports no success"),
     ]:

@@ -20,6 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from learning.config_rules import check
 from learning.errors import ConfigError
 
 PRESETS = ("none", "droid", "aloha", "libero")
@@ -66,22 +67,8 @@ class ACRLPDConfig:
 
     def validate(self) -> ACRLPDConfig:
         """ConfigError (one line naming the key and value) for values no run could use."""
-        at_least_one = (
-            "horizon_length",
-            "num_critics",
-            "batch_size",
-            "best_of_n_samples",
-            "flow_steps",
-            "gradient_accumulation_steps",
-        )
-        for name in at_least_one:
-            _check(self, name, _is_int(getattr(self, name)) and getattr(self, name) >= 1, ">= 1")
-        for name in ("offline_steps", "online_steps", "eval_frequency", "eval_episodes"):
-            _check(self, name, _is_int(getattr(self, name)) and getattr(self, name) >= 0, ">= 0")
-        _check(self, "discount", 0.0 < self.discount <= 1.0, "in (0, 1]")
-        _check(self, "bc_alpha", self.bc_alpha >= 0.0, ">= 0")
-        for name in ("actor_lr", "critic_lr", "max_memory_gb"):
-            _check(self, name, getattr(self, name) > 0.0, "> 0")
+        for f in dataclasses.fields(self):  # the numbers: the rules of every training config
+            check(f.name, getattr(self, f.name))
         for name in ("mixed_precision", "freeze_backbone", "use_adaptive_temperature"):
             _check(self, name, isinstance(getattr(self, name), bool), "true or false")
         if self.offline_steps + self.online_steps == 0:
@@ -104,10 +91,6 @@ class ACRLPDConfig:
                 text = str(value).lower() if isinstance(value, bool) else str(value)
                 out.append(f"{f.name}={text}")
         return out
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check(config: ACRLPDConfig, name: str, ok: bool, rule: str) -> None:
