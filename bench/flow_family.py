@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from episode_dataset.ranges import POSITIVE_INT, SEED_ARG
 from learning.check_reacher import CAMERA, IMAGE_OVERRIDES
 
 NAME = "flow_family"
@@ -215,10 +216,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="smoke-level budget, one seed")
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=None)
     parser.add_argument("--agents", nargs="+", choices=list(AGENTS), default=None)
-    parser.add_argument("--seeds", nargs="+", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=None, help="gradient steps per agent")
-    parser.add_argument("--episodes", type=int, default=None, help="dataset episodes")
-    parser.add_argument("--eval-episodes", type=int, default=None)
+    parser.add_argument("--seeds", nargs="+", type=SEED_ARG, default=None)
+    parser.add_argument(
+        "--steps", type=POSITIVE_INT, default=None, help="gradient steps per agent"
+    )
+    parser.add_argument("--episodes", type=POSITIVE_INT, default=None, help="dataset episodes")
+    parser.add_argument("--eval-episodes", type=POSITIVE_INT, default=None)
     args = parser.parse_args(argv)
     run(
         args.quick,

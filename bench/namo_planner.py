@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from episode_dataset.ranges import POSITIVE_INT
+
 NAME = "namo_planner"
 FIRST_SEED = 100_000
 MCTS_BUDGET = 100
@@ -218,11 +220,11 @@ def main() -> None:
     parser.add_argument(
         "--q-model", default=None, help=f"Q-function .onnx (default: ${Q_MODEL_ENV}, untrained)"
     )
-    parser.add_argument("--seeds", type=int, default=None, help="scenes per level")
+    parser.add_argument("--seeds", type=POSITIVE_INT, default=None, help="scenes per level")
     parser.add_argument("--levels", nargs="+", default=None, help="levels (default: all)")
     parser.add_argument(
         "--q-proposals",
-        type=int,
+        type=POSITIVE_INT,
         default=MCTS_PROPOSALS,
         help="proposals per object the learned-Q planner scores (MCTS branches on "
         f"{MCTS_PROPOSALS} at its root)",

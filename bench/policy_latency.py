@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from episode_dataset import IMAGE
+from episode_dataset.ranges import POSITIVE_INT
 
 NAME = "policy_latency"
 BATCHES = (1, 64)
@@ -149,8 +150,8 @@ def main() -> None:
     parser.add_argument("--ckpt", default=None, help="a learning.train checkpoint (optional)")
     parser.add_argument("--worker", choices=["onnxruntime", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
-    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--iters", type=int, default=300, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=POSITIVE_INT, help=argparse.SUPPRESS)
+    parser.add_argument("--iters", type=POSITIVE_INT, default=300, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(_worker(args.worker, args.model, args.batch, args.iters)))

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from episode_dataset.ranges import NON_NEGATIVE_INT, POSITIVE_INT, SEED_ARG
+
 NAME = "qchunking"
 ENV_ID = "scene-singletask-task2-sparse-v0"
 DATASET = Path("bench/results/data/scene_task2_sparse_play.hdf5")  # made on first use
@@ -269,19 +271,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--seeds",
         nargs="+",
-        type=int,
+        type=SEED_ARG,
         default=None,
         help="training seeds (None: 0 1 2, --quick 0)",
     )
     parser.add_argument(
         "--offline-steps",
-        type=int,
+        type=NON_NEGATIVE_INT,
         default=None,
         help="gradient steps on the dataset (None: 100000, --quick 20)",
     )
     parser.add_argument(
         "--online-steps",
-        type=int,
+        type=NON_NEGATIVE_INT,
         default=None,
         help="env steps after them (None: 100000, --quick 20)",
     )
@@ -292,7 +294,10 @@ def main(argv: list[str] | None = None) -> None:
         help=f"play dataset, made when absent (None: {DATASET})",
     )
     parser.add_argument(
-        "--episodes", type=int, default=None, help="episodes to generate (None: 500, --quick 2)"
+        "--episodes",
+        type=POSITIVE_INT,
+        default=None,
+        help="episodes to generate (None: 500, --quick 2)",
     )
     parser.add_argument(
         "--overrides",

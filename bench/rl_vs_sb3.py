@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from bench.report import report
+from episode_dataset.ranges import POSITIVE_INT, SEED_ARG
 
 EVAL_SEED = 10_000  # evaluation episodes reset with seeds EVAL_SEED, EVAL_SEED + 1, ...
 SEEDS = (0, 1, 2)
@@ -439,7 +440,7 @@ if __name__ == "__main__":
     )
     parser.add_argument("--quick", action="store_true", help="tiny budgets, 1 seed")
     parser.add_argument("--cases", nargs="*", choices=[c.name for c in CASES], help="subset")
-    parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS), help="run seeds")
-    parser.add_argument("--sb3-threads", type=int, default=1, help="SB3's torch threads")
+    parser.add_argument("--seeds", nargs="*", type=SEED_ARG, default=list(SEEDS), help="run seeds")
+    parser.add_argument("--sb3-threads", type=POSITIVE_INT, default=1, help="SB3's torch threads")
     args = parser.parse_args()
     run(args.quick, args.cases, tuple(args.seeds), args.sb3_threads)

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from episode_dataset.ranges import POSITIVE_FLOAT
+
 NAME = "ros_executor"
 PUBLISH_HZ, TIMER_HZ = 100.0, 10.0
 TOPIC = "/bench_executor/x"
@@ -130,7 +132,7 @@ if __name__ == "__main__":
     )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--worker", choices=["single", "multi"], help=argparse.SUPPRESS)
-    parser.add_argument("--seconds", type=float, default=10.0, help=argparse.SUPPRESS)
+    parser.add_argument("--seconds", type=POSITIVE_FLOAT, default=10.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         _worker(args.worker, args.seconds)

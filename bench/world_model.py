@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from episode_dataset.ranges import POSITIVE_INT
+
 NAME = "world_model"
 SIZES = ("tiny", "xs", "s")
 QUICK_SIZES = ("tiny",)
@@ -275,9 +277,11 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="tiny size, short runs")
     parser.add_argument("--sizes", nargs="*", choices=SIZES + ("m",), help="size presets")
-    parser.add_argument("--batch", type=int, default=BATCH, help="training sequences per update")
     parser.add_argument(
-        "--sequence-length", type=int, default=SEQUENCE_LENGTH, help="steps per sequence"
+        "--batch", type=POSITIVE_INT, default=BATCH, help="training sequences per update"
+    )
+    parser.add_argument(
+        "--sequence-length", type=POSITIVE_INT, default=SEQUENCE_LENGTH, help="steps per sequence"
     )
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()

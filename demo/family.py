@@ -43,6 +43,7 @@ from demo.loop import (
     stage,
 )
 from demo.namo import run_namo
+from episode_dataset.ranges import POSITIVE_INT
 
 ENV_ID = "Reacher-v5"
 
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("family", choices=sorted([*FAMILIES, *OWN_PIPELINES]))
     parser.add_argument("--quick", action="store_true", help="smoke budgets (seconds, not scores)")
-    parser.add_argument("--eval-episodes", type=int, default=10, help="served episodes")
+    parser.add_argument("--eval-episodes", type=POSITIVE_INT, default=10, help="served episodes")
     parser.add_argument("--out", type=Path, default=None, help="output folder")
     args = parser.parse_args(argv)
     _ros_environment()

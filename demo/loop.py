@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from episode_dataset.ranges import POSITIVE_INT
+
 REPO = Path(__file__).resolve().parents[1]
 EVAL_SEED = 1000  # policy/expert/random evaluation seeds (held out from the demos' 0..N-1)
 # Recording runs on sim time (launch arg use_sim_time:=true): the bridge steps when the recorder
@@ -213,9 +215,13 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--episodes", type=int, default=80, help="expert episodes to record")
-    parser.add_argument("--eval-episodes", type=int, default=10, help="policy episodes over ROS")
-    parser.add_argument("--max-epochs", type=int, default=450, help="train_fbc epochs")
+    parser.add_argument(
+        "--episodes", type=POSITIVE_INT, default=80, help="expert episodes to record"
+    )
+    parser.add_argument(
+        "--eval-episodes", type=POSITIVE_INT, default=10, help="policy episodes over ROS"
+    )
+    parser.add_argument("--max-epochs", type=POSITIVE_INT, default=450, help="train_fbc epochs")
     parser.add_argument("--out", type=Path, default=None, help="output folder")
     args = parser.parse_args(argv)
     _ros_environment()

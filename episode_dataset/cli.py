@@ -17,6 +17,7 @@ from rich.table import Table
 from episode_dataset.bag_import import BagImportError, import_bag
 from episode_dataset.lerobot import VIDEO_CODECS, export_lerobot, import_lerobot
 from episode_dataset.pack import pack
+from episode_dataset.ranges import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT
 from episode_dataset.reader import EpisodeReader, h5_errors
 from episode_dataset.recording.topics import RecorderConfigError
 from episode_dataset.robomimic import H5DatasetReader, describe, export_robomimic, parse_cameras
@@ -139,7 +140,9 @@ def _run_import_bag(args: argparse.Namespace) -> None:
 
 def _args_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", type=Path)
-    p.add_argument("--max-episodes", type=int, default=50, help="episodes listed at most")
+    p.add_argument(
+        "--max-episodes", type=NON_NEGATIVE_INT, default=50, help="episodes listed at most"
+    )
     p.add_argument(
         "--plot", type=Path, default=None, help="also draw per-episode returns and lengths (.png)"
     )
@@ -186,7 +189,9 @@ def _args_show(p: argparse.ArgumentParser) -> None:
 def _args_lerobot_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", type=Path)
     p.add_argument("out_dir", type=Path)
-    p.add_argument("--fps", type=int, default=None, help="default: env_args control_rate_hz")
+    p.add_argument(
+        "--fps", type=POSITIVE_INT, default=None, help="default: env_args control_rate_hz"
+    )
     p.add_argument("--task", default=None, help="task string (default: env_args task/env_name)")
     p.add_argument(
         "--codec",
@@ -216,7 +221,10 @@ def _args_import_bag(p: argparse.ArgumentParser) -> None:
         help="recorder node name whose recorded start/stop_episode calls start and end episodes",
     )
     p.add_argument(
-        "--gap-s", type=float, default=None, help="a pause longer than this ends the episode"
+        "--gap-s",
+        type=POSITIVE_FLOAT,
+        default=None,
+        help="a pause longer than this ends the episode",
     )
 
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from episode_dataset.ranges import POSITIVE_INT, SEED_ARG
+
 ENV_ID = "Reacher-v5"
 CAMERA = 64  # rendered frame size of the image check
 # The image check: the policy sees only the 64x64 camera (two frames), never the state (which
@@ -159,9 +161,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--episodes", type=int, default=50, help="expert training episodes")
-    parser.add_argument("--eval-episodes", type=int, default=20, help="evaluation episodes")
-    parser.add_argument("--eval-seed", type=int, default=1000, help="first evaluation seed")
+    parser.add_argument(
+        "--episodes", type=POSITIVE_INT, default=50, help="expert training episodes"
+    )
+    parser.add_argument(
+        "--eval-episodes", type=POSITIVE_INT, default=20, help="evaluation episodes"
+    )
+    parser.add_argument("--eval-seed", type=SEED_ARG, default=1000, help="first evaluation seed")
     parser.add_argument(
         "--out", type=Path, default=Path("outputs/check_reacher"), help="output folder"
     )
@@ -169,7 +175,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--threshold", type=float, default=0.8, help="normalized score the check needs"
     )
     parser.add_argument(
-        "--torch-threads", type=int, default=1, help="small MLPs train fastest on 1 thread"
+        "--torch-threads",
+        type=POSITIVE_INT,
+        default=1,
+        help="small MLPs train fastest on 1 thread",
     )
     parser.add_argument(
         "--image",

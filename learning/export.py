@@ -41,6 +41,7 @@ import onnx
 import torch
 import yaml
 
+from episode_dataset.ranges import POSITIVE_INT
 from learning.checkpoint import CheckpointError, instantiate_trusted, load_model
 from roboloop_runtime import METADATA_KEY, OnnxModel, build_metadata, upgrade_v1
 from roboloop_runtime.contract import WORLD_MODEL_STEPS
@@ -361,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = parser.add_argument_group("q_function")
     q.add_argument(
         "--mask-size",
-        type=int,
+        type=POSITIVE_INT,
         nargs=2,
         metavar=("H", "W"),
         help=FAMILIES["q_function"].options["mask_size"],

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 import sim
 from episode_dataset import EpisodeWriter
+from episode_dataset.ranges import POSITIVE_INT, SEED_ARG, one_line
 from sim.evaluate import RandomPolicy
 from sim.experts import make_expert_policy
 from sim.spec import env_spec
@@ -149,11 +150,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--env", required=True, help="task id, e.g. Reacher-v5")
     parser.add_argument("--policy", default="expert", help="expert | random | PATH.onnx")
-    parser.add_argument("--episodes", type=int, default=10, help="episodes to record")
-    parser.add_argument("--seed", type=int, default=0, help="first episode seed")
+    parser.add_argument("--episodes", type=POSITIVE_INT, default=10, help="episodes to record")
+    parser.add_argument("--seed", type=SEED_ARG, default=0, help="first episode seed")
     parser.add_argument("--out", required=True, help="dataset file (.hdf5); appended if it exists")
-    parser.add_argument("--num-envs", type=int, default=1, help="vectorized envs")
-    parser.add_argument("--camera", type=int, default=None, help="add an rgb image of this size")
+    parser.add_argument("--num-envs", type=POSITIVE_INT, default=1, help="vectorized envs")
+    parser.add_argument(
+        "--camera", type=POSITIVE_INT, default=None, help="add an rgb image of this size"
+    )
     parser.add_argument(
         "--async",
         dest="asynchronous",
@@ -173,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
             args.asynchronous,
         )
     except (ValueError, RuntimeError, OSError) as err:  # unknown task, bad model or dataset
-        parser.exit(2, f"sim.collect: error: {err}\n")
+        parser.exit(2, f"sim.collect: error: {one_line(err)}\n")
     from episode_dataset import EpisodeReader
 
     reader = EpisodeReader(args.out)

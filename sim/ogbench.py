@@ -39,6 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from episode_dataset import EpisodeWriter
+from episode_dataset.ranges import POSITIVE_INT, SEED_ARG
 
 # OGBench manipulation suite -> its episode step limit in the single-task envs.
 SUITES = {"cube-single": 200, "cube-double": 500, "scene": 750, "puzzle-3x3": 500}
@@ -295,11 +296,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--env", required=True, help=f"single-task env, e.g. {TASK_IDS[0]}")
     parser.add_argument("--kind", choices=KINDS, default="noisy", help="oracle dataset kind")
-    parser.add_argument("--episodes", type=int, default=10, help="episodes to generate")
-    parser.add_argument("--episode-steps", type=int, default=1000, help="steps per episode")
-    parser.add_argument("--seed", type=int, default=0, help="first episode seed")
+    parser.add_argument("--episodes", type=POSITIVE_INT, default=10, help="episodes to generate")
+    parser.add_argument(
+        "--episode-steps", type=POSITIVE_INT, default=1000, help="steps per episode"
+    )
+    parser.add_argument("--seed", type=SEED_ARG, default=0, help="first episode seed")
     parser.add_argument("--out", required=True, help="dataset file (.hdf5); appended if it exists")
-    parser.add_argument("--camera", type=int, default=None, help="add an rgb image of this size")
+    parser.add_argument(
+        "--camera", type=POSITIVE_INT, default=None, help="add an rgb image of this size"
+    )
     parser.add_argument(
         "--split-at-success",
         action="store_true",

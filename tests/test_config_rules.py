@@ -1,8 +1,11 @@
-"""Absurd numbers in a training config are one line naming the key, before any work
-(learning/config_rules.py), and every number the shipped configs hold has a rule they pass."""
+"""Absurd numbers are one line before any work: in a training config, naming the key
+(learning/config_rules.py; every number the shipped configs hold has a rule they pass), and on
+the command lines, as argparse's usage error (episode_dataset/ranges.py)."""
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import math
 import subprocess
 import sys
@@ -11,7 +14,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from episode_dataset.ranges import count, number
+from episode_dataset.ranges import POSITIVE_FLOAT, SEED, arg, count, number, one_line
 from learning.config_rules import RULES, UNCHECKED, check, check_config, numbers
 from learning.errors import ConfigError
 from learning.train import CONFIG_DIR, compose_config, run
@@ -119,3 +122,76 @@ def test_range_rules() -> None:
     check("discount", None, "data.discount")
     with pytest.raises(ConfigError, match="discount=None: must be a number in"):
         check("discount", None, "discount")
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "message"),
+    [
+        (
+            "sim.collect",
+            ["--env", "Reacher-v5", "--episodes", "0", "--out", "{tmp}/d.hdf5"],
+            "argument --episodes: must be an integer >= 1, got '0'",
+        ),
+        (
+            "sim.collect",
+            ["--env", "Reacher-v5", "--camera", "-64", "--out", "{tmp}/d.hdf5"],
+            "argument --camera: must be an integer >= 1, got '-64'",
+        ),
+        (
+            "sim.namo.parallel_data_collection",
+            ["--output-dir", "{tmp}/out", "--start-idx", "5", "--end-idx", "2"],
+            "--end-idx 2 must be > --start-idx 5",
+        ),
+        (
+            "sim.namo.mask_generation",
+            ["batch", "--input-dir", "{tmp}", "--output-dir", "{tmp}/out", "--workers", "0"],
+            "argument --workers: must be an integer >= 1, got '0'",
+        ),
+        (
+            "learning.namo.evaluate_planners",
+            ["--num-seeds", "-2", "--out", "{tmp}/e.json"],
+            "argument --num-seeds: must be an integer >= 1, got '-2'",
+        ),
+        (
+            "episode_dataset.cli",
+            [
+                "import-bag",
+                "{tmp}/b",
+                "--topics-config",
+                "t.yaml",
+                "--out",
+                "{tmp}/d.hdf5",
+                "--gap-s",
+                "nan",
+            ],
+            "argument --gap-s: must be a number > 0, got 'nan'",
+        ),  # fmt: skip
+        (
+            "training.train",
+            ["--mode", "all", "--episodes", "x"],
+            "argument --episodes: must be an integer >= 1, got 'x'",
+        ),
+    ],
+)
+def test_command_lines_refuse_absurd_numbers(
+    module: str, argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """argparse's one-line usage error (exit 2) before any work: no file is written."""
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as exit_:
+        main([a.format(tmp=tmp_path) for a in argv])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"error: {message}")
+    assert not any(tmp_path.iterdir())
+
+
+def test_argument_types() -> None:
+    seeds = arg(SEED)
+    assert seeds("7") == 7
+    for bad in ("-1", "4294967296", "1.5", "x"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"must be an integer in \[0, "):
+            seeds(bad)
+    assert POSITIVE_FLOAT("0.5") == 0.5
+    with pytest.raises(argparse.ArgumentTypeError, match="must be a number > 0, got 'inf'"):
+        POSITIVE_FLOAT("inf")
+    assert one_line(ValueError("a\n  b\n")) == "a b"

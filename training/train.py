@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from episode_dataset.ranges import POSITIVE_INT
+
 
 def _online(algorithm: str | None) -> Callable[[argparse.Namespace, list[str]], dict[str, Any]]:
     """An online config: `algorithm`, or the one `--algorithm` names (policy mode)."""
@@ -131,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--algorithm", choices=ALGORITHMS, default="ppo", help="policy learner")
     parser.add_argument("--env", help="policy mode: a registered sim task, e.g. HalfCheetah-v5")
     parser.add_argument("--dataset", help="world_model / supervised: an episode dataset file")
-    parser.add_argument("--episodes", type=int, default=20, help="all: episodes to collect")
+    parser.add_argument(
+        "--episodes", type=POSITIVE_INT, default=20, help="all: episodes to collect"
+    )
     parser.add_argument("--config", type=Path, help="YAML in seed 002's default_config layout")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. online.num_envs=8")
     args = parser.parse_args(argv)

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from episode_dataset.ranges import NON_NEGATIVE_INT, POSITIVE_INT, SEED_ARG
 from learning.data.keys import CONTEXT, TARGET
 from learning.generative.module import GenerativeModule
 from learning.generative.proposals import ProposalEval, TorchGenerator
@@ -270,13 +271,15 @@ def main(argv: list[str] | None = None) -> None:
     judged = parser.add_argument_group("proposals judged by what they achieve (--episodes)")
     judged.add_argument("--episodes", help="MCTS episode_*.json of held-out scenes")
     judged.add_argument("--q-model", help="Q-function .onnx/.ckpt: best-of-K Q, planner")
-    judged.add_argument("--mcts-budget", type=int, default=32, help="0: no MCTS Q")
-    judged.add_argument("--proposals", type=int, default=8, help="K per object")
-    judged.add_argument("--max-items", type=int, default=64, help="(state, object) items")
-    judged.add_argument("--planner-seeds", type=int, default=0, help="scenes for success")
-    judged.add_argument("--first-seed", type=int, default=100_000, help="of those scenes")
+    judged.add_argument("--mcts-budget", type=NON_NEGATIVE_INT, default=32, help="0: no MCTS Q")
+    judged.add_argument("--proposals", type=POSITIVE_INT, default=8, help="K per object")
+    judged.add_argument("--max-items", type=POSITIVE_INT, default=64, help="(state, object) items")
+    judged.add_argument(
+        "--planner-seeds", type=NON_NEGATIVE_INT, default=0, help="scenes for success"
+    )
+    judged.add_argument("--first-seed", type=SEED_ARG, default=100_000, help="of those scenes")
     judged.add_argument("--level", help="scene level of those scenes (None: generate_scene's own)")
-    judged.add_argument("--max-moves", type=int, default=5, help="decisions per episode")
+    judged.add_argument("--max-moves", type=POSITIVE_INT, default=5, help="decisions per episode")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     spec = None

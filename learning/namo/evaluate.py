@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from episode_dataset.ranges import POSITIVE_INT
 from learning.checkpoint import CheckpointError, load_lightning
 from learning.data.keys import ACTION_MASKS, EPISODE_ID, GOAL_ID, STATE_MASKS, TARGET_Q
 from learning.namo.data import QFunctionDataset, check_keys, find_mask_files
@@ -54,7 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--data-dir", required=True, nargs="+", help="[NAME=]folder of .npz mask files"
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
+    parser.add_argument(
+        "--batch-size", type=POSITIVE_INT, default=64, help="evaluation batch size"
+    )
     args = parser.parse_args(argv)
     for spec in args.data_dir:
         name, _, folder = spec.rpartition("=")

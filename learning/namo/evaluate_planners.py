@@ -19,6 +19,7 @@ from typing import Any
 
 import learning.generative.planner  # noqa: F401  (registers dit_q)
 import learning.namo.planner  # noqa: F401  (registers learned_q)
+from episode_dataset.ranges import POSITIVE_INT, SEED_ARG
 from sim.namo.evaluate_planners import (
     DEFAULT_FIRST_SEED,
     evaluate_planners,
@@ -63,16 +64,26 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     ap.add_argument("--planners", nargs="+", default=["mcts", "random"], help="registry names")
-    ap.add_argument("--seeds", nargs="*", type=int, help="scene seeds (default: --num-seeds)")
-    ap.add_argument("--num-seeds", type=int, default=20, help="scenes from --first-seed on")
-    ap.add_argument("--first-seed", type=int, default=DEFAULT_FIRST_SEED, help="held-out seeds")
+    ap.add_argument("--seeds", nargs="*", type=SEED_ARG, help="scene seeds (default: --num-seeds)")
+    ap.add_argument(
+        "--num-seeds", type=POSITIVE_INT, default=20, help="scenes from --first-seed on"
+    )
+    ap.add_argument(
+        "--first-seed", type=SEED_ARG, default=DEFAULT_FIRST_SEED, help="held-out seeds"
+    )
     ap.add_argument("--level", choices=sorted(LEVELS), default="easy", help="scene difficulty")
-    ap.add_argument("--max-moves", type=int, default=5, help="decisions per episode at most")
-    ap.add_argument("--mcts-budget", type=int, default=100, help="simulations per decision")
-    ap.add_argument("--max-depth", type=int, default=3, help="moves looked ahead per search")
+    ap.add_argument(
+        "--max-moves", type=POSITIVE_INT, default=5, help="decisions per episode at most"
+    )
+    ap.add_argument(
+        "--mcts-budget", type=POSITIVE_INT, default=100, help="simulations per decision"
+    )
+    ap.add_argument(
+        "--max-depth", type=POSITIVE_INT, default=3, help="moves looked ahead per search"
+    )
     ap.add_argument(
         "--proposals-per-object",
-        type=int,
+        type=POSITIVE_INT,
         default=None,
         help="candidates per reachable object for every planner (default: each planner's own)",
     )

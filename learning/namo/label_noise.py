@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from episode_dataset.ranges import POSITIVE_INT, SEED_ARG
 from learning.namo.metrics import group_ids, ranking_metrics
 from sim.namo.episodes import (
     EpisodeFileError,
@@ -144,9 +145,11 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--episodes", required=True, help="folder of episode_<e>.json files")
-    parser.add_argument("--mcts-budget", type=int, default=None, help="default: the episode's")
-    parser.add_argument("--seed", type=int, default=1, help="first re-search's random stream")
-    parser.add_argument("--repeats", type=int, default=1, help="re-searches per decision")
+    parser.add_argument(
+        "--mcts-budget", type=POSITIVE_INT, default=None, help="default: the episode's"
+    )
+    parser.add_argument("--seed", type=SEED_ARG, default=1, help="first re-search's random stream")
+    parser.add_argument("--repeats", type=POSITIVE_INT, default=1, help="re-searches per decision")
     parser.add_argument("--write-dir", default=None, help="write episodes with pooled Q here")
     parser.add_argument(
         "--fresh", action="store_true", help="pool the re-searches only, not the stored Q"
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--compare", default=None, help="score this folder's Q against --episodes' (no search)"
     )
-    parser.add_argument("--workers", type=int, default=None, help="default: all cores")
+    parser.add_argument("--workers", type=POSITIVE_INT, default=None, help="default: all cores")
     args = parser.parse_args(argv)
     try:
         if args.compare:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from episode_dataset import EpisodeReader
+from episode_dataset.ranges import POSITIVE_INT
 from learning.checkpoint import CheckpointError, load_model
 from learning.world_model.module import FilterGraph, ImagineGraph, WorldModel
 
@@ -99,9 +100,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--ckpt", required=True, help="world-model checkpoint (learning.train)")
     parser.add_argument("--dataset", required=True, help="held-out episode dataset file")
-    parser.add_argument("--context", type=int, default=5, help="filtered steps per window")
-    parser.add_argument("--horizon", type=int, default=15, help="imagined steps per window")
-    parser.add_argument("--stride", type=int, default=10, help="steps between window starts")
+    parser.add_argument(
+        "--context", type=POSITIVE_INT, default=5, help="filtered steps per window"
+    )
+    parser.add_argument(
+        "--horizon", type=POSITIVE_INT, default=15, help="imagined steps per window"
+    )
+    parser.add_argument(
+        "--stride", type=POSITIVE_INT, default=10, help="steps between window starts"
+    )
     args = parser.parse_args(argv)
     try:
         model, _ = load_model(args.ckpt)

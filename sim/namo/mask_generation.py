@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from episode_dataset.ranges import POSITIVE_INT, one_line
 from sim.namo.episodes import decision_items, episode_model, read_episode
 from sim.namo.masks import DEFAULT_SIZE, sample_arrays
 from sim.namo.parallel import imap_progress
@@ -83,11 +84,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     b.add_argument("--input-dir", required=True)
     b.add_argument("--output-dir", required=True)
-    b.add_argument("--image-size", type=int, default=DEFAULT_SIZE, help="mask side in pixels")
-    b.add_argument("--workers", type=int, default=None, help="default: all cores")
+    b.add_argument(
+        "--image-size", type=POSITIVE_INT, default=DEFAULT_SIZE, help="mask side in pixels"
+    )
+    b.add_argument("--workers", type=POSITIVE_INT, default=None, help="default: all cores")
     args = ap.parse_args(argv)
     start = time.perf_counter()
-    n = batch(args.input_dir, args.output_dir, args.image_size, args.workers)
+    try:
+        n = batch(args.input_dir, args.output_dir, args.image_size, args.workers)
+    except OSError as err:  # no --input-dir, an unwritable --output-dir
+        ap.exit(1, f"{ap.prog}: error: {one_line(err)}\n")
     print(f"{n} mask files -> {args.output_dir} in {time.perf_counter() - start:.1f} s")
 
 

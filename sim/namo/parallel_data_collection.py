@@ -15,6 +15,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+from episode_dataset.ranges import POSITIVE_INT, SEED_ARG, one_line
 from sim.namo.episodes import solve_episode, write_episode
 from sim.namo.mcts import MCTSConfig
 from sim.namo.parallel import imap_progress, usable_cores
@@ -78,16 +79,30 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     ap.add_argument("--output-dir", required=True)
-    ap.add_argument("--start-idx", type=int, default=0, help="first episode index")
-    ap.add_argument("--end-idx", type=int, required=True)
+    ap.add_argument("--start-idx", type=SEED_ARG, default=0, help="first episode index")
+    ap.add_argument("--end-idx", type=POSITIVE_INT, required=True)
     ap.add_argument("--level", choices=sorted(LEVELS), default="easy", help="scene difficulty")
-    ap.add_argument("--mcts-budget", type=int, default=100, help="simulations per decision")
-    ap.add_argument("--max-depth", type=int, default=3, help="moves looked ahead per search")
-    ap.add_argument("--max-moves", type=int, default=5, help="decisions per episode at most")
-    ap.add_argument("--proposals-per-object", type=int, default=4, help="goal proposals each")
-    ap.add_argument("--seed", type=int, default=0, help="MCTS randomness (scenes: episode index)")
-    ap.add_argument("--workers", type=int, default=None, help="default: every usable core")
+    ap.add_argument(
+        "--mcts-budget", type=POSITIVE_INT, default=100, help="simulations per decision"
+    )
+    ap.add_argument(
+        "--max-depth", type=POSITIVE_INT, default=3, help="moves looked ahead per search"
+    )
+    ap.add_argument(
+        "--max-moves", type=POSITIVE_INT, default=5, help="decisions per episode at most"
+    )
+    ap.add_argument(
+        "--proposals-per-object", type=POSITIVE_INT, default=4, help="goal proposals each"
+    )
+    ap.add_argument(
+        "--seed", type=SEED_ARG, default=0, help="MCTS randomness (scenes: episode index)"
+    )
+    ap.add_argument(
+        "--workers", type=POSITIVE_INT, default=None, help="default: every usable core"
+    )
     args = ap.parse_args(argv)
+    if args.end_idx <= args.start_idx:
+        ap.error(f"--end-idx {args.end_idx} must be > --start-idx {args.start_idx}")
     config = MCTSConfig(
         budget=args.mcts_budget,
         max_depth=args.max_depth,
@@ -96,15 +111,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     start = time.perf_counter()
     workers = min(args.workers or usable_cores(), max(1, args.end_idx - args.start_idx))
-    rows = collect(
-        args.output_dir,
-        args.start_idx,
-        args.end_idx,
-        config,
-        args.max_moves,
-        workers,
-        level=args.level,
-    )
+    try:
+        rows = collect(
+            args.output_dir,
+            args.start_idx,
+            args.end_idx,
+            config,
+            args.max_moves,
+            workers,
+            level=args.level,
+        )
+    except OSError as err:  # the output folder cannot be made or written
+        ap.exit(1, f"{ap.prog}: error: {one_line(err)}\n")
     print(summary_line(rows, args.level, args.output_dir, time.perf_counter() - start, workers))
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from episode_dataset.ranges import NON_NEGATIVE_INT, POSITIVE_INT, SEED_ARG
 from sim.namo.grid import rect_corners
 from sim.namo.keys import ACTION_KEYS, STATE_KEYS
 from sim.namo.scene import Scene
@@ -187,10 +188,14 @@ def main(argv: list[str] | None = None) -> None:
         "episode", nargs="?", help="episode_<e>.json from sim.namo.parallel_data_collection"
     )
     ap.add_argument("--level", choices=sorted(LEVELS), help="instead: generated scenes + plans")
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="scenes of --level")
-    ap.add_argument("--decision", type=int, default=0, help="decision index in the episode")
+    ap.add_argument(
+        "--seeds", nargs="+", type=SEED_ARG, default=[0, 1, 2], help="scenes of --level"
+    )
+    ap.add_argument(
+        "--decision", type=NON_NEGATIVE_INT, default=0, help="decision index in the episode"
+    )
     ap.add_argument("--out", required=True)
-    ap.add_argument("--size", type=int, default=512, help="image side in pixels")
+    ap.add_argument("--size", type=POSITIVE_INT, default=512, help="image side in pixels")
     args = ap.parse_args(argv)
     if (args.episode is None) == (args.level is None):
         raise SystemExit("give an episode file or --level (not both)")

@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 
+from episode_dataset.ranges import POSITIVE_INT
 from roboloop_runtime import METADATA_KEY, ObsSpec, build_metadata
 from sim.namo.keys import CONTEXT_KEYS
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("out", help="ONNX file to write")
-    parser.add_argument("--image-size", type=int, default=16, help="mask side S (S x S)")
+    parser.add_argument("--image-size", type=POSITIVE_INT, default=16, help="mask side S (S x S)")
     parser.add_argument("--fault", choices=sorted(FAULTS), help="a broken model (tests)")
     args = parser.parse_args(argv)
     print(make_reference_generator(args.out, args.image_size, args.fault))

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from episode_dataset.ranges import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT
 from roboloop_runtime import METADATA_KEY, ObsSpec, build_metadata
 
 INT64_MAX = np.iinfo(np.int64).max
@@ -230,10 +231,14 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("out", help="ONNX file to write")
-    parser.add_argument("--state-dim", type=int, default=4, help="state observation size")
-    parser.add_argument("--action-dim", type=int, default=2, help="action size")
-    parser.add_argument("--image", type=int, default=0, help="square rgb8 image size (0: none)")
-    parser.add_argument("--rate", type=float, default=20.0, help="control_rate_hz metadata")
+    parser.add_argument("--state-dim", type=POSITIVE_INT, default=4, help="state observation size")
+    parser.add_argument("--action-dim", type=POSITIVE_INT, default=2, help="action size")
+    parser.add_argument(
+        "--image", type=NON_NEGATIVE_INT, default=0, help="square rgb8 image size (0: none)"
+    )
+    parser.add_argument(
+        "--rate", type=POSITIVE_FLOAT, default=20.0, help="control_rate_hz metadata"
+    )
     parser.add_argument("--fault", choices=sorted(FAULTS), help="a broken model (safety tests)")
     args = parser.parse_args(argv)
     make_reference_policy(
