@@ -425,8 +425,11 @@ def test_cli_imports_and_errors_are_one_line(tmp_path, config, capsys):
     typed.write_text(CONFIG.replace("ros__parameters:", unset))
     latin = tmp_path / "latin.yaml"
     latin.write_bytes(CONFIG.encode().replace(b"Fake-v0", b"Fak\xe9-v0"))
+    ranged = tmp_path / "ranged.yaml"  # the range the recorder node declares for it
+    ranged.write_text(CONFIG.replace("max_age_s: 0.02", "max_age_s: -0.5"))
     for cfg, text in (
         (typed, "typed.yaml: parameter future_tolerance_s must be like 1.0, got None"),
+        (ranged, "ranged.yaml: parameter max_age_s must be a number in [0, 60], got -0.5"),
         (latin, "latin.yaml: cannot read the parameter file: 'utf-8' codec can't decode"),
     ):
         with pytest.raises(RecorderConfigError) as caught:

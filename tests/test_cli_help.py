@@ -212,3 +212,9 @@ def test_node_executable_help_lists_its_parameters(
     parameters = sys.modules[node_module].PARAMETERS
     listed = re.findall(r"^  (\w+) \(default: ", out, re.MULTILINE)
     assert listed == list(parameters)
+    # every number has a declared range (rclpy refuses a value outside it), shown here
+    for name, (default, _, *rule) in parameters.items():
+        if isinstance(default, int | float) and not isinstance(default, bool):
+            assert rule, f"{script}: parameter {name} has no range"
+            assert rule[0].accepts(default), f"{script}: {name}'s default is outside its range"
+            assert f"  {name} (default: {default!r}; {rule[0]})" in out

@@ -443,7 +443,7 @@ def test_default_max_age_follows_the_timeline_period(rate, rtf, expected):
         session_config,
     )
 
-    params = {name: default for name, (default, _) in RECORDING_PARAMETERS.items()}
+    params = {name: default for name, (default, *_) in RECORDING_PARAMETERS.items()}
     recording = make_recording(SPECS, env_args={}, control_rate_hz=rate, real_time_factor=rtf)
     config = session_config(params, recording)
     assert config.max_age_s == pytest.approx(expected)

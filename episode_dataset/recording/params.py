@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from episode_dataset.ranges import count, number
 from episode_dataset.recording.session import SessionConfig
 from episode_dataset.recording.topics import RecorderConfigError, TopicSpec, parse_topics
 
@@ -28,8 +29,8 @@ TOPIC_LISTS = ("topics", "types", "keys", "shapes", "fields")
 # The default max_age_s in periods: below the aligner's half period with room for stamp jitter.
 AUTO_MAX_AGE_PERIODS = 0.4
 
-# name -> (default, description): what to record and how to align it.
-RECORDING_PARAMETERS: dict[str, tuple[Any, str]] = {
+# name -> (default, description[, range]): what to record and how to align it.
+RECORDING_PARAMETERS: dict[str, tuple[Any, ...]] = {
     "topics": (
         ["/sim/state", "/sim/applied_action", "/sim/reward", "/sim/done"],
         "Topics to record (parallel to types/keys/shapes/fields).",
@@ -61,11 +62,13 @@ RECORDING_PARAMETERS: dict[str, tuple[Any, str]] = {
         50.0,
         "Control steps per second of robot time (stored as env_args.control_rate_hz; the "
         "default is Reacher-v5's, like the topic lists'); 0 = the spec's or env_args_json's.",
+        number(0, 1000),
     ),
     "real_time_factor": (
         0.0,
         "Robot seconds per wall-clock second (stamps are wall-clock: the timeline runs at "
         "control_rate_hz x this per stamp second); 0 = the spec topic's, else 1.",
+        number(0, 1000),
     ),
     "max_age_s": (
         0.0,
@@ -73,6 +76,7 @@ RECORDING_PARAMETERS: dict[str, tuple[Any, str]] = {
         "stale (skipped). Must be below half a period of the recorded timeline; 0 = "
         f"{AUTO_MAX_AGE_PERIODS:g} of it (0.02 s at 20 steps/s of wall clock, 0.008 s on 50 Hz "
         "sim time).",
+        number(0, 60),
     ),
     "headerless_anchor_key": (
         "actions",
@@ -82,20 +86,27 @@ RECORDING_PARAMETERS: dict[str, tuple[Any, str]] = {
     "headerless_anchor_tolerance_s": (
         0.02,
         "Largest arrival-time gap between a headerless message and its anchor message.",
+        number(0, 60),
     ),
     "headerless_offset_periods": (
         -1.0,
         "Without an anchor: headerless messages are stamped on arrival plus this many periods.",
+        number(-100, 100),
     ),
     "reference_key": ("", "Key whose stamps drive the timeline; '' = first stamped obs key."),
     "future_tolerance_s": (
         1.0,
         "Messages stamped more than this ahead of the node clock at arrival are rejected "
         "(counted as future_stamp).",
+        number(0, 3600),
     ),
     "record_on_activate": (True, "Start an episode when the node activates."),
     "restart_after_done": (True, "Start the next episode right after a done step."),
-    "max_episodes": (0, "Stop recording after this many episodes (0 = unlimited)."),
+    "max_episodes": (
+        0,
+        "Stop recording after this many episodes (0 = unlimited).",
+        count(0, high=2**31 - 1),
+    ),
 }
 
 
@@ -204,13 +215,17 @@ def read_params_file(path: str | Path, node: str = "recorder") -> dict[str, Any]
         raise RecorderConfigError(
             f"{path}: no '{node}:' or '/**:' section with ros__parameters (a ROS parameter file)"
         )
-    params = {name: default for name, (default, _) in RECORDING_PARAMETERS.items()}
-    for name in RECORDING_PARAMETERS:
+    params = {name: default for name, (default, *_) in RECORDING_PARAMETERS.items()}
+    for name, (_, _, *rule) in RECORDING_PARAMETERS.items():
         if name in found:
             value, default = found[name], params[name]
             if not _same_kind(value, default):
                 raise RecorderConfigError(
                     f"{path}: parameter {name} must be like {default!r}, got {value!r}"
+                )
+            if rule and not rule[0].accepts(value):  # the range the node declares too
+                raise RecorderConfigError(
+                    f"{path}: parameter {name} must be {rule[0]}, got {value!r}"
                 )
             params[name] = [str(v) for v in value] if isinstance(value, list) else value
     return params

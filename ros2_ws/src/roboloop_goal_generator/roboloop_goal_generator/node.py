@@ -23,6 +23,7 @@ from roboloop_node_common.runtime import run_node
 from sensor_msgs.msg import Image
 
 from episode_dataset.codecs import MessageError, encode_image
+from episode_dataset.ranges import SEED, count
 from roboloop_goal_generator.generator import GoalGenerator, SceneError, generate
 from roboloop_runtime import ModelOutputError, OnnxModel
 
@@ -34,13 +35,17 @@ REQUEST_QOS = QoSProfile(
     reliability=QoSReliabilityPolicy.RELIABLE,
     durability=QoSDurabilityPolicy.VOLATILE,
 )
-PARAMETERS: dict[str, tuple[Any, str]] = {
+PARAMETERS: dict[str, tuple[Any, ...]] = {
     **model_parameters("ONNX file exported with model_type goal_generator"),
-    "num_proposals": (8, "K goal proposals per scene"),
-    "seed": (0, "seed of the noise generator"),
+    "num_proposals": (8, "K goal proposals per scene", count(1, high=4096)),
+    "seed": (0, "seed of the noise generator", SEED),
     "scene_topic": ("/namo/scene_masks", "sensor_msgs/Image 32FC5 scene masks"),
     "proposals_topic": ("/namo/goal_proposals", "sensor_msgs/Image 32FC<K> proposals"),
-    "max_request_bytes": (16 << 20, "largest scene data (step * height); larger is refused"),
+    "max_request_bytes": (
+        16 << 20,
+        "largest scene data (step * height); larger is refused",
+        count(1, high=2**31 - 1),
+    ),
 }
 
 

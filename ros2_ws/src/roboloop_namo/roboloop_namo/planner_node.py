@@ -44,6 +44,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Float32MultiArray, Int64, String
 
 from episode_dataset.codecs import decode_image, encode_image
+from episode_dataset.ranges import count, number
 from roboloop_namo.planning import (
     PlannerStats,
     RemoteGenerator,
@@ -63,20 +64,36 @@ QOS = QoSProfile(
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.VOLATILE,
 )
-PARAMETERS: dict[str, tuple[Any, str]] = {
+PARAMETERS: dict[str, tuple[Any, ...]] = {
     "level": ("hard", "scene level: easy | medium | hard"),
-    "scene_seed": (0, "scene planned at start (-1: none; seeds on ~/plan)"),
-    "max_moves": (5, "decisions per episode at most"),
-    "proposals_per_object": (8, "uniform proposals per object when no generated move is valid"),
-    "scene_size": (64, "side of the scene masks sent to the generator (it resizes them)"),
-    "q_mask_size": (56, "side of the Q masks: the q_scorer model's input size"),
+    "scene_seed": (
+        0,
+        "scene planned at start (-1: none; seeds on ~/plan)",
+        count(-1, high=2**32 - 1),
+    ),
+    "max_moves": (5, "decisions per episode at most", count(1, high=1000)),
+    "proposals_per_object": (
+        8,
+        "uniform proposals per object when no generated move is valid",
+        count(1, high=1024),
+    ),
+    "scene_size": (
+        64,
+        "side of the scene masks sent to the generator (it resizes them)",
+        count(8, high=4096),
+    ),
+    "q_mask_size": (
+        56,
+        "side of the Q masks: the q_scorer model's input size",
+        count(8, high=4096),
+    ),
     "scene_topic": ("/namo/scene_masks", "goal_generator input (Image 32FC5)"),
     "proposals_topic": ("/namo/goal_proposals", "goal_generator output (Image 32FC<K>)"),
     "request_topic": ("/q_scorer/request", "q_scorer input (Image 32FC<8+5K>)"),
     "response_topic": ("/q_scorer/q_values", "q_scorer output (Float32MultiArray)"),
-    "reply_timeout_s": (30.0, "a node's reply must come within this time"),
-    "resend_s": (2.0, "a request without reply is sent again after this time"),
-    "diagnostics_period_s": (1.0, "period of /diagnostics messages"),
+    "reply_timeout_s": (30.0, "a node's reply must come within this time", number(0.01, 3600)),
+    "resend_s": (2.0, "a request without reply is sent again after this time", number(0.01, 3600)),
+    "diagnostics_period_s": (1.0, "period of /diagnostics messages", number(0.01, 3600)),
     "autostart": (True, "plan scene_seed as soon as the node is up"),
 }
 

@@ -30,6 +30,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 
 from episode_dataset.codecs import MessageError
+from episode_dataset.ranges import count
 from roboloop_namo.core import RequestLimits, ScoringStats, score_request
 from roboloop_runtime import ModelOutputError, OnnxModel
 from sim.namo.scoring import OnnxQScorer
@@ -44,13 +45,25 @@ RESPONSE_QOS = QoSProfile(
     durability=DurabilityPolicy.VOLATILE,
 )
 
-PARAMETERS: dict[str, tuple[Any, str]] = {
+PARAMETERS: dict[str, tuple[Any, ...]] = {
     **model_parameters("ONNX Q-function from learning.export (model_type q_function)"),
     "request_topic": ("~/request", "sensor_msgs/Image 32FC<8+5K>: shared state + K proposals"),
     "response_topic": ("~/q_values", "std_msgs/Float32MultiArray (1, K) Q-values + key"),
-    "max_pending": (2, "requests kept while one is scored (subscription depth); older dropped"),
-    "max_proposals": (256, "largest K of a request; larger requests are refused unread"),
-    "max_request_bytes": (32 << 20, "largest request data (step * height); larger refused"),
+    "max_pending": (
+        2,
+        "requests kept while one is scored (subscription depth); older dropped",
+        count(1, high=1000),
+    ),
+    "max_proposals": (
+        256,
+        "largest K of a request; larger requests are refused unread",
+        count(1, high=65536),
+    ),
+    "max_request_bytes": (
+        32 << 20,
+        "largest request data (step * height); larger refused",
+        count(1, high=2**31 - 1),
+    ),
 }
 
 

@@ -64,7 +64,7 @@ def run_console_script(module: str, environment: Mapping[str, str] | None = None
     return main()
 
 
-def node_usage(name: str, doc: str, parameters: Mapping[str, tuple[object, str]]) -> str:
+def node_usage(name: str, doc: str, parameters: Mapping[str, tuple[object, ...]]) -> str:
     """`--help` of a node executable: usage, the module's first doc line, every parameter."""
     lines = [
         f"usage: {name} [-h] [--ros-args [-p NAME:=VALUE ...] [--params-file FILE] "
@@ -74,8 +74,9 @@ def node_usage(name: str, doc: str, parameters: Mapping[str, tuple[object, str]]
         "",
         "ROS parameters (-p NAME:=VALUE or a --params-file):",
     ]
-    for param, (default, description) in parameters.items():
-        lines.append(f"  {param} (default: {default!r})")
+    for param, (default, description, *rule) in parameters.items():
+        allowed = f"; {rule[0]}" if rule else ""
+        lines.append(f"  {param} (default: {default!r}{allowed})")
         if description:
             lines.append(f"      {description}")
     return "\n".join(lines)

@@ -48,6 +48,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.clock import Clock, ClockType
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
+from episode_dataset.ranges import count, number
 from roboloop_node_common.faults import ERROR, OK, WARN, FaultLog
 from roboloop_node_common.runtime import (
     DIAGNOSTICS_QOS,
@@ -59,7 +60,7 @@ from roboloop_node_common.runtime import (
 from roboloop_runtime import ModelLoadError, OnnxModel
 
 
-def model_parameters(model_help: str, inference_threads: int = 1) -> dict[str, tuple[Any, str]]:
+def model_parameters(model_help: str, inference_threads: int = 1) -> dict[str, tuple[Any, ...]]:
     """The parameters every model node has (name -> (default, description))."""
     return {
         "model_path": ("", model_help),
@@ -67,9 +68,14 @@ def model_parameters(model_help: str, inference_threads: int = 1) -> dict[str, t
         "inference_threads": (
             inference_threads,
             "onnxruntime intra-op threads (0: onnxruntime default)",
+            count(0, high=1024),
         ),
-        "error_hold_s": (10.0, "diagnostics stay ERROR (WARN) this long after the last one"),
-        "diagnostics_period_s": (1.0, "period of /diagnostics messages"),
+        "error_hold_s": (
+            10.0,
+            "diagnostics stay ERROR (WARN) this long after the last one",
+            number(0, 86400),
+        ),
+        "diagnostics_period_s": (1.0, "period of /diagnostics messages", number(0.01, 3600)),
         "autostart": (True, "configure and activate at startup (no lifecycle manager needed)"),
     }
 

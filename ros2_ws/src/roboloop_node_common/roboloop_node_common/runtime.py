@@ -1,6 +1,6 @@
 """What every roboloop node shares: its parameter table, the process main, its /diagnostics.
 
-    PARAMETERS = {"model_path": ("", "ONNX file"), "autostart": (True, "configure + activate")}
+    PARAMETERS = {"model_path": ("", "ONNX file"), "rate": (20.0, "Hz", number(1, 1000))}
     declare_parameters(node, PARAMETERS)             # in the node's __init__
     params = read_parameters(node, PARAMETERS, MyParams)
     class MyNode(TableParameters, LifecycleNode): ...  # the same, re-read at each configure
@@ -25,7 +25,12 @@ from xml.etree import ElementTree
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor, ParameterType
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    ParameterType,
+)
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
@@ -33,6 +38,7 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from rclpy.signals import SignalHandlerOptions
 
+from episode_dataset.ranges import Range
 from roboloop_node_common.entry import catch_stop_signals, ignore_stop_signals
 
 DIAGNOSTICS_TOPIC = "/diagnostics"
@@ -44,8 +50,10 @@ SIGNAL_POLL_S = 0.2  # the main thread's wake-ups while it waits for a stop sign
 # nodes fail on it (docs/ros_policy_node.md), so only a node that opts in runs on it.
 EXECUTORS = ("single_threaded", "events")
 
-# name -> (default, description)
-ParameterTable = Mapping[str, tuple[Any, str]]
+# name -> (default, description) or (default, description, Range): a number's range is declared
+# in its descriptor, so rclpy refuses a value outside it at start (exit 2, one line) and on
+# `ros2 param set`, and `ros2 param describe` shows it. ROS ranges are closed: both ends given.
+ParameterTable = Mapping[str, tuple[Any, str] | tuple[Any, str, Range]]
 P = TypeVar("P")
 
 
@@ -60,14 +68,31 @@ class RoboloopNode(Protocol):
 
 
 def declare_parameters(node: Node, parameters: ParameterTable) -> None:
-    """Declare every parameter with its description (list defaults are string arrays)."""
-    for name, (default, description) in parameters.items():
+    """Declare every parameter with its description and range (list defaults are string
+    arrays)."""
+    for name, (default, description, *rule) in parameters.items():
         descriptor = ParameterDescriptor(description=description)
+        if rule:
+            set_range(descriptor, name, rule[0])
         if isinstance(default, list):
             if not default:  # rclpy would type `[]` as a byte array
                 raise ValueError(f"parameter {name!r}: give a non-empty string list default")
             descriptor.type = ParameterType.PARAMETER_STRING_ARRAY
         node.declare_parameter(name, default, descriptor)
+
+
+def set_range(descriptor: ParameterDescriptor, name: str, rule: Range) -> None:
+    """`rule` as the descriptor's integer_range or floating_point_range (closed, no step)."""
+    if rule.low is None or rule.high is None or rule.low_open or rule.high_open or rule.also:
+        raise ValueError(f"parameter {name!r}: a ROS range is closed at both ends, not {rule}")
+    if rule.integer:
+        low, high = int(rule.low), int(rule.high)
+        descriptor.integer_range = [IntegerRange(from_value=low, to_value=high, step=1)]
+    else:
+        low_f, high_f = float(rule.low), float(rule.high)
+        descriptor.floating_point_range = [
+            FloatingPointRange(from_value=low_f, to_value=high_f, step=0.0)
+        ]
 
 
 def read_parameters(node: Node, parameters: ParameterTable, into: Callable[..., P]) -> P:

@@ -15,6 +15,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from rclpy.exceptions import InvalidParameterValueException  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from roboloop_node_common.runtime import (  # noqa: E402
@@ -24,6 +25,8 @@ from roboloop_node_common.runtime import (  # noqa: E402
     publish_status,
     read_parameters,
 )
+
+from episode_dataset.ranges import count, number  # noqa: E402
 
 TABLE = {
     "model_path": ("", "a file"),
@@ -53,6 +56,37 @@ def test_parameters_declare_with_descriptions_and_read_into_a_dataclass(ros) -> 
         assert descriptor.type == Parameter.Type.STRING_ARRAY.value
         with pytest.raises(ValueError, match="'empty': give a non-empty string list default"):
             declare_parameters(node, {"empty": ([], "rclpy would type this as bytes")})
+    finally:
+        node.destroy_node()
+
+
+def test_a_range_is_declared_and_enforced_at_start_and_on_set(ros) -> None:
+    table = {
+        "rate_hz": (20.0, "a double", number(1, 100)),
+        "depth": (10, "an int", count(1, high=50)),
+    }
+    node = rclpy.create_node("range_probe", context=ros)
+    try:
+        declare_parameters(node, table)
+        (fp,) = node.describe_parameter("rate_hz").floating_point_range
+        assert (fp.from_value, fp.to_value) == (1.0, 100.0)
+        (ir,) = node.describe_parameter("depth").integer_range
+        assert (ir.from_value, ir.to_value) == (1, 50)
+        # what `ros2 param set` does: refused, the value unchanged
+        for name, bad in (("rate_hz", 0.0), ("rate_hz", float("nan")), ("depth", 51)):
+            (result,) = node.set_parameters([Parameter(name, value=bad)])
+            assert not result.successful and "out of range" in result.reason
+        assert node.get_parameter("rate_hz").value == 20.0
+        assert node.set_parameters([Parameter("depth", value=50)])[0].successful
+        with pytest.raises(ValueError, match="a ROS range is closed at both ends"):
+            declare_parameters(node, {"open": (1.0, "x", number(0, low_open=True))})
+    finally:
+        node.destroy_node()
+    overrides = [Parameter("depth", value=0)]  # a value from the command line: refused at start
+    node = rclpy.create_node("range_probe2", context=ros, parameter_overrides=overrides)
+    try:
+        with pytest.raises(InvalidParameterValueException, match="depth out of range"):
+            declare_parameters(node, table)
     finally:
         node.destroy_node()
 
@@ -102,6 +136,23 @@ def test_a_parameter_of_the_wrong_type_exits_2_with_one_line(ros, tmp_path) -> N
     assert proc.returncode == EXIT_BAD_PARAMETER, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if "bad parameter" in line]
     assert len(lines) == 1 and "max_pending" in lines[0], proc.stderr[-2000:]
+
+
+def test_a_parameter_out_of_range_exits_2_with_one_line(ros, tmp_path) -> None:
+    exe = Path(sys.executable).parent / "q_scorer"
+    if not exe.exists() and shutil.which("q_scorer") is None:
+        pytest.skip("q_scorer is not installed in this environment")
+    proc = subprocess.run(
+        [str(exe) if exe.exists() else "q_scorer", "--ros-args", "-p", "max_pending:=0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ),
+    )
+    assert proc.returncode == EXIT_BAD_PARAMETER, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if "bad parameter" in line]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert "max_pending out of range. Min: 1, Max: 1000, value: 0" in lines[0]
 
 
 FAILING_NODE = """

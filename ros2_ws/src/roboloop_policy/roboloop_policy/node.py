@@ -34,6 +34,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool
 
 from episode_dataset.codecs import IMAGE, MessageError, ns_to_stamp, stamp_to_ns
+from episode_dataset.ranges import SEED, number
 from roboloop_policy.control import STALE, TRIGGERS, Command, PolicyLoop
 from roboloop_policy.observations import (
     BindingError,
@@ -66,7 +67,7 @@ COMMAND_QOS = QoSProfile(
 )
 
 
-def observation_parameters(safe_action_help: str) -> dict[str, tuple[Any, str]]:
+def observation_parameters(safe_action_help: str) -> dict[str, tuple[Any, ...]]:
     """The parameters of a node whose loop is fed by observation topics (`ObservingNode`: the
     policy and world-model nodes): the topic map, the robot spec, the control rate, staleness
     and the observation range check. `safe_action` says what this node does while stale."""
@@ -86,38 +87,50 @@ def observation_parameters(safe_action_help: str) -> dict[str, tuple[Any, str]]:
         "control_rate_hz": (
             0.0,
             "control steps per second of robot time; 0 = control_rate_hz from model metadata",
+            number(0, 1000),
         ),
         "real_time_factor": (
             0.0,
             "robot seconds per wall-clock second (a sim run slower than real time): the "
             "control timer ticks control_rate_hz x this per wall-clock second; 0 = the "
             "spec_topic's, else 1",
+            number(0, 1000),
         ),
         "spec_topic": (
             "",
             "latched spec of the robot (a sim bridge's /sim/spec) to take real_time_factor "
             "from and check the model's observations against; '' = not used",
         ),
-        "spec_timeout_s": (30.0, "spec_topic: configure fails when no spec arrives within this"),
-        "stale_periods": (3.0, "an observation older than this many control periods is stale"),
+        "spec_timeout_s": (
+            30.0,
+            "spec_topic: configure fails when no spec arrives within this",
+            number(0.1, 86400),
+        ),
+        "stale_periods": (
+            3.0,
+            "an observation older than this many control periods is stale",
+            number(1, 1000),
+        ),
         "safe_action": ("zeros", safe_action_help),
         "max_normalized_observation": (
             DEFAULT_MAX_NORMALIZED,
             "reject observations farther than this many std (half-ranges) from the training data",
+            number(0.001, 1e12),
         ),
     }
 
 
-PARAMETERS: dict[str, tuple[Any, str]] = {
+PARAMETERS: dict[str, tuple[Any, ...]] = {
     **model_parameters(
         "ONNX policy exported by learning.export (roboloop metadata required)",
         inference_threads=0,
     ),
-    "seed": (0, "seed of the sampler noise generator"),
+    "seed": (0, "seed of the sampler noise generator", SEED),
     "noise_scale": (
         1.0,
         "sampler start points ~ noise_scale x N(0, I); 0 = deterministic (the flow from 0; a "
         "best_of_n model's N candidates are then one)",
+        number(0, 100),
     ),
     **observation_parameters("action published while stale: zeros | hold (last action)"),
     "action_topic": ("/sim/action", "sensor_msgs/JointState actions (effort = action)"),

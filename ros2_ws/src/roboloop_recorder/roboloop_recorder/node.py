@@ -44,6 +44,7 @@ from roboloop_node_common.runtime import (
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
+from episode_dataset.ranges import count, number
 from episode_dataset.recording.params import (
     RECORDING_PARAMETERS,
     TOPIC_LISTS,
@@ -68,7 +69,7 @@ from roboloop_runtime.topics import step_ack_topic
 
 # name -> (default, description). Declared once in __init__, read at each configure: what to
 # record and how to align it (shared with bag import), then what only the node needs.
-PARAMETERS: dict[str, tuple[Any, str]] = {
+PARAMETERS: dict[str, tuple[Any, ...]] = {
     **RECORDING_PARAMETERS,
     "spec_path": (
         "",
@@ -80,7 +81,11 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
         "Latched std_msgs/String spec of a sim bridge (e.g. /sim/spec) to take the topic map, "
         "env_args, control rate and real-time factor from ('' = not used).",
     ),
-    "spec_timeout_s": (30.0, "spec_topic: configure fails when no spec arrives within this."),
+    "spec_timeout_s": (
+        30.0,
+        "spec_topic: configure fails when no spec arrives within this.",
+        number(0.1, 86400),
+    ),
     "topic_namespace": (
         "/sim",
         "With a spec: keys without a source topic, actions, rewards and dones are read from "
@@ -91,11 +96,19 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
         "Dataset file (episode_dataset); appended to if it exists; missing parents are created.",
     ),
     "keep_partial_on_deactivate": (False, "End (keep) instead of discard an open episode."),
-    "queue_size": (256, "Writer queue length in steps; a full queue drops steps (counted)."),
+    "queue_size": (
+        256,
+        "Writer queue length in steps; a full queue drops steps (counted).",
+        count(1, high=1_000_000),
+    ),
     "fsync": (True, "fsync each committed episode (crash safety)."),
-    "subscription_depth": (10, "History depth of every subscription."),
-    "discovery_period_s": (0.2, "How often to look for (new) publishers to match their QoS."),
-    "diagnostics_period_s": (1.0, "Period of /diagnostics publishing."),
+    "subscription_depth": (10, "History depth of every subscription.", count(1, high=10_000)),
+    "discovery_period_s": (
+        0.2,
+        "How often to look for (new) publishers to match their QoS.",
+        number(0.01, 60),
+    ),
+    "diagnostics_period_s": (1.0, "Period of /diagnostics publishing.", number(0.01, 3600)),
     "lockstep_ack": (
         False,
         "On sim time (use_sim_time): acknowledge each step on <topic_namespace>/step_ack once "

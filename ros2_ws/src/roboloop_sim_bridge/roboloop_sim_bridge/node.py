@@ -57,6 +57,7 @@ from std_msgs.msg import Bool, Float32, Header, String
 from std_srvs.srv import Trigger
 
 from episode_dataset.codecs import MessageError, decode_joint_state, encode_image
+from episode_dataset.ranges import SEED, count, number
 from roboloop_runtime import check_control_rate
 from roboloop_runtime.topics import (
     IMAGE_FEATURE,
@@ -81,22 +82,39 @@ COMMAND_QOS = QoSProfile(
     reliability=QoSReliabilityPolicy.RELIABLE,
     durability=QoSDurabilityPolicy.VOLATILE,
 )
-PARAMETERS: dict[str, tuple[Any, str]] = {
+PARAMETERS: dict[str, tuple[Any, ...]] = {
     "env_id": ("Reacher-v5", "Environment id registered by sim (sim.make)."),
     "env_kwargs_json": ("{}", "JSON dict of extra keyword arguments for sim.make."),
-    "camera": (0, "Camera image size in pixels (square); 0 = no camera topic."),
+    "camera": (
+        0,
+        "Camera image size in pixels (square); 0 = no camera topic.",
+        count(0, high=4096),
+    ),
     "real_time_factor": (
         1.0,
         "Simulated seconds per wall-clock second: the env steps at its control rate "
         "(1 / env.dt) times this many steps per wall-clock second (< 1: slower than real time).",
+        number(0.001, 1000),
     ),
-    "seed": (0, "Episode i is reset with seed + i."),
+    "seed": (0, "Episode i is reset with seed + i.", SEED),
     "action_source": ("expert", "topic | expert | random: where each step's action comes from."),
-    "action_timeout_s": (0.5, "action_source=topic: older commands are ignored (zero action)."),
+    "action_timeout_s": (
+        0.5,
+        "action_source=topic: older commands are ignored (zero action).",
+        number(0.001, 3600),
+    ),
     "auto_restart": (True, "Reset and continue after done (else pause until ~/start_episode)."),
-    "max_episodes": (0, "Pause for good after this many episodes (0 = unlimited)."),
+    "max_episodes": (
+        0,
+        "Pause for good after this many episodes (0 = unlimited).",
+        count(0, high=2**31 - 1),
+    ),
     "run_on_activate": (True, "Start the first episode when activated."),
-    "wait_for_subscribers": (0, "Start the first episode once every output topic has this many."),
+    "wait_for_subscribers": (
+        0,
+        "Start the first episode once every output topic has this many.",
+        count(0, high=1000),
+    ),
     "wait_for_action_publisher": (
         True,
         "action_source=topic: start the first episode only once the action topic has a "
@@ -106,6 +124,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
         1.5,
         "After wait_for_subscribers is met, wait this long: a best-effort reader drops samples "
         "from a writer it has not matched yet, although the writer already matched it.",
+        number(0, 3600),
     ),
     "sensor_qos": ("sensor_data", "QoS of observations: sensor_data (best effort) | reliable."),
     "frame_id": ("sim", "header.frame_id of published messages."),
@@ -130,13 +149,15 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
         2.0,
         "lockstep: wall-clock seconds to wait for acknowledgements or the action, then step "
         "anyway (counted: lockstep_timeouts; action_source=topic applies the zero action).",
+        number(0.01, 3600),
     ),
     "wait_for_ackers": (
         0,
         "lockstep: the first episode also waits until <namespace>/step_ack has this many "
         "publishers (e.g. 1: the recorder).",
+        count(0, high=1000),
     ),
-    "diagnostics_period_s": (1.0, "Period of /diagnostics publishing."),
+    "diagnostics_period_s": (1.0, "Period of /diagnostics publishing.", number(0.01, 3600)),
     "autostart": (True, "Configure and activate at startup (no lifecycle manager needed)."),
 }
 LOCKSTEP_POLL_S = 0.05  # lockstep: wall period of the start, timeout and ack-reader checks

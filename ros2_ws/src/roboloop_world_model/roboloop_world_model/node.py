@@ -44,6 +44,7 @@ from episode_dataset.codecs import (
     ns_to_stamp,
     stamp_to_ns,
 )
+from episode_dataset.ranges import SEED
 from roboloop_runtime import WorldModelRunner, observation_affine
 from roboloop_runtime.topics import IMAGE_FEATURE
 from roboloop_world_model.belief import STALE, Belief, BeliefLoop
@@ -52,14 +53,14 @@ NODE_NAME = "world_model"
 EVENT_QOS = QoSProfile(depth=10)  # applied actions, done, predictions: reliable, a few deep
 POLLS_PER_PERIOD = 2  # each observation is filtered within half a control period of arriving
 
-PARAMETERS: dict[str, tuple[Any, str]] = {
+PARAMETERS: dict[str, tuple[Any, ...]] = {
     **model_parameters(
         "the world model's filter graph (learning.export --step filter)", inference_threads=0
     ),
     "imagine_path": ("", "imagine graph of the same export: reward and continue ('' = none)"),
     "decode_path": ("", "decode graph of the same export: observation predictions ('' = none)"),
     "actor_path": ("", "Dreamer actor graph on the latent: actions on action_topic ('' = none)"),
-    "seed": (0, "seed of the noise generator (sample: true)"),
+    "seed": (0, "seed of the noise generator (sample: true)", SEED),
     "sample": (False, "draw the latent and action noise (false: noise 0, the mode)"),
     "applied_action_topic": (
         "/sim/applied_action",
