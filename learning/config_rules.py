@@ -32,8 +32,8 @@ COUNTS = """
     actor_critic_layers lstm_hidden lstm_layers depth dim_mult kernel_size n_groups
     encoder_channels prompt_max_len patch_size time_embed_dim in_ch out_ch input_channels
     action_dim grid update_epochs gradient_steps utd_ratio gradient_accumulation_steps
-    update_threads entropy_batch num_val_samples rollout_steps num_train_timesteps T_max
-    log_every_n_steps check_val_every_n_epoch buffer_size
+    update_threads entropy_batch entropy_samples num_val_samples rollout_steps
+    num_train_timesteps T_max log_every_n_steps buffer_size
     buffer_max_bytes
 """.split()
 # (0 turns these off: sample_every_n_epochs, max_grad_norm, eval_every, checkpoint_every)
@@ -60,10 +60,10 @@ RULES: dict[str, Range] = {
     **dict.fromkeys(COUNTS, count(1)),
     **dict.fromkeys(NON_NEGATIVE_COUNTS, count(0)),
     **dict.fromkeys(("seed", "split_seed", "eval_seed"), SEED),
-    "entropy_samples": count(2),  # a variance needs two
     "max_epochs": count(1, also=(-1,)),  # -1: until stopped (Lightning's)
     "save_top_k": count(0, also=(-1,)),  # -1: keep all (Lightning's)
     "torch_threads": count(1, nullable=True),  # null: torch's default
+    "check_val_every_n_epoch": count(1, nullable=True),  # null: by steps only (Lightning's)
     "crop_shape": count(1, nullable=True),  # [h, w]; null: no crop
     **dict.fromkeys(POSITIVES, number(0, low_open=True)),
     **dict.fromkeys(NON_NEGATIVES, number(0)),
