@@ -90,7 +90,6 @@ def arg(rule: Range) -> Callable[[str], int | float]:
             raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
         return value
 
-    parse.__name__ = str(rule)  # argparse names the type in some messages
     return parse
 
 
