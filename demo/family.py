@@ -37,6 +37,7 @@ from demo.loop import (
     TRAIN_OVERRIDES,
     DiagnosticsMonitor,
     _ros_environment,
+    ends_seen,
     record_expert,
     run_nodes_until,
     score_rollouts,
@@ -220,6 +221,7 @@ def serve(
             timeout_s=60 + 10 * episodes,
             label="served episodes",
             node_params={"policy_node": family.policy_params},
+            settled=ends_seen(monitor, status, episodes),
         )
         return monitor.find(status)
     finally:

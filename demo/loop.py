@@ -26,6 +26,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from episode_dataset.ranges import POSITIVE_INT
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_SEED = 1000  # policy/expert/random evaluation seeds (held out from the demos' 0..N-1)
+SETTLE_S = 3.0  # run_nodes_until: how long the nodes may take to report the last episode
 # Recording runs on sim time (launch arg use_sim_time:=true): the bridge steps when the recorder
 # has every message of the last step (lockstep), not at a wall-clock rate. Stamps are sim seconds
 # (real-time factor 1), so the recorder's stamp tolerance is 0.4 of Reacher's 20 ms period (its
@@ -119,6 +121,12 @@ class DiagnosticsMonitor:
         del rclpy
 
 
+def ends_seen(monitor: DiagnosticsMonitor, status: str, episodes: int) -> Callable[[], bool]:
+    """Whether the node publishing `status` has counted `episodes` episode ends (nodes that do
+    not count them: at once)."""
+    return lambda: int(monitor.find(status).get("episodes_ended", episodes)) >= episodes
+
+
 def run_nodes_until(
     launch_files: list[tuple[str, dict[str, str]]],
     dataset: Path,
@@ -127,11 +135,14 @@ def run_nodes_until(
     timeout_s: float,
     label: str,
     node_params: dict[str, dict[str, Any]] | None = None,
+    settled: Callable[[], bool] | None = None,
 ) -> None:
     """Start every node of the launch files, wait until `dataset` holds `episodes`, stop all.
 
     `node_params[executable]` overrides parameters of that executable's nodes (after their
-    parameter files, as `-p name:=value` would).
+    parameter files, as `-p name:=value` would). `settled`: polled before the stop, for up to
+    SETTLE_S, so that a status a node publishes once per diagnostics period (1 s) can report
+    the last episode too.
     """
     from roboloop_bringup.launch_standin import load_launch_file
     from tqdm import tqdm
@@ -171,6 +182,9 @@ def run_nodes_until(
                         continue  # the index is replaced atomically; retry on the next poll
                     bar.update(now - done)
                     done = now
+        settle_deadline = time.monotonic() + SETTLE_S
+        while settled is not None and not settled() and time.monotonic() < settle_deadline:
+            time.sleep(0.1)
     finally:
         for group in reversed(launched):
             group.shutdown()
@@ -285,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout_s=60 + 10 * args.eval_episodes,
             label="policy episodes",
             node_params={"policy_node": POLICY_PARAMS},
+            settled=ends_seen(monitor, "policy", args.eval_episodes),
         )
         policy_diag = monitor.find("policy")
     finally:
