@@ -122,12 +122,20 @@ def test_publish_status_names_the_node_and_stringifies_values(ros) -> None:
         node.destroy_node()
 
 
-def test_a_parameter_of_the_wrong_type_exits_2_with_one_line(ros, tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("max_pending:=2.5", "max_pending"),  # a double where an integer is declared
+        ("max_pending:=0", "max_pending out of range. Min: 1, Max: 1000, value: 0"),
+    ],
+    ids=["wrong_type", "out_of_range"],
+)
+def test_a_bad_parameter_exits_2_with_one_line(ros, setting: str, expected: str) -> None:
     exe = Path(sys.executable).parent / "q_scorer"
     if not exe.exists() and shutil.which("q_scorer") is None:
         pytest.skip("q_scorer is not installed in this environment")
     proc = subprocess.run(
-        [str(exe) if exe.exists() else "q_scorer", "--ros-args", "-p", "max_pending:=2.5"],
+        [str(exe) if exe.exists() else "q_scorer", "--ros-args", "-p", setting],
         capture_output=True,
         text=True,
         timeout=60,
@@ -135,24 +143,7 @@ def test_a_parameter_of_the_wrong_type_exits_2_with_one_line(ros, tmp_path) -> N
     )
     assert proc.returncode == EXIT_BAD_PARAMETER, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if "bad parameter" in line]
-    assert len(lines) == 1 and "max_pending" in lines[0], proc.stderr[-2000:]
-
-
-def test_a_parameter_out_of_range_exits_2_with_one_line(ros, tmp_path) -> None:
-    exe = Path(sys.executable).parent / "q_scorer"
-    if not exe.exists() and shutil.which("q_scorer") is None:
-        pytest.skip("q_scorer is not installed in this environment")
-    proc = subprocess.run(
-        [str(exe) if exe.exists() else "q_scorer", "--ros-args", "-p", "max_pending:=0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=dict(os.environ),
-    )
-    assert proc.returncode == EXIT_BAD_PARAMETER, proc.stderr[-2000:]
-    lines = [line for line in proc.stderr.splitlines() if "bad parameter" in line]
-    assert len(lines) == 1, proc.stderr[-2000:]
-    assert "max_pending out of range. Min: 1, Max: 1000, value: 0" in lines[0]
+    assert len(lines) == 1 and expected in lines[0], proc.stderr[-2000:]
 
 
 FAILING_NODE = """
