@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from episode_dataset.ranges import HelpFormatter
+
 # Before any benchmark imports mujoco: it picks its GL backend once, at import (headless: EGL).
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -28,7 +30,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Run every benchmark (or the NAMEs given) and print their tables.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="short runs (smoke-level numbers)")
     parser.add_argument(

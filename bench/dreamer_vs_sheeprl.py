@@ -39,6 +39,8 @@ from typing import Any
 
 import yaml
 
+from episode_dataset.ranges import HelpFormatter
+
 NAME = "dreamer_vs_sheeprl"
 REPO = Path(__file__).resolve().parents[1]
 VENV = REPO / ".venvs" / "sheeprl"
@@ -302,7 +304,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.dreamer_vs_sheeprl",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="tiny budgets and batches")
     parser.add_argument("--cases", nargs="*", choices=[c.name for c in CASES], help="subset")

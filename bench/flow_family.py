@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from episode_dataset.ranges import POSITIVE_INT, SEED_ARG
+from episode_dataset.ranges import POSITIVE_INT, SEED_ARG, HelpFormatter
 from learning.check_reacher import CAMERA, IMAGE_OVERRIDES
 
 NAME = "flow_family"
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.flow_family",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="smoke-level budget, one seed")
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=None)

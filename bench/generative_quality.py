@@ -10,6 +10,7 @@ import argparse
 from typing import Any
 
 from bench.report import report
+from episode_dataset.ranges import HelpFormatter
 from learning.generative.quality import run_quality
 
 NAME = "generative_quality"
@@ -29,7 +30,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         prog="python -m bench.generative_quality",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--work-dir", help="keeps data and trained runs (reused when present)")

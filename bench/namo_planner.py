@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from episode_dataset.ranges import POSITIVE_INT
+from episode_dataset.ranges import POSITIVE_INT, HelpFormatter
 
 NAME = "namo_planner"
 FIRST_SEED = 100_000
@@ -214,7 +214,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.namo_planner",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="4 scenes per level instead of 20")
     parser.add_argument(

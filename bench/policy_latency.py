@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from episode_dataset import IMAGE
-from episode_dataset.ranges import POSITIVE_INT
+from episode_dataset.ranges import POSITIVE_INT, HelpFormatter
 
 NAME = "policy_latency"
 BATCHES = (1, 64)
@@ -144,7 +144,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.policy_latency",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--ckpt", default=None, help="a learning.train checkpoint (optional)")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from episode_dataset.ranges import HelpFormatter
 from learning.checkpoint import load_lightning
 from learning.export import export_model
 from learning.namo.model import QFunctionNet
@@ -103,7 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.q_scoring_latency",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="5 repeats instead of 30")
     parser.add_argument(

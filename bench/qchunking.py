@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from episode_dataset.ranges import NON_NEGATIVE_INT, POSITIVE_INT, SEED_ARG
+from episode_dataset.ranges import NON_NEGATIVE_INT, POSITIVE_INT, SEED_ARG, HelpFormatter
 
 NAME = "qchunking"
 ENV_ID = "scene-singletask-task2-sparse-v0"
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.qchunking",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="smoke-level budget, one seed")
     parser.add_argument("--agents", nargs="+", choices=list(AGENTS), default=None)

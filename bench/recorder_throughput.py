@@ -25,6 +25,8 @@ import numpy as np
 import yaml
 from roboloop_bringup.processes import LOOPBACK_DDS, start_node
 
+from episode_dataset.ranges import HelpFormatter
+
 NAME = "recorder_throughput"
 # Its own ROS domain (not the demo's): this bench floods topics and starts its own recorder.
 DOMAIN = int(os.environ.get("ROBOLOOP_BENCH_ROS_DOMAIN_ID", "61"))
@@ -336,7 +338,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.recorder_throughput",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="10 s instead of 60 s")
     run(quick=parser.parse_args().quick)

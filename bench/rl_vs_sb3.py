@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from bench.report import report
-from episode_dataset.ranges import POSITIVE_INT, SEED_ARG
+from episode_dataset.ranges import POSITIVE_INT, SEED_ARG, HelpFormatter
 
 EVAL_SEED = 10_000  # evaluation episodes reset with seeds EVAL_SEED, EVAL_SEED + 1, ...
 SEEDS = (0, 1, 2)
@@ -436,7 +436,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         prog="python -m bench.rl_vs_sb3",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="tiny budgets, 1 seed")
     parser.add_argument("--cases", nargs="*", choices=[c.name for c in CASES], help="subset")

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from episode_dataset.ranges import POSITIVE_FLOAT
+from episode_dataset.ranges import POSITIVE_FLOAT, HelpFormatter
 
 NAME = "ros_executor"
 PUBLISH_HZ, TIMER_HZ = 100.0, 10.0
@@ -128,7 +128,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         prog="python -m bench.ros_executor",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--worker", choices=["single", "multi"], help=argparse.SUPPRESS)

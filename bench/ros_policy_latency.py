@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from episode_dataset import IMAGE
+from episode_dataset.ranges import HelpFormatter
 from roboloop_runtime.topics import observation_topic
 
 NAME = "ros_policy_latency"
@@ -375,7 +376,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.ros_policy_latency",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--model", default=None, help="an exported policy instead of flow-BC")

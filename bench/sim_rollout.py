@@ -25,6 +25,7 @@ from mujoco import rollout
 
 import sim
 from bench.report import report
+from episode_dataset.ranges import HelpFormatter
 
 NUM_ENVS = 16
 
@@ -152,7 +153,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         prog="python -m bench.sim_rollout",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--quick", action="store_true")
     run(parser.parse_args().quick)

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from episode_dataset.ranges import POSITIVE_INT
+from episode_dataset.ranges import POSITIVE_INT, HelpFormatter
 
 NAME = "world_model"
 SIZES = ("tiny", "xs", "s")
@@ -273,7 +273,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.world_model",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="tiny size, short runs")
     parser.add_argument("--sizes", nargs="*", choices=SIZES + ("m",), help="size presets")

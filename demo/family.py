@@ -44,7 +44,7 @@ from demo.loop import (
     stage,
 )
 from demo.namo import run_namo
-from episode_dataset.ranges import POSITIVE_INT
+from episode_dataset.ranges import POSITIVE_INT, HelpFormatter
 
 ENV_ID = "Reacher-v5"
 
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m demo.family",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("family", choices=sorted([*FAMILIES, *OWN_PIPELINES]))
     parser.add_argument("--quick", action="store_true", help="smoke budgets (seconds, not scores)")

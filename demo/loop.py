@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from episode_dataset.ranges import POSITIVE_INT
+from episode_dataset.ranges import POSITIVE_INT, HelpFormatter
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_SEED = 1000  # policy/expert/random evaluation seeds (held out from the demos' 0..N-1)
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m demo.loop",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--episodes", type=POSITIVE_INT, default=80, help="expert episodes to record"

@@ -17,7 +17,7 @@ from rich.table import Table
 from episode_dataset.bag_import import BagImportError, import_bag
 from episode_dataset.lerobot import VIDEO_CODECS, export_lerobot, import_lerobot
 from episode_dataset.pack import pack
-from episode_dataset.ranges import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT
+from episode_dataset.ranges import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, HelpFormatter
 from episode_dataset.reader import EpisodeReader, h5_errors
 from episode_dataset.recording.topics import RecorderConfigError
 from episode_dataset.robomimic import H5DatasetReader, describe, export_robomimic, parse_cameras
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="episode-dataset",
         description="Inspect, validate and pack episode dataset files (HDF5).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
     for name, command in COMMANDS.items():
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             name,
             help=command.help,
             description=command.help,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=HelpFormatter,
         )
         command.add_arguments(p)
     args = parser.parse_args(argv)

@@ -100,6 +100,16 @@ SEED_ARG = arg(SEED)
 POSITIVE_FLOAT = arg(number(0, low_open=True))
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every CLI's --help: each option's default, except None (its help says what unset means;
+    argparse's own would append "(default: None)" after it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def one_line(err: BaseException) -> str:
     """An exception's message on one line (some libraries' messages span several)."""
     return " ".join(str(err).split()) or type(err).__name__

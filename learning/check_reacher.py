@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from episode_dataset.ranges import POSITIVE_INT, SEED_ARG
+from episode_dataset.ranges import POSITIVE_INT, SEED_ARG, HelpFormatter
 
 ENV_ID = "Reacher-v5"
 CAMERA = 64  # rendered frame size of the image check
@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m learning.check_reacher",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--episodes", type=POSITIVE_INT, default=50, help="expert training episodes"

@@ -41,7 +41,7 @@ import onnx
 import torch
 import yaml
 
-from episode_dataset.ranges import POSITIVE_INT
+from episode_dataset.ranges import POSITIVE_INT, HelpFormatter
 from learning.checkpoint import CheckpointError, instantiate_trusted, load_model
 from roboloop_runtime import METADATA_KEY, OnnxModel, build_metadata, upgrade_v1
 from roboloop_runtime.contract import WORLD_MODEL_STEPS
@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m learning.export",
         description="Export a learning.train checkpoint (any model type) to ONNX with the "
         "roboloop metadata, and check onnxruntime against torch.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--ckpt", required=True, help="checkpoint written by learning.train")
     parser.add_argument("--out", required=True, help="ONNX file to write")

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 import sim
 from episode_dataset import EpisodeWriter
-from episode_dataset.ranges import POSITIVE_INT, SEED_ARG, one_line
+from episode_dataset.ranges import POSITIVE_INT, SEED_ARG, HelpFormatter, one_line
 from sim.evaluate import RandomPolicy
 from sim.experts import make_expert_policy
 from sim.spec import env_spec
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m sim.collect",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--env", required=True, help="task id, e.g. Reacher-v5")
     parser.add_argument("--policy", default="expert", help="expert | random | PATH.onnx")

@@ -39,7 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from episode_dataset import EpisodeWriter
-from episode_dataset.ranges import POSITIVE_INT, SEED_ARG
+from episode_dataset.ranges import POSITIVE_INT, SEED_ARG, HelpFormatter
 
 # OGBench manipulation suite -> its episode step limit in the single-task envs.
 SUITES = {"cube-single": 200, "cube-double": 500, "scene": 750, "puzzle-3x3": 500}
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m sim.ogbench",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--env", required=True, help=f"single-task env, e.g. {TASK_IDS[0]}")
     parser.add_argument("--kind", choices=KINDS, default="noisy", help="oracle dataset kind")

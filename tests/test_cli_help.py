@@ -100,6 +100,8 @@ def _style_problems(parser: argparse.ArgumentParser, top: str) -> list[str]:
     if not description or "\n" in description:
         problems.append(f"{parser.prog}: description is not one line: {description[:60]!r}")
     shows_defaults = issubclass(parser.formatter_class, argparse.ArgumentDefaultsHelpFormatter)
+    if "(default: None)" in parser.format_help():  # the help says what unset means instead
+        problems.append(f"{parser.prog}: --help shows '(default: None)'")
     for action in parser._actions:
         for flag in action.option_strings:
             if flag.startswith("--") and "_" in flag:

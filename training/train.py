@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from episode_dataset.ranges import POSITIVE_INT
+from episode_dataset.ranges import POSITIVE_INT, HelpFormatter
 
 
 def _online(algorithm: str | None) -> Callable[[argparse.Namespace, list[str]], dict[str, Any]]:
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python training/train.py",
         description="Seed 002's training entry: policy (PPO/SAC on a sim task), world_model "
         "(RSSM) or supervised (behaviour cloning) on an episode dataset.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--mode", default="policy", help=f"what to train: {', '.join(MODES)} or all (the chain)"

@@ -27,6 +27,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from episode_dataset.ranges import HelpFormatter
+
 REPO = Path(__file__).resolve().parents[2]
 PRESETS = ("none", "droid", "aloha", "libero")
 POLICIES = ("pi0", "mlp", "chiunet", "chitransformer")
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python ac_training/scripts/train_acrlpd_pi0.py",
         description="Seed 003's ACRLPD (Q-chunking) training: offline on a dataset, then online "
         "on the task, through `python -m learning.train --config-name=train_acrlpd`.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--data_dir", type=Path, help="episode dataset file (or its directory)")
     parser.add_argument("--config", choices=PRESETS, default="none", help="platform preset")

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from episode_dataset.ranges import NON_NEGATIVE_INT, POSITIVE_INT, SEED_ARG
+from episode_dataset.ranges import NON_NEGATIVE_INT, POSITIVE_INT, SEED_ARG, HelpFormatter
 from learning.data.keys import CONTEXT, TARGET
 from learning.generative.module import GenerativeModule
 from learning.generative.proposals import ProposalEval, TorchGenerator
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m learning.generative.quality",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--data-dir")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from episode_dataset.ranges import POSITIVE_INT
+from episode_dataset.ranges import POSITIVE_INT, HelpFormatter
 from learning.checkpoint import CheckpointError, load_lightning
 from learning.data.keys import ACTION_MASKS, EPISODE_ID, GOAL_ID, STATE_MASKS, TARGET_Q
 from learning.namo.data import QFunctionDataset, check_keys, find_mask_files
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m learning.namo.evaluate",
         description="Score a Q-function checkpoint on a folder of mask files (all held out).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--ckpt", required=True, help="QFunctionNet checkpoint")
     parser.add_argument(

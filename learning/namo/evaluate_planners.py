@@ -19,7 +19,8 @@ from typing import Any
 
 import learning.generative.planner  # noqa: F401  (registers dit_q)
 import learning.namo.planner  # noqa: F401  (registers learned_q)
-from episode_dataset.ranges import POSITIVE_INT, SEED_ARG
+from episode_dataset.ranges import POSITIVE_INT, SEED_ARG, HelpFormatter
+from sim.namo.episodes import add_episode_arguments
 from sim.namo.evaluate_planners import (
     DEFAULT_FIRST_SEED,
     evaluate_planners,
@@ -27,7 +28,6 @@ from sim.namo.evaluate_planners import (
     summarize,
 )
 from sim.namo.planners import make_planner
-from sim.namo.scene import LEVELS
 
 
 def _planner_kwargs(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         prog="python -m learning.namo.evaluate_planners",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     ap.add_argument("--planners", nargs="+", default=["mcts", "random"], help="registry names")
     ap.add_argument("--seeds", nargs="*", type=SEED_ARG, help="scene seeds (default: --num-seeds)")
@@ -71,16 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--first-seed", type=SEED_ARG, default=DEFAULT_FIRST_SEED, help="held-out seeds"
     )
-    ap.add_argument("--level", choices=sorted(LEVELS), default="easy", help="scene difficulty")
-    ap.add_argument(
-        "--max-moves", type=POSITIVE_INT, default=5, help="decisions per episode at most"
-    )
-    ap.add_argument(
-        "--mcts-budget", type=POSITIVE_INT, default=100, help="simulations per decision"
-    )
-    ap.add_argument(
-        "--max-depth", type=POSITIVE_INT, default=3, help="moves looked ahead per search"
-    )
+    add_episode_arguments(ap)
     ap.add_argument(
         "--proposals-per-object",
         type=POSITIVE_INT,

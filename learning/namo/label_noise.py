@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from episode_dataset.ranges import POSITIVE_INT, SEED_ARG
+from episode_dataset.ranges import POSITIVE_INT, SEED_ARG, HelpFormatter
 from learning.namo.metrics import group_ids, ranking_metrics
 from sim.namo.episodes import (
     EpisodeFileError,
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m learning.namo.label_noise",
         description="Rank agreement of a second MCTS search (same root moves) with the labels.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--episodes", required=True, help="folder of episode_<e>.json files")
     parser.add_argument(

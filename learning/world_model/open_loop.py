@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from episode_dataset import EpisodeReader
-from episode_dataset.ranges import POSITIVE_INT
+from episode_dataset.ranges import POSITIVE_INT, HelpFormatter
 from learning.checkpoint import CheckpointError, load_model
 from learning.world_model.module import FilterGraph, ImagineGraph, WorldModel
 
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m learning.world_model.open_loop",
         description="Image MSE of a world model's open-loop predictions on held-out episodes, "
         "against the copy-last-frame baseline.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--ckpt", required=True, help="world-model checkpoint (learning.train)")
     parser.add_argument("--dataset", required=True, help="held-out episode dataset file")

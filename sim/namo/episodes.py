@@ -17,13 +17,15 @@ scenes; readers rebuild the scene from ``scene`` either way.
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from episode_dataset.ranges import POSITIVE_INT
 from sim.namo.mcts import MCTS, MCTSConfig
-from sim.namo.scene import Scene, generate_scene
+from sim.namo.scene import LEVELS, Scene, generate_scene
 from sim.namo.transition import CostConfig, ModelConfig, NamoState, Proposal, TransitionModel
 
 FORMAT = "roboloop.namo.episode/1"
@@ -31,6 +33,21 @@ FORMAT = "roboloop.namo.episode/1"
 
 class EpisodeFileError(ValueError):
     """An episode file that cannot be read (names the file and the problem)."""
+
+
+def add_episode_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of how an episode is played, shared by the collection and the planner
+    evaluation: --level, --max-moves, and MCTS's --mcts-budget and --max-depth."""
+    parser.add_argument("--level", choices=sorted(LEVELS), default="easy", help="scene difficulty")
+    parser.add_argument(
+        "--max-moves", type=POSITIVE_INT, default=5, help="decisions per episode at most"
+    )
+    parser.add_argument(
+        "--mcts-budget", type=POSITIVE_INT, default=100, help="simulations per decision"
+    )
+    parser.add_argument(
+        "--max-depth", type=POSITIVE_INT, default=3, help="moves looked ahead per search"
+    )
 
 
 def model_config_from_dict(d: dict) -> ModelConfig:

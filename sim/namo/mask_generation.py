@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from episode_dataset.ranges import POSITIVE_INT, one_line
+from episode_dataset.ranges import POSITIVE_INT, HelpFormatter, one_line
 from sim.namo.episodes import decision_items, episode_model, read_episode
 from sim.namo.masks import DEFAULT_SIZE, sample_arrays
 from sim.namo.parallel import imap_progress
@@ -73,14 +73,14 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         prog="python -m sim.namo.mask_generation",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     sub = ap.add_subparsers(dest="command", required=True)
     b = sub.add_parser(
         "batch",
         help="render every episode under --input-dir",
         description="Render every episode under --input-dir into mask files.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     b.add_argument("--input-dir", required=True)
     b.add_argument("--output-dir", required=True)

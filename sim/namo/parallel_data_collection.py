@@ -15,8 +15,8 @@ import time
 from functools import partial
 from pathlib import Path
 
-from episode_dataset.ranges import POSITIVE_INT, SEED_ARG, one_line
-from sim.namo.episodes import solve_episode, write_episode
+from episode_dataset.ranges import POSITIVE_INT, SEED_ARG, HelpFormatter, one_line
+from sim.namo.episodes import add_episode_arguments, solve_episode, write_episode
 from sim.namo.mcts import MCTSConfig
 from sim.namo.parallel import imap_progress, usable_cores
 from sim.namo.scene import LEVELS
@@ -76,21 +76,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         prog="python -m sim.namo.parallel_data_collection",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     ap.add_argument("--output-dir", required=True)
     ap.add_argument("--start-idx", type=SEED_ARG, default=0, help="first episode index")
     ap.add_argument("--end-idx", type=POSITIVE_INT, required=True)
-    ap.add_argument("--level", choices=sorted(LEVELS), default="easy", help="scene difficulty")
-    ap.add_argument(
-        "--mcts-budget", type=POSITIVE_INT, default=100, help="simulations per decision"
-    )
-    ap.add_argument(
-        "--max-depth", type=POSITIVE_INT, default=3, help="moves looked ahead per search"
-    )
-    ap.add_argument(
-        "--max-moves", type=POSITIVE_INT, default=5, help="decisions per episode at most"
-    )
+    add_episode_arguments(ap)
     ap.add_argument(
         "--proposals-per-object", type=POSITIVE_INT, default=4, help="goal proposals each"
     )

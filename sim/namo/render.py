@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from episode_dataset.ranges import NON_NEGATIVE_INT, POSITIVE_INT, SEED_ARG
+from episode_dataset.ranges import NON_NEGATIVE_INT, POSITIVE_INT, SEED_ARG, HelpFormatter
 from sim.namo.grid import rect_corners
 from sim.namo.keys import ACTION_KEYS, STATE_KEYS
 from sim.namo.scene import Scene
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         prog="python -m sim.namo.render",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     ap.add_argument(
         "episode", nargs="?", help="episode_<e>.json from sim.namo.parallel_data_collection"

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from episode_dataset.ranges import POSITIVE_INT
+from episode_dataset.ranges import POSITIVE_INT, HelpFormatter
 from roboloop_runtime import METADATA_KEY, ObsSpec, build_metadata
 from sim.namo.keys import CONTEXT_KEYS
 
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m roboloop_goal_generator.reference_model",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("out", help="ONNX file to write")
     parser.add_argument("--image-size", type=POSITIVE_INT, default=16, help="mask side S (S x S)")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from episode_dataset.ranges import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT
+from episode_dataset.ranges import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, HelpFormatter
 from roboloop_runtime import METADATA_KEY, ObsSpec, build_metadata
 
 INT64_MAX = np.iinfo(np.int64).max
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m roboloop_policy.reference_model",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("out", help="ONNX file to write")
     parser.add_argument("--state-dim", type=POSITIVE_INT, default=4, help="state observation size")
