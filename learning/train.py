@@ -42,6 +42,8 @@ from learning.config_rules import check_config
 from learning.errors import ConfigError
 from learning.finite import FiniteGuard, NonFiniteError
 from learning.trackers import tracked
+from sim.namo.episodes import EpisodeFileError
+from sim.namo.mask_files import MaskFileError
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +166,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
+# Errors whose message is the whole story (a file, a key, a value): one line, exit 1.
+ONE_LINE_ERRORS = (
+    CheckpointError,
+    ConfigError,
+    DatasetError,
+    NonFiniteError,
+    MaskFileError,  # NAMO mask samples (train_q_function, the goal generators)
+    EpisodeFileError,  # NAMO MCTS episodes
+)
+
+
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train_fbc", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
@@ -174,7 +187,7 @@ def main(cfg: DictConfig) -> None:
         if not isinstance(err.__cause__, ValueError):
             raise
         raise SystemExit(f"learning.train: {err.__cause__}") from None
-    except (CheckpointError, ConfigError, DatasetError, NonFiniteError) as err:  # 1 line, exit 1
+    except ONE_LINE_ERRORS as err:  # 1 line, exit 1
         raise SystemExit(f"learning.train: {err}") from None
 
 

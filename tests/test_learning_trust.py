@@ -262,3 +262,38 @@ def test_npz_with_a_pickled_array_is_refused(tmp_path: Path, loader: str) -> Non
     text = str(err.value)
     assert str(path) in text and "'target_object'" in text and "\n" not in text, text
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "data_key", "fill"),
+    [
+        ("train_q_function", "data_dir", "truncated"),
+        ("train_fb_flow_matching", "data.data_dir", "truncated"),
+        ("train_fb_flow_matching", "data.data_dir", "empty"),
+    ],
+)
+def test_bad_namo_data_is_one_line(tmp_path: Path, config: str, data_key: str, fill: str) -> None:
+    """A damaged mask file or an empty data folder: learning.train says so in one line."""
+    data = tmp_path / "masks"
+    data.mkdir()
+    if fill == "truncated":
+        for source in sorted((REPO / "tests/data/namo_tiny").glob("*.npz"))[:4]:
+            (data / source.name).write_bytes(source.read_bytes()[:200])
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "learning.train",
+            f"--config-name={config}",
+            f"{data_key}={data}",
+            f"run_dir={tmp_path / 'run'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("learning.train: ") and str(data) in line, line

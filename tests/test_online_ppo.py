@@ -176,6 +176,26 @@ def test_bad_input_one_line(first_run: dict, tmp_path: Path, monkeypatch) -> Non
         train(tmp_path, "env_id=Pendulum-v1", f"ckpt_path={tmp_path / 'offline.ckpt'}")
 
 
+def test_no_evaluation_episodes_means_no_evaluation(tmp_path: Path) -> None:
+    """eval_episodes=0 with eval_every set (train_acrlpd's eval_frequency) trains without ever
+    evaluating; early stopping, which needs evaluations, is refused in one line."""
+    out = train(
+        tmp_path,
+        "env_id=Pendulum-v1",
+        "training.num_iterations=1",
+        "online.eval_every=100",
+        "online.eval_episodes=0",
+    )
+    assert out["env_steps"] == 256 and not any(k.startswith("eval/") for k in out["metrics"])
+    with pytest.raises(ConfigError, match=r"needs evaluations: online.eval_episodes is 0$"):
+        train(
+            tmp_path,
+            "env_id=Pendulum-v1",
+            "online.eval_episodes=0",
+            "+online.early_stopping.monitor=eval/return",
+        )
+
+
 def test_seed_python_api_trains_from_an_env_factory(tmp_path: Path) -> None:
     """Seed 002's `train_policy(env_factory=..., algorithm=..., num_iterations=...)`."""
     result = train_policy(

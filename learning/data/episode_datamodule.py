@@ -296,7 +296,7 @@ class EpisodeDataModule(L.LightningDataModule):
         if self.max_episodes is not None:
             episodes = episodes[: self.max_episodes]
         if not episodes:
-            raise ValueError(f"{self.path}: no episodes to train on")
+            raise DatasetError(f"{self.path}: no episodes to train on")
         try:
             self.splits = split_groups(episodes, self.fractions, self.split_seed)
         except ValueError as err:

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from learning.data.keys import CONTEXT, TARGET
 from learning.data.split import split_groups
+from learning.errors import ConfigError
 from sim.namo.mask_files import load_sample
 
 _EPISODE = re.compile(r"(episode_\d+)_")
@@ -77,23 +78,22 @@ class GoalMaskDataModule(L.LightningDataModule):
 
     def files(self) -> list[Path]:
         if not self.data_dir.is_dir():
-            raise FileNotFoundError(
-                f"data.data_dir {os.fspath(self.data_dir)!r}: no such directory"
-            )
+            raise ConfigError(f"data.data_dir {os.fspath(self.data_dir)!r}: no such directory")
         files = sorted(self.data_dir.rglob("*.npz"))
         if not files:
-            raise FileNotFoundError(f"data.data_dir {os.fspath(self.data_dir)!r}: no .npz files")
+            raise ConfigError(f"data.data_dir {os.fspath(self.data_dir)!r}: no .npz files")
         return files[: self.max_files] if self.max_files else files
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return
+        files = self.files()
         try:
-            train, val = split_files(self.files(), self.val_fraction, self.split_seed)
+            train, val = split_files(files, self.val_fraction, self.split_seed)
         except ValueError as err:
-            raise ValueError(f"data.data_dir {os.fspath(self.data_dir)!r}: {err}") from None
+            raise ConfigError(f"data.data_dir {os.fspath(self.data_dir)!r}: {err}") from None
         if not val:
-            raise ValueError(
+            raise ConfigError(
                 f"data.data_dir {os.fspath(self.data_dir)!r}: data.val_fraction 0 leaves no "
                 "validation files"
             )

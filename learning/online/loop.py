@@ -242,7 +242,12 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             raise ConfigError(f"online.offline_steps={offline_steps} needs dataset=<episode file>")
     if cfg.get("dataset") and not Path(str(cfg.dataset)).is_file():
         raise ConfigError(f"dataset={cfg.dataset}: no such file")
-    if (on.get("early_stopping") or {}).get("monitor") == "eval/success":
+    monitor = (on.get("early_stopping") or {}).get("monitor")
+    if monitor is not None and not int(on.eval_episodes):
+        raise ConfigError(
+            f"online.early_stopping.monitor={monitor} needs evaluations: online.eval_episodes is 0"
+        )
+    if monitor == "eval/success":
         from sim.envs import task_spec
 
         try:
@@ -337,7 +342,9 @@ def _train(
     def global_step() -> int:
         return offline_done + env_steps
 
-    eval_every, next_eval = int(on.eval_every), 0
+    # eval_episodes 0: no evaluation at all (eval_every is then moot)
+    eval_every = int(on.eval_every) if int(on.eval_episodes) else 0
+    next_eval = 0
     checkpoint_every = int(on.checkpoint_every or 0)  # read once, not at every step
     if eval_every:
         next_eval = (global_step() // eval_every + 1) * eval_every
