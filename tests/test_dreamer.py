@@ -147,6 +147,19 @@ def test_evaluation_acts_from_latents_of_its_own() -> None:
         assert torch.equal(dreamer._acting[k], v)
 
 
+def test_a_dreamer_on_some_keys_exports_its_filter(tmp_path: Path) -> None:
+    """dreamer.obs_keys=[image] on an env with image + state: the world model's hyperparameters
+    hold the image alone (not Dreamer's every key), so the filter graph takes the image only."""
+    dims = env_model_dims("InvertedPendulum-v5", camera=16)
+    assert sorted(dims["obs_specs"]) == ["image", "state"]
+    sizes = dict(deter_dim=16, hidden_dim=16, stoch=2, classes=4, cnn_depth=4, learning_starts=0)
+    dreamer = Dreamer(**dims, **sizes, obs_keys=["image"])
+    assert sorted(dreamer.world_model.hparams.obs_specs) == ["image"]
+    dreamer.export_step = "filter"
+    _, example, _ = dreamer.export_graph()
+    assert [k for k in example if k.startswith("obs.")] == ["obs.image"]
+
+
 def test_refusals_are_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(AlgorithmError, match=r"obs_keys \['image'\] are not observations"):
         _dreamer(obs_keys=["image"])

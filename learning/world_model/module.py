@@ -82,10 +82,15 @@ class WorldModel(L.LightningModule):
         control_rate_hz: float | None = None,
         action_bounds: Mapping[str, Any] | None = None,
     ) -> None:
+        # This call's arguments, given explicitly: Lightning's own collection also reads every
+        # enclosing __init__ (Dreamer's, which builds this model), and that one's obs_specs
+        # (every env key, not only dreamer.obs_keys) would replace these.
+        init_args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
         if not 0.0 <= kl_balance <= 1.0:
             raise ValueError(f"kl_balance {kl_balance} is not in [0, 1]")
-        self.save_hyperparameters(ignore=["optimizer"])
+        del init_args["optimizer"]
+        self.save_hyperparameters(init_args)
         self.obs_keys = sorted(obs_specs)
         self.normalizer = Normalizer(normalization)
         self.encoder = ObservationEncoder(obs_specs, cnn_depth, hidden_dim, mlp_layers)
