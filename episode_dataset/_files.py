@@ -85,6 +85,18 @@ def start_writeback(fd: int) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
+def check_output_file(src: Path, dst: Path, overwrite: bool) -> None:
+    """Refuse, in one DatasetError line, a one-file output `dst` that is the input `src`, a
+    directory (never deleted for a file, even with `overwrite`) or, without `overwrite`, an
+    existing file."""
+    if dst.resolve() == src.resolve():
+        raise DatasetError(f"{dst}: output must differ from input {src}")
+    if dst.is_dir():
+        raise DatasetError(f"{dst}: is a directory; name the output file")
+    if dst.exists() and not overwrite:
+        raise DatasetError(f"{dst}: exists (pass overwrite=True / --overwrite)")
+
+
 def commit_file(tmp: Path, final: Path, *, fsync: bool) -> None:
     """Make a closed temp file visible under its final name; after a crash either name holds."""
     if fsync:

@@ -24,6 +24,7 @@ message the session rejects; the rest of the bag is imported.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from episode_dataset._files import shard_dir_for
 from episode_dataset.cdr import Deserializer
 from episode_dataset.recording.params import (
     read_params_file,
@@ -73,21 +75,27 @@ class ImportReport:
     def steps(self) -> int:
         return sum(n for _, n in self.episodes)
 
-    def summary(self) -> str:
+    def counts(self) -> str:
+        """The session's counters in one line: what was rejected, and why."""
         c = self.counters
         invalid = {
             f"{topic} {reason}": n
             for topic, counts in c.get("topics", {}).items()
             for reason, n in counts["invalid"].items()
         }
-        lines = [
-            f"{self.bag}: {self.messages} messages -> {len(self.episodes)} episodes, "
-            f"{self.steps} steps in {self.out}",
-            f"  invalid {c.get('invalid_total', 0)}"
+        return (
+            f"invalid {c.get('invalid_total', 0)}"
             + (f" ({', '.join(f'{k}: {n}' for k, n in invalid.items())})" if invalid else "")
             + f", stale steps {c.get('stale_steps', 0)}, relocks {c.get('relocks', 0)}, "
             f"time jumps {c.get('time_jumps', 0)}, lost dones {c.get('lost_dones', 0)}, "
-            f"unanchored {c.get('unanchored', 0)}",
+            f"unanchored {c.get('unanchored', 0)}"
+        )
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.bag}: {self.messages} messages -> {len(self.episodes)} episodes, "
+            f"{self.steps} steps in {self.out}",
+            f"  {self.counts()}",
         ]
         if self.service_calls or self.gaps or self.unreadable_service_events:
             lines.append(
@@ -144,48 +152,82 @@ def import_bag(
     log: Callable[[str], None] | None = None,
 ) -> ImportReport:
     """Import `bag` into the dataset `out` (created, or appended to) as the recorder configured
-    by `params_file` (its ROS parameter file) would have recorded it live."""
+    by `params_file` (its ROS parameter file) would have recorded it live.
+
+    An import that yields no episode is a BagImportError with the session's counters (why
+    every step was rejected); a dataset it created is then removed, one it appended to is as
+    it was."""
     if gap_s is not None and not gap_s > 0:
         raise BagImportError(f"--gap-s must be positive, got {gap_s}")
+    out = Path(out)
     params = read_params_file(params_file)
     recording = recording_from_params(params, source=str(params_file))
-    config = session_config(params, recording)
+    config = session_config(params, recording, source=str(params_file))
     config.metadata = {"source_bag": str(bag)}
-    session = RecordingSession(recording.topics, config, log=log)
+    try:
+        session = RecordingSession(recording.topics, config, log=log)
+    except ValueError as e:  # a setting the session refuses (e.g. reference_key)
+        raise RecorderConfigError(f"{params_file}: {e}") from None
     if not services and not params["record_on_activate"]:
         raise RecorderConfigError(
             f"{params_file}: record_on_activate is false and no services are given: "
             "nothing would start an episode"
         )
     report = ImportReport(str(bag), str(out))
-    with _open_bag(bag) as reader:
-        connections = _connections(reader, session, bag)
-        service_topics = _service_topics(reader, services)
-        with _bag_errors(bag, "its message definitions are unreadable"):
-            store = bag_typestore(connections)
-        obs_specs, action_spec = dataset_specs(recording.topics)
-        with EpisodeWriter(
-            out,
-            obs_specs,
-            action_spec,
-            recording.env_args,
-            fsync=fsync,
-            index_every_s=INDEX_EVERY_S,
-        ) as w:
-            sink = DirectSink(w)
-            session.attach(sink)
-            try:
-                _replay(
-                    reader, store, session, connections, service_topics, report, gap_s,
-                    services, log,
-                )  # fmt: skip
-            except BagImportError as e:
-                # The writer discards the open episode and lists the finished ones.
-                kept = len(sink.episodes_written)
-                raise BagImportError(f"{e}; the {kept} episodes before it are in {out}") from None
-            report.episodes = list(sink.episodes_written)
+    created = not out.exists()
+    written: list[tuple[str, int]] | None = None  # the episodes, once the writer is open
+    try:
+        with _open_bag(bag) as reader:
+            connections = _connections(reader, session, bag)
+            service_topics = _service_topics(reader, services)
+            with _bag_errors(bag, "its message definitions are unreadable"):
+                store = bag_typestore(connections)
+            obs_specs, action_spec = dataset_specs(recording.topics)
+            with EpisodeWriter(
+                out,
+                obs_specs,
+                action_spec,
+                recording.env_args,
+                fsync=fsync,
+                index_every_s=INDEX_EVERY_S,
+            ) as w:
+                sink = DirectSink(w)
+                written = sink.episodes_written
+                session.attach(sink)
+                try:
+                    _replay(
+                        reader, store, session, connections, service_topics, report, gap_s,
+                        services, log,
+                    )  # fmt: skip
+                except BagImportError as e:
+                    # The writer discards the open episode and lists the finished ones.
+                    if not written:
+                        raise BagImportError(f"{e}; no episode before it") from None
+                    kept = len(written)
+                    raise BagImportError(
+                        f"{e}; the {kept} episodes before it are in {out}"
+                    ) from None
+    finally:
+        if written is not None and not written and created:
+            _remove_new_dataset(out)
+    report.episodes = list(written)
     report.counters = session.counters()
+    if not report.episodes:
+        where = f"{out} not written" if created else f"nothing added to {out}"
+        raise BagImportError(
+            f"{bag}: no episode in {report.messages} messages ({report.counts()}); {where}"
+        )
     return report
+
+
+def _remove_new_dataset(out: Path) -> None:
+    """Remove the dataset this import created and wrote no episode to: its index and its shard
+    directory (which then holds only the writer's lock file)."""
+    out.unlink(missing_ok=True)
+    shards = shard_dir_for(out)
+    (shards / ".lock").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        shards.rmdir()
 
 
 @contextmanager

@@ -14,6 +14,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from episode_dataset._files import shard_dir_for
 from episode_dataset.bag_import import BagImportError, import_bag
 from episode_dataset.lerobot import VIDEO_CODECS, export_lerobot, import_lerobot
 from episode_dataset.pack import pack
@@ -40,8 +41,7 @@ def _shape(shape: tuple[int, ...]) -> str:
 def info(path: Path, max_episodes: int, console: Console) -> None:
     with EpisodeReader(path) as r:
         console.print(f"[bold]{path}[/bold]")
-        layout = "packed (self-contained)" if r.packed else f"linked ({path.name}.episodes/)"
-        console.print(f"layout:   {layout}")
+        console.print(f"layout:   {_layout(path, r)}")
         console.print(f"env_args: {json.dumps(r.env_args)}")
         console.print(f"episodes: {len(r)}   steps: {r.total_steps}")
         filters = ", ".join(f"{n} ({len(r.filter(n))})" for n in r.filters) or "-"
@@ -82,6 +82,18 @@ def info(path: Path, max_episodes: int, console: Console) -> None:
         console.print(eps)
         if len(r) > len(shown):
             console.print(f"... {len(r) - len(shown)} more episodes (--max-episodes)")
+
+
+def _layout(path: Path, r: EpisodeReader) -> str:
+    """Linked (index + shards) or packed. An index without episodes has no links to tell: it
+    is a linked dataset when the writer's shard directory is beside it (episodes can be
+    appended), else a packed file (pack's output)."""
+    shards = shard_dir_for(path)
+    if len(r):
+        return "packed (self-contained)" if r.packed else f"linked ({shards.name}/)"
+    if shards.is_dir():
+        return f"linked ({shards.name}/), no episodes yet"
+    return "packed (self-contained), no episodes"
 
 
 def _brief(meta: dict, limit: int = 60) -> str:

@@ -47,6 +47,7 @@ from PIL import Image
 
 from episode_dataset.reader import EpisodeReader
 from episode_dataset.schema import FORMAT_VERSION, DatasetError, KeySpec
+from episode_dataset.validate import check_finite
 from episode_dataset.writer import EpisodeWriter
 
 CODEBASE_VERSION = "v3.0"
@@ -127,6 +128,11 @@ def export_lerobot(
         raise DatasetError(f"unknown video codec {codec!r} (have {sorted(VIDEO_CODECS)})")
     if out_dir.exists() and not overwrite:
         raise DatasetError(f"{out_dir}: exists (pass overwrite=True / --overwrite)")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DatasetError(f"{out_dir}: exists and is not a directory; name the output directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / INFO_PATH).is_file():
+        # --overwrite replaces a LeRobot dataset, never some other directory
+        raise DatasetError(f"{out_dir}: not a LeRobot dataset (no {INFO_PATH}); not overwritten")
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -377,10 +383,17 @@ class _Exporter:
     def _episode(self, i: int, ep: str, start: int) -> tuple[dict[str, Any], dict[str, Any]]:
         reader = self.reader
         n = reader.num_steps(ep)
-        arrays = {ACTION: reader.read_actions(ep)}
+
+        def finite(name: str, values: np.ndarray) -> np.ndarray:
+            check_finite(f"{reader.path}: {ep}/{name}", values)  # refused as validate does
+            return values
+
+        arrays = {ACTION: finite("actions", reader.read_actions(ep))}
         for key in self.low_dim:
-            arrays[feature_name(key, reader.obs_specs[key])] = reader.read_obs(ep, key)
-        arrays[REWARD] = reader.read_rewards(ep)
+            arrays[feature_name(key, reader.obs_specs[key])] = finite(
+                f"obs/{key}", reader.read_obs(ep, key)
+            )
+        arrays[REWARD] = finite("rewards", reader.read_rewards(ep))
         arrays[DONE] = reader.read_dones(ep)
         frame_index = np.arange(n, dtype=np.int64)
         arrays["timestamp"] = (frame_index / self.fps).astype(np.float32)
@@ -565,6 +578,10 @@ def import_lerobot(
     root, out = Path(root), Path(out)
     plan = _ImportPlan.read(root)
     shards = out.with_name(out.name + ".episodes")
+    if out.is_dir():  # never deleted for a file, even with --overwrite
+        raise DatasetError(f"{out}: is a directory; name the output file")
+    if shards.exists() and not shards.is_dir():
+        raise DatasetError(f"{shards}: exists and is not a directory; not overwritten")
     if out.exists() or shards.exists():
         if not overwrite:
             raise DatasetError(f"{out}: exists (pass overwrite=True / --overwrite)")
@@ -657,6 +674,10 @@ class _ImportPlan:
                 raise DatasetError(f"{where}: missing {name!r}")
         if ACTION not in features:
             raise DatasetError(f"{where}: no {ACTION!r} feature")
+        fps = info["fps"]
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps < math.inf:
+            # frame i of a video is at i / fps: 0, negative or NaN would misplace every frame
+            raise DatasetError(f"{where}: 'fps' must be a positive finite number, got {fps!r}")
         ours = info.get(ROBOLOOP) or {}
         stored = {k: KeySpec.from_dict(v) for k, v in ours.get("obs_specs", {}).items()}
         obs_specs, obs_features, dropped = {}, {}, []
@@ -687,6 +708,7 @@ class _ImportPlan:
         if not episodes:
             raise DatasetError(f"{root}/meta/episodes: no episode files")
         episodes.sort(key=lambda r: r["episode_index"])
+        _check_totals(info, episodes, where)
         tasks_table = _read_parquet(root / TASKS_PATH)
         tasks = _task_names(tasks_table, root / TASKS_PATH)
         return cls(
@@ -773,6 +795,20 @@ class _ImportPlan:
         for cursor in self._videos.values():
             cursor.close()
         self._videos.clear()
+
+
+def _check_totals(info: dict[str, Any], episodes: list[dict[str, Any]], where: str) -> None:
+    """info.json's total_episodes and total_frames, where given, against meta/episodes/."""
+    frames = sum(row["length"] for row in episodes)
+    for name, held, what in (
+        ("total_episodes", len(episodes), "episodes"),
+        ("total_frames", frames, "frames"),
+    ):
+        value = info.get(name)
+        if value is not None and (isinstance(value, bool) or value != held):
+            raise DatasetError(
+                f"{where}: {name!r} is {value!r}, meta/episodes/ lists {held} {what}"
+            )
 
 
 @contextmanager

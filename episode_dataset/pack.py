@@ -7,9 +7,9 @@ from pathlib import Path
 
 import h5py
 
-from episode_dataset._files import commit_file
+from episode_dataset._files import check_output_file, commit_file
 from episode_dataset.reader import EpisodeReader
-from episode_dataset.schema import DATA, DatasetError
+from episode_dataset.schema import DATA
 from episode_dataset.validate import DatasetSummary, validate_file
 from episode_dataset.writer import LIBVER, put_attrs, write_filters, write_index_attrs
 
@@ -29,11 +29,8 @@ def pack(
     appears atomically (temp file + os.replace). Returns the summary of the validated output.
     """
     src, dst = Path(src), Path(dst)
+    check_output_file(src, dst, overwrite)
     validate_file(src)
-    if dst.resolve() == src.resolve():
-        raise DatasetError(f"{dst}: pack output must differ from input {src}")
-    if dst.exists() and not overwrite:
-        raise DatasetError(f"{dst}: exists (pass overwrite=True / --overwrite)")
     tmp = dst.with_name(f".{dst.name}.tmp")
     try:
         with EpisodeReader(src) as r, h5py.File(tmp, "w", libver=LIBVER) as out:

@@ -37,7 +37,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from episode_dataset._files import commit_file
+from episode_dataset._files import check_output_file, commit_file
 from episode_dataset.reader import (
     EpisodeReader,
     check_chunks,
@@ -62,6 +62,7 @@ from episode_dataset.schema import (
     attr_str,
     sort_demos,
 )
+from episode_dataset.validate import check_finite
 from episode_dataset.writer import LIBVER, chunk_rows, put_attrs, to_json, write_filters
 
 STATE = "state"
@@ -87,9 +88,10 @@ def export_robomimic(
     that order, into `state`; low-dim keys not listed keep their own names.
     """
     src, dst = Path(src), Path(dst)
-    if dst.exists() and not overwrite:
-        raise DatasetError(f"{dst}: exists (pass overwrite=True / --overwrite)")
+    check_output_file(src, dst, overwrite)
     with EpisodeReader(src) as reader:
+        if not len(reader):  # robomimic files hold at least one demo_<i>
+            raise DatasetError(f"{src}: no episodes to export")
         renames, state = _layout(src, reader.obs_specs, dict(cameras or {}), state_keys)
         tmp = dst.with_name(f".{dst.name}.tmp")
         try:
@@ -100,6 +102,7 @@ def export_robomimic(
                 for ep in reader.episodes:
                     _write_demo(data, ep, reader, renames, state, compression)
                 write_filters(out, reader.info.filters)
+            H5DatasetReader(tmp).close()  # readable as robomimic's before it appears
             commit_file(tmp, dst, fsync=True)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -141,18 +144,25 @@ def _write_demo(
     group = data.create_group(ep)
     steps = reader.num_steps(ep)
     put_attrs(group, {NUM_SAMPLES: steps})
+
+    def finite(name: str, values: np.ndarray) -> np.ndarray:
+        check_finite(f"{reader.path}: {ep}/{name}", values)  # refused as validate does
+        return values
+
     obs = {
-        name: (reader.read_obs(ep, key), reader.obs_specs[key]) for key, name in renames.items()
+        name: (finite(f"{OBS}/{key}", reader.read_obs(ep, key)), reader.obs_specs[key])
+        for key, name in renames.items()
     }
     if state:
-        values = [reader.read_obs(ep, k).reshape(steps, -1) for k in state]
+        values = [finite(f"{OBS}/{k}", reader.read_obs(ep, k)).reshape(steps, -1) for k in state]
         joined = np.concatenate(values, axis=1)
         obs[STATE] = (joined, KeySpec(joined.dtype.name, joined.shape[1:]))
     for name, (array, spec) in obs.items():
         ds = _dataset(group, f"{OBS}/{name}", array, spec, compression)
         put_attrs(ds, {FEATURE_TYPE: spec.feature_type})
-    _dataset(group, ACTIONS, reader.read_actions(ep), reader.action_spec, compression)
-    rewards = reader.read_rewards(ep).astype(np.float32)
+    actions = finite(ACTIONS, reader.read_actions(ep))
+    _dataset(group, ACTIONS, actions, reader.action_spec, compression)
+    rewards = finite(REWARDS, reader.read_rewards(ep)).astype(np.float32)
     _dataset(group, REWARDS, rewards, KeySpec("float32", ()), compression)
     dones = np.zeros(steps, np.int64)  # robomimic: done = 1 at a terminal (success) step
     if steps and reader.episode_metadata(ep).get("terminated", False):

@@ -148,11 +148,17 @@ def _check_dataset(
         # checksum mismatch, truncated file, damaged datatype
         with h5_errors(where, at=f" at steps [{start}, {min(n, start + block)})"):
             rows = ds[start : start + block]
-        if ds.dtype.kind == "f":
-            bad = ~np.isfinite(rows.reshape(len(rows), -1)).all(axis=1)
-            if bad.any():
-                step = start + int(np.argmax(bad))
-                raise DatasetError(f"{where}: NaN/Inf at step {step}")
+        check_finite(where, rows, start)
+
+
+def check_finite(where: str, rows: np.ndarray, start: int = 0) -> None:
+    """DatasetError("WHERE: NaN/Inf at step S") when float `rows` (steps `start`, ...) hold a
+    NaN or Inf: the check `validate` makes, for exporters that read the arrays themselves."""
+    if rows.dtype.kind != "f":
+        return
+    bad = ~np.isfinite(rows.reshape(len(rows), -1)).all(axis=1)
+    if bad.any():
+        raise DatasetError(f"{where}: NaN/Inf at step {start + int(np.argmax(bad))}")
 
 
 def _check_layout(where: str, ds: h5py.Dataset, n: int, spec: KeySpec | None, kinds: str) -> None:

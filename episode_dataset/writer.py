@@ -567,6 +567,8 @@ class EpisodeWriter:
         self._open: _OpenEpisode | None = None
         if not self.path.parent.is_dir():
             raise DatasetError(f"{self.path}: parent directory does not exist")
+        if self.path.is_dir():
+            raise DatasetError(f"{self.path}: is a directory; name the dataset file")
         created = not self.shard_dir.exists()
         self.shard_dir.mkdir(exist_ok=True)
         self._lock = WriterLock(self.shard_dir / ".lock", self.path)

@@ -441,6 +441,68 @@ def test_cli_imports_and_errors_are_one_line(tmp_path, config, capsys):
         import_bag(bag, bad_key, tmp_path / "e.hdf5")
 
 
+def test_settings_the_aligner_refuses_are_one_line_before_any_work(tmp_path, capsys):
+    """Before: a ValueError traceback from the aligner ("need 0 < max_age < period / 2") for a
+    max_age_s inside its declared range [0, 60], also when real_time_factor 0 (= 1) shortened
+    the period under a max_age_s set for 0.4; and for a reference_key not recorded."""
+    bag = write_bag(tmp_path / "bag", stream(episodes=(4,)), StoragePlugin.MCAP)
+    out = tmp_path / "d.hdf5"
+    cases = [
+        (
+            CONFIG.replace("max_age_s: 0.02", "max_age_s: 0.5"),
+            "parameter max_age_s 0.5 must be below half a period, 0.025 s "
+            "(control_rate_hz 50 x real_time_factor 0.4 = 20 steps per stamp second)",
+        ),
+        (
+            CONFIG.replace("real_time_factor: 0.4", "real_time_factor: 0"),
+            "parameter max_age_s 0.02 must be below half a period, 0.01 s "
+            "(control_rate_hz 50 x real_time_factor 1 = 50 steps per stamp second)",
+        ),
+        (
+            CONFIG.replace("max_age_s: 0.02", "max_age_s: 0.02\n    reference_key: obs/nope"),
+            "reference_key 'obs/nope' is not one of the recorded keys",
+        ),
+    ]
+    for i, (text, message) in enumerate(cases):
+        cfg = tmp_path / f"c{i}.yaml"
+        cfg.write_text(text)
+        argv = ["import-bag", str(bag), "--topics-config", str(cfg), "--out", str(out)]
+        assert cli_main(argv) == 1
+        assert capsys.readouterr().err == f"ERROR: {cfg}: {message}\n"
+        assert not out.exists() and not Path(f"{out}.episodes").exists()
+
+
+def test_an_import_without_episodes_fails_and_adds_nothing(tmp_path, config, capsys):
+    """Before: exit 0 and a dataset of 0 episodes when every step was rejected (a config for
+    other shapes). Now one line with the counters; a new dataset is not written, one appended
+    to is as it was."""
+    bag = write_bag(tmp_path / "bag", stream(episodes=(4,)), StoragePlugin.MCAP)
+    other = tmp_path / "other.yaml"
+    other.write_text(CONFIG.replace('shapes: ["4"', 'shapes: ["5"'))  # every state refused
+    out = tmp_path / "d.hdf5"
+    argv = ["import-bag", str(bag), "--topics-config", str(other), "--out", str(out)]
+    assert cli_main(argv) == 1
+    captured = capsys.readouterr()
+    assert not captured.out and captured.err == (
+        f"ERROR: {bag}: no episode in 24 messages (invalid 4 (/sim/state size: 4), stale "
+        f"steps 0, relocks 0, time jumps 0, lost dones 0, unanchored 0); {out} not written\n"
+    )
+    assert not out.exists() and not Path(f"{out}.episodes").exists()
+
+    assert [n for _, n in import_bag(bag, config, out).episodes] == [4]
+    msgs = stream(episodes=(4,), t0=T0 + 100)
+    for m in msgs:
+        if m.topic == STATE:
+            m.values = np.full(4, np.nan)
+    nan_bag = write_bag(tmp_path / "nan_bag", msgs, StoragePlugin.MCAP)
+    with pytest.raises(BagImportError) as caught:
+        import_bag(nan_bag, config, out)
+    line = str(caught.value)
+    assert "(invalid 4 (/sim/state nonfinite: 4)" in line and "\n" not in line
+    assert line.startswith(f"{nan_bag}: no episode") and line.endswith(f"; nothing added to {out}")
+    assert validate_file(out).num_episodes == 1
+
+
 @pytest.mark.parametrize("storage", STORAGES, ids=["mcap", "sqlite3"])
 def test_damaged_bag_files_give_one_line_errors(tmp_path, config, storage):
     """Flips and truncations (fixed seed) of a bag's files: the import succeeds (a flip inside

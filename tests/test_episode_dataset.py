@@ -911,6 +911,39 @@ def test_cli_info_validate_pack(tmp_path: Path) -> None:
     assert res.stderr.strip() == f"ERROR: {path}: demo_2/obs/state: NaN/Inf at step 0"
 
 
+def test_pack_and_writer_refuse_a_directory_as_the_file(tmp_path: Path) -> None:
+    """Before: pack wrote the whole output, then an IsADirectoryError traceback."""
+    path, folder = tmp_path / "x.hdf5", tmp_path / "folder"
+    write_dataset(path, (3,))
+    folder.mkdir()
+    (folder / "mine.txt").write_text("keep")
+    res = _cli("pack", str(path), str(folder), "--overwrite")
+    assert (res.returncode, res.stdout) == (1, "")
+    assert res.stderr == f"ERROR: {folder}: is a directory; name the output file\n"
+    assert (folder / "mine.txt").read_text() == "keep"
+    assert not (tmp_path / ".folder.tmp").exists()
+    with pytest.raises(DatasetError, match=r"folder: is a directory; name the dataset file"):
+        EpisodeWriter(folder, OBS_SPECS, ACTION_SPEC)
+    assert not (tmp_path / "folder.episodes").exists()
+
+
+def test_info_says_the_layout_of_a_file_without_episodes(tmp_path: Path) -> None:
+    """An index without episodes has no links: before, a linked one (the writer's, episodes
+    can be appended) was shown as "packed (self-contained)"."""
+    linked, packed = tmp_path / "linked.hdf5", tmp_path / "packed.hdf5"
+    EpisodeWriter(linked, OBS_SPECS, ACTION_SPEC, env_args=ENV_ARGS).close()
+    pack(linked, packed)
+    for path, layout in (
+        (linked, "layout:   linked (linked.hdf5.episodes/), no episodes yet"),
+        (packed, "layout:   packed (self-contained), no episodes"),
+    ):
+        res = _cli("info", str(path))
+        assert res.returncode == 0, res.stderr
+        assert layout in res.stdout.splitlines()
+    write_dataset(linked, (3,))  # the linked one takes episodes
+    assert "layout:   linked (linked.hdf5.episodes/)" in _cli("info", str(linked)).stdout
+
+
 def test_never_imports_torch() -> None:
     code = "import sys, episode_dataset.cli; assert 'torch' not in sys.modules, 'torch imported'"
     env = dict(os.environ, PYTHONPATH=str(REPO))

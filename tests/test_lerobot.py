@@ -344,11 +344,15 @@ def test_refusals_are_one_line(src: Path, tmp_path: Path, capsys: pytest.Capture
     assert err.startswith(f"ERROR: {broken}: episode 2: {video} has 0 frames from 1.200 s")
     assert not out.exists() and not Path(f"{out}.episodes").exists()
 
-    # an episodes table that disagrees with the data
+    # an episodes table that disagrees with info.json's total_frames, and then with the data
     table = root / "meta/episodes/chunk-000/file-000.parquet"
     rows = pq.read_table(table).to_pylist()
     rows[1]["length"] = 6
     pq.write_table(pa.Table.from_pylist(rows), table)
+    with pytest.raises(DatasetError, match=r"'total_frames' is 16, meta/episodes/ lists 15 fr"):
+        import_lerobot(root, out)
+    info = json.loads((root / "meta/info.json").read_text())
+    (root / "meta/info.json").write_text(json.dumps(info | {"total_frames": 15}))
     with pytest.raises(DatasetError, match=r"episode 1: rows 5..12 of file-000.parquet are not "):
         import_lerobot(root, out)
     assert not out.exists()
@@ -385,3 +389,84 @@ def test_damaged_files_give_one_line_errors(src: Path, tmp_path: Path) -> None:
         shutil.rmtree(f"{out}.episodes", ignore_errors=True)
         target.write_bytes(pristine)
     assert outcomes["error"] > 30 and outcomes["read"] > 20, outcomes
+
+
+def _cli_error(capsys: pytest.CaptureFixture, *argv: str) -> str:
+    """The one line a refused command prints (exit 1, nothing on stdout)."""
+    assert main(list(argv)) == 1
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and captured.err.startswith("ERROR: "), captured.err
+    assert not captured.out
+    return captured.err.strip()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"fps": 0}, "'fps' must be a positive finite number, got 0"),
+        ({"fps": -30}, "'fps' must be a positive finite number, got -30"),
+        ({"fps": float("nan")}, "'fps' must be a positive finite number, got nan"),
+        ({"fps": "10"}, "'fps' must be a positive finite number, got '10'"),
+        ({"total_episodes": 99}, "'total_episodes' is 99, meta/episodes/ lists 3 episodes"),
+        ({"total_frames": 15}, "'total_frames' is 15, meta/episodes/ lists 16 frames"),
+    ],
+    ids=["fps0", "fps-30", "fpsnan", "fps-str", "total_episodes", "total_frames"],
+)
+def test_import_refuses_bad_fps_and_totals_of_info_json(
+    src: Path, tmp_path: Path, capsys: pytest.CaptureFixture, edit: dict, message: str
+) -> None:
+    """Before, fps 0 imported with exit 0 (control_rate_hz 0.0, only learning's export failed
+    later), fps -30 blamed the mp4 ("has 1 frames") and total_episodes 99 for 3 went unseen."""
+    root, out = tmp_path / "lr", tmp_path / "back.hdf5"
+    export_lerobot(src, root)
+    info_path = root / "meta/info.json"
+    info_path.write_text(json.dumps(json.loads(info_path.read_text()) | edit))
+    err = _cli_error(capsys, "lerobot-import", str(root), str(out))
+    assert err == f"ERROR: {info_path}: {message}"
+    assert not out.exists() and not Path(f"{out}.episodes").exists()
+
+
+@pytest.mark.parametrize("where", ["state", "actions", "rewards"])
+def test_export_refuses_nan_and_inf_as_validate_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture, where: str
+) -> None:
+    """Before, the export wrote NaN/Infinity into the parquet and meta/stats.json, exit 0."""
+    src = tmp_path / "nan.hdf5"
+    specs = {"state": SPECS["state"], "front": SPECS["front"]}
+    with EpisodeWriter(src, specs, ACTION_SPEC, env_args=ENV_ARGS) as w:
+        for i in range(2):
+            obs = {"state": np.zeros((4, 4)), "front": frames(4, i)}
+            actions, rewards = np.zeros((4, 2)), np.zeros(4)
+            if i == 1:  # step 2 of the second episode
+                bad = {"state": obs["state"], "actions": actions, "rewards": rewards}[where]
+                bad[2] = np.inf if where == "actions" else np.nan
+            w.write_episode(obs=obs, actions=actions, rewards=rewards, dones=[0, 0, 0, 1])
+    key = {"state": "obs/state"}.get(where, where)
+    expected = f"ERROR: {src}: demo_1/{key}: NaN/Inf at step 2"
+    assert _cli_error(capsys, "validate", str(src)) == expected
+    out = tmp_path / "lr"
+    assert _cli_error(capsys, "lerobot-export", str(src), str(out)) == expected
+    assert not out.exists() and not (tmp_path / ".lr.tmp").exists()
+
+
+def test_outputs_of_the_wrong_kind_are_refused_and_kept(
+    src: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Before: IsADirectoryError (import into a directory) and NotADirectoryError (export over
+    a file) tracebacks; --overwrite never deletes what is not a dataset of the command's kind."""
+    root = tmp_path / "lr"
+    export_lerobot(src, root)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "mine.txt").write_text("keep")
+    text = tmp_path / "text.hdf5"
+    text.write_text("keep")
+    err = _cli_error(capsys, "lerobot-import", str(root), str(folder), "--overwrite")
+    assert err == f"ERROR: {folder}: is a directory; name the output file"
+    err = _cli_error(capsys, "lerobot-export", str(src), str(text), "--overwrite")
+    assert err == f"ERROR: {text}: exists and is not a directory; name the output directory"
+    err = _cli_error(capsys, "lerobot-export", str(src), str(folder), "--overwrite")
+    assert err == f"ERROR: {folder}: not a LeRobot dataset (no meta/info.json); not overwritten"
+    assert (folder / "mine.txt").read_text() == "keep" and text.read_text() == "keep"
+    # a LeRobot dataset is what --overwrite replaces
+    assert main(["lerobot-export", str(src), str(root), "--overwrite"]) == 0

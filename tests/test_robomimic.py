@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from episode_dataset import DatasetError, EpisodeWriter, KeySpec
+from episode_dataset import DatasetError, EpisodeWriter, KeySpec, validate_file
 from episode_dataset.cli import main
 from episode_dataset.robomimic import H5DatasetReader, export_robomimic
 
@@ -250,3 +250,63 @@ def test_offline_loader_reads_the_export(exported: tuple[Path, list[dict]]) -> N
     storage = ChunkReplay(specs, 2, 16, 1, 2, 0.9, offline_capacity=32)
     info = load_offline_episodes(storage, path, max_memory_gb=1.0)
     assert info["episodes"] == 3 and info["steps"] == sum(LENGTHS)
+
+
+def _cli_error(capsys: pytest.CaptureFixture, *argv: str) -> str:
+    """The one line a refused command prints (exit 1, nothing on stdout)."""
+    assert main(list(argv)) == 1
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and captured.err.startswith("ERROR: "), captured.err
+    assert not captured.out
+    return captured.err.strip()
+
+
+@pytest.mark.parametrize("where", ["obs/qpos", "actions", "rewards"])
+def test_export_refuses_nan_and_inf_as_validate_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture, where: str
+) -> None:
+    """Before, the export copied NaN/Inf into the robomimic file with exit 0."""
+    src, dst = tmp_path / "nan.hdf5", tmp_path / "rm.hdf5"
+    specs = {"qpos": SPECS["qpos"], "front": SPECS["front"]}
+    with EpisodeWriter(src, specs, KeySpec("float32", (2,)), env_args=ENV_ARGS) as w:
+        for i in range(2):
+            obs = {"qpos": np.zeros((4, 3)), "front": np.zeros((4, 6, 8, 3), np.uint8)}
+            actions, rewards = np.zeros((4, 2)), np.zeros(4)
+            if i == 1:  # step 3 of the second episode
+                bad = {"obs/qpos": obs["qpos"], "actions": actions, "rewards": rewards}[where]
+                bad[3] = np.inf if where == "actions" else np.nan
+            w.write_episode(obs=obs, actions=actions, rewards=rewards, dones=[0, 0, 0, 1])
+    expected = f"ERROR: {src}: demo_1/{where}: NaN/Inf at step 3"
+    assert _cli_error(capsys, "validate", str(src)) == expected
+    assert _cli_error(capsys, "robomimic", str(src), str(dst)) == expected
+    assert not dst.exists() and not (tmp_path / ".rm.hdf5.tmp").exists()
+
+
+def test_a_dataset_without_episodes_is_refused_before_writing(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Before: "0 episodes, 0 steps", then "ERROR: rm.hdf5: data: no demo_<i> groups" with the
+    file left behind, so a rerun said it exists."""
+    src, dst = tmp_path / "empty.hdf5", tmp_path / "rm.hdf5"
+    EpisodeWriter(src, SPECS, KeySpec("float32", (2,)), env_args=ENV_ARGS).close()
+    for _ in range(2):  # the rerun says the same
+        err = _cli_error(capsys, "robomimic", str(src), str(dst))
+        assert err == f"ERROR: {src}: no episodes to export"
+        assert not dst.exists() and not (tmp_path / ".rm.hdf5.tmp").exists()
+
+
+def test_outputs_that_are_directories_or_the_input_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Before: an IsADirectoryError traceback (after the whole export was written)."""
+    src, folder = tmp_path / "ws.hdf5", tmp_path / "folder"
+    workspace(src)
+    folder.mkdir()
+    (folder / "mine.txt").write_text("keep")
+    err = _cli_error(capsys, "robomimic", str(src), str(folder), "--overwrite")
+    assert err == f"ERROR: {folder}: is a directory; name the output file"
+    assert (folder / "mine.txt").read_text() == "keep"
+    assert not (tmp_path / ".folder.tmp").exists()
+    err = _cli_error(capsys, "robomimic", str(src), str(src), "--overwrite")
+    assert err == f"ERROR: {src}: output must differ from input {src}"
+    assert validate_file(src).num_episodes == 3

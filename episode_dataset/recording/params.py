@@ -172,13 +172,25 @@ def env_args_from_json(text: str) -> dict[str, Any]:
     return env_args
 
 
-def session_config(params: Mapping[str, Any], recording: Recording) -> SessionConfig:
-    """The alignment and episode settings of a recording, from its parameters."""
+def session_config(
+    params: Mapping[str, Any], recording: Recording, source: str = "parameters"
+) -> SessionConfig:
+    """The alignment and episode settings of a recording, from its parameters. A max_age_s
+    that is not below half a period of the recorded timeline (the aligner's rule: no sample
+    may serve two steps) is one RecorderConfigError line naming `source`."""
+    rate, rtf = recording.control_rate_hz, recording.real_time_factor
+    period = 1.0 / (rate * rtf)  # stamp seconds per step
+    max_age = float(params["max_age_s"]) or AUTO_MAX_AGE_PERIODS / (rate * rtf)
+    if not max_age < period / 2:
+        raise RecorderConfigError(
+            f"{source}: parameter max_age_s {max_age:g} must be below half a period, "
+            f"{period / 2:g} s (control_rate_hz {rate:g} x real_time_factor {rtf:g} = "
+            f"{rate * rtf:g} steps per stamp second)"
+        )
     return SessionConfig(
-        control_rate_hz=recording.control_rate_hz,
-        real_time_factor=recording.real_time_factor,
-        max_age_s=float(params["max_age_s"])
-        or AUTO_MAX_AGE_PERIODS / (recording.control_rate_hz * recording.real_time_factor),
+        control_rate_hz=rate,
+        real_time_factor=rtf,
+        max_age_s=max_age,
         headerless_anchor_key=str(params["headerless_anchor_key"]),
         headerless_anchor_tolerance_s=float(params["headerless_anchor_tolerance_s"]),
         headerless_offset_periods=float(params["headerless_offset_periods"]),
