@@ -78,3 +78,41 @@ def test_train_dreamer_starts_from_the_trajectories(tmp_path: Path) -> None:
     assert "loss/world_model" in result["metrics"]  # updates ran
     storage = torch.load(storage_path(Path(result["last_ckpt"]), 0), weights_only=True)
     assert int(storage["counts"].sum()) == 600 + 120
+
+
+def test_bad_arguments_are_refused_before_the_dataset_is_written(tmp_path: Path) -> None:
+    episodes = create_synthetic_dataset(num_episodes=2, observation_dim=3, action_dim=1)
+    for call, expected in (
+        (lambda: train_world_model(episodes, num_epochs=0, output_root=tmp_path), "num_epochs=0"),
+        (
+            lambda: train_behavioral_cloning(episodes, overrides=["nope=1"], output_root=tmp_path),
+            "configs/train_bc.yaml: Could not override 'nope'",
+        ),
+        (
+            lambda: train_world_model(
+                episodes, overrides=["world_model.batch_size=0"], output_root=tmp_path
+            ),
+            "world_model.batch_size=0: must be an integer >= 1",
+        ),
+        (
+            lambda: train_dreamer("Pendulum-v1", episodes, num_steps=-5, output_root=tmp_path),
+            "num_steps=-5",
+        ),
+        (lambda: train_behavioral_cloning([], output_root=tmp_path), "no trajectories"),
+    ):
+        with pytest.raises(ConfigError, match=expected) as err:
+            call()
+        assert "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_the_training_package_is_installed() -> None:
+    """`import training.api` works outside the repository root: pyproject's package list takes
+    `training` in (setuptools' find, its namespaces default on in pyproject.toml)."""
+    from setuptools.discovery import PackageFinder, PEP420PackageFinder
+
+    tomllib = pytest.importorskip("tomllib")
+    repo = Path(__file__).resolve().parents[1]
+    find = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    finder = PEP420PackageFinder if find["find"].get("namespaces", True) else PackageFinder
+    assert "training" in finder.find(str(repo), include=find["find"]["include"])

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from learning.checkpoint import CONFIG_KEY
@@ -123,3 +124,149 @@ def test_modes_bad_input_is_one_line(tmp_path: Path) -> None:
         done = _run(*args, cwd=tmp_path)
         assert done.returncode != 0
         assert expected in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
+# In-process runs (main(argv)): the command's one-line error handling, with torch imported once.
+
+
+def _main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    from training.train import main
+
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _error_line(err: str) -> str:
+    """The command's own stderr lines (Lightning's "Seed set to" notes left out): just one."""
+    lines = [line for line in err.splitlines() if not line.startswith("Seed set to")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    return lines[0]
+
+
+def test_config_keys_of_other_algorithms_are_skipped_and_misspellings_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A seed file holds keys for every algorithm: `policy.ppo_clip` (PPO's) is skipped by
+    SAC with one line; `policy.hiden_dim`, no config's key, is a one-line error."""
+    config = tmp_path / "my.yaml"
+    config.write_text("policy: {hidden_dim: 8, ppo_clip: 0.1}\n")
+    tiny = ["training.num_iterations=1", "training.steps_per_iteration=64",
+            "model.learning_starts=32", "model.batch_size=16", "online.eval_episodes=1",
+            "online.progress_bar=false", f"output_root={tmp_path}"]  # fmt: skip
+    code, out, err = _main(
+        capsys, "--mode", "policy", "--algorithm", "sac", "--env", "Pendulum-v1",
+        "--config", str(config), *tiny,
+    )  # fmt: skip
+    assert code == 0, err[-3000:]
+    assert f"--config {config}: skipped policy.ppo_clip: not in configs/train_sac.yaml" in err
+    ckpt = torch.load(_checkpoint(out), weights_only=True)
+    assert ckpt[CONFIG_KEY]["policy"]["hidden_dim"] == 8  # the key that applies did apply
+
+    config.write_text("policy: {hiden_dim: 8}\n")
+    code, _, err = _main(capsys, "--env", "Pendulum-v1", "--config", str(config), *tiny)
+    assert code == 1
+    assert "policy.hiden_dim is not a key of any config" in _error_line(err)
+
+
+def test_config_null_is_null_and_world_model_keys_are_skipped_by_dreamer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """YAML null reaches Hydra as null (not the string 'None'); `world_model.action_dim`
+    (train_world_model's key) is skipped by --mode dreamer, which has no such key."""
+    config = tmp_path / "my.yaml"
+    config.write_text(
+        "world_model: {action_dim: null, batch_size: 4, sequence_length: 8, latent: gaussian}\n"
+        "dreamer: {imagine_horizon: 3, learning_starts: 100}\n"
+        "training: {num_iterations: 1, steps_per_iteration: 120}\n"
+    )
+    dataset = tmp_path / "synthetic.hdf5"
+    from training.data_collection import create_synthetic_dataset, save_trajectories
+
+    save_trajectories(create_synthetic_dataset(4, observation_dim=3, action_dim=1), dataset)
+    common = ["--config", str(config), "world_model=tiny", f"output_root={tmp_path}"]
+    code, out, err = _main(
+        capsys, "--mode", "world_model", "--dataset", str(dataset), *common, "max_epochs=1",
+        "~trainer.callbacks.progress_bar",
+    )  # fmt: skip
+    assert code == 0, err[-3000:]
+    ckpt = torch.load(_checkpoint(out), weights_only=True)
+    assert ckpt[CONFIG_KEY]["world_model"]["action_dim"] is None
+    assert ckpt[CONFIG_KEY]["world_model"]["latent"] == "gaussian"  # a string stays one
+
+    code, out, err = _main(
+        capsys, "--mode", "dreamer", "--env", "Pendulum-v1", *common,
+        "online.eval_episodes=1", "online.progress_bar=false",
+    )  # fmt: skip
+    assert code == 0, err[-3000:]
+    assert "skipped world_model.action_dim: not in configs/train_dreamer.yaml" in err
+    assert torch.load(_checkpoint(out), weights_only=True)[ONLINE_KEY]["env_steps"] == 120
+
+
+def test_bad_input_in_process_is_one_line_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing dataset, an unknown override key (one mode, or no stage of --mode all), a
+    bad number in one stage of --mode all: one line, exit 1, and --mode all collects nothing."""
+    out_root = f"output_root={tmp_path}"
+    for args, expected in (
+        (
+            ["--mode", "supervised", "--dataset", str(tmp_path / "nonexist.hdf5")],
+            "nonexist.hdf5: file not found",
+        ),
+        (
+            ["--env", "Pendulum-v1", "policy.foo=1"],
+            "configs/train_ppo.yaml: Could not override 'policy.foo'",
+        ),
+        (
+            ["--mode", "all", "--env", "Pendulum-v1", "policy.foo=1"],
+            "override policy.foo=1: no stage of --mode all has its key",
+        ),
+        (
+            ["--mode", "all", "--env", "Pendulum-v1", "online.num_envs=0"],
+            "policy: configs/train_ppo.yaml: online.num_envs=0: must be an integer >= 1",
+        ),
+        (["--env", "Pendulum-v1", "policy.hidden_dim=[oops"], "policy.hidden_dim=[oops"),
+    ):
+        code, _, err = _main(capsys, *args, out_root)
+        assert code == 1, args
+        assert expected in _error_line(err), err
+    assert not (tmp_path / "datasets").exists()  # --mode all refused before collecting
+
+
+def test_mode_all_routes_plain_overrides_to_the_stages_that_have_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The --help example `--mode all --env Reacher-v5 online.num_envs=8`: online.* reaches
+    policy and dreamer, max_epochs world_model and supervised, world_model=tiny both."""
+    code, out, err = _main(
+        capsys, "--mode", "all", "--env", "Reacher-v5", "--episodes", "2",
+        f"output_root={tmp_path}", "online.num_envs=8", "world_model=tiny", "max_epochs=1",
+        "~trainer.callbacks.progress_bar", "online.progress_bar=false", "online.eval_episodes=1",
+        "training.num_iterations=1", "world_model.batch_size=4", "world_model.sequence_length=8",
+        "policy:training.steps_per_iteration=128", "policy:model.minibatch_size=64",
+        "dreamer:training.steps_per_iteration=160", "dreamer.learning_starts=100",
+        "dreamer.imagine_horizon=3",
+    )  # fmt: skip
+    assert code == 0, err[-3000:]
+    configs = {}
+    for line in out.splitlines():
+        mode, sep, path = line.partition(": checkpoint ")
+        if sep:
+            configs[mode] = torch.load(path, weights_only=True)[CONFIG_KEY]
+    assert configs["policy"]["online"]["num_envs"] == configs["dreamer"]["online"]["num_envs"] == 8
+    assert configs["world_model"]["max_epochs"] == configs["supervised"]["max_epochs"] == 1
+    assert configs["world_model"]["model"]["deter_dim"] == 32  # world_model=tiny
+    assert configs["dreamer"]["model"]["deter_dim"] == 32
+
+
+def test_help_describes_every_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    from training.train import MODES, main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for mode in [*MODES, "all"]:
+        assert f"{mode}:" in text, mode
+    assert "policy, dreamer and all: a registered sim task" in text

@@ -79,3 +79,30 @@ def test_pickles_are_refused_and_nothing_is_written(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="never a pickle") as err:
         save_trajectories(episodes, tmp_path / "trajectories.pkl.gz")
     assert "\n" not in str(err.value) and list(tmp_path.iterdir()) == []
+
+
+def test_bad_arguments_are_value_errors_before_any_work(tmp_path: Path) -> None:
+    """API wording, a ValueError (never the CLI's SystemExit), before an env is made."""
+    collector = DataCollector("Pendulum-v1")
+    for kwargs, expected in (
+        ({"num_episodes": 1, "policy": "foo"}, "policy must be None, 'random', 'expert', a .onnx"),
+        ({"num_episodes": 1, "policy": tmp_path / "no.onnx"}, "no such ONNX file"),
+        ({"num_episodes": -2}, r"num_episodes=-2: must be an integer >= 1"),
+        ({"num_episodes": 0}, r"num_episodes=0: must be an integer >= 1"),
+    ):
+        with pytest.raises(ValueError, match=expected):
+            collector.collect_episodes(**kwargs)
+    assert collector.seed == 0 and collector.trajectories == []
+    with pytest.raises(ValueError, match="num_envs=0: must be"):
+        DataCollector("Pendulum-v1", num_envs=0)
+    for kwargs, expected in (
+        ({"num_episodes": -3}, "num_episodes=-3"),
+        ({"observation_dim": 0}, "observation_dim=0"),
+        ({"action_dim": 0}, "action_dim=0"),
+        ({"episode_length": 0}, "episode_length=0"),
+        ({"seed": -1}, "seed=-1"),
+    ):
+        args = {"num_episodes": 2, "observation_dim": 3, "action_dim": 1, **kwargs}
+        with pytest.raises(ValueError, match=f"{expected}: must be an integer"):
+            create_synthetic_dataset(**args)
+    assert len(create_synthetic_dataset(np.int64(2), 3, 1, episode_length=1)) == 2

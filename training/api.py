@@ -13,7 +13,10 @@
 
 Trajectories (training.data_collection.Trajectory lists) are first written as an episode dataset
 (`<output_root>/datasets/<name>_<time>.hdf5`, never pickles); a dataset path is used as it is.
-Each call returns `learning.train.run`'s {"run_dir", "best_ckpt", "last_ckpt", "metrics"}.
+The arguments and the composed config (its keys, learning/config_rules.py's ranges) are checked
+before that: a bad one (an unknown override key too) is a one-line ConfigError and nothing is
+written. Each call returns `learning.train.run`'s {"run_dir", "best_ckpt",
+"last_ckpt", "metrics"}.
 """
 
 from __future__ import annotations
@@ -25,9 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
+from hydra.errors import HydraException, OverrideParseException
+from omegaconf import DictConfig
 
+from episode_dataset.ranges import Range, count, one_line
+from learning.config_rules import RULES, check_config
 from learning.errors import ConfigError
-from learning.online.api import train_policy
+from learning.online.api import env_id_of, train_policy
 from learning.train import compose_config, run
 from training.data_collection import Trajectory, save_trajectories
 
@@ -36,14 +44,45 @@ __all__ = ["train_behavioral_cloning", "train_dreamer", "train_policy", "train_w
 Data = Sequence[Trajectory] | str | os.PathLike[str]
 
 
-def _dataset(data: Data, name: str, output_root: str | os.PathLike[str]) -> str:
-    """A dataset path: `data` itself, or the trajectories written to a new one."""
+def _dataset_path(data: Data, name: str, output_root: str | os.PathLike[str]) -> str:
+    """The dataset path: `data` itself, or the new file its trajectories will be written to
+    (by `_write`, once the run's config has been checked)."""
     if isinstance(data, str | os.PathLike):
         return os.fspath(data)
+    if not data:
+        raise ConfigError(f"{name}: no trajectories to train on")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = Path(output_root) / "datasets" / f"{name}_{stamp}_{os.getpid()}.hdf5"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return os.fspath(save_trajectories(list(data), path))
+    return os.fspath(Path(output_root) / "datasets" / f"{name}_{stamp}_{os.getpid()}.hdf5")
+
+
+def _write(data: Data, path: str) -> None:
+    """The trajectories of `data` written to `path` (a dataset path: nothing to write)."""
+    if not isinstance(data, str | os.PathLike):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        save_trajectories(list(data), path)
+
+
+def _checked(name: str, value: Any, rule: Range) -> Any:
+    """`value` (a numpy integer as an int) if `rule` takes it, else a ConfigError naming the
+    argument."""
+    if isinstance(value, np.integer):
+        value = int(value)
+    if not rule.accepts(value):
+        raise ConfigError(f"{name}={value!r}: must be {rule}")
+    return value
+
+
+def _composed(config: str, overrides: Sequence[str]) -> DictConfig:
+    """configs/<config>.yaml with `overrides`, its numbers checked (learning/config_rules.py):
+    done before any file is written, so a bad argument leaves nothing behind."""
+    try:
+        cfg = compose_config(config, overrides)
+    except OverrideParseException as err:
+        raise ConfigError(f"override {err.override}: {one_line(err)}") from None
+    except HydraException as err:  # an unknown key: Hydra's lines, as one
+        raise ConfigError(f"configs/{config}.yaml: {one_line(err)}") from None
+    check_config(cfg)
+    return cfg
 
 
 def _check_shape(data: Data, observation_shape: Sequence[int] | None) -> None:
@@ -67,11 +106,13 @@ def train_world_model(
 ) -> dict[str, Any]:
     """`configs/train_world_model.yaml` (RSSM, learning/world_model) on `trajectories`."""
     _check_shape(trajectories, observation_shape)
-    extra = [f"dataset={_dataset(trajectories, 'world_model', output_root)}"]
-    extra += [f"output_root={output_root}"]
+    dataset = _dataset_path(trajectories, "world_model", output_root)
+    extra = [f"dataset={dataset}", f"output_root={output_root}"]
     if num_epochs is not None:
-        extra.append(f"max_epochs={int(num_epochs)}")
-    return run(compose_config("train_world_model", [*extra, *overrides]))
+        extra.append(f"max_epochs={_checked('num_epochs', num_epochs, RULES['max_epochs'])}")
+    cfg = _composed("train_world_model", [*extra, *overrides])
+    _write(trajectories, dataset)
+    return run(cfg)
 
 
 def train_behavioral_cloning(
@@ -83,12 +124,14 @@ def train_behavioral_cloning(
 ) -> dict[str, Any]:
     """`configs/train_bc.yaml` on `demonstrations`: an MLP on observation windows, or an LSTM
     over observation sequences with `use_sequences=True`."""
-    extra = [f"dataset={_dataset(demonstrations, 'bc', output_root)}"]
+    dataset = _dataset_path(demonstrations, "bc", output_root)
+    extra = [f"dataset={dataset}", f"output_root={output_root}"]
     extra += [f"model.use_sequences={str(bool(use_sequences)).lower()}"]
-    extra += [f"output_root={output_root}"]
     if num_epochs is not None:
-        extra.append(f"max_epochs={int(num_epochs)}")
-    return run(compose_config("train_bc", [*extra, *overrides]))
+        extra.append(f"max_epochs={_checked('num_epochs', num_epochs, RULES['max_epochs'])}")
+    cfg = _composed("train_bc", [*extra, *overrides])
+    _write(demonstrations, dataset)
+    return run(cfg)
 
 
 def train_dreamer(
@@ -108,9 +151,15 @@ def train_dreamer(
             "Dreamer learns by acting; trajectories only prefill its replay"
         )
     extra = [f"output_root={output_root}"]
+    dataset = None
     if trajectories is not None:
         _check_shape(trajectories, observation_shape)
-        extra.append(f"model.prefill_dataset={_dataset(trajectories, 'dreamer', output_root)}")
+        dataset = _dataset_path(trajectories, "dreamer", output_root)
+        extra.append(f"model.prefill_dataset={dataset}")
     if num_steps is not None:
-        extra += ["training.num_iterations=1", f"training.steps_per_iteration={int(num_steps)}"]
-    return train_policy(env_factory, algorithm="dreamer", overrides=[*extra, *overrides])
+        steps = _checked("num_steps", num_steps, count(1))
+        extra += ["training.num_iterations=1", f"training.steps_per_iteration={steps}"]
+    cfg = _composed("train_dreamer", [f"env_id={env_id_of(env_factory)}", *extra, *overrides])
+    if dataset is not None:
+        _write(trajectories, dataset)
+    return run(cfg)

@@ -31,8 +31,41 @@ import gymnasium as gym
 import numpy as np
 
 from episode_dataset import IMAGE, LOW_DIM, DatasetError, EpisodeReader, EpisodeWriter, KeySpec
+from episode_dataset.ranges import SEED, Range, count
 
 DATASET_SUFFIXES = (".hdf5", ".h5")
+POLICY_NAMES = ("random", "expert")  # or None (random), a .onnx path, or a policy object
+
+
+def _checked(name: str, value: Any, rule: Range) -> Any:
+    """`value` (a numpy integer as an int) if `rule` takes it, else ValueError naming `name`."""
+    if isinstance(value, np.integer):
+        value = int(value)
+    if not rule.accepts(value):
+        raise ValueError(f"{name}={value!r}: must be {rule}")
+    return value
+
+
+def _policy(policy: Any) -> Any:
+    """`policy` as sim.collect takes it (None: "random"; a path: a str), or ValueError."""
+    if policy is None:
+        return "random"
+    if isinstance(policy, str | os.PathLike):
+        name = os.fspath(policy)
+        if name in POLICY_NAMES:
+            return name
+        if name.endswith(".onnx"):
+            if not Path(name).is_file():
+                raise ValueError(f"policy {name!r}: no such ONNX file")
+            return name
+    elif callable(getattr(policy, "reset", None)) and callable(
+        getattr(policy, "select_action", None)
+    ):
+        return policy
+    raise ValueError(
+        f"policy must be None, 'random', 'expert', a .onnx file or an object with reset() and "
+        f"select_action(obs), got {policy!r}"
+    )
 
 
 @dataclass
@@ -126,6 +159,9 @@ class DataCollector:
     ) -> None:
         from learning.online.api import env_id_of
 
+        seed = _checked("seed", seed, SEED)
+        camera = _checked("camera", camera, count(1, nullable=True))
+        num_envs = _checked("num_envs", num_envs, count(1))
         self.env_id = env_id_of(env_factory)
         self.seed, self.camera, self.num_envs = seed, camera, num_envs
         self.trajectories: list[Trajectory] = []
@@ -134,14 +170,17 @@ class DataCollector:
     def collect_episodes(self, num_episodes: int, policy: Any = None) -> list[Trajectory]:
         """`num_episodes` episodes (episode i reset with seed `seed + i`) with `policy`: None
         or "random" (uniform), "expert" (the task's scripted expert), an exported `.onnx`
-        policy, or an object with `reset()` and `select_action(obs) -> action`."""
+        policy, or an object with `reset()` and `select_action(obs) -> action`. ValueError for
+        a count below 1 or another policy, before anything runs."""
         from sim.collect import collect
 
+        num_episodes = _checked("num_episodes", num_episodes, count(1))
+        policy = _policy(policy)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "episodes.hdf5"
             collect(
                 self.env_id,
-                "random" if policy is None else policy,
+                policy,
                 num_episodes,
                 self.seed,
                 out,
@@ -171,7 +210,13 @@ def create_synthetic_dataset(
     seed: int = 0,
 ) -> list[Trajectory]:
     """Episodes of a random stable linear system  s' = A s + B a + noise,  r = -|s|^2 / dim,
-    actions uniform in [-1, 1]: data with dynamics to learn (a world model, BC), not noise."""
+    actions uniform in [-1, 1]: data with dynamics to learn (a world model, BC), not noise.
+    ValueError for a count or dimension below 1."""
+    num_episodes = _checked("num_episodes", num_episodes, count(1))
+    observation_dim = _checked("observation_dim", observation_dim, count(1))
+    action_dim = _checked("action_dim", action_dim, count(1))
+    episode_length = _checked("episode_length", episode_length, count(1))
+    seed = _checked("seed", seed, SEED)
     rng = np.random.default_rng(seed)
     a = rng.normal(size=(observation_dim, observation_dim))
     a *= 0.9 / max(np.abs(np.linalg.eigvals(a)).max(), 1e-6)  # spectral radius 0.9: stable
