@@ -193,10 +193,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.lerobot_reader",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="3 episodes instead of 20")
-    parser.add_argument("--venv", type=Path, default=VENV, help="the LeRobot bench venv")
+    parser.add_argument(
+        "--venv", type=Path, default=VENV, help="the LeRobot bench venv (default: .venvs/lerobot)"
+    )
     parser.add_argument("--worker", nargs=2, type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="pyav", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -102,10 +102,11 @@ POSITIVE_FLOAT = arg(number(0, low_open=True))
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every CLI's --help: each option's default, except None (its help says what unset means;
-    argparse's own would append "(default: None)" after it)."""
+    argparse's own would append "(default: None)" after it) and a flag's (`--no-parity`'s
+    "(default: True)" would read as the check being skipped)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default is None:
+        if action.default is None or action.nargs == 0:
             return action.help
         return super()._get_help_string(action)
 

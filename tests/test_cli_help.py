@@ -100,13 +100,17 @@ def _style_problems(parser: argparse.ArgumentParser, top: str) -> list[str]:
     if not description or "\n" in description:
         problems.append(f"{parser.prog}: description is not one line: {description[:60]!r}")
     shows_defaults = issubclass(parser.formatter_class, argparse.ArgumentDefaultsHelpFormatter)
-    if "(default: None)" in parser.format_help():  # the help says what unset means instead
+    shown_help = parser.format_help()
+    if "(default: None)" in shown_help:  # the help says what unset means instead
         problems.append(f"{parser.prog}: --help shows '(default: None)'")
+    if "(default: True)" in shown_help or "(default: False)" in shown_help:  # flags
+        problems.append(f"{parser.prog}: --help shows a flag's default")
     for action in parser._actions:
         for flag in action.option_strings:
             if flag.startswith("--") and "_" in flag:
                 problems.append(f"{parser.prog}: flag {flag} is not kebab-case")
-        has_default = not (action.default is None or action.default is False) and (
+        flag = action.nargs == 0  # store_true/false: given or not, no default to show
+        has_default = not (action.default is None or action.default is False or flag) and (
             action.default != argparse.SUPPRESS
         )
         hidden = action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from learning.generative.dit import DiT
 from learning.generative.module import GenerativeModule
@@ -380,8 +381,37 @@ def test_onnx_export_matches_torch_sampler(name: str, overrides: list[str], tmp_
 
 
 def test_export_refuses_adaptive_and_stochastic_samplers() -> None:
-    for name, override in [(FM, "model.sampler.method=dopri5"), (DIFF, "model.sampler.eta=1.0")]:
+    """...with the --sampler keys of the checkpoint's own sampler family in the hint."""
+    for name, override, hint in [
+        (FM, "model.sampler.method=dopri5", "--sampler method=euler`"),
+        (DIFF, "model.sampler.eta=1.0", "--sampler sampler_type=ddim --sampler eta=0`"),
+    ]:
         cfg = compose_config(name, ["network=dit_tiny", override])
         model = instantiate(cfg.model, _convert_="all")
-        with pytest.raises(ValueError, match="deterministic fixed-step sampler"):
+        with pytest.raises(ValueError, match="deterministic fixed-step sampler") as err:
             model.export_graph()
+        assert str(err.value).endswith(hint), err.value
+
+
+@pytest.mark.parametrize(
+    ("name", "sampler", "says"),
+    [
+        (FM, {"steps": 0}, "steps must be >= 1, got 0"),
+        (FM, {"bogus": 1}, "unexpected keyword argument 'bogus'"),
+        (FM, {"sampler_type": "ddim"}, "unexpected keyword argument 'sampler_type'"),
+        (DIFF, {"method": "euler"}, "unexpected keyword argument 'method'"),
+    ],
+)
+def test_export_sampler_arguments_it_refuses_are_one_line(
+    name: str, sampler: dict, says: str, tmp_path: Path
+) -> None:
+    from learning.export import ExportError, export_model
+
+    cfg = compose_config(name, ["network=dit_tiny", "image_size=32"])
+    model = instantiate(cfg.model, _convert_="all").eval()
+    config = OmegaConf.to_container(cfg, resolve=True)
+    with pytest.raises(ExportError) as err:
+        export_model(model, tmp_path / "g.onnx", config, sampler=sampler)
+    text = str(err.value)
+    assert "\n" not in text and says in text and "--sampler" in text, text
+    assert not (tmp_path / "g.onnx").exists()

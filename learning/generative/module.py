@@ -164,10 +164,16 @@ class GenerativeModule(L.LightningModule):
     def export_graph(self) -> tuple[nn.Module, dict[str, torch.Tensor], list[str]]:
         """Network + unrolled deterministic sampler as one graph (noise is an input)."""
         if not getattr(self.sampler, "deterministic", False):
+            # the hint names the keys of this checkpoint's sampler family (ODE or diffusion)
+            hint = (
+                "sampler_type=ddim --sampler eta=0"
+                if hasattr(self.sampler, "eta")
+                else ("method=euler")
+            )
             raise ValueError(
                 f"ONNX export needs a deterministic fixed-step sampler (ODE euler/midpoint/rk4 or "
                 f"DDIM eta=0), got {self.sampler!r}; choose one with `python -m learning.export "
-                f"--ckpt ... --out ... --sampler method=euler`"
+                f"--ckpt ... --out ... --sampler {hint}`"
             )
         size = self.network.image_size
         gen = torch.Generator().manual_seed(0)
