@@ -78,6 +78,10 @@ def test_train_checkpoint_resume(first_run: dict, tmp_path: Path) -> None:
     # The statistics (and weights) continued from the checkpoint instead of starting over.
     assert after["state_dict"]["obs_rms.count"].item() == pytest.approx(768, abs=1e-3)
     assert after["optimizer_states"][0]["state"][0]["step"].item() == 3 * 2 * 4
+    # Resuming with a budget the run has already spent: nothing to do, said in one line.
+    with pytest.raises(ConfigError, match=r"already took 768 env steps .* raise them to train"):
+        train(tmp_path, "env_id=Pendulum-v1", "training.num_iterations=2",
+              f"ckpt_path={resumed['last_ckpt']}")  # fmt: skip
 
 
 def test_export_parity_and_served_return(first_run: dict, tmp_path: Path) -> None:
@@ -163,6 +167,15 @@ def test_bad_input_one_line(first_run: dict, tmp_path: Path, monkeypatch) -> Non
     # A precision PPO's update would not apply (bf16-mixed on one device: Fabric leaves it bare).
     with pytest.raises(ConfigError, match=r"online.precision=bf16-mixed: ppo runs in 32-true$"):
         train(tmp_path, "env_id=Pendulum-v1", "online.precision=bf16-mixed")
+
+    # A checkpoint of another task: the first mismatch, not torch's bare heading.
+    with pytest.raises(
+        CheckpointError,
+        match=r"does not fit this model \(Error\(s\) in loading "
+        r"state_dict for PPO: size mismatch for ",
+    ) as err:
+        train(tmp_path, "env_id=HalfCheetah-v5", f"ckpt_path={first_run['last_ckpt']}")
+    assert "\n" not in str(err.value)
 
     # A checkpoint of another algorithm, and one from offline training.
     ckpt = torch.load(first_run["last_ckpt"], weights_only=True)

@@ -27,6 +27,7 @@ from learning.algorithms.sac import (
 )
 from learning.checkpoint import CheckpointError
 from learning.data.spec import env_model_dims
+from learning.errors import ConfigError
 from learning.online.algorithm import AlgorithmError, Transition
 from learning.online.loop import ONLINE_KEY, storage_path
 from learning.online.replay import ReplayBuffer, ReplayMemoryError
@@ -482,6 +483,11 @@ def test_bad_input_one_line(first_run: dict, tmp_path: Path, monkeypatch) -> Non
     torch.save(ckpt, tmp_path / "ppo.ckpt")
     with pytest.raises(CheckpointError, match=r"a 'ppo' checkpoint; this run trains 'sac'"):
         train(tmp_path, "env_id=Pendulum-v1", f"ckpt_path={tmp_path / 'ppo.ckpt'}")
+
+    # a buffer that cannot hold one batch, or the rows learning waits for (it would never learn)
+    for small in ("model.buffer_size=10", "model.buffer_size=64"):
+        with pytest.raises(ConfigError, match=r"it must hold 100 rows$"):
+            train(tmp_path, "env_id=Pendulum-v1", small)
 
     # through learning.train: Pendulum's 3 float32 obs (twice), 1 action, reward, 2 flags
     big = r"capacity 1000000 x 34 B/transition = 32.4 MiB exceeds max_bytes 1000 B"

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from lightning.fabric import Fabric
 from torch import nn
 
+from learning.errors import ConfigError
 from learning.online.algorithm import AlgorithmError, OnlineAlgorithm, Transition
 from learning.online.replay import ReplayBuffer
 
@@ -262,6 +263,18 @@ class SAC(OnlineAlgorithm):
         self._warming_up = learning_starts > 0  # the player acts uniformly at random until then
         self._critic_thread: ThreadPoolExecutor | None = None  # set by the first update
         self._threads_decided = False
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """The replay buffer must hold a batch and the rows learning waits for: a smaller one
+        would sample one batch from a few rows, or never start learning."""
+        m = cfg.model
+        needed = max(int(m.batch_size), int(m.learning_starts))
+        if int(m.buffer_size) < needed:
+            raise ConfigError(
+                f"model.buffer_size={m.buffer_size} is below model.batch_size={m.batch_size} "
+                f"or model.learning_starts={m.learning_starts}: it must hold {needed} rows"
+            )
 
     @classmethod
     def check_spaces(

@@ -159,6 +159,15 @@ def storage_path(ckpt: Path, rank: int) -> Path:
     return ckpt.with_name(f"{ckpt.stem}.storage.rank{rank}.pt")
 
 
+def _first_problem(err: BaseException) -> str:
+    """The first line of `err` that names a problem: torch's load_state_dict leads with a
+    heading ("Error(s) in loading state_dict for PPO:") and lists the mismatches below it."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return f"{lines[0]} {lines[1]}"
+    return lines[0] if lines else type(err).__name__
+
+
 def _restore_storage(algo: OnlineAlgorithm, storage: Any, path: Path) -> bool:
     """Resume with the saved replay buffer (True); without its file, say so and start it
     empty (False)."""
@@ -170,8 +179,9 @@ def _restore_storage(algo: OnlineAlgorithm, storage: Any, path: Path) -> bool:
     try:
         algo.load_storage_state(storage, torch_load(str(path)))
     except (KeyError, RuntimeError, ValueError) as err:
-        first = (str(err).splitlines() or [""])[0]
-        raise CheckpointError(f"{path}: does not fit this run's storage ({first})") from None
+        raise CheckpointError(
+            f"{path}: does not fit this run's storage ({_first_problem(err)})"
+        ) from None
     log.info("resume: %d transitions restored from %s", len(storage), path)
     return True
 
@@ -304,8 +314,9 @@ def _train(
             for opt, state in zip(optimizers, resume["optimizer_states"], strict=True):
                 opt.load_state_dict(state)
         except (KeyError, RuntimeError, ValueError) as err:
-            first = (str(err).splitlines() or [""])[0]
-            raise CheckpointError(f"{cfg.ckpt_path}: does not fit this model ({first})") from None
+            raise CheckpointError(
+                f"{cfg.ckpt_path}: does not fit this model ({_first_problem(err)})"
+            ) from None
     learner, *optimizers = fabric.setup(algo, *optimizers)
     for name in algo.forward_methods:
         learner.mark_forward_method(name)
@@ -332,6 +343,13 @@ def _train(
         env_steps, iteration = int(saved["env_steps"]), int(saved["iteration"])
         offline_done = int(saved.get("offline_steps", 0))
         torch.set_rng_state(saved["torch_rng"])
+        if env_steps >= total and offline_done >= offline_total:
+            raise ConfigError(
+                f"ckpt_path={cfg.ckpt_path}: the run already took {env_steps} env steps and "
+                f"{offline_done} offline steps, all this config asks ({total} = "
+                "training.num_iterations x training.steps_per_iteration x ranks, and "
+                f"online.offline_steps={offline_total}): raise them to train on"
+            )
     stopping = _EarlyStopping(on.get("early_stopping"), saved)
     seeds = [int(cfg.seed) + 1000 * rank + 7919 * iteration + i for i in range(env.num_envs)]
     obs, _ = env.reset(seed=seeds)
