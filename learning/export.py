@@ -400,6 +400,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     options = {"mask_size": args.mask_size, "sampler": dict(args.sampler or []), "step": args.step}
     options = {k: v for k, v in options.items() if v}
+    if Path(args.out).is_dir():
+        raise SystemExit(f"learning.export: --out {args.out} is a directory; name the .onnx file")
     try:
         model, cfg = load_model(args.ckpt)
         meta = export_model(model, args.out, cfg, **options)

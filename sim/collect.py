@@ -45,9 +45,9 @@ def policy_factory(name: Any, env: gym.Env, env_id: str, seed: int) -> PolicyFac
         from roboloop_runtime import OnnxPolicy  # torch-free, imported only when used
 
         if not Path(name).is_file():
-            raise SystemExit(f"--policy {name}: no such ONNX file")
+            raise ValueError(f"--policy {name}: no such ONNX file")
         return lambda i: OnnxPolicy(name, seed=seed + i)
-    raise SystemExit(f"--policy must be expert, random or a .onnx file, got {name!r}")
+    raise ValueError(f"--policy must be expert, random or a .onnx file, got {name!r}")
 
 
 def collect(

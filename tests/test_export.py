@@ -132,3 +132,5 @@ def test_export_cli_rejects_bad_args(trained: dict, capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit, match="option 'mask_size' does not apply to a policy"):
         export.main(["--ckpt", str(trained["ckpt"]), "--out", out, "--mask-size", "8", "8"])
     assert not (trained["tmp"] / "x.onnx").exists()
+    with pytest.raises(SystemExit, match=r"--out .* is a directory; name the .onnx file$"):
+        export.main(["--ckpt", str(trained["ckpt"]), "--out", str(trained["tmp"])])

@@ -145,6 +145,14 @@ def test_collected_episode_replays_to_the_same_rewards(tmp_path) -> None:
     np.testing.assert_allclose(rewards, reader.read_rewards(ep), rtol=1e-5)
 
 
+def test_collect_refuses_an_unknown_policy_as_a_value_error(tmp_path) -> None:
+    """Library callers (training/data_collection.py) get a ValueError, never SystemExit."""
+    for policy, says in [("greedy", "must be expert, random or a .onnx"), ("no.onnx", "no such")]:
+        with pytest.raises(ValueError, match=says):
+            collect("Pendulum-v1", policy, 1, 0, tmp_path / "x.hdf5", progress=False)
+    assert not (tmp_path / "x.hdf5").exists()
+
+
 def test_collect_cli_writes_a_dataset_and_reports(tmp_path) -> None:
     out = tmp_path / "cli.hdf5"
     proc = subprocess.run(
