@@ -300,13 +300,14 @@ class EpisodeDataModule(L.LightningDataModule):
         try:
             self.splits = split_groups(episodes, self.fractions, self.split_seed)
         except ValueError as err:
-            raise ValueError(f"{self.path}: {err}") from None
+            raise DatasetError(f"{self.path}: {err}") from None
         if self.sequence_length is not None:  # every sample would be mostly padding
             longest = max(reader.num_steps(ep) for ep in self.splits["train"])
             if longest < self.sequence_length:
                 raise DatasetError(
                     f"{self.path}: sequence_length {self.sequence_length} is longer than every "
-                    f"training episode (longest {longest} steps): lower data.sequence_length"
+                    f"training episode (longest {longest} steps): lower it "
+                    "(world_model.sequence_length; train_bc's sequence_length)"
                 )
 
         low_dim = [k for k in keys if not specs[k].is_image]
