@@ -29,7 +29,6 @@ from pathlib import Path
 
 from episode_dataset.ranges import HelpFormatter
 
-REPO = Path(__file__).resolve().parents[2]
 PRESETS = ("none", "droid", "aloha", "libero")
 POLICIES = ("pi0", "mlp", "chiunet", "chitransformer")
 # flag -> type, each the root key of the same name (None: not given, the config's value)
@@ -128,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     print(shlex.join(cmd), flush=True)
     if args.dry_run:
         return 0
-    return subprocess.run(cmd, cwd=REPO).returncode
+    return subprocess.run(cmd).returncode  # outputs/ in the caller's directory
 
 
 if __name__ == "__main__":
