@@ -205,7 +205,7 @@ def test_no_evaluation_episodes_means_no_evaluation(tmp_path: Path) -> None:
             tmp_path,
             "env_id=Pendulum-v1",
             "online.eval_episodes=0",
-            "+online.early_stopping.monitor=eval/return",
+            "+online.early_stopping={monitor:eval/return,patience:2}",
         )
 
 

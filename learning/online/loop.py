@@ -252,10 +252,12 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             raise ConfigError(f"online.offline_steps={offline_steps} needs dataset=<episode file>")
     if cfg.get("dataset") and not Path(str(cfg.dataset)).is_file():
         raise ConfigError(f"dataset={cfg.dataset}: no such file")
-    monitor = (on.get("early_stopping") or {}).get("monitor")
-    if monitor is not None and not int(on.eval_episodes):
+    stopping = on.get("early_stopping") or {}
+    monitor = stopping.get("monitor")
+    if monitor is not None and int(stopping.get("patience", 0)) and not int(on.eval_episodes):
         raise ConfigError(
-            f"online.early_stopping.monitor={monitor} needs evaluations: online.eval_episodes is 0"
+            f"online.early_stopping.patience={stopping.patience} needs evaluations: "
+            "online.eval_episodes is 0"
         )
     if monitor == "eval/success":
         from sim.envs import task_spec
