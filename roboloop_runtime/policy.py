@@ -24,7 +24,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from roboloop_runtime.contract import ModelInputError, ObsSpec, PolicyMetadata
+from roboloop_runtime.contract import (
+    ACTIONS_OUTPUT,
+    ModelInputError,
+    ObsSpec,
+    PolicyMetadata,
+    check_output,
+)
 
 
 @runtime_checkable
@@ -79,6 +85,32 @@ def check_observation(
     return arr
 
 
+def _check_finite(key: str, arr: np.ndarray) -> None:
+    """A one-line ModelInputError naming `key` when the float array `arr` holds NaN/Inf
+    (integer arrays, e.g. uint8 images, are always finite: not scanned)."""
+    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+        bad = arr[~np.isfinite(arr)]
+        raise ModelInputError(
+            f"observation {key!r} holds {bad.size} non-finite values ({bad.flat[0]}): not acted on"
+        )
+
+
+def _require_mapping(obs: Any, observations: Mapping[str, ObsSpec]) -> None:
+    """A one-line ModelInputError unless `obs` is a mapping key -> array (not a bare array)."""
+    if not isinstance(obs, Mapping):
+        raise ModelInputError(
+            f"observation must be a dict of arrays keyed {sorted(observations)}, "
+            f"got {type(obs).__name__}"
+        )
+
+
+def _get(obs: Mapping[str, Any], key: str) -> Any:
+    try:
+        return obs[key]
+    except KeyError:
+        raise ModelInputError(f"observation {key!r} missing (got keys {sorted(obs)})") from None
+
+
 @dataclass(frozen=True)
 class QueuedAction:
     """One action of a queued chunk, with what the caller attached to the chunk."""
@@ -116,12 +148,19 @@ class ActingBuffer:
         self._queue.clear()
 
     def push(self, obs: Mapping[str, Any]) -> None:
-        """Append one frame per observation key (each checked against its spec, then copied)."""
+        """Append one frame per observation key (each checked against its spec, then copied).
+
+        ModelInputError (one line, the history untouched) for an `obs` that is not a mapping,
+        a missing key, a wrong shape or dtype, or a NaN/Inf value: such a frame is never acted
+        on. Keys the policy does not take are ignored (an env may observe more than a policy
+        was trained on: `data.obs_keys`, a camera added for recording)."""
+        _require_mapping(obs, self.observations)
         # Check every key before touching the history, and copy: callers may reuse buffers.
-        frames = {
-            key: np.array(check_observation(key, _get(obs, key), spec), copy=True)
-            for key, spec in self.observations.items()
-        }
+        frames = {}
+        for key, spec in self.observations.items():
+            frame = np.array(check_observation(key, _get(obs, key), spec), copy=True)
+            _check_finite(key, frame)
+            frames[key] = frame
         for key, frame in frames.items():
             hist = self._history.get(key)
             if hist is None:
@@ -212,11 +251,22 @@ class QueuedChunkPolicy:
     def predict_action_chunk(
         self, obs_history: dict[str, np.ndarray], noise: np.ndarray | None = None
     ) -> np.ndarray:
+        """Batched: obs_history[key] (B, obs_steps, *shape) -> actions (B, horizon, A), unchecked
+        (the ROS node's ActionGuard classifies a bad chunk). The history is the model's input:
+        exactly its observation keys, finite, else a one-line ModelInputError."""
         m = self.metadata
+        _require_mapping(obs_history, m.observations)
         checked = {
             key: check_observation(key, _get(obs_history, key), spec, (-1, m.obs_steps))
             for key, spec in m.observations.items()
         }
+        if len(obs_history) != len(checked):  # every key is there: the others are extra
+            unexpected = sorted(set(obs_history) - set(checked))
+            raise ModelInputError(
+                f"unexpected observation {unexpected[0]!r} (the policy takes {sorted(checked)})"
+            )
+        for key, value in checked.items():
+            _check_finite(key, value)
         batch = {a.shape[0] for a in checked.values()}
         if len(batch) != 1:
             raise ModelInputError(f"observations disagree on batch size: {sorted(batch)}")
@@ -228,14 +278,15 @@ class QueuedChunkPolicy:
         return self._predict(checked, np.asarray(noise, dtype=np.float32))
 
     def select_action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """One step: obs[key] (*shape) -> action (A,) float32.
+
+        ModelInputError (one line) for an observation `ActingBuffer.push` refuses (not a dict,
+        a key missing, NaN/Inf, ...): nothing is pushed or predicted. ModelOutputError for a
+        chunk of another shape than (1, horizon, A) or with NaN/Inf: nothing is queued, the
+        next call predicts again. Keys the policy does not take are ignored (see `push`)."""
         self.acting.push(obs)
         if self.acting.needs_chunk:
-            self.acting.queue(self.predict_action_chunk(self.acting.window())[0])
+            m = self.metadata
+            chunk = self.predict_action_chunk(self.acting.window())
+            self.acting.queue(check_output(ACTIONS_OUTPUT, chunk, (1, m.horizon, m.action_dim))[0])
         return self.acting.pop().action
-
-
-def _get(obs: dict[str, np.ndarray], key: str) -> np.ndarray:
-    try:
-        return obs[key]
-    except KeyError:
-        raise ModelInputError(f"observation {key!r} missing (got keys {sorted(obs)})") from None

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper
 from roboloop_runtime import (
     ModelInputError,
     ModelLoadError,
+    ModelOutputError,
     OnnxModel,
     OnnxPolicy,
     Policy,
@@ -207,6 +208,87 @@ def test_input_errors(toy: Path) -> None:
         policy.select_action({"image": np.zeros(3)})
     with pytest.raises(ModelInputError, match=r"observation 'state': shape \(4,\)"):
         policy.select_action({"state": np.zeros(4, np.float32)})
+
+
+def _spy_on_predict(policy: OnnxPolicy) -> list[dict]:
+    calls: list[dict] = []
+    inner = policy._predict
+
+    def spy(obs_history: dict, noise: np.ndarray) -> np.ndarray:
+        calls.append({k: v.copy() for k, v in obs_history.items()})
+        return inner(obs_history, noise)
+
+    policy._predict = spy  # type: ignore[method-assign]
+    return calls
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_nonfinite_observation_is_never_acted_on(toy: Path, bad: float) -> None:
+    policy = OnnxPolicy(toy, device="cpu", seed=0)
+    calls = _spy_on_predict(policy)
+    frame = np.array([0.5, bad, 1.0], np.float32)
+    # Episode start (a chunk would be predicted from it) and mid-chunk (an action is queued).
+    with pytest.raises(ModelInputError, match=r"observation 'state' holds 1 non-finite") as err:
+        policy.select_action({"state": frame})
+    assert "\n" not in str(err.value) and not calls
+    frames = [np.full(STATE_DIM, float(i), np.float32) for i in range(6)]
+    reference = OnnxPolicy(toy, device="cpu", seed=0)
+    expected = [reference.select_action({"state": f}) for f in frames]
+    got = []
+    for f in frames:
+        got.append(policy.select_action({"state": f}))
+        with pytest.raises(ModelInputError, match="non-finite"):
+            policy.select_action({"state": frame.astype(np.float64)})  # cast, then checked
+    # The refused frames never entered the history: the same actions, the same windows.
+    np.testing.assert_array_equal(np.stack(got), np.stack(expected))
+    assert [c["state"][0, :, 0].tolist() for c in calls] == [[0.0, 0.0], [2.0, 3.0]]
+    window = np.zeros((2, OBS_STEPS, STATE_DIM), np.float32)
+    window[1, 0, 2] = bad
+    with pytest.raises(ModelInputError, match="observation 'state' holds 1 non-finite"):
+        policy.predict_action_chunk({"state": window})
+    assert len(calls) == 2
+
+
+def test_a_nonfinite_action_is_a_model_output_error(toy: Path) -> None:
+    """Finite float32 observations whose mean overflows: the toy's actions are Inf."""
+    policy = OnnxPolicy(toy, device="cpu", seed=0)
+    calls = _spy_on_predict(policy)
+    huge = {"state": np.full(STATE_DIM, 3e38, np.float32)}
+    for _ in range(2):  # nothing of the rejected chunk is queued: every call predicts again
+        with pytest.raises(ModelOutputError, match="model output 'actions' holds 8 non-finite"):
+            policy.select_action(huge)
+    assert len(calls) == 2
+    with pytest.raises(ModelOutputError) as err:
+        policy.select_action(huge)
+    assert err.value.reason == "nonfinite" and "\n" not in str(err.value)
+    policy.reset()
+    assert np.isfinite(policy.select_action({"state": np.ones(STATE_DIM, np.float32)})).all()
+
+
+def test_observation_keys_and_type(toy: Path) -> None:
+    policy = OnnxPolicy(toy, device="cpu", seed=0)
+    for bare in (np.zeros(STATE_DIM, np.float32), [0.0] * STATE_DIM, None):
+        with pytest.raises(ModelInputError, match=r"observation must be a dict of arrays keyed "
+                           r"\['state'\], got") as err:  # fmt: skip
+            policy.select_action(bare)  # type: ignore[arg-type]
+        assert "\n" not in str(err.value)
+    window = np.zeros((1, OBS_STEPS, STATE_DIM), np.float32)
+    with pytest.raises(ModelInputError, match="observation must be a dict"):
+        policy.predict_action_chunk(window)  # type: ignore[arg-type]
+    # The batched history is the model's input: exactly its keys.
+    with pytest.raises(ModelInputError, match=r"unexpected observation 'image' \(the policy "
+                       r"takes \['state'\]\)"):  # fmt: skip
+        policy.predict_action_chunk({"state": window, "image": window})
+    # One env step may observe more than the policy was trained on (data.obs_keys, a camera
+    # added for recording): select_action acts on its own keys, the same actions.
+    other = OnnxPolicy(toy, device="cpu", seed=0)
+    image = np.zeros((8, 8, 3), np.uint8)
+    for i in range(4):
+        state = np.full(STATE_DIM, float(i), np.float32)
+        np.testing.assert_array_equal(
+            policy.select_action({"state": state, "image": image}),
+            other.select_action({"state": state}),
+        )
 
 
 def test_cuda_request_is_reported_never_silent(toy: Path) -> None:
