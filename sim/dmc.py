@@ -53,6 +53,10 @@ DMC_TASKS: dict[str, tuple[str, str, int]] = {
 }
 
 
+class TaskUnavailableError(RuntimeError):
+    """A registered task this install cannot load (one line saying what to install)."""
+
+
 def _load(domain: str, task: str, random: np.random.RandomState) -> Any:
     try:
         from dm_control import suite
@@ -65,7 +69,7 @@ def _load(domain: str, task: str, random: np.random.RandomState) -> Any:
         return suite.load(domain, task, task_kwargs={"random": random})
     except AttributeError as error:  # bindings generated for another MuJoCo's struct fields
         versions = {p: importlib.metadata.version(p) for p in ("dm-control", "mujoco")}
-        raise RuntimeError(
+        raise TaskUnavailableError(
             f"dm-control {versions['dm-control']} cannot load dmc_{domain}_{task} with mujoco "
             f"{versions['mujoco']} ({error}): use the pair dm-control==1.0.50, mujoco==3.17.0"
         ) from None

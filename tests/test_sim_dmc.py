@@ -159,6 +159,12 @@ def test_bad_action_repeat_and_missing_dm_control_are_one_clear_line(monkeypatch
     monkeypatch.setitem(sys.modules, "dm_control", None)  # as in a venv without it
     with pytest.raises(ImportError, match=r"dmc_cheetah_run needs dm_control .*1\.0\.50"):
         sim.make("dmc_cheetah_run")
+    # ...and learning.train says the same in its one line (was a RuntimeError traceback)
+    from learning.errors import ConfigError
+    from learning.online.loop import make_env
+
+    with pytest.raises(ConfigError, match=r"^env_id=dmc_cheetah_run: task dmc_cheetah_run needs"):
+        make_env("dmc_cheetah_run", 1)
 
 
 @needs_dm_control

@@ -51,6 +51,7 @@ def make_env(env_id: str, num_envs: int, camera: Any = None) -> gym.vector.Vecto
     `sim.make(env_id, camera=camera)`, dict observations, stepped as one batch); done envs
     reset in the same step, the observation reached in `info["final_obs"]` (truncation
     bootstrapping)."""
+    from sim.dmc import TaskUnavailableError
     from sim.envs import task_spec
     from sim.vector import make_vec
 
@@ -58,7 +59,10 @@ def make_env(env_id: str, num_envs: int, camera: Any = None) -> gym.vector.Vecto
         task_spec(env_id)
     except ValueError as err:
         raise ConfigError(f"env_id={env_id}: {err}") from None
-    return make_vec(env_id, num_envs, camera=camera)
+    try:
+        return make_vec(env_id, num_envs, camera=camera)
+    except (ImportError, TaskUnavailableError) as err:  # a DMC task without its dm_control
+        raise ConfigError(f"env_id={env_id}: {err}") from None
 
 
 def _to_torch(obs: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
