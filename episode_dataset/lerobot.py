@@ -582,11 +582,18 @@ def import_lerobot(
         raise DatasetError(f"{out}: is a directory; name the output file")
     if shards.exists() and not shards.is_dir():
         raise DatasetError(f"{shards}: exists and is not a directory; not overwritten")
+    replaced: list[tuple[Path, Path]] = []  # (aside, original): the dataset --overwrite replaces
     if out.exists() or shards.exists():
         if not overwrite:
             raise DatasetError(f"{out}: exists (pass overwrite=True / --overwrite)")
-        out.unlink(missing_ok=True)
-        shutil.rmtree(shards, ignore_errors=True)
+        # Moved aside, not deleted, until the new one is complete: a failed import puts it back
+        # (killed, it stays beside it as .<name>.replaced).
+        for path in (out, shards):
+            if path.exists():
+                aside = path.with_name(f".{path.name}.replaced")
+                _remove(aside)
+                path.rename(aside)
+                replaced.append((aside, path))
     try:
         with EpisodeWriter(out, plan.obs_specs, plan.action_spec, env_args=plan.env_args) as w:
             for row in plan.episodes:
@@ -595,15 +602,27 @@ def import_lerobot(
                 w.add_filter(name, members)
     except BaseException:
         plan.close()
-        out.unlink(missing_ok=True)
-        shutil.rmtree(shards, ignore_errors=True)
+        _remove(out)
+        _remove(shards)
+        for aside, path in replaced:
+            aside.rename(path)
         raise
     plan.close()
+    for aside, _ in replaced:
+        _remove(aside)
     notes = [f"dropped features: {', '.join(plan.dropped)}"] if plan.dropped else []
     absent = {REWARD: "rewards 0", DONE: "done at each episode's last step"}
     notes += [f"no {k}: {v}" for k, v in absent.items() if k not in plan.info["features"]]
     steps = sum(r["length"] for r in plan.episodes)
     return "; ".join([f"{root} -> {out}: {len(plan.episodes)} episodes, {steps} steps", *notes])
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or a directory tree, if there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _read_json(path: Path) -> Any:

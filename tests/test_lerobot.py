@@ -470,3 +470,18 @@ def test_outputs_of_the_wrong_kind_are_refused_and_kept(
     assert (folder / "mine.txt").read_text() == "keep" and text.read_text() == "keep"
     # a LeRobot dataset is what --overwrite replaces
     assert main(["lerobot-export", str(src), str(root), "--overwrite"]) == 0
+
+
+def test_a_failed_overwrite_keeps_the_dataset_it_would_replace(src: Path, tmp_path: Path) -> None:
+    """lerobot-import --overwrite moves the old dataset aside, and back when the import fails
+    halfway (a truncated video): nothing the user had is lost."""
+    root, out = tmp_path / "lr", tmp_path / "back.hdf5"
+    export_lerobot(src, root)
+    import_lerobot(root, out)
+    before = EpisodeReader(out).episodes
+    video = sorted(root.rglob("*.mp4"))[-1]
+    video.write_bytes(video.read_bytes()[:500])
+    with pytest.raises(DatasetError):
+        import_lerobot(root, out, overwrite=True)
+    assert EpisodeReader(out).episodes == before  # the old one, links and all
+    assert not list(tmp_path.glob(".*")), "nothing left aside"
