@@ -415,3 +415,25 @@ def test_export_sampler_arguments_it_refuses_are_one_line(
     text = str(err.value)
     assert "\n" not in text and says in text and "--sampler" in text, text
     assert not (tmp_path / "g.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--level", "bogus"], "argument --level: invalid choice: 'bogus'"),
+        (["--out", "{tmp}"], "is a directory, not a JSON file"),
+    ],
+)
+def test_quality_refuses_a_bad_level_or_out_before_any_work(
+    argv: list[str], says: str, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    from learning.generative import quality
+
+    monkeypatch.setattr(quality, "run_quality", lambda *a, **k: pytest.fail("did the work"))
+    episodes = Path(__file__).parent / "data" / "namo_tiny" / "episodes"
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    with pytest.raises(SystemExit) as exit_:
+        quality.main(["--quick", "--episodes", str(episodes), "--planner-seeds", "1", *argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert says in err.splitlines()[-1], err

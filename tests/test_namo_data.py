@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sim.namo.episodes import read_episode, solve_episode
+from sim.namo import mask_generation, render
+from sim.namo.episodes import EpisodeFileError, read_episode, solve_episode
 from sim.namo.keys import ACTION_KEYS, FILE_RE, STATE_KEYS
 from sim.namo.mask_generation import render_episode
 from sim.namo.mcts import MCTSConfig
@@ -81,6 +82,75 @@ def test_bad_episode_file_is_named(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"format": "something else"}))
     with pytest.raises(ValueError, match="episode_9.json: format"):
         read_episode(bad)
+
+
+def _corrupt(edit) -> str:  # noqa: ANN001  (edits the shipped episode 4's dict in place)
+    episode = json.loads((TINY / "episodes" / "episode_4.json").read_text())
+    edit(episode)
+    return json.dumps(episode)
+
+
+CORRUPT = {  # name: (file text, what the one line says)
+    "cut": ('{"format": "roboloop.namo.ep', "cannot read episode"),
+    "not_utf8": ("\udcff", "cannot read episode"),
+    "a_list": ("[1, 2]", "a JSON list, not an episode object"),
+    "state_null": (
+        _corrupt(lambda e: e["decisions"][0].update(state=None)),
+        "decision 0: state unusable",
+    ),
+    "no_q_values": (
+        _corrupt(lambda e: e["decisions"][0].pop("q_values")),
+        "decision 0: missing key 'q_values'",
+    ),
+    "q_short": (
+        _corrupt(lambda e: e["decisions"][0]["q_values"].pop()),
+        "decision 0: 16 proposals but 15 q_values",
+    ),
+    "unknown_object": (
+        _corrupt(lambda e: e["decisions"][0]["proposals"][0].__setitem__(0, "ghost")),
+        "decision 0: proposals move ['ghost']",
+    ),
+    "scene_width": (
+        _corrupt(lambda e: e["scene"].update(width="wide")),
+        "scene unusable (could not convert string to float: 'wide')",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CORRUPT)
+def test_corrupt_episode_is_one_line_naming_the_file(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    text, says = CORRUPT[case]
+    bad = tmp_path / "in" / "episode_4.json"
+    bad.parent.mkdir()
+    bad.write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(EpisodeFileError, match="episode_4.json: ") as err:
+        read_episode(bad)
+    assert says in str(err.value) and "\n" not in str(err.value)
+    for prog, argv in [
+        (mask_generation, ["batch", "--input-dir", str(bad.parent), "--output-dir",
+                           str(tmp_path / "out"), "--workers", "1", "--image-size", "32"]),
+        (render, [str(bad), "--out", str(tmp_path / "x.png")]),
+    ]:  # fmt: skip
+        with pytest.raises(SystemExit) as exit_:
+            prog.main(argv)
+        line = capsys.readouterr().err
+        assert exit_.value.code == 1 and len(line.splitlines()) == 1, line
+        assert f"{bad}: " in line and says in line, line
+    assert not list((tmp_path / "out").glob("*.npz")) and not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("size", ["3", "31", "513", "100000"])
+def test_mask_image_size_out_of_range_is_refused_before_any_work(
+    size: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["batch", "--input-dir", str(TINY / "episodes"), "--output-dir", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit_:
+        mask_generation.main([*argv, "--image-size", size])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and not (tmp_path / "o").exists()
+    assert f"argument --image-size: must be an integer in [32, 512], got '{size}'" in err
 
 
 def test_shipped_tiny_dataset_is_complete_small_and_reproducible(tmp_path: Path) -> None:

@@ -207,3 +207,100 @@ def test_render_decision_png_colours_proposals_by_q(tmp_path: Path) -> None:
     best_colour = np.array(colormap(float(result.q_values.max())))
     left = loaded[:, :256].reshape(-1, 3)
     assert (np.abs(left - best_colour).sum(1) <= 3).any()  # best proposal outline drawn
+
+
+V1_MODELS = Path(__file__).parent / "data" / "v1_models"
+
+
+def _flipped_onnx(tmp: Path) -> str:
+    data = bytearray((V1_MODELS / "q_function_v1.onnx").read_bytes())
+    for i in range(100, len(data), 97):
+        data[i] ^= 0xFF
+    (tmp / "flip.onnx").write_bytes(bytes(data))
+    return str(tmp / "flip.onnx")
+
+
+def _truncated_ckpt(tmp: Path) -> str:
+    (tmp / "cut.ckpt").write_bytes(b"PK\x03\x04 half a zip")
+    return str(tmp / "cut.ckpt")
+
+
+def _foreign_ckpt(tmp: Path) -> str:
+    torch = pytest.importorskip("torch")
+    # What a policy (e.g. FBC) checkpoint holds for QFunctionNet: other weights, other kwargs.
+    ckpt = {
+        "state_dict": {"network.net.0.weight": torch.zeros(4, 3)},
+        "hyper_parameters": {"hidden_dim": 8},
+        "pytorch-lightning_version": "2.4.0",
+    }
+    torch.save(ckpt, tmp / "fbc.ckpt")
+    return str(tmp / "fbc.ckpt")
+
+
+def _hdf5(tmp: Path) -> str:
+    (tmp / "x.hdf5").write_bytes(b"\x89HDF\r\n\x1a\n")
+    return str(tmp / "x.hdf5")
+
+
+def _q(path: str) -> list[str]:
+    return ["--planners", "learned_q", "--q-model", path]
+
+
+def _q_as_generator(tmp: Path) -> list[str]:
+    q = str(V1_MODELS / "q_function_v1.onnx")
+    return ["--planners", "dit_q", "--q-model", q, "--generator", q]
+
+
+@pytest.mark.parametrize(
+    ("make_argv", "says"),
+    [
+        pytest.param(lambda t: _q(_flipped_onnx(t)), "flip.onnx: cannot load", id="flipped_onnx"),
+        pytest.param(
+            lambda t: _q(str(V1_MODELS / "flow_policy_v1.onnx")),
+            "model_type 'policy' is not a q_function",
+            id="onnx_policy",
+        ),
+        pytest.param(
+            lambda t: _q(_truncated_ckpt(t)),
+            "cut.ckpt: not a readable torch checkpoint",
+            id="truncated_ckpt",
+        ),
+        pytest.param(
+            lambda t: _q(_foreign_ckpt(t)),
+            "fbc.ckpt: not a QFunctionNet checkpoint",
+            id="foreign_ckpt",
+        ),
+        pytest.param(lambda t: _q(_hdf5(t)), "unknown Q-function file type '.hdf5'", id="hdf5"),
+        pytest.param(
+            lambda t: _q(str(t / "missing.onnx")), "missing.onnx: no such model", id="missing"
+        ),
+        pytest.param(_q_as_generator, "expected 'goal_generator'", id="q_as_generator"),
+        pytest.param(
+            lambda t: ["--planners", "random", "--out", str(t)],
+            "--out is a directory",
+            id="out_is_dir",
+        ),
+    ],
+)
+def test_evaluate_cli_refuses_bad_models_and_out_in_one_line_before_any_scene(
+    make_argv, says: str, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch
+) -> None:
+    import learning.namo.evaluate_planners as cli
+
+    monkeypatch.setattr(cli, "evaluate_planners", lambda *a, **k: pytest.fail("played a scene"))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*make_argv(tmp_path), "--seeds", "100000"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1
+    assert err.startswith("python -m learning.namo.evaluate_planners: error: ") and says in err
+    assert len(err.splitlines()) == 1, err
+
+
+def test_evaluate_cli_unknown_planner_is_a_usage_error(capsys: pytest.CaptureFixture) -> None:
+    from learning.namo.evaluate_planners import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--planners", "random", "nosuch"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert "argument --planners: invalid choice: 'nosuch'" in err.splitlines()[-1]

@@ -30,6 +30,7 @@ from learning.data.keys import CONTEXT, TARGET
 from learning.generative.module import GenerativeModule
 from learning.generative.proposals import ProposalEval, TorchGenerator
 from learning.generative.samplers import HFDiffusionSampler, ODESampler
+from sim.namo.scene import LEVELS
 
 FM_SAMPLERS = [
     ("euler", 1),
@@ -278,9 +279,15 @@ def main(argv: list[str] | None = None) -> None:
         "--planner-seeds", type=NON_NEGATIVE_INT, default=0, help="scenes for success"
     )
     judged.add_argument("--first-seed", type=SEED_ARG, default=100_000, help="of those scenes")
-    judged.add_argument("--level", help="scene level of those scenes (None: generate_scene's own)")
+    judged.add_argument(
+        "--level",
+        choices=sorted(LEVELS),
+        help="scene level of those scenes (unset: generate_scene's own)",
+    )
     judged.add_argument("--max-moves", type=POSITIVE_INT, default=5, help="decisions per episode")
     args = parser.parse_args(argv)
+    if args.out and Path(args.out).is_dir():  # refused before minutes of training, not after
+        parser.error(f"--out {args.out} is a directory, not a JSON file")
     torch.set_num_threads(1)
     spec = None
     if args.episodes:

@@ -19,7 +19,8 @@ from typing import Any
 
 import learning.generative.planner  # noqa: F401  (registers dit_q)
 import learning.namo.planner  # noqa: F401  (registers learned_q)
-from episode_dataset.ranges import POSITIVE_INT, SEED_ARG, HelpFormatter
+from episode_dataset.ranges import POSITIVE_INT, SEED_ARG, HelpFormatter, one_line
+from roboloop_runtime import ModelLoadError
 from sim.namo.episodes import add_episode_arguments
 from sim.namo.evaluate_planners import (
     DEFAULT_FIRST_SEED,
@@ -27,7 +28,13 @@ from sim.namo.evaluate_planners import (
     print_table,
     summarize,
 )
-from sim.namo.planners import make_planner
+from sim.namo.planners import PLANNERS, make_planner
+
+# What a model file that cannot be a planner's raises when the planner loads it: missing,
+# corrupt or not a Q-function / goal generator (ModelLoadError), an unreadable or foreign
+# checkpoint (learning.checkpoint.CheckpointError, a ValueError), an unknown file type
+# (ValueError), an unresolvable mask builder (ImportError), an unreadable file (OSError).
+MODEL_ERRORS = (ModelLoadError, ValueError, ImportError, OSError)
 
 
 def _planner_kwargs(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -63,7 +70,14 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__.splitlines()[0],
         formatter_class=HelpFormatter,
     )
-    ap.add_argument("--planners", nargs="+", default=["mcts", "random"], help="registry names")
+    ap.add_argument(
+        "--planners",
+        nargs="+",
+        choices=sorted(PLANNERS),
+        default=["mcts", "random"],
+        metavar="NAME",
+        help=f"registry names: {', '.join(sorted(PLANNERS))}",
+    )
     ap.add_argument("--seeds", nargs="*", type=SEED_ARG, help="scene seeds (default: --num-seeds)")
     ap.add_argument(
         "--num-seeds", type=POSITIVE_INT, default=20, help="scenes from --first-seed on"
@@ -83,12 +97,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=None, help="JSON file for rows + summary")
     args = ap.parse_args(argv)
     seeds = args.seeds or list(range(args.first_seed, args.first_seed + args.num_seeds))
-    planners = [make_planner(n, **_planner_kwargs(n, args)) for n in args.planners]
+    # Everything that can be refused is refused before the first scene is played.
+    out = Path(args.out) if args.out else None
+    try:
+        if out is not None:
+            if out.is_dir():
+                raise IsADirectoryError(f"{out}: --out is a directory, not a JSON file")
+            out.parent.mkdir(parents=True, exist_ok=True)
+        planners = [make_planner(n, **_planner_kwargs(n, args)) for n in args.planners]
+    except MODEL_ERRORS as err:
+        ap.exit(1, f"{ap.prog}: error: {one_line(err)}\n")
     rows = evaluate_planners(planners, seeds, args.max_moves, progress=True, level=args.level)
     summary = summarize(rows)
     print_table(summary)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    if out is not None:
         payload = {
             "seeds": seeds,
             "level": args.level,
@@ -97,8 +119,11 @@ def main(argv: list[str] | None = None) -> None:
             "summary": summary,
             "rows": rows,
         }
-        Path(args.out).write_text(json.dumps(payload, indent=2))
-        print(f"wrote {args.out}")
+        try:
+            out.write_text(json.dumps(payload, indent=2))
+        except OSError as err:  # the table above is the run's result either way
+            ap.exit(1, f"{ap.prog}: error: {one_line(err)}\n")
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

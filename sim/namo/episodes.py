@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from episode_dataset.ranges import POSITIVE_INT
+from episode_dataset.ranges import POSITIVE_INT, one_line
 from sim.namo.mcts import MCTS, MCTSConfig
 from sim.namo.scene import LEVELS, Scene, generate_scene
 from sim.namo.transition import CostConfig, ModelConfig, NamoState, Proposal, TransitionModel
@@ -113,17 +114,72 @@ def write_episode(episode: dict[str, Any], output_dir: str | Path) -> Path:
 
 
 def read_episode(path: str | Path) -> dict[str, Any]:
+    """The episode stored at `path`, checked through: its scene, model config and every
+    decision parse (`check_episode`). Anything unreadable is one EpisodeFileError line naming
+    the file and what is wrong, so readers never meet a half-valid episode deep in their work."""
     path = Path(path)
     try:
         episode = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise EpisodeFileError(f"{path}: cannot read episode: {err}") from None
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or bytes that are not UTF-8
+        raise EpisodeFileError(f"{path}: cannot read episode: {one_line(err)}") from None
+    if not isinstance(episode, dict):
+        raise EpisodeFileError(f"{path}: a JSON {type(episode).__name__}, not an episode object")
     if episode.get("format") != FORMAT:
         raise EpisodeFileError(f"{path}: format {episode.get('format')!r}, expected {FORMAT!r}")
     for key in ("episode", "scene", "model_config", "decisions"):
         if key not in episode:
             raise EpisodeFileError(f"{path}: missing key {key!r}")
+    check_episode(episode, str(path))
     return episode
+
+
+def _why(err: Exception) -> str:
+    if isinstance(err, KeyError) and err.args:
+        key = err.args[0]  # Scene.from_dict's KeyError already holds a sentence
+        return key if isinstance(key, str) and " " in key else f"missing key {key!r}"
+    return (
+        one_line(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {one_line(err)}"
+    )
+
+
+def check_episode(episode: dict[str, Any], where: str) -> None:
+    """Raise EpisodeFileError (prefixed with `where`) unless the episode number, the scene, the
+    model config and every decision (`decision_items`, visits, moved objects, one pose per
+    scene object) are usable."""
+    try:
+        int(episode["episode"])
+    except (TypeError, ValueError) as err:
+        raise EpisodeFileError(f"{where}: episode number unusable ({_why(err)})") from None
+    try:
+        scene = Scene.from_dict(episode["scene"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise EpisodeFileError(f"{where}: scene unusable ({_why(err)})") from None
+    try:
+        model_config_from_dict(episode["model_config"])
+    except (TypeError, ValueError) as err:
+        raise EpisodeFileError(f"{where}: model_config unusable ({_why(err)})") from None
+    decisions = episode["decisions"]
+    if not isinstance(decisions, list):
+        raise EpisodeFileError(f"{where}: decisions is a {type(decisions).__name__}, not a list")
+    ids = {o.object_id for o in scene.objects}
+    for g, decision in enumerate(decisions):
+        try:
+            state, proposals, _ = decision_items(decision)
+            if len(state.robot) != 2:
+                raise ValueError("state robot must be (x, y)")
+            if len(state.poses) != len(ids) or any(len(p) != 3 for p in state.poses):
+                raise ValueError(f"state needs {len(ids)} (x, y, yaw) poses, one per object")
+            unknown = sorted({p.object_id for p in proposals} - ids)
+            if unknown:
+                raise ValueError(f"proposals move {unknown}, not objects of the scene")
+            visits = decision.get("visits", [1] * len(proposals))
+            counts = isinstance(visits, list) and all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in visits
+            )
+            if not counts or len(visits) != len(proposals):
+                raise ValueError(f"visits must be a list of {len(proposals)} counts")
+        except (KeyError, TypeError, ValueError) as err:
+            raise EpisodeFileError(f"{where}: decision {g}: {_why(err)}") from None
 
 
 def episode_model(episode: dict[str, Any]) -> TransitionModel:
@@ -132,9 +188,27 @@ def episode_model(episode: dict[str, Any]) -> TransitionModel:
     )
 
 
+def _field(decision: dict[str, Any], key: str, parse: Callable[[Any], Any]) -> Any:
+    try:
+        return parse(decision[key])
+    except KeyError:
+        raise KeyError(key) from None
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{key} unusable ({type(err).__name__}: {one_line(err)})") from None
+
+
 def decision_items(decision: dict[str, Any]) -> tuple[NamoState, list[Proposal], list[float]]:
-    state = NamoState.from_dict(decision["state"])
-    proposals = [
-        Proposal(str(o), float(x), float(y), float(t)) for o, x, y, t in decision["proposals"]
-    ]
-    return state, proposals, [float(q) for q in decision["q_values"]]
+    """(state, root proposals, their Q) of one stored decision; a missing key is a KeyError, a
+    value that does not parse a ValueError naming the key."""
+    if not isinstance(decision, dict):
+        raise TypeError(f"a JSON {type(decision).__name__}, not a decision object")
+    state = _field(decision, "state", NamoState.from_dict)
+    proposals = _field(
+        decision,
+        "proposals",
+        lambda ps: [Proposal(str(o), float(x), float(y), float(t)) for o, x, y, t in ps],
+    )
+    q_values = _field(decision, "q_values", lambda qs: [float(q) for q in qs])
+    if len(q_values) != len(proposals):
+        raise ValueError(f"{len(proposals)} proposals but {len(q_values)} q_values")
+    return state, proposals, q_values

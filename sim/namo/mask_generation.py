@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from episode_dataset.ranges import POSITIVE_INT, HelpFormatter, one_line
-from sim.namo.episodes import decision_items, episode_model, read_episode
-from sim.namo.masks import DEFAULT_SIZE, sample_arrays
+from episode_dataset.ranges import POSITIVE_INT, HelpFormatter, arg, one_line
+from sim.namo.episodes import EpisodeFileError, decision_items, episode_model, read_episode
+from sim.namo.masks import DEFAULT_SIZE, MASK_SIZE, sample_arrays
 from sim.namo.parallel import imap_progress
 
 
@@ -85,14 +85,15 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--input-dir", required=True)
     b.add_argument("--output-dir", required=True)
     b.add_argument(
-        "--image-size", type=POSITIVE_INT, default=DEFAULT_SIZE, help="mask side in pixels"
+        "--image-size", type=arg(MASK_SIZE), default=DEFAULT_SIZE, help="mask side in pixels"
     )
     b.add_argument("--workers", type=POSITIVE_INT, default=None, help="default: all cores")
     args = ap.parse_args(argv)
     start = time.perf_counter()
     try:
         n = batch(args.input_dir, args.output_dir, args.image_size, args.workers)
-    except OSError as err:  # no --input-dir, an unwritable --output-dir
+    except (OSError, EpisodeFileError) as err:  # no --input-dir, an unwritable --output-dir,
+        # an episode file that cannot be read (the masks of the episodes before it are kept)
         ap.exit(1, f"{ap.prog}: error: {one_line(err)}\n")
     print(f"{n} mask files -> {args.output_dir} in {time.perf_counter() - start:.1f} s")
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from episode_dataset.ranges import count
 from sim.namo.grid import Grid, rasterize_disc, rasterize_rect
 from sim.namo.keys import (
     ACTION_KEYS,
@@ -48,6 +49,11 @@ from sim.namo.keys import (
 from sim.namo.transition import NamoState, Proposal, TransitionModel
 
 DEFAULT_SIZE = 224
+# Mask sides the data CLIs accept. Below 32 px the smallest generated object (0.2 m across in a
+# 5 m scene) can fall between pixel centres and its target masks come out empty; 512 bounds
+# the files (13 channels x 512^2 float32 = 13.6 MB a proposal before compression) and the time
+# (configs train at 56, the demo and tests at 32 to 64, the default is 224).
+MASK_SIZE = count(32, high=512)
 DISTANCE_SCALE = 1.0  # x (width + height) metres maps to 1.0
 
 _CACHE_LIMIT = 64

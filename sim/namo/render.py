@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from episode_dataset.ranges import NON_NEGATIVE_INT, POSITIVE_INT, SEED_ARG, HelpFormatter
+from episode_dataset.ranges import (
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    SEED_ARG,
+    HelpFormatter,
+    one_line,
+)
 from sim.namo.grid import rect_corners
 from sim.namo.keys import ACTION_KEYS, STATE_KEYS
 from sim.namo.scene import Scene
@@ -176,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     python -m sim.namo.render --level hard --seeds 1 2 3 --out FILE.png"""
     import argparse
 
-    from sim.namo.episodes import decision_items, episode_model, read_episode
+    from sim.namo.episodes import EpisodeFileError, decision_items, episode_model, read_episode
     from sim.namo.scene import LEVELS
 
     ap = argparse.ArgumentParser(
@@ -202,7 +208,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.level is not None:
         print(save_png(render_level(args.level, args.seeds, args.size // 2), args.out))
         return
-    episode = read_episode(args.episode)
+    try:
+        episode = read_episode(args.episode)
+    except EpisodeFileError as err:
+        ap.exit(1, f"{ap.prog}: error: {one_line(err)}\n")
     decisions = episode["decisions"]
     if not 0 <= args.decision < len(decisions):
         raise SystemExit(f"{args.episode}: no decision {args.decision} ({len(decisions)} exist)")
