@@ -18,6 +18,7 @@ import pytest
 from episode_dataset import DatasetError, EpisodeReader, EpisodeWriter, KeySpec
 from episode_dataset.cli import main
 from episode_dataset.lerobot import export_lerobot, import_lerobot
+from roboloop_testing.cli import dataset_cli_error
 from roboloop_testing.damage import damage
 
 H, W = 24, 32
@@ -391,15 +392,6 @@ def test_damaged_files_give_one_line_errors(src: Path, tmp_path: Path) -> None:
     assert outcomes["error"] > 30 and outcomes["read"] > 20, outcomes
 
 
-def _cli_error(capsys: pytest.CaptureFixture, *argv: str) -> str:
-    """The one line a refused command prints (exit 1, nothing on stdout)."""
-    assert main(list(argv)) == 1
-    captured = capsys.readouterr()
-    assert captured.err.count("\n") == 1 and captured.err.startswith("ERROR: "), captured.err
-    assert not captured.out
-    return captured.err.strip()
-
-
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
@@ -421,7 +413,7 @@ def test_import_refuses_bad_fps_and_totals_of_info_json(
     export_lerobot(src, root)
     info_path = root / "meta/info.json"
     info_path.write_text(json.dumps(json.loads(info_path.read_text()) | edit))
-    err = _cli_error(capsys, "lerobot-import", str(root), str(out))
+    err = dataset_cli_error(capsys, "lerobot-import", str(root), str(out))
     assert err == f"ERROR: {info_path}: {message}"
     assert not out.exists() and not Path(f"{out}.episodes").exists()
 
@@ -443,9 +435,9 @@ def test_export_refuses_nan_and_inf_as_validate_does(
             w.write_episode(obs=obs, actions=actions, rewards=rewards, dones=[0, 0, 0, 1])
     key = {"state": "obs/state"}.get(where, where)
     expected = f"ERROR: {src}: demo_1/{key}: NaN/Inf at step 2"
-    assert _cli_error(capsys, "validate", str(src)) == expected
+    assert dataset_cli_error(capsys, "validate", str(src)) == expected
     out = tmp_path / "lr"
-    assert _cli_error(capsys, "lerobot-export", str(src), str(out)) == expected
+    assert dataset_cli_error(capsys, "lerobot-export", str(src), str(out)) == expected
     assert not out.exists() and not (tmp_path / ".lr.tmp").exists()
 
 
@@ -461,11 +453,11 @@ def test_outputs_of_the_wrong_kind_are_refused_and_kept(
     (folder / "mine.txt").write_text("keep")
     text = tmp_path / "text.hdf5"
     text.write_text("keep")
-    err = _cli_error(capsys, "lerobot-import", str(root), str(folder), "--overwrite")
+    err = dataset_cli_error(capsys, "lerobot-import", str(root), str(folder), "--overwrite")
     assert err == f"ERROR: {folder}: is a directory; name the output file"
-    err = _cli_error(capsys, "lerobot-export", str(src), str(text), "--overwrite")
+    err = dataset_cli_error(capsys, "lerobot-export", str(src), str(text), "--overwrite")
     assert err == f"ERROR: {text}: exists and is not a directory; name the output directory"
-    err = _cli_error(capsys, "lerobot-export", str(src), str(folder), "--overwrite")
+    err = dataset_cli_error(capsys, "lerobot-export", str(src), str(folder), "--overwrite")
     assert err == f"ERROR: {folder}: not a LeRobot dataset (no meta/info.json); not overwritten"
     assert (folder / "mine.txt").read_text() == "keep" and text.read_text() == "keep"
     # a LeRobot dataset is what --overwrite replaces

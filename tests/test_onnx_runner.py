@@ -308,14 +308,7 @@ def test_cuda_request_is_reported_never_silent(toy: Path) -> None:
 def test_policy_action_queue(toy: Path) -> None:
     policy = OnnxPolicy(toy, device="cpu", seed=0)
     assert isinstance(policy, Policy) and "OnnxPolicy(" in repr(policy)
-    calls: list[dict] = []
-    inner = policy._predict
-
-    def spy(obs_history: dict, noise: np.ndarray) -> np.ndarray:
-        calls.append({k: v.copy() for k, v in obs_history.items()})
-        return inner(obs_history, noise)
-
-    policy._predict = spy  # type: ignore[method-assign]
+    calls = _spy_on_predict(policy)
     frames = [np.full(STATE_DIM, float(i), np.float32) for i in range(7)]
     actions = [policy.select_action({"state": f}) for f in frames]
     assert all(a.shape == (ACT_DIM,) and a.dtype == np.float32 for a in actions)

@@ -14,6 +14,7 @@ import pytest
 from episode_dataset import DatasetError, EpisodeWriter, KeySpec, validate_file
 from episode_dataset.cli import main
 from episode_dataset.robomimic import H5DatasetReader, export_robomimic
+from roboloop_testing.cli import dataset_cli_error
 
 CAMERAS = {"front": "base_0_rgb", "left": "left_wrist_0_rgb", "right": "right_wrist_0_rgb"}
 SPECS = {
@@ -252,15 +253,6 @@ def test_offline_loader_reads_the_export(exported: tuple[Path, list[dict]]) -> N
     assert info["episodes"] == 3 and info["steps"] == sum(LENGTHS)
 
 
-def _cli_error(capsys: pytest.CaptureFixture, *argv: str) -> str:
-    """The one line a refused command prints (exit 1, nothing on stdout)."""
-    assert main(list(argv)) == 1
-    captured = capsys.readouterr()
-    assert captured.err.count("\n") == 1 and captured.err.startswith("ERROR: "), captured.err
-    assert not captured.out
-    return captured.err.strip()
-
-
 @pytest.mark.parametrize("where", ["obs/qpos", "actions", "rewards"])
 def test_export_refuses_nan_and_inf_as_validate_does(
     tmp_path: Path, capsys: pytest.CaptureFixture, where: str
@@ -277,8 +269,8 @@ def test_export_refuses_nan_and_inf_as_validate_does(
                 bad[3] = np.inf if where == "actions" else np.nan
             w.write_episode(obs=obs, actions=actions, rewards=rewards, dones=[0, 0, 0, 1])
     expected = f"ERROR: {src}: demo_1/{where}: NaN/Inf at step 3"
-    assert _cli_error(capsys, "validate", str(src)) == expected
-    assert _cli_error(capsys, "robomimic", str(src), str(dst)) == expected
+    assert dataset_cli_error(capsys, "validate", str(src)) == expected
+    assert dataset_cli_error(capsys, "robomimic", str(src), str(dst)) == expected
     assert not dst.exists() and not (tmp_path / ".rm.hdf5.tmp").exists()
 
 
@@ -290,7 +282,7 @@ def test_a_dataset_without_episodes_is_refused_before_writing(
     src, dst = tmp_path / "empty.hdf5", tmp_path / "rm.hdf5"
     EpisodeWriter(src, SPECS, KeySpec("float32", (2,)), env_args=ENV_ARGS).close()
     for _ in range(2):  # the rerun says the same
-        err = _cli_error(capsys, "robomimic", str(src), str(dst))
+        err = dataset_cli_error(capsys, "robomimic", str(src), str(dst))
         assert err == f"ERROR: {src}: no episodes to export"
         assert not dst.exists() and not (tmp_path / ".rm.hdf5.tmp").exists()
 
@@ -303,10 +295,10 @@ def test_outputs_that_are_directories_or_the_input_are_refused(
     workspace(src)
     folder.mkdir()
     (folder / "mine.txt").write_text("keep")
-    err = _cli_error(capsys, "robomimic", str(src), str(folder), "--overwrite")
+    err = dataset_cli_error(capsys, "robomimic", str(src), str(folder), "--overwrite")
     assert err == f"ERROR: {folder}: is a directory; name the output file"
     assert (folder / "mine.txt").read_text() == "keep"
     assert not (tmp_path / ".folder.tmp").exists()
-    err = _cli_error(capsys, "robomimic", str(src), str(src), "--overwrite")
+    err = dataset_cli_error(capsys, "robomimic", str(src), str(src), "--overwrite")
     assert err == f"ERROR: {src}: output must differ from input {src}"
     assert validate_file(src).num_episodes == 3
