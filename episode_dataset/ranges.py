@@ -93,6 +93,18 @@ def arg(rule: Range) -> Callable[[str], int | float]:
     return parse
 
 
+def checked(
+    name: str, value: Any, rule: Range, error: type[ValueError] = ValueError
+) -> int | float | None:
+    """`value` (a numpy integer as an int) if `rule` takes it, else `error` naming the Python
+    argument: the same rules for library calls (training/api.py, its data collection)."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy scalar
+        value = value.item()
+    if not rule.accepts(value):
+        raise error(f"{name}={value!r}: must be {rule}")
+    return value
+
+
 # The kinds the command lines take most.
 POSITIVE_INT = arg(count(1))
 NON_NEGATIVE_INT = arg(count(0))

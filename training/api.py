@@ -28,11 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
 from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig
 
-from episode_dataset.ranges import Range, count, one_line
+from episode_dataset.ranges import checked, count, one_line
 from learning.config_rules import RULES, check_config
 from learning.errors import ConfigError
 from learning.online.api import env_id_of, train_policy
@@ -60,16 +59,6 @@ def _write(data: Data, path: str) -> None:
     if not isinstance(data, str | os.PathLike):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         save_trajectories(list(data), path)
-
-
-def _checked(name: str, value: Any, rule: Range) -> Any:
-    """`value` (a numpy integer as an int) if `rule` takes it, else a ConfigError naming the
-    argument."""
-    if isinstance(value, np.integer):
-        value = int(value)
-    if not rule.accepts(value):
-        raise ConfigError(f"{name}={value!r}: must be {rule}")
-    return value
 
 
 def _composed(config: str, overrides: Sequence[str]) -> DictConfig:
@@ -109,7 +98,8 @@ def train_world_model(
     dataset = _dataset_path(trajectories, "world_model", output_root)
     extra = [f"dataset={dataset}", f"output_root={output_root}"]
     if num_epochs is not None:
-        extra.append(f"max_epochs={_checked('num_epochs', num_epochs, RULES['max_epochs'])}")
+        epochs = checked("num_epochs", num_epochs, RULES["max_epochs"], ConfigError)
+        extra.append(f"max_epochs={epochs}")
     cfg = _composed("train_world_model", [*extra, *overrides])
     _write(trajectories, dataset)
     return run(cfg)
@@ -128,7 +118,8 @@ def train_behavioral_cloning(
     extra = [f"dataset={dataset}", f"output_root={output_root}"]
     extra += [f"model.use_sequences={str(bool(use_sequences)).lower()}"]
     if num_epochs is not None:
-        extra.append(f"max_epochs={_checked('num_epochs', num_epochs, RULES['max_epochs'])}")
+        epochs = checked("num_epochs", num_epochs, RULES["max_epochs"], ConfigError)
+        extra.append(f"max_epochs={epochs}")
     cfg = _composed("train_bc", [*extra, *overrides])
     _write(demonstrations, dataset)
     return run(cfg)
@@ -157,7 +148,7 @@ def train_dreamer(
         dataset = _dataset_path(trajectories, "dreamer", output_root)
         extra.append(f"model.prefill_dataset={dataset}")
     if num_steps is not None:
-        steps = _checked("num_steps", num_steps, count(1))
+        steps = checked("num_steps", num_steps, count(1), ConfigError)
         extra += ["training.num_iterations=1", f"training.steps_per_iteration={steps}"]
     cfg = _composed("train_dreamer", [f"env_id={env_id_of(env_factory)}", *extra, *overrides])
     if dataset is not None:

@@ -31,19 +31,10 @@ import gymnasium as gym
 import numpy as np
 
 from episode_dataset import IMAGE, LOW_DIM, DatasetError, EpisodeReader, EpisodeWriter, KeySpec
-from episode_dataset.ranges import SEED, Range, count
+from episode_dataset.ranges import SEED, checked, count
 
 DATASET_SUFFIXES = (".hdf5", ".h5")
 POLICY_NAMES = ("random", "expert")  # or None (random), a .onnx path, or a policy object
-
-
-def _checked(name: str, value: Any, rule: Range) -> Any:
-    """`value` (a numpy integer as an int) if `rule` takes it, else ValueError naming `name`."""
-    if isinstance(value, np.integer):
-        value = int(value)
-    if not rule.accepts(value):
-        raise ValueError(f"{name}={value!r}: must be {rule}")
-    return value
 
 
 def _policy(policy: Any) -> Any:
@@ -159,9 +150,9 @@ class DataCollector:
     ) -> None:
         from learning.online.api import env_id_of
 
-        seed = _checked("seed", seed, SEED)
-        camera = _checked("camera", camera, count(1, nullable=True))
-        num_envs = _checked("num_envs", num_envs, count(1))
+        seed = checked("seed", seed, SEED)
+        camera = checked("camera", camera, count(1, nullable=True))
+        num_envs = checked("num_envs", num_envs, count(1))
         self.env_id = env_id_of(env_factory)
         self.seed, self.camera, self.num_envs = seed, camera, num_envs
         self.trajectories: list[Trajectory] = []
@@ -174,7 +165,7 @@ class DataCollector:
         a count below 1 or another policy, before anything runs."""
         from sim.collect import collect
 
-        num_episodes = _checked("num_episodes", num_episodes, count(1))
+        num_episodes = checked("num_episodes", num_episodes, count(1))
         policy = _policy(policy)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "episodes.hdf5"
@@ -212,11 +203,11 @@ def create_synthetic_dataset(
     """Episodes of a random stable linear system  s' = A s + B a + noise,  r = -|s|^2 / dim,
     actions uniform in [-1, 1]: data with dynamics to learn (a world model, BC), not noise.
     ValueError for a count or dimension below 1."""
-    num_episodes = _checked("num_episodes", num_episodes, count(1))
-    observation_dim = _checked("observation_dim", observation_dim, count(1))
-    action_dim = _checked("action_dim", action_dim, count(1))
-    episode_length = _checked("episode_length", episode_length, count(1))
-    seed = _checked("seed", seed, SEED)
+    num_episodes = checked("num_episodes", num_episodes, count(1))
+    observation_dim = checked("observation_dim", observation_dim, count(1))
+    action_dim = checked("action_dim", action_dim, count(1))
+    episode_length = checked("episode_length", episode_length, count(1))
+    seed = checked("seed", seed, SEED)
     rng = np.random.default_rng(seed)
     a = rng.normal(size=(observation_dim, observation_dim))
     a *= 0.9 / max(np.abs(np.linalg.eigvals(a)).max(), 1e-6)  # spectral radius 0.9: stable
