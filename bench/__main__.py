@@ -38,11 +38,19 @@ def main() -> int:
     )
     args = parser.parse_args()
     here = Path(__file__).resolve().parent
-    found = sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name not in ("report",))
+    found = sorted(
+        m.name for m in pkgutil.iter_modules([str(here)]) if m.name not in ("report", "__main__")
+    )
+    unknown = [n for n in args.names if n not in found]
+    if unknown:  # before any benchmark runs
+        parser.error(f"no benchmark {unknown[0]!r} (bench/ has {', '.join(found)})")
     names = args.names or [n for n in found if n not in NAMED_ONLY]
+    modules = {name: importlib.import_module(f"bench.{name}") for name in names}
+    helpers = [name for name in args.names if not hasattr(modules[name], "run")]
+    if helpers:
+        parser.error(f"bench.{helpers[0]} is a helper module, not a benchmark (it has no run())")
     failed = []
-    for name in names:
-        module = importlib.import_module(f"bench.{name}")
+    for name, module in modules.items():
         if not hasattr(module, "run"):
             continue
         print(f"\n=== bench.{name} ===", flush=True)

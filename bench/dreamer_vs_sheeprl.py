@@ -307,7 +307,7 @@ def main() -> None:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="tiny budgets and batches")
-    parser.add_argument("--cases", nargs="*", choices=[c.name for c in CASES], help="subset")
+    parser.add_argument("--cases", nargs="+", choices=[c.name for c in CASES], help="subset")
     parser.add_argument("--venv", type=Path, default=VENV, help="the SheepRL bench venv")
     parser.add_argument("--worker", choices=list(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -315,7 +315,10 @@ def main() -> None:
     if args.worker:
         print(json.dumps(SIDES[args.worker](Case(**json.loads(args.case)))))
         return
-    run(args.quick, args.cases, args.venv)
+    try:
+        run(args.quick, args.cases, args.venv)
+    except RuntimeError as err:  # the bench venv is missing: what to run, in one line
+        parser.exit(1, f"{parser.prog}: error: {err}\n")
 
 
 if __name__ == "__main__":

@@ -204,7 +204,10 @@ def main() -> None:
     if args.worker:
         print(json.dumps(lerobot_side(*args.worker, args.backend)))
         return
-    run(args.quick, args.venv)
+    try:
+        run(args.quick, args.venv)
+    except RuntimeError as err:  # the bench venv is missing: what to run, in one line
+        parser.exit(1, f"{parser.prog}: error: {err}\n")
 
 
 if __name__ == "__main__":

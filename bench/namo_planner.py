@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 
 from episode_dataset.ranges import POSITIVE_INT, HelpFormatter
+from roboloop_runtime import ModelLoadError
+from sim.namo.scene import LEVELS
 
 NAME = "namo_planner"
 FIRST_SEED = 100_000
@@ -190,7 +192,6 @@ def run(
 ) -> list[dict[str, Any]]:
     """Measure, print the table and write bench/results/namo_planner.json; returns rows."""
     from bench.report import report
-    from sim.namo.scene import LEVELS
 
     q_model = q_model or os.environ.get(Q_MODEL_ENV) or None
     count = seeds or (4 if quick else 20)
@@ -221,7 +222,9 @@ def main() -> None:
         "--q-model", default=None, help=f"Q-function .onnx (default: ${Q_MODEL_ENV}, untrained)"
     )
     parser.add_argument("--seeds", type=POSITIVE_INT, default=None, help="scenes per level")
-    parser.add_argument("--levels", nargs="+", default=None, help="levels (default: all)")
+    parser.add_argument(
+        "--levels", nargs="+", choices=sorted(LEVELS), default=None, help="levels (default: all)"
+    )
     parser.add_argument(
         "--q-proposals",
         type=POSITIVE_INT,
@@ -230,7 +233,12 @@ def main() -> None:
         f"{MCTS_PROPOSALS} at its root)",
     )
     args = parser.parse_args()
-    run(args.quick, args.q_model, args.seeds, args.levels, args.q_proposals)
+    if args.q_model and not Path(args.q_model).is_file():
+        parser.error(f"--q-model {args.q_model}: no such file")
+    try:
+        run(args.quick, args.q_model, args.seeds, args.levels, args.q_proposals)
+    except ModelLoadError as err:  # a file that is not a readable Q-function
+        parser.exit(1, f"{parser.prog}: error: {err}\n")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from episode_dataset.ranges import NON_NEGATIVE_INT, POSITIVE_INT, SEED_ARG, Hel
 
 NAME = "qchunking"
 ENV_ID = "scene-singletask-task2-sparse-v0"
-DATASET = Path("bench/results/data/scene_task2_sparse_play.hdf5")  # made on first use
+DATASET = Path(__file__).resolve().parent / "results/data/scene_task2_sparse_play.hdf5"
 ANCHORS = (  # issue 13's, from the Q-chunking paper's curves
     "Anchors (success %, offline -> online, at 100k + 100k steps; JAX, 4x512 nets): "
     "QC 97 -> 100, QC-FQL 61 -> 99, FQL 22 -> 71, BC ~1."

@@ -439,8 +439,8 @@ if __name__ == "__main__":
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="tiny budgets, 1 seed")
-    parser.add_argument("--cases", nargs="*", choices=[c.name for c in CASES], help="subset")
-    parser.add_argument("--seeds", nargs="*", type=SEED_ARG, default=list(SEEDS), help="run seeds")
+    parser.add_argument("--cases", nargs="+", choices=[c.name for c in CASES], help="subset")
+    parser.add_argument("--seeds", nargs="+", type=SEED_ARG, default=list(SEEDS), help="run seeds")
     parser.add_argument("--sb3-threads", type=POSITIVE_INT, default=1, help="SB3's torch threads")
     args = parser.parse_args()
     run(args.quick, args.cases, tuple(args.seeds), args.sb3_threads)

@@ -276,7 +276,7 @@ def main() -> None:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="tiny size, short runs")
-    parser.add_argument("--sizes", nargs="*", choices=SIZES + ("m",), help="size presets")
+    parser.add_argument("--sizes", nargs="+", choices=SIZES + ("m",), help="size presets")
     parser.add_argument(
         "--batch", type=POSITIVE_INT, default=BATCH, help="training sequences per update"
     )

@@ -239,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-episodes", type=POSITIVE_INT, default=10, help="served episodes")
     parser.add_argument("--out", type=Path, default=None, help="output folder")
     args = parser.parse_args(argv)
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out}: exists and is not a folder")
     _ros_environment()
 
     from rich.console import Console

@@ -155,7 +155,12 @@ def run_quality(
     from learning.checkpoint import load_model
     from learning.generative.synthetic import write_synthetic_dataset
 
-    work = Path(work_dir or tempfile.mkdtemp(prefix="generative_quality_"))
+    if work_dir is None:  # a scratch folder, removed afterwards (work_dir keeps and reuses one)
+        with tempfile.TemporaryDirectory(prefix="generative_quality_") as scratch:
+            return run_quality(
+                quick, data_dir, fm_ckpt, diffusion_ckpt, scratch, proposals, models
+            )
+    work = Path(work_dir)
     files = 320 if quick else 1200
     epochs = 8 if quick else 60
     if data_dir is None:
