@@ -79,6 +79,21 @@ def declare_parameters(node: Node, parameters: ParameterTable) -> None:
                 raise ValueError(f"parameter {name!r}: give a non-empty string list default")
             descriptor.type = ParameterType.PARAMETER_STRING_ARRAY
         node.declare_parameter(name, default, descriptor)
+    warn_unknown_parameters(node)
+
+
+def warn_unknown_parameters(node: Node) -> None:
+    """One WARN line naming the parameters given to the node (`-p`, a params file) that it does
+    not declare: rclpy keeps them silently, so `-p stale_period:=5.0` (for stale_periods) would
+    otherwise leave the default in force without a word."""
+    given = getattr(node, "_parameter_overrides", {})  # rclpy keeps no public view of them
+    unknown = sorted(
+        name for name in given if not node.has_parameter(name) and not name.startswith("qos_")
+    )
+    if unknown:
+        node.get_logger().warning(
+            f"unknown parameters, ignored (not parameters of this node): {', '.join(unknown)}"
+        )
 
 
 def set_range(descriptor: ParameterDescriptor, name: str, rule: Range) -> None:

@@ -60,6 +60,21 @@ def test_parameters_declare_with_descriptions_and_read_into_a_dataclass(ros) -> 
         node.destroy_node()
 
 
+def test_a_parameter_the_node_does_not_have_is_named_in_a_warning(ros, monkeypatch) -> None:
+    """`-p stale_period:=5.0` for `stale_periods`: rclpy keeps it silently; the node says so."""
+    overrides = [Parameter("rate_hz", value=5.0), Parameter("rate_hz_typo", value=1.0)]
+    node = rclpy.create_node("typo_probe", context=ros, parameter_overrides=overrides)
+    warnings: list[str] = []
+    monkeypatch.setattr(node.get_logger(), "warning", warnings.append)
+    try:
+        declare_parameters(node, TABLE)
+        assert warnings == [
+            "unknown parameters, ignored (not parameters of this node): rate_hz_typo"
+        ]
+    finally:
+        node.destroy_node()
+
+
 def test_a_range_is_declared_and_enforced_at_start_and_on_set(ros) -> None:
     table = {
         "rate_hz": (20.0, "a double", number(1, 100)),
