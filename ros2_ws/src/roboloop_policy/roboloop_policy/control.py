@@ -5,8 +5,9 @@ control timer calls `step` once per period. `step` samples the newest observatio
 hold at the control rate, the way the recorder samples them into datasets) and acts through the
 runtime's `ActingBuffer`, the observation history and action queue that sim evaluation uses
 too: when the queue is empty it runs `predict_action_chunk` and queues the first
-`n_action_steps` actions. Each action carries the stamp of the newest observation the chunk was
-computed from.
+`n_action_steps` actions. Each action carries the stamp of the newest observation of the step it
+is published for (what the robot, e.g. a lockstep sim bridge, matches it to), also a queued
+action of a chunk computed from an earlier one (`Command.chunk_stamp_ns`).
 
 Watchdog: if any observation is older than `stale_periods` control periods, by its header stamp
 against the node clock or by the time it arrived, `step` returns the safe action (zeros, or the
@@ -104,11 +105,15 @@ class Command:
     """One control tick's output."""
 
     action: np.ndarray  # (A,) float32, within the action bounds
-    stamp_ns: int  # newest observation stamp the action is based on
+    stamp_ns: int  # newest observation stamp of the step this action is for (header.stamp)
     safe: bool  # True: safe action (stale observations or a rejected model output)
     stale_keys: tuple[str, ...] = ()
     clipped: bool = False  # the policy's action was outside the bounds and clipped
     fault: ModelOutputError | None = None  # why the model's output was rejected
+    # Policy actions: stamp of the observation the action's chunk was computed from (older
+    # than stamp_ns for a queued action), and whether this step computed that chunk.
+    chunk_stamp_ns: int | None = None
+    new_chunk: bool = False
 
 
 @dataclass
@@ -152,11 +157,10 @@ class PolicyLoop:
         self._last_action = self._zeros
         self.state = WAITING
         self.inference_latency = LatencyWindow(latency_window)
+        # Every policy action: its step's observation stamp -> publish (queued actions too).
         self.obs_to_action_latency = LatencyWindow(latency_window)
-        # Only the first action of each chunk: the reaction time to a new observation, without
-        # the open-loop age of later queued actions (which the window above includes).
+        # Only the steps that computed a chunk: observation -> publish including the inference.
         self.obs_to_first_action_latency = LatencyWindow(latency_window)
-        self._last_chunk_stamp: int | None = None
         self._pushed_stamp: int | None = None  # newest stamp acted on (pushed to the history)
         self._episode_end: int | None = None  # episode_done(): act on stamps after this only
         self.episodes_ended = 0
@@ -288,7 +292,8 @@ class PolicyLoop:
         self.state = RUNNING
         self.acting.push({key: obs.value for key, obs in latest.items()})
         self._pushed_stamp = newest_stamp
-        if self.acting.needs_chunk:
+        new_chunk = self.acting.needs_chunk
+        if new_chunk:
             try:
                 self._infer(newest_stamp, now_ns)
             except ModelOutputError as err:
@@ -296,7 +301,16 @@ class PolicyLoop:
                 return Command(self._safe_action(), newest_stamp, safe=True, fault=err)
         queued = self.acting.pop()
         self._last_action = queued.action
-        return Command(queued.action, queued.stamp_ns, safe=False, clipped=queued.clipped)
+        # Stamped with this step's observation, not the chunk's: the action is this step's
+        # command (a lockstep bridge waits for exactly that stamp).
+        return Command(
+            queued.action,
+            newest_stamp,
+            safe=False,
+            clipped=queued.clipped,
+            chunk_stamp_ns=queued.stamp_ns,
+            new_chunk=new_chunk,
+        )
 
     def _safe_action(self) -> np.ndarray:
         return (self._last_action if self.safe_action == "hold" else self._zeros).copy()
@@ -324,15 +338,15 @@ class PolicyLoop:
         return self.rate_mismatch
 
     def published(self, command: Command, now_ns: int) -> None:
-        """Count a published command; policy actions feed the obs->action latency window."""
+        """Count a published command; policy actions feed the obs->action latency window
+        (from their step's observation), those that computed a chunk the first-action one."""
         if command.safe:
             self.safe_actions_published += 1
         else:
             self.actions_published += 1
             latency = (now_ns - command.stamp_ns) * 1e-9
             self.obs_to_action_latency.add(latency)
-            if command.stamp_ns != self._last_chunk_stamp:
-                self._last_chunk_stamp = command.stamp_ns
+            if command.new_chunk:
                 self.obs_to_first_action_latency.add(latency)
 
     def _infer(self, stamp_ns: int, now_ns: int) -> None:

@@ -13,6 +13,7 @@ skeleton's; the logic lives in ROS-free modules: `observations` (decoding, bindi
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Mapping
@@ -33,8 +34,9 @@ from roboloop_node_common.runtime import run_node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool
 
-from episode_dataset.codecs import IMAGE, MessageError, ns_to_stamp, stamp_to_ns
+from episode_dataset.codecs import IMAGE, MessageError, ns_to_stamp
 from episode_dataset.ranges import SEED, number
+from episode_dataset.recording.params import RECORDING_PARAMETERS
 from roboloop_policy.control import STALE, TRIGGERS, Command, PolicyLoop
 from roboloop_policy.observations import (
     BindingError,
@@ -43,6 +45,7 @@ from roboloop_policy.observations import (
     check_against_spec,
     convention_topic_map,
     decode,
+    observation_stamp,
     real_time_factor_of,
 )
 from roboloop_policy.safety import DEFAULT_MAX_NORMALIZED, ObservationRange
@@ -133,6 +136,9 @@ PARAMETERS: dict[str, tuple[Any, ...]] = {
         number(0, 100),
     ),
     **observation_parameters("action published while stale: zeros | hold (last action)"),
+    # The recorder's parameter (default, range, meaning): observations stamped further ahead
+    # of the node clock are dropped as malformed (future_stamp).
+    "future_tolerance_s": RECORDING_PARAMETERS["future_tolerance_s"],
     "action_topic": ("/sim/action", "sensor_msgs/JointState actions (effort = action)"),
     "trigger": (
         "timer",
@@ -211,6 +217,7 @@ class PolicyParams(ObservationParams):
     episode-done topic and the executor."""
 
     noise_scale: float
+    future_tolerance_s: float
     trigger: str
     episode_done_topic: str
     executor: str
@@ -308,6 +315,11 @@ class ObservingNode(ModelNode):
             return self.get_clock().now().nanoseconds
         return time.monotonic_ns()
 
+    def future_tolerance_s(self) -> float:
+        """How far ahead of the node clock an observation stamp may be (inf: no limit; the
+        policy node's `future_tolerance_s` parameter)."""
+        return math.inf
+
     def _on_observation(self, binding: ObservationBinding, msg: Any) -> bool:
         """Decode and hand to the loop; False when there is no loop or the message was
         malformed (counted and logged)."""
@@ -317,7 +329,8 @@ class ObservingNode(ModelNode):
             return False
         try:
             value = decode(binding, msg)
-            stamp_ns = stamp_to_ns(msg.header.stamp)
+            now_ns = self.get_clock().now().nanoseconds
+            stamp_ns = observation_stamp(msg, now_ns, self.future_tolerance_s())
         except MessageError as err:
             text = f"dropped malformed observation: {binding.topic}: {err}"
             self.warn(f"malformed:{binding.topic}:{err.reason}", text)
@@ -408,6 +421,9 @@ class PolicyNode(ObservingNode):
             self._action_pub = None
 
     # ---- data path ------------------------------------------------------------------------
+    def future_tolerance_s(self) -> float:
+        return self.params.future_tolerance_s
+
     def _on_observation(self, binding: ObservationBinding, msg: Any) -> bool:
         """Decode and store; trigger=observation: act at once when this completed a step (the
         same thread as the timer would, minus the wait for its tick)."""

@@ -14,7 +14,10 @@ follows from the model's declared observations by the one convention, `<namespac
 time; `decode` turns one received message into the array for its key with the shared decoders
 (episode_dataset.codecs) and rejects values absurdly far from the training data's
 normalization stats, or raises `MessageError` (whose `reason` the node counts per topic; such a
-message is dropped, never fed to the model).
+message is dropped, never fed to the model). `observation_stamp` reads a message's header stamp
+and rejects one further ahead of the node clock than `future_tolerance_s` (`future_stamp`, the
+recorder's rule and reason: `episode_dataset.recording.alignment`): acted on, it would become
+the stamp the loop last acted on and hold back every real observation after it.
 
 With `spec_topic` the robot's latched spec (`roboloop_node_common.robot_spec`) says how fast it
 runs (`real_time_factor_of`) and what it publishes: `check_against_spec` refuses, at configure,
@@ -33,9 +36,12 @@ from episode_dataset.codecs import (
     IMAGE,
     JOINT_STATE,
     JOINT_STATE_FIELDS,
+    MessageError,
     decode_image,
     decode_joint_state,
+    stamp_to_ns,
 )
+from episode_dataset.recording.alignment import FUTURE_STAMP
 from roboloop_policy.safety import ObservationRange
 from roboloop_runtime import ObsSpec
 from roboloop_runtime.topics import TopicNameError, observation_message_type, observation_topic
@@ -147,6 +153,21 @@ def decode(binding: ObservationBinding, msg: Any) -> np.ndarray:
     if binding.limit is not None:
         binding.limit.check(value, binding.key)
     return value
+
+
+def observation_stamp(msg: Any, now_ns: int, future_tolerance_s: float) -> int:
+    """`msg.header.stamp` in ns, or MessageError: a bad stamp, or (`future_stamp`) one more
+    than `future_tolerance_s` ahead of `now_ns` (the node clock at arrival), as the recorder
+    rejects them (`Aligner.add`)."""
+    stamp_ns = stamp_to_ns(msg.header.stamp)
+    ahead_s = (stamp_ns - now_ns) * 1e-9
+    if ahead_s > future_tolerance_s:
+        raise MessageError(
+            FUTURE_STAMP,
+            f"header.stamp {stamp_ns * 1e-9:.9f} is {ahead_s:.3f} s ahead of the node clock "
+            f"(future_tolerance_s {future_tolerance_s:g})",
+        )
+    return stamp_ns
 
 
 def check_against_spec(

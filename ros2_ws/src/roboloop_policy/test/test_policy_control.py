@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,8 +15,10 @@ from roboloop_policy.control import (
     LatencyWindow,
     PolicyLoop,
 )
+from roboloop_policy.observations import observation_stamp
 from roboloop_policy.reference_model import ReferencePolicy, make_reference_policy
 
+from episode_dataset.codecs import MessageError, ns_to_stamp
 from roboloop_runtime import OnnxPolicy
 
 PERIOD = 0.05
@@ -82,15 +85,59 @@ def test_chunked_execution_history_and_stamps(chunked) -> None:
     for got, action in zip(commands, want, strict=True):
         assert not got.safe
         np.testing.assert_allclose(got.action, action, rtol=1e-5, atol=1e-5)
-    # Queued actions carry the stamp of the observation their chunk was computed from.
-    stamps = [c.stamp_ns for c in commands]
-    assert stamps == [
+    # Every action carries its own step's observation stamp (what the robot matches it to);
+    # chunk_stamp_ns says which observation its chunk was computed from.
+    assert [c.stamp_ns for c in commands] == [T0 + i * PERIOD_NS - 1000 for i in range(5)]
+    assert [c.chunk_stamp_ns for c in commands] == [
         T0 - 1000,
         T0 - 1000,
         T0 + 2 * PERIOD_NS - 1000,
         T0 + 2 * PERIOD_NS - 1000,
         T0 + 4 * PERIOD_NS - 1000,
     ]
+    assert [c.new_chunk for c in commands] == [True, False, True, False, True]
+
+
+def test_lockstep_chunked_policy_answers_every_step_with_its_stamp(tmp_path: Path) -> None:
+    """trigger=observation against a lockstep bridge (it applies only an action stamped with its
+    newest observation): a horizon-8 / n_action_steps-4 policy answers each of 12 steps with an
+    action stamped with that step's observation, 4 actions per inference; the obs->action
+    latency counts every action from its own observation, the first-action one only the 3
+    steps that ran the model."""
+    path = tmp_path / "h8.onnx"
+    ref = make_reference_policy(
+        path,
+        state_dim=3,
+        action_dim=2,
+        image_hw=(4, 4),
+        obs_steps=2,
+        horizon=8,
+        n_action_steps=4,
+        control_rate_hz=20.0,
+    )
+    loop = make_loop(path)
+    rng = np.random.default_rng(11)
+    frames = [frame(rng) for _ in range(12)]
+    applied = []
+    for k, obs in enumerate(frames):
+        stamp = T0 + k * PERIOD_NS  # the bridge stamps step k; the node acts on arrival
+        feed(loop, obs, stamp, stamp + 500_000)
+        assert loop.step_ready()
+        cmd = loop.step(stamp + 500_000, stamp + 500_000)
+        assert not cmd.safe and cmd.stamp_ns == stamp  # the bridge's wait is over
+        loop.published(cmd, stamp + 1_000_000)  # published 1 ms after the observation stamp
+        applied.append(cmd.action)
+        assert cmd.chunk_stamp_ns == T0 + (k // 4) * 4 * PERIOD_NS
+    assert loop.inference_latency.count == 3  # steps 0, 4, 8
+    for start in (0, 4, 8):
+        window = [frames[max(start - 1, 0)], frames[start]]
+        chunk = expected(ref, window)
+        np.testing.assert_allclose(applied[start : start + 4], chunk[:4], atol=1e-5)
+    assert loop.obs_to_action_latency.count == 12
+    assert loop.obs_to_first_action_latency.count == 3
+    diag = loop.diagnostics()
+    assert diag["obs_to_action_latency_p99_ms"] == "1.000"  # not the queue's open-loop age
+    assert diag["obs_to_first_action_latency_p50_ms"] == "1.000"
 
 
 def test_node_loop_acts_like_sim_evaluation(tmp_path: Path) -> None:
@@ -417,3 +464,39 @@ def test_observation_trigger_needs_every_key_at_one_stamp_a_step_apart(chunked) 
     assert not loop.stale(T0 + PERIOD_NS, T0 + PERIOD_NS)
     assert loop.stale(T0 + 4 * PERIOD_NS, T0 + PERIOD_NS)
     assert loop.stale(T0 + PERIOD_NS, T0 + 4 * PERIOD_NS)
+
+
+def test_future_stamped_observation_is_rejected_and_later_ones_are_served(chunked) -> None:
+    """The node's path (observation_stamp against the node clock, then observe): one
+    observation stamped 100000 s ahead is malformed (future_stamp) and never reaches the loop,
+    so trigger=observation keeps acting on every later fresh observation (accepted, it became
+    the stamp acted on last and no real one ever completed a step again)."""
+    path, _ = chunked
+    loop = make_loop(path)
+    rng = np.random.default_rng(12)
+    rejected = []
+
+    def receive(obs: dict[str, np.ndarray], stamp_ns: int, now_ns: int) -> None:
+        sec, nanosec = ns_to_stamp(stamp_ns)
+        msg = SimpleNamespace(
+            header=SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=nanosec))
+        )
+        for key, value in obs.items():
+            try:
+                loop.observe(key, value, observation_stamp(msg, now_ns, 1.0), now_ns)
+            except MessageError as err:
+                rejected.append(err.reason)
+
+    stamps = []
+    for k in range(6):
+        now = T0 + k * PERIOD_NS
+        if k == 2:
+            receive(frame(rng), now + 100_000 * 10**9, now)
+            assert not loop.step_ready()  # nothing new to act on
+        receive(frame(rng), now, now)
+        assert loop.step_ready()
+        cmd = loop.step(now, now)
+        assert not cmd.safe and loop.state == RUNNING
+        stamps.append(cmd.stamp_ns)
+    assert rejected == ["future_stamp", "future_stamp"]  # state and image of that step
+    assert stamps == [T0 + k * PERIOD_NS for k in range(6)]

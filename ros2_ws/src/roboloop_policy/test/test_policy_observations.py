@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from roboloop_policy.observations import BindingError, bind_observations, decode
+from roboloop_policy.observations import (
+    BindingError,
+    bind_observations,
+    decode,
+    observation_stamp,
+)
 from roboloop_policy.safety import ObservationRange
 from sensor_msgs.msg import Image, JointState
 
@@ -146,3 +151,23 @@ def test_the_robot_spec_gives_the_real_time_factor_and_must_publish_the_model_in
     for obs, match in cases:
         with pytest.raises(BindingError, match=match):
             check_against_spec(list(bindings().values()), DatasetSpec(obs, state), "/s")
+
+
+def test_observation_stamp_rejects_stamps_ahead_of_the_node_clock_like_the_recorder() -> None:
+    """Beyond future_tolerance_s ahead of the node clock: MessageError future_stamp (the
+    recorder's reason); within it, or in the past, the stamp in ns."""
+    now = 1_000 * 10**9
+
+    def msg(sec: int, nanosec: int = 0) -> JointState:
+        m = JointState()
+        m.header.stamp.sec, m.header.stamp.nanosec = sec, nanosec
+        return m
+
+    assert observation_stamp(msg(1000), now, 1.0) == now
+    assert observation_stamp(msg(1001), now, 1.0) == now + 10**9  # at the tolerance: kept
+    assert observation_stamp(msg(900), now, 0.0) == 900 * 10**9
+    for stamp, tolerance in (((1001, 1), 1.0), ((101_000,), 1.0), ((1000, 1), 0.0)):
+        with pytest.raises(MessageError) as err:
+            observation_stamp(msg(*stamp), now, tolerance)
+        assert err.value.reason == "future_stamp"
+    assert observation_stamp(msg(101_000), now, float("inf")) == 101_000 * 10**9  # no limit
