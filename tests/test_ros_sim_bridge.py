@@ -12,6 +12,7 @@ from roboloop_bringup.processes import start_node
 pytestmark = [pytest.mark.ros, pytest.mark.xdist_group("ros")]
 
 REPO = Path(__file__).resolve().parents[1]
+FUTURE_KEY = "topics/sim/action/invalid/future_stamp"
 BRIDGE_YAML = REPO / "ros2_ws/src/roboloop_sim_bridge/config/sim_bridge.yaml"
 
 
@@ -147,13 +148,32 @@ def test_bridge_publishes_and_applies_actions_from_another_process(tmp_path, ros
                 "3 invalid actions counted",
             )
             assert all(np.isfinite(m.effort).all() and len(m.effort) == 2 for m in got["applied"])
+            # A command stamped beyond future_tolerance_s: the recorder's rule, counted by reason.
+            future = JointState(effort=[0.1, 0.2])
+            future.header.stamp = got["state"][-1].header.stamp
+            future.header.stamp.sec += 100000
+            action_pub.publish(future)
+            probe.wait_for(
+                lambda: (
+                    alive()
+                    and any(
+                        d.get("topics/sim/action/invalid/future_stamp") == "1" for d in diagnostics
+                    )
+                ),
+                10,
+                "the future-stamped action counted",
+            )
+            assert diagnostics[-1]["invalid_actions"] == "4"
+            assert float(diagnostics[-1].get("obs_to_action_latency_ms_mean", "0")) >= 0
 
-            before = len(got["state"])
+            # ~/reset mid-episode ends the episode with a done every consumer sees, then resets.
+            before, dones_before = len(got["state"]), len(got["done"])
             resp = probe.call(Trigger, "/sim_bridge/reset")
             assert resp.success and "episode 1" in resp.message, resp.message
             resp = probe.call(Trigger, "/sim_bridge/start_episode")
             assert not resp.success and "already running" in resp.message
             probe.wait_for(lambda: len(got["state"]) > before, 10, "observation after reset")
+            probe.wait_for(lambda: any(d.data for d in got["done"][dones_before:]), 10, "done")
     finally:
         assert bridge.stop() == 0, bridge.log_text()[-2000:]
 

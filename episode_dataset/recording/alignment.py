@@ -68,6 +68,14 @@ class AlignStats:
 
 
 FUTURE_STAMP = "future_stamp"
+
+
+def is_future_stamp(stamp: float, now: float, tolerance: float) -> bool:
+    """The future-stamp rule (the recorder's aligner, the sim bridge's action commands): a stamp
+    more than `tolerance` seconds ahead of `now`, the node clock when the message arrived."""
+    return stamp > now + tolerance
+
+
 LATE = "late"
 DUPLICATE_STAMP = "duplicate_stamp"
 REF_JUMP_SAMPLES = 3
@@ -171,7 +179,7 @@ class Aligner:
         `arrival` (the node clock when it came; default: its stamp) bounds how far ahead the
         stamp may be and delays the reference key's ticks.
         """
-        if arrival is not None and stamp > arrival + self.future_tolerance:
+        if arrival is not None and is_future_stamp(stamp, arrival, self.future_tolerance):
             return FUTURE_STAMP
         if stamp < self._oldest_usable:
             if key != self.reference:

@@ -144,6 +144,10 @@ def make_recording(
     for value, name in ((rate, "control_rate_hz"), (rtf, "real_time_factor")):
         if not (math.isfinite(value) and value > 0):
             raise RecorderConfigError(f"{name} {value:g} must be a positive number")
+        # a spec's (or env_args') value is held to the range the parameter itself declares
+        rule = RECORDING_PARAMETERS[name][2]
+        if not rule.accepts(value):
+            raise RecorderConfigError(f"{name} {value:g} of {source} must be {rule}")
     return Recording(topics, {**args, RATE_KEY: rate}, rate, rtf)
 
 

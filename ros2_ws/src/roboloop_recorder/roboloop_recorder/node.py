@@ -24,6 +24,7 @@ from typing import Any
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.clock import Clock, ClockType, JumpThreshold
 from rclpy.duration import Duration
+from rclpy.exceptions import InvalidTopicNameException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
     DurabilityPolicy,
@@ -31,6 +32,7 @@ from rclpy.qos import (
     ReliabilityPolicy,
 )
 from rclpy.time import Time
+from rclpy.validate_topic_name import validate_topic_name
 from roboloop_node_common.entry import STOP
 from roboloop_node_common.lockstep import StepAcknowledger
 from roboloop_node_common.robot_spec import DatasetSpec, wait_for_spec
@@ -195,6 +197,17 @@ class RecorderParams:
     autostart: bool
 
 
+def check_topic_name(topic: str) -> None:
+    """rclpy's topic-name rule, as one RecorderConfigError line naming the topic."""
+    try:
+        validate_topic_name(topic)
+    except InvalidTopicNameException as e:
+        reason = str(e).splitlines()[0].removeprefix("Invalid topic name: ").rstrip(":")
+        raise RecorderConfigError(
+            f"topic {topic!r} is not a valid ROS topic name: {reason}"
+        ) from None
+
+
 class RecorderNode(TableParameters, LifecycleNode):
     PARAMETERS, Params = PARAMETERS, RecorderParams
 
@@ -219,6 +232,8 @@ class RecorderNode(TableParameters, LifecycleNode):
         try:
             plan = self._plan(p)
             specs = plan.topics
+            for s in specs:  # before any file exists: subscribing would raise later
+                check_topic_name(s.topic)
             obs_specs, action_spec = dataset_specs(specs)
             self._msg_classes = {s.topic: message_class(s.type) for s in specs}
             self._session = RecordingSession(

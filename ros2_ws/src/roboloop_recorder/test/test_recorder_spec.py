@@ -88,3 +88,28 @@ def test_what_the_bridge_latches_is_what_the_readers_parse() -> None:
     assert back.obs_specs["image"].is_image and back.obs_specs["image"].shape == (8, 6, 3)
     assert back.obs_specs["state"].source_topic == "/sim/state"
     assert (back.env_args, back.real_time_factor) == (RATE, 0.4)
+
+
+def test_spec_rates_are_held_to_the_parameter_ranges() -> None:
+    # a latched spec's real_time_factor 1e9 (the parameter's range is [0, 1000]): one line
+    for rtf in (1e9, 1000.5):
+        spec = DatasetSpec({"state": STATE}, ACTION, RATE, real_time_factor=rtf)
+        with pytest.raises(RecorderConfigError, match=r"real_time_factor .* of /s must be a nu"):
+            plan(spec, source="/s")
+    spec = DatasetSpec({"state": STATE}, ACTION, {"control_rate_hz": 5e4}, real_time_factor=1.0)
+    with pytest.raises(RecorderConfigError, match=r"control_rate_hz 50000 of .* \[0, 1000\]"):
+        plan(spec)
+    spec = DatasetSpec({"state": STATE}, ACTION, RATE, real_time_factor=1000.0)
+    assert plan(spec).real_time_factor == 1000.0
+
+
+def test_an_invalid_topic_name_is_one_line() -> None:
+    from roboloop_recorder.node import check_topic_name
+
+    check_topic_name("/sim/state")
+    check_topic_name("sim/state")
+    with pytest.raises(RecorderConfigError, match="'sim state' is not a valid ROS topic name"):
+        check_topic_name("sim state")
+    with pytest.raises(RecorderConfigError) as e:
+        check_topic_name("/sim/x?")
+    assert "\n" not in str(e.value)

@@ -58,6 +58,8 @@ from std_srvs.srv import Trigger
 
 from episode_dataset.codecs import MessageError, decode_joint_state, encode_image
 from episode_dataset.ranges import SEED, count, number
+from episode_dataset.recording.alignment import FUTURE_STAMP, is_future_stamp
+from episode_dataset.recording.params import RECORDING_PARAMETERS
 from roboloop_runtime import check_control_rate
 from roboloop_runtime.topics import (
     IMAGE_FEATURE,
@@ -157,6 +159,12 @@ PARAMETERS: dict[str, tuple[Any, ...]] = {
         "publishers (e.g. 1: the recorder).",
         count(0, high=1000),
     ),
+    "future_tolerance_s": (
+        RECORDING_PARAMETERS["future_tolerance_s"][0],
+        "action_source=topic: commands stamped more than this ahead of the node clock at "
+        "arrival are rejected (counted as future_stamp), the recorder's rule.",
+        RECORDING_PARAMETERS["future_tolerance_s"][2],
+    ),
     "diagnostics_period_s": (1.0, "Period of /diagnostics publishing.", number(0.01, 3600)),
     "autostart": (True, "Configure and activate at startup (no lifecycle manager needed)."),
 }
@@ -192,6 +200,7 @@ class SimBridgeParams:
     lockstep: bool
     lockstep_timeout_s: float
     wait_for_ackers: int
+    future_tolerance_s: float
     diagnostics_period_s: float
     autostart: bool
 
@@ -219,6 +228,8 @@ class SimBridgeNode(TableParameters, LifecycleNode):
             "overruns": 0,
             "clock_resends": 0,
         }
+        # per topic and reason, as the recorder names them: topics/sim/action/invalid/<reason>
+        self._invalid_by_reason: dict[str, int] = {}
         self._latency: list[float] = []
         self._tick_time: list[float] = []
         self._started = False
@@ -233,6 +244,7 @@ class SimBridgeNode(TableParameters, LifecycleNode):
         self._clock_sent_at = 0.0  # monotonic time /clock was last published
         self._pending: Callable[[], None] | None = None  # lockstep: publishes the step's messages
         self._action_stamp_ns = -1  # stamp of the newest valid action command
+        self._reset_requested = False  # timer mode: ~/reset mid-episode, done at the next tick
 
     # -- lifecycle -------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -348,6 +360,7 @@ class SimBridgeNode(TableParameters, LifecycleNode):
             self.destroy_timer(t)
         self._active_timers = []
         self._step_timer = None
+        self._reset_requested = False
         if self._kick is not None:
             self.destroy_guard_condition(self._kick)
             self._kick = None
@@ -405,19 +418,22 @@ class SimBridgeNode(TableParameters, LifecycleNode):
                 self._advance_clock()
                 self._publish_obs(*obs)
             return
-        result = runner.tick(self._fresh_action())
+        truncate, self._reset_requested = self._reset_requested, False
+        result = runner.tick(self._fresh_action(), truncate=truncate)
         if result is None:
             return
+        if truncate:  # ~/reset mid-episode: this truncated step ends it, the next one starts
+            runner.restart_pending = True
         self._advance_clock()
-        self._publish_tick(result)
+        self._publish_tick(result, reason="reset" if truncate else "")
         dt = time.perf_counter() - t0
         self._tick_time.append(dt)
         if dt > self._period_s:
             self._counts["overruns"] += 1
 
-    def _publish_tick(self, result: TickResult) -> None:
+    def _publish_tick(self, result: TickResult, reason: str = "") -> None:
         # Step outputs go out first: the reset below (and its render) must not delay them.
-        self._publish_step(result)
+        self._publish_step(result, reason)
         runner = self._runner
         if runner is not None and runner.restart_pending:
             self._publish_obs(*runner.reset())
@@ -524,7 +540,7 @@ class SimBridgeNode(TableParameters, LifecycleNode):
             return None
         return action
 
-    def _publish_step(self, r: TickResult) -> None:
+    def _publish_step(self, r: TickResult, reason: str = "") -> None:
         stamp = self._obs_stamps.pop(r.applied_to, None)
         msg = JointState()
         msg.header.frame_id = self.params.frame_id
@@ -536,8 +552,9 @@ class SimBridgeNode(TableParameters, LifecycleNode):
         self._pubs["reward"].publish(Float32(data=r.reward))
         self._pubs["done"].publish(Bool(data=r.done))
         if r.done:
+            how = f"ended by {reason}" if reason else "done"
             self.get_logger().info(
-                f"episode {r.episode} done after {r.episode_steps} steps (seed "
+                f"episode {r.episode} {how} after {r.episode_steps} steps (seed "
                 f"{self.params.seed + r.episode})"
             )
         if r.obs is not None and r.obs_id is not None:
@@ -587,18 +604,27 @@ class SimBridgeNode(TableParameters, LifecycleNode):
             return
         try:
             action = decode_joint_state(msg, "effort", self._runner.action_dim)
+            stamp = Time.from_msg(msg.header.stamp).nanoseconds
+            sim = self.params.publish_clock
+            now_ns = self._sim_ns if sim else self.get_clock().now().nanoseconds
+            tolerance = self.params.future_tolerance_s
+            if is_future_stamp(stamp * 1e-9, now_ns * 1e-9, tolerance):
+                raise MessageError(
+                    FUTURE_STAMP,
+                    f"stamp {stamp * 1e-9:.3f} s is more than future_tolerance_s {tolerance:g} "
+                    f"ahead of the node clock ({now_ns * 1e-9:.3f} s)",
+                )
         except MessageError as e:
             self._counts["invalid_actions"] += 1
+            key = f"topics/{self._action_topic.lstrip('/')}/invalid/{e.reason}"
+            self._invalid_by_reason[key] = self._invalid_by_reason.get(key, 0) + 1
             self.get_logger().warning(
                 f"{self._action_topic}: rejected: {e}", throttle_duration_sec=2.0
             )
             return
         self._action = (action, time.monotonic())
-        stamp = Time.from_msg(msg.header.stamp).nanoseconds
         self._action_stamp_ns = stamp
         if stamp > 0:
-            sim = self.params.publish_clock
-            now_ns = self._sim_ns if sim else self.get_clock().now().nanoseconds
             self._latency.append((now_ns - stamp) * 1e-9)
         if self._kick is not None:
             self._kick.trigger()
@@ -607,14 +633,41 @@ class SimBridgeNode(TableParameters, LifecycleNode):
         if self._runner is None or not self._active_timers:
             response.success, response.message = False, "sim_bridge is not active"
             return response
-        self._started = True
+        runner = self._runner
+        episode = runner.episode
+        if self._started and runner.running and not self.params.lockstep:
+            # Mid-episode, timer mode: the next tick applies the action for the newest
+            # observation as a truncated step (done=true: every consumer ends the episode as
+            # after a time limit) and starts the next episode on the grid, like a natural done.
+            self._reset_requested = True
+            response.success = True
+            response.message = (
+                f"episode {episode + 1} (seed {runner.seed + episode + 1}) at the next step; "
+                f"episode {episode} ends truncated"
+            )
+            return response
+        pending, self._pending = self._pending, None
+        if pending is not None and getattr(pending, "func", None) == self._publish_tick:
+            # lockstep: the env already took this step; its messages go out first (a done
+            # among them ends the episode as usual, and auto_restart starts the next)
+            pending()
+        # (a pending first observation of an episode was never published: it is dropped)
+        if self._started and runner.episode != episode and runner.running:
+            pass  # that step ended the episode and the next one has just begun
+        else:
+            if self._started and runner.running and runner.obs_id in self._obs_stamps:
+                # Mid-episode: end it for every consumer as the bridge ends episodes otherwise,
+                # with a step (the action for the newest observation) published as truncated
+                # (done=true), then start the next one.
+                result = runner.tick(self._fresh_action(), truncate=True)
+                assert result is not None  # running
+                self._advance_clock()
+                self._publish_step(result, reason="reset")
+            self._started = True
+            self._publish_obs(*runner.reset(), in_tick=False)
         self._action = None
-        self._pending = None  # lockstep: an unpublished step of the episode being reset
-        self._publish_obs(*self._runner.reset(), in_tick=False)
         response.success = True
-        response.message = (
-            f"episode {self._runner.episode} (seed {self._runner.seed + self._runner.episode})"
-        )
+        response.message = f"episode {runner.episode} (seed {runner.seed + runner.episode})"
         return response
 
     def _srv_start(self, request: Trigger.Request, response: Trigger.Response) -> Any:
@@ -632,6 +685,7 @@ class SimBridgeNode(TableParameters, LifecycleNode):
             "running": runner.running,
             "total_steps": runner.total_steps,
             **self._counts,
+            **self._invalid_by_reason,
         }
         if self.params.publish_clock:
             values["sim_time_s"] = round(self._sim_ns * 1e-9, 6)

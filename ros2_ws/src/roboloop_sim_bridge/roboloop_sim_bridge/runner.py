@@ -3,8 +3,9 @@
 The node calls `tick(external_action)` once per control period. One tick:
   1. choose the action for the current observation (topic / expert / random source),
   2. clip it to the action space and step the env (this is the applied action),
-  3. on done: pause; `restart_pending` tells the caller to `reset()` (next seed, `seed + episode
-     index`) when `auto_restart` allows it, after it has published the step's outputs.
+  3. on done (or `truncate`: cut short, e.g. by a reset mid-episode): pause; `restart_pending`
+     tells the caller to `reset()` (next seed, `seed + episode index`) when `auto_restart`
+     allows it, after it has published the step's outputs.
 The result carries the applied action with the id of the observation it was applied to, the
 reward and done of that step, and the next observation to publish (None after done).
 """
@@ -132,8 +133,13 @@ class SimRunner:
             raise BadAction("action has non-finite values")
         return a
 
-    def tick(self, external_action: np.ndarray | None = None) -> TickResult | None:
-        """One control step; None while paused. `external_action` (A,) is used for 'topic'."""
+    def tick(
+        self, external_action: np.ndarray | None = None, truncate: bool = False
+    ) -> TickResult | None:
+        """One control step; None while paused. `external_action` (A,) is used for 'topic'.
+
+        `truncate`: this step ends the episode (truncated, like a time limit): how a reset in
+        the middle of an episode ends it for every consumer before the next one starts."""
         if not self.running or self.obs is None:
             return None
         if self.source is not None:
@@ -145,6 +151,7 @@ class SimRunner:
         applied = np.clip(self.check_action(action), self.low, self.high)
         applied_to = self.obs_id
         obs, reward, terminated, truncated, _ = self.env.step(applied)
+        truncated = bool(truncated or (truncate and not terminated))
         self.episode_steps += 1
         self.total_steps += 1
         episode, steps = self.episode, self.episode_steps

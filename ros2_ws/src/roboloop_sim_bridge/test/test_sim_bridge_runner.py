@@ -83,3 +83,18 @@ def test_expert_source_and_camera():
 def test_unknown_action_source():
     with pytest.raises(ValueError, match="action_source"):
         SimRunner(ENV, action_source="joystick")
+
+
+def test_truncate_ends_the_episode_with_a_done_step_then_reset_starts_the_next():
+    # ~/reset mid-episode: the node ticks once with truncate=True (a done every consumer sees)
+    runner = SimRunner(ENV, seed=3, action_source="random", auto_restart=False)
+    runner.reset()
+    for _ in range(10):
+        assert not runner.tick().done
+    r = runner.tick(truncate=True)
+    assert r.done and r.truncated and not r.terminated and r.obs is None
+    assert (r.episode, r.episode_steps, r.applied_to) == (0, 11, 10)
+    assert not runner.running and runner.tick() is None
+    runner.reset()
+    assert runner.episode == 1 and runner.running and runner.episode_steps == 0
+    runner.close()
