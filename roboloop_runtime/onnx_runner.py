@@ -70,6 +70,8 @@ class OnnxModel:
         self.path = os.fspath(path)
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        if os.path.isdir(self.path):
+            raise ModelLoadError(f"{self.path}: a directory, not a model file")
         if not os.path.isfile(self.path):
             raise ModelLoadError(f"{self.path}: no such model file")
         self.device = device

@@ -96,6 +96,8 @@ def test_run_and_metadata(toy: Path) -> None:
 def test_load_errors(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="no such model file"):
         OnnxModel(tmp_path / "missing.onnx")
+    with pytest.raises(ModelLoadError, match="a directory, not a model file"):
+        OnnxModel(tmp_path)
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"\x08\x07this is not a protobuf\xff\xfe" * 10)
     with pytest.raises(ModelLoadError, match="corrupt.onnx: cannot load ONNX model"):

@@ -205,6 +205,24 @@ class SimBridgeParams:
     autostart: bool
 
 
+def sensor_qos_profile(name: str) -> Any:
+    """The observations' QoS named by the `sensor_qos` parameter, or one ValueError line."""
+    if name not in SENSOR_QOS:
+        raise ValueError(f"parameter sensor_qos {name!r} is not one of {sorted(SENSOR_QOS)}")
+    return SENSOR_QOS[name]
+
+
+def env_kwargs(text: str) -> dict[str, Any]:
+    """The `env_kwargs_json` parameter as a dict, or one ValueError line naming it."""
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"parameter env_kwargs_json {text!r}: not JSON ({e})") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"parameter env_kwargs_json {text!r}: not a JSON object {{...}}")
+    return kwargs
+
+
 class SimBridgeNode(TableParameters, LifecycleNode):
     PARAMETERS, Params = PARAMETERS, SimBridgeParams
 
@@ -252,6 +270,7 @@ class SimBridgeNode(TableParameters, LifecycleNode):
         try:
             from sim.spec import env_spec, observation_features
 
+            sensor_qos = sensor_qos_profile(p.sensor_qos)
             self._runner = SimRunner(
                 p.env_id,
                 seed=p.seed,
@@ -259,7 +278,7 @@ class SimBridgeNode(TableParameters, LifecycleNode):
                 camera=p.camera,
                 auto_restart=p.auto_restart,
                 max_episodes=p.max_episodes,
-                env_kwargs=json.loads(p.env_kwargs_json),
+                env_kwargs=env_kwargs(p.env_kwargs_json),
             )
             spec = env_spec(self._runner.env, p.env_id, p.camera)
             rate_hz = spec.env_args["control_rate_hz"]
@@ -268,7 +287,6 @@ class SimBridgeNode(TableParameters, LifecycleNode):
             )
             if p.lockstep and not p.publish_clock:
                 raise ValueError("lockstep needs publish_clock: true (steps run on sim time)")
-            sensor_qos = SENSOR_QOS[p.sensor_qos]
             self._features = observation_features(self._runner.env)
             ns = p.topic_namespace
             topics = {key: observation_topic(key, ns) for key in self._features}

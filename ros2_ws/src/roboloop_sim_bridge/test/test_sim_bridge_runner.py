@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from roboloop_sim_bridge.node import SENSOR_QOS, env_kwargs, sensor_qos_profile
 from roboloop_sim_bridge.runner import BadAction, SimRunner
 
 ENV = "Reacher-v5"
@@ -98,3 +99,17 @@ def test_truncate_ends_the_episode_with_a_done_step_then_reset_starts_the_next()
     runner.reset()
     assert runner.episode == 1 and runner.running and runner.episode_steps == 0
     runner.close()
+
+
+def test_env_kwargs_json_is_a_json_object_or_one_line_naming_the_parameter() -> None:
+    assert env_kwargs('{"camera_id": 0}') == {"camera_id": 0}
+    for text, says in (("[1", "not JSON"), ("[1, 2]", "not a JSON object")):
+        with pytest.raises(ValueError, match=f"parameter env_kwargs_json .*{says}") as err:
+            env_kwargs(text)
+        assert "\n" not in str(err.value)
+
+
+def test_sensor_qos_names_its_choices() -> None:
+    assert sensor_qos_profile("reliable") is SENSOR_QOS["reliable"]
+    with pytest.raises(ValueError, match=r"sensor_qos 'bogus' is not one of \['reliable', "):
+        sensor_qos_profile("bogus")
