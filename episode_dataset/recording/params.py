@@ -165,15 +165,21 @@ def _agree(
     return given
 
 
+def json_object_parameter(name: str, text: str) -> dict[str, Any]:
+    """A string parameter holding a JSON object (the recorder's env_args_json, the sim bridge's
+    env_kwargs_json) -> a dict, or one RecorderConfigError line naming the parameter."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RecorderConfigError(f"parameter {name} {text!r}: not JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise RecorderConfigError(f"parameter {name} {text!r}: not a JSON object {{...}}")
+    return value
+
+
 def env_args_from_json(text: str) -> dict[str, Any]:
     """Parameter env_args_json -> a dict (one-line error otherwise)."""
-    try:
-        env_args = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise RecorderConfigError(f"env_args_json is not JSON: {e}") from None
-    if not isinstance(env_args, dict):
-        raise RecorderConfigError(f"env_args_json must be a JSON object, got {env_args!r}")
-    return env_args
+    return json_object_parameter("env_args_json", text)
 
 
 def session_config(

@@ -29,17 +29,21 @@ T0 = 1_000_000_000_000  # node clock (ns) at the first tick
 @pytest.fixture(scope="module")
 def chunked(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ReferencePolicy]:
     path = tmp_path_factory.mktemp("models") / "chunked.onnx"
-    ref = make_reference_policy(
+    return path, chunked_reference(path, horizon=4, n_action_steps=2)
+
+
+def chunked_reference(path: Path, horizon: int, n_action_steps: int) -> ReferencePolicy:
+    """The test's reference policy (3-d state, 4x4 image, 2 actions, 2 observation steps)."""
+    return make_reference_policy(
         path,
         state_dim=3,
         action_dim=2,
         image_hw=(4, 4),
         obs_steps=2,
-        horizon=4,
-        n_action_steps=2,
+        horizon=horizon,
+        n_action_steps=n_action_steps,
         control_rate_hz=20.0,
     )
-    return path, ref
 
 
 def make_loop(path: Path, safe_action: str = "zeros") -> PolicyLoop:
@@ -105,16 +109,7 @@ def test_lockstep_chunked_policy_answers_every_step_with_its_stamp(tmp_path: Pat
     latency counts every action from its own observation, the first-action one only the 3
     steps that ran the model."""
     path = tmp_path / "h8.onnx"
-    ref = make_reference_policy(
-        path,
-        state_dim=3,
-        action_dim=2,
-        image_hw=(4, 4),
-        obs_steps=2,
-        horizon=8,
-        n_action_steps=4,
-        control_rate_hz=20.0,
-    )
+    ref = chunked_reference(path, horizon=8, n_action_steps=4)
     loop = make_loop(path)
     rng = np.random.default_rng(11)
     frames = [frame(rng) for _ in range(12)]

@@ -24,7 +24,6 @@ runs the callback late), so consumers that align by stamp see exactly one observ
 from __future__ import annotations
 
 import functools
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -59,7 +58,7 @@ from std_srvs.srv import Trigger
 from episode_dataset.codecs import MessageError, decode_joint_state, encode_image
 from episode_dataset.ranges import SEED, count, number
 from episode_dataset.recording.alignment import FUTURE_STAMP, is_future_stamp
-from episode_dataset.recording.params import RECORDING_PARAMETERS
+from episode_dataset.recording.params import RECORDING_PARAMETERS, json_object_parameter
 from roboloop_runtime import check_control_rate
 from roboloop_runtime.topics import (
     IMAGE_FEATURE,
@@ -212,17 +211,6 @@ def sensor_qos_profile(name: str) -> Any:
     return SENSOR_QOS[name]
 
 
-def env_kwargs(text: str) -> dict[str, Any]:
-    """The `env_kwargs_json` parameter as a dict, or one ValueError line naming it."""
-    try:
-        kwargs = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"parameter env_kwargs_json {text!r}: not JSON ({e})") from None
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"parameter env_kwargs_json {text!r}: not a JSON object {{...}}")
-    return kwargs
-
-
 class SimBridgeNode(TableParameters, LifecycleNode):
     PARAMETERS, Params = PARAMETERS, SimBridgeParams
 
@@ -278,7 +266,7 @@ class SimBridgeNode(TableParameters, LifecycleNode):
                 camera=p.camera,
                 auto_restart=p.auto_restart,
                 max_episodes=p.max_episodes,
-                env_kwargs=env_kwargs(p.env_kwargs_json),
+                env_kwargs=json_object_parameter("env_kwargs_json", p.env_kwargs_json),
             )
             spec = env_spec(self._runner.env, p.env_id, p.camera)
             rate_hz = spec.env_args["control_rate_hz"]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
-from roboloop_sim_bridge.node import SENSOR_QOS, env_kwargs, sensor_qos_profile
+from roboloop_sim_bridge.node import SENSOR_QOS, sensor_qos_profile
 from roboloop_sim_bridge.runner import BadAction, SimRunner
+
+from episode_dataset.recording.params import json_object_parameter
 
 ENV = "Reacher-v5"
 
@@ -102,6 +106,7 @@ def test_truncate_ends_the_episode_with_a_done_step_then_reset_starts_the_next()
 
 
 def test_env_kwargs_json_is_a_json_object_or_one_line_naming_the_parameter() -> None:
+    env_kwargs = partial(json_object_parameter, "env_kwargs_json")
     assert env_kwargs('{"camera_id": 0}') == {"camera_id": 0}
     for text, says in (("[1", "not JSON"), ("[1, 2]", "not a JSON object")):
         with pytest.raises(ValueError, match=f"parameter env_kwargs_json .*{says}") as err:
