@@ -118,6 +118,19 @@ def test_node_filters_the_bridge_and_predicts(tmp_path: Path, ros_env: dict[str,
                     and int(status.get("episode_starts", 0)) >= 2
                 )
 
+            # An image stamped 100000 s ahead (a sender clock gone wrong), a few times: dropped
+            # as malformed; accepted, it would be the newest filtered stamp and nothing later
+            # would ever be filtered again.
+            liar = n.create_publisher(Image, "/sim/image", 10)
+            probe.wait_for(lambda: len(rewards) >= 5, 60, "5 rewards")
+            future = Image(height=CAMERA, width=CAMERA, encoding="rgb8", step=3 * CAMERA)
+            future.data = bytes(3 * CAMERA * CAMERA)
+            for _ in range(3):
+                stamp_ns = n.get_clock().now().nanoseconds + 100_000 * 10**9
+                future.header.stamp.sec, future.header.stamp.nanosec = divmod(stamp_ns, 10**9)
+                liar.publish(future)
+                probe.spin_for(0.03)
+            injected = len(rewards)
             try:
                 probe.wait_for(across_an_episode_end, 60, "30 rewards and an episode end")
             except TimeoutError as err:
@@ -140,6 +153,9 @@ def test_node_filters_the_bridge_and_predicts(tmp_path: Path, ros_env: dict[str,
     assert (frame.height, frame.width, frame.encoding) == (CAMERA, CAMERA, "rgb8")
     pixels = np.frombuffer(frame.data, np.uint8)
     assert pixels.size == CAMERA * CAMERA * 3 and pixels.std() > 0
+    assert len(rewards) >= injected + 20
+    assert int(status["malformed_observations"]) >= 1
+    assert "s ahead of the node clock (future_tolerance_s 1)" in procs[1].log_text()
     # The episode end restarted the latent from the initial state (diagnostics and log).
     assert int(status["episode_starts"]) >= 2 and status["missing_applied_actions"] == "0"
     assert status["graphs"] == "decode,filter,imagine" and status["latent_deter"] == "32"

@@ -13,7 +13,6 @@ skeleton's; the logic lives in ROS-free modules: `observations` (decoding, bindi
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Mapping
@@ -120,6 +119,9 @@ def observation_parameters(safe_action_help: str) -> dict[str, tuple[Any, ...]]:
             "reject observations farther than this many std (half-ranges) from the training data",
             number(0.001, 1e12),
         ),
+        # The recorder's parameter (default, range, meaning): observations stamped further
+        # ahead of the node clock are dropped as malformed (future_stamp).
+        "future_tolerance_s": RECORDING_PARAMETERS["future_tolerance_s"],
     }
 
 
@@ -136,9 +138,6 @@ PARAMETERS: dict[str, tuple[Any, ...]] = {
         number(0, 100),
     ),
     **observation_parameters("action published while stale: zeros | hold (last action)"),
-    # The recorder's parameter (default, range, meaning): observations stamped further ahead
-    # of the node clock are dropped as malformed (future_stamp).
-    "future_tolerance_s": RECORDING_PARAMETERS["future_tolerance_s"],
     "action_topic": ("/sim/action", "sensor_msgs/JointState actions (effort = action)"),
     "trigger": (
         "timer",
@@ -209,6 +208,7 @@ class ObservationParams(ModelParams):
     stale_periods: float
     safe_action: str
     max_normalized_observation: float
+    future_tolerance_s: float
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,6 @@ class PolicyParams(ObservationParams):
     episode-done topic and the executor."""
 
     noise_scale: float
-    future_tolerance_s: float
     trigger: str
     episode_done_topic: str
     executor: str
@@ -315,11 +314,6 @@ class ObservingNode(ModelNode):
             return self.get_clock().now().nanoseconds
         return time.monotonic_ns()
 
-    def future_tolerance_s(self) -> float:
-        """How far ahead of the node clock an observation stamp may be (inf: no limit; the
-        policy node's `future_tolerance_s` parameter)."""
-        return math.inf
-
     def _on_observation(self, binding: ObservationBinding, msg: Any) -> bool:
         """Decode and hand to the loop; False when there is no loop or the message was
         malformed (counted and logged)."""
@@ -330,7 +324,7 @@ class ObservingNode(ModelNode):
         try:
             value = decode(binding, msg)
             now_ns = self.get_clock().now().nanoseconds
-            stamp_ns = observation_stamp(msg, now_ns, self.future_tolerance_s())
+            stamp_ns = observation_stamp(msg, now_ns, self.params.future_tolerance_s)
         except MessageError as err:
             text = f"dropped malformed observation: {binding.topic}: {err}"
             self.warn(f"malformed:{binding.topic}:{err.reason}", text)
@@ -421,9 +415,6 @@ class PolicyNode(ObservingNode):
             self._action_pub = None
 
     # ---- data path ------------------------------------------------------------------------
-    def future_tolerance_s(self) -> float:
-        return self.params.future_tolerance_s
-
     def _on_observation(self, binding: ObservationBinding, msg: Any) -> bool:
         """Decode and store; trigger=observation: act at once when this completed a step (the
         same thread as the timer would, minus the wait for its tick)."""
