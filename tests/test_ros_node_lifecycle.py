@@ -194,3 +194,49 @@ def test_a_parameter_set_while_unconfigured_counts_at_the_next_configure(tmp_pat
     finally:
         node.destroy_node()
         rclpy.shutdown(context=context)
+
+
+@pytest.mark.parametrize(
+    "overrides, error",
+    [
+        (
+            {"action_topic": "bad topic!"},
+            "parameter action_topic: 'bad topic!' is not a topic name: topic name must not "
+            "contain characters other than alphanumerics, '_', '~', '{', or '}'",
+        ),
+        (
+            {"observation_namespace": "", "observation_topics": ["/sim/state/"]},
+            "parameter observation_topics: '/sim/state/' is not a topic name: topic name must "
+            "not end with a forward slash",
+        ),
+        (
+            {"control_rate_hz": 500.0, "real_time_factor": 10.0},
+            "control rate 500 Hz (parameter) x real_time_factor 10 (parameter) = 5000 Hz is "
+            "outside (0, 1000] Hz",
+        ),
+    ],
+    ids=["action_topic", "observation_topics", "rate"],
+)
+def test_a_bad_parameter_is_named_not_blamed_on_the_model(reacher_model, overrides, error):
+    """Configure names the parameter at fault in one line; the model file, which is fine,
+    is not in it (it used to prefix a topic or rate error as if the model were broken)."""
+    import rclpy
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+    from roboloop_policy.node import PolicyNode
+
+    values = {"model_path": str(reacher_model), "spec_topic": "", "autostart": False}
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = PolicyNode(
+        context=context,
+        parameter_overrides=[Parameter(k, value=v) for k, v in {**values, **overrides}.items()],
+    )
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert node.configure_error == error
+        node.set_parameters([Parameter(k, value=PolicyNode.PARAMETERS[k][0]) for k in overrides])
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)

@@ -55,6 +55,7 @@ from roboloop_node_common.runtime import (
     DIAGNOSTICS_TOPIC,
     ParameterTable,
     TableParameters,
+    check_topic_parameters,
     publish_status,
 )
 from roboloop_runtime import ModelLoadError, OnnxModel
@@ -144,6 +145,7 @@ class ModelNode(TableParameters, LifecycleNode):
         params = self.reload_params()
         self.faults.hold_s = params.error_hold_s
         try:
+            check_topic_parameters(params)
             if not params.model_path:
                 raise ValueError("parameter model_path is empty")
             model = self.load(params)

@@ -31,12 +31,13 @@ from rcl_interfaces.msg import (
     ParameterDescriptor,
     ParameterType,
 )
-from rclpy.exceptions import ParameterException
+from rclpy.exceptions import InvalidTopicNameException, ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from rclpy.signals import SignalHandlerOptions
+from rclpy.validate_topic_name import validate_topic_name
 
 from episode_dataset.ranges import Range
 from roboloop_node_common.entry import catch_stop_signals, ignore_stop_signals
@@ -135,6 +136,26 @@ class TableParameters:
     def reload_params(self) -> Any:
         self.params = read_parameters(self, self.PARAMETERS, self.Params)  # type: ignore[arg-type]
         return self.params
+
+
+def topic_name_problem(topic: str) -> str | None:
+    """Why `topic` is not a valid ROS topic name (rclpy's rule, its first line), or None."""
+    try:
+        validate_topic_name(topic)
+    except InvalidTopicNameException as err:
+        return str(err).splitlines()[0].removeprefix("Invalid topic name: ").rstrip(":")
+    return None
+
+
+def check_topic_parameters(params: object) -> None:
+    """ValueError naming the first parameter (`*_topic` or `*_topics`; '' = unused) that holds
+    an invalid topic name: said at configure, before the node subscribes or blames its model."""
+    for name, value in vars(params).items():
+        if not name.endswith(("_topic", "_topics")):
+            continue
+        for topic in [value] if isinstance(value, str) else value:
+            if topic and (problem := topic_name_problem(topic)):
+                raise ValueError(f"parameter {name}: {topic!r} is not a topic name: {problem}")
 
 
 def publish_status(

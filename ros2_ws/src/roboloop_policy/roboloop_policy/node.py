@@ -38,6 +38,7 @@ from episode_dataset.ranges import SEED, number
 from episode_dataset.recording.params import RECORDING_PARAMETERS
 from roboloop_policy.control import STALE, TRIGGERS, Command, PolicyLoop
 from roboloop_policy.observations import (
+    MAX_REAL_TIME_FACTOR,
     BindingError,
     ObservationBinding,
     bind_observations,
@@ -96,7 +97,7 @@ def observation_parameters(safe_action_help: str) -> dict[str, tuple[Any, ...]]:
             "robot seconds per wall-clock second (a sim run slower than real time): the "
             "control timer ticks control_rate_hz x this per wall-clock second; 0 = the "
             "spec_topic's, else 1",
-            number(0, 1000),
+            number(0, MAX_REAL_TIME_FACTOR),
         ),
         "spec_topic": (
             "",
@@ -263,12 +264,13 @@ class ObservingNode(ModelNode):
                 f"{params.model_path}: metadata has no control_rate_hz; set parameter "
                 "control_rate_hz"
             )
-        try:
-            wall_rate = check_control_rate(rate * rtf, "control rate x real_time_factor")
-        except ValueError as err:
-            raise ValueError(f"{params.model_path}: {err}") from None
-        self._bindings = bindings
         source = f"spec on {params.spec_topic}" if spec else "parameter"
+        rate_source = "parameter" if params.control_rate_hz else f"{params.model_path} metadata"
+        wall_rate = check_control_rate(
+            rate * rtf,
+            f"control rate {rate:g} Hz ({rate_source}) x real_time_factor {rtf:g} ({source}) =",
+        )
+        self._bindings = bindings
         self._rates = (rate, rtf, source if spec or params.real_time_factor else "default")
         return 1.0 / wall_rate
 

@@ -26,6 +26,7 @@ a model observation the robot does not publish, or publishes with another featur
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,8 @@ from episode_dataset.recording.alignment import FUTURE_STAMP
 from roboloop_policy.safety import ObservationRange
 from roboloop_runtime import ObsSpec
 from roboloop_runtime.topics import TopicNameError, observation_message_type, observation_topic
+
+MAX_REAL_TIME_FACTOR = 1000.0  # robot seconds per wall-clock second (the parameter's range too)
 
 if TYPE_CHECKING:  # a type only: this module stays ROS-free
     from roboloop_node_common.robot_spec import DatasetSpec
@@ -199,6 +202,12 @@ def real_time_factor_of(parameter: float, spec: DatasetSpec | None, spec_topic: 
             f"parameters real_time_factor ({parameter:g}) and spec_topic ({spec_topic}) both "
             "give the real-time factor: set only one (real_time_factor 0 takes the spec's)"
         )
-    if spec.real_time_factor is None:
+    rtf = spec.real_time_factor
+    if rtf is None:
         raise BindingError(f"the spec on {spec_topic} has no real_time_factor")
-    return spec.real_time_factor
+    if not (math.isfinite(rtf) and 0 < rtf <= MAX_REAL_TIME_FACTOR):
+        raise BindingError(
+            f"the spec on {spec_topic} has real_time_factor {rtf:g}, outside "
+            f"(0, {MAX_REAL_TIME_FACTOR:g}]"
+        )
+    return rtf

@@ -141,6 +141,12 @@ def test_the_robot_spec_gives_the_real_time_factor_and_must_publish_the_model_in
     assert real_time_factor_of(0.0, None, "") == 1.0 and real_time_factor_of(0.5, None, "") == 0.5
     with pytest.raises(BindingError, match=r"real_time_factor \(0.4\) and spec_topic \(/s\)"):
         real_time_factor_of(0.4, spec, "/s")
+    for rtf in (-0.4, 0.0, float("nan"), 2000.0):  # a hand-made spec, not the model's fault
+        bad = DatasetSpec(spec.obs_specs, spec.action_spec, {}, rtf)
+        with pytest.raises(
+            BindingError, match=r"^the spec on /s has real_time_factor .*, outside"
+        ):
+            real_time_factor_of(0.0, bad, "/s")
     cases = [
         ({"state": state}, "needs observation 'image' but the spec on /s has only \\['state'\\]"),
         (

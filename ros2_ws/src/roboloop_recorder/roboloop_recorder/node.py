@@ -24,7 +24,6 @@ from typing import Any
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.clock import Clock, ClockType, JumpThreshold
 from rclpy.duration import Duration
-from rclpy.exceptions import InvalidTopicNameException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
     DurabilityPolicy,
@@ -32,7 +31,6 @@ from rclpy.qos import (
     ReliabilityPolicy,
 )
 from rclpy.time import Time
-from rclpy.validate_topic_name import validate_topic_name
 from roboloop_node_common.entry import STOP
 from roboloop_node_common.lockstep import StepAcknowledger
 from roboloop_node_common.robot_spec import DatasetSpec, wait_for_spec
@@ -42,6 +40,7 @@ from roboloop_node_common.runtime import (
     TableParameters,
     publish_status,
     run_node,
+    topic_name_problem,
 )
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
@@ -199,13 +198,8 @@ class RecorderParams:
 
 def check_topic_name(topic: str) -> None:
     """rclpy's topic-name rule, as one RecorderConfigError line naming the topic."""
-    try:
-        validate_topic_name(topic)
-    except InvalidTopicNameException as e:
-        reason = str(e).splitlines()[0].removeprefix("Invalid topic name: ").rstrip(":")
-        raise RecorderConfigError(
-            f"topic {topic!r} is not a valid ROS topic name: {reason}"
-        ) from None
+    if problem := topic_name_problem(topic):
+        raise RecorderConfigError(f"topic {topic!r} is not a valid ROS topic name: {problem}")
 
 
 class RecorderNode(TableParameters, LifecycleNode):
