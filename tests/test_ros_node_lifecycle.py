@@ -123,6 +123,40 @@ def test_bad_ros_arguments_are_one_line_and_exit_2(tmp_path, ros_env):
         assert len(errors) == 1 and "log level" in errors[0], p.log_text()
 
 
+def test_a_command_line_value_the_params_file_would_override_is_refused(tmp_path, ros_env):
+    """rcl drops, without a word, a `-p` value of another type than the params file gives the
+    same parameter (alone, the same `-p` is refused): the node says so and exits 2. A `-p` of
+    the right type, and one for another node, are applied or left alone as usual."""
+    params = REPO / "ros2_ws/src/roboloop_policy/config/policy.yaml"
+    cases = {
+        "dropped": ["-p", "stale_periods:=abc"],
+        "applied": ["-p", "stale_periods:=1e2", "-p", "other_node:stale_periods:=abc"],
+    }
+    procs = {
+        case: start_node(
+            "policy_node",
+            params_file=params,
+            params={"model_path": str(tmp_path / "none.onnx")},
+            log_path=tmp_path / f"{case}.log",
+            env=ros_env,
+            extra_args=args,
+        )
+        for case, args in cases.items()
+    }
+    try:
+        assert procs["dropped"].popen.wait(60) == 2
+        _wait(lambda: "configure failed" in procs["applied"].log_text(), 60, "configure", [])
+        assert procs["applied"].alive()
+    finally:
+        procs["applied"].stop()
+    lines = [ln for ln in procs["dropped"].log_text().splitlines() if "stale_periods" in ln]
+    assert len(lines) == 1 and lines[0].endswith(
+        "bad parameter: -p stale_periods:=abc was not applied: stale_periods takes a double and "
+        "stays 3.0 from the params file (rcl drops a value of another type)"
+    ), procs["dropped"].log_text()
+    _no_traceback(procs["dropped"])
+
+
 @pytest.fixture
 def reacher_model(tmp_path: Path) -> Path:
     from roboloop_policy.reference_model import make_reference_policy

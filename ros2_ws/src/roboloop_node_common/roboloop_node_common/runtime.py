@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from xml.etree import ElementTree
 
 import rclpy
+import yaml
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (
     FloatingPointRange,
@@ -204,6 +205,67 @@ def keep_discovery_local(environ: MutableMapping[str, str]) -> str | None:
     return f"{why}: using LOCALHOST so that discovery stays on this machine"
 
 
+def command_line_parameters(argv: list[str], node: Node) -> dict[str, str]:
+    """The `-p [node:]name:=value` rules of `argv`'s `--ros-args` that apply to `node`
+    (the last one per name wins): name -> value text."""
+    rules: dict[str, str] = {}
+    in_ros_args, taking = False, False
+    for arg in argv:
+        if arg == "--ros-args":
+            in_ros_args = True
+        elif arg == "--":
+            in_ros_args = False
+        elif in_ros_args and arg in ("-p", "--param"):
+            taking = True
+            continue
+        elif taking and ":=" in arg:
+            target, text = arg.split(":=", 1)
+            node_name, _, name = target.rpartition(":")
+            if node_name in ("", "/**", node.get_name(), node.get_fully_qualified_name()):
+                rules[name] = text
+        taking = False
+    return rules
+
+
+def _same_value(text: str, value: Any) -> bool:
+    """Whether the `-p` text `text` reads as `value` (YAML, as rcl reads it, or its spelling)."""
+    if text == str(value):
+        return True
+    try:
+        given = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return False
+    if isinstance(value, bool) or isinstance(given, bool):
+        return given is value
+    if isinstance(value, int | float) and isinstance(given, int | float | str):
+        try:
+            return float(given) == float(value)
+        except ValueError:
+            return False
+    return bool(given == value)
+
+
+class DroppedParameterError(ValueError):
+    """A `-p` value that rcl did not apply."""
+
+
+def check_command_line_parameters(node: Node, argv: list[str]) -> None:
+    """DroppedParameterError for a `-p` value the node does not hold. rcl drops, without a word, a
+    `-p` value of another type than a params file gives the same parameter (`-p
+    stale_periods:=abc` beside a file's `stale_periods: 3.0` leaves 3.0), where the same `-p`
+    alone is refused."""
+    for name, text in command_line_parameters(argv, node).items():
+        if not node.has_parameter(name):
+            continue  # warn_unknown_parameters says so
+        current = node.get_parameter(name)
+        if not _same_value(text, current.value):
+            raise DroppedParameterError(
+                f"-p {name}:={text} was not applied: {name} takes a "
+                f"{current.type_.name.lower()} and stays {current.value!r} from the params "
+                "file (rcl drops a value of another type)"
+            )
+
+
 def run_node(
     make_node: Callable[[], RoboloopNode],
     args: list[str] | None = None,
@@ -235,7 +297,8 @@ def run_node(
         return EXIT_BAD_PARAMETER
     try:
         node = make_node()
-    except ParameterException as err:
+        check_command_line_parameters(node, sys.argv if args is None else args)
+    except (ParameterException, DroppedParameterError) as err:
         rclpy.logging.get_logger("roboloop").fatal(f"bad parameter: {err}")
         rclpy.try_shutdown(uninstall_handlers=False)
         return EXIT_BAD_PARAMETER
