@@ -9,7 +9,8 @@ publishes every observation key of its env on /sim/<key> and latches its spec on
 recorder takes keys, shapes, env_args and rates from that spec, the policy node reads the
 observations its model declares from /sim/<key> (state and state+camera models alike). The
 bridge and the policy share one real-time factor (0.4 in both params files: Reacher-v5's 50 Hz
-control rate at 20 steps per wall-clock second).
+control rate at 20 steps per wall-clock second). Any node that exits stops the whole loop (exit 1
+if it failed): the sim never runs unrecorded, nor is it recorded without its policy.
 """
 
 from __future__ import annotations

@@ -19,18 +19,16 @@ runs unrecorded.
 from __future__ import annotations
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, Shutdown
+from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
-from roboloop_bringup.launch_common import log_level, log_level_arguments, loopback_dds
-
-
-def _recorder_exited(event, context) -> list[Shutdown]:
-    """on_exit: stop everything with the recorder; raising makes `ros2 launch` exit 1."""
-    if event.returncode != 0:
-        raise RuntimeError(f"recorder exited with code {event.returncode}: stopping the launch")
-    return [Shutdown(reason="the recorder exited")]
+from roboloop_bringup.launch_common import (
+    log_level,
+    log_level_arguments,
+    loopback_dds,
+    stop_launch_on_exit,
+)
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -79,7 +77,7 @@ def generate_launch_description() -> LaunchDescription:
                     },
                 ],
                 ros_arguments=log_level_arguments(),
-                on_exit=_recorder_exited,
+                on_exit=stop_launch_on_exit(),
             ),
         ]
     )

@@ -13,7 +13,12 @@ from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
-from roboloop_bringup.launch_common import log_level, log_level_arguments, loopback_dds
+from roboloop_bringup.launch_common import (
+    log_level,
+    log_level_arguments,
+    loopback_dds,
+    stop_launch_on_exit,
+)
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -75,6 +80,7 @@ def generate_launch_description() -> LaunchDescription:
                     },
                 ],
                 ros_arguments=log_level_arguments(),
+                on_exit=stop_launch_on_exit(),
             ),
         ]
     )

@@ -298,6 +298,17 @@ def test_launch_cli_refuses_bad_launch_arguments_in_one_line(arg, message):
     assert text.startswith("launch_cli: sim.launch.py") and message in text and "\n" not in text
 
 
+@pytest.mark.parametrize("variable", ["ROS_DOMAIN_ID", "ROS_LOG_DIR"])
+def test_launch_cli_without_a_domain_or_log_dir_says_so_in_one_line(variable, monkeypatch):
+    """A shell without the exports of docs/ros_bridge_recorder.md was a ValueError traceback
+    from the first node's start."""
+    monkeypatch.delenv(variable, raising=False)
+    monkeypatch.delenv("ROS_HOME", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        run(["roboloop_bringup", "sim.launch.py"])
+    assert str(exc.value).startswith(f"launch_cli: ros_env: no {variable} given or inherited")
+
+
 @pytest.mark.ros
 @pytest.mark.xdist_group("ros")
 def test_launch_cli_exits_1_when_the_recorder_fails(tmp_path, ros_env):

@@ -260,3 +260,37 @@ def test_stand_in_checks_choices_with_launchs_messages(tmp_path, declaration, me
     )
     with pytest.raises(LaunchError, match=message):
         load_launch_file(path)
+
+
+def test_a_missing_params_file_is_refused_before_any_node_starts(tmp_path):
+    """`recorder_params_file:=` a path that is not there (a typo, a relative path from another
+    directory) was a FileNotFoundError traceback from launch_cli once the bridge and the policy
+    node had started, which it then left running."""
+    from roboloop_bringup.launch_standin import LaunchError
+
+    missing = tmp_path / "my_recorder.yaml"
+    args = {"model_path": "/models/policy.onnx", "recorder_params_file": str(missing)}
+    with pytest.raises(LaunchError) as refused:
+        load_launch_file(REPO / "launch/loop.launch.py", args)
+    assert str(refused.value) == f"loop.launch.py: recorder: params file {missing} does not exist"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("", "recorder: parameter output_path:='' is not a value launch_ros accepts"),
+        ("{a: 1}", "recorder: parameter output_path:='{a: 1}' is not a value launch_ros accepts"),
+        ("[", "recorder: parameter output_path:='[' is not YAML: expected the node content"),
+    ],
+    ids=["empty", "mapping", "broken-yaml"],
+)
+def test_a_value_launch_ros_cannot_pass_as_a_parameter_is_refused(value, message):
+    """launch_ros reads a parameter's substituted value as YAML and refuses what is not a
+    scalar or a list (Node: evaluate_parameter_dict). The stand-in passed `output_path:=` on as
+    the string "None", so the recorder wrote ./None; broken YAML was a traceback."""
+    from roboloop_bringup.launch_standin import LaunchError
+
+    with pytest.raises(LaunchError) as refused:
+        load_launch_file(REPO / "launch/record.launch.py", {"output_path": value})
+    assert str(refused.value).startswith(f"record.launch.py: {message}")
+    assert "\n" not in str(refused.value) and refused.value.started == []

@@ -4,10 +4,10 @@
 
 Runs every node the launch file declares through the stand-in (`launch_standin`), prints each
 node's output prefixed with its name as `output="screen"` does, and applies the nodes' on_exit
-(the recorder's Shutdown). SIGINT or SIGTERM stops the nodes with SIGINT first. Exit code: what
-`ros2 launch` returns after a Shutdown or an on_exit failure (0 / 1); when every node exits on
-its own, 0 if all exited with 0, else 1. The Docker image built from docker/Dockerfile.pypi runs
-its compose services with it.
+(each stops the launch when its node exits). SIGINT, SIGTERM or SIGHUP (a closed terminal) stops
+the nodes with SIGINT first. Exit code: what `ros2 launch` returns after a Shutdown or an on_exit
+failure (0 / 1); when every node exits on its own, 0 if all exited with 0, else 1. The Docker
+image built from docker/Dockerfile.pypi runs its compose services with it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TextIO
 
 from roboloop_bringup.launch_standin import LaunchedNodes, LaunchError, load_launch_file
-from roboloop_bringup.processes import SRC
+from roboloop_bringup.processes import SRC, ros_env
 
 POLL_S = 0.1
 
@@ -84,24 +84,33 @@ def run(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
         info = load_launch_file(path, args)
     except (LaunchError, KeyError) as err:  # refused before any node starts, as launch does
         raise SystemExit(f"launch_cli: {err.args[0]}") from None
+    try:  # checked before any node starts (no ROS_DOMAIN_ID: every node would refuse to start)
+        env = ros_env()
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"launch_cli: {err}") from None
     log_root = Path(os.environ.get("ROS_LOG_DIR", "/tmp/ros_log"))
     log_dir = log_root / f"launch_{path.stem.split('.')[0]}_{time.strftime('%Y%m%d-%H%M%S')}"
     stop = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
         signal.signal(sig, lambda signum, frame: stop.append(signum))
-    launched = info.launch(log_dir, os.environ)
-    relay = _LogRelay(launched, out)
-    out.write(f"[launch_cli] {path.name}: {len(info.nodes)} node(s), logs in {log_dir}\n")
-    code: int | None = None
-    while code is None:
+    launched = info.launch(log_dir, env)
+    try:
+        relay = _LogRelay(launched, out)
+        out.write(f"[launch_cli] {path.name}: {len(info.nodes)} node(s), logs in {log_dir}\n")
+        code: int | None = None
+        while code is None:
+            relay.pump()
+            if stop:
+                launched.shutdown(0, f"signal {signal.Signals(stop[0]).name}")
+                code = 0
+            elif (code := launched.poll()) is None and not any(p.alive() for p in launched.procs):
+                code = int(any(p.popen.returncode != 0 for p in launched.procs))
+            time.sleep(POLL_S)
         relay.pump()
-        if stop:
-            launched.shutdown(0, f"signal {signal.Signals(stop[0]).name}")
-            code = 0
-        elif (code := launched.poll()) is None and not any(p.alive() for p in launched.procs):
-            code = int(any(p.popen.returncode != 0 for p in launched.procs))
-        time.sleep(POLL_S)
-    relay.pump()
+    finally:
+        # Each node runs in its own session: if this loop fails (stdout closed under `| head`),
+        # nothing else would stop them.
+        launched.shutdown()
     reason = launched.reason or "every node exited"
     out.write(f"[launch_cli] stopped ({reason}); exit {code}\n")
     return code

@@ -1,7 +1,9 @@
-"""What every roboloop launch file declares: the `log_level` argument and loopback-only DDS.
+"""What every roboloop launch file declares: the `log_level` argument, loopback-only DDS and
+nodes the launch stops with.
 
-    from roboloop_bringup.launch_common import log_level, loopback_dds
-    LaunchDescription([..., log_level(), *loopback_dds(), Node(..., ros_arguments=LOG_LEVEL)])
+    from roboloop_bringup.launch_common import log_level, loopback_dds, stop_launch_on_exit
+    LaunchDescription([..., log_level(), *loopback_dds(),
+                       Node(..., ros_arguments=LOG_LEVEL, on_exit=stop_launch_on_exit())])
 
 `launch` is imported inside the functions: under `launch_standin` its stand-in modules exist only
 while a file is being visited, and under `ros2 launch` the real ones are there either way.
@@ -9,6 +11,7 @@ while a file is being visited, and under `ros2 launch` the real ones are there e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 LOG_LEVELS = ["debug", "info", "warn", "error", "fatal"]
@@ -44,3 +47,20 @@ def loopback_dds() -> list[Any]:
         SetEnvironmentVariable("ROS_AUTOMATIC_DISCOVERY_RANGE", "SYSTEM_DEFAULT"),
         SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", profile),
     ]
+
+
+def stop_launch_on_exit() -> Callable[[Any, Any], list[Any]]:
+    """A Node's `on_exit`: when the node exits, launch stops every node it started, and exits 1
+    if the node failed (an exception raised in on_exit is how `ros2 launch` exits 1). Without
+    it, loop.launch.py went on after its bridge or policy node died: the recorder saved
+    episodes of zero actions as policy rollouts, and nothing said so."""
+    from launch.actions import Shutdown  # now: the stand-in's modules are gone when nodes exit
+
+    def exited(event: Any, context: Any) -> list[Any]:
+        if event.returncode != 0:
+            raise RuntimeError(
+                f"{event.process_name} exited with code {event.returncode}: stopping the launch"
+            )
+        return [Shutdown(reason=f"{event.process_name} exited")]
+
+    return exited

@@ -253,21 +253,43 @@ class _Node:
         self.on_exit = on_exit
 
     def visit(self, context: _Context) -> None:
-        import yaml
-
         files, params = [], {}
         for p in self.parameters:
             if isinstance(p, dict):
-                # launch_ros parses substituted values as YAML ("0" -> 0, "true" -> True)
-                params.update({k: yaml.safe_load(_perform(v, context)) for k, v in p.items()})
+                for k, v in p.items():
+                    params[k] = _parameter_value(self.executable, k, _perform(v, context))
             else:
-                files.append(Path(_perform(p, context)))
+                path = Path(_perform(p, context))
+                if not path.is_file():  # launch_ros asserts this before it starts the node
+                    raise RuntimeError(f"{self.executable}: params file {path} does not exist")
+                files.append(path)
         arguments = [_perform(a, context) for a in self.ros_arguments]
         context.nodes.append(
             LaunchNode(
                 self.package, self.executable, self.name, files, params, arguments, self.on_exit
             )
         )
+
+
+def _parameter_value(executable: str, name: str, text: str) -> object:
+    """A substituted parameter value as launch_ros reads it: YAML ("0" -> 0, "true" -> True), a
+    scalar or a non-empty list of one type; anything else fails the launch, as launch_ros does.
+    (`output_path:=` was passed on as the string "None": the recorder wrote ./None.)"""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or err
+        message = f"{executable}: parameter {name}:={text!r} is not YAML: {problem}"
+        raise RuntimeError(message) from None
+    types = {type(v) for v in (value if isinstance(value, list) else [value])}
+    if len(types) != 1 or not types <= {bool, int, float, str}:
+        raise RuntimeError(
+            f"{executable}: parameter {name}:={text!r} is not a value launch_ros accepts (a bool, "
+            "int, float or string, or a non-empty list of one of them; '' for an empty string)"
+        )
+    return value
 
 
 class _LaunchDescription:
