@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -151,8 +153,8 @@ def test_a_command_line_value_the_params_file_would_override_is_refused(tmp_path
         procs["applied"].stop()
     lines = [ln for ln in procs["dropped"].log_text().splitlines() if "stale_periods" in ln]
     assert len(lines) == 1 and lines[0].endswith(
-        "bad parameter: -p stale_periods:=abc was not applied: stale_periods takes a double and "
-        "stays 3.0 from the params file (rcl drops a value of another type)"
+        "bad parameter: -p stale_periods:=abc was not applied: stale_periods is of type double "
+        "and stays 3.0 from the params file (rcl drops a value of another type)"
     ), procs["dropped"].log_text()
     _no_traceback(procs["dropped"])
 
@@ -186,6 +188,89 @@ def test_loop_stops_when_the_recorder_cannot_record(tmp_path, ros_env, reacher_m
     assert codes == [0, 0, 1], [p.log_text()[-1500:] for p in launched.procs]
     for p in launched.procs:
         _no_traceback(p)
+
+
+def _killed_once_active(proc: RosProcess) -> bool:
+    """SIGKILL the node once it is up (a crash mid-run); False until then."""
+    if ": active" not in proc.log_text():
+        return False
+    proc.kill()  # and remove the shared-memory files only it held
+    return True
+
+
+@pytest.mark.parametrize(
+    ("args", "failing", "fail", "code"),
+    [
+        ({"seed": "abc"}, "sim_bridge", None, 2),  # a bad launch argument: the bridge exits 2
+        ({}, "policy_node", _killed_once_active, -9),
+    ],
+    ids=["bridge-bad-seed", "policy-killed-while-acting"],
+)
+def test_loop_stops_when_any_of_its_nodes_exits(
+    tmp_path, ros_env, reacher_model, args, failing, fail, code
+):
+    """Every node of loop.launch.py is required, as the recorder is. Before, a bridge that
+    refused its seed left the policy and recorder waiting with no word from launch, and a
+    policy node that died mid-run left the bridge stepping on zero actions while the recorder
+    saved those episodes as policy rollouts."""
+    args = {"model_path": str(reacher_model), "output_path": str(tmp_path / "r.hdf5"), **args}
+    info = load_launch_file(REPO / "launch/loop.launch.py", args)
+    launched = info.launch(tmp_path, ros_env)
+    proc = dict(zip([n.executable for n in info.nodes], launched.procs, strict=True))[failing]
+    try:
+        if fail is not None:
+            _wait(lambda: fail(proc), 60, f"{failing} to come up", launched.procs)
+        _wait(lambda: launched.poll() is not None, 60, "launch to shut down", launched.procs)
+        codes = [p.popen.wait(30) for p in launched.procs]
+    finally:
+        launched.shutdown()
+    assert launched.returncode == 1, launched.reason
+    assert f"{failing} exited with code {code}: stopping the launch" in launched.reason
+    assert sorted(codes) == sorted([code, 0, 0]), [p.log_text()[-1500:] for p in launched.procs]
+
+
+def _children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    return [int(c) for t in tasks.iterdir() for c in (t / "children").read_text().split()]
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("end", ["sighup", "stdout-closed"])
+def test_launch_cli_leaves_no_node_running_when_its_terminal_goes(tmp_path, ros_env, end):
+    """Closing the terminal (SIGHUP) killed launch_cli, and a write to a closed stdout (`| head`)
+    ended it with BrokenPipeError; either way the nodes, each in its own session, ran on."""
+    cmd = [sys.executable, "-m", "roboloop_bringup.launch_cli", "roboloop_bringup"]
+    env = {**ros_env, "ROS_LOG_DIR": str(tmp_path)}
+    cli = subprocess.Popen(
+        [*cmd, "sim.launch.py"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
+    )
+    nodes = []
+    try:
+        while b"[sim_bridge]: active" not in (line := cli.stdout.readline()):
+            assert line, "launch_cli ended before the bridge came up"
+        nodes = _children(cli.pid)
+        if end == "sighup":
+            cli.send_signal(signal.SIGHUP)
+            assert cli.stdout.read().endswith(b"stopped (signal SIGHUP); exit 0\n")
+        else:
+            cli.stdout.close()
+        cli.wait(30)
+        _wait(lambda: not any(_running(pid) for pid in nodes), 5, "the nodes to stop", [])
+    finally:
+        for pid in filter(_running, nodes):  # left running: stop it as launch_cli should have
+            os.kill(pid, signal.SIGINT)
+        _wait(lambda: not any(_running(pid) for pid in nodes), 30, "the nodes to stop", [])
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert nodes, "launch_cli started no node"
+    assert cli.returncode == (0 if end == "sighup" else 1)
 
 
 def _recorder_case(tmp_path: Path):  # noqa: ANN202
@@ -230,47 +315,47 @@ def test_a_parameter_set_while_unconfigured_counts_at_the_next_configure(tmp_pat
         rclpy.shutdown(context=context)
 
 
-@pytest.mark.parametrize(
-    "overrides, error",
-    [
-        (
-            {"action_topic": "bad topic!"},
-            "parameter action_topic: 'bad topic!' is not a topic name: topic name must not "
-            "contain characters other than alphanumerics, '_', '~', '{', or '}'",
-        ),
-        (
-            {"observation_namespace": "", "observation_topics": ["/sim/state/"]},
-            "parameter observation_topics: '/sim/state/' is not a topic name: topic name must "
-            "not end with a forward slash",
-        ),
-        (
-            {"control_rate_hz": 500.0, "real_time_factor": 10.0},
-            "control rate 500 Hz (parameter) x real_time_factor 10 (parameter) = 5000 Hz is "
-            "outside (0, 1000] Hz",
-        ),
-    ],
-    ids=["action_topic", "observation_topics", "rate"],
-)
-def test_a_bad_parameter_is_named_not_blamed_on_the_model(reacher_model, overrides, error):
+BAD_PARAMETERS = {
+    "action_topic": (
+        {"action_topic": "bad topic!"},
+        "parameter action_topic: 'bad topic!' is not a topic name: topic name must not "
+        "contain characters other than alphanumerics, '_', '~', '{', or '}'",
+    ),
+    "observation_topics": (
+        {"observation_namespace": "", "observation_topics": ["/sim/state/"]},
+        "parameter observation_topics: '/sim/state/' is not a topic name: topic name must "
+        "not end with a forward slash",
+    ),
+    "rate": (
+        {"control_rate_hz": 500.0, "real_time_factor": 10.0},
+        "control rate 500 Hz (parameter) x real_time_factor 10 (parameter) = 5000 Hz is "
+        "outside (0, 1000] Hz",
+    ),
+    "fine": ({}, None),
+}
+
+
+def test_a_bad_parameter_is_named_not_blamed_on_the_model(tmp_path, ros_env, reacher_model):
     """Configure names the parameter at fault in one line; the model file, which is fine,
     is not in it (it used to prefix a topic or rate error as if the model were broken)."""
-    import rclpy
-    from rclpy.lifecycle import TransitionCallbackReturn
-    from rclpy.parameter import Parameter
-    from roboloop_policy.node import PolicyNode
-
-    values = {"model_path": str(reacher_model), "spec_topic": "", "autostart": False}
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = PolicyNode(
-        context=context,
-        parameter_overrides=[Parameter(k, value=v) for k, v in {**values, **overrides}.items()],
-    )
+    base = {"model_path": str(reacher_model), "spec_topic": ""}
+    procs = {
+        case: start_node(
+            "policy_node",
+            params={**base, **overrides},
+            log_path=tmp_path / f"{case}.log",
+            env=ros_env,
+        )
+        for case, (overrides, _) in BAD_PARAMETERS.items()
+    }
     try:
-        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
-        assert node.configure_error == error
-        node.set_parameters([Parameter(k, value=PolicyNode.PARAMETERS[k][0]) for k in overrides])
-        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        for case, (_, error) in BAD_PARAMETERS.items():
+            proc, want = procs[case], "configure failed: " if error else "configured "
+            _wait(lambda p=proc, w=want: w in p.log_text(), 60, f"{case}: {want}", [proc])
+            if error:
+                lines = [ln for ln in proc.log_text().splitlines() if "configure failed" in ln]
+                assert len(lines) == 1 and lines[0].endswith(f"configure failed: {error}")
+                assert str(reacher_model) not in lines[0]
     finally:
-        node.destroy_node()
-        rclpy.shutdown(context=context)
+        for proc in procs.values():
+            proc.stop()

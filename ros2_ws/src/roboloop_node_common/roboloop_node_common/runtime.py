@@ -260,7 +260,7 @@ def check_command_line_parameters(node: Node, argv: list[str]) -> None:
         current = node.get_parameter(name)
         if not _same_value(text, current.value):
             raise DroppedParameterError(
-                f"-p {name}:={text} was not applied: {name} takes a "
+                f"-p {name}:={text} was not applied: {name} is of type "
                 f"{current.type_.name.lower()} and stays {current.value!r} from the params "
                 "file (rcl drops a value of another type)"
             )
