@@ -15,6 +15,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from episode_dataset.ranges import checked, count
 from episode_dataset.schema import (
     ACTION_SPEC,
     ACTIONS,
@@ -246,7 +247,8 @@ class EpisodeReader:
 
     def __init__(self, path: str | os.PathLike[str], *, max_open_shards: int = 64) -> None:
         self.path = Path(path)
-        self.max_open_shards = max_open_shards
+        # 0 closed each shard as it opened; -1 emptied the cache and failed on it.
+        self.max_open_shards = checked("max_open_shards", max_open_shards, count(1), DatasetError)
         self._pid = os.getpid()
         self._index_file: h5py.File | None = None
         self._shards: OrderedDict[str, h5py.File] = OrderedDict()

@@ -16,6 +16,7 @@ Layout (robomimic-compatible)::
 from __future__ import annotations
 
 import json
+import operator
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -100,7 +101,12 @@ class KeySpec:
             raise DatasetError(f"KeySpec: bad dtype {self.dtype!r}: {e}") from None
         if dtype.kind not in "biuf":
             raise DatasetError(f"KeySpec: dtype {dtype.name} not supported (bool/int/uint/float)")
-        shape = tuple(int(s) for s in self.shape)
+        try:  # KeySpec("float32", 3) is a common slip; 3.5 is no size
+            shape = tuple(operator.index(s) for s in self.shape)
+        except TypeError:
+            raise DatasetError(
+                f"KeySpec: shape must be a tuple of integers, got {self.shape!r}"
+            ) from None
         if any(s <= 0 for s in shape):
             raise DatasetError(f"KeySpec: shape {shape} must be positive")
         feature_type = self.feature_type

@@ -18,7 +18,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -35,6 +35,7 @@ from episode_dataset._files import (
     start_writeback,
     sync_filesystem,
 )
+from episode_dataset.ranges import checked, count, number
 from episode_dataset.reader import IndexInfo, open_h5, read_index
 from episode_dataset.schema import (
     ACTION_SPEC,
@@ -218,6 +219,15 @@ def to_json(value: Any, where: str) -> str:
         return json.dumps(value, sort_keys=True, default=default)
     except (TypeError, ValueError) as e:
         raise DatasetError(f"{where}: not JSON serializable ({e})") from None
+
+
+def json_dict(value: Any, where: str) -> dict[str, Any]:
+    """`value` (a dict; None: empty) as it reads back from its JSON, else DatasetError."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise DatasetError(f"{where}: must be a dict, got {type(value).__name__}")
+    return json.loads(to_json(value, where))
 
 
 def coerce_dones(value: Any, where: str, leading: int | None) -> np.ndarray:
@@ -550,6 +560,9 @@ class EpisodeWriter:
         index_every_s: float = 0.0,
     ) -> None:
         self.path = Path(path)
+        # Before any file: "x" failed after the index was written, nan never wrote it again.
+        chunk_bytes = checked("chunk_bytes", chunk_bytes, count(1), DatasetError)
+        index_every_s = checked("index_every_s", index_every_s, number(0), DatasetError)
         # 0: end_episode lists the episode in the index at once (durable on return with fsync).
         # > 0, for batch jobs that can be rerun (import-bag): ended shards are renamed into
         # place, and the index is rewritten at most every this many seconds and on close, after
@@ -565,6 +578,7 @@ class EpisodeWriter:
         self.fsync = fsync
         self.chunk_bytes = chunk_bytes
         self._open: _OpenEpisode | None = None
+        self._closed = False  # its lock released: another writer may own the dataset
         if not self.path.parent.is_dir():
             raise DatasetError(f"{self.path}: parent directory does not exist")
         if self.path.is_dir():
@@ -623,7 +637,7 @@ class EpisodeWriter:
                 raise DatasetError(f"{self.path}: bad obs key {key!r}")
         self.obs_specs = dict(obs_specs)
         self.action_spec = action_spec
-        self.env_args = json.loads(to_json(env_args or {}, f"{self.path}: env_args"))
+        self.env_args = json_dict(env_args, f"{self.path}: env_args")
         self._lengths = {}
         self._filters = {}
         self._write_index()
@@ -648,7 +662,7 @@ class EpisodeWriter:
                 f"{where}: action_spec differs from stored: {action_spec} != {info.action_spec}"
             )
         if env_args is not None:
-            given = json.loads(to_json(env_args, f"{self.path}: env_args"))
+            given = json_dict(env_args, f"{self.path}: env_args")
             if given != info.env_args:
                 raise DatasetError(
                     f"{where}: env_args differ from stored: {given} != {info.env_args}"
@@ -737,10 +751,11 @@ class EpisodeWriter:
         self, metadata: dict[str, Any] | None = None, *, _length_hint: int | None = None
     ) -> str:
         """Open a new episode; returns the name it will get on end_episode()."""
+        self._require_writable()
         if self._open is not None:
             raise DatasetError(f"{self.path}: {self._open.name}: episode already open")
         name = self._next_name()
-        meta = json.loads(to_json(metadata or {}, f"{self.path}: {name}: metadata"))
+        meta = json_dict(metadata, f"{self.path}: {name}: metadata")
         staging = self.shard_dir / f"{name}{SHARD_SUFFIX}{PARTIAL_SUFFIX}"
         self._open = _OpenEpisode(
             staging,
@@ -797,8 +812,8 @@ class EpisodeWriter:
         if ep.num_steps == 0:
             raise DatasetError(f"{where}: empty episode (no steps); discard_episode() it")
         meta = dict(ep.metadata)
-        if metadata_update:
-            meta.update(json.loads(to_json(metadata_update, f"{where}: metadata_update")))
+        if metadata_update is not None:
+            meta.update(json_dict(metadata_update, f"{where}: metadata_update"))
         try:
             for col in ep.columns():
                 col.flush()
@@ -829,12 +844,21 @@ class EpisodeWriter:
         finally:
             ep.staging.unlink(missing_ok=True)
 
+    def _require_writable(self) -> None:
+        if self._closed:
+            raise DatasetError(f"{self.path}: writer closed; open a new EpisodeWriter to append")
+
     def _require_open(self) -> _OpenEpisode:
         if self._open is None:
             raise DatasetError(f"{self.path}: no open episode; call begin_episode() first")
         return self._open
 
     def _check_obs_keys(self, obs: dict[str, Any], where: str) -> None:
+        if not isinstance(obs, Mapping):
+            raise DatasetError(
+                f"{where}/obs: must be a dict of arrays keyed {sorted(self.obs_specs)}, "
+                f"got {type(obs).__name__}"
+            )
         missing = sorted(set(self.obs_specs) - set(obs))
         extra = sorted(set(obs) - set(self.obs_specs))
         if missing or extra:
@@ -843,6 +867,7 @@ class EpisodeWriter:
     # -- filters / index -------------------------------------------------------------------
     def add_filter(self, name: str, episodes: list[str]) -> None:
         """Store `mask/<name>` (replacing one of that name); episodes must be committed."""
+        self._require_writable()
         if not name or "/" in name:
             raise DatasetError(f"{self.path}: bad filter name {name!r}")
         unknown = [e for e in episodes if e not in self._lengths]
@@ -882,6 +907,9 @@ class EpisodeWriter:
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
         """Release the lock. An episode still open is discarded and reported as an error."""
+        if self._closed:
+            return
+        self._closed = True
         open_name = self._open.name if self._open is not None else None
         self.discard_episode()
         try:

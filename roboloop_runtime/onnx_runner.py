@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from episode_dataset.ranges import checked, count
 from roboloop_runtime.contract import (
     ACTIONS_INPUT,
     ACTIONS_OUTPUT,
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+THREADS = count(0, high=1024, nullable=True)  # intra-op threads, the nodes' range; 0, None: ort's
 
 
 def _import_ort() -> Any:
@@ -62,7 +64,7 @@ class OnnxModel:
 
     device: "auto" (CUDA if this onnxruntime build has it, else CPU), "cpu", or "cuda".
     A "cuda" request that ends up on CPU is reported in `.provider` / `.fallback_reason` and
-    logged as a warning, never silent. `threads` sets intra-op threads (None: ort default).
+    logged as a warning, never silent. `threads` sets intra-op threads (None or 0: ort default).
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None):
@@ -70,6 +72,8 @@ class OnnxModel:
         self.path = os.fspath(path)
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        # Before the session: onnxruntime takes -1, and 10**6 hangs making threads.
+        threads = checked("threads", threads, THREADS)
         if os.path.isdir(self.path):
             raise ModelLoadError(f"{self.path}: a directory, not a model file")
         if not os.path.isfile(self.path):

@@ -24,6 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from episode_dataset.ranges import SEED, checked, count, number
 from roboloop_runtime.contract import (
     ACTIONS_OUTPUT,
     ModelInputError,
@@ -217,14 +218,11 @@ class QueuedChunkPolicy:
         noise_scale: float = 1.0,
     ) -> None:
         if n_action_steps is not None:
-            metadata = PolicyMetadata(
-                **{**metadata.__dict__, "n_action_steps": int(n_action_steps)}
-            )
-        if not 0.0 <= noise_scale < float("inf"):
-            raise ValueError(f"noise_scale must be finite and >= 0, got {noise_scale}")
+            n = checked("n_action_steps", n_action_steps, count(1))  # 2.7 is no step count
+            metadata = PolicyMetadata(**{**metadata.__dict__, "n_action_steps": n})
         self.metadata = metadata
-        self.noise_scale = float(noise_scale)
-        self.rng = np.random.default_rng(seed)
+        self.noise_scale = float(checked("noise_scale", noise_scale, number(0)))
+        self.rng = np.random.default_rng(None if seed is None else checked("seed", seed, SEED))
         self.acting = ActingBuffer(metadata)
 
     # ---- the part subclasses implement -------------------------------------------------
@@ -237,7 +235,7 @@ class QueuedChunkPolicy:
         """Clear history and queue; with `seed`, also restart the noise generator."""
         self.acting.reset()
         if seed is not None:
-            self.rng = np.random.default_rng(seed)
+            self.rng = np.random.default_rng(checked("seed", seed, SEED))
 
     def sample_noise(self, batch: int) -> np.ndarray:
         """Sampler start points ~ noise_scale N(0, I): (B, *noise_shape) float32; (B, 0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,15 @@ from tqdm import tqdm
 
 import sim
 from episode_dataset import EpisodeWriter
-from episode_dataset.ranges import POSITIVE_INT, SEED_ARG, HelpFormatter, one_line
+from episode_dataset.ranges import (
+    POSITIVE_INT,
+    SEED,
+    SEED_ARG,
+    HelpFormatter,
+    checked,
+    count,
+    one_line,
+)
 from sim.evaluate import RandomPolicy
 from sim.experts import make_expert_policy
 from sim.spec import env_spec
@@ -32,7 +41,13 @@ PolicyFactory = Callable[[int], Any]  # env index -> policy with reset()/select_
 def policy_factory(name: Any, env: gym.Env, env_id: str, seed: int) -> PolicyFactory:
     """Resolve --policy into one policy instance per sub-env (chunked policies keep queues);
     a policy object (reset() / select_action(obs)) is used as it is, in one env."""
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
     if not isinstance(name, str):
+        if not all(callable(getattr(name, m, None)) for m in ("reset", "select_action")):
+            raise ValueError(
+                f"a policy object needs reset() and select_action(obs), got {type(name).__name__}"
+            )
         if env.num_envs != 1:
             raise ValueError(f"a policy object acts in one env at a time, not {env.num_envs}")
         return lambda i: name
@@ -62,7 +77,12 @@ def collect(
     progress: bool = True,
 ) -> list[str]:
     """Collect `episodes` episodes and append them to `out`; returns the episode names.
-    `policy`: "expert", "random", a `.onnx` path, or a policy object (see policy_factory)."""
+    `policy`: "expert", "random", a `.onnx` path, or a policy object (see policy_factory).
+    A count, seed or camera size out of range is a ValueError before any env or file."""
+    episodes = checked("episodes", episodes, count(1))
+    seed = checked("seed", seed, SEED)
+    num_envs = checked("num_envs", num_envs, count(1))
+    camera = checked("camera", camera, count(1, nullable=True))
     fns = [lambda: sim.make(env_id, camera=camera) for _ in range(num_envs)]
     vector_cls = gym.vector.AsyncVectorEnv if asynchronous else gym.vector.SyncVectorEnv
     envs = vector_cls(fns, autoreset_mode=gym.vector.AutoresetMode.DISABLED)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import gymnasium as gym
 
+from episode_dataset.ranges import count
 from sim.dmc import DMC_TASKS, DMCEnv
 from sim.wrappers import CameraObservation, DictObservation
 
 PREFIX = "roboloop/"
+SIZE = count(1)  # an image side in pixels
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ def register_task(name: str, spec: TaskSpec) -> None:
 
 
 def task_spec(env_id: str) -> TaskSpec:
+    if not isinstance(env_id, str):
+        raise TypeError(f"env_id must be a task id string, got {type(env_id).__name__}")
     name = env_id.removeprefix(PREFIX)
     try:
         return TASKS[name]
@@ -55,22 +59,35 @@ def make(env_id: str, camera: int | tuple[int, int] | None = None, **kwargs: Any
     """Build a registered task with dict observations; `camera` adds an rgb `image` key.
 
     env_id may be given with or without the `roboloop/` prefix. `camera` is a size (square)
-    or (width, height). Extra kwargs go to the underlying Gymnasium env.
+    or (width, height); None or 0: none. Extra kwargs go to the underlying Gymnasium env.
     """
-    name = env_id.removeprefix(PREFIX)
-    task_spec(name)  # clear error for unknown ids
-    return gym.make(PREFIX + name, camera=camera, **kwargs)
+    task_spec(env_id)  # clear error for unknown ids
+    return gym.make(PREFIX + env_id.removeprefix(PREFIX), camera=camera, **kwargs)
+
+
+def camera_size(camera: Any) -> tuple[int, int] | None:
+    """(width, height) of a `camera` argument, None for none; one-line ValueError for a size
+    that is no integer >= 1 (before: (0, 64) rendered an empty image, True a 1x1 one)."""
+    if camera is None or (isinstance(camera, int) and camera == 0):
+        return None
+    pair = tuple(camera) if isinstance(camera, Sequence) else (camera, camera)
+    if len(pair) != 2 or not all(SIZE.accepts(side) for side in pair):
+        raise ValueError(
+            f"camera={camera!r}: must be a size or a (width, height) pair of integers >= 1 "
+            "(None: no camera)"
+        )
+    return pair
 
 
 def _build(task: str, camera: int | tuple[int, int] | None = None, **kwargs: Any) -> gym.Env:
     spec = TASKS[task]
+    size = camera_size(camera)  # before the env is built
     base = spec.factory(**kwargs) if spec.factory else gym.make(spec.base_id, **kwargs).unwrapped
     env: gym.Env = DictObservation(base, success=spec.success)
-    if camera:
+    if size:
         if not spec.mujoco:
             raise ValueError(f"task {task!r} has no MuJoCo model: camera observations unsupported")
-        width, height = (camera, camera) if isinstance(camera, int) else camera
-        env = CameraObservation(env, width=int(width), height=int(height), camera=spec.camera)
+        env = CameraObservation(env, width=size[0], height=size[1], camera=spec.camera)
     return env
 
 

@@ -44,6 +44,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
+from episode_dataset.ranges import checked, count
 from sim.envs import REACHER_SUCCESS_DISTANCE, make, task_spec
 
 
@@ -180,11 +181,10 @@ class SimVectorEnv(gym.vector.VectorEnv):
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP}
 
     def __init__(self, env_id: str, num_envs: int, camera: Any = None, **kwargs: Any) -> None:
-        if int(num_envs) < 1:
-            raise ValueError(f"make_vec({env_id!r}): num_envs must be >= 1, got {num_envs}")
+        num_envs = checked(f"make_vec({env_id!r}): num_envs", num_envs, count(1))
+        task_spec(env_id)  # clear error for unknown ids
         name = env_id.removeprefix("roboloop/")
-        task_spec(name)  # clear error for unknown ids
-        self.envs = [make(name, camera=camera, **kwargs) for _ in range(int(num_envs))]
+        self.envs = [make(name, camera=camera, **kwargs) for _ in range(num_envs)]
         first = self.envs[0]
         self.num_envs = len(self.envs)
         self.single_observation_space = first.observation_space
@@ -207,8 +207,9 @@ class SimVectorEnv(gym.vector.VectorEnv):
         self, *, seed: int | Sequence[int | None] | None = None, options: dict | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Reset every env; an int seed gives env i `seed + i` (as SyncVectorEnv does)."""
-        if seed is None or isinstance(seed, int):
-            seeds = [None if seed is None else seed + i for i in range(self.num_envs)]
+        if seed is None or np.ndim(seed) == 0:  # a numpy integer too; Gymnasium takes ints
+            first = None if seed is None else checked("seed", seed, count(0))
+            seeds = [None if first is None else first + i for i in range(self.num_envs)]
         else:
             seeds = list(seed)
             if len(seeds) != self.num_envs:

@@ -10,6 +10,7 @@ import mujoco
 import numpy as np
 
 from episode_dataset import IMAGE, LOW_DIM
+from episode_dataset.ranges import one_line
 
 
 class DictObservation(gym.Wrapper):
@@ -59,7 +60,10 @@ class CameraObservation(gym.Wrapper):
         if not hasattr(base, "model") or not hasattr(base, "data"):
             raise ValueError(f"{base}: camera observation needs a MuJoCo env (model/data)")
         self._model, self._data = base.model, base.data
-        self._renderer = mujoco.Renderer(self._model, height=height, width=width)
+        try:
+            self._renderer = mujoco.Renderer(self._model, height=height, width=width)
+        except ValueError as err:  # larger than the model's offscreen buffer: 6 lines
+            raise ValueError(f"camera {width}x{height}: {one_line(err)}") from None
         self._camera = mujoco.MjvCamera()
         mujoco.mjv_defaultFreeCamera(self._model, self._camera)
         if "fixed" in camera:

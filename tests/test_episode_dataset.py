@@ -500,6 +500,86 @@ def test_streaming_roundtrip_and_close_with_open_episode(tmp_path: Path) -> None
         w.write_episode(**{**make_episode(1, 3), "dones": np.array([0, 2, 1])})
 
 
+def test_a_closed_writer_refuses_more_work(tmp_path: Path) -> None:
+    """Before: a closed writer, its lock released, still wrote and listed episodes beside the
+    next writer of the dataset."""
+    path = tmp_path / "c.hdf5"
+    w = EpisodeWriter(path, OBS_SPECS, ACTION_SPEC)
+    w.write_episode(**make_episode(0, 3))
+    w.close()
+    with EpisodeWriter(path) as other:
+        for call in (
+            lambda: w.write_episode(**make_episode(1, 3)),
+            w.begin_episode,
+            lambda: w.add_filter("train", ["demo_0"]),
+        ):
+            with pytest.raises(DatasetError, match=r"c.hdf5: writer closed; open a new"):
+                call()
+        assert other.write_episode(**make_episode(2, 4)) == "demo_1"
+    w.close()  # a second close does nothing
+    with EpisodeReader(path) as r:
+        assert r.episodes == ["demo_0", "demo_1"] and r.filters == []
+        assert r.num_steps("demo_1") == 4
+
+
+def test_arguments_of_the_wrong_kind_are_one_line_errors(tmp_path: Path) -> None:
+    """Before: obs given as an array was "unhashable type: 'numpy.ndarray'", metadata as a list
+    dict()'s words, and env_args=[1] was stored as the dataset's env_args."""
+    path = tmp_path / "k.hdf5"
+    ep = make_episode(0, 3)
+    with pytest.raises(DatasetError, match=r"k.hdf5: env_args: must be a dict, got list"):
+        EpisodeWriter(path, OBS_SPECS, ACTION_SPEC, env_args=[1])
+    assert not path.exists()
+    with EpisodeWriter(path, OBS_SPECS, ACTION_SPEC) as w:
+        for call, says in (
+            (
+                lambda: w.write_episode(**{**ep, "obs": ep["obs"]["state"]}),
+                r"demo_0/obs: must be a dict of arrays keyed \['image', 'state'\], got ndarray",
+            ),
+            (lambda: w.write_episode(**ep, metadata=[1]), "demo_0: metadata: must be a dict"),
+        ):
+            with pytest.raises(DatasetError, match=says) as err:
+                call()
+            assert "\n" not in str(err.value)
+        w.begin_episode()
+        with pytest.raises(DatasetError, match=r"demo_0 step 0/obs: must be a dict of arrays"):
+            w.append_step(None, ep["actions"][0], 0.0, False)
+        w.append_step({k: v[0] for k, v in ep["obs"].items()}, ep["actions"][0], 0.0, False)
+        with pytest.raises(DatasetError, match="demo_0: metadata_update: must be a dict, got str"):
+            w.end_episode("done")
+        assert w.end_episode() == "demo_0"
+    with EpisodeReader(path) as r:
+        assert r.episodes == ["demo_0"] and r.env_args == {}
+
+
+def test_key_spec_shape_must_be_a_tuple_of_integers() -> None:
+    """Before: KeySpec("float32", 3) was "'int' object is not iterable" and (3.5,) became (3,)."""
+    for shape in (3, (3.5,), ("a",), None):
+        with pytest.raises(DatasetError, match=r"KeySpec: shape must be a tuple of integers, got"):
+            KeySpec("float32", shape)  # type: ignore[arg-type]
+    assert KeySpec("uint8", [np.int64(4), 5, 3], encoding="rgb8").shape == (4, 5, 3)
+
+
+def test_writer_and_reader_options_are_checked_before_any_file(tmp_path: Path) -> None:
+    """Before: chunk_bytes="x" left an index without its shard folder, index_every_s=nan never
+    listed an episode before close, chunk_bytes=0 was taken; a reader's max_open_shards=0 read
+    as a shard missing its episode, -1 as a KeyError."""
+    path = tmp_path / "o.hdf5"
+    for kwargs, says in (
+        ({"chunk_bytes": "x"}, "chunk_bytes='x': must be an integer >= 1"),
+        ({"chunk_bytes": 0}, "chunk_bytes=0: must be an integer >= 1"),
+        ({"index_every_s": float("nan")}, "index_every_s=nan: must be a number >= 0"),
+        ({"index_every_s": -1.0}, "index_every_s=-1.0: must be a number >= 0"),
+    ):
+        with pytest.raises(DatasetError, match=re.escape(says)):
+            EpisodeWriter(path, OBS_SPECS, ACTION_SPEC, **kwargs)
+    assert list(tmp_path.iterdir()) == []
+    write_dataset(path, (3,))
+    for bad in (0, -1, 2.5):
+        with pytest.raises(DatasetError, match=rf"max_open_shards={bad}: must be an integer >= 1"):
+            EpisodeReader(path, max_open_shards=bad)
+
+
 def test_feature_type_declared_stored_and_derived_for_old_files(tmp_path: Path) -> None:
     path = tmp_path / "f.hdf5"
     # Declared: a (3, 4, 4) float "image" without encoding, and a (2, 2) low-dim key.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -348,8 +349,31 @@ def test_noise_scale_scales_the_sampler_start_points(toy: Path) -> None:
     zero = OnnxPolicy(toy, device="cpu", seed=3, noise_scale=0.0)
     for _ in range(2):
         np.testing.assert_array_equal(zero.predict_action_chunk(obs), np.full_like(full, 2.0))
-    with pytest.raises(ValueError, match="noise_scale must be finite and >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"noise_scale=-1.0: must be a number >= 0"):
         OnnxPolicy(toy, device="cpu", noise_scale=-1.0)
+
+
+def test_numeric_arguments_are_one_line_naming_the_argument(toy: Path) -> None:
+    """Before: threads=-1 and True were taken, 1.5 was onnxruntime's 4-line pybind error,
+    10**6 hung making threads; n_action_steps=2.7 acted 2 steps; seed=-1 and
+    noise_scale=None were numpy's and Python's words, naming no argument."""
+    policy = OnnxPolicy(toy, device="cpu")
+    for kwargs, says in (
+        ({"threads": -1}, "threads=-1: must be an integer in [0, 1024] (or null)"),
+        ({"threads": True}, "threads=True: must be"),
+        ({"threads": 1.5}, "threads=1.5: must be"),
+        ({"n_action_steps": 2.7}, "n_action_steps=2.7: must be an integer >= 1"),
+        ({"seed": -1}, "seed=-1: must be an integer in [0, 4294967295]"),
+        ({"noise_scale": None}, "noise_scale=None: must be a number >= 0"),
+        ({"threads": 10**6}, "threads=1000000: must be"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(says)) as err:
+            OnnxPolicy(toy, device="cpu", **kwargs)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=re.escape("seed=1.5: must be an integer in [0,")):
+        policy.reset(seed=1.5)
+    for threads in (None, 0):  # onnxruntime's default
+        assert OnnxModel(toy, device="cpu", threads=threads).provider == "CPUExecutionProvider"
 
 
 def test_runner_is_torch_free() -> None:

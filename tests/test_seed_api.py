@@ -3,15 +3,22 @@ through the same configs as `python -m learning.train`."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import gymnasium as gym
 import pytest
 import torch
 
 from episode_dataset import EpisodeReader
 from learning.errors import ConfigError
 from learning.online.loop import storage_path
-from training.api import train_behavioral_cloning, train_dreamer, train_world_model
+from training.api import (
+    train_behavioral_cloning,
+    train_dreamer,
+    train_policy,
+    train_world_model,
+)
 from training.data_collection import DataCollector, create_synthetic_dataset
 
 
@@ -104,6 +111,50 @@ def test_bad_arguments_are_refused_before_the_dataset_is_written(tmp_path: Path)
             call()
         assert "\n" not in str(err.value)
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_train_policy_refuses_bad_arguments_before_a_run_folder(tmp_path: Path) -> None:
+    """Before: an env instead of a factory, or an unknown task id, made a run folder, then
+    failed inside Gymnasium or the loop; num_iterations=2.7 ran 2 iterations; algorithm="bc"
+    and an unknown override key were Hydra's 20-frame traceback, and one string of overrides
+    was parsed character by character."""
+    root = f"output_root={tmp_path}"
+    for call, says in (
+        (
+            lambda: train_policy(gym.make("Pendulum-v1"), overrides=[root]),
+            "env_factory must be a sim task id or a callable returning a Gymnasium env, "
+            "got TimeLimit",
+        ),
+        (
+            lambda: train_dreamer(gym.make("Pendulum-v1"), output_root=tmp_path),
+            "env_factory must be a sim task id",
+        ),
+        (
+            lambda: train_policy("Nope-v0", overrides=[root]),
+            "env_id=Nope-v0: unknown task 'Nope-v0'",
+        ),
+        (
+            lambda: train_policy("Pendulum-v1", num_iterations=2.7, overrides=[root]),
+            "num_iterations=2.7: must be an integer >= 1",
+        ),
+        (
+            lambda: train_policy("Pendulum-v1", algorithm="bc", overrides=[root]),
+            "algorithm 'bc': no configs/train_bc.yaml with an online: block "
+            "['acrlpd', 'dreamer', 'ppo', 'sac']",
+        ),
+        (
+            lambda: train_policy("Pendulum-v1", overrides=[root, "nope=1"]),
+            "configs/train_ppo.yaml: Could not override 'nope'",
+        ),
+        (
+            lambda: train_policy("Pendulum-v1", overrides=root),
+            "overrides must be a list of 'key=value' strings, got the str",
+        ),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(says)) as err:
+            call()
+        assert "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []  # no run folder
 
 
 def test_the_training_package_is_installed() -> None:

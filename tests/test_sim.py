@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -58,6 +59,24 @@ def test_camera_image_has_the_asked_size_and_follows_the_arm() -> None:
     assert changed.mean() > 0.005, "the rendered arm did not move"
     with pytest.raises(ValueError, match="no MuJoCo model"):
         sim.make("Pendulum-v1", camera=32)
+
+
+def test_bad_env_ids_and_camera_sizes_are_one_line() -> None:
+    """Before: (0, 64) rendered an empty image, True a 1x1 one; -5 was numpy's "negative
+    dimensions", 2.5 and "big" unpacking errors, 100000 MuJoCo's 6-line framebuffer message, and
+    an env id that is no string an AttributeError."""
+    for camera in (-5, 2.5, "big", (64,), (0, 64), True):
+        with pytest.raises(ValueError, match=r"camera=.*: must be a size or a \(width, height\) "
+                           r"pair of integers >= 1 \(None: no camera\)") as err:  # fmt: skip
+            sim.make("Reacher-v5", camera=camera)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=r"camera 100000x100000: Image width 100000 > "
+                       r"framebuffer width 640\. Either reduce") as err:  # fmt: skip
+        sim.make("Reacher-v5", camera=100000)
+    assert "\n" not in str(err.value)
+    with pytest.raises(TypeError, match="env_id must be a task id string, got NoneType"):
+        sim.make(None)  # type: ignore[arg-type]
+    assert set(sim.make("Reacher-v5", camera=0).observation_space.spaces) == {"state"}
 
 
 def test_a_fixed_camera_renders_the_models_own_camera() -> None:
@@ -151,6 +170,26 @@ def test_collect_refuses_an_unknown_policy_as_a_value_error(tmp_path) -> None:
         with pytest.raises(ValueError, match=says):
             collect("Pendulum-v1", policy, 1, 0, tmp_path / "x.hdf5", progress=False)
     assert not (tmp_path / "x.hdf5").exists()
+
+
+def test_collect_checks_its_arguments_before_any_file(tmp_path) -> None:
+    """Before: episodes=0 (or -1) wrote an empty dataset, 1.5 collected 2 episodes, num_envs=0
+    was an IndexError inside Gymnasium, seed=-1 numpy's words, and a policy given as a Path
+    (or an object that cannot act) an AttributeError after the dataset file was made."""
+    out = tmp_path / "x.hdf5"
+    for kwargs, says in (
+        ({"episodes": 0}, "episodes=0: must be an integer >= 1"),
+        ({"episodes": 1.5}, "episodes=1.5: must be an integer >= 1"),
+        ({"num_envs": 0}, "num_envs=0: must be an integer >= 1"),
+        ({"seed": -1}, "seed=-1: must be an integer in [0, 4294967295]"),
+        ({"camera": -1}, "camera=-1: must be an integer >= 1 (or null)"),
+        ({"policy": tmp_path / "no.onnx"}, "no.onnx: no such ONNX file"),
+        ({"policy": object()}, "a policy object needs reset() and select_action(obs)"),
+    ):
+        args = {"env_id": "Pendulum-v1", "policy": "random", "episodes": 1, "seed": 0, **kwargs}
+        with pytest.raises(ValueError, match=re.escape(says)):
+            collect(**args, out=out, progress=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_collect_cli_writes_a_dataset_and_reports(tmp_path) -> None:

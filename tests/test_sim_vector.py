@@ -108,8 +108,18 @@ def test_camera_images_match_the_single_env() -> None:
 def test_bad_input_is_one_clear_line() -> None:
     with pytest.raises(ValueError, match="unknown task 'Nope-v0'"):
         sim.make_vec("Nope-v0", 2)
-    with pytest.raises(ValueError, match="num_envs must be >= 1"):
-        sim.make_vec("Reacher-v5", 0)
+    # Before: 2.7 made 2 envs; a numpy seed was "'numpy.int64' object is not iterable".
+    for num_envs in (0, 2.7):
+        with pytest.raises(ValueError, match=rf"num_envs={num_envs}: must be an integer >= 1"):
+            sim.make_vec("Reacher-v5", num_envs)
+    envs = sim.make_vec("Reacher-v5", 2)
+    for seed in (-1, 1.5):
+        with pytest.raises(ValueError, match=rf"seed={seed}: must be an integer >= 0"):
+            envs.reset(seed=seed)
+    np.testing.assert_array_equal(
+        envs.reset(seed=np.int64(3))[0]["state"], envs.reset(seed=3)[0]["state"]
+    )
+    envs.close()
     envs = sim.make_vec("Reacher-v5", 2)
     with pytest.raises(RuntimeError, match="step before reset"):
         envs.step(np.zeros((2, 2)))

@@ -28,14 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-from hydra.errors import HydraException, OverrideParseException
-from omegaconf import DictConfig
 
-from episode_dataset.ranges import checked, count, one_line
-from learning.config_rules import RULES, check_config
+from episode_dataset.ranges import checked, count
+from learning.config_rules import RULES
 from learning.errors import ConfigError
-from learning.online.api import env_id_of, train_policy
-from learning.train import compose_config, run
+from learning.online.api import composed, env_id_of, train_policy
+from learning.train import run
 from training.data_collection import Trajectory, save_trajectories
 
 __all__ = ["train_behavioral_cloning", "train_dreamer", "train_policy", "train_world_model"]
@@ -59,19 +57,6 @@ def _write(data: Data, path: str) -> None:
     if not isinstance(data, str | os.PathLike):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         save_trajectories(list(data), path)
-
-
-def _composed(config: str, overrides: Sequence[str]) -> DictConfig:
-    """configs/<config>.yaml with `overrides`, its numbers checked (learning/config_rules.py):
-    done before any file is written, so a bad argument leaves nothing behind."""
-    try:
-        cfg = compose_config(config, overrides)
-    except OverrideParseException as err:
-        raise ConfigError(f"override {err.override}: {one_line(err)}") from None
-    except HydraException as err:  # an unknown key: Hydra's lines, as one
-        raise ConfigError(f"configs/{config}.yaml: {one_line(err)}") from None
-    check_config(cfg)
-    return cfg
 
 
 def _check_shape(data: Data, observation_shape: Sequence[int] | None) -> None:
@@ -100,7 +85,7 @@ def train_world_model(
     if num_epochs is not None:
         epochs = checked("num_epochs", num_epochs, RULES["max_epochs"], ConfigError)
         extra.append(f"max_epochs={epochs}")
-    cfg = _composed("train_world_model", [*extra, *overrides])
+    cfg = composed("train_world_model", extra, overrides)
     _write(trajectories, dataset)
     return run(cfg)
 
@@ -120,7 +105,7 @@ def train_behavioral_cloning(
     if num_epochs is not None:
         epochs = checked("num_epochs", num_epochs, RULES["max_epochs"], ConfigError)
         extra.append(f"max_epochs={epochs}")
-    cfg = _composed("train_bc", [*extra, *overrides])
+    cfg = composed("train_bc", extra, overrides)
     _write(demonstrations, dataset)
     return run(cfg)
 
@@ -150,7 +135,7 @@ def train_dreamer(
     if num_steps is not None:
         steps = checked("num_steps", num_steps, count(1), ConfigError)
         extra += ["training.num_iterations=1", f"training.steps_per_iteration={steps}"]
-    cfg = _composed("train_dreamer", [f"env_id={env_id_of(env_factory)}", *extra, *overrides])
+    cfg = composed("train_dreamer", [f"env_id={env_id_of(env_factory)}", *extra], overrides)
     if dataset is not None:
         _write(trajectories, dataset)
     return run(cfg)
