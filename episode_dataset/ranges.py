@@ -105,6 +105,16 @@ def checked(
     return value
 
 
+def checked_bool(name: str, value: Any, error: type[ValueError] = ValueError) -> bool:
+    """`value` (a numpy bool as a bool) if it is True or False, else `error` naming the Python
+    argument: a flag read by its truth would take "no" (or 2) as True."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy scalar
+        value = value.item()
+    if not isinstance(value, bool):
+        raise error(f"{name}={value!r}: must be True or False")
+    return value
+
+
 # The kinds the command lines take most.
 POSITIVE_INT = arg(count(1))
 NON_NEGATIVE_INT = arg(count(0))

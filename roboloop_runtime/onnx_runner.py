@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from episode_dataset.ranges import checked, count
+from episode_dataset.ranges import SEED, checked, checked_bool, count
 from roboloop_runtime.contract import (
     ACTIONS_INPUT,
     ACTIONS_OUTPUT,
@@ -330,6 +330,9 @@ class WorldModelRunner(OnnxModel):
         sample: bool = False,
         seed: int = 0,
     ) -> None:
+        # Before loading: seed=-1 was numpy's error at the first reset, sample="no" sampled.
+        self.sample = checked_bool("sample", sample)
+        self._seed = None if seed is None else checked("seed", seed, SEED)
         OnnxModel.__init__(self, path, device=device, threads=threads)
         self._require_step(self, "filter")
         meta = self.metadata
@@ -343,8 +346,6 @@ class WorldModelRunner(OnnxModel):
                 self._require_step(model, step)
                 self._check_agrees(model)
                 self.graphs[step] = model
-        self.sample = sample
-        self._seed = seed
         self.reset()
 
     @staticmethod
@@ -379,7 +380,7 @@ class WorldModelRunner(OnnxModel):
     def reset(self, seed: int | None = None) -> None:
         """Episode start: the initial latent, no previous action, the noise generator reseeded."""
         if seed is not None:
-            self._seed = seed
+            self._seed = checked("seed", seed, SEED)
         self.rng = np.random.default_rng(self._seed)
         self._latent = {k: s.initial_batch(1).astype(np.float32) for k, s in self.state.items()}
 

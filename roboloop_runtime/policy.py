@@ -27,6 +27,7 @@ import numpy as np
 from episode_dataset.ranges import SEED, checked, count, number
 from roboloop_runtime.contract import (
     ACTIONS_OUTPUT,
+    NOISE_INPUT,
     ModelInputError,
     ObsSpec,
     PolicyMetadata,
@@ -86,14 +87,31 @@ def check_observation(
     return arr
 
 
-def _check_finite(key: str, arr: np.ndarray) -> None:
+def _check_finite(key: str, arr: np.ndarray, what: str = "observation") -> None:
     """A one-line ModelInputError naming `key` when the float array `arr` holds NaN/Inf
     (integer arrays, e.g. uint8 images, are always finite: not scanned)."""
     if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
         bad = arr[~np.isfinite(arr)]
         raise ModelInputError(
-            f"observation {key!r} holds {bad.size} non-finite values ({bad.flat[0]}): not acted on"
+            f"{what} {key!r} holds {bad.size} non-finite values ({bad.flat[0]}): not acted on"
         )
+
+
+def _check_noise(noise: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """Caller-drawn `noise` as float32 of `shape`, finite, else a one-line ModelInputError
+    (a list is taken as an array; NaN noise would give NaN actions)."""
+    try:
+        arr = np.asarray(noise)
+    except ValueError:  # a ragged nested list
+        raise ModelInputError(f"input 'noise': not an array ({type(noise).__name__})") from None
+    if arr.dtype.kind not in "iuf":
+        raise ModelInputError(f"input 'noise': dtype {arr.dtype} is not a number type")
+    if arr.shape != shape:
+        raise ModelInputError(f"input 'noise': shape {arr.shape} != {shape}")
+    with np.errstate(over="ignore"):  # a float64 too large for float32: inf, refused next
+        arr = arr.astype(np.float32, copy=False)
+    _check_finite(NOISE_INPUT, arr, "input")
+    return arr
 
 
 def _require_mapping(obs: Any, observations: Mapping[str, ObsSpec]) -> None:
@@ -251,7 +269,8 @@ class QueuedChunkPolicy:
     ) -> np.ndarray:
         """Batched: obs_history[key] (B, obs_steps, *shape) -> actions (B, horizon, A), unchecked
         (the ROS node's ActionGuard classifies a bad chunk). The history is the model's input:
-        exactly its observation keys, finite, else a one-line ModelInputError."""
+        exactly its observation keys, finite, else a one-line ModelInputError; so is `noise`
+        (None: drawn from the seeded generator), real numbers of shape (B, *noise_shape)."""
         m = self.metadata
         _require_mapping(obs_history, m.observations)
         checked = {
@@ -271,9 +290,9 @@ class QueuedChunkPolicy:
         (b,) = batch
         if noise is None:
             noise = self.sample_noise(b)
-        elif noise.shape != (expected := (b, *(m.noise_shape or (0,)))):
-            raise ModelInputError(f"input 'noise': shape {noise.shape} != {expected}")
-        return self._predict(checked, np.asarray(noise, dtype=np.float32))
+        else:
+            noise = _check_noise(noise, (b, *(m.noise_shape or (0,))))
+        return self._predict(checked, noise)
 
     def select_action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """One step: obs[key] (*shape) -> action (A,) float32.

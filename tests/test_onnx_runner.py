@@ -353,6 +353,28 @@ def test_noise_scale_scales_the_sampler_start_points(toy: Path) -> None:
         OnnxPolicy(toy, device="cpu", noise_scale=-1.0)
 
 
+def test_caller_noise_is_checked_like_an_observation(toy: Path) -> None:
+    """Before: a list of noise was an AttributeError ('list' object has no attribute 'shape')
+    and NaN noise gave NaN actions."""
+    policy = OnnxPolicy(toy, device="cpu")
+    obs = {"state": np.zeros((1, OBS_STEPS, STATE_DIM), np.float32)}
+    zeros = np.zeros((1, HORIZON, ACT_DIM))
+    # A nested list or float64 array of the shape is taken (float32, as drawn noise).
+    np.testing.assert_array_equal(policy.predict_action_chunk(obs, zeros.tolist()), zeros)
+    nan = zeros.copy()
+    nan[0, 1, 0] = np.nan
+    for noise, says in (
+        (nan, "input 'noise' holds 1 non-finite values (nan): not acted on"),
+        (np.full_like(zeros, 1e39), "input 'noise' holds 8 non-finite values (inf)"),  # float32
+        ([[0.0], [0.0, 1.0]], "input 'noise': not an array (list)"),
+        (zeros.astype(str), "input 'noise': dtype <U32 is not a number type"),
+        ([0.0] * HORIZON, "input 'noise': shape (4,) != (1, 4, 2)"),
+    ):
+        with pytest.raises(ModelInputError, match=re.escape(says)) as err:
+            policy.predict_action_chunk(obs, noise)
+        assert "\n" not in str(err.value)
+
+
 def test_numeric_arguments_are_one_line_naming_the_argument(toy: Path) -> None:
     """Before: threads=-1 and True were taken, 1.5 was onnxruntime's 4-line pybind error,
     10**6 hung making threads; n_action_steps=2.7 acted 2 steps; seed=-1 and

@@ -10,7 +10,7 @@ import gymnasium as gym
 import pytest
 import torch
 
-from episode_dataset import EpisodeReader
+from episode_dataset import DatasetError, EpisodeReader
 from learning.errors import ConfigError
 from learning.online.loop import storage_path
 from training.api import (
@@ -19,7 +19,11 @@ from training.api import (
     train_policy,
     train_world_model,
 )
-from training.data_collection import DataCollector, create_synthetic_dataset
+from training.data_collection import (
+    DataCollector,
+    create_synthetic_dataset,
+    save_trajectories,
+)
 
 
 def test_train_behavioral_cloning_from_collected_demonstrations(tmp_path: Path) -> None:
@@ -111,6 +115,82 @@ def test_bad_arguments_are_refused_before_the_dataset_is_written(tmp_path: Path)
             call()
         assert "\n" not in str(err.value)
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_bad_data_shapes_and_flags_are_one_line_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    """Before: trajectories of another type were an AttributeError after `datasets/` was made;
+    a missing dataset path made a run folder before its DatasetError; observation_shape=3 was
+    "'int' object is not iterable" and was not checked against a dataset path at all;
+    use_sequences="no" trained the LSTM."""
+    episodes = create_synthetic_dataset(num_episodes=2, observation_dim=3, action_dim=1)
+    dataset = save_trajectories(episodes, tmp_path / "given.hdf5")
+    out = tmp_path / "out"
+    trajectory = "must be a training.data_collection.Trajectory, got"
+    for call, error, says in (
+        (
+            lambda: train_world_model([1, 2], output_root=out),
+            ConfigError,
+            f"trajectories[0] {trajectory} int",
+        ),
+        (
+            lambda: train_world_model(
+                [*episodes, {"obs": {}}], observation_shape=(3,), output_root=out
+            ),
+            ConfigError,
+            f"trajectories[2] {trajectory} dict",
+        ),
+        (
+            lambda: train_world_model({"obs": {}}, output_root=out),
+            ConfigError,
+            "trajectories must be a list of training.data_collection.Trajectory or an episode "
+            "dataset path, got dict",
+        ),
+        (lambda: train_behavioral_cloning(None, output_root=out), ConfigError, "got NoneType"),
+        (
+            lambda: train_dreamer("Pendulum-v1", trajectories=[7], output_root=out),
+            ConfigError,
+            f"trajectories[0] {trajectory} int",
+        ),
+        (
+            lambda: train_behavioral_cloning(out / "nope.hdf5", output_root=out),
+            DatasetError,
+            f"demonstrations: {out / 'nope.hdf5'}: file not found",
+        ),
+        (
+            lambda: train_world_model(dataset, observation_shape=4, output_root=out),
+            ConfigError,
+            "observation_shape=(4,) is not the shape of any observation key of the "
+            "trajectories {'state': (3,)}",
+        ),
+        (
+            lambda: train_world_model(episodes, observation_shape=(3, 0), output_root=out),
+            ConfigError,
+            "observation_shape[1]=0: must be an integer >= 1",
+        ),
+        (
+            lambda: train_world_model(episodes, observation_shape="3", output_root=out),
+            ConfigError,
+            "observation_shape='3': must be an integer >= 1",
+        ),
+        (  # an int n is the shape (n,): checked, then the next argument refused
+            lambda: train_world_model(
+                episodes, observation_shape=3, num_epochs=0, output_root=out
+            ),
+            ConfigError,
+            "num_epochs=0",
+        ),
+        (
+            lambda: train_behavioral_cloning(episodes, use_sequences="no", output_root=out),
+            ConfigError,
+            "use_sequences='no': must be True or False",
+        ),
+    ):
+        with pytest.raises(error, match=re.escape(says)) as err:
+            call()
+        assert "\n" not in str(err.value)
+    assert not out.exists()  # no datasets/ folder, no run folder
 
 
 def test_train_policy_refuses_bad_arguments_before_a_run_folder(tmp_path: Path) -> None:

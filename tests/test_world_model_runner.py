@@ -5,6 +5,7 @@ one line naming both files."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +122,26 @@ def test_bad_input_is_one_line(graphs, episode) -> None:
         world.step({"image": frames[0]["image"]}, None)
     with pytest.raises(ModelLoadError, match="no actor graph given"):
         world.act()
+    with pytest.raises(ValueError, match=re.escape("seed=-1: must be an integer in [0,")):
+        world.reset(seed=-1)
     assert isinstance(load_runner(graphs["filter"], device="cpu"), WorldModelRunner)
+
+
+def test_seed_and_sample_are_checked_before_the_model_loads(tmp_path: Path) -> None:
+    """Before: seed=-1 was numpy's error from reset(), naming no argument; sample="no"
+    sampled. Checked first, as OnnxPolicy's seed: no file is read (this one does not exist)."""
+    absent = tmp_path / "absent.onnx"
+    for kwargs, says in (
+        ({"seed": -1}, "seed=-1: must be an integer in [0, 4294967295]"),
+        ({"seed": 1.5}, "seed=1.5: must be an integer in [0, 4294967295]"),
+        ({"sample": "no"}, "sample='no': must be True or False"),
+        ({"sample": 1}, "sample=1: must be True or False"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(says)) as err:
+            WorldModelRunner(absent, device="cpu", **kwargs)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ModelLoadError, match="no such model file"):
+        WorldModelRunner(absent, device="cpu", sample=np.bool_(True), seed=np.int64(3))
 
 
 def test_act_is_the_actor_on_the_held_latent(tmp_path: Path) -> None:
