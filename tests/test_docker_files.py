@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from roboloop_bringup.launch_cli import parse_args, run
+from roboloop_bringup.launch_runner import parse_args, run
 from roboloop_bringup.launch_standin import load_launch_file
 
 from episode_dataset import EpisodeReader, validate_file
@@ -284,18 +284,30 @@ def test_launch_cli_refuses_bad_command_lines(argv, message):
         parse_args(argv)
 
 
+def test_launch_cli_usage_error_names_only_the_required_arguments(capsys):
+    """Launch arguments are optional: argparse listed `arguments` among the missing ones."""
+    with pytest.raises(SystemExit):
+        parse_args([])
+    err = capsys.readouterr().err
+    assert "[arguments ...]" in err
+    assert err.endswith("the following arguments are required: package, launch_file\n"), err
+
+
 @pytest.mark.parametrize(
-    "arg, message",
+    "launch_file, arg, message",
     [
-        ("log_level:=loud", "log_level"),  # not one of the argument's choices
-        ("speed:=2", "unknown launch arguments ['speed']"),
+        ("sim.launch.py", "log_level:=loud", "log_level"),  # not one of the argument's choices
+        ("sim.launch.py", "speed:=2", "unknown launch arguments ['speed']"),
+        # a typo of a declared argument: the close name is suggested
+        ("sim.launch.py", "lockstpe:=true", "['lockstpe']; did you mean lockstep?"),
+        ("policy.launch.py", "modle_path:=x", "given: [modle_path]; did you mean model_path?"),
     ],
 )
-def test_launch_cli_refuses_bad_launch_arguments_in_one_line(arg, message):
+def test_launch_cli_refuses_bad_launch_arguments_in_one_line(launch_file, arg, message):
     with pytest.raises(SystemExit) as exc:
-        run(["roboloop_bringup", "sim.launch.py", arg])
+        run(["roboloop_bringup", launch_file, arg])
     text = str(exc.value)
-    assert text.startswith("launch_cli: sim.launch.py") and message in text and "\n" not in text
+    assert text.startswith(f"launch_cli: {launch_file}") and message in text and "\n" not in text
 
 
 @pytest.mark.parametrize("variable", ["ROS_DOMAIN_ID", "ROS_LOG_DIR"])

@@ -39,7 +39,7 @@ def _wait(cond, timeout: float, what: str, procs: list[RosProcess]) -> None:
         time.sleep(0.05)
 
 
-def _mapped(proc: RosProcess, library: str) -> bool:
+def _mapped(proc: RosProcess | subprocess.Popen, library: str) -> bool:
     """True once the process has loaded `library` (its imports are under way)."""
     try:
         return library in Path(f"/proc/{proc.pid}/maps").read_text()
@@ -241,15 +241,19 @@ def _running(pid: int) -> bool:
         return False
 
 
+LAUNCH_CLI = [sys.executable, "-m", "roboloop_bringup.launch_cli", "roboloop_bringup"]
+
+
 @pytest.mark.parametrize("end", ["sighup", "stdout-closed"])
 def test_launch_cli_leaves_no_node_running_when_its_terminal_goes(tmp_path, ros_env, end):
     """Closing the terminal (SIGHUP) killed launch_cli, and a write to a closed stdout (`| head`)
-    ended it with BrokenPipeError; either way the nodes, each in its own session, ran on."""
-    cmd = [sys.executable, "-m", "roboloop_bringup.launch_cli", "roboloop_bringup"]
+    ended it with BrokenPipeError; either way the nodes, each in its own session, ran on. Then
+    the closed stdout stopped them, but still printed the BrokenPipeError traceback."""
     env = {**ros_env, "ROS_LOG_DIR": str(tmp_path)}
-    cli = subprocess.Popen(
-        [*cmd, "sim.launch.py"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
-    )
+    with open(tmp_path / "stderr.txt", "wb") as stderr:
+        cli = subprocess.Popen(
+            [*LAUNCH_CLI, "sim.launch.py"], stdout=subprocess.PIPE, stderr=stderr, env=env
+        )
     nodes = []
     try:
         while b"[sim_bridge]: active" not in (line := cli.stdout.readline()):
@@ -271,6 +275,43 @@ def test_launch_cli_leaves_no_node_running_when_its_terminal_goes(tmp_path, ros_
             cli.wait()
     assert nodes, "launch_cli started no node"
     assert cli.returncode == (0 if end == "sighup" else 1)
+    assert (tmp_path / "stderr.txt").read_text() == ""  # no traceback, nor any other word
+
+
+# When launch_cli gets the signal: importing the stand-in (processes.py imports subprocess, which
+# loads select) or loading the launch file (PyYAML's C loader). Once it is up: the test above.
+CLI_MOMENTS = {
+    "sigint-importing": (signal.SIGINT, "select.cpython"),
+    "sigterm-importing": (signal.SIGTERM, "select.cpython"),
+    "sigint-loading-the-launch-file": (signal.SIGINT, "_yaml"),
+}
+
+
+@pytest.mark.parametrize("moment", list(CLI_MOMENTS))
+def test_launch_cli_stopped_while_starting_exits_0_without_a_traceback(tmp_path, ros_env, moment):
+    """A Ctrl-C in launch_cli's first ~0.1 s (its imports, the launch file) was a
+    KeyboardInterrupt traceback (exit -2, or the signal was lost and the launch ran on), and a
+    SIGTERM killed it (-15); its entry now catches them first, as the node console scripts do."""
+    signum, library = CLI_MOMENTS[moment]
+    env = {**ros_env, "ROS_LOG_DIR": str(tmp_path)}
+    cli = subprocess.Popen(
+        [*LAUNCH_CLI, "sim.launch.py"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not _mapped(cli, library):  # polled closely: the window is a few ms long
+            assert time.monotonic() < deadline, f"launch_cli never loaded {library}"
+            time.sleep(0.001)
+        cli.send_signal(signum)
+        out, err = cli.communicate(timeout=30)
+    finally:
+        if cli.poll() is None:  # still running: stop it (and its nodes) as a signal should have
+            cli.send_signal(signal.SIGINT)
+            cli.wait(30)
+    assert cli.returncode == 0 and not err, err.decode()[-2000:]
+    last = out.decode().splitlines()[-1]
+    assert last.startswith(f"[launch_cli] stopped (signal {signal.Signals(signum).name})")
+    assert last.endswith("; exit 0"), out.decode()[-2000:]
 
 
 def _recorder_case(tmp_path: Path):  # noqa: ANN202

@@ -209,7 +209,13 @@ def test_double_sigint_mid_episode_closes_cleanly(tmp_path, ros_env):
         assert r.episodes == ["demo_0", "demo_1"] and r.num_steps("demo_0") == 50
         # the open episode is kept up to the signal, marked so that training can leave it out
         assert r.episode_metadata("demo_1")["end_reason"] == "shutdown"
-        assert 0 < r.num_steps("demo_1") < 50 and not r.read_dones("demo_1").any()
+        steps = r.num_steps("demo_1")
+        assert 0 < steps < 50 and not r.read_dones("demo_1").any()
+    # and its log line says so (it read "written (41 steps)", as for an episode the env ended)
+    log = rec.log_text()
+    assert "episode demo_0 written (50 steps)\n" in log
+    cut = f"episode demo_1 written ({steps} steps; interrupted (shutdown), not ended by the env)"
+    assert cut in log, log[-2000:]
 
 
 def alive(proc: RosProcess) -> bool:

@@ -9,10 +9,11 @@ Used by `make demo` (demo/loop.py), the launch-file tests and the docker tests.
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -216,13 +217,14 @@ class _IncludeLaunchDescription:
             e.argument for e in description.entities if isinstance(e, _DeclareLaunchArgument)
         ]
         given = [name for name, _ in self.arguments]
+        names = [a.name for a in declared]
         for arg in declared:
             if arg.default is None and arg.name not in given:
                 raise RuntimeError(
                     f"Included launch description missing required argument '{arg.name}' "
                     f"(description: '{arg.description}'), given: [{', '.join(given)}]"
+                    + did_you_mean([g for g in given if g not in names], names)
                 )
-        names = [a.name for a in declared]
         if len(set(names)) != len(names):
             raise ValueError(f"{path.name}: a launch argument is declared twice: {names}")
         if context.root is None:
@@ -454,8 +456,17 @@ def load_launch_file(
                 sys.modules[name] = module
     unknown = sorted(set(launch_args) - set(context.declared))
     if unknown:
-        raise KeyError(f"{path.name}: unknown launch arguments {unknown}")
+        hint = did_you_mean(unknown, context.declared)
+        raise KeyError(f"{path.name}: unknown launch arguments {unknown}{hint}")
     return LaunchInfo(path, context.root or {}, context.nodes, context.env)
+
+
+def did_you_mean(names: Iterable[str], declared: Iterable[str]) -> str:
+    """`; did you mean model_path?` for the names that look like typos of declared arguments
+    (the stand-in's addition to launch's messages), else ""."""
+    declared = list(declared)
+    close = [m[0] for name in names if (m := difflib.get_close_matches(name, declared, n=1))]
+    return f"; did you mean {', '.join(close)}?" if close else ""
 
 
 def _source_share(package: str) -> Path:

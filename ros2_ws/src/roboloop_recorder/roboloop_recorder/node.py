@@ -9,7 +9,8 @@ publishers offer (publishers of another type are counted and logged); start the 
 start recording if `record_on_activate`.
 deactivate: stop timers and subscriptions; the open episode is discarded (or ended, with
 `keep_partial_on_deactivate`). cleanup: drain the writer queue and close the dataset.
-shutdown and process exit (SIGINT, SIGTERM): the open episode is kept, `end_reason` "shutdown".
+shutdown and process exit (SIGINT, SIGTERM): the open episode is kept, `end_reason` "shutdown"
+(its log line says it was interrupted).
 """
 
 from __future__ import annotations
@@ -448,8 +449,13 @@ class RecorderNode(TableParameters, LifecycleNode):
         self.get_logger().warning(text)
 
     # Both run on the writer thread; rclpy logging is thread-safe.
-    def _on_written(self, name: str, steps: int) -> None:
-        self.get_logger().info(f"episode {name} written ({steps} steps)")
+    def _on_written(self, name: str, steps: int, end_reason: str) -> None:
+        # Its steps are intact, but an episode the env did not end (a stop signal, shutdown,
+        # stop_episode, deactivate) is cut short: say so, as its `end_reason` does.
+        cut = ""
+        if not end_reason.startswith("done"):
+            cut = f"; interrupted ({end_reason}), not ended by the env"
+        self.get_logger().info(f"episode {name} written ({steps} steps{cut})")
 
     def _on_write_error(self, text: str) -> None:
         self.get_logger().error(f"{text}; recording stopped (start_episode retries)")

@@ -51,7 +51,7 @@ class EpisodeWriterThread:
         *,
         queue_size: int = 256,
         fsync: bool = True,
-        on_episode_written: Callable[[str, int], None] | None = None,
+        on_episode_written: Callable[[str, int, str], None] | None = None,
         on_error: Callable[[str], None] | None = None,
     ) -> None:
         # Opened here (caller's thread) so that a bad path/spec fails at configure time.
@@ -186,7 +186,7 @@ class EpisodeWriterThread:
                 self.stats.episodes_written.append(name)
             future.set_result((name, steps))
             if self._on_written is not None:
-                self._on_written(name, steps)
+                self._on_written(name, steps, update.get("end_reason", ""))
         elif kind == "discard":
             w.discard_episode()
             self._episode = ""
