@@ -38,7 +38,7 @@ from episode_dataset.ranges import SEED, number
 from episode_dataset.recording.params import RECORDING_PARAMETERS
 from roboloop_policy.control import STALE, TRIGGERS, Command, PolicyLoop
 from roboloop_policy.observations import (
-    MAX_REAL_TIME_FACTOR,
+    REAL_TIME_FACTOR,
     BindingError,
     ObservationBinding,
     bind_observations,
@@ -97,7 +97,7 @@ def observation_parameters(safe_action_help: str) -> dict[str, tuple[Any, ...]]:
             "robot seconds per wall-clock second (a sim run slower than real time): the "
             "control timer ticks control_rate_hz x this per wall-clock second; 0 = the "
             "spec_topic's, else 1",
-            number(0, MAX_REAL_TIME_FACTOR),
+            REAL_TIME_FACTOR[2],
         ),
         "spec_topic": (
             "",

@@ -42,12 +42,14 @@ from episode_dataset.codecs import (
     decode_joint_state,
     stamp_to_ns,
 )
-from episode_dataset.recording.alignment import FUTURE_STAMP
+from episode_dataset.recording.alignment import FUTURE_STAMP, is_future_stamp
+from episode_dataset.recording.params import RECORDING_PARAMETERS
 from roboloop_policy.safety import ObservationRange
 from roboloop_runtime import ObsSpec
 from roboloop_runtime.topics import TopicNameError, observation_message_type, observation_topic
 
-MAX_REAL_TIME_FACTOR = 1000.0  # robot seconds per wall-clock second (the parameter's range too)
+# The recorder's real-time factor parameter: its range holds a spec's factor too.
+REAL_TIME_FACTOR = RECORDING_PARAMETERS["real_time_factor"]
 
 if TYPE_CHECKING:  # a type only: this module stays ROS-free
     from roboloop_node_common.robot_spec import DatasetSpec
@@ -163,8 +165,8 @@ def observation_stamp(msg: Any, now_ns: int, future_tolerance_s: float) -> int:
     than `future_tolerance_s` ahead of `now_ns` (the node clock at arrival), as the recorder
     rejects them (`Aligner.add`)."""
     stamp_ns = stamp_to_ns(msg.header.stamp)
-    ahead_s = (stamp_ns - now_ns) * 1e-9
-    if ahead_s > future_tolerance_s:
+    if is_future_stamp(stamp_ns * 1e-9, now_ns * 1e-9, future_tolerance_s):
+        ahead_s = (stamp_ns - now_ns) * 1e-9
         raise MessageError(
             FUTURE_STAMP,
             f"header.stamp {stamp_ns * 1e-9:.9f} is {ahead_s:.3f} s ahead of the node clock "
@@ -205,9 +207,9 @@ def real_time_factor_of(parameter: float, spec: DatasetSpec | None, spec_topic: 
     rtf = spec.real_time_factor
     if rtf is None:
         raise BindingError(f"the spec on {spec_topic} has no real_time_factor")
-    if not (math.isfinite(rtf) and 0 < rtf <= MAX_REAL_TIME_FACTOR):
+    high = REAL_TIME_FACTOR[2].high
+    if not (math.isfinite(rtf) and 0 < rtf <= high):
         raise BindingError(
-            f"the spec on {spec_topic} has real_time_factor {rtf:g}, outside "
-            f"(0, {MAX_REAL_TIME_FACTOR:g}]"
+            f"the spec on {spec_topic} has real_time_factor {rtf:g}, outside (0, {high:g}]"
         )
     return rtf
