@@ -12,6 +12,8 @@ import pytest
 from roboloop_bringup.processes import LOOPBACK_DDS, STARTED, remove_killed_shm
 from roboloop_bringup.processes import ros_env as _ros_env
 
+from roboloop_testing import hang_guard
+
 _SHM_BEFORE: set[str] = set()
 # test id -> Fast DDS files that appeared during the test and no live process held after it
 _SHM_LEFT_BY: dict[str, list[str]] = {}
@@ -36,6 +38,7 @@ def _mapped_shm_files() -> set[str]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(hang_guard, "roboloop_hang_guard")
     # Runs in the controller before xdist workers spawn, so workers inherit these.
     os.environ.update(LOOPBACK_DDS)  # the shipped Fast DDS profile: 127.0.0.1 + shared memory
     os.environ.setdefault("MUJOCO_GL", "egl")
