@@ -34,6 +34,7 @@ from typing import Any
 from demo.loop import (
     EVAL_SEED,
     REPO,
+    SERVE_TRIGGER,
     TRAIN_OVERRIDES,
     DiagnosticsMonitor,
     _ros_environment,
@@ -207,6 +208,7 @@ def serve(
                     "model_path": str(graphs["policy"]),
                     "output_path": str(rollouts),
                     "seed": str(EVAL_SEED),
+                    "trigger": SERVE_TRIGGER,
                 },
             )
         ]

@@ -9,8 +9,9 @@
 2. inspect  the dataset `info` table
 3. train    flow-matching BC (`python -m learning.train --config-name=train_fbc`)
 4. export   ONNX with the sampler unrolled + metadata (`python -m learning.export`)
-5. serve    launch/loop.launch.py: policy_node (deterministic sampling) drives sim_bridge at
-            real_time_factor 0.4, the recorder saves the rollouts
+5. serve    launch/loop.launch.py: policy_node (deterministic sampling, acting as each step's
+            observation arrives) drives sim_bridge at real_time_factor 0.4, the recorder saves
+            the rollouts
 6. report   expert / random / policy return on the same seeds, normalized score, success rate,
             obs->action latency p50/p99 from the policy node's diagnostics, drop/stale counts.
 
@@ -55,6 +56,9 @@ TRAIN_OVERRIDES = [
     "n_action_steps=1",
 ]
 POLICY_PARAMS = {"noise_scale": 0.0}
+# Act when a step's observation arrives: on the timer, the phase between the node's tick and the
+# bridge's made whole runs act a period late (README "What make demo does").
+SERVE_TRIGGER = "observation"
 
 
 def _ros_environment() -> None:
@@ -290,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                         "model_path": str(onnx_path),
                         "output_path": str(policy_data),
                         "seed": str(EVAL_SEED),
+                        "trigger": SERVE_TRIGGER,
                     },
                 )
             ],
