@@ -189,6 +189,8 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(f"learning.train: {err.__cause__}") from None
     except ONE_LINE_ERRORS as err:  # 1 line, exit 1
         raise SystemExit(f"learning.train: {err}") from None
+    except KeyboardInterrupt:  # Ctrl-C: an online run has written last.ckpt and said where
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import contextlib
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -148,6 +150,55 @@ def _resume_state(path: str, algorithm: str) -> dict[str, Any]:
             f"{path}: a {online.get('algorithm')!r} checkpoint; this run trains {algorithm!r}"
         )
     return ckpt
+
+
+class _StopRequest:
+    """SIGINT (Ctrl-C) or SIGTERM during a run: stop where a checkpoint is whole (the next env
+    or gradient step; an algorithm without stored transitions, PPO, after its next update),
+    write last.ckpt, then end as the signal would (KeyboardInterrupt, exit 143). Dying inside
+    an update instead lost everything since the last periodic checkpoint (Dreamer's is hours
+    of CPU apart here). A second signal acts at once, as before. Only in the main thread of a
+    one-process run: ranks stopping at different steps would wait on each other forever."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, enabled: bool) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._enabled = enabled and threading.current_thread() is threading.main_thread()
+
+    def __enter__(self) -> _StopRequest:
+        for sig in self.SIGNALS if self._enabled else ():
+            previous = signal.getsignal(sig)
+            if previous is not signal.SIG_IGN:  # ignored (nohup, a background job): stays so
+                self._previous[sig] = previous
+                signal.signal(sig, self._request)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _request(self, signum: int, frame: object) -> None:
+        self.signum = signum
+        self._restore()
+        log.warning(
+            "%s: stopping at the next whole step to write last.ckpt (again to stop at once)",
+            signal.Signals(signum).name,
+        )
+
+    def __bool__(self) -> bool:
+        return self.signum is not None
+
+    def end(self) -> None:
+        """End the run as the signal does by default, after the checkpoint."""
+        if self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + int(self.signum or 0))
 
 
 def _save(path: Path, ckpt: dict[str, Any]) -> None:
@@ -291,7 +342,8 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         num_envs = int(on.num_envs)
         env = make_env(str(cfg.env_id), num_envs, on.get("camera"))
         try:
-            return _train(cfg, run_dir, fabric, algo_cls, env, rank, device)
+            with _StopRequest(enabled=fabric.world_size == 1) as stop:
+                return _train(cfg, run_dir, fabric, algo_cls, env, rank, device, stop)
         finally:
             env.close()
 
@@ -304,6 +356,7 @@ def _train(
     env: gym.vector.VectorEnv,
     rank: int,
     device: torch.device,
+    stop: _StopRequest,
 ) -> dict[str, Any]:
     from sim.spec import env_spec
 
@@ -452,7 +505,7 @@ def _train(
     try:
         # Offline phase: gradient steps on the dataset-filled storage, no env step.
         began, began_steps = time.perf_counter(), offline_done
-        while offline_done < offline_total:
+        while offline_done < offline_total and not stop:
             scalars = player.gradient_step(fabric, learner, optimizers, storage)
             offline_done += 1
             if global_step() >= next_log:
@@ -469,7 +522,11 @@ def _train(
                 stopping.bad = 0  # patience counts the env phase's evaluations
                 checkpoint()
         start_time = began = time.perf_counter()  # env steps/s count the env phase alone
+        # Without stored transitions (PPO) a checkpoint is whole right after an update only.
+        keeps_storage = algo_cls.storage_state is not OnlineAlgorithm.storage_state
         while env_steps < total and not stopped:
+            if stop and (keeps_storage or updated_at == env_steps):
+                break
             with torch.inference_mode():
                 actions, extras = player.act(obs_t)
             next_obs, rewards, term, trunc, info = env.step(actions.cpu().numpy())
@@ -510,9 +567,22 @@ def _train(
                 next_eval += eval_every
                 stopped = run_evaluation()
         phase_time["online"] = time.perf_counter() - began
-        progress.update(global_step(), "done")
+        progress.update(global_step(), "stopped" if stop else "done")
     finally:
         progress.close()
+    if stop:
+        checkpoint()
+        for logger in fabric.loggers:
+            logger.finalize("failed")  # what Lightning's Trainer writes on a Ctrl-C
+        log.warning(
+            "stopped by %s at env step %d (%d offline steps): %s written; go on with ckpt_path=%s",
+            signal.Signals(stop.signum).name,
+            env_steps,
+            offline_done,
+            last,
+            last,
+        )
+        stop.end()
     if int(on.eval_episodes) and evaluated_at != global_step():
         run_evaluation()
     metrics["time/sps"] = (env_steps - start_steps) / max(time.perf_counter() - start_time, 1e-9)
