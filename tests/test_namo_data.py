@@ -172,3 +172,68 @@ def test_shipped_tiny_dataset_is_complete_small_and_reproducible(tmp_path: Path)
         with np.load(f) as new, np.load(TINY / f.name) as old:
             for key in new.files:
                 np.testing.assert_array_equal(new[key], old[key], err_msg=f"{f.name}:{key}")
+
+
+def test_collection_goes_on_where_it_stopped_and_refuses_other_settings(tmp_path: Path) -> None:
+    from sim.namo.parallel_data_collection import collect
+
+    config = MCTSConfig(budget=10)
+    rows = collect(tmp_path, 1, 5, config, workers=1, progress=False)
+    kept = {e: (tmp_path / f"episode_{e}.json").stat().st_mtime_ns for e in (1, 2, 4)}
+    (tmp_path / "episode_3.json").unlink()  # as if the run had stopped before it
+    again = collect(tmp_path, 1, 5, config, workers=1, progress=False)
+    assert [r[:3] for r in again] == [r[:3] for r in rows]  # episode, solved, moves
+    assert {e: (tmp_path / f"episode_{e}.json").stat().st_mtime_ns for e in kept} == kept
+    assert read_episode(tmp_path / "episode_3.json")["max_moves"] == 5
+    # a file from other settings would mix two datasets: one line, nothing solved
+    with pytest.raises(
+        EpisodeFileError, match=r"episode_1.json: .*mcts_config.budget 10, this run 20"
+    ):
+        collect(tmp_path, 1, 6, MCTSConfig(budget=20), workers=1, progress=False)
+    with pytest.raises(EpisodeFileError, match="max_moves 5, this run 3"):
+        collect(tmp_path, 1, 6, config, max_moves=3, workers=1, progress=False)
+    assert not (tmp_path / "episode_5.json").exists()
+
+
+def _interrupt_when(proc: subprocess.Popen, ready) -> tuple[str, str]:  # noqa: ANN001
+    """SIGINT to the process's group (what a terminal's Ctrl-C does) once `ready()`."""
+    import os
+    import signal
+    import time
+
+    deadline = time.monotonic() + 120
+    while not ready():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    return proc.communicate(timeout=60)
+
+
+def test_ctrl_c_stops_collection_and_masks_in_one_line_with_whole_files(tmp_path: Path) -> None:
+    episodes, masks = tmp_path / "episodes", tmp_path / "masks"
+    cmd = [sys.executable, "-m", "sim.namo.parallel_data_collection", "--output-dir"]
+    cmd += [str(episodes), "--start-idx", "0", "--end-idx", "400", "--level", "medium"]
+    proc = subprocess.Popen(
+        [*cmd, "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    _, err = _interrupt_when(proc, lambda: len(list(episodes.glob("*.json"))) >= 2)
+    done = sorted(episodes.glob("episode_*.json"))
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert err.strip().endswith(
+        f"interrupted: {len(done)} of 400 episodes are in {episodes}; the same command goes on "
+        "from there"
+    ), err[-3000:]
+    assert 2 <= len(done) < 400 and all(read_episode(p)["solved"] for p in done)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sim.namo.mask_generation", "batch", "--input-dir", str(episodes),
+         "--output-dir", str(masks), "--image-size", "224", "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    _, err = _interrupt_when(proc, lambda: len(list(masks.glob("*.npz"))) >= 5)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert "interrupted: the mask files" in err and len(err.strip().splitlines()) == 1, err
+    for path in masks.glob("*.npz"):  # each one whole: renamed into place once written
+        _check_file(path, 224)

@@ -6,13 +6,14 @@ from it):
 
     {"format": "roboloop.namo.episode/1", "episode": e, "level": "easy" | "medium" | "hard",
      "scene": Scene.to_dict(),
-     "model_config": ModelConfig as dict, "mcts_config": MCTSConfig as dict,
+     "model_config": ModelConfig as dict, "mcts_config": MCTSConfig as dict, "max_moves": int,
      "decisions": [{"state": NamoState.to_dict(), "proposals": [[object_id, x, y, theta], ...],
                     "q_values": [...], "visits": [...], "chosen": index, "seconds": s}, ...],
      "solved": bool, "moves": int, "start_reached": bool, "final_state": NamoState.to_dict()}
 
 ``level`` (a ``sim.namo.scene.LEVELS`` name) was added later: files without it hold ``easy``
-scenes; readers rebuild the scene from ``scene`` either way.
+scenes; readers rebuild the scene from ``scene`` either way. ``max_moves`` (the episode's move
+limit) too: a collection that goes on in a folder compares it (files without it: unknown).
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ def solve_episode(
         "scene": scene.to_dict(),
         "model_config": asdict(model.config),
         "mcts_config": asdict(mcts_config),
+        "max_moves": max_moves,
         "decisions": decisions,
         "solved": model.goal_reached(state),
         "moves": len(decisions),

@@ -14,6 +14,7 @@ Extra keys: ``visits`` (MCTS visits of the proposal), ``chosen`` (1 if MCTS exec
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from functools import partial
 from pathlib import Path
@@ -50,7 +51,11 @@ def render_episode(path: str | Path, output_dir: str | Path, size: int = DEFAULT
             arrays = sample_arrays(model, state, proposal, q, size)
             arrays["visits"] = np.int64(visits[p])
             arrays["chosen"] = np.int64(p == decision.get("chosen", -1))
-            np.savez_compressed(out / f"episode_{e}_goal_{g}_proposal_{p}.npz", **arrays)
+            path = out / f"episode_{e}_goal_{g}_proposal_{p}.npz"
+            tmp = path.with_name(path.name + ".tmp")
+            with open(tmp, "wb") as f:  # a file object: numpy appends no ".npz"
+                np.savez_compressed(f, **arrays)
+            os.replace(tmp, path)  # whole or absent: a stopped worker leaves no half file
             written += 1
     return written
 
@@ -95,6 +100,12 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, EpisodeFileError) as err:  # no --input-dir, an unwritable --output-dir,
         # an episode file that cannot be read (the masks of the episodes before it are kept)
         ap.exit(1, f"{ap.prog}: error: {one_line(err)}\n")
+    except KeyboardInterrupt:
+        ap.exit(
+            130,
+            f"{ap.prog}: interrupted: the mask files in {args.output_dir} are whole, not all "
+            "there; the same command renders every episode again\n",
+        )
     print(f"{n} mask files -> {args.output_dir} in {time.perf_counter() - start:.1f} s")
 
 

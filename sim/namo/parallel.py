@@ -8,6 +8,7 @@ at most every ``every_s`` seconds and once at the end.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -69,6 +70,12 @@ def progress_steps(
         yield advance
 
 
+def _leave_ctrl_c_to_the_parent() -> None:
+    # A Ctrl-C reaches every process of the terminal's group: the parent stops the pool, so
+    # its workers need not print a KeyboardInterrupt traceback each.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def imap_progress(
     job: Callable[[Any], Any],
     items: Iterable[Any],
@@ -86,7 +93,7 @@ def imap_progress(
             results: Iterable[Any] = map(job, items)
         else:
             # spawn: workers do not inherit the parent's threads/locks (safe under pytest, ROS).
-            pool = get_context("spawn").Pool(workers)
+            pool = get_context("spawn").Pool(workers, initializer=_leave_ctrl_c_to_the_parent)
             results = pool.imap_unordered(job, items)
         try:
             for result in results:
