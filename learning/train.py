@@ -21,9 +21,11 @@ A key both give must agree. A second optional hook, `has_test_split -> bool`, ru
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-from collections.abc import Sequence
+import signal
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from episode_dataset import DatasetError
@@ -146,9 +149,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     with tracked(cfg, run_dir, path="trainer") as logger:
         trainer: L.Trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=logger or False)
         # Resume reads the checkpoint as plain data too (docs/security.md).
-        trainer.fit(
-            model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True
-        )
+        with _stopped_by_signal(trainer, run_dir):
+            trainer.fit(
+                model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True
+            )
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         ckpt_cb = trainer.checkpoint_callback
         best = getattr(ckpt_cb, "best_model_path", "") or None
@@ -164,6 +168,37 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     log.info("run finished: %s", result)
     return result
+
+
+@contextlib.contextmanager
+def _stopped_by_signal(trainer: L.Trainer, run_dir: Path) -> Iterator[None]:
+    """Lightning ends a fit stopped by Ctrl-C with exit 1 and one stopped by SIGTERM (`docker
+    stop`, a scheduler) with exit 0, as if it had finished. End them as the signals do, as the
+    online loop does: KeyboardInterrupt (learning.train: exit 130), exit 143; and say which
+    checkpoint to go on from (last.ckpt: the last finished epoch)."""
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    except SystemExit as err:
+        if isinstance(err, SIGTERMException):
+            name = "SIGTERM"
+        elif trainer.interrupted:
+            name = "SIGINT"
+            signal.signal(signal.SIGINT, sigint)  # Lightning leaves Ctrl-C ignored
+        else:
+            raise
+        last = run_dir / "checkpoints" / "last.ckpt"
+        log.warning(
+            "stopped by %s in epoch %d: %s",
+            name,
+            trainer.current_epoch,
+            f"go on from the last finished epoch with ckpt_path={last}"
+            if last.exists()
+            else "no epoch had finished, nothing saved",
+        )
+        if name == "SIGINT":
+            raise KeyboardInterrupt from None
+        raise SystemExit(128 + signal.SIGTERM) from None
 
 
 # Errors whose message is the whole story (a file, a key, a value): one line, exit 1.

@@ -162,6 +162,12 @@ def _write(writer: EpisodeWriter, buf: dict[str, list], seed: int, terminated: b
     )
 
 
+def _episode_count(path: str) -> int:
+    from episode_dataset import EpisodeReader
+
+    return len(EpisodeReader(path).episodes) if Path(path).exists() else 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m sim.collect",
@@ -184,7 +190,9 @@ def main(argv: list[str] | None = None) -> None:
         help="AsyncVectorEnv (subprocesses); slower than sync on 2 cores",
     )
     args = parser.parse_args(argv)
+    before = 0
     try:
+        before = _episode_count(args.out)
         names = collect(
             args.env,
             args.policy,
@@ -197,6 +205,13 @@ def main(argv: list[str] | None = None) -> None:
         )
     except (ValueError, RuntimeError, OSError) as err:  # unknown task, bad model or dataset
         parser.exit(2, f"sim.collect: error: {one_line(err)}\n")
+    except KeyboardInterrupt:  # each episode is committed whole as it ends
+        written = _episode_count(args.out) - before
+        parser.exit(
+            130,
+            f"sim.collect: interrupted: {written} of {args.episodes} episodes written to "
+            f"{args.out}, each whole (a rerun appends to it)\n",
+        )
     from episode_dataset import EpisodeReader
 
     reader = EpisodeReader(args.out)

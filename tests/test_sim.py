@@ -248,6 +248,34 @@ def test_collect_cli_writes_a_dataset_and_reports(tmp_path) -> None:
     assert "Traceback" not in unknown.stderr
 
 
+def test_collect_cli_ctrl_c_keeps_whole_episodes_and_says_how_many(tmp_path) -> None:
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "c.hdf5"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sim.collect", "--env", "Reacher-v5", "--episodes", "100000",
+         "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not out.exists():  # the index appears with the first committed episodes
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C
+    _, err = proc.communicate(timeout=60)
+    episodes = len(EpisodeReader(out).episodes)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert err.splitlines()[-1] == (
+        f"sim.collect: interrupted: {episodes} of 100000 episodes written to {out}, each whole "
+        "(a rerun appends to it)"
+    )
+    assert episodes >= 1
+    validate_file(out)
+
+
 def test_env_spec_takes_features_from_the_wrappers_and_the_rate_from_dt() -> None:
     import gymnasium as gym
 

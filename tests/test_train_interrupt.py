@@ -1,6 +1,7 @@
-"""Ctrl-C or SIGTERM during an online run (real `python -m learning.train` processes): the run
-stops at a whole step, writes last.ckpt (and SAC's replay buffer), says where, exits as the
-signal would (130, 143), and the checkpoint resumes."""
+"""Ctrl-C or SIGTERM during training (real `python -m learning.train` processes): an online run
+stops at a whole step, writes last.ckpt (and SAC's replay buffer); an offline run keeps its
+last finished epoch; both say where to go on, exit as the signal would (130, 143), and the
+checkpoint resumes."""
 
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 BOUND = 10**6  # env steps no run here reaches: only the signal ends it
 
 
+ONLINE = ("env_id=Pendulum-v1", "online.progress_bar=false", "online.eval_episodes=0")
+
+
 def start(tmp_path: Path, config: str, *overrides: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "learning.train", f"--config-name={config}"]
-    cmd += ["env_id=Pendulum-v1", f"run_dir={tmp_path}/run", "online.progress_bar=false"]
-    cmd += ["online.eval_episodes=0", *overrides]
+    cmd += [f"run_dir={tmp_path}/run", *overrides]
     # start_new_session: the process's own SIGINT handling, as in a terminal, not the test's
     return subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -51,6 +54,7 @@ def test_ctrl_c_writes_the_checkpoint_and_the_run_resumes(tmp_path: Path) -> Non
     proc = start(
         tmp_path,
         "train_sac",
+        *ONLINE,
         "training.num_iterations=1",
         f"training.steps_per_iteration={BOUND}",
         "online.checkpoint_every=150",  # first periodic checkpoint at env step 249
@@ -91,6 +95,7 @@ def test_sigterm_stops_ppo_after_an_update(tmp_path: Path) -> None:
     proc = start(
         tmp_path,
         "train_ppo",
+        *ONLINE,
         "online.num_envs=2",
         f"training.steps_per_iteration={rollout}",
         f"training.num_iterations={BOUND // rollout}",
@@ -106,6 +111,33 @@ def test_sigterm_stops_ppo_after_an_update(tmp_path: Path) -> None:
     assert online["env_steps"] >= 3 * rollout and online["env_steps"] % rollout == 0
     assert online["iteration"] == online["env_steps"] // rollout
     assert f"stopped by SIGTERM at env step {online['env_steps']}" in out
+
+
+def test_sigterm_and_ctrl_c_end_offline_training_as_the_signals_do(tmp_path: Path) -> None:
+    """Lightning ended a SIGTERM'd fit with exit 0, as if it had finished, and a Ctrl-C with 1."""
+    from sim.collect import collect
+
+    dataset = tmp_path / "d.hdf5"
+    collect("Reacher-v5", "expert", 4, 0, str(dataset))
+    fbc = (f"dataset={dataset}", "max_epochs=100000", "batch_size=32")
+    for signum, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        run = tmp_path / signal.Signals(signum).name
+        proc = start(run, "train_fbc", *fbc)
+        last = run / "run" / "checkpoints" / "last.ckpt"
+        out = signal_after_first_checkpoint(proc, last, signum)
+        assert proc.returncode == code, out[-3000:]
+        assert "Traceback" not in out, out[-3000:]
+        assert f"stopped by {signal.Signals(signum).name} in epoch " in out, out[-3000:]
+        assert f"go on from the last finished epoch with ckpt_path={last}" in out
+    epoch = torch.load(last, weights_only=True)["epoch"]
+    resumed = subprocess.run(
+        [sys.executable, "-m", "learning.train", "--config-name=train_fbc", *fbc[:1],
+         f"max_epochs={epoch + 2}", f"run_dir={tmp_path}/resumed", f"ckpt_path={last}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert after["epoch"] == epoch + 1
 
 
 def test_a_second_signal_acts_at_once_and_ignored_signals_stay_ignored() -> None:
