@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from demo.loop import (
     DiagnosticsMonitor,
     _ros_environment,
     ends_seen,
+    exit_with,
     record_expert,
     run_nodes_until,
     score_rollouts,
@@ -366,4 +366,4 @@ def report(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main, "demo.family")

@@ -455,5 +455,16 @@ def _success_rate(reader: Any, episodes: list[str], env_id: str) -> float:
     return float(np.mean([np.hypot(s[8], s[9]) < 0.02 for s in last]))
 
 
+def exit_with(main: Callable[[], int], prog: str) -> None:
+    """Run a demo's main; a Ctrl-C is one line and exit 130 (run_nodes_until has stopped every
+    node by then; the files written so far stay in the output folder)."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; its nodes are stopped", file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main, "demo.loop")

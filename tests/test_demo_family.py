@@ -109,3 +109,36 @@ def test_namo_family_plans_held_out_scenes_over_ros(tmp_path: Path, ros_env: dic
             assert model.check(state, move) is None, d
             state = model.step(state, move).state
             assert d["goal_reached"] == model.goal_reached(state)
+
+
+def test_ctrl_c_stops_the_demo_and_its_nodes_in_one_line(
+    tmp_path: Path, ros_env: dict[str, str]
+) -> None:
+    """A terminal's Ctrl-C during the recording: exit 130, one line, no node left running."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "demo.loop", "--episodes", "5000", "--out", str(out)],
+        cwd=REPO, env=ros_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (out / "expert.hdf5").exists():  # the recorder has committed episodes
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert err.strip().splitlines()[-1] == "demo.loop: interrupted; its nodes are stopped"
+    assert "Traceback" not in err, err[-3000:]
+    left = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(out).encode() in cmdline.read_bytes():
+                left.append(cmdline.parent.name)
+        except OSError:
+            continue  # ended while we looked
+    assert not left, left
