@@ -459,7 +459,9 @@ def test_encoder_comes_from_the_registry_by_config_name(tmp_path: Path) -> None:
         QFunctionNet(encoder="vit_huge")
 
 
-def test_label_noise_researches_the_stored_moves_and_pools_labels(tmp_path: Path) -> None:
+def test_label_noise_researches_the_stored_moves_and_pools_labels(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """A second MCTS search of each stored decision (root moves fixed) is scored against the
     stored labels; --write-dir pools the Q of all searches, weighted by their visits."""
     from learning.namo.label_noise import compare_labels, label_noise, main
@@ -485,6 +487,11 @@ def test_label_noise_researches_the_stored_moves_and_pools_labels(tmp_path: Path
             assert sum(after["visits"]) == sum(before["visits"]) + 2 * budget
             assert all(0.0 <= q <= 1.0 for q in after["q_values"])
     assert label_noise(tmp_path / "e", seed=5, repeats=2, workers=1) == out  # seeded
+    capsys.readouterr()
+    main(["--episodes", str(tmp_path / "e"), "--seed", "5", "--repeats", "2", "--workers", "2"])
+    printed = capsys.readouterr()
+    assert json.loads(printed.out) == out  # the JSON alone on stdout, whatever order on 2 cores
+    assert "episodes: 2/2 (100%)" in printed.err  # progress (not a terminal: plain lines)
     with pytest.raises(SystemExit, match="no episode_"):
         main(["--episodes", str(tmp_path)])
 

@@ -15,18 +15,18 @@ proposal's Q pooled over all R + 1 searches (sum of returns / sum of visits; ``v
 ``--fresh`` pools the R re-searches only (R searches, the stored one left out), so that two runs
 with other ``--seed`` give independent pooled labels. ``--compare OTHER`` searches nothing: it
 scores the labels of OTHER (episodes of the same decisions, e.g. the other pool) against DIR's,
-i.e. how well pooled labels agree with themselves.
+i.e. how well pooled labels agree with themselves. Episodes are searched on every core with
+progress on stderr; with ``--write-dir`` each is written as it finishes, so a Ctrl-C (one line,
+exit 130) keeps the ones searched by then.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import replace
 from functools import partial
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from sim.namo.episodes import (
     write_episode,
 )
 from sim.namo.mcts import MCTS, MCTSConfig
+from sim.namo.parallel import imap_progress
 
 Row = tuple[int, int, float, float]  # episode, decision, stored Q, first re-search's Q
 
@@ -90,21 +91,20 @@ def label_noise(
     write_dir: str | Path | None = None,
     workers: int | None = None,
     fresh: bool = False,
+    progress: bool = True,
 ) -> dict[str, float]:
     files = episode_files(episodes_dir)
     if repeats < 1:
         raise ValueError(f"--repeats {repeats}: needs at least one re-search")
-    workers = max(1, min(workers or os.cpu_count() or 1, len(files)))
     job = partial(research_episode, budget=budget, seed=seed, repeats=repeats, fresh=fresh)
-    if workers == 1:
-        results = list(map(job, files))
-    else:
-        with get_context("spawn").Pool(workers) as pool:
-            results = pool.map(job, files)
-    if write_dir is not None:
-        for _, episode in results:
+    chunks = []
+    # progress on stderr: stdout carries the JSON line
+    for chunk, episode in imap_progress(job, files, workers, "episodes", progress, sys.stderr):
+        if write_dir is not None:  # as each one ends: a stopped run keeps what it searched
             write_episode(episode, write_dir)
-    rows = np.array([r for chunk, _ in results for r in chunk], dtype=np.float64)
+        chunks.append((int(episode["episode"]), chunk))
+    chunks.sort(key=lambda c: c[0])  # file order, whatever order the workers finished in
+    rows = np.array([r for _, chunk in chunks for r in chunk], dtype=np.float64)
     out = ranking_metrics(rows[:, 3], rows[:, 2], group_ids(rows[:, 0], rows[:, 1]))
     out.update({"episodes": len(files), "samples": len(rows), "budget": budget, "seed": seed})
     return out
@@ -174,6 +174,10 @@ def main(argv: list[str] | None = None) -> None:
             )
     except (EpisodeFileError, ValueError, OSError) as err:
         sys.exit(f"learning.namo.label_noise: {err}")
+    except KeyboardInterrupt:
+        kept = f"; the episodes searched so far are in {args.write_dir}" if args.write_dir else ""
+        print(f"learning.namo.label_noise: interrupted{kept}", file=sys.stderr)
+        sys.exit(130)
     print(json.dumps(out))
 
 
