@@ -162,7 +162,8 @@ def _write(writer: EpisodeWriter, buf: dict[str, list], seed: int, terminated: b
     )
 
 
-def _episode_count(path: str) -> int:
+def episode_count(path: str) -> int:
+    """Episodes in the dataset at `path` (0 when there is none yet)."""
     from episode_dataset import EpisodeReader
 
     return len(EpisodeReader(path).episodes) if Path(path).exists() else 0
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     before = 0
     try:
-        before = _episode_count(args.out)
+        before = episode_count(args.out)
         names = collect(
             args.env,
             args.policy,
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, RuntimeError, OSError) as err:  # unknown task, bad model or dataset
         parser.exit(2, f"sim.collect: error: {one_line(err)}\n")
     except KeyboardInterrupt:  # each episode is committed whole as it ends
-        written = _episode_count(args.out) - before
+        written = episode_count(args.out) - before
         parser.exit(
             130,
             f"sim.collect: interrupted: {written} of {args.episodes} episodes written to "

@@ -311,7 +311,11 @@ def main(argv: list[str] | None = None) -> None:
         help="end an episode (terminated) at each first solved step, as the task's env does",
     )
     args = parser.parse_args(argv)
+    from sim.collect import episode_count  # not at the top: sim.envs imports this module
+
+    before = 0
     try:
+        before = episode_count(args.out)
         names = generate(
             args.env,
             args.kind,
@@ -324,6 +328,13 @@ def main(argv: list[str] | None = None) -> None:
         )
     except (ValueError, ImportError, OSError) as err:
         parser.exit(2, f"sim.ogbench: error: {err}\n")
+    except KeyboardInterrupt:  # each episode is committed whole as it ends
+        written = episode_count(args.out) - before
+        parser.exit(
+            130,
+            f"sim.ogbench: interrupted: {written} episodes written to {args.out}, each whole "
+            "(a rerun appends to it)\n",
+        )
     from episode_dataset import EpisodeReader
 
     reader = EpisodeReader(args.out)

@@ -141,6 +141,27 @@ def test_the_cli_writes_a_summary_and_bad_input_is_one_line(tmp_path, capsys) ->
         generate(CUBE, "play", 1, 0, tmp_path / "y.hdf5", episode_steps=1)
 
 
+def test_ctrl_c_keeps_the_whole_episodes_and_says_how_many(tmp_path, capsys, monkeypatch) -> None:
+    """A Ctrl-C after the 2 episodes of the first call: the line counts what was committed."""
+    import sim.ogbench as ogbench
+
+    out = tmp_path / "c.hdf5"
+    ogbench.generate(CUBE, "play", 1, 0, out, episode_steps=20)  # already there: not counted
+
+    def interrupted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        generate(CUBE, "play", 2, 1, out, episode_steps=20)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ogbench, "generate", interrupted)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--env", CUBE, "--kind", "play", "--episodes", "50", "--out", str(out)])
+    assert exit_.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"sim.ogbench: interrupted: 2 episodes written to {out}, each whole "
+        "(a rerun appends to it)"
+    )
+
+
 def test_an_image_policy_trains_on_a_generated_camera_dataset(tmp_path) -> None:
     """The visual route headless: OGBench frames from the workspace camera -> dataset -> an
     image FBC (the camera alone) whose loss falls on a fixed batch."""
