@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import logging
 import signal
 from collections.abc import Iterator, Sequence
@@ -149,7 +150,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     with tracked(cfg, run_dir, path="trainer") as logger:
         trainer: L.Trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=logger or False)
         # Resume reads the checkpoint as plain data too (docs/security.md).
-        with _stopped_by_signal(trainer, run_dir):
+        with _stopped_by_signal(trainer, run_dir), _out_of_space(run_dir):
             trainer.fit(
                 model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True
             )
@@ -199,6 +200,21 @@ def _stopped_by_signal(trainer: L.Trainer, run_dir: Path) -> Iterator[None]:
         if name == "SIGINT":
             raise KeyboardInterrupt from None
         raise SystemExit(128 + signal.SIGTERM) from None
+
+
+@contextlib.contextmanager
+def _out_of_space(run_dir: Path) -> Iterator[None]:
+    """A full disk or a file-size limit while the run writes (checkpoints, logs) is one line
+    (OSError's own names no file); what was written before stays (checkpoints are written to
+    a temporary name, then moved)."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise
+        raise CheckpointError(
+            f"{run_dir}: writing the run failed ({err.strerror}); what it wrote before is kept"
+        ) from None
 
 
 # Errors whose message is the whole story (a file, a key, a value): one line, exit 1.

@@ -1,11 +1,13 @@
-"""Ctrl-C or SIGTERM during training (real `python -m learning.train` processes): an online run
-stops at a whole step, writes last.ckpt (and SAC's replay buffer); an offline run keeps its
-last finished epoch; both say where to go on, exit as the signal would (130, 143), and the
-checkpoint resumes."""
+"""Training stopped from outside (real `python -m learning.train` processes). Ctrl-C or SIGTERM:
+an online run stops at a whole step, writes last.ckpt (and SAC's replay buffer); an offline run
+keeps its last finished epoch; both say where to go on, exit as the signal would (130, 143), and
+the checkpoint resumes. A full disk (a file-size limit stands in for it): one line, exit 1, no
+half-written file."""
 
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -138,6 +140,47 @@ def test_sigterm_and_ctrl_c_end_offline_training_as_the_signals_do(tmp_path: Pat
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
     assert after["epoch"] == epoch + 1
+
+
+def run_with_file_limit(tmp_path: Path, limit: int, *args: str) -> subprocess.CompletedProcess:
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    cmd = [sys.executable, "-m", "learning.train", *args, f"run_dir={tmp_path}/run"]
+    return subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=300, preexec_fn=limited
+    )  # fmt: skip
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_half_checkpoint(tmp_path: Path) -> None:
+    from sim.collect import collect
+
+    # online: the first periodic checkpoint (~3 MB with Adam's moments) does not fit
+    online = run_with_file_limit(
+        tmp_path / "online", 500_000, "--config-name=train_sac", *ONLINE,
+        "training.num_iterations=1", "training.steps_per_iteration=400",
+        "online.checkpoint_every=150",
+    )  # fmt: skip
+    checkpoints = tmp_path / "online" / "run" / "checkpoints"
+    assert online.returncode == 1, online.stderr[-3000:]
+    assert online.stderr.strip().splitlines()[-1] == (
+        f"learning.train: {checkpoints / 'last.ckpt'}: cannot write it (File too large); "
+        "none was written before"
+    )
+    assert not (checkpoints / "last.ckpt").exists() and not list(checkpoints.glob("*.tmp"))
+
+    dataset = tmp_path / "d.hdf5"
+    collect("Reacher-v5", "expert", 4, 0, str(dataset))
+    offline = run_with_file_limit(
+        tmp_path / "offline", 200_000, "--config-name=train_fbc", f"dataset={dataset}",
+        "max_epochs=2",
+    )  # fmt: skip
+    assert offline.returncode == 1, offline.stderr[-3000:]
+    assert offline.stderr.strip().splitlines()[-1] == (
+        f"learning.train: {tmp_path / 'offline' / 'run'}: writing the run failed (File too "
+        "large); what it wrote before is kept"
+    )
+    assert not list((tmp_path / "offline" / "run").rglob("*.ckpt"))
 
 
 def test_a_second_signal_acts_at_once_and_ignored_signals_stay_ignored() -> None:

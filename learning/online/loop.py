@@ -202,10 +202,22 @@ class _StopRequest:
 
 
 def _save(path: Path, ckpt: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write `path` whole or not at all: a full disk or a file-size limit is one line, and the
+    checkpoint written before stays as it was."""
     tmp = path.with_suffix(".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)  # never a half-written last.ckpt
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:  # a file object: a failed write surfaces as its OSError
+            torch.save(ckpt, f)
+        os.replace(tmp, path)  # never a half-written last.ckpt
+    except (OSError, RuntimeError) as failed:
+        # torch's zip writer reports a failed write as a RuntimeError raised from it
+        err = failed if isinstance(failed, OSError) else failed.__context__
+        if not isinstance(err, OSError):
+            raise
+        tmp.unlink(missing_ok=True)
+        kept = "the previous one is kept" if path.exists() else "none was written before"
+        raise CheckpointError(f"{path}: cannot write it ({err.strerror or err}); {kept}") from None
 
 
 def storage_path(ckpt: Path, rank: int) -> Path:
