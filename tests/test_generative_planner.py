@@ -164,3 +164,25 @@ def test_remote_planner_over_transports_decides_like_the_local_one(namo, q_model
     bad = make_remote_planner(RemoteGenerator(remote.generator.ask, SIZE), short)
     with pytest.raises(ReplyError, match="1 Q-values for"):
         bad.decide(model, state)
+
+
+def test_planner_stats_are_counts_and_sums_over_every_decision() -> None:
+    """/diagnostics' means cover every decision of the node's life in constant memory."""
+    from roboloop_namo.planning import DecisionRecord, PlannerStats
+
+    stats = PlannerStats()
+    assert stats.values() == {"episodes": "0", "solved": "0", "decisions": "0"}
+    for i in range(10_000):
+        stats.record(
+            DecisionRecord(
+                move=i % 3, object_id="box", x=1.0, y=2.0, theta=0.0, q=0.5, generated=8,
+                valid=8 - i % 2, fallback=i % 4 == 0, decision_s=0.001 * (i % 10 + 1),
+                generator_s=0.002, scorer_s=0.001 * (i % 2), goal_reached=False,
+            )
+        )  # fmt: skip
+    values = stats.values()
+    assert values["decisions"] == "10000" and values["fallbacks"] == "2500"
+    assert values["mean_decision_ms"] == "5.5"  # 1..10 ms, equally often
+    assert values["mean_network_ms"] == "2.5"  # 2 ms + 0 or 1 ms
+    assert values["last_decision_ms"] == "10.0" and values["last_valid"] == "7"
+    assert not any(isinstance(v, list) for v in vars(stats).values())  # nothing grows

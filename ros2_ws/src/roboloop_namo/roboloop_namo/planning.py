@@ -148,35 +148,42 @@ def plan_episode(
 
 
 class PlannerStats:
-    """What /diagnostics says about the planner's decisions."""
+    """What /diagnostics says about the planner's decisions: counts and sums, not a list of
+    every decision, so a node that plans for days keeps a constant size."""
 
     def __init__(self) -> None:
-        self.records: list[DecisionRecord] = []
         self.episodes = 0
         self.solved = 0
+        self.decisions = 0
+        self.fallbacks = 0
+        self.last: DecisionRecord | None = None
+        self._decision_s = 0.0  # sums, for the means
+        self._network_s = 0.0
 
     def record(self, record: DecisionRecord) -> None:
-        self.records.append(record)
+        self.decisions += 1
+        self.fallbacks += bool(record.fallback)
+        self._decision_s += record.decision_s
+        self._network_s += record.network_s
+        self.last = record
 
     def values(self) -> dict[str, str]:
         out = {
             "episodes": str(self.episodes),
             "solved": str(self.solved),
-            "decisions": str(len(self.records)),
+            "decisions": str(self.decisions),
         }
-        if self.records:
-            last = self.records[-1]
-            total = np.array([r.decision_s for r in self.records]) * 1e3
-            network = np.array([r.network_s for r in self.records]) * 1e3
+        last = self.last
+        if last is not None:
             out.update(
                 last_decision_ms=f"{1e3 * last.decision_s:.1f}",
                 last_network_ms=f"{1e3 * last.network_s:.1f}",
                 last_generator_ms=f"{1e3 * last.generator_s:.1f}",
                 last_scorer_ms=f"{1e3 * last.scorer_s:.1f}",
-                mean_decision_ms=f"{total.mean():.1f}",
-                mean_network_ms=f"{network.mean():.1f}",
+                mean_decision_ms=f"{1e3 * self._decision_s / self.decisions:.1f}",
+                mean_network_ms=f"{1e3 * self._network_s / self.decisions:.1f}",
                 last_generated=str(last.generated),
                 last_valid=str(last.valid),
-                fallbacks=str(sum(r.fallback for r in self.records)),
+                fallbacks=str(self.fallbacks),
             )
         return out
