@@ -379,7 +379,7 @@ out = {{}}
 session.start_episode()
 end = t.publish_episode(session, 10.0, 3)
 session.tick(end + 1.0)  # demo_0 ends on done and is committed; the next episode starts
-wait(lambda: writer.stats.episodes_written == ["demo_0"])
+wait(lambda: writer.stats.last_episode == "demo_0")
 limit({limit})
 end = t.publish_episode(session, end + 1.0, 3, k0=10)
 session.tick(end + 1.0)  # its commit fails on the writer thread; the next one has started
@@ -399,6 +399,8 @@ end = t.publish_episode(session, end + 1.0, 2, k0=40, done_last=False)
 session.tick(end + 1.0)
 out["stop_failing_commit"] = session.stop_episode(wait_s=5.0)
 out["write_errors"] = session.counters()["write_errors"]
+out["written"] = [writer.stats.episodes_written, writer.stats.last_episode]
+out["last_error"] = writer.last_error
 writer.close()
 print(json.dumps(out))
 """
@@ -427,6 +429,7 @@ def test_failed_writes_stop_recording_and_are_answered(tmp_path):
     ok, message = out["stop_failing_commit"]  # a failure in the commit the service waits for
     assert not ok and "writing demo_2 failed" in message and "File too large" in message
     assert out["write_errors"] == 2
+    assert out["written"] == [2, "demo_1"] and "writing demo_2 failed" in out["last_error"]
     validate_file(tmp_path / "rec.hdf5")
     with EpisodeReader(tmp_path / "rec.hdf5") as r:
         assert r.episodes == ["demo_0", "demo_1"]

@@ -17,7 +17,7 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,11 @@ class WriterStats:
     enqueued_steps: int = 0
     dropped_steps: int = 0  # queue full
     written_steps: int = 0
-    episodes_written: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    # counts and the last ones, not lists: a recorder that runs for weeks keeps its size
+    episodes_written: int = 0
+    last_episode: str | None = None
+    errors: int = 0
+    last_error: str | None = None
     bytes_written: int = 0
 
 
@@ -74,12 +77,12 @@ class EpisodeWriterThread:
     @property
     def failures(self) -> int:
         with self._lock:
-            return len(self.stats.errors)
+            return self.stats.errors
 
     @property
     def last_error(self) -> str | None:
         with self._lock:
-            return self.stats.errors[-1] if self.stats.errors else None
+            return self.stats.last_error
 
     def begin(self, metadata: dict[str, Any]) -> None:
         self._queue.put(("begin", metadata))
@@ -139,7 +142,8 @@ class EpisodeWriterThread:
         self._episode = ""
         self._writer.discard_episode()
         with self._lock:
-            self.stats.errors.append(msg)
+            self.stats.errors += 1
+            self.stats.last_error = msg
         self._lost = msg
         if item[0] == "end":
             item[2].set_exception(WriteError(msg))
@@ -183,7 +187,8 @@ class EpisodeWriterThread:
             name = w.end_episode(metadata_update=update)
             self._episode = ""
             with self._lock:
-                self.stats.episodes_written.append(name)
+                self.stats.episodes_written += 1
+                self.stats.last_episode = name
             future.set_result((name, steps))
             if self._on_written is not None:
                 self._on_written(name, steps, update.get("end_reason", ""))
