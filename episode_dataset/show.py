@@ -45,34 +45,61 @@ def show_episode(path: str | os.PathLike[str], episode: int, out: str | os.PathL
                 f"0..{len(reader) - 1})"
             )
         ep = reader.episodes[episode]
-        data = reader.read_episode(ep)
-        rate = reader.env_args.get("control_rate_hz")
         images = [k for k, spec in reader.obs_specs.items() if spec.is_image]
-    n = len(data["actions"])
-    t = np.arange(n) / rate if rate else np.arange(n, dtype=np.float64)
-    cameras = {k: _as_rgb8(data["obs"].pop(k)) for k in images}
-    if out.suffix == ".png":
-        picks = np.unique(np.linspace(0, n - 1, min(STRIP_FRAMES, n)).round().astype(int))
-        shown = {k: np.concatenate(list(v[picks]), axis=1) for k, v in cameras.items()}
-        fig, _, _ = _figure(data, t, shown, "s" if rate else "step", f"{path.name} {ep}")
-        _save_png(fig, out)
-        return f"{out}: {ep}, {n} steps, {len(cameras)} cameras ({len(picks)} frames each)"
-    fig, cam_axes, plot_axes = _figure(
-        data,
-        t,
-        {k: v[0] for k, v in cameras.items()},
-        "s" if rate else "step",
-        f"{path.name} {ep}",
-    )
-    _write_mp4(fig, cam_axes, plot_axes, cameras, t, out, fps=rate or 10)
+        data = reader.read_window(ep, keys=[k for k in reader.obs_specs if k not in images])
+        rate = reader.env_args.get("control_rate_hz")
+        n = len(data["actions"])
+        t = np.arange(n) / rate if rate else np.arange(n, dtype=np.float64)
+        cameras = {k: _Camera(reader, ep, k, n) for k in images}
+        unit, title = "s" if rate else "step", f"{path.name} {ep}"
+        if out.suffix == ".png":
+            picks = np.unique(np.linspace(0, n - 1, min(STRIP_FRAMES, n)).round().astype(int))
+            shown = {
+                k: np.concatenate([cam.frame(i) for i in picks], axis=1)
+                for k, cam in cameras.items()
+            }
+            fig, _, _ = _figure(data, t, shown, unit, title)
+            _save_png(fig, out)
+            return f"{out}: {ep}, {n} steps, {len(cameras)} cameras ({len(picks)} frames each)"
+        first = {k: cam.frame(0) for k, cam in cameras.items()}
+        fig, cam_axes, plot_axes = _figure(data, t, first, unit, title)
+        _write_mp4(fig, cam_axes, plot_axes, cameras, t, out, fps=rate or 10)
     return f"{out}: {ep}, {n} frames at {rate or 10:g} fps, {len(cameras)} cameras"
 
 
-def _as_rgb8(frames: np.ndarray) -> np.ndarray:
+class _Camera:
+    """One image key of an episode as rgb8 frames, read CHUNK steps at a time, so that a long
+    episode (an hour of 640x480 video is 100 GB) is never in memory whole."""
+
+    CHUNK = 64
+
+    def __init__(self, reader: EpisodeReader, ep: str, key: str, steps: int) -> None:
+        self.reader, self.ep, self.key, self.steps = reader, ep, key, steps
+        self.shape = tuple(reader.obs_specs[key].shape[:2])
+        self._start, self._frames = -1, np.empty(0)
+        self.range: tuple[float, float] | None = None
+        if np.dtype(reader.obs_specs[key].dtype) != np.uint8:  # depth: the episode's range
+            lo, hi = np.inf, -np.inf
+            for start in range(0, steps, self.CHUNK):
+                chunk = self._read(start)
+                lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
+            self.range = (lo, hi)
+
+    def _read(self, start: int) -> np.ndarray:
+        return self.reader.read_obs(self.ep, self.key, start, min(start + self.CHUNK, self.steps))
+
+    def frame(self, step: int) -> np.ndarray:
+        start = step - step % self.CHUNK
+        if start != self._start:
+            self._start, self._frames = start, _as_rgb8(self._read(start), self.range)
+        return self._frames[step - start]
+
+
+def _as_rgb8(frames: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
     """(T, H, W, 3) uint8 for display: other channel counts become gray, other dtypes (depth)
-    are scaled from the episode's range."""
+    are scaled from `value_range` (the episode's min and max)."""
     if frames.dtype != np.uint8:
-        lo, hi = float(frames.min()), float(frames.max())
+        lo, hi = value_range or (float(frames.min()), float(frames.max()))
         frames = ((frames - lo) * (255.0 / (hi - lo) if hi > lo else 0.0)).astype(np.uint8)
     if frames.shape[-1] != 3:
         frames = np.repeat(frames[..., :1], 3, axis=-1)
@@ -157,13 +184,13 @@ def _write_mp4(
     fig: Figure,
     cam_axes: dict[str, Axes],
     plot_axes: list[Axes],
-    cameras: dict[str, np.ndarray],
+    cameras: dict[str, _Camera],
     t: np.ndarray,
     out: Path,
     fps: float,
 ) -> None:
     background = _render(fig)
-    boxes = {key: _image_box(fig, ax, cameras[key].shape[1:3]) for key, ax in cam_axes.items()}
+    boxes = {key: _image_box(fig, ax, cameras[key].shape) for key, ax in cam_axes.items()}
     columns = [
         [int(round(ax.transData.transform((x, 0))[0])) for x in t] for ax in plot_axes
     ]  # cursor x pixel per plot and step
@@ -177,7 +204,7 @@ def _write_mp4(
             img = background.copy()
             for key, (top, left, h, w) in boxes.items():
                 h, w = min(h, img.shape[0] - top), min(w, img.shape[1] - left)
-                img[top : top + h, left : left + w] = _resize(cameras[key][step], h, w)
+                img[top : top + h, left : left + w] = _resize(cameras[key].frame(step), h, w)
             for (top, bottom), xs in zip(rows, columns, strict=True):
                 x = min(xs[step], img.shape[1] - 1)
                 img[top:bottom, x] = CURSOR_RGB

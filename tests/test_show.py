@@ -138,3 +138,35 @@ def test_bad_requests_are_one_line(
     err = capsys.readouterr().err
     assert err == f"ERROR: {message.format(**names)}\n"
     assert not list(tmp_path.glob("x.*"))
+
+
+def test_a_long_episode_is_read_a_chunk_of_frames_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An hour of camera frames does not fit in memory: `show` reads 64 steps at a time."""
+    from episode_dataset.reader import EpisodeReader
+    from episode_dataset.show import show_episode
+
+    path, n = tmp_path / "long.hdf5", 300
+    specs = {"front": KeySpec("uint8", (16, 20, 3), encoding="rgb8")}
+    with EpisodeWriter(path, specs, KeySpec("float32", (2,)), env_args={}) as w:
+        w.write_episode(
+            obs={"front": camera(n)}, actions=np.zeros((n, 2)), rewards=np.zeros(n),
+            dones=np.arange(n) == n - 1,
+        )  # fmt: skip
+    reads: list[int] = []
+    read_obs = EpisodeReader.read_obs
+
+    def counted(self, ep, key, start=0, stop=None):  # noqa: ANN001, ANN202
+        frames = read_obs(self, ep, key, start, stop)
+        reads.append(len(frames))
+        return frames
+
+    monkeypatch.setattr(EpisodeReader, "read_obs", counted)
+    show_episode(path, 0, tmp_path / "long.mp4")
+    assert max(reads) == 64 and sum(reads) == n  # each frame read once, in chunks
+    with av.open(str(tmp_path / "long.mp4")) as video:
+        frames = [f.to_ndarray(format="rgb24") for f in video.decode(video=0)]
+    assert len(frames) == n
+    red = [f[..., 0][camera_mask(f)].mean() for f in (frames[0], frames[-1])]
+    assert red[0] < 20 < 235 < red[1]  # the first and the last step's frames, not one chunk's
