@@ -149,10 +149,14 @@ def _write_demo(
         check_finite(f"{reader.path}: {ep}/{name}", values)  # refused as validate does
         return values
 
-    obs = {
-        name: (finite(f"{OBS}/{key}", reader.read_obs(ep, key)), reader.obs_specs[key])
-        for key, name in renames.items()
-    }
+    for key, name in renames.items():  # cameras: a slice at a time, never a whole episode
+        spec = reader.obs_specs[key]
+        ds = _empty_dataset(group, f"{OBS}/{name}", steps, spec, compression)
+        for start in range(0, steps, COPY_STEPS):
+            stop = min(start + COPY_STEPS, steps)
+            ds[start:stop] = finite(f"{OBS}/{key}", reader.read_obs(ep, key, start, stop))
+        put_attrs(ds, {FEATURE_TYPE: spec.feature_type})
+    obs = {}
     if state:
         values = [finite(f"{OBS}/{k}", reader.read_obs(ep, k)).reshape(steps, -1) for k in state]
         joined = np.concatenate(values, axis=1)
@@ -170,13 +174,35 @@ def _write_demo(
     _dataset(group, DONES, dones, KeySpec("int64", ()), compression)
 
 
+COPY_STEPS = 256  # camera steps copied at a time by the export
+
+
 def _dataset(
     group: h5py.Group, name: str, array: np.ndarray, spec: KeySpec, compression: str | None
 ) -> h5py.Dataset:
-    chunks = (min(chunk_rows(spec), len(array)), *array.shape[1:]) if len(array) else None
+    ds = _empty_dataset(group, name, len(array), KeySpec(array.dtype.name, array.shape[1:]),
+                        compression, chunk_spec=spec)  # fmt: skip
+    if len(array):
+        ds[...] = array
+    return ds
+
+
+def _empty_dataset(
+    group: h5py.Group,
+    name: str,
+    steps: int,
+    spec: KeySpec,
+    compression: str | None,
+    chunk_spec: KeySpec | None = None,
+) -> h5py.Dataset:
+    """(steps, *spec.shape) of spec.dtype, chunked by whole rows of `chunk_spec` (default
+    `spec`), to be filled."""
+    shape = (steps, *spec.shape)
+    chunks = (min(chunk_rows(chunk_spec or spec), steps), *spec.shape) if steps else None
     return group.create_dataset(
         name,
-        data=array,
+        shape=shape,
+        dtype=np.dtype(spec.dtype),
         chunks=chunks,
         compression=compression if chunks else None,
         fletcher32=chunks is not None,  # damaged bytes raise on read instead of reading garbage
