@@ -118,3 +118,20 @@ def _attribute_shm_leaks(request: pytest.FixtureRequest):
 def ros_env() -> dict[str, str]:
     """Environment for child processes that touch ROS (inherits the worker's private domain)."""
     return _ros_env()
+
+
+@pytest.fixture
+def obs_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of steps of every `EpisodeReader.read_obs` call the test makes, in order."""
+    from episode_dataset.reader import EpisodeReader
+
+    reads: list[int] = []
+    read_obs = EpisodeReader.read_obs
+
+    def counted(self, ep, key, start=0, stop=None):  # noqa: ANN001, ANN202
+        values = read_obs(self, ep, key, start, stop)
+        reads.append(len(values))
+        return values
+
+    monkeypatch.setattr(EpisodeReader, "read_obs", counted)
+    return reads
