@@ -25,10 +25,12 @@ and a file that fails the parity check (a NaN anywhere fails it) is removed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import inspect
 import json
 import logging
+import os
 import subprocess
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -244,7 +246,6 @@ def export_model(
     except ValueError as err:  # the graph does not match its declared model type
         raise ExportError(f"{where}: {err}") from None
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # torch.export's notes on internals are not for users
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -261,7 +262,16 @@ def export_model(
     _check_batch_axis(proto, where)
     onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(metadata)})
     onnx.checker.check_model(proto)
-    onnx.save_model(proto, str(out))  # weights inline: models here are a few MB
+    tmp = out.with_name(out.name + ".tmp")
+    try:  # whole or not at all: a half-written model must never be found at `out`
+        out.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save_model(proto, str(tmp))  # weights inline: models here are a few MB
+        os.replace(tmp, out)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        where = f": {err.filename}" if err.filename and str(err.filename) != str(tmp) else ""
+        raise ExportError(f"{out}: cannot write it ({err.strerror or err}{where})") from None
     return metadata
 
 

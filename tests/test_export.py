@@ -134,3 +134,32 @@ def test_export_cli_rejects_bad_args(trained: dict, capsys: pytest.CaptureFixtur
     assert not (trained["tmp"] / "x.onnx").exists()
     with pytest.raises(SystemExit, match=r"--out .* is a directory; name the .onnx file$"):
         export.main(["--ckpt", str(trained["ckpt"]), "--out", str(trained["tmp"])])
+
+
+def test_a_model_that_does_not_fit_on_disk_leaves_no_file(trained: dict) -> None:
+    """A full disk (a file-size limit stands in) mid-write: one line, and no half-written
+    model at --out for a node to load."""
+    import resource
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = trained["tmp"] / "full" / "policy.onnx"
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "learning.export", "--ckpt", str(trained["ckpt"]), "--out",
+         str(out)],
+        capture_output=True, text=True, timeout=300, preexec_fn=limited,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"learning.export: {out}: cannot write it (File too large)"
+    )
+    assert list(out.parent.iterdir()) == []
+    with pytest.raises(SystemExit, match=r"x.onnx: cannot write it \(File exists: .*last.ckpt\)$"):
+        export.main(
+            ["--ckpt", str(trained["ckpt"]), "--out", str(Path(trained["ckpt"]) / "x.onnx")]
+        )
