@@ -110,8 +110,12 @@ def write_episode(episode: dict[str, Any], output_dir: str | Path) -> Path:
     path = Path(output_dir) / f"episode_{episode['episode']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(episode))
-    tmp.replace(path)  # atomic: a crashed worker never leaves half a file
+    try:
+        tmp.write_text(json.dumps(episode))
+        tmp.replace(path)  # atomic: a crashed worker never leaves half a file
+    except OSError:  # a full disk: no half file left behind either
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
