@@ -179,3 +179,47 @@ def test_online_ppo_two_ranks_identical_statistics(
     with, and the one rank 0 checkpoints and exports, saw every rank's data."""
     r0, r1 = online_run("ppo")
     assert_same(r0["state_dict"], r1["state_dict"])
+
+
+def test_sigterm_to_rank_0_stops_both_ranks_at_one_update(tmp_path: Path) -> None:
+    """A scheduler signals rank 0 only: the ranks agree (an all-reduce every 10 loop steps),
+    stop after the same PPO update, write one checkpoint and both exit."""
+    import signal
+    import time
+
+    from learning.online.loop import ONLINE_KEY
+
+    rollout = 64  # per rank
+    cmd = [sys.executable, "-m", "learning.train", "--config-name=train_ppo"]
+    cmd += ["env_id=Pendulum-v1", f"run_dir={tmp_path}/run", "online.devices=2"]
+    cmd += ["online.accelerator=cpu", "online.progress_bar=false", "online.eval_episodes=0"]
+    cmd += ["online.num_envs=2", f"training.steps_per_iteration={rollout}"]
+    cmd += ["training.num_iterations=100000", "model.minibatch_size=32"]
+    cmd += ["model.update_epochs=1", "online.checkpoint_every=2"]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=ddp_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 180
+    while not last.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)  # rank 0 alone
+    try:
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    online = torch.load(last, weights_only=True)[ONLINE_KEY]
+    assert online["env_steps"] % (2 * rollout) == 0 and online["iteration"] >= 2
+    assert f"stopped by SIGTERM at env step {online['env_steps']}" in out, out[-3000:]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # rank 1 ends too (and its zombie is reaped by init)
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("rank 1 still runs")

@@ -184,13 +184,16 @@ def test_a_full_disk_is_one_line_and_leaves_no_half_checkpoint(tmp_path: Path) -
 
 
 def test_a_second_signal_acts_at_once_and_ignored_signals_stay_ignored() -> None:
+    from lightning.fabric import Fabric
+
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        with _StopRequest(enabled=True) as stop:
+        with _StopRequest(Fabric(accelerator="cpu", devices=1)) as stop:
             assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # nohup'd: not taken over
+            assert not stop.requested(0)
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.01)  # the handler runs between bytecodes
-            assert stop and stop.signum == signal.SIGINT
+            assert stop.requested(1) and stop.agreed == signal.SIGINT
             with pytest.raises(KeyboardInterrupt):  # Python's own handler is back
                 os.kill(os.getpid(), signal.SIGINT)
                 time.sleep(1)
@@ -199,9 +202,3 @@ def test_a_second_signal_acts_at_once_and_ignored_signals_stay_ignored() -> None
             stop.end()
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def test_data_parallel_runs_keep_the_default_handlers() -> None:
-    """Ranks that stopped at different steps would wait on each other in a collective."""
-    with _StopRequest(enabled=False):
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

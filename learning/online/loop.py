@@ -36,6 +36,7 @@ from hydra.utils import get_object, instantiate
 from lightning.fabric import Fabric
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.distributed import ReduceOp
 
 from learning.checkpoint import CONFIG_KEY, MODEL_KWARGS_KEY, CheckpointError, torch_load
 from learning.data.spec import model_dims
@@ -157,22 +158,27 @@ class _StopRequest:
     or gradient step; an algorithm without stored transitions, PPO, after its next update),
     write last.ckpt, then end as the signal would (KeyboardInterrupt, exit 143). Dying inside
     an update instead lost everything since the last periodic checkpoint (Dreamer's is hours
-    of CPU apart here). A second signal acts at once, as before. Only in the main thread of a
-    one-process run: ranks stopping at different steps would wait on each other forever."""
+    of CPU apart here). A second signal acts at once, as before. Data-parallel ranks agree
+    every CHECK_EVERY loop steps (the same steps on every rank, one all-reduce), so that all
+    stop at the same step whichever of them got the signal (a scheduler may signal rank 0
+    only)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    CHECK_EVERY = 10
 
-    def __init__(self, enabled: bool) -> None:
-        self.signum: int | None = None
+    def __init__(self, fabric: Fabric) -> None:
+        self.signum: int | None = None  # this process's signal
+        self.agreed: int | None = None  # the signal every rank stops for
+        self._fabric = fabric
         self._previous: dict[int, Any] = {}
-        self._enabled = enabled and threading.current_thread() is threading.main_thread()
 
     def __enter__(self) -> _StopRequest:
-        for sig in self.SIGNALS if self._enabled else ():
-            previous = signal.getsignal(sig)
-            if previous is not signal.SIG_IGN:  # ignored (nohup, a background job): stays so
-                self._previous[sig] = previous
-                signal.signal(sig, self._request)
+        if threading.current_thread() is threading.main_thread():  # where handlers can be set
+            for sig in self.SIGNALS:
+                previous = signal.getsignal(sig)
+                if previous is not signal.SIG_IGN:  # ignored (nohup, a background job): stays
+                    self._previous[sig] = previous
+                    signal.signal(sig, self._request)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -191,14 +197,22 @@ class _StopRequest:
             signal.Signals(signum).name,
         )
 
-    def __bool__(self) -> bool:
-        return self.signum is not None
+    def requested(self, step: int) -> bool:
+        """Whether the run stops, asked at loop step `step` (counted alike on every rank)."""
+        if self.agreed is None:
+            if self._fabric.world_size == 1:
+                self.agreed = self.signum
+            elif step % self.CHECK_EVERY == 0:
+                mine = torch.tensor(float(self.signum or 0))
+                agreed = int(self._fabric.all_reduce(mine, reduce_op=ReduceOp.MAX).item())
+                self.agreed = agreed or None
+        return self.agreed is not None
 
     def end(self) -> None:
         """End the run as the signal does by default, after the checkpoint."""
-        if self.signum == signal.SIGINT:
+        if self.agreed == signal.SIGINT:
             raise KeyboardInterrupt
-        raise SystemExit(128 + int(self.signum or 0))
+        raise SystemExit(128 + int(self.agreed or 0))
 
 
 def _save(path: Path, ckpt: dict[str, Any]) -> None:
@@ -354,7 +368,7 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         num_envs = int(on.num_envs)
         env = make_env(str(cfg.env_id), num_envs, on.get("camera"))
         try:
-            with _StopRequest(enabled=fabric.world_size == 1) as stop:
+            with _StopRequest(fabric) as stop:
                 return _train(cfg, run_dir, fabric, algo_cls, env, rank, device, stop)
         finally:
             env.close()
@@ -502,7 +516,7 @@ def _train(
         """Evaluate (rank 0), keep best.ckpt; whether early stopping ends the env phase."""
         nonlocal evaluated_at
         evaluated_at = global_step()
-        stop = False
+        end_phase = False
         if fabric.is_global_zero:
             episodes, seed = int(on.eval_episodes), int(on.eval_seed)
             result = evaluate(player, env_id, episodes, seed, device, on.get("camera"))
@@ -510,14 +524,14 @@ def _train(
             metrics.update(result)
             if stopping.improved(result):
                 state(best)
-            stop = stopping.stop
-        return bool(fabric.broadcast(stop, src=0))
+            end_phase = stopping.stop
+        return bool(fabric.broadcast(end_phase, src=0))
 
     stopped = False
     try:
         # Offline phase: gradient steps on the dataset-filled storage, no env step.
         began, began_steps = time.perf_counter(), offline_done
-        while offline_done < offline_total and not stop:
+        while offline_done < offline_total and not stop.requested(offline_done):
             scalars = player.gradient_step(fabric, learner, optimizers, storage)
             offline_done += 1
             if global_step() >= next_log:
@@ -536,9 +550,11 @@ def _train(
         start_time = began = time.perf_counter()  # env steps/s count the env phase alone
         # Without stored transitions (PPO) a checkpoint is whole right after an update only.
         keeps_storage = algo_cls.storage_state is not OnlineAlgorithm.storage_state
+        loop_steps = 0  # env steps of this run, alike on every rank
         while env_steps < total and not stopped:
-            if stop and (keeps_storage or updated_at == env_steps):
+            if stop.requested(loop_steps) and (keeps_storage or updated_at == env_steps):
                 break
+            loop_steps += 1
             with torch.inference_mode():
                 actions, extras = player.act(obs_t)
             next_obs, rewards, term, trunc, info = env.step(actions.cpu().numpy())
@@ -579,16 +595,16 @@ def _train(
                 next_eval += eval_every
                 stopped = run_evaluation()
         phase_time["online"] = time.perf_counter() - began
-        progress.update(global_step(), "stopped" if stop else "done")
+        progress.update(global_step(), "stopped" if stop.agreed else "done")
     finally:
         progress.close()
-    if stop:
+    if stop.agreed:
         checkpoint()
         for logger in fabric.loggers:
             logger.finalize("failed")  # what Lightning's Trainer writes on a Ctrl-C
         log.warning(
             "stopped by %s at env step %d (%d offline steps): %s written; go on with ckpt_path=%s",
-            signal.Signals(stop.signum).name,
+            signal.Signals(stop.agreed).name,
             env_steps,
             offline_done,
             last,
