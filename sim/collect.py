@@ -169,6 +169,22 @@ def episode_count(path: str) -> int:
     return len(EpisodeReader(path).episodes) if Path(path).exists() else 0
 
 
+def interrupted(args: argparse.Namespace, before: int) -> str:
+    """What a stopped collection wrote, and the options that go on without repeating a seed
+    (a rerun of the same command would append its first seeds again)."""
+    from episode_dataset import EpisodeReader
+
+    written = []
+    if Path(args.out).exists():
+        with EpisodeReader(args.out) as reader:
+            written = [reader.episode_metadata(n)["seed"] for n in reader.episodes[before:]]
+    done = f"interrupted: {len(written)} of {args.episodes} episodes written to {args.out}"
+    if sorted(written) == list(range(args.seed, args.seed + len(written))):
+        rest = args.episodes - len(written)
+        return f"{done}, each whole; to go on: --seed {args.seed + len(written)} --episodes {rest}"
+    return f"{done}, each whole, seeds {sorted(written)}: go on with seeds not among them"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m sim.collect",
@@ -207,12 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, RuntimeError, OSError) as err:  # unknown task, bad model or dataset
         parser.exit(2, f"sim.collect: error: {one_line(err)}\n")
     except KeyboardInterrupt:  # each episode is committed whole as it ends
-        written = episode_count(args.out) - before
-        parser.exit(
-            130,
-            f"sim.collect: interrupted: {written} of {args.episodes} episodes written to "
-            f"{args.out}, each whole (a rerun appends to it)\n",
-        )
+        parser.exit(130, f"sim.collect: {interrupted(args, before)}\n")
     from episode_dataset import EpisodeReader
 
     reader = EpisodeReader(args.out)
