@@ -169,20 +169,23 @@ def episode_count(path: str) -> int:
     return len(EpisodeReader(path).episodes) if Path(path).exists() else 0
 
 
-def interrupted(args: argparse.Namespace, before: int) -> str:
-    """What a stopped collection wrote, and the options that go on without repeating a seed
-    (a rerun of the same command would append its first seeds again)."""
+def interrupted(prog: str, out: str, seed: int, asked: int, before: int) -> str:
+    """What a stopped collection wrote (the episodes after the first `before` of `out`), and
+    the options that go on without repeating a seed (a rerun of the same command would append
+    its first seeds again)."""
     from episode_dataset import EpisodeReader
 
-    written = []
-    if Path(args.out).exists():
-        with EpisodeReader(args.out) as reader:
-            written = [reader.episode_metadata(n)["seed"] for n in reader.episodes[before:]]
-    done = f"interrupted: {len(written)} of {args.episodes} episodes written to {args.out}"
-    if sorted(written) == list(range(args.seed, args.seed + len(written))):
-        rest = args.episodes - len(written)
-        return f"{done}, each whole; to go on: --seed {args.seed + len(written)} --episodes {rest}"
-    return f"{done}, each whole, seeds {sorted(written)}: go on with seeds not among them"
+    seeds: list[int] = []
+    if Path(out).exists():
+        with EpisodeReader(out) as reader:
+            seeds = [reader.episode_metadata(n)["seed"] for n in reader.episodes[before:]]
+    used = sorted(set(seeds))
+    done = f"{prog}: interrupted: {len(seeds)} episodes written to {out}"
+    if used == list(range(seed, seed + len(used))):
+        span = f" (seeds {seed}..{seed + len(used) - 1} of the {asked} asked)" if used else ""
+        rest = f"--seed {seed + len(used)} --episodes {asked - len(used)}"
+        return f"{done}{span}, each whole; to go on: {rest}"
+    return f"{done}, each whole, seeds {used}: go on with seeds not among them"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -223,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, RuntimeError, OSError) as err:  # unknown task, bad model or dataset
         parser.exit(2, f"sim.collect: error: {one_line(err)}\n")
     except KeyboardInterrupt:  # each episode is committed whole as it ends
-        parser.exit(130, f"sim.collect: {interrupted(args, before)}\n")
+        line = interrupted("sim.collect", args.out, args.seed, args.episodes, before)
+        parser.exit(130, line + "\n")
     from episode_dataset import EpisodeReader
 
     reader = EpisodeReader(args.out)

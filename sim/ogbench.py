@@ -311,7 +311,8 @@ def main(argv: list[str] | None = None) -> None:
         help="end an episode (terminated) at each first solved step, as the task's env does",
     )
     args = parser.parse_args(argv)
-    from sim.collect import episode_count  # not at the top: sim.envs imports this module
+    # not at the top: sim.envs imports this module
+    from sim.collect import episode_count, interrupted
 
     before = 0
     try:
@@ -329,12 +330,8 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, ImportError, OSError) as err:
         parser.exit(2, f"sim.ogbench: error: {err}\n")
     except KeyboardInterrupt:  # each episode is committed whole as it ends
-        written = episode_count(args.out) - before
-        parser.exit(
-            130,
-            f"sim.ogbench: interrupted: {written} episodes written to {args.out}, each whole "
-            "(a rerun appends to it)\n",
-        )
+        line = interrupted("sim.ogbench", args.out, args.seed, args.episodes, before)
+        parser.exit(130, line + "\n")
     from episode_dataset import EpisodeReader
 
     reader = EpisodeReader(args.out)

@@ -269,8 +269,9 @@ def test_collect_cli_ctrl_c_keeps_whole_episodes_and_says_how_many(tmp_path) -> 
     episodes = len(EpisodeReader(out).episodes)
     assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
     assert err.splitlines()[-1] == (
-        f"sim.collect: interrupted: {episodes} of 100000 episodes written to {out}, each whole; "
-        f"to go on: --seed {episodes} --episodes {100000 - episodes}"
+        f"sim.collect: interrupted: {episodes} episodes written to {out} (seeds 0..{episodes - 1}"
+        f" of the 100000 asked), each whole; to go on: --seed {episodes} --episodes "
+        f"{100000 - episodes}"
     )  # one env: seeds 0, 1, ... in order
     assert episodes >= 1
     validate_file(out)

@@ -146,10 +146,10 @@ def test_ctrl_c_keeps_the_whole_episodes_and_says_how_many(tmp_path, capsys, mon
     import sim.ogbench as ogbench
 
     out = tmp_path / "c.hdf5"
-    ogbench.generate(CUBE, "play", 1, 0, out, episode_steps=20)  # already there: not counted
+    ogbench.generate(CUBE, "play", 1, 7, out, episode_steps=20)  # already there: not counted
 
     def interrupted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        generate(CUBE, "play", 2, 1, out, episode_steps=20)
+        generate(CUBE, "play", 2, 0, out, episode_steps=20)  # seeds 0 and 1
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ogbench, "generate", interrupted)
@@ -157,8 +157,8 @@ def test_ctrl_c_keeps_the_whole_episodes_and_says_how_many(tmp_path, capsys, mon
         main(["--env", CUBE, "--kind", "play", "--episodes", "50", "--out", str(out)])
     assert exit_.value.code == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"sim.ogbench: interrupted: 2 episodes written to {out}, each whole "
-        "(a rerun appends to it)"
+        f"sim.ogbench: interrupted: 2 episodes written to {out} (seeds 0..1 of the 50 asked), "
+        "each whole; to go on: --seed 2 --episodes 48"
     )
 
 
