@@ -350,7 +350,15 @@ def test_a_parameter_set_while_unconfigured_counts_at_the_next_configure(tmp_pat
         assert getattr(node.params, name) != fixed  # read at configure, not on the fly
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert getattr(node.params, name) == fixed and made_output()
+        # configured, it runs on what it read: a set is refused with the reason, not ignored
+        (refused,) = node.set_parameters([Parameter(name, value=overrides[name])])
+        assert not refused.successful and refused.reason == (
+            f"{name}: read at configure: deactivate and clean up the node, set it, then configure"
+        )
+        assert node.get_parameter(name).value == fixed
         assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        (accepted,) = node.set_parameters([Parameter(name, value=overrides[name])])
+        assert accepted.successful  # unconfigured again: it counts at the next configure
     finally:
         node.destroy_node()
         rclpy.shutdown(context=context)

@@ -31,11 +31,13 @@ from rcl_interfaces.msg import (
     IntegerRange,
     ParameterDescriptor,
     ParameterType,
+    SetParametersResult,
 )
 from rclpy.exceptions import InvalidTopicNameException, ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile
 from rclpy.signals import SignalHandlerOptions
 from rclpy.validate_topic_name import validate_topic_name
@@ -133,6 +135,22 @@ class TableParameters:
     def declare_params(self) -> None:
         declare_parameters(self, self.PARAMETERS)  # type: ignore[arg-type]
         self.reload_params()
+        self.add_on_set_parameters_callback(self._refuse_while_in_use)  # type: ignore[attr-defined]
+
+    def _refuse_while_in_use(self, parameters: list[Parameter]) -> SetParametersResult:
+        """`ros2 param set` of a table parameter would change nothing while the node runs on
+        the values it read (a lifecycle node between configure and cleanup; a plain node from
+        its start), so it is refused with the reason instead of reported as set."""
+        names = [p.name for p in parameters if p.name in self.PARAMETERS]
+        machine = getattr(self, "_state_machine", None)  # rclpy keeps no public state getter
+        if not names or (machine is not None and machine.current_state[1] == "unconfigured"):
+            return SetParametersResult(successful=True)
+        when = (
+            "at configure: deactivate and clean up the node, set it, then configure"
+            if machine is not None
+            else "at start: restart the node with it"
+        )
+        return SetParametersResult(successful=False, reason=f"{', '.join(names)}: read {when}")
 
     def reload_params(self) -> Any:
         self.params = read_parameters(self, self.PARAMETERS, self.Params)  # type: ignore[arg-type]
