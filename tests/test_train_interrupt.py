@@ -187,6 +187,8 @@ def test_a_second_signal_acts_at_once_and_ignored_signals_stay_ignored() -> None
     from lightning.fabric import Fabric
 
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Python's own SIGINT handler, whatever the test runner put there (xdist workers differ)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with _StopRequest(Fabric(accelerator="cpu", devices=1)) as stop:
             assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # nohup'd: not taken over
@@ -202,3 +204,4 @@ def test_a_second_signal_acts_at_once_and_ignored_signals_stay_ignored() -> None
             stop.end()
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
