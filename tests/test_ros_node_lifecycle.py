@@ -408,3 +408,26 @@ def test_a_bad_parameter_is_named_not_blamed_on_the_model(tmp_path, ros_env, rea
     finally:
         for proc in procs.values():
             proc.stop()
+
+
+def test_a_plain_node_refuses_a_parameter_set_after_its_start() -> None:
+    """The NAMO planner (no lifecycle) reads its parameters once: a later set is refused with
+    the reason, not reported as set while nothing changes."""
+    import rclpy
+    from rclpy.parameter import Parameter
+    from roboloop_namo.planner_node import NamoPlannerNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = NamoPlannerNode(context=context)
+    try:
+        before = node.get_parameter("max_moves").value
+        (refused,) = node.set_parameters([Parameter("max_moves", value=before + 1)])
+        assert not refused.successful
+        assert refused.reason == "max_moves: read at start: restart the node with it"
+        assert node.get_parameter("max_moves").value == before == node.params.max_moves
+        (other,) = node.set_parameters([Parameter("use_sim_time", value=False)])
+        assert other.successful  # rclpy's own parameters are not the table's
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)
