@@ -531,6 +531,9 @@ class SAC(OnlineAlgorithm):
                 self._critic_thread = ThreadPoolExecutor(
                     1, "sac-critic", initializer=torch.set_flush_denormal, initargs=(True,)
                 )
+                # Start the thread now, idle: the one hang seen (tests, once) had this thread's
+                # first update holding the GIL while the caller was still inside Thread.start.
+                self._critic_thread.submit(lambda: None).result()
                 # not a submodule: no state_dict entry, so checkpoints are unchanged
                 snapshot = copy.deepcopy(self.critic).requires_grad_(False)
                 object.__setattr__(self, "_critic_snapshot", snapshot)
