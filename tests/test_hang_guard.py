@@ -57,4 +57,4 @@ def test_a_hang_with_the_gil_held_ends_with_every_stack(tmp_path: Path) -> None:
 
 def test_without_the_guard_the_same_test_hangs(tmp_path: Path) -> None:
     """What the guard is for: pytest-timeout's signal handler never gets the GIL."""
-    assert run_pytest(tmp_path, wait_s=8).returncode is None
+    assert run_pytest(tmp_path, wait_s=6).returncode is None

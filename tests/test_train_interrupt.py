@@ -1,12 +1,13 @@
 """Training stopped from outside (real `python -m learning.train` processes). Ctrl-C or SIGTERM:
 an online run stops at a whole step, writes last.ckpt (and SAC's replay buffer); an offline run
-keeps its last finished epoch; both say where to go on, exit as the signal would (130, 143), and
-the checkpoint resumes. A full disk (a file-size limit stands in for it): one line, exit 1, no
-half-written file."""
+keeps its last finished epoch; both say where to go on and exit as the signal would (130, 143);
+an online run resumes from its checkpoint. A full disk (a file-size limit stands in for it): one
+line, exit 1, no half-written file."""
 
 from __future__ import annotations
 
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -129,17 +130,11 @@ def test_sigterm_and_ctrl_c_end_offline_training_as_the_signals_do(tmp_path: Pat
         out = signal_after_first_checkpoint(proc, last, signum)
         assert proc.returncode == code, out[-3000:]
         assert "Traceback" not in out, out[-3000:]
-        assert f"stopped by {signal.Signals(signum).name} in epoch " in out, out[-3000:]
+        match = re.search(rf"stopped by {signal.Signals(signum).name} in epoch (\d+)", out)
+        assert match, out[-3000:]
         assert f"go on from the last finished epoch with ckpt_path={last}" in out
-    epoch = torch.load(last, weights_only=True)["epoch"]
-    resumed = subprocess.run(
-        [sys.executable, "-m", "learning.train", "--config-name=train_fbc", *fbc[:1],
-         f"max_epochs={epoch + 2}", f"run_dir={tmp_path}/resumed", f"ckpt_path={last}"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    after = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert after["epoch"] == epoch + 1
+        # the checkpoint of the last epoch that finished (the current one may have, too)
+        assert int(match[1]) - 1 <= torch.load(last, weights_only=True)["epoch"] <= int(match[1])
 
 
 def run_with_file_limit(tmp_path: Path, limit: int, *args: str) -> subprocess.CompletedProcess:
