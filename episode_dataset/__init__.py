@@ -5,6 +5,7 @@ See docs/dataset_format.md. Never import torch here: the ROS recorder and sim co
 
 from __future__ import annotations
 
+from episode_dataset._files import whole_or_absent
 from episode_dataset.pack import pack
 from episode_dataset.reader import EpisodeReader, IndexInfo
 from episode_dataset.schema import (
@@ -41,4 +42,5 @@ __all__ = [
     "KeySpec",
     "pack",
     "validate_file",
+    "whole_or_absent",
 ]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +97,21 @@ def check_output_file(src: Path, dst: Path, overwrite: bool) -> None:
         raise DatasetError(f"{dst}: is a directory; name the output file")
     if dst.exists() and not overwrite:
         raise DatasetError(f"{dst}: exists (pass overwrite=True / --overwrite)")
+
+
+@contextlib.contextmanager
+def whole_or_absent(final: Path) -> Iterator[Path]:
+    """`with whole_or_absent(final) as tmp:` write `tmp`; at the end it replaces `final`, so a
+    reader finds the old file or the whole new one. On any error (a full disk, a Ctrl-C, a
+    killed worker's SIGTERM) the temporary file is removed and the error goes on."""
+    tmp = final.with_name(final.name + ".tmp")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def commit_file(tmp: Path, final: Path, *, fsync: bool) -> None:

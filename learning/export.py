@@ -25,12 +25,10 @@ and a file that fails the parity check (a NaN anywhere fails it) is removed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import inspect
 import json
 import logging
-import os
 import subprocess
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +42,7 @@ import torch
 import yaml
 from hydra.errors import InstantiationException
 
+from episode_dataset import whole_or_absent
 from episode_dataset.ranges import POSITIVE_INT, HelpFormatter
 from learning.checkpoint import CheckpointError, instantiate_trusted, load_model
 from roboloop_runtime import METADATA_KEY, OnnxModel, build_metadata, upgrade_v1
@@ -262,16 +261,15 @@ def export_model(
     _check_batch_axis(proto, where)
     onnx.helper.set_model_props(proto, {METADATA_KEY: json.dumps(metadata)})
     onnx.checker.check_model(proto)
-    tmp = out.with_name(out.name + ".tmp")
-    try:  # whole or not at all: a half-written model must never be found at `out`
+    try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save_model(proto, str(tmp))  # weights inline: models here are a few MB
-        os.replace(tmp, out)
+    except OSError as err:  # e.g. a file where a folder of the path should be: name it
+        raise ExportError(f"{out}: cannot write it ({err.strerror}: {err.filename})") from None
+    try:  # a half-written model must never be found at `out`
+        with whole_or_absent(out) as tmp:
+            onnx.save_model(proto, str(tmp))  # weights inline: models here are a few MB
     except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        where = f": {err.filename}" if err.filename and str(err.filename) != str(tmp) else ""
-        raise ExportError(f"{out}: cannot write it ({err.strerror or err}{where})") from None
+        raise ExportError(f"{out}: cannot write it ({err.strerror or err})") from None
     return metadata
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -38,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.distributed import ReduceOp
 
+from episode_dataset import whole_or_absent
 from learning.checkpoint import CONFIG_KEY, MODEL_KWARGS_KEY, CheckpointError, torch_load
 from learning.data.spec import model_dims
 from learning.errors import ConfigError
@@ -218,18 +218,16 @@ class _StopRequest:
 def _save(path: Path, ckpt: dict[str, Any]) -> None:
     """Write `path` whole or not at all: a full disk or a file-size limit is one line, and the
     checkpoint written before stays as it was."""
-    tmp = path.with_suffix(".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:  # a file object: a failed write surfaces as its OSError
+        # a file object: a failed write surfaces as its OSError
+        with whole_or_absent(path) as tmp, open(tmp, "wb") as f:
             torch.save(ckpt, f)
-        os.replace(tmp, path)  # never a half-written last.ckpt
     except (OSError, RuntimeError) as failed:
         # torch's zip writer reports a failed write as a RuntimeError raised from it
         err = failed if isinstance(failed, OSError) else failed.__context__
         if not isinstance(err, OSError):
             raise
-        tmp.unlink(missing_ok=True)
         kept = "the previous one is kept" if path.exists() else "none was written before"
         raise CheckpointError(f"{path}: cannot write it ({err.strerror or err}); {kept}") from None
 

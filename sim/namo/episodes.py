@@ -25,6 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from episode_dataset import whole_or_absent
 from episode_dataset.ranges import POSITIVE_INT, one_line
 from sim.namo.mcts import MCTS, MCTSConfig
 from sim.namo.scene import LEVELS, Scene, generate_scene
@@ -109,13 +110,8 @@ def solve_episode(
 def write_episode(episode: dict[str, Any], output_dir: str | Path) -> Path:
     path = Path(output_dir) / f"episode_{episode['episode']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    try:
+    with whole_or_absent(path) as tmp:  # a crashed worker or a full disk leaves no half file
         tmp.write_text(json.dumps(episode))
-        tmp.replace(path)  # atomic: a crashed worker never leaves half a file
-    except OSError:  # a full disk: no half file left behind either
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

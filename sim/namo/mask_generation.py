@@ -14,13 +14,13 @@ Extra keys: ``visits`` (MCTS visits of the proposal), ``chosen`` (1 if MCTS exec
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from episode_dataset import whole_or_absent
 from episode_dataset.ranges import POSITIVE_INT, HelpFormatter, arg, one_line
 from sim.namo.episodes import EpisodeFileError, decision_items, episode_model, read_episode
 from sim.namo.masks import DEFAULT_SIZE, MASK_SIZE, sample_arrays
@@ -52,10 +52,9 @@ def render_episode(path: str | Path, output_dir: str | Path, size: int = DEFAULT
             arrays["visits"] = np.int64(visits[p])
             arrays["chosen"] = np.int64(p == decision.get("chosen", -1))
             path = out / f"episode_{e}_goal_{g}_proposal_{p}.npz"
-            tmp = path.with_name(path.name + ".tmp")
-            with open(tmp, "wb") as f:  # a file object: numpy appends no ".npz"
+            # a file object: numpy appends no ".npz"; a stopped worker leaves no half file
+            with whole_or_absent(path) as tmp, open(tmp, "wb") as f:
                 np.savez_compressed(f, **arrays)
-            os.replace(tmp, path)  # whole or absent: a stopped worker leaves no half file
             written += 1
     return written
 
