@@ -3,9 +3,11 @@ the buffer's memory bound and bootstrapping flags, and SAC on the shared online 
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import shutil
+import threading
 from pathlib import Path
 
 import gymnasium as gym
@@ -281,6 +283,24 @@ def test_two_thread_update_equals_the_joint_step(precision: str) -> None:
         assert torch.equal(value, expected[name]), name
     for name, value in threaded_scalars.items():
         assert torch.equal(value, joint_scalars[name]), name
+
+
+def test_the_critic_thread_outlives_each_instance() -> None:
+    """A thread that exits runs MKL's per-thread cleanup, which once spun for 8 minutes against
+    the next run's matmuls: every SAC shares one critic thread, which an instance collected by
+    the garbage collector leaves running, and the next instance uses again."""
+
+    def critic_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("sac-critic")]
+
+    first, _ = _updated("32-true", update_threads=2)
+    (thread,) = critic_threads()
+    del first
+    gc.collect()
+    thread.join(timeout=1.0)
+    assert thread.is_alive()
+    second, _ = _updated("32-true", update_threads=2)
+    assert second._critic_thread is not None and critic_threads() == [thread]
 
 
 @pytest.mark.parametrize("where", ["soft_target", "critic_loss"])

@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -527,13 +528,7 @@ class SAC(OnlineAlgorithm):
                     ", ".join(why_not),
                 )
             elif self.hparams.update_threads == 2:
-                # denormal flushing is per thread (MXCSR): the worker follows train.run's
-                self._critic_thread = ThreadPoolExecutor(
-                    1, "sac-critic", initializer=torch.set_flush_denormal, initargs=(True,)
-                )
-                # Start the thread now, idle: the one hang seen (tests, once) had this thread's
-                # first update holding the GIL while the caller was still inside Thread.start.
-                self._critic_thread.submit(lambda: None).result()
+                self._critic_thread = _critic_worker()
                 # not a submodule: no state_dict entry, so checkpoints are unchanged
                 snapshot = copy.deepcopy(self.critic).requires_grad_(False)
                 object.__setattr__(self, "_critic_snapshot", snapshot)
@@ -563,6 +558,34 @@ class SAC(OnlineAlgorithm):
             "action_bounds": dict(hp.action_bounds),
             "normalization": {"baked": True, "stats": {}},  # SAC acts on raw observations
         }
+
+
+_critic_pool: ThreadPoolExecutor | None = None
+
+
+def _critic_worker() -> ThreadPoolExecutor:
+    """The critic thread: one for the process, shared by every SAC instance and never shut
+    down. A thread that exits runs MKL's per-thread cleanup (`mm_cleanup_thread_cbk`), which
+    can spin for minutes against another thread's sgemm allocating its buffers (seen in the
+    tests: an instance's thread exiting as it was collected, both threads at 100% for 8 min)."""
+    global _critic_pool
+    if _critic_pool is None:
+        # denormal flushing is per thread (MXCSR): the worker follows train.run's
+        _critic_pool = ThreadPoolExecutor(
+            1, "sac-critic", initializer=torch.set_flush_denormal, initargs=(True,)
+        )
+        # Start the thread now, idle: an earlier hang (tests, once) had this thread's first
+        # update holding the GIL while the caller was still inside Thread.start.
+        _critic_pool.submit(lambda: None).result()
+    return _critic_pool
+
+
+def _forget_critic_worker() -> None:
+    global _critic_pool
+    _critic_pool = None  # a forked child has none of the parent's threads
+
+
+os.register_at_fork(after_in_child=_forget_critic_worker)
 
 
 def _scalars(
