@@ -31,7 +31,7 @@ from learning.checkpoint import CheckpointError
 from learning.data.spec import env_model_dims
 from learning.errors import ConfigError
 from learning.online.algorithm import AlgorithmError, Transition
-from learning.online.loop import ONLINE_KEY, storage_path
+from learning.online.loop import ONLINE_KEY, STORAGE_STEP_KEY, storage_path
 from learning.online.replay import ReplayBuffer, ReplayMemoryError
 from learning.train import compose_config, run
 from roboloop_testing.online import export_and_serve, register_discrete_task
@@ -466,6 +466,31 @@ def test_resume_without_the_buffer_file_says_so_and_refills(
     assert "copy.storage.rank0.pt is missing: the replay buffer starts empty" in caplog.text
     after = torch.load(resumed["last_ckpt"], weights_only=True)
     # refills learning_starts transitions before updating again
+    assert after["optimizer_states"][0]["state"][0]["step"].item() == critic_steps + 150 - 100 + 1
+
+
+def test_resume_with_a_buffer_of_another_step_says_so_and_refills(
+    first_run: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The buffer and the checkpoint are two files written one after the other: a run killed
+    between the two leaves a buffer newer than last.ckpt, which a resume must not take for
+    the checkpoint's."""
+    ckpt = tmp_path / "last.ckpt"
+    shutil.copy(first_run["last_ckpt"], ckpt)
+    buffer = torch.load(storage_path(Path(first_run["last_ckpt"]), 0), weights_only=True)
+    at = torch.load(ckpt, weights_only=True)[ONLINE_KEY]["env_steps"]
+    assert buffer.pop(STORAGE_STEP_KEY) == at
+    torch.save({**buffer, STORAGE_STEP_KEY: at + 50}, storage_path(ckpt, 0))  # the next one's
+    critic_steps = torch.load(ckpt, weights_only=True)["optimizer_states"][0]["state"][0]["step"]
+    with caplog.at_level(logging.WARNING, logger="learning.online.loop"):
+        resumed = train(
+            tmp_path, "env_id=Pendulum-v1", "training.num_iterations=3", f"ckpt_path={ckpt}"
+        )
+    assert (
+        f"was written at step {at + 50}, the checkpoint at step {at}: the replay buffer starts "
+        "empty" in caplog.text
+    )
+    after = torch.load(resumed["last_ckpt"], weights_only=True)
     assert after["optimizer_states"][0]["state"][0]["step"].item() == critic_steps + 150 - 100 + 1
 
 

@@ -232,6 +232,11 @@ def _save(path: Path, ckpt: dict[str, Any]) -> None:
         raise CheckpointError(f"{path}: cannot write it ({err.strerror or err}); {kept}") from None
 
 
+# The global step a storage file was written at, so that a resume can tell it from the
+# checkpoint's (they are two files, written one after the other). Files without it load as before.
+STORAGE_STEP_KEY = "roboloop_global_step"
+
+
 def storage_path(ckpt: Path, rank: int) -> Path:
     """Where rank `rank`'s storage (SAC's replay buffer) is kept beside checkpoint `ckpt`:
     a file of its own, since a 1M-row buffer would make every checkpoint hundreds of MB."""
@@ -247,16 +252,27 @@ def _first_problem(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def _restore_storage(algo: OnlineAlgorithm, storage: Any, path: Path) -> bool:
-    """Resume with the saved replay buffer (True); without its file, say so and start it
-    empty (False)."""
+def _restore_storage(algo: OnlineAlgorithm, storage: Any, path: Path, step: int) -> bool:
+    """Resume with the replay buffer saved with the checkpoint of global step `step` (True);
+    without its file, or with one written at another step, say so and start it empty (False)."""
     if algo.storage_state(storage) is None:
         return False
     if not path.is_file():
         log.warning("resume: %s is missing: the replay buffer starts empty", path)
         return False
+    state = torch_load(str(path))
+    written_at = state.pop(STORAGE_STEP_KEY, step) if isinstance(state, dict) else step
+    if written_at != step:  # e.g. killed between the buffer's write and the checkpoint's
+        log.warning(
+            "resume: %s was written at step %s, the checkpoint at step %d: the replay buffer "
+            "starts empty",
+            path,
+            written_at,
+            step,
+        )
+        return False
     try:
-        algo.load_storage_state(storage, torch_load(str(path)))
+        algo.load_storage_state(storage, state)
     except (KeyError, RuntimeError, ValueError) as err:
         raise CheckpointError(
             f"{path}: does not fit this run's storage ({_first_problem(err)})"
@@ -408,7 +424,13 @@ def _train(
     storage = player.make_storage(num_envs=env.num_envs, device=device, rank=rank)
     restored = False
     if resume is not None:
-        restored = _restore_storage(player, storage, storage_path(Path(cfg.ckpt_path), rank))
+        at = resume[ONLINE_KEY]
+        restored = _restore_storage(
+            player,
+            storage,
+            storage_path(Path(cfg.ckpt_path), rank),
+            int(at.get("offline_steps", 0)) + int(at["env_steps"]),
+        )
     if cfg.get("dataset") and not restored:  # a resumed storage holds its dataset already
         info = player.load_offline(storage, str(cfg.dataset))
         log.info("dataset %s: %s", cfg.dataset, info)
@@ -488,7 +510,7 @@ def _train(
     def checkpoint() -> None:
         storage_state = player.storage_state(storage)  # each rank its own (replay buffer)
         if storage_state is not None:
-            _save(storage_path(last, rank), storage_state)
+            _save(storage_path(last, rank), {**storage_state, STORAGE_STEP_KEY: global_step()})
         if fabric.is_global_zero:
             state(last)
         fabric.barrier()
