@@ -45,34 +45,34 @@ class DictObservation(gym.Wrapper):
         return obs, float(reward), terminated, truncated, info
 
 
-class CameraObservation(gym.Wrapper):
-    """Adds `image`: uint8 (height, width, 3) rgb rendered offscreen, shadows/reflections off.
+class OffscreenCamera:
+    """Renders a MuJoCo model's data offscreen: uint8 (height, width, 3) rgb, shadows and
+    reflections off (several times faster for small renders, and no information for learning).
 
     `camera` holds mjvCamera settings: lookat/distance/elevation/azimuth for a free camera,
     trackbody (body id) for a tracking one, or fixed (camera id or name) for one of the model's own
-    cameras. Turning shadows and reflections off makes small renders several times faster and
-    they carry no information for learning.
+    cameras.
     """
 
-    def __init__(self, env: gym.Env, width: int, height: int, camera: dict[str, Any]) -> None:
-        super().__init__(env)
-        base = env.unwrapped
-        if not hasattr(base, "model") or not hasattr(base, "data"):
-            raise ValueError(f"{base}: camera observation needs a MuJoCo env (model/data)")
-        self._model, self._data = base.model, base.data
+    def __init__(
+        self, model: Any, data: Any, width: int, height: int, camera: dict[str, Any]
+    ) -> None:
+        self._model, self._data = model, data
         try:
-            self._renderer = mujoco.Renderer(self._model, height=height, width=width)
+            self._renderer: mujoco.Renderer | None = mujoco.Renderer(
+                model, height=height, width=width
+            )
         except ValueError as err:  # larger than the model's offscreen buffer: 6 lines
             raise ValueError(f"camera {width}x{height}: {one_line(err)}") from None
         self._camera = mujoco.MjvCamera()
-        mujoco.mjv_defaultFreeCamera(self._model, self._camera)
+        mujoco.mjv_defaultFreeCamera(model, self._camera)
         if "fixed" in camera:
             self._camera.type = mujoco.mjtCamera.mjCAMERA_FIXED
             fixed = camera["fixed"]  # a camera id or name
             if isinstance(fixed, str):
-                fixed = mujoco.mj_name2id(self._model, mujoco.mjtObj.mjOBJ_CAMERA, fixed)
+                fixed = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, fixed)
                 if fixed < 0:
-                    raise ValueError(f"{base}: no camera named {camera['fixed']!r}")
+                    raise ValueError(f"the model has no camera named {camera['fixed']!r}")
             self._camera.fixedcamid = int(fixed)
         if "trackbody" in camera:
             self._camera.type = mujoco.mjtCamera.mjCAMERA_TRACKING
@@ -82,6 +82,34 @@ class CameraObservation(gym.Wrapper):
         for key in ("distance", "elevation", "azimuth"):
             if key in camera:
                 setattr(self._camera, key, float(camera[key]))
+
+    def render(self) -> np.ndarray:
+        assert self._renderer is not None, "render after close"
+        self._renderer.update_scene(self._data, self._camera)
+        flags = self._renderer.scene.flags
+        flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+        flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        return self._renderer.render().copy()
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            # mujoco 3.17's Renderer.close frees its GL objects in whichever GL context is
+            # current: a render binds ours first, else closing blanks other envs' cameras.
+            self._renderer.render()
+            self._renderer.close()
+            self._renderer = None
+
+
+class CameraObservation(gym.Wrapper):
+    """Adds `image`: uint8 (height, width, 3) rgb rendered offscreen (`OffscreenCamera`, whose
+    docstring says what `camera` holds)."""
+
+    def __init__(self, env: gym.Env, width: int, height: int, camera: dict[str, Any]) -> None:
+        super().__init__(env)
+        base = env.unwrapped
+        if not hasattr(base, "model") or not hasattr(base, "data"):
+            raise ValueError(f"{base}: camera observation needs a MuJoCo env (model/data)")
+        self._camera = OffscreenCamera(base.model, base.data, width, height, camera)
         spaces = dict(env.observation_space.spaces)
         spaces["image"] = gym.spaces.Box(0, 255, (height, width, 3), np.uint8)
         self.observation_space = gym.spaces.Dict(spaces)
@@ -91,11 +119,7 @@ class CameraObservation(gym.Wrapper):
         }
 
     def render_image(self) -> np.ndarray:
-        self._renderer.update_scene(self._data, self._camera)
-        flags = self._renderer.scene.flags
-        flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-        flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
-        return self._renderer.render().copy()
+        return self._camera.render()
 
     def reset(self, **kwargs: Any) -> tuple[dict, dict]:
         obs, info = self.env.reset(**kwargs)
@@ -106,10 +130,5 @@ class CameraObservation(gym.Wrapper):
         return {**obs, "image": self.render_image()}, reward, terminated, truncated, info
 
     def close(self) -> None:
-        if self._renderer is not None:
-            # mujoco 3.17's Renderer.close frees its GL objects in whichever GL context is
-            # current: a render binds ours first, else closing blanks other envs' cameras.
-            self._renderer.render()
-            self._renderer.close()
-            self._renderer = None
+        self._camera.close()
         super().close()
