@@ -34,7 +34,7 @@ COUNTS = """
     action_dim grid update_epochs gradient_steps utd_ratio gradient_accumulation_steps
     update_threads entropy_batch entropy_samples num_val_samples rollout_steps
     num_train_timesteps T_max log_every_n_steps buffer_size
-    buffer_max_bytes
+    buffer_max_bytes video_size
 """.split()
 # (0 turns these off: sample_every_n_epochs, max_grad_norm, eval_every, checkpoint_every)
 NON_NEGATIVE_COUNTS = """

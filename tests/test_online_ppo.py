@@ -3,10 +3,12 @@ served return; seed 002's config keys; bad input; a learning check (slow)."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
+import av
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -207,6 +209,59 @@ def test_no_evaluation_episodes_means_no_evaluation(tmp_path: Path) -> None:
             "online.eval_episodes=0",
             "+online.early_stopping={monitor:eval/return,patience:2}",
         )
+
+
+def test_capture_video_films_episode_0_of_each_evaluation(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """online.capture_video: each evaluation writes videos/eval_step_<N>.mp4, a frame for the
+    reset and each step of evaluation episode 0 but its last (whose state the autoreset
+    replaces), rendered from the env's model; bad settings are one line before any work."""
+    out = train(
+        tmp_path,
+        "env_id=InvertedPendulum-v5",
+        "training.num_iterations=2",
+        "online.eval_every=256",
+        "online.capture_video=true",
+        "online.video_size=64",
+    )
+    videos = sorted((Path(out["run_dir"]) / "videos").iterdir())
+    assert [v.name for v in videos] == ["eval_step_00000256.mp4", "eval_step_00000512.mp4"]
+    with av.open(str(videos[-1])) as container:
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    assert frames.shape[1:] == (64, 64, 3) and len(frames) == out["metrics"]["eval/length"]
+    assert np.abs(frames[-1].astype(np.int16) - frames[0]).mean() > 1.0  # the pole moved
+
+    # A video that cannot be written (here a file where its folder goes; a full disk is the
+    # same OSError) is one error line, and the run goes on to its end without videos.
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "videos").write_text("")
+    with caplog.at_level(logging.ERROR, logger="learning.online.loop"):
+        out = train(
+            tmp_path,
+            "env_id=InvertedPendulum-v5",
+            "training.num_iterations=2",
+            "online.eval_every=256",
+            "online.capture_video=true",
+            f"run_dir={tmp_path / 'b'}",
+        )
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [
+        f"evaluation video {tmp_path / 'b' / 'videos' / 'eval_step_00000256.mp4'}: cannot write "
+        "it (File exists); no more videos in this run"
+    ]
+    assert out["env_steps"] == 512 and "eval/return" in out["metrics"]
+
+    for overrides, message in [
+        (["env_id=Pendulum-v1"], "online.capture_video=true: Pendulum-v1 has no MuJoCo model"),
+        (["online.video_size=63"], "online.video_size=63: must be even"),
+        (["online.eval_episodes=0"], "films evaluations: online.eval_episodes is 0"),
+        (["online.capture_video=maybe"], "online.capture_video=maybe: must be true or false"),
+    ]:
+        overrides = ["env_id=InvertedPendulum-v5", "online.capture_video=true", *overrides]
+        with pytest.raises(ConfigError, match=message) as err:
+            train(tmp_path, *overrides)
+        assert "\n" not in str(err.value)
 
 
 def test_seed_python_api_trains_from_an_env_factory(tmp_path: Path) -> None:

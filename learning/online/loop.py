@@ -42,6 +42,7 @@ from learning.checkpoint import CONFIG_KEY, MODEL_KWARGS_KEY, CheckpointError, t
 from learning.data.spec import model_dims
 from learning.errors import ConfigError
 from learning.online.algorithm import OnlineAlgorithm, Transition
+from learning.online.video import EpisodeVideo, check_video_task
 from learning.trackers import tracked
 
 log = logging.getLogger(__name__)
@@ -86,17 +87,22 @@ def evaluate(
     seed: int,
     device: torch.device,
     camera: Any = None,
+    video: tuple[Path, int] | None = None,
 ) -> dict[str, float]:
     """Mean return and length of `episodes` episodes with deterministic actions, episode i on
     seed `seed + i` (the same seeds at every evaluation and in every run); `eval/success` too
     where the task reports success (`info["is_success"]`): the rate of episodes whose last step
-    succeeded (as sim.evaluate counts it)."""
+    succeeded (as sim.evaluate counts it). `video=(path, size)` films episode 0 to `path`."""
     env = make_env(env_id, episodes, camera)
     success: np.ndarray | None = None
     with contextlib.ExitStack() as stack:
         stack.callback(env.close)
         stack.enter_context(algo.acting_context())
         obs, _ = env.reset(seed=[seed + i for i in range(episodes)])
+        film = None
+        if video is not None:
+            film = stack.enter_context(EpisodeVideo(video[0], env, env_id, video[1]))
+            film.frame()
         returns, lengths = np.zeros(episodes), np.zeros(episodes, dtype=np.int64)
         running = np.ones(episodes, dtype=bool)
         while running.any():
@@ -106,6 +112,8 @@ def evaluate(
             returns += rewards * running
             lengths += running
             ending = running & (term | trunc)
+            if film is not None and running[0] and not ending[0]:  # an ended env is reset
+                film.frame()
             if "is_success" in info:
                 success = np.zeros(episodes, dtype=bool) if success is None else success
                 success[ending] = np.asarray(info["is_success"], dtype=bool)[ending]
@@ -151,6 +159,29 @@ def _resume_state(path: str, algorithm: str) -> dict[str, Any]:
             f"{path}: a {online.get('algorithm')!r} checkpoint; this run trains {algorithm!r}"
         )
     return ckpt
+
+
+VIDEO_SIZE = 256  # online.video_size's default: square frames, pixels a side
+
+
+def _check_video(on: DictConfig, env_id: str) -> None:
+    """`online.capture_video` / `video_size`, one line before any work."""
+    capture = on.get("capture_video", False)
+    if not isinstance(capture, bool):
+        raise ConfigError(f"online.capture_video={capture}: must be true or false")
+    if not capture:
+        return
+    if not int(on.eval_episodes):
+        raise ConfigError("online.capture_video=true films evaluations: online.eval_episodes is 0")
+    size = int(on.get("video_size", VIDEO_SIZE))
+    if size % 2:  # H.264's yuv420p halves the colour planes
+        raise ConfigError(f"online.video_size={size}: must be even")
+    try:
+        why_not = check_video_task(env_id)
+    except ValueError:  # an unknown env_id: make_env says so
+        return
+    if why_not:
+        raise ConfigError(f"online.capture_video=true: {why_not}")
 
 
 class _StopRequest:
@@ -354,6 +385,7 @@ def run_online(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             f"online.early_stopping.patience={stopping.patience} needs evaluations: "
             "online.eval_episodes is 0"
         )
+    _check_video(on, str(cfg.env_id))
     if monitor == "eval/success":
         from sim.envs import task_spec
 
@@ -532,14 +564,33 @@ def _train(
         shown = metrics.get("rollout/episode_return", math.nan)
         progress.update(global_step(), f"return {shown:.1f} sps {metrics['time/sps']:.0f}")
 
+    filming = bool(on.get("capture_video"))
+
     def run_evaluation() -> bool:
         """Evaluate (rank 0), keep best.ckpt; whether early stopping ends the env phase."""
-        nonlocal evaluated_at
+        nonlocal evaluated_at, filming
         evaluated_at = global_step()
         end_phase = False
         if fabric.is_global_zero:
             episodes, seed = int(on.eval_episodes), int(on.eval_seed)
-            result = evaluate(player, env_id, episodes, seed, device, on.get("camera"))
+            video = None
+            if filming:
+                name = f"eval_step_{global_step():08d}.mp4"
+                video = (run_dir / "videos" / name, int(on.get("video_size", VIDEO_SIZE)))
+            try:
+                result = evaluate(player, env_id, episodes, seed, device, on.get("camera"), video)
+            except OSError as err:  # a full disk: the run goes on, its checkpoints matter more
+                if video is None:
+                    raise
+                log.error(
+                    "evaluation video %s: cannot write it (%s); no more videos in this run",
+                    video[0],
+                    err.strerror or err,
+                )
+                filming, video = False, None
+                result = evaluate(player, env_id, episodes, seed, device, on.get("camera"))
+            if video is not None:
+                log.info("evaluation video: %s", video[0])
             fabric.log_dict(result, step=global_step())
             metrics.update(result)
             if stopping.improved(result):
