@@ -465,7 +465,7 @@ def test_label_noise_researches_the_stored_moves_and_pools_labels(
     """A second MCTS search of each stored decision (root moves fixed) is scored against the
     stored labels; --write-dir pools the Q of all searches, weighted by their visits."""
     from learning.namo.label_noise import compare_labels, label_noise, main
-    from sim.namo.episodes import read_episode, solve_episode, write_episode
+    from sim.namo.episodes import EpisodeFileError, read_episode, solve_episode, write_episode
     from sim.namo.mcts import MCTSConfig
 
     budget = 24
@@ -487,6 +487,19 @@ def test_label_noise_researches_the_stored_moves_and_pools_labels(
             assert sum(after["visits"]) == sum(before["visits"]) + 2 * budget
             assert all(0.0 <= q <= 1.0 for q in after["q_values"])
     assert label_noise(tmp_path / "e", seed=5, repeats=2, workers=1) == out  # seeded
+
+    # The same command after a stop searches only the episodes not written yet: the same result.
+    first, second = sorted((tmp_path / "p").glob("episode_*.json"))
+    kept = second.stat().st_mtime_ns
+    first.unlink()
+    capsys.readouterr()
+    again = label_noise(tmp_path / "e", seed=5, repeats=2, write_dir=tmp_path / "p", workers=1)
+    assert again == out and second.stat().st_mtime_ns == kept and first.exists()
+    assert "1 of 2 episodes already searched in" in capsys.readouterr().err
+    with pytest.raises(
+        EpisodeFileError, match=r"searched with other settings \(seed 5, this run 6"
+    ):
+        label_noise(tmp_path / "e", seed=6, repeats=2, write_dir=tmp_path / "p", workers=1)
     capsys.readouterr()
     main(["--episodes", str(tmp_path / "e"), "--seed", "5", "--repeats", "2", "--workers", "2"])
     printed = capsys.readouterr()

@@ -16,8 +16,10 @@ proposal's Q pooled over all R + 1 searches (sum of returns / sum of visits; ``v
 with other ``--seed`` give independent pooled labels. ``--compare OTHER`` searches nothing: it
 scores the labels of OTHER (episodes of the same decisions, e.g. the other pool) against DIR's,
 i.e. how well pooled labels agree with themselves. Episodes are searched on every core with
-progress on stderr; with ``--write-dir`` each is written as it finishes, so a Ctrl-C (one line,
-exit 130) keeps the ones searched by then.
+progress on stderr; with ``--write-dir`` each is written as it finishes (with the settings and
+each decision's first re-search), so a Ctrl-C (one line, exit 130) keeps the ones searched by
+then, and the same command run again searches only the rest (a folder written with other
+settings is refused in one line).
 """
 
 from __future__ import annotations
@@ -73,14 +75,60 @@ def research_episode(
         for r, search in enumerate(searches):
             again = search.search(state, proposals)
             if r == 0:
-                rows += [(e, g, q, float(a)) for q, a in zip(stored, again.q_values, strict=True)]
+                first = [float(a) for a in again.q_values]
+                rows += [(e, g, q, a) for q, a in zip(stored, first, strict=True)]
             visits += again.visits
             returns += again.q_values.astype(np.float64) * again.visits
         pooled = np.divide(returns, visits, out=np.zeros_like(returns), where=visits > 0)
         decisions.append(
-            {**decision, "q_values": pooled.tolist(), "visits": visits.astype(int).tolist()}
+            {
+                **decision,
+                "q_values": pooled.tolist(),
+                "visits": visits.astype(int).tolist(),
+                "first_research_q": first,  # what a rerun of the same command reads back
+            }
         )
-    return rows, {**episode, "decisions": decisions, "label_searches": repeats + (not fresh)}
+    settings = _settings(budget, seed, repeats, fresh)
+    return rows, {
+        **episode,
+        "decisions": decisions,
+        "label_searches": repeats + (not fresh),
+        "label_noise": settings,
+    }
+
+
+def _settings(budget: int | None, seed: int, repeats: int, fresh: bool) -> dict[str, Any]:
+    return {"mcts_budget": budget, "seed": seed, "repeats": repeats, "fresh": fresh}
+
+
+def searched_before(
+    path: Path, write_dir: Path, settings: dict[str, Any]
+) -> tuple[list[Row], dict[str, Any]] | None:
+    """The rows of episode file `path` from its copy in `write_dir` written by a run of these
+    settings (a stopped run's), or None if there is none; a copy from other settings is an
+    EpisodeFileError line: pooling them would mix two label sets."""
+    written = write_dir / path.name
+    if not written.exists():
+        return None
+    episode, stored = read_episode(written), read_episode(path)
+    have = episode.get("label_noise")
+    if have != settings:
+        differs = "not written by label_noise"
+        if isinstance(have, dict):
+            key = next(k for k in settings if have.get(k) != settings[k])
+            differs = f"{key} {have.get(key)}, this run {settings[key]}"
+        raise EpisodeFileError(
+            f"{written}: searched with other settings ({differs}): write into another --write-dir"
+        )
+    e = int(stored["episode"])
+    rows: list[Row] = []
+    pairs = zip(stored["decisions"], episode["decisions"], strict=True)
+    for g, (mine, searched) in enumerate(pairs):
+        if searched.get("proposals") != mine.get("proposals"):
+            raise EpisodeFileError(f"{written} decision {g}: other moves than {path}")
+        first = zip(mine["q_values"], searched["first_research_q"], strict=True)
+        rows += [(e, g, float(q), float(a)) for q, a in first]
+    return rows, episode
 
 
 def label_noise(
@@ -98,8 +146,20 @@ def label_noise(
         raise ValueError(f"--repeats {repeats}: needs at least one re-search")
     job = partial(research_episode, budget=budget, seed=seed, repeats=repeats, fresh=fresh)
     chunks = []
+    todo = files
+    if write_dir is not None:  # a rerun of a stopped command goes on where it stopped
+        settings = json.loads(json.dumps(_settings(budget, seed, repeats, fresh)))
+        done = {p: searched_before(p, Path(write_dir), settings) for p in files}
+        chunks = [(int(ep["episode"]), rows) for rows, ep in filter(None, done.values())]
+        todo = [p for p in files if done[p] is None]
+        if chunks:
+            print(
+                f"{len(chunks)} of {len(files)} episodes already searched in {write_dir}: "
+                "going on",
+                file=sys.stderr,
+            )
     # progress on stderr: stdout carries the JSON line
-    for chunk, episode in imap_progress(job, files, workers, "episodes", progress, sys.stderr):
+    for chunk, episode in imap_progress(job, todo, workers, "episodes", progress, sys.stderr):
         if write_dir is not None:  # as each one ends: a stopped run keeps what it searched
             write_episode(episode, write_dir)
         chunks.append((int(episode["episode"]), chunk))
@@ -175,7 +235,12 @@ def main(argv: list[str] | None = None) -> None:
     except (EpisodeFileError, ValueError, OSError) as err:
         sys.exit(f"learning.namo.label_noise: {err}")
     except KeyboardInterrupt:
-        kept = f"; the episodes searched so far are in {args.write_dir}" if args.write_dir else ""
+        kept = (
+            f"; the episodes searched so far are in {args.write_dir}, and the same command goes "
+            "on from there"
+            if args.write_dir
+            else ""
+        )
         print(f"learning.namo.label_noise: interrupted{kept}", file=sys.stderr)
         sys.exit(130)
     print(json.dumps(out))
