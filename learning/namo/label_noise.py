@@ -147,6 +147,8 @@ def label_noise(
     job = partial(research_episode, budget=budget, seed=seed, repeats=repeats, fresh=fresh)
     chunks = []
     todo = files
+    if write_dir is not None and Path(write_dir).resolve() == Path(episodes_dir).resolve():
+        raise ValueError(f"--write-dir {write_dir} is --episodes: write into another folder")
     if write_dir is not None:  # a rerun of a stopped command goes on where it stopped
         settings = json.loads(json.dumps(_settings(budget, seed, repeats, fresh)))
         done = {p: searched_before(p, Path(write_dir), settings) for p in files}
