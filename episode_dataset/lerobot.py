@@ -62,6 +62,7 @@ TASKS_PATH = "meta/tasks.parquet"
 CHUNKS_SIZE = 1000
 DATA_FILE_MB = 100.0
 VIDEO_FILE_MB = 200.0
+STEPS_AT_ONCE = 256  # frames read, encoded or decoded at a time: long episodes in bounded memory
 
 ACTION = "action"
 OBS_PREFIX = "observation."
@@ -417,8 +418,8 @@ class _Exporter:
         for key, video in self.videos.items():
             chunk, file, from_ts = video.open_episode()
             sample = []
-            for lo in range(0, n, 256):  # bounded memory for long episodes
-                frames = reader.read_obs(ep, key, lo, min(n, lo + 256))
+            for lo in range(0, n, STEPS_AT_ONCE):
+                frames = reader.read_obs(ep, key, lo, min(n, lo + STEPS_AT_ONCE))
                 video.write(frames)
                 sample.append(frames[:: max(1, n // STATS_FRAMES)])
             name = video.key
@@ -597,7 +598,10 @@ def import_lerobot(
     try:
         with EpisodeWriter(out, plan.obs_specs, plan.action_spec, env_args=plan.env_args) as w:
             for row in plan.episodes:
-                w.write_episode(**plan.episode(row))
+                w.begin_episode(plan.metadata(row))
+                for piece in plan.pieces(row):
+                    w.append_steps(**piece)
+                w.end_episode()
             for name, members in plan.filters.items():
                 w.add_filter(name, members)
     except BaseException:
@@ -735,40 +739,51 @@ class _ImportPlan:
             obs_features, dropped, episodes, tasks,
         )  # fmt: skip
 
-    def episode(self, row: dict[str, Any]) -> dict[str, Any]:
-        """write_episode's arguments for one row of the episodes table."""
+    def metadata(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The episode's metadata for the writer: our own export's as it was, else LeRobot's
+        episode index and task."""
         with _foreign_content(f"{self.root}: episode {row.get('episode_index')}"):
-            return self._episode(row)
+            if META_COLUMN in row:
+                return json.loads(row[META_COLUMN])
+            tasks = row.get("tasks") or []
+            return {
+                "lerobot_episode_index": row["episode_index"],
+                "task": tasks[0] if len(tasks) == 1 else tasks,
+            }
 
-    def _episode(self, row: dict[str, Any]) -> dict[str, Any]:
+    def pieces(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """append_steps' arguments for one row of the episodes table, STEPS_AT_ONCE steps at a
+        time: decoded frames of a long episode are never in memory whole."""
+        with _foreign_content(f"{self.root}: episode {row.get('episode_index')}"):
+            yield from self._pieces(row)
+
+    def _pieces(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
         i, n = row["episode_index"], row["length"]
         where = f"{self.root}: episode {i}"
-        table = self._rows(row, where)
-        obs = {}
-        for key, name in self.obs_features.items():
-            spec = self.obs_specs[key]
-            if self.info["features"][name]["dtype"] == "image":
-                obs[key] = _decode_images(table, name, spec, where)
-            elif spec.is_image:
-                obs[key] = self._frames(name, row, n, where)
-            else:
-                obs[key] = _array(table, name, where).reshape(n, *spec.shape)
-        actions = _array(table, ACTION, where).reshape(n, *self.action_spec.shape)
-        names = table.column_names
-        rewards = _array(table, REWARD, where) if REWARD in names else np.zeros(n, np.float32)
-        dones = _array(table, DONE, where) if DONE in names else np.arange(n) == n - 1
-        if META_COLUMN in row:  # our own export: its metadata as it was
-            meta = json.loads(row[META_COLUMN])
-        else:
-            tasks = row.get("tasks") or []
-            meta = {"lerobot_episode_index": i, "task": tasks[0] if len(tasks) == 1 else tasks}
-        return {
-            "obs": obs,
-            "actions": actions,
-            "rewards": rewards.reshape(n),
-            "dones": dones.reshape(n),
-            "metadata": meta,
-        }
+        rows = self._rows(row, where)
+        for lo in range(0, n, STEPS_AT_ONCE):
+            m = min(n, lo + STEPS_AT_ONCE) - lo
+            table = rows.slice(lo, m)
+            obs = {}
+            for key, name in self.obs_features.items():
+                spec = self.obs_specs[key]
+                if self.info["features"][name]["dtype"] == "image":
+                    obs[key] = _decode_images(table, name, spec, where, lo)
+                elif spec.is_image:
+                    obs[key] = self._frames(name, row, lo, m, where)
+                else:
+                    obs[key] = _array(table, name, where).reshape(m, *spec.shape)
+            names = table.column_names
+            yield {
+                "obs": obs,
+                "actions": _array(table, ACTION, where).reshape(m, *self.action_spec.shape),
+                "rewards": (
+                    _array(table, REWARD, where) if REWARD in names else np.zeros(m, np.float32)
+                ).reshape(m),
+                "dones": (
+                    _array(table, DONE, where) if DONE in names else np.arange(lo, lo + m) == n - 1
+                ).reshape(m),
+            }
 
     def _rows(self, row: dict[str, Any], where: str) -> pa.Table:
         """The episode's rows: global indices dataset_from_index..dataset_to_index of its data
@@ -796,14 +811,15 @@ class _ImportPlan:
             )
         return picked
 
-    def _frames(self, name: str, row: dict[str, Any], n: int, where: str) -> np.ndarray:
+    def _frames(self, name: str, row: dict[str, Any], lo: int, n: int, where: str) -> np.ndarray:
+        """Frames lo..lo+n of the episode's video; the file is decoded forward, once."""
         path = self.root / self.info["video_path"].format(
             video_key=name,
             chunk_index=row[f"videos/{name}/chunk_index"],
             file_index=row[f"videos/{name}/file_index"],
         )
         cursor = self._videos.get(name)
-        first = round(row[f"videos/{name}/from_timestamp"] * self.info["fps"])
+        first = round(row[f"videos/{name}/from_timestamp"] * self.info["fps"]) + lo
         if cursor is None or cursor.path != path or cursor.next_index > first:
             if cursor is not None:
                 cursor.close()
@@ -869,12 +885,14 @@ def _array(table: pa.Table, name: str, where: str) -> np.ndarray:
     return column.to_numpy(zero_copy_only=False)
 
 
-def _decode_images(table: pa.Table, name: str, spec: KeySpec, where: str) -> np.ndarray:
+def _decode_images(
+    table: pa.Table, name: str, spec: KeySpec, where: str, first_step: int = 0
+) -> np.ndarray:
     """LeRobot's `image` features: encoded files (PNG) in a {bytes, path} column of the data."""
     if name not in table.column_names:
         raise DatasetError(f"{where}: data has no column {name!r}")
     frames = []
-    for step, cell in enumerate(table.column(name).to_pylist()):
+    for step, cell in enumerate(table.column(name).to_pylist(), first_step):
         try:
             with Image.open(io.BytesIO(cell["bytes"])) as img:
                 frames.append(np.asarray(img.convert("RGB")))

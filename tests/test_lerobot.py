@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from episode_dataset import DatasetError, EpisodeReader, EpisodeWriter, KeySpec
+from episode_dataset import DatasetError, EpisodeReader, EpisodeWriter, KeySpec, lerobot
 from episode_dataset.cli import main
 from episode_dataset.lerobot import export_lerobot, import_lerobot
 from roboloop_testing.cli import dataset_cli_error
@@ -302,6 +302,49 @@ def test_import_images_stored_in_parquet(src: Path, tmp_path: Path) -> None:
         for ep in a.episodes:
             for key in ("front", "wrist"):
                 np.testing.assert_array_equal(b.read_obs(ep, key), a.read_obs(ep, key))
+
+
+def test_import_takes_a_few_steps_at_a_time(
+    src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decoded frames of a long episode are never in memory whole: the import decodes and
+    writes STEPS_AT_ONCE steps at a time (2 here, for episodes of 5, 7 and 4 steps), and the
+    round trip stays exact, from video and from images stored in the parquet alike."""
+    monkeypatch.setattr(lerobot, "STEPS_AT_ONCE", 2)
+    taken: list[int] = []
+    take = lerobot._FrameCursor.take
+    monkeypatch.setattr(
+        lerobot._FrameCursor,
+        "take",
+        lambda cursor, first, n, where: taken.append(n) or take(cursor, first, n, where),
+    )
+    export_small_files(src, tmp_path / "lr", "lossless")
+    import_lerobot(tmp_path / "lr", tmp_path / "back.hdf5")
+    assert max(taken) == 2 and sum(taken) == 2 * sum(LENGTHS)  # two cameras
+    with EpisodeReader(src) as a, EpisodeReader(tmp_path / "back.hdf5") as b:
+        assert b.episodes == a.episodes
+        for ep in a.episodes:
+            assert_same_low_dim(a, b, ep)
+            for key in ("front", "wrist"):
+                np.testing.assert_array_equal(a.read_obs(ep, key), b.read_obs(ep, key))
+
+    root = tmp_path / "parquet"
+    export_lerobot(src, root, codec="lossless")
+    strip_roboloop(root)
+    images_in_parquet(root, "observation.images.front")
+    decoded: list[int] = []
+    decode = lerobot._decode_images
+    monkeypatch.setattr(
+        lerobot,
+        "_decode_images",
+        lambda table, *args: decoded.append(len(table)) or decode(table, *args),
+    )
+    import_lerobot(root, tmp_path / "back2.hdf5")
+    assert max(decoded) == 2 and sum(decoded) == sum(LENGTHS)
+    with EpisodeReader(src) as a, EpisodeReader(tmp_path / "back2.hdf5") as b:
+        for ep in a.episodes:
+            np.testing.assert_array_equal(b.read_obs(ep, "front"), a.read_obs(ep, "front"))
+            np.testing.assert_array_equal(b.read_dones(ep), a.read_dones(ep))
 
 
 def test_refusals_are_one_line(src: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
