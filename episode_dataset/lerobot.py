@@ -598,7 +598,7 @@ def import_lerobot(
     try:
         with EpisodeWriter(out, plan.obs_specs, plan.action_spec, env_args=plan.env_args) as w:
             for row in plan.episodes:
-                w.begin_episode(plan.metadata(row))
+                w.begin_episode(plan.metadata(row), _length_hint=row["length"])  # its chunks
                 for piece in plan.pieces(row):
                     w.append_steps(**piece)
                 w.end_episode()
