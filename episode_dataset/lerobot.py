@@ -598,7 +598,8 @@ def import_lerobot(
     try:
         with EpisodeWriter(out, plan.obs_specs, plan.action_spec, env_args=plan.env_args) as w:
             for row in plan.episodes:
-                w.begin_episode(plan.metadata(row), _length_hint=row["length"])  # its chunks
+                n = row.get("length")  # sizes the shard's chunks; checked against its rows
+                w.begin_episode(plan.metadata(row), _length_hint=n if _count(n) else None)
                 for piece in plan.pieces(row):
                     w.append_steps(**piece)
                 w.end_episode()
@@ -619,6 +620,10 @@ def import_lerobot(
     notes += [f"no {k}: {v}" for k, v in absent.items() if k not in plan.info["features"]]
     steps = sum(r["length"] for r in plan.episodes)
     return "; ".join([f"{root} -> {out}: {len(plan.episodes)} episodes, {steps} steps", *notes])
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _remove(path: Path) -> None:
