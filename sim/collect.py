@@ -31,8 +31,7 @@ from episode_dataset.ranges import (
     count,
     one_line,
 )
-from sim.evaluate import RandomPolicy
-from sim.experts import make_expert_policy
+from sim.evaluate import named_policy
 from sim.spec import env_spec
 
 PolicyFactory = Callable[[int], Any]  # env index -> policy with reset()/select_action(obs)
@@ -51,18 +50,11 @@ def policy_factory(name: Any, env: gym.Env, env_id: str, seed: int) -> PolicyFac
         if env.num_envs != 1:
             raise ValueError(f"a policy object acts in one env at a time, not {env.num_envs}")
         return lambda i: name
-    if name == "expert":
-        return lambda i: make_expert_policy(env_id)
-    if name == "random":
-        space = env.single_action_space
-        return lambda i: RandomPolicy(space.low, space.high, seed + 1000 * i)
-    if name.endswith(".onnx"):
-        from roboloop_runtime import OnnxPolicy  # torch-free, imported only when used
-
-        if not Path(name).is_file():
-            raise ValueError(f"--policy {name}: no such ONNX file")
-        return lambda i: OnnxPolicy(name, seed=seed + i)
-    raise ValueError(f"--policy must be expert, random or a .onnx file, got {name!r}")
+    space = env.single_action_space
+    # each sub-env its own stream: random's generators 1000 apart, as before
+    return lambda i: named_policy(
+        name, env_id, space, seed + (1000 if name == "random" else 1) * i
+    )
 
 
 def collect(

@@ -67,6 +67,7 @@ def test_discovery_finds_the_known_entries() -> None:
         "learning.namo.evaluate",
         "learning.train",
         "sim.collect",
+        "sim.evaluate",
         "roboloop_policy.reference_model",
     }
     assert expected <= set(CLIS), sorted(expected - set(CLIS))

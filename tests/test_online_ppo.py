@@ -3,6 +3,7 @@ served return; seed 002's config keys; bad input; a learning check (slow)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from learning.train import compose_config, run
 from roboloop_runtime import OnnxPolicy
 from sim.envs import TASKS, TaskSpec, register_task
 from sim.evaluate import evaluate_policy
+from sim.evaluate import main as evaluate_cli
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -212,7 +214,7 @@ def test_no_evaluation_episodes_means_no_evaluation(tmp_path: Path) -> None:
 
 
 def test_capture_video_films_episode_0_of_each_evaluation(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture
 ) -> None:
     """online.capture_video: each evaluation writes videos/eval_step_<N>.mp4, a frame for the
     reset and each step of evaluation episode 0 but its last (whose state the autoreset
@@ -231,6 +233,21 @@ def test_capture_video_films_episode_0_of_each_evaluation(
         frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
     assert frames.shape[1:] == (64, 64, 3) and len(frames) == out["metrics"]["eval/length"]
     assert np.abs(frames[-1].astype(np.int16) - frames[0]).mean() > 1.0  # the pole moved
+
+    # The exported actor run by `python -m sim.evaluate` on the evaluation's seed: the same
+    # episode (return and length), and its video has the last step's frame as well.
+    onnx = tmp_path / "actor.onnx"
+    export_checkpoint(out["last_ckpt"], onnx)
+    capsys.readouterr()
+    evaluate_cli(
+        ["--env", "InvertedPendulum-v5", "--policy", str(onnx), "--episodes", "1", "--seed",
+         "10000", "--video", str(tmp_path / "served.mp4"), "--video-size", "64"]
+    )  # fmt: skip
+    served = json.loads(capsys.readouterr().out)
+    assert served["mean_return"] == pytest.approx(out["metrics"]["eval/return"], rel=1e-4)
+    assert served["mean_steps"] == out["metrics"]["eval/length"]
+    with av.open(served["video"]) as container:
+        assert sum(1 for _ in container.decode(video=0)) == served["mean_steps"] + 1
 
     # A video that cannot be written (here a file where its folder goes; a full disk is the
     # same OSError) is one error line, and the run goes on to its end without videos.

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import av
 import mujoco
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from episode_dataset import EpisodeReader, validate_file
 from sim.collect import collect
 from sim.dmc import DMC_TASKS
 from sim.evaluate import RandomPolicy, evaluate_policy, normalized_score
+from sim.evaluate import main as evaluate_cli
 from sim.experts import make_expert_policy
 from sim.ogbench import SPARSE_TASK_IDS, TASK_IDS
 from sim.wrappers import CameraObservation, DictObservation
@@ -307,3 +309,37 @@ def test_env_spec_takes_features_from_the_wrappers_and_the_rate_from_dt() -> Non
     assert spec.env_args["env_name"] == "Reacher-v5"
     assert spec.env_args["control_rate_hz"] == 50.0  # 1 / dt of simulated time
     assert env_spec(sim.make("Pendulum-v1"), "Pendulum-v1").env_args["control_rate_hz"] == 20.0
+
+
+def test_evaluate_cli_scores_a_policy_and_says_bad_input_in_one_line(
+    tmp_path, capsys: pytest.CaptureFixture
+) -> None:
+    """`python -m sim.evaluate`: one JSON line; --baselines scores random and the expert on the
+    same seeds (the expert against itself: 1.0); --video films episode 0 (its reset and each
+    step); anything it cannot do is one line, before any episode."""
+    evaluate_cli(
+        ["--env", "Reacher-v5", "--policy", "random", "--episodes", "2", "--baselines",
+         "--video", str(tmp_path / "v.mp4"), "--video-size", "32"]
+    )  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert out["random_return"] == pytest.approx(out["mean_return"], abs=20.0)
+    assert out["expert_return"] > out["random_return"] + 20.0
+    assert abs(out["normalized_score"]) < 0.5 and out["mean_steps"] == 50.0
+    with av.open(out["video"]) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 51 and frames[0].shape == (32, 32, 3)
+    for argv, message in [
+        (["--policy", "expert", "--env", "Pendulum-v1", "--video", "x.mp4"],
+         "--video: Pendulum-v1 has no MuJoCo model to render"),
+        (["--policy", "greedy"], "--policy must be expert, random or a .onnx file, got 'greedy'"),
+        (["--policy", str(tmp_path / "none.onnx")], "none.onnx: no such ONNX file"),
+        (["--policy", "expert", "--env", "Nope-v0"], "unknown task 'Nope-v0'"),
+    ]:  # fmt: skip
+        with pytest.raises(SystemExit) as stop:
+            evaluate_cli(["--env", "Reacher-v5", *argv])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "x.mp4").exists()
+    with pytest.raises(SystemExit):
+        evaluate_cli(["--env", "Reacher-v5", "--policy", "expert", "--video-size", "33"])
+    assert "argument --video-size: must be even, got 33" in capsys.readouterr().err

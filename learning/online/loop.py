@@ -42,8 +42,8 @@ from learning.checkpoint import CONFIG_KEY, MODEL_KWARGS_KEY, CheckpointError, t
 from learning.data.spec import model_dims
 from learning.errors import ConfigError
 from learning.online.algorithm import OnlineAlgorithm, Transition
-from learning.online.video import EpisodeVideo, check_video_task
 from learning.trackers import tracked
+from sim.video import EpisodeVideo, why_not_filmable
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def evaluate(
         obs, _ = env.reset(seed=[seed + i for i in range(episodes)])
         film = None
         if video is not None:
-            film = stack.enter_context(EpisodeVideo(video[0], env, env_id, video[1]))
+            film = stack.enter_context(EpisodeVideo(video[0], env.envs[0], env_id, video[1]))
             film.frame()
         returns, lengths = np.zeros(episodes), np.zeros(episodes, dtype=np.int64)
         running = np.ones(episodes, dtype=bool)
@@ -177,7 +177,7 @@ def _check_video(on: DictConfig, env_id: str) -> None:
     if size % 2:  # H.264's yuv420p halves the colour planes
         raise ConfigError(f"online.video_size={size}: must be even")
     try:
-        why_not = check_video_task(env_id)
+        why_not = why_not_filmable(env_id)
     except ValueError:  # an unknown env_id: make_env says so
         return
     if why_not:

@@ -1,7 +1,7 @@
-"""A video of evaluation episode 0 (`online.capture_video`), as CleanRL's `--capture_video`
-and SB3's VecVideoRecorder give: rendered offscreen from env 0's MuJoCo model while the
-evaluation steps it, encoded to H.264 frame by frame (an episode is never held in memory), and
-written whole or not at all as `videos/eval_step_<global step>.mp4` in the run folder."""
+"""Videos of an env's episodes (the online loop's `online.capture_video`, `python -m sim.evaluate
+--video`), as CleanRL's `--capture_video` and SB3's VecVideoRecorder give: rendered offscreen
+from the env's MuJoCo model while its episode runs, encoded to H.264 frame by frame (an episode
+is never held in memory), written whole or not at all."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from sim.envs import task_spec
 from sim.wrappers import OffscreenCamera
 
 
-def check_video_task(env_id: str) -> str | None:
+def why_not_filmable(env_id: str) -> str | None:
     """Why `env_id` cannot be filmed (no MuJoCo model to render), or None."""
     if not task_spec(env_id).mujoco:
         return f"{env_id} has no MuJoCo model to render"
@@ -24,12 +24,12 @@ def check_video_task(env_id: str) -> str | None:
 
 
 class EpisodeVideo:
-    """`with EpisodeVideo(path, vector_env, env_id, size) as video:`, then `video.frame()`
-    after each reset and step of env 0 while its episode runs."""
+    """`with EpisodeVideo(path, env, env_id, size) as video:`, then `video.frame()` after each
+    reset and step of `env` (one env of task `env_id`, a vector env's too) to film."""
 
     def __init__(self, path: Path, env: Any, env_id: str, size: int) -> None:
         self.path, self.size, self.frames = path, size, 0
-        base = env.envs[0].unwrapped
+        base = env.unwrapped
         camera = task_spec(env_id).camera
         self._camera = OffscreenCamera(base.model, base.data, size, size, camera)
         dt = getattr(base, "dt", None)  # the control period: the video plays in real time
