@@ -24,7 +24,7 @@ from episode_dataset.ranges import POSITIVE_INT, SEED_ARG, HelpFormatter, one_li
 from roboloop_runtime.policy import Policy
 from sim.envs import task_spec
 from sim.experts import make_expert_policy
-from sim.video import EpisodeVideo, why_not_filmable
+from sim.video import VIDEO_SIZE, EpisodeVideo, why_not_filmable
 
 __all__ = [
     "EvalResult",
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         help="random and the scripted expert on the same seeds, and the normalized score",
     )
     parser.add_argument("--video", default=None, help="film episode 0 to this .mp4 file")
-    parser.add_argument("--video-size", type=_even_size, default=256, help="pixels a side")
+    parser.add_argument("--video-size", type=_even_size, default=VIDEO_SIZE, help="pixels a side")
     args = parser.parse_args(argv)
     try:
         task_spec(args.env)

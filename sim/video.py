@@ -15,6 +15,8 @@ from episode_dataset import whole_or_absent
 from sim.envs import task_spec
 from sim.wrappers import OffscreenCamera
 
+VIDEO_SIZE = 256  # pixels a side of the square frames, unless asked otherwise
+
 
 def why_not_filmable(env_id: str) -> str | None:
     """Why `env_id` cannot be filmed (no MuJoCo model to render), or None."""

@@ -219,14 +219,13 @@ def test_capture_video_films_episode_0_of_each_evaluation(
     """online.capture_video: each evaluation writes videos/eval_step_<N>.mp4, a frame for the
     reset and each step of evaluation episode 0 but its last (whose state the autoreset
     replaces), rendered from the env's model; bad settings are one line before any work."""
-    out = train(
-        tmp_path,
+    filmed = [
         "env_id=InvertedPendulum-v5",
         "training.num_iterations=2",
         "online.eval_every=256",
         "online.capture_video=true",
-        "online.video_size=64",
-    )
+    ]
+    out = train(tmp_path, *filmed, "online.video_size=64")
     videos = sorted((Path(out["run_dir"]) / "videos").iterdir())
     assert [v.name for v in videos] == ["eval_step_00000256.mp4", "eval_step_00000512.mp4"]
     with av.open(str(videos[-1])) as container:
@@ -254,14 +253,7 @@ def test_capture_video_films_episode_0_of_each_evaluation(
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "videos").write_text("")
     with caplog.at_level(logging.ERROR, logger="learning.online.loop"):
-        out = train(
-            tmp_path,
-            "env_id=InvertedPendulum-v5",
-            "training.num_iterations=2",
-            "online.eval_every=256",
-            "online.capture_video=true",
-            f"run_dir={tmp_path / 'b'}",
-        )
+        out = train(tmp_path, *filmed, f"run_dir={tmp_path / 'b'}")
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [
         f"evaluation video {tmp_path / 'b' / 'videos' / 'eval_step_00000256.mp4'}: cannot write "

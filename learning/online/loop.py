@@ -43,7 +43,7 @@ from learning.data.spec import model_dims
 from learning.errors import ConfigError
 from learning.online.algorithm import OnlineAlgorithm, Transition
 from learning.trackers import tracked
-from sim.video import EpisodeVideo, why_not_filmable
+from sim.video import VIDEO_SIZE, EpisodeVideo, why_not_filmable
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +159,6 @@ def _resume_state(path: str, algorithm: str) -> dict[str, Any]:
             f"{path}: a {online.get('algorithm')!r} checkpoint; this run trains {algorithm!r}"
         )
     return ckpt
-
-
-VIDEO_SIZE = 256  # online.video_size's default: square frames, pixels a side
 
 
 def _check_video(on: DictConfig, env_id: str) -> None:
