@@ -27,9 +27,11 @@ def why_not_filmable(env_id: str) -> str | None:
 
 class EpisodeVideo:
     """`with EpisodeVideo(path, env, env_id, size) as video:`, then `video.frame()` after each
-    reset and step of `env` (one env of task `env_id`, a vector env's too) to film."""
+    reset and step of `env` (an env of task `env_id`; of a vector env, one of its `envs`)."""
 
     def __init__(self, path: Path, env: Any, env_id: str, size: int) -> None:
+        if why_not := why_not_filmable(env_id):
+            raise ValueError(f"{path}: {why_not}")
         self.path, self.size, self.frames = path, size, 0
         base = env.unwrapped
         camera = task_spec(env_id).camera
