@@ -4,8 +4,9 @@
         [--baselines] [--video ep0.mp4] [--camera N]
 
 prints one JSON line: mean/std return, success rate and steps over the episodes (episode i on
-seed + i), with --baselines the random and expert returns on the same seeds and the normalized
-score, with --video the file of episode 0. An image policy gets the camera its metadata names.
+seed + i), with --baselines the random return on the same seeds (and, where the task has a
+scripted expert, the expert's and the normalized score), with --video the file of episode 0.
+An image policy gets the camera its metadata names.
 """
 
 from __future__ import annotations
@@ -181,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--baselines",
         action="store_true",
-        help="random and the scripted expert on the same seeds, and the normalized score",
+        help="random (and the scripted expert where the task has one) on the same seeds, and "
+        "the normalized score",
     )
     parser.add_argument("--video", default=None, help="film episode 0 to this .mp4 file")
     parser.add_argument("--video-size", type=_even_size, default=VIDEO_SIZE, help="pixels a side")
@@ -207,15 +209,17 @@ def main(argv: list[str] | None = None) -> None:
             "success_rate": result.success_rate,
             "mean_steps": float(np.mean(result.steps)),
         }
-        if args.baselines:
-            for name in ("random", "expert"):
+        if args.baselines:  # the expert where the task has one, and then the score
+            names = ("random", "expert") if task_spec(args.env).has_expert else ("random",)
+            for name in names:
                 baseline = named_policy(name, args.env, space, 0)
                 out[f"{name}_return"] = evaluate_policy(
                     args.env, baseline, args.episodes, args.seed
                 ).mean_return
-            out["normalized_score"] = normalized_score(
-                result.mean_return, out["random_return"], out["expert_return"]
-            )
+            if "expert_return" in out:
+                out["normalized_score"] = normalized_score(
+                    result.mean_return, out["random_return"], out["expert_return"]
+                )
         if video is not None:
             out["video"] = str(video[0])
     except (ValueError, RuntimeError, OSError) as err:  # a bad task, model, input or file

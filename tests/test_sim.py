@@ -328,6 +328,9 @@ def test_evaluate_cli_scores_a_policy_and_says_bad_input_in_one_line(
     with av.open(out["video"]) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == 51 and frames[0].shape == (32, 32, 3)
+    evaluate_cli(["--env", "Hopper-v5", "--policy", "random", "--episodes", "1", "--baselines"])
+    out = json.loads(capsys.readouterr().out)  # no scripted expert: random only, no score
+    assert "random_return" in out and "expert_return" not in out and "normalized_score" not in out
     for argv, message in [
         (["--policy", "expert", "--env", "Pendulum-v1", "--video", "x.mp4"],
          "--video: Pendulum-v1 has no MuJoCo model to render"),
