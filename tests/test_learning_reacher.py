@@ -6,6 +6,7 @@ learning.check_reacher`; this one trains briefly and asserts a weaker but real b
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ import pytest
 pytest.importorskip("sim.evaluate", reason="sim package (collector/evaluator) not available")
 
 from learning.check_reacher import CAMERA, IMAGE_OVERRIDES, check  # noqa: E402
+from roboloop_runtime import OnnxPolicy  # noqa: E402
+from sim.evaluate import evaluate_policy  # noqa: E402
+from sim.evaluate import main as evaluate_cli  # noqa: E402
 
 
 def test_exported_fbc_policy_learns_reacher(tmp_path: Path) -> None:
@@ -32,7 +36,9 @@ def test_exported_fbc_policy_learns_reacher(tmp_path: Path) -> None:
     assert res["normalized"] >= 0.3, res
 
 
-def test_image_check_runs_from_the_camera_only(tmp_path: Path) -> None:
+def test_image_check_runs_from_the_camera_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """Smoke: `check_reacher --image` records the camera, trains a few steps on the image alone
     and evaluates the exported policy with the camera rendered."""
     res = check(
@@ -50,6 +56,14 @@ def test_image_check_runs_from_the_camera_only(tmp_path: Path) -> None:
     )
     assert res["observations"] == ["image"] and res["train_steps"] >= 1
     assert all(abs(r) < 1e6 for r in res["returns"].values()), res
+
+    # `python -m sim.evaluate` renders the camera the exported policy reads, unasked (a wrong
+    # size or none would be the policy's one-line input error).
+    onnx = next(tmp_path.rglob("policy.onnx"))
+    evaluate_cli(["--env", "Reacher-v5", "--policy", str(onnx), "--episodes", "1"])
+    served = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    given = evaluate_policy("Reacher-v5", OnnxPolicy(onnx, seed=10000), 1, 10000, camera=CAMERA)
+    assert served["mean_return"] == pytest.approx(given.mean_return, rel=1e-6)
 
 
 @pytest.mark.slow
