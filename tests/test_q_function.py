@@ -500,6 +500,11 @@ def test_label_noise_researches_the_stored_moves_and_pools_labels(
         EpisodeFileError, match=r"searched with other settings \(seed 5, this run 6"
     ):
         label_noise(tmp_path / "e", seed=6, repeats=2, write_dir=tmp_path / "p", workers=1)
+    damaged = read_episode(first)
+    del damaged["decisions"][0]["first_research_q"]
+    write_episode(damaged, tmp_path / "p")
+    with pytest.raises(EpisodeFileError, match=r"decision 0: other moves than"):
+        label_noise(tmp_path / "e", seed=5, repeats=2, write_dir=tmp_path / "p", workers=1)
     with pytest.raises(ValueError, match=r"is --episodes: write into another folder"):
         label_noise(tmp_path / "e", write_dir=tmp_path / "e" / ".." / "e", workers=1)
     capsys.readouterr()

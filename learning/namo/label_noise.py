@@ -122,12 +122,16 @@ def searched_before(
         )
     e = int(stored["episode"])
     rows: list[Row] = []
-    pairs = zip(stored["decisions"], episode["decisions"], strict=True)
+    if len(episode["decisions"]) != len(stored["decisions"]):
+        raise EpisodeFileError(f"{written}: other decisions than {path}")
+    pairs = zip(stored["decisions"], episode["decisions"], strict=True)  # lengths checked
     for g, (mine, searched) in enumerate(pairs):
-        if searched.get("proposals") != mine.get("proposals"):
+        first = searched.get("first_research_q")
+        if searched.get("proposals") != mine.get("proposals") or not (
+            isinstance(first, list) and len(first) == len(mine["q_values"])
+        ):
             raise EpisodeFileError(f"{written} decision {g}: other moves than {path}")
-        first = zip(mine["q_values"], searched["first_research_q"], strict=True)
-        rows += [(e, g, float(q), float(a)) for q, a in first]
+        rows += [(e, g, float(q), float(a)) for q, a in zip(mine["q_values"], first, strict=True)]
     return rows, episode
 
 
