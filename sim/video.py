@@ -6,6 +6,7 @@ is never held in memory), written whole or not at all."""
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +42,18 @@ class EpisodeVideo:
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> EpisodeVideo:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._stack.callback(self._camera.close)
-        tmp = self._stack.enter_context(whole_or_absent(self.path))
-        self._container = self._stack.enter_context(av.open(str(tmp), "w", format="mp4"))
-        options = {"crf": "23", "preset": "veryfast"}  # 1.0 ms a frame at 256 px, default 1.8
-        self._stream = self._container.add_stream("libx264", rate=self._fps, options=options)
-        self._stream.pix_fmt = "yuv420p"
-        self._stream.height = self._stream.width = self.size
+        try:  # a with statement does not exit what its __enter__ fails to finish
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._stack.enter_context(whole_or_absent(self.path))
+            self._container = self._stack.enter_context(av.open(str(tmp), "w", format="mp4"))
+            options = {"crf": "23", "preset": "veryfast"}  # 1.0 ms a frame at 256 px (default 1.8)
+            self._stream = self._container.add_stream("libx264", rate=self._fps, options=options)
+            self._stream.pix_fmt = "yuv420p"
+            self._stream.height = self._stream.width = self.size
+        except BaseException:
+            if not self._stack.__exit__(*sys.exc_info()):  # as failed: no half file renamed
+                raise
         return self
 
     def frame(self) -> None:
@@ -57,9 +62,12 @@ class EpisodeVideo:
         self._container.mux(self._stream.encode(frame))
         self.frames += 1
 
-    def __exit__(self, *exc: object) -> None:
-        try:
-            if exc[0] is None:
-                self._container.mux(self._stream.encode(None))  # flush the encoder
-        finally:
-            self._stack.__exit__(*exc)
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None:
+            try:  # the encoder's last packets: a full disk shows here, and must not commit
+                self._container.mux(self._stream.encode(None))
+            except BaseException:
+                if not self._stack.__exit__(*sys.exc_info()):
+                    raise
+                return
+        self._stack.__exit__(*exc)

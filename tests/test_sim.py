@@ -328,6 +328,15 @@ def test_evaluate_cli_scores_a_policy_and_says_bad_input_in_one_line(
     with av.open(out["video"]) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == 51 and frames[0].shape == (32, 32, 3)
+    # A write that fails (a folder where its temporary file goes; a full disk fails the same
+    # way, as late as the encoder's last packets) leaves no video, whole or half.
+    (tmp_path / "w.mp4.tmp").mkdir()
+    with pytest.raises(SystemExit):
+        evaluate_cli(
+            ["--env", "InvertedPendulum-v5", "--policy", "random", "--episodes", "1", "--video",
+             str(tmp_path / "w.mp4")]  # a few steps: the encoder writes nothing before its end
+        )  # fmt: skip
+    assert "Is a directory" in capsys.readouterr().err and not (tmp_path / "w.mp4").exists()
     evaluate_cli(["--env", "Hopper-v5", "--policy", "random", "--episodes", "1", "--baselines"])
     out = json.loads(capsys.readouterr().out)  # no scripted expert: random only, no score
     assert "random_return" in out and "expert_return" not in out and "normalized_score" not in out
