@@ -19,6 +19,7 @@ import contextlib
 import io
 import re
 import runpy
+import signal
 import subprocess
 import sys
 import warnings
@@ -213,7 +214,12 @@ def test_node_executable_help_lists_its_parameters(
     main = getattr(__import__(module, fromlist=[func]), func)
     (node_module,) = re.findall(r"run_console_script\(\s*\"([\w.]+)\"", inspect.getsource(main))
     monkeypatch.setattr(sys, "argv", [script, "--help", "--ros-args", "-p", "x:=1"])
-    assert main() == 0
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:  # a node's main takes the stop signals over: the test worker keeps its own
+        assert main() == 0
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
     out = capsys.readouterr().out
     assert out.startswith(f"usage: {script} [-h] [--ros-args")
     parameters = sys.modules[node_module].PARAMETERS

@@ -74,6 +74,9 @@ def _leave_ctrl_c_to_the_parent() -> None:
     # A Ctrl-C reaches every process of the terminal's group: the parent stops the pool, so
     # its workers need not print a KeyboardInterrupt traceback each.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The pool stops its workers with SIGTERM: one ignored by whoever started the command (it is
+    # inherited across exec) left them solving every episode after a Ctrl-C.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def imap_progress(
